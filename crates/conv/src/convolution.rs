@@ -1,0 +1,218 @@
+//! [`Convolution`]: a problem prepared on one backend; [`FilterSpectrum`]: a prepared filter.
+
+use crate::{BackendKind, ConvError};
+use monarch_core::{ConvSpec, Element};
+
+/// Pre- and post-gates of a gated problem, each `[B, H, L]` like `u`.
+#[derive(Debug, Clone, Copy)]
+pub struct Gates<'a, T> {
+    pub pre: &'a [T],
+    pub post: &'a [T],
+}
+
+/// A convolution problem prepared on one backend. Immutable; `Send + Sync`, so concurrent
+/// `forward` calls from several threads are safe.
+#[derive(Debug)]
+pub struct Convolution {
+    spec: ConvSpec,
+    backend: BackendKind,
+    engine: Engine,
+}
+
+#[derive(Debug)]
+enum Engine {
+    #[cfg(feature = "cpu")]
+    Cpu(backend_cpu::CpuConvolution),
+    #[cfg(not(feature = "cpu"))]
+    #[allow(dead_code)]
+    Absent(std::convert::Infallible),
+}
+
+/// A filter `k: [H, K]` transformed once for one [`Convolution`] and reusable across calls
+/// (its spectrum, in the backend's layout, with dropped frequencies removed).
+#[derive(Debug, Clone)]
+pub struct FilterSpectrum {
+    backend: BackendKind,
+    inner: FilterInner,
+}
+
+#[derive(Debug, Clone)]
+enum FilterInner {
+    #[cfg(feature = "cpu")]
+    Cpu(backend_cpu::CpuFilterSpectrum),
+    #[cfg(not(feature = "cpu"))]
+    #[allow(dead_code)]
+    Absent(std::convert::Infallible),
+}
+
+impl FilterSpectrum {
+    /// The backend it was prepared on.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Bytes of spectrum memory it holds.
+    pub fn size_bytes(&self) -> usize {
+        match &self.inner {
+            #[cfg(feature = "cpu")]
+            FilterInner::Cpu(f) => f.size_bytes(),
+            #[cfg(not(feature = "cpu"))]
+            FilterInner::Absent(never) => match *never {},
+        }
+    }
+}
+
+impl Convolution {
+    /// Prepares `spec` on `backend`; a backend that cannot run here is a
+    /// [`ConvError::BackendUnavailable`] with the reason.
+    pub fn new(spec: ConvSpec, backend: BackendKind) -> Result<Self, ConvError> {
+        backend.probe()?;
+        let engine = match backend {
+            #[cfg(feature = "cpu")]
+            BackendKind::Cpu => Engine::Cpu(backend_cpu::CpuConvolution::new(&spec)?),
+            other => {
+                return Err(ConvError::BackendUnavailable {
+                    backend: other,
+                    reason: "no convolution engine for this backend in this build".into(),
+                })
+            }
+        };
+        Ok(Convolution {
+            spec,
+            backend,
+            engine,
+        })
+    }
+
+    /// Prepares `spec` on [`BackendKind::best_available`].
+    pub fn with_best_backend(spec: ConvSpec) -> Result<Self, ConvError> {
+        let backend = BackendKind::best_available()?;
+        Self::new(spec, backend)
+    }
+
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Transforms the filter `k: [H, K]` (f32, row-major) for this convolution.
+    ///
+    /// Non-finite values are accepted and propagate: every output of such a channel is then
+    /// non-finite (NaN or infinite), never silently finite.
+    pub fn prepare_filter(&self, k: &[f32]) -> Result<FilterSpectrum, ConvError> {
+        let want = self.spec.filter_elems();
+        if k.len() != want {
+            return Err(ConvError::invalid(
+                "k",
+                format!(
+                    "expected [H={}, K={}] = {want} elements, got {}",
+                    self.spec.channels(),
+                    self.spec.filter_len(),
+                    k.len()
+                ),
+            ));
+        }
+        let inner = match &self.engine {
+            #[cfg(feature = "cpu")]
+            Engine::Cpu(cpu) => FilterInner::Cpu(cpu.prepare_filter(k)?),
+            #[cfg(not(feature = "cpu"))]
+            Engine::Absent(never) => match *never {},
+        };
+        Ok(FilterSpectrum {
+            backend: self.backend,
+            inner,
+        })
+    }
+
+    /// `y = postgate * conv(pregate * u, k)` (gates only when the problem is gated).
+    ///
+    /// `u` and `y` (and both gates) are `[B, H, L]` of the problem's dtype `T`. Every argument is
+    /// checked before anything is written; on error `y` is untouched.
+    pub fn forward<T: Element>(
+        &self,
+        filter: &FilterSpectrum,
+        u: &[T],
+        gates: Option<Gates<'_, T>>,
+        y: &mut [T],
+    ) -> Result<(), ConvError> {
+        self.check_io("u", u)?;
+        self.check_io("y", y)?;
+        match (self.spec.gated(), gates) {
+            (true, Some(g)) => {
+                self.check_io("pregate", g.pre)?;
+                self.check_io("postgate", g.post)?;
+            }
+            (true, None) => {
+                return Err(ConvError::invalid(
+                    "gates",
+                    "the problem is gated: pass both pregate and postgate",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(ConvError::invalid(
+                    "gates",
+                    "the problem is not gated (build it with .gated(true))",
+                ))
+            }
+            (false, None) => {}
+        }
+        if filter.backend != self.backend {
+            return Err(ConvError::invalid(
+                "filter",
+                format!(
+                    "prepared on backend {}, this convolution runs on {}",
+                    filter.backend, self.backend
+                ),
+            ));
+        }
+        match (&self.engine, &filter.inner) {
+            #[cfg(feature = "cpu")]
+            (Engine::Cpu(cpu), FilterInner::Cpu(f)) => {
+                cpu.forward(f, u, gates.map(|g| (g.pre, g.post)), y)?
+            }
+            #[cfg(not(feature = "cpu"))]
+            (Engine::Absent(never), _) => match *never {},
+        }
+        Ok(())
+    }
+
+    fn check_io<T: Element>(&self, arg: &'static str, x: &[T]) -> Result<(), ConvError> {
+        if T::DTYPE != self.spec.dtype() {
+            return Err(ConvError::DTypeMismatch {
+                arg,
+                expected: self.spec.dtype(),
+                got: T::DTYPE,
+            });
+        }
+        let want = self.spec.io_len();
+        if x.len() != want {
+            return Err(ConvError::invalid(
+                arg,
+                format!(
+                    "expected [B={}, H={}, L={}] = {want} elements, got {}",
+                    self.spec.batch(),
+                    self.spec.channels(),
+                    self.spec.length(),
+                    x.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn prepared_types_are_send_and_sync() {
+        assert_send_sync::<Convolution>();
+        assert_send_sync::<FilterSpectrum>();
+    }
+}

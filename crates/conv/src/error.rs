@@ -1,0 +1,61 @@
+//! [`ConvError`]: every error the public API returns, with `#[from]` conversions per backend.
+
+use crate::BackendKind;
+use monarch_core::{CoreError, DType};
+use thiserror::Error;
+
+/// Errors of the public API. On any error, no output buffer has been written.
+#[derive(Debug, Error)]
+pub enum ConvError {
+    /// An argument has the wrong shape or value; `arg` names it.
+    #[error("invalid argument `{arg}`: {reason}")]
+    InvalidArgument { arg: &'static str, reason: String },
+    /// A buffer's element type differs from the problem's dtype.
+    #[error("dtype mismatch for `{arg}`: got {got}, the problem is {expected}")]
+    DTypeMismatch {
+        arg: &'static str,
+        expected: DType,
+        got: DType,
+    },
+    /// The backend cannot run here (not compiled in, no driver, no device, ...).
+    #[error("backend {backend} unavailable: {reason}")]
+    BackendUnavailable {
+        backend: BackendKind,
+        reason: String,
+    },
+    /// Invalid problem description or plan.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// Error from the CPU backend.
+    #[cfg(feature = "cpu")]
+    #[error("cpu backend: {0}")]
+    Cpu(#[from] backend_cpu::CpuError),
+    /// Error from the CUDA backend.
+    #[cfg(feature = "cuda")]
+    #[error("cuda backend: {0}")]
+    Cuda(#[from] backend_cuda::CudaError),
+    /// Error from the Vulkan backend.
+    #[cfg(feature = "vulkan")]
+    #[error("vulkan backend: {0}")]
+    Vulkan(#[from] backend_vulkan::VulkanError),
+}
+
+impl ConvError {
+    pub(crate) fn invalid(arg: &'static str, reason: impl Into<String>) -> Self {
+        ConvError::InvalidArgument {
+            arg,
+            reason: reason.into(),
+        }
+    }
+
+    /// The argument an [`InvalidArgument`](ConvError::InvalidArgument) or dtype error names.
+    pub fn argument(&self) -> Option<&'static str> {
+        match self {
+            ConvError::InvalidArgument { arg, .. } | ConvError::DTypeMismatch { arg, .. } => {
+                Some(arg)
+            }
+            ConvError::Core(CoreError::InvalidArgument { arg, .. }) => Some(arg),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! Conformance suite: the same cases against every backend, compared with the f64 oracle.
+//!
+//! Written once, generic over the backend; `conformance_suite!` instantiates it per backend.
+//! A backend that cannot run here prints why and skips. Outputs are poisoned with NaN before each
+//! run, so an element that was not written fails the comparison (NaN never passes).
+
+use conv::reference::{reference_forward, relative_l2_error};
+use conv::{
+    bf16, f16, BackendKind, ConvError, ConvSpec, ConvSpecBuilder, Convolution, DType, Element,
+    Gates,
+};
+use rand::Rng;
+
+/// Tolerance on the relative L2 error per dtype (inputs rounded to the dtype before the oracle).
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::Bf16 => 1.5e-2,
+    }
+}
+
+/// The backend, or `None` after printing why it is skipped.
+fn backend_or_skip(kind: BackendKind, test: &str) -> Option<BackendKind> {
+    match kind.probe() {
+        Ok(_) => Some(kind),
+        Err(e) => {
+            eprintln!("skipped {test} on {kind}: {e}");
+            None
+        }
+    }
+}
+
+/// Random values in [-1, 1] rounded to `dtype`.
+fn random_rounded(n: usize, dtype: DType) -> Vec<f64> {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| dtype.round_f64(rng.random_range(-1.0..1.0)))
+        .collect()
+}
+
+/// A random decaying filter `[H, K]` in f32.
+fn random_filter(h: usize, k: usize) -> Vec<f32> {
+    let mut rng = rand::rng();
+    (0..h * k)
+        .map(|i| {
+            let s = (i % k) as f32;
+            rng.random_range(-1.0f32..1.0) * (-s / (1.0 + k as f32 / 4.0)).exp() / (k as f32).sqrt()
+        })
+        .collect()
+}
+
+fn to_elements<T: Element>(x: &[f64]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f64(v)).collect()
+}
+
+/// Runs one case on `kind`: fresh random inputs, poisoned output, compare with the oracle.
+fn run_case_typed<T: Element>(kind: BackendKind, spec: ConvSpec) {
+    let dtype = spec.dtype();
+    let u = random_rounded(spec.io_len(), dtype);
+    let k = random_filter(spec.channels(), spec.filter_len());
+    let gates = spec.gated().then(|| {
+        (
+            random_rounded(spec.io_len(), dtype),
+            random_rounded(spec.io_len(), dtype),
+        )
+    });
+    let conv = Convolution::new(spec.clone(), kind).expect("backend available");
+    let filter = conv.prepare_filter(&k).expect("filter");
+    let u_t: Vec<T> = to_elements(&u);
+    let gates_t: Option<(Vec<T>, Vec<T>)> = gates
+        .as_ref()
+        .map(|(p, q)| (to_elements(p), to_elements(q)));
+    let mut y: Vec<T> = vec![T::from_f64(f64::NAN); spec.io_len()];
+    conv.forward(
+        &filter,
+        &u_t,
+        gates_t.as_ref().map(|(p, q)| Gates { pre: p, post: q }),
+        &mut y,
+    )
+    .expect("forward");
+    let got: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{kind}: output element {i} not written or not finite ({spec:?})");
+    }
+    let k64: Vec<f64> = k.iter().map(|&v| v as f64).collect();
+    let want = reference_forward(
+        &spec,
+        &u,
+        &k64,
+        gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
+    );
+    let err = relative_l2_error(&got, &want);
+    let tol = tolerance(dtype);
+    assert!(
+        err <= tol,
+        "{kind}: relative L2 error {err:.3e} > {tol:.1e} for {spec:?}"
+    );
+}
+
+fn run_case(kind: BackendKind, builder: ConvSpecBuilder) {
+    let spec = builder.build().expect("valid spec");
+    match spec.dtype() {
+        DType::F32 => run_case_typed::<f32>(kind, spec),
+        DType::F16 => run_case_typed::<f16>(kind, spec),
+        DType::Bf16 => run_case_typed::<bf16>(kind, spec),
+    }
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::Bf16];
+
+fn causal(kind: BackendKind) {
+    for dtype in DTYPES {
+        run_case(kind, ConvSpec::builder(2, 3, 1000, 1000).dtype(dtype));
+        run_case(kind, ConvSpec::builder(3, 2, 512, 300).dtype(dtype));
+    }
+}
+
+fn circular(kind: BackendKind) {
+    for dtype in DTYPES {
+        // Power-of-two L: N = L, no history region.
+        run_case(
+            kind,
+            ConvSpec::builder(2, 2, 1024, 1024).circular().dtype(dtype),
+        );
+        // Other L: wrap-around history.
+        run_case(
+            kind,
+            ConvSpec::builder(3, 2, 1000, 1000).circular().dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(1, 2, 777, 50).circular().dtype(dtype),
+        );
+    }
+}
+
+fn gated(kind: BackendKind) {
+    for dtype in DTYPES {
+        run_case(
+            kind,
+            ConvSpec::builder(2, 3, 700, 700).gated(true).dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(1, 2, 512, 512)
+                .gated(true)
+                .circular()
+                .dtype(dtype),
+        );
+    }
+}
+
+fn partial(kind: BackendKind) {
+    for dtype in DTYPES {
+        // K << L: several overlap-save blocks.
+        let b = ConvSpec::builder(3, 2, 20000, 33).dtype(dtype);
+        assert!(b.clone().build().unwrap().geometry().blocks > 1);
+        run_case(kind, b);
+        run_case(
+            kind,
+            ConvSpec::builder(1, 3, 5000, 100).circular().dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(2, 1, 9000, 200).gated(true).dtype(dtype),
+        );
+    }
+}
+
+fn frequency_sparse(kind: BackendKind) {
+    for dtype in DTYPES {
+        run_case(
+            kind,
+            ConvSpec::builder(2, 3, 1024, 1024)
+                .keep_frequencies(0.25)
+                .dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(1, 2, 1024, 1024)
+                .circular()
+                .keep_frequencies(0.5)
+                .dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(2, 2, 3000, 100)
+                .keep_frequencies(0.1)
+                .gated(true)
+                .dtype(dtype),
+        );
+    }
+}
+
+fn odd_shapes(kind: BackendKind) {
+    run_case(kind, ConvSpec::builder(1, 1, 1, 1));
+    run_case(kind, ConvSpec::builder(1, 1, 17, 1));
+    run_case(kind, ConvSpec::builder(3, 111, 300, 300));
+    run_case(kind, ConvSpec::builder(3, 111, 300, 1).dtype(DType::F16));
+    run_case(kind, ConvSpec::builder(1, 1, 14113, 14113));
+    run_case(
+        kind,
+        ConvSpec::builder(3, 1, 14113, 14113).dtype(DType::Bf16),
+    );
+    run_case(kind, ConvSpec::builder(1, 2, 14113, 129).circular());
+    run_case(kind, ConvSpec::builder(1, 3, 5, 5).circular());
+    run_case(kind, ConvSpec::builder(5, 1, 64, 64).circular().gated(true));
+}
+
+fn spectrum_memory_scales_with_filter(kind: BackendKind) {
+    let (h, k) = (4, 64);
+    let spec = ConvSpec::builder(1, h, 1 << 20, k).build().unwrap();
+    let conv = Convolution::new(spec, kind).unwrap();
+    let filter = conv.prepare_filter(&random_filter(h, k)).unwrap();
+    // Complex f32 spectrum of an FFT size at most 32 * K per channel.
+    assert!(
+        filter.size_bytes() <= h * 32 * k * 8,
+        "{kind}: {} bytes of spectrum for K = {k}",
+        filter.size_bytes()
+    );
+    let dense = Convolution::new(ConvSpec::builder(1, h, 4096, 4096).build().unwrap(), kind)
+        .unwrap()
+        .prepare_filter(&random_filter(h, 4096))
+        .unwrap();
+    let sparse = Convolution::new(
+        ConvSpec::builder(1, h, 4096, 4096)
+            .keep_frequencies(0.25)
+            .build()
+            .unwrap(),
+        kind,
+    )
+    .unwrap()
+    .prepare_filter(&random_filter(h, 4096))
+    .unwrap();
+    assert!(
+        sparse.size_bytes() * 3 < dense.size_bytes(),
+        "{kind}: sparse spectrum {} bytes vs dense {}",
+        sparse.size_bytes(),
+        dense.size_bytes()
+    );
+}
+
+fn nan_in_filter_propagates(kind: BackendKind) {
+    let spec = ConvSpec::builder(2, 3, 100, 10).build().unwrap();
+    let conv = Convolution::new(spec, kind).unwrap();
+    let mut k = random_filter(3, 10);
+    k[10 + 4] = f32::NAN; // channel 1
+    let filter = conv.prepare_filter(&k).unwrap();
+    let u: Vec<f32> = random_rounded(600, DType::F32)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let mut y = vec![0.0f32; 600];
+    conv.forward(&filter, &u, None, &mut y).unwrap();
+    for (row, out) in y.chunks(100).enumerate() {
+        if row % 3 == 1 {
+            assert!(
+                out.iter().all(|v| v.is_nan()),
+                "{kind}: NaN channel row {row}"
+            );
+        } else {
+            assert!(
+                out.iter().all(|v| v.is_finite()),
+                "{kind}: clean channel row {row}"
+            );
+        }
+    }
+}
+
+fn bad_input_is_a_typed_error(kind: BackendKind) {
+    let spec = ConvSpec::builder(2, 3, 100, 10)
+        .gated(true)
+        .build()
+        .unwrap();
+    let conv = Convolution::new(spec, kind).unwrap();
+    let ok = vec![0.5f32; 600];
+    let short = vec![0.5f32; 599];
+    let filter = conv.prepare_filter(&random_filter(3, 10)).unwrap();
+    let sentinel = 7.0f32;
+    let mut y = vec![sentinel; 600];
+    let gates = |pre, post| Some(Gates { pre, post });
+    let cases: Vec<(&str, Result<(), ConvError>)> = vec![
+        ("u", conv.forward(&filter, &short, gates(&ok, &ok), &mut y)),
+        (
+            "pregate",
+            conv.forward(&filter, &ok, gates(&short, &ok), &mut y),
+        ),
+        (
+            "postgate",
+            conv.forward(&filter, &ok, gates(&ok, &short), &mut y),
+        ),
+        ("gates", conv.forward(&filter, &ok, None, &mut y)),
+        (
+            "y",
+            conv.forward(&filter, &ok, gates(&ok, &ok), &mut y[..599]),
+        ),
+    ];
+    for (arg, result) in cases {
+        let err = result.expect_err(arg);
+        assert_eq!(err.argument(), Some(arg), "{kind}: {err}");
+    }
+    assert!(
+        y.iter().all(|&v| v == sentinel),
+        "{kind}: output touched on error"
+    );
+
+    let half_u = vec![f16::from_f32(0.5); 600];
+    let mut half_y = vec![f16::ZERO; 600];
+    let err = conv
+        .forward(&filter, &half_u, None, &mut half_y)
+        .expect_err("dtype mismatch");
+    assert!(
+        matches!(err, ConvError::DTypeMismatch { arg: "u", .. }),
+        "{err}"
+    );
+    assert!(half_y.iter().all(|v| *v == f16::ZERO));
+
+    let err = conv.prepare_filter(&[0.0; 29]).expect_err("short k");
+    assert_eq!(err.argument(), Some("k"));
+
+    // A filter prepared for another problem.
+    let other = Convolution::new(
+        ConvSpec::builder(2, 3, 100, 20)
+            .gated(true)
+            .build()
+            .unwrap(),
+        kind,
+    )
+    .unwrap()
+    .prepare_filter(&random_filter(3, 20))
+    .unwrap();
+    let err = conv
+        .forward(&other, &ok, gates(&ok, &ok), &mut y)
+        .expect_err("foreign filter");
+    assert!(format!("{err}").contains("filter"), "{err}");
+    assert!(y.iter().all(|&v| v == sentinel));
+
+    // Ungated problem given gates.
+    let plain = Convolution::new(ConvSpec::builder(2, 3, 100, 10).build().unwrap(), kind).unwrap();
+    let f = plain.prepare_filter(&random_filter(3, 10)).unwrap();
+    let err = plain
+        .forward(&f, &ok, gates(&ok, &ok), &mut y)
+        .expect_err("gates");
+    assert_eq!(err.argument(), Some("gates"));
+}
+
+fn concurrent_calls_agree(kind: BackendKind) {
+    let spec = ConvSpec::builder(2, 4, 3000, 500).build().unwrap();
+    let conv = Convolution::new(spec, kind).unwrap();
+    let filter = conv.prepare_filter(&random_filter(4, 500)).unwrap();
+    let inputs: Vec<Vec<f32>> = (0..4)
+        .map(|_| {
+            random_rounded(24000, DType::F32)
+                .iter()
+                .map(|&v| v as f32)
+                .collect()
+        })
+        .collect();
+    let serial: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|u| {
+            let mut y = vec![0.0; u.len()];
+            conv.forward(&filter, u, None, &mut y).unwrap();
+            y
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|u| {
+                s.spawn(|| {
+                    let mut y = vec![0.0; u.len()];
+                    conv.forward(&filter, u, None, &mut y).unwrap();
+                    y
+                })
+            })
+            .collect();
+        for (h, want) in handles.into_iter().zip(&serial) {
+            assert_eq!(
+                &h.join().unwrap(),
+                want,
+                "{kind}: concurrent result differs"
+            );
+        }
+    });
+}
+
+macro_rules! conformance_suite {
+    ($backend:ident, $kind:expr) => {
+        mod $backend {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[test]
+                    fn $name() {
+                        if let Some(kind) = backend_or_skip($kind, stringify!($name)) {
+                            super::$name(kind);
+                        }
+                    }
+                };
+            }
+            case!(causal);
+            case!(circular);
+            case!(gated);
+            case!(partial);
+            case!(frequency_sparse);
+            case!(odd_shapes);
+            case!(spectrum_memory_scales_with_filter);
+            case!(nan_in_filter_propagates);
+            case!(bad_input_is_a_typed_error);
+            case!(concurrent_calls_agree);
+        }
+    };
+}
+
+conformance_suite!(cpu, BackendKind::Cpu);
+conformance_suite!(cuda, BackendKind::Cuda);
+conformance_suite!(vulkan, BackendKind::Vulkan);
+
+#[test]
+fn invalid_problems_name_their_argument() {
+    let arg = |b: ConvSpecBuilder| match b.build() {
+        Err(e) => ConvError::from(e).argument(),
+        Ok(s) => panic!("accepted {s:?}"),
+    };
+    assert_eq!(arg(ConvSpec::builder(1, 1, 10, 11)), Some("filter_len"));
+    assert_eq!(arg(ConvSpec::builder(1, 1, 0, 1)), Some("length"));
+    assert_eq!(arg(ConvSpec::builder(0, 1, 10, 1)), Some("batch"));
+    assert_eq!(arg(ConvSpec::builder(1, 0, 10, 1)), Some("channels"));
+}
+
+#[test]
+fn best_available_backend_runs() {
+    let kind = BackendKind::best_available().expect("the CPU backend is always there");
+    let spec = ConvSpec::builder(1, 1, 64, 64).build().unwrap();
+    Convolution::with_best_backend(spec).unwrap();
+    assert!(kind.probe().is_ok());
+}

@@ -1,0 +1,218 @@
+//! Naive f64 oracles: the DFT, the direct O(L*K) convolution, and the whole-problem reference.
+//!
+//! These are slow on purpose and share no code with any fast path; tests compare every backend
+//! against them.
+
+use crate::{problem::ConvGeometry, Complex64, ConvMode, ConvSpec};
+
+/// `exp(sign * 2*pi*i * num / den)` with `num` reduced mod `den` in integers first.
+fn unit(num: u128, den: u128, sign: f64) -> Complex64 {
+    let r = (num % den) as f64 / den as f64;
+    let a = sign * 2.0 * std::f64::consts::PI * r;
+    Complex64::new(a.cos(), a.sin())
+}
+
+/// Naive DFT: `X[k] = sum_n x[n] exp(-2 pi i n k / N)` (or `+` and unnormalised for `inverse`).
+pub fn naive_dft(x: &[Complex64], inverse: bool) -> Vec<Complex64> {
+    let n = x.len() as u128;
+    let sign = if inverse { 1.0 } else { -1.0 };
+    (0..n)
+        .map(|k| {
+            x.iter()
+                .enumerate()
+                .map(|(j, &v)| v * unit(j as u128 * k, n, sign))
+                .sum()
+        })
+        .collect()
+}
+
+/// Direct causal convolution of one row: `y[t] = sum_{s<=min(t,K-1)} k[s] u[t-s]`, `t < L`.
+pub fn direct_causal(u: &[f64], k: &[f64]) -> Vec<f64> {
+    (0..u.len())
+        .map(|t| {
+            k.iter()
+                .take(t + 1)
+                .enumerate()
+                .map(|(s, &ks)| ks * u[t - s])
+                .sum()
+        })
+        .collect()
+}
+
+/// Direct circular convolution of one row: `y[t] = sum_{s<K} k[s] u[(t-s) mod L]`.
+pub fn direct_circular(u: &[f64], k: &[f64]) -> Vec<f64> {
+    let l = u.len();
+    (0..l)
+        .map(|t| {
+            k.iter()
+                .enumerate()
+                .map(|(s, &ks)| ks * u[(t + l - s % l) % l])
+                .sum()
+        })
+        .collect()
+}
+
+/// The periodic time-domain filter of length `N` whose spectrum is the DFT of `k` (zero padded to
+/// `N`) with every bin the geometry drops set to zero. Costs `O(K*m + N*m)`.
+pub fn band_limited_filter(k: &[f64], geometry: &ConvGeometry) -> Vec<f64> {
+    let n = geometry.n();
+    let kept: Vec<usize> = (0..n).filter(|&b| geometry.keeps_bin(b)).collect();
+    let spectrum: Vec<Complex64> = kept
+        .iter()
+        .map(|&b| {
+            k.iter()
+                .enumerate()
+                .map(|(s, &v)| unit(s as u128 * b as u128, n as u128, -1.0) * v)
+                .sum()
+        })
+        .collect();
+    (0..n)
+        .map(|t| {
+            let acc: Complex64 = kept
+                .iter()
+                .zip(&spectrum)
+                .map(|(&b, &x)| x * unit(t as u128 * b as u128, n as u128, 1.0))
+                .sum();
+            acc.re / n as f64
+        })
+        .collect()
+}
+
+/// One row through the blocked frequency-sparse definition (see [`crate::problem`]): each
+/// overlap-save block is a length-`N` circular convolution with the band-limited filter.
+pub fn direct_band_limited(u: &[f64], k_periodic: &[f64], geometry: &ConvGeometry) -> Vec<f64> {
+    let l = u.len();
+    let n = geometry.n();
+    let mut y = vec![0.0; l];
+    let mut segment = vec![0.0; n];
+    for j in 0..geometry.blocks {
+        let (start, outputs) = geometry.block_range(j, l);
+        for (p, x) in segment.iter_mut().enumerate() {
+            *x = geometry
+                .segment_source(start, outputs, p, l)
+                .map_or(0.0, |i| u[i]);
+        }
+        for p in 0..outputs {
+            y[start + p] = (0..n)
+                .map(|s| k_periodic[s] * segment[(p + n - s) % n])
+                .sum();
+        }
+    }
+    y
+}
+
+/// Gates for the reference: `(pregate, postgate)`, each `[B, H, L]`.
+pub type ReferenceGates<'a> = (&'a [f64], &'a [f64]);
+
+/// The whole problem in f64: `u` is `[B, H, L]`, `k` is `[H, K]`, result `[B, H, L]`.
+///
+/// Dense problems use the direct convolution; frequency-sparse ones the blocked band-limited
+/// definition. Inputs are taken as given (round them to the problem's dtype first).
+pub fn reference_forward(
+    spec: &ConvSpec,
+    u: &[f64],
+    k: &[f64],
+    gates: Option<ReferenceGates<'_>>,
+) -> Vec<f64> {
+    let (h_count, l, kl) = (spec.channels(), spec.length(), spec.filter_len());
+    let g = spec.geometry();
+    let periodic: Option<Vec<Vec<f64>>> = g.is_sparse().then(|| {
+        (0..h_count)
+            .map(|h| band_limited_filter(&k[h * kl..(h + 1) * kl], g))
+            .collect()
+    });
+    let mut y = vec![0.0; spec.io_len()];
+    for row in 0..spec.rows() {
+        let h = row % h_count;
+        let span = row * l..(row + 1) * l;
+        let x: Vec<f64> = match gates {
+            Some((pre, _)) => u[span.clone()]
+                .iter()
+                .zip(&pre[span.clone()])
+                .map(|(a, b)| a * b)
+                .collect(),
+            None => u[span.clone()].to_vec(),
+        };
+        let kh = &k[h * kl..(h + 1) * kl];
+        let out = match (&periodic, spec.mode()) {
+            (Some(p), _) => direct_band_limited(&x, &p[h], g),
+            (None, ConvMode::Causal) => direct_causal(&x, kh),
+            (None, ConvMode::Circular) => direct_circular(&x, kh),
+        };
+        let dst = &mut y[span.clone()];
+        match gates {
+            Some((_, post)) => {
+                for ((d, o), q) in dst.iter_mut().zip(out).zip(&post[span]) {
+                    *d = o * q;
+                }
+            }
+            None => dst.copy_from_slice(&out),
+        }
+    }
+    y
+}
+
+/// Relative L2 error `||got - want|| / ||want||` (absolute when `want` is zero). NaN anywhere
+/// in `got` gives NaN, so a NaN never passes a `<=` check.
+pub fn relative_l2_error(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "relative_l2_error: length mismatch");
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (&g, &w) in got.iter().zip(want) {
+        if !g.is_finite() {
+            return f64::NAN;
+        }
+        num += (g - w) * (g - w);
+        den += w * w;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ConvSpec;
+
+    #[test]
+    fn naive_dft_round_trips() {
+        let x: Vec<Complex64> = (0..12)
+            .map(|i| Complex64::new(i as f64, -(i as f64) * 0.5))
+            .collect();
+        let back = naive_dft(&naive_dft(&x, false), true);
+        for (a, b) in x.iter().zip(back) {
+            assert!((a * 12.0 - b).norm() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn direct_convolutions_match_definitions() {
+        let u = [1.0, 2.0, 3.0, 4.0];
+        let k = [1.0, -1.0];
+        assert_eq!(direct_causal(&u, &k), vec![1.0, 1.0, 1.0, 1.0]);
+        assert_eq!(direct_circular(&u, &k), vec![-3.0, 1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn band_limited_with_all_bins_is_the_direct_convolution() {
+        // A dense geometry passed through the band-limited path must equal direct_causal.
+        let spec = ConvSpec::builder(1, 1, 50, 7).build().unwrap();
+        let g = spec.geometry();
+        let u: Vec<f64> = (0..50).map(|i| ((i * 37 % 11) as f64) - 5.0).collect();
+        let k: Vec<f64> = (0..7).map(|i| 1.0 / (1.0 + i as f64)).collect();
+        let periodic = band_limited_filter(&k, g);
+        let got = direct_band_limited(&u, &periodic, g);
+        assert!(relative_l2_error(&got, &direct_causal(&u, &k)) < 1e-12);
+        let spec = ConvSpec::builder(1, 1, 50, 7).circular().build().unwrap();
+        let got = direct_band_limited(&u, &periodic, spec.geometry());
+        assert!(relative_l2_error(&got, &direct_circular(&u, &k)) < 1e-12);
+    }
+
+    #[test]
+    fn nan_never_passes() {
+        assert!(relative_l2_error(&[f64::NAN], &[1.0]).is_nan());
+    }
+}
