@@ -1,10 +1,9 @@
 //! [`CpuConvolution`]: the paired complex-FFT overlap-save engine, and its prepared filter.
 
-use crate::{error::CpuError, planner::complex_ffts};
-use monarch_core::{Complex32, ConvGeometry, ConvSpec, Element};
+use crate::{error::CpuError, spectrum::CpuFilterSpectrum, split::SplitFft};
+use monarch_core::{Complex32, ConvSpec, Element};
 use rayon::prelude::*;
-use rustfft::Fft;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A convolution problem prepared for the CPU: its geometry and shared FFT plans.
 ///
@@ -12,49 +11,26 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct CpuConvolution {
     spec: ConvSpec,
-    fft: Arc<dyn Fft<f32>>,
-    ifft: Arc<dyn Fft<f32>>,
-    scratch_len: usize,
+    /// The length-`N` FFT as split passes and cache-sized sub-FFTs.
+    split: Arc<SplitFft>,
+    workspaces: Arc<WorkspacePool>,
 }
 
 impl std::fmt::Debug for CpuConvolution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuConvolution")
             .field("spec", &self.spec)
-            .field("scratch_len", &self.scratch_len)
             .finish_non_exhaustive()
     }
 }
 
-/// The filter spectrum of every channel, prepared for one [`CpuConvolution`]'s geometry.
-///
-/// Bins are in natural order, scaled by `1/N`. Only the kept bins are stored: `[0, low)` and
-/// `[high, N)` of each channel (for a dense problem `low = high = N`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CpuFilterSpectrum {
-    geometry: ConvGeometry,
-    channels: usize,
-    filter_len: usize,
-    low: usize,
-    high: usize,
-    bins: Vec<Complex32>,
-}
-
-impl CpuFilterSpectrum {
-    /// Stored complex values per channel.
-    pub fn bins_per_channel(&self) -> usize {
-        self.low + (self.geometry.n() - self.high)
-    }
-
-    /// Bytes of spectrum memory held.
-    pub fn size_bytes(&self) -> usize {
-        self.bins.len() * std::mem::size_of::<Complex32>()
-    }
-
-    fn channel(&self, h: usize) -> &[Complex32] {
-        let per = self.bins_per_channel();
-        &self.bins[h * per..(h + 1) * per]
-    }
+/// The spectra a packed pair is multiplied by.
+#[derive(Debug, Clone, Copy)]
+enum Filters<'a> {
+    /// Both lanes belong to one channel.
+    Shared(&'a [Complex32]),
+    /// The real lane belongs to the first channel, the imaginary lane to the second.
+    Two(&'a [Complex32], &'a [Complex32]),
 }
 
 /// One overlap-save block of one row: outputs `[start, start + outputs)` of row `row`.
@@ -66,12 +42,82 @@ struct Segment {
 }
 
 /// Per-thread working memory.
+/// Per-thread working memory: the length-`N` buffer of sub-blocks, FFT scratch, the outer
+/// stage's two tile rows, and real staging for one tile row of each lane and of a gate.
 struct Workspace {
     buf: Vec<Complex32>,
     scratch: Vec<Complex32>,
+    tile: Vec<Complex32>,
     lane_a: Vec<f32>,
     lane_b: Vec<f32>,
     tmp: Vec<f32>,
+}
+
+impl Workspace {
+    fn new(split: &SplitFft) -> Self {
+        let t = split.tile_len();
+        Workspace {
+            buf: vec![Complex32::default(); split.n()],
+            scratch: vec![Complex32::default(); split.scratch_len()],
+            tile: vec![Complex32::default(); 2 * t],
+            lane_a: vec![0.0; t],
+            lane_b: vec![0.0; t],
+            tmp: vec![0.0; t],
+        }
+    }
+}
+
+/// Workspaces kept between calls, so steady-state calls allocate (and page-fault) nothing.
+/// Holds at most as many workspaces as threads ever ran one call concurrently.
+#[derive(Default)]
+struct WorkspacePool {
+    free: Mutex<Vec<Workspace>>,
+}
+
+impl WorkspacePool {
+    fn take(&self, split: &SplitFft) -> PooledWorkspace<'_> {
+        let ws = self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            .unwrap_or_else(|| Workspace::new(split));
+        PooledWorkspace {
+            ws: Some(ws),
+            pool: self,
+        }
+    }
+}
+
+/// A workspace on loan from a [`WorkspacePool`]; returned when dropped.
+struct PooledWorkspace<'a> {
+    ws: Option<Workspace>,
+    pool: &'a WorkspacePool,
+}
+
+impl std::ops::Deref for PooledWorkspace<'_> {
+    type Target = Workspace;
+    fn deref(&self) -> &Workspace {
+        self.ws.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledWorkspace<'_> {
+    fn deref_mut(&mut self) -> &mut Workspace {
+        self.ws.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledWorkspace<'_> {
+    fn drop(&mut self) {
+        if let Some(ws) = self.ws.take() {
+            self.pool
+                .free
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(ws);
+        }
+    }
 }
 
 /// The output buffer, written by several threads at disjoint ranges.
@@ -108,15 +154,11 @@ impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
-        let (fft, ifft) = complex_ffts(n);
-        let scratch_len = fft
-            .get_inplace_scratch_len()
-            .max(ifft.get_inplace_scratch_len());
+        let split = SplitFft::new(n);
         Ok(CpuConvolution {
             spec: spec.clone(),
-            fft,
-            ifft,
-            scratch_len,
+            split: Arc::new(split),
+            workspaces: Arc::default(),
         })
     }
 
@@ -128,7 +170,8 @@ impl CpuConvolution {
     /// Scratch memory one worker thread uses, in bytes.
     pub fn scratch_bytes_per_thread(&self) -> usize {
         let n = self.spec.geometry().n();
-        (n + self.scratch_len) * 8 + 3 * n * 4
+        let t = self.split.tile_len();
+        (n + self.split.scratch_len() + 2 * t) * 8 + 3 * t * 4
     }
 
     /// Computes every channel's filter spectrum from `k: [H, K]` (f32, row-major).
@@ -141,43 +184,38 @@ impl CpuConvolution {
         CpuError::check_len("k", k.len(), spec.filter_elems())?;
         let geometry = *spec.geometry();
         let n = geometry.n();
-        let (low, high) = if geometry.is_sparse() {
-            (geometry.kept_bins, n - geometry.kept_bins + 1)
-        } else {
-            (n, n)
-        };
-        let per = low + (n - high);
+        let split = &*self.split;
+        let layout = CpuFilterSpectrum::layout(geometry, channels, kl, split);
+        let per = layout.bins_per_channel();
         let mut bins = vec![Complex32::default(); channels * per];
         let scale = 1.0 / n as f32;
         bins.par_chunks_mut(per)
             .zip(k.par_chunks(kl))
             .for_each_init(
-                || {
-                    (
-                        vec![Complex32::default(); n],
-                        vec![Complex32::default(); self.scratch_len],
-                    )
-                },
-                |(buf, scratch), (dst, kh)| {
-                    buf.fill(Complex32::default());
-                    for (b, &v) in buf.iter_mut().zip(kh) {
-                        b.re = v;
-                    }
-                    self.fft.process_with_scratch(buf, scratch);
-                    let kept = buf[..low].iter().chain(&buf[high..]);
-                    for (d, &s) in dst.iter_mut().zip(kept) {
-                        *d = s * scale;
-                    }
+                || self.workspaces.take(split),
+                |ws, (dst, kh)| {
+                    // The same split transform the engine applies to the data.
+                    let Workspace {
+                        buf, scratch, tile, ..
+                    } = &mut **ws;
+                    let s = split.sub_len();
+                    split.forward_outer(buf, tile, |n1, c0, dst| {
+                        let p0 = n1 * s + c0;
+                        if p0 >= kh.len() {
+                            return false;
+                        }
+                        for (i, d) in dst.iter_mut().enumerate() {
+                            *d = Complex32::new(kh.get(p0 + i).copied().unwrap_or(0.0), 0.0);
+                        }
+                        true
+                    });
+                    split.sub_forward(buf, scratch);
+                    layout.keep(buf, scale, dst);
                 },
             );
-        Ok(CpuFilterSpectrum {
-            geometry,
-            channels,
-            filter_len: kl,
-            low,
-            high,
-            bins,
-        })
+        Ok(CpuFilterSpectrum::build(
+            geometry, channels, kl, split, bins,
+        ))
     }
 
     /// Forward convolution: `y = post * conv(pre * u, k)`, all `[B, H, L]` of this problem's
@@ -238,112 +276,129 @@ impl CpuConvolution {
         };
         let g = spec.geometry();
         let (channels, l) = (spec.channels(), spec.length());
-        let units = spec.batch() * g.blocks;
-        let pairs = units.div_ceil(2);
-        let segment = |h: usize, q: usize| {
+        // Segments ordered by (channel, batch row, block); consecutive ones are paired. Pairs
+        // within one channel share a filter; a pair straddling two channels (when a channel has
+        // an odd number of segments) is separated in the frequency domain.
+        let per_channel = spec.batch() * g.blocks;
+        let total = channels * per_channel;
+        let segment = |index: usize| {
+            let (h, q) = (index / per_channel, index % per_channel);
             let (b, j) = (q / g.blocks, q % g.blocks);
             let (start, outputs) = g.block_range(j, l);
-            Segment {
-                row: b * channels + h,
-                start,
-                outputs,
-            }
+            (
+                h,
+                Segment {
+                    row: b * channels + h,
+                    start,
+                    outputs,
+                },
+            )
         };
-        let n = g.n();
-        (0..channels * pairs).into_par_iter().for_each_init(
-            || Workspace {
-                buf: vec![Complex32::default(); n],
-                scratch: vec![Complex32::default(); self.scratch_len],
-                lane_a: vec![0.0; n],
-                lane_b: vec![0.0; n],
-                tmp: vec![0.0; n],
-            },
+        (0..total.div_ceil(2)).into_par_iter().for_each_init(
+            || self.workspaces.take(&self.split),
             |ws, item| {
-                let (h, pair) = (item / pairs, item % pairs);
-                let first = segment(h, 2 * pair);
-                let second = (2 * pair + 1 < units).then(|| segment(h, 2 * pair + 1));
-                self.run_pair(ws, filter.channel(h), filter, &inputs, first, second, &out);
+                let (ha, first) = segment(2 * item);
+                let second = (2 * item + 1 < total).then(|| segment(2 * item + 1));
+                let filters = match second {
+                    Some((hb, _)) if hb != ha => {
+                        Filters::Two(filter.channel(ha), filter.channel(hb))
+                    }
+                    _ => Filters::Shared(filter.channel(ha)),
+                };
+                self.run_pair(
+                    ws,
+                    filters,
+                    filter,
+                    &inputs,
+                    first,
+                    second.map(|s| s.1),
+                    &out,
+                );
             },
         );
         Ok(())
     }
 
     /// Convolves one or two segments of one channel packed as one complex sequence.
+    ///
+    /// The length-`N` FFT is split once (`N = 2 * N2`, decimation in frequency): the first
+    /// radix-2 stage and its twiddles are fused into packing the lanes, the two halves are
+    /// transformed as length-`N2` FFTs (even and odd frequencies), multiplied by the spectrum
+    /// stored in that order, transformed back, and the last inverse stage is fused into
+    /// unpacking. Halves known to be zero (the causal padding) are never read, and output
+    /// halves nobody needs are never formed.
     #[allow(clippy::too_many_arguments)]
     fn run_pair<T: Element>(
         &self,
         ws: &mut Workspace,
-        spectrum: &[Complex32],
+        filters: Filters<'_>,
         filter: &CpuFilterSpectrum,
         inputs: &Inputs<'_, T>,
         a: Segment,
         b: Option<Segment>,
         out: &SharedOut<T>,
     ) {
+        let split = &*self.split;
+        let s = split.sub_len();
+        let Workspace {
+            buf,
+            scratch,
+            tile,
+            lane_a,
+            lane_b,
+            tmp,
+        } = ws;
+        split.forward_outer(buf, tile, |n1, c0, dst| {
+            let (p0, len) = (n1 * s + c0, dst.len());
+            let zero_a = self.known_zero(a, p0, len);
+            let zero_b = b.is_none_or(|seg| self.known_zero(seg, p0, len));
+            if zero_a && zero_b {
+                return false;
+            }
+            for (seg, lane, zero) in [(Some(a), &mut *lane_a, zero_a), (b, &mut *lane_b, zero_b)] {
+                match seg {
+                    Some(seg) if !zero => self.lane_values(inputs, seg, p0, &mut lane[..len], tmp),
+                    _ => lane[..len].fill(0.0),
+                }
+            }
+            for ((d, &re), &im) in dst.iter_mut().zip(lane_a.iter()).zip(lane_b.iter()) {
+                *d = Complex32::new(re, im);
+            }
+            true
+        });
+
+        // Each sub-block: sub-FFT, product, inverse sub-FFT while it is in cache.
+        for (b_index, block) in buf.chunks_exact_mut(s).enumerate() {
+            split.sub_forward(block, scratch);
+            match filters {
+                Filters::Shared(k) => filter.multiply(split, k, b_index, block),
+                Filters::Two(ka, kb) => filter.multiply_two(split, (ka, kb), b_index, block),
+            }
+            split.sub_inverse(block, scratch);
+        }
+
+        // Inverse outer stage, only for the rows that hold outputs.
+        let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
+        split.inverse_outer(buf, tile, outputs.div_ceil(s), |n1, c0, vals| {
+            let (p0, len) = (n1 * s + c0, vals.len());
+            for ((v, ya), yb) in vals.iter().zip(lane_a.iter_mut()).zip(lane_b.iter_mut()) {
+                *ya = v.re;
+                *yb = v.im;
+            }
+            self.store(inputs, a, p0, &mut lane_a[..len], tmp, out);
+            if let Some(seg) = b {
+                self.store(inputs, seg, p0, &mut lane_b[..len], tmp, out);
+            }
+        });
+    }
+
+    /// Whether a segment's lane is known to be zero at positions `[p0, p0 + len)`: past its
+    /// outputs and either before its history or where the history is all before `t = 0` of
+    /// a causal convolution.
+    fn known_zero(&self, seg: Segment, p0: usize, len: usize) -> bool {
         let g = self.spec.geometry();
-        let n = g.n();
-        let hist = g.history;
-        // Lane layout: body values at [0, outputs), history values at [n - hist, n).
-        self.gather(inputs, a, &mut ws.lane_a, &mut ws.tmp);
-        let b_outputs = match b {
-            Some(seg) => {
-                self.gather(inputs, seg, &mut ws.lane_b, &mut ws.tmp);
-                seg.outputs
-            }
-            None => 0,
-        };
-        let (la, lb) = (&ws.lane_a, &ws.lane_b);
-        let buf = &mut ws.buf;
-        let body = a.outputs.max(b_outputs);
-        for (p, c) in buf[..body].iter_mut().enumerate() {
-            let re = if p < a.outputs { la[p] } else { 0.0 };
-            let im = if p < b_outputs { lb[p] } else { 0.0 };
-            *c = Complex32::new(re, im);
-        }
-        buf[body..n - hist].fill(Complex32::default());
-        if b.is_some() {
-            for ((c, &re), &im) in buf[n - hist..]
-                .iter_mut()
-                .zip(&la[n - hist..])
-                .zip(&lb[n - hist..])
-            {
-                *c = Complex32::new(re, im);
-            }
-        } else {
-            for (c, &re) in buf[n - hist..].iter_mut().zip(&la[n - hist..]) {
-                *c = Complex32::new(re, 0.0);
-            }
-        }
-
-        self.fft.process_with_scratch(buf, &mut ws.scratch);
-        let (low, high) = (filter.low, filter.high);
-        for (x, &s) in buf[..low].iter_mut().zip(&spectrum[..low]) {
-            *x *= s;
-        }
-        buf[low..high].fill(Complex32::default());
-        for (x, &s) in buf[high..].iter_mut().zip(&spectrum[low..]) {
-            *x *= s;
-        }
-        self.ifft.process_with_scratch(buf, &mut ws.scratch);
-
-        self.scatter(
-            inputs,
-            a,
-            |p| ws.buf[p].re,
-            &mut ws.lane_a,
-            &mut ws.tmp,
-            out,
-        );
-        if let Some(seg) = b {
-            self.scatter(
-                inputs,
-                seg,
-                |p| ws.buf[p].im,
-                &mut ws.lane_b,
-                &mut ws.tmp,
-                out,
-            );
-        }
+        let history_zero = g.history == 0 || (!g.wraps && seg.start == 0);
+        p0 >= seg.outputs && (history_zero || p0 + len <= g.n() - g.history)
     }
 
     /// Loads `src` (widened to f32, times the pre-gate when given) into `dst`.
@@ -358,74 +413,90 @@ impl CpuConvolution {
         }
     }
 
-    /// Fills a lane: the segment's inputs at `[0, outputs)` and its history at `[n - hist, n)`.
-    fn gather<T: Element>(
+    /// Fills `dst` with a segment's lane at positions `[p0, p0 + dst.len())`: its inputs at
+    /// `[0, outputs)`, its history (the `hist` inputs before `start`) at `[N - hist, N)`, and
+    /// zeros between. History before `t = 0` is zero (causal) or wraps around (circular).
+    fn lane_values<T: Element>(
         &self,
         inputs: &Inputs<'_, T>,
         seg: Segment,
-        lane: &mut [f32],
+        p0: usize,
+        dst: &mut [f32],
         tmp: &mut [f32],
     ) {
         let g = self.spec.geometry();
         let (n, hist, l) = (g.n(), g.history, self.spec.length());
         let row = seg.row * l;
-        let pre_of = |r: std::ops::Range<usize>| inputs.pre.map(|p| &p[r]);
-        let body = row + seg.start..row + seg.start + seg.outputs;
-        Self::load(
-            &inputs.u[body.clone()],
-            pre_of(body),
-            &mut lane[..seg.outputs],
-            tmp,
-        );
-        if hist == 0 {
+        let p1 = p0 + dst.len();
+        let load = |src: std::ops::Range<usize>, dst: &mut [f32], tmp: &mut [f32]| {
+            let src = row + src.start..row + src.end;
+            Self::load(
+                &inputs.u[src.clone()],
+                inputs.pre.map(|p| &p[src]),
+                dst,
+                tmp,
+            );
+        };
+        // Body: positions [0, outputs) read u[start + p].
+        let body_end = seg.outputs.clamp(p0, p1);
+        if body_end > p0 {
+            load(
+                seg.start + p0..seg.start + body_end,
+                &mut dst[..body_end - p0],
+                tmp,
+            );
+        }
+        // Zeros: positions [outputs, N - hist).
+        let hist_start = (n - hist).clamp(p0, p1).max(body_end);
+        dst[body_end - p0..hist_start - p0].fill(0.0);
+        if hist_start == p1 {
             return;
         }
-        let lane_hist = &mut lane[n - hist..];
-        // History is u[start - hist .. start]; the part before t = 0 is zero or wraps.
-        let before_zero = hist.saturating_sub(seg.start);
-        if before_zero > 0 {
-            let head = &mut lane_hist[..before_zero];
+        // History: position p reads input start - (N - p); below t = 0 (p < N - start) it wraps
+        // to L - (N - p) + start, or is zero.
+        let split = (n - seg.start.min(n)).clamp(hist_start, p1);
+        if split > hist_start {
+            let head = &mut dst[hist_start - p0..split - p0];
             if g.wraps {
-                let tail = row + l - before_zero..row + l;
-                Self::load(&inputs.u[tail.clone()], pre_of(tail), head, tmp);
+                let from = l + seg.start + hist_start - n;
+                load(from..from + head.len(), head, tmp);
             } else {
                 head.fill(0.0);
             }
         }
-        let recent = row + seg.start - (hist - before_zero)..row + seg.start;
-        Self::load(
-            &inputs.u[recent.clone()],
-            pre_of(recent),
-            &mut lane_hist[before_zero..],
-            tmp,
-        );
+        if p1 > split {
+            let from = seg.start + split - n;
+            load(from..from + (p1 - split), &mut dst[split - p0..], tmp);
+        }
     }
 
-    /// Writes one segment's outputs (times the post-gate when given) from the working buffer.
-    fn scatter<T: Element>(
+    /// Writes a segment's outputs at positions `[p0, p0 + values.len())` (those below its
+    /// `outputs`), times the post-gate when given.
+    fn store<T: Element>(
         &self,
         inputs: &Inputs<'_, T>,
         seg: Segment,
-        value: impl Fn(usize) -> f32,
-        lane: &mut [f32],
+        p0: usize,
+        values: &mut [f32],
         tmp: &mut [f32],
         out: &SharedOut<T>,
     ) {
-        let offset = seg.row * self.spec.length() + seg.start;
-        let lane = &mut lane[..seg.outputs];
-        for (p, v) in lane.iter_mut().enumerate() {
-            *v = value(p);
+        let len = seg.outputs.saturating_sub(p0).min(values.len());
+        if len == 0 {
+            return;
         }
+        let offset = seg.row * self.spec.length() + seg.start + p0;
+        let values = &mut values[..len];
         if let Some(post) = inputs.post {
-            let tmp = &mut tmp[..seg.outputs];
-            T::load_f32(&post[offset..offset + seg.outputs], tmp);
-            for (v, &q) in lane.iter_mut().zip(tmp.iter()) {
+            let tmp = &mut tmp[..len];
+            T::load_f32(&post[offset..offset + len], tmp);
+            for (v, &q) in values.iter_mut().zip(tmp.iter()) {
                 *v *= q;
             }
         }
         // SAFETY: every (row, block) segment is handled by exactly one work item, so output
         // ranges of concurrent items never overlap.
-        let dst = unsafe { out.range(offset, seg.outputs) };
-        T::store_f32(lane, dst);
+        let dst = unsafe { out.range(offset, len) };
+        T::store_f32(values, dst);
     }
 }

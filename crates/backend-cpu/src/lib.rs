@@ -23,10 +23,13 @@ mod baseline;
 mod engine;
 mod error;
 mod planner;
+mod spectrum;
+mod split;
 
 pub use baseline::{BaselineSpectrum, RealFftBaseline};
-pub use engine::{CpuConvolution, CpuFilterSpectrum};
+pub use engine::CpuConvolution;
 pub use error::CpuError;
+pub use spectrum::CpuFilterSpectrum;
 
 /// Number of worker threads the backend uses (rayon's global pool).
 pub fn threads() -> usize {

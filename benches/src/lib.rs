@@ -1,0 +1,1 @@
+//! Benchmarks support crate (empty; benchmarks live in benches/).

@@ -1,0 +1,243 @@
+//! Hand-rolled argument parsing for `cargo xtask bench`.
+
+use conv::{BackendKind, DType, FftSize};
+
+pub const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  bench    forward-convolution benchmark sweep (causal, K = L = N/2 for FFT size N)
+  help     this message
+
+bench options:
+  --sizes LIST     FFT sizes N: a list `256,4K,1M` or a range `256..1M` (every power of two
+                   in it); suffixes K = 2^10, M = 2^20. Default 256..1M.
+  --dtype LIST     I/O dtypes, from f32, f16, bf16. Default f32.
+  --backend LIST   backends, from cpu, cuda, vulkan, or `all` (default): unavailable ones are
+                   skipped with the reason. The CPU realfft baseline always runs too.
+  --gated          gated problems (pre- and post-gate, both [B, H, L]).
+  --mb MB          bytes each case moves (u read + y written + gates), in MB (10^6 bytes);
+                   sets B*H. Default 256 (the default sweep takes about 30 s on 2 cores).
+  --reps N         timed runs per case after one warm-up; the median is reported. Default 5
+                   (3 when the warm-up alone takes over a second).
+  --quick          a quick sweep: sizes 256..64K, --mb 16, --reps 3 (explicit options win).
+
+Shapes: rows = B*H = MB / (streams * L * dtype bytes), H = min(768, rows), B = rows / H.
+Every result is checked against an f64 direct convolution on a few sampled rows; an error
+above the dtype tolerance (f32 1e-5, f16 2e-3, bf16 1.5e-2) or a NaN is marked FAIL and
+makes the command exit non-zero. Results also go to target/bench/latest.json.
+GPU backends: cargo run --release -p xtask --features cuda,vulkan -- bench ...
+";
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub sizes: Vec<usize>,
+    pub dtypes: Vec<DType>,
+    pub backends: Vec<BackendKind>,
+    pub gated: bool,
+    pub mb: f64,
+    /// `None`: 5, or 3 for cases whose warm-up takes over a second.
+    pub reps: Option<usize>,
+}
+
+pub const DEFAULT_MB: f64 = 256.0;
+pub const QUICK_MB: f64 = 16.0;
+pub const DEFAULT_REPS: usize = 5;
+pub const REDUCED_REPS: usize = 3;
+
+impl BenchOptions {
+    /// Parses the options after `bench`; `Ok(None)` for `--help`.
+    pub fn parse(args: &[String]) -> Result<Option<Self>, String> {
+        let mut sizes = None;
+        let mut dtypes = None;
+        let mut backends = None;
+        let mut gated = false;
+        let mut mb = None;
+        let mut reps = None;
+        let mut quick = false;
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            // Accept both `--opt value` and `--opt=value`.
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = |name: &str| -> Result<String, String> {
+                match &inline {
+                    Some(v) => Ok(v.clone()),
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("{name} needs a value")),
+                }
+            };
+            match name {
+                "--sizes" | "--size" => sizes = Some(parse_sizes(&value(name)?)?),
+                "--dtype" | "--dtypes" => dtypes = Some(parse_list(&value(name)?, "dtype")?),
+                "--backend" | "--backends" => backends = Some(parse_backends(&value(name)?)?),
+                "--gated" => gated = true,
+                "--mb" => {
+                    let v = value(name)?;
+                    let x: f64 = v.parse().map_err(|_| format!("--mb: bad number `{v}`"))?;
+                    if !(x > 0.0 && x.is_finite()) {
+                        return Err(format!("--mb must be positive, got {v}"));
+                    }
+                    mb = Some(x);
+                }
+                "--reps" => {
+                    let v = value(name)?;
+                    let n: usize = v.parse().map_err(|_| format!("--reps: bad count `{v}`"))?;
+                    if n == 0 {
+                        return Err("--reps must be at least 1".into());
+                    }
+                    reps = Some(n);
+                }
+                "--quick" => quick = true,
+                "-h" | "--help" => return Ok(None),
+                other => return Err(format!("unknown option `{other}`")),
+            }
+        }
+        let default_sizes = if quick { "256..64K" } else { "256..1M" };
+        Ok(Some(BenchOptions {
+            sizes: match sizes {
+                Some(s) => s,
+                None => parse_sizes(default_sizes)?,
+            },
+            dtypes: dtypes.unwrap_or_else(|| vec![DType::F32]),
+            backends: backends.unwrap_or_else(|| all_backends().to_vec()),
+            gated,
+            mb: mb.unwrap_or(if quick { QUICK_MB } else { DEFAULT_MB }),
+            reps: reps.or(if quick { Some(REDUCED_REPS) } else { None }),
+        }))
+    }
+}
+
+/// Backends in the order the table lists them.
+pub fn all_backends() -> [BackendKind; 3] {
+    [BackendKind::Cpu, BackendKind::Cuda, BackendKind::Vulkan]
+}
+
+/// A comma-separated list, duplicates dropped (first occurrence kept).
+fn parse_list<T>(s: &str, what: &str) -> Result<Vec<T>, String>
+where
+    T: std::str::FromStr<Err = String> + PartialEq,
+{
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let x: T = part.to_ascii_lowercase().parse()?;
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("empty {what} list"));
+    }
+    Ok(out)
+}
+
+fn parse_backends(s: &str) -> Result<Vec<BackendKind>, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(all_backends().to_vec());
+    }
+    parse_list(s, "backend")
+}
+
+/// `4096`, `4K`, `4k`, `1M`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1usize << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1usize << 20),
+        _ => (s, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("bad size `{s}` (expected e.g. 4096, 4K or 1M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+/// FFT sizes: `a,b,c` or `lo..hi` (powers of two from `lo` to `hi`, inclusive).
+pub fn parse_sizes(s: &str) -> Result<Vec<usize>, String> {
+    let sizes = if let Some((lo, hi)) = s.split_once("..") {
+        let (lo, hi) = (parse_size(lo)?, parse_size(hi.trim_start_matches('='))?);
+        if lo > hi {
+            return Err(format!("empty size range `{s}`"));
+        }
+        let mut n = lo.max(1).next_power_of_two();
+        let mut v = Vec::new();
+        while n <= hi {
+            v.push(n);
+            n *= 2;
+        }
+        v
+    } else {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(parse_size)
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if sizes.is_empty() {
+        return Err(format!("no FFT sizes in `{s}`"));
+    }
+    for &n in &sizes {
+        FftSize::new(n).map_err(|e| format!("FFT size {n}: {e}"))?;
+    }
+    Ok(sizes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sizes_parse_lists_ranges_and_suffixes() {
+        assert_eq!(parse_sizes("256,4K,1M").unwrap(), vec![256, 4096, 1 << 20]);
+        assert_eq!(parse_sizes("256..2k").unwrap(), vec![256, 512, 1024, 2048]);
+        assert_eq!(parse_sizes("256..1M").unwrap().len(), 13);
+        assert!(parse_sizes("1000").is_err());
+        assert!(parse_sizes("4K..1K").is_err());
+        assert!(parse_sizes("x").is_err());
+    }
+
+    #[test]
+    fn options_parse() {
+        let o = BenchOptions::parse(&strings(&[
+            "--sizes",
+            "4K",
+            "--dtype=f16,bf16",
+            "--backend",
+            "all",
+            "--gated",
+            "--reps",
+            "2",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.sizes, vec![4096]);
+        assert_eq!(o.dtypes, vec![DType::F16, DType::Bf16]);
+        assert_eq!(o.backends.len(), 3);
+        assert!(o.gated);
+        assert_eq!(o.reps, Some(2));
+        assert_eq!(o.mb, DEFAULT_MB);
+        let q = BenchOptions::parse(&strings(&["--quick"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (q.mb, q.reps, q.sizes.len()),
+            (QUICK_MB, Some(REDUCED_REPS), 9)
+        );
+        assert!(BenchOptions::parse(&strings(&["--bogus"])).is_err());
+        assert!(BenchOptions::parse(&strings(&["--mb"])).is_err());
+        assert!(BenchOptions::parse(&strings(&["--dtype", "f64"])).is_err());
+        assert!(BenchOptions::parse(&strings(&["--help"]))
+            .unwrap()
+            .is_none());
+    }
+}

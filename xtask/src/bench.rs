@@ -1,0 +1,361 @@
+//! `cargo xtask bench`: times the forward convolution on every available backend and the
+//! baseline over a size sweep, checks each result against the f64 oracle, reports.
+//!
+//! The baseline is [`backend_cpu::RealFftBaseline`] (the straightforward realfft convolution) on
+//! the same rayon pool, with the same dtype I/O; for gated problems it runs as a user would write
+//! it: a pre-gate pass, the baseline, a post-gate pass (each pass threaded over the same number of
+//! workers). Ratios of every backend are against that CPU baseline (a cuFFT baseline for CUDA
+//! is future work).
+
+use crate::args::{BenchOptions, DEFAULT_REPS, REDUCED_REPS};
+use crate::oracle::{self, RowCheck};
+use crate::report::{self, Record};
+use backend_cpu::RealFftBaseline;
+use conv::{bf16, f16, BackendKind, ConvSpec, Convolution, DType, Element, Gates};
+use rand::{Rng, SeedableRng};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Widest channel count of the swept shapes (`H = min(768, rows)`).
+const MAX_CHANNELS: usize = 768;
+/// A warm-up longer than this drops the default repetitions to [`REDUCED_REPS`].
+const SLOW_WARMUP: Duration = Duration::from_secs(1);
+
+/// Relative-L2 tolerance of a dtype's results.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::Bf16 => 1.5e-2,
+    }
+}
+
+/// `B, H` for FFT size `n` so one call moves about `mb` MB.
+pub fn shape(n: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
+    let l = n / 2;
+    let streams = if gated { 4 } else { 2 };
+    let per_row = (streams * l * dtype.size_bytes()) as f64;
+    let rows = ((mb * 1e6) / per_row).round().max(1.0) as usize;
+    let h = rows.min(MAX_CHANNELS);
+    (rows / h, h)
+}
+
+struct Sweep<'a> {
+    opts: &'a BenchOptions,
+    backends: Vec<BackendKind>,
+    step: usize,
+    steps: usize,
+    records: Vec<Record>,
+}
+
+pub fn run(opts: &BenchOptions) -> ExitCode {
+    let statuses = conv::backend_statuses();
+    let mut backends = Vec::new();
+    let mut lines = Vec::new();
+    for &kind in &opts.backends {
+        let status = statuses.iter().find(|s| s.kind == kind);
+        match status.map(|s| &s.available) {
+            Some(Ok(desc)) => {
+                backends.push(kind);
+                lines.push(format!("backend {kind}: {desc}"));
+            }
+            Some(Err(reason)) => {
+                eprintln!("skipping backend {kind}: {reason}");
+                lines.push(format!("backend {kind}: skipped ({reason})"));
+            }
+            None => lines.push(format!("backend {kind}: skipped (unknown)")),
+        }
+    }
+    println!("{}", report::machine_header());
+    for line in &lines {
+        println!("{line}");
+    }
+    println!(
+        "baseline: realfft (RealFftBaseline, CPU, same threads and dtype I/O{})",
+        if opts.gated {
+            ", gates as separate passes"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "sweep: causal, K = L = N/2, {} MB per call{}, reps {}, tolerance f32 {:.0e} / f16 {:.0e} / bf16 {:.1e}",
+        opts.mb,
+        if opts.gated { ", gated" } else { "" },
+        opts.reps.map_or_else(
+            || format!("{DEFAULT_REPS} ({REDUCED_REPS} if warm-up > 1 s)"),
+            |r| r.to_string()
+        ),
+        tolerance(DType::F32),
+        tolerance(DType::F16),
+        tolerance(DType::Bf16),
+    );
+    println!();
+
+    let steps = opts.sizes.len() * opts.dtypes.len() * (backends.len() + 1);
+    let mut sweep = Sweep {
+        opts,
+        backends,
+        step: 0,
+        steps,
+        records: Vec::new(),
+    };
+    let started = Instant::now();
+    for &n in &opts.sizes {
+        for &dtype in &opts.dtypes {
+            match dtype {
+                DType::F32 => sweep.case::<f32>(n),
+                DType::F16 => sweep.case::<f16>(n),
+                DType::Bf16 => sweep.case::<bf16>(n),
+            }
+        }
+    }
+    eprintln!("sweep done in {:.1} s", started.elapsed().as_secs_f64());
+    let mut records = sweep.records;
+    report::fill_ratios(&mut records);
+    print!("{}", report::table(&records));
+    match report::write_json(&records) {
+        Ok((stamped, latest)) => eprintln!("wrote {} and {}", stamped.display(), latest.display()),
+        Err(e) => eprintln!("warning: could not write the JSON results: {e}"),
+    }
+    let failed = records.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        println!(
+            "\nFAIL: {failed} of {} results failed (see the status column)",
+            records.len()
+        );
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+impl Sweep<'_> {
+    fn progress(&mut self, n: usize, who: &str, dtype: DType) {
+        self.step += 1;
+        eprint!(
+            "[{}/{}] N={} {} {} ... ",
+            self.step,
+            self.steps,
+            report::human(n),
+            who,
+            dtype
+        );
+    }
+
+    fn case<T: Element>(&mut self, n: usize) {
+        let gated = self.opts.gated;
+        let dtype = T::DTYPE;
+        let l = n / 2;
+        let (b, h) = shape(n, dtype, gated, self.opts.mb);
+        let build = |gated: bool| {
+            ConvSpec::builder(b, h, l, l)
+                .dtype(dtype)
+                .gated(gated)
+                .build()
+        };
+        let spec = match build(gated) {
+            Ok(s) => s,
+            Err(e) => {
+                // Invalid for every backend: one failed record per backend and the baseline.
+                let who: Vec<String> = std::iter::once("baseline".to_string())
+                    .chain(self.backends.iter().map(|k| k.to_string()))
+                    .collect();
+                for name in who {
+                    self.progress(n, &name, dtype);
+                    eprintln!("error: {e}");
+                    self.records.push(Record::failed(
+                        n,
+                        b,
+                        h,
+                        l,
+                        &name,
+                        dtype,
+                        gated,
+                        e.to_string(),
+                    ));
+                }
+                return;
+            }
+        };
+
+        // Fresh inputs per case: u and gates uniform in [-1, 1], k decaying to e^-4 over K.
+        let seed = ((n as u64) << 8) | dtype as u64;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut random_io = |len: usize| -> Vec<T> {
+            (0..len)
+                .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+                .collect()
+        };
+        let u = random_io(spec.io_len());
+        let gate_bufs = gated.then(|| (random_io(spec.io_len()), random_io(spec.io_len())));
+        let scale = 1.0 / (l as f32).sqrt();
+        let k: Vec<f32> = (0..spec.filter_elems())
+            .map(|i| {
+                let s = (i % l) as f32;
+                rng.random_range(-1.0f32..1.0) * (-4.0 * s / l as f32).exp() * scale
+            })
+            .collect();
+        let gates = gate_bufs
+            .as_ref()
+            .map(|(p, q)| (p.as_slice(), q.as_slice()));
+        let sampled = oracle::sample_rows(spec.rows(), &mut rng);
+        let checks = oracle::reference_rows(&spec, &u, &k, gates, &sampled);
+        let mut y = vec![T::default(); spec.io_len()];
+
+        // Baseline.
+        self.progress(n, "baseline", dtype);
+        let result = build(false)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| RealFftBaseline::new(&plain).map_err(|e| e.to_string()))
+            .and_then(|base| {
+                let spectrum = base.prepare_filter(&k).map_err(|e| e.to_string())?;
+                let mut gated_u = gates.map(|_| vec![T::default(); spec.io_len()]);
+                self.time(&mut y, |y| {
+                    match (gates, gated_u.as_mut()) {
+                        (Some((pre, post)), Some(tmp)) => {
+                            par_product(&u, pre, tmp);
+                            base.forward(&spectrum, tmp, y).map_err(|e| e.to_string())?;
+                            par_scale(y, post);
+                        }
+                        _ => base.forward(&spectrum, &u, y).map_err(|e| e.to_string())?,
+                    }
+                    Ok(())
+                })
+            });
+        self.record(n, &spec, "baseline", result, &y, &checks);
+
+        // Backends.
+        for kind in self.backends.clone() {
+            self.progress(n, kind.name(), dtype);
+            let result = Convolution::new(spec.clone(), kind)
+                .and_then(|c| c.prepare_filter(&k).map(|f| (c, f)))
+                .map_err(|e| e.to_string())
+                .and_then(|(conv, filter)| {
+                    self.time(&mut y, |y| {
+                        let g = gates.map(|(pre, post)| Gates { pre, post });
+                        conv.forward(&filter, &u, g, y).map_err(|e| e.to_string())
+                    })
+                });
+            self.record(n, &spec, kind.name(), result, &y, &checks);
+        }
+    }
+
+    /// Fills `y` with NaN (so unwritten outputs fail the check), warms up once, then times the
+    /// repetitions; returns the times in ms.
+    fn time<T: Element>(
+        &self,
+        y: &mut [T],
+        mut f: impl FnMut(&mut [T]) -> Result<(), String>,
+    ) -> Result<Vec<f64>, String> {
+        let nan = T::from_f32(f32::NAN);
+        y.iter_mut().for_each(|v| *v = nan);
+        let t = Instant::now();
+        f(y)?;
+        let warm = t.elapsed();
+        let reps = self.opts.reps.unwrap_or(if warm > SLOW_WARMUP {
+            REDUCED_REPS
+        } else {
+            DEFAULT_REPS
+        });
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f(y)?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect()
+    }
+
+    fn record<T: Element>(
+        &mut self,
+        n: usize,
+        spec: &ConvSpec,
+        who: &str,
+        result: Result<Vec<f64>, String>,
+        y: &[T],
+        checks: &[RowCheck],
+    ) {
+        let (b, h, l) = (spec.batch(), spec.channels(), spec.length());
+        let dtype = spec.dtype();
+        let rec = match result {
+            Ok(times) => {
+                let err = oracle::max_rel_error(y, l, checks);
+                let rec = Record::measured(n, spec, who, times, err, tolerance(dtype));
+                eprintln!(
+                    "{:.3} ms, {:.2} GB/s, err {:.2e}{}",
+                    rec.median_ms,
+                    rec.gb_per_s,
+                    err,
+                    if rec.ok { "" } else { "  FAIL" }
+                );
+                rec
+            }
+            Err(e) => {
+                eprintln!("error: {e}  FAIL");
+                Record::failed(n, b, h, l, who, dtype, spec.gated(), e)
+            }
+        };
+        self.records.push(rec);
+    }
+}
+
+/// `out = a * b` elementwise (computed in f32, rounded to `T`), threaded.
+fn par_product<T: Element>(a: &[T], b: &[T], out: &mut [T]) {
+    let chunk = out.len().div_ceil(backend_cpu::threads().max(1)).max(1);
+    std::thread::scope(|s| {
+        for ((o, a), b) in out
+            .chunks_mut(chunk)
+            .zip(a.chunks(chunk))
+            .zip(b.chunks(chunk))
+        {
+            s.spawn(move || {
+                for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                    *o = T::from_f32(a.to_f32() * b.to_f32());
+                }
+            });
+        }
+    });
+}
+
+/// `y *= g` elementwise (computed in f32, rounded to `T`), threaded.
+fn par_scale<T: Element>(y: &mut [T], g: &[T]) {
+    let chunk = y.len().div_ceil(backend_cpu::threads().max(1)).max(1);
+    std::thread::scope(|s| {
+        for (y, g) in y.chunks_mut(chunk).zip(g.chunks(chunk)) {
+            s.spawn(move || {
+                for (y, g) in y.iter_mut().zip(g) {
+                    *y = T::from_f32(y.to_f32() * g.to_f32());
+                }
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_follow_the_byte_budget() {
+        // 128 MB of f32 at L = 128: 125000 rows -> H = 768, B = 162.
+        assert_eq!(shape(256, DType::F32, false, 128.0), (162, 768));
+        // Huge rows: at least one.
+        assert_eq!(shape(1 << 20, DType::F32, false, 1.0), (1, 1));
+        // N = 1M, f32: 128e6 / (2 * 512Ki * 4) = 30.5 -> 31 rows.
+        assert_eq!(shape(1 << 20, DType::F32, false, 128.0), (1, 31));
+        let (b, h) = shape(4096, DType::F16, true, 128.0);
+        assert_eq!((b, h), (10, 768));
+    }
+
+    #[test]
+    fn threaded_passes() {
+        let a = vec![2.0f32; 1001];
+        let b = vec![3.0f32; 1001];
+        let mut out = vec![0.0f32; 1001];
+        par_product(&a, &b, &mut out);
+        assert!(out.iter().all(|&x| x == 6.0));
+        par_scale(&mut out, &a);
+        assert!(out.iter().all(|&x| x == 12.0));
+    }
+}
