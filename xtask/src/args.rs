@@ -22,7 +22,8 @@ bench options:
                    (3 when the warm-up alone takes over a second).
   --quick          a quick sweep: sizes 256..64K, --mb 16, --reps 3 (explicit options win).
 
-Shapes: rows = B*H = MB / (streams * L * dtype bytes), H = min(768, rows), B = rows / H.
+Shapes: rows = B*H = MB / (streams * L * dtype bytes), H = min(768, rows / min(8, rows)), B = rows / H
+(FlashFFTConv's shapes: long sizes shrink H, not B).
 Every result is checked against an f64 direct convolution on a few sampled rows; an error
 above the dtype tolerance (f32 1e-5, f16 2e-3, bf16 1.5e-2) or a NaN is marked FAIL and
 makes the command exit non-zero. Results also go to target/bench/latest.json.

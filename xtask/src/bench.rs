@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Widest channel count of the swept shapes (`H = min(768, rows)`).
+/// Widest channel count of the swept shapes.
 const MAX_CHANNELS: usize = 768;
 /// A warm-up longer than this drops the default repetitions to [`REDUCED_REPS`].
 const SLOW_WARMUP: Duration = Duration::from_secs(1);
@@ -30,13 +30,18 @@ pub fn tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// `B, H` for FFT size `n` so one call moves about `mb` MB.
+/// Smallest batch of the swept shapes (when there are that many rows): long sizes shrink `H`,
+/// not `B`, as FlashFFTConv's own benchmark does (`../shared/ANCHORS.md`: B = 8 from 64K on).
+const MIN_BATCH: usize = 8;
+
+/// `B, H` for FFT size `n` so one call moves about `mb` MB: `H <= 768`, `B >= 8` where the
+/// budget has 8 rows.
 pub fn shape(n: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
     let l = n / 2;
     let streams = if gated { 4 } else { 2 };
     let per_row = (streams * l * dtype.size_bytes()) as f64;
     let rows = ((mb * 1e6) / per_row).round().max(1.0) as usize;
-    let h = rows.min(MAX_CHANNELS);
+    let h = (rows / rows.min(MIN_BATCH)).clamp(1, MAX_CHANNELS);
     (rows / h, h)
 }
 
@@ -342,8 +347,8 @@ mod tests {
         assert_eq!(shape(256, DType::F32, false, 128.0), (162, 768));
         // Huge rows: at least one.
         assert_eq!(shape(1 << 20, DType::F32, false, 1.0), (1, 1));
-        // N = 1M, f32: 128e6 / (2 * 512Ki * 4) = 30.5 -> 31 rows.
-        assert_eq!(shape(1 << 20, DType::F32, false, 128.0), (1, 31));
+        // N = 1M, f32: 128e6 / (2 * 512Ki * 4) = 30.5 -> 31 rows: B = 10, H = 3.
+        assert_eq!(shape(1 << 20, DType::F32, false, 128.0), (10, 3));
         let (b, h) = shape(4096, DType::F16, true, 128.0);
         assert_eq!((b, h), (10, 768));
     }

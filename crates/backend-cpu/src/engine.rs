@@ -1,6 +1,6 @@
 //! [`CpuConvolution`]: the paired complex-FFT overlap-save engine, and its prepared filter.
 
-use crate::{error::CpuError, spectrum::CpuFilterSpectrum, split::SplitFft};
+use crate::{error::CpuError, pair_fft::PairFft, spectrum::CpuFilterSpectrum};
 use monarch_core::{Complex32, ConvSpec, Element};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub struct CpuConvolution {
     spec: ConvSpec,
-    /// The length-`N` FFT as split passes and cache-sized sub-FFTs.
-    split: Arc<SplitFft>,
+    /// The length-`N` FFTs and their tiling.
+    fft: Arc<PairFft>,
     workspaces: Arc<WorkspacePool>,
 }
 
@@ -42,24 +42,25 @@ struct Segment {
 }
 
 /// Per-thread working memory.
-/// Per-thread working memory: the length-`N` buffer of sub-blocks, FFT scratch, the outer
-/// stage's two tile rows, and real staging for one tile row of each lane and of a gate.
+/// Work items are grouped so each rayon task covers at least about this many FFT points.
+const PAIRS_PER_TASK_LEN: usize = 1 << 15;
+
+/// Per-thread working memory: the length-`N` buffer, FFT scratch, and real staging for one
+/// tile of each lane and of a gate.
 struct Workspace {
     buf: Vec<Complex32>,
     scratch: Vec<Complex32>,
-    tile: Vec<Complex32>,
     lane_a: Vec<f32>,
     lane_b: Vec<f32>,
     tmp: Vec<f32>,
 }
 
 impl Workspace {
-    fn new(split: &SplitFft) -> Self {
-        let t = split.tile_len();
+    fn new(fft: &PairFft) -> Self {
+        let t = fft.tile_len();
         Workspace {
-            buf: vec![Complex32::default(); split.n()],
-            scratch: vec![Complex32::default(); split.scratch_len()],
-            tile: vec![Complex32::default(); 2 * t],
+            buf: vec![Complex32::default(); fft.n()],
+            scratch: vec![Complex32::default(); fft.scratch_len()],
             lane_a: vec![0.0; t],
             lane_b: vec![0.0; t],
             tmp: vec![0.0; t],
@@ -75,13 +76,13 @@ struct WorkspacePool {
 }
 
 impl WorkspacePool {
-    fn take(&self, split: &SplitFft) -> PooledWorkspace<'_> {
+    fn take(&self, fft: &PairFft) -> PooledWorkspace<'_> {
         let ws = self
             .free
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop()
-            .unwrap_or_else(|| Workspace::new(split));
+            .unwrap_or_else(|| Workspace::new(fft));
         PooledWorkspace {
             ws: Some(ws),
             pool: self,
@@ -154,10 +155,10 @@ impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
-        let split = SplitFft::new(n);
+        let fft = PairFft::new(n);
         Ok(CpuConvolution {
             spec: spec.clone(),
-            split: Arc::new(split),
+            fft: Arc::new(fft),
             workspaces: Arc::default(),
         })
     }
@@ -170,8 +171,7 @@ impl CpuConvolution {
     /// Scratch memory one worker thread uses, in bytes.
     pub fn scratch_bytes_per_thread(&self) -> usize {
         let n = self.spec.geometry().n();
-        let t = self.split.tile_len();
-        (n + self.split.scratch_len() + 2 * t) * 8 + 3 * t * 4
+        (n + self.fft.scratch_len()) * 8 + 3 * self.fft.tile_len() * 4
     }
 
     /// Computes every channel's filter spectrum from `k: [H, K]` (f32, row-major).
@@ -184,38 +184,31 @@ impl CpuConvolution {
         CpuError::check_len("k", k.len(), spec.filter_elems())?;
         let geometry = *spec.geometry();
         let n = geometry.n();
-        let split = &*self.split;
-        let layout = CpuFilterSpectrum::layout(geometry, channels, kl, split);
+        let fft = &*self.fft;
+        let layout = CpuFilterSpectrum::layout(geometry, channels, kl);
         let per = layout.bins_per_channel();
         let mut bins = vec![Complex32::default(); channels * per];
         let scale = 1.0 / n as f32;
         bins.par_chunks_mut(per)
             .zip(k.par_chunks(kl))
             .for_each_init(
-                || self.workspaces.take(split),
+                || self.workspaces.take(fft),
                 |ws, (dst, kh)| {
-                    // The same split transform the engine applies to the data.
-                    let Workspace {
-                        buf, scratch, tile, ..
-                    } = &mut **ws;
-                    let s = split.sub_len();
-                    split.forward_outer(buf, tile, |n1, c0, dst| {
-                        let p0 = n1 * s + c0;
+                    let Workspace { buf, scratch, .. } = &mut **ws;
+                    fft.load_tiles(buf, |p0, tile| {
                         if p0 >= kh.len() {
                             return false;
                         }
-                        for (i, d) in dst.iter_mut().enumerate() {
+                        for (i, d) in tile.iter_mut().enumerate() {
                             *d = Complex32::new(kh.get(p0 + i).copied().unwrap_or(0.0), 0.0);
                         }
                         true
                     });
-                    split.sub_forward(buf, scratch);
+                    fft.forward(buf, scratch);
                     layout.keep(buf, scale, dst);
                 },
             );
-        Ok(CpuFilterSpectrum::build(
-            geometry, channels, kl, split, bins,
-        ))
+        Ok(layout.with_bins(bins))
     }
 
     /// Forward convolution: `y = post * conv(pre * u, k)`, all `[B, H, L]` of this problem's
@@ -294,39 +287,37 @@ impl CpuConvolution {
                 },
             )
         };
-        (0..total.div_ceil(2)).into_par_iter().for_each_init(
-            || self.workspaces.take(&self.split),
-            |ws, item| {
-                let (ha, first) = segment(2 * item);
-                let second = (2 * item + 1 < total).then(|| segment(2 * item + 1));
-                let filters = match second {
-                    Some((hb, _)) if hb != ha => {
-                        Filters::Two(filter.channel(ha), filter.channel(hb))
-                    }
-                    _ => Filters::Shared(filter.channel(ha)),
-                };
-                self.run_pair(
-                    ws,
-                    filters,
-                    filter,
-                    &inputs,
-                    first,
-                    second.map(|s| s.1),
-                    &out,
-                );
-            },
-        );
+        (0..total.div_ceil(2))
+            .into_par_iter()
+            .with_min_len((PAIRS_PER_TASK_LEN / g.n()).max(1))
+            .for_each_init(
+                || self.workspaces.take(&self.fft),
+                |ws, item| {
+                    let (ha, first) = segment(2 * item);
+                    let second = (2 * item + 1 < total).then(|| segment(2 * item + 1));
+                    let filters = match second {
+                        Some((hb, _)) if hb != ha => {
+                            Filters::Two(filter.channel(ha), filter.channel(hb))
+                        }
+                        _ => Filters::Shared(filter.channel(ha)),
+                    };
+                    self.run_pair(
+                        ws,
+                        filters,
+                        filter,
+                        &inputs,
+                        first,
+                        second.map(|s| s.1),
+                        &out,
+                    );
+                },
+            );
         Ok(())
     }
 
-    /// Convolves one or two segments of one channel packed as one complex sequence.
-    ///
-    /// The length-`N` FFT is split once (`N = 2 * N2`, decimation in frequency): the first
-    /// radix-2 stage and its twiddles are fused into packing the lanes, the two halves are
-    /// transformed as length-`N2` FFTs (even and odd frequencies), multiplied by the spectrum
-    /// stored in that order, transformed back, and the last inverse stage is fused into
-    /// unpacking. Halves known to be zero (the causal padding) are never read, and output
-    /// halves nobody needs are never formed.
+    /// Convolves one or two segments packed as one complex sequence `a + i*b`: load (tiles
+    /// known to be zero are cleared without reading), FFT, product, inverse FFT, store (only
+    /// the tiles holding outputs).
     #[allow(clippy::too_many_arguments)]
     fn run_pair<T: Element>(
         &self,
@@ -338,18 +329,16 @@ impl CpuConvolution {
         b: Option<Segment>,
         out: &SharedOut<T>,
     ) {
-        let split = &*self.split;
-        let s = split.sub_len();
+        let fft = &*self.fft;
         let Workspace {
             buf,
             scratch,
-            tile,
             lane_a,
             lane_b,
             tmp,
         } = ws;
-        split.forward_outer(buf, tile, |n1, c0, dst| {
-            let (p0, len) = (n1 * s + c0, dst.len());
+        fft.load_tiles(buf, |p0, dst| {
+            let len = dst.len();
             let zero_a = self.known_zero(a, p0, len);
             let zero_b = b.is_none_or(|seg| self.known_zero(seg, p0, len));
             if zero_a && zero_b {
@@ -366,21 +355,15 @@ impl CpuConvolution {
             }
             true
         });
-
-        // Each sub-block: sub-FFT, product, inverse sub-FFT while it is in cache.
-        for (b_index, block) in buf.chunks_exact_mut(s).enumerate() {
-            split.sub_forward(block, scratch);
-            match filters {
-                Filters::Shared(k) => filter.multiply(split, k, b_index, block),
-                Filters::Two(ka, kb) => filter.multiply_two(split, (ka, kb), b_index, block),
-            }
-            split.sub_inverse(block, scratch);
+        fft.forward(buf, scratch);
+        match filters {
+            Filters::Shared(k) => filter.multiply(k, buf),
+            Filters::Two(ka, kb) => filter.multiply_two(ka, kb, buf),
         }
-
-        // Inverse outer stage, only for the rows that hold outputs.
+        fft.inverse(buf, scratch);
         let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
-        split.inverse_outer(buf, tile, outputs.div_ceil(s), |n1, c0, vals| {
-            let (p0, len) = (n1 * s + c0, vals.len());
+        fft.store_tiles(buf, outputs, |p0, vals| {
+            let len = vals.len();
             for ((v, ya), yb) in vals.iter().zip(lane_a.iter_mut()).zip(lane_b.iter_mut()) {
                 *ya = v.re;
                 *yb = v.im;

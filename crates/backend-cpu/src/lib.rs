@@ -22,9 +22,9 @@
 mod baseline;
 mod engine;
 mod error;
+mod pair_fft;
 mod planner;
 mod spectrum;
-mod split;
 
 pub use baseline::{BaselineSpectrum, RealFftBaseline};
 pub use engine::CpuConvolution;

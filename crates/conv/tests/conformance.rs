@@ -208,6 +208,61 @@ fn odd_shapes(kind: BackendKind) {
     run_case(kind, ConvSpec::builder(5, 1, 64, 64).circular().gated(true));
 }
 
+/// Long sequences (FFT sizes above 64K), checked at sampled output positions against the
+/// direct f64 sum (a full oracle would cost `L*K` per row).
+fn long_sequences(kind: BackendKind) {
+    fn check<T: Element>(kind: BackendKind, spec: ConvSpec) {
+        let dtype = spec.dtype();
+        let (l, kl) = (spec.length(), spec.filter_len());
+        let u = random_rounded(spec.io_len(), dtype);
+        let k = random_filter(spec.channels(), kl);
+        let conv = Convolution::new(spec.clone(), kind).expect("backend available");
+        let filter = conv.prepare_filter(&k).expect("filter");
+        let mut y: Vec<T> = vec![T::from_f64(f64::NAN); spec.io_len()];
+        conv.forward(&filter, &to_elements::<T>(&u), None, &mut y)
+            .expect("forward");
+        if let Some(i) = y.iter().position(|v| !v.to_f64().is_finite()) {
+            panic!("{kind}: output element {i} not written or not finite ({spec:?})");
+        }
+        let mut rng = rand::rng();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for row in 0..spec.rows() {
+            let h = row % spec.channels();
+            let picks = (0..150).map(|_| rng.random_range(0..l)).chain([0, l - 1]);
+            for t in picks {
+                let direct: f64 = (0..=t.min(kl - 1))
+                    .map(|s| k[h * kl + s] as f64 * u[row * l + t - s])
+                    .sum();
+                got.push(y[row * l + t].to_f64());
+                want.push(direct);
+            }
+        }
+        let err = relative_l2_error(&got, &want);
+        let tol = tolerance(dtype);
+        assert!(
+            err <= tol,
+            "{kind}: relative L2 error {err:.3e} > {tol:.1e} for {spec:?}"
+        );
+    }
+    // N = 2^18: two rows of one channel, and two channels of one row (filters paired across
+    // channels); N = 2^20 in f16.
+    check::<f32>(
+        kind,
+        ConvSpec::builder(2, 1, 1 << 17, 1 << 17).build().unwrap(),
+    );
+    check::<f32>(
+        kind,
+        ConvSpec::builder(1, 2, 1 << 17, 1 << 17).build().unwrap(),
+    );
+    check::<f16>(
+        kind,
+        ConvSpec::builder(1, 1, 1 << 19, 1 << 19)
+            .dtype(DType::F16)
+            .build()
+            .unwrap(),
+    );
+}
+
 fn spectrum_memory_scales_with_filter(kind: BackendKind) {
     let (h, k) = (4, 64);
     let spec = ConvSpec::builder(1, h, 1 << 20, k).build().unwrap();
@@ -406,6 +461,7 @@ macro_rules! conformance_suite {
             case!(partial);
             case!(frequency_sparse);
             case!(odd_shapes);
+            case!(long_sequences);
             case!(spectrum_memory_scales_with_filter);
             case!(nan_in_filter_propagates);
             case!(bad_input_is_a_typed_error);
