@@ -55,6 +55,8 @@ impl ConvError {
                 Some(arg)
             }
             ConvError::Core(CoreError::InvalidArgument { arg, .. }) => Some(arg),
+            #[cfg(feature = "cpu")]
+            ConvError::Cpu(backend_cpu::CpuError::InvalidArgument { arg, .. }) => Some(arg),
             _ => None,
         }
     }

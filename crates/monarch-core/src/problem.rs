@@ -18,7 +18,8 @@
 //!
 //! **Frequency-sparse convolution** keeps only the lowest real-FFT bins of the length-`N`
 //! filter spectrum: `keep_frequencies(F)` keeps `m = ceil(F * N/2)` bins rounded *up* to a multiple
-//! of the block granularity `N/16` ([`FREQUENCY_BLOCKS`] blocks per half spectrum). Bins `k < m` and
+//! of the block granularity `N/16` (the full spectrum in [`FREQUENCY_BLOCKS`] blocks, so the half
+//! spectrum `[0, N/2)` in 8). Bins `k < m` and
 //! their mirrors `k > N - m` are kept, all others are zeroed; if `m >= N/2` nothing is dropped
 //! (all `N/2 + 1` bins kept). The result is exactly the blocked circular convolution above with
 //! that masked spectrum.
@@ -32,8 +33,8 @@ pub enum ConvMode {
     Circular,
 }
 
-/// Number of blocks the half spectrum `[0, N/2)` is split into for frequency sparsity: the
-/// kept-bin count is rounded up to a multiple of `N / FREQUENCY_BLOCKS`.
+/// Number of blocks the full spectrum `[0, N)` is split into for frequency sparsity (8 per
+/// half spectrum): the kept-bin count is rounded up to a multiple of `N / FREQUENCY_BLOCKS`.
 pub const FREQUENCY_BLOCKS: usize = 16;
 
 /// Which filter-spectrum bins a convolution keeps.
@@ -198,11 +199,14 @@ impl ConvSpecBuilder {
                 format!("K = {filter_len} exceeds L = {length}"),
             ));
         }
-        let total = batch
+        batch
             .checked_mul(channels)
             .and_then(|r| r.checked_mul(length))
-            .ok_or_else(|| CoreError::invalid("batch", "B * H * L overflows usize"))?;
-        let _ = total;
+            .and_then(|n| n.checked_mul(4 * dtype.size_bytes()))
+            .ok_or_else(|| CoreError::invalid("batch", "B * H * L elements overflow usize"))?;
+        channels
+            .checked_mul(filter_len)
+            .ok_or_else(|| CoreError::invalid("filter_len", "H * K overflows usize"))?;
         if let FrequencyKeep::LowestFraction(f) = keep {
             if !(f > 0.0 && f <= 1.0) {
                 return Err(CoreError::invalid(
@@ -264,8 +268,18 @@ impl ConvGeometry {
         let history = filter_len - 1;
         let wraps = mode == ConvMode::Circular;
         let cost = |n: usize, blocks: usize| blocks as f64 * n as f64 * (n.ilog2() as f64 + 2.0);
-        let single = FftSize::at_least(length + history)?;
-        let smallest = FftSize::at_least(2 * filter_len)?.min(single);
+        // The largest useful N holds the whole sequence; longer sequences than the largest FFT
+        // size simply run in blocks. The smallest holds twice the filter.
+        let single = FftSize::at_least(length.saturating_add(history))
+            .unwrap_or(FftSize::new(FftSize::MAX)?);
+        let smallest = FftSize::at_least(filter_len.saturating_mul(2))
+            .map_err(|_| {
+                CoreError::invalid(
+                    "filter_len",
+                    format!("K = {filter_len} needs an FFT larger than {}", FftSize::MAX),
+                )
+            })?
+            .min(single);
         let mut best: Option<(f64, ConvGeometry)> = None;
         for n in FftSize::range(smallest.len(), single.len()) {
             let block_len = (n.len() - history).min(length);
@@ -398,6 +412,22 @@ mod tests {
         assert!(g.n() <= 4096, "N = {} should scale with K", g.n());
         assert_eq!(g.blocks, (1usize << 20).div_ceil(g.block_len));
         assert!(g.block_len + g.history <= g.n());
+    }
+
+    #[test]
+    fn sequences_longer_than_the_largest_fft_run_in_blocks() {
+        let s = ConvSpec::builder(1, 1, 1 << 28, 100).build().unwrap();
+        assert!(s.geometry().n() <= 4096 && s.geometry().blocks > 1);
+        let err = ConvSpec::builder(1, 1, usize::MAX / 2 + 2, usize::MAX / 2 + 2).build();
+        assert!(matches!(err, Err(CoreError::InvalidArgument { .. })));
+        let err = ConvSpec::builder(1, 1, 1 << 40, (1 << 27) + 1).build();
+        assert!(matches!(
+            err,
+            Err(CoreError::InvalidArgument {
+                arg: "filter_len",
+                ..
+            })
+        ));
     }
 
     #[test]
