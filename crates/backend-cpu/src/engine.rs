@@ -24,14 +24,10 @@ impl std::fmt::Debug for CpuConvolution {
     }
 }
 
-/// The spectra a packed pair is multiplied by.
-#[derive(Debug, Clone, Copy)]
-enum Filters<'a> {
-    /// Both lanes belong to one channel.
-    Shared(&'a [Complex32]),
-    /// The real lane belongs to the first channel, the imaginary lane to the second.
-    Two(&'a [Complex32], &'a [Complex32]),
-}
+/// One packed pair: segment `a` in the real lane, `b` (if any) in the imaginary lane, and the
+/// channel of each: `(a's, Some(b's))` when they differ (separated in the frequency domain),
+/// `(shared, None)` when they share a filter.
+type PairJob = (Segment, Option<Segment>, (usize, Option<usize>));
 
 /// One overlap-save block of one row: outputs `[start, start + outputs)` of row `row`.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +41,9 @@ struct Segment {
 /// Work items are grouped so each rayon task covers at least about this many FFT points.
 const PAIRS_PER_TASK_LEN: usize = 1 << 15;
 
+/// Small FFTs are batched (several pairs per rustfft call) up to about this many points.
+const BATCH_POINTS: usize = 1 << 14;
+
 /// Per-thread working memory: the length-`N` buffer, FFT scratch, and real staging for one
 /// tile of each lane and of a gate.
 struct Workspace {
@@ -53,17 +52,19 @@ struct Workspace {
     lane_a: Vec<f32>,
     lane_b: Vec<f32>,
     tmp: Vec<f32>,
+    jobs: Vec<PairJob>,
 }
 
 impl Workspace {
-    fn new(fft: &PairFft) -> Self {
+    fn new(fft: &PairFft, buf_len: usize) -> Self {
         let t = fft.tile_len();
         Workspace {
-            buf: vec![Complex32::default(); fft.n()],
+            buf: vec![Complex32::default(); buf_len],
             scratch: vec![Complex32::default(); fft.scratch_len()],
             lane_a: vec![0.0; t],
             lane_b: vec![0.0; t],
             tmp: vec![0.0; t],
+            jobs: Vec::new(),
         }
     }
 }
@@ -76,13 +77,13 @@ struct WorkspacePool {
 }
 
 impl WorkspacePool {
-    fn take(&self, fft: &PairFft) -> PooledWorkspace<'_> {
+    fn take(&self, fft: &PairFft, buf_len: usize) -> PooledWorkspace<'_> {
         let ws = self
             .free
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop()
-            .unwrap_or_else(|| Workspace::new(fft));
+            .unwrap_or_else(|| Workspace::new(fft, buf_len));
         PooledWorkspace {
             ws: Some(ws),
             pool: self,
@@ -192,9 +193,10 @@ impl CpuConvolution {
         bins.par_chunks_mut(per)
             .zip(k.par_chunks(kl))
             .for_each_init(
-                || self.workspaces.take(fft),
+                || self.workspaces.take(fft, self.buf_len()),
                 |ws, (dst, kh)| {
                     let Workspace { buf, scratch, .. } = &mut **ws;
+                    let buf = &mut buf[..n];
                     fft.load_tiles(buf, |p0, tile| {
                         if p0 >= kh.len() {
                             return false;
@@ -287,92 +289,111 @@ impl CpuConvolution {
                 },
             )
         };
-        (0..total.div_ceil(2))
+        let pair = |item: usize| {
+            let (ha, a) = segment(2 * item);
+            let second = (2 * item + 1 < total).then(|| segment(2 * item + 1));
+            let channels = match second {
+                Some((hb, _)) if hb != ha => (ha, Some(hb)),
+                _ => (ha, None),
+            };
+            (a, second.map(|s| s.1), channels)
+        };
+        let pairs = total.div_ceil(2);
+        let per_batch = self.pairs_per_batch();
+        (0..pairs.div_ceil(per_batch))
             .into_par_iter()
-            .with_min_len((PAIRS_PER_TASK_LEN / g.n()).max(1))
+            .with_min_len((PAIRS_PER_TASK_LEN / (g.n() * per_batch)).max(1))
             .for_each_init(
-                || self.workspaces.take(&self.fft),
-                |ws, item| {
-                    let (ha, first) = segment(2 * item);
-                    let second = (2 * item + 1 < total).then(|| segment(2 * item + 1));
-                    let filters = match second {
-                        Some((hb, _)) if hb != ha => {
-                            Filters::Two(filter.channel(ha), filter.channel(hb))
-                        }
-                        _ => Filters::Shared(filter.channel(ha)),
-                    };
-                    self.run_pair(
-                        ws,
-                        filters,
-                        filter,
-                        &inputs,
-                        first,
-                        second.map(|s| s.1),
-                        &out,
-                    );
+                || self.workspaces.take(&self.fft, self.buf_len()),
+                |ws, batch| {
+                    let jobs = (batch * per_batch..((batch + 1) * per_batch).min(pairs)).map(pair);
+                    self.run_batch(ws, jobs, filter, &inputs, &out);
                 },
             );
         Ok(())
     }
 
-    /// Convolves one or two segments packed as one complex sequence `a + i*b`: load (tiles
-    /// known to be zero are cleared without reading), FFT, product, inverse FFT, store (only
-    /// the tiles holding outputs).
-    #[allow(clippy::too_many_arguments)]
-    fn run_pair<T: Element>(
+    /// Pairs convolved together (one rustfft call each way for all of them): small FFTs are
+    /// batched so the per-call overhead is shared.
+    fn pairs_per_batch(&self) -> usize {
+        (BATCH_POINTS / self.fft.n()).max(1)
+    }
+
+    /// Complex values of a workspace's main buffer.
+    fn buf_len(&self) -> usize {
+        self.pairs_per_batch() * self.fft.n()
+    }
+
+    /// Convolves a batch of pairs, each pair packed as one complex sequence `a + i*b`: load
+    /// (tiles known to be zero are cleared without reading), FFT, product, inverse FFT, store
+    /// (only the tiles holding outputs).
+    fn run_batch<T: Element>(
         &self,
         ws: &mut Workspace,
-        filters: Filters<'_>,
+        jobs: impl Iterator<Item = PairJob>,
         filter: &CpuFilterSpectrum,
         inputs: &Inputs<'_, T>,
-        a: Segment,
-        b: Option<Segment>,
         out: &SharedOut<T>,
     ) {
         let fft = &*self.fft;
+        let n = fft.n();
         let Workspace {
             buf,
             scratch,
             lane_a,
             lane_b,
             tmp,
+            jobs: batch,
         } = ws;
-        fft.load_tiles(buf, |p0, dst| {
-            let len = dst.len();
-            let zero_a = self.known_zero(a, p0, len);
-            let zero_b = b.is_none_or(|seg| self.known_zero(seg, p0, len));
-            if zero_a && zero_b {
-                return false;
-            }
-            for (seg, lane, zero) in [(Some(a), &mut *lane_a, zero_a), (b, &mut *lane_b, zero_b)] {
-                match seg {
-                    Some(seg) if !zero => self.lane_values(inputs, seg, p0, &mut lane[..len], tmp),
-                    _ => lane[..len].fill(0.0),
+        batch.clear();
+        batch.extend(jobs);
+        let used = &mut buf[..batch.len() * n];
+        for (slot, &(a, b, _)) in used.chunks_exact_mut(n).zip(batch.iter()) {
+            fft.load_tiles(slot, |p0, dst| {
+                let len = dst.len();
+                let zero_a = self.known_zero(a, p0, len);
+                let zero_b = b.is_none_or(|seg| self.known_zero(seg, p0, len));
+                if zero_a && zero_b {
+                    return false;
                 }
-            }
-            for ((d, &re), &im) in dst.iter_mut().zip(lane_a.iter()).zip(lane_b.iter()) {
-                *d = Complex32::new(re, im);
-            }
-            true
-        });
-        fft.forward(buf, scratch);
-        match filters {
-            Filters::Shared(k) => filter.multiply(k, buf),
-            Filters::Two(ka, kb) => filter.multiply_two(ka, kb, buf),
+                for (seg, lane, zero) in
+                    [(Some(a), &mut *lane_a, zero_a), (b, &mut *lane_b, zero_b)]
+                {
+                    match seg {
+                        Some(seg) if !zero => {
+                            self.lane_values(inputs, seg, p0, &mut lane[..len], tmp)
+                        }
+                        _ => lane[..len].fill(0.0),
+                    }
+                }
+                for ((d, &re), &im) in dst.iter_mut().zip(lane_a.iter()).zip(lane_b.iter()) {
+                    *d = Complex32::new(re, im);
+                }
+                true
+            });
         }
-        fft.inverse(buf, scratch);
-        let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
-        fft.store_tiles(buf, outputs, |p0, vals| {
-            let len = vals.len();
-            for ((v, ya), yb) in vals.iter().zip(lane_a.iter_mut()).zip(lane_b.iter_mut()) {
-                *ya = v.re;
-                *yb = v.im;
+        fft.forward(used, scratch);
+        for (slot, &(_, _, channels)) in used.chunks_exact_mut(n).zip(batch.iter()) {
+            match channels {
+                (ha, None) => filter.multiply(filter.channel(ha), slot),
+                (ha, Some(hb)) => filter.multiply_two(filter.channel(ha), filter.channel(hb), slot),
             }
-            self.store(inputs, a, p0, &mut lane_a[..len], tmp, out);
-            if let Some(seg) = b {
-                self.store(inputs, seg, p0, &mut lane_b[..len], tmp, out);
-            }
-        });
+        }
+        fft.inverse(used, scratch);
+        for (slot, &(a, b, _)) in used.chunks_exact(n).zip(batch.iter()) {
+            let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
+            fft.store_tiles(slot, outputs, |p0, vals| {
+                let len = vals.len();
+                for ((v, ya), yb) in vals.iter().zip(lane_a.iter_mut()).zip(lane_b.iter_mut()) {
+                    *ya = v.re;
+                    *yb = v.im;
+                }
+                self.store(inputs, a, p0, &mut lane_a[..len], tmp, out);
+                if let Some(seg) = b {
+                    self.store(inputs, seg, p0, &mut lane_b[..len], tmp, out);
+                }
+            });
+        }
     }
 
     /// Whether a segment's lane is known to be zero at positions `[p0, p0 + len)`: past its
