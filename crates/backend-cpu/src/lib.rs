@@ -19,6 +19,7 @@
 //! [`RealFftBaseline`] is the straightforward realfft convolution a user would write, kept here
 //! as the benchmark baseline.
 
+mod backward;
 mod baseline;
 mod engine;
 mod error;
@@ -26,6 +27,7 @@ mod pair_fft;
 mod planner;
 mod spectrum;
 
+pub use backward::CpuGradients;
 pub use baseline::{BaselineSpectrum, RealFftBaseline};
 pub use engine::CpuConvolution;
 pub use error::CpuError;

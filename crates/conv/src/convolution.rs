@@ -10,6 +10,18 @@ pub struct Gates<'a, T> {
     pub post: &'a [T],
 }
 
+/// Gradient buffers of [`Convolution::backward`]; every one is overwritten.
+///
+/// `du` and the gate gradients are `[B, H, L]` of the problem's dtype; `dk` is `[H, K]` in f32,
+/// summed over the batch. `dpregate` and `dpostgate` are given exactly when the problem is gated.
+#[derive(Debug)]
+pub struct Gradients<'a, T> {
+    pub du: &'a mut [T],
+    pub dk: &'a mut [f32],
+    pub dpregate: Option<&'a mut [T]>,
+    pub dpostgate: Option<&'a mut [T]>,
+}
+
 /// A convolution problem prepared on one backend. Immutable; `Send + Sync`, so concurrent
 /// `forward` calls from several threads are safe.
 #[derive(Debug)]
@@ -173,6 +185,114 @@ impl Convolution {
             (Engine::Cpu(cpu), FilterInner::Cpu(f)) => {
                 cpu.forward(f, u, gates.map(|g| (g.pre, g.post)), y)?
             }
+            #[cfg(not(feature = "cpu"))]
+            (Engine::Absent(never), _) => match *never {},
+        }
+        Ok(())
+    }
+
+    /// Backward pass of [`forward`](Self::forward): given `dy`, the gradient of a loss with
+    /// respect to `y = postgate * conv(pregate * u, k)`, writes the gradients into `grads`.
+    ///
+    /// - `filter` is `k` as prepared by [`prepare_filter`](Self::prepare_filter); the gradients
+    ///   need only its spectrum, not `k` itself.
+    /// - `u`, `dy` (and both gates, given exactly when the problem is gated) are `[B, H, L]` of
+    ///   the problem's dtype `T`, like in `forward`.
+    /// - Every buffer in [`Gradients`] is overwritten: `du` (and, when gated, `dpregate` and
+    ///   `dpostgate`) `[B, H, L]` of dtype `T`; `dk` `[H, K]` f32, summed over the batch
+    ///   (accumulated in f64).
+    ///
+    /// It is the exact adjoint of the forward: causal or circular, blocked (partial
+    /// convolutions: `dk` has `K` taps), and for a frequency-sparse problem only the kept
+    /// frequencies carry gradient, exactly as the forward masks them. Every argument is checked
+    /// before anything is written; on error no output is touched. Non-finite inputs are not
+    /// rejected; they propagate.
+    pub fn backward<T: Element>(
+        &self,
+        filter: &FilterSpectrum,
+        u: &[T],
+        gates: Option<Gates<'_, T>>,
+        dy: &[T],
+        grads: Gradients<'_, T>,
+    ) -> Result<(), ConvError> {
+        self.check_io("u", u)?;
+        self.check_io("dy", dy)?;
+        self.check_io("du", grads.du)?;
+        let want = self.spec.filter_elems();
+        if grads.dk.len() != want {
+            return Err(ConvError::invalid(
+                "dk",
+                format!(
+                    "expected [H={}, K={}] = {want} elements, got {}",
+                    self.spec.channels(),
+                    self.spec.filter_len(),
+                    grads.dk.len()
+                ),
+            ));
+        }
+        match (self.spec.gated(), gates) {
+            (true, Some(g)) => {
+                self.check_io("pregate", g.pre)?;
+                self.check_io("postgate", g.post)?;
+            }
+            (true, None) => {
+                return Err(ConvError::invalid(
+                    "gates",
+                    "the problem is gated: pass both pregate and postgate",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(ConvError::invalid(
+                    "gates",
+                    "the problem is not gated (build it with .gated(true))",
+                ))
+            }
+            (false, None) => {}
+        }
+        for (arg, g) in [
+            ("dpregate", grads.dpregate.as_deref()),
+            ("dpostgate", grads.dpostgate.as_deref()),
+        ] {
+            match (self.spec.gated(), g) {
+                (true, Some(g)) => self.check_io(arg, g)?,
+                (true, None) => {
+                    return Err(ConvError::invalid(
+                        arg,
+                        "the problem is gated: pass both dpregate and dpostgate",
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(ConvError::invalid(
+                        arg,
+                        "the problem is not gated: pass no gate gradients",
+                    ))
+                }
+                (false, None) => {}
+            }
+        }
+        if filter.backend != self.backend {
+            return Err(ConvError::invalid(
+                "filter",
+                format!(
+                    "prepared on backend {}, this convolution runs on {}",
+                    filter.backend, self.backend
+                ),
+            ));
+        }
+        match (&self.engine, &filter.inner) {
+            #[cfg(feature = "cpu")]
+            (Engine::Cpu(cpu), FilterInner::Cpu(f)) => cpu.backward(
+                f,
+                u,
+                gates.map(|g| (g.pre, g.post)),
+                dy,
+                backend_cpu::CpuGradients {
+                    du: grads.du,
+                    dk: grads.dk,
+                    dpregate: grads.dpregate,
+                    dpostgate: grads.dpostgate,
+                },
+            )?,
             #[cfg(not(feature = "cpu"))]
             (Engine::Absent(never), _) => match *never {},
         }

@@ -27,6 +27,7 @@ mod convolution;
 mod error;
 
 pub use backend::{backend_statuses, BackendKind, BackendStatus};
+pub use convolution::Gradients;
 pub use convolution::{Convolution, FilterSpectrum, Gates};
 pub use error::ConvError;
 pub use half::{bf16, f16};

@@ -9,7 +9,8 @@
 //! - [`twiddle`]: DFT matrices and twiddle tables generated in f64 and rounded once.
 //! - [`layout`]: the permuted filter-spectrum layout that matches a plan.
 //! - [`interpret`]: a CPU interpreter that runs a plan stage by stage (f64 and f32).
-//! - [`reference`]: naive DFT and direct convolution oracles in f64.
+//! - [`reference`](mod@reference): naive DFT and direct convolution oracles in f64.
+//! - [`reference_backward`]: the exact adjoint of the forward (gradients) in f64.
 
 pub mod element;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod layout;
 pub mod plan;
 pub mod problem;
 pub mod reference;
+pub mod reference_backward;
 pub mod size;
 pub mod twiddle;
 

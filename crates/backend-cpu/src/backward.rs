@@ -1,0 +1,486 @@
+//! [`CpuConvolution::backward`]: gradients of `y = post * conv(pre * u, k)` on the CPU, the exact
+//! adjoint of the forward as the problem's [`ConvGeometry`] defines it.
+//!
+//! Per overlap-save segment (block `j` of a row, `N` positions, see [`monarch_core::problem`]),
+//! with `x = pre * u` gathered into the segment `seg` and `dc = dy * post` placed at its output
+//! positions `[0, outputs)` (zeros elsewhere):
+//!
+//! ```text
+//! V  = FFT(seg)            DC = FFT(dc)            (K: the masked spectrum, scaled by 1/N)
+//! c    = IFFT(V * K)          -> dpostgate = dy * c        (gated only)
+//! dseg = IFFT(DC * conj(K))   -> scattered back to the inputs the segment read (body and
+//!                                history; history wraps when circular), summed into dx
+//! acc += mask * DC * conj(V)  -> dk = first K taps of IFFT(acc) / N (once per work item)
+//! du = dx * pre, dpregate = dx * u
+//! ```
+//!
+//! Like the forward, two real segments of one channel travel as one complex sequence `a + i*b`
+//! (two rows of the channel, block by block; or two blocks of one row): the filter is real, so
+//! `c` and `dseg` of the two come out as the real and imaginary parts, and
+//! `Re(IFFT(DC * conj(V)))` of the packed pair is the sum of the two segments' filter gradients.
+//! The forward spectrum of `pre * u` is recomputed, never stored. Each segment reads its inputs
+//! (`u`, `pre`: body and history; `dy`, `post`: body) once; `dx` is accumulated per row in f32
+//! and turned into `du` and `dpregate` in one final pass over the row (reading `u` and `pre`
+//! again). Work items are (channel, pair of rows), threaded with rayon; each returns its `dk`
+//! taps in f64, summed per channel in a fixed order (deterministic), stored in f32.
+//!
+//! Not yet done as the forward does: tiles known to be zero are still gathered and stored (the
+//! FFT buffers are filled whole), and a channel with a single row and a single block leaves the
+//! imaginary lane empty (no pairing across channels).
+
+use crate::{error::CpuError, pair_fft::PairFft, spectrum::CpuFilterSpectrum, CpuConvolution};
+use monarch_core::{Complex32, Complex64, ConvGeometry, Element};
+use rayon::prelude::*;
+
+/// Output buffers of one backward call; every one is overwritten.
+///
+/// `du`, `dpregate`, `dpostgate` are `[B, H, L]` of the problem's dtype; `dk` is `[H, K]` in f32
+/// (summed over the batch). The gate gradients are given exactly when the problem is gated.
+#[derive(Debug)]
+pub struct CpuGradients<'a, T> {
+    pub du: &'a mut [T],
+    pub dk: &'a mut [f32],
+    pub dpregate: Option<&'a mut [T]>,
+    pub dpostgate: Option<&'a mut [T]>,
+}
+
+/// The output rows one work item owns (one row of `[B, H, L]` in each buffer).
+struct RowOut<'a, T> {
+    /// Row index `b * H + h`.
+    row: usize,
+    du: &'a mut [T],
+    dpre: Option<&'a mut [T]>,
+    dpost: Option<&'a mut [T]>,
+}
+
+/// One overlap-save block of one of a work item's rows (`lane` indexes the item's rows).
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    lane: usize,
+    start: usize,
+    outputs: usize,
+}
+
+/// A contiguous run of segment positions `[pos, pos + len)` reading inputs `[src, src + len)`.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    pos: usize,
+    src: usize,
+    len: usize,
+}
+
+/// The runs of a segment that read inputs: its body, and its history (split where it wraps
+/// around, or is zero, before `t = 0`). Positions not covered are zero.
+fn segment_runs(g: &ConvGeometry, seg: Seg, l: usize) -> impl Iterator<Item = Run> {
+    let (n, hist) = (g.n(), g.history);
+    let body = Run {
+        pos: 0,
+        src: seg.start,
+        len: seg.outputs,
+    };
+    // History position p reads start - (N - p): at or after t = 0 when p >= N - start.
+    let split = n.saturating_sub(seg.start).max(n - hist);
+    let wrapped = (g.wraps && split > n - hist).then(|| Run {
+        pos: n - hist,
+        src: l + seg.start + (n - hist) - n,
+        len: split - (n - hist),
+    });
+    let direct = (n > split).then(|| Run {
+        pos: split,
+        src: seg.start + split - n,
+        len: n - split,
+    });
+    [Some(body), wrapped, direct]
+        .into_iter()
+        .flatten()
+        .filter(|r| r.len > 0)
+}
+
+/// Per-work-item memory.
+struct Workspace {
+    /// Spectrum of the packed `pre * u` segments.
+    z: Vec<Complex32>,
+    /// Spectrum of the packed `dy * post` segments.
+    d: Vec<Complex32>,
+    /// `z * K` for the post-gate gradient.
+    t: Vec<Complex32>,
+    scratch: Vec<Complex32>,
+    /// Real staging per lane (`N` each) and for gates.
+    lanes: [Vec<f32>; 2],
+    dys: [Vec<f32>; 2],
+    tmp: Vec<f32>,
+    /// `dx` of the item's rows (`L` each).
+    dx: [Vec<f32>; 2],
+    /// Sum over the item's segments of `mask * DC * conj(V)`.
+    acc: Vec<Complex64>,
+}
+
+impl Workspace {
+    fn new(fft: &PairFft, l: usize) -> Self {
+        let n = fft.n();
+        Workspace {
+            z: vec![Complex32::default(); n],
+            d: vec![Complex32::default(); n],
+            t: vec![Complex32::default(); n],
+            scratch: vec![Complex32::default(); fft.scratch_len()],
+            lanes: [vec![0.0; n], vec![0.0; n]],
+            dys: [vec![0.0; n], vec![0.0; n]],
+            tmp: vec![0.0; n.max(l)],
+            dx: [vec![0.0; l], vec![0.0; l]],
+            acc: vec![Complex64::default(); n],
+        }
+    }
+}
+
+/// Read-only inputs of one call, as `[B, H, L]` tensors.
+struct Inputs<'a, T> {
+    u: &'a [T],
+    pre: Option<&'a [T]>,
+    post: Option<&'a [T]>,
+    dy: &'a [T],
+}
+
+/// `dst = src` widened to f32, times `gate` when given (`tmp` holds the gate's widened values).
+fn load_times<T: Element>(src: &[T], gate: Option<&[T]>, dst: &mut [f32], tmp: &mut [f32]) {
+    T::load_f32(src, dst);
+    if let Some(gate) = gate {
+        let tmp = &mut tmp[..gate.len()];
+        T::load_f32(gate, tmp);
+        for (d, &g) in dst.iter_mut().zip(tmp.iter()) {
+            *d *= g;
+        }
+    }
+}
+
+impl CpuConvolution {
+    /// Backward pass: given `dy`, the gradient of a loss with respect to
+    /// `y = post * conv(pre * u, k)`, writes `du`, `dk` (summed over the batch) and, for a gated
+    /// problem, `dpregate` and `dpostgate` (see [`CpuGradients`]).
+    ///
+    /// `filter` is `k` prepared by [`prepare_filter`](Self::prepare_filter) (the gradients do
+    /// not need `k` itself). `gates` is `(pregate, postgate)`, given exactly when the problem is
+    /// gated. Everything is validated before any output is written. For a frequency-sparse
+    /// problem the gradients are those of the masked forward: only kept frequencies contribute.
+    pub fn backward<T: Element>(
+        &self,
+        filter: &CpuFilterSpectrum,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+        dy: &[T],
+        grads: CpuGradients<'_, T>,
+    ) -> Result<(), CpuError> {
+        let spec = self.spec();
+        if T::DTYPE != spec.dtype() {
+            return Err(CpuError::invalid(
+                "u",
+                format!(
+                    "element type {} but the problem is {}",
+                    T::DTYPE,
+                    spec.dtype()
+                ),
+            ));
+        }
+        let len = spec.io_len();
+        CpuError::check_len("u", u.len(), len)?;
+        CpuError::check_len("dy", dy.len(), len)?;
+        CpuError::check_len("du", grads.du.len(), len)?;
+        CpuError::check_len("dk", grads.dk.len(), spec.filter_elems())?;
+        match (spec.gated(), gates) {
+            (true, Some((pre, post))) => {
+                CpuError::check_len("pregate", pre.len(), len)?;
+                CpuError::check_len("postgate", post.len(), len)?;
+            }
+            (true, None) => {
+                return Err(CpuError::invalid(
+                    "gates",
+                    "the problem is gated: pass both gates",
+                ))
+            }
+            (false, Some(_)) => return Err(CpuError::invalid("gates", "the problem is not gated")),
+            (false, None) => {}
+        }
+        for (arg, g) in [
+            ("dpregate", grads.dpregate.as_deref()),
+            ("dpostgate", grads.dpostgate.as_deref()),
+        ] {
+            match (spec.gated(), g) {
+                (true, Some(g)) => CpuError::check_len(arg, g.len(), len)?,
+                (true, None) => {
+                    return Err(CpuError::invalid(
+                        arg,
+                        "the problem is gated: pass both gate gradients",
+                    ))
+                }
+                (false, Some(_)) => return Err(CpuError::invalid(arg, "the problem is not gated")),
+                (false, None) => {}
+            }
+        }
+        if filter.geometry != *spec.geometry()
+            || filter.channels != spec.channels()
+            || filter.filter_len != spec.filter_len()
+        {
+            return Err(CpuError::invalid(
+                "filter",
+                "prepared for a different problem (channels, K or geometry differ)",
+            ));
+        }
+
+        let (channels, l, kl) = (spec.channels(), spec.length(), spec.filter_len());
+        let inputs = Inputs {
+            u,
+            pre: gates.map(|g| g.0),
+            post: gates.map(|g| g.1),
+            dy,
+        };
+        // Output rows, grouped by channel (row b*H + h belongs to channel h).
+        let mut by_channel: Vec<Vec<RowOut<'_, T>>> = (0..channels).map(|_| Vec::new()).collect();
+        let mut dpre_rows = grads.dpregate.map(|g| g.chunks_mut(l));
+        let mut dpost_rows = grads.dpostgate.map(|g| g.chunks_mut(l));
+        for (row, du) in grads.du.chunks_mut(l).enumerate() {
+            by_channel[row % channels].push(RowOut {
+                row,
+                du,
+                dpre: dpre_rows.as_mut().and_then(|it| it.next()),
+                dpost: dpost_rows.as_mut().and_then(|it| it.next()),
+            });
+        }
+        // Work items: pairs of rows of one channel, in (channel, batch) order.
+        let mut items: Vec<(usize, Vec<RowOut<'_, T>>)> = Vec::new();
+        for (h, rows) in by_channel.into_iter().enumerate() {
+            let mut rows = rows.into_iter();
+            while let Some(first) = rows.next() {
+                let mut pair = vec![first];
+                pair.extend(rows.next());
+                items.push((h, pair));
+            }
+        }
+        let conj: Vec<Vec<Complex32>> = (0..channels)
+            .map(|h| filter.channel(h).iter().map(|v| v.conj()).collect())
+            .collect();
+        let fft = PairFft::new(spec.geometry().n());
+        let taps: Vec<(usize, Vec<f64>)> = items
+            .into_par_iter()
+            .map_init(
+                || Workspace::new(&fft, l),
+                |ws, (h, mut rows)| {
+                    let k = filter.channel(h);
+                    let taps =
+                        self.backward_rows(&fft, filter, k, &conj[h], &inputs, &mut rows, ws);
+                    (h, taps)
+                },
+            )
+            .collect();
+        // Summed per channel in a fixed order (deterministic), in f64.
+        let mut dk = vec![0.0f64; spec.filter_elems()];
+        for (h, t) in taps {
+            for (d, v) in dk[h * kl..(h + 1) * kl].iter_mut().zip(t) {
+                *d += v;
+            }
+        }
+        for (d, s) in grads.dk.iter_mut().zip(dk) {
+            *d = s as f32;
+        }
+        Ok(())
+    }
+
+    /// One work item: one or two rows of one channel. Writes their `du` (and gate gradients) and
+    /// returns their contribution to the channel's `dk` (`K` taps).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_rows<T: Element>(
+        &self,
+        fft: &PairFft,
+        filter: &CpuFilterSpectrum,
+        k: &[Complex32],
+        k_conj: &[Complex32],
+        inputs: &Inputs<'_, T>,
+        rows: &mut [RowOut<'_, T>],
+        ws: &mut Workspace,
+    ) -> Vec<f64> {
+        let spec = self.spec();
+        let g = *spec.geometry();
+        let (n, l, kl) = (g.n(), spec.length(), spec.filter_len());
+        let row_ids: Vec<usize> = rows.iter().map(|r| r.row).collect();
+        for dx in &mut ws.dx {
+            dx.fill(0.0);
+        }
+        ws.acc.fill(Complex64::default());
+        let seg = |lane: usize, j: usize| {
+            let (start, outputs) = g.block_range(j, l);
+            Seg {
+                lane,
+                start,
+                outputs,
+            }
+        };
+        // Two rows: block j of both. One row: blocks j and j + 1.
+        let pairs: Vec<(Seg, Option<Seg>)> = if rows.len() == 2 {
+            (0..g.blocks)
+                .map(|j| (seg(0, j), Some(seg(1, j))))
+                .collect()
+        } else {
+            (0..g.blocks)
+                .step_by(2)
+                .map(|j| (seg(0, j), (j + 1 < g.blocks).then(|| seg(0, j + 1))))
+                .collect()
+        };
+        // Kept bins: [0, m) and (N - m, N) when sparse, all otherwise.
+        let kept = if g.is_sparse() {
+            [0..g.kept_bins, n - g.kept_bins + 1..n]
+        } else {
+            [0..n, 0..0]
+        };
+        for (a, b) in pairs {
+            let segs = [Some(a), b];
+            // Gather x = pre * u and dy (and dc = dy * post) per lane.
+            for (i, s) in segs.iter().enumerate() {
+                let lane = &mut ws.lanes[i];
+                let dyl = &mut ws.dys[i];
+                lane.fill(0.0);
+                let Some(s) = s else {
+                    dyl.fill(0.0);
+                    continue;
+                };
+                let base = row_ids[s.lane] * l;
+                for r in segment_runs(&g, *s, l) {
+                    let src = base + r.src..base + r.src + r.len;
+                    load_times(
+                        &inputs.u[src.clone()],
+                        inputs.pre.map(|p| &p[src]),
+                        &mut lane[r.pos..r.pos + r.len],
+                        &mut ws.tmp,
+                    );
+                }
+                let out = base + s.start..base + s.start + s.outputs;
+                T::load_f32(&inputs.dy[out], &mut dyl[..s.outputs]);
+                dyl[s.outputs..].fill(0.0);
+            }
+            for (z, (&re, &im)) in ws.z.iter_mut().zip(ws.lanes[0].iter().zip(&ws.lanes[1])) {
+                *z = Complex32::new(re, im);
+            }
+            // dc = dy * post, packed.
+            for (i, s) in segs.iter().enumerate() {
+                let lane = &mut ws.lanes[i];
+                lane.copy_from_slice(&ws.dys[i]);
+                if let (Some(s), Some(post)) = (s, inputs.post) {
+                    let base = row_ids[s.lane] * l + s.start;
+                    let tmp = &mut ws.tmp[..s.outputs];
+                    T::load_f32(&post[base..base + s.outputs], tmp);
+                    for (d, &q) in lane.iter_mut().zip(tmp.iter()) {
+                        *d *= q;
+                    }
+                }
+            }
+            for (d, (&re, &im)) in ws.d.iter_mut().zip(ws.lanes[0].iter().zip(&ws.lanes[1])) {
+                *d = Complex32::new(re, im);
+            }
+            fft.forward(&mut ws.z, &mut ws.scratch);
+            fft.forward(&mut ws.d, &mut ws.scratch);
+            // Filter gradient: Re(IFFT(DC * conj(V))) sums both lanes' correlations.
+            for range in &kept {
+                for f in range.clone() {
+                    let p = ws.d[f] * ws.z[f].conj();
+                    ws.acc[f] += Complex64::new(p.re as f64, p.im as f64);
+                }
+            }
+            // Post-gate gradient: dy * c with c = IFFT(V * K).
+            if inputs.post.is_some() {
+                ws.t.copy_from_slice(&ws.z);
+                filter.multiply(k, &mut ws.t);
+                fft.inverse(&mut ws.t, &mut ws.scratch);
+                for (i, s) in segs.iter().enumerate() {
+                    let Some(s) = s else { continue };
+                    let vals = &mut ws.tmp[..s.outputs];
+                    for ((v, c), &dyv) in vals.iter_mut().zip(&ws.t).zip(ws.dys[i].iter()) {
+                        *v = dyv * if i == 0 { c.re } else { c.im };
+                    }
+                    if let Some(dst) = rows[s.lane].dpost.as_deref_mut() {
+                        T::store_f32(vals, &mut dst[s.start..s.start + s.outputs]);
+                    }
+                }
+            }
+            // Segment gradient: IFFT(DC * conj(K)), scattered back to the inputs it read.
+            filter.multiply(k_conj, &mut ws.d);
+            fft.inverse(&mut ws.d, &mut ws.scratch);
+            for (i, s) in segs.iter().enumerate() {
+                let Some(s) = s else { continue };
+                let dx = &mut ws.dx[s.lane];
+                for r in segment_runs(&g, *s, l) {
+                    let src = &ws.d[r.pos..r.pos + r.len];
+                    for (x, v) in dx[r.src..r.src + r.len].iter_mut().zip(src) {
+                        *x += if i == 0 { v.re } else { v.im };
+                    }
+                }
+            }
+        }
+        // du = dx * pre, dpregate = dx * u.
+        for (lane, out) in rows.iter_mut().enumerate() {
+            let base = out.row * l;
+            let dx = &mut ws.dx[lane][..l];
+            let tmp = &mut ws.tmp[..l];
+            if let Some(dpre) = out.dpre.as_deref_mut() {
+                T::load_f32(&inputs.u[base..base + l], tmp);
+                for (t, &x) in tmp.iter_mut().zip(dx.iter()) {
+                    *t *= x;
+                }
+                T::store_f32(tmp, dpre);
+            }
+            if let Some(pre) = inputs.pre {
+                T::load_f32(&pre[base..base + l], tmp);
+                for (t, &x) in tmp.iter_mut().zip(dx.iter()) {
+                    *t *= x;
+                }
+                T::store_f32(tmp, out.du);
+            } else {
+                T::store_f32(dx, out.du);
+            }
+        }
+        // dk: the first K taps of Re(IFFT(acc)) / N.
+        for (t, a) in ws.t.iter_mut().zip(&ws.acc) {
+            *t = Complex32::new(a.re as f32, a.im as f32);
+        }
+        fft.inverse(&mut ws.t, &mut ws.scratch);
+        ws.t[..kl].iter().map(|v| v.re as f64 / n as f64).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monarch_core::{ConvMode, FrequencyKeep};
+
+    #[test]
+    fn segment_runs_match_segment_source() {
+        for (l, k, mode) in [
+            (100, 10, ConvMode::Circular),
+            (100, 10, ConvMode::Causal),
+            (1000, 1000, ConvMode::Circular),
+            (1024, 1024, ConvMode::Circular),
+            (90, 3, ConvMode::Causal),
+            (19, 7, ConvMode::Circular),
+        ] {
+            let g = ConvGeometry::choose(l, k, mode, FrequencyKeep::All).unwrap();
+            for j in 0..g.blocks {
+                let (start, outputs) = g.block_range(j, l);
+                let mut got = vec![None; g.n()];
+                let seg = Seg {
+                    lane: 0,
+                    start,
+                    outputs,
+                };
+                for r in segment_runs(&g, seg, l) {
+                    for i in 0..r.len {
+                        assert!(got[r.pos + i].is_none());
+                        got[r.pos + i] = Some(r.src + i);
+                    }
+                }
+                for (p, src) in got.iter().enumerate() {
+                    assert_eq!(
+                        *src,
+                        g.segment_source(start, outputs, p, l),
+                        "{g:?} {j} {p}"
+                    );
+                }
+            }
+        }
+    }
+}

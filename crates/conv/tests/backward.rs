@@ -1,0 +1,565 @@
+//! Backward conformance suite: gradients on every backend against the f64 adjoint oracle.
+//!
+//! Written once, generic over the backend; `backward_suite!` instantiates it per backend. A
+//! backend that cannot run here prints why and skips. Every gradient buffer is poisoned with NaN
+//! before each run, so an element that was not written fails the comparison (NaN never passes).
+
+use conv::reference::relative_l2_error;
+use conv::{
+    bf16, f16, BackendKind, ConvError, ConvSpec, ConvSpecBuilder, Convolution, DType, Element,
+    Gates, Gradients,
+};
+use monarch_core::reference_backward::reference_backward;
+use rand::Rng;
+
+/// Tolerance on the relative L2 error of each gradient per dtype (inputs rounded to the dtype
+/// before the oracle).
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::Bf16 => 1.5e-2,
+    }
+}
+
+/// The backend, or `None` after printing why it is skipped.
+fn backend_or_skip(kind: BackendKind, test: &str) -> Option<BackendKind> {
+    match kind.probe() {
+        Ok(_) => Some(kind),
+        Err(e) => {
+            eprintln!("skipped {test} on {kind}: {e}");
+            None
+        }
+    }
+}
+
+/// Random values in [-1, 1] rounded to `dtype`.
+fn random_rounded(n: usize, dtype: DType) -> Vec<f64> {
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| dtype.round_f64(rng.random_range(-1.0..1.0)))
+        .collect()
+}
+
+/// A random decaying filter `[H, K]` in f32.
+fn random_filter(h: usize, k: usize) -> Vec<f32> {
+    let mut rng = rand::rng();
+    (0..h * k)
+        .map(|i| {
+            let s = (i % k) as f32;
+            rng.random_range(-1.0f32..1.0) * (-s / (1.0 + k as f32 / 4.0)).exp() / (k as f32).sqrt()
+        })
+        .collect()
+}
+
+fn to_elements<T: Element>(x: &[f64]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f64(v)).collect()
+}
+
+fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
+    x.iter().map(|v| v.to_f64()).collect()
+}
+
+/// Checks one gradient: every element written and finite, relative L2 error within `tol`.
+fn compare(kind: BackendKind, spec: &ConvSpec, name: &str, got: &[f64], want: &[f64]) {
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{kind}: {name} element {i} not written or not finite ({spec:?})");
+    }
+    let err = relative_l2_error(got, want);
+    let tol = tolerance(spec.dtype());
+    assert!(
+        err <= tol,
+        "{kind}: {name} relative L2 error {err:.3e} > {tol:.1e} for {spec:?}"
+    );
+}
+
+/// Runs one case on `kind`: fresh random inputs, poisoned gradients, compare with the oracle.
+fn run_case_typed<T: Element>(kind: BackendKind, spec: ConvSpec) {
+    let dtype = spec.dtype();
+    let io = spec.io_len();
+    let u = random_rounded(io, dtype);
+    let dy = random_rounded(io, dtype);
+    let k = random_filter(spec.channels(), spec.filter_len());
+    let gates = spec
+        .gated()
+        .then(|| (random_rounded(io, dtype), random_rounded(io, dtype)));
+    let conv = Convolution::new(spec.clone(), kind).expect("backend available");
+    let filter = conv.prepare_filter(&k).expect("filter");
+    let (u_t, dy_t): (Vec<T>, Vec<T>) = (to_elements(&u), to_elements(&dy));
+    let gates_t: Option<(Vec<T>, Vec<T>)> = gates
+        .as_ref()
+        .map(|(p, q)| (to_elements(p), to_elements(q)));
+    let nan = T::from_f64(f64::NAN);
+    let mut du = vec![nan; io];
+    let mut dk = vec![f32::NAN; spec.filter_elems()];
+    let mut dpre = vec![nan; if spec.gated() { io } else { 0 }];
+    let mut dpost = dpre.clone();
+    conv.backward(
+        &filter,
+        &u_t,
+        gates_t.as_ref().map(|(p, q)| Gates { pre: p, post: q }),
+        &dy_t,
+        Gradients {
+            du: &mut du,
+            dk: &mut dk,
+            dpregate: spec.gated().then_some(dpre.as_mut_slice()),
+            dpostgate: spec.gated().then_some(dpost.as_mut_slice()),
+        },
+    )
+    .expect("backward");
+    let k64: Vec<f64> = k.iter().map(|&v| v as f64).collect();
+    let want = reference_backward(
+        &spec,
+        &u,
+        &k64,
+        gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
+        &dy,
+    );
+    compare(kind, &spec, "du", &to_f64(&du), &want.du);
+    let dk64: Vec<f64> = dk.iter().map(|&v| v as f64).collect();
+    compare(kind, &spec, "dk", &dk64, &want.dk);
+    if spec.gated() {
+        let (wp, wq) = (want.dpregate.unwrap(), want.dpostgate.unwrap());
+        compare(kind, &spec, "dpregate", &to_f64(&dpre), &wp);
+        compare(kind, &spec, "dpostgate", &to_f64(&dpost), &wq);
+    }
+}
+
+fn run_case(kind: BackendKind, builder: ConvSpecBuilder) {
+    let spec = builder.build().expect("valid spec");
+    match spec.dtype() {
+        DType::F32 => run_case_typed::<f32>(kind, spec),
+        DType::F16 => run_case_typed::<f16>(kind, spec),
+        DType::Bf16 => run_case_typed::<bf16>(kind, spec),
+    }
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::Bf16];
+
+fn causal(kind: BackendKind) {
+    for dtype in DTYPES {
+        run_case(kind, ConvSpec::builder(2, 3, 1000, 1000).dtype(dtype));
+        run_case(kind, ConvSpec::builder(3, 2, 512, 300).dtype(dtype));
+    }
+}
+
+fn circular(kind: BackendKind) {
+    for dtype in DTYPES {
+        // Power-of-two L: N = L, no history region.
+        let b = ConvSpec::builder(2, 2, 1024, 1024).circular().dtype(dtype);
+        assert_eq!(b.clone().build().unwrap().geometry().history, 0);
+        run_case(kind, b);
+        // Other L: wrap-around history.
+        run_case(
+            kind,
+            ConvSpec::builder(3, 2, 1000, 1000).circular().dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(1, 2, 777, 50).circular().dtype(dtype),
+        );
+    }
+}
+
+fn gated(kind: BackendKind) {
+    for dtype in DTYPES {
+        run_case(
+            kind,
+            ConvSpec::builder(2, 3, 700, 700).gated(true).dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(3, 2, 512, 512)
+                .gated(true)
+                .circular()
+                .dtype(dtype),
+        );
+    }
+}
+
+fn partial(kind: BackendKind) {
+    for dtype in DTYPES {
+        // K << L: several overlap-save blocks; B = 3 pairs rows and leaves one row whose
+        // blocks are paired with each other.
+        let b = ConvSpec::builder(3, 2, 6000, 33).dtype(dtype);
+        assert!(b.clone().build().unwrap().geometry().blocks > 1);
+        run_case(kind, b);
+        let b = ConvSpec::builder(1, 3, 3000, 100).circular().dtype(dtype);
+        assert!(b.clone().build().unwrap().geometry().blocks > 1);
+        run_case(kind, b);
+        run_case(
+            kind,
+            ConvSpec::builder(2, 1, 4000, 200).gated(true).dtype(dtype),
+        );
+    }
+}
+
+fn frequency_sparse(kind: BackendKind) {
+    for dtype in DTYPES {
+        run_case(
+            kind,
+            ConvSpec::builder(2, 3, 1024, 1024)
+                .keep_frequencies(0.25)
+                .dtype(dtype),
+        );
+        run_case(
+            kind,
+            ConvSpec::builder(1, 2, 1024, 1024)
+                .circular()
+                .keep_frequencies(0.5)
+                .dtype(dtype),
+        );
+        // Blocked, sparse and gated.
+        let b = ConvSpec::builder(3, 2, 3000, 100)
+            .keep_frequencies(0.1)
+            .gated(true)
+            .dtype(dtype);
+        let g = *b.clone().build().unwrap().geometry();
+        assert!(g.blocks > 1 && g.is_sparse(), "{g:?}");
+        run_case(kind, b);
+    }
+}
+
+fn odd_shapes(kind: BackendKind) {
+    run_case(kind, ConvSpec::builder(1, 1, 1, 1));
+    run_case(kind, ConvSpec::builder(1, 1, 17, 1));
+    run_case(kind, ConvSpec::builder(3, 111, 300, 300));
+    run_case(kind, ConvSpec::builder(3, 111, 300, 1).dtype(DType::F16));
+    run_case(kind, ConvSpec::builder(1, 1, 1413, 1413));
+    run_case(kind, ConvSpec::builder(3, 1, 1413, 1413).dtype(DType::Bf16));
+    run_case(kind, ConvSpec::builder(1, 2, 1413, 129).circular());
+    run_case(kind, ConvSpec::builder(1, 3, 5, 5).circular());
+    run_case(kind, ConvSpec::builder(5, 1, 64, 64).circular().gated(true));
+}
+
+fn nan_in_filter_propagates(kind: BackendKind) {
+    // A NaN tap of channel 1 reaches that channel's du and dk, and no other channel's.
+    let spec = ConvSpec::builder(2, 3, 100, 10).build().unwrap();
+    let conv = Convolution::new(spec, kind).unwrap();
+    let mut k = random_filter(3, 10);
+    k[10 + 4] = f32::NAN;
+    let filter = conv.prepare_filter(&k).unwrap();
+    let ones = vec![0.5f32; 600];
+    let (mut du, mut dk) = (vec![0.0f32; 600], vec![0.0f32; 30]);
+    conv.backward(
+        &filter,
+        &ones,
+        None,
+        &ones,
+        Gradients {
+            du: &mut du,
+            dk: &mut dk,
+            dpregate: None,
+            dpostgate: None,
+        },
+    )
+    .unwrap();
+    for (row, out) in du.chunks(100).enumerate() {
+        let nan_row = row % 3 == 1;
+        assert!(
+            out.iter().all(|v| v.is_nan() == nan_row),
+            "{kind}: du row {row}"
+        );
+    }
+    assert!(dk.iter().all(|v| v.is_finite()), "{kind}: dk needs no k");
+}
+
+fn bad_input_is_a_typed_error(kind: BackendKind) {
+    let spec = ConvSpec::builder(2, 3, 100, 10)
+        .gated(true)
+        .build()
+        .unwrap();
+    let conv = Convolution::new(spec, kind).unwrap();
+    let ok = vec![0.5f32; 600];
+    let short = vec![0.5f32; 599];
+    let filter = conv.prepare_filter(&random_filter(3, 10)).unwrap();
+    let sentinel = 7.0f32;
+    let mut du = vec![sentinel; 600];
+    let mut dk = vec![sentinel; 30];
+    let mut dpre = vec![sentinel; 600];
+    let mut dpost = vec![sentinel; 600];
+    let gates = |pre, post| Some(Gates { pre, post });
+    macro_rules! call {
+        ($u:expr, $g:expr, $dy:expr, $du:expr, $dk:expr, $dp:expr, $dq:expr) => {
+            conv.backward(
+                &filter,
+                $u,
+                $g,
+                $dy,
+                Gradients {
+                    du: $du,
+                    dk: $dk,
+                    dpregate: $dp,
+                    dpostgate: $dq,
+                },
+            )
+        };
+    }
+    let cases: Vec<(&str, Result<(), ConvError>)> = vec![
+        (
+            "u",
+            call!(
+                &short,
+                gates(&ok, &ok),
+                &ok,
+                &mut du,
+                &mut dk,
+                Some(&mut dpre),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "dy",
+            call!(
+                &ok,
+                gates(&ok, &ok),
+                &short,
+                &mut du,
+                &mut dk,
+                Some(&mut dpre),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "pregate",
+            call!(
+                &ok,
+                gates(&short, &ok),
+                &ok,
+                &mut du,
+                &mut dk,
+                Some(&mut dpre),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "postgate",
+            call!(
+                &ok,
+                gates(&ok, &short),
+                &ok,
+                &mut du,
+                &mut dk,
+                Some(&mut dpre),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "gates",
+            call!(
+                &ok,
+                None,
+                &ok,
+                &mut du,
+                &mut dk,
+                Some(&mut dpre),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "du",
+            call!(
+                &ok,
+                gates(&ok, &ok),
+                &ok,
+                &mut du[..599],
+                &mut dk,
+                Some(&mut dpre),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "dk",
+            call!(
+                &ok,
+                gates(&ok, &ok),
+                &ok,
+                &mut du,
+                &mut dk[..29],
+                Some(&mut dpre),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "dpregate",
+            call!(
+                &ok,
+                gates(&ok, &ok),
+                &ok,
+                &mut du,
+                &mut dk,
+                Some(&mut dpre[..599]),
+                Some(&mut dpost)
+            ),
+        ),
+        (
+            "dpostgate",
+            call!(
+                &ok,
+                gates(&ok, &ok),
+                &ok,
+                &mut du,
+                &mut dk,
+                Some(&mut dpre),
+                None
+            ),
+        ),
+    ];
+    for (arg, result) in cases {
+        let err = result.expect_err(arg);
+        assert_eq!(err.argument(), Some(arg), "{kind}: {err}");
+    }
+    for (name, buf) in [("du", &du), ("dk", &dk), ("dpre", &dpre), ("dpost", &dpost)] {
+        assert!(
+            buf.iter().all(|&v| v == sentinel),
+            "{kind}: {name} touched on error"
+        );
+    }
+
+    // dtype mismatch.
+    let half = vec![f16::from_f32(0.5); 600];
+    let mut half_du = vec![f16::ZERO; 600];
+    let err = conv
+        .backward(
+            &filter,
+            &half,
+            None,
+            &half,
+            Gradients {
+                du: &mut half_du,
+                dk: &mut dk,
+                dpregate: None,
+                dpostgate: None,
+            },
+        )
+        .expect_err("dtype mismatch");
+    assert!(
+        matches!(err, ConvError::DTypeMismatch { arg: "u", .. }),
+        "{err}"
+    );
+    assert!(half_du.iter().all(|v| *v == f16::ZERO));
+    assert!(dk.iter().all(|&v| v == sentinel));
+
+    // A filter prepared for another problem.
+    let other = Convolution::new(
+        ConvSpec::builder(2, 3, 100, 20)
+            .gated(true)
+            .build()
+            .unwrap(),
+        kind,
+    )
+    .unwrap()
+    .prepare_filter(&random_filter(3, 20))
+    .unwrap();
+    let err = conv
+        .backward(
+            &other,
+            &ok,
+            gates(&ok, &ok),
+            &ok,
+            Gradients {
+                du: &mut du,
+                dk: &mut dk,
+                dpregate: Some(&mut dpre),
+                dpostgate: Some(&mut dpost),
+            },
+        )
+        .expect_err("foreign filter");
+    assert!(format!("{err}").contains("filter"), "{err}");
+    assert!(du.iter().chain(&dk).all(|&v| v == sentinel));
+
+    // Ungated problem given gate gradients.
+    let plain = Convolution::new(ConvSpec::builder(2, 3, 100, 10).build().unwrap(), kind).unwrap();
+    let f = plain.prepare_filter(&random_filter(3, 10)).unwrap();
+    let err = plain
+        .backward(
+            &f,
+            &ok,
+            None,
+            &ok,
+            Gradients {
+                du: &mut du,
+                dk: &mut dk,
+                dpregate: Some(&mut dpre),
+                dpostgate: None,
+            },
+        )
+        .expect_err("gate gradients");
+    assert_eq!(err.argument(), Some("dpregate"));
+    assert!(du.iter().chain(&dk).all(|&v| v == sentinel));
+}
+
+fn concurrent_calls_agree(kind: BackendKind) {
+    let spec = ConvSpec::builder(2, 4, 3000, 500).build().unwrap();
+    let conv = Convolution::new(spec, kind).unwrap();
+    let filter = conv.prepare_filter(&random_filter(4, 500)).unwrap();
+    let f32s = |n| -> Vec<f32> {
+        random_rounded(n, DType::F32)
+            .iter()
+            .map(|&v| v as f32)
+            .collect()
+    };
+    let inputs: Vec<(Vec<f32>, Vec<f32>)> = (0..3).map(|_| (f32s(24000), f32s(24000))).collect();
+    let run = |u: &[f32], dy: &[f32]| {
+        let (mut du, mut dk) = (vec![0.0f32; u.len()], vec![0.0f32; 2000]);
+        conv.backward(
+            &filter,
+            u,
+            None,
+            dy,
+            Gradients {
+                du: &mut du,
+                dk: &mut dk,
+                dpregate: None,
+                dpostgate: None,
+            },
+        )
+        .unwrap();
+        (du, dk)
+    };
+    let serial: Vec<_> = inputs.iter().map(|(u, dy)| run(u, dy)).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|(u, dy)| s.spawn(|| run(u, dy)))
+            .collect();
+        for (h, want) in handles.into_iter().zip(&serial) {
+            assert_eq!(
+                &h.join().unwrap(),
+                want,
+                "{kind}: concurrent result differs"
+            );
+        }
+    });
+}
+
+macro_rules! backward_suite {
+    ($backend:ident, $kind:expr) => {
+        mod $backend {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[test]
+                    fn $name() {
+                        if let Some(kind) = backend_or_skip($kind, stringify!($name)) {
+                            super::$name(kind);
+                        }
+                    }
+                };
+            }
+            case!(causal);
+            case!(circular);
+            case!(gated);
+            case!(partial);
+            case!(frequency_sparse);
+            case!(odd_shapes);
+            case!(nan_in_filter_propagates);
+            case!(bad_input_is_a_typed_error);
+            case!(concurrent_calls_agree);
+        }
+    };
+}
+
+backward_suite!(cpu, BackendKind::Cpu);
+backward_suite!(cuda, BackendKind::Cuda);
+backward_suite!(vulkan, BackendKind::Vulkan);
