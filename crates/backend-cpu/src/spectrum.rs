@@ -104,14 +104,21 @@ impl CpuFilterSpectrum {
 
     /// Multiplies a pair's spectrum whose two lanes belong to two channels (see [`separate`]).
     pub(crate) fn multiply_two(&self, ka: &[Complex32], kb: &[Complex32], buf: &mut [Complex32]) {
-        let n = buf.len();
-        for p in 0..self.stored {
-            let q = (n - p) % n;
-            let [wp, wq] = separate(buf[p], buf[q], ka[p], kb[p]);
-            buf[p] = wp;
-            if q != p {
-                buf[q] = wq;
-            }
+        let half = buf.len() / 2;
+        // Bins 0 and N/2 are their own mirrors; p in [1, end) pairs with N - p, walked as one
+        // forward and one backward stream.
+        for p in [0, half].into_iter().filter(|&p| p < self.stored) {
+            let [w, _] = separate(buf[p], buf[p], ka[p], kb[p]);
+            buf[p] = w;
+        }
+        let end = self.stored.min(half);
+        let (lo, hi) = buf.split_at_mut(half + 1);
+        let mirrors = hi[half - end..].iter_mut().rev();
+        let bins = ka[1..end].iter().zip(&kb[1..end]);
+        for ((zp, zq), (&a, &b)) in lo[1..end].iter_mut().zip(mirrors).zip(bins) {
+            let [wp, wq] = separate(*zp, *zq, a, b);
+            *zp = wp;
+            *zq = wq;
         }
         self.clear_dropped(buf);
     }
