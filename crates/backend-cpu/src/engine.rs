@@ -1,6 +1,6 @@
 //! [`CpuConvolution`]: the paired complex-FFT overlap-save engine, and its prepared filter.
 
-use crate::{error::CpuError, pair_fft::PairFft, spectrum::CpuFilterSpectrum};
+use crate::{error::CpuError, pair_fft::PairFft, planner::real_ffts, spectrum::CpuFilterSpectrum};
 use monarch_core::{Complex32, ConvSpec, Element};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,9 @@ pub struct CpuConvolution {
     spec: ConvSpec,
     /// The length-`N` FFTs and their tiling.
     fft: Arc<PairFft>,
+    /// Real FFTs of length `N`, for segments without a partner in their channel.
+    r2c: Arc<dyn realfft::RealToComplex<f32>>,
+    c2r: Arc<dyn realfft::ComplexToReal<f32>>,
     workspaces: Arc<WorkspacePool>,
 }
 
@@ -24,10 +27,9 @@ impl std::fmt::Debug for CpuConvolution {
     }
 }
 
-/// One packed pair: segment `a` in the real lane, `b` (if any) in the imaginary lane, and the
-/// channel of each: `(a's, Some(b's))` when they differ (separated in the frequency domain),
-/// `(shared, None)` when they share a filter.
-type PairJob = (Segment, Option<Segment>, (usize, Option<usize>));
+/// Work for one batch slot: segments of one channel `h`, packed as `a + i*b` (a pair) or `a`
+/// alone (a segment with no partner in its channel, run as a real FFT).
+type PairJob = (Segment, Option<Segment>, usize);
 
 /// One overlap-save block of one row: outputs `[start, start + outputs)` of row `row`.
 #[derive(Debug, Clone, Copy)]
@@ -49,16 +51,32 @@ const BATCH_POINTS: usize = 1 << 14;
 struct Workspace {
     buf: Vec<Complex32>,
     scratch: Vec<Complex32>,
+    /// Buffers of the real-FFT path for segments without a partner.
+    real: RealWorkspace,
     lane_a: Vec<f32>,
     lane_b: Vec<f32>,
     tmp: Vec<f32>,
     jobs: Vec<PairJob>,
 }
 
+/// Real signal, half spectrum and scratch of one real FFT of size `N`.
+struct RealWorkspace {
+    signal: Vec<f32>,
+    spectrum: Vec<Complex32>,
+    scratch: Vec<Complex32>,
+}
+
 impl Workspace {
-    fn new(fft: &PairFft, buf_len: usize) -> Self {
+    fn new(conv: &CpuConvolution, buf_len: usize) -> Self {
+        let fft = &*conv.fft;
         let t = fft.tile_len();
+        let real_scratch = conv.r2c.get_scratch_len().max(conv.c2r.get_scratch_len());
         Workspace {
+            real: RealWorkspace {
+                signal: vec![0.0; fft.n()],
+                spectrum: vec![Complex32::default(); fft.n() / 2 + 1],
+                scratch: vec![Complex32::default(); real_scratch],
+            },
             buf: vec![Complex32::default(); buf_len],
             scratch: vec![Complex32::default(); fft.scratch_len()],
             lane_a: vec![0.0; t],
@@ -77,13 +95,13 @@ struct WorkspacePool {
 }
 
 impl WorkspacePool {
-    fn take(&self, fft: &PairFft, buf_len: usize) -> PooledWorkspace<'_> {
+    fn take(&self, conv: &CpuConvolution, buf_len: usize) -> PooledWorkspace<'_> {
         let ws = self
             .free
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop()
-            .unwrap_or_else(|| Workspace::new(fft, buf_len));
+            .unwrap_or_else(|| Workspace::new(conv, buf_len));
         PooledWorkspace {
             ws: Some(ws),
             pool: self,
@@ -157,9 +175,12 @@ impl CpuConvolution {
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
         let fft = PairFft::new(n);
+        let (r2c, c2r) = real_ffts(n);
         Ok(CpuConvolution {
             spec: spec.clone(),
             fft: Arc::new(fft),
+            r2c,
+            c2r,
             workspaces: Arc::default(),
         })
     }
@@ -193,7 +214,7 @@ impl CpuConvolution {
         bins.par_chunks_mut(per)
             .zip(k.par_chunks(kl))
             .for_each_init(
-                || self.workspaces.take(fft, self.buf_len()),
+                || self.workspaces.take(self, self.buf_len()),
                 |ws, (dst, kh)| {
                     let Workspace { buf, scratch, .. } = &mut **ws;
                     let buf = &mut buf[..n];
@@ -271,11 +292,9 @@ impl CpuConvolution {
         };
         let g = spec.geometry();
         let (channels, l) = (spec.channels(), spec.length());
-        // Segments ordered by (channel, batch row, block); consecutive ones are paired. Pairs
-        // within one channel share a filter; a pair straddling two channels (when a channel has
-        // an odd number of segments) is separated in the frequency domain.
+        // Segments ordered by (channel, batch row, block); consecutive ones of one channel are
+        // paired (they share a filter).
         let per_channel = spec.batch() * g.blocks;
-        let total = channels * per_channel;
         let segment = |index: usize| {
             let (h, q) = (index / per_channel, index % per_channel);
             let (b, j) = (q / g.blocks, q % g.blocks);
@@ -289,22 +308,22 @@ impl CpuConvolution {
                 },
             )
         };
+        // Pairs never straddle channels: a channel with an odd number of segments leaves its
+        // last one alone. Items enumerate, per channel, its pairs and then its lone segment.
+        let per_channel_items = per_channel.div_ceil(2);
         let pair = |item: usize| {
-            let (ha, a) = segment(2 * item);
-            let second = (2 * item + 1 < total).then(|| segment(2 * item + 1));
-            let channels = match second {
-                Some((hb, _)) if hb != ha => (ha, Some(hb)),
-                _ => (ha, None),
-            };
-            (a, second.map(|s| s.1), channels)
+            let (h, i) = (item / per_channel_items, item % per_channel_items);
+            let (_, a) = segment(h * per_channel + 2 * i);
+            let b = (2 * i + 1 < per_channel).then(|| segment(h * per_channel + 2 * i + 1).1);
+            (a, b, h)
         };
-        let pairs = total.div_ceil(2);
+        let pairs = channels * per_channel_items;
         let per_batch = self.pairs_per_batch();
         (0..pairs.div_ceil(per_batch))
             .into_par_iter()
             .with_min_len((PAIRS_PER_TASK_LEN / (g.n() * per_batch)).max(1))
             .for_each_init(
-                || self.workspaces.take(&self.fft, self.buf_len()),
+                || self.workspaces.take(self, self.buf_len()),
                 |ws, batch| {
                     let jobs = (batch * per_batch..((batch + 1) * per_batch).min(pairs)).map(pair);
                     self.run_batch(ws, jobs, filter, &inputs, &out);
@@ -344,9 +363,17 @@ impl CpuConvolution {
             lane_b,
             tmp,
             jobs: batch,
+            real,
         } = ws;
         batch.clear();
-        batch.extend(jobs);
+        for job in jobs {
+            match job {
+                (a, None, h) => {
+                    self.run_single(real, a, filter.channel(h), inputs, lane_a, tmp, out)
+                }
+                pair => batch.push(pair),
+            }
+        }
         let used = &mut buf[..batch.len() * n];
         for (slot, &(a, b, _)) in used.chunks_exact_mut(n).zip(batch.iter()) {
             fft.load_tiles(slot, |p0, dst| {
@@ -373,11 +400,8 @@ impl CpuConvolution {
             });
         }
         fft.forward(used, scratch);
-        for (slot, &(_, _, channels)) in used.chunks_exact_mut(n).zip(batch.iter()) {
-            match channels {
-                (ha, None) => filter.multiply(filter.channel(ha), slot),
-                (ha, Some(hb)) => filter.multiply_two(filter.channel(ha), filter.channel(hb), slot),
-            }
+        for (slot, &(_, _, h)) in used.chunks_exact_mut(n).zip(batch.iter()) {
+            filter.multiply(filter.channel(h), slot);
         }
         fft.inverse(used, scratch);
         for (slot, &(a, b, _)) in used.chunks_exact(n).zip(batch.iter()) {
@@ -393,6 +417,48 @@ impl CpuConvolution {
                     self.store(inputs, seg, p0, &mut lane_b[..len], tmp, out);
                 }
             });
+        }
+    }
+
+    /// Convolves a segment with no partner in its channel through a real FFT of size `N`
+    /// (whose half spectrum is exactly the stored one): load, R2C, product, C2R, store.
+    #[allow(clippy::too_many_arguments)]
+    fn run_single<T: Element>(
+        &self,
+        real: &mut RealWorkspace,
+        seg: Segment,
+        k: &[Complex32],
+        inputs: &Inputs<'_, T>,
+        lane: &mut [f32],
+        tmp: &mut [f32],
+        out: &SharedOut<T>,
+    ) {
+        let t = lane.len();
+        let RealWorkspace {
+            signal,
+            spectrum,
+            scratch,
+        } = real;
+        for (p0, dst) in (0..signal.len()).step_by(t).zip(signal.chunks_mut(t)) {
+            if self.known_zero(seg, p0, dst.len()) {
+                dst.fill(0.0);
+            } else {
+                self.lane_values(inputs, seg, p0, dst, tmp);
+            }
+        }
+        // Lengths come from the same plans: these cannot fail.
+        let _ = self.r2c.process_with_scratch(signal, spectrum, scratch);
+        for (x, &kp) in spectrum.iter_mut().zip(k) {
+            *x *= kp;
+        }
+        spectrum[k.len()..].fill(Complex32::default());
+        // DC and Nyquist are real for a real signal; clear the rounding residue C2R rejects.
+        let last = spectrum.len() - 1;
+        spectrum[0].im = 0.0;
+        spectrum[last].im = 0.0;
+        let _ = self.c2r.process_with_scratch(spectrum, signal, scratch);
+        for (p0, vals) in (0..seg.outputs).step_by(t).zip(signal.chunks_mut(t)) {
+            self.store(inputs, seg, p0, vals, tmp, out);
         }
     }
 

@@ -20,18 +20,6 @@ pub struct CpuFilterSpectrum {
     pub(crate) bins: Vec<Complex32>,
 }
 
-/// `W = A*Ka + i*B*Kb` at a bin `p` and its mirror `q = N - p`, from `Z = A + iB` at both:
-/// `W[p] = Z[p] (Ka+Kb)/2 + conj(Z[q]) (Ka-Kb)/2`, and at `q` the same with `Ka[q] =
-/// conj(Ka[p])`, `Kb[q] = conj(Kb[p])`.
-#[inline]
-fn separate(zp: Complex32, zq: Complex32, ka: Complex32, kb: Complex32) -> [Complex32; 2] {
-    let (plus, minus) = ((ka + kb) * 0.5, (ka - kb) * 0.5);
-    [
-        zp * plus + zq.conj() * minus,
-        zq * plus.conj() + zp.conj() * minus.conj(),
-    ]
-}
-
 impl CpuFilterSpectrum {
     /// An empty spectrum (no bins yet) for a geometry.
     pub(crate) fn layout(geometry: ConvGeometry, channels: usize, filter_len: usize) -> Self {
@@ -98,27 +86,6 @@ impl CpuFilterSpectrum {
         }
         for (x, &kp) in buf[n + 1 - end..].iter_mut().zip(k[1..end].iter().rev()) {
             *x *= kp.conj();
-        }
-        self.clear_dropped(buf);
-    }
-
-    /// Multiplies a pair's spectrum whose two lanes belong to two channels (see [`separate`]).
-    pub(crate) fn multiply_two(&self, ka: &[Complex32], kb: &[Complex32], buf: &mut [Complex32]) {
-        let half = buf.len() / 2;
-        // Bins 0 and N/2 are their own mirrors; p in [1, end) pairs with N - p, walked as one
-        // forward and one backward stream.
-        for p in [0, half].into_iter().filter(|&p| p < self.stored) {
-            let [w, _] = separate(buf[p], buf[p], ka[p], kb[p]);
-            buf[p] = w;
-        }
-        let end = self.stored.min(half);
-        let (lo, hi) = buf.split_at_mut(half + 1);
-        let mirrors = hi[half - end..].iter_mut().rev();
-        let bins = ka[1..end].iter().zip(&kb[1..end]);
-        for ((zp, zq), (&a, &b)) in lo[1..end].iter_mut().zip(mirrors).zip(bins) {
-            let [wp, wq] = separate(*zp, *zq, a, b);
-            *zp = wp;
-            *zq = wq;
         }
         self.clear_dropped(buf);
     }
