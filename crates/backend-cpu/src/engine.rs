@@ -1,7 +1,7 @@
 //! [`CpuConvolution`]: the paired complex-FFT overlap-save engine, and its prepared filter.
 
 use crate::{error::CpuError, pair_fft::PairFft, planner::real_ffts, spectrum::CpuFilterSpectrum};
-use monarch_core::{Complex32, ConvSpec, Element};
+use monarch_core::{Complex32, ConvSpec, DType, Element};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -378,6 +378,13 @@ impl CpuConvolution {
         for (slot, &(a, b, _)) in used.chunks_exact_mut(n).zip(batch.iter()) {
             fft.load_tiles(slot, |p0, dst| {
                 let len = dst.len();
+                if let Some((ua, ub)) = self.plain_body(inputs, a, b, p0, len) {
+                    // f32, ungated, tile inside both bodies: pack straight from `u`.
+                    for ((d, x), y) in dst.iter_mut().zip(ua).zip(ub) {
+                        *d = Complex32::new(x.to_f32(), y.to_f32());
+                    }
+                    return true;
+                }
                 let zero_a = self.known_zero(a, p0, len);
                 let zero_b = b.is_none_or(|seg| self.known_zero(seg, p0, len));
                 if zero_a && zero_b {
@@ -408,6 +415,19 @@ impl CpuConvolution {
             let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
             fft.store_tiles(slot, outputs, |p0, vals| {
                 let len = vals.len();
+                if let (Some(seg_b), true) = (b, self.plain_output::<T>(inputs, a, b, p0, len)) {
+                    // f32, ungated, tile inside both outputs: write straight into `y`.
+                    let l = self.spec.length();
+                    // SAFETY: as in `store`: each segment's outputs belong to one work item.
+                    let ya = unsafe { out.range(a.row * l + a.start + p0, len) };
+                    // SAFETY: as above; `b` is a different segment, so the ranges are disjoint.
+                    let yb = unsafe { out.range(seg_b.row * l + seg_b.start + p0, len) };
+                    for ((v, da), db) in vals.iter().zip(ya).zip(yb) {
+                        *da = T::from_f32(v.re);
+                        *db = T::from_f32(v.im);
+                    }
+                    return;
+                }
                 for ((v, ya), yb) in vals.iter().zip(lane_a.iter_mut()).zip(lane_b.iter_mut()) {
                     *ya = v.re;
                     *yb = v.im;
@@ -418,6 +438,41 @@ impl CpuConvolution {
                 }
             });
         }
+    }
+
+    /// For f32 ungated problems, the `u` slices of both segments of a pair at positions
+    /// `[p0, p0 + len)` when that tile lies inside both segments' bodies (then no widening,
+    /// gating, history or zero fill is needed).
+    fn plain_body<'u, T: Element>(
+        &self,
+        inputs: &Inputs<'u, T>,
+        a: Segment,
+        b: Option<Segment>,
+        p0: usize,
+        len: usize,
+    ) -> Option<(&'u [T], &'u [T])> {
+        let b = b?;
+        if T::DTYPE != DType::F32 || inputs.pre.is_some() || p0 + len > a.outputs.min(b.outputs) {
+            return None;
+        }
+        let l = self.spec.length();
+        let at = |seg: Segment| &inputs.u[seg.row * l + seg.start + p0..][..len];
+        Some((at(a), at(b)))
+    }
+
+    /// Whether a pair's outputs at `[p0, p0 + len)` can be written straight into `y`: f32,
+    /// no post-gate, and the tile inside both segments' outputs.
+    fn plain_output<T: Element>(
+        &self,
+        inputs: &Inputs<'_, T>,
+        a: Segment,
+        b: Option<Segment>,
+        p0: usize,
+        len: usize,
+    ) -> bool {
+        T::DTYPE == DType::F32
+            && inputs.post.is_none()
+            && b.is_some_and(|b| p0 + len <= a.outputs.min(b.outputs))
     }
 
     /// Convolves a segment with no partner in its channel through a real FFT of size `N`
