@@ -43,6 +43,9 @@ struct Segment {
 /// Work items are grouped so each rayon task covers at least about this many FFT points.
 const PAIRS_PER_TASK_LEN: usize = 1 << 15;
 
+/// FFT sizes from which dense problems use the split form of [`PairFft`].
+const SPLIT_FROM: usize = 1 << 19;
+
 /// Small FFTs are batched (several pairs per rustfft call) up to about this many points.
 const BATCH_POINTS: usize = 1 << 14;
 
@@ -51,6 +54,8 @@ const BATCH_POINTS: usize = 1 << 14;
 struct Workspace {
     buf: Vec<Complex32>,
     scratch: Vec<Complex32>,
+    /// Two tiles for the split form's first stage.
+    staging: Vec<Complex32>,
     /// Buffers of the real-FFT path for segments without a partner.
     real: RealWorkspace,
     lane_a: Vec<f32>,
@@ -79,6 +84,7 @@ impl Workspace {
             },
             buf: vec![Complex32::default(); buf_len],
             scratch: vec![Complex32::default(); fft.scratch_len()],
+            staging: vec![Complex32::default(); 2 * t],
             lane_a: vec![0.0; t],
             lane_b: vec![0.0; t],
             tmp: vec![0.0; t],
@@ -174,7 +180,11 @@ impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
-        let fft = PairFft::new(n);
+        let fft = if !spec.geometry().is_sparse() && n >= SPLIT_FROM {
+            PairFft::split(n)
+        } else {
+            PairFft::new(n)
+        };
         let (r2c, c2r) = real_ffts(n);
         Ok(CpuConvolution {
             spec: spec.clone(),
@@ -216,9 +226,14 @@ impl CpuConvolution {
             .for_each_init(
                 || self.workspaces.take(self, self.buf_len()),
                 |ws, (dst, kh)| {
-                    let Workspace { buf, scratch, .. } = &mut **ws;
+                    let Workspace {
+                        buf,
+                        scratch,
+                        staging,
+                        ..
+                    } = &mut **ws;
                     let buf = &mut buf[..n];
-                    fft.load_tiles(buf, |p0, tile| {
+                    fft.load_tiles(buf, staging, |p0, tile| {
                         if p0 >= kh.len() {
                             return false;
                         }
@@ -228,7 +243,11 @@ impl CpuConvolution {
                         true
                     });
                     fft.forward(buf, scratch);
-                    layout.keep(buf, scale, dst);
+                    if fft.is_split() {
+                        layout.keep_split(buf, scale, dst);
+                    } else {
+                        layout.keep(buf, scale, dst);
+                    }
                 },
             );
         Ok(layout.with_bins(bins))
@@ -359,6 +378,7 @@ impl CpuConvolution {
         let Workspace {
             buf,
             scratch,
+            staging,
             lane_a,
             lane_b,
             tmp,
@@ -376,7 +396,7 @@ impl CpuConvolution {
         }
         let used = &mut buf[..batch.len() * n];
         for (slot, &(a, b, _)) in used.chunks_exact_mut(n).zip(batch.iter()) {
-            fft.load_tiles(slot, |p0, dst| {
+            fft.load_tiles(slot, staging, |p0, dst| {
                 let len = dst.len();
                 if let Some((ua, ub)) = self.plain_body(inputs, a, b, p0, len) {
                     // f32, ungated, tile inside both bodies: pack straight from `u`.
@@ -408,12 +428,16 @@ impl CpuConvolution {
         }
         fft.forward(used, scratch);
         for (slot, &(_, _, h)) in used.chunks_exact_mut(n).zip(batch.iter()) {
-            filter.multiply(filter.channel(h), slot);
+            if fft.is_split() {
+                filter.multiply_split(filter.channel(h), slot);
+            } else {
+                filter.multiply(filter.channel(h), slot);
+            }
         }
         fft.inverse(used, scratch);
         for (slot, &(a, b, _)) in used.chunks_exact(n).zip(batch.iter()) {
             let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
-            fft.store_tiles(slot, outputs, |p0, vals| {
+            fft.store_tiles(slot, staging, outputs, |p0, vals| {
                 let len = vals.len();
                 if let (Some(seg_b), true) = (b, self.plain_output::<T>(inputs, a, b, p0, len)) {
                     // f32, ungated, tile inside both outputs: write straight into `y`.

@@ -89,4 +89,47 @@ impl CpuFilterSpectrum {
         }
         self.clear_dropped(buf);
     }
+
+    /// Copies a split spectrum (even frequencies in `buf[..N/2]`, odd ones in `buf[N/2..]`),
+    /// scaled, into natural order `dst[f]`, `f <= N/2`. Dense problems only.
+    pub(crate) fn keep_split(&self, buf: &[Complex32], scale: f32, dst: &mut [Complex32]) {
+        let s = buf.len() / 2;
+        for (f, d) in dst.iter_mut().enumerate().take(self.stored) {
+            let v = if f % 2 == 0 {
+                buf[f / 2]
+            } else {
+                buf[s + f / 2]
+            };
+            *d = v * scale;
+        }
+    }
+
+    /// [`multiply`](Self::multiply) for a split spectrum (even frequencies then odd ones, see
+    /// `PairFft`); `k` is in natural order. Dense problems only.
+    pub(crate) fn multiply_split(&self, k: &[Complex32], buf: &mut [Complex32]) {
+        let s = buf.len() / 2;
+        let q = s / 2;
+        let (lo, hi) = buf.split_at_mut(s);
+        // Even frequency 2j sits at lo[j], its mirror N - 2j at lo[S - j]; odd frequency 2j+1
+        // at hi[j], its mirror N - 2j - 1 at hi[S - 1 - j]. One pass over k, in order.
+        lo[0] *= k[0];
+        lo[q] *= k[s];
+        hi[0] *= k[1];
+        hi[s - 1] *= k[1].conj();
+        let (lo_head, lo_tail) = lo.split_at_mut(q + 1);
+        let (hi_head, hi_tail) = hi.split_at_mut(q);
+        let pairs = k[2..s].chunks_exact(2);
+        let heads = lo_head[1..q].iter_mut().zip(hi_head[1..].iter_mut());
+        let tails = lo_tail
+            .iter_mut()
+            .rev()
+            .zip(hi_tail[..q - 1].iter_mut().rev());
+        for (((le, ho), (lm, hm)), kp) in heads.zip(tails).zip(pairs) {
+            let (ke, ko) = (kp[0], kp[1]);
+            *le *= ke;
+            *ho *= ko;
+            *lm *= ke.conj();
+            *hm *= ko.conj();
+        }
+    }
 }

@@ -283,8 +283,8 @@ fn long_sequences(kind: BackendKind) {
             "{kind}: relative L2 error {err:.3e} > {tol:.1e} for {spec:?}"
         );
     }
-    // N = 2^18: two rows of one channel, and two channels of one row (filters paired across
-    // channels); N = 2^20 in f16.
+    // N = 2^18: two rows of one channel, and two channels of one row (each alone in its
+    // channel); N = 2^20 in f16.
     check::<f32>(
         kind,
         ConvSpec::builder(2, 1, 1 << 17, 1 << 17).build().unwrap(),
@@ -292,6 +292,11 @@ fn long_sequences(kind: BackendKind) {
     check::<f32>(
         kind,
         ConvSpec::builder(1, 2, 1 << 17, 1 << 17).build().unwrap(),
+    );
+    // N = 2^19 in f32 (the CPU's split transform with its f32 fast path).
+    check::<f32>(
+        kind,
+        ConvSpec::builder(2, 1, 1 << 18, 1 << 18).build().unwrap(),
     );
     check::<f16>(
         kind,
