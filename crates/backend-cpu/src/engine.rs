@@ -44,7 +44,7 @@ struct Segment {
 const PAIRS_PER_TASK_LEN: usize = 1 << 15;
 
 /// FFT sizes from which dense problems use the split form of [`PairFft`].
-const SPLIT_FROM: usize = 1 << 19;
+const SPLIT_FROM: usize = 1 << 20;
 
 /// Small FFTs are batched (several pairs per rustfft call) up to about this many points.
 const BATCH_POINTS: usize = 1 << 14;
