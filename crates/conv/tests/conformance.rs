@@ -293,10 +293,10 @@ fn long_sequences(kind: BackendKind) {
         kind,
         ConvSpec::builder(1, 2, 1 << 17, 1 << 17).build().unwrap(),
     );
-    // N = 2^19 in f32 (the CPU's split transform with its f32 fast path).
+    // N = 2^20 in f32 (the CPU's split transform with its f32 fast path).
     check::<f32>(
         kind,
-        ConvSpec::builder(2, 1, 1 << 18, 1 << 18).build().unwrap(),
+        ConvSpec::builder(2, 1, 1 << 19, 1 << 19).build().unwrap(),
     );
     check::<f16>(
         kind,
