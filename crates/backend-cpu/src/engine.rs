@@ -203,8 +203,10 @@ impl CpuConvolution {
 
     /// Scratch memory one worker thread uses, in bytes.
     pub fn scratch_bytes_per_thread(&self) -> usize {
-        let n = self.spec.geometry().n();
-        (n + self.fft.scratch_len()) * 8 + 3 * self.fft.tile_len() * 4
+        let (n, t) = (self.fft.n(), self.fft.tile_len());
+        let real_scratch = self.r2c.get_scratch_len().max(self.c2r.get_scratch_len());
+        let complex = self.buf_len() + self.fft.scratch_len() + 2 * t + n / 2 + 1 + real_scratch;
+        complex * std::mem::size_of::<Complex32>() + (n + 3 * t) * std::mem::size_of::<f32>()
     }
 
     /// Computes every channel's filter spectrum from `k: [H, K]` (f32, row-major).

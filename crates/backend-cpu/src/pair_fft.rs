@@ -14,8 +14,8 @@
 //! per pair beat a Monarch-style split (radix-2 or tiled radix-`N1` outer stage plus cache-sized
 //! sub-FFTs) at every size from 256 to 1M; `docs/perf.md` has the numbers.
 
-use crate::planner::complex_ffts;
-use monarch_core::{twiddle::root_of_unity, Complex32};
+use crate::planner::{complex_ffts, half_twiddles};
+use monarch_core::Complex32;
 use rustfft::Fft;
 use std::sync::Arc;
 
@@ -32,8 +32,8 @@ pub(crate) struct PairFft {
     fft: Arc<dyn Fft<f32>>,
     ifft: Arc<dyn Fft<f32>>,
     scratch_len: usize,
-    /// Split form only: `W_N^n` for `n < N/2`.
-    twiddles: Option<Vec<Complex32>>,
+    /// Split form only: `W_N^n` for `n < N/2` (shared per `N` across the process).
+    twiddles: Option<Arc<[Complex32]>>,
 }
 
 impl PairFft {
@@ -53,14 +53,7 @@ impl PairFft {
         let scratch_len = fft
             .get_inplace_scratch_len()
             .max(ifft.get_inplace_scratch_len());
-        let twiddles = split.then(|| {
-            (0..len)
-                .map(|i| {
-                    let w = root_of_unity(i as u64, n as u64);
-                    Complex32::new(w.re as f32, w.im as f32)
-                })
-                .collect()
-        });
+        let twiddles = split.then(|| half_twiddles(n));
         PairFft {
             n,
             tile: TILE.min(len),

@@ -254,37 +254,55 @@ fn long_sequences(kind: BackendKind) {
         let (l, kl) = (spec.length(), spec.filter_len());
         let u = random_rounded(spec.io_len(), dtype);
         let k = random_filter(spec.channels(), kl);
+        let gates = spec.gated().then(|| {
+            (
+                random_rounded(spec.io_len(), dtype),
+                random_rounded(spec.io_len(), dtype),
+            )
+        });
         let conv = Convolution::new(spec.clone(), kind).expect("backend available");
         let filter = conv.prepare_filter(&k).expect("filter");
+        let gates_t: Option<(Vec<T>, Vec<T>)> = gates
+            .as_ref()
+            .map(|(p, q)| (to_elements(p), to_elements(q)));
         let mut y: Vec<T> = vec![T::from_f64(f64::NAN); spec.io_len()];
-        conv.forward(&filter, &to_elements::<T>(&u), None, &mut y)
-            .expect("forward");
+        conv.forward(
+            &filter,
+            &to_elements::<T>(&u),
+            gates_t.as_ref().map(|(p, q)| Gates { pre: p, post: q }),
+            &mut y,
+        )
+        .expect("forward");
         if let Some(i) = y.iter().position(|v| !v.to_f64().is_finite()) {
             panic!("{kind}: output {i} not written or not finite ({spec:?}, seed {seed})");
         }
+        let x = |i: usize| u[i] * gates.as_ref().map_or(1.0, |(p, _)| p[i]);
+        let circular = spec.mode() == conv::ConvMode::Circular;
         let (mut got, mut want) = (Vec::new(), Vec::new());
         for row in 0..spec.rows() {
             let h = row % spec.channels();
             let picks = (0..150)
                 .map(|_| (uniform(0.0, 1.0) * l as f64) as usize % l)
-                .chain([0, l - 1]);
+                .chain([0, l / 2 - 1, l / 2, l - 1]);
             for t in picks {
-                let direct: f64 = (0..=t.min(kl - 1))
-                    .map(|s| k[h * kl + s] as f64 * u[row * l + t - s])
+                let taps = if circular { kl } else { t.min(kl - 1) + 1 };
+                let direct: f64 = (0..taps)
+                    .map(|s| k[h * kl + s] as f64 * x(row * l + (t + l - s) % l))
                     .sum();
+                let post = gates.as_ref().map_or(1.0, |(_, q)| q[row * l + t]);
                 got.push(y[row * l + t].to_f64());
-                want.push(direct);
+                want.push(direct * post);
             }
         }
         let err = relative_l2_error(&got, &want);
         let tol = tolerance(dtype);
         assert!(
             err <= tol,
-            "{kind}: relative L2 error {err:.3e} > {tol:.1e} for {spec:?}"
+            "{kind}: relative L2 error {err:.3e} > {tol:.1e} for {spec:?} (seed {seed})"
         );
     }
     // N = 2^18: two rows of one channel, and two channels of one row (each alone in its
-    // channel); N = 2^20 in f16.
+    // channel).
     check::<f32>(
         kind,
         ConvSpec::builder(2, 1, 1 << 17, 1 << 17).build().unwrap(),
@@ -293,14 +311,32 @@ fn long_sequences(kind: BackendKind) {
         kind,
         ConvSpec::builder(1, 2, 1 << 17, 1 << 17).build().unwrap(),
     );
-    // N = 2^20 in f32 (the CPU's split transform with its f32 fast path).
+    // N = 2^20 (the CPU's split transform): f32 causal with K = L, two blocks with outputs
+    // past N/2 and a history region, circular with N = L, gated; f16 with B = 2.
     check::<f32>(
         kind,
         ConvSpec::builder(2, 1, 1 << 19, 1 << 19).build().unwrap(),
     );
+    let blocked = ConvSpec::builder(2, 1, 700_000, 400_000).build().unwrap();
+    assert!(blocked.geometry().block_len > blocked.geometry().n() / 2);
+    check::<f32>(kind, blocked);
+    check::<f32>(
+        kind,
+        ConvSpec::builder(2, 1, 1 << 20, 1 << 20)
+            .circular()
+            .build()
+            .unwrap(),
+    );
+    check::<f32>(
+        kind,
+        ConvSpec::builder(2, 1, 1 << 19, 1 << 19)
+            .gated(true)
+            .build()
+            .unwrap(),
+    );
     check::<f16>(
         kind,
-        ConvSpec::builder(1, 1, 1 << 19, 1 << 19)
+        ConvSpec::builder(2, 1, 1 << 19, 1 << 19)
             .dtype(DType::F16)
             .build()
             .unwrap(),
