@@ -24,13 +24,21 @@
 //! again). Work items are (channel, pair of rows), threaded with rayon; each returns its `dk`
 //! taps in f64, summed per channel in a fixed order (deterministic), stored in f32.
 //!
-//! Not yet done as the forward does: tiles known to be zero are still gathered and stored (the
-//! FFT buffers are filled whole), and a channel with a single row and a single block leaves the
-//! imaginary lane empty (no pairing across channels).
+//!
+//! Workspaces are kept between calls in a small process-wide pool keyed by `(N, L)` (at most one
+//! per rayon thread per key, a few keys), so steady-state calls do not allocate and page-fault
+//! their FFT buffers afresh. Segments are gathered straight into the packed FFT buffers; the
+//! positions no run reads (causal padding) are only cleared.
+//!
+//! Not yet done as the forward does: the FFTs still run over zero tiles (no tiled loads and
+//! stores), and a channel with a single row and a single block leaves the imaginary lane empty
+//! (no pairing across channels).
 
 use crate::{error::CpuError, pair_fft::PairFft, spectrum::CpuFilterSpectrum, CpuConvolution};
 use monarch_core::{Complex32, Complex64, ConvGeometry, Element};
 use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// Output buffers of one backward call; every one is overwritten.
 ///
@@ -105,10 +113,11 @@ struct Workspace {
     /// `z * K` for the post-gate gradient.
     t: Vec<Complex32>,
     scratch: Vec<Complex32>,
-    /// Real staging per lane (`N` each) and for gates.
-    lanes: [Vec<f32>; 2],
-    dys: [Vec<f32>; 2],
+    /// Real staging of one run (`N`), and of a gate (`max(N, L)`).
+    stage: Vec<f32>,
     tmp: Vec<f32>,
+    /// `dy` of each lane's segment (its first `outputs` positions are valid).
+    dys: [Vec<f32>; 2],
     /// `dx` of the item's rows (`L` each).
     dx: [Vec<f32>; 2],
     /// Sum over the item's segments of `mask * DC * conj(V)`.
@@ -123,12 +132,106 @@ impl Workspace {
             d: vec![Complex32::default(); n],
             t: vec![Complex32::default(); n],
             scratch: vec![Complex32::default(); fft.scratch_len()],
-            lanes: [vec![0.0; n], vec![0.0; n]],
-            dys: [vec![0.0; n], vec![0.0; n]],
+            stage: vec![0.0; n],
             tmp: vec![0.0; n.max(l)],
+            dys: [vec![0.0; n], vec![0.0; n]],
             dx: [vec![0.0; l], vec![0.0; l]],
             acc: vec![Complex64::default(); n],
         }
+    }
+}
+
+/// Pool key: `(N, L, FFT scratch length)`, everything a [`Workspace`]'s sizes depend on.
+type PoolKey = (usize, usize, usize);
+
+/// At most this many `(N, L)` keys are pooled; a new key beyond it evicts the others.
+const POOL_KEYS: usize = 4;
+
+/// Idle workspaces, per key at most one per rayon thread.
+fn pool() -> &'static Mutex<HashMap<PoolKey, Vec<Workspace>>> {
+    static POOL: OnceLock<Mutex<HashMap<PoolKey, Vec<Workspace>>>> = OnceLock::new();
+    POOL.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// A workspace on loan from the pool; returned (if the pool has room) when dropped.
+struct PooledWorkspace {
+    key: PoolKey,
+    ws: Option<Workspace>,
+}
+
+impl PooledWorkspace {
+    fn take(fft: &PairFft, l: usize) -> Self {
+        let key = (fft.n(), l, fft.scratch_len());
+        let ws = pool()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get_mut(&key)
+            .and_then(Vec::pop)
+            .unwrap_or_else(|| Workspace::new(fft, l));
+        PooledWorkspace { key, ws: Some(ws) }
+    }
+}
+
+impl std::ops::Deref for PooledWorkspace {
+    type Target = Workspace;
+    fn deref(&self) -> &Workspace {
+        self.ws.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledWorkspace {
+    fn deref_mut(&mut self) -> &mut Workspace {
+        self.ws.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledWorkspace {
+    fn drop(&mut self) {
+        let Some(ws) = self.ws.take() else { return };
+        let mut pool = pool()
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !pool.contains_key(&self.key) && pool.len() >= POOL_KEYS {
+            pool.clear();
+        }
+        let free = pool.entry(self.key).or_default();
+        if free.len() < rayon::current_num_threads() {
+            free.push(ws);
+        }
+    }
+}
+
+/// Writes `src` into the real (`lane` 0) or imaginary (`lane` 1) parts of `dst`.
+fn set_lane(dst: &mut [Complex32], lane: usize, src: &[f32]) {
+    if lane == 0 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            d.re = v;
+        }
+    } else {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            d.im = v;
+        }
+    }
+}
+
+/// `buf *= conj(K)` for a pair's spectrum, `k` a channel's stored bins: as
+/// [`CpuFilterSpectrum::multiply`] with every bin conjugated (dropped bins cleared).
+fn multiply_conj(k: &[Complex32], buf: &mut [Complex32]) {
+    let n = buf.len();
+    let half = n / 2;
+    buf[0] *= k[0].conj();
+    if k.len() > half {
+        buf[half] *= k[half].conj();
+    }
+    let end = k.len().min(half);
+    for (x, &kp) in buf[1..end].iter_mut().zip(&k[1..end]) {
+        *x *= kp.conj();
+    }
+    for (x, &kp) in buf[n + 1 - end..].iter_mut().zip(k[1..end].iter().rev()) {
+        *x *= kp;
+    }
+    if k.len() <= half {
+        buf[k.len()..=n - k.len()].fill(Complex32::default());
     }
 }
 
@@ -254,18 +357,14 @@ impl CpuConvolution {
                 items.push((h, pair));
             }
         }
-        let conj: Vec<Vec<Complex32>> = (0..channels)
-            .map(|h| filter.channel(h).iter().map(|v| v.conj()).collect())
-            .collect();
         let fft = PairFft::new(spec.geometry().n());
         let taps: Vec<(usize, Vec<f64>)> = items
             .into_par_iter()
             .map_init(
-                || Workspace::new(&fft, l),
+                || PooledWorkspace::take(&fft, l),
                 |ws, (h, mut rows)| {
                     let k = filter.channel(h);
-                    let taps =
-                        self.backward_rows(&fft, filter, k, &conj[h], &inputs, &mut rows, ws);
+                    let taps = self.backward_rows(&fft, filter, k, &inputs, &mut rows, ws);
                     (h, taps)
                 },
             )
@@ -291,7 +390,6 @@ impl CpuConvolution {
         fft: &PairFft,
         filter: &CpuFilterSpectrum,
         k: &[Complex32],
-        k_conj: &[Complex32],
         inputs: &Inputs<'_, T>,
         rows: &mut [RowOut<'_, T>],
         ws: &mut Workspace,
@@ -331,47 +429,38 @@ impl CpuConvolution {
         };
         for (a, b) in pairs {
             let segs = [Some(a), b];
-            // Gather x = pre * u and dy (and dc = dy * post) per lane.
+            // Gather x = pre * u into z and dc = dy * post into d, packed; positions no run
+            // reads stay zero.
+            ws.z.fill(Complex32::default());
+            ws.d.fill(Complex32::default());
             for (i, s) in segs.iter().enumerate() {
-                let lane = &mut ws.lanes[i];
-                let dyl = &mut ws.dys[i];
-                lane.fill(0.0);
-                let Some(s) = s else {
-                    dyl.fill(0.0);
-                    continue;
-                };
+                let Some(s) = s else { continue };
                 let base = row_ids[s.lane] * l;
                 for r in segment_runs(&g, *s, l) {
                     let src = base + r.src..base + r.src + r.len;
+                    let stage = &mut ws.stage[..r.len];
                     load_times(
                         &inputs.u[src.clone()],
                         inputs.pre.map(|p| &p[src]),
-                        &mut lane[r.pos..r.pos + r.len],
+                        stage,
                         &mut ws.tmp,
                     );
+                    set_lane(&mut ws.z[r.pos..r.pos + r.len], i, stage);
                 }
                 let out = base + s.start..base + s.start + s.outputs;
-                T::load_f32(&inputs.dy[out], &mut dyl[..s.outputs]);
-                dyl[s.outputs..].fill(0.0);
-            }
-            for (z, (&re, &im)) in ws.z.iter_mut().zip(ws.lanes[0].iter().zip(&ws.lanes[1])) {
-                *z = Complex32::new(re, im);
-            }
-            // dc = dy * post, packed.
-            for (i, s) in segs.iter().enumerate() {
-                let lane = &mut ws.lanes[i];
-                lane.copy_from_slice(&ws.dys[i]);
-                if let (Some(s), Some(post)) = (s, inputs.post) {
-                    let base = row_ids[s.lane] * l + s.start;
-                    let tmp = &mut ws.tmp[..s.outputs];
-                    T::load_f32(&post[base..base + s.outputs], tmp);
-                    for (d, &q) in lane.iter_mut().zip(tmp.iter()) {
-                        *d *= q;
+                let dyl = &mut ws.dys[i][..s.outputs];
+                T::load_f32(&inputs.dy[out.clone()], dyl);
+                let dc = &mut ws.d[..s.outputs];
+                if let Some(post) = inputs.post {
+                    let stage = &mut ws.stage[..s.outputs];
+                    T::load_f32(&post[out], stage);
+                    for (q, &y) in stage.iter_mut().zip(dyl.iter()) {
+                        *q *= y;
                     }
+                    set_lane(dc, i, stage);
+                } else {
+                    set_lane(dc, i, dyl);
                 }
-            }
-            for (d, (&re, &im)) in ws.d.iter_mut().zip(ws.lanes[0].iter().zip(&ws.lanes[1])) {
-                *d = Complex32::new(re, im);
             }
             fft.forward(&mut ws.z, &mut ws.scratch);
             fft.forward(&mut ws.d, &mut ws.scratch);
@@ -399,7 +488,7 @@ impl CpuConvolution {
                 }
             }
             // Segment gradient: IFFT(DC * conj(K)), scattered back to the inputs it read.
-            filter.multiply(k_conj, &mut ws.d);
+            multiply_conj(k, &mut ws.d);
             fft.inverse(&mut ws.d, &mut ws.scratch);
             for (i, s) in segs.iter().enumerate() {
                 let Some(s) = s else { continue };
