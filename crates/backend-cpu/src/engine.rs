@@ -1,4 +1,5 @@
-//! [`CpuConvolution`]: the paired complex-FFT overlap-save engine, and its prepared filter.
+//! [`CpuConvolution`]: the paired complex-FFT overlap-save engine (forward and filter
+//! preparation; the backward pass is in `backward.rs`).
 
 use crate::{error::CpuError, pair_fft::PairFft, planner::real_ffts, spectrum::CpuFilterSpectrum};
 use monarch_core::{Complex32, ConvSpec, DType, Element};
@@ -39,7 +40,6 @@ struct Segment {
     outputs: usize,
 }
 
-/// Per-thread working memory.
 /// Work items are grouped so each rayon task covers at least about this many FFT points.
 const PAIRS_PER_TASK_LEN: usize = 1 << 15;
 
@@ -50,8 +50,8 @@ const SPLIT_FROM: usize = 1 << 20;
 /// Small FFTs are batched (several pairs per rustfft call) up to about this many points.
 const BATCH_POINTS: usize = 1 << 14;
 
-/// Per-thread working memory: the length-`N` buffer, FFT scratch, and real staging for one
-/// tile of each lane and of a gate.
+/// Per-thread working memory: the batch's length-`N` buffers, FFT scratch, and real staging for
+/// one tile of each lane and of a gate.
 struct Workspace {
     buf: Vec<Complex32>,
     scratch: Vec<Complex32>,
