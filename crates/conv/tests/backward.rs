@@ -10,55 +10,10 @@ use conv::{
     Gates, Gradients,
 };
 use monarch_core::reference_backward::reference_backward;
-use rand::Rng;
+#[macro_use]
+mod support;
 
-/// Tolerance on the relative L2 error of each gradient per dtype (inputs rounded to the dtype
-/// before the oracle).
-fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::Bf16 => 1.5e-2,
-    }
-}
-
-/// The backend, or `None` after printing why it is skipped.
-fn backend_or_skip(kind: BackendKind, test: &str) -> Option<BackendKind> {
-    match kind.probe() {
-        Ok(_) => Some(kind),
-        Err(e) => {
-            eprintln!("skipped {test} on {kind}: {e}");
-            None
-        }
-    }
-}
-
-/// Random values in [-1, 1] rounded to `dtype`.
-fn random_rounded(n: usize, dtype: DType) -> Vec<f64> {
-    let mut rng = rand::rng();
-    (0..n)
-        .map(|_| dtype.round_f64(rng.random_range(-1.0..1.0)))
-        .collect()
-}
-
-/// A random decaying filter `[H, K]` in f32.
-fn random_filter(h: usize, k: usize) -> Vec<f32> {
-    let mut rng = rand::rng();
-    (0..h * k)
-        .map(|i| {
-            let s = (i % k) as f32;
-            rng.random_range(-1.0f32..1.0) * (-s / (1.0 + k as f32 / 4.0)).exp() / (k as f32).sqrt()
-        })
-        .collect()
-}
-
-fn to_elements<T: Element>(x: &[f64]) -> Vec<T> {
-    x.iter().map(|&v| T::from_f64(v)).collect()
-}
-
-fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
-    x.iter().map(|v| v.to_f64()).collect()
-}
+use support::*;
 
 /// Checks one gradient: every element written and finite, relative L2 error within `tol`.
 fn compare(kind: BackendKind, spec: &ConvSpec, name: &str, got: &[f64], want: &[f64]) {
@@ -75,6 +30,8 @@ fn compare(kind: BackendKind, spec: &ConvSpec, name: &str, got: &[f64], want: &[
 
 /// Runs one case on `kind`: fresh random inputs, poisoned gradients, compare with the oracle.
 fn run_case_typed<T: Element>(kind: BackendKind, spec: ConvSpec) {
+    let seed = fresh_inputs();
+    eprintln!("{kind}: seed {seed} for {spec:?}");
     let dtype = spec.dtype();
     let io = spec.io_len();
     let u = random_rounded(io, dtype);
@@ -133,8 +90,6 @@ fn run_case(kind: BackendKind, builder: ConvSpecBuilder) {
         DType::Bf16 => run_case_typed::<bf16>(kind, spec),
     }
 }
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::Bf16];
 
 fn causal(kind: BackendKind) {
     for dtype in DTYPES {
@@ -233,6 +188,7 @@ fn odd_shapes(kind: BackendKind) {
 }
 
 fn nan_in_filter_propagates(kind: BackendKind) {
+    fresh_inputs();
     // A NaN tap of channel 1 reaches that channel's du and dk, and no other channel's.
     let spec = ConvSpec::builder(2, 3, 100, 10).build().unwrap();
     let conv = Convolution::new(spec, kind).unwrap();
@@ -265,6 +221,7 @@ fn nan_in_filter_propagates(kind: BackendKind) {
 }
 
 fn bad_input_is_a_typed_error(kind: BackendKind) {
+    fresh_inputs();
     let spec = ConvSpec::builder(2, 3, 100, 10)
         .gated(true)
         .build()
@@ -490,6 +447,7 @@ fn bad_input_is_a_typed_error(kind: BackendKind) {
 }
 
 fn concurrent_calls_agree(kind: BackendKind) {
+    fresh_inputs();
     let spec = ConvSpec::builder(2, 4, 3000, 500).build().unwrap();
     let conv = Convolution::new(spec, kind).unwrap();
     let filter = conv.prepare_filter(&random_filter(4, 500)).unwrap();
@@ -533,33 +491,14 @@ fn concurrent_calls_agree(kind: BackendKind) {
     });
 }
 
-macro_rules! backward_suite {
-    ($backend:ident, $kind:expr) => {
-        mod $backend {
-            use super::*;
-            macro_rules! case {
-                ($name:ident) => {
-                    #[test]
-                    fn $name() {
-                        if let Some(kind) = backend_or_skip($kind, stringify!($name)) {
-                            super::$name(kind);
-                        }
-                    }
-                };
-            }
-            case!(causal);
-            case!(circular);
-            case!(gated);
-            case!(partial);
-            case!(frequency_sparse);
-            case!(odd_shapes);
-            case!(nan_in_filter_propagates);
-            case!(bad_input_is_a_typed_error);
-            case!(concurrent_calls_agree);
-        }
-    };
-}
-
-backward_suite!(cpu, BackendKind::Cpu);
-backward_suite!(cuda, BackendKind::Cuda);
-backward_suite!(vulkan, BackendKind::Vulkan);
+backend_suites!([
+    causal,
+    circular,
+    gated,
+    partial,
+    frequency_sparse,
+    odd_shapes,
+    nan_in_filter_propagates,
+    bad_input_is_a_typed_error,
+    concurrent_calls_agree,
+]);

@@ -9,70 +9,10 @@ use conv::{
     bf16, f16, BackendKind, ConvError, ConvSpec, ConvSpecBuilder, Convolution, DType, Element,
     Gates,
 };
-use rand::{rngs::StdRng, Rng, SeedableRng};
-use std::cell::RefCell;
+#[macro_use]
+mod support;
 
-thread_local! {
-    /// This thread's generator: freshly seeded per case by [`fresh_inputs`], seed printed, so a
-    /// failure can be replayed with `CONFORMANCE_SEED`.
-    static RNG: RefCell<StdRng> = RefCell::new(StdRng::seed_from_u64(0));
-}
-
-/// Seeds this thread's generator for a new case (from `CONFORMANCE_SEED` if set, otherwise
-/// at random) and returns the seed.
-fn fresh_inputs() -> u64 {
-    let seed = std::env::var("CONFORMANCE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    RNG.with(|r| *r.borrow_mut() = StdRng::seed_from_u64(seed));
-    seed
-}
-
-fn uniform(lo: f64, hi: f64) -> f64 {
-    RNG.with(|r| r.borrow_mut().random_range(lo..hi))
-}
-
-/// Tolerance on the relative L2 error per dtype (inputs rounded to the dtype before the oracle).
-fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::F32 => 1e-5,
-        DType::F16 => 2e-3,
-        DType::Bf16 => 1.5e-2,
-    }
-}
-
-/// The backend, or `None` after printing why it is skipped.
-fn backend_or_skip(kind: BackendKind, test: &str) -> Option<BackendKind> {
-    match kind.probe() {
-        Ok(_) => Some(kind),
-        Err(e) => {
-            eprintln!("skipped {test} on {kind}: {e}");
-            None
-        }
-    }
-}
-
-/// Random values in [-1, 1] rounded to `dtype`.
-fn random_rounded(n: usize, dtype: DType) -> Vec<f64> {
-    (0..n)
-        .map(|_| dtype.round_f64(uniform(-1.0, 1.0)))
-        .collect()
-}
-
-/// A random decaying filter `[H, K]` in f32.
-fn random_filter(h: usize, k: usize) -> Vec<f32> {
-    (0..h * k)
-        .map(|i| {
-            let s = (i % k) as f32;
-            uniform(-1.0, 1.0) as f32 * (-s / (1.0 + k as f32 / 4.0)).exp() / (k as f32).sqrt()
-        })
-        .collect()
-}
-
-fn to_elements<T: Element>(x: &[f64]) -> Vec<T> {
-    x.iter().map(|&v| T::from_f64(v)).collect()
-}
+use support::*;
 
 /// Runs one case on `kind`: fresh random inputs, poisoned output, compare with the oracle.
 fn run_case_typed<T: Element>(kind: BackendKind, spec: ConvSpec) {
@@ -127,8 +67,6 @@ fn run_case(kind: BackendKind, builder: ConvSpecBuilder) {
         DType::Bf16 => run_case_typed::<bf16>(kind, spec),
     }
 }
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::Bf16];
 
 fn causal(kind: BackendKind) {
     for dtype in DTYPES {
@@ -344,6 +282,7 @@ fn long_sequences(kind: BackendKind) {
 }
 
 fn spectrum_memory_scales_with_filter(kind: BackendKind) {
+    fresh_inputs();
     let (h, k) = (4, 64);
     let spec = ConvSpec::builder(1, h, 1 << 20, k).build().unwrap();
     let conv = Convolution::new(spec, kind).unwrap();
@@ -405,6 +344,7 @@ fn nan_in_filter_propagates(kind: BackendKind) {
 }
 
 fn bad_input_is_a_typed_error(kind: BackendKind) {
+    fresh_inputs();
     let spec = ConvSpec::builder(2, 3, 100, 10)
         .gated(true)
         .build()
@@ -532,38 +472,19 @@ fn concurrent_calls_agree(kind: BackendKind) {
     });
 }
 
-macro_rules! conformance_suite {
-    ($backend:ident, $kind:expr) => {
-        mod $backend {
-            use super::*;
-            macro_rules! case {
-                ($name:ident) => {
-                    #[test]
-                    fn $name() {
-                        if let Some(kind) = backend_or_skip($kind, stringify!($name)) {
-                            super::$name(kind);
-                        }
-                    }
-                };
-            }
-            case!(causal);
-            case!(circular);
-            case!(gated);
-            case!(partial);
-            case!(frequency_sparse);
-            case!(odd_shapes);
-            case!(long_sequences);
-            case!(spectrum_memory_scales_with_filter);
-            case!(nan_in_filter_propagates);
-            case!(bad_input_is_a_typed_error);
-            case!(concurrent_calls_agree);
-        }
-    };
-}
-
-conformance_suite!(cpu, BackendKind::Cpu);
-conformance_suite!(cuda, BackendKind::Cuda);
-conformance_suite!(vulkan, BackendKind::Vulkan);
+backend_suites!([
+    causal,
+    circular,
+    gated,
+    partial,
+    frequency_sparse,
+    odd_shapes,
+    long_sequences,
+    spectrum_memory_scales_with_filter,
+    nan_in_filter_propagates,
+    bad_input_is_a_typed_error,
+    concurrent_calls_agree,
+]);
 
 #[test]
 fn invalid_problems_name_their_argument() {

@@ -1,0 +1,102 @@
+//! Helpers shared by the conformance suites (forward and backward): tolerances, backend skips,
+//! seeded random inputs, conversions, and the macro that instantiates a suite per backend.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use conv::{BackendKind, DType, Element};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::cell::RefCell;
+
+/// Every I/O dtype.
+pub const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::Bf16];
+
+/// Tolerance on the relative L2 error per dtype (inputs rounded to the dtype before the oracle).
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::Bf16 => 1.5e-2,
+    }
+}
+
+/// The backend, or `None` after printing why it is skipped.
+pub fn backend_or_skip(kind: BackendKind, test: &str) -> Option<BackendKind> {
+    match kind.probe() {
+        Ok(_) => Some(kind),
+        Err(e) => {
+            eprintln!("skipped {test} on {kind}: {e}");
+            None
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's generator: freshly seeded per case by [`fresh_inputs`], seed printed, so a
+    /// failure can be replayed with `CONFORMANCE_SEED`.
+    static RNG: RefCell<StdRng> = RefCell::new(StdRng::seed_from_u64(0));
+}
+
+/// Seeds this thread's generator for a new case (from `CONFORMANCE_SEED` if set, otherwise
+/// at random) and returns the seed.
+pub fn fresh_inputs() -> u64 {
+    let seed = std::env::var("CONFORMANCE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    RNG.with(|r| *r.borrow_mut() = StdRng::seed_from_u64(seed));
+    seed
+}
+
+/// A uniform value in `[lo, hi)` from this thread's generator.
+pub fn uniform(lo: f64, hi: f64) -> f64 {
+    RNG.with(|r| r.borrow_mut().random_range(lo..hi))
+}
+
+/// Random values in [-1, 1] rounded to `dtype`.
+pub fn random_rounded(n: usize, dtype: DType) -> Vec<f64> {
+    (0..n)
+        .map(|_| dtype.round_f64(uniform(-1.0, 1.0)))
+        .collect()
+}
+
+/// A random decaying filter `[H, K]` in f32.
+pub fn random_filter(h: usize, k: usize) -> Vec<f32> {
+    (0..h * k)
+        .map(|i| {
+            let s = (i % k) as f32;
+            uniform(-1.0, 1.0) as f32 * (-s / (1.0 + k as f32 / 4.0)).exp() / (k as f32).sqrt()
+        })
+        .collect()
+}
+
+pub fn to_elements<T: Element>(x: &[f64]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f64(v)).collect()
+}
+
+pub fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
+    x.iter().map(|v| v.to_f64()).collect()
+}
+
+/// Instantiates a suite once per backend: `backend_suites!([case, case, ...])` makes modules
+/// `cpu`, `cuda` and `vulkan`, each with one `#[test]` per case that runs `case(kind)` or
+/// prints why the backend is skipped.
+macro_rules! backend_suites {
+    ([$($case:ident),* $(,)?]) => {
+        backend_suites!(@one cpu, conv::BackendKind::Cpu, [$($case),*]);
+        backend_suites!(@one cuda, conv::BackendKind::Cuda, [$($case),*]);
+        backend_suites!(@one vulkan, conv::BackendKind::Vulkan, [$($case),*]);
+    };
+    (@one $backend:ident, $kind:expr, [$($case:ident),*]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $case() {
+                    if let Some(kind) = crate::support::backend_or_skip($kind, stringify!($case)) {
+                        super::$case(kind);
+                    }
+                }
+            )*
+        }
+    };
+}
