@@ -3,78 +3,12 @@
 use cli::npy;
 use conv::reference::{reference_forward, relative_l2_error};
 use conv::{ConvSpec, DType};
-use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use rand::SeedableRng;
+use std::path::PathBuf;
 
-/// One command-line argument (a string or a path).
-type Arg<'a> = &'a dyn AsRef<std::ffi::OsStr>;
+mod support;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "fftconv-cli-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// Names of the files in the directory, sorted.
-    fn listing(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn fftconv(args: &[Arg<'_>]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fftconv"));
-    for a in args {
-        cmd.arg(a.as_ref());
-    }
-    cmd.output().expect("failed to run fftconv")
-}
-
-fn stderr_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn random(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
-        .collect()
-}
-
-fn save(path: &Path, shape: &[usize], data: &[f32]) {
-    std::fs::write(path, npy::encode_f32(shape, data).unwrap()).unwrap();
-}
+use support::*;
 
 struct Case {
     b: usize,
