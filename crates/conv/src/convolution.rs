@@ -152,34 +152,8 @@ impl Convolution {
     ) -> Result<(), ConvError> {
         self.check_io("u", u)?;
         self.check_io("y", y)?;
-        match (self.spec.gated(), gates) {
-            (true, Some(g)) => {
-                self.check_io("pregate", g.pre)?;
-                self.check_io("postgate", g.post)?;
-            }
-            (true, None) => {
-                return Err(ConvError::invalid(
-                    "gates",
-                    "the problem is gated: pass both pregate and postgate",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(ConvError::invalid(
-                    "gates",
-                    "the problem is not gated (build it with .gated(true))",
-                ))
-            }
-            (false, None) => {}
-        }
-        if filter.backend != self.backend {
-            return Err(ConvError::invalid(
-                "filter",
-                format!(
-                    "prepared on backend {}, this convolution runs on {}",
-                    filter.backend, self.backend
-                ),
-            ));
-        }
+        self.check_gates(gates)?;
+        self.check_filter(filter)?;
         match (&self.engine, &filter.inner) {
             #[cfg(feature = "cpu")]
             (Engine::Cpu(cpu), FilterInner::Cpu(f)) => {
@@ -230,25 +204,7 @@ impl Convolution {
                 ),
             ));
         }
-        match (self.spec.gated(), gates) {
-            (true, Some(g)) => {
-                self.check_io("pregate", g.pre)?;
-                self.check_io("postgate", g.post)?;
-            }
-            (true, None) => {
-                return Err(ConvError::invalid(
-                    "gates",
-                    "the problem is gated: pass both pregate and postgate",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(ConvError::invalid(
-                    "gates",
-                    "the problem is not gated (build it with .gated(true))",
-                ))
-            }
-            (false, None) => {}
-        }
+        self.check_gates(gates)?;
         for (arg, g) in [
             ("dpregate", grads.dpregate.as_deref()),
             ("dpostgate", grads.dpostgate.as_deref()),
@@ -270,15 +226,7 @@ impl Convolution {
                 (false, None) => {}
             }
         }
-        if filter.backend != self.backend {
-            return Err(ConvError::invalid(
-                "filter",
-                format!(
-                    "prepared on backend {}, this convolution runs on {}",
-                    filter.backend, self.backend
-                ),
-            ));
-        }
+        self.check_filter(filter)?;
         match (&self.engine, &filter.inner) {
             #[cfg(feature = "cpu")]
             (Engine::Cpu(cpu), FilterInner::Cpu(f)) => cpu.backward(
@@ -297,6 +245,39 @@ impl Convolution {
             (Engine::Absent(never), _) => match *never {},
         }
         Ok(())
+    }
+
+    /// The filter was prepared on this convolution's backend.
+    fn check_filter(&self, filter: &FilterSpectrum) -> Result<(), ConvError> {
+        if filter.backend == self.backend {
+            return Ok(());
+        }
+        Err(ConvError::invalid(
+            "filter",
+            format!(
+                "prepared on backend {}, this convolution runs on {}",
+                filter.backend, self.backend
+            ),
+        ))
+    }
+
+    /// Gates are given exactly when the problem is gated, each shaped like `u`.
+    fn check_gates<T: Element>(&self, gates: Option<Gates<'_, T>>) -> Result<(), ConvError> {
+        match (self.spec.gated(), gates) {
+            (true, Some(g)) => {
+                self.check_io("pregate", g.pre)?;
+                self.check_io("postgate", g.post)
+            }
+            (true, None) => Err(ConvError::invalid(
+                "gates",
+                "the problem is gated: pass both pregate and postgate",
+            )),
+            (false, Some(_)) => Err(ConvError::invalid(
+                "gates",
+                "the problem is not gated (build it with .gated(true))",
+            )),
+            (false, None) => Ok(()),
+        }
     }
 
     fn check_io<T: Element>(&self, arg: &'static str, x: &[T]) -> Result<(), ConvError> {
