@@ -273,35 +273,11 @@ impl CpuConvolution {
         grads: CpuGradients<'_, T>,
     ) -> Result<(), CpuError> {
         let spec = self.spec();
-        if T::DTYPE != spec.dtype() {
-            return Err(CpuError::invalid(
-                "u",
-                format!(
-                    "element type {} but the problem is {}",
-                    T::DTYPE,
-                    spec.dtype()
-                ),
-            ));
-        }
+        self.check_inputs(filter, u, gates)?;
         let len = spec.io_len();
-        CpuError::check_len("u", u.len(), len)?;
         CpuError::check_len("dy", dy.len(), len)?;
         CpuError::check_len("du", grads.du.len(), len)?;
         CpuError::check_len("dk", grads.dk.len(), spec.filter_elems())?;
-        match (spec.gated(), gates) {
-            (true, Some((pre, post))) => {
-                CpuError::check_len("pregate", pre.len(), len)?;
-                CpuError::check_len("postgate", post.len(), len)?;
-            }
-            (true, None) => {
-                return Err(CpuError::invalid(
-                    "gates",
-                    "the problem is gated: pass both gates",
-                ))
-            }
-            (false, Some(_)) => return Err(CpuError::invalid("gates", "the problem is not gated")),
-            (false, None) => {}
-        }
         for (arg, g) in [
             ("dpregate", grads.dpregate.as_deref()),
             ("dpostgate", grads.dpostgate.as_deref()),
@@ -317,15 +293,6 @@ impl CpuConvolution {
                 (false, Some(_)) => return Err(CpuError::invalid(arg, "the problem is not gated")),
                 (false, None) => {}
             }
-        }
-        if filter.geometry != *spec.geometry()
-            || filter.channels != spec.channels()
-            || filter.filter_len != spec.filter_len()
-        {
-            return Err(CpuError::invalid(
-                "filter",
-                "prepared for a different problem (channels, K or geometry differ)",
-            ));
         }
 
         let (channels, l, kl) = (spec.channels(), spec.length(), spec.filter_len());

@@ -256,15 +256,13 @@ impl CpuConvolution {
         Ok(layout.with_bins(bins))
     }
 
-    /// Forward convolution: `y = post * conv(pre * u, k)`, all `[B, H, L]` of this problem's
-    /// dtype. `gates` is `(pregate, postgate)` and must be given exactly when the problem is gated.
-    /// Everything is validated before `y` is written.
-    pub fn forward<T: Element>(
+    /// Checks what forward and backward share: `u`'s element type and length, gates given
+    /// exactly when the problem is gated (each like `u`), and a filter prepared for this problem.
+    pub(crate) fn check_inputs<T: Element>(
         &self,
         filter: &CpuFilterSpectrum,
         u: &[T],
         gates: Option<(&[T], &[T])>,
-        y: &mut [T],
     ) -> Result<(), CpuError> {
         let spec = &self.spec;
         if T::DTYPE != spec.dtype() {
@@ -279,7 +277,6 @@ impl CpuConvolution {
         }
         let len = spec.io_len();
         CpuError::check_len("u", u.len(), len)?;
-        CpuError::check_len("y", y.len(), len)?;
         match (spec.gated(), gates) {
             (true, Some((pre, post))) => {
                 CpuError::check_len("pregate", pre.len(), len)?;
@@ -303,6 +300,22 @@ impl CpuConvolution {
                 "prepared for a different problem (channels, K or geometry differ)",
             ));
         }
+        Ok(())
+    }
+
+    /// Forward convolution: `y = post * conv(pre * u, k)`, all `[B, H, L]` of this problem's
+    /// dtype. `gates` is `(pregate, postgate)` and must be given exactly when the problem is gated.
+    /// Everything is validated before `y` is written.
+    pub fn forward<T: Element>(
+        &self,
+        filter: &CpuFilterSpectrum,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+        y: &mut [T],
+    ) -> Result<(), CpuError> {
+        let spec = &self.spec;
+        self.check_inputs(filter, u, gates)?;
+        CpuError::check_len("y", y.len(), spec.io_len())?;
         let inputs = Inputs {
             u,
             pre: gates.map(|g| g.0),
