@@ -57,8 +57,9 @@ struct Workspace {
     scratch: Vec<Complex32>,
     /// Two tiles for the split form's first stage.
     staging: Vec<Complex32>,
-    /// Buffers of the real-FFT path for segments without a partner.
-    real: RealWorkspace,
+    /// Buffers of the real-FFT path for segments without a partner, made on first use (most
+    /// problems pair every segment and never need them).
+    real: Option<RealWorkspace>,
     lane_a: Vec<f32>,
     lane_b: Vec<f32>,
     tmp: Vec<f32>,
@@ -72,17 +73,24 @@ struct RealWorkspace {
     scratch: Vec<Complex32>,
 }
 
+impl RealWorkspace {
+    fn new(conv: &CpuConvolution) -> Self {
+        let n = conv.fft.n();
+        let real_scratch = conv.r2c.get_scratch_len().max(conv.c2r.get_scratch_len());
+        RealWorkspace {
+            signal: vec![0.0; n],
+            spectrum: vec![Complex32::default(); n / 2 + 1],
+            scratch: vec![Complex32::default(); real_scratch],
+        }
+    }
+}
+
 impl Workspace {
     fn new(conv: &CpuConvolution, buf_len: usize) -> Self {
         let fft = &*conv.fft;
         let t = fft.tile_len();
-        let real_scratch = conv.r2c.get_scratch_len().max(conv.c2r.get_scratch_len());
         Workspace {
-            real: RealWorkspace {
-                signal: vec![0.0; fft.n()],
-                spectrum: vec![Complex32::default(); fft.n() / 2 + 1],
-                scratch: vec![Complex32::default(); real_scratch],
-            },
+            real: None,
             buf: vec![Complex32::default(); buf_len],
             scratch: vec![Complex32::default(); fft.scratch_len()],
             staging: vec![Complex32::default(); 2 * t],
@@ -201,7 +209,8 @@ impl CpuConvolution {
         &self.spec
     }
 
-    /// Scratch memory one worker thread uses, in bytes.
+    /// Scratch memory one worker thread uses at most, in bytes (the real-FFT buffers for
+    /// segments without a partner are allocated only when such a segment comes up).
     pub fn scratch_bytes_per_thread(&self) -> usize {
         let (n, t) = (self.fft.n(), self.fft.tile_len());
         let real_scratch = self.r2c.get_scratch_len().max(self.c2r.get_scratch_len());
@@ -405,6 +414,7 @@ impl CpuConvolution {
         for job in jobs {
             match job {
                 (a, None, h) => {
+                    let real = real.get_or_insert_with(|| RealWorkspace::new(self));
                     self.run_single(real, a, filter.channel(h), inputs, lane_a, tmp, out)
                 }
                 pair => batch.push(pair),
