@@ -37,9 +37,49 @@ pub enum VulkanError {
         /// The raw result code.
         result: vk::Result,
     },
+    /// The GPU did not finish a submission within the timeout; the device is treated as lost.
+    #[error("Vulkan work did not finish within {seconds} s (device treated as lost)")]
+    Timeout {
+        /// The fence wait's timeout in seconds.
+        seconds: u64,
+    },
+    /// The device lacks something this problem needs (a feature, a limit, a size).
+    #[error("Vulkan device cannot run this: {what}")]
+    Unsupported {
+        /// What is missing, e.g. `"storageBuffer16BitAccess (f16 I/O)"`.
+        what: String,
+    },
+    /// An argument has the wrong shape or value; `arg` names it.
+    #[error("invalid argument `{arg}`: {reason}")]
+    InvalidArgument {
+        /// The argument's name.
+        arg: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The validation layer (enabled by `FFTCONV_VULKAN_VALIDATION=1`) reported errors.
+    #[error("Vulkan validation errors: {}", messages.join(" | "))]
+    Validation {
+        /// The layer's error messages.
+        messages: Vec<String>,
+    },
+    /// Invalid problem description or plan.
+    #[error(transparent)]
+    Core(#[from] monarch_core::CoreError),
 }
 
 impl VulkanError {
+    pub(crate) fn unsupported(what: impl Into<String>) -> Self {
+        Self::Unsupported { what: what.into() }
+    }
+
+    pub(crate) fn invalid(arg: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            arg,
+            reason: reason.into(),
+        }
+    }
+
     /// Shorthand for [`VulkanError::Unavailable`].
     pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
         Self::Unavailable {

@@ -1,18 +1,29 @@
-//! Vulkan backend crate root: run-time Vulkan device discovery (kernels arrive in later issues).
+//! Vulkan backend crate root: FFT convolution compute shaders on `ash`, device selection and
+//! cooperative-matrix detection.
 //!
 //! # backend-vulkan
 //!
-//! This crate will host the Vulkan compute implementation of the
-//! long-convolution kernels. **Kernels arrive in later issues; for now the
-//! crate provides device discovery only**: [`probe`] lists the Vulkan physical
-//! devices with the properties the kernels will care about (shared memory,
-//! subgroup size, cooperative matrices, `shaderFloat16`) and [`describe`]
-//! renders them as one human-readable line.
+//! [`VulkanConvolution`] runs every forward variant of the design (causal and circular, gated,
+//! partial by overlap-save blocks, frequency-sparse) for f32, f16 and bf16 I/O on a Vulkan 1.1
+//! device, following the [`monarch_core::ConvGeometry`] of its problem so that it computes exactly
+//! what every other backend computes.
 //!
-//! The Vulkan loader (`libvulkan.so.1`) is opened at *run time* through
-//! `ash`'s `loaded` feature, so building needs no Vulkan SDK. Without a loader
-//! or a driver every entry point returns [`VulkanError::Unavailable`] with a
-//! reason; none of them panics.
+//! - **Shaders**: `shaders/fftconv.comp`, compiled to SPIR-V at build time by `build.rs` with the
+//!   `glslang` crate (no SDK, no committed SPIR-V); variants by defines (pass, I/O type), the
+//!   workgroup size and shared-memory size as specialization constants.
+//! - **Plan**: a [`monarch_core::MonarchPlan`] for this device's shared memory. Sizes whose
+//!   transform fits one workgroup run as one fused pass (load `u`, FFT, product with the filter
+//!   spectrum, inverse FFT, gates, store `y`); larger ones run each global stage of the plan as a
+//!   column pass through device memory, forward and inverse, around the fused block.
+//! - **Paths**: the portable path (scalar f32 radix-2 FFTs in shared memory, barriers only, no
+//!   subgroup-size assumption) runs everywhere. Cooperative-matrix support is detected
+//!   ([`CooperativeMatrixSupport`]: extension, feature bit and listed shapes) and reported; its
+//!   shaders are not written yet, so every device runs the portable path for now.
+//! - **Errors**: no loader, driver or device is [`VulkanError::Unavailable`]; a lost device,
+//!   out-of-memory or a missing feature is a typed error; every wait has a timeout.
+//!
+//! The Vulkan loader (`libvulkan.so.1`) is opened at *run time* through `ash`'s `loaded`
+//! feature, so building needs no Vulkan SDK. [`probe`] lists every physical device.
 //!
 //! ```
 //! match backend_vulkan::probe() {
@@ -25,8 +36,23 @@
 //! }
 //! ```
 
+mod capabilities;
+mod context;
+mod convolution;
 mod error;
+mod pipelines;
 mod probe;
 
+pub use capabilities::{
+    select_shader_path, CooperativeMatrixSupport, CooperativeShape, ShaderPath, COOPERATIVE_SHAPE,
+    PORTABLE_ENV,
+};
+pub use context::{context, DeviceCapabilities, VulkanContext, DEVICE_ENV, VALIDATION_ENV};
+pub use convolution::{VulkanConvolution, VulkanFilterSpectrum, VulkanOptions};
 pub use error::VulkanError;
 pub use probe::{describe, probe, VulkanDeviceInfo};
+
+/// The device convolutions run on, with its shader path, as one line; or why there is none.
+pub fn active_device() -> Result<String, VulkanError> {
+    Ok(context()?.description().to_owned())
+}

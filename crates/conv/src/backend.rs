@@ -42,6 +42,12 @@ impl BackendKind {
         }
     }
 
+    /// Whether [`Convolution::backward`](crate::Convolution::backward) runs on this backend
+    /// (others return [`ConvError::Unsupported`]).
+    pub fn supports_backward(self) -> bool {
+        matches!(self, BackendKind::Cpu)
+    }
+
     /// The device this backend runs on, or why it cannot run convolutions here.
     pub fn probe(self) -> Result<String, ConvError> {
         let unavailable = |reason: String| ConvError::BackendUnavailable {
@@ -71,11 +77,7 @@ impl BackendKind {
             BackendKind::Vulkan => {
                 #[cfg(feature = "vulkan")]
                 {
-                    let device =
-                        backend_vulkan::describe().map_err(|e| unavailable(e.to_string()))?;
-                    Err(unavailable(format!(
-                        "found {device}, but the Vulkan convolution shaders are not implemented yet"
-                    )))
+                    backend_vulkan::active_device().map_err(|e| unavailable(e.to_string()))
                 }
                 #[cfg(not(feature = "vulkan"))]
                 unreachable!("checked by is_compiled")

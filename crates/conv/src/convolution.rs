@@ -35,7 +35,8 @@ pub struct Convolution {
 enum Engine {
     #[cfg(feature = "cpu")]
     Cpu(backend_cpu::CpuConvolution),
-    #[cfg(not(feature = "cpu"))]
+    #[cfg(feature = "vulkan")]
+    Vulkan(Box<backend_vulkan::VulkanConvolution>),
     #[allow(dead_code)]
     Absent(std::convert::Infallible),
 }
@@ -52,7 +53,8 @@ pub struct FilterSpectrum {
 enum FilterInner {
     #[cfg(feature = "cpu")]
     Cpu(backend_cpu::CpuFilterSpectrum),
-    #[cfg(not(feature = "cpu"))]
+    #[cfg(feature = "vulkan")]
+    Vulkan(backend_vulkan::VulkanFilterSpectrum),
     #[allow(dead_code)]
     Absent(std::convert::Infallible),
 }
@@ -68,7 +70,8 @@ impl FilterSpectrum {
         match &self.inner {
             #[cfg(feature = "cpu")]
             FilterInner::Cpu(f) => f.size_bytes(),
-            #[cfg(not(feature = "cpu"))]
+            #[cfg(feature = "vulkan")]
+            FilterInner::Vulkan(f) => f.size_bytes(),
             FilterInner::Absent(never) => match *never {},
         }
     }
@@ -82,6 +85,10 @@ impl Convolution {
         let engine = match backend {
             #[cfg(feature = "cpu")]
             BackendKind::Cpu => Engine::Cpu(backend_cpu::CpuConvolution::new(&spec)?),
+            #[cfg(feature = "vulkan")]
+            BackendKind::Vulkan => {
+                Engine::Vulkan(Box::new(backend_vulkan::VulkanConvolution::new(&spec)?))
+            }
             other => {
                 return Err(ConvError::BackendUnavailable {
                     backend: other,
@@ -130,7 +137,8 @@ impl Convolution {
         let inner = match &self.engine {
             #[cfg(feature = "cpu")]
             Engine::Cpu(cpu) => FilterInner::Cpu(cpu.prepare_filter(k)?),
-            #[cfg(not(feature = "cpu"))]
+            #[cfg(feature = "vulkan")]
+            Engine::Vulkan(vk) => FilterInner::Vulkan(vk.prepare_filter(k)?),
             Engine::Absent(never) => match *never {},
         };
         Ok(FilterSpectrum {
@@ -159,8 +167,13 @@ impl Convolution {
             (Engine::Cpu(cpu), FilterInner::Cpu(f)) => {
                 cpu.forward(f, u, gates.map(|g| (g.pre, g.post)), y)?
             }
-            #[cfg(not(feature = "cpu"))]
+            #[cfg(feature = "vulkan")]
+            (Engine::Vulkan(vk), FilterInner::Vulkan(f)) => {
+                vk.forward(f, u, gates.map(|g| (g.pre, g.post)), y)?
+            }
             (Engine::Absent(never), _) => match *never {},
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("check_filter matched the filter's backend"),
         }
         Ok(())
     }
@@ -229,22 +242,29 @@ impl Convolution {
         self.check_filter(filter)?;
         match (&self.engine, &filter.inner) {
             #[cfg(feature = "cpu")]
-            (Engine::Cpu(cpu), FilterInner::Cpu(f)) => cpu.backward(
-                f,
-                u,
-                gates.map(|g| (g.pre, g.post)),
-                dy,
-                backend_cpu::CpuGradients {
-                    du: grads.du,
-                    dk: grads.dk,
-                    dpregate: grads.dpregate,
-                    dpostgate: grads.dpostgate,
-                },
-            )?,
-            #[cfg(not(feature = "cpu"))]
+            (Engine::Cpu(cpu), FilterInner::Cpu(f)) => cpu
+                .backward(
+                    f,
+                    u,
+                    gates.map(|g| (g.pre, g.post)),
+                    dy,
+                    backend_cpu::CpuGradients {
+                        du: grads.du,
+                        dk: grads.dk,
+                        dpregate: grads.dpregate,
+                        dpostgate: grads.dpostgate,
+                    },
+                )
+                .map_err(ConvError::from),
+            #[cfg(feature = "vulkan")]
+            (Engine::Vulkan(_), _) => Err(ConvError::Unsupported {
+                backend: self.backend,
+                what: "the backward pass (runs on the cpu backend; GPU backward is open work)",
+            }),
             (Engine::Absent(never), _) => match *never {},
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("check_filter matched the filter's backend"),
         }
-        Ok(())
     }
 
     /// The filter was prepared on this convolution's backend.

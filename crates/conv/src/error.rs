@@ -23,6 +23,12 @@ pub enum ConvError {
         backend: BackendKind,
         reason: String,
     },
+    /// The backend does not implement this operation yet.
+    #[error("backend {backend} does not support {what}")]
+    Unsupported {
+        backend: BackendKind,
+        what: &'static str,
+    },
     /// Invalid problem description or plan.
     #[error(transparent)]
     Core(#[from] CoreError),
@@ -57,6 +63,10 @@ impl ConvError {
             ConvError::Core(CoreError::InvalidArgument { arg, .. }) => Some(arg),
             #[cfg(feature = "cpu")]
             ConvError::Cpu(backend_cpu::CpuError::InvalidArgument { arg, .. }) => Some(arg),
+            #[cfg(feature = "vulkan")]
+            ConvError::Vulkan(backend_vulkan::VulkanError::InvalidArgument { arg, .. }) => {
+                Some(arg)
+            }
             _ => None,
         }
     }

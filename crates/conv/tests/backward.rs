@@ -491,7 +491,7 @@ fn concurrent_calls_agree(kind: BackendKind) {
     });
 }
 
-backend_suites!([
+backend_suites!(backward: [
     causal,
     circular,
     gated,

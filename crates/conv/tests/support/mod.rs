@@ -20,15 +20,31 @@ pub fn tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// The backend, or `None` after printing why it is skipped.
+/// The backend, or `None` after printing why it is skipped. Backends named in
+/// `FFTCONV_REQUIRE_BACKENDS` (comma-separated, e.g. `vulkan` in CI, where lavapipe is
+/// installed) must be available: their absence fails the test instead of skipping it.
 pub fn backend_or_skip(kind: BackendKind, test: &str) -> Option<BackendKind> {
     match kind.probe() {
         Ok(_) => Some(kind),
         Err(e) => {
+            let required = std::env::var("FFTCONV_REQUIRE_BACKENDS").unwrap_or_default();
+            if required.split(',').any(|name| name.trim() == kind.name()) {
+                panic!("{test}: backend {kind} is required (FFTCONV_REQUIRE_BACKENDS) but: {e}");
+            }
             eprintln!("skipped {test} on {kind}: {e}");
             None
         }
     }
+}
+
+/// Like [`backend_or_skip`], and also skips (saying so) a backend without a backward pass.
+pub fn backward_or_skip(kind: BackendKind, test: &str) -> Option<BackendKind> {
+    let kind = backend_or_skip(kind, test)?;
+    if !kind.supports_backward() {
+        eprintln!("skipped {test} on {kind}: no backward pass on this backend yet");
+        return None;
+    }
+    Some(kind)
 }
 
 thread_local! {
@@ -81,18 +97,26 @@ pub fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
 /// Instantiates a suite once per backend: `backend_suites!([case, case, ...])` makes modules
 /// `cpu`, `cuda` and `vulkan`, each with one `#[test]` per case that runs `case(kind)` or
 /// prints why the backend is skipped.
+///
+/// `backend_suites!(backward: [...])` also skips backends without a backward pass.
 macro_rules! backend_suites {
     ([$($case:ident),* $(,)?]) => {
-        backend_suites!(@one cpu, conv::BackendKind::Cpu, [$($case),*]);
-        backend_suites!(@one cuda, conv::BackendKind::Cuda, [$($case),*]);
-        backend_suites!(@one vulkan, conv::BackendKind::Vulkan, [$($case),*]);
+        backend_suites!(@all backend_or_skip, [$($case),*]);
     };
-    (@one $backend:ident, $kind:expr, [$($case:ident),*]) => {
+    (backward: [$($case:ident),* $(,)?]) => {
+        backend_suites!(@all backward_or_skip, [$($case),*]);
+    };
+    (@all $gate:ident, [$($case:ident),*]) => {
+        backend_suites!(@one $gate, cpu, conv::BackendKind::Cpu, [$($case),*]);
+        backend_suites!(@one $gate, cuda, conv::BackendKind::Cuda, [$($case),*]);
+        backend_suites!(@one $gate, vulkan, conv::BackendKind::Vulkan, [$($case),*]);
+    };
+    (@one $gate:ident, $backend:ident, $kind:expr, [$($case:ident),*]) => {
         mod $backend {
             $(
                 #[test]
                 fn $case() {
-                    if let Some(kind) = crate::support::backend_or_skip($kind, stringify!($case)) {
+                    if let Some(kind) = crate::support::$gate($kind, stringify!($case)) {
                         super::$case(kind);
                     }
                 }

@@ -1,0 +1,359 @@
+// fftconv.comp: the portable Vulkan FFT-convolution passes (one source, variants by defines).
+//
+// Pass (exactly one defined):
+//   PASS_FUSED            a whole on-chip block of the plan: load, forward FFT, pointwise product
+//                         with the filter spectrum, inverse FFT, store (the plan's fused suffix)
+//   PASS_COLUMNS_FORWARD  one global-memory stage of the plan, forward (column DFTs + twiddle)
+//   PASS_COLUMNS_INVERSE  the same stage inverted (conjugate twiddle + inverse column DFTs)
+// I/O element type of u, gates and y (exactly one defined): IO_F32, IO_F16, IO_BF16.
+//
+// Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
+// sequence a + i*b (the filter is real, so Re and Im of the result are the two outputs).
+// A pass works on *lines*: length-M complex sequences. A workgroup holds 2^lines_log2 lines in
+// shared memory and runs radix-2 FFTs on them with barriers only: no subgroup operation, so any
+// subgroup size works. Forward transforms are decimation in frequency (natural order in,
+// bit-reversed out); inverse transforms are decimation in time (bit-reversed in, natural out), so
+// no reordering pass ever runs. Twiddles come from a table of W_N^e (e in [0, N)) generated in
+// f64 on the host and rounded once to f32; index products are reduced mod N in integers.
+#version 450
+
+#if defined(IO_F16) || defined(IO_BF16)
+#extension GL_EXT_shader_16bit_storage : require
+#define ELEM uint16_t
+#else
+#define ELEM float
+#endif
+
+layout(local_size_x_id = 0) in;
+// Complex points of shared memory (a power of two; at most maxComputeSharedMemorySize / 8).
+layout(constant_id = 1) const uint SHARED_POINTS = 4096;
+
+layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
+layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
+layout(std430, set = 0, binding = 2) readonly buffer PostGate { ELEM post_buf[]; };
+layout(std430, set = 0, binding = 3) writeonly buffer OutputY { ELEM y_buf[]; };
+// Hermitian half spectrum per channel, natural order, kept bins only, scaled by 1/N.
+layout(std430, set = 0, binding = 4) readonly buffer FilterSpectrum { vec2 spectrum[]; };
+// W_N^e = exp(-2 pi i e / N), e in [0, N).
+layout(std430, set = 0, binding = 5) readonly buffer Twiddles { vec2 twiddles[]; };
+// Intermediate spectra between passes: N complex values per pair.
+layout(std430, set = 0, binding = 6) buffer Intermediate { vec2 tmp[]; };
+
+layout(push_constant) uniform Params {
+    uint log2n;           // N = 2^log2n
+    uint flags;           // FLAG_*
+    uint line_log2;       // length of this pass's lines (N_s, or M_j for the fused block)
+    uint stride_log2;     // columns: log2 M_{s+1} (stride between a line's elements); fused: 0
+    uint lines_log2;      // lines per workgroup
+    uint total_lines;     // lines in this dispatch
+    uint stage_bits;      // fused: log2 of each global stage's factor, 5 bits per stage
+    uint stage_count;     // fused: number of global stages before the fused block
+    uint seq_len;         // L
+    uint channels;        // channels in this chunk
+    uint channel_offset;  // first channel of this chunk (into the filter spectrum)
+    uint blocks;          // overlap-save blocks per row
+    uint block_len;       // outputs per block Lb
+    uint history;         // inputs before a block that it reads
+    uint kept_bins;       // stored (kept) half-spectrum bins per channel
+    uint segments;        // segments per channel in this chunk (rows of the chunk * blocks)
+    uint pairs;           // pairs per channel: ceil(segments / 2)
+} pc;
+
+const uint FLAG_SRC_INPUT = 1u;  // read u (and the pre-gate) instead of tmp
+const uint FLAG_DST_OUTPUT = 2u; // write y (and apply the post-gate) instead of tmp
+const uint FLAG_GATED = 4u;
+const uint FLAG_WRAPS = 8u;      // circular: history before t = 0 wraps around
+
+shared vec2 s[SHARED_POINTS];
+
+// ---- element I/O ------------------------------------------------------------------------------
+
+// 16-bit values are converted right at the load or store (a 16-bit type may only live in a buffer).
+#if defined(IO_F16)
+#define TO_FLOAT(e) unpackHalf2x16(uint(e)).x
+#define FROM_FLOAT(v) uint16_t(packHalf2x16(vec2((v), 0.0)) & 0xffffu)
+#elif defined(IO_BF16)
+#define TO_FLOAT(e) uintBitsToFloat(uint(e) << 16)
+#define FROM_FLOAT(v) uint16_t(bf16_bits(v))
+// bf16 bits of v, rounded to nearest even; NaN stays NaN (quiet).
+uint bf16_bits(float v) {
+    uint bits = floatBitsToUint(v);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        return (bits >> 16) | 0x40u;
+    }
+    return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+#else
+#define TO_FLOAT(e) (e)
+#define FROM_FLOAT(v) (v)
+#endif
+
+// ---- complex helpers --------------------------------------------------------------------------
+
+vec2 cmul(vec2 a, vec2 b) { return vec2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x); }
+vec2 conj_c(vec2 a) { return vec2(a.x, -a.y); }
+
+uint bit_reverse(uint x, uint bits) { return bits == 0u ? 0u : bitfieldReverse(x) >> (32u - bits); }
+
+// W_{2^m_log2}^e for any e (reduced mod 2^m_log2 here).
+vec2 root(uint e, uint m_log2) {
+    return twiddles[(e & ((1u << m_log2) - 1u)) << (pc.log2n - m_log2)];
+}
+
+// ---- overlap-save segments --------------------------------------------------------------------
+
+// Segment `seg` of channel `h` (chunk-local): its row and first output.
+bool segment_row(uint seg, uint h, out uint row_base, out uint start, out uint outputs) {
+    if (seg >= pc.segments) {
+        return false;
+    }
+    uint b = seg / pc.blocks;
+    uint j = seg - b * pc.blocks;
+    start = j * pc.block_len;
+    outputs = min(pc.block_len, pc.seq_len - start);
+    row_base = (b * pc.channels + h) * pc.seq_len;
+    return true;
+}
+
+// Pre-gated input at segment position `pos`, or 0 where the segment is zero.
+float segment_value(uint seg, uint h, uint pos) {
+    uint row_base, start, outputs;
+    if (!segment_row(seg, h, row_base, start, outputs)) {
+        return 0.0;
+    }
+    uint n = 1u << pc.log2n;
+    uint t;
+    if (pos < outputs) {
+        t = start + pos;
+    } else if (pos >= n - pc.history) {
+        uint back = n - pos;
+        if (back <= start) {
+            t = start - back;
+        } else if ((pc.flags & FLAG_WRAPS) != 0u) {
+            t = (start + pc.seq_len - back % pc.seq_len) % pc.seq_len;
+        } else {
+            return 0.0;
+        }
+    } else {
+        return 0.0;
+    }
+    uint idx = row_base + t;
+    float v = TO_FLOAT(u_buf[idx]);
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        v *= TO_FLOAT(pre_buf[idx]);
+    }
+    return v;
+}
+
+// Writes output `pos` of segment `seg` (post-gated) when it is one of the segment's outputs.
+void store_output(uint seg, uint h, uint pos, float v) {
+    uint row_base, start, outputs;
+    if (!segment_row(seg, h, row_base, start, outputs) || pos >= outputs) {
+        return;
+    }
+    uint idx = row_base + start + pos;
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        v *= TO_FLOAT(post_buf[idx]);
+    }
+    y_buf[idx] = FROM_FLOAT(v);
+}
+
+// Filter spectrum at full-spectrum frequency f of chunk channel h (0 where dropped).
+vec2 filter_bin(uint h, uint f) {
+    uint n = 1u << pc.log2n;
+    uint mirrored = f <= (n >> 1) ? f : n - f;
+    if (mirrored >= pc.kept_bins) {
+        return vec2(0.0);
+    }
+    vec2 k = spectrum[(pc.channel_offset + h) * pc.kept_bins + mirrored];
+    return f <= (n >> 1) ? k : conj_c(k);
+}
+
+// ---- radix-2 FFTs on the workgroup's lines in shared memory -------------------------------------
+
+// Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
+void fft_forward(uint m_log2) {
+    uint half_m = 1u << (m_log2 - 1u);
+    uint butterflies = half_m << pc.lines_log2;
+    for (uint hl = m_log2; hl-- > 0u;) {
+        uint h = 1u << hl;
+        for (uint b = gl_LocalInvocationIndex; b < butterflies; b += gl_WorkGroupSize.x) {
+            uint line = b >> (m_log2 - 1u);
+            uint k = b & (half_m - 1u);
+            uint j = k & (h - 1u);
+            uint i0 = (line << m_log2) + ((k >> hl) << (hl + 1u)) + j;
+            uint i1 = i0 + h;
+            vec2 a = s[i0];
+            vec2 c = s[i1];
+            s[i0] = a + c;
+            s[i1] = cmul(a - c, root(j, hl + 1u));
+        }
+        memoryBarrierShared();
+        barrier();
+    }
+}
+
+// Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
+void fft_inverse(uint m_log2) {
+    uint half_m = 1u << (m_log2 - 1u);
+    uint butterflies = half_m << pc.lines_log2;
+    for (uint hl = 0u; hl < m_log2; hl++) {
+        uint h = 1u << hl;
+        for (uint b = gl_LocalInvocationIndex; b < butterflies; b += gl_WorkGroupSize.x) {
+            uint line = b >> (m_log2 - 1u);
+            uint k = b & (half_m - 1u);
+            uint j = k & (h - 1u);
+            uint i0 = (line << m_log2) + ((k >> hl) << (hl + 1u)) + j;
+            uint i1 = i0 + h;
+            vec2 a = s[i0];
+            vec2 c = cmul(s[i1], conj_c(root(j, hl + 1u)));
+            s[i0] = a + c;
+            s[i1] = a - c;
+        }
+        memoryBarrierShared();
+        barrier();
+    }
+}
+
+void main() {
+    uint group = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
+    uint first_line = group << pc.lines_log2;
+    if (first_line >= pc.total_lines) {
+        return; // uniform over the workgroup: no barrier is skipped by part of it
+    }
+    uint m_log2 = pc.line_log2;
+    uint m = 1u << m_log2;
+    uint points = m << pc.lines_log2;
+    uint n = 1u << pc.log2n;
+    // Lines per pair: N / M.
+    uint pair_lines_log2 = pc.log2n - m_log2;
+
+#if defined(PASS_FUSED)
+    // Lines are contiguous blocks of M points of a pair's N.
+    for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
+        uint line = first_line + (i >> m_log2);
+        vec2 v = vec2(0.0);
+        if (line < pc.total_lines) {
+            uint pair = line >> pair_lines_log2;
+            uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+            if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
+                uint h = pair / pc.pairs;
+                uint q = pair - h * pc.pairs;
+                v = vec2(segment_value(2u * q, h, pos), segment_value(2u * q + 1u, h, pos));
+            } else {
+                v = tmp[pair * n + pos];
+            }
+        }
+        s[i] = v;
+    }
+    memoryBarrierShared();
+    barrier();
+    fft_forward(m_log2);
+
+    // Pointwise product. Position pos = sum_s M_{s+1} p_s + p holds frequency
+    // f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
+    for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
+        uint line = first_line + (i >> m_log2);
+        if (line < pc.total_lines) {
+            uint pair = line >> pair_lines_log2;
+            uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+            uint f = 0u;
+            uint weight_log2 = 0u;
+            uint shift = pc.log2n;
+            for (uint st = 0u; st < pc.stage_count; st++) {
+                uint bits = (pc.stage_bits >> (5u * st)) & 31u;
+                shift -= bits;
+                uint digit = (pos >> shift) & ((1u << bits) - 1u);
+                f += bit_reverse(digit, bits) << weight_log2;
+                weight_log2 += bits;
+            }
+            f += bit_reverse(i & (m - 1u), m_log2) << weight_log2;
+            s[i] = cmul(s[i], filter_bin(pair / pc.pairs, f));
+        }
+    }
+    memoryBarrierShared();
+    barrier();
+    fft_inverse(m_log2);
+
+    for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
+        uint line = first_line + (i >> m_log2);
+        if (line < pc.total_lines) {
+            uint pair = line >> pair_lines_log2;
+            uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+            vec2 v = s[i];
+            if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
+                uint h = pair / pc.pairs;
+                uint q = pair - h * pc.pairs;
+                store_output(2u * q, h, pos, v.x);
+                store_output(2u * q + 1u, h, pos, v.y);
+            } else {
+                tmp[pair * n + pos] = v;
+            }
+        }
+    }
+#else
+    // Columns of a global stage s: a line is column r of block blk of one pair; its elements
+    // sit M_{s+1} apart. Consecutive lines are consecutive columns, so memory accesses of a
+    // workgroup are contiguous runs; in shared memory line c holds s[c * M ...].
+    uint stride_log2 = pc.stride_log2;
+    uint block_log2 = m_log2 + stride_log2; // M_s
+    uint lines_mask = (1u << pc.lines_log2) - 1u;
+    for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
+        uint c = i & lines_mask;
+        uint e = i >> pc.lines_log2;  // element index n_s (forward) or position p (inverse)
+        uint line = first_line + c;
+        vec2 v = vec2(0.0);
+        if (line < pc.total_lines) {
+            uint pair = line >> pair_lines_log2;
+            uint within = line & ((1u << pair_lines_log2) - 1u);
+            uint r = within & ((1u << stride_log2) - 1u);
+            uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+#if defined(PASS_COLUMNS_FORWARD)
+            if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
+                uint h = pair / pc.pairs;
+                uint q = pair - h * pc.pairs;
+                v = vec2(segment_value(2u * q, h, pos), segment_value(2u * q + 1u, h, pos));
+            } else {
+                v = tmp[pair * n + pos];
+            }
+#else
+            // Position e holds k_s = bitrev(e); undo the twiddle W_{M_s}^{r k_s}.
+            v = cmul(tmp[pair * n + pos], conj_c(root(r * bit_reverse(e, m_log2), block_log2)));
+#endif
+        }
+        s[(c << m_log2) + e] = v;
+    }
+    memoryBarrierShared();
+    barrier();
+#if defined(PASS_COLUMNS_FORWARD)
+    fft_forward(m_log2);
+#else
+    fft_inverse(m_log2);
+#endif
+    for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
+        uint c = i & lines_mask;
+        uint e = i >> pc.lines_log2;
+        uint line = first_line + c;
+        if (line < pc.total_lines) {
+            uint pair = line >> pair_lines_log2;
+            uint within = line & ((1u << pair_lines_log2) - 1u);
+            uint r = within & ((1u << stride_log2) - 1u);
+            uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+            vec2 v = s[(c << m_log2) + e];
+#if defined(PASS_COLUMNS_FORWARD)
+            // Position e holds k_s = bitrev(e): apply the twiddle W_{M_s}^{r k_s}.
+            tmp[pair * n + pos] = cmul(v, root(r * bit_reverse(e, m_log2), block_log2));
+#else
+            if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
+                uint h = pair / pc.pairs;
+                uint q = pair - h * pc.pairs;
+                store_output(2u * q, h, pos, v.x);
+                store_output(2u * q + 1u, h, pos, v.y);
+            } else {
+                tmp[pair * n + pos] = v;
+            }
+#endif
+        }
+    }
+#endif
+}

@@ -1,0 +1,712 @@
+//! [`VulkanConvolution`] (a problem prepared on the Vulkan device: plan passes, twiddles, buffers)
+//! and [`VulkanFilterSpectrum`] (a filter's spectrum in device memory).
+
+use std::sync::{Arc, Mutex};
+
+use ash::vk;
+use monarch_core::twiddle::root_of_unity;
+use monarch_core::{ConvGeometry, ConvSpec, Element, MonarchPlan, PlanLimits};
+
+use crate::context::{
+    context, memory_barrier, upload, Buffer, Commands, MemoryKind, VulkanContext,
+};
+use crate::error::check;
+use crate::pipelines::{
+    PassKind, PassParams, Pipelines, BINDINGS, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
+    BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y, FLAG_DST_OUTPUT, FLAG_GATED,
+    FLAG_SRC_INPUT, FLAG_WRAPS,
+};
+use crate::VulkanError;
+
+/// Elements of `u` one chunk holds at most (a chunk is a set of batch rows and channels whose
+/// inputs, gates, outputs and intermediate spectra are on the device at once).
+const CHUNK_ELEMS: usize = 1 << 24;
+
+/// A filter `k: [H, K]` transformed for one [`VulkanConvolution`]: per channel the Hermitian half
+/// spectrum of the zero-padded filter (natural order, scaled by `1/N`), kept bins only, as
+/// complex f32 in device memory.
+#[derive(Clone)]
+pub struct VulkanFilterSpectrum {
+    geometry: ConvGeometry,
+    channels: usize,
+    filter_len: usize,
+    buffer: Arc<Buffer>,
+}
+
+impl std::fmt::Debug for VulkanFilterSpectrum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanFilterSpectrum")
+            .field("geometry", &self.geometry)
+            .field("channels", &self.channels)
+            .field("bytes", &self.buffer.size)
+            .finish()
+    }
+}
+
+impl VulkanFilterSpectrum {
+    /// Bytes of device memory the spectrum holds.
+    pub fn size_bytes(&self) -> usize {
+        self.buffer.size as usize
+    }
+}
+
+/// Tuning knobs of a [`VulkanConvolution`] (the defaults are what the device allows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VulkanOptions {
+    /// Use at most this many complex points of shared memory per workgroup (rounded down to a
+    /// power of two). Smaller values give plans with more global-memory passes for the same
+    /// FFT size: tests use them to check multi-pass plans on small problems.
+    pub max_shared_points: Option<u32>,
+    /// Elements of `u` per chunk (rounded up to whole rows); `None`: 2^24. Smaller chunks
+    /// bound device memory; tests use them to check chunking.
+    pub chunk_elems: Option<usize>,
+}
+
+/// Which rows one chunk covers: batches `[b0, b0 + nb)` x channels `[h0, h0 + nh)`.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    b0: usize,
+    nb: usize,
+    h0: usize,
+    nh: usize,
+}
+
+/// One pass of the plan as the shader runs it.
+#[derive(Debug, Clone, Copy)]
+struct PlanPass {
+    kind: PassKind,
+    /// log2 of the line length (`N_s` for a column stage, `M_j` for the fused block).
+    line_log2: u32,
+    /// Column stages: log2 `M_{s+1}`.
+    stride_log2: u32,
+}
+
+/// A convolution problem prepared on the Vulkan device. `Send + Sync`; calls on one instance are
+/// serialised (they share its device buffers).
+pub struct VulkanConvolution {
+    ctx: Arc<VulkanContext>,
+    spec: ConvSpec,
+    pipelines: Arc<Pipelines>,
+    plan: Arc<MonarchPlan>,
+    /// Forward order: global column stages, then the fused block.
+    passes: Vec<PlanPass>,
+    twiddles: Buffer,
+    /// Rows per chunk: `(batches, channels)`.
+    chunk_shape: (usize, usize),
+    exec: Mutex<Option<Execution>>,
+}
+
+impl std::fmt::Debug for VulkanConvolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanConvolution")
+            .field("spec", &self.spec)
+            .field("factors", &self.plan.factors())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Device buffers, descriptor set and command buffer of one convolution, made on first use.
+struct Execution {
+    ctx: Arc<VulkanContext>,
+    pool: vk::DescriptorPool,
+    set: vk::DescriptorSet,
+    commands: Commands,
+    u: Buffer,
+    pre: Option<Buffer>,
+    post: Option<Buffer>,
+    y: Buffer,
+    tmp: Buffer,
+    /// Uploads `[u | pre | post]`, then receives `y` in the first region.
+    staging: Buffer,
+    /// Bytes of one stream of one full chunk.
+    stream_bytes: usize,
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        // SAFETY: no submission using the set is pending (waited for, or the execution leaked).
+        unsafe { self.ctx.device.destroy_descriptor_pool(self.pool, None) };
+    }
+}
+
+impl VulkanConvolution {
+    /// Prepares `spec` on the process's Vulkan device: the plan for this device's shared memory,
+    /// the pipelines for the dtype, and the twiddle table.
+    pub fn new(spec: &ConvSpec) -> Result<VulkanConvolution, VulkanError> {
+        Self::with_options(spec, VulkanOptions::default())
+    }
+
+    /// Like [`new`](Self::new) with [`VulkanOptions`].
+    pub fn with_options(
+        spec: &ConvSpec,
+        options: VulkanOptions,
+    ) -> Result<VulkanConvolution, VulkanError> {
+        let ctx = context()?;
+        ctx.check_alive()?;
+        let pipelines = Pipelines::get(&ctx, spec.dtype(), options.max_shared_points)?;
+        let geometry = spec.geometry();
+        let n = geometry.n();
+        let shared_points = pipelines.shared_points as usize;
+        // The portable path runs radix-2 FFTs of whole lines in shared memory, so a stage may be
+        // as large as the shared memory holds.
+        let limits = PlanLimits {
+            max_factor: shared_points,
+            preferred_factor: shared_points,
+            on_chip_bytes: shared_points * 8,
+            bytes_per_element: 8,
+        };
+        let plan = MonarchPlan::cached(geometry.fft_size, &limits)?;
+        let mut passes = Vec::new();
+        for pass in plan.passes() {
+            let s = pass.stages.start;
+            if pass.on_chip {
+                passes.push(PlanPass {
+                    kind: PassKind::Fused,
+                    line_log2: plan.block_len(s).ilog2(),
+                    stride_log2: 0,
+                });
+            } else {
+                passes.push(PlanPass {
+                    kind: PassKind::ColumnsForward,
+                    line_log2: plan.factors()[s].ilog2(),
+                    stride_log2: plan.stride(s).ilog2(),
+                });
+            }
+        }
+        if passes.last().map(|p| p.kind) != Some(PassKind::Fused) || passes.len() > 7 {
+            return Err(VulkanError::unsupported(format!(
+                "no Vulkan plan for N = {n} with {shared_points} shared points"
+            )));
+        }
+
+        let table: Vec<u8> = (0..n as u64)
+            .flat_map(|e| {
+                let w = root_of_unity(e, n as u64);
+                let (re, im) = (w.re as f32, w.im as f32);
+                re.to_ne_bytes().into_iter().chain(im.to_ne_bytes())
+            })
+            .collect();
+        let twiddles = upload(&ctx, &table)?;
+
+        let chunk_shape = chunk_shape(spec, options.chunk_elems.unwrap_or(CHUNK_ELEMS));
+        let conv = VulkanConvolution {
+            ctx,
+            spec: spec.clone(),
+            pipelines,
+            plan,
+            passes,
+            twiddles,
+            chunk_shape,
+            exec: Mutex::new(None),
+        };
+        conv.check_buffer_ranges()?;
+        Ok(conv)
+    }
+
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+
+    /// The factors of the plan this convolution runs.
+    pub fn factors(&self) -> &[usize] {
+        self.plan.factors()
+    }
+
+    /// Passes over global memory per direction (0: the whole FFT is one fused on-chip pass).
+    pub fn global_passes(&self) -> usize {
+        self.plan.global_passes()
+    }
+
+    /// Pairs of segments per channel in a chunk of `nb` batch rows.
+    fn pairs(&self, nb: usize) -> usize {
+        (nb * self.spec.geometry().blocks).div_ceil(2)
+    }
+
+    fn tmp_bytes(&self) -> usize {
+        if self.plan.global_passes() == 0 {
+            return 4;
+        }
+        let (nb, nh) = self.chunk_shape;
+        nh * self.pairs(nb) * self.spec.geometry().n() * 8
+    }
+
+    fn check_buffer_ranges(&self) -> Result<(), VulkanError> {
+        let (nb, nh) = self.chunk_shape;
+        let stream = nb * nh * self.spec.length() * self.spec.dtype().size_bytes();
+        let limit = self.ctx.capabilities().max_storage_buffer_range as usize;
+        let biggest = stream.max(self.tmp_bytes());
+        // Shader indices are 32-bit: every bound buffer must have fewer than 2^32 elements.
+        if biggest > limit || nb * nh * self.spec.length() >= 1 << 32 {
+            return Err(VulkanError::unsupported(format!(
+                "a chunk needs a {biggest}-byte storage buffer; the device allows {limit}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Computes the filter spectrum of `k: [H, K]` (f32) on the host and uploads it.
+    pub fn prepare_filter(&self, k: &[f32]) -> Result<VulkanFilterSpectrum, VulkanError> {
+        let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
+        if k.len() != h_count * klen {
+            return Err(VulkanError::invalid(
+                "k",
+                format!(
+                    "expected [H={h_count}, K={klen}] = {} elements, got {}",
+                    h_count * klen,
+                    k.len()
+                ),
+            ));
+        }
+        let geometry = *self.spec.geometry();
+        let n = geometry.n();
+        let kept = geometry.kept_bins.min(n / 2 + 1);
+        let fft = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(n);
+        let mut signal = fft.make_input_vec();
+        let mut spectrum = fft.make_output_vec();
+        let mut scratch = fft.make_scratch_vec();
+        let scale = 1.0 / n as f32;
+        let mut bytes = Vec::with_capacity(h_count * kept * 8);
+        for row in k.chunks_exact(klen) {
+            signal.fill(0.0);
+            signal[..klen].copy_from_slice(row);
+            fft.process_with_scratch(&mut signal, &mut spectrum, &mut scratch)
+                .map_err(|e| VulkanError::invalid("k", e.to_string()))?;
+            for c in &spectrum[..kept] {
+                bytes.extend_from_slice(&(c.re * scale).to_ne_bytes());
+                bytes.extend_from_slice(&(c.im * scale).to_ne_bytes());
+            }
+        }
+        Ok(VulkanFilterSpectrum {
+            geometry,
+            channels: h_count,
+            filter_len: klen,
+            buffer: Arc::new(upload(&self.ctx, &bytes)?),
+        })
+    }
+
+    /// `y = postgate * conv(pregate * u, k)`; `u`, `y` and the gates are `[B, H, L]` of the
+    /// problem's dtype. Every argument is checked before anything is written.
+    pub fn forward<T: Element>(
+        &self,
+        filter: &VulkanFilterSpectrum,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+        y: &mut [T],
+    ) -> Result<(), VulkanError> {
+        self.check_inputs(filter, u, gates, y)?;
+        let mut guard = self.exec.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(self.execution()?);
+        }
+        let exec = guard.as_mut().expect("just made");
+        exec.bind(BINDING_SPECTRUM, &filter.buffer);
+
+        let result = (|| {
+            for chunk in self.chunks() {
+                self.stage_inputs(exec, chunk, u, gates);
+                self.record(exec, chunk)?;
+                exec.commands.run()?;
+                self.read_outputs(exec, chunk, y);
+            }
+            Ok(())
+        })();
+        if let Err(VulkanError::Timeout { .. }) = &result {
+            // The GPU may still use these resources: leak them rather than free them under it.
+            std::mem::forget(guard.take());
+        }
+        result
+    }
+
+    fn check_inputs<T: Element>(
+        &self,
+        filter: &VulkanFilterSpectrum,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+        y: &[T],
+    ) -> Result<(), VulkanError> {
+        let spec = &self.spec;
+        if T::DTYPE != spec.dtype() {
+            return Err(VulkanError::invalid(
+                "u",
+                format!("dtype {} given, the problem is {}", T::DTYPE, spec.dtype()),
+            ));
+        }
+        let want = spec.io_len();
+        let mut io: Vec<(&'static str, usize)> = vec![("u", u.len()), ("y", y.len())];
+        match (spec.gated(), gates) {
+            (true, Some((pre, post))) => {
+                io.push(("pregate", pre.len()));
+                io.push(("postgate", post.len()));
+            }
+            (true, None) => return Err(VulkanError::invalid("gates", "the problem is gated")),
+            (false, Some(_)) => {
+                return Err(VulkanError::invalid("gates", "the problem is not gated"))
+            }
+            (false, None) => {}
+        }
+        for (arg, len) in io {
+            if len != want {
+                return Err(VulkanError::invalid(
+                    arg,
+                    format!("expected [B, H, L] = {want} elements, got {len}"),
+                ));
+            }
+        }
+        if filter.geometry != *spec.geometry()
+            || filter.channels != spec.channels()
+            || filter.filter_len != spec.filter_len()
+        {
+            return Err(VulkanError::invalid(
+                "filter",
+                "prepared for a different problem",
+            ));
+        }
+        Ok(())
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = Chunk> + '_ {
+        let (nb, nh) = self.chunk_shape;
+        let (b_count, h_count) = (self.spec.batch(), self.spec.channels());
+        (0..b_count).step_by(nb).flat_map(move |b0| {
+            (0..h_count).step_by(nh).map(move |h0| Chunk {
+                b0,
+                nb: nb.min(b_count - b0),
+                h0,
+                nh: nh.min(h_count - h0),
+            })
+        })
+    }
+
+    fn execution(&self) -> Result<Execution, VulkanError> {
+        let ctx = &self.ctx;
+        let (nb, nh) = self.chunk_shape;
+        let stream_bytes = nb * nh * self.spec.length() * self.spec.dtype().size_bytes();
+        let gated = self.spec.gated();
+        let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
+        let streams = if gated { 3 } else { 1 };
+        let pool_sizes = [vk::DescriptorPoolSize::default()
+            .ty(vk::DescriptorType::STORAGE_BUFFER)
+            .descriptor_count(BINDINGS)];
+        // SAFETY: valid create info on a live device.
+        let pool = unsafe {
+            ctx.device.create_descriptor_pool(
+                &vk::DescriptorPoolCreateInfo::default()
+                    .max_sets(1)
+                    .pool_sizes(&pool_sizes),
+                None,
+            )
+        }
+        .map_err(|r| check("vkCreateDescriptorPool", r))?;
+        let layouts = [self.pipelines.set_layout];
+        // SAFETY: the pool has room for one set of this layout.
+        let set = unsafe {
+            ctx.device.allocate_descriptor_sets(
+                &vk::DescriptorSetAllocateInfo::default()
+                    .descriptor_pool(pool)
+                    .set_layouts(&layouts),
+            )
+        };
+        let set = match set {
+            Ok(s) => s[0],
+            Err(r) => {
+                // SAFETY: the pool is unused.
+                unsafe { ctx.device.destroy_descriptor_pool(pool, None) };
+                return Err(check("vkAllocateDescriptorSets", r));
+            }
+        };
+        let exec = Execution {
+            ctx: Arc::clone(ctx),
+            pool,
+            set,
+            commands: Commands::new(ctx)?,
+            u: device(stream_bytes)?,
+            pre: if gated {
+                Some(device(stream_bytes)?)
+            } else {
+                None
+            },
+            post: if gated {
+                Some(device(stream_bytes)?)
+            } else {
+                None
+            },
+            y: device(stream_bytes)?,
+            tmp: device(self.tmp_bytes())?,
+            staging: Buffer::new(ctx, (streams * stream_bytes) as u64, MemoryKind::Staging)?,
+            stream_bytes,
+        };
+        let u = exec.u.descriptor();
+        let pre = exec.pre.as_ref().map_or(u, Buffer::descriptor);
+        let post = exec.post.as_ref().map_or(u, Buffer::descriptor);
+        let y = exec.y.descriptor();
+        let tmp = exec.tmp.descriptor();
+        exec.bind_info(BINDING_U, u);
+        exec.bind_info(BINDING_PRE, pre);
+        exec.bind_info(BINDING_POST, post);
+        exec.bind_info(BINDING_Y, y);
+        exec.bind_info(BINDING_TMP, tmp);
+        exec.bind(BINDING_TWIDDLES, &self.twiddles);
+        Ok(exec)
+    }
+
+    /// Copies the chunk's rows of `u` (and gates) into the staging buffer, compactly
+    /// `[nb, nh, L]` per stream.
+    fn stage_inputs<T: Element>(
+        &self,
+        exec: &mut Execution,
+        chunk: Chunk,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+    ) {
+        let stream_bytes = exec.stream_bytes;
+        let staging = exec.staging.bytes_mut();
+        let mut streams: Vec<&[T]> = vec![u];
+        if let Some((pre, post)) = gates {
+            streams.push(pre);
+            streams.push(post);
+        }
+        for (i, src) in streams.into_iter().enumerate() {
+            let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
+            for (dst_rows, src_rows) in self.chunk_rows(chunk) {
+                copy_to_bytes(
+                    &src[src_rows],
+                    &mut region[dst_rows.start * size_of::<T>()..],
+                );
+            }
+        }
+    }
+
+    fn read_outputs<T: Element>(&self, exec: &mut Execution, chunk: Chunk, y: &mut [T]) {
+        let staging = exec.staging.bytes_mut();
+        for (src_rows, dst_rows) in self.chunk_rows(chunk) {
+            copy_from_bytes(
+                &staging[src_rows.start * size_of::<T>()..],
+                &mut y[dst_rows],
+            );
+        }
+    }
+
+    /// For each batch row of the chunk: (element range in the compact chunk, range in `u`).
+    fn chunk_rows(
+        &self,
+        chunk: Chunk,
+    ) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> {
+        let l = self.spec.length();
+        let h_count = self.spec.channels();
+        let run = chunk.nh * l;
+        (0..chunk.nb).map(move |i| {
+            let src = ((chunk.b0 + i) * h_count + chunk.h0) * l;
+            (i * run..(i + 1) * run, src..src + run)
+        })
+    }
+
+    /// Records upload, the passes of the plan (forward stages, fused block, inverse stages) and
+    /// the readback of one chunk.
+    fn record(&self, exec: &Execution, chunk: Chunk) -> Result<(), VulkanError> {
+        let geometry = self.spec.geometry();
+        let n = geometry.n();
+        let pairs = self.pairs(chunk.nb);
+        let total_pairs = chunk.nh * pairs;
+        let bytes =
+            (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
+        let mut base = PassParams {
+            log2n: n.ilog2(),
+            seq_len: self.spec.length() as u32,
+            channels: chunk.nh as u32,
+            channel_offset: chunk.h0 as u32,
+            blocks: geometry.blocks as u32,
+            block_len: geometry.block_len as u32,
+            history: geometry.history as u32,
+            kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
+            segments: (chunk.nb * geometry.blocks) as u32,
+            pairs: pairs as u32,
+            ..PassParams::default()
+        };
+        if self.spec.gated() {
+            base.flags |= FLAG_GATED;
+        }
+        if geometry.wraps {
+            base.flags |= FLAG_WRAPS;
+        }
+        // The whole schedule: forward column stages, the fused block, inverse column stages.
+        let globals = &self.passes[..self.passes.len() - 1];
+        let fused = self.passes[self.passes.len() - 1];
+        let mut schedule: Vec<PassParams> = Vec::new();
+        let mut stage_bits = 0u32;
+        for (s, p) in globals.iter().enumerate() {
+            stage_bits |= p.line_log2 << (5 * s);
+            let mut params = self.pass_params(base, *p, total_pairs);
+            if s == 0 {
+                params.flags |= FLAG_SRC_INPUT;
+            }
+            schedule.push(params);
+        }
+        let mut fused_params = self.pass_params(base, fused, total_pairs);
+        fused_params.stage_bits = stage_bits;
+        fused_params.stage_count = globals.len() as u32;
+        if globals.is_empty() {
+            fused_params.flags |= FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
+        }
+        schedule.push(fused_params);
+        for (s, p) in globals.iter().enumerate().rev() {
+            let inverse = PlanPass {
+                kind: PassKind::ColumnsInverse,
+                ..*p
+            };
+            let mut params = self.pass_params(base, inverse, total_pairs);
+            if s == 0 {
+                params.flags |= FLAG_DST_OUTPUT;
+            }
+            schedule.push(params);
+        }
+        let kinds: Vec<PassKind> = globals
+            .iter()
+            .map(|_| PassKind::ColumnsForward)
+            .chain([PassKind::Fused])
+            .chain(globals.iter().map(|_| PassKind::ColumnsInverse))
+            .collect();
+        let dispatches = schedule
+            .iter()
+            .map(|p| self.workgroups(p))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let streams: Vec<&Buffer> = [Some(&exec.u), exec.pre.as_ref(), exec.post.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let stream_bytes = exec.stream_bytes as u64;
+        exec.commands.record(|device, cmd| {
+            // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
+            // this chunk; barriers order transfer -> compute -> compute -> transfer.
+            unsafe {
+                for (i, dst) in streams.iter().enumerate() {
+                    let region = [vk::BufferCopy::default()
+                        .src_offset(i as u64 * stream_bytes)
+                        .dst_offset(0)
+                        .size(bytes)];
+                    device.cmd_copy_buffer(cmd, exec.staging.buffer, dst.buffer, &region);
+                }
+                memory_barrier(device, cmd);
+                device.cmd_bind_descriptor_sets(
+                    cmd,
+                    vk::PipelineBindPoint::COMPUTE,
+                    self.pipelines.layout,
+                    0,
+                    &[exec.set],
+                    &[],
+                );
+                for ((params, kind), (x, y)) in schedule.iter().zip(&kinds).zip(&dispatches) {
+                    device.cmd_bind_pipeline(
+                        cmd,
+                        vk::PipelineBindPoint::COMPUTE,
+                        self.pipelines.pipeline(*kind),
+                    );
+                    device.cmd_push_constants(
+                        cmd,
+                        self.pipelines.layout,
+                        vk::ShaderStageFlags::COMPUTE,
+                        0,
+                        &params.bytes(),
+                    );
+                    device.cmd_dispatch(cmd, *x, *y, 1);
+                    memory_barrier(device, cmd);
+                }
+                let region = [vk::BufferCopy::default().size(bytes)];
+                device.cmd_copy_buffer(cmd, exec.y.buffer, exec.staging.buffer, &region);
+                let to_host = [vk::MemoryBarrier::default()
+                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                    .dst_access_mask(vk::AccessFlags::HOST_READ)];
+                device.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::HOST,
+                    vk::DependencyFlags::empty(),
+                    &to_host,
+                    &[],
+                    &[],
+                );
+            }
+        })
+    }
+
+    /// Push constants of one pass over `total_pairs` pairs (lines and lines per workgroup).
+    fn pass_params(&self, base: PassParams, pass: PlanPass, total_pairs: usize) -> PassParams {
+        let n = self.spec.geometry().n();
+        let line = 1usize << pass.line_log2;
+        let total_lines = total_pairs * (n / line);
+        let per_group = (self.pipelines.shared_points as usize / line)
+            .min(total_lines.next_power_of_two())
+            .max(1);
+        PassParams {
+            line_log2: pass.line_log2,
+            stride_log2: pass.stride_log2,
+            lines_log2: per_group.ilog2(),
+            total_lines: total_lines as u32,
+            ..base
+        }
+    }
+
+    /// The 2-D workgroup grid covering a pass's lines.
+    fn workgroups(&self, params: &PassParams) -> Result<(u32, u32), VulkanError> {
+        let groups = (params.total_lines as u64).div_ceil(1 << params.lines_log2);
+        let max = self.ctx.capabilities().max_workgroup_count;
+        let x = groups.min(u64::from(max[0])).max(1);
+        let y = groups.div_ceil(x);
+        if y > u64::from(max[1]) {
+            return Err(VulkanError::unsupported(format!(
+                "{groups} workgroups exceed the device's grid {max:?}"
+            )));
+        }
+        Ok((x as u32, y as u32))
+    }
+}
+
+impl Execution {
+    fn bind(&self, binding: u32, buffer: &Buffer) {
+        self.bind_info(binding, buffer.descriptor());
+    }
+
+    fn bind_info(&self, binding: u32, info: vk::DescriptorBufferInfo) {
+        let infos = [info];
+        let write = [vk::WriteDescriptorSet::default()
+            .dst_set(self.set)
+            .dst_binding(binding)
+            .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+            .buffer_info(&infos)];
+        // SAFETY: the set is not in use by pending work (every submission is waited for).
+        unsafe { self.ctx.device.update_descriptor_sets(&write, &[]) };
+    }
+}
+
+/// Batch rows and channels per chunk: at most `chunk_elems` elements (but at least one row),
+/// keeping two batch rows together where possible so their segments pair up.
+fn chunk_shape(spec: &ConvSpec, chunk_elems: usize) -> (usize, usize) {
+    let rows = (chunk_elems / spec.length()).max(1);
+    let (b_count, h_count) = (spec.batch(), spec.channels());
+    let min_nb = if spec.geometry().blocks == 1 {
+        b_count.min(2)
+    } else {
+        1
+    };
+    let nh = (rows / min_nb).clamp(1, h_count);
+    let nb = if nh == h_count {
+        (rows / h_count).clamp(min_nb, b_count)
+    } else {
+        min_nb
+    };
+    (nb, nh)
+}
+
+fn copy_to_bytes<T: Element>(src: &[T], dst: &mut [u8]) {
+    let n = std::mem::size_of_val(src);
+    // SAFETY: f32, f16 and bf16 (the only `Element`s) are plain data without padding.
+    let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), n) };
+    dst[..n].copy_from_slice(bytes);
+}
+
+fn copy_from_bytes<T: Element>(src: &[u8], dst: &mut [T]) {
+    let n = std::mem::size_of_val(dst);
+    // SAFETY: as above; every bit pattern is a valid f32, f16 or bf16.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), n) };
+    bytes.copy_from_slice(&src[..n]);
+}

@@ -1,0 +1,295 @@
+//! [`Pipelines`]: the compute pipelines of the three passes for one I/O dtype (shared memory
+//! and workgroup size as specialization constants), their layouts, cached per device and dtype.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ash::vk;
+use monarch_core::DType;
+
+use crate::context::VulkanContext;
+use crate::error::check;
+use crate::VulkanError;
+
+mod spirv {
+    include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
+}
+
+/// Storage-buffer bindings of the shaders (see `shaders/fftconv.comp`).
+pub(crate) const BINDINGS: u32 = 7;
+pub(crate) const BINDING_U: u32 = 0;
+pub(crate) const BINDING_PRE: u32 = 1;
+pub(crate) const BINDING_POST: u32 = 2;
+pub(crate) const BINDING_Y: u32 = 3;
+pub(crate) const BINDING_SPECTRUM: u32 = 4;
+pub(crate) const BINDING_TWIDDLES: u32 = 5;
+pub(crate) const BINDING_TMP: u32 = 6;
+
+/// Largest number of complex points a workgroup keeps in shared memory (the shader's FFT lines).
+const MAX_SHARED_POINTS: u32 = 4096;
+/// Invocations per workgroup (fewer where the device allows fewer).
+const WORKGROUP_SIZE: u32 = 256;
+
+/// The push constants of `shaders/fftconv.comp` (same order and meaning).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PassParams {
+    pub log2n: u32,
+    pub flags: u32,
+    pub line_log2: u32,
+    pub stride_log2: u32,
+    pub lines_log2: u32,
+    pub total_lines: u32,
+    pub stage_bits: u32,
+    pub stage_count: u32,
+    pub seq_len: u32,
+    pub channels: u32,
+    pub channel_offset: u32,
+    pub blocks: u32,
+    pub block_len: u32,
+    pub history: u32,
+    pub kept_bins: u32,
+    pub segments: u32,
+    pub pairs: u32,
+}
+
+pub(crate) const FLAG_SRC_INPUT: u32 = 1;
+pub(crate) const FLAG_DST_OUTPUT: u32 = 2;
+pub(crate) const FLAG_GATED: u32 = 4;
+pub(crate) const FLAG_WRAPS: u32 = 8;
+
+impl PassParams {
+    pub(crate) fn bytes(&self) -> [u8; std::mem::size_of::<PassParams>()] {
+        let mut out = [0u8; std::mem::size_of::<PassParams>()];
+        let words = [
+            self.log2n,
+            self.flags,
+            self.line_log2,
+            self.stride_log2,
+            self.lines_log2,
+            self.total_lines,
+            self.stage_bits,
+            self.stage_count,
+            self.seq_len,
+            self.channels,
+            self.channel_offset,
+            self.blocks,
+            self.block_len,
+            self.history,
+            self.kept_bins,
+            self.segments,
+            self.pairs,
+        ];
+        for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        out
+    }
+}
+
+/// Which pass a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PassKind {
+    Fused,
+    ColumnsForward,
+    ColumnsInverse,
+}
+
+/// The three pass pipelines for one dtype on one device.
+pub(crate) struct Pipelines {
+    ctx: Arc<VulkanContext>,
+    pub(crate) set_layout: vk::DescriptorSetLayout,
+    pub(crate) layout: vk::PipelineLayout,
+    fused: vk::Pipeline,
+    columns_forward: vk::Pipeline,
+    columns_inverse: vk::Pipeline,
+    /// Complex points of shared memory per workgroup (a power of two).
+    pub(crate) shared_points: u32,
+}
+
+impl std::fmt::Debug for Pipelines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipelines")
+            .field("shared_points", &self.shared_points)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipelines {
+    pub(crate) fn pipeline(&self, kind: PassKind) -> vk::Pipeline {
+        match kind {
+            PassKind::Fused => self.fused,
+            PassKind::ColumnsForward => self.columns_forward,
+            PassKind::ColumnsInverse => self.columns_inverse,
+        }
+    }
+
+    /// The cached pipelines for `dtype` on the context's device, using at most
+    /// `max_shared_points` complex points of shared memory (`None`: as many as the device has,
+    /// up to 4096).
+    pub(crate) fn get(
+        ctx: &Arc<VulkanContext>,
+        dtype: DType,
+        max_shared_points: Option<u32>,
+    ) -> Result<Arc<Pipelines>, VulkanError> {
+        type Cache = Mutex<HashMap<(DType, u32), Arc<Pipelines>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let mut points = (ctx.capabilities().shared_memory_bytes / 8).min(MAX_SHARED_POINTS);
+        if let Some(limit) = max_shared_points {
+            points = points.min(limit.max(2));
+        }
+        let shared_points = 1 << points.ilog2();
+        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map.get(&(dtype, shared_points)) {
+            return Ok(Arc::clone(p));
+        }
+        let p = Arc::new(Pipelines::new(ctx, dtype, shared_points)?);
+        map.insert((dtype, shared_points), Arc::clone(&p));
+        Ok(p)
+    }
+
+    fn new(
+        ctx: &Arc<VulkanContext>,
+        dtype: DType,
+        shared_points: u32,
+    ) -> Result<Pipelines, VulkanError> {
+        let caps = ctx.capabilities();
+        if dtype != DType::F32 && !caps.storage_16bit {
+            return Err(VulkanError::unsupported(format!(
+                "{dtype} I/O needs storageBuffer16BitAccess, which {} lacks",
+                caps.name
+            )));
+        }
+        let device = &ctx.device;
+        let workgroup = 1u32
+            << WORKGROUP_SIZE
+                .min(caps.max_invocations)
+                .min(caps.max_workgroup_size_x)
+                .max(1)
+                .ilog2();
+
+        let bindings: Vec<_> = (0..BINDINGS)
+            .map(|b| {
+                vk::DescriptorSetLayoutBinding::default()
+                    .binding(b)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .descriptor_count(1)
+                    .stage_flags(vk::ShaderStageFlags::COMPUTE)
+            })
+            .collect();
+        let mut this = Pipelines {
+            ctx: Arc::clone(ctx),
+            set_layout: vk::DescriptorSetLayout::null(),
+            layout: vk::PipelineLayout::null(),
+            fused: vk::Pipeline::null(),
+            columns_forward: vk::Pipeline::null(),
+            columns_inverse: vk::Pipeline::null(),
+            shared_points,
+        };
+        // SAFETY: valid create infos on a live device; every handle is stored in `this` at once,
+        // so an early return destroys what exists.
+        unsafe {
+            this.set_layout = device
+                .create_descriptor_set_layout(
+                    &vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings),
+                    None,
+                )
+                .map_err(|r| check("vkCreateDescriptorSetLayout", r))?;
+            let set_layouts = [this.set_layout];
+            let push = [vk::PushConstantRange::default()
+                .stage_flags(vk::ShaderStageFlags::COMPUTE)
+                .offset(0)
+                .size(std::mem::size_of::<PassParams>() as u32)];
+            this.layout = device
+                .create_pipeline_layout(
+                    &vk::PipelineLayoutCreateInfo::default()
+                        .set_layouts(&set_layouts)
+                        .push_constant_ranges(&push),
+                    None,
+                )
+                .map_err(|r| check("vkCreatePipelineLayout", r))?;
+        }
+        let code = |kind: PassKind| -> &'static [u8] {
+            match (kind, dtype) {
+                (PassKind::Fused, DType::F32) => spirv::FUSED_F32,
+                (PassKind::Fused, DType::F16) => spirv::FUSED_F16,
+                (PassKind::Fused, DType::Bf16) => spirv::FUSED_BF16,
+                (PassKind::ColumnsForward, DType::F32) => spirv::COLUMNS_FORWARD_F32,
+                (PassKind::ColumnsForward, DType::F16) => spirv::COLUMNS_FORWARD_F16,
+                (PassKind::ColumnsForward, DType::Bf16) => spirv::COLUMNS_FORWARD_BF16,
+                (PassKind::ColumnsInverse, DType::F32) => spirv::COLUMNS_INVERSE_F32,
+                (PassKind::ColumnsInverse, DType::F16) => spirv::COLUMNS_INVERSE_F16,
+                (PassKind::ColumnsInverse, DType::Bf16) => spirv::COLUMNS_INVERSE_BF16,
+            }
+        };
+        let spec_data: Vec<u8> = [workgroup, shared_points]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let entries = [
+            vk::SpecializationMapEntry::default()
+                .constant_id(0)
+                .offset(0)
+                .size(4),
+            vk::SpecializationMapEntry::default()
+                .constant_id(1)
+                .offset(4)
+                .size(4),
+        ];
+        let spec = vk::SpecializationInfo::default()
+            .map_entries(&entries)
+            .data(&spec_data);
+        for kind in [
+            PassKind::Fused,
+            PassKind::ColumnsForward,
+            PassKind::ColumnsInverse,
+        ] {
+            let words =
+                ash::util::read_spv(&mut std::io::Cursor::new(code(kind))).map_err(|e| {
+                    VulkanError::unsupported(format!("embedded SPIR-V unreadable: {e}"))
+                })?;
+            // SAFETY: valid SPIR-V produced by glslang at build time.
+            let module = unsafe {
+                device
+                    .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
+            }
+            .map_err(|r| check("vkCreateShaderModule", r))?;
+            let stage = vk::PipelineShaderStageCreateInfo::default()
+                .stage(vk::ShaderStageFlags::COMPUTE)
+                .module(module)
+                .name(c"main")
+                .specialization_info(&spec);
+            let info = [vk::ComputePipelineCreateInfo::default()
+                .stage(stage)
+                .layout(this.layout)];
+            // SAFETY: the module and layout are alive; the module is destroyed after creation.
+            let created = unsafe {
+                let r = device.create_compute_pipelines(vk::PipelineCache::null(), &info, None);
+                device.destroy_shader_module(module, None);
+                r
+            };
+            let pipeline = created.map_err(|(_, r)| check("vkCreateComputePipelines", r))?[0];
+            match kind {
+                PassKind::Fused => this.fused = pipeline,
+                PassKind::ColumnsForward => this.columns_forward = pipeline,
+                PassKind::ColumnsInverse => this.columns_inverse = pipeline,
+            }
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for Pipelines {
+    fn drop(&mut self) {
+        let device = &self.ctx.device;
+        // SAFETY: destroyed once; null handles are ignored by Vulkan.
+        unsafe {
+            for p in [self.fused, self.columns_forward, self.columns_inverse] {
+                device.destroy_pipeline(p, None);
+            }
+            device.destroy_pipeline_layout(self.layout, None);
+            device.destroy_descriptor_set_layout(self.set_layout, None);
+        }
+    }
+}

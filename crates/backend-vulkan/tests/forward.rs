@@ -1,0 +1,228 @@
+//! Vulkan-specific forward checks against the f64 oracle: plans with several global-memory
+//! passes (forced by a small shared-memory budget), chunked execution, and the shader path
+//! chosen on lavapipe. Skips (saying why) where no Vulkan device is present.
+
+use backend_vulkan::{context, VulkanConvolution, VulkanError, VulkanOptions};
+use half::{bf16, f16};
+use monarch_core::reference::{reference_forward, relative_l2_error};
+use monarch_core::{ConvSpec, ConvSpecBuilder, DType, Element};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// The Vulkan device, or `false` after printing why the test is skipped (a failure when
+/// `FFTCONV_REQUIRE_BACKENDS` names `vulkan`).
+fn vulkan_present(test: &str) -> bool {
+    match context() {
+        Ok(_) => true,
+        Err(e) => {
+            let required = std::env::var("FFTCONV_REQUIRE_BACKENDS").unwrap_or_default();
+            assert!(
+                !required.split(',').any(|b| b.trim() == "vulkan"),
+                "{test}: Vulkan is required but: {e}"
+            );
+            eprintln!("skipped {test}: {e}");
+            false
+        }
+    }
+}
+
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        DType::Bf16 => 1.5e-2,
+    }
+}
+
+/// Runs `spec` with `options` on random inputs (fresh seed, printed on failure) and compares
+/// with the f64 oracle; the output starts as NaN so unwritten elements fail.
+fn check_typed<T: Element>(spec: &ConvSpec, options: VulkanOptions) -> VulkanConvolution {
+    let seed: u64 = rand::rng().random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dtype = spec.dtype();
+    let mut random = |n: usize| -> Vec<f64> {
+        (0..n)
+            .map(|_| dtype.round_f64(rng.random_range(-1.0..1.0)))
+            .collect()
+    };
+    let u = random(spec.io_len());
+    let gates = spec
+        .gated()
+        .then(|| (random(spec.io_len()), random(spec.io_len())));
+    let k: Vec<f32> = random(spec.filter_elems())
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
+    let filter = conv.prepare_filter(&k).expect("filter");
+    let to_t = |x: &[f64]| x.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>();
+    let u_t = to_t(&u);
+    let gates_t = gates.as_ref().map(|(p, q)| (to_t(p), to_t(q)));
+    let mut y = vec![T::from_f64(f64::NAN); spec.io_len()];
+    conv.forward(
+        &filter,
+        &u_t,
+        gates_t.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
+        &mut y,
+    )
+    .expect("forward");
+    let got: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("element {i} not written ({spec:?}, {options:?}, seed {seed})");
+    }
+    let k64: Vec<f64> = k.iter().map(|&v| f64::from(v)).collect();
+    let want = reference_forward(
+        spec,
+        &u,
+        &k64,
+        gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
+    );
+    let err = relative_l2_error(&got, &want);
+    assert!(
+        err <= tolerance(dtype),
+        "relative error {err:.2e} for {spec:?} with {options:?} (factors {:?}, seed {seed})",
+        conv.factors()
+    );
+    conv
+}
+
+fn check(builder: ConvSpecBuilder, options: VulkanOptions) -> VulkanConvolution {
+    let spec = builder.build().expect("spec");
+    match spec.dtype() {
+        DType::F32 => check_typed::<f32>(&spec, options),
+        DType::F16 => check_typed::<f16>(&spec, options),
+        DType::Bf16 => check_typed::<bf16>(&spec, options),
+    }
+}
+
+#[test]
+fn plans_with_several_global_passes() {
+    if !vulkan_present("plans_with_several_global_passes") {
+        return;
+    }
+    // 16 shared points: N = 4096 has three stages (two column passes), N = 8192 four.
+    for (points, l, want_global) in [
+        (16, 2048, 2),
+        (16, 4096, 3),
+        (64, 2048, 1),
+        (64, 4096, 2),
+        (256, 1000, 1),
+        (4096, 2048, 0),
+    ] {
+        let options = VulkanOptions {
+            max_shared_points: Some(points),
+            ..VulkanOptions::default()
+        };
+        let conv = check(ConvSpec::builder(3, 2, l, l), options);
+        assert_eq!(
+            conv.global_passes(),
+            want_global,
+            "{points} points, L = {l}: factors {:?}",
+            conv.factors()
+        );
+        // Every variant on a multi-pass plan.
+        check(
+            ConvSpec::builder(2, 3, l, l / 3)
+                .gated(true)
+                .dtype(DType::Bf16),
+            options,
+        );
+        check(
+            ConvSpec::builder(1, 2, l, l).circular().dtype(DType::F16),
+            options,
+        );
+        check(
+            ConvSpec::builder(2, 2, l, l).keep_frequencies(0.25),
+            options,
+        );
+        check(ConvSpec::builder(2, 1, 3 * l + 5, 40), options);
+    }
+}
+
+#[test]
+fn chunks_cover_every_row() {
+    if !vulkan_present("chunks_cover_every_row") {
+        return;
+    }
+    for chunk_elems in [1, 2000, 5000] {
+        let options = VulkanOptions {
+            chunk_elems: Some(chunk_elems),
+            max_shared_points: Some(64),
+        };
+        check(ConvSpec::builder(3, 5, 1000, 300), options);
+        check(
+            ConvSpec::builder(5, 3, 700, 700).gated(true).circular(),
+            options,
+        );
+        check(ConvSpec::builder(1, 4, 1000, 10), options);
+    }
+}
+
+#[test]
+fn lavapipe_runs_the_portable_path() {
+    if !vulkan_present("lavapipe_runs_the_portable_path") {
+        return;
+    }
+    let ctx = context().unwrap();
+    let caps = ctx.capabilities();
+    println!("{}", ctx.description());
+    if caps.name.contains("llvmpipe") {
+        assert!(
+            !caps.path.is_cooperative(),
+            "lavapipe must not select the cooperative-matrix path: {:?}",
+            caps.path
+        );
+        assert!(
+            !caps.cooperative_matrix.extension,
+            "{:?}",
+            caps.cooperative_matrix
+        );
+    }
+    // Without the shapes it needs, no device selects the cooperative-matrix path.
+    if !caps.cooperative_matrix.has_f16() {
+        assert!(!caps.path.is_cooperative());
+    }
+}
+
+#[test]
+fn bad_arguments_are_typed_errors() {
+    if !vulkan_present("bad_arguments_are_typed_errors") {
+        return;
+    }
+    let spec = ConvSpec::builder(2, 3, 100, 10).build().unwrap();
+    let conv = VulkanConvolution::new(&spec).unwrap();
+    let arg = |e: VulkanError| match e {
+        VulkanError::InvalidArgument { arg, .. } => arg,
+        other => panic!("expected an invalid argument, got {other}"),
+    };
+    assert_eq!(arg(conv.prepare_filter(&[0.0; 29]).unwrap_err()), "k");
+    let filter = conv.prepare_filter(&[0.5; 30]).unwrap();
+    let u = vec![1.0f32; 600];
+    let mut y = vec![7.0f32; 599];
+    assert_eq!(
+        arg(conv.forward(&filter, &u, None, &mut y).unwrap_err()),
+        "y"
+    );
+    assert!(y.iter().all(|&v| v == 7.0), "y written on error");
+    let mut y = vec![0.0f32; 600];
+    assert_eq!(
+        arg(conv
+            .forward(&filter, &u, Some((&u, &u)), &mut y)
+            .unwrap_err()),
+        "gates"
+    );
+    let mut y16 = vec![f16::ZERO; 600];
+    assert_eq!(
+        arg(conv
+            .forward(&filter, &vec![f16::ONE; 600], None, &mut y16)
+            .unwrap_err()),
+        "u"
+    );
+    let other = VulkanConvolution::new(&ConvSpec::builder(2, 3, 100, 20).build().unwrap())
+        .unwrap()
+        .prepare_filter(&[0.5; 60])
+        .unwrap();
+    assert_eq!(
+        arg(conv.forward(&other, &u, None, &mut y).unwrap_err()),
+        "filter"
+    );
+}
