@@ -57,6 +57,8 @@ layout(push_constant) uniform Params {
     uint kept_bins;       // stored (kept) half-spectrum bins per channel
     uint segments;        // segments per channel in this chunk (rows of the chunk * blocks)
     uint pairs;           // pairs per channel: ceil(segments / 2)
+    uint batch_stride;    // channels between consecutive batch rows in the bound buffers
+    uint element_offset;  // element of the bound buffers where this chunk's first row starts
 } pc;
 
 const uint FLAG_SRC_INPUT = 1u;  // read u (and the pre-gate) instead of tmp
@@ -111,7 +113,7 @@ bool segment_row(uint seg, uint h, out uint row_base, out uint start, out uint o
     uint j = seg - b * pc.blocks;
     start = j * pc.block_len;
     outputs = min(pc.block_len, pc.seq_len - start);
-    row_base = (b * pc.channels + h) * pc.seq_len;
+    row_base = pc.element_offset + (b * pc.batch_stride + h) * pc.seq_len;
     return true;
 }
 

@@ -666,6 +666,43 @@ pub(crate) fn upload(ctx: &Arc<VulkanContext>, data: &[u8]) -> Result<Buffer, Vu
     }
 }
 
+/// Copies the first `len` bytes of a device buffer to the host through a staging buffer.
+pub(crate) fn download(
+    ctx: &Arc<VulkanContext>,
+    src: &Buffer,
+    len: usize,
+) -> Result<Vec<u8>, VulkanError> {
+    let mut staging = Buffer::new(ctx, len as u64, MemoryKind::Staging)?;
+    let commands = Commands::new(ctx)?;
+    let region = [vk::BufferCopy::default().size(len.max(4) as u64 & !3)];
+    commands.record(|device, cmd| {
+        // SAFETY: both buffers are alive and hold at least `len` bytes (rounded to 4).
+        unsafe {
+            device.cmd_copy_buffer(cmd, src.buffer, staging.buffer, &region);
+            let to_host = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                .dst_access_mask(vk::AccessFlags::HOST_READ)];
+            device.cmd_pipeline_barrier(
+                cmd,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &to_host,
+                &[],
+                &[],
+            );
+        }
+    })?;
+    if let Err(e) = commands.run() {
+        if matches!(e, VulkanError::Timeout { .. }) {
+            std::mem::forget(staging);
+            std::mem::forget(commands);
+        }
+        return Err(e);
+    }
+    Ok(staging.bytes_mut()[..len].to_vec())
+}
+
 /// A command pool with one command buffer and a fence.
 pub(crate) struct Commands {
     ctx: Arc<VulkanContext>,

@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use ash::vk;
 use monarch_core::twiddle::root_of_unity;
-use monarch_core::{ConvGeometry, ConvSpec, Element, MonarchPlan, PlanLimits};
+use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
 
 use crate::context::{
-    context, memory_barrier, upload, Buffer, Commands, MemoryKind, VulkanContext,
+    context, download, memory_barrier, upload, Buffer, Commands, MemoryKind, VulkanContext,
 };
 use crate::error::check;
 use crate::pipelines::{
@@ -105,21 +105,111 @@ impl std::fmt::Debug for VulkanConvolution {
     }
 }
 
-/// Device buffers, descriptor set and command buffer of one convolution, made on first use.
+/// Descriptor set, command buffer and intermediate buffer of one convolution, made on first use.
 struct Execution {
     ctx: Arc<VulkanContext>,
     pool: vk::DescriptorPool,
     set: vk::DescriptorSet,
     commands: Commands,
+    tmp: Buffer,
+    /// Buffers for host slices, made on the first host call.
+    host: Option<HostIo>,
+}
+
+/// Device buffers of one chunk's streams and the staging buffer between them and the host.
+struct HostIo {
     u: Buffer,
     pre: Option<Buffer>,
     post: Option<Buffer>,
     y: Buffer,
-    tmp: Buffer,
     /// Uploads `[u | pre | post]`, then receives `y` in the first region.
     staging: Buffer,
     /// Bytes of one stream of one full chunk.
     stream_bytes: usize,
+}
+
+/// Where the passes read `u` and the gates and write `y`.
+#[derive(Clone, Copy)]
+enum Io<'a> {
+    /// The execution's own chunk buffers, filled from and read back to the host.
+    Host,
+    /// Device-resident tensors of the whole problem.
+    Device {
+        u: &'a VulkanTensor,
+        gates: Option<(&'a VulkanTensor, &'a VulkanTensor)>,
+        y: &'a VulkanTensor,
+    },
+}
+
+/// A `[B, H, L]` tensor of one dtype in device memory, for calls without host copies
+/// ([`VulkanConvolution::forward_device`]).
+pub struct VulkanTensor {
+    buffer: Buffer,
+    dtype: DType,
+    len: usize,
+}
+
+impl std::fmt::Debug for VulkanTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanTensor")
+            .field("dtype", &self.dtype)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl VulkanTensor {
+    /// A zeroed tensor of `len` elements of `dtype` in device memory.
+    pub fn zeros(dtype: DType, len: usize) -> Result<VulkanTensor, VulkanError> {
+        let bytes = vec![0u8; len * dtype.size_bytes()];
+        Ok(VulkanTensor {
+            buffer: upload(&context()?, &bytes)?,
+            dtype,
+            len,
+        })
+    }
+
+    /// Copies `data` to a new device tensor.
+    pub fn from_host<T: Element>(data: &[T]) -> Result<VulkanTensor, VulkanError> {
+        let mut bytes = vec![0u8; std::mem::size_of_val(data)];
+        copy_to_bytes(data, &mut bytes);
+        Ok(VulkanTensor {
+            buffer: upload(&context()?, &bytes)?,
+            dtype: T::DTYPE,
+            len: data.len(),
+        })
+    }
+
+    /// Copies the tensor into `out` (same dtype and length).
+    pub fn to_host<T: Element>(&self, out: &mut [T]) -> Result<(), VulkanError> {
+        if T::DTYPE != self.dtype || out.len() != self.len {
+            return Err(VulkanError::invalid(
+                "out",
+                format!(
+                    "the tensor holds {} {} elements; got {} {}",
+                    self.len,
+                    self.dtype,
+                    out.len(),
+                    T::DTYPE
+                ),
+            ));
+        }
+        let bytes = download(&context()?, &self.buffer, std::mem::size_of_val(out))?;
+        copy_from_bytes(&bytes, out);
+        Ok(())
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl Drop for Execution {
@@ -293,20 +383,87 @@ impl VulkanConvolution {
         gates: Option<(&[T], &[T])>,
         y: &mut [T],
     ) -> Result<(), VulkanError> {
-        self.check_inputs(filter, u, gates, y)?;
+        self.check_inputs(
+            filter,
+            T::DTYPE,
+            u.len(),
+            gates.map(|(p, q)| (p.len(), q.len())),
+            y.len(),
+        )?;
+        self.run(filter, Io::Host, |conv, exec, chunk, stage| {
+            let host = exec.host.as_mut().expect("made for host calls");
+            if stage == Stage::Upload {
+                conv.stage_inputs(host, chunk, u, gates);
+            } else {
+                conv.read_outputs(host, chunk, y);
+            }
+        })
+    }
+
+    /// Like [`forward`](Self::forward) on device-resident tensors: no host copies, `y` is
+    /// overwritten in device memory.
+    pub fn forward_device(
+        &self,
+        filter: &VulkanFilterSpectrum,
+        u: &VulkanTensor,
+        gates: Option<(&VulkanTensor, &VulkanTensor)>,
+        y: &mut VulkanTensor,
+    ) -> Result<(), VulkanError> {
+        for (arg, t) in [("u", u), ("y", &*y)].into_iter().chain(
+            gates
+                .into_iter()
+                .flat_map(|(p, q)| [("pregate", p), ("postgate", q)]),
+        ) {
+            if t.dtype != self.spec.dtype() {
+                return Err(VulkanError::invalid(
+                    arg,
+                    format!(
+                        "dtype {} given, the problem is {}",
+                        t.dtype,
+                        self.spec.dtype()
+                    ),
+                ));
+            }
+        }
+        self.check_inputs(
+            filter,
+            u.dtype,
+            u.len,
+            gates.map(|(p, q)| (p.len, q.len)),
+            y.len,
+        )?;
+        if self.spec.io_len() >= 1 << 32 {
+            return Err(VulkanError::unsupported(
+                "device tensors of 2^32 elements or more (use host slices, which run in chunks)",
+            ));
+        }
+        let y = &*y;
+        self.run(filter, Io::Device { u, gates, y }, |_, _, _, _| {})
+    }
+
+    /// Runs every chunk: `host` copies a chunk's inputs in before and its outputs out after.
+    fn run(
+        &self,
+        filter: &VulkanFilterSpectrum,
+        io: Io<'_>,
+        mut host: impl FnMut(&Self, &mut Execution, Chunk, Stage),
+    ) -> Result<(), VulkanError> {
         let mut guard = self.exec.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             *guard = Some(self.execution()?);
         }
         let exec = guard.as_mut().expect("just made");
+        if matches!(io, Io::Host) && exec.host.is_none() {
+            exec.host = Some(self.host_io()?);
+        }
         exec.bind(BINDING_SPECTRUM, &filter.buffer);
-
+        exec.bind_io(io);
         let result = (|| {
             for chunk in self.chunks() {
-                self.stage_inputs(exec, chunk, u, gates);
-                self.record(exec, chunk)?;
+                host(self, exec, chunk, Stage::Upload);
+                self.record(exec, chunk, io)?;
                 exec.commands.run()?;
-                self.read_outputs(exec, chunk, y);
+                host(self, exec, chunk, Stage::Download);
             }
             Ok(())
         })();
@@ -317,26 +474,27 @@ impl VulkanConvolution {
         result
     }
 
-    fn check_inputs<T: Element>(
+    fn check_inputs(
         &self,
         filter: &VulkanFilterSpectrum,
-        u: &[T],
-        gates: Option<(&[T], &[T])>,
-        y: &[T],
+        dtype: DType,
+        u_len: usize,
+        gates: Option<(usize, usize)>,
+        y_len: usize,
     ) -> Result<(), VulkanError> {
         let spec = &self.spec;
-        if T::DTYPE != spec.dtype() {
+        if dtype != spec.dtype() {
             return Err(VulkanError::invalid(
                 "u",
-                format!("dtype {} given, the problem is {}", T::DTYPE, spec.dtype()),
+                format!("dtype {dtype} given, the problem is {}", spec.dtype()),
             ));
         }
         let want = spec.io_len();
-        let mut io: Vec<(&'static str, usize)> = vec![("u", u.len()), ("y", y.len())];
+        let mut io: Vec<(&'static str, usize)> = vec![("u", u_len), ("y", y_len)];
         match (spec.gated(), gates) {
             (true, Some((pre, post))) => {
-                io.push(("pregate", pre.len()));
-                io.push(("postgate", post.len()));
+                io.push(("pregate", pre));
+                io.push(("postgate", post));
             }
             (true, None) => return Err(VulkanError::invalid("gates", "the problem is gated")),
             (false, Some(_)) => {
@@ -379,11 +537,6 @@ impl VulkanConvolution {
 
     fn execution(&self) -> Result<Execution, VulkanError> {
         let ctx = &self.ctx;
-        let (nb, nh) = self.chunk_shape;
-        let stream_bytes = nb * nh * self.spec.length() * self.spec.dtype().size_bytes();
-        let gated = self.spec.gated();
-        let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
-        let streams = if gated { 3 } else { 1 };
         let pool_sizes = [vk::DescriptorPoolSize::default()
             .ty(vk::DescriptorType::STORAGE_BUFFER)
             .descriptor_count(BINDINGS)];
@@ -419,6 +572,22 @@ impl VulkanConvolution {
             pool,
             set,
             commands: Commands::new(ctx)?,
+            tmp: Buffer::new(ctx, self.tmp_bytes() as u64, MemoryKind::Device)?,
+            host: None,
+        };
+        exec.bind(BINDING_TMP, &exec.tmp);
+        exec.bind(BINDING_TWIDDLES, &self.twiddles);
+        Ok(exec)
+    }
+
+    fn host_io(&self) -> Result<HostIo, VulkanError> {
+        let ctx = &self.ctx;
+        let (nb, nh) = self.chunk_shape;
+        let stream_bytes = nb * nh * self.spec.length() * self.spec.dtype().size_bytes();
+        let gated = self.spec.gated();
+        let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
+        let streams = if gated { 3 } else { 1 };
+        Ok(HostIo {
             u: device(stream_bytes)?,
             pre: if gated {
                 Some(device(stream_bytes)?)
@@ -431,29 +600,16 @@ impl VulkanConvolution {
                 None
             },
             y: device(stream_bytes)?,
-            tmp: device(self.tmp_bytes())?,
             staging: Buffer::new(ctx, (streams * stream_bytes) as u64, MemoryKind::Staging)?,
             stream_bytes,
-        };
-        let u = exec.u.descriptor();
-        let pre = exec.pre.as_ref().map_or(u, Buffer::descriptor);
-        let post = exec.post.as_ref().map_or(u, Buffer::descriptor);
-        let y = exec.y.descriptor();
-        let tmp = exec.tmp.descriptor();
-        exec.bind_info(BINDING_U, u);
-        exec.bind_info(BINDING_PRE, pre);
-        exec.bind_info(BINDING_POST, post);
-        exec.bind_info(BINDING_Y, y);
-        exec.bind_info(BINDING_TMP, tmp);
-        exec.bind(BINDING_TWIDDLES, &self.twiddles);
-        Ok(exec)
+        })
     }
 
     /// Copies the chunk's rows of `u` (and gates) into the staging buffer, compactly
     /// `[nb, nh, L]` per stream.
     fn stage_inputs<T: Element>(
         &self,
-        exec: &mut Execution,
+        exec: &mut HostIo,
         chunk: Chunk,
         u: &[T],
         gates: Option<(&[T], &[T])>,
@@ -476,7 +632,7 @@ impl VulkanConvolution {
         }
     }
 
-    fn read_outputs<T: Element>(&self, exec: &mut Execution, chunk: Chunk, y: &mut [T]) {
+    fn read_outputs<T: Element>(&self, exec: &mut HostIo, chunk: Chunk, y: &mut [T]) {
         let staging = exec.staging.bytes_mut();
         for (src_rows, dst_rows) in self.chunk_rows(chunk) {
             copy_from_bytes(
@@ -502,7 +658,7 @@ impl VulkanConvolution {
 
     /// Records upload, the passes of the plan (forward stages, fused block, inverse stages) and
     /// the readback of one chunk.
-    fn record(&self, exec: &Execution, chunk: Chunk) -> Result<(), VulkanError> {
+    fn record(&self, exec: &Execution, chunk: Chunk, io: Io<'_>) -> Result<(), VulkanError> {
         let geometry = self.spec.geometry();
         let n = geometry.n();
         let pairs = self.pairs(chunk.nb);
@@ -522,6 +678,14 @@ impl VulkanConvolution {
             pairs: pairs as u32,
             ..PassParams::default()
         };
+        match io {
+            Io::Host => base.batch_stride = chunk.nh as u32,
+            Io::Device { .. } => {
+                let h_count = self.spec.channels();
+                base.batch_stride = h_count as u32;
+                base.element_offset = ((chunk.b0 * h_count + chunk.h0) * self.spec.length()) as u32;
+            }
+        }
         if self.spec.gated() {
             base.flags |= FLAG_GATED;
         }
@@ -570,21 +734,23 @@ impl VulkanConvolution {
             .map(|p| self.workgroups(p))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let streams: Vec<&Buffer> = [Some(&exec.u), exec.pre.as_ref(), exec.post.as_ref()]
-            .into_iter()
-            .flatten()
-            .collect();
-        let stream_bytes = exec.stream_bytes as u64;
+        let host = match io {
+            Io::Host => exec.host.as_ref(),
+            Io::Device { .. } => None,
+        };
         exec.commands.record(|device, cmd| {
             // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
             // this chunk; barriers order transfer -> compute -> compute -> transfer.
             unsafe {
-                for (i, dst) in streams.iter().enumerate() {
-                    let region = [vk::BufferCopy::default()
-                        .src_offset(i as u64 * stream_bytes)
-                        .dst_offset(0)
-                        .size(bytes)];
-                    device.cmd_copy_buffer(cmd, exec.staging.buffer, dst.buffer, &region);
+                if let Some(host) = host {
+                    let streams = [Some(&host.u), host.pre.as_ref(), host.post.as_ref()];
+                    for (i, dst) in streams.into_iter().flatten().enumerate() {
+                        let region = [vk::BufferCopy::default()
+                            .src_offset((i * host.stream_bytes) as u64)
+                            .dst_offset(0)
+                            .size(bytes)];
+                        device.cmd_copy_buffer(cmd, host.staging.buffer, dst.buffer, &region);
+                    }
                 }
                 memory_barrier(device, cmd);
                 device.cmd_bind_descriptor_sets(
@@ -611,20 +777,22 @@ impl VulkanConvolution {
                     device.cmd_dispatch(cmd, *x, *y, 1);
                     memory_barrier(device, cmd);
                 }
-                let region = [vk::BufferCopy::default().size(bytes)];
-                device.cmd_copy_buffer(cmd, exec.y.buffer, exec.staging.buffer, &region);
-                let to_host = [vk::MemoryBarrier::default()
-                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                    .dst_access_mask(vk::AccessFlags::HOST_READ)];
-                device.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::HOST,
-                    vk::DependencyFlags::empty(),
-                    &to_host,
-                    &[],
-                    &[],
-                );
+                if let Some(host) = host {
+                    let region = [vk::BufferCopy::default().size(bytes)];
+                    device.cmd_copy_buffer(cmd, host.y.buffer, host.staging.buffer, &region);
+                    let to_host = [vk::MemoryBarrier::default()
+                        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                        .dst_access_mask(vk::AccessFlags::HOST_READ)];
+                    device.cmd_pipeline_barrier(
+                        cmd,
+                        vk::PipelineStageFlags::TRANSFER,
+                        vk::PipelineStageFlags::HOST,
+                        vk::DependencyFlags::empty(),
+                        &to_host,
+                        &[],
+                        &[],
+                    );
+                }
             }
         })
     }
@@ -661,7 +829,34 @@ impl VulkanConvolution {
     }
 }
 
+/// Before or after a chunk's submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Upload,
+    Download,
+}
+
 impl Execution {
+    /// Binds the streams `io` names (an ungated problem binds `u` in the unread gate slots).
+    fn bind_io(&self, io: Io<'_>) {
+        let (u, pre, post, y) = match io {
+            Io::Host => {
+                let host = self.host.as_ref().expect("made for host calls");
+                (&host.u, host.pre.as_ref(), host.post.as_ref(), &host.y)
+            }
+            Io::Device { u, gates, y } => (
+                &u.buffer,
+                gates.map(|g| &g.0.buffer),
+                gates.map(|g| &g.1.buffer),
+                &y.buffer,
+            ),
+        };
+        self.bind(BINDING_U, u);
+        self.bind(BINDING_PRE, pre.unwrap_or(u));
+        self.bind(BINDING_POST, post.unwrap_or(u));
+        self.bind(BINDING_Y, y);
+    }
+
     fn bind(&self, binding: u32, buffer: &Buffer) {
         self.bind_info(binding, buffer.descriptor());
     }

@@ -48,7 +48,7 @@ pub use capabilities::{
     PORTABLE_ENV,
 };
 pub use context::{context, DeviceCapabilities, VulkanContext, DEVICE_ENV, VALIDATION_ENV};
-pub use convolution::{VulkanConvolution, VulkanFilterSpectrum, VulkanOptions};
+pub use convolution::{VulkanConvolution, VulkanFilterSpectrum, VulkanOptions, VulkanTensor};
 pub use error::VulkanError;
 pub use probe::{describe, probe, VulkanDeviceInfo};
 

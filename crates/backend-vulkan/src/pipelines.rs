@@ -51,6 +51,8 @@ pub(crate) struct PassParams {
     pub kept_bins: u32,
     pub segments: u32,
     pub pairs: u32,
+    pub batch_stride: u32,
+    pub element_offset: u32,
 }
 
 pub(crate) const FLAG_SRC_INPUT: u32 = 1;
@@ -79,6 +81,8 @@ impl PassParams {
             self.kept_bins,
             self.segments,
             self.pairs,
+            self.batch_stride,
+            self.element_offset,
         ];
         for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
             chunk.copy_from_slice(&w.to_ne_bytes());

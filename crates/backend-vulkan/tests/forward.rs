@@ -226,3 +226,87 @@ fn bad_arguments_are_typed_errors() {
         "filter"
     );
 }
+
+#[test]
+fn device_tensors_give_the_host_result() {
+    if !vulkan_present("device_tensors_give_the_host_result") {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(rand::rng().random());
+    for (spec, chunk_elems) in [
+        (
+            ConvSpec::builder(3, 4, 500, 100)
+                .gated(true)
+                .build()
+                .unwrap(),
+            Some(1000),
+        ),
+        (
+            ConvSpec::builder(2, 3, 256, 256)
+                .circular()
+                .build()
+                .unwrap(),
+            None,
+        ),
+        (
+            ConvSpec::builder(4, 2, 3000, 3000)
+                .dtype(DType::F16)
+                .build()
+                .unwrap(),
+            Some(1),
+        ),
+    ] {
+        let options = VulkanOptions {
+            chunk_elems,
+            max_shared_points: Some(256),
+        };
+        let conv = VulkanConvolution::with_options(&spec, options).unwrap();
+        let n = spec.io_len();
+        let mut random = |len: usize| -> Vec<f16> {
+            (0..len)
+                .map(|_| f16::from_f64(rng.random_range(-1.0..1.0)))
+                .collect()
+        };
+        let k: Vec<f32> = random(spec.filter_elems())
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let filter = conv.prepare_filter(&k).unwrap();
+        let (u, pre, post) = (random(n), random(n), random(n));
+        let gated = spec.gated();
+        macro_rules! compare {
+            ($t:ty) => {{
+                let cast = |x: &[f16]| {
+                    x.iter()
+                        .map(|v| <$t>::from_f32(v.to_f32()))
+                        .collect::<Vec<$t>>()
+                };
+                let (u, pre, post) = (cast(&u), cast(&pre), cast(&post));
+                let gates = gated.then_some((pre.as_slice(), post.as_slice()));
+                let mut want = vec![<$t>::from_f32(f32::NAN); n];
+                conv.forward(&filter, &u, gates, &mut want).unwrap();
+                let du = backend_vulkan::VulkanTensor::from_host(&u).unwrap();
+                let dpre = backend_vulkan::VulkanTensor::from_host(&pre).unwrap();
+                let dpost = backend_vulkan::VulkanTensor::from_host(&post).unwrap();
+                let mut dy = backend_vulkan::VulkanTensor::zeros(spec.dtype(), n).unwrap();
+                conv.forward_device(&filter, &du, gated.then_some((&dpre, &dpost)), &mut dy)
+                    .unwrap();
+                let mut got = vec![<$t>::from_f32(f32::NAN); n];
+                dy.to_host(&mut got).unwrap();
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "device and host results differ for {spec:?}"
+                );
+                let mut wrong = vec![0.0f32; n + 1];
+                assert!(dy.to_host(&mut wrong).is_err());
+            }};
+        }
+        match spec.dtype() {
+            DType::F32 => compare!(f32),
+            DType::F16 => compare!(f16),
+            DType::Bf16 => compare!(bf16),
+        }
+    }
+}
