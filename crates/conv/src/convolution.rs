@@ -267,8 +267,26 @@ impl Convolution {
         }
     }
 
+    /// The Vulkan engine's device-tensor forward (arguments checked by the caller).
+    #[cfg(feature = "vulkan")]
+    pub(crate) fn vulkan_forward_device(
+        &self,
+        filter: &FilterSpectrum,
+        u: &backend_vulkan::VulkanTensor,
+        gates: Option<(&backend_vulkan::VulkanTensor, &backend_vulkan::VulkanTensor)>,
+        y: &mut backend_vulkan::VulkanTensor,
+    ) -> Result<(), ConvError> {
+        match (&self.engine, &filter.inner) {
+            (Engine::Vulkan(vk), FilterInner::Vulkan(f)) => Ok(vk.forward_device(f, u, gates, y)?),
+            _ => Err(ConvError::invalid(
+                "filter",
+                "not prepared on this convolution's backend",
+            )),
+        }
+    }
+
     /// The filter was prepared on this convolution's backend.
-    fn check_filter(&self, filter: &FilterSpectrum) -> Result<(), ConvError> {
+    pub(crate) fn check_filter(&self, filter: &FilterSpectrum) -> Result<(), ConvError> {
         if filter.backend == self.backend {
             return Ok(());
         }
@@ -300,7 +318,7 @@ impl Convolution {
         }
     }
 
-    fn check_io<T: Element>(&self, arg: &'static str, x: &[T]) -> Result<(), ConvError> {
+    pub(crate) fn check_io<T: Element>(&self, arg: &'static str, x: &[T]) -> Result<(), ConvError> {
         if T::DTYPE != self.spec.dtype() {
             return Err(ConvError::DTypeMismatch {
                 arg,

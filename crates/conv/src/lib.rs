@@ -25,6 +25,7 @@
 mod backend;
 mod convolution;
 mod error;
+mod tensor;
 
 pub use backend::{backend_statuses, BackendKind, BackendStatus};
 pub use convolution::Gradients;
@@ -35,3 +36,4 @@ pub use monarch_core::{
     reference, ConvGeometry, ConvMode, ConvSpec, ConvSpecBuilder, DType, Element, FftSize,
     FrequencyKeep,
 };
+pub use tensor::DeviceTensor;

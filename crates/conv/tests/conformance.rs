@@ -472,7 +472,78 @@ fn concurrent_calls_agree(kind: BackendKind) {
     });
 }
 
+/// Device-resident tensors give exactly the result of host slices; misuse is a typed error.
+fn device_tensors(kind: BackendKind) {
+    fn typed<T: Element + 'static>(kind: BackendKind, spec: ConvSpec) {
+        let seed = fresh_inputs();
+        let dtype = spec.dtype();
+        let n = spec.io_len();
+        let conv = Convolution::new(spec.clone(), kind).unwrap();
+        let k = random_filter(spec.channels(), spec.filter_len());
+        let filter = conv.prepare_filter(&k).unwrap();
+        let u: Vec<T> = to_elements(&random_rounded(n, dtype));
+        let pre: Vec<T> = to_elements(&random_rounded(n, dtype));
+        let post: Vec<T> = to_elements(&random_rounded(n, dtype));
+        let gated = spec.gated();
+        let mut want = vec![T::from_f64(f64::NAN); n];
+        let gates = gated.then_some(Gates {
+            pre: &pre,
+            post: &post,
+        });
+        conv.forward(&filter, &u, gates, &mut want).unwrap();
+        let du = conv.tensor_from_host(&u).unwrap();
+        let dpre = conv.tensor_from_host(&pre).unwrap();
+        let dpost = conv.tensor_from_host(&post).unwrap();
+        let mut dy = conv.tensor_zeros().unwrap();
+        assert_eq!((dy.backend(), dy.dtype(), dy.len()), (kind, dtype, n));
+        conv.forward_device(&filter, &du, gated.then_some((&dpre, &dpost)), &mut dy)
+            .unwrap();
+        let mut got = vec![T::from_f64(f64::NAN); n];
+        conv.tensor_to_host(&dy, &mut got).unwrap();
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits());
+        assert!(
+            same,
+            "{kind}: device tensors differ from host slices ({spec:?}, seed {seed})"
+        );
+        // Misuse: wrong gates, a tensor of another problem, a short host buffer.
+        let err = conv
+            .forward_device(&filter, &du, (!gated).then_some((&dpre, &dpost)), &mut dy)
+            .unwrap_err();
+        assert_eq!(err.argument(), Some("gates"), "{err}");
+        let other_spec = ConvSpec::builder(1, 1, 64, 8).dtype(dtype).build().unwrap();
+        let other = Convolution::new(other_spec, kind).unwrap();
+        let small = other.tensor_zeros().unwrap();
+        let err = conv
+            .forward_device(&filter, &small, gated.then_some((&dpre, &dpost)), &mut dy)
+            .unwrap_err();
+        assert_eq!(err.argument(), Some("u"), "{err}");
+        let mut short = vec![T::from_f64(0.0); n - 1];
+        assert!(conv.tensor_to_host(&dy, &mut short).is_err());
+    }
+    let cases = [
+        ConvSpec::builder(2, 3, 300, 300),
+        ConvSpec::builder(3, 2, 1000, 50)
+            .gated(true)
+            .dtype(DType::F16),
+        ConvSpec::builder(1, 2, 4096, 4096)
+            .circular()
+            .dtype(DType::Bf16),
+    ];
+    for builder in cases {
+        let spec = builder.build().unwrap();
+        match spec.dtype() {
+            DType::F32 => typed::<f32>(kind, spec),
+            DType::F16 => typed::<f16>(kind, spec),
+            DType::Bf16 => typed::<bf16>(kind, spec),
+        }
+    }
+}
+
 backend_suites!([
+    device_tensors,
     causal,
     circular,
     gated,
