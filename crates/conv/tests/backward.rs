@@ -18,13 +18,17 @@ use support::*;
 /// Checks one gradient: every element written and finite, relative L2 error within `tol`.
 fn compare(kind: BackendKind, spec: &ConvSpec, name: &str, got: &[f64], want: &[f64]) {
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{kind}: {name} element {i} not written or not finite ({spec:?})");
+        panic!(
+            "{kind}: {name} element {i} not written or not finite ({spec:?}, seed {})",
+            current_seed()
+        );
     }
     let err = relative_l2_error(got, want);
     let tol = tolerance(spec.dtype());
     assert!(
         err <= tol,
-        "{kind}: {name} relative L2 error {err:.3e} > {tol:.1e} for {spec:?}"
+        "{kind}: {name} relative L2 error {err:.3e} > {tol:.1e} for {spec:?} (seed {}; replay with CONFORMANCE_SEED)",
+        current_seed()
     );
 }
 

@@ -61,7 +61,17 @@ pub fn fresh_inputs() -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| rand::rng().random());
     RNG.with(|r| *r.borrow_mut() = StdRng::seed_from_u64(seed));
+    LAST_SEED.with(|s| s.set(seed));
     seed
+}
+
+thread_local! {
+    static LAST_SEED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The seed of this thread's current case (for failure messages).
+pub fn current_seed() -> u64 {
+    LAST_SEED.with(|s| s.get())
 }
 
 /// A uniform value in `[lo, hi)` from this thread's generator.
