@@ -666,6 +666,24 @@ pub(crate) fn upload(ctx: &Arc<VulkanContext>, data: &[u8]) -> Result<Buffer, Vu
     }
 }
 
+/// A new device-local buffer of `size` bytes, zero-filled on the device (no host traffic).
+pub(crate) fn zeroed(ctx: &Arc<VulkanContext>, size: u64) -> Result<Buffer, VulkanError> {
+    let buffer = Buffer::new(ctx, size, MemoryKind::Device)?;
+    let commands = Commands::new(ctx)?;
+    commands.record(|device, cmd| {
+        // SAFETY: the buffer is alive; its size is a multiple of 4 (`Buffer::new` rounds up).
+        unsafe { device.cmd_fill_buffer(cmd, buffer.buffer, 0, vk::WHOLE_SIZE, 0) };
+    })?;
+    if let Err(e) = commands.run() {
+        if matches!(e, VulkanError::Timeout { .. }) {
+            std::mem::forget(buffer);
+            std::mem::forget(commands);
+        }
+        return Err(e);
+    }
+    Ok(buffer)
+}
+
 /// Copies the first `len` bytes of a device buffer to the host through a staging buffer.
 pub(crate) fn download(
     ctx: &Arc<VulkanContext>,

@@ -8,7 +8,7 @@ use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
 
 use crate::context::{
-    context, download, memory_barrier, upload, Buffer, Commands, MemoryKind, VulkanContext,
+    context, download, memory_barrier, upload, zeroed, Buffer, Commands, MemoryKind, VulkanContext,
 };
 use crate::error::check;
 use crate::pipelines::{
@@ -161,9 +161,11 @@ impl std::fmt::Debug for VulkanTensor {
 impl VulkanTensor {
     /// A zeroed tensor of `len` elements of `dtype` in device memory.
     pub fn zeros(dtype: DType, len: usize) -> Result<VulkanTensor, VulkanError> {
-        let bytes = vec![0u8; len * dtype.size_bytes()];
+        let bytes = len
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| VulkanError::invalid("len", "tensor size overflows"))?;
         Ok(VulkanTensor {
-            buffer: upload(&context()?, &bytes)?,
+            buffer: zeroed(&context()?, bytes as u64)?,
             dtype,
             len,
         })
