@@ -222,6 +222,12 @@ impl VulkanContext {
             .map(|i| i as u32)
     }
 
+    /// Whether a submission was lost or timed out: objects are then leaked, not destroyed, as
+    /// the GPU may still use them.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
     /// Fails with [`VulkanError::DeviceLost`] once a submission was lost or timed out.
     pub(crate) fn check_alive(&self) -> Result<(), VulkanError> {
         if self.lost.load(Ordering::Acquire) {
@@ -260,7 +266,12 @@ impl VulkanContext {
                     seconds: FENCE_TIMEOUT.as_secs(),
                 });
             }
-            Err(r) => return Err(self.fail("vkWaitForFences", r)),
+            Err(r) => {
+                // The submission's state is unknown: treat the device as lost so that nothing
+                // it may still use is freed or reused.
+                self.lost.store(true, Ordering::Release);
+                return Err(self.fail("vkWaitForFences", r));
+            }
         }
         // SAFETY: the fence is signalled and no longer in use.
         unsafe { self.device.reset_fences(&[fence]) }.map_err(|r| self.fail("vkResetFences", r))?;
@@ -630,6 +641,9 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        if self.ctx.is_lost() {
+            return; // the GPU may still use it: leak rather than free under it
+        }
         // SAFETY: the owner only drops a buffer when no submitted work uses it (resources of a
         // timed-out submission are leaked instead).
         unsafe {
@@ -692,7 +706,8 @@ pub(crate) fn download(
 ) -> Result<Vec<u8>, VulkanError> {
     let mut staging = Buffer::new(ctx, len as u64, MemoryKind::Staging)?;
     let commands = Commands::new(ctx)?;
-    let region = [vk::BufferCopy::default().size(len.max(4) as u64 & !3)];
+    // Both buffers are rounded up to whole 4-byte words, so the copy may round up too.
+    let region = [vk::BufferCopy::default().size((len.max(4) as u64).next_multiple_of(4))];
     commands.record(|device, cmd| {
         // SAFETY: both buffers are alive and hold at least `len` bytes (rounded to 4).
         unsafe {
@@ -789,6 +804,9 @@ impl Commands {
 
 impl Drop for Commands {
     fn drop(&mut self) {
+        if self.ctx.is_lost() {
+            return;
+        }
         // SAFETY: no submission is pending (waited for, or the whole object was leaked).
         unsafe {
             if self.fence != vk::Fence::null() {

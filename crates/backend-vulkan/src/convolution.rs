@@ -216,6 +216,9 @@ impl VulkanTensor {
 
 impl Drop for Execution {
     fn drop(&mut self) {
+        if self.ctx.is_lost() {
+            return;
+        }
         // SAFETY: no submission using the set is pending (waited for, or the execution leaked).
         unsafe { self.ctx.device.destroy_descriptor_pool(self.pool, None) };
     }
@@ -278,19 +281,32 @@ impl VulkanConvolution {
                 re.to_ne_bytes().into_iter().chain(im.to_ne_bytes())
             })
             .collect();
+        let limit = ctx.capabilities().max_storage_buffer_range as usize;
+        if table.len() > limit {
+            return Err(VulkanError::unsupported(format!(
+                "the twiddle table of N = {n} needs {} bytes; maxStorageBufferRange = {limit}",
+                table.len()
+            )));
+        }
         let twiddles = upload(&ctx, &table)?;
 
-        let chunk_shape = chunk_shape(spec, options.chunk_elems.unwrap_or(CHUNK_ELEMS));
-        let conv = VulkanConvolution {
+        let mut chunk_elems = options.chunk_elems.unwrap_or(CHUNK_ELEMS);
+        let shape = chunk_shape(spec, chunk_elems);
+        let mut conv = VulkanConvolution {
             ctx,
             spec: spec.clone(),
             pipelines,
             plan,
             passes,
             twiddles,
-            chunk_shape,
+            chunk_shape: shape,
             exec: Mutex::new(None),
         };
+        // Smaller chunks until every per-chunk buffer fits the device's storage-buffer range.
+        while conv.check_buffer_ranges().is_err() && chunk_elems > 1 {
+            chunk_elems /= 2;
+            conv.chunk_shape = chunk_shape(&conv.spec, chunk_elems);
+        }
         conv.check_buffer_ranges()?;
         Ok(conv)
     }
@@ -357,7 +373,15 @@ impl VulkanConvolution {
         let mut spectrum = fft.make_output_vec();
         let mut scratch = fft.make_scratch_vec();
         let scale = 1.0 / n as f32;
-        let mut bytes = Vec::with_capacity(h_count * kept * 8);
+        let limit = self.ctx.capabilities().max_storage_buffer_range as usize;
+        let total = h_count.saturating_mul(kept).saturating_mul(8);
+        // The shader indexes the spectrum with 32-bit complex indices, and binds it whole.
+        if total > limit || h_count.saturating_mul(kept) >= 1 << 32 {
+            return Err(VulkanError::unsupported(format!(
+                "the filter spectrum needs {total} bytes; maxStorageBufferRange = {limit}"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(total);
         for row in k.chunks_exact(klen) {
             signal.fill(0.0);
             signal[..klen].copy_from_slice(row);
@@ -434,10 +458,13 @@ impl VulkanConvolution {
             gates.map(|(p, q)| (p.len, q.len)),
             y.len,
         )?;
-        if self.spec.io_len() >= 1 << 32 {
-            return Err(VulkanError::unsupported(
-                "device tensors of 2^32 elements or more (use host slices, which run in chunks)",
-            ));
+        let limit = u64::from(self.ctx.capabilities().max_storage_buffer_range);
+        if self.spec.io_len() >= 1 << 32 || u.buffer.size > limit {
+            return Err(VulkanError::unsupported(format!(
+                "device tensors of {} bytes exceed maxStorageBufferRange = {limit} \
+                 (host slices run in chunks that fit)",
+                u.buffer.size
+            )));
         }
         let y = &*y;
         self.run(filter, Io::Device { u, gates, y }, |_, _, _, _| {})
@@ -539,6 +566,9 @@ impl VulkanConvolution {
 
     fn execution(&self) -> Result<Execution, VulkanError> {
         let ctx = &self.ctx;
+        // Fallible parts first, so an error leaves nothing behind.
+        let commands = Commands::new(ctx)?;
+        let tmp = Buffer::new(ctx, self.tmp_bytes() as u64, MemoryKind::Device)?;
         let pool_sizes = [vk::DescriptorPoolSize::default()
             .ty(vk::DescriptorType::STORAGE_BUFFER)
             .descriptor_count(BINDINGS)];
@@ -573,8 +603,8 @@ impl VulkanConvolution {
             ctx: Arc::clone(ctx),
             pool,
             set,
-            commands: Commands::new(ctx)?,
-            tmp: Buffer::new(ctx, self.tmp_bytes() as u64, MemoryKind::Device)?,
+            commands,
+            tmp,
             host: None,
         };
         exec.bind(BINDING_TMP, &exec.tmp);
