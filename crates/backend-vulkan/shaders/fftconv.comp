@@ -172,23 +172,50 @@ vec2 filter_bin(uint h, uint f) {
 }
 
 // ---- radix-2 FFTs on the workgroup's lines in shared memory -------------------------------------
+//
+// Two radix-2 stages run per barrier ("radix 2^2"): each invocation takes four points of one
+// group, applies both stages in registers and writes them back in place. The result is exactly
+// the radix-2 one (same twiddles, same bit-reversed order); only half the barriers and half the
+// shared-memory round trips remain. A lone stage (odd log2 M) runs as plain radix 2.
 
 // Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
 void fft_forward(uint m_log2) {
-    uint half_m = 1u << (m_log2 - 1u);
-    uint butterflies = half_m << pc.lines_log2;
-    for (uint hl = m_log2; hl-- > 0u;) {
-        uint h = 1u << hl;
-        for (uint b = gl_LocalInvocationIndex; b < butterflies; b += gl_WorkGroupSize.x) {
-            uint line = b >> (m_log2 - 1u);
-            uint k = b & (half_m - 1u);
-            uint j = k & (h - 1u);
-            uint i0 = (line << m_log2) + ((k >> hl) << (hl + 1u)) + j;
-            uint i1 = i0 + h;
-            vec2 a = s[i0];
-            vec2 c = s[i1];
-            s[i0] = a + c;
-            s[i1] = cmul(a - c, root(j, hl + 1u));
+    uint pairs = 1u << (m_log2 + pc.lines_log2 - 1u);
+    uint quads = pairs >> 1;
+    // gl: log2 of the group size 2h of the first of the two stages (spans h and h/2).
+    uint gl = m_log2;
+    for (; gl >= 2u; gl -= 2u) {
+        uint hh = 1u << (gl - 2u); // h / 2
+        uint h = hh << 1;
+        for (uint q = gl_LocalInvocationIndex; q < quads; q += gl_WorkGroupSize.x) {
+            uint line = q >> (m_log2 - 2u);
+            uint k = q & ((1u << (m_log2 - 2u)) - 1u);
+            uint j = k & (hh - 1u);
+            uint i0 = (line << m_log2) + ((k >> (gl - 2u)) << gl) + j;
+            vec2 x0 = s[i0];
+            vec2 x1 = s[i0 + hh];
+            vec2 x2 = s[i0 + h];
+            vec2 x3 = s[i0 + h + hh];
+            vec2 a0 = x0 + x2;
+            vec2 a2 = cmul(x0 - x2, root(j, gl));
+            vec2 a1 = x1 + x3;
+            vec2 a3 = cmul(x1 - x3, root(j + hh, gl));
+            vec2 w = root(j, gl - 1u);
+            s[i0] = a0 + a1;
+            s[i0 + hh] = cmul(a0 - a1, w);
+            s[i0 + h] = a2 + a3;
+            s[i0 + h + hh] = cmul(a2 - a3, w);
+        }
+        memoryBarrierShared();
+        barrier();
+    }
+    if (gl == 1u) {
+        // Last stage, span 1: (a + b, a - b).
+        for (uint b = gl_LocalInvocationIndex; b < pairs; b += gl_WorkGroupSize.x) {
+            vec2 a = s[2u * b];
+            vec2 c = s[2u * b + 1u];
+            s[2u * b] = a + c;
+            s[2u * b + 1u] = a - c;
         }
         memoryBarrierShared();
         barrier();
@@ -197,20 +224,41 @@ void fft_forward(uint m_log2) {
 
 // Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
 void fft_inverse(uint m_log2) {
-    uint half_m = 1u << (m_log2 - 1u);
-    uint butterflies = half_m << pc.lines_log2;
-    for (uint hl = 0u; hl < m_log2; hl++) {
-        uint h = 1u << hl;
-        for (uint b = gl_LocalInvocationIndex; b < butterflies; b += gl_WorkGroupSize.x) {
-            uint line = b >> (m_log2 - 1u);
-            uint k = b & (half_m - 1u);
-            uint j = k & (h - 1u);
-            uint i0 = (line << m_log2) + ((k >> hl) << (hl + 1u)) + j;
-            uint i1 = i0 + h;
-            vec2 a = s[i0];
-            vec2 c = cmul(s[i1], conj_c(root(j, hl + 1u)));
-            s[i0] = a + c;
-            s[i1] = a - c;
+    uint pairs = 1u << (m_log2 + pc.lines_log2 - 1u);
+    uint quads = pairs >> 1;
+    uint g = 0u; // log2 of the span of the next stage
+    if ((m_log2 & 1u) != 0u) {
+        for (uint b = gl_LocalInvocationIndex; b < pairs; b += gl_WorkGroupSize.x) {
+            vec2 a = s[2u * b];
+            vec2 c = s[2u * b + 1u];
+            s[2u * b] = a + c;
+            s[2u * b + 1u] = a - c;
+        }
+        memoryBarrierShared();
+        barrier();
+        g = 1u;
+    }
+    for (; g < m_log2; g += 2u) {
+        uint hh = 1u << g; // span of the first stage
+        uint h = hh << 1;  // span of the second
+        for (uint q = gl_LocalInvocationIndex; q < quads; q += gl_WorkGroupSize.x) {
+            uint line = q >> (m_log2 - 2u);
+            uint k = q & ((1u << (m_log2 - 2u)) - 1u);
+            uint j = k & (hh - 1u);
+            uint i0 = (line << m_log2) + ((k >> g) << (g + 2u)) + j;
+            vec2 w1 = conj_c(root(j, g + 1u));
+            vec2 c = cmul(s[i0 + hh], w1);
+            vec2 a0 = s[i0] + c;
+            vec2 a1 = s[i0] - c;
+            c = cmul(s[i0 + h + hh], w1);
+            vec2 a2 = s[i0 + h] + c;
+            vec2 a3 = s[i0 + h] - c;
+            c = cmul(a2, conj_c(root(j, g + 2u)));
+            s[i0] = a0 + c;
+            s[i0 + h] = a0 - c;
+            c = cmul(a3, conj_c(root(j + hh, g + 2u)));
+            s[i0 + hh] = a1 + c;
+            s[i0 + h + hh] = a1 - c;
         }
         memoryBarrierShared();
         barrier();

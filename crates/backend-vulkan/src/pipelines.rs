@@ -140,7 +140,8 @@ impl Pipelines {
         static CACHE: OnceLock<Cache> = OnceLock::new();
         let mut points = (ctx.capabilities().shared_memory_bytes / 8).min(MAX_SHARED_POINTS);
         if let Some(limit) = max_shared_points {
-            points = points.min(limit.max(2));
+            // At least 16 points (the smallest FFT size), so every line has 4+ points.
+            points = points.min(limit.max(16));
         }
         let shared_points = 1 << points.ilog2();
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
