@@ -2,9 +2,12 @@
 //
 // Pass (exactly one defined):
 //   PASS_FUSED            a whole on-chip block of the plan: load, forward FFT, pointwise product
-//                         with the filter spectrum, inverse FFT, store (the plan's fused suffix)
+//                         with the filter spectrum, inverse FFT, store (the plan's fused suffix);
+//                         flags let it stop after the forward FFT or start at the product, and
+//                         multiply by conj(K) or by a second spectrum (backward)
 //   PASS_COLUMNS_FORWARD  one global-memory stage of the plan, forward (column DFTs + twiddle)
 //   PASS_COLUMNS_INVERSE  the same stage inverted (conjugate twiddle + inverse column DFTs)
+//   PASS_GATHER           backward: sums each input's gradient over the segments that read it
 // I/O element type of u, gates and y (exactly one defined): IO_F32, IO_F16, IO_BF16.
 //
 // Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
@@ -38,6 +41,12 @@ layout(std430, set = 0, binding = 4) readonly buffer FilterSpectrum { vec2 spect
 layout(std430, set = 0, binding = 5) readonly buffer Twiddles { vec2 twiddles[]; };
 // Intermediate spectra between passes: N complex values per pair.
 layout(std430, set = 0, binding = 6) buffer Intermediate { vec2 tmp[]; };
+// Backward: the second spectrum of a correlation (same layout as tmp).
+layout(std430, set = 0, binding = 7) readonly buffer OtherSpectrum { vec2 other[]; };
+// Backward: filter-gradient taps, taps_len per pair (the real part of the correlation).
+layout(std430, set = 0, binding = 8) writeonly buffer Taps { float taps[]; };
+// Backward: the second output of the gather pass (the pre-gate gradient).
+layout(std430, set = 0, binding = 9) writeonly buffer SecondOutput { ELEM y2_buf[]; };
 
 layout(push_constant) uniform Params {
     uint log2n;           // N = 2^log2n
@@ -59,12 +68,19 @@ layout(push_constant) uniform Params {
     uint pairs;           // pairs per channel: ceil(segments / 2)
     uint batch_stride;    // channels between consecutive batch rows in the bound buffers
     uint element_offset;  // element of the bound buffers where this chunk's first row starts
+    uint taps_len;        // backward: filter taps K stored per pair
 } pc;
 
 const uint FLAG_SRC_INPUT = 1u;  // read u (and the pre-gate) instead of tmp
 const uint FLAG_DST_OUTPUT = 2u; // write y (and apply the post-gate) instead of tmp
 const uint FLAG_GATED = 4u;
 const uint FLAG_WRAPS = 8u;      // circular: history before t = 0 wraps around
+const uint FLAG_BODY_ONLY = 16u;  // loads read a segment's outputs only (no history): dy * post
+const uint FLAG_NO_INVERSE = 32u; // fused: store the spectrum after the forward FFT
+const uint FLAG_NO_FORWARD = 64u; // fused: load a spectrum, start at the product
+const uint FLAG_CONJ_FILTER = 128u; // product with conj(K) (the adjoint)
+const uint FLAG_CORRELATE = 256u;   // product with conj(other) / N on kept bins (filter gradient)
+const uint FLAG_DST_TAPS = 512u;    // store Re of positions < taps_len as taps
 
 shared vec2 s[SHARED_POINTS];
 
@@ -127,7 +143,7 @@ float segment_value(uint seg, uint h, uint pos) {
     uint t;
     if (pos < outputs) {
         t = start + pos;
-    } else if (pos >= n - pc.history) {
+    } else if (pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u) {
         uint back = n - pos;
         if (back <= start) {
             t = start - back;
@@ -160,6 +176,12 @@ void store_output(uint seg, uint h, uint pos, float v) {
     y_buf[idx] = FROM_FLOAT(v);
 }
 
+// Whether full-spectrum frequency f is kept (frequency sparsity keeps the lowest bins).
+bool bin_kept(uint f) {
+    uint n = 1u << pc.log2n;
+    return (f <= (n >> 1) ? f : n - f) < pc.kept_bins;
+}
+
 // Filter spectrum at full-spectrum frequency f of chunk channel h (0 where dropped).
 vec2 filter_bin(uint h, uint f) {
     uint n = 1u << pc.log2n;
@@ -169,6 +191,23 @@ vec2 filter_bin(uint h, uint f) {
     }
     vec2 k = spectrum[(pc.channel_offset + h) * pc.kept_bins + mirrored];
     return f <= (n >> 1) ? k : conj_c(k);
+}
+
+// Stores position `pos` of a pair's final result: taps (backward), outputs, or tmp.
+void store_result(uint pair, uint pos, vec2 v) {
+    uint n = 1u << pc.log2n;
+    if ((pc.flags & FLAG_DST_TAPS) != 0u) {
+        if (pos < pc.taps_len) {
+            taps[pair * pc.taps_len + pos] = v.x;
+        }
+    } else if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
+        uint h = pair / pc.pairs;
+        uint q = pair - h * pc.pairs;
+        store_output(2u * q, h, pos, v.x);
+        store_output(2u * q + 1u, h, pos, v.y);
+    } else {
+        tmp[pair * n + pos] = v;
+    }
 }
 
 // ---- radix-2 FFTs on the workgroup's lines in shared memory -------------------------------------
@@ -265,6 +304,13 @@ void fft_inverse(uint m_log2) {
     }
 }
 
+// Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
+float segment_gradient(uint b, uint h, uint j, uint p) {
+    uint seg = b * pc.blocks + j;
+    vec2 v = tmp[(h * pc.pairs + (seg >> 1)) * (1u << pc.log2n) + p];
+    return (seg & 1u) == 0u ? v.x : v.y;
+}
+
 void main() {
     uint group = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
     uint first_line = group << pc.lines_log2;
@@ -298,48 +344,99 @@ void main() {
     }
     memoryBarrierShared();
     barrier();
-    fft_forward(m_log2);
+    if ((pc.flags & FLAG_NO_FORWARD) == 0u) {
+        fft_forward(m_log2);
+    }
+    // Forward only (FLAG_NO_INVERSE): the spectrum is stored as it is, for a later pass.
+    // (No early return: every invocation reaches every barrier in one program order.)
+    bool forward_only = (pc.flags & FLAG_NO_INVERSE) != 0u;
+    if (!forward_only) {
+        // Pointwise product. Position pos = sum_s M_{s+1} p_s + p holds frequency
+        // f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
+        for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
+            uint line = first_line + (i >> m_log2);
+            if (line < pc.total_lines) {
+                uint pair = line >> pair_lines_log2;
+                uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+                uint f = 0u;
+                uint weight_log2 = 0u;
+                uint shift = pc.log2n;
+                for (uint st = 0u; st < pc.stage_count; st++) {
+                    uint bits = (pc.stage_bits >> (5u * st)) & 31u;
+                    shift -= bits;
+                    uint digit = (pos >> shift) & ((1u << bits) - 1u);
+                    f += bit_reverse(digit, bits) << weight_log2;
+                    weight_log2 += bits;
+                }
+                f += bit_reverse(i & (m - 1u), m_log2) << weight_log2;
+                vec2 factor;
+                if ((pc.flags & FLAG_CORRELATE) != 0u) {
+                    factor = bin_kept(f) ? conj_c(other[pair * n + pos]) / float(n) : vec2(0.0);
+                } else {
+                    factor = filter_bin(pair / pc.pairs, f);
+                    if ((pc.flags & FLAG_CONJ_FILTER) != 0u) {
+                        factor = conj_c(factor);
+                    }
+                }
+                s[i] = cmul(s[i], factor);
+            }
+        }
+        memoryBarrierShared();
+        barrier();
+        fft_inverse(m_log2);
+    }
 
-    // Pointwise product. Position pos = sum_s M_{s+1} p_s + p holds frequency
-    // f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
         uint line = first_line + (i >> m_log2);
         if (line < pc.total_lines) {
             uint pair = line >> pair_lines_log2;
             uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
-            uint f = 0u;
-            uint weight_log2 = 0u;
-            uint shift = pc.log2n;
-            for (uint st = 0u; st < pc.stage_count; st++) {
-                uint bits = (pc.stage_bits >> (5u * st)) & 31u;
-                shift -= bits;
-                uint digit = (pos >> shift) & ((1u << bits) - 1u);
-                f += bit_reverse(digit, bits) << weight_log2;
-                weight_log2 += bits;
+            if (forward_only) {
+                tmp[pair * n + pos] = s[i];
+            } else {
+                store_result(pair, pos, s[i]);
             }
-            f += bit_reverse(i & (m - 1u), m_log2) << weight_log2;
-            s[i] = cmul(s[i], filter_bin(pair / pc.pairs, f));
         }
     }
-    memoryBarrierShared();
-    barrier();
-    fft_inverse(m_log2);
-
-    for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
-        uint line = first_line + (i >> m_log2);
-        if (line < pc.total_lines) {
-            uint pair = line >> pair_lines_log2;
-            uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
-            vec2 v = s[i];
-            if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
-                uint h = pair / pc.pairs;
-                uint q = pair - h * pc.pairs;
-                store_output(2u * q, h, pos, v.x);
-                store_output(2u * q + 1u, h, pos, v.y);
-            } else {
-                tmp[pair * n + pos] = v;
+#elif defined(PASS_GATHER)
+    // One invocation per element (b, h, t) of the chunk: the input gradient dx is the sum of
+    // the adjoint segment results (in tmp) at every position that read this input: its block's
+    // body, the history of later blocks, and (circular) the wrapped history of the first ones.
+    uint e = first_line + gl_LocalInvocationIndex;
+    if (e >= pc.total_lines) {
+        return;
+    }
+    uint t = e % pc.seq_len;
+    uint row = e / pc.seq_len;
+    uint h = row % pc.channels;
+    uint b = row / pc.channels;
+    uint j = t / pc.block_len;
+    float dx = segment_gradient(b, h, j, t - j * pc.block_len);
+    for (uint jj = j + 1u; jj < pc.blocks; jj++) {
+        uint back = jj * pc.block_len - t;
+        if (back > pc.history) {
+            break;
+        }
+        dx += segment_gradient(b, h, jj, n - back);
+    }
+    if ((pc.flags & FLAG_WRAPS) != 0u) {
+        for (uint jj = 0u; jj < pc.blocks; jj++) {
+            uint start = jj * pc.block_len;
+            if (start >= pc.history) {
+                break;
+            }
+            uint back = start + pc.seq_len - t;
+            if (back > start && back <= pc.history) {
+                dx += segment_gradient(b, h, jj, n - back);
             }
         }
+    }
+    uint idx = pc.element_offset + (b * pc.batch_stride + h) * pc.seq_len + t;
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        y_buf[idx] = FROM_FLOAT(dx * TO_FLOAT(pre_buf[idx]));
+        y2_buf[idx] = FROM_FLOAT(dx * TO_FLOAT(u_buf[idx]));
+    } else {
+        y_buf[idx] = FROM_FLOAT(dx);
     }
 #else
     // Columns of a global stage s: a line is column r of block blk of one pair; its elements
@@ -394,14 +491,7 @@ void main() {
             // Position e holds k_s = bitrev(e): apply the twiddle W_{M_s}^{r k_s}.
             tmp[pair * n + pos] = cmul(v, root(r * bit_reverse(e, m_log2), block_log2));
 #else
-            if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
-                uint h = pair / pc.pairs;
-                uint q = pair - h * pc.pairs;
-                store_output(2u * q, h, pos, v.x);
-                store_output(2u * q + 1u, h, pos, v.y);
-            } else {
-                tmp[pair * n + pos] = v;
-            }
+            store_result(pair, pos, v);
 #endif
         }
     }

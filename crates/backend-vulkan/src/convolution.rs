@@ -12,11 +12,15 @@ use crate::context::{
 };
 use crate::error::check;
 use crate::pipelines::{
-    PassKind, PassParams, Pipelines, BINDINGS, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
-    BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y, FLAG_DST_OUTPUT, FLAG_GATED,
-    FLAG_SRC_INPUT, FLAG_WRAPS,
+    PassKind, PassParams, Pipelines, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE,
+    BINDING_SPECTRUM, BINDING_TAPS, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y,
+    BINDING_Y2, FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS,
 };
 use crate::VulkanError;
+
+mod backward;
+
+pub use backward::VulkanGradients;
 
 /// Elements of `u` one chunk holds at most (a chunk is a set of batch rows and channels whose
 /// inputs, gates, outputs and intermediate spectra are on the device at once).
@@ -64,7 +68,7 @@ pub struct VulkanOptions {
 
 /// Which rows one chunk covers: batches `[b0, b0 + nb)` x channels `[h0, h0 + nh)`.
 #[derive(Debug, Clone, Copy)]
-struct Chunk {
+pub(crate) struct Chunk {
     b0: usize,
     nb: usize,
     h0: usize,
@@ -94,6 +98,7 @@ pub struct VulkanConvolution {
     /// Rows per chunk: `(batches, channels)`.
     chunk_shape: (usize, usize),
     exec: Mutex<Option<Execution>>,
+    backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
 
 impl std::fmt::Debug for VulkanConvolution {
@@ -301,6 +306,7 @@ impl VulkanConvolution {
             twiddles,
             chunk_shape: shape,
             exec: Mutex::new(None),
+            backward_exec: Mutex::new(None),
         };
         // Smaller chunks until every per-chunk buffer fits the device's storage-buffer range.
         while conv.check_buffer_ranges().is_err() && chunk_elems > 1 {
@@ -330,10 +336,16 @@ impl VulkanConvolution {
         (nb * self.spec.geometry().blocks).div_ceil(2)
     }
 
+    /// Bytes of the forward's intermediate buffer (none when the plan is one fused pass).
     fn tmp_bytes(&self) -> usize {
         if self.plan.global_passes() == 0 {
             return 4;
         }
+        self.spectra_bytes()
+    }
+
+    /// Bytes of the spectra of every pair of one chunk (`N` complex f32 per pair).
+    fn spectra_bytes(&self) -> usize {
         let (nb, nh) = self.chunk_shape;
         nh * self.pairs(nb) * self.spec.geometry().n() * 8
     }
@@ -342,7 +354,8 @@ impl VulkanConvolution {
         let (nb, nh) = self.chunk_shape;
         let stream = nb * nh * self.spec.length() * self.spec.dtype().size_bytes();
         let limit = self.ctx.capabilities().max_storage_buffer_range as usize;
-        let biggest = stream.max(self.tmp_bytes());
+        // The backward keeps whole spectra even when the forward needs none.
+        let biggest = stream.max(self.spectra_bytes());
         // Shader indices are 32-bit: every bound buffer must have fewer than 2^32 elements.
         if biggest > limit || nb * nh * self.spec.length() >= 1 << 32 {
             return Err(VulkanError::unsupported(format!(
@@ -609,6 +622,10 @@ impl VulkanConvolution {
         };
         exec.bind(BINDING_TMP, &exec.tmp);
         exec.bind(BINDING_TWIDDLES, &self.twiddles);
+        // Bindings only the backward reads or writes: valid but unused buffers.
+        for binding in [BINDING_OTHER, BINDING_TAPS, BINDING_Y2] {
+            exec.bind(binding, &exec.tmp);
+        }
         Ok(exec)
     }
 
@@ -691,39 +708,10 @@ impl VulkanConvolution {
     /// Records upload, the passes of the plan (forward stages, fused block, inverse stages) and
     /// the readback of one chunk.
     fn record(&self, exec: &Execution, chunk: Chunk, io: Io<'_>) -> Result<(), VulkanError> {
-        let geometry = self.spec.geometry();
-        let n = geometry.n();
-        let pairs = self.pairs(chunk.nb);
-        let total_pairs = chunk.nh * pairs;
+        let total_pairs = chunk.nh * self.pairs(chunk.nb);
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
-        let mut base = PassParams {
-            log2n: n.ilog2(),
-            seq_len: self.spec.length() as u32,
-            channels: chunk.nh as u32,
-            channel_offset: chunk.h0 as u32,
-            blocks: geometry.blocks as u32,
-            block_len: geometry.block_len as u32,
-            history: geometry.history as u32,
-            kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
-            segments: (chunk.nb * geometry.blocks) as u32,
-            pairs: pairs as u32,
-            ..PassParams::default()
-        };
-        match io {
-            Io::Host => base.batch_stride = chunk.nh as u32,
-            Io::Device { .. } => {
-                let h_count = self.spec.channels();
-                base.batch_stride = h_count as u32;
-                base.element_offset = ((chunk.b0 * h_count + chunk.h0) * self.spec.length()) as u32;
-            }
-        }
-        if self.spec.gated() {
-            base.flags |= FLAG_GATED;
-        }
-        if geometry.wraps {
-            base.flags |= FLAG_WRAPS;
-        }
+        let base = self.chunk_params(chunk, matches!(io, Io::Host));
         // The whole schedule: forward column stages, the fused block, inverse column stages.
         let globals = &self.passes[..self.passes.len() - 1];
         let fused = self.passes[self.passes.len() - 1];
@@ -827,6 +815,41 @@ impl VulkanConvolution {
                 }
             }
         })
+    }
+
+    /// Push constants shared by every pass of one chunk. `compact`: the chunk's rows sit
+    /// compactly in the bound buffers (host I/O); otherwise they sit in whole `[B, H, L]` tensors.
+    pub(crate) fn chunk_params(&self, chunk: Chunk, compact: bool) -> PassParams {
+        let geometry = self.spec.geometry();
+        let n = geometry.n();
+        let mut base = PassParams {
+            log2n: n.ilog2(),
+            seq_len: self.spec.length() as u32,
+            channels: chunk.nh as u32,
+            channel_offset: chunk.h0 as u32,
+            blocks: geometry.blocks as u32,
+            block_len: geometry.block_len as u32,
+            history: geometry.history as u32,
+            kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
+            segments: (chunk.nb * geometry.blocks) as u32,
+            pairs: self.pairs(chunk.nb) as u32,
+            taps_len: self.spec.filter_len() as u32,
+            ..PassParams::default()
+        };
+        if compact {
+            base.batch_stride = chunk.nh as u32;
+        } else {
+            let h_count = self.spec.channels();
+            base.batch_stride = h_count as u32;
+            base.element_offset = ((chunk.b0 * h_count + chunk.h0) * self.spec.length()) as u32;
+        }
+        if self.spec.gated() {
+            base.flags |= FLAG_GATED;
+        }
+        if geometry.wraps {
+            base.flags |= FLAG_WRAPS;
+        }
+        base
     }
 
     /// Push constants of one pass over `total_pairs` pairs (lines and lines per workgroup).

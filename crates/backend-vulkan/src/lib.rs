@@ -3,10 +3,10 @@
 //!
 //! # backend-vulkan
 //!
-//! [`VulkanConvolution`] runs every forward variant of the design (causal and circular, gated,
-//! partial by overlap-save blocks, frequency-sparse) for f32, f16 and bf16 I/O on a Vulkan 1.1
-//! device, following the [`monarch_core::ConvGeometry`] of its problem so that it computes exactly
-//! what every other backend computes.
+//! [`VulkanConvolution`] runs every variant of the design (causal and circular, gated, partial by
+//! overlap-save blocks, frequency-sparse; forward and backward) for f32, f16 and bf16 I/O on a
+//! Vulkan 1.1 device, following the [`monarch_core::ConvGeometry`] of its problem so that it
+//! computes exactly what every other backend computes.
 //!
 //! - **Shaders**: `shaders/fftconv.comp`, compiled to SPIR-V at build time by `build.rs` with the
 //!   `glslang` crate (no SDK, no committed SPIR-V); variants by defines (pass, I/O type), the
@@ -48,7 +48,9 @@ pub use capabilities::{
     PORTABLE_ENV,
 };
 pub use context::{context, DeviceCapabilities, VulkanContext, DEVICE_ENV, VALIDATION_ENV};
-pub use convolution::{VulkanConvolution, VulkanFilterSpectrum, VulkanOptions, VulkanTensor};
+pub use convolution::{
+    VulkanConvolution, VulkanFilterSpectrum, VulkanGradients, VulkanOptions, VulkanTensor,
+};
 pub use error::VulkanError;
 pub use probe::{describe, probe, VulkanDeviceInfo};
 

@@ -16,7 +16,7 @@ mod spirv {
 }
 
 /// Storage-buffer bindings of the shaders (see `shaders/fftconv.comp`).
-pub(crate) const BINDINGS: u32 = 7;
+pub(crate) const BINDINGS: u32 = 10;
 pub(crate) const BINDING_U: u32 = 0;
 pub(crate) const BINDING_PRE: u32 = 1;
 pub(crate) const BINDING_POST: u32 = 2;
@@ -24,6 +24,9 @@ pub(crate) const BINDING_Y: u32 = 3;
 pub(crate) const BINDING_SPECTRUM: u32 = 4;
 pub(crate) const BINDING_TWIDDLES: u32 = 5;
 pub(crate) const BINDING_TMP: u32 = 6;
+pub(crate) const BINDING_OTHER: u32 = 7;
+pub(crate) const BINDING_TAPS: u32 = 8;
+pub(crate) const BINDING_Y2: u32 = 9;
 
 /// Largest number of complex points a workgroup keeps in shared memory (the shader's FFT lines).
 const MAX_SHARED_POINTS: u32 = 4096;
@@ -53,12 +56,19 @@ pub(crate) struct PassParams {
     pub pairs: u32,
     pub batch_stride: u32,
     pub element_offset: u32,
+    pub taps_len: u32,
 }
 
 pub(crate) const FLAG_SRC_INPUT: u32 = 1;
 pub(crate) const FLAG_DST_OUTPUT: u32 = 2;
 pub(crate) const FLAG_GATED: u32 = 4;
 pub(crate) const FLAG_WRAPS: u32 = 8;
+pub(crate) const FLAG_BODY_ONLY: u32 = 16;
+pub(crate) const FLAG_NO_INVERSE: u32 = 32;
+pub(crate) const FLAG_NO_FORWARD: u32 = 64;
+pub(crate) const FLAG_CONJ_FILTER: u32 = 128;
+pub(crate) const FLAG_CORRELATE: u32 = 256;
+pub(crate) const FLAG_DST_TAPS: u32 = 512;
 
 impl PassParams {
     pub(crate) fn bytes(&self) -> [u8; std::mem::size_of::<PassParams>()] {
@@ -83,6 +93,7 @@ impl PassParams {
             self.pairs,
             self.batch_stride,
             self.element_offset,
+            self.taps_len,
         ];
         for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
             chunk.copy_from_slice(&w.to_ne_bytes());
@@ -97,6 +108,8 @@ pub(crate) enum PassKind {
     Fused,
     ColumnsForward,
     ColumnsInverse,
+    /// Backward: sums the input gradients.
+    Gather,
 }
 
 /// The three pass pipelines for one dtype on one device.
@@ -107,6 +120,9 @@ pub(crate) struct Pipelines {
     fused: vk::Pipeline,
     columns_forward: vk::Pipeline,
     columns_inverse: vk::Pipeline,
+    gather: vk::Pipeline,
+    /// Invocations per workgroup.
+    pub(crate) workgroup: u32,
     /// Complex points of shared memory per workgroup (a power of two).
     pub(crate) shared_points: u32,
 }
@@ -125,6 +141,7 @@ impl Pipelines {
             PassKind::Fused => self.fused,
             PassKind::ColumnsForward => self.columns_forward,
             PassKind::ColumnsInverse => self.columns_inverse,
+            PassKind::Gather => self.gather,
         }
     }
 
@@ -190,6 +207,8 @@ impl Pipelines {
             fused: vk::Pipeline::null(),
             columns_forward: vk::Pipeline::null(),
             columns_inverse: vk::Pipeline::null(),
+            gather: vk::Pipeline::null(),
+            workgroup,
             shared_points,
         };
         // SAFETY: valid create infos on a live device; every handle is stored in `this` at once,
@@ -226,6 +245,9 @@ impl Pipelines {
                 (PassKind::ColumnsInverse, DType::F32) => spirv::COLUMNS_INVERSE_F32,
                 (PassKind::ColumnsInverse, DType::F16) => spirv::COLUMNS_INVERSE_F16,
                 (PassKind::ColumnsInverse, DType::Bf16) => spirv::COLUMNS_INVERSE_BF16,
+                (PassKind::Gather, DType::F32) => spirv::GATHER_F32,
+                (PassKind::Gather, DType::F16) => spirv::GATHER_F16,
+                (PassKind::Gather, DType::Bf16) => spirv::GATHER_BF16,
             }
         };
         let spec_data: Vec<u8> = [workgroup, shared_points]
@@ -249,6 +271,7 @@ impl Pipelines {
             PassKind::Fused,
             PassKind::ColumnsForward,
             PassKind::ColumnsInverse,
+            PassKind::Gather,
         ] {
             let words =
                 ash::util::read_spv(&mut std::io::Cursor::new(code(kind))).map_err(|e| {
@@ -279,6 +302,7 @@ impl Pipelines {
                 PassKind::Fused => this.fused = pipeline,
                 PassKind::ColumnsForward => this.columns_forward = pipeline,
                 PassKind::ColumnsInverse => this.columns_inverse = pipeline,
+                PassKind::Gather => this.gather = pipeline,
             }
         }
         Ok(this)
@@ -290,7 +314,12 @@ impl Drop for Pipelines {
         let device = &self.ctx.device;
         // SAFETY: destroyed once; null handles are ignored by Vulkan.
         unsafe {
-            for p in [self.fused, self.columns_forward, self.columns_inverse] {
+            for p in [
+                self.fused,
+                self.columns_forward,
+                self.columns_inverse,
+                self.gather,
+            ] {
                 device.destroy_pipeline(p, None);
             }
             device.destroy_pipeline_layout(self.layout, None);

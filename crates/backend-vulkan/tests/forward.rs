@@ -335,3 +335,92 @@ fn odd_length_16_bit_tensors_round_trip() {
         assert!(z.iter().all(|v| v.to_f32() == 0.0), "{z:?}");
     }
 }
+
+/// Backward on random inputs against the f64 adjoint oracle, f32 I/O.
+fn check_backward(spec: &ConvSpec, options: VulkanOptions) {
+    use monarch_core::reference_backward::reference_backward;
+    let seed: u64 = rand::rng().random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut random = |n: usize| -> Vec<f64> {
+        (0..n)
+            .map(|_| f64::from(rng.random_range(-1.0f32..1.0)))
+            .collect()
+    };
+    let n = spec.io_len();
+    let (u, dy) = (random(n), random(n));
+    let gates = spec.gated().then(|| (random(n), random(n)));
+    let k = random(spec.filter_elems());
+    let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
+    let k32: Vec<f32> = k.iter().map(|&v| v as f32).collect();
+    let filter = conv.prepare_filter(&k32).unwrap();
+    let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+    let (u32s, dy32) = (f32s(&u), f32s(&dy));
+    let gates32 = gates.as_ref().map(|(p, q)| (f32s(p), f32s(q)));
+    let mut du = vec![f32::NAN; n];
+    let mut dk = vec![f32::NAN; spec.filter_elems()];
+    let mut dpre = vec![f32::NAN; n];
+    let mut dpost = vec![f32::NAN; n];
+    let gated = spec.gated();
+    conv.backward(
+        &filter,
+        &u32s,
+        gates32.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
+        &dy32,
+        backend_vulkan::VulkanGradients {
+            du: &mut du,
+            dk: &mut dk,
+            dpregate: gated.then_some(&mut dpre[..]),
+            dpostgate: gated.then_some(&mut dpost[..]),
+        },
+    )
+    .expect("backward");
+    let want = reference_backward(
+        spec,
+        &u,
+        &k,
+        gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
+        &dy,
+    );
+    let f64s = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+    let mut pairs = vec![
+        ("du", f64s(&du), want.du.clone()),
+        ("dk", f64s(&dk), want.dk.clone()),
+    ];
+    if gated {
+        pairs.push(("dpregate", f64s(&dpre), want.dpregate.clone().unwrap()));
+        pairs.push(("dpostgate", f64s(&dpost), want.dpostgate.clone().unwrap()));
+    }
+    for (name, got, want) in pairs {
+        let err = relative_l2_error(&got, &want);
+        assert!(
+            err <= 1e-5,
+            "{name}: relative error {err:.2e} for {spec:?} with {options:?} (factors {:?}, seed {seed})",
+            conv.factors()
+        );
+    }
+}
+
+#[test]
+fn backward_on_multi_pass_plans_and_chunks() {
+    if !vulkan_present("backward_on_multi_pass_plans_and_chunks") {
+        return;
+    }
+    for (points, chunk_elems) in [(16, None), (64, Some(700)), (4096, Some(1))] {
+        let options = VulkanOptions {
+            max_shared_points: Some(points),
+            chunk_elems,
+        };
+        for builder in [
+            ConvSpec::builder(2, 3, 1500, 1500),
+            ConvSpec::builder(3, 2, 1000, 1000).gated(true).circular(),
+            ConvSpec::builder(2, 2, 2500, 40).gated(true),
+            ConvSpec::builder(1, 3, 3000, 100).circular(),
+            ConvSpec::builder(2, 1, 1024, 1024).keep_frequencies(0.25),
+            ConvSpec::builder(3, 1, 5000, 300)
+                .keep_frequencies(0.3)
+                .gated(true),
+        ] {
+            check_backward(&builder.build().unwrap(), options);
+        }
+    }
+}

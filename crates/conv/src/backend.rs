@@ -45,7 +45,7 @@ impl BackendKind {
     /// Whether [`Convolution::backward`](crate::Convolution::backward) runs on this backend
     /// (others return [`ConvError::Unsupported`]).
     pub fn supports_backward(self) -> bool {
-        matches!(self, BackendKind::Cpu)
+        matches!(self, BackendKind::Cpu | BackendKind::Vulkan)
     }
 
     /// The device this backend runs on, or why it cannot run convolutions here.

@@ -257,10 +257,20 @@ impl Convolution {
                 )
                 .map_err(ConvError::from),
             #[cfg(feature = "vulkan")]
-            (Engine::Vulkan(_), _) => Err(ConvError::Unsupported {
-                backend: self.backend,
-                what: "the backward pass (runs on the cpu backend; GPU backward is open work)",
-            }),
+            (Engine::Vulkan(vk), FilterInner::Vulkan(f)) => vk
+                .backward(
+                    f,
+                    u,
+                    gates.map(|g| (g.pre, g.post)),
+                    dy,
+                    backend_vulkan::VulkanGradients {
+                        du: grads.du,
+                        dk: grads.dk,
+                        dpregate: grads.dpregate,
+                        dpostgate: grads.dpostgate,
+                    },
+                )
+                .map_err(ConvError::from),
             (Engine::Absent(never), _) => match *never {},
             #[allow(unreachable_patterns)]
             _ => unreachable!("check_filter matched the filter's backend"),

@@ -1,0 +1,518 @@
+//! [`VulkanConvolution::backward`]: gradients of `y = post * conv(pre * u, k)` on the Vulkan
+//! device, the exact adjoint of the forward as the problem's geometry defines it.
+//!
+//! Per pair of overlap-save segments (packed `a + i*b` as in the forward), with `x = pre * u`
+//! gathered like the forward and `dc = dy * post` placed at the segments' outputs:
+//!
+//! ```text
+//! V = FFT(x)  D = FFT(dc)                       (forward passes, spectra kept in tmp buffers)
+//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk, summed over pairs on the host in f64
+//! c    = IFFT(V * K)                            -> dpostgate = dy * c        (gated only)
+//! dseg = IFFT(D * conj(K))                      (D recomputed: the taps consumed it)
+//! dx[t] = sum of dseg over every segment position that read input t (gather pass)
+//! du = pre * dx, dpregate = u * dx
+//! ```
+//!
+//! `Re IFFT(D conj(V))` of a packed pair is the sum of its two segments' filter gradients,
+//! because the cross terms are imaginary.
+
+use super::{
+    copy_from_bytes, copy_to_bytes, Chunk, PlanPass, VulkanConvolution, VulkanFilterSpectrum,
+};
+use crate::context::{memory_barrier, Buffer, Commands, MemoryKind, VulkanContext};
+use crate::error::check;
+use crate::pipelines::{
+    PassKind, PassParams, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
+    BINDING_TMP, BINDING_U, BINDING_Y, FLAG_BODY_ONLY, FLAG_CONJ_FILTER, FLAG_CORRELATE,
+    FLAG_DST_OUTPUT, FLAG_DST_TAPS, FLAG_NO_FORWARD, FLAG_NO_INVERSE, FLAG_SRC_INPUT,
+};
+use crate::VulkanError;
+use ash::vk;
+use monarch_core::Element;
+use std::sync::Arc;
+
+/// Output buffers of one backward call; every one is overwritten.
+///
+/// `du`, `dpregate`, `dpostgate` are `[B, H, L]` of the problem's dtype; `dk` is `[H, K]` in f32
+/// (summed over the batch in f64). The gate gradients are given exactly when the problem is gated.
+#[derive(Debug)]
+pub struct VulkanGradients<'a, T> {
+    pub du: &'a mut [T],
+    pub dk: &'a mut [f32],
+    pub dpregate: Option<&'a mut [T]>,
+    pub dpostgate: Option<&'a mut [T]>,
+}
+
+/// The binding configurations the backward's passes use (one descriptor set each).
+#[derive(Debug, Clone, Copy)]
+enum Set {
+    /// Forward transform of `pre * u` into `tmp_v`.
+    Input = 0,
+    /// Forward transform of `dy * post` into `tmp_d`.
+    OutputGradient,
+    /// Correlation `D conj(V)` in `tmp_d`, taps out.
+    Taps,
+    /// `IFFT(V K)` in `tmp_v`, `dpostgate = dy * c` out.
+    PostGate,
+    /// `IFFT(D conj(K))` in `tmp_d`.
+    Adjoint,
+    /// Gather of `tmp_d` into `du` and `dpregate`.
+    Gather,
+}
+
+const SETS: usize = 6;
+
+/// Device buffers, staging and descriptor sets of the backward, made on first use.
+pub(super) struct BackwardExecution {
+    ctx: Arc<VulkanContext>,
+    pool: vk::DescriptorPool,
+    sets: [vk::DescriptorSet; SETS],
+    commands: Commands,
+    /// `u, dy, pre, post` (gates only when gated).
+    inputs: Vec<Buffer>,
+    /// `du, dpregate, dpostgate` (gate gradients only when gated).
+    outputs: Vec<Buffer>,
+    tmp_v: Buffer,
+    tmp_d: Buffer,
+    taps: Buffer,
+    /// Uploads the inputs, one stream after another.
+    upload: Buffer,
+    /// Receives the outputs, one stream after another, then the taps.
+    download: Buffer,
+    stream_bytes: usize,
+    taps_bytes: usize,
+}
+
+impl Drop for BackwardExecution {
+    fn drop(&mut self) {
+        if self.ctx.is_lost() {
+            return;
+        }
+        // SAFETY: no submission using the sets is pending (every one is waited for).
+        unsafe { self.ctx.device.destroy_descriptor_pool(self.pool, None) };
+    }
+}
+
+impl BackwardExecution {
+    fn new(conv: &VulkanConvolution) -> Result<BackwardExecution, VulkanError> {
+        let ctx = &conv.ctx;
+        let (nb, nh) = conv.chunk_shape;
+        let gated = conv.spec.gated();
+        let stream_bytes = nb * nh * conv.spec.length() * conv.spec.dtype().size_bytes();
+        let taps_bytes = nh * conv.pairs(nb) * conv.spec.filter_len() * 4;
+        let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
+        let (n_in, n_out) = if gated { (4, 3) } else { (2, 1) };
+        let inputs = (0..n_in)
+            .map(|_| device(stream_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = (0..n_out)
+            .map(|_| device(stream_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tmp_v = device(conv.spectra_bytes())?;
+        let tmp_d = device(conv.spectra_bytes())?;
+        let taps = device(taps_bytes)?;
+        let upload = Buffer::new(ctx, (n_in * stream_bytes) as u64, MemoryKind::Staging)?;
+        let download = Buffer::new(
+            ctx,
+            (n_out * stream_bytes + taps_bytes) as u64,
+            MemoryKind::Staging,
+        )?;
+        let commands = Commands::new(ctx)?;
+        let pool_sizes = [vk::DescriptorPoolSize::default()
+            .ty(vk::DescriptorType::STORAGE_BUFFER)
+            .descriptor_count(BINDINGS * SETS as u32)];
+        // SAFETY: valid create info on a live device.
+        let pool = unsafe {
+            ctx.device.create_descriptor_pool(
+                &vk::DescriptorPoolCreateInfo::default()
+                    .max_sets(SETS as u32)
+                    .pool_sizes(&pool_sizes),
+                None,
+            )
+        }
+        .map_err(|r| check("vkCreateDescriptorPool", r))?;
+        let layouts = [conv.pipelines.set_layout; SETS];
+        // SAFETY: the pool has room for these sets.
+        let sets = unsafe {
+            ctx.device.allocate_descriptor_sets(
+                &vk::DescriptorSetAllocateInfo::default()
+                    .descriptor_pool(pool)
+                    .set_layouts(&layouts),
+            )
+        };
+        let sets = match sets {
+            Ok(s) => s,
+            Err(r) => {
+                // SAFETY: the pool is unused.
+                unsafe { ctx.device.destroy_descriptor_pool(pool, None) };
+                return Err(check("vkAllocateDescriptorSets", r));
+            }
+        };
+        let exec = BackwardExecution {
+            ctx: Arc::clone(ctx),
+            pool,
+            sets: [sets[0], sets[1], sets[2], sets[3], sets[4], sets[5]],
+            commands,
+            inputs,
+            outputs,
+            tmp_v,
+            tmp_d,
+            taps,
+            upload,
+            download,
+            stream_bytes,
+            taps_bytes,
+        };
+        exec.bind_sets(&conv.twiddles);
+        Ok(exec)
+    }
+
+    /// Writes every binding of every set (unused ones get a valid buffer).
+    fn bind_sets(&self, twiddles: &Buffer) {
+        let u = &self.inputs[0];
+        let dy = &self.inputs[1];
+        let pre = self.inputs.get(2).unwrap_or(u);
+        let post = self.inputs.get(3).unwrap_or(u);
+        let du = &self.outputs[0];
+        let dpre = self.outputs.get(1).unwrap_or(du);
+        let dpost = self.outputs.get(2).unwrap_or(du);
+        for (i, &set) in self.sets.iter().enumerate() {
+            let mut b: [&Buffer; BINDINGS as usize] = [
+                u,
+                pre,
+                post,
+                du,
+                &self.tmp_v, // the spectrum slot is bound per call
+                twiddles,
+                &self.tmp_v,
+                &self.tmp_v,
+                &self.taps,
+                dpre,
+            ];
+            let kind = [
+                Set::Input,
+                Set::OutputGradient,
+                Set::Taps,
+                Set::PostGate,
+                Set::Adjoint,
+                Set::Gather,
+            ][i];
+            match kind {
+                Set::Input => {}
+                Set::OutputGradient => {
+                    b[BINDING_U as usize] = dy;
+                    b[BINDING_PRE as usize] = post;
+                    b[BINDING_TMP as usize] = &self.tmp_d;
+                }
+                Set::Taps => {
+                    b[BINDING_TMP as usize] = &self.tmp_d;
+                    b[BINDING_OTHER as usize] = &self.tmp_v;
+                }
+                Set::PostGate => {
+                    b[BINDING_Y as usize] = dpost;
+                    b[BINDING_POST as usize] = dy;
+                }
+                Set::Adjoint | Set::Gather => b[BINDING_TMP as usize] = &self.tmp_d,
+            }
+            for (binding, buffer) in b.iter().enumerate() {
+                if binding as u32 != BINDING_SPECTRUM {
+                    write_binding(&self.ctx, set, binding as u32, buffer);
+                }
+            }
+        }
+    }
+}
+
+fn write_binding(ctx: &VulkanContext, set: vk::DescriptorSet, binding: u32, buffer: &Buffer) {
+    let infos = [buffer.descriptor()];
+    let write = [vk::WriteDescriptorSet::default()
+        .dst_set(set)
+        .dst_binding(binding)
+        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+        .buffer_info(&infos)];
+    // SAFETY: the set is not in use by pending work (every submission is waited for).
+    unsafe { ctx.device.update_descriptor_sets(&write, &[]) };
+}
+
+impl VulkanConvolution {
+    /// Gradients of [`forward`](Self::forward) given `dy` (see [`VulkanGradients`]): the exact
+    /// adjoint of the forward (causal or circular, blocked, frequency-sparse). Every argument is
+    /// checked before anything is written.
+    pub fn backward<T: Element>(
+        &self,
+        filter: &VulkanFilterSpectrum,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+        dy: &[T],
+        grads: VulkanGradients<'_, T>,
+    ) -> Result<(), VulkanError> {
+        let want = self.spec.io_len();
+        for (arg, len) in [("dy", dy.len()), ("du", grads.du.len())] {
+            if len != want {
+                return Err(VulkanError::invalid(
+                    arg,
+                    format!("expected [B, H, L] = {want} elements, got {len}"),
+                ));
+            }
+        }
+        self.check_inputs(
+            filter,
+            T::DTYPE,
+            u.len(),
+            gates.map(|(p, q)| (p.len(), q.len())),
+            dy.len(),
+        )?;
+        let gated = self.spec.gated();
+        if grads.dk.len() != self.spec.filter_elems() {
+            return Err(VulkanError::invalid(
+                "dk",
+                format!(
+                    "expected [H, K] = {} elements, got {}",
+                    self.spec.filter_elems(),
+                    grads.dk.len()
+                ),
+            ));
+        }
+        let VulkanGradients {
+            du,
+            dk,
+            mut dpregate,
+            mut dpostgate,
+        } = grads;
+        for (arg, g) in [
+            ("dpregate", dpregate.as_deref()),
+            ("dpostgate", dpostgate.as_deref()),
+        ] {
+            match (gated, g) {
+                (true, Some(g)) if g.len() == want => {}
+                (true, Some(g)) => {
+                    return Err(VulkanError::invalid(
+                        arg,
+                        format!("expected [B, H, L] = {want} elements, got {}", g.len()),
+                    ))
+                }
+                (true, None) => return Err(VulkanError::invalid(arg, "the problem is gated")),
+                (false, Some(_)) => {
+                    return Err(VulkanError::invalid(arg, "the problem is not gated"))
+                }
+                (false, None) => {}
+            }
+        }
+
+        let mut guard = self.backward_exec.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(BackwardExecution::new(self)?);
+        }
+        let exec = guard.as_mut().expect("just made");
+        for &set in &exec.sets {
+            write_binding(&self.ctx, set, BINDING_SPECTRUM, &filter.buffer);
+        }
+        let k_len = self.spec.filter_len();
+        let mut dk64 = vec![0.0f64; dk.len()];
+        let result = (|| {
+            for chunk in self.chunks() {
+                // Host -> staging: u, dy, pre, post.
+                let mut streams: Vec<&[T]> = vec![u, dy];
+                if let Some((pre, post)) = gates {
+                    streams.push(pre);
+                    streams.push(post);
+                }
+                let stream_bytes = exec.stream_bytes;
+                let staging = exec.upload.bytes_mut();
+                for (i, src) in streams.iter().enumerate() {
+                    let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
+                    for (dst_rows, src_rows) in self.chunk_rows(chunk) {
+                        copy_to_bytes(
+                            &src[src_rows],
+                            &mut region[dst_rows.start * size_of::<T>()..],
+                        );
+                    }
+                }
+                self.record_backward(exec, chunk)?;
+                exec.commands.run()?;
+                // Staging -> host: du, dpregate, dpostgate, taps.
+                let staging = exec.download.bytes_mut();
+                let mut outs: Vec<&mut [T]> = vec![&mut *du];
+                if let (Some(p), Some(q)) = (dpregate.as_deref_mut(), dpostgate.as_deref_mut()) {
+                    outs.push(p);
+                    outs.push(q);
+                }
+                for (i, out) in outs.into_iter().enumerate() {
+                    let region = &staging[i * stream_bytes..(i + 1) * stream_bytes];
+                    for (src_rows, dst_rows) in self.chunk_rows(chunk) {
+                        copy_from_bytes(
+                            &region[src_rows.start * size_of::<T>()..],
+                            &mut out[dst_rows],
+                        );
+                    }
+                }
+                let n_out = if gated { 3 } else { 1 };
+                let taps = &staging[n_out * stream_bytes..n_out * stream_bytes + exec.taps_bytes];
+                let pairs = self.pairs(chunk.nb);
+                for (i, tap) in taps.chunks_exact(4).enumerate() {
+                    let value = f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]);
+                    let (pair, s) = (i / k_len, i % k_len);
+                    let h = chunk.h0 + pair / pairs;
+                    if pair / pairs < chunk.nh {
+                        dk64[h * k_len + s] += f64::from(value);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(VulkanError::Timeout { .. }) = &result {
+            std::mem::forget(guard.take());
+        }
+        result?;
+        for (d, v) in dk.iter_mut().zip(&dk64) {
+            *d = *v as f32;
+        }
+        Ok(())
+    }
+
+    /// The steps of one chunk's backward: (descriptor set, pipeline, push constants).
+    fn backward_steps(&self, chunk: Chunk) -> Vec<(Set, PassKind, PassParams)> {
+        let total_pairs = chunk.nh * self.pairs(chunk.nb);
+        let base = self.chunk_params(chunk, true);
+        let globals: Vec<PlanPass> = self.passes[..self.passes.len() - 1].to_vec();
+        let fused = self.passes[self.passes.len() - 1];
+        let stage_bits = globals
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (s, p)| acc | p.line_log2 << (5 * s));
+        let fused_params = |flags: u32| {
+            let mut p = self.pass_params(base, fused, total_pairs);
+            p.stage_bits = stage_bits;
+            p.stage_count = globals.len() as u32;
+            p.flags |= flags;
+            p
+        };
+        let mut steps = Vec::new();
+        // Forward transform of the set's input (SRC_INPUT on the first pass), spectrum in tmp.
+        let forward = |steps: &mut Vec<_>, set: Set, load: u32| {
+            for (s, p) in globals.iter().enumerate() {
+                let mut params = self.pass_params(base, *p, total_pairs);
+                if s == 0 {
+                    params.flags |= FLAG_SRC_INPUT | load;
+                }
+                steps.push((set, PassKind::ColumnsForward, params));
+            }
+            let first = if globals.is_empty() {
+                FLAG_SRC_INPUT | load
+            } else {
+                0
+            };
+            steps.push((set, PassKind::Fused, fused_params(FLAG_NO_INVERSE | first)));
+        };
+        // Product and inverse transform of the spectrum in tmp; `store` on the last pass.
+        let inverse = |steps: &mut Vec<_>, set: Set, product: u32, store: u32| {
+            let last = if globals.is_empty() { store } else { 0 };
+            steps.push((
+                set,
+                PassKind::Fused,
+                fused_params(FLAG_NO_FORWARD | product | last),
+            ));
+            for (s, p) in globals.iter().enumerate().rev() {
+                let inv = PlanPass {
+                    kind: PassKind::ColumnsInverse,
+                    ..*p
+                };
+                let mut params = self.pass_params(base, inv, total_pairs);
+                if s == 0 {
+                    params.flags |= store;
+                }
+                steps.push((set, PassKind::ColumnsInverse, params));
+            }
+        };
+        forward(&mut steps, Set::Input, 0);
+        forward(&mut steps, Set::OutputGradient, FLAG_BODY_ONLY);
+        inverse(&mut steps, Set::Taps, FLAG_CORRELATE, FLAG_DST_TAPS);
+        if self.spec.gated() {
+            inverse(&mut steps, Set::PostGate, 0, FLAG_DST_OUTPUT);
+        }
+        forward(&mut steps, Set::OutputGradient, FLAG_BODY_ONLY);
+        inverse(&mut steps, Set::Adjoint, FLAG_CONJ_FILTER, 0);
+        let elements = chunk.nb * chunk.nh * self.spec.length();
+        steps.push((
+            Set::Gather,
+            PassKind::Gather,
+            PassParams {
+                total_lines: elements as u32,
+                lines_log2: self.pipelines.workgroup.ilog2(),
+                ..base
+            },
+        ));
+        steps
+    }
+
+    fn record_backward(&self, exec: &BackwardExecution, chunk: Chunk) -> Result<(), VulkanError> {
+        let steps = self.backward_steps(chunk);
+        let dispatches = steps
+            .iter()
+            .map(|(_, _, p)| self.workgroups(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes =
+            (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
+        let stream = exec.stream_bytes as u64;
+        let taps_bytes = (chunk.nh * self.pairs(chunk.nb) * self.spec.filter_len() * 4) as u64;
+        exec.commands.record(|device, cmd| {
+            // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
+            // this chunk; barriers separate the copies and every pass.
+            unsafe {
+                for (i, dst) in exec.inputs.iter().enumerate() {
+                    let region = [vk::BufferCopy::default()
+                        .src_offset(i as u64 * stream)
+                        .size(bytes)];
+                    device.cmd_copy_buffer(cmd, exec.upload.buffer, dst.buffer, &region);
+                }
+                memory_barrier(device, cmd);
+                for ((set, kind, params), (x, y)) in steps.iter().zip(&dispatches) {
+                    device.cmd_bind_descriptor_sets(
+                        cmd,
+                        vk::PipelineBindPoint::COMPUTE,
+                        self.pipelines.layout,
+                        0,
+                        &[exec.sets[*set as usize]],
+                        &[],
+                    );
+                    device.cmd_bind_pipeline(
+                        cmd,
+                        vk::PipelineBindPoint::COMPUTE,
+                        self.pipelines.pipeline(*kind),
+                    );
+                    device.cmd_push_constants(
+                        cmd,
+                        self.pipelines.layout,
+                        vk::ShaderStageFlags::COMPUTE,
+                        0,
+                        &params.bytes(),
+                    );
+                    device.cmd_dispatch(cmd, *x, *y, 1);
+                    memory_barrier(device, cmd);
+                }
+                for (i, src) in exec.outputs.iter().enumerate() {
+                    let region = [vk::BufferCopy::default()
+                        .dst_offset(i as u64 * stream)
+                        .size(bytes)];
+                    device.cmd_copy_buffer(cmd, src.buffer, exec.download.buffer, &region);
+                }
+                let region = [vk::BufferCopy::default()
+                    .dst_offset(exec.outputs.len() as u64 * stream)
+                    .size(taps_bytes.max(4))];
+                device.cmd_copy_buffer(cmd, exec.taps.buffer, exec.download.buffer, &region);
+                let to_host = [vk::MemoryBarrier::default()
+                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+                    .dst_access_mask(vk::AccessFlags::HOST_READ)];
+                device.cmd_pipeline_barrier(
+                    cmd,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::PipelineStageFlags::HOST,
+                    vk::DependencyFlags::empty(),
+                    &to_host,
+                    &[],
+                    &[],
+                );
+            }
+        })
+    }
+}
