@@ -8,7 +8,8 @@
 //! V = FFT(x)  D = FFT(dc)                       (forward passes, spectra kept in tmp buffers)
 //! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk, summed over pairs on the host in f64
 //! c    = IFFT(V * K)                            -> dpostgate = dy * c        (gated only)
-//! dseg = IFFT(D * conj(K))                      (D recomputed: the taps consumed it)
+//! dseg = IFFT(D * conj(K))                      (D recomputed when the plan has column passes:
+//!                                                the taps' inverse consumed it in place)
 //! dx[t] = sum of dseg over every segment position that read input t (gather pass)
 //! du = pre * dx, dpregate = u * dx
 //! ```
@@ -80,7 +81,6 @@ pub(super) struct BackwardExecution {
     /// Receives the outputs, one stream after another, then the taps.
     download: Buffer,
     stream_bytes: usize,
-    taps_bytes: usize,
 }
 
 impl Drop for BackwardExecution {
@@ -161,7 +161,6 @@ impl BackwardExecution {
             upload,
             download,
             stream_bytes,
-            taps_bytes,
         };
         exec.bind_sets(&conv.twiddles);
         Ok(exec)
@@ -247,6 +246,14 @@ impl VulkanConvolution {
         grads: VulkanGradients<'_, T>,
     ) -> Result<(), VulkanError> {
         let want = self.spec.io_len();
+        // dtype, u, gates and filter as the forward checks them (no `y` here), then the rest.
+        self.check_inputs(
+            filter,
+            T::DTYPE,
+            u.len(),
+            gates.map(|(p, q)| (p.len(), q.len())),
+            want,
+        )?;
         for (arg, len) in [("dy", dy.len()), ("du", grads.du.len())] {
             if len != want {
                 return Err(VulkanError::invalid(
@@ -255,13 +262,6 @@ impl VulkanConvolution {
                 ));
             }
         }
-        self.check_inputs(
-            filter,
-            T::DTYPE,
-            u.len(),
-            gates.map(|(p, q)| (p.len(), q.len())),
-            dy.len(),
-        )?;
         let gated = self.spec.gated();
         if grads.dk.len() != self.spec.filter_elems() {
             return Err(VulkanError::invalid(
@@ -347,8 +347,9 @@ impl VulkanConvolution {
                     }
                 }
                 let n_out = if gated { 3 } else { 1 };
-                let taps = &staging[n_out * stream_bytes..n_out * stream_bytes + exec.taps_bytes];
                 let pairs = self.pairs(chunk.nb);
+                let chunk_taps = chunk.nh * pairs * k_len * 4;
+                let taps = &staging[n_out * stream_bytes..n_out * stream_bytes + chunk_taps];
                 for (i, tap) in taps.chunks_exact(4).enumerate() {
                     let value = f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]);
                     let (pair, s) = (i / k_len, i % k_len);
@@ -430,7 +431,11 @@ impl VulkanConvolution {
         if self.spec.gated() {
             inverse(&mut steps, Set::PostGate, 0, FLAG_DST_OUTPUT);
         }
-        forward(&mut steps, Set::OutputGradient, FLAG_BODY_ONLY);
+        if !globals.is_empty() {
+            // The taps' inverse column passes overwrote D in place: transform dy * post again.
+            // (A plan of one fused pass only reads D there, so it is still intact.)
+            forward(&mut steps, Set::OutputGradient, FLAG_BODY_ONLY);
+        }
         inverse(&mut steps, Set::Adjoint, FLAG_CONJ_FILTER, 0);
         let elements = chunk.nb * chunk.nh * self.spec.length();
         steps.push((
