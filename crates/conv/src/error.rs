@@ -4,7 +4,9 @@ use crate::BackendKind;
 use monarch_core::{CoreError, DType};
 use thiserror::Error;
 
-/// Errors of the public API. On any error, no output buffer has been written.
+/// Errors of the public API. Arguments are checked before anything runs, so on an argument or
+/// backend-availability error no output buffer has been written. A device failure in the middle
+/// of a call (a GPU backend runs large problems in chunks) can leave outputs partly written.
 #[derive(Debug, Error)]
 pub enum ConvError {
     /// An argument has the wrong shape or value; `arg` names it.
