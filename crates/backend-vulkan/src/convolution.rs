@@ -20,7 +20,7 @@ use crate::VulkanError;
 
 mod backward;
 
-pub use backward::VulkanGradients;
+pub use backward::{VulkanGradients, VulkanTensorGradients};
 
 /// Elements of `u` one chunk holds at most (a chunk is a set of batch rows and channels whose
 /// inputs, gates, outputs and intermediate spectra are on the device at once).

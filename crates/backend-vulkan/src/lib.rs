@@ -50,6 +50,7 @@ pub use capabilities::{
 pub use context::{context, DeviceCapabilities, VulkanContext, DEVICE_ENV, VALIDATION_ENV};
 pub use convolution::{
     VulkanConvolution, VulkanFilterSpectrum, VulkanGradients, VulkanOptions, VulkanTensor,
+    VulkanTensorGradients,
 };
 pub use error::VulkanError;
 pub use probe::{describe, probe, VulkanDeviceInfo};

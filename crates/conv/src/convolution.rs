@@ -218,27 +218,13 @@ impl Convolution {
             ));
         }
         self.check_gates(gates)?;
-        for (arg, g) in [
-            ("dpregate", grads.dpregate.as_deref()),
-            ("dpostgate", grads.dpostgate.as_deref()),
-        ] {
-            match (self.spec.gated(), g) {
-                (true, Some(g)) => self.check_io(arg, g)?,
-                (true, None) => {
-                    return Err(ConvError::invalid(
-                        arg,
-                        "the problem is gated: pass both dpregate and dpostgate",
-                    ))
-                }
-                (false, Some(_)) => {
-                    return Err(ConvError::invalid(
-                        arg,
-                        "the problem is not gated: pass no gate gradients",
-                    ))
-                }
-                (false, None) => {}
-            }
-        }
+        self.check_gate_gradients(
+            [
+                ("dpregate", grads.dpregate.as_deref()),
+                ("dpostgate", grads.dpostgate.as_deref()),
+            ],
+            |arg, g| self.check_io(arg, g),
+        )?;
         self.check_filter(filter)?;
         match (&self.engine, &filter.inner) {
             #[cfg(feature = "cpu")]
@@ -293,6 +279,50 @@ impl Convolution {
                 "not prepared on this convolution's backend",
             )),
         }
+    }
+
+    /// The Vulkan engine's device-tensor backward (arguments checked by the caller).
+    #[cfg(feature = "vulkan")]
+    pub(crate) fn vulkan_backward_device(
+        &self,
+        filter: &FilterSpectrum,
+        tensors: backend_vulkan::VulkanTensorGradients<'_>,
+        dk: &mut [f32],
+    ) -> Result<(), ConvError> {
+        match (&self.engine, &filter.inner) {
+            (Engine::Vulkan(vk), FilterInner::Vulkan(f)) => Ok(vk.backward_device(f, tensors, dk)?),
+            _ => Err(ConvError::invalid(
+                "filter",
+                "not prepared on this convolution's backend",
+            )),
+        }
+    }
+
+    /// Gate gradients are given exactly when the problem is gated; `check` checks each one.
+    pub(crate) fn check_gate_gradients<A>(
+        &self,
+        grads: [(&'static str, Option<A>); 2],
+        mut check: impl FnMut(&'static str, A) -> Result<(), ConvError>,
+    ) -> Result<(), ConvError> {
+        for (arg, g) in grads {
+            match (self.spec.gated(), g) {
+                (true, Some(g)) => check(arg, g)?,
+                (true, None) => {
+                    return Err(ConvError::invalid(
+                        arg,
+                        "the problem is gated: pass both dpregate and dpostgate",
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(ConvError::invalid(
+                        arg,
+                        "the problem is not gated: pass no gate gradients",
+                    ))
+                }
+                (false, None) => {}
+            }
+        }
+        Ok(())
     }
 
     /// The filter was prepared on this convolution's backend.

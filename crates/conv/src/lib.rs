@@ -36,4 +36,4 @@ pub use monarch_core::{
     reference, ConvGeometry, ConvMode, ConvSpec, ConvSpecBuilder, DType, Element, FftSize,
     FrequencyKeep,
 };
-pub use tensor::DeviceTensor;
+pub use tensor::{DeviceGradients, DeviceTensor};

@@ -7,6 +7,17 @@ use crate::{BackendKind, ConvError, Convolution, FilterSpectrum};
 use half::{bf16, f16};
 use monarch_core::{DType, Element};
 
+/// Gradient outputs of [`Convolution::backward_device`]: tensors on the convolution's backend
+/// (every one overwritten) and `dk` on the host.
+#[derive(Debug)]
+pub struct DeviceGradients<'a> {
+    pub du: &'a mut DeviceTensor,
+    /// `[H, K]` f32, summed over the batch.
+    pub dk: &'a mut [f32],
+    pub dpregate: Option<&'a mut DeviceTensor>,
+    pub dpostgate: Option<&'a mut DeviceTensor>,
+}
+
 /// A tensor of one dtype held by one backend ([`Convolution::tensor_from_host`],
 /// [`Convolution::tensor_zeros`]); used by [`Convolution::forward_device`].
 #[derive(Debug)]
@@ -157,22 +168,7 @@ impl Convolution {
     ) -> Result<(), ConvError> {
         self.check_tensor("u", u)?;
         self.check_tensor("y", y)?;
-        match (self.spec().gated(), gates) {
-            (true, Some((pre, post))) => {
-                self.check_tensor("pregate", pre)?;
-                self.check_tensor("postgate", post)?;
-            }
-            (true, None) => {
-                return Err(ConvError::invalid(
-                    "gates",
-                    "the problem is gated: pass both pregate and postgate",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(ConvError::invalid("gates", "the problem is not gated"))
-            }
-            (false, None) => {}
-        }
+        self.check_tensor_gates(gates)?;
         self.check_filter(filter)?;
         match (&u.inner, &mut y.inner) {
             #[cfg(feature = "cpu")]
@@ -213,12 +209,133 @@ impl Convolution {
         }
     }
 
+    /// [`backward`](Self::backward) on tensors resident on this backend: `dy`, `u` and the gates
+    /// are read there, and the gradients in `grads` overwritten there (`dk` is a host slice:
+    /// `[H, K]` f32, small). Every argument is checked before anything is written.
+    pub fn backward_device(
+        &self,
+        filter: &FilterSpectrum,
+        u: &DeviceTensor,
+        gates: Option<(&DeviceTensor, &DeviceTensor)>,
+        dy: &DeviceTensor,
+        grads: DeviceGradients<'_>,
+    ) -> Result<(), ConvError> {
+        self.check_tensor("u", u)?;
+        self.check_tensor("dy", dy)?;
+        self.check_tensor("du", grads.du)?;
+        self.check_tensor_gates(gates)?;
+        self.check_gate_gradients(
+            [
+                ("dpregate", grads.dpregate.as_deref()),
+                ("dpostgate", grads.dpostgate.as_deref()),
+            ],
+            |arg, t| self.check_tensor(arg, t),
+        )?;
+        if grads.dk.len() != self.spec().filter_elems() {
+            return Err(ConvError::invalid(
+                "dk",
+                format!(
+                    "expected [H={}, K={}] = {} elements, got {}",
+                    self.spec().channels(),
+                    self.spec().filter_len(),
+                    self.spec().filter_elems(),
+                    grads.dk.len()
+                ),
+            ));
+        }
+        self.check_filter(filter)?;
+        let DeviceGradients {
+            du,
+            dk,
+            dpregate,
+            dpostgate,
+        } = grads;
+        match (&u.inner, &dy.inner) {
+            #[cfg(feature = "cpu")]
+            (TensorInner::Host(u), TensorInner::Host(dy)) => {
+                let gates = gates.map(|(p, q)| match (&p.inner, &q.inner) {
+                    (TensorInner::Host(p), TensorInner::Host(q)) => (p, q),
+                    #[allow(unreachable_patterns)]
+                    _ => unreachable!("backends checked"),
+                });
+                let du = host_mut(du);
+                let dpre = dpregate.map(host_mut);
+                let dpost = dpostgate.map(host_mut);
+                macro_rules! run {
+                    ($t:ty) => {{
+                        let g = gates.map(|(p, q)| crate::Gates {
+                            pre: typed::<$t>(p),
+                            post: typed::<$t>(q),
+                        });
+                        self.backward(
+                            filter,
+                            typed::<$t>(u),
+                            g,
+                            typed::<$t>(dy),
+                            crate::Gradients {
+                                du: du.as_mut_slice::<$t>().expect("dtype checked"),
+                                dk,
+                                dpregate: dpre
+                                    .map(|t| t.as_mut_slice::<$t>().expect("dtype checked")),
+                                dpostgate: dpost
+                                    .map(|t| t.as_mut_slice::<$t>().expect("dtype checked")),
+                            },
+                        )
+                    }};
+                }
+                match self.spec().dtype() {
+                    DType::F32 => run!(f32),
+                    DType::F16 => run!(f16),
+                    DType::Bf16 => run!(bf16),
+                }
+            }
+            #[cfg(feature = "vulkan")]
+            (TensorInner::Vulkan(u), TensorInner::Vulkan(dy)) => {
+                // Exclusive access to the outputs is held by `grads` for the whole call.
+                let du = vulkan_of_mut(du);
+                let gate_grads = dpregate
+                    .zip(dpostgate)
+                    .map(|(p, q)| (vulkan_of_mut(p), vulkan_of_mut(q)));
+                let tensors = backend_vulkan::VulkanTensorGradients {
+                    u,
+                    gates: gates.map(|(p, q)| (vulkan_of(p), vulkan_of(q))),
+                    dy,
+                    du,
+                    gate_grads,
+                };
+                Ok(self.vulkan_backward_device(filter, tensors, dk)?)
+            }
+            (TensorInner::Absent(never), _) => match *never {},
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("backends checked"),
+        }
+    }
+
     fn tensor(&self, inner: TensorInner) -> DeviceTensor {
         DeviceTensor {
             backend: self.backend(),
             len: self.spec().io_len(),
             dtype: self.spec().dtype(),
             inner,
+        }
+    }
+
+    /// Gate tensors are given exactly when the problem is gated, each like `u`.
+    fn check_tensor_gates(
+        &self,
+        gates: Option<(&DeviceTensor, &DeviceTensor)>,
+    ) -> Result<(), ConvError> {
+        match (self.spec().gated(), gates) {
+            (true, Some((pre, post))) => {
+                self.check_tensor("pregate", pre)?;
+                self.check_tensor("postgate", post)
+            }
+            (true, None) => Err(ConvError::invalid(
+                "gates",
+                "the problem is gated: pass both pregate and postgate",
+            )),
+            (false, Some(_)) => Err(ConvError::invalid("gates", "the problem is not gated")),
+            (false, None) => Ok(()),
         }
     }
 
@@ -252,6 +369,36 @@ impl Convolution {
             ));
         }
         Ok(())
+    }
+}
+
+/// The host memory of a CPU-backend tensor (its backend was checked).
+#[cfg(feature = "cpu")]
+fn host_mut(t: &mut DeviceTensor) -> &mut HostTensor {
+    match &mut t.inner {
+        TensorInner::Host(h) => h,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("backends checked"),
+    }
+}
+
+/// The device tensor of a Vulkan-backend tensor (its backend was checked).
+#[cfg(feature = "vulkan")]
+fn vulkan_of(t: &DeviceTensor) -> &backend_vulkan::VulkanTensor {
+    match &t.inner {
+        TensorInner::Vulkan(v) => v,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("backends checked"),
+    }
+}
+
+/// Like [`vulkan_of`], mutable.
+#[cfg(feature = "vulkan")]
+fn vulkan_of_mut(t: &mut DeviceTensor) -> &mut backend_vulkan::VulkanTensor {
+    match &mut t.inner {
+        TensorInner::Vulkan(v) => v,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("backends checked"),
     }
 }
 

@@ -6,8 +6,8 @@
 
 use conv::reference::relative_l2_error;
 use conv::{
-    bf16, f16, BackendKind, ConvError, ConvSpec, ConvSpecBuilder, Convolution, DType, Element,
-    Gates, Gradients,
+    bf16, f16, BackendKind, ConvError, ConvSpec, ConvSpecBuilder, Convolution, DType,
+    DeviceGradients, Element, Gates, Gradients,
 };
 use monarch_core::reference_backward::reference_backward;
 #[macro_use]
@@ -495,7 +495,120 @@ fn concurrent_calls_agree(kind: BackendKind) {
     });
 }
 
+/// Backward on device-resident tensors gives exactly the host-slice result; misuse is a typed
+/// error.
+fn device_tensors(kind: BackendKind) {
+    fn typed<T: Element + 'static>(kind: BackendKind, spec: ConvSpec) {
+        let seed = fresh_inputs();
+        let (dtype, n) = (spec.dtype(), spec.io_len());
+        let conv = Convolution::new(spec.clone(), kind).unwrap();
+        let filter = conv
+            .prepare_filter(&random_filter(spec.channels(), spec.filter_len()))
+            .unwrap();
+        let random = || -> Vec<T> { to_elements(&random_rounded(n, dtype)) };
+        let (u, dy, pre, post) = (random(), random(), random(), random());
+        let gated = spec.gated();
+        let nan = T::from_f64(f64::NAN);
+        let (mut du, mut dpre, mut dpost) = (vec![nan; n], vec![nan; n], vec![nan; n]);
+        let mut dk = vec![f32::NAN; spec.filter_elems()];
+        conv.backward(
+            &filter,
+            &u,
+            gated.then_some(Gates {
+                pre: &pre,
+                post: &post,
+            }),
+            &dy,
+            Gradients {
+                du: &mut du,
+                dk: &mut dk,
+                dpregate: gated.then_some(&mut dpre[..]),
+                dpostgate: gated.then_some(&mut dpost[..]),
+            },
+        )
+        .unwrap();
+        let t = |x: &[T]| conv.tensor_from_host(x).unwrap();
+        let (tu, tdy, tpre, tpost) = (t(&u), t(&dy), t(&pre), t(&post));
+        let (mut tdu, mut tdpre, mut tdpost) = (
+            conv.tensor_zeros().unwrap(),
+            conv.tensor_zeros().unwrap(),
+            conv.tensor_zeros().unwrap(),
+        );
+        let mut dk_dev = vec![f32::NAN; spec.filter_elems()];
+        conv.backward_device(
+            &filter,
+            &tu,
+            gated.then_some((&tpre, &tpost)),
+            &tdy,
+            DeviceGradients {
+                du: &mut tdu,
+                dk: &mut dk_dev,
+                dpregate: gated.then_some(&mut tdpre),
+                dpostgate: gated.then_some(&mut tdpost),
+            },
+        )
+        .unwrap();
+        let same = |a: &[T], b: &[T]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits())
+        };
+        let back = |x: &conv::DeviceTensor| {
+            let mut out = vec![nan; n];
+            conv.tensor_to_host(x, &mut out).unwrap();
+            out
+        };
+        let msg = format!("{kind}: device tensors differ from host slices ({spec:?}, seed {seed})");
+        assert!(same(&back(&tdu), &du), "du: {msg}");
+        assert!(
+            dk.iter()
+                .zip(&dk_dev)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "dk: {msg}"
+        );
+        if gated {
+            assert!(same(&back(&tdpre), &dpre), "dpregate: {msg}");
+            assert!(same(&back(&tdpost), &dpost), "dpostgate: {msg}");
+        }
+        // Misuse: a short dk, and gate gradients that do not match the problem.
+        let mut short = vec![0.0f32; spec.filter_elems() - 1];
+        let err = conv
+            .backward_device(
+                &filter,
+                &tu,
+                gated.then_some((&tpre, &tpost)),
+                &tdy,
+                DeviceGradients {
+                    du: &mut tdu,
+                    dk: &mut short,
+                    dpregate: None,
+                    dpostgate: None,
+                },
+            )
+            .unwrap_err();
+        let want = if gated { "dpregate" } else { "dk" };
+        assert_eq!(err.argument(), Some(want), "{err}");
+    }
+    for builder in [
+        ConvSpec::builder(2, 3, 300, 300),
+        ConvSpec::builder(3, 2, 1000, 50)
+            .gated(true)
+            .dtype(DType::F16),
+        ConvSpec::builder(1, 2, 4096, 4096)
+            .circular()
+            .dtype(DType::Bf16),
+    ] {
+        let spec = builder.build().unwrap();
+        match spec.dtype() {
+            DType::F32 => typed::<f32>(kind, spec),
+            DType::F16 => typed::<f16>(kind, spec),
+            DType::Bf16 => typed::<bf16>(kind, spec),
+        }
+    }
+}
+
 backend_suites!(backward: [
+    device_tensors,
     causal,
     circular,
     gated,

@@ -18,14 +18,15 @@
 //! because the cross terms are imaginary.
 
 use super::{
-    copy_from_bytes, copy_to_bytes, Chunk, PlanPass, VulkanConvolution, VulkanFilterSpectrum,
+    copy_from_bytes, copy_to_bytes, Chunk, PlanPass, Stage, VulkanConvolution,
+    VulkanFilterSpectrum, VulkanTensor,
 };
 use crate::context::{memory_barrier, Buffer, Commands, MemoryKind, VulkanContext};
 use crate::error::check;
 use crate::pipelines::{
-    PassKind, PassParams, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
-    BINDING_TMP, BINDING_U, BINDING_Y, FLAG_BODY_ONLY, FLAG_CONJ_FILTER, FLAG_CORRELATE,
-    FLAG_DST_OUTPUT, FLAG_DST_TAPS, FLAG_NO_FORWARD, FLAG_NO_INVERSE, FLAG_SRC_INPUT,
+    PassKind, PassParams, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP,
+    BINDING_U, BINDING_Y, FLAG_BODY_ONLY, FLAG_CONJ_FILTER, FLAG_CORRELATE, FLAG_DST_OUTPUT,
+    FLAG_DST_TAPS, FLAG_NO_FORWARD, FLAG_NO_INVERSE, FLAG_SRC_INPUT,
 };
 use crate::VulkanError;
 use ash::vk;
@@ -63,24 +64,53 @@ enum Set {
 
 const SETS: usize = 6;
 
-/// Device buffers, staging and descriptor sets of the backward, made on first use.
+/// Spectra, taps and descriptor sets of the backward, made on first use.
 pub(super) struct BackwardExecution {
     ctx: Arc<VulkanContext>,
     pool: vk::DescriptorPool,
     sets: [vk::DescriptorSet; SETS],
     commands: Commands,
+    tmp_v: Buffer,
+    tmp_d: Buffer,
+    taps: Buffer,
+    /// Receives the taps of each chunk.
+    taps_staging: Buffer,
+    /// Buffers for host slices, made on the first host call.
+    host: Option<BackwardHostIo>,
+}
+
+/// One chunk's streams on the device and the staging between them and the host.
+struct BackwardHostIo {
     /// `u, dy, pre, post` (gates only when gated).
     inputs: Vec<Buffer>,
     /// `du, dpregate, dpostgate` (gate gradients only when gated).
     outputs: Vec<Buffer>,
-    tmp_v: Buffer,
-    tmp_d: Buffer,
-    taps: Buffer,
     /// Uploads the inputs, one stream after another.
     upload: Buffer,
-    /// Receives the outputs, one stream after another, then the taps.
+    /// Receives the outputs, one stream after another.
     download: Buffer,
     stream_bytes: usize,
+}
+
+/// Where the backward reads `u`, `dy` and the gates and writes the gradients.
+#[derive(Clone, Copy)]
+enum BackwardIo<'a> {
+    /// The execution's chunk buffers, filled from and read back to host slices.
+    Host,
+    /// Device-resident tensors of the whole problem.
+    Device(&'a VulkanTensorGradients<'a>),
+}
+
+/// Device-resident inputs and gradients of [`VulkanConvolution::backward_device`].
+#[derive(Debug)]
+pub struct VulkanTensorGradients<'a> {
+    pub u: &'a VulkanTensor,
+    /// `(pregate, postgate)`, exactly when the problem is gated.
+    pub gates: Option<(&'a VulkanTensor, &'a VulkanTensor)>,
+    pub dy: &'a VulkanTensor,
+    pub du: &'a mut VulkanTensor,
+    /// `(dpregate, dpostgate)`, exactly when the problem is gated.
+    pub gate_grads: Option<(&'a mut VulkanTensor, &'a mut VulkanTensor)>,
 }
 
 impl Drop for BackwardExecution {
@@ -97,26 +127,12 @@ impl BackwardExecution {
     fn new(conv: &VulkanConvolution) -> Result<BackwardExecution, VulkanError> {
         let ctx = &conv.ctx;
         let (nb, nh) = conv.chunk_shape;
-        let gated = conv.spec.gated();
-        let stream_bytes = nb * nh * conv.spec.length() * conv.spec.dtype().size_bytes();
         let taps_bytes = nh * conv.pairs(nb) * conv.spec.filter_len() * 4;
         let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
-        let (n_in, n_out) = if gated { (4, 3) } else { (2, 1) };
-        let inputs = (0..n_in)
-            .map(|_| device(stream_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
-        let outputs = (0..n_out)
-            .map(|_| device(stream_bytes))
-            .collect::<Result<Vec<_>, _>>()?;
         let tmp_v = device(conv.spectra_bytes())?;
         let tmp_d = device(conv.spectra_bytes())?;
         let taps = device(taps_bytes)?;
-        let upload = Buffer::new(ctx, (n_in * stream_bytes) as u64, MemoryKind::Staging)?;
-        let download = Buffer::new(
-            ctx,
-            (n_out * stream_bytes + taps_bytes) as u64,
-            MemoryKind::Staging,
-        )?;
+        let taps_staging = Buffer::new(ctx, taps_bytes as u64, MemoryKind::Staging)?;
         let commands = Commands::new(ctx)?;
         let pool_sizes = [vk::DescriptorPoolSize::default()
             .ty(vk::DescriptorType::STORAGE_BUFFER)
@@ -153,35 +169,65 @@ impl BackwardExecution {
             pool,
             sets: [sets[0], sets[1], sets[2], sets[3], sets[4], sets[5]],
             commands,
-            inputs,
-            outputs,
             tmp_v,
             tmp_d,
             taps,
-            upload,
-            download,
-            stream_bytes,
+            taps_staging,
+            host: None,
         };
-        exec.bind_sets(&conv.twiddles);
         Ok(exec)
     }
 
-    /// Writes every binding of every set (unused ones get a valid buffer).
-    fn bind_sets(&self, twiddles: &Buffer) {
-        let u = &self.inputs[0];
-        let dy = &self.inputs[1];
-        let pre = self.inputs.get(2).unwrap_or(u);
-        let post = self.inputs.get(3).unwrap_or(u);
-        let du = &self.outputs[0];
-        let dpre = self.outputs.get(1).unwrap_or(du);
-        let dpost = self.outputs.get(2).unwrap_or(du);
+    fn host_io(conv: &VulkanConvolution) -> Result<BackwardHostIo, VulkanError> {
+        let ctx = &conv.ctx;
+        let (nb, nh) = conv.chunk_shape;
+        let stream_bytes = nb * nh * conv.spec.length() * conv.spec.dtype().size_bytes();
+        let (n_in, n_out) = if conv.spec.gated() { (4, 3) } else { (2, 1) };
+        let device = |_| Buffer::new(ctx, stream_bytes as u64, MemoryKind::Device);
+        Ok(BackwardHostIo {
+            inputs: (0..n_in).map(device).collect::<Result<Vec<_>, _>>()?,
+            outputs: (0..n_out).map(device).collect::<Result<Vec<_>, _>>()?,
+            upload: Buffer::new(ctx, (n_in * stream_bytes) as u64, MemoryKind::Staging)?,
+            download: Buffer::new(ctx, (n_out * stream_bytes) as u64, MemoryKind::Staging)?,
+            stream_bytes,
+        })
+    }
+
+    /// Writes every binding of every set for `io` (unused ones get a valid buffer) and the
+    /// filter's spectrum.
+    fn bind_sets(&self, io: BackwardIo<'_>, twiddles: &Buffer, spectrum: &Buffer) {
+        let (u, dy, pre, post, du, dpre, dpost) = match io {
+            BackwardIo::Host => {
+                let host = self.host.as_ref().expect("made for host calls");
+                let u = &host.inputs[0];
+                let du = &host.outputs[0];
+                (
+                    u,
+                    &host.inputs[1],
+                    host.inputs.get(2).unwrap_or(u),
+                    host.inputs.get(3).unwrap_or(u),
+                    du,
+                    host.outputs.get(1).unwrap_or(du),
+                    host.outputs.get(2).unwrap_or(du),
+                )
+            }
+            BackwardIo::Device(t) => (
+                &t.u.buffer,
+                &t.dy.buffer,
+                t.gates.map_or(&t.u.buffer, |g| &g.0.buffer),
+                t.gates.map_or(&t.u.buffer, |g| &g.1.buffer),
+                &t.du.buffer,
+                t.gate_grads.as_ref().map_or(&t.du.buffer, |g| &g.0.buffer),
+                t.gate_grads.as_ref().map_or(&t.du.buffer, |g| &g.1.buffer),
+            ),
+        };
         for (i, &set) in self.sets.iter().enumerate() {
             let mut b: [&Buffer; BINDINGS as usize] = [
                 u,
                 pre,
                 post,
                 du,
-                &self.tmp_v, // the spectrum slot is bound per call
+                spectrum,
                 twiddles,
                 &self.tmp_v,
                 &self.tmp_v,
@@ -214,9 +260,7 @@ impl BackwardExecution {
                 Set::Adjoint | Set::Gather => b[BINDING_TMP as usize] = &self.tmp_d,
             }
             for (binding, buffer) in b.iter().enumerate() {
-                if binding as u32 != BINDING_SPECTRUM {
-                    write_binding(&self.ctx, set, binding as u32, buffer);
-                }
+                write_binding(&self.ctx, set, binding as u32, buffer);
             }
         }
     }
@@ -299,64 +343,177 @@ impl VulkanConvolution {
             }
         }
 
+        let mut dk64 = vec![0.0f64; dk.len()];
+        self.run_backward(
+            filter,
+            BackwardIo::Host,
+            &mut dk64,
+            |conv, host, chunk, stage| {
+                let stream_bytes = host.stream_bytes;
+                if stage == Stage::Upload {
+                    // Host -> staging: u, dy, pre, post.
+                    let mut streams: Vec<&[T]> = vec![u, dy];
+                    if let Some((pre, post)) = gates {
+                        streams.push(pre);
+                        streams.push(post);
+                    }
+                    let staging = host.upload.bytes_mut();
+                    for (i, src) in streams.iter().enumerate() {
+                        let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
+                        for (dst_rows, src_rows) in conv.chunk_rows(chunk) {
+                            copy_to_bytes(
+                                &src[src_rows],
+                                &mut region[dst_rows.start * size_of::<T>()..],
+                            );
+                        }
+                    }
+                } else {
+                    // Staging -> host: du, dpregate, dpostgate.
+                    let staging = host.download.bytes_mut();
+                    let mut outs: Vec<&mut [T]> = vec![&mut *du];
+                    if let (Some(p), Some(q)) = (dpregate.as_deref_mut(), dpostgate.as_deref_mut())
+                    {
+                        outs.push(p);
+                        outs.push(q);
+                    }
+                    for (i, out) in outs.into_iter().enumerate() {
+                        let region = &staging[i * stream_bytes..(i + 1) * stream_bytes];
+                        for (src_rows, dst_rows) in conv.chunk_rows(chunk) {
+                            copy_from_bytes(
+                                &region[src_rows.start * size_of::<T>()..],
+                                &mut out[dst_rows],
+                            );
+                        }
+                    }
+                }
+            },
+        )?;
+        for (d, v) in dk.iter_mut().zip(&dk64) {
+            *d = *v as f32;
+        }
+        Ok(())
+    }
+
+    /// Like [`backward`](Self::backward) on device-resident tensors: `du` and (gated) the gate
+    /// gradients are overwritten in device memory; `dk` (`[H, K]`, small) is written on the host.
+    pub fn backward_device(
+        &self,
+        filter: &VulkanFilterSpectrum,
+        tensors: VulkanTensorGradients<'_>,
+        dk: &mut [f32],
+    ) -> Result<(), VulkanError> {
+        let want = self.spec.io_len();
+        let gated = self.spec.gated();
+        self.check_inputs(
+            filter,
+            tensors.u.dtype,
+            tensors.u.len,
+            tensors.gates.map(|(p, q)| (p.len, q.len)),
+            want,
+        )?;
+        let mut named = vec![("dy", tensors.dy), ("du", &*tensors.du)];
+        match (gated, &tensors.gate_grads) {
+            (true, Some((p, q))) => named.extend([("dpregate", &**p), ("dpostgate", &**q)]),
+            (true, None) => return Err(VulkanError::invalid("dpregate", "the problem is gated")),
+            (false, Some(_)) => {
+                return Err(VulkanError::invalid("dpregate", "the problem is not gated"))
+            }
+            (false, None) => {}
+        }
+        if let Some((p, q)) = tensors.gates {
+            named.extend([("pregate", p), ("postgate", q)]);
+        }
+        named.push(("u", tensors.u));
+        let limit = u64::from(self.ctx.capabilities().max_storage_buffer_range);
+        for (arg, t) in named {
+            if t.dtype != self.spec.dtype() || t.len != want {
+                return Err(VulkanError::invalid(
+                    arg,
+                    format!(
+                        "expected {want} {} elements, got {} {}",
+                        self.spec.dtype(),
+                        t.len,
+                        t.dtype
+                    ),
+                ));
+            }
+            if want >= 1 << 32 || t.buffer.size > limit {
+                return Err(VulkanError::unsupported(format!(
+                    "device tensors of {} bytes exceed maxStorageBufferRange = {limit}",
+                    t.buffer.size
+                )));
+            }
+        }
+        if dk.len() != self.spec.filter_elems() {
+            return Err(VulkanError::invalid(
+                "dk",
+                format!(
+                    "expected [H, K] = {} elements, got {}",
+                    self.spec.filter_elems(),
+                    dk.len()
+                ),
+            ));
+        }
+        let mut dk64 = vec![0.0f64; dk.len()];
+        self.run_backward(
+            filter,
+            BackwardIo::Device(&tensors),
+            &mut dk64,
+            |_, _, _, _| {},
+        )?;
+        for (d, v) in dk.iter_mut().zip(&dk64) {
+            *d = *v as f32;
+        }
+        Ok(())
+    }
+
+    /// Runs every chunk; `host` moves a chunk's host data in before and out after (host I/O
+    /// only). Adds each chunk's filter taps into `dk64` (`[H, K]`, f64).
+    fn run_backward(
+        &self,
+        filter: &VulkanFilterSpectrum,
+        io: BackwardIo<'_>,
+        dk64: &mut [f64],
+        mut host: impl FnMut(&Self, &mut BackwardHostIo, Chunk, Stage),
+    ) -> Result<(), VulkanError> {
         let mut guard = self.backward_exec.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             *guard = Some(BackwardExecution::new(self)?);
         }
         let exec = guard.as_mut().expect("just made");
-        for &set in &exec.sets {
-            write_binding(&self.ctx, set, BINDING_SPECTRUM, &filter.buffer);
+        let host_io = matches!(io, BackwardIo::Host);
+        if host_io && exec.host.is_none() {
+            exec.host = Some(BackwardExecution::host_io(self)?);
         }
+        exec.bind_sets(io, &self.twiddles, &filter.buffer);
         let k_len = self.spec.filter_len();
-        let mut dk64 = vec![0.0f64; dk.len()];
         let result = (|| {
             for chunk in self.chunks() {
-                // Host -> staging: u, dy, pre, post.
-                let mut streams: Vec<&[T]> = vec![u, dy];
-                if let Some((pre, post)) = gates {
-                    streams.push(pre);
-                    streams.push(post);
+                if host_io {
+                    host(
+                        self,
+                        exec.host.as_mut().expect("made"),
+                        chunk,
+                        Stage::Upload,
+                    );
                 }
-                let stream_bytes = exec.stream_bytes;
-                let staging = exec.upload.bytes_mut();
-                for (i, src) in streams.iter().enumerate() {
-                    let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
-                    for (dst_rows, src_rows) in self.chunk_rows(chunk) {
-                        copy_to_bytes(
-                            &src[src_rows],
-                            &mut region[dst_rows.start * size_of::<T>()..],
-                        );
-                    }
-                }
-                self.record_backward(exec, chunk)?;
+                self.record_backward(exec, chunk, io)?;
                 exec.commands.run()?;
-                // Staging -> host: du, dpregate, dpostgate, taps.
-                let staging = exec.download.bytes_mut();
-                let mut outs: Vec<&mut [T]> = vec![&mut *du];
-                if let (Some(p), Some(q)) = (dpregate.as_deref_mut(), dpostgate.as_deref_mut()) {
-                    outs.push(p);
-                    outs.push(q);
+                if host_io {
+                    host(
+                        self,
+                        exec.host.as_mut().expect("made"),
+                        chunk,
+                        Stage::Download,
+                    );
                 }
-                for (i, out) in outs.into_iter().enumerate() {
-                    let region = &staging[i * stream_bytes..(i + 1) * stream_bytes];
-                    for (src_rows, dst_rows) in self.chunk_rows(chunk) {
-                        copy_from_bytes(
-                            &region[src_rows.start * size_of::<T>()..],
-                            &mut out[dst_rows],
-                        );
-                    }
-                }
-                let n_out = if gated { 3 } else { 1 };
                 let pairs = self.pairs(chunk.nb);
                 let chunk_taps = chunk.nh * pairs * k_len * 4;
-                let taps = &staging[n_out * stream_bytes..n_out * stream_bytes + chunk_taps];
+                let taps = &exec.taps_staging.bytes_mut()[..chunk_taps];
                 for (i, tap) in taps.chunks_exact(4).enumerate() {
                     let value = f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]);
                     let (pair, s) = (i / k_len, i % k_len);
-                    let h = chunk.h0 + pair / pairs;
-                    if pair / pairs < chunk.nh {
-                        dk64[h * k_len + s] += f64::from(value);
-                    }
+                    dk64[(chunk.h0 + pair / pairs) * k_len + s] += f64::from(value);
                 }
             }
             Ok(())
@@ -364,17 +521,13 @@ impl VulkanConvolution {
         if let Err(VulkanError::Timeout { .. }) = &result {
             std::mem::forget(guard.take());
         }
-        result?;
-        for (d, v) in dk.iter_mut().zip(&dk64) {
-            *d = *v as f32;
-        }
-        Ok(())
+        result
     }
 
     /// The steps of one chunk's backward: (descriptor set, pipeline, push constants).
-    fn backward_steps(&self, chunk: Chunk) -> Vec<(Set, PassKind, PassParams)> {
+    fn backward_steps(&self, chunk: Chunk, compact: bool) -> Vec<(Set, PassKind, PassParams)> {
         let total_pairs = chunk.nh * self.pairs(chunk.nb);
-        let base = self.chunk_params(chunk, true);
+        let base = self.chunk_params(chunk, compact);
         let globals: Vec<PlanPass> = self.passes[..self.passes.len() - 1].to_vec();
         let fused = self.passes[self.passes.len() - 1];
         let stage_bits = globals
@@ -450,25 +603,35 @@ impl VulkanConvolution {
         steps
     }
 
-    fn record_backward(&self, exec: &BackwardExecution, chunk: Chunk) -> Result<(), VulkanError> {
-        let steps = self.backward_steps(chunk);
+    fn record_backward(
+        &self,
+        exec: &BackwardExecution,
+        chunk: Chunk,
+        io: BackwardIo<'_>,
+    ) -> Result<(), VulkanError> {
+        let steps = self.backward_steps(chunk, matches!(io, BackwardIo::Host));
+        let host = match io {
+            BackwardIo::Host => exec.host.as_ref(),
+            BackwardIo::Device(_) => None,
+        };
         let dispatches = steps
             .iter()
             .map(|(_, _, p)| self.workgroups(p))
             .collect::<Result<Vec<_>, _>>()?;
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
-        let stream = exec.stream_bytes as u64;
         let taps_bytes = (chunk.nh * self.pairs(chunk.nb) * self.spec.filter_len() * 4) as u64;
         exec.commands.record(|device, cmd| {
             // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
             // this chunk; barriers separate the copies and every pass.
             unsafe {
-                for (i, dst) in exec.inputs.iter().enumerate() {
-                    let region = [vk::BufferCopy::default()
-                        .src_offset(i as u64 * stream)
-                        .size(bytes)];
-                    device.cmd_copy_buffer(cmd, exec.upload.buffer, dst.buffer, &region);
+                if let Some(host) = host {
+                    for (i, dst) in host.inputs.iter().enumerate() {
+                        let region = [vk::BufferCopy::default()
+                            .src_offset((i * host.stream_bytes) as u64)
+                            .size(bytes)];
+                        device.cmd_copy_buffer(cmd, host.upload.buffer, dst.buffer, &region);
+                    }
                 }
                 memory_barrier(device, cmd);
                 for ((set, kind, params), (x, y)) in steps.iter().zip(&dispatches) {
@@ -495,16 +658,16 @@ impl VulkanConvolution {
                     device.cmd_dispatch(cmd, *x, *y, 1);
                     memory_barrier(device, cmd);
                 }
-                for (i, src) in exec.outputs.iter().enumerate() {
-                    let region = [vk::BufferCopy::default()
-                        .dst_offset(i as u64 * stream)
-                        .size(bytes)];
-                    device.cmd_copy_buffer(cmd, src.buffer, exec.download.buffer, &region);
+                if let Some(host) = host {
+                    for (i, src) in host.outputs.iter().enumerate() {
+                        let region = [vk::BufferCopy::default()
+                            .dst_offset((i * host.stream_bytes) as u64)
+                            .size(bytes)];
+                        device.cmd_copy_buffer(cmd, src.buffer, host.download.buffer, &region);
+                    }
                 }
-                let region = [vk::BufferCopy::default()
-                    .dst_offset(exec.outputs.len() as u64 * stream)
-                    .size(taps_bytes.max(4))];
-                device.cmd_copy_buffer(cmd, exec.taps.buffer, exec.download.buffer, &region);
+                let region = [vk::BufferCopy::default().size(taps_bytes.max(4))];
+                device.cmd_copy_buffer(cmd, exec.taps.buffer, exec.taps_staging.buffer, &region);
                 let to_host = [vk::MemoryBarrier::default()
                     .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
                     .dst_access_mask(vk::AccessFlags::HOST_READ)];
