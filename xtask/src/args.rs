@@ -16,6 +16,10 @@ bench options:
   --backend LIST   backends, from cpu, cuda, vulkan, or `all` (default): unavailable ones are
                    skipped with the reason. The CPU realfft baseline always runs too.
   --gated          gated problems (pre- and post-gate, both [B, H, L]).
+  --backward       also time the backward pass (du, dk and, gated, the gate gradients) on
+                   backends that have one: rows `<backend>:bw`, whose `vs base` column is
+                   that backend's forward time / its backward time (0.40x: backward costs
+                   2.5x the forward); du is checked on sampled rows.
   --mb MB          bytes each case moves (u read + y written + gates), in MB (10^6 bytes);
                    sets B*H. Default 256 (the default sweep takes about 30 s on 2 cores).
   --reps N         timed runs per case after one warm-up; the median is reported. Default 5
@@ -37,6 +41,8 @@ pub struct BenchOptions {
     pub dtypes: Vec<DType>,
     pub backends: Vec<BackendKind>,
     pub gated: bool,
+    /// Also time the backward pass.
+    pub backward: bool,
     pub mb: f64,
     /// `None`: 5, or 3 for cases whose warm-up takes over a second.
     pub reps: Option<usize>,
@@ -54,6 +60,7 @@ impl BenchOptions {
         let mut dtypes = None;
         let mut backends = None;
         let mut gated = false;
+        let mut backward = false;
         let mut mb = None;
         let mut reps = None;
         let mut quick = false;
@@ -78,6 +85,7 @@ impl BenchOptions {
                 "--dtype" | "--dtypes" => dtypes = Some(parse_list(&value(name)?, "dtype")?),
                 "--backend" | "--backends" => backends = Some(parse_backends(&value(name)?)?),
                 "--gated" => gated = true,
+                "--backward" => backward = true,
                 "--mb" => {
                     let v = value(name)?;
                     let x: f64 = v.parse().map_err(|_| format!("--mb: bad number `{v}`"))?;
@@ -108,6 +116,7 @@ impl BenchOptions {
             dtypes: dtypes.unwrap_or_else(|| vec![DType::F32]),
             backends: backends.unwrap_or_else(|| all_backends().to_vec()),
             gated,
+            backward,
             mb: mb.unwrap_or(if quick { QUICK_MB } else { DEFAULT_MB }),
             reps: reps.or(if quick { Some(REDUCED_REPS) } else { None }),
         }))

@@ -243,6 +243,84 @@ impl Sweep<'_> {
                     })
                 });
             self.record(n, &spec, kind.name(), result, &y, &checks);
+            if self.opts.backward && kind.supports_backward() {
+                self.backward_case(n, &spec, kind, &u, &k, gates);
+            }
+        }
+    }
+
+    /// Times the backward pass on `kind` (with a fresh random `dy`) and checks `du` on sampled
+    /// rows: `du = pre * rev(conv(rev(post * dy), k))` per row, i.e. the forward oracle run on
+    /// reversed rows with the gates swapped and reversed.
+    fn backward_case<T: Element>(
+        &mut self,
+        n: usize,
+        spec: &ConvSpec,
+        kind: conv::BackendKind,
+        u: &[T],
+        k: &[f32],
+        gates: Option<(&[T], &[T])>,
+    ) {
+        let who = format!("{}:bw", kind.name());
+        self.progress(n, &who, T::DTYPE);
+        let l = spec.length();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(((n as u64) << 8) | 0x80);
+        let dy: Vec<T> = (0..spec.io_len())
+            .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)))
+            .collect();
+        let reversed = |x: &[T]| -> Vec<T> {
+            x.chunks_exact(l)
+                .flat_map(|row| row.iter().rev().copied())
+                .collect()
+        };
+        let dy_rev = reversed(&dy);
+        let swapped = gates.map(|(pre, post)| (reversed(post), reversed(pre)));
+        let sampled = oracle::sample_rows(spec.rows(), &mut rng);
+        let checks = oracle::reference_rows(
+            spec,
+            &dy_rev,
+            k,
+            swapped.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
+            &sampled,
+        );
+        let io = spec.io_len();
+        let mut du = vec![T::default(); io];
+        let mut dk = vec![0.0f32; spec.filter_elems()];
+        let (mut dpre, mut dpost) = if gates.is_some() {
+            (vec![T::default(); io], vec![T::default(); io])
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let result = Convolution::new(spec.clone(), kind)
+            .and_then(|c| c.prepare_filter(k).map(|f| (c, f)))
+            .map_err(|e| e.to_string())
+            .and_then(|(conv, filter)| {
+                self.time(&mut du, |du| {
+                    let g = gates.map(|(pre, post)| Gates { pre, post });
+                    let gated = gates.is_some();
+                    conv.backward(
+                        &filter,
+                        u,
+                        g,
+                        &dy,
+                        conv::Gradients {
+                            du,
+                            dk: &mut dk,
+                            dpregate: gated.then_some(dpre.as_mut_slice()),
+                            dpostgate: gated.then_some(dpost.as_mut_slice()),
+                        },
+                    )
+                    .map_err(|e| e.to_string())
+                })
+            });
+        let du_rev = reversed(&du);
+        self.record(n, spec, &who, result, &du_rev, &checks);
+        // Bytes of one backward call: u, dy (and both gates) read; du (and both gate
+        // gradients) written.
+        if let Some(rec) = self.records.last_mut().filter(|r| r.median_ms.is_finite()) {
+            let streams = if gates.is_some() { 6 } else { 3 };
+            rec.bytes = streams * io * T::DTYPE.size_bytes();
+            rec.gb_per_s = rec.bytes as f64 / (rec.median_ms * 1e-3) / 1e9;
         }
     }
 

@@ -131,19 +131,24 @@ impl Record {
 }
 
 /// Sets every record's ratio to its case's baseline (same N, dtype, gating).
+///
+/// A backward row (`<backend>:bw`) is compared with that backend's forward instead.
 pub fn fill_ratios(records: &mut [Record]) {
-    let baselines: Vec<(usize, DType, bool, f64)> = records
+    let references: Vec<(usize, DType, bool, String, f64)> = records
         .iter()
-        .filter(|r| r.backend == "baseline" && r.median_ms.is_finite())
-        .map(|r| (r.n, r.dtype, r.gated, r.median_ms))
+        .filter(|r| r.median_ms.is_finite())
+        .map(|r| (r.n, r.dtype, r.gated, r.backend.clone(), r.median_ms))
         .collect();
     for r in records.iter_mut() {
         if !r.median_ms.is_finite() {
             continue;
         }
-        r.ratio = baselines
+        let reference = r.backend.strip_suffix(":bw").unwrap_or("baseline");
+        r.ratio = references
             .iter()
-            .find(|(n, d, g, _)| (*n, *d, *g) == (r.n, r.dtype, r.gated))
+            .find(|(n, d, g, who, _)| {
+                (*n, *d, *g, who.as_str()) == (r.n, r.dtype, r.gated, reference)
+            })
             .map(|&(.., base)| base / r.median_ms);
     }
 }
@@ -164,7 +169,7 @@ pub fn table(records: &[Record]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6} {:>5} {:>4} {:>6} {:>8} {:>5} {:>10} {:>7} {:>8} {:>11} {:>6}",
+        "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>11} {:>6}",
         "N",
         "B",
         "H",
@@ -177,7 +182,7 @@ pub fn table(records: &[Record]) -> String {
         "max rel err",
         "status"
     );
-    let _ = writeln!(s, "{}", "-".repeat(87));
+    let _ = writeln!(s, "{}", "-".repeat(88));
     let mut last_case = None;
     for r in records {
         let case = (r.n, r.dtype);
@@ -194,7 +199,7 @@ pub fn table(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>6} {:>5} {:>4} {:>6} {:>8} {:>5} {:>10} {:>7} {:>8} {:>11} {:>6}",
+            "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>11} {:>6}",
             human(r.n),
             r.b,
             r.h,
