@@ -212,96 +212,105 @@ void store_result(uint pair, uint pos, vec2 v) {
 
 // ---- radix-2 FFTs on the workgroup's lines in shared memory -------------------------------------
 //
-// Two radix-2 stages run per barrier ("radix 2^2"): each invocation takes four points of one
-// group, applies both stages in registers and writes them back in place. The result is exactly
-// the radix-2 one (same twiddles, same bit-reversed order); only half the barriers and half the
-// shared-memory round trips remain. A lone stage (odd log2 M) runs as plain radix 2.
+// Up to three radix-2 stages run per barrier ("radix 2^3"): each invocation takes the eight
+// points of one group, applies the stages in registers and writes them back in place. The result
+// is exactly the radix-2 one (same twiddles, same bit-reversed order); only a third of the
+// barriers and shared-memory round trips remain. Leftover stages run as radix 2^2 or 2.
+//
+// A group of `r` stages covers group size 2^gl: its points sit at offsets k * q + j
+// (k < 2^r, q = 2^(gl - r), j < q) from the group start.
+
+// Index of the first point of group-round item `item` (line, group, j) for stages (gl, r).
+uint group_base(uint item, uint m_log2, uint gl, uint r) {
+    uint per_line_log2 = m_log2 - r;
+    uint line = item >> per_line_log2;
+    uint k = item & ((1u << per_line_log2) - 1u);
+    uint q_log2 = gl - r;
+    uint j = k & ((1u << q_log2) - 1u);
+    return (line << m_log2) + ((k >> q_log2) << gl) + j;
+}
+
+// Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group, R = 3, 2 or 1.
+#define DIF_ROUND(R)                                                                            \
+    {                                                                                           \
+        uint items = 1u << (m_log2 + pc.lines_log2 - (R));                                      \
+        uint q_log2 = gl - (R);                                                                 \
+        for (uint it = gl_LocalInvocationIndex; it < items; it += gl_WorkGroupSize.x) {         \
+            uint i0 = group_base(it, m_log2, gl, (R));                                          \
+            uint j = i0 & ((1u << q_log2) - 1u);                                                \
+            vec2 x[1u << (R)];                                                                  \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                x[k] = s[i0 + (k << q_log2)];                                                   \
+            }                                                                                   \
+            for (uint t = 0u; t < (R); t++) {                                                   \
+                uint half_k = 1u << ((R) - 1u - t);                                             \
+                uint span_log2 = gl - 1u - t;                                                   \
+                for (uint k = 0u; k < (1u << (R)); k++) {                                       \
+                    if ((k & half_k) == 0u) {                                                   \
+                        vec2 a = x[k];                                                          \
+                        vec2 b = x[k + half_k];                                                 \
+                        uint e = ((k & (half_k - 1u)) << q_log2) + j;                           \
+                        x[k] = a + b;                                                           \
+                        x[k + half_k] = cmul(a - b, root(e, span_log2 + 1u));                   \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                s[i0 + (k << q_log2)] = x[k];                                                   \
+            }                                                                                   \
+        }                                                                                       \
+        memoryBarrierShared();                                                                  \
+        barrier();                                                                              \
+    }
+
+// Inverse (DIT) stages with spans 2^g .. 2^(g+R-1) on every group (group size 2^(g+R)).
+#define DIT_ROUND(R)                                                                            \
+    {                                                                                           \
+        uint gl = g + (R);                                                                      \
+        uint items = 1u << (m_log2 + pc.lines_log2 - (R));                                      \
+        for (uint it = gl_LocalInvocationIndex; it < items; it += gl_WorkGroupSize.x) {         \
+            uint i0 = group_base(it, m_log2, gl, (R));                                          \
+            uint j = i0 & ((1u << g) - 1u);                                                     \
+            vec2 x[1u << (R)];                                                                  \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                x[k] = s[i0 + (k << g)];                                                        \
+            }                                                                                   \
+            for (uint t = 0u; t < (R); t++) {                                                   \
+                uint half_k = 1u << t;                                                          \
+                for (uint k = 0u; k < (1u << (R)); k++) {                                       \
+                    if ((k & half_k) == 0u) {                                                   \
+                        uint e = ((k & (half_k - 1u)) << g) + j;                                \
+                        vec2 c = cmul(x[k + half_k], conj_c(root(e, g + t + 1u)));              \
+                        vec2 a = x[k];                                                          \
+                        x[k] = a + c;                                                           \
+                        x[k + half_k] = a - c;                                                  \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                s[i0 + (k << g)] = x[k];                                                        \
+            }                                                                                   \
+        }                                                                                       \
+        memoryBarrierShared();                                                                  \
+        barrier();                                                                              \
+        g += (R);                                                                               \
+    }
 
 // Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
 void fft_forward(uint m_log2) {
-    uint pairs = 1u << (m_log2 + pc.lines_log2 - 1u);
-    uint quads = pairs >> 1;
-    // gl: log2 of the group size 2h of the first of the two stages (spans h and h/2).
-    uint gl = m_log2;
-    for (; gl >= 2u; gl -= 2u) {
-        uint hh = 1u << (gl - 2u); // h / 2
-        uint h = hh << 1;
-        for (uint q = gl_LocalInvocationIndex; q < quads; q += gl_WorkGroupSize.x) {
-            uint line = q >> (m_log2 - 2u);
-            uint k = q & ((1u << (m_log2 - 2u)) - 1u);
-            uint j = k & (hh - 1u);
-            uint i0 = (line << m_log2) + ((k >> (gl - 2u)) << gl) + j;
-            vec2 x0 = s[i0];
-            vec2 x1 = s[i0 + hh];
-            vec2 x2 = s[i0 + h];
-            vec2 x3 = s[i0 + h + hh];
-            vec2 a0 = x0 + x2;
-            vec2 a2 = cmul(x0 - x2, root(j, gl));
-            vec2 a1 = x1 + x3;
-            vec2 a3 = cmul(x1 - x3, root(j + hh, gl));
-            vec2 w = root(j, gl - 1u);
-            s[i0] = a0 + a1;
-            s[i0 + hh] = cmul(a0 - a1, w);
-            s[i0 + h] = a2 + a3;
-            s[i0 + h + hh] = cmul(a2 - a3, w);
-        }
-        memoryBarrierShared();
-        barrier();
-    }
-    if (gl == 1u) {
-        // Last stage, span 1: (a + b, a - b).
-        for (uint b = gl_LocalInvocationIndex; b < pairs; b += gl_WorkGroupSize.x) {
-            vec2 a = s[2u * b];
-            vec2 c = s[2u * b + 1u];
-            s[2u * b] = a + c;
-            s[2u * b + 1u] = a - c;
-        }
-        memoryBarrierShared();
-        barrier();
-    }
+    uint gl = m_log2; // log2 of the group size of the next round
+    for (; gl >= 3u; gl -= 3u) DIF_ROUND(3u)
+    if (gl == 2u) DIF_ROUND(2u)
+    if (gl == 1u) DIF_ROUND(1u)
 }
 
 // Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
 void fft_inverse(uint m_log2) {
-    uint pairs = 1u << (m_log2 + pc.lines_log2 - 1u);
-    uint quads = pairs >> 1;
     uint g = 0u; // log2 of the span of the next stage
-    if ((m_log2 & 1u) != 0u) {
-        for (uint b = gl_LocalInvocationIndex; b < pairs; b += gl_WorkGroupSize.x) {
-            vec2 a = s[2u * b];
-            vec2 c = s[2u * b + 1u];
-            s[2u * b] = a + c;
-            s[2u * b + 1u] = a - c;
-        }
-        memoryBarrierShared();
-        barrier();
-        g = 1u;
-    }
-    for (; g < m_log2; g += 2u) {
-        uint hh = 1u << g; // span of the first stage
-        uint h = hh << 1;  // span of the second
-        for (uint q = gl_LocalInvocationIndex; q < quads; q += gl_WorkGroupSize.x) {
-            uint line = q >> (m_log2 - 2u);
-            uint k = q & ((1u << (m_log2 - 2u)) - 1u);
-            uint j = k & (hh - 1u);
-            uint i0 = (line << m_log2) + ((k >> g) << (g + 2u)) + j;
-            vec2 w1 = conj_c(root(j, g + 1u));
-            vec2 c = cmul(s[i0 + hh], w1);
-            vec2 a0 = s[i0] + c;
-            vec2 a1 = s[i0] - c;
-            c = cmul(s[i0 + h + hh], w1);
-            vec2 a2 = s[i0 + h] + c;
-            vec2 a3 = s[i0 + h] - c;
-            c = cmul(a2, conj_c(root(j, g + 2u)));
-            s[i0] = a0 + c;
-            s[i0 + h] = a0 - c;
-            c = cmul(a3, conj_c(root(j + hh, g + 2u)));
-            s[i0 + hh] = a1 + c;
-            s[i0 + h + hh] = a1 - c;
-        }
-        memoryBarrierShared();
-        barrier();
-    }
+    uint rest = m_log2 % 3u;
+    if (rest == 1u) DIT_ROUND(1u)
+    if (rest == 2u) DIT_ROUND(2u)
+    while (g < m_log2) DIT_ROUND(3u)
 }
 
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
