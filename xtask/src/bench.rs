@@ -11,7 +11,7 @@ use crate::args::{BenchOptions, DEFAULT_REPS, REDUCED_REPS};
 use crate::oracle::{self, RowCheck};
 use crate::report::{self, Record};
 use backend_cpu::RealFftBaseline;
-use conv::{bf16, f16, BackendKind, ConvSpec, Convolution, DType, Element, Gates};
+use conv::{bf16, f16, BackendKind, ConvSpec, Convolution, DType, Element};
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -82,6 +82,10 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
         } else {
             ""
         }
+    );
+    println!(
+        "backends: timed on resident tensors (Convolution::forward_device / backward_device: \
+         device memory on a GPU, so no host transfers are timed)"
     );
     println!(
         "sweep: causal, K = L = N/2, {} MB per call{}, reps {}, tolerance f32 {:.0e} / f16 {:.0e} / bf16 {:.1e}",
@@ -233,14 +237,27 @@ impl Sweep<'_> {
         // Backends.
         for kind in self.backends.clone() {
             self.progress(n, kind.name(), dtype);
+            // Inputs and output stay resident on the backend (device memory on a GPU), so the
+            // times exclude host transfers; the output starts as NaN and is read back once.
             let result = Convolution::new(spec.clone(), kind)
                 .and_then(|c| c.prepare_filter(&k).map(|f| (c, f)))
                 .map_err(|e| e.to_string())
                 .and_then(|(conv, filter)| {
-                    self.time(&mut y, |y| {
-                        let g = gates.map(|(pre, post)| Gates { pre, post });
-                        conv.forward(&filter, &u, g, y).map_err(|e| e.to_string())
-                    })
+                    let resident = |x: &[T]| conv.tensor_from_host(x).map_err(|e| e.to_string());
+                    let u_t = resident(&u)?;
+                    let gates_t = match gates {
+                        Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
+                        None => None,
+                    };
+                    let mut y_t = resident(&vec![T::from_f32(f32::NAN); spec.io_len()])?;
+                    let times = self.time(&mut y, |_| {
+                        let g = gates_t.as_ref().map(|(p, q)| (p, q));
+                        conv.forward_device(&filter, &u_t, g, &mut y_t)
+                            .map_err(|e| e.to_string())
+                    })?;
+                    conv.tensor_to_host(&y_t, &mut y)
+                        .map_err(|e| e.to_string())?;
+                    Ok(times)
                 });
             self.record(n, &spec, kind.name(), result, &y, &checks);
             if self.opts.backward && kind.supports_backward() {
@@ -286,32 +303,45 @@ impl Sweep<'_> {
         let io = spec.io_len();
         let mut du = vec![T::default(); io];
         let mut dk = vec![0.0f32; spec.filter_elems()];
-        let (mut dpre, mut dpost) = if gates.is_some() {
-            (vec![T::default(); io], vec![T::default(); io])
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        // Resident tensors, as for the forward: times exclude host transfers.
         let result = Convolution::new(spec.clone(), kind)
             .and_then(|c| c.prepare_filter(k).map(|f| (c, f)))
             .map_err(|e| e.to_string())
             .and_then(|(conv, filter)| {
-                self.time(&mut du, |du| {
-                    let g = gates.map(|(pre, post)| Gates { pre, post });
-                    let gated = gates.is_some();
-                    conv.backward(
+                let resident = |x: &[T]| conv.tensor_from_host(x).map_err(|e| e.to_string());
+                let (u_t, dy_t) = (resident(u)?, resident(&dy)?);
+                let gates_t = match gates {
+                    Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
+                    None => None,
+                };
+                let poison = vec![T::from_f32(f32::NAN); io];
+                let mut du_t = resident(&poison)?;
+                let mut gate_grads_t = match gates {
+                    Some(_) => Some((resident(&poison)?, resident(&poison)?)),
+                    None => None,
+                };
+                let times = self.time(&mut du, |_| {
+                    let (dpregate, dpostgate) = match gate_grads_t.as_mut() {
+                        Some((p, q)) => (Some(p), Some(q)),
+                        None => (None, None),
+                    };
+                    conv.backward_device(
                         &filter,
-                        u,
-                        g,
-                        &dy,
-                        conv::Gradients {
-                            du,
+                        &u_t,
+                        gates_t.as_ref().map(|(p, q)| (p, q)),
+                        &dy_t,
+                        conv::DeviceGradients {
+                            du: &mut du_t,
                             dk: &mut dk,
-                            dpregate: gated.then_some(dpre.as_mut_slice()),
-                            dpostgate: gated.then_some(dpost.as_mut_slice()),
+                            dpregate,
+                            dpostgate,
                         },
                     )
                     .map_err(|e| e.to_string())
-                })
+                })?;
+                conv.tensor_to_host(&du_t, &mut du)
+                    .map_err(|e| e.to_string())?;
+                Ok(times)
             });
         let du_rev = reversed(&du);
         self.record(n, spec, &who, result, &du_rev, &checks);
