@@ -104,6 +104,9 @@ fn segment_runs(g: &ConvGeometry, seg: Seg, l: usize) -> impl Iterator<Item = Ru
         .filter(|r| r.len > 0)
 }
 
+/// Work items of small FFTs hold rows of one channel covering about this many FFT points.
+const ITEM_POINTS: usize = 1 << 14;
+
 /// Per-work-item memory.
 struct Workspace {
     /// Spectrum of the packed `pre * u` segments.
@@ -314,14 +317,16 @@ impl CpuConvolution {
                 dpost: dpost_rows.as_mut().and_then(|it| it.next()),
             });
         }
-        // Work items: pairs of rows of one channel, in (channel, batch) order.
+        // Work items: rows of one channel, in (channel, batch) order: pairs of rows, or, for
+        // small FFTs, as many pairs as cover about ITEM_POINTS FFT points (one filter-gradient
+        // transform per item, less per-item overhead).
+        let rows_per_item =
+            2 * (ITEM_POINTS / (2 * spec.geometry().n() * spec.geometry().blocks)).max(1);
         let mut items: Vec<(usize, Vec<RowOut<'_, T>>)> = Vec::new();
         for (h, rows) in by_channel.into_iter().enumerate() {
-            let mut rows = rows.into_iter();
-            while let Some(first) = rows.next() {
-                let mut pair = vec![first];
-                pair.extend(rows.next());
-                items.push((h, pair));
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                items.push((h, rows.by_ref().take(rows_per_item).collect()));
             }
         }
         let fft = PairFft::new(spec.geometry().n());
@@ -349,8 +354,9 @@ impl CpuConvolution {
         Ok(())
     }
 
-    /// One work item: one or two rows of one channel. Writes their `du` (and gate gradients) and
-    /// returns their contribution to the channel's `dk` (`K` taps).
+    /// One work item: rows of one channel, taken two at a time. Writes their `du` (and gate
+    /// gradients) and returns their contribution to the channel's `dk` (`K` taps): the filter
+    /// correlation is accumulated over every row of the item and inverse-transformed once.
     #[allow(clippy::too_many_arguments)]
     fn backward_rows<T: Element>(
         &self,
@@ -362,13 +368,38 @@ impl CpuConvolution {
         ws: &mut Workspace,
     ) -> Vec<f64> {
         let spec = self.spec();
+        let (n, kl) = (spec.geometry().n(), spec.filter_len());
+        ws.acc.fill(Complex64::default());
+        for pair in rows.chunks_mut(2) {
+            self.backward_pair(fft, filter, k, inputs, pair, ws);
+        }
+        // dk: the first K taps of Re(IFFT(acc)) / N.
+        for (t, a) in ws.t.iter_mut().zip(&ws.acc) {
+            *t = Complex32::new(a.re as f32, a.im as f32);
+        }
+        fft.inverse(&mut ws.t, &mut ws.scratch);
+        ws.t[..kl].iter().map(|v| v.re as f64 / n as f64).collect()
+    }
+
+    /// One or two rows of one channel: writes their `du` (and gate gradients) and adds their
+    /// filter correlation `mask * DC * conj(V)` into `ws.acc`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_pair<T: Element>(
+        &self,
+        fft: &PairFft,
+        filter: &CpuFilterSpectrum,
+        k: &[Complex32],
+        inputs: &Inputs<'_, T>,
+        rows: &mut [RowOut<'_, T>],
+        ws: &mut Workspace,
+    ) {
+        let spec = self.spec();
         let g = *spec.geometry();
-        let (n, l, kl) = (g.n(), spec.length(), spec.filter_len());
-        let row_ids: Vec<usize> = rows.iter().map(|r| r.row).collect();
+        let (n, l) = (g.n(), spec.length());
+        let row_ids: [usize; 2] = [rows[0].row, rows.get(1).map_or(rows[0].row, |r| r.row)];
         for dx in &mut ws.dx {
             dx.fill(0.0);
         }
-        ws.acc.fill(Complex64::default());
         let seg = |lane: usize, j: usize| {
             let (start, outputs) = g.block_range(j, l);
             Seg {
@@ -490,12 +521,6 @@ impl CpuConvolution {
                 T::store_f32(dx, out.du);
             }
         }
-        // dk: the first K taps of Re(IFFT(acc)) / N.
-        for (t, a) in ws.t.iter_mut().zip(&ws.acc) {
-            *t = Complex32::new(a.re as f32, a.im as f32);
-        }
-        fft.inverse(&mut ws.t, &mut ws.scratch);
-        ws.t[..kl].iter().map(|v| v.re as f64 / n as f64).collect()
     }
 }
 
