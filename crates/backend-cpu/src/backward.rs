@@ -21,8 +21,10 @@
 //! The forward spectrum of `pre * u` is recomputed, never stored. Each segment reads its inputs
 //! (`u`, `pre`: body and history; `dy`, `post`: body) once; `dx` is accumulated per row in f32
 //! and turned into `du` and `dpregate` in one final pass over the row (reading `u` and `pre`
-//! again). Work items are (channel, pair of rows), threaded with rayon; each returns its `dk`
-//! taps in f64, summed per channel in a fixed order (deterministic), stored in f32.
+//! again). Work items are rows of one channel (a pair of rows, or for small FFTs as many pairs
+//! as cover about 2^14 points), threaded with rayon; each accumulates its filter correlation over
+//! its rows, inverse-transforms it once and returns its `dk` taps in f64, summed per channel in a
+//! fixed order (deterministic), stored in f32.
 //!
 //!
 //! Workspaces are kept between calls in a small process-wide pool keyed by `(N, L)` (at most one
