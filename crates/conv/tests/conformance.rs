@@ -542,7 +542,18 @@ fn device_tensors(kind: BackendKind) {
     }
 }
 
+/// Random shapes, modes, gating, sparsity and dtypes (small sizes), each against the oracle.
+fn random_shapes(kind: BackendKind) {
+    for _ in 0..24 {
+        let seed = fresh_inputs();
+        let builder = random_spec();
+        eprintln!("{kind}: random shape (CONFORMANCE_SEED={seed}): {builder:?}");
+        run_case(kind, builder);
+    }
+}
+
 backend_suites!([
+    random_shapes,
     device_tensors,
     causal,
     circular,

@@ -96,6 +96,31 @@ pub fn random_filter(h: usize, k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A random problem for shape fuzzing (sizes log-uniform, every mode, gating, sparsity and dtype),
+/// drawn from this thread's generator: call [`fresh_inputs`] first and print its seed.
+pub fn random_spec() -> conv::ConvSpecBuilder {
+    let log_uniform = |lo: f64, hi: f64| {
+        if hi <= lo {
+            return lo as usize;
+        }
+        (uniform(lo.ln(), hi.ln()).exp().round() as usize).max(1)
+    };
+    let b = log_uniform(1.0, 4.0);
+    let h = log_uniform(1.0, 5.0);
+    let l = log_uniform(1.0, 5000.0);
+    let k = log_uniform(1.0, l as f64).min(l);
+    let mut builder = conv::ConvSpec::builder(b, h, l, k)
+        .dtype(DTYPES[(uniform(0.0, 3.0) as usize).min(2)])
+        .gated(uniform(0.0, 1.0) < 0.5);
+    if uniform(0.0, 1.0) < 0.3 {
+        builder = builder.circular();
+    }
+    if uniform(0.0, 1.0) < 0.3 {
+        builder = builder.keep_frequencies(uniform(0.05, 1.0));
+    }
+    builder
+}
+
 pub fn to_elements<T: Element>(x: &[f64]) -> Vec<T> {
     x.iter().map(|&v| T::from_f64(v)).collect()
 }
