@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const MAX_CHANNELS: usize = 768;
 /// A warm-up longer than this drops the default repetitions to [`REDUCED_REPS`].
 const SLOW_WARMUP: Duration = Duration::from_secs(1);
+/// Bytes each buffer of the copy-bandwidth measurement holds (the memory floor's denominator).
+const FLOOR_COPY_BYTES: usize = 256 << 20;
 
 /// Relative-L2 tolerance of a dtype's results.
 pub fn tolerance(dtype: DType) -> f64 {
@@ -75,6 +77,20 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
     for line in &lines {
         println!("{line}");
     }
+    // The memory floor of each backend: its measured copy bandwidth (the baseline runs on the CPU).
+    let mut bandwidth: Vec<(String, f64)> = Vec::new();
+    for kind in std::iter::once(BackendKind::Cpu).chain(backends.iter().copied()) {
+        if bandwidth.iter().any(|(name, _)| name == kind.name()) {
+            continue;
+        }
+        match kind.copy_bandwidth(FLOOR_COPY_BYTES) {
+            Ok(bw) => {
+                println!("copy bandwidth {kind}: {:.1} GB/s (read + write)", bw / 1e9);
+                bandwidth.push((kind.name().to_string(), bw));
+            }
+            Err(e) => println!("copy bandwidth {kind}: not measured ({e})"),
+        }
+    }
     println!(
         "baseline: realfft (RealFftBaseline, CPU, same threads and dtype I/O{})",
         if opts.gated {
@@ -122,6 +138,7 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
     eprintln!("sweep done in {:.1} s", started.elapsed().as_secs_f64());
     let mut records = sweep.records;
     report::fill_ratios(&mut records);
+    report::fill_floor_ratios(&mut records, &bandwidth);
     print!("{}", report::table(&records));
     match report::write_json(&records) {
         Ok((stamped, latest)) => eprintln!("wrote {} and {}", stamped.display(), latest.display()),

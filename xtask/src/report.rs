@@ -25,6 +25,8 @@ pub struct Record {
     pub gb_per_s: f64,
     /// Baseline median / this median (> 1: faster than the baseline).
     pub ratio: Option<f64>,
+    /// This median / the memory floor (bytes over the backend's measured copy bandwidth).
+    pub floor_ratio: Option<f64>,
     /// Max over sampled rows of the relative L2 error (NaN: NaN output or no result).
     pub max_rel_err: f64,
     pub tolerance: f64,
@@ -66,6 +68,7 @@ impl Record {
             bytes,
             gb_per_s: bytes as f64 / (median_ms * 1e-3) / 1e9,
             ratio: None,
+            floor_ratio: None,
             max_rel_err,
             tolerance,
             // NaN compares false: a NaN error fails.
@@ -98,6 +101,7 @@ impl Record {
             bytes: 0,
             gb_per_s: f64::NAN,
             ratio: None,
+            floor_ratio: None,
             max_rel_err: f64::NAN,
             tolerance: crate::bench::tolerance(dtype),
             ok: false,
@@ -122,6 +126,7 @@ impl Record {
             "bytes": self.bytes,
             "gb_per_s": num(self.gb_per_s),
             "ratio_vs_baseline": self.ratio.map_or(Value::Null, num),
+            "ratio_to_floor": self.floor_ratio.map_or(Value::Null, num),
             "max_rel_err": num(self.max_rel_err),
             "tolerance": self.tolerance,
             "ok": self.ok,
@@ -153,6 +158,21 @@ pub fn fill_ratios(records: &mut [Record]) {
     }
 }
 
+/// Fills [`Record::floor_ratio`]: `bandwidth` maps a backend name (`cpu`, `vulkan`, ...) to its
+/// copy bandwidth in bytes/s; the baseline runs on the CPU, `<backend>:bw` rows on `<backend>`.
+pub fn fill_floor_ratios(records: &mut [Record], bandwidth: &[(String, f64)]) {
+    for r in records.iter_mut() {
+        let name = match r.backend.as_str() {
+            "baseline" => "cpu",
+            other => other.strip_suffix(":bw").unwrap_or(other),
+        };
+        let bw = bandwidth.iter().find(|(b, _)| b == name).map(|&(_, bw)| bw);
+        r.floor_ratio = bw
+            .filter(|_| r.median_ms.is_finite() && r.bytes > 0)
+            .map(|bw| r.median_ms * 1e-3 / (r.bytes as f64 / bw));
+    }
+}
+
 /// `1M`, `4K`, or the number.
 pub fn human(n: usize) -> String {
     if n >= 1 << 20 && n % (1 << 20) == 0 {
@@ -169,7 +189,7 @@ pub fn table(records: &[Record]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>11} {:>6}",
+        "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>8} {:>11} {:>6}",
         "N",
         "B",
         "H",
@@ -178,11 +198,12 @@ pub fn table(records: &[Record]) -> String {
         "dtype",
         "median ms",
         "GB/s",
+        "x floor",
         "vs base",
         "max rel err",
         "status"
     );
-    let _ = writeln!(s, "{}", "-".repeat(88));
+    let _ = writeln!(s, "{}", "-".repeat(97));
     let mut last_case = None;
     for r in records {
         let case = (r.n, r.dtype);
@@ -199,7 +220,7 @@ pub fn table(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>11} {:>6}",
+            "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>8} {:>11} {:>6}",
             human(r.n),
             r.b,
             r.h,
@@ -208,6 +229,7 @@ pub fn table(records: &[Record]) -> String {
             r.dtype.name(),
             opt(r.median_ms, 3),
             opt(r.gb_per_s, 2),
+            r.floor_ratio.map_or("-".into(), |x| format!("{x:.1}x")),
             r.ratio.map_or("-".into(), |x| format!("{x:.2}x")),
             if r.max_rel_err.is_nan() {
                 "NaN".into()

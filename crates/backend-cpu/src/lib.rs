@@ -41,3 +41,24 @@ pub use spectrum::CpuFilterSpectrum;
 pub fn threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// Bytes read plus bytes written per second by a copy between two buffers of `bytes` each,
+/// split over the worker threads (the best of `reps` after one warm-up): the CPU's memory floor.
+pub fn copy_bandwidth(bytes: usize, reps: usize) -> f64 {
+    use rayon::prelude::*;
+    let src = vec![1u8; bytes.max(1)];
+    let mut dst = vec![0u8; bytes.max(1)];
+    let chunk = bytes.div_ceil(threads().max(1)).max(1);
+    let mut best = f64::INFINITY;
+    for rep in 0..=reps.max(1) {
+        let t = std::time::Instant::now();
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        if rep > 0 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&dst);
+    2.0 * src.len() as f64 / best
+}

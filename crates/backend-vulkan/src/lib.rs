@@ -36,6 +36,7 @@
 //! }
 //! ```
 
+mod bandwidth;
 mod capabilities;
 mod context;
 mod convolution;
@@ -43,6 +44,7 @@ mod error;
 mod pipelines;
 mod probe;
 
+pub use bandwidth::copy_bandwidth;
 pub use capabilities::{
     select_shader_path, CooperativeMatrixSupport, CooperativeShape, ShaderPath, COOPERATIVE_SHAPE,
     PORTABLE_ENV,

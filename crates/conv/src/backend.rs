@@ -85,6 +85,23 @@ impl BackendKind {
         }
     }
 
+    /// The measured copy bandwidth of this backend's memory (bytes read plus written per
+    /// second, copying `bytes` between two buffers): the denominator of the memory floor that
+    /// timings are quoted against.
+    pub fn copy_bandwidth(self, bytes: usize) -> Result<f64, ConvError> {
+        self.probe()?;
+        match self {
+            #[cfg(feature = "cpu")]
+            BackendKind::Cpu => Ok(backend_cpu::copy_bandwidth(bytes, 3)),
+            #[cfg(feature = "vulkan")]
+            BackendKind::Vulkan => Ok(backend_vulkan::copy_bandwidth(bytes as u64, 3)?),
+            other => Err(ConvError::Unsupported {
+                backend: other,
+                what: "a copy-bandwidth measurement",
+            }),
+        }
+    }
+
     /// The first backend (CUDA, then Vulkan, then CPU) that can run convolutions here.
     pub fn best_available() -> Result<BackendKind, ConvError> {
         let mut reasons = Vec::new();
