@@ -62,3 +62,12 @@ pub fn copy_bandwidth(bytes: usize, reps: usize) -> f64 {
     std::hint::black_box(&dst);
     2.0 * src.len() as f64 / best
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copy_bandwidth_is_positive() {
+        let bw = super::copy_bandwidth(1 << 20, 1);
+        assert!(bw.is_finite() && bw > 1e6, "{bw} bytes/s");
+    }
+}

@@ -424,3 +424,12 @@ fn backward_on_multi_pass_plans_and_chunks() {
         }
     }
 }
+
+#[test]
+fn copy_bandwidth_is_measured() {
+    if !vulkan_present("copy_bandwidth_is_measured") {
+        return;
+    }
+    let bw = backend_vulkan::copy_bandwidth(4 << 20, 1).unwrap();
+    assert!(bw.is_finite() && bw > 1e6, "{bw} bytes/s");
+}
