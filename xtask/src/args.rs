@@ -6,8 +6,10 @@ pub const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  bench    forward-convolution benchmark sweep (causal, K = L = N/2 for FFT size N)
-  help     this message
+  bench           forward-convolution benchmark sweep (causal, K = L = N/2 for FFT size N)
+  device-bundle   build tests, fftconv and xtask with every backend into .device/ with a
+                  run.sh that checks and times everything on the GPU machine in one command
+  help            this message
 
 bench options:
   --sizes LIST     FFT sizes N: a list `256,4K,1M` or a range `256..1M` (every power of two

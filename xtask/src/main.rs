@@ -1,10 +1,12 @@
 //! Project tasks, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
 //! - `cargo xtask bench [options]`: the forward-convolution benchmark sweep (see [`args::USAGE`]).
+//! - `cargo xtask device-bundle`: builds the GPU machine's bundle into `.device/` (see `bundle.rs`).
 //! - `cargo xtask help`: usage.
 
 mod args;
 mod bench;
+mod bundle;
 mod oracle;
 mod report;
 
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        "device-bundle" => bundle::run(),
         "help" | "-h" | "--help" => {
             print!("{}", args::USAGE);
             ExitCode::SUCCESS
