@@ -20,15 +20,16 @@ pub fn copy_bandwidth(bytes: u64, reps: usize) -> Result<f64, VulkanError> {
     let dst = Buffer::new(&ctx, bytes, MemoryKind::Device)?;
     let commands = Commands::new(&ctx)?;
     let region = [vk::BufferCopy::default().size(src.size.min(dst.size))];
-    commands.record(|device, cmd| {
-        for _ in 0..COPIES {
-            // SAFETY: both buffers are alive and large enough; `cmd` is recording.
-            unsafe { device.cmd_copy_buffer(cmd, src.buffer, dst.buffer, &region) };
-            memory_barrier(device, cmd);
-        }
-    })?;
     let mut best = f64::INFINITY;
     for rep in 0..=reps.max(1) {
+        // Recorded afresh for every submission (a one-time-submit command buffer).
+        commands.record(|device, cmd| {
+            for _ in 0..COPIES {
+                // SAFETY: both buffers are alive and large enough; `cmd` is recording.
+                unsafe { device.cmd_copy_buffer(cmd, src.buffer, dst.buffer, &region) };
+                memory_barrier(device, cmd);
+            }
+        })?;
         let t = Instant::now();
         if let Err(e) = commands.run() {
             if matches!(e, VulkanError::Timeout { .. }) {
