@@ -164,6 +164,9 @@ if [ "${1:-}" != "--no-bench" ]; then
     # Results also land as JSON under $OUT/target/bench/.
     step bench-f16 env CARGO_TARGET_DIR="$OUT/target" "$here/bin/xtask" bench \
         --backend vulkan,cuda --dtype f16 --backward
+    # A/B: the same sizes that fuse into one pass, without the shared-memory padding.
+    step bench-f16-nopad env FFTCONV_VULKAN_NO_PAD=1 CARGO_TARGET_DIR="$OUT/target-nopad" \
+        "$here/bin/xtask" bench --backend vulkan --dtype f16 --sizes 256..4K
 fi
 exit $status
 "#;

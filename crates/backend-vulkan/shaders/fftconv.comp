@@ -30,6 +30,9 @@
 layout(local_size_x_id = 0) in;
 // Complex points of shared memory (a power of two; at most maxComputeSharedMemorySize / 8).
 layout(constant_id = 1) const uint SHARED_POINTS = 4096;
+// 1: one padding point after every 16 in shared memory, so that invocations reading points a
+// power of two apart (the last FFT rounds) hit different banks; 0: no padding (it must fit).
+layout(constant_id = 2) const uint PAD = 0;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
 layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
@@ -82,7 +85,9 @@ const uint FLAG_CONJ_FILTER = 128u; // product with conj(K) (the adjoint)
 const uint FLAG_CORRELATE = 256u;   // product with conj(other) / N on kept bins (filter gradient)
 const uint FLAG_DST_TAPS = 512u;    // store Re of positions < taps_len as taps
 
-shared vec2 s[SHARED_POINTS];
+shared vec2 s[SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
+// Shared-memory slot of point i.
+#define SIDX(i) ((i) + (((i) >> 4u) * PAD))
 
 // ---- element I/O ------------------------------------------------------------------------------
 
@@ -240,7 +245,7 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
             uint j = i0 & ((1u << q_log2) - 1u);                                                \
             vec2 x[1u << (R)];                                                                  \
             for (uint k = 0u; k < (1u << (R)); k++) {                                           \
-                x[k] = s[i0 + (k << q_log2)];                                                   \
+                x[k] = s[SIDX(i0 + (k << q_log2))];                                                   \
             }                                                                                   \
             for (uint t = 0u; t < (R); t++) {                                                   \
                 uint half_k = 1u << ((R) - 1u - t);                                             \
@@ -256,7 +261,7 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
                 }                                                                               \
             }                                                                                   \
             for (uint k = 0u; k < (1u << (R)); k++) {                                           \
-                s[i0 + (k << q_log2)] = x[k];                                                   \
+                s[SIDX(i0 + (k << q_log2))] = x[k];                                                   \
             }                                                                                   \
         }                                                                                       \
         memoryBarrierShared();                                                                  \
@@ -273,7 +278,7 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
             uint j = i0 & ((1u << g) - 1u);                                                     \
             vec2 x[1u << (R)];                                                                  \
             for (uint k = 0u; k < (1u << (R)); k++) {                                           \
-                x[k] = s[i0 + (k << g)];                                                        \
+                x[k] = s[SIDX(i0 + (k << g))];                                                        \
             }                                                                                   \
             for (uint t = 0u; t < (R); t++) {                                                   \
                 uint half_k = 1u << t;                                                          \
@@ -288,7 +293,7 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
                 }                                                                               \
             }                                                                                   \
             for (uint k = 0u; k < (1u << (R)); k++) {                                           \
-                s[i0 + (k << g)] = x[k];                                                        \
+                s[SIDX(i0 + (k << g))] = x[k];                                                        \
             }                                                                                   \
         }                                                                                       \
         memoryBarrierShared();                                                                  \
@@ -349,7 +354,7 @@ void main() {
                 v = tmp[pair * n + pos];
             }
         }
-        s[i] = v;
+        s[SIDX(i)] = v;
     }
     memoryBarrierShared();
     barrier();
@@ -387,7 +392,7 @@ void main() {
                         factor = conj_c(factor);
                     }
                 }
-                s[i] = cmul(s[i], factor);
+                s[SIDX(i)] = cmul(s[SIDX(i)], factor);
             }
         }
         memoryBarrierShared();
@@ -401,9 +406,9 @@ void main() {
             uint pair = line >> pair_lines_log2;
             uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
             if (forward_only) {
-                tmp[pair * n + pos] = s[i];
+                tmp[pair * n + pos] = s[SIDX(i)];
             } else {
-                store_result(pair, pos, s[i]);
+                store_result(pair, pos, s[SIDX(i)]);
             }
         }
     }
@@ -450,7 +455,7 @@ void main() {
 #else
     // Columns of a global stage s: a line is column r of block blk of one pair; its elements
     // sit M_{s+1} apart. Consecutive lines are consecutive columns, so memory accesses of a
-    // workgroup are contiguous runs; in shared memory line c holds s[c * M ...].
+    // workgroup are contiguous runs; in shared memory line c holds points c * M ....
     uint stride_log2 = pc.stride_log2;
     uint block_log2 = m_log2 + stride_log2; // M_s
     uint lines_mask = (1u << pc.lines_log2) - 1u;
@@ -477,7 +482,7 @@ void main() {
             v = cmul(tmp[pair * n + pos], conj_c(root(r * bit_reverse(e, m_log2), block_log2)));
 #endif
         }
-        s[(c << m_log2) + e] = v;
+        s[SIDX((c << m_log2) + e)] = v;
     }
     memoryBarrierShared();
     barrier();
@@ -495,7 +500,7 @@ void main() {
             uint within = line & ((1u << pair_lines_log2) - 1u);
             uint r = within & ((1u << stride_log2) - 1u);
             uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
-            vec2 v = s[(c << m_log2) + e];
+            vec2 v = s[SIDX((c << m_log2) + e)];
 #if defined(PASS_COLUMNS_FORWARD)
             // Position e holds k_s = bitrev(e): apply the twiddle W_{M_s}^{r k_s}.
             tmp[pair * n + pos] = cmul(v, root(r * bit_reverse(e, m_log2), block_log2));

@@ -55,6 +55,7 @@ pub use convolution::{
     VulkanTensorGradients,
 };
 pub use error::VulkanError;
+pub use pipelines::NO_PAD_ENV;
 pub use probe::{describe, probe, VulkanDeviceInfo};
 
 /// The device convolutions run on, with its shader path, as one line; or why there is none.

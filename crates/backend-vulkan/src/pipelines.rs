@@ -28,6 +28,10 @@ pub(crate) const BINDING_OTHER: u32 = 7;
 pub(crate) const BINDING_TAPS: u32 = 8;
 pub(crate) const BINDING_Y2: u32 = 9;
 
+/// Environment variable: `1` switches off the shared-memory padding against bank conflicts (for
+/// comparing both on a GPU).
+pub const NO_PAD_ENV: &str = "FFTCONV_VULKAN_NO_PAD";
+
 /// Largest number of complex points a workgroup keeps in shared memory (the shader's FFT lines).
 const MAX_SHARED_POINTS: u32 = 4096;
 /// Invocations per workgroup (fewer where the device allows fewer).
@@ -153,21 +157,26 @@ impl Pipelines {
         dtype: DType,
         max_shared_points: Option<u32>,
     ) -> Result<Arc<Pipelines>, VulkanError> {
-        type Cache = Mutex<HashMap<(DType, u32), Arc<Pipelines>>>;
+        type Cache = Mutex<HashMap<(DType, u32, bool), Arc<Pipelines>>>;
         static CACHE: OnceLock<Cache> = OnceLock::new();
-        let mut points = (ctx.capabilities().shared_memory_bytes / 8).min(MAX_SHARED_POINTS);
+        let shared_bytes = ctx.capabilities().shared_memory_bytes;
+        let mut points = (shared_bytes / 8).min(MAX_SHARED_POINTS);
         if let Some(limit) = max_shared_points {
             // At least 16 points (the smallest FFT size), so every line has 4+ points.
             points = points.min(limit.max(16));
         }
         let shared_points = 1 << points.ilog2();
+        // Bank-conflict padding (one point per 16) where it still fits, unless switched off.
+        let pad = (shared_points + shared_points / 16) * 8 <= shared_bytes
+            && std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1");
+        let key = (dtype, shared_points, pad);
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = map.get(&(dtype, shared_points)) {
+        if let Some(p) = map.get(&key) {
             return Ok(Arc::clone(p));
         }
-        let p = Arc::new(Pipelines::new(ctx, dtype, shared_points)?);
-        map.insert((dtype, shared_points), Arc::clone(&p));
+        let p = Arc::new(Pipelines::new(ctx, dtype, shared_points, pad)?);
+        map.insert(key, Arc::clone(&p));
         Ok(p)
     }
 
@@ -175,6 +184,7 @@ impl Pipelines {
         ctx: &Arc<VulkanContext>,
         dtype: DType,
         shared_points: u32,
+        pad: bool,
     ) -> Result<Pipelines, VulkanError> {
         let caps = ctx.capabilities();
         if dtype != DType::F32 && !caps.storage_16bit {
@@ -250,7 +260,7 @@ impl Pipelines {
                 (PassKind::Gather, DType::Bf16) => spirv::GATHER_BF16,
             }
         };
-        let spec_data: Vec<u8> = [workgroup, shared_points]
+        let spec_data: Vec<u8> = [workgroup, shared_points, u32::from(pad)]
             .iter()
             .flat_map(|w| w.to_ne_bytes())
             .collect();
@@ -262,6 +272,10 @@ impl Pipelines {
             vk::SpecializationMapEntry::default()
                 .constant_id(1)
                 .offset(4)
+                .size(4),
+            vk::SpecializationMapEntry::default()
+                .constant_id(2)
+                .offset(8)
                 .size(4),
         ];
         let spec = vk::SpecializationInfo::default()
