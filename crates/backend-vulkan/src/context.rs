@@ -712,19 +712,8 @@ pub(crate) fn download(
         // SAFETY: both buffers are alive and hold at least `len` bytes (rounded to 4).
         unsafe {
             device.cmd_copy_buffer(cmd, src.buffer, staging.buffer, &region);
-            let to_host = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::HOST_READ)];
-            device.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &to_host,
-                &[],
-                &[],
-            );
         }
+        host_read_barrier(device, cmd);
     })?;
     if let Err(e) = commands.run() {
         if matches!(e, VulkanError::Timeout { .. }) {
@@ -815,6 +804,25 @@ impl Drop for Commands {
             self.ctx.device.destroy_command_pool(self.pool, None);
         }
     }
+}
+
+/// Makes transfer writes of the command buffer visible to host reads after the fence.
+pub(crate) fn host_read_barrier(device: &ash::Device, cmd: vk::CommandBuffer) {
+    let to_host = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+        .dst_access_mask(vk::AccessFlags::HOST_READ)];
+    // SAFETY: `cmd` is recording (called inside `Commands::record`).
+    unsafe {
+        device.cmd_pipeline_barrier(
+            cmd,
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &to_host,
+            &[],
+            &[],
+        )
+    };
 }
 
 /// A full memory barrier between transfer and compute work in one command buffer.

@@ -8,7 +8,8 @@ use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
 
 use crate::context::{
-    context, download, memory_barrier, upload, zeroed, Buffer, Commands, MemoryKind, VulkanContext,
+    context, download, host_read_barrier, memory_barrier, upload, zeroed, Buffer, Commands,
+    MemoryKind, VulkanContext,
 };
 use crate::error::check;
 use crate::pipelines::{
@@ -781,40 +782,45 @@ impl VulkanConvolution {
                     &[exec.set],
                     &[],
                 );
-                for ((params, kind), (x, y)) in schedule.iter().zip(&kinds).zip(&dispatches) {
-                    device.cmd_bind_pipeline(
-                        cmd,
-                        vk::PipelineBindPoint::COMPUTE,
-                        self.pipelines.pipeline(*kind),
-                    );
-                    device.cmd_push_constants(
-                        cmd,
-                        self.pipelines.layout,
-                        vk::ShaderStageFlags::COMPUTE,
-                        0,
-                        &params.bytes(),
-                    );
-                    device.cmd_dispatch(cmd, *x, *y, 1);
-                    memory_barrier(device, cmd);
+                for ((params, kind), groups) in schedule.iter().zip(&kinds).zip(&dispatches) {
+                    self.record_pass(device, cmd, *kind, params, *groups);
                 }
                 if let Some(host) = host {
                     let region = [vk::BufferCopy::default().size(bytes)];
                     device.cmd_copy_buffer(cmd, host.y.buffer, host.staging.buffer, &region);
-                    let to_host = [vk::MemoryBarrier::default()
-                        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                        .dst_access_mask(vk::AccessFlags::HOST_READ)];
-                    device.cmd_pipeline_barrier(
-                        cmd,
-                        vk::PipelineStageFlags::TRANSFER,
-                        vk::PipelineStageFlags::HOST,
-                        vk::DependencyFlags::empty(),
-                        &to_host,
-                        &[],
-                        &[],
-                    );
+                    host_read_barrier(device, cmd);
                 }
             }
         })
+    }
+
+    /// Records one pass: its pipeline, push constants, dispatch, and a barrier after it (the set
+    /// is bound by the caller).
+    pub(crate) fn record_pass(
+        &self,
+        device: &ash::Device,
+        cmd: vk::CommandBuffer,
+        kind: PassKind,
+        params: &PassParams,
+        (x, y): (u32, u32),
+    ) {
+        // SAFETY: `cmd` is recording; the pipeline and layout are alive and match the bound set.
+        unsafe {
+            device.cmd_bind_pipeline(
+                cmd,
+                vk::PipelineBindPoint::COMPUTE,
+                self.pipelines.pipeline(kind),
+            );
+            device.cmd_push_constants(
+                cmd,
+                self.pipelines.layout,
+                vk::ShaderStageFlags::COMPUTE,
+                0,
+                &params.bytes(),
+            );
+            device.cmd_dispatch(cmd, x, y, 1);
+        }
+        memory_barrier(device, cmd);
     }
 
     /// Push constants shared by every pass of one chunk. `compact`: the chunk's rows sit

@@ -21,7 +21,9 @@ use super::{
     copy_from_bytes, copy_to_bytes, Chunk, PlanPass, Stage, VulkanConvolution,
     VulkanFilterSpectrum, VulkanTensor,
 };
-use crate::context::{memory_barrier, Buffer, Commands, MemoryKind, VulkanContext};
+use crate::context::{
+    host_read_barrier, memory_barrier, Buffer, Commands, MemoryKind, VulkanContext,
+};
 use crate::error::check;
 use crate::pipelines::{
     PassKind, PassParams, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP,
@@ -634,7 +636,7 @@ impl VulkanConvolution {
                     }
                 }
                 memory_barrier(device, cmd);
-                for ((set, kind, params), (x, y)) in steps.iter().zip(&dispatches) {
+                for ((set, kind, params), groups) in steps.iter().zip(&dispatches) {
                     device.cmd_bind_descriptor_sets(
                         cmd,
                         vk::PipelineBindPoint::COMPUTE,
@@ -643,20 +645,7 @@ impl VulkanConvolution {
                         &[exec.sets[*set as usize]],
                         &[],
                     );
-                    device.cmd_bind_pipeline(
-                        cmd,
-                        vk::PipelineBindPoint::COMPUTE,
-                        self.pipelines.pipeline(*kind),
-                    );
-                    device.cmd_push_constants(
-                        cmd,
-                        self.pipelines.layout,
-                        vk::ShaderStageFlags::COMPUTE,
-                        0,
-                        &params.bytes(),
-                    );
-                    device.cmd_dispatch(cmd, *x, *y, 1);
-                    memory_barrier(device, cmd);
+                    self.record_pass(device, cmd, *kind, params, *groups);
                 }
                 if let Some(host) = host {
                     for (i, src) in host.outputs.iter().enumerate() {
@@ -668,19 +657,8 @@ impl VulkanConvolution {
                 }
                 let region = [vk::BufferCopy::default().size(taps_bytes.max(4))];
                 device.cmd_copy_buffer(cmd, exec.taps.buffer, exec.taps_staging.buffer, &region);
-                let to_host = [vk::MemoryBarrier::default()
-                    .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                    .dst_access_mask(vk::AccessFlags::HOST_READ)];
-                device.cmd_pipeline_barrier(
-                    cmd,
-                    vk::PipelineStageFlags::TRANSFER,
-                    vk::PipelineStageFlags::HOST,
-                    vk::DependencyFlags::empty(),
-                    &to_host,
-                    &[],
-                    &[],
-                );
             }
+            host_read_barrier(device, cmd);
         })
     }
 }
