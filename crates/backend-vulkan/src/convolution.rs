@@ -583,36 +583,8 @@ impl VulkanConvolution {
         // Fallible parts first, so an error leaves nothing behind.
         let commands = Commands::new(ctx)?;
         let tmp = Buffer::new(ctx, self.tmp_bytes() as u64, MemoryKind::Device)?;
-        let pool_sizes = [vk::DescriptorPoolSize::default()
-            .ty(vk::DescriptorType::STORAGE_BUFFER)
-            .descriptor_count(BINDINGS)];
-        // SAFETY: valid create info on a live device.
-        let pool = unsafe {
-            ctx.device.create_descriptor_pool(
-                &vk::DescriptorPoolCreateInfo::default()
-                    .max_sets(1)
-                    .pool_sizes(&pool_sizes),
-                None,
-            )
-        }
-        .map_err(|r| check("vkCreateDescriptorPool", r))?;
-        let layouts = [self.pipelines.set_layout];
-        // SAFETY: the pool has room for one set of this layout.
-        let set = unsafe {
-            ctx.device.allocate_descriptor_sets(
-                &vk::DescriptorSetAllocateInfo::default()
-                    .descriptor_pool(pool)
-                    .set_layouts(&layouts),
-            )
-        };
-        let set = match set {
-            Ok(s) => s[0],
-            Err(r) => {
-                // SAFETY: the pool is unused.
-                unsafe { ctx.device.destroy_descriptor_pool(pool, None) };
-                return Err(check("vkAllocateDescriptorSets", r));
-            }
-        };
+        let (pool, sets) = descriptor_sets(ctx, self.pipelines.set_layout, 1)?;
+        let set = sets[0];
         let exec = Execution {
             ctx: Arc::clone(ctx),
             pool,
@@ -931,6 +903,45 @@ impl Execution {
             .buffer_info(&infos)];
         // SAFETY: the set is not in use by pending work (every submission is waited for).
         unsafe { self.ctx.device.update_descriptor_sets(&write, &[]) };
+    }
+}
+
+/// A descriptor pool holding `count` sets of `layout` (storage buffers only), and the sets; the
+/// pool is destroyed again if allocating the sets fails.
+pub(crate) fn descriptor_sets(
+    ctx: &VulkanContext,
+    layout: vk::DescriptorSetLayout,
+    count: u32,
+) -> Result<(vk::DescriptorPool, Vec<vk::DescriptorSet>), VulkanError> {
+    let pool_sizes = [vk::DescriptorPoolSize::default()
+        .ty(vk::DescriptorType::STORAGE_BUFFER)
+        .descriptor_count(BINDINGS * count)];
+    // SAFETY: valid create info on a live device.
+    let pool = unsafe {
+        ctx.device.create_descriptor_pool(
+            &vk::DescriptorPoolCreateInfo::default()
+                .max_sets(count)
+                .pool_sizes(&pool_sizes),
+            None,
+        )
+    }
+    .map_err(|r| check("vkCreateDescriptorPool", r))?;
+    let layouts = vec![layout; count as usize];
+    // SAFETY: the pool has room for `count` sets of this layout.
+    let sets = unsafe {
+        ctx.device.allocate_descriptor_sets(
+            &vk::DescriptorSetAllocateInfo::default()
+                .descriptor_pool(pool)
+                .set_layouts(&layouts),
+        )
+    };
+    match sets {
+        Ok(sets) => Ok((pool, sets)),
+        Err(r) => {
+            // SAFETY: the pool is unused.
+            unsafe { ctx.device.destroy_descriptor_pool(pool, None) };
+            Err(check("vkAllocateDescriptorSets", r))
+        }
     }
 }
 

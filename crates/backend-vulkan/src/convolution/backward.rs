@@ -18,13 +18,12 @@
 //! because the cross terms are imaginary.
 
 use super::{
-    copy_from_bytes, copy_to_bytes, Chunk, PlanPass, Stage, VulkanConvolution,
+    copy_from_bytes, copy_to_bytes, descriptor_sets, Chunk, PlanPass, Stage, VulkanConvolution,
     VulkanFilterSpectrum, VulkanTensor,
 };
 use crate::context::{
     host_read_barrier, memory_barrier, Buffer, Commands, MemoryKind, VulkanContext,
 };
-use crate::error::check;
 use crate::pipelines::{
     PassKind, PassParams, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP,
     BINDING_U, BINDING_Y, FLAG_BODY_ONLY, FLAG_CONJ_FILTER, FLAG_CORRELATE, FLAG_DST_OUTPUT,
@@ -136,36 +135,7 @@ impl BackwardExecution {
         let taps = device(taps_bytes)?;
         let taps_staging = Buffer::new(ctx, taps_bytes as u64, MemoryKind::Staging)?;
         let commands = Commands::new(ctx)?;
-        let pool_sizes = [vk::DescriptorPoolSize::default()
-            .ty(vk::DescriptorType::STORAGE_BUFFER)
-            .descriptor_count(BINDINGS * SETS as u32)];
-        // SAFETY: valid create info on a live device.
-        let pool = unsafe {
-            ctx.device.create_descriptor_pool(
-                &vk::DescriptorPoolCreateInfo::default()
-                    .max_sets(SETS as u32)
-                    .pool_sizes(&pool_sizes),
-                None,
-            )
-        }
-        .map_err(|r| check("vkCreateDescriptorPool", r))?;
-        let layouts = [conv.pipelines.set_layout; SETS];
-        // SAFETY: the pool has room for these sets.
-        let sets = unsafe {
-            ctx.device.allocate_descriptor_sets(
-                &vk::DescriptorSetAllocateInfo::default()
-                    .descriptor_pool(pool)
-                    .set_layouts(&layouts),
-            )
-        };
-        let sets = match sets {
-            Ok(s) => s,
-            Err(r) => {
-                // SAFETY: the pool is unused.
-                unsafe { ctx.device.destroy_descriptor_pool(pool, None) };
-                return Err(check("vkAllocateDescriptorSets", r));
-            }
-        };
+        let (pool, sets) = descriptor_sets(ctx, conv.pipelines.set_layout, SETS as u32)?;
         let exec = BackwardExecution {
             ctx: Arc::clone(ctx),
             pool,
