@@ -7,11 +7,12 @@ use std::process::{Command, ExitCode, Stdio};
 
 /// Test targets copied into the bundle: (package, test target). (The CLI's tests need the
 /// `fftconv` binary at its build path, so the bundle runs `fftconv devices` directly instead.)
-const TESTS: [(&str, &str); 5] = [
+const TESTS: [(&str, &str); 6] = [
     ("conv", "conformance"),
     ("conv", "backward"),
     ("backend-vulkan", "forward"),
     ("backend-vulkan", "probe"),
+    ("backend-cuda", "forward"),
     ("backend-cuda", "probe"),
 ];
 
@@ -153,20 +154,28 @@ step() {
 }
 "$here/bin/fftconv" devices | tee "$OUT/devices.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
-export FFTCONV_REQUIRE_BACKENDS=${FFTCONV_REQUIRE_BACKENDS:-vulkan}
-for t in "$here"/tests/*; do
-    step "test-$(basename "$t")" "$t" --test-threads 4
-done
-# The Vulkan suites again with the portable path forced (the default is the best path).
-step "test-conformance-portable" env FFTCONV_VULKAN_PORTABLE=1 "$here/tests/conv-conformance" vulkan
-step "test-backward-portable" env FFTCONV_VULKAN_PORTABLE=1 "$here/tests/conv-backward" vulkan
+export FFTCONV_REQUIRE_BACKENDS=${FFTCONV_REQUIRE_BACKENDS:-vulkan,cuda}
+export FFTCONV_CUDA_CACHE="$OUT/cuda-cache"
+# GPU backends only (the CPU backend runs in CI); every step has a time limit.
+limit=${FFTCONV_STEP_LIMIT:-240}
+step test-backend-cuda-probe timeout "$limit" "$here/tests/backend-cuda-probe" --nocapture
+step test-backend-cuda-forward timeout "$limit" "$here/tests/backend-cuda-forward" --test-threads 2 --nocapture
+step test-conformance-cuda timeout "$limit" "$here/tests/conv-conformance" cuda --test-threads 8
+step test-backward-cuda timeout "$limit" "$here/tests/conv-backward" cuda --test-threads 8
+step test-conformance-vulkan timeout "$limit" "$here/tests/conv-conformance" vulkan --test-threads 8
+step test-backward-vulkan timeout "$limit" "$here/tests/conv-backward" vulkan --test-threads 8
+step test-backend-vulkan-forward timeout "$limit" "$here/tests/backend-vulkan-forward" --test-threads 4
+step test-backend-vulkan-probe timeout "$limit" "$here/tests/backend-vulkan-probe" --nocapture
 if [ "${1:-}" != "--no-bench" ]; then
     # Results also land as JSON under $OUT/target/bench/.
-    step bench-f16 env CARGO_TARGET_DIR="$OUT/target" "$here/bin/xtask" bench \
-        --backend vulkan,cuda --dtype f16 --backward
-    # A/B: the same sizes that fuse into one pass, without the shared-memory padding.
-    step bench-f16-nopad env FFTCONV_VULKAN_NO_PAD=1 CARGO_TARGET_DIR="$OUT/target-nopad" \
-        "$here/bin/xtask" bench --backend vulkan --dtype f16 --sizes 256..4K
+    step bench-f16 timeout "$limit" env CARGO_TARGET_DIR="$OUT/target" "$here/bin/xtask" bench \
+        --backend cuda,vulkan --dtype f16 --sizes 256..4M --backward --reps 3
+fi
+if [ "${FFTCONV_BENCH_NOPAD:-0}" = 1 ]; then
+    # A/B: the sizes that fuse into one pass, without the shared-memory padding.
+    step bench-f16-nopad timeout "$limit" env FFTCONV_VULKAN_NO_PAD=1 FFTCONV_CUDA_NO_PAD=1 \
+        CARGO_TARGET_DIR="$OUT/target-nopad" "$here/bin/xtask" bench --backend cuda,vulkan \
+        --dtype f16 --sizes 256..16K
 fi
 exit $status
 "#;

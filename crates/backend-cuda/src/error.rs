@@ -19,6 +19,15 @@ pub enum CudaError {
     /// An NVRTC call failed (message names the call and the error).
     #[error("NVRTC error: {0}")]
     Nvrtc(String),
+    /// NVRTC rejected a kernel source; `log` is its compilation log.
+    #[error("NVRTC could not compile {kernel}: {log}")]
+    Compile { kernel: String, log: String },
+    /// An argument has the wrong shape, length or dtype; `arg` names it.
+    #[error("invalid argument `{arg}`: {reason}")]
+    InvalidArgument { arg: &'static str, reason: String },
+    /// The device cannot run this problem (too large for its limits, ...).
+    #[error("unsupported on this device: {what}")]
+    Unsupported { what: String },
 }
 
 impl CudaError {
@@ -27,6 +36,26 @@ impl CudaError {
         Self::Unavailable {
             reason: reason.into(),
         }
+    }
+
+    pub(crate) fn invalid(arg: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            arg,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(what: impl Into<String>) -> Self {
+        Self::Unsupported { what: what.into() }
+    }
+
+    /// A failed driver call as [`CudaError::Driver`], naming the call.
+    pub(crate) fn driver(call: &str, e: cudarc::driver::DriverError) -> Self {
+        let name = e
+            .error_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| format!("{:?}", e.0));
+        Self::Driver(format!("{call} failed: {name}"))
     }
 
     /// Whether this error only says that CUDA is not usable on this machine.

@@ -62,7 +62,7 @@ pub fn describe() -> Result<String, CudaError> {
 /// Runs `f`, turning a panic from inside cudarc (e.g. a missing symbol in an
 /// unexpected driver build) into [`CudaError::Unavailable`]. The libraries'
 /// presence is checked before any cudarc call, so this is a last resort.
-fn guarded<T>(f: impl FnOnce() -> Result<T, CudaError>) -> Result<T, CudaError> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, CudaError>) -> Result<T, CudaError> {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(payload) => {

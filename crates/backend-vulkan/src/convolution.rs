@@ -1,9 +1,10 @@
-//! [`VulkanConvolution`] (a problem prepared on the Vulkan device: plan passes, twiddles, buffers)
-//! and [`VulkanFilterSpectrum`] (a filter's spectrum in device memory).
+//! [`VulkanConvolution`] (a problem prepared on the Vulkan device: pass schedule, twiddles,
+//! buffers) and [`VulkanFilterSpectrum`] (a filter's spectrum in device memory).
 
 use std::sync::{Arc, Mutex};
 
 use ash::vk;
+use monarch_core::schedule::{Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS};
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
 
@@ -13,19 +14,14 @@ use crate::context::{
 };
 use crate::error::check;
 use crate::pipelines::{
-    PassKind, PassParams, Pipelines, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE,
-    BINDING_SPECTRUM, BINDING_TAPS, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y,
-    BINDING_Y2, FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS,
+    Pipelines, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM, BINDING_TAPS,
+    BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y, BINDING_Y2,
 };
 use crate::VulkanError;
 
 mod backward;
 
 pub use backward::{VulkanGradients, VulkanTensorGradients};
-
-/// Elements of `u` one chunk holds at most (a chunk is a set of batch rows and channels whose
-/// inputs, gates, outputs and intermediate spectra are on the device at once).
-const CHUNK_ELEMS: usize = 1 << 24;
 
 /// A filter `k: [H, K]` transformed for one [`VulkanConvolution`]: per channel the Hermitian half
 /// spectrum of the zero-padded filter (natural order, scaled by `1/N`), kept bins only, as
@@ -67,25 +63,6 @@ pub struct VulkanOptions {
     pub chunk_elems: Option<usize>,
 }
 
-/// Which rows one chunk covers: batches `[b0, b0 + nb)` x channels `[h0, h0 + nh)`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Chunk {
-    b0: usize,
-    nb: usize,
-    h0: usize,
-    nh: usize,
-}
-
-/// One pass of the plan as the shader runs it.
-#[derive(Debug, Clone, Copy)]
-struct PlanPass {
-    kind: PassKind,
-    /// log2 of the line length (`N_s` for a column stage, `M_j` for the fused block).
-    line_log2: u32,
-    /// Column stages: log2 `M_{s+1}`.
-    stride_log2: u32,
-}
-
 /// A convolution problem prepared on the Vulkan device. `Send + Sync`; calls on one instance are
 /// serialised (they share its device buffers).
 pub struct VulkanConvolution {
@@ -93,11 +70,11 @@ pub struct VulkanConvolution {
     spec: ConvSpec,
     pipelines: Arc<Pipelines>,
     plan: Arc<MonarchPlan>,
-    /// Forward order: global column stages, then the fused block.
-    passes: Vec<PlanPass>,
+    /// The plan's passes as the shaders run them, and the chunks of rows (a chunk is a set of
+    /// batch rows and channels whose inputs, gates, outputs and intermediate spectra are on the
+    /// device at once).
+    schedule: PassSchedule,
     twiddles: Buffer,
-    /// Rows per chunk: `(batches, channels)`.
-    chunk_shape: (usize, usize),
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
@@ -257,28 +234,13 @@ impl VulkanConvolution {
             bytes_per_element: 8,
         };
         let plan = MonarchPlan::cached(geometry.fft_size, &limits)?;
-        let mut passes = Vec::new();
-        for pass in plan.passes() {
-            let s = pass.stages.start;
-            if pass.on_chip {
-                passes.push(PlanPass {
-                    kind: PassKind::Fused,
-                    line_log2: plan.block_len(s).ilog2(),
-                    stride_log2: 0,
-                });
-            } else {
-                passes.push(PlanPass {
-                    kind: PassKind::ColumnsForward,
-                    line_log2: plan.factors()[s].ilog2(),
-                    stride_log2: plan.stride(s).ilog2(),
-                });
-            }
-        }
-        if passes.last().map(|p| p.kind) != Some(PassKind::Fused) || passes.len() > 7 {
-            return Err(VulkanError::unsupported(format!(
-                "no Vulkan plan for N = {n} with {shared_points} shared points"
-            )));
-        }
+        let chunk_elems = options.chunk_elems.unwrap_or(DEFAULT_CHUNK_ELEMS);
+        let schedule =
+            PassSchedule::new(spec, &plan, shared_points, chunk_elems).map_err(|_| {
+                VulkanError::unsupported(format!(
+                    "no Vulkan plan for N = {n} with {shared_points} shared points"
+                ))
+            })?;
 
         let table: Vec<u8> = (0..n as u64)
             .flat_map(|e| {
@@ -296,23 +258,23 @@ impl VulkanConvolution {
         }
         let twiddles = upload(&ctx, &table)?;
 
-        let mut chunk_elems = options.chunk_elems.unwrap_or(CHUNK_ELEMS);
-        let shape = chunk_shape(spec, chunk_elems);
         let mut conv = VulkanConvolution {
             ctx,
             spec: spec.clone(),
             pipelines,
             plan,
-            passes,
+            schedule,
             twiddles,
-            chunk_shape: shape,
             exec: Mutex::new(None),
             backward_exec: Mutex::new(None),
         };
-        // Smaller chunks until every per-chunk buffer fits the device's storage-buffer range.
-        while conv.check_buffer_ranges().is_err() && chunk_elems > 1 {
-            chunk_elems /= 2;
-            conv.chunk_shape = chunk_shape(&conv.spec, chunk_elems);
+        // Smaller chunks until every per-chunk buffer fits the device's storage-buffer range (or
+        // they cannot shrink further).
+        while conv.check_buffer_ranges().is_err() {
+            let shape = conv.schedule.chunk_shape();
+            if !conv.schedule.shrink_chunks() || conv.schedule.chunk_shape() == shape {
+                break;
+            }
         }
         conv.check_buffer_ranges()?;
         Ok(conv)
@@ -332,31 +294,20 @@ impl VulkanConvolution {
         self.plan.global_passes()
     }
 
-    /// Pairs of segments per channel in a chunk of `nb` batch rows.
-    fn pairs(&self, nb: usize) -> usize {
-        (nb * self.spec.geometry().blocks).div_ceil(2)
-    }
-
     /// Bytes of the forward's intermediate buffer (none when the plan is one fused pass).
     fn tmp_bytes(&self) -> usize {
         if self.plan.global_passes() == 0 {
             return 4;
         }
-        self.spectra_bytes()
-    }
-
-    /// Bytes of the spectra of every pair of one chunk (`N` complex f32 per pair).
-    fn spectra_bytes(&self) -> usize {
-        let (nb, nh) = self.chunk_shape;
-        nh * self.pairs(nb) * self.spec.geometry().n() * 8
+        self.schedule.spectra_bytes()
     }
 
     fn check_buffer_ranges(&self) -> Result<(), VulkanError> {
-        let (nb, nh) = self.chunk_shape;
-        let stream = nb * nh * self.spec.length() * self.spec.dtype().size_bytes();
+        let (nb, nh) = self.schedule.chunk_shape();
+        let stream = self.schedule.stream_bytes();
         let limit = self.ctx.capabilities().max_storage_buffer_range as usize;
         // The backward keeps whole spectra even when the forward needs none.
-        let biggest = stream.max(self.spectra_bytes());
+        let biggest = stream.max(self.schedule.spectra_bytes());
         // Shader indices are 32-bit: every bound buffer must have fewer than 2^32 elements.
         if biggest > limit || nb * nh * self.spec.length() >= 1 << 32 {
             return Err(VulkanError::unsupported(format!(
@@ -502,7 +453,7 @@ impl VulkanConvolution {
         exec.bind(BINDING_SPECTRUM, &filter.buffer);
         exec.bind_io(io);
         let result = (|| {
-            for chunk in self.chunks() {
+            for chunk in self.schedule.chunks() {
                 host(self, exec, chunk, Stage::Upload);
                 self.record(exec, chunk, io)?;
                 exec.commands.run()?;
@@ -565,19 +516,6 @@ impl VulkanConvolution {
         Ok(())
     }
 
-    fn chunks(&self) -> impl Iterator<Item = Chunk> + '_ {
-        let (nb, nh) = self.chunk_shape;
-        let (b_count, h_count) = (self.spec.batch(), self.spec.channels());
-        (0..b_count).step_by(nb).flat_map(move |b0| {
-            (0..h_count).step_by(nh).map(move |h0| Chunk {
-                b0,
-                nb: nb.min(b_count - b0),
-                h0,
-                nh: nh.min(h_count - h0),
-            })
-        })
-    }
-
     fn execution(&self) -> Result<Execution, VulkanError> {
         let ctx = &self.ctx;
         // Fallible parts first, so an error leaves nothing behind.
@@ -604,8 +542,7 @@ impl VulkanConvolution {
 
     fn host_io(&self) -> Result<HostIo, VulkanError> {
         let ctx = &self.ctx;
-        let (nb, nh) = self.chunk_shape;
-        let stream_bytes = nb * nh * self.spec.length() * self.spec.dtype().size_bytes();
+        let stream_bytes = self.schedule.stream_bytes();
         let gated = self.spec.gated();
         let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
         let streams = if gated { 3 } else { 1 };
@@ -645,7 +582,7 @@ impl VulkanConvolution {
         }
         for (i, src) in streams.into_iter().enumerate() {
             let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
-            for (dst_rows, src_rows) in self.chunk_rows(chunk) {
+            for (dst_rows, src_rows) in self.schedule.chunk_rows(chunk) {
                 copy_to_bytes(
                     &src[src_rows],
                     &mut region[dst_rows.start * size_of::<T>()..],
@@ -656,7 +593,7 @@ impl VulkanConvolution {
 
     fn read_outputs<T: Element>(&self, exec: &mut HostIo, chunk: Chunk, y: &mut [T]) {
         let staging = exec.staging.bytes_mut();
-        for (src_rows, dst_rows) in self.chunk_rows(chunk) {
+        for (src_rows, dst_rows) in self.schedule.chunk_rows(chunk) {
             copy_from_bytes(
                 &staging[src_rows.start * size_of::<T>()..],
                 &mut y[dst_rows],
@@ -664,67 +601,15 @@ impl VulkanConvolution {
         }
     }
 
-    /// For each batch row of the chunk: (element range in the compact chunk, range in `u`).
-    fn chunk_rows(
-        &self,
-        chunk: Chunk,
-    ) -> impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)> {
-        let l = self.spec.length();
-        let h_count = self.spec.channels();
-        let run = chunk.nh * l;
-        (0..chunk.nb).map(move |i| {
-            let src = ((chunk.b0 + i) * h_count + chunk.h0) * l;
-            (i * run..(i + 1) * run, src..src + run)
-        })
-    }
-
     /// Records upload, the passes of the plan (forward stages, fused block, inverse stages) and
     /// the readback of one chunk.
     fn record(&self, exec: &Execution, chunk: Chunk, io: Io<'_>) -> Result<(), VulkanError> {
-        let total_pairs = chunk.nh * self.pairs(chunk.nb);
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
-        let base = self.chunk_params(chunk, matches!(io, Io::Host));
-        // The whole schedule: forward column stages, the fused block, inverse column stages.
-        let globals = &self.passes[..self.passes.len() - 1];
-        let fused = self.passes[self.passes.len() - 1];
-        let mut schedule: Vec<PassParams> = Vec::new();
-        let mut stage_bits = 0u32;
-        for (s, p) in globals.iter().enumerate() {
-            stage_bits |= p.line_log2 << (5 * s);
-            let mut params = self.pass_params(base, *p, total_pairs);
-            if s == 0 {
-                params.flags |= FLAG_SRC_INPUT;
-            }
-            schedule.push(params);
-        }
-        let mut fused_params = self.pass_params(base, fused, total_pairs);
-        fused_params.stage_bits = stage_bits;
-        fused_params.stage_count = globals.len() as u32;
-        if globals.is_empty() {
-            fused_params.flags |= FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
-        }
-        schedule.push(fused_params);
-        for (s, p) in globals.iter().enumerate().rev() {
-            let inverse = PlanPass {
-                kind: PassKind::ColumnsInverse,
-                ..*p
-            };
-            let mut params = self.pass_params(base, inverse, total_pairs);
-            if s == 0 {
-                params.flags |= FLAG_DST_OUTPUT;
-            }
-            schedule.push(params);
-        }
-        let kinds: Vec<PassKind> = globals
+        let steps = self.schedule.forward_steps(chunk, matches!(io, Io::Host));
+        let dispatches = steps
             .iter()
-            .map(|_| PassKind::ColumnsForward)
-            .chain([PassKind::Fused])
-            .chain(globals.iter().map(|_| PassKind::ColumnsInverse))
-            .collect();
-        let dispatches = schedule
-            .iter()
-            .map(|p| self.workgroups(p))
+            .map(|(_, p)| self.workgroups(p))
             .collect::<Result<Vec<_>, _>>()?;
 
         let host = match io {
@@ -754,7 +639,7 @@ impl VulkanConvolution {
                     &[exec.set],
                     &[],
                 );
-                for ((params, kind), groups) in schedule.iter().zip(&kinds).zip(&dispatches) {
+                for ((kind, params), groups) in steps.iter().zip(&dispatches) {
                     self.record_pass(device, cmd, *kind, params, *groups);
                 }
                 if let Some(host) = host {
@@ -793,58 +678,6 @@ impl VulkanConvolution {
             device.cmd_dispatch(cmd, x, y, 1);
         }
         memory_barrier(device, cmd);
-    }
-
-    /// Push constants shared by every pass of one chunk. `compact`: the chunk's rows sit
-    /// compactly in the bound buffers (host I/O); otherwise they sit in whole `[B, H, L]` tensors.
-    pub(crate) fn chunk_params(&self, chunk: Chunk, compact: bool) -> PassParams {
-        let geometry = self.spec.geometry();
-        let n = geometry.n();
-        let mut base = PassParams {
-            log2n: n.ilog2(),
-            seq_len: self.spec.length() as u32,
-            channels: chunk.nh as u32,
-            channel_offset: chunk.h0 as u32,
-            blocks: geometry.blocks as u32,
-            block_len: geometry.block_len as u32,
-            history: geometry.history as u32,
-            kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
-            segments: (chunk.nb * geometry.blocks) as u32,
-            pairs: self.pairs(chunk.nb) as u32,
-            taps_len: self.spec.filter_len() as u32,
-            ..PassParams::default()
-        };
-        if compact {
-            base.batch_stride = chunk.nh as u32;
-        } else {
-            let h_count = self.spec.channels();
-            base.batch_stride = h_count as u32;
-            base.element_offset = ((chunk.b0 * h_count + chunk.h0) * self.spec.length()) as u32;
-        }
-        if self.spec.gated() {
-            base.flags |= FLAG_GATED;
-        }
-        if geometry.wraps {
-            base.flags |= FLAG_WRAPS;
-        }
-        base
-    }
-
-    /// Push constants of one pass over `total_pairs` pairs (lines and lines per workgroup).
-    fn pass_params(&self, base: PassParams, pass: PlanPass, total_pairs: usize) -> PassParams {
-        let n = self.spec.geometry().n();
-        let line = 1usize << pass.line_log2;
-        let total_lines = total_pairs * (n / line);
-        let per_group = (self.pipelines.shared_points as usize / line)
-            .min(total_lines.next_power_of_two())
-            .max(1);
-        PassParams {
-            line_log2: pass.line_log2,
-            stride_log2: pass.stride_log2,
-            lines_log2: per_group.ilog2(),
-            total_lines: total_lines as u32,
-            ..base
-        }
     }
 
     /// The 2-D workgroup grid covering a pass's lines.
@@ -943,25 +776,6 @@ pub(crate) fn descriptor_sets(
             Err(check("vkAllocateDescriptorSets", r))
         }
     }
-}
-
-/// Batch rows and channels per chunk: at most `chunk_elems` elements (but at least one row),
-/// keeping two batch rows together where possible so their segments pair up.
-fn chunk_shape(spec: &ConvSpec, chunk_elems: usize) -> (usize, usize) {
-    let rows = (chunk_elems / spec.length()).max(1);
-    let (b_count, h_count) = (spec.batch(), spec.channels());
-    let min_nb = if spec.geometry().blocks == 1 {
-        b_count.min(2)
-    } else {
-        1
-    };
-    let nh = (rows / min_nb).clamp(1, h_count);
-    let nb = if nh == h_count {
-        (rows / h_count).clamp(min_nb, b_count)
-    } else {
-        min_nb
-    };
-    (nb, nh)
 }
 
 fn copy_to_bytes<T: Element>(src: &[T], dst: &mut [u8]) {

@@ -1,10 +1,11 @@
-//! [`Pipelines`]: the compute pipelines of the three passes for one I/O dtype (shared memory
+//! [`Pipelines`]: the compute pipelines of the four passes for one I/O dtype (shared memory
 //! and workgroup size as specialization constants), their layouts, cached per device and dtype.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ash::vk;
+use monarch_core::schedule::{PassKind, PassParams};
 use monarch_core::DType;
 
 use crate::context::VulkanContext;
@@ -37,86 +38,8 @@ const MAX_SHARED_POINTS: u32 = 4096;
 /// Invocations per workgroup (fewer where the device allows fewer).
 const WORKGROUP_SIZE: u32 = 256;
 
-/// The push constants of `shaders/fftconv.comp` (same order and meaning).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PassParams {
-    pub log2n: u32,
-    pub flags: u32,
-    pub line_log2: u32,
-    pub stride_log2: u32,
-    pub lines_log2: u32,
-    pub total_lines: u32,
-    pub stage_bits: u32,
-    pub stage_count: u32,
-    pub seq_len: u32,
-    pub channels: u32,
-    pub channel_offset: u32,
-    pub blocks: u32,
-    pub block_len: u32,
-    pub history: u32,
-    pub kept_bins: u32,
-    pub segments: u32,
-    pub pairs: u32,
-    pub batch_stride: u32,
-    pub element_offset: u32,
-    pub taps_len: u32,
-}
-
-pub(crate) const FLAG_SRC_INPUT: u32 = 1;
-pub(crate) const FLAG_DST_OUTPUT: u32 = 2;
-pub(crate) const FLAG_GATED: u32 = 4;
-pub(crate) const FLAG_WRAPS: u32 = 8;
-pub(crate) const FLAG_BODY_ONLY: u32 = 16;
-pub(crate) const FLAG_NO_INVERSE: u32 = 32;
-pub(crate) const FLAG_NO_FORWARD: u32 = 64;
-pub(crate) const FLAG_CONJ_FILTER: u32 = 128;
-pub(crate) const FLAG_CORRELATE: u32 = 256;
-pub(crate) const FLAG_DST_TAPS: u32 = 512;
-
-impl PassParams {
-    pub(crate) fn bytes(&self) -> [u8; std::mem::size_of::<PassParams>()] {
-        let mut out = [0u8; std::mem::size_of::<PassParams>()];
-        let words = [
-            self.log2n,
-            self.flags,
-            self.line_log2,
-            self.stride_log2,
-            self.lines_log2,
-            self.total_lines,
-            self.stage_bits,
-            self.stage_count,
-            self.seq_len,
-            self.channels,
-            self.channel_offset,
-            self.blocks,
-            self.block_len,
-            self.history,
-            self.kept_bins,
-            self.segments,
-            self.pairs,
-            self.batch_stride,
-            self.element_offset,
-            self.taps_len,
-        ];
-        for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
-            chunk.copy_from_slice(&w.to_ne_bytes());
-        }
-        out
-    }
-}
-
-/// Which pass a pipeline runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PassKind {
-    Fused,
-    ColumnsForward,
-    ColumnsInverse,
-    /// Backward: sums the input gradients.
-    Gather,
-}
-
-/// The three pass pipelines for one dtype on one device.
+/// The four pass pipelines for one dtype on one device (their push constants are
+/// [`PassParams`]).
 pub(crate) struct Pipelines {
     ctx: Arc<VulkanContext>,
     pub(crate) set_layout: vk::DescriptorSetLayout,

@@ -45,7 +45,10 @@ impl BackendKind {
     /// Whether [`Convolution::backward`](crate::Convolution::backward) runs on this backend
     /// (others return [`ConvError::Unsupported`]).
     pub fn supports_backward(self) -> bool {
-        matches!(self, BackendKind::Cpu | BackendKind::Vulkan)
+        matches!(
+            self,
+            BackendKind::Cpu | BackendKind::Cuda | BackendKind::Vulkan
+        )
     }
 
     /// The device this backend runs on, or why it cannot run convolutions here.
@@ -65,11 +68,7 @@ impl BackendKind {
             BackendKind::Cuda => {
                 #[cfg(feature = "cuda")]
                 {
-                    let device =
-                        backend_cuda::describe().map_err(|e| unavailable(e.to_string()))?;
-                    Err(unavailable(format!(
-                        "found {device}, but the CUDA convolution kernels are not implemented yet"
-                    )))
+                    backend_cuda::active_device().map_err(|e| unavailable(e.to_string()))
                 }
                 #[cfg(not(feature = "cuda"))]
                 unreachable!("checked by is_compiled")
@@ -93,8 +92,11 @@ impl BackendKind {
         match self {
             #[cfg(feature = "cpu")]
             BackendKind::Cpu => Ok(backend_cpu::copy_bandwidth(bytes, 3)),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Ok(backend_cuda::copy_bandwidth(bytes as u64, 3)?),
             #[cfg(feature = "vulkan")]
             BackendKind::Vulkan => Ok(backend_vulkan::copy_bandwidth(bytes as u64, 3)?),
+            #[allow(unreachable_patterns)]
             other => Err(ConvError::Unsupported {
                 backend: other,
                 what: "a copy-bandwidth measurement",

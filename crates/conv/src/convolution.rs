@@ -35,6 +35,8 @@ pub struct Convolution {
 enum Engine {
     #[cfg(feature = "cpu")]
     Cpu(backend_cpu::CpuConvolution),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<backend_cuda::CudaConvolution>),
     #[cfg(feature = "vulkan")]
     Vulkan(Box<backend_vulkan::VulkanConvolution>),
     #[allow(dead_code)]
@@ -53,6 +55,8 @@ pub struct FilterSpectrum {
 enum FilterInner {
     #[cfg(feature = "cpu")]
     Cpu(backend_cpu::CpuFilterSpectrum),
+    #[cfg(feature = "cuda")]
+    Cuda(backend_cuda::CudaFilterSpectrum),
     #[cfg(feature = "vulkan")]
     Vulkan(backend_vulkan::VulkanFilterSpectrum),
     #[allow(dead_code)]
@@ -70,6 +74,8 @@ impl FilterSpectrum {
         match &self.inner {
             #[cfg(feature = "cpu")]
             FilterInner::Cpu(f) => f.size_bytes(),
+            #[cfg(feature = "cuda")]
+            FilterInner::Cuda(f) => f.size_bytes(),
             #[cfg(feature = "vulkan")]
             FilterInner::Vulkan(f) => f.size_bytes(),
             FilterInner::Absent(never) => match *never {},
@@ -85,10 +91,13 @@ impl Convolution {
         let engine = match backend {
             #[cfg(feature = "cpu")]
             BackendKind::Cpu => Engine::Cpu(backend_cpu::CpuConvolution::new(&spec)?),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Engine::Cuda(Box::new(backend_cuda::CudaConvolution::new(&spec)?)),
             #[cfg(feature = "vulkan")]
             BackendKind::Vulkan => {
                 Engine::Vulkan(Box::new(backend_vulkan::VulkanConvolution::new(&spec)?))
             }
+            #[allow(unreachable_patterns)]
             other => {
                 return Err(ConvError::BackendUnavailable {
                     backend: other,
@@ -137,6 +146,8 @@ impl Convolution {
         let inner = match &self.engine {
             #[cfg(feature = "cpu")]
             Engine::Cpu(cpu) => FilterInner::Cpu(cpu.prepare_filter(k)?),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(cu) => FilterInner::Cuda(cu.prepare_filter(k)?),
             #[cfg(feature = "vulkan")]
             Engine::Vulkan(vk) => FilterInner::Vulkan(vk.prepare_filter(k)?),
             Engine::Absent(never) => match *never {},
@@ -166,6 +177,10 @@ impl Convolution {
             #[cfg(feature = "cpu")]
             (Engine::Cpu(cpu), FilterInner::Cpu(f)) => {
                 cpu.forward(f, u, gates.map(|g| (g.pre, g.post)), y)?
+            }
+            #[cfg(feature = "cuda")]
+            (Engine::Cuda(cu), FilterInner::Cuda(f)) => {
+                cu.forward(f, u, gates.map(|g| (g.pre, g.post)), y)?
             }
             #[cfg(feature = "vulkan")]
             (Engine::Vulkan(vk), FilterInner::Vulkan(f)) => {
@@ -257,9 +272,61 @@ impl Convolution {
                     },
                 )
                 .map_err(ConvError::from),
+            #[cfg(feature = "cuda")]
+            (Engine::Cuda(cu), FilterInner::Cuda(f)) => cu
+                .backward(
+                    f,
+                    u,
+                    gates.map(|g| (g.pre, g.post)),
+                    dy,
+                    backend_cuda::CudaGradients {
+                        du: grads.du,
+                        dk: grads.dk,
+                        dpregate: grads.dpregate,
+                        dpostgate: grads.dpostgate,
+                    },
+                )
+                .map_err(ConvError::from),
             (Engine::Absent(never), _) => match *never {},
             #[allow(unreachable_patterns)]
             _ => unreachable!("check_filter matched the filter's backend"),
+        }
+    }
+
+    /// The CUDA engine's device-tensor backward (arguments checked by the caller).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_backward_device(
+        &self,
+        filter: &FilterSpectrum,
+        tensors: backend_cuda::CudaTensorGradients<'_>,
+        dk: &mut [f32],
+    ) -> Result<(), ConvError> {
+        match (&self.engine, &filter.inner) {
+            (Engine::Cuda(cu), FilterInner::Cuda(f)) => Ok(cu.backward_device(f, tensors, dk)?),
+            #[allow(unreachable_patterns)]
+            _ => Err(ConvError::invalid(
+                "filter",
+                "not prepared on this convolution's backend",
+            )),
+        }
+    }
+
+    /// The CUDA engine's device-tensor forward (arguments checked by the caller).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_forward_device(
+        &self,
+        filter: &FilterSpectrum,
+        u: &backend_cuda::CudaTensor,
+        gates: Option<(&backend_cuda::CudaTensor, &backend_cuda::CudaTensor)>,
+        y: &mut backend_cuda::CudaTensor,
+    ) -> Result<(), ConvError> {
+        match (&self.engine, &filter.inner) {
+            (Engine::Cuda(cu), FilterInner::Cuda(f)) => Ok(cu.forward_device(f, u, gates, y)?),
+            #[allow(unreachable_patterns)]
+            _ => Err(ConvError::invalid(
+                "filter",
+                "not prepared on this convolution's backend",
+            )),
         }
     }
 

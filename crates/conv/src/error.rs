@@ -69,6 +69,8 @@ impl ConvError {
             ConvError::Vulkan(backend_vulkan::VulkanError::InvalidArgument { arg, .. }) => {
                 Some(arg)
             }
+            #[cfg(feature = "cuda")]
+            ConvError::Cuda(backend_cuda::CudaError::InvalidArgument { arg, .. }) => Some(arg),
             _ => None,
         }
     }

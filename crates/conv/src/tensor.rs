@@ -32,6 +32,8 @@ pub struct DeviceTensor {
 enum TensorInner {
     #[cfg(feature = "cpu")]
     Host(HostTensor),
+    #[cfg(feature = "cuda")]
+    Cuda(backend_cuda::CudaTensor),
     #[cfg(feature = "vulkan")]
     Vulkan(backend_vulkan::VulkanTensor),
     #[allow(dead_code)]
@@ -109,10 +111,13 @@ impl Convolution {
         let inner = match self.backend() {
             #[cfg(feature = "cpu")]
             BackendKind::Cpu => TensorInner::Host(HostTensor::from_vec(data.to_vec())),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => TensorInner::Cuda(backend_cuda::CudaTensor::from_host(data)?),
             #[cfg(feature = "vulkan")]
             BackendKind::Vulkan => {
                 TensorInner::Vulkan(backend_vulkan::VulkanTensor::from_host(data)?)
             }
+            #[allow(unreachable_patterns)]
             other => return Err(no_tensors(other)),
         };
         Ok(self.tensor(inner))
@@ -128,10 +133,13 @@ impl Convolution {
                 DType::F16 => HostTensor::F16(vec![f16::ZERO; len]),
                 DType::Bf16 => HostTensor::Bf16(vec![bf16::ZERO; len]),
             }),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => TensorInner::Cuda(backend_cuda::CudaTensor::zeros(dtype, len)?),
             #[cfg(feature = "vulkan")]
             BackendKind::Vulkan => {
                 TensorInner::Vulkan(backend_vulkan::VulkanTensor::zeros(dtype, len)?)
             }
+            #[allow(unreachable_patterns)]
             other => return Err(no_tensors(other)),
         };
         Ok(self.tensor(inner))
@@ -151,6 +159,8 @@ impl Convolution {
                 out.copy_from_slice(h.as_slice::<T>().expect("dtype checked"));
                 Ok(())
             }
+            #[cfg(feature = "cuda")]
+            TensorInner::Cuda(c) => Ok(c.to_host(out)?),
             #[cfg(feature = "vulkan")]
             TensorInner::Vulkan(v) => Ok(v.to_host(out)?),
             TensorInner::Absent(never) => match *never {},
@@ -202,6 +212,15 @@ impl Convolution {
                     _ => unreachable!("backends checked"),
                 });
                 Ok(self.vulkan_forward_device(filter, u, gates, y)?)
+            }
+            #[cfg(feature = "cuda")]
+            (TensorInner::Cuda(u), TensorInner::Cuda(y)) => {
+                let gates = gates.map(|(p, q)| match (&p.inner, &q.inner) {
+                    (TensorInner::Cuda(p), TensorInner::Cuda(q)) => (p, q),
+                    #[allow(unreachable_patterns)]
+                    _ => unreachable!("backends checked"),
+                });
+                self.cuda_forward_device(filter, u, gates, y)
             }
             (TensorInner::Absent(never), _) => match *never {},
             #[allow(unreachable_patterns)]
@@ -305,6 +324,21 @@ impl Convolution {
                 };
                 Ok(self.vulkan_backward_device(filter, tensors, dk)?)
             }
+            #[cfg(feature = "cuda")]
+            (TensorInner::Cuda(u), TensorInner::Cuda(dy)) => {
+                let du = cuda_of_mut(du);
+                let gate_grads = dpregate
+                    .zip(dpostgate)
+                    .map(|(p, q)| (cuda_of_mut(p), cuda_of_mut(q)));
+                let tensors = backend_cuda::CudaTensorGradients {
+                    u,
+                    gates: gates.map(|(p, q)| (cuda_of(p), cuda_of(q))),
+                    dy,
+                    du,
+                    gate_grads,
+                };
+                self.cuda_backward_device(filter, tensors, dk)
+            }
             (TensorInner::Absent(never), _) => match *never {},
             #[allow(unreachable_patterns)]
             _ => unreachable!("backends checked"),
@@ -397,6 +431,26 @@ fn vulkan_of(t: &DeviceTensor) -> &backend_vulkan::VulkanTensor {
 fn vulkan_of_mut(t: &mut DeviceTensor) -> &mut backend_vulkan::VulkanTensor {
     match &mut t.inner {
         TensorInner::Vulkan(v) => v,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("backends checked"),
+    }
+}
+
+/// The device tensor of a CUDA-backend tensor (its backend was checked).
+#[cfg(feature = "cuda")]
+fn cuda_of(t: &DeviceTensor) -> &backend_cuda::CudaTensor {
+    match &t.inner {
+        TensorInner::Cuda(c) => c,
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("backends checked"),
+    }
+}
+
+/// Like [`cuda_of`], mutable.
+#[cfg(feature = "cuda")]
+fn cuda_of_mut(t: &mut DeviceTensor) -> &mut backend_cuda::CudaTensor {
+    match &mut t.inner {
+        TensorInner::Cuda(c) => c,
         #[allow(unreachable_patterns)]
         _ => unreachable!("backends checked"),
     }

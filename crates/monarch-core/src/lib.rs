@@ -11,6 +11,7 @@
 //! - [`interpret`]: a CPU interpreter that runs a plan stage by stage (f64 and f32).
 //! - [`reference`](mod@reference): naive DFT and direct convolution oracles in f64.
 //! - [`reference_backward`]: the exact adjoint of the forward (gradients) in f64.
+//! - [`schedule`]: the pass schedule and kernel parameters the GPU backends share.
 
 pub mod element;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod plan;
 pub mod problem;
 pub mod reference;
 pub mod reference_backward;
+pub mod schedule;
 pub mod size;
 pub mod twiddle;
 

@@ -141,6 +141,45 @@ impl ConvSpec {
         let streams = if self.gated { 4 } else { 2 };
         streams * self.io_len() * self.dtype.size_bytes()
     }
+
+    /// Checks the buffers of one call: `dtype` is the problem's, `u`, `y` and the gates (given
+    /// exactly when the problem is gated, as `(pregate, postgate)` lengths) are `[B, H, L]`.
+    pub fn check_io(
+        &self,
+        dtype: DType,
+        u_len: usize,
+        gates: Option<(usize, usize)>,
+        y_len: usize,
+    ) -> Result<(), CoreError> {
+        let invalid =
+            |arg: &'static str, reason: String| CoreError::InvalidArgument { arg, reason };
+        if dtype != self.dtype {
+            return Err(invalid(
+                "u",
+                format!("dtype {dtype} given, the problem is {}", self.dtype),
+            ));
+        }
+        let want = self.io_len();
+        let mut io: Vec<(&'static str, usize)> = vec![("u", u_len), ("y", y_len)];
+        match (self.gated, gates) {
+            (true, Some((pre, post))) => {
+                io.push(("pregate", pre));
+                io.push(("postgate", post));
+            }
+            (true, None) => return Err(invalid("gates", "the problem is gated".into())),
+            (false, Some(_)) => return Err(invalid("gates", "the problem is not gated".into())),
+            (false, None) => {}
+        }
+        for (arg, len) in io {
+            if len != want {
+                return Err(invalid(
+                    arg,
+                    format!("expected [B, H, L] = {want} elements, got {len}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ConvSpecBuilder {

@@ -18,19 +18,18 @@
 //! because the cross terms are imaginary.
 
 use super::{
-    copy_from_bytes, copy_to_bytes, descriptor_sets, Chunk, PlanPass, Stage, VulkanConvolution,
+    copy_from_bytes, copy_to_bytes, descriptor_sets, Stage, VulkanConvolution,
     VulkanFilterSpectrum, VulkanTensor,
 };
 use crate::context::{
     host_read_barrier, memory_barrier, Buffer, Commands, MemoryKind, VulkanContext,
 };
 use crate::pipelines::{
-    PassKind, PassParams, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP,
-    BINDING_U, BINDING_Y, FLAG_BODY_ONLY, FLAG_CONJ_FILTER, FLAG_CORRELATE, FLAG_DST_OUTPUT,
-    FLAG_DST_TAPS, FLAG_NO_FORWARD, FLAG_NO_INVERSE, FLAG_SRC_INPUT,
+    BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP, BINDING_U, BINDING_Y,
 };
 use crate::VulkanError;
 use ash::vk;
+use monarch_core::schedule::{BackwardBinding, Chunk};
 use monarch_core::Element;
 use std::sync::Arc;
 
@@ -46,24 +45,9 @@ pub struct VulkanGradients<'a, T> {
     pub dpostgate: Option<&'a mut [T]>,
 }
 
-/// The binding configurations the backward's passes use (one descriptor set each).
-#[derive(Debug, Clone, Copy)]
-enum Set {
-    /// Forward transform of `pre * u` into `tmp_v`.
-    Input = 0,
-    /// Forward transform of `dy * post` into `tmp_d`.
-    OutputGradient,
-    /// Correlation `D conj(V)` in `tmp_d`, taps out.
-    Taps,
-    /// `IFFT(V K)` in `tmp_v`, `dpostgate = dy * c` out.
-    PostGate,
-    /// `IFFT(D conj(K))` in `tmp_d`.
-    Adjoint,
-    /// Gather of `tmp_d` into `du` and `dpregate`.
-    Gather,
-}
-
-const SETS: usize = 6;
+/// Descriptor sets of the backward: one per [`BackwardBinding`] (indexed `as usize`). `V` is
+/// kept in `tmp_v`, `D` in `tmp_d`.
+const SETS: usize = BackwardBinding::COUNT;
 
 /// Spectra, taps and descriptor sets of the backward, made on first use.
 pub(super) struct BackwardExecution {
@@ -127,11 +111,11 @@ impl Drop for BackwardExecution {
 impl BackwardExecution {
     fn new(conv: &VulkanConvolution) -> Result<BackwardExecution, VulkanError> {
         let ctx = &conv.ctx;
-        let (nb, nh) = conv.chunk_shape;
-        let taps_bytes = nh * conv.pairs(nb) * conv.spec.filter_len() * 4;
+        let (nb, nh) = conv.schedule.chunk_shape();
+        let taps_bytes = nh * conv.schedule.pairs(nb) * conv.spec.filter_len() * 4;
         let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
-        let tmp_v = device(conv.spectra_bytes())?;
-        let tmp_d = device(conv.spectra_bytes())?;
+        let tmp_v = device(conv.schedule.spectra_bytes())?;
+        let tmp_d = device(conv.schedule.spectra_bytes())?;
         let taps = device(taps_bytes)?;
         let taps_staging = Buffer::new(ctx, taps_bytes as u64, MemoryKind::Staging)?;
         let commands = Commands::new(ctx)?;
@@ -152,8 +136,7 @@ impl BackwardExecution {
 
     fn host_io(conv: &VulkanConvolution) -> Result<BackwardHostIo, VulkanError> {
         let ctx = &conv.ctx;
-        let (nb, nh) = conv.chunk_shape;
-        let stream_bytes = nb * nh * conv.spec.length() * conv.spec.dtype().size_bytes();
+        let stream_bytes = conv.schedule.stream_bytes();
         let (n_in, n_out) = if conv.spec.gated() { (4, 3) } else { (2, 1) };
         let device = |_| Buffer::new(ctx, stream_bytes as u64, MemoryKind::Device);
         Ok(BackwardHostIo {
@@ -207,29 +190,32 @@ impl BackwardExecution {
                 dpre,
             ];
             let kind = [
-                Set::Input,
-                Set::OutputGradient,
-                Set::Taps,
-                Set::PostGate,
-                Set::Adjoint,
-                Set::Gather,
+                BackwardBinding::Input,
+                BackwardBinding::OutputGradient,
+                BackwardBinding::Taps,
+                BackwardBinding::PostGate,
+                BackwardBinding::Adjoint,
+                BackwardBinding::Gather,
             ][i];
+            debug_assert_eq!(kind as usize, i);
             match kind {
-                Set::Input => {}
-                Set::OutputGradient => {
+                BackwardBinding::Input => {}
+                BackwardBinding::OutputGradient => {
                     b[BINDING_U as usize] = dy;
                     b[BINDING_PRE as usize] = post;
                     b[BINDING_TMP as usize] = &self.tmp_d;
                 }
-                Set::Taps => {
+                BackwardBinding::Taps => {
                     b[BINDING_TMP as usize] = &self.tmp_d;
                     b[BINDING_OTHER as usize] = &self.tmp_v;
                 }
-                Set::PostGate => {
+                BackwardBinding::PostGate => {
                     b[BINDING_Y as usize] = dpost;
                     b[BINDING_POST as usize] = dy;
                 }
-                Set::Adjoint | Set::Gather => b[BINDING_TMP as usize] = &self.tmp_d,
+                BackwardBinding::Adjoint | BackwardBinding::Gather => {
+                    b[BINDING_TMP as usize] = &self.tmp_d
+                }
             }
             for (binding, buffer) in b.iter().enumerate() {
                 write_binding(&self.ctx, set, binding as u32, buffer);
@@ -332,7 +318,7 @@ impl VulkanConvolution {
                     let staging = host.upload.bytes_mut();
                     for (i, src) in streams.iter().enumerate() {
                         let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
-                        for (dst_rows, src_rows) in conv.chunk_rows(chunk) {
+                        for (dst_rows, src_rows) in conv.schedule.chunk_rows(chunk) {
                             copy_to_bytes(
                                 &src[src_rows],
                                 &mut region[dst_rows.start * size_of::<T>()..],
@@ -350,7 +336,7 @@ impl VulkanConvolution {
                     }
                     for (i, out) in outs.into_iter().enumerate() {
                         let region = &staging[i * stream_bytes..(i + 1) * stream_bytes];
-                        for (src_rows, dst_rows) in conv.chunk_rows(chunk) {
+                        for (src_rows, dst_rows) in conv.schedule.chunk_rows(chunk) {
                             copy_from_bytes(
                                 &region[src_rows.start * size_of::<T>()..],
                                 &mut out[dst_rows],
@@ -460,7 +446,7 @@ impl VulkanConvolution {
         exec.bind_sets(io, &self.twiddles, &filter.buffer);
         let k_len = self.spec.filter_len();
         let result = (|| {
-            for chunk in self.chunks() {
+            for chunk in self.schedule.chunks() {
                 if host_io {
                     host(
                         self,
@@ -479,7 +465,7 @@ impl VulkanConvolution {
                         Stage::Download,
                     );
                 }
-                let pairs = self.pairs(chunk.nb);
+                let pairs = self.schedule.pairs(chunk.nb);
                 let chunk_taps = chunk.nh * pairs * k_len * 4;
                 let taps = &exec.taps_staging.bytes_mut()[..chunk_taps];
                 for (i, tap) in taps.chunks_exact(4).enumerate() {
@@ -496,92 +482,19 @@ impl VulkanConvolution {
         result
     }
 
-    /// The steps of one chunk's backward: (descriptor set, pipeline, push constants).
-    fn backward_steps(&self, chunk: Chunk, compact: bool) -> Vec<(Set, PassKind, PassParams)> {
-        let total_pairs = chunk.nh * self.pairs(chunk.nb);
-        let base = self.chunk_params(chunk, compact);
-        let globals: Vec<PlanPass> = self.passes[..self.passes.len() - 1].to_vec();
-        let fused = self.passes[self.passes.len() - 1];
-        let stage_bits = globals
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (s, p)| acc | p.line_log2 << (5 * s));
-        let fused_params = |flags: u32| {
-            let mut p = self.pass_params(base, fused, total_pairs);
-            p.stage_bits = stage_bits;
-            p.stage_count = globals.len() as u32;
-            p.flags |= flags;
-            p
-        };
-        let mut steps = Vec::new();
-        // Forward transform of the set's input (SRC_INPUT on the first pass), spectrum in tmp.
-        let forward = |steps: &mut Vec<_>, set: Set, load: u32| {
-            for (s, p) in globals.iter().enumerate() {
-                let mut params = self.pass_params(base, *p, total_pairs);
-                if s == 0 {
-                    params.flags |= FLAG_SRC_INPUT | load;
-                }
-                steps.push((set, PassKind::ColumnsForward, params));
-            }
-            let first = if globals.is_empty() {
-                FLAG_SRC_INPUT | load
-            } else {
-                0
-            };
-            steps.push((set, PassKind::Fused, fused_params(FLAG_NO_INVERSE | first)));
-        };
-        // Product and inverse transform of the spectrum in tmp; `store` on the last pass.
-        let inverse = |steps: &mut Vec<_>, set: Set, product: u32, store: u32| {
-            let last = if globals.is_empty() { store } else { 0 };
-            steps.push((
-                set,
-                PassKind::Fused,
-                fused_params(FLAG_NO_FORWARD | product | last),
-            ));
-            for (s, p) in globals.iter().enumerate().rev() {
-                let inv = PlanPass {
-                    kind: PassKind::ColumnsInverse,
-                    ..*p
-                };
-                let mut params = self.pass_params(base, inv, total_pairs);
-                if s == 0 {
-                    params.flags |= store;
-                }
-                steps.push((set, PassKind::ColumnsInverse, params));
-            }
-        };
-        forward(&mut steps, Set::Input, 0);
-        forward(&mut steps, Set::OutputGradient, FLAG_BODY_ONLY);
-        inverse(&mut steps, Set::Taps, FLAG_CORRELATE, FLAG_DST_TAPS);
-        if self.spec.gated() {
-            inverse(&mut steps, Set::PostGate, 0, FLAG_DST_OUTPUT);
-        }
-        if !globals.is_empty() {
-            // The taps' inverse column passes overwrote D in place: transform dy * post again.
-            // (A plan of one fused pass only reads D there, so it is still intact.)
-            forward(&mut steps, Set::OutputGradient, FLAG_BODY_ONLY);
-        }
-        inverse(&mut steps, Set::Adjoint, FLAG_CONJ_FILTER, 0);
-        let elements = chunk.nb * chunk.nh * self.spec.length();
-        steps.push((
-            Set::Gather,
-            PassKind::Gather,
-            PassParams {
-                total_lines: elements as u32,
-                lines_log2: self.pipelines.workgroup.ilog2(),
-                ..base
-            },
-        ));
-        steps
-    }
-
     fn record_backward(
         &self,
         exec: &BackwardExecution,
         chunk: Chunk,
         io: BackwardIo<'_>,
     ) -> Result<(), VulkanError> {
-        let steps = self.backward_steps(chunk, matches!(io, BackwardIo::Host));
+        // (descriptor set, pipeline, push constants) per step; the gather runs one element per
+        // invocation.
+        let steps = self.schedule.backward_steps(
+            chunk,
+            matches!(io, BackwardIo::Host),
+            self.pipelines.workgroup.ilog2(),
+        );
         let host = match io {
             BackwardIo::Host => exec.host.as_ref(),
             BackwardIo::Device(_) => None,
@@ -592,7 +505,8 @@ impl VulkanConvolution {
             .collect::<Result<Vec<_>, _>>()?;
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
-        let taps_bytes = (chunk.nh * self.pairs(chunk.nb) * self.spec.filter_len() * 4) as u64;
+        let taps_bytes =
+            (chunk.nh * self.schedule.pairs(chunk.nb) * self.spec.filter_len() * 4) as u64;
         exec.commands.record(|device, cmd| {
             // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
             // this chunk; barriers separate the copies and every pass.

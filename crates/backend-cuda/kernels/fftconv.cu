@@ -1,0 +1,614 @@
+// fftconv.cu: the CUDA FFT-convolution passes, compiled at run time by NVRTC (one source,
+// variants by defines; no headers, so it builds with NVRTC alone).
+//
+// Defines (set by the host):
+//   IO_F32 | IO_F16 | IO_BF16  element type of u, gates and y (f32 compute throughout)
+//   SHARED_POINTS              complex points of (dynamic) shared memory per block
+//   PAD                        1: one padding point after every 16 in shared memory
+//   THREADS                    threads per block
+//
+// Kernels (extern "C"):
+//   fftconv_fused            a whole on-chip block of the plan: load, forward FFT, pointwise
+//                            product with the filter spectrum, inverse FFT, store; flags let it stop
+//                            after the forward FFT or start at the product, and multiply by conj(K)
+//                            or by a second spectrum (backward)
+//   fftconv_columns_forward  one global-memory stage of the plan, forward (column DFTs + twiddle)
+//   fftconv_columns_inverse  the same stage inverted (conjugate twiddle + inverse column DFTs)
+//   fftconv_gather           backward: sums each input's gradient over the segments that read it
+//
+// Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
+// sequence a + i*b (the filter is real, so Re and Im of the result are the two outputs).
+// A pass works on *lines*: length-M complex sequences. A block holds 2^lines_log2 lines in shared
+// memory and runs radix-2 FFTs on them, three stages per barrier in registers (radix 2^3).
+// Forward transforms are decimation in frequency (natural order in, bit-reversed out); inverse
+// transforms are decimation in time (bit-reversed in, natural out), so no reordering pass runs.
+// Twiddles come from a table of W_N^e (e in [0, N)) generated in f64 on the host and rounded
+// once to f32; index products are reduced mod N in integers.
+//
+// This is the same algorithm, pass for pass and flag for flag, as the Vulkan backend's
+// shaders/fftconv.comp, so both backends run the schedules monarch-core's plans describe.
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+struct alignas(8) cpx {
+    float x;
+    float y;
+};
+
+__device__ __forceinline__ cpx mk(float x, float y) {
+    cpx c;
+    c.x = x;
+    c.y = y;
+    return c;
+}
+__device__ __forceinline__ cpx cadd(cpx a, cpx b) { return mk(a.x + b.x, a.y + b.y); }
+__device__ __forceinline__ cpx csub(cpx a, cpx b) { return mk(a.x - b.x, a.y - b.y); }
+__device__ __forceinline__ cpx cmul(cpx a, cpx b) {
+    return mk(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+}
+__device__ __forceinline__ cpx conj_c(cpx a) { return mk(a.x, -a.y); }
+
+__device__ __forceinline__ u32 float_bits(float f) {
+    u32 u;
+    asm("mov.b32 %0, %1;" : "=r"(u) : "f"(f));
+    return u;
+}
+__device__ __forceinline__ float bits_float(u32 u) {
+    float f;
+    asm("mov.b32 %0, %1;" : "=f"(f) : "r"(u));
+    return f;
+}
+__device__ __forceinline__ u32 bit_reverse(u32 x, u32 bits) {
+    u32 r;
+    asm("brev.b32 %0, %1;" : "=r"(r) : "r"(x));
+    return bits == 0u ? 0u : r >> (32u - bits);
+}
+
+// ---- element I/O ------------------------------------------------------------------------------
+
+#if defined(IO_F16) || defined(IO_BF16)
+typedef u16 elem_t;
+#else
+typedef float elem_t;
+#endif
+
+__device__ __forceinline__ float to_float(elem_t e) {
+#if defined(IO_F16)
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(e));
+    return f;
+#elif defined(IO_BF16)
+    return bits_float(((u32)e) << 16);
+#else
+    return e;
+#endif
+}
+
+__device__ __forceinline__ elem_t from_float(float v) {
+#if defined(IO_F16)
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+#elif defined(IO_BF16)
+    // Rounded to nearest even; NaN stays NaN (quiet).
+    u32 bits = float_bits(v);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        return (u16)((bits >> 16) | 0x40u);
+    }
+    return (u16)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+#else
+    return v;
+#endif
+}
+
+// ---- parameters -------------------------------------------------------------------------------
+
+// Same order and meaning as the host's `PassParams` (and the Vulkan shader's push constants).
+struct Params {
+    u32 log2n;           // N = 2^log2n
+    u32 flags;           // FLAG_*
+    u32 line_log2;       // length of this pass's lines (N_s, or M_j for the fused block)
+    u32 stride_log2;     // columns: log2 M_{s+1} (stride between a line's elements); fused: 0
+    u32 lines_log2;      // lines per block
+    u32 total_lines;     // lines in this launch
+    u32 stage_bits;      // fused: log2 of each global stage's factor, 5 bits per stage
+    u32 stage_count;     // fused: number of global stages before the fused block
+    u32 seq_len;         // L
+    u32 channels;        // channels in this chunk
+    u32 channel_offset;  // first channel of this chunk (into the filter spectrum)
+    u32 blocks;          // overlap-save blocks per row
+    u32 block_len;       // outputs per block Lb
+    u32 history;         // inputs before a block that it reads
+    u32 kept_bins;       // stored (kept) half-spectrum bins per channel
+    u32 segments;        // segments per channel in this chunk (rows of the chunk * blocks)
+    u32 pairs;           // pairs per channel: ceil(segments / 2)
+    u32 batch_stride;    // channels between consecutive batch rows in the buffers
+    u32 element_offset;  // element of the buffers where this chunk's first row starts
+    u32 taps_len;        // backward: filter taps K stored per pair
+};
+
+// Device pointers of one launch (same order as the host's `KernelBuffers`).
+struct Buffers {
+    const elem_t* u;     // input
+    const elem_t* pre;   // pre-gate
+    const elem_t* post;  // post-gate
+    elem_t* y;           // output
+    const cpx* spectrum; // Hermitian half spectrum per channel, kept bins, scaled by 1/N
+    const cpx* twiddles; // W_N^e, e in [0, N)
+    cpx* tmp;            // intermediate spectra: N complex values per pair
+    const cpx* other;    // backward: the second spectrum of a correlation
+    float* taps;         // backward: filter-gradient taps, taps_len per pair
+    elem_t* y2;          // backward: the gather pass's second output (pre-gate gradient)
+};
+
+#define FLAG_SRC_INPUT 1u
+#define FLAG_DST_OUTPUT 2u
+#define FLAG_GATED 4u
+#define FLAG_WRAPS 8u
+#define FLAG_BODY_ONLY 16u
+#define FLAG_NO_INVERSE 32u
+#define FLAG_NO_FORWARD 64u
+#define FLAG_CONJ_FILTER 128u
+#define FLAG_CORRELATE 256u
+#define FLAG_DST_TAPS 512u
+
+extern __shared__ cpx smem[];
+// Shared-memory slot of point i.
+#define SIDX(i) ((i) + (PAD ? ((i) >> 4u) : 0u))
+
+// W_{2^m_log2}^e for any e (reduced mod 2^m_log2 here).
+__device__ __forceinline__ cpx root(const Params& pc, const Buffers& b, u32 e, u32 m_log2) {
+    return b.twiddles[(e & ((1u << m_log2) - 1u)) << (pc.log2n - m_log2)];
+}
+
+// ---- overlap-save segments --------------------------------------------------------------------
+
+// Segment `seg` of channel `h` (chunk-local): its row and first output.
+__device__ __forceinline__ bool segment_row(const Params& pc, u32 seg, u32 h, u32& row_base,
+                                            u32& start, u32& outputs) {
+    if (seg >= pc.segments) {
+        return false;
+    }
+    u32 b = seg / pc.blocks;
+    u32 j = seg - b * pc.blocks;
+    start = j * pc.block_len;
+    u32 rest = pc.seq_len - start;
+    outputs = pc.block_len < rest ? pc.block_len : rest;
+    row_base = pc.element_offset + (b * pc.batch_stride + h) * pc.seq_len;
+    return true;
+}
+
+// Pre-gated input at segment position `pos`, or 0 where the segment is zero.
+__device__ float segment_value(const Params& pc, const Buffers& bf, u32 seg, u32 h, u32 pos) {
+    u32 row_base, start, outputs;
+    if (!segment_row(pc, seg, h, row_base, start, outputs)) {
+        return 0.0f;
+    }
+    u32 n = 1u << pc.log2n;
+    u32 t;
+    if (pos < outputs) {
+        t = start + pos;
+    } else if (pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u) {
+        u32 back = n - pos;
+        if (back <= start) {
+            t = start - back;
+        } else if ((pc.flags & FLAG_WRAPS) != 0u) {
+            t = (start + pc.seq_len - back % pc.seq_len) % pc.seq_len;
+        } else {
+            return 0.0f;
+        }
+    } else {
+        return 0.0f;
+    }
+    u32 idx = row_base + t;
+    float v = to_float(bf.u[idx]);
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        v *= to_float(bf.pre[idx]);
+    }
+    return v;
+}
+
+// Writes output `pos` of segment `seg` (post-gated) when it is one of the segment's outputs.
+__device__ void store_output(const Params& pc, const Buffers& bf, u32 seg, u32 h, u32 pos,
+                             float v) {
+    u32 row_base, start, outputs;
+    if (!segment_row(pc, seg, h, row_base, start, outputs) || pos >= outputs) {
+        return;
+    }
+    u32 idx = row_base + start + pos;
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        v *= to_float(bf.post[idx]);
+    }
+    bf.y[idx] = from_float(v);
+}
+
+// Whether full-spectrum frequency f is kept (frequency sparsity keeps the lowest bins).
+__device__ __forceinline__ bool bin_kept(const Params& pc, u32 f) {
+    u32 n = 1u << pc.log2n;
+    return (f <= (n >> 1) ? f : n - f) < pc.kept_bins;
+}
+
+// Filter spectrum at full-spectrum frequency f of chunk channel h (0 where dropped).
+__device__ __forceinline__ cpx filter_bin(const Params& pc, const Buffers& bf, u32 h, u32 f) {
+    u32 n = 1u << pc.log2n;
+    u32 mirrored = f <= (n >> 1) ? f : n - f;
+    if (mirrored >= pc.kept_bins) {
+        return mk(0.0f, 0.0f);
+    }
+    cpx k = bf.spectrum[(u64)(pc.channel_offset + h) * pc.kept_bins + mirrored];
+    return f <= (n >> 1) ? k : conj_c(k);
+}
+
+// Stores position `pos` of a pair's final result: taps (backward), outputs, or tmp.
+__device__ void store_result(const Params& pc, const Buffers& bf, u32 pair, u32 pos, cpx v) {
+    u32 n = 1u << pc.log2n;
+    if ((pc.flags & FLAG_DST_TAPS) != 0u) {
+        if (pos < pc.taps_len) {
+            bf.taps[(u64)pair * pc.taps_len + pos] = v.x;
+        }
+    } else if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
+        u32 h = pair / pc.pairs;
+        u32 q = pair - h * pc.pairs;
+        store_output(pc, bf, 2u * q, h, pos, v.x);
+        store_output(pc, bf, 2u * q + 1u, h, pos, v.y);
+    } else {
+        bf.tmp[(u64)pair * n + pos] = v;
+    }
+}
+
+// ---- radix-2 FFTs on the block's lines in shared memory -----------------------------------------
+//
+// Up to three radix-2 stages run per barrier ("radix 2^3"): each thread takes the eight points of
+// one group, applies the stages in registers and writes them back in place. The result is
+// exactly the radix-2 one (same twiddles, same bit-reversed order). A group of `R` stages covers
+// group size 2^gl: its points sit at offsets k * q + j (k < 2^R, q = 2^(gl - R), j < q).
+
+// Index of the first point of group-round item `item` (line, group, j) for stages (gl, r).
+__device__ __forceinline__ u32 group_base(u32 item, u32 m_log2, u32 gl, u32 r) {
+    u32 per_line_log2 = m_log2 - r;
+    u32 line = item >> per_line_log2;
+    u32 k = item & ((1u << per_line_log2) - 1u);
+    u32 q_log2 = gl - r;
+    u32 j = k & ((1u << q_log2) - 1u);
+    return (line << m_log2) + ((k >> q_log2) << gl) + j;
+}
+
+// Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group.
+template <int R>
+__device__ __forceinline__ void dif_round(const Params& pc, const Buffers& bf, u32 m_log2,
+                                          u32 gl) {
+    cpx* s = smem;
+    u32 items = 1u << (m_log2 + pc.lines_log2 - R);
+    u32 q_log2 = gl - R;
+    for (u32 it = threadIdx.x; it < items; it += THREADS) {
+        u32 i0 = group_base(it, m_log2, gl, R);
+        u32 j = i0 & ((1u << q_log2) - 1u);
+        cpx x[1 << R];
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            x[k] = s[SIDX(i0 + ((u32)k << q_log2))];
+        }
+#pragma unroll
+        for (int t = 0; t < R; t++) {
+            const int half_k = 1 << (R - 1 - t);
+            u32 span_log2 = gl - 1u - (u32)t;
+#pragma unroll
+            for (int k = 0; k < (1 << R); k++) {
+                if ((k & half_k) == 0) {
+                    cpx a = x[k];
+                    cpx b = x[k + half_k];
+                    u32 e = ((u32)(k & (half_k - 1)) << q_log2) + j;
+                    x[k] = cadd(a, b);
+                    x[k + half_k] = cmul(csub(a, b), root(pc, bf, e, span_log2 + 1u));
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            s[SIDX(i0 + ((u32)k << q_log2))] = x[k];
+        }
+    }
+    __syncthreads();
+}
+
+// Inverse (DIT) stages with spans 2^g .. 2^(g+R-1) on every group (group size 2^(g+R)).
+template <int R>
+__device__ __forceinline__ void dit_round(const Params& pc, const Buffers& bf, u32 m_log2,
+                                          u32 g) {
+    cpx* s = smem;
+    u32 gl = g + R;
+    u32 items = 1u << (m_log2 + pc.lines_log2 - R);
+    for (u32 it = threadIdx.x; it < items; it += THREADS) {
+        u32 i0 = group_base(it, m_log2, gl, R);
+        u32 j = i0 & ((1u << g) - 1u);
+        cpx x[1 << R];
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            x[k] = s[SIDX(i0 + ((u32)k << g))];
+        }
+#pragma unroll
+        for (int t = 0; t < R; t++) {
+            const int half_k = 1 << t;
+#pragma unroll
+            for (int k = 0; k < (1 << R); k++) {
+                if ((k & half_k) == 0) {
+                    u32 e = ((u32)(k & (half_k - 1)) << g) + j;
+                    cpx c = cmul(x[k + half_k], conj_c(root(pc, bf, e, g + (u32)t + 1u)));
+                    cpx a = x[k];
+                    x[k] = cadd(a, c);
+                    x[k + half_k] = csub(a, c);
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            s[SIDX(i0 + ((u32)k << g))] = x[k];
+        }
+    }
+    __syncthreads();
+}
+
+// Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
+__device__ void fft_forward(const Params& pc, const Buffers& bf, u32 m_log2) {
+    u32 gl = m_log2; // log2 of the group size of the next round
+    for (; gl >= 3u; gl -= 3u) {
+        dif_round<3>(pc, bf, m_log2, gl);
+    }
+    if (gl == 2u) {
+        dif_round<2>(pc, bf, m_log2, gl);
+    }
+    if (gl == 1u) {
+        dif_round<1>(pc, bf, m_log2, gl);
+    }
+}
+
+// Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
+__device__ void fft_inverse(const Params& pc, const Buffers& bf, u32 m_log2) {
+    u32 g = 0u; // log2 of the span of the next stage
+    u32 rest = m_log2 % 3u;
+    if (rest == 1u) {
+        dit_round<1>(pc, bf, m_log2, g);
+        g += 1u;
+    }
+    if (rest == 2u) {
+        dit_round<2>(pc, bf, m_log2, g);
+        g += 2u;
+    }
+    while (g < m_log2) {
+        dit_round<3>(pc, bf, m_log2, g);
+        g += 3u;
+    }
+}
+
+// The block's index in a 2-D grid.
+__device__ __forceinline__ u32 block_index() { return blockIdx.x + blockIdx.y * gridDim.x; }
+
+// ---- kernels ----------------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_fused(const Params pc, const Buffers bf) {
+    cpx* s = smem;
+    u32 first_line = block_index() << pc.lines_log2;
+    if (first_line >= pc.total_lines) {
+        return; // uniform over the block: no barrier is skipped by part of it
+    }
+    u32 m_log2 = pc.line_log2;
+    u32 m = 1u << m_log2;
+    u32 points = m << pc.lines_log2;
+    u32 n = 1u << pc.log2n;
+    u32 pair_lines_log2 = pc.log2n - m_log2; // lines per pair: N / M
+
+    // Lines are contiguous blocks of M points of a pair's N.
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 line = first_line + (i >> m_log2);
+        cpx v = mk(0.0f, 0.0f);
+        if (line < pc.total_lines) {
+            u32 pair = line >> pair_lines_log2;
+            u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+            if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
+                u32 h = pair / pc.pairs;
+                u32 q = pair - h * pc.pairs;
+                v = mk(segment_value(pc, bf, 2u * q, h, pos),
+                       segment_value(pc, bf, 2u * q + 1u, h, pos));
+            } else {
+                v = bf.tmp[(u64)pair * n + pos];
+            }
+        }
+        s[SIDX(i)] = v;
+    }
+    __syncthreads();
+    if ((pc.flags & FLAG_NO_FORWARD) == 0u) {
+        fft_forward(pc, bf, m_log2);
+    }
+    // Forward only (FLAG_NO_INVERSE): the spectrum is stored as it is, for a later pass.
+    bool forward_only = (pc.flags & FLAG_NO_INVERSE) != 0u;
+    if (!forward_only) {
+        // Pointwise product. Position pos = sum_s M_{s+1} p_s + p holds frequency
+        // f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
+        for (u32 i = threadIdx.x; i < points; i += THREADS) {
+            u32 line = first_line + (i >> m_log2);
+            if (line < pc.total_lines) {
+                u32 pair = line >> pair_lines_log2;
+                u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+                u32 f = 0u;
+                u32 weight_log2 = 0u;
+                u32 shift = pc.log2n;
+                for (u32 st = 0u; st < pc.stage_count; st++) {
+                    u32 bits = (pc.stage_bits >> (5u * st)) & 31u;
+                    shift -= bits;
+                    u32 digit = (pos >> shift) & ((1u << bits) - 1u);
+                    f += bit_reverse(digit, bits) << weight_log2;
+                    weight_log2 += bits;
+                }
+                f += bit_reverse(i & (m - 1u), m_log2) << weight_log2;
+                cpx factor;
+                if ((pc.flags & FLAG_CORRELATE) != 0u) {
+                    if (bin_kept(pc, f)) {
+                        cpx o = conj_c(bf.other[(u64)pair * n + pos]);
+                        float inv_n = 1.0f / (float)n;
+                        factor = mk(o.x * inv_n, o.y * inv_n);
+                    } else {
+                        factor = mk(0.0f, 0.0f);
+                    }
+                } else {
+                    factor = filter_bin(pc, bf, pair / pc.pairs, f);
+                    if ((pc.flags & FLAG_CONJ_FILTER) != 0u) {
+                        factor = conj_c(factor);
+                    }
+                }
+                s[SIDX(i)] = cmul(s[SIDX(i)], factor);
+            }
+        }
+        __syncthreads();
+        fft_inverse(pc, bf, m_log2);
+    }
+
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 line = first_line + (i >> m_log2);
+        if (line < pc.total_lines) {
+            u32 pair = line >> pair_lines_log2;
+            u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+            if (forward_only) {
+                bf.tmp[(u64)pair * n + pos] = s[SIDX(i)];
+            } else {
+                store_result(pc, bf, pair, pos, s[SIDX(i)]);
+            }
+        }
+    }
+}
+
+// Columns of a global stage s: a line is column r of block blk of one pair; its elements sit
+// M_{s+1} apart. Consecutive lines are consecutive columns, so a block's memory accesses are
+// contiguous runs; in shared memory line c holds points c * M ....
+template <bool FORWARD>
+__device__ __forceinline__ void columns(const Params& pc, const Buffers& bf) {
+    cpx* s = smem;
+    u32 first_line = block_index() << pc.lines_log2;
+    if (first_line >= pc.total_lines) {
+        return;
+    }
+    u32 m_log2 = pc.line_log2;
+    u32 m = 1u << m_log2;
+    u32 points = m << pc.lines_log2;
+    u32 n = 1u << pc.log2n;
+    u32 pair_lines_log2 = pc.log2n - m_log2;
+    u32 stride_log2 = pc.stride_log2;
+    u32 block_log2 = m_log2 + stride_log2; // M_s
+    u32 lines_mask = (1u << pc.lines_log2) - 1u;
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 c = i & lines_mask;
+        u32 e = i >> pc.lines_log2; // element index n_s (forward) or position p (inverse)
+        u32 line = first_line + c;
+        cpx v = mk(0.0f, 0.0f);
+        if (line < pc.total_lines) {
+            u32 pair = line >> pair_lines_log2;
+            u32 within = line & ((1u << pair_lines_log2) - 1u);
+            u32 r = within & ((1u << stride_log2) - 1u);
+            u32 pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+            if (FORWARD) {
+                if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
+                    u32 h = pair / pc.pairs;
+                    u32 q = pair - h * pc.pairs;
+                    v = mk(segment_value(pc, bf, 2u * q, h, pos),
+                           segment_value(pc, bf, 2u * q + 1u, h, pos));
+                } else {
+                    v = bf.tmp[(u64)pair * n + pos];
+                }
+            } else {
+                // Position e holds k_s = bitrev(e); undo the twiddle W_{M_s}^{r k_s}.
+                v = cmul(bf.tmp[(u64)pair * n + pos],
+                         conj_c(root(pc, bf, r * bit_reverse(e, m_log2), block_log2)));
+            }
+        }
+        s[SIDX((c << m_log2) + e)] = v;
+    }
+    __syncthreads();
+    if (FORWARD) {
+        fft_forward(pc, bf, m_log2);
+    } else {
+        fft_inverse(pc, bf, m_log2);
+    }
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 c = i & lines_mask;
+        u32 e = i >> pc.lines_log2;
+        u32 line = first_line + c;
+        if (line < pc.total_lines) {
+            u32 pair = line >> pair_lines_log2;
+            u32 within = line & ((1u << pair_lines_log2) - 1u);
+            u32 r = within & ((1u << stride_log2) - 1u);
+            u32 pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+            cpx v = s[SIDX((c << m_log2) + e)];
+            if (FORWARD) {
+                // Position e holds k_s = bitrev(e): apply the twiddle W_{M_s}^{r k_s}.
+                bf.tmp[(u64)pair * n + pos] =
+                    cmul(v, root(pc, bf, r * bit_reverse(e, m_log2), block_log2));
+            } else {
+                store_result(pc, bf, pair, pos, v);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_columns_forward(const Params pc, const Buffers bf) {
+    columns<true>(pc, bf);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_columns_inverse(const Params pc, const Buffers bf) {
+    columns<false>(pc, bf);
+}
+
+// Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
+__device__ __forceinline__ float segment_gradient(const Params& pc, const Buffers& bf, u32 b,
+                                                  u32 h, u32 j, u32 p) {
+    u32 seg = b * pc.blocks + j;
+    cpx v = bf.tmp[((u64)h * pc.pairs + (seg >> 1)) * (1u << pc.log2n) + p];
+    return (seg & 1u) == 0u ? v.x : v.y;
+}
+
+// One thread per element (b, h, t) of the chunk: the input gradient dx is the sum of the adjoint
+// segment results (in tmp) at every position that read this input: its block's body, the
+// history of later blocks, and (circular) the wrapped history of the first ones.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_gather(const Params pc, const Buffers bf) {
+    u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
+    if (e >= pc.total_lines) {
+        return;
+    }
+    u32 n = 1u << pc.log2n;
+    u32 t = e % pc.seq_len;
+    u32 row = e / pc.seq_len;
+    u32 h = row % pc.channels;
+    u32 b = row / pc.channels;
+    u32 j = t / pc.block_len;
+    float dx = segment_gradient(pc, bf, b, h, j, t - j * pc.block_len);
+    for (u32 jj = j + 1u; jj < pc.blocks; jj++) {
+        u32 back = jj * pc.block_len - t;
+        if (back > pc.history) {
+            break;
+        }
+        dx += segment_gradient(pc, bf, b, h, jj, n - back);
+    }
+    if ((pc.flags & FLAG_WRAPS) != 0u) {
+        for (u32 jj = 0u; jj < pc.blocks; jj++) {
+            u32 start = jj * pc.block_len;
+            if (start >= pc.history) {
+                break;
+            }
+            u32 back = start + pc.seq_len - t;
+            if (back > start && back <= pc.history) {
+                dx += segment_gradient(pc, bf, b, h, jj, n - back);
+            }
+        }
+    }
+    u32 idx = pc.element_offset + (b * pc.batch_stride + h) * pc.seq_len + t;
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        bf.y[idx] = from_float(dx * to_float(bf.pre[idx]));
+        bf.y2[idx] = from_float(dx * to_float(bf.u[idx]));
+    } else {
+        bf.y[idx] = from_float(dx);
+    }
+}

@@ -1,0 +1,635 @@
+//! [`CudaConvolution`] (a problem prepared on the CUDA device: pass schedule, twiddles, kernels),
+//! [`CudaFilterSpectrum`] (a filter's spectrum in device memory) and [`CudaTensor`].
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use monarch_core::schedule::{Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS};
+use monarch_core::twiddle::root_of_unity;
+use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
+
+use crate::device::{device, CudaDevice, Kernels};
+use crate::CudaError;
+
+mod backward;
+
+pub use backward::{CudaGradients, CudaTensorGradients};
+
+/// A filter `k: [H, K]` transformed for one [`CudaConvolution`]: per channel the Hermitian half
+/// spectrum of the zero-padded filter (natural order, scaled by `1/N`), kept bins only, as
+/// complex f32 in device memory.
+#[derive(Clone)]
+pub struct CudaFilterSpectrum {
+    geometry: ConvGeometry,
+    channels: usize,
+    filter_len: usize,
+    buffer: Arc<CudaSlice<u8>>,
+}
+
+impl std::fmt::Debug for CudaFilterSpectrum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaFilterSpectrum")
+            .field("geometry", &self.geometry)
+            .field("channels", &self.channels)
+            .field("bytes", &self.buffer.len())
+            .finish()
+    }
+}
+
+impl CudaFilterSpectrum {
+    /// Bytes of device memory the spectrum holds.
+    pub fn size_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+/// Tuning knobs of a [`CudaConvolution`] (the defaults are what the device allows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Use at most this many complex points of shared memory per block (rounded down to a power
+    /// of two, at least 16). Smaller values give plans with more global-memory passes for the
+    /// same FFT size: tests use them to check multi-pass plans on small problems.
+    pub max_shared_points: Option<u32>,
+    /// Elements of `u` per chunk (rounded up to whole rows); `None`: 2^24. Smaller chunks bound
+    /// device memory; tests use them to check chunking.
+    pub chunk_elems: Option<usize>,
+}
+
+/// A `[B, H, L]` tensor of one dtype in device memory, for calls without host copies
+/// ([`CudaConvolution::forward_device`]).
+pub struct CudaTensor {
+    pub(crate) buffer: CudaSlice<u8>,
+    dtype: DType,
+    len: usize,
+}
+
+impl std::fmt::Debug for CudaTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaTensor")
+            .field("dtype", &self.dtype)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl CudaTensor {
+    /// A zeroed tensor of `len` elements of `dtype` in device memory.
+    pub fn zeros(dtype: DType, len: usize) -> Result<CudaTensor, CudaError> {
+        let bytes = len
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| CudaError::invalid("len", "tensor size overflows"))?;
+        let dev = device()?;
+        let buffer = dev
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+        sync(&dev.stream)?;
+        Ok(CudaTensor { buffer, dtype, len })
+    }
+
+    /// Copies `data` to a new device tensor.
+    pub fn from_host<T: Element>(data: &[T]) -> Result<CudaTensor, CudaError> {
+        let dev = device()?;
+        let mut bytes = vec![0u8; std::mem::size_of_val(data).max(1)];
+        copy_to_bytes(data, &mut bytes);
+        let buffer = dev
+            .stream
+            .clone_htod(&bytes)
+            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+        sync(&dev.stream)?;
+        Ok(CudaTensor {
+            buffer,
+            dtype: T::DTYPE,
+            len: data.len(),
+        })
+    }
+
+    /// Copies the tensor into `out` (same dtype and length).
+    pub fn to_host<T: Element>(&self, out: &mut [T]) -> Result<(), CudaError> {
+        if T::DTYPE != self.dtype || out.len() != self.len {
+            return Err(CudaError::invalid(
+                "out",
+                format!(
+                    "the tensor holds {} {} elements; got {} {}",
+                    self.len,
+                    self.dtype,
+                    out.len(),
+                    T::DTYPE
+                ),
+            ));
+        }
+        let dev = device()?;
+        let n = std::mem::size_of_val(out);
+        let mut bytes = vec![0u8; n];
+        if n > 0 {
+            dev.stream
+                .memcpy_dtoh(&self.buffer.slice(..n), &mut bytes)
+                .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+            sync(&dev.stream)?;
+        }
+        copy_from_bytes(&bytes, out);
+        Ok(())
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The kernels' `Params` argument.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub(crate) struct KernelParams(pub(crate) PassParams);
+// SAFETY: `PassParams` is `repr(C)` plain data with the layout of the kernels' `Params`.
+unsafe impl DeviceRepr for KernelParams {}
+
+/// The kernels' `Buffers` argument: device pointers in the kernels' order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KernelBuffers {
+    pub(crate) u: u64,
+    pub(crate) pre: u64,
+    pub(crate) post: u64,
+    pub(crate) y: u64,
+    pub(crate) spectrum: u64,
+    pub(crate) twiddles: u64,
+    pub(crate) tmp: u64,
+    pub(crate) other: u64,
+    pub(crate) taps: u64,
+    pub(crate) y2: u64,
+}
+// SAFETY: `repr(C)` plain data with the layout of the kernels' `Buffers`.
+unsafe impl DeviceRepr for KernelBuffers {}
+
+/// The device address of `buffer` (the context does not track events: callers order work by
+/// using one stream and waiting for it).
+pub(crate) fn address(buffer: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
+    let (ptr, _sync) = buffer.device_ptr(stream);
+    ptr
+}
+
+pub(crate) fn sync(stream: &CudaStream) -> Result<(), CudaError> {
+    stream
+        .synchronize()
+        .map_err(|e| CudaError::driver("cuStreamSynchronize", e))
+}
+
+/// A convolution problem prepared on the CUDA device. `Send + Sync`; calls on one instance are
+/// serialised (they share its intermediate buffers and stream).
+pub struct CudaConvolution {
+    device: Arc<CudaDevice>,
+    spec: ConvSpec,
+    kernels: Arc<Kernels>,
+    plan: Arc<MonarchPlan>,
+    schedule: PassSchedule,
+    twiddles: CudaSlice<u8>,
+    exec: Mutex<Option<Execution>>,
+    backward_exec: Mutex<Option<backward::BackwardExecution>>,
+}
+
+impl std::fmt::Debug for CudaConvolution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaConvolution")
+            .field("spec", &self.spec)
+            .field("factors", &self.plan.factors())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stream and intermediate buffer of one convolution, made on first use.
+struct Execution {
+    stream: Arc<CudaStream>,
+    tmp: CudaSlice<u8>,
+    /// Buffers for host slices, made on the first host call.
+    host: Option<HostIo>,
+}
+
+/// Device buffers of one chunk's streams, and the host staging between them and the slices.
+struct HostIo {
+    u: CudaSlice<u8>,
+    pre: Option<CudaSlice<u8>>,
+    post: Option<CudaSlice<u8>>,
+    y: CudaSlice<u8>,
+    staging: Vec<u8>,
+}
+
+/// Where the passes read `u` and the gates and write `y`.
+#[derive(Clone, Copy)]
+enum Io<'a> {
+    /// The execution's own chunk buffers, filled from and read back to the host.
+    Host,
+    /// Device-resident tensors of the whole problem.
+    Device {
+        u: &'a CudaTensor,
+        gates: Option<(&'a CudaTensor, &'a CudaTensor)>,
+        y: &'a CudaTensor,
+    },
+}
+
+impl CudaConvolution {
+    /// Prepares `spec` on the process's CUDA device: the plan for its shared memory, the kernels
+    /// for the dtype (compiled by NVRTC on first use) and the twiddle table.
+    pub fn new(spec: &ConvSpec) -> Result<CudaConvolution, CudaError> {
+        Self::with_options(spec, CudaOptions::default())
+    }
+
+    /// Like [`new`](Self::new) with [`CudaOptions`].
+    pub fn with_options(
+        spec: &ConvSpec,
+        options: CudaOptions,
+    ) -> Result<CudaConvolution, CudaError> {
+        let dev = device()?;
+        let geometry = spec.geometry();
+        let n = geometry.n();
+        let mut max_points = dev.max_shared_points();
+        if let Some(limit) = options.max_shared_points {
+            max_points = max_points.min(1 << limit.max(16).ilog2());
+        }
+        // Sizes that fit one block run as one fused pass; smaller N share a block's lines.
+        let shared_points = (n as u32).clamp(max_points.min(4096), max_points);
+        let kernels = dev.kernels(spec.dtype(), shared_points)?;
+        let shared = kernels.shared_points as usize;
+        let limits = PlanLimits {
+            max_factor: shared,
+            preferred_factor: shared,
+            on_chip_bytes: shared * 8,
+            bytes_per_element: 8,
+        };
+        let plan = MonarchPlan::cached(geometry.fft_size, &limits)
+            .map_err(|e| CudaError::unsupported(e.to_string()))?;
+        let chunk_elems = options.chunk_elems.unwrap_or(DEFAULT_CHUNK_ELEMS);
+        let schedule = PassSchedule::new(spec, &plan, shared, chunk_elems)
+            .map_err(|e| CudaError::unsupported(e.to_string()))?;
+        // Kernel indices of u, gates and y are 32-bit within a chunk.
+        let (nb, nh) = schedule.chunk_shape();
+        if nb * nh * spec.length() >= 1 << 32 {
+            return Err(CudaError::unsupported(format!(
+                "a row of L = {} elements is too long for 32-bit indices",
+                spec.length()
+            )));
+        }
+        let table: Vec<u8> = (0..n as u64)
+            .flat_map(|e| {
+                let w = root_of_unity(e, n as u64);
+                let (re, im) = (w.re as f32, w.im as f32);
+                re.to_ne_bytes().into_iter().chain(im.to_ne_bytes())
+            })
+            .collect();
+        let twiddles = dev
+            .stream
+            .clone_htod(&table)
+            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+        sync(&dev.stream)?;
+        Ok(CudaConvolution {
+            device: dev,
+            spec: spec.clone(),
+            kernels,
+            plan,
+            schedule,
+            twiddles,
+            exec: Mutex::new(None),
+            backward_exec: Mutex::new(None),
+        })
+    }
+
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+
+    /// The factors of the plan this convolution runs.
+    pub fn factors(&self) -> &[usize] {
+        self.plan.factors()
+    }
+
+    /// Passes over global memory per direction (0: the whole FFT is one fused on-chip pass).
+    pub fn global_passes(&self) -> usize {
+        self.plan.global_passes()
+    }
+
+    /// Computes the filter spectrum of `k: [H, K]` (f32) on the host and uploads it.
+    pub fn prepare_filter(&self, k: &[f32]) -> Result<CudaFilterSpectrum, CudaError> {
+        let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
+        if k.len() != h_count * klen {
+            return Err(CudaError::invalid(
+                "k",
+                format!(
+                    "expected [H={h_count}, K={klen}] = {} elements, got {}",
+                    h_count * klen,
+                    k.len()
+                ),
+            ));
+        }
+        let geometry = *self.spec.geometry();
+        let n = geometry.n();
+        let kept = geometry.kept_bins.min(n / 2 + 1);
+        let fft = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(n);
+        let mut signal = fft.make_input_vec();
+        let mut spectrum = fft.make_output_vec();
+        let mut scratch = fft.make_scratch_vec();
+        let scale = 1.0 / n as f32;
+        let mut bytes = Vec::with_capacity(h_count * kept * 8);
+        for row in k.chunks_exact(klen) {
+            signal.fill(0.0);
+            signal[..klen].copy_from_slice(row);
+            fft.process_with_scratch(&mut signal, &mut spectrum, &mut scratch)
+                .map_err(|e| CudaError::invalid("k", e.to_string()))?;
+            for c in &spectrum[..kept] {
+                bytes.extend_from_slice(&(c.re * scale).to_ne_bytes());
+                bytes.extend_from_slice(&(c.im * scale).to_ne_bytes());
+            }
+        }
+        let stream = &self.device.stream;
+        let buffer = stream
+            .clone_htod(&bytes)
+            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+        sync(stream)?;
+        Ok(CudaFilterSpectrum {
+            geometry,
+            channels: h_count,
+            filter_len: klen,
+            buffer: Arc::new(buffer),
+        })
+    }
+
+    /// `y = postgate * conv(pregate * u, k)`; `u`, `y` and the gates are `[B, H, L]` of the
+    /// problem's dtype. Every argument is checked before anything is written.
+    pub fn forward<T: Element>(
+        &self,
+        filter: &CudaFilterSpectrum,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+        y: &mut [T],
+    ) -> Result<(), CudaError> {
+        self.check_inputs(
+            filter,
+            T::DTYPE,
+            u.len(),
+            gates.map(|(p, q)| (p.len(), q.len())),
+            y.len(),
+        )?;
+        let mut guard = self.execution()?;
+        let exec = guard.as_mut().expect("made by execution()");
+        if exec.host.is_none() {
+            exec.host = Some(self.host_io()?);
+        }
+        for chunk in self.schedule.chunks().collect::<Vec<_>>() {
+            let bytes = chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes();
+            {
+                let host = exec.host.as_mut().expect("made above");
+                let mut streams: Vec<(&[T], &mut CudaSlice<u8>)> = vec![(u, &mut host.u)];
+                if let (Some((pre, post)), Some(dpre), Some(dpost)) =
+                    (gates, host.pre.as_mut(), host.post.as_mut())
+                {
+                    streams.push((pre, dpre));
+                    streams.push((post, dpost));
+                }
+                for (src, dst) in streams {
+                    for (dst_rows, src_rows) in self.schedule.chunk_rows(chunk) {
+                        copy_to_bytes(
+                            &src[src_rows],
+                            &mut host.staging[dst_rows.start * size_of::<T>()..],
+                        );
+                    }
+                    exec.stream
+                        .memcpy_htod(&host.staging[..bytes], &mut dst.slice_mut(..bytes))
+                        .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+                    // The staging buffer is reused for the next stream.
+                    sync(&exec.stream)?;
+                }
+            }
+            self.launch_forward(exec, filter, chunk, Io::Host)?;
+            let host = exec.host.as_mut().expect("made above");
+            exec.stream
+                .memcpy_dtoh(&host.y.slice(..bytes), &mut host.staging[..bytes])
+                .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+            sync(&exec.stream)?;
+            for (src_rows, dst_rows) in self.schedule.chunk_rows(chunk) {
+                copy_from_bytes(
+                    &host.staging[src_rows.start * size_of::<T>()..],
+                    &mut y[dst_rows],
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`forward`](Self::forward) on device-resident tensors: no host copies, `y` is
+    /// overwritten in device memory.
+    pub fn forward_device(
+        &self,
+        filter: &CudaFilterSpectrum,
+        u: &CudaTensor,
+        gates: Option<(&CudaTensor, &CudaTensor)>,
+        y: &mut CudaTensor,
+    ) -> Result<(), CudaError> {
+        for (arg, t) in [("u", u), ("y", &*y)].into_iter().chain(
+            gates
+                .into_iter()
+                .flat_map(|(p, q)| [("pregate", p), ("postgate", q)]),
+        ) {
+            if t.dtype != self.spec.dtype() {
+                return Err(CudaError::invalid(
+                    arg,
+                    format!(
+                        "dtype {} given, the problem is {}",
+                        t.dtype,
+                        self.spec.dtype()
+                    ),
+                ));
+            }
+        }
+        self.check_inputs(
+            filter,
+            u.dtype,
+            u.len,
+            gates.map(|(p, q)| (p.len, q.len)),
+            y.len,
+        )?;
+        if self.spec.io_len() >= 1 << 32 {
+            return Err(CudaError::unsupported(format!(
+                "device tensors of {} elements exceed 32-bit kernel indices \
+                 (host slices run in chunks that fit)",
+                self.spec.io_len()
+            )));
+        }
+        let mut guard = self.execution()?;
+        let exec = guard.as_mut().expect("made by execution()");
+        let y = &*y;
+        for chunk in self.schedule.chunks().collect::<Vec<_>>() {
+            self.launch_forward(exec, filter, chunk, Io::Device { u, gates, y })?;
+        }
+        sync(&exec.stream)
+    }
+
+    /// The execution (stream, intermediate buffer), made on first use; holds the lock.
+    fn execution(&self) -> Result<std::sync::MutexGuard<'_, Option<Execution>>, CudaError> {
+        let mut guard = self.exec.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let stream = self
+                .device
+                .ctx
+                .new_stream()
+                .map_err(|e| CudaError::driver("cuStreamCreate", e))?;
+            // The backward keeps whole spectra even where the forward needs none.
+            let tmp = stream
+                .alloc_zeros::<u8>(self.schedule.spectra_bytes().max(4))
+                .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+            *guard = Some(Execution {
+                stream,
+                tmp,
+                host: None,
+            });
+        }
+        Ok(guard)
+    }
+
+    fn host_io(&self) -> Result<HostIo, CudaError> {
+        let stream = &self.device.stream;
+        let bytes = self.schedule.stream_bytes().max(4);
+        let alloc = || {
+            stream
+                .alloc_zeros::<u8>(bytes)
+                .map_err(|e| CudaError::driver("cuMemAlloc", e))
+        };
+        let gated = self.spec.gated();
+        let io = HostIo {
+            u: alloc()?,
+            pre: if gated { Some(alloc()?) } else { None },
+            post: if gated { Some(alloc()?) } else { None },
+            y: alloc()?,
+            staging: vec![0u8; bytes],
+        };
+        sync(stream)?;
+        Ok(io)
+    }
+
+    /// Launches the forward passes of one chunk on the execution's stream.
+    fn launch_forward(
+        &self,
+        exec: &Execution,
+        filter: &CudaFilterSpectrum,
+        chunk: Chunk,
+        io: Io<'_>,
+    ) -> Result<(), CudaError> {
+        let stream = &exec.stream;
+        let (u, pre, post, y) = match io {
+            Io::Host => {
+                let host = exec.host.as_ref().expect("made for host calls");
+                (&host.u, host.pre.as_ref(), host.post.as_ref(), &host.y)
+            }
+            Io::Device { u, gates, y } => (
+                &u.buffer,
+                gates.map(|g| &g.0.buffer),
+                gates.map(|g| &g.1.buffer),
+                &y.buffer,
+            ),
+        };
+        let u = address(u, stream);
+        let buffers = KernelBuffers {
+            u,
+            pre: pre.map_or(u, |b| address(b, stream)),
+            post: post.map_or(u, |b| address(b, stream)),
+            y: address(y, stream),
+            spectrum: address(&filter.buffer, stream),
+            twiddles: address(&self.twiddles, stream),
+            tmp: address(&exec.tmp, stream),
+            other: 0,
+            taps: 0,
+            y2: 0,
+        };
+        for (kind, params) in self.schedule.forward_steps(chunk, matches!(io, Io::Host)) {
+            self.launch(stream, kind, &params, &buffers)?;
+        }
+        Ok(())
+    }
+
+    /// Launches one pass.
+    pub(crate) fn launch(
+        &self,
+        stream: &CudaStream,
+        kind: PassKind,
+        params: &PassParams,
+        buffers: &KernelBuffers,
+    ) -> Result<(), CudaError> {
+        let k = &self.kernels;
+        let (func, shared) = match kind {
+            PassKind::Fused => (&k.fused, k.shared_bytes),
+            PassKind::ColumnsForward => (&k.columns_forward, k.shared_bytes),
+            PassKind::ColumnsInverse => (&k.columns_inverse, k.shared_bytes),
+            PassKind::Gather => (&k.gather, 0),
+        };
+        let groups = (params.total_lines as u64)
+            .div_ceil(1 << params.lines_log2)
+            .max(1);
+        let x = groups.min(i32::MAX as u64);
+        let y = groups.div_ceil(x);
+        if y > 65_535 {
+            return Err(CudaError::unsupported(format!(
+                "{groups} blocks exceed the grid"
+            )));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (x as u32, y as u32, 1),
+            block_dim: (k.threads, 1, 1),
+            shared_mem_bytes: shared,
+        };
+        let p = KernelParams(*params);
+        let mut launch = stream.launch_builder(func);
+        launch.arg(&p).arg(buffers);
+        // SAFETY: the kernel's parameters are (Params, Buffers) by value, matching the two
+        // arguments; every pointer in `buffers` is a live allocation sized for this chunk (or
+        // unused by this pass's flags); shared memory is within the function's attribute.
+        unsafe { launch.launch(cfg) }.map_err(|e| CudaError::driver("cuLaunchKernel", e))?;
+        Ok(())
+    }
+
+    fn check_inputs(
+        &self,
+        filter: &CudaFilterSpectrum,
+        dtype: DType,
+        u_len: usize,
+        gates: Option<(usize, usize)>,
+        y_len: usize,
+    ) -> Result<(), CudaError> {
+        self.spec
+            .check_io(dtype, u_len, gates, y_len)
+            .map_err(|e| match e {
+                monarch_core::CoreError::InvalidArgument { arg, reason } => {
+                    CudaError::invalid(arg, reason)
+                }
+                other => CudaError::invalid("u", other.to_string()),
+            })?;
+        if filter.geometry != *self.spec.geometry()
+            || filter.channels != self.spec.channels()
+            || filter.filter_len != self.spec.filter_len()
+        {
+            return Err(CudaError::invalid(
+                "filter",
+                "prepared for a different problem",
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn copy_to_bytes<T: Element>(src: &[T], dst: &mut [u8]) {
+    let n = std::mem::size_of_val(src);
+    // SAFETY: f32, f16 and bf16 (the only `Element`s) are plain data without padding.
+    let bytes = unsafe { std::slice::from_raw_parts(src.as_ptr().cast::<u8>(), n) };
+    dst[..n].copy_from_slice(bytes);
+}
+
+pub(crate) fn copy_from_bytes<T: Element>(src: &[u8], dst: &mut [T]) {
+    let n = std::mem::size_of_val(dst);
+    // SAFETY: as above; every bit pattern is a valid f32, f16 or bf16.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), n) };
+    bytes.copy_from_slice(&src[..n]);
+}

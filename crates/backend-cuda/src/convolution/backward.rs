@@ -1,0 +1,418 @@
+//! [`CudaConvolution::backward`]: gradients of `y = post * conv(pre * u, k)` on the CUDA device,
+//! the exact adjoint of the forward, with the same steps as the Vulkan backend
+//! ([`PassSchedule::backward_steps`](monarch_core::schedule::PassSchedule::backward_steps)):
+//!
+//! ```text
+//! V = FFT(pre * u)   D = FFT(dy * post)          (spectra kept in two buffers)
+//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk, summed over pairs on the host in f64
+//! c    = IFFT(V * K)                            -> dpostgate = dy * c        (gated only)
+//! dseg = IFFT(D * conj(K));  dx = gather(dseg); du = pre * dx, dpregate = u * dx
+//! ```
+
+use cudarc::driver::CudaSlice;
+use monarch_core::schedule::{BackwardBinding, Chunk};
+use monarch_core::Element;
+
+use super::{
+    address, copy_from_bytes, copy_to_bytes, sync, CudaConvolution, CudaFilterSpectrum, CudaTensor,
+    KernelBuffers,
+};
+use crate::CudaError;
+
+/// Output buffers of one backward call; every one is overwritten.
+///
+/// `du`, `dpregate`, `dpostgate` are `[B, H, L]` of the problem's dtype; `dk` is `[H, K]` in f32
+/// (summed over the batch in f64). The gate gradients are given exactly when the problem is gated.
+#[derive(Debug)]
+pub struct CudaGradients<'a, T> {
+    pub du: &'a mut [T],
+    pub dk: &'a mut [f32],
+    pub dpregate: Option<&'a mut [T]>,
+    pub dpostgate: Option<&'a mut [T]>,
+}
+
+/// Device-resident inputs and gradients of [`CudaConvolution::backward_device`].
+#[derive(Debug)]
+pub struct CudaTensorGradients<'a> {
+    pub u: &'a CudaTensor,
+    /// `(pregate, postgate)`, exactly when the problem is gated.
+    pub gates: Option<(&'a CudaTensor, &'a CudaTensor)>,
+    pub dy: &'a CudaTensor,
+    pub du: &'a mut CudaTensor,
+    /// `(dpregate, dpostgate)`, exactly when the problem is gated.
+    pub gate_grads: Option<(&'a mut CudaTensor, &'a mut CudaTensor)>,
+}
+
+/// The backward's device buffers, made on first use.
+pub(super) struct BackwardExecution {
+    tmp_v: CudaSlice<u8>,
+    tmp_d: CudaSlice<u8>,
+    taps: CudaSlice<u8>,
+    taps_host: Vec<u8>,
+    /// `u, dy, pre, post` then `du, dpregate, dpostgate` of one chunk (host I/O only).
+    host: Option<(Vec<CudaSlice<u8>>, Vec<u8>)>,
+}
+
+/// The seven streams of one chunk: device addresses.
+#[derive(Clone, Copy)]
+struct Streams {
+    u: u64,
+    dy: u64,
+    pre: u64,
+    post: u64,
+    du: u64,
+    dpre: u64,
+    dpost: u64,
+}
+
+impl CudaConvolution {
+    /// Gradients of [`forward`](Self::forward) given `dy` (see [`CudaGradients`]). Every
+    /// argument is checked before anything is written.
+    pub fn backward<T: Element>(
+        &self,
+        filter: &CudaFilterSpectrum,
+        u: &[T],
+        gates: Option<(&[T], &[T])>,
+        dy: &[T],
+        grads: CudaGradients<'_, T>,
+    ) -> Result<(), CudaError> {
+        let want = self.spec.io_len();
+        self.check_inputs(
+            filter,
+            T::DTYPE,
+            u.len(),
+            gates.map(|(p, q)| (p.len(), q.len())),
+            want,
+        )?;
+        for (arg, len) in [("dy", dy.len()), ("du", grads.du.len())] {
+            if len != want {
+                return Err(CudaError::invalid(
+                    arg,
+                    format!("expected [B, H, L] = {want} elements, got {len}"),
+                ));
+            }
+        }
+        self.check_gradients(
+            grads.dk.len(),
+            [
+                grads.dpregate.as_ref().map(|g| g.len()),
+                grads.dpostgate.as_ref().map(|g| g.len()),
+            ],
+        )?;
+        let CudaGradients {
+            du,
+            dk,
+            mut dpregate,
+            mut dpostgate,
+        } = grads;
+        let mut dk64 = vec![0.0f64; dk.len()];
+        let mut guard = self.backward_execution()?;
+        let bexec = guard.as_mut().expect("made");
+        let mut exec_guard = self.execution()?;
+        let stream = std::sync::Arc::clone(&exec_guard.as_mut().expect("made").stream);
+        if bexec.host.is_none() {
+            let bytes = self.schedule.stream_bytes().max(4);
+            let n = if self.spec.gated() { 7 } else { 3 };
+            let mut bufs = Vec::with_capacity(n);
+            for _ in 0..n {
+                bufs.push(
+                    stream
+                        .alloc_zeros::<u8>(bytes)
+                        .map_err(|e| CudaError::driver("cuMemAlloc", e))?,
+                );
+            }
+            bexec.host = Some((bufs, vec![0u8; bytes]));
+        }
+        let gated = self.spec.gated();
+        for chunk in self.schedule.chunks().collect::<Vec<_>>() {
+            let bytes = chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes();
+            let (bufs, staging) = bexec.host.as_mut().expect("made above");
+            let mut inputs: Vec<&[T]> = vec![u, dy];
+            if let Some((pre, post)) = gates {
+                inputs.push(pre);
+                inputs.push(post);
+            }
+            for (i, src) in inputs.into_iter().enumerate() {
+                for (dst_rows, src_rows) in self.schedule.chunk_rows(chunk) {
+                    copy_to_bytes(
+                        &src[src_rows],
+                        &mut staging[dst_rows.start * size_of::<T>()..],
+                    );
+                }
+                stream
+                    .memcpy_htod(&staging[..bytes], &mut bufs[i].slice_mut(..bytes))
+                    .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+                sync(&stream)?;
+            }
+            let a = |i: usize| address(&bufs[i], &stream);
+            let streams = if gated {
+                Streams {
+                    u: a(0),
+                    dy: a(1),
+                    pre: a(2),
+                    post: a(3),
+                    du: a(4),
+                    dpre: a(5),
+                    dpost: a(6),
+                }
+            } else {
+                Streams {
+                    u: a(0),
+                    dy: a(1),
+                    pre: a(0),
+                    post: a(0),
+                    du: a(2),
+                    dpre: a(2),
+                    dpost: a(2),
+                }
+            };
+            self.launch_backward(&stream, bexec, filter, chunk, streams, true)?;
+            let outputs: Vec<(usize, &mut [T])> = if gated {
+                vec![
+                    (4, &mut *du),
+                    (5, dpregate.as_deref_mut().expect("checked")),
+                    (6, dpostgate.as_deref_mut().expect("checked")),
+                ]
+            } else {
+                vec![(2, &mut *du)]
+            };
+            let (bufs, staging) = bexec.host.as_mut().expect("made above");
+            for (i, out) in outputs {
+                stream
+                    .memcpy_dtoh(&bufs[i].slice(..bytes), &mut staging[..bytes])
+                    .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+                sync(&stream)?;
+                for (src_rows, dst_rows) in self.schedule.chunk_rows(chunk) {
+                    copy_from_bytes(
+                        &staging[src_rows.start * size_of::<T>()..],
+                        &mut out[dst_rows],
+                    );
+                }
+            }
+            self.add_taps(&stream, bexec, chunk, &mut dk64)?;
+        }
+        drop(exec_guard);
+        for (d, v) in dk.iter_mut().zip(&dk64) {
+            *d = *v as f32;
+        }
+        Ok(())
+    }
+
+    /// Like [`backward`](Self::backward) on device-resident tensors: `du` and (gated) the gate
+    /// gradients are overwritten in device memory; `dk` (`[H, K]`, small) is written on the host.
+    pub fn backward_device(
+        &self,
+        filter: &CudaFilterSpectrum,
+        tensors: CudaTensorGradients<'_>,
+        dk: &mut [f32],
+    ) -> Result<(), CudaError> {
+        let want = self.spec.io_len();
+        self.check_inputs(
+            filter,
+            tensors.u.dtype(),
+            tensors.u.len(),
+            tensors.gates.map(|(p, q)| (p.len(), q.len())),
+            want,
+        )?;
+        let mut named = vec![("dy", tensors.dy), ("du", &*tensors.du), ("u", tensors.u)];
+        if let Some((p, q)) = tensors.gates {
+            named.extend([("pregate", p), ("postgate", q)]);
+        }
+        if let Some((p, q)) = &tensors.gate_grads {
+            named.extend([("dpregate", &**p), ("dpostgate", &**q)]);
+        }
+        for (arg, t) in named {
+            if t.dtype() != self.spec.dtype() || t.len() != want {
+                return Err(CudaError::invalid(
+                    arg,
+                    format!(
+                        "expected {want} {} elements, got {} {}",
+                        self.spec.dtype(),
+                        t.len(),
+                        t.dtype()
+                    ),
+                ));
+            }
+        }
+        self.check_gradients(
+            dk.len(),
+            [
+                tensors.gate_grads.as_ref().map(|g| g.0.len()),
+                tensors.gate_grads.as_ref().map(|g| g.1.len()),
+            ],
+        )?;
+        if want >= 1 << 32 {
+            return Err(CudaError::unsupported(format!(
+                "device tensors of {want} elements exceed 32-bit kernel indices"
+            )));
+        }
+        let mut dk64 = vec![0.0f64; dk.len()];
+        let mut guard = self.backward_execution()?;
+        let bexec = guard.as_mut().expect("made");
+        let mut exec_guard = self.execution()?;
+        let stream = std::sync::Arc::clone(&exec_guard.as_mut().expect("made").stream);
+        let a = |t: &CudaTensor| address(&t.buffer, &stream);
+        let u = a(tensors.u);
+        let du = a(tensors.du);
+        let streams = Streams {
+            u,
+            dy: a(tensors.dy),
+            pre: tensors.gates.map_or(u, |g| a(g.0)),
+            post: tensors.gates.map_or(u, |g| a(g.1)),
+            du,
+            dpre: tensors.gate_grads.as_ref().map_or(du, |g| a(g.0)),
+            dpost: tensors.gate_grads.as_ref().map_or(du, |g| a(g.1)),
+        };
+        for chunk in self.schedule.chunks().collect::<Vec<_>>() {
+            self.launch_backward(&stream, bexec, filter, chunk, streams, false)?;
+            self.add_taps(&stream, bexec, chunk, &mut dk64)?;
+        }
+        sync(&stream)?;
+        drop(exec_guard);
+        for (d, v) in dk.iter_mut().zip(&dk64) {
+            *d = *v as f32;
+        }
+        Ok(())
+    }
+
+    /// `dk` is `[H, K]`; the gate gradients' lengths are given exactly when the problem is gated.
+    fn check_gradients(
+        &self,
+        dk_len: usize,
+        gate_grads: [Option<usize>; 2],
+    ) -> Result<(), CudaError> {
+        let want = self.spec.io_len();
+        if dk_len != self.spec.filter_elems() {
+            return Err(CudaError::invalid(
+                "dk",
+                format!(
+                    "expected [H, K] = {} elements, got {dk_len}",
+                    self.spec.filter_elems()
+                ),
+            ));
+        }
+        for (arg, g) in ["dpregate", "dpostgate"].into_iter().zip(gate_grads) {
+            match (self.spec.gated(), g) {
+                (true, Some(len)) if len == want => {}
+                (true, Some(len)) => {
+                    return Err(CudaError::invalid(
+                        arg,
+                        format!("expected [B, H, L] = {want} elements, got {len}"),
+                    ))
+                }
+                (true, None) => return Err(CudaError::invalid(arg, "the problem is gated")),
+                (false, Some(_)) => {
+                    return Err(CudaError::invalid(arg, "the problem is not gated"))
+                }
+                (false, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn backward_execution(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, Option<BackwardExecution>>, CudaError> {
+        let mut guard = self.backward_exec.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let stream = &self.device.stream;
+            let (nb, nh) = self.schedule.chunk_shape();
+            let taps_bytes = (nh * self.schedule.pairs(nb) * self.spec.filter_len() * 4).max(4);
+            let alloc = |bytes: usize| {
+                stream
+                    .alloc_zeros::<u8>(bytes.max(4))
+                    .map_err(|e| CudaError::driver("cuMemAlloc", e))
+            };
+            let exec = BackwardExecution {
+                tmp_v: alloc(self.schedule.spectra_bytes())?,
+                tmp_d: alloc(self.schedule.spectra_bytes())?,
+                taps: alloc(taps_bytes)?,
+                taps_host: vec![0u8; taps_bytes],
+                host: None,
+            };
+            sync(stream)?;
+            *guard = Some(exec);
+        }
+        Ok(guard)
+    }
+
+    /// Launches the backward steps of one chunk.
+    fn launch_backward(
+        &self,
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+        bexec: &BackwardExecution,
+        filter: &CudaFilterSpectrum,
+        chunk: Chunk,
+        s: Streams,
+        compact: bool,
+    ) -> Result<(), CudaError> {
+        let tmp_v = address(&bexec.tmp_v, stream);
+        let tmp_d = address(&bexec.tmp_d, stream);
+        let base = KernelBuffers {
+            u: s.u,
+            pre: s.pre,
+            post: s.post,
+            y: s.du,
+            spectrum: address(&filter.buffer, stream),
+            twiddles: address(&self.twiddles, stream),
+            tmp: tmp_v,
+            other: tmp_v,
+            taps: address(&bexec.taps, stream),
+            y2: s.dpre,
+        };
+        let steps = self
+            .schedule
+            .backward_steps(chunk, compact, self.kernels.threads.ilog2());
+        for (binding, kind, params) in steps {
+            let buffers = match binding {
+                BackwardBinding::Input => base,
+                BackwardBinding::OutputGradient => KernelBuffers {
+                    u: s.dy,
+                    pre: s.post,
+                    tmp: tmp_d,
+                    ..base
+                },
+                BackwardBinding::Taps => KernelBuffers {
+                    tmp: tmp_d,
+                    other: tmp_v,
+                    ..base
+                },
+                BackwardBinding::PostGate => KernelBuffers {
+                    y: s.dpost,
+                    post: s.dy,
+                    ..base
+                },
+                BackwardBinding::Adjoint | BackwardBinding::Gather => {
+                    KernelBuffers { tmp: tmp_d, ..base }
+                }
+            };
+            self.launch(stream, kind, &params, &buffers)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk's taps (waiting for the chunk) and adds them into `dk64` (`[H, K]`).
+    fn add_taps(
+        &self,
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+        bexec: &mut BackwardExecution,
+        chunk: Chunk,
+        dk64: &mut [f64],
+    ) -> Result<(), CudaError> {
+        let k_len = self.spec.filter_len();
+        let pairs = self.schedule.pairs(chunk.nb);
+        let bytes = chunk.nh * pairs * k_len * 4;
+        if bytes > 0 {
+            stream
+                .memcpy_dtoh(&bexec.taps.slice(..bytes), &mut bexec.taps_host[..bytes])
+                .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+        }
+        sync(stream)?;
+        for (i, tap) in bexec.taps_host[..bytes].chunks_exact(4).enumerate() {
+            let value = f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]);
+            let (pair, s) = (i / k_len, i % k_len);
+            dk64[(chunk.h0 + pair / pairs) * k_len + s] += f64::from(value);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,340 @@
+//! The process's CUDA device ([`CudaDevice`]: one context, its limits, its stream) and the
+//! compiled kernel modules ([`Kernels`], NVRTC at run time, cached in memory and on disk).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::nvrtc::sys::{self as nvrtc_sys, nvrtcResult};
+use monarch_core::DType;
+
+use crate::probe::{guarded, probe, CudaDeviceInfo};
+use crate::CudaError;
+
+/// Environment variable: the ordinal of the CUDA device to use (default 0).
+pub const DEVICE_ENV: &str = "FFTCONV_CUDA_DEVICE";
+/// Environment variable: the folder of the on-disk kernel cache (default
+/// `$XDG_CACHE_HOME/fftconv/cuda` or `~/.cache/fftconv/cuda`); `off` disables it.
+pub const CACHE_ENV: &str = "FFTCONV_CUDA_CACHE";
+/// Environment variable: `1` switches off the shared-memory padding against bank conflicts (for
+/// comparing both on a GPU).
+pub const NO_PAD_ENV: &str = "FFTCONV_CUDA_NO_PAD";
+
+/// The kernel source (see its header for the passes and defines).
+const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
+
+/// One CUDA device opened for convolutions: its context, properties and compiled kernels.
+pub struct CudaDevice {
+    pub(crate) ctx: Arc<CudaContext>,
+    /// The stream device tensors are copied on.
+    pub(crate) stream: Arc<CudaStream>,
+    info: CudaDeviceInfo,
+    description: String,
+    kernels: Mutex<HashMap<KernelKey, Arc<Kernels>>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+static DEVICE: OnceLock<Result<Arc<CudaDevice>, CudaError>> = OnceLock::new();
+
+/// The process's CUDA device, opened on first use (`FFTCONV_CUDA_DEVICE` picks the ordinal).
+pub fn device() -> Result<Arc<CudaDevice>, CudaError> {
+    DEVICE
+        .get_or_init(|| guarded(open_device).map(Arc::new))
+        .clone()
+}
+
+fn open_device() -> Result<CudaDevice, CudaError> {
+    let devices = probe()?;
+    let ordinal = match std::env::var(DEVICE_ENV) {
+        Ok(v) => v.trim().parse::<usize>().map_err(|_| {
+            CudaError::unavailable(format!("{DEVICE_ENV}={v} is not a device ordinal"))
+        })?,
+        Err(_) => 0,
+    };
+    let info = devices.get(ordinal).cloned().ok_or_else(|| {
+        CudaError::unavailable(format!(
+            "{DEVICE_ENV}={ordinal}, but there are {} devices",
+            devices.len()
+        ))
+    })?;
+    let ctx =
+        CudaContext::new(ordinal).map_err(|e| CudaError::driver("cuDevicePrimaryCtxRetain", e))?;
+    // Every call orders its own work on its own stream and waits for it before returning, so
+    // cudarc's per-buffer event tracking is not needed.
+    // SAFETY: no buffer or stream of this context exists yet.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx
+        .new_stream()
+        .map_err(|e| CudaError::driver("cuStreamCreate", e))?;
+    let description = format!(
+        "{info}, {} KiB shared memory per block",
+        info.shared_memory_per_block_optin / 1024
+    );
+    Ok(CudaDevice {
+        ctx,
+        stream,
+        info,
+        description,
+        kernels: Mutex::new(HashMap::new()),
+    })
+}
+
+impl CudaDevice {
+    /// What the driver reports about this device.
+    pub fn info(&self) -> &CudaDeviceInfo {
+        &self.info
+    }
+
+    /// One line: name, architecture, memory, shared memory per block.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Largest number of complex f32 points one block keeps in shared memory (a power of two,
+    /// with room for one padding point per 16), at most 2^14.
+    pub fn max_shared_points(&self) -> u32 {
+        let bytes = self.info.shared_memory_per_block_optin.max(48 * 1024);
+        let mut points = 1u32 << 14;
+        while points > 256 && (points as usize) * 8 * 17 / 16 > bytes {
+            points /= 2;
+        }
+        points
+    }
+
+    /// The kernels for `dtype` with `shared_points` of shared memory per block, compiled on first
+    /// use.
+    pub(crate) fn kernels(
+        &self,
+        dtype: DType,
+        shared_points: u32,
+    ) -> Result<Arc<Kernels>, CudaError> {
+        let pad = std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1");
+        let key = KernelKey {
+            dtype,
+            shared_points,
+            pad: pad
+                && (shared_points as usize) * 8 * 17 / 16
+                    <= self.info.shared_memory_per_block_optin,
+        };
+        let mut cache = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = cache.get(&key) {
+            return Ok(Arc::clone(k));
+        }
+        let kernels = Arc::new(guarded(|| self.build_kernels(key))?);
+        cache.insert(key, Arc::clone(&kernels));
+        Ok(kernels)
+    }
+
+    fn build_kernels(&self, key: KernelKey) -> Result<Kernels, CudaError> {
+        let threads = (key.shared_points / 8).clamp(256, 1024);
+        let io = match key.dtype {
+            DType::F32 => "IO_F32",
+            DType::F16 => "IO_F16",
+            DType::Bf16 => "IO_BF16",
+        };
+        let (major, minor) = self.info.compute_capability;
+        let options = vec![
+            format!("--gpu-architecture=sm_{major}{minor}"),
+            "--std=c++17".to_owned(),
+            format!("-D{io}=1"),
+            format!("-DSHARED_POINTS={}", key.shared_points),
+            format!("-DPAD={}", u32::from(key.pad)),
+            format!("-DTHREADS={threads}"),
+        ];
+        let name = format!("fftconv.cu ({})", options[2..].join(" "));
+        let cubin = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+            .map_err(|e| CudaError::driver("cuModuleLoadData", e))?;
+        let shared_bytes =
+            (key.shared_points + if key.pad { key.shared_points / 16 } else { 0 }) * 8;
+        let load = |name: &str| -> Result<CudaFunction, CudaError> {
+            let f = module
+                .load_function(name)
+                .map_err(|e| CudaError::driver("cuModuleGetFunction", e))?;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_bytes as i32,
+            )
+            .map_err(|e| {
+                CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
+            })?;
+            Ok(f)
+        };
+        Ok(Kernels {
+            fused: load("fftconv_fused")?,
+            columns_forward: load("fftconv_columns_forward")?,
+            columns_inverse: load("fftconv_columns_inverse")?,
+            gather: load("fftconv_gather")?,
+            shared_points: key.shared_points,
+            shared_bytes,
+            threads,
+        })
+    }
+}
+
+/// What a kernel module is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct KernelKey {
+    dtype: DType,
+    shared_points: u32,
+    pad: bool,
+}
+
+/// The four kernels of `kernels/fftconv.cu` for one dtype and shared-memory size.
+pub(crate) struct Kernels {
+    pub(crate) fused: CudaFunction,
+    pub(crate) columns_forward: CudaFunction,
+    pub(crate) columns_inverse: CudaFunction,
+    pub(crate) gather: CudaFunction,
+    /// Complex points of shared memory per block (the longest line a pass may have).
+    pub(crate) shared_points: u32,
+    /// Dynamic shared memory per block in bytes (with padding).
+    pub(crate) shared_bytes: u32,
+    /// Threads per block.
+    pub(crate) threads: u32,
+}
+
+/// The compiled image of `source` with `options` for this device: from the disk cache when an
+/// earlier process compiled it, else from NVRTC (and stored).
+fn compile_cached(
+    source: &str,
+    options: &[String],
+    info: &CudaDeviceInfo,
+    name: &str,
+) -> Result<Vec<u8>, CudaError> {
+    let version = nvrtc_version()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        source,
+        options,
+        &info.name,
+        info.compute_capability,
+        version,
+        env!("CARGO_PKG_VERSION"),
+    )
+        .hash(&mut hasher);
+    let file = cache_dir().map(|d| d.join(format!("{:016x}.cubin", hasher.finish())));
+    if let Some(bytes) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+        if !bytes.is_empty() {
+            return Ok(bytes);
+        }
+    }
+    let cubin = compile(source, options, name)?;
+    if let Some(file) = file {
+        // Best effort: written under a temporary name, then renamed, so a reader never sees half.
+        if let Some(dir) = file.parent() {
+            if std::fs::create_dir_all(dir).is_ok() {
+                let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::write(&tmp, &cubin).is_ok() && std::fs::rename(&tmp, &file).is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+        }
+    }
+    Ok(cubin)
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    match std::env::var(CACHE_ENV) {
+        Ok(v) if v == "off" || v == "0" => None,
+        Ok(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("fftconv").join("cuda")),
+    }
+}
+
+fn nvrtc_version() -> Result<(i32, i32), CudaError> {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC was found by the probe; both pointers are valid for writes.
+    let r = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
+    nvrtc_check("nvrtcVersion", r)?;
+    Ok((major, minor))
+}
+
+fn nvrtc_check(call: &str, r: nvrtcResult) -> Result<(), CudaError> {
+    if r == nvrtcResult::NVRTC_SUCCESS {
+        Ok(())
+    } else {
+        Err(CudaError::Nvrtc(format!("{call} failed: {r:?}")))
+    }
+}
+
+/// Compiles `source` to a CUBIN for the architecture named in `options`.
+fn compile(source: &str, options: &[String], name: &str) -> Result<Vec<u8>, CudaError> {
+    use std::ffi::{c_char, CString};
+    let src = CString::new(source).map_err(|_| CudaError::Nvrtc("source holds a NUL".into()))?;
+    let file = CString::new("fftconv.cu").expect("no NUL");
+    let mut prog: nvrtc_sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: valid C strings; no headers are passed.
+    let r = unsafe {
+        nvrtc_sys::nvrtcCreateProgram(
+            &mut prog,
+            src.as_ptr(),
+            file.as_ptr(),
+            0,
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    nvrtc_check("nvrtcCreateProgram", r)?;
+    let result = (|| {
+        let c_options: Vec<CString> = options
+            .iter()
+            .map(|o| CString::new(o.as_str()).expect("options hold no NUL"))
+            .collect();
+        let ptrs: Vec<*const c_char> = c_options.iter().map(|o| o.as_ptr()).collect();
+        // SAFETY: `prog` is live; `ptrs` holds `ptrs.len()` valid C strings.
+        let r = unsafe { nvrtc_sys::nvrtcCompileProgram(prog, ptrs.len() as i32, ptrs.as_ptr()) };
+        if r != nvrtcResult::NVRTC_SUCCESS {
+            let mut size = 0usize;
+            // SAFETY: `prog` is live; the log buffer has the size NVRTC reported.
+            let log = unsafe {
+                if nvrtc_sys::nvrtcGetProgramLogSize(prog, &mut size) == nvrtcResult::NVRTC_SUCCESS
+                {
+                    let mut buf = vec![0u8; size.max(1)];
+                    nvrtc_sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr().cast());
+                    String::from_utf8_lossy(&buf)
+                        .trim_end_matches('\0')
+                        .to_owned()
+                } else {
+                    format!("{r:?}")
+                }
+            };
+            return Err(CudaError::Compile {
+                kernel: name.to_owned(),
+                log,
+            });
+        }
+        let mut size = 0usize;
+        // SAFETY: `prog` compiled; the buffer has the size NVRTC reported.
+        unsafe {
+            nvrtc_check(
+                "nvrtcGetCUBINSize",
+                nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size),
+            )?;
+            let mut cubin = vec![0u8; size];
+            nvrtc_check(
+                "nvrtcGetCUBIN",
+                nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()),
+            )?;
+            Ok(cubin)
+        }
+    })();
+    // SAFETY: `prog` was created above and is destroyed once.
+    unsafe { nvrtc_sys::nvrtcDestroyProgram(&mut prog) };
+    result
+}
