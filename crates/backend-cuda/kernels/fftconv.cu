@@ -15,6 +15,7 @@
 //   fftconv_columns_forward  one global-memory stage of the plan, forward (column DFTs + twiddle)
 //   fftconv_columns_inverse  the same stage inverted (conjugate twiddle + inverse column DFTs)
 //   fftconv_gather           backward: sums each input's gradient over the segments that read it
+//   fftconv_taps_sum         backward: sums the filter-gradient taps over each channel's pairs
 //
 // Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
 // sequence a + i*b (the filter is real, so Re and Im of the result are the two outputs).
@@ -22,8 +23,10 @@
 // memory and runs radix-2 FFTs on them, three stages per barrier in registers (radix 2^3).
 // Forward transforms are decimation in frequency (natural order in, bit-reversed out); inverse
 // transforms are decimation in time (bit-reversed in, natural out), so no reordering pass runs.
-// Twiddles come from a table of W_N^e (e in [0, N)) generated in f64 on the host and rounded
-// once to f32; index products are reduced mod N in integers.
+// Twiddles come from per-size tables (W_M^e for e < M at offset M, for every power of two M <= N:
+// 2N entries) generated in f64 on the host and rounded once to f32, so a length-M FFT reads only
+// its own M-entry table; index products are reduced mod M in integers. Read-only data (twiddles,
+// filter spectrum) is loaded through the non-coherent read-only cache.
 //
 // This is the same algorithm, pass for pass and flag for flag, as the Vulkan backend's
 // shaders/fftconv.comp, so both backends run the schedules monarch-core's plans describe.
@@ -136,11 +139,12 @@ struct Buffers {
     const elem_t* post;  // post-gate
     elem_t* y;           // output
     const cpx* spectrum; // Hermitian half spectrum per channel, kept bins, scaled by 1/N
-    const cpx* twiddles; // W_N^e, e in [0, N)
+    const cpx* twiddles; // W_M^e at offset M + e, for every power of two M <= N
     cpx* tmp;            // intermediate spectra: N complex values per pair
     const cpx* other;    // backward: the second spectrum of a correlation
     float* taps;         // backward: filter-gradient taps, taps_len per pair
     elem_t* y2;          // backward: the gather pass's second output (pre-gate gradient)
+    float* taps_sum;     // backward: taps summed over each channel's pairs, taps_len per channel
 };
 
 #define FLAG_SRC_INPUT 1u
@@ -158,9 +162,18 @@ extern __shared__ cpx smem[];
 // Shared-memory slot of point i.
 #define SIDX(i) ((i) + (PAD ? ((i) >> 4u) : 0u))
 
+// A read-only complex value through the non-coherent cache.
+__device__ __forceinline__ cpx load_ro(const cpx* p) {
+    cpx c;
+    asm("ld.global.nc.v2.f32 {%0, %1}, [%2];" : "=f"(c.x), "=f"(c.y) : "l"(p));
+    return c;
+}
+
 // W_{2^m_log2}^e for any e (reduced mod 2^m_log2 here).
 __device__ __forceinline__ cpx root(const Params& pc, const Buffers& b, u32 e, u32 m_log2) {
-    return b.twiddles[(e & ((1u << m_log2) - 1u)) << (pc.log2n - m_log2)];
+    (void)pc;
+    u32 m = 1u << m_log2;
+    return load_ro(b.twiddles + m + (e & (m - 1u)));
 }
 
 // ---- overlap-save segments --------------------------------------------------------------------
@@ -237,7 +250,7 @@ __device__ __forceinline__ cpx filter_bin(const Params& pc, const Buffers& bf, u
     if (mirrored >= pc.kept_bins) {
         return mk(0.0f, 0.0f);
     }
-    cpx k = bf.spectrum[(u64)(pc.channel_offset + h) * pc.kept_bins + mirrored];
+    cpx k = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * pc.kept_bins + mirrored);
     return f <= (n >> 1) ? k : conj_c(k);
 }
 
@@ -611,4 +624,22 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     } else {
         bf.y[idx] = from_float(dx);
     }
+}
+
+// One thread per (channel h, tap s) of the chunk: the sum over the channel's pairs of the taps
+// (a pair's taps are the sum of its two segments' filter gradients), in f32.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_taps_sum(const Params pc, const Buffers bf) {
+    u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
+    if (e >= pc.total_lines) {
+        return;
+    }
+    u32 h = e / pc.taps_len;
+    u32 s = e - h * pc.taps_len;
+    const float* src = bf.taps + (u64)h * pc.pairs * pc.taps_len + s;
+    float sum = 0.0f;
+    for (u32 p = 0u; p < pc.pairs; p++) {
+        sum += src[(u64)p * pc.taps_len];
+    }
+    bf.taps_sum[e] = sum;
 }

@@ -165,6 +165,7 @@ pub(crate) struct KernelBuffers {
     pub(crate) other: u64,
     pub(crate) taps: u64,
     pub(crate) y2: u64,
+    pub(crate) taps_sum: u64,
 }
 // SAFETY: `repr(C)` plain data with the layout of the kernels' `Buffers`.
 unsafe impl DeviceRepr for KernelBuffers {}
@@ -276,13 +277,7 @@ impl CudaConvolution {
                 spec.length()
             )));
         }
-        let table: Vec<u8> = (0..n as u64)
-            .flat_map(|e| {
-                let w = root_of_unity(e, n as u64);
-                let (re, im) = (w.re as f32, w.im as f32);
-                re.to_ne_bytes().into_iter().chain(im.to_ne_bytes())
-            })
-            .collect();
+        let table = twiddle_tables(n);
         let twiddles = dev
             .stream
             .clone_htod(&table)
@@ -544,6 +539,7 @@ impl CudaConvolution {
             other: 0,
             taps: 0,
             y2: 0,
+            taps_sum: 0,
         };
         for (kind, params) in self.schedule.forward_steps(chunk, matches!(io, Io::Host)) {
             self.launch(stream, kind, &params, &buffers)?;
@@ -566,6 +562,19 @@ impl CudaConvolution {
             PassKind::ColumnsInverse => (&k.columns_inverse, k.shared_bytes),
             PassKind::Gather => (&k.gather, 0),
         };
+        self.launch_function(stream, func, shared, params, buffers)
+    }
+
+    /// Launches `func` over `params.total_lines / 2^lines_log2` blocks of the kernels' block size.
+    pub(crate) fn launch_function(
+        &self,
+        stream: &CudaStream,
+        func: &cudarc::driver::CudaFunction,
+        shared: u32,
+        params: &PassParams,
+        buffers: &KernelBuffers,
+    ) -> Result<(), CudaError> {
+        let k = &self.kernels;
         let groups = (params.total_lines as u64)
             .div_ceil(1 << params.lines_log2)
             .max(1);
@@ -618,6 +627,23 @@ impl CudaConvolution {
         }
         Ok(())
     }
+}
+
+/// The kernels' twiddle tables: for every power of two `M <= n`, `W_M^e` (`e < M`) at entry
+/// `M + e` (entry 0 unused): `2n` complex f32, each computed in f64 and rounded once.
+fn twiddle_tables(n: usize) -> Vec<u8> {
+    let mut table = vec![0u8; 2 * n * 8];
+    let mut m = 1usize;
+    while m <= n {
+        for e in 0..m {
+            let w = root_of_unity(e as u64, m as u64);
+            let at = (m + e) * 8;
+            table[at..at + 4].copy_from_slice(&(w.re as f32).to_ne_bytes());
+            table[at + 4..at + 8].copy_from_slice(&(w.im as f32).to_ne_bytes());
+        }
+        m *= 2;
+    }
+    table
 }
 
 pub(crate) fn copy_to_bytes<T: Element>(src: &[T], dst: &mut [u8]) {

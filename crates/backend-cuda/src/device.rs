@@ -22,6 +22,9 @@ pub const CACHE_ENV: &str = "FFTCONV_CUDA_CACHE";
 /// Environment variable: `1` switches off the shared-memory padding against bank conflicts (for
 /// comparing both on a GPU).
 pub const NO_PAD_ENV: &str = "FFTCONV_CUDA_NO_PAD";
+/// Environment variable: threads per block (a power of two, 64 .. 1024) instead of the default
+/// (an eighth of the block's points, 256 .. 1024), for tuning on a GPU.
+pub const THREADS_ENV: &str = "FFTCONV_CUDA_THREADS";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -119,9 +122,16 @@ impl CudaDevice {
         shared_points: u32,
     ) -> Result<Arc<Kernels>, CudaError> {
         let pad = std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1");
+        let default_threads = (shared_points / 8).clamp(256, 1024);
+        let threads = std::env::var(THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|t| t.is_power_of_two() && (64..=1024).contains(t))
+            .unwrap_or(default_threads);
         let key = KernelKey {
             dtype,
             shared_points,
+            threads,
             pad: pad
                 && (shared_points as usize) * 8 * 17 / 16
                     <= self.info.shared_memory_per_block_optin,
@@ -136,7 +146,7 @@ impl CudaDevice {
     }
 
     fn build_kernels(&self, key: KernelKey) -> Result<Kernels, CudaError> {
-        let threads = (key.shared_points / 8).clamp(256, 1024);
+        let threads = key.threads;
         let io = match key.dtype {
             DType::F32 => "IO_F32",
             DType::F16 => "IO_F16",
@@ -177,6 +187,7 @@ impl CudaDevice {
             columns_forward: load("fftconv_columns_forward")?,
             columns_inverse: load("fftconv_columns_inverse")?,
             gather: load("fftconv_gather")?,
+            taps_sum: load("fftconv_taps_sum")?,
             shared_points: key.shared_points,
             shared_bytes,
             threads,
@@ -189,6 +200,7 @@ impl CudaDevice {
 struct KernelKey {
     dtype: DType,
     shared_points: u32,
+    threads: u32,
     pad: bool,
 }
 
@@ -198,6 +210,7 @@ pub(crate) struct Kernels {
     pub(crate) columns_forward: CudaFunction,
     pub(crate) columns_inverse: CudaFunction,
     pub(crate) gather: CudaFunction,
+    pub(crate) taps_sum: CudaFunction,
     /// Complex points of shared memory per block (the longest line a pass may have).
     pub(crate) shared_points: u32,
     /// Dynamic shared memory per block in bytes (with padding).

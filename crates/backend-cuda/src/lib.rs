@@ -49,7 +49,7 @@ pub use convolution::{
     CudaConvolution, CudaFilterSpectrum, CudaGradients, CudaOptions, CudaTensor,
     CudaTensorGradients,
 };
-pub use device::{device, CudaDevice, CACHE_ENV, DEVICE_ENV, NO_PAD_ENV};
+pub use device::{device, CudaDevice, CACHE_ENV, DEVICE_ENV, NO_PAD_ENV, THREADS_ENV};
 pub use error::CudaError;
 pub use probe::{describe, probe, CudaDeviceInfo};
 

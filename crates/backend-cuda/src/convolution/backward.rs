@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! V = FFT(pre * u)   D = FFT(dy * post)          (spectra kept in two buffers)
-//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk, summed over pairs on the host in f64
+//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk: summed over each channel's pairs on the
+//!                                                 GPU (f32), over chunks on the host (f64)
 //! c    = IFFT(V * K)                            -> dpostgate = dy * c        (gated only)
 //! dseg = IFFT(D * conj(K));  dx = gather(dseg); du = pre * dx, dpregate = u * dx
 //! ```
@@ -48,6 +49,8 @@ pub(super) struct BackwardExecution {
     tmp_v: CudaSlice<u8>,
     tmp_d: CudaSlice<u8>,
     taps: CudaSlice<u8>,
+    /// The taps of one chunk summed over pairs: `[nh, K]` f32.
+    taps_sum: CudaSlice<u8>,
     taps_host: Vec<u8>,
     /// `u, dy, pre, post` then `du, dpregate, dpostgate` of one chunk (host I/O only).
     host: Option<(Vec<CudaSlice<u8>>, Vec<u8>)>,
@@ -318,6 +321,7 @@ impl CudaConvolution {
             let stream = &self.device.stream;
             let (nb, nh) = self.schedule.chunk_shape();
             let taps_bytes = (nh * self.schedule.pairs(nb) * self.spec.filter_len() * 4).max(4);
+            let sum_bytes = (nh * self.spec.filter_len() * 4).max(4);
             let alloc = |bytes: usize| {
                 stream
                     .alloc_zeros::<u8>(bytes.max(4))
@@ -327,7 +331,8 @@ impl CudaConvolution {
                 tmp_v: alloc(self.schedule.spectra_bytes())?,
                 tmp_d: alloc(self.schedule.spectra_bytes())?,
                 taps: alloc(taps_bytes)?,
-                taps_host: vec![0u8; taps_bytes],
+                taps_sum: alloc(sum_bytes)?,
+                taps_host: vec![0u8; sum_bytes],
                 host: None,
             };
             sync(stream)?;
@@ -359,10 +364,16 @@ impl CudaConvolution {
             other: tmp_v,
             taps: address(&bexec.taps, stream),
             y2: s.dpre,
+            taps_sum: address(&bexec.taps_sum, stream),
         };
         let steps = self
             .schedule
             .backward_steps(chunk, compact, self.kernels.threads.ilog2());
+        let taps_params = steps
+            .iter()
+            .find(|(b, _, _)| *b == BackwardBinding::Taps)
+            .map(|(_, _, p)| *p)
+            .expect("the backward has a taps step");
         for (binding, kind, params) in steps {
             let buffers = match binding {
                 BackwardBinding::Input => base,
@@ -388,10 +399,17 @@ impl CudaConvolution {
             };
             self.launch(stream, kind, &params, &buffers)?;
         }
-        Ok(())
+        // Sum the taps over each channel's pairs: nh * K threads.
+        let sum_params = monarch_core::schedule::PassParams {
+            total_lines: (chunk.nh * self.spec.filter_len()) as u32,
+            lines_log2: self.kernels.threads.ilog2(),
+            ..taps_params
+        };
+        self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base)
     }
 
-    /// Reads one chunk's taps (waiting for the chunk) and adds them into `dk64` (`[H, K]`).
+    /// Reads one chunk's taps summed over pairs (waiting for the chunk) and adds them into
+    /// `dk64` (`[H, K]`).
     fn add_taps(
         &self,
         stream: &std::sync::Arc<cudarc::driver::CudaStream>,
@@ -400,18 +418,19 @@ impl CudaConvolution {
         dk64: &mut [f64],
     ) -> Result<(), CudaError> {
         let k_len = self.spec.filter_len();
-        let pairs = self.schedule.pairs(chunk.nb);
-        let bytes = chunk.nh * pairs * k_len * 4;
+        let bytes = chunk.nh * k_len * 4;
         if bytes > 0 {
             stream
-                .memcpy_dtoh(&bexec.taps.slice(..bytes), &mut bexec.taps_host[..bytes])
+                .memcpy_dtoh(
+                    &bexec.taps_sum.slice(..bytes),
+                    &mut bexec.taps_host[..bytes],
+                )
                 .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
         }
         sync(stream)?;
         for (i, tap) in bexec.taps_host[..bytes].chunks_exact(4).enumerate() {
             let value = f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]);
-            let (pair, s) = (i / k_len, i % k_len);
-            dk64[(chunk.h0 + pair / pairs) * k_len + s] += f64::from(value);
+            dk64[chunk.h0 * k_len + i] += f64::from(value);
         }
         Ok(())
     }
