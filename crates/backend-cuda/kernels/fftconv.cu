@@ -53,6 +53,27 @@ __device__ __forceinline__ cpx cmul(cpx a, cpx b) {
 }
 __device__ __forceinline__ cpx conj_c(cpx a) { return mk(a.x, -a.y); }
 
+#if defined(FFTCONV_HOST_EMULATION)
+// Host builds of this file (a C++ compiler running one thread per block, for checking the
+// algorithm without a GPU) replace the few PTX instructions by portable code.
+__device__ __forceinline__ u32 float_bits(float f) {
+    u32 u;
+    __builtin_memcpy(&u, &f, 4);
+    return u;
+}
+__device__ __forceinline__ float bits_float(u32 u) {
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+__device__ __forceinline__ u32 bit_reverse(u32 x, u32 bits) {
+    u32 r = 0;
+    for (u32 i = 0; i < bits; i++) {
+        r |= ((x >> i) & 1u) << (bits - 1u - i);
+    }
+    return r;
+}
+#else
 __device__ __forceinline__ u32 float_bits(float f) {
     u32 u;
     asm("mov.b32 %0, %1;" : "=r"(u) : "f"(f));
@@ -68,6 +89,7 @@ __device__ __forceinline__ u32 bit_reverse(u32 x, u32 bits) {
     asm("brev.b32 %0, %1;" : "=r"(r) : "r"(x));
     return bits == 0u ? 0u : r >> (32u - bits);
 }
+#endif
 
 // ---- element I/O ------------------------------------------------------------------------------
 
@@ -144,8 +166,38 @@ struct Buffers {
     const cpx* other;    // backward: the second spectrum of a correlation
     float* taps;         // backward: filter-gradient taps, taps_len per pair
     elem_t* y2;          // backward: the gather pass's second output (pre-gate gradient)
-    float* taps_sum;     // backward: taps summed over each channel's pairs, taps_len per channel
+    float* taps_sum;     // backward: the filter gradient [H, taps_len], accumulated per chunk
 };
+
+// Division by a run-time constant d as a multiply-high and shifts (Granlund-Montgomery): exact
+// for every 32-bit n. Computed by the host (`Divisor::new`); d = 1 is m = s1 = s2 = 0.
+struct Divisor {
+    u32 m;
+    u32 s1;
+    u32 s2;
+    u32 d;
+};
+
+// Divisors of the parameters the kernels divide by (host: `KernelDivisors`).
+struct Divisors {
+    Divisor blocks;
+    Divisor pairs;
+    Divisor seq_len;
+    Divisor channels;
+    Divisor block_len;
+    Divisor taps_len;
+};
+
+__device__ __forceinline__ u32 udiv(u32 n, const Divisor& v) {
+#if defined(FFTCONV_HOST_EMULATION)
+    u32 t = (u32)(((u64)n * v.m) >> 32);
+#else
+    u32 t;
+    asm("mul.hi.u32 %0, %1, %2;" : "=r"(t) : "r"(n), "r"(v.m));
+#endif
+    return (t + ((n - t) >> v.s1)) >> v.s2;
+}
+__device__ __forceinline__ u32 umod(u32 n, const Divisor& v) { return n - udiv(n, v) * v.d; }
 
 #define FLAG_SRC_INPUT 1u
 #define FLAG_DST_OUTPUT 2u
@@ -164,9 +216,13 @@ extern __shared__ cpx smem[];
 
 // A read-only complex value through the non-coherent cache.
 __device__ __forceinline__ cpx load_ro(const cpx* p) {
+#if defined(FFTCONV_HOST_EMULATION)
+    return *p;
+#else
     cpx c;
     asm("ld.global.nc.v2.f32 {%0, %1}, [%2];" : "=f"(c.x), "=f"(c.y) : "l"(p));
     return c;
+#endif
 }
 
 // W_{2^m_log2}^e for any e (reduced mod 2^m_log2 here).
@@ -179,12 +235,12 @@ __device__ __forceinline__ cpx root(const Params& pc, const Buffers& b, u32 e, u
 // ---- overlap-save segments --------------------------------------------------------------------
 
 // Segment `seg` of channel `h` (chunk-local): its row and first output.
-__device__ __forceinline__ bool segment_row(const Params& pc, u32 seg, u32 h, u32& row_base,
-                                            u32& start, u32& outputs) {
+__device__ __forceinline__ bool segment_row(const Params& pc, const Divisors& dv, u32 seg, u32 h,
+                                            u32& row_base, u32& start, u32& outputs) {
     if (seg >= pc.segments) {
         return false;
     }
-    u32 b = seg / pc.blocks;
+    u32 b = udiv(seg, dv.blocks);
     u32 j = seg - b * pc.blocks;
     start = j * pc.block_len;
     u32 rest = pc.seq_len - start;
@@ -194,9 +250,10 @@ __device__ __forceinline__ bool segment_row(const Params& pc, u32 seg, u32 h, u3
 }
 
 // Pre-gated input at segment position `pos`, or 0 where the segment is zero.
-__device__ float segment_value(const Params& pc, const Buffers& bf, u32 seg, u32 h, u32 pos) {
+__device__ float segment_value(const Params& pc, const Buffers& bf, const Divisors& dv, u32 seg,
+                              u32 h, u32 pos) {
     u32 row_base, start, outputs;
-    if (!segment_row(pc, seg, h, row_base, start, outputs)) {
+    if (!segment_row(pc, dv, seg, h, row_base, start, outputs)) {
         return 0.0f;
     }
     u32 n = 1u << pc.log2n;
@@ -208,7 +265,7 @@ __device__ float segment_value(const Params& pc, const Buffers& bf, u32 seg, u32
         if (back <= start) {
             t = start - back;
         } else if ((pc.flags & FLAG_WRAPS) != 0u) {
-            t = (start + pc.seq_len - back % pc.seq_len) % pc.seq_len;
+            t = umod(start + pc.seq_len - umod(back, dv.seq_len), dv.seq_len);
         } else {
             return 0.0f;
         }
@@ -224,10 +281,10 @@ __device__ float segment_value(const Params& pc, const Buffers& bf, u32 seg, u32
 }
 
 // Writes output `pos` of segment `seg` (post-gated) when it is one of the segment's outputs.
-__device__ void store_output(const Params& pc, const Buffers& bf, u32 seg, u32 h, u32 pos,
-                             float v) {
+__device__ void store_output(const Params& pc, const Buffers& bf, const Divisors& dv, u32 seg,
+                             u32 h, u32 pos, float v) {
     u32 row_base, start, outputs;
-    if (!segment_row(pc, seg, h, row_base, start, outputs) || pos >= outputs) {
+    if (!segment_row(pc, dv, seg, h, row_base, start, outputs) || pos >= outputs) {
         return;
     }
     u32 idx = row_base + start + pos;
@@ -255,17 +312,18 @@ __device__ __forceinline__ cpx filter_bin(const Params& pc, const Buffers& bf, u
 }
 
 // Stores position `pos` of a pair's final result: taps (backward), outputs, or tmp.
-__device__ void store_result(const Params& pc, const Buffers& bf, u32 pair, u32 pos, cpx v) {
+__device__ void store_result(const Params& pc, const Buffers& bf, const Divisors& dv, u32 pair,
+                             u32 pos, cpx v) {
     u32 n = 1u << pc.log2n;
     if ((pc.flags & FLAG_DST_TAPS) != 0u) {
         if (pos < pc.taps_len) {
             bf.taps[(u64)pair * pc.taps_len + pos] = v.x;
         }
     } else if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
-        u32 h = pair / pc.pairs;
+        u32 h = udiv(pair, dv.pairs);
         u32 q = pair - h * pc.pairs;
-        store_output(pc, bf, 2u * q, h, pos, v.x);
-        store_output(pc, bf, 2u * q + 1u, h, pos, v.y);
+        store_output(pc, bf, dv, 2u * q, h, pos, v.x);
+        store_output(pc, bf, dv, 2u * q + 1u, h, pos, v.y);
     } else {
         bf.tmp[(u64)pair * n + pos] = v;
     }
@@ -288,7 +346,33 @@ __device__ __forceinline__ u32 group_base(u32 item, u32 m_log2, u32 gl, u32 r) {
     return (line << m_log2) + ((k >> q_log2) << gl) + j;
 }
 
-// Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group.
+// x * W_8^eighths (eighths in 0..7): the constant twiddles of a radix-2^3 group, folded at
+// compile time once the loops are unrolled.
+__device__ __forceinline__ cpx mul_w8(cpx x, int eighths) {
+    const float r = 0.70710678118654752f; // sqrt(1/2)
+    switch (eighths & 7) {
+    case 0:
+        return x;
+    case 1:
+        return mk((x.x + x.y) * r, (x.y - x.x) * r);
+    case 2:
+        return mk(x.y, -x.x);
+    case 3:
+        return mk((x.y - x.x) * r, -(x.x + x.y) * r);
+    case 4:
+        return mk(-x.x, -x.y);
+    case 5:
+        return mk(-(x.x + x.y) * r, (x.x - x.y) * r);
+    case 6:
+        return mk(-x.y, x.x);
+    default:
+        return mk((x.x - x.y) * r, (x.x + x.y) * r);
+    }
+}
+
+// Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group. The twiddle of stage t at
+// group offset k is W_{2^(gl-t)}^(j + (k mod 2^(R-1-t)) q) = W_{2^(gl-t)}^j * W_{2^(R-t)}^(k mod
+// 2^(R-1-t)): one table load per stage (w[t]) and a constant.
 template <int R>
 __device__ __forceinline__ void dif_round(const Params& pc, const Buffers& bf, u32 m_log2,
                                           u32 gl) {
@@ -299,6 +383,11 @@ __device__ __forceinline__ void dif_round(const Params& pc, const Buffers& bf, u
         u32 i0 = group_base(it, m_log2, gl, R);
         u32 j = i0 & ((1u << q_log2) - 1u);
         cpx x[1 << R];
+        cpx w[R];
+#pragma unroll
+        for (int t = 0; t < R; t++) {
+            w[t] = root(pc, bf, j, gl - (u32)t);
+        }
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             x[k] = s[SIDX(i0 + ((u32)k << q_log2))];
@@ -306,15 +395,15 @@ __device__ __forceinline__ void dif_round(const Params& pc, const Buffers& bf, u
 #pragma unroll
         for (int t = 0; t < R; t++) {
             const int half_k = 1 << (R - 1 - t);
-            u32 span_log2 = gl - 1u - (u32)t;
 #pragma unroll
             for (int k = 0; k < (1 << R); k++) {
                 if ((k & half_k) == 0) {
                     cpx a = x[k];
                     cpx b = x[k + half_k];
-                    u32 e = ((u32)(k & (half_k - 1)) << q_log2) + j;
                     x[k] = cadd(a, b);
-                    x[k + half_k] = cmul(csub(a, b), root(pc, bf, e, span_log2 + 1u));
+                    // W_{2^(R-t)}^c = W_8^(c 2^(3-R+t)).
+                    cpx d = mul_w8(csub(a, b), (k & (half_k - 1)) << (3 - R + t));
+                    x[k + half_k] = cmul(d, w[t]);
                 }
             }
         }
@@ -326,7 +415,9 @@ __device__ __forceinline__ void dif_round(const Params& pc, const Buffers& bf, u
     __syncthreads();
 }
 
-// Inverse (DIT) stages with spans 2^g .. 2^(g+R-1) on every group (group size 2^(g+R)).
+// Inverse (DIT) stages with spans 2^g .. 2^(g+R-1) on every group (group size 2^(g+R)). The
+// twiddle of stage t at offset k is conj(W_{2^(g+t+1)}^(j + (k mod 2^t) 2^g)) = conj(W_{2^(g+t+1)}^j
+// * W_{2^(t+1)}^(k mod 2^t)).
 template <int R>
 __device__ __forceinline__ void dit_round(const Params& pc, const Buffers& bf, u32 m_log2,
                                           u32 g) {
@@ -337,6 +428,11 @@ __device__ __forceinline__ void dit_round(const Params& pc, const Buffers& bf, u
         u32 i0 = group_base(it, m_log2, gl, R);
         u32 j = i0 & ((1u << g) - 1u);
         cpx x[1 << R];
+        cpx w[R];
+#pragma unroll
+        for (int t = 0; t < R; t++) {
+            w[t] = conj_c(root(pc, bf, j, g + (u32)t + 1u));
+        }
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             x[k] = s[SIDX(i0 + ((u32)k << g))];
@@ -347,11 +443,12 @@ __device__ __forceinline__ void dit_round(const Params& pc, const Buffers& bf, u
 #pragma unroll
             for (int k = 0; k < (1 << R); k++) {
                 if ((k & half_k) == 0) {
-                    u32 e = ((u32)(k & (half_k - 1)) << g) + j;
-                    cpx c = cmul(x[k + half_k], conj_c(root(pc, bf, e, g + (u32)t + 1u)));
+                    // conj(W_{2^(t+1)}^c) = W_8^(-c 2^(2-t)).
+                    int c = k & (half_k - 1);
+                    cpx cc = mul_w8(cmul(x[k + half_k], w[t]), 8 - (c << (2 - t)));
                     cpx a = x[k];
-                    x[k] = cadd(a, c);
-                    x[k + half_k] = csub(a, c);
+                    x[k] = cadd(a, cc);
+                    x[k + half_k] = csub(a, cc);
                 }
             }
         }
@@ -401,7 +498,7 @@ __device__ __forceinline__ u32 block_index() { return blockIdx.x + blockIdx.y * 
 // ---- kernels ----------------------------------------------------------------------------------
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    fftconv_fused(const Params pc, const Buffers bf) {
+    fftconv_fused(const Params pc, const Buffers bf, const Divisors dv) {
     cpx* s = smem;
     u32 first_line = block_index() << pc.lines_log2;
     if (first_line >= pc.total_lines) {
@@ -421,10 +518,10 @@ extern "C" __global__ void __launch_bounds__(THREADS)
             u32 pair = line >> pair_lines_log2;
             u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
             if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
-                u32 h = pair / pc.pairs;
+                u32 h = udiv(pair, dv.pairs);
                 u32 q = pair - h * pc.pairs;
-                v = mk(segment_value(pc, bf, 2u * q, h, pos),
-                       segment_value(pc, bf, 2u * q + 1u, h, pos));
+                v = mk(segment_value(pc, bf, dv, 2u * q, h, pos),
+                       segment_value(pc, bf, dv, 2u * q + 1u, h, pos));
             } else {
                 v = bf.tmp[(u64)pair * n + pos];
             }
@@ -466,7 +563,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
                         factor = mk(0.0f, 0.0f);
                     }
                 } else {
-                    factor = filter_bin(pc, bf, pair / pc.pairs, f);
+                    factor = filter_bin(pc, bf, udiv(pair, dv.pairs), f);
                     if ((pc.flags & FLAG_CONJ_FILTER) != 0u) {
                         factor = conj_c(factor);
                     }
@@ -486,7 +583,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
             if (forward_only) {
                 bf.tmp[(u64)pair * n + pos] = s[SIDX(i)];
             } else {
-                store_result(pc, bf, pair, pos, s[SIDX(i)]);
+                store_result(pc, bf, dv, pair, pos, s[SIDX(i)]);
             }
         }
     }
@@ -496,7 +593,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 // M_{s+1} apart. Consecutive lines are consecutive columns, so a block's memory accesses are
 // contiguous runs; in shared memory line c holds points c * M ....
 template <bool FORWARD>
-__device__ __forceinline__ void columns(const Params& pc, const Buffers& bf) {
+__device__ __forceinline__ void columns(const Params& pc, const Buffers& bf, const Divisors& dv) {
     cpx* s = smem;
     u32 first_line = block_index() << pc.lines_log2;
     if (first_line >= pc.total_lines) {
@@ -522,10 +619,10 @@ __device__ __forceinline__ void columns(const Params& pc, const Buffers& bf) {
             u32 pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
             if (FORWARD) {
                 if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
-                    u32 h = pair / pc.pairs;
+                    u32 h = udiv(pair, dv.pairs);
                     u32 q = pair - h * pc.pairs;
-                    v = mk(segment_value(pc, bf, 2u * q, h, pos),
-                           segment_value(pc, bf, 2u * q + 1u, h, pos));
+                    v = mk(segment_value(pc, bf, dv, 2u * q, h, pos),
+                           segment_value(pc, bf, dv, 2u * q + 1u, h, pos));
                 } else {
                     v = bf.tmp[(u64)pair * n + pos];
                 }
@@ -558,20 +655,20 @@ __device__ __forceinline__ void columns(const Params& pc, const Buffers& bf) {
                 bf.tmp[(u64)pair * n + pos] =
                     cmul(v, root(pc, bf, r * bit_reverse(e, m_log2), block_log2));
             } else {
-                store_result(pc, bf, pair, pos, v);
+                store_result(pc, bf, dv, pair, pos, v);
             }
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    fftconv_columns_forward(const Params pc, const Buffers bf) {
-    columns<true>(pc, bf);
+    fftconv_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
+    columns<true>(pc, bf, dv);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
-    fftconv_columns_inverse(const Params pc, const Buffers bf) {
-    columns<false>(pc, bf);
+    fftconv_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
+    columns<false>(pc, bf, dv);
 }
 
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
@@ -586,17 +683,17 @@ __device__ __forceinline__ float segment_gradient(const Params& pc, const Buffer
 // segment results (in tmp) at every position that read this input: its block's body, the
 // history of later blocks, and (circular) the wrapped history of the first ones.
 extern "C" __global__ void __launch_bounds__(THREADS)
-    fftconv_gather(const Params pc, const Buffers bf) {
+    fftconv_gather(const Params pc, const Buffers bf, const Divisors dv) {
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
     if (e >= pc.total_lines) {
         return;
     }
     u32 n = 1u << pc.log2n;
-    u32 t = e % pc.seq_len;
-    u32 row = e / pc.seq_len;
-    u32 h = row % pc.channels;
-    u32 b = row / pc.channels;
-    u32 j = t / pc.block_len;
+    u32 row = udiv(e, dv.seq_len);
+    u32 t = e - row * pc.seq_len;
+    u32 b = udiv(row, dv.channels);
+    u32 h = row - b * pc.channels;
+    u32 j = udiv(t, dv.block_len);
     float dx = segment_gradient(pc, bf, b, h, j, t - j * pc.block_len);
     for (u32 jj = j + 1u; jj < pc.blocks; jj++) {
         u32 back = jj * pc.block_len - t;
@@ -626,20 +723,21 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     }
 }
 
-// One thread per (channel h, tap s) of the chunk: the sum over the channel's pairs of the taps
-// (a pair's taps are the sum of its two segments' filter gradients), in f32.
+// One thread per (channel h, tap s) of the chunk: adds the sum over the channel's pairs of the
+// taps (a pair's taps are the sum of its two segments' filter gradients) into the filter
+// gradient dk[channel_offset + h][s], in f32 (chunks run one after another on one stream).
 extern "C" __global__ void __launch_bounds__(THREADS)
-    fftconv_taps_sum(const Params pc, const Buffers bf) {
+    fftconv_taps_sum(const Params pc, const Buffers bf, const Divisors dv) {
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
     if (e >= pc.total_lines) {
         return;
     }
-    u32 h = e / pc.taps_len;
+    u32 h = udiv(e, dv.taps_len);
     u32 s = e - h * pc.taps_len;
     const float* src = bf.taps + (u64)h * pc.pairs * pc.taps_len + s;
     float sum = 0.0f;
     for (u32 p = 0u; p < pc.pairs; p++) {
         sum += src[(u64)p * pc.taps_len];
     }
-    bf.taps_sum[e] = sum;
+    bf.taps_sum[(u64)(pc.channel_offset + h) * pc.taps_len + s] += sum;
 }

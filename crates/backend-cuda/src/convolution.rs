@@ -170,6 +170,74 @@ pub(crate) struct KernelBuffers {
 // SAFETY: `repr(C)` plain data with the layout of the kernels' `Buffers`.
 unsafe impl DeviceRepr for KernelBuffers {}
 
+/// Division by a run-time constant as the kernels do it (`udiv` in `kernels/fftconv.cu`):
+/// `q = (t + ((n - t) >> s1)) >> s2` with `t = mulhi(n, m)`, exact for every 32-bit `n`
+/// (Granlund and Montgomery, round-up variant).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Divisor {
+    m: u32,
+    s1: u32,
+    s2: u32,
+    d: u32,
+}
+
+impl Divisor {
+    /// The constants for dividing by `d` (0 is treated as 1: the kernels never divide by it).
+    pub(crate) fn new(d: u32) -> Divisor {
+        if d <= 1 {
+            return Divisor {
+                m: 0,
+                s1: 0,
+                s2: 0,
+                d: 1,
+            };
+        }
+        let l = 32 - (d - 1).leading_zeros(); // ceil(log2 d), 1 ..= 32
+        let m = ((1u64 << 32) * ((1u64 << l) - u64::from(d)) / u64::from(d) + 1) as u32;
+        Divisor {
+            m,
+            s1: 1,
+            s2: l - 1,
+            d,
+        }
+    }
+
+    /// `n / d` computed the kernels' way.
+    #[cfg(test)]
+    fn divide(&self, n: u32) -> u32 {
+        let t = ((u64::from(n) * u64::from(self.m)) >> 32) as u32;
+        (t + ((n - t) >> self.s1)) >> self.s2
+    }
+}
+
+/// The kernels' `Divisors` argument: the parameters they divide by.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelDivisors {
+    blocks: Divisor,
+    pairs: Divisor,
+    seq_len: Divisor,
+    channels: Divisor,
+    block_len: Divisor,
+    taps_len: Divisor,
+}
+// SAFETY: `repr(C)` plain data with the layout of the kernels' `Divisors`.
+unsafe impl DeviceRepr for KernelDivisors {}
+
+impl KernelDivisors {
+    fn new(p: &PassParams) -> KernelDivisors {
+        KernelDivisors {
+            blocks: Divisor::new(p.blocks),
+            pairs: Divisor::new(p.pairs),
+            seq_len: Divisor::new(p.seq_len),
+            channels: Divisor::new(p.channels),
+            block_len: Divisor::new(p.block_len),
+            taps_len: Divisor::new(p.taps_len),
+        }
+    }
+}
+
 /// The device address of `buffer` (the context does not track events: callers order work by
 /// using one stream and waiting for it).
 pub(crate) fn address(buffer: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
@@ -591,10 +659,11 @@ impl CudaConvolution {
             shared_mem_bytes: shared,
         };
         let p = KernelParams(*params);
+        let divisors = KernelDivisors::new(params);
         let mut launch = stream.launch_builder(func);
-        launch.arg(&p).arg(buffers);
-        // SAFETY: the kernel's parameters are (Params, Buffers) by value, matching the two
-        // arguments; every pointer in `buffers` is a live allocation sized for this chunk (or
+        launch.arg(&p).arg(buffers).arg(&divisors);
+        // SAFETY: the kernel's parameters are (Params, Buffers, Divisors) by value, matching the
+        // three arguments; every pointer in `buffers` is a live allocation sized for this chunk (or
         // unused by this pass's flags); shared memory is within the function's attribute.
         unsafe { launch.launch(cfg) }.map_err(|e| CudaError::driver("cuLaunchKernel", e))?;
         Ok(())
@@ -658,4 +727,53 @@ pub(crate) fn copy_from_bytes<T: Element>(src: &[u8], dst: &mut [T]) {
     // SAFETY: as above; every bit pattern is a valid f32, f16 or bf16.
     let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), n) };
     bytes.copy_from_slice(&src[..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divisors_divide_exactly() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut divisors: Vec<u32> = (0..=1000)
+            .chain([u32::MAX, u32::MAX - 1, 1 << 31, (1 << 31) + 1, 3 << 30])
+            .collect();
+        divisors.extend((0..2000).map(|_| (next() >> (next() % 32)) as u32));
+        for d in divisors {
+            let v = Divisor::new(d);
+            let d = d.max(1);
+            let mut ns: Vec<u32> = vec![0, 1, d - 1, d, d.wrapping_add(1), u32::MAX, u32::MAX - 1];
+            ns.extend((0..200).map(|_| (next() >> (next() % 32)) as u32));
+            for n in ns {
+                assert_eq!(v.divide(n), n / d, "{n} / {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn twiddle_tables_hold_every_size() {
+        let t = twiddle_tables(16);
+        let at = |i: usize| {
+            let re = f32::from_ne_bytes(t[i * 8..i * 8 + 4].try_into().unwrap());
+            let im = f32::from_ne_bytes(t[i * 8 + 4..i * 8 + 8].try_into().unwrap());
+            (re, im)
+        };
+        assert_eq!(t.len(), 32 * 8);
+        assert_eq!(at(1), (1.0, 0.0)); // W_1^0
+        assert_eq!(at(2 + 1), (-1.0, 0.0)); // W_2^1
+        assert_eq!(at(4 + 1), (0.0, -1.0)); // W_4^1
+        let (re, im) = at(16 + 3); // W_16^3
+        let angle = -2.0 * std::f64::consts::PI * 3.0 / 16.0;
+        assert!(
+            (f64::from(re) - angle.cos()).abs() < 1e-7
+                && (f64::from(im) - angle.sin()).abs() < 1e-7
+        );
+    }
 }

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! V = FFT(pre * u)   D = FFT(dy * post)          (spectra kept in two buffers)
-//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk: summed over each channel's pairs on the
-//!                                                 GPU (f32), over chunks on the host (f64)
+//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk: summed over each channel's pairs and
+//!                                                 over chunks on the GPU (f32), read once
 //! c    = IFFT(V * K)                            -> dpostgate = dy * c        (gated only)
 //! dseg = IFFT(D * conj(K));  dx = gather(dseg); du = pre * dx, dpregate = u * dx
 //! ```
@@ -23,7 +23,7 @@ use crate::CudaError;
 /// Output buffers of one backward call; every one is overwritten.
 ///
 /// `du`, `dpregate`, `dpostgate` are `[B, H, L]` of the problem's dtype; `dk` is `[H, K]` in f32
-/// (summed over the batch in f64). The gate gradients are given exactly when the problem is gated.
+/// (summed over the batch in f32 on the device). The gate gradients are given exactly when the problem is gated.
 #[derive(Debug)]
 pub struct CudaGradients<'a, T> {
     pub du: &'a mut [T],
@@ -49,9 +49,8 @@ pub(super) struct BackwardExecution {
     tmp_v: CudaSlice<u8>,
     tmp_d: CudaSlice<u8>,
     taps: CudaSlice<u8>,
-    /// The taps of one chunk summed over pairs: `[nh, K]` f32.
-    taps_sum: CudaSlice<u8>,
-    taps_host: Vec<u8>,
+    /// The filter gradient `[H, K]` f32, accumulated over chunks.
+    dk: CudaSlice<u8>,
     /// `u, dy, pre, post` then `du, dpregate, dpostgate` of one chunk (host I/O only).
     host: Option<(Vec<CudaSlice<u8>>, Vec<u8>)>,
 }
@@ -108,11 +107,13 @@ impl CudaConvolution {
             mut dpregate,
             mut dpostgate,
         } = grads;
-        let mut dk64 = vec![0.0f64; dk.len()];
         let mut guard = self.backward_execution()?;
         let bexec = guard.as_mut().expect("made");
         let mut exec_guard = self.execution()?;
         let stream = std::sync::Arc::clone(&exec_guard.as_mut().expect("made").stream);
+        stream
+            .memset_zeros(&mut bexec.dk)
+            .map_err(|e| CudaError::driver("cuMemsetD8", e))?;
         if bexec.host.is_none() {
             let bytes = self.schedule.stream_bytes().max(4);
             let n = if self.spec.gated() { 7 } else { 3 };
@@ -192,12 +193,9 @@ impl CudaConvolution {
                     );
                 }
             }
-            self.add_taps(&stream, bexec, chunk, &mut dk64)?;
         }
+        read_dk(&stream, bexec, dk)?;
         drop(exec_guard);
-        for (d, v) in dk.iter_mut().zip(&dk64) {
-            *d = *v as f32;
-        }
         Ok(())
     }
 
@@ -249,11 +247,13 @@ impl CudaConvolution {
                 "device tensors of {want} elements exceed 32-bit kernel indices"
             )));
         }
-        let mut dk64 = vec![0.0f64; dk.len()];
         let mut guard = self.backward_execution()?;
         let bexec = guard.as_mut().expect("made");
         let mut exec_guard = self.execution()?;
         let stream = std::sync::Arc::clone(&exec_guard.as_mut().expect("made").stream);
+        stream
+            .memset_zeros(&mut bexec.dk)
+            .map_err(|e| CudaError::driver("cuMemsetD8", e))?;
         let a = |t: &CudaTensor| address(&t.buffer, &stream);
         let u = a(tensors.u);
         let du = a(tensors.du);
@@ -268,13 +268,9 @@ impl CudaConvolution {
         };
         for chunk in self.schedule.chunks().collect::<Vec<_>>() {
             self.launch_backward(&stream, bexec, filter, chunk, streams, false)?;
-            self.add_taps(&stream, bexec, chunk, &mut dk64)?;
         }
-        sync(&stream)?;
+        read_dk(&stream, bexec, dk)?;
         drop(exec_guard);
-        for (d, v) in dk.iter_mut().zip(&dk64) {
-            *d = *v as f32;
-        }
         Ok(())
     }
 
@@ -321,7 +317,7 @@ impl CudaConvolution {
             let stream = &self.device.stream;
             let (nb, nh) = self.schedule.chunk_shape();
             let taps_bytes = (nh * self.schedule.pairs(nb) * self.spec.filter_len() * 4).max(4);
-            let sum_bytes = (nh * self.spec.filter_len() * 4).max(4);
+            let dk_bytes = (self.spec.filter_elems() * 4).max(4);
             let alloc = |bytes: usize| {
                 stream
                     .alloc_zeros::<u8>(bytes.max(4))
@@ -331,8 +327,7 @@ impl CudaConvolution {
                 tmp_v: alloc(self.schedule.spectra_bytes())?,
                 tmp_d: alloc(self.schedule.spectra_bytes())?,
                 taps: alloc(taps_bytes)?,
-                taps_sum: alloc(sum_bytes)?,
-                taps_host: vec![0u8; sum_bytes],
+                dk: alloc(dk_bytes)?,
                 host: None,
             };
             sync(stream)?;
@@ -364,7 +359,7 @@ impl CudaConvolution {
             other: tmp_v,
             taps: address(&bexec.taps, stream),
             y2: s.dpre,
-            taps_sum: address(&bexec.taps_sum, stream),
+            taps_sum: address(&bexec.dk, stream),
         };
         let steps = self
             .schedule
@@ -407,31 +402,22 @@ impl CudaConvolution {
         };
         self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base)
     }
+}
 
-    /// Reads one chunk's taps summed over pairs (waiting for the chunk) and adds them into
-    /// `dk64` (`[H, K]`).
-    fn add_taps(
-        &self,
-        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
-        bexec: &mut BackwardExecution,
-        chunk: Chunk,
-        dk64: &mut [f64],
-    ) -> Result<(), CudaError> {
-        let k_len = self.spec.filter_len();
-        let bytes = chunk.nh * k_len * 4;
-        if bytes > 0 {
-            stream
-                .memcpy_dtoh(
-                    &bexec.taps_sum.slice(..bytes),
-                    &mut bexec.taps_host[..bytes],
-                )
-                .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
-        }
-        sync(stream)?;
-        for (i, tap) in bexec.taps_host[..bytes].chunks_exact(4).enumerate() {
-            let value = f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]);
-            dk64[chunk.h0 * k_len + i] += f64::from(value);
-        }
-        Ok(())
+/// Waits for the stream and copies the accumulated filter gradient into `dk` (`[H, K]`).
+fn read_dk(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    bexec: &BackwardExecution,
+    dk: &mut [f32],
+) -> Result<(), CudaError> {
+    let bytes = std::mem::size_of_val(dk);
+    let mut host = vec![0u8; bytes];
+    if bytes > 0 {
+        stream
+            .memcpy_dtoh(&bexec.dk.slice(..bytes), &mut host)
+            .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
     }
+    sync(stream)?;
+    copy_from_bytes(&host, dk);
+    Ok(())
 }
