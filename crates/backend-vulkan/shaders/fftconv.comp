@@ -8,6 +8,7 @@
 //   PASS_COLUMNS_FORWARD  one global-memory stage of the plan, forward (column DFTs + twiddle)
 //   PASS_COLUMNS_INVERSE  the same stage inverted (conjugate twiddle + inverse column DFTs)
 //   PASS_GATHER           backward: sums each input's gradient over the segments that read it
+//   PASS_TAPS_SUM         backward: sums the filter-gradient taps over each channel's pairs
 // I/O element type of u, gates and y (exactly one defined): IO_F32, IO_F16, IO_BF16.
 //
 // Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
@@ -46,10 +47,17 @@ layout(std430, set = 0, binding = 5) readonly buffer Twiddles { vec2 twiddles[];
 layout(std430, set = 0, binding = 6) buffer Intermediate { vec2 tmp[]; };
 // Backward: the second spectrum of a correlation (same layout as tmp).
 layout(std430, set = 0, binding = 7) readonly buffer OtherSpectrum { vec2 other[]; };
-// Backward: filter-gradient taps, taps_len per pair (the real part of the correlation).
+// Backward: filter-gradient taps, taps_len per pair (the real part of the correlation);
+// `[channels][pairs][taps_len]`. Written by the fused or inverse-column pass, read by the sum.
+#if defined(PASS_TAPS_SUM)
+layout(std430, set = 0, binding = 8) readonly buffer Taps { float taps[]; };
+#else
 layout(std430, set = 0, binding = 8) writeonly buffer Taps { float taps[]; };
+#endif
 // Backward: the second output of the gather pass (the pre-gate gradient).
 layout(std430, set = 0, binding = 9) writeonly buffer SecondOutput { ELEM y2_buf[]; };
+// Backward: the taps summed over each channel's pairs, `[channels][taps_len]` (the sum pass).
+layout(std430, set = 0, binding = 10) writeonly buffer TapsSum { float taps_sum[]; };
 
 layout(push_constant) uniform Params {
     uint log2n;           // N = 2^log2n
@@ -85,7 +93,12 @@ const uint FLAG_CONJ_FILTER = 128u; // product with conj(K) (the adjoint)
 const uint FLAG_CORRELATE = 256u;   // product with conj(other) / N on kept bins (filter gradient)
 const uint FLAG_DST_TAPS = 512u;    // store Re of positions < taps_len as taps
 
+#if defined(PASS_TAPS_SUM)
+// One partial sum per invocation; no FFT lines (so no SHARED_POINTS of shared memory).
+shared float partial[gl_WorkGroupSize.x];
+#else
 shared vec2 s[SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
+#endif
 // Shared-memory slot of point i.
 #define SIDX(i) ((i) + (((i) >> 4u) * PAD))
 
@@ -198,6 +211,9 @@ vec2 filter_bin(uint h, uint f) {
     return f <= (n >> 1) ? k : conj_c(k);
 }
 
+// From here to fft_inverse: the FFT passes' stores and transforms (the taps sum reads Taps and
+// has no FFT lines in shared memory, so it leaves them out).
+#if !defined(PASS_TAPS_SUM)
 // Stores position `pos` of a pair's final result: taps (backward), outputs, or tmp.
 void store_result(uint pair, uint pos, vec2 v) {
     uint n = 1u << pc.log2n;
@@ -317,6 +333,7 @@ void fft_inverse(uint m_log2) {
     if (rest == 2u) DIT_ROUND(2u)
     while (g < m_log2) DIT_ROUND(3u)
 }
+#endif
 
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
 float segment_gradient(uint b, uint h, uint j, uint p) {
@@ -411,6 +428,37 @@ void main() {
                 store_result(pair, pos, s[SIDX(i)]);
             }
         }
+    }
+#elif defined(PASS_TAPS_SUM)
+    // A workgroup holds 2^lines_log2 consecutive outputs e = h * taps_len + s (its columns) and
+    // splits each one's pairs over W / 2^lines_log2 rows: row r adds pairs r, r + rows, ... in
+    // f32, then a shared-memory tree (barriers only) adds the rows; row 0 stores the sum.
+    // lines_log2 = log2 W: one invocation per output, pairs added in order.
+    uint cols_log2 = pc.lines_log2;
+    uint c = gl_LocalInvocationIndex & ((1u << cols_log2) - 1u);
+    uint r = gl_LocalInvocationIndex >> cols_log2;
+    uint rows = gl_WorkGroupSize.x >> cols_log2;
+    uint e = first_line + c;
+    float sum = 0.0;
+    if (e < pc.total_lines) {
+        uint h = e / pc.taps_len;
+        uint base = h * pc.pairs * pc.taps_len + (e - h * pc.taps_len);
+        for (uint p = r; p < pc.pairs; p += rows) {
+            sum += taps[base + p * pc.taps_len];
+        }
+    }
+    uint i = gl_LocalInvocationIndex;
+    partial[i] = sum;
+    for (uint span = rows >> 1; span > 0u; span >>= 1) {
+        memoryBarrierShared();
+        barrier();
+        if (r < span) {
+            partial[i] += partial[i + (span << cols_log2)];
+        }
+    }
+    // (Row 0 reads back what it wrote last itself: no barrier needed.)
+    if (r == 0u && e < pc.total_lines) {
+        taps_sum[e] = partial[c];
     }
 #elif defined(PASS_GATHER)
     // One invocation per element (b, h, t) of the chunk: the input gradient dx is the sum of

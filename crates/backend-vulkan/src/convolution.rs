@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use ash::vk;
-use monarch_core::schedule::{Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS};
+use monarch_core::schedule::{Chunk, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS};
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
 
@@ -15,7 +15,7 @@ use crate::context::{
 use crate::error::check;
 use crate::pipelines::{
     Pipelines, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM, BINDING_TAPS,
-    BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y, BINDING_Y2,
+    BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y, BINDING_Y2,
 };
 use crate::VulkanError;
 
@@ -534,7 +534,7 @@ impl VulkanConvolution {
         exec.bind(BINDING_TMP, &exec.tmp);
         exec.bind(BINDING_TWIDDLES, &self.twiddles);
         // Bindings only the backward reads or writes: valid but unused buffers.
-        for binding in [BINDING_OTHER, BINDING_TAPS, BINDING_Y2] {
+        for binding in [BINDING_OTHER, BINDING_TAPS, BINDING_Y2, BINDING_TAPS_SUM] {
             exec.bind(binding, &exec.tmp);
         }
         Ok(exec)
@@ -640,7 +640,7 @@ impl VulkanConvolution {
                     &[],
                 );
                 for ((kind, params), groups) in steps.iter().zip(&dispatches) {
-                    self.record_pass(device, cmd, *kind, params, *groups);
+                    self.record_pass(device, cmd, self.pipelines.pipeline(*kind), params, *groups);
                 }
                 if let Some(host) = host {
                     let region = [vk::BufferCopy::default().size(bytes)];
@@ -651,23 +651,20 @@ impl VulkanConvolution {
         })
     }
 
-    /// Records one pass: its pipeline, push constants, dispatch, and a barrier after it (the set
-    /// is bound by the caller).
+    /// Records one pass: its pipeline (of a [`PassKind`](monarch_core::schedule::PassKind), or the
+    /// taps sum), push constants, dispatch, and a barrier after it (the set is bound by the
+    /// caller).
     pub(crate) fn record_pass(
         &self,
         device: &ash::Device,
         cmd: vk::CommandBuffer,
-        kind: PassKind,
+        pipeline: vk::Pipeline,
         params: &PassParams,
         (x, y): (u32, u32),
     ) {
         // SAFETY: `cmd` is recording; the pipeline and layout are alive and match the bound set.
         unsafe {
-            device.cmd_bind_pipeline(
-                cmd,
-                vk::PipelineBindPoint::COMPUTE,
-                self.pipelines.pipeline(kind),
-            );
+            device.cmd_bind_pipeline(cmd, vk::PipelineBindPoint::COMPUTE, pipeline);
             device.cmd_push_constants(
                 cmd,
                 self.pipelines.layout,

@@ -1,5 +1,6 @@
-//! [`Pipelines`]: the compute pipelines of the four passes for one I/O dtype (shared memory
-//! and workgroup size as specialization constants), their layouts, cached per device and dtype.
+//! [`Pipelines`]: the compute pipelines of the four passes and the backward's taps sum for one
+//! I/O dtype (shared memory and workgroup size as specialization constants), their layouts,
+//! cached per device and dtype.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +18,7 @@ mod spirv {
 }
 
 /// Storage-buffer bindings of the shaders (see `shaders/fftconv.comp`).
-pub(crate) const BINDINGS: u32 = 10;
+pub(crate) const BINDINGS: u32 = 11;
 pub(crate) const BINDING_U: u32 = 0;
 pub(crate) const BINDING_PRE: u32 = 1;
 pub(crate) const BINDING_POST: u32 = 2;
@@ -28,6 +29,7 @@ pub(crate) const BINDING_TMP: u32 = 6;
 pub(crate) const BINDING_OTHER: u32 = 7;
 pub(crate) const BINDING_TAPS: u32 = 8;
 pub(crate) const BINDING_Y2: u32 = 9;
+pub(crate) const BINDING_TAPS_SUM: u32 = 10;
 
 /// Environment variable: `1` switches off the shared-memory padding against bank conflicts (for
 /// comparing both on a GPU).
@@ -38,8 +40,8 @@ const MAX_SHARED_POINTS: u32 = 4096;
 /// Invocations per workgroup (fewer where the device allows fewer).
 const WORKGROUP_SIZE: u32 = 256;
 
-/// The four pass pipelines for one dtype on one device (their push constants are
-/// [`PassParams`]).
+/// The four pass pipelines and the taps sum for one dtype on one device (their push constants
+/// are [`PassParams`]).
 pub(crate) struct Pipelines {
     ctx: Arc<VulkanContext>,
     pub(crate) set_layout: vk::DescriptorSetLayout,
@@ -48,6 +50,9 @@ pub(crate) struct Pipelines {
     columns_forward: vk::Pipeline,
     columns_inverse: vk::Pipeline,
     gather: vk::Pipeline,
+    /// Backward: sums the taps over each channel's pairs (no [`PassKind`]: the schedule does not
+    /// know it; the backward records it after each chunk's steps).
+    taps_sum: vk::Pipeline,
     /// Invocations per workgroup.
     pub(crate) workgroup: u32,
     /// Complex points of shared memory per workgroup (a power of two).
@@ -70,6 +75,12 @@ impl Pipelines {
             PassKind::ColumnsInverse => self.columns_inverse,
             PassKind::Gather => self.gather,
         }
+    }
+
+    /// The backward's taps sum: one output per (channel, tap) of a chunk, `2^lines_log2` of them
+    /// per workgroup, each over its channel's pairs split into `workgroup / 2^lines_log2` rows.
+    pub(crate) fn taps_sum(&self) -> vk::Pipeline {
+        self.taps_sum
     }
 
     /// The cached pipelines for `dtype` on the context's device, using at most
@@ -141,6 +152,7 @@ impl Pipelines {
             columns_forward: vk::Pipeline::null(),
             columns_inverse: vk::Pipeline::null(),
             gather: vk::Pipeline::null(),
+            taps_sum: vk::Pipeline::null(),
             workgroup,
             shared_points,
         };
@@ -167,7 +179,14 @@ impl Pipelines {
                 )
                 .map_err(|r| check("vkCreatePipelineLayout", r))?;
         }
-        let code = |kind: PassKind| -> &'static [u8] {
+        let code = |kind: Option<PassKind>| -> &'static [u8] {
+            let Some(kind) = kind else {
+                return match dtype {
+                    DType::F32 => spirv::TAPS_SUM_F32,
+                    DType::F16 => spirv::TAPS_SUM_F16,
+                    DType::Bf16 => spirv::TAPS_SUM_BF16,
+                };
+            };
             match (kind, dtype) {
                 (PassKind::Fused, DType::F32) => spirv::FUSED_F32,
                 (PassKind::Fused, DType::F16) => spirv::FUSED_F16,
@@ -204,11 +223,13 @@ impl Pipelines {
         let spec = vk::SpecializationInfo::default()
             .map_entries(&entries)
             .data(&spec_data);
+        // `None`: the taps sum.
         for kind in [
-            PassKind::Fused,
-            PassKind::ColumnsForward,
-            PassKind::ColumnsInverse,
-            PassKind::Gather,
+            Some(PassKind::Fused),
+            Some(PassKind::ColumnsForward),
+            Some(PassKind::ColumnsInverse),
+            Some(PassKind::Gather),
+            None,
         ] {
             let words =
                 ash::util::read_spv(&mut std::io::Cursor::new(code(kind))).map_err(|e| {
@@ -235,12 +256,13 @@ impl Pipelines {
                 r
             };
             let pipeline = created.map_err(|(_, r)| check("vkCreateComputePipelines", r))?[0];
-            match kind {
-                PassKind::Fused => this.fused = pipeline,
-                PassKind::ColumnsForward => this.columns_forward = pipeline,
-                PassKind::ColumnsInverse => this.columns_inverse = pipeline,
-                PassKind::Gather => this.gather = pipeline,
-            }
+            *match kind {
+                Some(PassKind::Fused) => &mut this.fused,
+                Some(PassKind::ColumnsForward) => &mut this.columns_forward,
+                Some(PassKind::ColumnsInverse) => &mut this.columns_inverse,
+                Some(PassKind::Gather) => &mut this.gather,
+                None => &mut this.taps_sum,
+            } = pipeline;
         }
         Ok(this)
     }
@@ -256,6 +278,7 @@ impl Drop for Pipelines {
                 self.columns_forward,
                 self.columns_inverse,
                 self.gather,
+                self.taps_sum,
             ] {
                 device.destroy_pipeline(p, None);
             }

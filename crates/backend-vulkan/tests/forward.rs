@@ -1,6 +1,7 @@
-//! Vulkan-specific forward checks against the f64 oracle: plans with several global-memory
-//! passes (forced by a small shared-memory budget), chunked execution, and the shader path
-//! chosen on lavapipe. Skips (saying why) where no Vulkan device is present.
+//! Vulkan-specific forward and backward checks against the f64 oracles: plans with several
+//! global-memory passes (forced by a small shared-memory budget), chunked execution, the
+//! backward's taps sum over pairs, and the shader path chosen on lavapipe. Skips (saying why)
+//! where no Vulkan device is present.
 
 use backend_vulkan::{context, VulkanConvolution, VulkanError, VulkanOptions};
 use half::{bf16, f16};
@@ -422,6 +423,33 @@ fn backward_on_multi_pass_plans_and_chunks() {
         ] {
             check_backward(&builder.build().unwrap(), options);
         }
+    }
+}
+
+/// The backward's taps sum over pairs at its extremes: one output per invocation
+/// (`nh * K >= 2^17`, no shared-memory tree), a short filter with thousands of pairs per channel
+/// (the tree over a whole workgroup), and chunks of one channel (sums land at `h0`).
+#[test]
+fn backward_taps_sum_shapes() {
+    if !vulkan_present("backward_taps_sum_shapes") {
+        return;
+    }
+    let chunked = VulkanOptions {
+        chunk_elems: Some(4000),
+        ..VulkanOptions::default()
+    };
+    for (builder, options) in [
+        (
+            ConvSpec::builder(2, 256, 512, 512),
+            VulkanOptions::default(),
+        ),
+        (
+            ConvSpec::builder(3, 1, 20000, 5).circular(),
+            VulkanOptions::default(),
+        ),
+        (ConvSpec::builder(2, 5, 3000, 7).gated(true), chunked),
+    ] {
+        check_backward(&builder.build().unwrap(), options);
     }
 }
 

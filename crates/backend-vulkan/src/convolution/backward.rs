@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! V = FFT(x)  D = FFT(dc)                       (forward passes, spectra kept in tmp buffers)
-//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk, summed over pairs on the host in f64
+//! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk (see below)
 //! c    = IFFT(V * K)                            -> dpostgate = dy * c        (gated only)
 //! dseg = IFFT(D * conj(K))                      (D recomputed when the plan has column passes:
 //!                                                the taps' inverse consumed it in place)
@@ -16,6 +16,13 @@
 //!
 //! `Re IFFT(D conj(V))` of a packed pair is the sum of its two segments' filter gradients,
 //! because the cross terms are imaginary.
+//!
+//! The taps (`[nh][pairs][K]` f32 per chunk) stay on the device: after each chunk's steps the
+//! taps-sum pipeline (`PASS_TAPS_SUM`, no [`PassKind`](monarch_core::schedule::PassKind) of its
+//! own) adds them over each channel's pairs in f32 into `[nh][K]` (binding `TapsSum`), and only
+//! those `nh * K` floats are read back and added into `dk` in f64 on the host (over chunks).
+//! Where `nh * K` alone would leave the device idle, a workgroup splits each output's pairs
+//! over several rows and adds the rows with a shared-memory tree ([`TAPS_SUM_INVOCATIONS`]).
 
 use super::{
     copy_from_bytes, copy_to_bytes, descriptor_sets, Stage, VulkanConvolution,
@@ -29,7 +36,7 @@ use crate::pipelines::{
 };
 use crate::VulkanError;
 use ash::vk;
-use monarch_core::schedule::{BackwardBinding, Chunk};
+use monarch_core::schedule::{BackwardBinding, Chunk, PassParams};
 use monarch_core::Element;
 use std::sync::Arc;
 
@@ -49,6 +56,11 @@ pub struct VulkanGradients<'a, T> {
 /// kept in `tmp_v`, `D` in `tmp_d`.
 const SETS: usize = BackwardBinding::COUNT;
 
+/// Invocations the taps sum aims for: while `nh * K` is fewer, each output's pairs are split
+/// over more rows of a workgroup (up to its size, and no more rows than pairs), so short filters
+/// with many pairs per channel still spread over the device.
+const TAPS_SUM_INVOCATIONS: usize = 1 << 17;
+
 /// Spectra, taps and descriptor sets of the backward, made on first use.
 pub(super) struct BackwardExecution {
     ctx: Arc<VulkanContext>,
@@ -57,9 +69,12 @@ pub(super) struct BackwardExecution {
     commands: Commands,
     tmp_v: Buffer,
     tmp_d: Buffer,
+    /// Per pair: `[nh][pairs][K]` f32.
     taps: Buffer,
-    /// Receives the taps of each chunk.
-    taps_staging: Buffer,
+    /// The taps summed over each channel's pairs: `[nh][K]` f32.
+    taps_sum: Buffer,
+    /// Receives `taps_sum` of each chunk.
+    taps_sum_staging: Buffer,
     /// Buffers for host slices, made on the first host call.
     host: Option<BackwardHostIo>,
 }
@@ -117,7 +132,9 @@ impl BackwardExecution {
         let tmp_v = device(conv.schedule.spectra_bytes())?;
         let tmp_d = device(conv.schedule.spectra_bytes())?;
         let taps = device(taps_bytes)?;
-        let taps_staging = Buffer::new(ctx, taps_bytes as u64, MemoryKind::Staging)?;
+        let sum_bytes = nh * conv.spec.filter_len() * 4;
+        let taps_sum = device(sum_bytes)?;
+        let taps_sum_staging = Buffer::new(ctx, sum_bytes as u64, MemoryKind::Staging)?;
         let commands = Commands::new(ctx)?;
         let (pool, sets) = descriptor_sets(ctx, conv.pipelines.set_layout, SETS as u32)?;
         let exec = BackwardExecution {
@@ -128,7 +145,8 @@ impl BackwardExecution {
             tmp_v,
             tmp_d,
             taps,
-            taps_staging,
+            taps_sum,
+            taps_sum_staging,
             host: None,
         };
         Ok(exec)
@@ -188,6 +206,7 @@ impl BackwardExecution {
                 &self.tmp_v,
                 &self.taps,
                 dpre,
+                &self.taps_sum,
             ];
             let kind = [
                 BackwardBinding::Input,
@@ -426,7 +445,8 @@ impl VulkanConvolution {
     }
 
     /// Runs every chunk; `host` moves a chunk's host data in before and out after (host I/O
-    /// only). Adds each chunk's filter taps into `dk64` (`[H, K]`, f64).
+    /// only). Adds each chunk's filter taps, summed over pairs on the device, into `dk64`
+    /// (`[H, K]`, f64).
     fn run_backward(
         &self,
         filter: &VulkanFilterSpectrum,
@@ -465,13 +485,11 @@ impl VulkanConvolution {
                         Stage::Download,
                     );
                 }
-                let pairs = self.schedule.pairs(chunk.nb);
-                let chunk_taps = chunk.nh * pairs * k_len * 4;
-                let taps = &exec.taps_staging.bytes_mut()[..chunk_taps];
-                for (i, tap) in taps.chunks_exact(4).enumerate() {
-                    let value = f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]);
-                    let (pair, s) = (i / k_len, i % k_len);
-                    dk64[(chunk.h0 + pair / pairs) * k_len + s] += f64::from(value);
+                // The chunk's taps summed over pairs: `[nh][K]`, channels h0.. of dk.
+                let sums = &exec.taps_sum_staging.bytes_mut()[..chunk.nh * k_len * 4];
+                let dst = &mut dk64[chunk.h0 * k_len..(chunk.h0 + chunk.nh) * k_len];
+                for (d, tap) in dst.iter_mut().zip(sums.chunks_exact(4)) {
+                    *d += f64::from(f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]));
                 }
             }
             Ok(())
@@ -505,8 +523,9 @@ impl VulkanConvolution {
             .collect::<Result<Vec<_>, _>>()?;
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
-        let taps_bytes =
-            (chunk.nh * self.schedule.pairs(chunk.nb) * self.spec.filter_len() * 4) as u64;
+        let sum_params = self.taps_sum_params(chunk);
+        let sum_groups = self.workgroups(&sum_params)?;
+        let sum_bytes = (chunk.nh * self.spec.filter_len() * 4) as u64;
         exec.commands.record(|device, cmd| {
             // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
             // this chunk; barriers separate the copies and every pass.
@@ -529,8 +548,20 @@ impl VulkanConvolution {
                         &[exec.sets[*set as usize]],
                         &[],
                     );
-                    self.record_pass(device, cmd, *kind, params, *groups);
+                    let pipeline = self.pipelines.pipeline(*kind);
+                    self.record_pass(device, cmd, pipeline, params, *groups);
                 }
+                // Taps -> taps_sum (every set binds both; the taps set for clarity).
+                device.cmd_bind_descriptor_sets(
+                    cmd,
+                    vk::PipelineBindPoint::COMPUTE,
+                    self.pipelines.layout,
+                    0,
+                    &[exec.sets[BackwardBinding::Taps as usize]],
+                    &[],
+                );
+                let pipeline = self.pipelines.taps_sum();
+                self.record_pass(device, cmd, pipeline, &sum_params, sum_groups);
                 if let Some(host) = host {
                     for (i, src) in host.outputs.iter().enumerate() {
                         let region = [vk::BufferCopy::default()
@@ -539,10 +570,31 @@ impl VulkanConvolution {
                         device.cmd_copy_buffer(cmd, src.buffer, host.download.buffer, &region);
                     }
                 }
-                let region = [vk::BufferCopy::default().size(taps_bytes.max(4))];
-                device.cmd_copy_buffer(cmd, exec.taps.buffer, exec.taps_staging.buffer, &region);
+                let region = [vk::BufferCopy::default().size(sum_bytes.max(4))];
+                let (src, dst) = (exec.taps_sum.buffer, exec.taps_sum_staging.buffer);
+                device.cmd_copy_buffer(cmd, src, dst, &region);
             }
             host_read_barrier(device, cmd);
         })
+    }
+
+    /// Push constants of the taps sum of `chunk`: `nh * K` outputs, `2^lines_log2` per
+    /// workgroup, so each output's pairs are split over `workgroup / 2^lines_log2` rows (see
+    /// [`TAPS_SUM_INVOCATIONS`]).
+    fn taps_sum_params(&self, chunk: Chunk) -> PassParams {
+        let base = self.schedule.chunk_params(chunk, true);
+        let outputs = chunk.nh * self.spec.filter_len();
+        let workgroup_log2 = self.pipelines.workgroup.ilog2();
+        let rows_log2 = (TAPS_SUM_INVOCATIONS / outputs.max(1))
+            .max(1)
+            .ilog2()
+            .min((base.pairs as usize).next_power_of_two().ilog2())
+            .min(workgroup_log2);
+        PassParams {
+            flags: 0,
+            total_lines: outputs as u32,
+            lines_log2: workgroup_log2 - rows_log2,
+            ..base
+        }
     }
 }
