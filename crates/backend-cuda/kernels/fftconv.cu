@@ -16,6 +16,8 @@
 //   fftconv_columns_inverse  the same stage inverted (conjugate twiddle + inverse column DFTs)
 //   fftconv_gather           backward: sums each input's gradient over the segments that read it
 //   fftconv_taps_sum         backward: sums the filter-gradient taps over each channel's pairs
+//   fftconv_backward_fused   the whole backward of a pair in one block (one-pass plans, one
+//                            overlap-save block per row): taps, gate gradients and du
 //
 // Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
 // sequence a + i*b (the filter is real, so Re and Im of the result are the two outputs).
@@ -167,6 +169,8 @@ struct Buffers {
     float* taps;         // backward: filter-gradient taps, taps_len per pair
     elem_t* y2;          // backward: the gather pass's second output (pre-gate gradient)
     float* taps_sum;     // backward: the filter gradient [H, taps_len], accumulated per chunk
+    const elem_t* u2;    // fused backward: dy
+    elem_t* y3;          // fused backward: the post-gate gradient
 };
 
 // Division by a run-time constant d as a multiply-high and shifts (Granlund-Montgomery): exact
@@ -249,9 +253,10 @@ __device__ __forceinline__ bool segment_row(const Params& pc, const Divisors& dv
     return true;
 }
 
-// Pre-gated input at segment position `pos`, or 0 where the segment is zero.
-__device__ float segment_value(const Params& pc, const Buffers& bf, const Divisors& dv, u32 seg,
-                              u32 h, u32 pos) {
+// Pre-gated input at segment position `pos`, or 0 where the segment is zero: `src` times (gated)
+// `gate`; `flags` may differ from the pass's (the fused backward reads dy * post body-only).
+__device__ float segment_input(const Params& pc, const Divisors& dv, const elem_t* src,
+                               const elem_t* gate, u32 flags, u32 seg, u32 h, u32 pos) {
     u32 row_base, start, outputs;
     if (!segment_row(pc, dv, seg, h, row_base, start, outputs)) {
         return 0.0f;
@@ -260,11 +265,11 @@ __device__ float segment_value(const Params& pc, const Buffers& bf, const Diviso
     u32 t;
     if (pos < outputs) {
         t = start + pos;
-    } else if (pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u) {
+    } else if (pos >= n - pc.history && (flags & FLAG_BODY_ONLY) == 0u) {
         u32 back = n - pos;
         if (back <= start) {
             t = start - back;
-        } else if ((pc.flags & FLAG_WRAPS) != 0u) {
+        } else if ((flags & FLAG_WRAPS) != 0u) {
             t = umod(start + pc.seq_len - umod(back, dv.seq_len), dv.seq_len);
         } else {
             return 0.0f;
@@ -273,25 +278,39 @@ __device__ float segment_value(const Params& pc, const Buffers& bf, const Diviso
         return 0.0f;
     }
     u32 idx = row_base + t;
-    float v = to_float(bf.u[idx]);
-    if ((pc.flags & FLAG_GATED) != 0u) {
-        v *= to_float(bf.pre[idx]);
+    float v = to_float(src[idx]);
+    if ((flags & FLAG_GATED) != 0u) {
+        v *= to_float(gate[idx]);
     }
     return v;
 }
 
-// Writes output `pos` of segment `seg` (post-gated) when it is one of the segment's outputs.
-__device__ void store_output(const Params& pc, const Buffers& bf, const Divisors& dv, u32 seg,
-                             u32 h, u32 pos, float v) {
+// The pass's input at segment position `pos`: u (times the pre-gate when gated).
+__device__ __forceinline__ float segment_value(const Params& pc, const Buffers& bf,
+                                               const Divisors& dv, u32 seg, u32 h, u32 pos) {
+    return segment_input(pc, dv, bf.u, bf.pre, pc.flags, seg, h, pos);
+}
+
+// Writes output `pos` of segment `seg` to `dst` (times `gate` when gated) when it is one of the
+// segment's outputs.
+__device__ void store_segment(const Params& pc, const Divisors& dv, elem_t* dst,
+                              const elem_t* gate, u32 seg, u32 h, u32 pos, float v) {
     u32 row_base, start, outputs;
     if (!segment_row(pc, dv, seg, h, row_base, start, outputs) || pos >= outputs) {
         return;
     }
     u32 idx = row_base + start + pos;
     if ((pc.flags & FLAG_GATED) != 0u) {
-        v *= to_float(bf.post[idx]);
+        v *= to_float(gate[idx]);
     }
-    bf.y[idx] = from_float(v);
+    dst[idx] = from_float(v);
+}
+
+// Writes output `pos` of segment `seg` to y (post-gated).
+__device__ __forceinline__ void store_output(const Params& pc, const Buffers& bf,
+                                             const Divisors& dv, u32 seg, u32 h, u32 pos,
+                                             float v) {
+    store_segment(pc, dv, bf.y, bf.post, seg, h, pos, v);
 }
 
 // Whether full-spectrum frequency f is kept (frequency sparsity keeps the lowest bins).
@@ -374,9 +393,8 @@ __device__ __forceinline__ cpx mul_w8(cpx x, int eighths) {
 // group offset k is W_{2^(gl-t)}^(j + (k mod 2^(R-1-t)) q) = W_{2^(gl-t)}^j * W_{2^(R-t)}^(k mod
 // 2^(R-1-t)): one table load per stage (w[t]) and a constant.
 template <int R>
-__device__ __forceinline__ void dif_round(const Params& pc, const Buffers& bf, u32 m_log2,
+__device__ __forceinline__ void dif_round(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
                                           u32 gl) {
-    cpx* s = smem;
     u32 items = 1u << (m_log2 + pc.lines_log2 - R);
     u32 q_log2 = gl - R;
     for (u32 it = threadIdx.x; it < items; it += THREADS) {
@@ -419,9 +437,8 @@ __device__ __forceinline__ void dif_round(const Params& pc, const Buffers& bf, u
 // twiddle of stage t at offset k is conj(W_{2^(g+t+1)}^(j + (k mod 2^t) 2^g)) = conj(W_{2^(g+t+1)}^j
 // * W_{2^(t+1)}^(k mod 2^t)).
 template <int R>
-__device__ __forceinline__ void dit_round(const Params& pc, const Buffers& bf, u32 m_log2,
+__device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
                                           u32 g) {
-    cpx* s = smem;
     u32 gl = g + R;
     u32 items = 1u << (m_log2 + pc.lines_log2 - R);
     for (u32 it = threadIdx.x; it < items; it += THREADS) {
@@ -461,33 +478,33 @@ __device__ __forceinline__ void dit_round(const Params& pc, const Buffers& bf, u
 }
 
 // Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
-__device__ void fft_forward(const Params& pc, const Buffers& bf, u32 m_log2) {
+__device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
     u32 gl = m_log2; // log2 of the group size of the next round
     for (; gl >= 3u; gl -= 3u) {
-        dif_round<3>(pc, bf, m_log2, gl);
+        dif_round<3>(s, pc, bf, m_log2, gl);
     }
     if (gl == 2u) {
-        dif_round<2>(pc, bf, m_log2, gl);
+        dif_round<2>(s, pc, bf, m_log2, gl);
     }
     if (gl == 1u) {
-        dif_round<1>(pc, bf, m_log2, gl);
+        dif_round<1>(s, pc, bf, m_log2, gl);
     }
 }
 
 // Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
-__device__ void fft_inverse(const Params& pc, const Buffers& bf, u32 m_log2) {
+__device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
     u32 g = 0u; // log2 of the span of the next stage
     u32 rest = m_log2 % 3u;
     if (rest == 1u) {
-        dit_round<1>(pc, bf, m_log2, g);
+        dit_round<1>(s, pc, bf, m_log2, g);
         g += 1u;
     }
     if (rest == 2u) {
-        dit_round<2>(pc, bf, m_log2, g);
+        dit_round<2>(s, pc, bf, m_log2, g);
         g += 2u;
     }
     while (g < m_log2) {
-        dit_round<3>(pc, bf, m_log2, g);
+        dit_round<3>(s, pc, bf, m_log2, g);
         g += 3u;
     }
 }
@@ -530,7 +547,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     }
     __syncthreads();
     if ((pc.flags & FLAG_NO_FORWARD) == 0u) {
-        fft_forward(pc, bf, m_log2);
+        fft_forward(s, pc, bf, m_log2);
     }
     // Forward only (FLAG_NO_INVERSE): the spectrum is stored as it is, for a later pass.
     bool forward_only = (pc.flags & FLAG_NO_INVERSE) != 0u;
@@ -572,7 +589,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
             }
         }
         __syncthreads();
-        fft_inverse(pc, bf, m_log2);
+        fft_inverse(s, pc, bf, m_log2);
     }
 
     for (u32 i = threadIdx.x; i < points; i += THREADS) {
@@ -636,9 +653,9 @@ __device__ __forceinline__ void columns(const Params& pc, const Buffers& bf, con
     }
     __syncthreads();
     if (FORWARD) {
-        fft_forward(pc, bf, m_log2);
+        fft_forward(s, pc, bf, m_log2);
     } else {
-        fft_inverse(pc, bf, m_log2);
+        fft_inverse(s, pc, bf, m_log2);
     }
     for (u32 i = threadIdx.x; i < points; i += THREADS) {
         u32 c = i & lines_mask;
@@ -740,4 +757,131 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         sum += src[(u64)p * pc.taps_len];
     }
     bf.taps_sum[(u64)(pc.channel_offset + h) * pc.taps_len + s] += sum;
+}
+
+// The whole backward of pairs whose FFT fits one block and whose rows are one overlap-save
+// segment each (blocks == 1), in three shared-memory regions of lines (one line per pair):
+//   A = FFT(pre * u), B = FFT(dy * post)
+//   C = B conj(A) mask / N -> IFFT -> taps (positions < taps_len)
+//   C = A K -> IFFT -> dpost = dy * c                      (gated)
+//   B = B conj(K) -> IFFT -> dx[t] = dseg[t] (+ dseg[N - (L - t)] where circular history wraps)
+//   du = pre * dx, dpre = u * dx
+// Dynamic shared memory: 3 * 2^lines_log2 * N points (padded).
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_backward_fused(const Params pc, const Buffers bf, const Divisors dv) {
+    u32 first_line = block_index() << pc.lines_log2;
+    if (first_line >= pc.total_lines) {
+        return;
+    }
+    u32 m_log2 = pc.log2n;
+    u32 n = 1u << m_log2;
+    u32 points = n << pc.lines_log2;
+    cpx* a = smem;
+    cpx* b = smem + SIDX(points);
+    cpx* c = smem + SIDX(2u * points);
+    u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 pair = first_line + (i >> m_log2);
+        cpx x = mk(0.0f, 0.0f);
+        cpx d = mk(0.0f, 0.0f);
+        if (pair < pc.total_lines) {
+            u32 pos = i & (n - 1u);
+            u32 h = udiv(pair, dv.pairs);
+            u32 q = pair - h * pc.pairs;
+            x = mk(segment_input(pc, dv, bf.u, bf.pre, pc.flags, 2u * q, h, pos),
+                   segment_input(pc, dv, bf.u, bf.pre, pc.flags, 2u * q + 1u, h, pos));
+            d = mk(segment_input(pc, dv, bf.u2, bf.post, dy_flags, 2u * q, h, pos),
+                   segment_input(pc, dv, bf.u2, bf.post, dy_flags, 2u * q + 1u, h, pos));
+        }
+        a[SIDX(i)] = x;
+        b[SIDX(i)] = d;
+    }
+    __syncthreads();
+    fft_forward(a, pc, bf, m_log2);
+    fft_forward(b, pc, bf, m_log2);
+    float inv_n = 1.0f / (float)n;
+    // Filter gradient: C = D conj(V) on kept bins / N.
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 f = bit_reverse(i & (n - 1u), m_log2);
+        cpx v = mk(0.0f, 0.0f);
+        if (bin_kept(pc, f)) {
+            cpx o = conj_c(a[SIDX(i)]);
+            v = cmul(b[SIDX(i)], mk(o.x * inv_n, o.y * inv_n));
+        }
+        c[SIDX(i)] = v;
+    }
+    __syncthreads();
+    fft_inverse(c, pc, bf, m_log2);
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 pair = first_line + (i >> m_log2);
+        u32 pos = i & (n - 1u);
+        if (pair < pc.total_lines && pos < pc.taps_len) {
+            bf.taps[(u64)pair * pc.taps_len + pos] = c[SIDX(i)].x;
+        }
+    }
+    __syncthreads();
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        // Post-gate gradient: IFFT(V K) at the outputs, times dy.
+        for (u32 i = threadIdx.x; i < points; i += THREADS) {
+            u32 pair = first_line + (i >> m_log2);
+            cpx v = mk(0.0f, 0.0f);
+            if (pair < pc.total_lines) {
+                u32 f = bit_reverse(i & (n - 1u), m_log2);
+                v = cmul(a[SIDX(i)], filter_bin(pc, bf, udiv(pair, dv.pairs), f));
+            }
+            c[SIDX(i)] = v;
+        }
+        __syncthreads();
+        fft_inverse(c, pc, bf, m_log2);
+        for (u32 i = threadIdx.x; i < points; i += THREADS) {
+            u32 pair = first_line + (i >> m_log2);
+            if (pair < pc.total_lines) {
+                u32 pos = i & (n - 1u);
+                u32 h = udiv(pair, dv.pairs);
+                u32 q = pair - h * pc.pairs;
+                cpx v = c[SIDX(i)];
+                store_segment(pc, dv, bf.y3, bf.u2, 2u * q, h, pos, v.x);
+                store_segment(pc, dv, bf.y3, bf.u2, 2u * q + 1u, h, pos, v.y);
+            }
+        }
+        __syncthreads();
+    }
+    // Adjoint: IFFT(D conj(K)), gathered within the segment.
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 pair = first_line + (i >> m_log2);
+        if (pair < pc.total_lines) {
+            u32 f = bit_reverse(i & (n - 1u), m_log2);
+            b[SIDX(i)] = cmul(b[SIDX(i)], conj_c(filter_bin(pc, bf, udiv(pair, dv.pairs), f)));
+        }
+    }
+    __syncthreads();
+    fft_inverse(b, pc, bf, m_log2);
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 line = i >> m_log2;
+        u32 pair = first_line + line;
+        u32 t = i & (n - 1u);
+        if (pair >= pc.total_lines || t >= pc.seq_len) {
+            continue;
+        }
+        cpx dx = b[SIDX(i)];
+        if ((pc.flags & FLAG_WRAPS) != 0u && pc.seq_len - t <= pc.history) {
+            dx = cadd(dx, b[SIDX((line << m_log2) + n - (pc.seq_len - t))]);
+        }
+        u32 h = udiv(pair, dv.pairs);
+        u32 q = pair - h * pc.pairs;
+        for (u32 half = 0u; half < 2u; half++) {
+            u32 row_base, start, outputs;
+            if (!segment_row(pc, dv, 2u * q + half, h, row_base, start, outputs)) {
+                continue;
+            }
+            u32 idx = row_base + t;
+            float g = half == 0u ? dx.x : dx.y;
+            if ((pc.flags & FLAG_GATED) != 0u) {
+                bf.y[idx] = from_float(g * to_float(bf.pre[idx]));
+                bf.y2[idx] = from_float(g * to_float(bf.u[idx]));
+            } else {
+                bf.y[idx] = from_float(g);
+            }
+        }
+    }
 }

@@ -336,6 +336,34 @@ impl CudaConvolution {
         Ok(guard)
     }
 
+    /// log2 of the pairs per block of the fused backward kernel, when this problem can use it:
+    /// a one-pass plan (no global stages), one overlap-save block per row, and three lines of
+    /// `N` points fitting the device's shared memory.
+    fn fused_backward_lines(&self) -> Option<u32> {
+        if self.schedule.passes().len() != 1 || self.spec.geometry().blocks != 1 {
+            return None;
+        }
+        let limit = self.device.info().shared_memory_per_block_optin;
+        let mut lines_log2 = None;
+        for l in 0..12u32 {
+            if self.fused_backward_shared_bytes(l) as usize <= limit {
+                lines_log2 = Some(l);
+            }
+        }
+        lines_log2
+    }
+
+    /// Dynamic shared memory of the fused backward with `2^lines_log2` pairs per block.
+    fn fused_backward_shared_bytes(&self, lines_log2: u32) -> u32 {
+        let points = (3u64 * self.spec.geometry().n() as u64) << lines_log2;
+        let padded = if self.kernels.pad {
+            points + points / 16
+        } else {
+            points
+        };
+        u32::try_from(padded * 8).unwrap_or(u32::MAX)
+    }
+
     /// Launches the backward steps of one chunk.
     fn launch_backward(
         &self,
@@ -360,7 +388,28 @@ impl CudaConvolution {
             taps: address(&bexec.taps, stream),
             y2: s.dpre,
             taps_sum: address(&bexec.dk, stream),
+            u2: s.dy,
+            y3: s.dpost,
         };
+        if let Some(lines_log2) = self.fused_backward_lines() {
+            // One kernel per chunk: both transforms, taps, gate gradients and du in shared memory.
+            let chunk_base = self.schedule.chunk_params(chunk, compact);
+            let total_pairs = chunk.nh * self.schedule.pairs(chunk.nb);
+            let params = monarch_core::schedule::PassParams {
+                line_log2: chunk_base.log2n,
+                lines_log2: lines_log2.min(total_pairs.next_power_of_two().ilog2()),
+                total_lines: total_pairs as u32,
+                ..chunk_base
+            };
+            let shared = self.fused_backward_shared_bytes(params.lines_log2);
+            self.launch_function(stream, &self.kernels.backward_fused, shared, &params, &base)?;
+            let sum_params = monarch_core::schedule::PassParams {
+                total_lines: (chunk.nh * self.spec.filter_len()) as u32,
+                lines_log2: self.kernels.threads.ilog2(),
+                ..chunk_base
+            };
+            return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
+        }
         let steps = self
             .schedule
             .backward_steps(chunk, compact, self.kernels.threads.ilog2());
