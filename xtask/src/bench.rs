@@ -4,8 +4,10 @@
 //! The baseline is [`backend_cpu::RealFftBaseline`] (the straightforward realfft convolution) on
 //! the same rayon pool, with the same dtype I/O; for gated problems it runs as a user would write
 //! it: a pre-gate pass, the baseline, a post-gate pass (each pass threaded over the same number of
-//! workers). Ratios of every backend are against that CPU baseline (a cuFFT baseline for CUDA
-//! is future work).
+//! workers). Ratios of every backend are against that CPU baseline, except the CUDA backend's:
+//! with the `cuda` feature each ungated case also times `cufft` (cuFFT R2C, product with the
+//! precomputed spectrum, C2R, f32, on resident tensors: `backend_cuda::CufftBaseline`) and the
+//! `cuda` rows' ratio is against it.
 
 use crate::args::{BenchOptions, DEFAULT_REPS, REDUCED_REPS};
 use crate::oracle::{self, RowCheck};
@@ -96,7 +98,7 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
         if opts.gated {
             ", gates as separate passes"
         } else {
-            ""
+            "; cuda rows: vs cufft (cuFFT R2C -> product -> C2R, f32) in the same run"
         }
     );
     println!(
@@ -117,7 +119,8 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
     );
     println!();
 
-    let steps = opts.sizes.len() * opts.dtypes.len() * (backends.len() + 1);
+    let cufft_rows = usize::from(backends.contains(&conv::BackendKind::Cuda) && !opts.gated);
+    let steps = opts.sizes.len() * opts.dtypes.len() * (backends.len() + 1 + cufft_rows);
     let mut sweep = Sweep {
         opts,
         backends,
@@ -280,7 +283,35 @@ impl Sweep<'_> {
             if self.opts.backward && kind.supports_backward() {
                 self.backward_case(n, &spec, kind, &u, &k, gates);
             }
+            #[cfg(feature = "cuda")]
+            if kind == conv::BackendKind::Cuda && !gated {
+                self.progress(n, "cufft", dtype);
+                let result = self.cufft_case(&spec, &u, &k, &mut y);
+                self.record(n, &spec, "cufft", result, &y, &checks);
+            }
         }
+    }
+
+    /// Times the cuFFT baseline (R2C, product, C2R in f32, filter spectrum precomputed) on
+    /// device-resident tensors, like the CUDA backend's rows; `y` receives its result.
+    #[cfg(feature = "cuda")]
+    fn cufft_case<T: Element>(
+        &self,
+        spec: &ConvSpec,
+        u: &[T],
+        k: &[f32],
+        y: &mut [T],
+    ) -> Result<Vec<f64>, String> {
+        use backend_cuda::{CudaTensor, CufftBaseline};
+        let err = |e: backend_cuda::CudaError| e.to_string();
+        let mut base = CufftBaseline::new(spec).map_err(err)?;
+        let filter = base.prepare_filter(k).map_err(err)?;
+        let u_t = CudaTensor::from_host(u).map_err(err)?;
+        let mut y_t =
+            CudaTensor::from_host(&vec![T::from_f32(f32::NAN); spec.io_len()]).map_err(err)?;
+        let times = self.time(y, |_| base.forward(&filter, &u_t, &mut y_t).map_err(err))?;
+        y_t.to_host(y).map_err(err)?;
+        Ok(times)
     }
 
     /// Times the backward pass on `kind` (with a fresh random `dy`) and checks `du` on sampled

@@ -148,7 +148,16 @@ pub fn fill_ratios(records: &mut [Record]) {
         if !r.median_ms.is_finite() {
             continue;
         }
-        let reference = r.backend.strip_suffix(":bw").unwrap_or("baseline");
+        // `<backend>:bw` rows: against that backend's forward; CUDA rows: against cuFFT when
+        // the run has it; everything else: against the CPU baseline.
+        let has_cufft = references.iter().any(|(n, d, g, who, _)| {
+            (*n, *d, *g, who.as_str()) == (r.n, r.dtype, r.gated, "cufft")
+        });
+        let reference = match r.backend.strip_suffix(":bw") {
+            Some(fwd) => fwd,
+            None if r.backend == "cuda" && has_cufft => "cufft",
+            None => "baseline",
+        };
         r.ratio = references
             .iter()
             .find(|(n, d, g, who, _)| {
@@ -164,6 +173,7 @@ pub fn fill_floor_ratios(records: &mut [Record], bandwidth: &[(String, f64)]) {
     for r in records.iter_mut() {
         let name = match r.backend.as_str() {
             "baseline" => "cpu",
+            "cufft" => "cuda",
             other => other.strip_suffix(":bw").unwrap_or(other),
         };
         let bw = bandwidth.iter().find(|(b, _)| b == name).map(|&(_, bw)| bw);

@@ -885,3 +885,51 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         }
     }
 }
+
+// ---- the cuFFT baseline's elementwise kernels (benchmark reference, not the library path) -----
+//
+// The baseline convolves rows with cuFFT R2C -> product -> C2R around these kernels, in chunks of
+// `total_lines / N` rows starting at row `element_offset / seq_len`; `taps_len` holds the bins
+// per row (N/2 + 1). Buffers: u, y as usual, `tmp` the real rows (f32, N per row), `other` the
+// complex rows (bins per row), `spectrum` the filter's bins per channel (scaled by 1/N).
+
+// Real rows: u zero-padded from L to N, as f32.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_baseline_pad(const Params pc, const Buffers bf, const Divisors dv) {
+    (void)dv;
+    u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
+    if (e >= pc.total_lines) {
+        return;
+    }
+    u32 row = e >> pc.log2n;
+    u32 t = e & ((1u << pc.log2n) - 1u);
+    float v = t < pc.seq_len ? to_float(bf.u[pc.element_offset + row * pc.seq_len + t]) : 0.0f;
+    ((float*)bf.tmp)[e] = v;
+}
+
+// Complex rows times the filter bins of each row's channel.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_baseline_product(const Params pc, const Buffers bf, const Divisors dv) {
+    u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
+    if (e >= pc.total_lines) {
+        return;
+    }
+    u32 row = udiv(e, dv.taps_len);
+    u32 bin = e - row * pc.taps_len;
+    u32 global_row = udiv(pc.element_offset, dv.seq_len) + row;
+    u32 h = global_row - udiv(global_row, dv.channels) * pc.channels;
+    cpx* rows = (cpx*)bf.other;
+    rows[e] = cmul(rows[e], load_ro(bf.spectrum + (u64)h * pc.taps_len + bin));
+}
+
+// y: the first L of each real row, in the I/O type.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_baseline_crop(const Params pc, const Buffers bf, const Divisors dv) {
+    u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
+    if (e >= pc.total_lines) {
+        return;
+    }
+    u32 row = udiv(e, dv.seq_len);
+    u32 t = e - row * pc.seq_len;
+    bf.y[pc.element_offset + e] = from_float(((const float*)bf.tmp)[((u64)row << pc.log2n) + t]);
+}

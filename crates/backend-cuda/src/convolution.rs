@@ -23,7 +23,7 @@ pub struct CudaFilterSpectrum {
     geometry: ConvGeometry,
     channels: usize,
     filter_len: usize,
-    buffer: Arc<CudaSlice<u8>>,
+    pub(crate) buffer: Arc<CudaSlice<u8>>,
 }
 
 impl std::fmt::Debug for CudaFilterSpectrum {
@@ -59,7 +59,7 @@ pub struct CudaOptions {
 /// ([`CudaConvolution::forward_device`]).
 pub struct CudaTensor {
     pub(crate) buffer: CudaSlice<u8>,
-    dtype: DType,
+    pub(crate) dtype: DType,
     len: usize,
 }
 
@@ -242,7 +242,7 @@ impl KernelDivisors {
 
 /// The device address of `buffer` (the context does not track events: callers order work by
 /// using one stream and waiting for it).
-pub(crate) fn address(buffer: &CudaSlice<u8>, stream: &CudaStream) -> u64 {
+pub(crate) fn address<T>(buffer: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     let (ptr, _sync) = buffer.device_ptr(stream);
     ptr
 }
@@ -399,24 +399,7 @@ impl CudaConvolution {
             ));
         }
         let geometry = *self.spec.geometry();
-        let n = geometry.n();
-        let kept = geometry.kept_bins.min(n / 2 + 1);
-        let fft = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(n);
-        let mut signal = fft.make_input_vec();
-        let mut spectrum = fft.make_output_vec();
-        let mut scratch = fft.make_scratch_vec();
-        let scale = 1.0 / n as f32;
-        let mut bytes = Vec::with_capacity(h_count * kept * 8);
-        for row in k.chunks_exact(klen) {
-            signal.fill(0.0);
-            signal[..klen].copy_from_slice(row);
-            fft.process_with_scratch(&mut signal, &mut spectrum, &mut scratch)
-                .map_err(|e| CudaError::invalid("k", e.to_string()))?;
-            for c in &spectrum[..kept] {
-                bytes.extend_from_slice(&(c.re * scale).to_ne_bytes());
-                bytes.extend_from_slice(&(c.im * scale).to_ne_bytes());
-            }
-        }
+        let bytes = host_filter_spectrum(&self.spec, k)?;
         let stream = &self.device.stream;
         let buffer = stream
             .clone_htod(&bytes)
@@ -652,31 +635,7 @@ impl CudaConvolution {
         params: &PassParams,
         buffers: &KernelBuffers,
     ) -> Result<(), CudaError> {
-        let k = &self.kernels;
-        let groups = (params.total_lines as u64)
-            .div_ceil(1 << params.lines_log2)
-            .max(1);
-        let x = groups.min(i32::MAX as u64);
-        let y = groups.div_ceil(x);
-        if y > 65_535 {
-            return Err(CudaError::unsupported(format!(
-                "{groups} blocks exceed the grid"
-            )));
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (x as u32, y as u32, 1),
-            block_dim: (k.threads, 1, 1),
-            shared_mem_bytes: shared,
-        };
-        let p = KernelParams(*params);
-        let divisors = KernelDivisors::new(params);
-        let mut launch = stream.launch_builder(func);
-        launch.arg(&p).arg(buffers).arg(&divisors);
-        // SAFETY: the kernel's parameters are (Params, Buffers, Divisors) by value, matching the
-        // three arguments; every pointer in `buffers` is a live allocation sized for this chunk (or
-        // unused by this pass's flags); shared memory is within the function's attribute.
-        unsafe { launch.launch(cfg) }.map_err(|e| CudaError::driver("cuLaunchKernel", e))?;
-        Ok(())
+        launch_kernel(stream, func, self.kernels.threads, shared, params, buffers)
     }
 
     fn check_inputs(
@@ -706,6 +665,68 @@ impl CudaConvolution {
         }
         Ok(())
     }
+}
+
+/// The filter spectrum of `k: [H, K]` computed on the host: per channel the first `kept_bins`
+/// bins of the zero-padded filter's length-N real FFT, scaled by `1/N`, as complex f32 bytes.
+pub(crate) fn host_filter_spectrum(spec: &ConvSpec, k: &[f32]) -> Result<Vec<u8>, CudaError> {
+    let geometry = spec.geometry();
+    let n = geometry.n();
+    let klen = spec.filter_len();
+    let kept = geometry.kept_bins.min(n / 2 + 1);
+    let fft = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(n);
+    let mut signal = fft.make_input_vec();
+    let mut spectrum = fft.make_output_vec();
+    let mut scratch = fft.make_scratch_vec();
+    let scale = 1.0 / n as f32;
+    let mut bytes = Vec::with_capacity(spec.channels() * kept * 8);
+    for row in k.chunks_exact(klen) {
+        signal.fill(0.0);
+        signal[..klen].copy_from_slice(row);
+        fft.process_with_scratch(&mut signal, &mut spectrum, &mut scratch)
+            .map_err(|e| CudaError::invalid("k", e.to_string()))?;
+        for c in &spectrum[..kept] {
+            bytes.extend_from_slice(&(c.re * scale).to_ne_bytes());
+            bytes.extend_from_slice(&(c.im * scale).to_ne_bytes());
+        }
+    }
+    Ok(bytes)
+}
+
+/// Launches `func` over `params.total_lines / 2^lines_log2` blocks of `threads` threads with
+/// the kernels' three arguments.
+pub(crate) fn launch_kernel(
+    stream: &CudaStream,
+    func: &cudarc::driver::CudaFunction,
+    threads: u32,
+    shared: u32,
+    params: &PassParams,
+    buffers: &KernelBuffers,
+) -> Result<(), CudaError> {
+    let groups = (params.total_lines as u64)
+        .div_ceil(1 << params.lines_log2)
+        .max(1);
+    let x = groups.min(i32::MAX as u64);
+    let y = groups.div_ceil(x);
+    if y > 65_535 {
+        return Err(CudaError::unsupported(format!(
+            "{groups} blocks exceed the grid"
+        )));
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (x as u32, y as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: shared,
+    };
+    let p = KernelParams(*params);
+    let divisors = KernelDivisors::new(params);
+    let mut launch = stream.launch_builder(func);
+    launch.arg(&p).arg(buffers).arg(&divisors);
+    // SAFETY: the kernel's parameters are (Params, Buffers, Divisors) by value, matching the
+    // three arguments; every pointer in `buffers` is a live allocation sized for the launch (or
+    // unused by the kernel with these flags); shared memory is within the function's attribute.
+    unsafe { launch.launch(cfg) }.map_err(|e| CudaError::driver("cuLaunchKernel", e))?;
+    Ok(())
 }
 
 /// The kernels' twiddle tables: for every power of two `M <= n`, `W_M^e` (`e < M`) at entry

@@ -202,6 +202,9 @@ impl CudaDevice {
                 })?;
                 f
             },
+            baseline_pad: load("fftconv_baseline_pad")?,
+            baseline_product: load("fftconv_baseline_product")?,
+            baseline_crop: load("fftconv_baseline_crop")?,
             pad: key.pad,
             shared_points: key.shared_points,
             shared_bytes,
@@ -227,6 +230,10 @@ pub(crate) struct Kernels {
     pub(crate) gather: CudaFunction,
     pub(crate) taps_sum: CudaFunction,
     pub(crate) backward_fused: CudaFunction,
+    /// The cuFFT baseline's elementwise kernels.
+    pub(crate) baseline_pad: CudaFunction,
+    pub(crate) baseline_product: CudaFunction,
+    pub(crate) baseline_crop: CudaFunction,
     /// Whether shared memory has one padding point per 16.
     pub(crate) pad: bool,
     /// Complex points of shared memory per block (the longest line a pass may have).

@@ -39,12 +39,14 @@
 //! ```
 
 mod bandwidth;
+mod baseline;
 mod convolution;
 mod device;
 mod error;
 mod probe;
 
 pub use bandwidth::copy_bandwidth;
+pub use baseline::{CufftBaseline, CufftFilter};
 pub use convolution::{
     CudaConvolution, CudaFilterSpectrum, CudaGradients, CudaOptions, CudaTensor,
     CudaTensorGradients,

@@ -343,14 +343,13 @@ impl CudaConvolution {
         if self.schedule.passes().len() != 1 || self.spec.geometry().blocks != 1 {
             return None;
         }
+        // Pairs per block: enough for ~2K points per region (6K points, ~51 KiB: four blocks
+        // per SM), one pair at least. Filling the shared memory instead (32 pairs of N = 256:
+        // 204 KiB, one block of 8 warps per SM) measured 5.6 ms against 3.6 ms unfused.
+        let n = self.spec.geometry().n();
+        let lines_log2 = (2048 / n).max(1).ilog2();
         let limit = self.device.info().shared_memory_per_block_optin;
-        let mut lines_log2 = None;
-        for l in 0..12u32 {
-            if self.fused_backward_shared_bytes(l) as usize <= limit {
-                lines_log2 = Some(l);
-            }
-        }
-        lines_log2
+        (self.fused_backward_shared_bytes(lines_log2) as usize <= limit).then_some(lines_log2)
     }
 
     /// Dynamic shared memory of the fused backward with `2^lines_log2` pairs per block.
