@@ -933,3 +933,52 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     u32 t = e - row * pc.seq_len;
     bf.y[pc.element_offset + e] = from_float(((const float*)bf.tmp)[((u64)row << pc.log2n) + t]);
 }
+
+// ---- filter preparation on the GPU -----------------------------------------------------------
+//
+// The filter rows k[h] are transformed by the forward passes like a problem of `segments` rows of
+// length taps_len (pairs of rows packed as a + i b; FLAG_NO_INVERSE leaves each pair's spectrum
+// Z in tmp in the plan's permuted order). This kernel unpacks each pair into the Hermitian half
+// spectra of its two rows, natural order, kept bins only, scaled by 1/N:
+//   A(f) = (Z(f) + conj Z(N - f)) / 2,  B(f) = (Z(f) - conj Z(N - f)) / 2i.
+// One thread per (row c < segments, bin f < kept_bins); row c goes to spectrum channel
+// channel_offset + c. stage_bits / stage_count / line_log2 describe the permutation (as in the
+// fused pass).
+
+// Position in a pair's spectrum (permuted order) that holds frequency f.
+__device__ __forceinline__ u32 frequency_position(const Params& pc, u32 f) {
+    u32 pos = 0u;
+    u32 shift = pc.log2n;
+    for (u32 st = 0u; st < pc.stage_count; st++) {
+        u32 bits = (pc.stage_bits >> (5u * st)) & 31u;
+        shift -= bits;
+        pos |= bit_reverse(f & ((1u << bits) - 1u), bits) << shift;
+        f >>= bits;
+    }
+    return pos | bit_reverse(f, pc.line_log2);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+    fftconv_filter_unpack(const Params pc, const Buffers bf, const Divisors dv) {
+    (void)dv;
+    u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
+    if (e >= pc.total_lines) {
+        return;
+    }
+    u32 c = e / pc.kept_bins;
+    u32 f = e - c * pc.kept_bins;
+    u32 n = 1u << pc.log2n;
+    const cpx* z = bf.tmp + (u64)(c >> 1) * n;
+    cpx zf = z[frequency_position(pc, f)];
+    cpx zm = conj_c(z[frequency_position(pc, (n - f) & (n - 1u))]);
+    float scale = 0.5f / (float)n;
+    cpx v;
+    if ((c & 1u) == 0u) {
+        v = mk((zf.x + zm.x) * scale, (zf.y + zm.y) * scale);
+    } else {
+        // (Z(f) - conj Z(-f)) / 2i = -i (Z(f) - conj Z(-f)) / 2
+        cpx d = csub(zf, zm);
+        v = mk(d.y * scale, -d.x * scale);
+    }
+    ((cpx*)bf.other)[(u64)(pc.channel_offset + c) * pc.kept_bins + f] = v;
+}

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
-use monarch_core::schedule::{Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS};
+use monarch_core::schedule::{
+    Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_NO_INVERSE, FLAG_SRC_INPUT,
+};
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
 
@@ -14,6 +16,9 @@ use crate::CudaError;
 mod backward;
 
 pub use backward::{CudaGradients, CudaTensorGradients};
+
+/// Environment variable: `1` computes filter spectra on the host (realfft) instead of the GPU.
+pub const HOST_FILTER_ENV: &str = "FFTCONV_CUDA_HOST_FILTER";
 
 /// A filter `k: [H, K]` transformed for one [`CudaConvolution`]: per channel the Hermitian half
 /// spectrum of the zero-padded filter (natural order, scaled by `1/N`), kept bins only, as
@@ -40,6 +45,23 @@ impl CudaFilterSpectrum {
     /// Bytes of device memory the spectrum holds.
     pub fn size_bytes(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// The spectrum as interleaved f32 (re, im) values, `[H, kept bins]` (for inspection).
+    pub fn to_host(&self) -> Result<Vec<f32>, CudaError> {
+        let dev = device()?;
+        let bytes = self.channels * self.geometry.kept_bins.min(self.geometry.n() / 2 + 1) * 8;
+        let mut host = vec![0u8; bytes];
+        if bytes > 0 {
+            dev.stream
+                .memcpy_dtoh(&self.buffer.slice(..bytes), &mut host)
+                .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+            sync(&dev.stream)?;
+        }
+        Ok(host
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 }
 
@@ -281,6 +303,8 @@ struct Execution {
     tmp: CudaSlice<u8>,
     /// Buffers for host slices, made on the first host call.
     host: Option<HostIo>,
+    /// Completion of the last call enqueued on a caller's stream, if not yet waited for.
+    pending: Option<cudarc::driver::CudaEvent>,
 }
 
 /// Device buffers of one chunk's streams, and the host staging between them and the slices.
@@ -385,8 +409,132 @@ impl CudaConvolution {
         self.plan.global_passes()
     }
 
-    /// Computes the filter spectrum of `k: [H, K]` (f32) on the host and uploads it.
+    /// The filter spectrum of `k: [H, K]` (f32, host), computed on the GPU
+    /// ([`prepare_filter_device`](Self::prepare_filter_device)); with `FFTCONV_CUDA_HOST_FILTER=1`
+    /// on the host (realfft) instead, for comparison.
     pub fn prepare_filter(&self, k: &[f32]) -> Result<CudaFilterSpectrum, CudaError> {
+        if std::env::var(HOST_FILTER_ENV).is_ok_and(|v| v == "1") {
+            return self.prepare_filter_host(k);
+        }
+        let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
+        if k.len() != h_count * klen {
+            return Err(CudaError::invalid(
+                "k",
+                format!(
+                    "expected [H={h_count}, K={klen}] = {} elements, got {}",
+                    h_count * klen,
+                    k.len()
+                ),
+            ));
+        }
+        self.prepare_filter_device(&CudaTensor::from_host(k)?)
+    }
+
+    /// The filter spectrum of `k: [H, K]` held in device memory (an f32 tensor of `H * K`
+    /// elements), computed on the GPU: a training loop that updates `k` on the device prepares
+    /// it without a host round trip. The forward passes transform pairs of filter rows packed
+    /// as one complex sequence; a kernel unpacks each pair into the two half spectra.
+    pub fn prepare_filter_device(&self, k: &CudaTensor) -> Result<CudaFilterSpectrum, CudaError> {
+        let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
+        if k.dtype != DType::F32 || k.len != h_count * klen {
+            return Err(CudaError::invalid(
+                "k",
+                format!(
+                    "expected an f32 tensor of [H={h_count}, K={klen}] = {} elements, got {} {}",
+                    h_count * klen,
+                    k.len,
+                    k.dtype
+                ),
+            ));
+        }
+        let geometry = *self.spec.geometry();
+        let n = geometry.n();
+        let kept = geometry.kept_bins.min(n / 2 + 1);
+        let kernels = self
+            .device
+            .kernels(DType::F32, self.kernels.shared_points)?;
+        let mut guard = self.execution()?;
+        let exec = guard.as_mut().expect("made by execution()");
+        let stream = &exec.stream;
+        let buffer = stream
+            .alloc_zeros::<u8>((h_count * kept * 8).max(4))
+            .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+        // Pairs of filter rows per round: as many spectra as the intermediate buffer holds.
+        let group = (exec.tmp.len() / (n * 8)).max(1);
+        let passes = self.schedule.passes();
+        let (globals, fused) = passes.split_at(passes.len() - 1);
+        let stage_bits = globals
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (s, p)| acc | p.line_log2 << (5 * s));
+        let buffers = KernelBuffers {
+            u: address(&k.buffer, stream),
+            pre: address(&k.buffer, stream),
+            tmp: address(&exec.tmp, stream),
+            twiddles: address(&self.twiddles, stream),
+            other: address(&buffer, stream),
+            ..KernelBuffers::default()
+        };
+        let launch = |func, shared, params: &PassParams| {
+            launch_kernel(stream, func, kernels.threads, shared, params, &buffers)
+        };
+        let mut row0 = 0;
+        while row0 < h_count {
+            let rows = (2 * group).min(h_count - row0);
+            let pairs = rows.div_ceil(2);
+            // The filter rows as a problem of `rows` segments of K inputs (no history).
+            let base = PassParams {
+                log2n: n.ilog2(),
+                seq_len: klen as u32,
+                channels: 1,
+                blocks: 1,
+                block_len: klen as u32,
+                kept_bins: kept as u32,
+                segments: rows as u32,
+                pairs: pairs as u32,
+                batch_stride: 1,
+                element_offset: (row0 * klen) as u32,
+                taps_len: klen as u32,
+                ..PassParams::default()
+            };
+            for (s, shape) in globals.iter().enumerate() {
+                let mut p = self.schedule.pass_params(base, *shape, pairs);
+                if s == 0 {
+                    p.flags |= FLAG_SRC_INPUT;
+                }
+                launch(&kernels.columns_forward, kernels.shared_bytes, &p)?;
+            }
+            let mut p = self.schedule.pass_params(base, fused[0], pairs);
+            p.flags |= FLAG_NO_INVERSE
+                | if globals.is_empty() {
+                    FLAG_SRC_INPUT
+                } else {
+                    0
+                };
+            p.stage_bits = stage_bits;
+            p.stage_count = globals.len() as u32;
+            launch(&kernels.fused, kernels.shared_bytes, &p)?;
+            let unpack = PassParams {
+                total_lines: (rows * kept) as u32,
+                lines_log2: kernels.threads.ilog2(),
+                channel_offset: row0 as u32,
+                ..p
+            };
+            launch(&kernels.filter_unpack, 0, &unpack)?;
+            row0 += rows;
+        }
+        sync(stream)?;
+        drop(guard);
+        Ok(CudaFilterSpectrum {
+            geometry,
+            channels: h_count,
+            filter_len: klen,
+            buffer: Arc::new(buffer),
+        })
+    }
+
+    /// Computes the filter spectrum of `k: [H, K]` (f32) on the host (realfft) and uploads it.
+    pub fn prepare_filter_host(&self, k: &[f32]) -> Result<CudaFilterSpectrum, CudaError> {
         let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
         if k.len() != h_count * klen {
             return Err(CudaError::invalid(
@@ -459,7 +607,7 @@ impl CudaConvolution {
                     sync(&exec.stream)?;
                 }
             }
-            self.launch_forward(exec, filter, chunk, Io::Host)?;
+            self.launch_forward(&exec.stream, exec, filter, chunk, Io::Host)?;
             let host = exec.host.as_mut().expect("made above");
             exec.stream
                 .memcpy_dtoh(&host.y.slice(..bytes), &mut host.staging[..bytes])
@@ -484,7 +632,71 @@ impl CudaConvolution {
         gates: Option<(&CudaTensor, &CudaTensor)>,
         y: &mut CudaTensor,
     ) -> Result<(), CudaError> {
-        for (arg, t) in [("u", u), ("y", &*y)].into_iter().chain(
+        self.check_device_forward(filter, u, gates, y)?;
+        let mut guard = self.execution()?;
+        let exec = guard.as_mut().expect("made by execution()");
+        let y = &*y;
+        for chunk in self.schedule.chunks().collect::<Vec<_>>() {
+            self.launch_forward(
+                &exec.stream,
+                exec,
+                filter,
+                chunk,
+                Io::Device { u, gates, y },
+            )?;
+        }
+        sync(&exec.stream)
+    }
+
+    /// Like [`forward_device`](Self::forward_device), enqueued on the caller's `stream` (of this
+    /// device) without waiting: the result is in `y` once `stream` reaches this point. `u`, the
+    /// gates and the filter must be ready on `stream`, and `y` must not be read or freed before
+    /// it completes. Calls on one convolution are ordered on the GPU: a call on another stream
+    /// (or any blocking call) first waits for this one, since they share intermediate buffers.
+    pub fn forward_device_on_stream(
+        &self,
+        stream: &Arc<CudaStream>,
+        filter: &CudaFilterSpectrum,
+        u: &CudaTensor,
+        gates: Option<(&CudaTensor, &CudaTensor)>,
+        y: &mut CudaTensor,
+    ) -> Result<(), CudaError> {
+        self.check_device_forward(filter, u, gates, y)?;
+        if stream.context().cu_ctx() != self.device.ctx.cu_ctx() {
+            return Err(CudaError::invalid(
+                "stream",
+                "not a stream of this convolution's device",
+            ));
+        }
+        let mut guard = self.execution_unordered()?;
+        let exec = guard.as_mut().expect("made by execution()");
+        if let Some(event) = exec.pending.take() {
+            stream
+                .wait(&event)
+                .map_err(|e| CudaError::driver("cuStreamWaitEvent", e))?;
+        } else {
+            // Work of blocking calls ran on the execution's stream and was waited for.
+        }
+        let y = &*y;
+        for chunk in self.schedule.chunks().collect::<Vec<_>>() {
+            self.launch_forward(stream, exec, filter, chunk, Io::Device { u, gates, y })?;
+        }
+        let done = stream
+            .record_event(None)
+            .map_err(|e| CudaError::driver("cuEventRecord", e))?;
+        exec.pending = Some(done);
+        Ok(())
+    }
+
+    /// The checks of a device-tensor forward: dtypes, lengths, filter, 32-bit indices.
+    fn check_device_forward(
+        &self,
+        filter: &CudaFilterSpectrum,
+        u: &CudaTensor,
+        gates: Option<(&CudaTensor, &CudaTensor)>,
+        y: &CudaTensor,
+    ) -> Result<(), CudaError> {
+        for (arg, t) in [("u", u), ("y", y)].into_iter().chain(
             gates
                 .into_iter()
                 .flat_map(|(p, q)| [("pregate", p), ("postgate", q)]),
@@ -514,17 +726,26 @@ impl CudaConvolution {
                 self.spec.io_len()
             )));
         }
-        let mut guard = self.execution()?;
-        let exec = guard.as_mut().expect("made by execution()");
-        let y = &*y;
-        for chunk in self.schedule.chunks().collect::<Vec<_>>() {
-            self.launch_forward(exec, filter, chunk, Io::Device { u, gates, y })?;
-        }
-        sync(&exec.stream)
+        Ok(())
     }
 
-    /// The execution (stream, intermediate buffer), made on first use; holds the lock.
+    /// The execution (stream, intermediate buffer), made on first use; holds the lock. Work a
+    /// [`forward_device_on_stream`](Self::forward_device_on_stream) call left pending is waited
+    /// for first, so the caller may reuse the intermediate buffers at once.
     fn execution(&self) -> Result<std::sync::MutexGuard<'_, Option<Execution>>, CudaError> {
+        let mut guard = self.execution_unordered()?;
+        if let Some(event) = guard.as_mut().and_then(|e| e.pending.take()) {
+            event
+                .synchronize()
+                .map_err(|e| CudaError::driver("cuEventSynchronize", e))?;
+        }
+        Ok(guard)
+    }
+
+    /// Like [`execution`](Self::execution) without waiting for pending work.
+    fn execution_unordered(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, Option<Execution>>, CudaError> {
         let mut guard = self.exec.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             let stream = self
@@ -540,6 +761,7 @@ impl CudaConvolution {
                 stream,
                 tmp,
                 host: None,
+                pending: None,
             });
         }
         Ok(guard)
@@ -568,12 +790,12 @@ impl CudaConvolution {
     /// Launches the forward passes of one chunk on the execution's stream.
     fn launch_forward(
         &self,
+        stream: &CudaStream,
         exec: &Execution,
         filter: &CudaFilterSpectrum,
         chunk: Chunk,
         io: Io<'_>,
     ) -> Result<(), CudaError> {
-        let stream = &exec.stream;
         let (u, pre, post, y) = match io {
             Io::Host => {
                 let host = exec.host.as_ref().expect("made for host calls");

@@ -98,6 +98,14 @@ impl CudaDevice {
         &self.info
     }
 
+    /// A new stream on this device (for
+    /// [`CudaConvolution::forward_device_on_stream`](crate::CudaConvolution::forward_device_on_stream)).
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>, CudaError> {
+        self.ctx
+            .new_stream()
+            .map_err(|e| CudaError::driver("cuStreamCreate", e))
+    }
+
     /// One line: name, architecture, memory, shared memory per block.
     pub fn description(&self) -> &str {
         &self.description
@@ -202,6 +210,7 @@ impl CudaDevice {
                 })?;
                 f
             },
+            filter_unpack: load("fftconv_filter_unpack")?,
             baseline_pad: load("fftconv_baseline_pad")?,
             baseline_product: load("fftconv_baseline_product")?,
             baseline_crop: load("fftconv_baseline_crop")?,
@@ -230,6 +239,8 @@ pub(crate) struct Kernels {
     pub(crate) gather: CudaFunction,
     pub(crate) taps_sum: CudaFunction,
     pub(crate) backward_fused: CudaFunction,
+    /// Filter preparation: pairs of filter spectra unpacked into half spectra.
+    pub(crate) filter_unpack: CudaFunction,
     /// The cuFFT baseline's elementwise kernels.
     pub(crate) baseline_pad: CudaFunction,
     pub(crate) baseline_product: CudaFunction,

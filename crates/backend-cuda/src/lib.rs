@@ -51,6 +51,7 @@ pub use convolution::{
     CudaConvolution, CudaFilterSpectrum, CudaGradients, CudaOptions, CudaTensor,
     CudaTensorGradients,
 };
+pub use cudarc::driver::CudaStream;
 pub use device::{device, CudaDevice, CACHE_ENV, DEVICE_ENV, NO_PAD_ENV, THREADS_ENV};
 pub use error::CudaError;
 pub use probe::{describe, probe, CudaDeviceInfo};

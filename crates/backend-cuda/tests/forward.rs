@@ -447,6 +447,108 @@ fn backward_on_multi_pass_plans_and_chunks() {
 }
 
 #[test]
+fn filter_spectra_on_the_gpu_match_the_host() {
+    if !cuda_present("filter_spectra_on_the_gpu_match_the_host") {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(rand::rng().random());
+    // One fused pass, one and two column passes, odd H (an unpaired last row), sparsity,
+    // small chunks (several rounds of filter pairs).
+    for (points, chunk_elems, builder) in [
+        (None, None, ConvSpec::builder(2, 5, 1000, 300)),
+        (
+            Some(64),
+            None,
+            ConvSpec::builder(1, 3, 2048, 2048).keep_frequencies(0.3),
+        ),
+        (
+            Some(16),
+            Some(1),
+            ConvSpec::builder(2, 7, 4096, 50).circular(),
+        ),
+        (None, None, ConvSpec::builder(1, 2, 1 << 19, 1 << 19)),
+    ] {
+        let spec = builder.build().unwrap();
+        let options = CudaOptions {
+            max_shared_points: points,
+            chunk_elems,
+        };
+        let conv = CudaConvolution::with_options(&spec, options).unwrap();
+        let k: Vec<f32> = (0..spec.filter_elems())
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let gpu = conv.prepare_filter(&k).unwrap();
+        let host = conv.prepare_filter_host(&k).unwrap();
+        let read = |f: &backend_cuda::CudaFilterSpectrum| -> Vec<f64> {
+            f.to_host().unwrap().iter().map(|&v| f64::from(v)).collect()
+        };
+        let (g, h) = (read(&gpu), read(&host));
+        assert_eq!(g.len(), h.len());
+        let err = relative_l2_error(&g, &h);
+        assert!(err < 1e-5, "{spec:?} {options:?}: relative error {err:.2e}");
+        // The device-tensor entry point gives the same spectrum.
+        let kt = CudaTensor::from_host(&k).unwrap();
+        let again = read(&conv.prepare_filter_device(&kt).unwrap());
+        assert_eq!(again, g);
+        let wrong = CudaTensor::from_host(&k[1..]).unwrap();
+        assert!(conv.prepare_filter_device(&wrong).is_err());
+    }
+}
+
+#[test]
+fn caller_streams_give_the_blocking_result() {
+    if !cuda_present("caller_streams_give_the_blocking_result") {
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(rand::rng().random());
+    for (builder, points) in [
+        (ConvSpec::builder(3, 4, 3000, 3000), None),
+        (ConvSpec::builder(2, 3, 1000, 200).gated(true), Some(64)),
+    ] {
+        let spec = builder.build().unwrap();
+        let options = CudaOptions {
+            max_shared_points: points,
+            chunk_elems: Some(4000),
+        };
+        let conv = CudaConvolution::with_options(&spec, options).unwrap();
+        let n = spec.io_len();
+        let mut random =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let filter = conv.prepare_filter(&random(spec.filter_elems())).unwrap();
+        let inputs: Vec<CudaTensor> = (0..3)
+            .map(|_| CudaTensor::from_host(&random(n)).unwrap())
+            .collect();
+        let gates = spec.gated().then_some((&inputs[1], &inputs[2]));
+        let mut want = CudaTensor::zeros(DType::F32, n).unwrap();
+        conv.forward_device(&filter, &inputs[0], gates, &mut want)
+            .unwrap();
+        let mut want_host = vec![0.0f32; n];
+        want.to_host(&mut want_host).unwrap();
+        // Two streams, calls back to back without waiting in between.
+        let dev = device().unwrap();
+        let (s1, s2) = (dev.new_stream().unwrap(), dev.new_stream().unwrap());
+        let mut y1 = CudaTensor::zeros(DType::F32, n).unwrap();
+        let mut y2 = CudaTensor::zeros(DType::F32, n).unwrap();
+        conv.forward_device_on_stream(&s1, &filter, &inputs[0], gates, &mut y1)
+            .unwrap();
+        conv.forward_device_on_stream(&s2, &filter, &inputs[0], gates, &mut y2)
+            .unwrap();
+        s2.synchronize().unwrap();
+        s1.synchronize().unwrap();
+        for y in [&y1, &y2] {
+            let mut got = vec![f32::NAN; n];
+            y.to_host(&mut got).unwrap();
+            assert!(
+                got.iter()
+                    .zip(&want_host)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "stream result differs for {spec:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn copy_bandwidth_is_measured() {
     if !cuda_present("copy_bandwidth_is_measured") {
         return;

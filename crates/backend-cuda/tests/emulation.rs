@@ -1,0 +1,905 @@
+//! The CUDA kernels' algorithm checked without a GPU: `kernels/fftconv.cu` is compiled as host
+//! C++ (`tests/emulation/shim.h` supplies the CUDA vocabulary, `tests/emulation/harness.cpp` runs
+//! the launches block after block on one thread), driven by the pass schedule, parameters, grid
+//! and buffer bindings the backend uses (`src/convolution.rs`, `src/convolution/backward.rs`:
+//! host I/O through compact chunk buffers), and compared with the f64 oracles. f32 I/O only (the
+//! f16 conversions are PTX); races between GPU threads are out of reach of a one-thread run.
+//!
+//! Each test covers one shared-memory size (4096, 64 and 16 points: plans with 0, 1 and 2
+//! global column passes) with fixed cases (causal, circular, gated, partial with several
+//! overlap-save blocks, frequency-sparse, chunked rows) and a few random ones: the forward, the
+//! backward's step schedule (`du`, `dk`, gate gradients), and where the backend runs it on an
+//! sm_90 device (one-pass plans, one block per row) the fused backward kernel.
+//!
+//! Beyond the results, the harness fails a run when a kernel writes outside a buffer or beyond
+//! its launch's dynamic shared memory; buffers the kernels should write before reading (outputs,
+//! intermediate spectra, shared memory per block) start as NaN, so reading them early shows.
+//!
+//! Environment:
+//! - `CXX`: the C++ compiler (otherwise the first of `c++`, `g++`, `clang++` that runs); without
+//!   one the tests print why and pass, unless `FFTCONV_REQUIRE_EMULATION=1`.
+//! - `FFTCONV_EMULATION_SEED`: the seed (printed by every test) to reproduce a run.
+//! - `FFTCONV_EMULATION_KERNEL`: another kernel file to check instead of `kernels/fftconv.cu`.
+//! - `FFTCONV_EMULATION_CXXFLAGS`: extra compiler flags (e.g. `-fsanitize=address,undefined`).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use monarch_core::reference::{reference_forward, relative_l2_error};
+use monarch_core::reference_backward::reference_backward;
+use monarch_core::schedule::{BackwardBinding, Chunk, PassKind, PassParams, PassSchedule};
+use monarch_core::twiddle::root_of_unity;
+use monarch_core::{ConvSpec, ConvSpecBuilder, MonarchPlan, PlanLimits};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// Relative L2 error allowed against the f64 oracle (f32 I/O and compute).
+const TOLERANCE: f64 = 1e-5;
+
+/// The emulated device's opt-in shared memory per block (sm_90: 227 KiB), which sizes the fused
+/// backward's blocks.
+const SHARED_LIMIT_BYTES: usize = 232_448;
+
+// ---- the compiled harness ------------------------------------------------------------------------
+
+/// The C++ compiler and its leading arguments: `CXX`, or the first of `c++`, `g++`, `clang++`
+/// that runs.
+fn compiler() -> Option<Vec<String>> {
+    if let Ok(cxx) = std::env::var("CXX") {
+        let words: Vec<String> = cxx.split_whitespace().map(String::from).collect();
+        if !words.is_empty() {
+            return Some(words);
+        }
+    }
+    ["c++", "g++", "clang++"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|c| vec![c.to_owned()])
+}
+
+fn kernel_path() -> PathBuf {
+    std::env::var_os("FFTCONV_EMULATION_KERNEL").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/fftconv.cu"),
+        PathBuf::from,
+    )
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Compiles the harness for `points` shared points (cached in the target's temporary directory,
+/// keyed by the compiler, the flags and the sources); `None` without a C++ compiler.
+fn build_harness(points: usize) -> Option<PathBuf> {
+    let Some(cxx) = compiler() else {
+        assert!(
+            std::env::var("FFTCONV_REQUIRE_EMULATION").as_deref() != Ok("1"),
+            "FFTCONV_REQUIRE_EMULATION=1 but no C++ compiler was found (set CXX)"
+        );
+        return None;
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emulation");
+    let (shim, source, kernel) = (dir.join("shim.h"), dir.join("harness.cpp"), kernel_path());
+    let kernel_str = kernel.to_str().expect("the kernel path is UTF-8");
+    assert!(
+        !kernel_str.contains(['"', '\\']),
+        "the kernel path {kernel_str} cannot be quoted for the preprocessor"
+    );
+    let mut flags: Vec<String> = [
+        "-std=c++17",
+        "-O1",
+        "-Wno-unknown-pragmas",
+        "-DIO_F32",
+        "-DPAD=1",
+        "-DTHREADS=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    flags.push(format!("-DSHARED_POINTS={points}"));
+    flags.push(format!("-DSHARED_LIMIT_BYTES={SHARED_LIMIT_BYTES}"));
+    flags.push(format!("-DFFTCONV_KERNEL=\"{kernel_str}\""));
+    if let Ok(extra) = std::env::var("FFTCONV_EMULATION_CXXFLAGS") {
+        flags.extend(extra.split_whitespace().map(String::from));
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&cxx, &flags, read(&shim), read(&source), read(&kernel)).hash(&mut hasher);
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulation");
+    std::fs::create_dir_all(&out_dir).expect("create the harness directory");
+    let exe = out_dir.join(format!(
+        "harness-{points}-{:016x}{}",
+        hasher.finish(),
+        std::env::consts::EXE_SUFFIX
+    ));
+    if exe.exists() {
+        return Some(exe);
+    }
+    let partial = exe.with_extension(format!("{}.partial", std::process::id()));
+    let start = Instant::now();
+    let output = Command::new(&cxx[0])
+        .args(&cxx[1..])
+        .args(&flags)
+        .arg("-include")
+        .arg(&shim)
+        .arg(&source)
+        .arg("-o")
+        .arg(&partial)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C++ compiler {cxx:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "the kernels do not build as host C++ ({cxx:?} {flags:?}):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(&partial, &exe).expect("move the harness into place");
+    println!(
+        "built the {points}-point harness with {} in {:.2?}",
+        cxx.join(" "),
+        start.elapsed()
+    );
+    Some(exe)
+}
+
+/// The harness for `points`, built once per process.
+fn harness(points: usize) -> Option<PathBuf> {
+    type Cell = Arc<OnceLock<Option<PathBuf>>>;
+    static BUILDS: OnceLock<Mutex<HashMap<usize, Cell>>> = OnceLock::new();
+    let cell = Arc::clone(
+        BUILDS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(points)
+            .or_default(),
+    );
+    cell.get_or_init(|| build_harness(points)).clone()
+}
+
+// ---- programs for the harness (see the format in harness.cpp) ------------------------------------
+
+/// A buffer of the program (f32 words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Buf(u32);
+
+/// The kernels' `Buffers` argument: which program buffer each pointer is (`None`: null).
+#[derive(Debug, Clone, Copy, Default)]
+struct Bindings {
+    u: Option<Buf>,
+    pre: Option<Buf>,
+    post: Option<Buf>,
+    y: Option<Buf>,
+    spectrum: Option<Buf>,
+    twiddles: Option<Buf>,
+    tmp: Option<Buf>,
+    other: Option<Buf>,
+    taps: Option<Buf>,
+    y2: Option<Buf>,
+    taps_sum: Option<Buf>,
+    u2: Option<Buf>,
+    y3: Option<Buf>,
+}
+
+/// Kernel ids of the harness.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Fused = 0,
+    ColumnsForward = 1,
+    ColumnsInverse = 2,
+    Gather = 3,
+    TapsSum = 4,
+    BackwardFused = 5,
+}
+
+impl From<PassKind> for Kernel {
+    fn from(kind: PassKind) -> Kernel {
+        match kind {
+            PassKind::Fused => Kernel::Fused,
+            PassKind::ColumnsForward => Kernel::ColumnsForward,
+            PassKind::ColumnsInverse => Kernel::ColumnsInverse,
+            PassKind::Gather => Kernel::Gather,
+        }
+    }
+}
+
+const NAN_BITS: u32 = 0x7fc0_0000;
+
+fn words(n: usize) -> u32 {
+    u32::try_from(n).expect("a buffer of the emulation fits u32 words")
+}
+
+/// A script for the harness: buffers, then launches, copies and fills.
+#[derive(Default)]
+struct Program {
+    /// Per buffer: words, init (0 zeros, 1 NaN, 2 data) and data.
+    buffers: Vec<(u32, u32, Vec<u32>)>,
+    commands: Vec<u32>,
+    count: u32,
+    launches: usize,
+}
+
+impl Program {
+    fn buffer(&mut self, len: usize, init: u32, data: Vec<u32>) -> Buf {
+        self.buffers.push((words(len), init, data));
+        Buf(self.buffers.len() as u32 - 1)
+    }
+
+    fn zeros(&mut self, len: usize) -> Buf {
+        self.buffer(len, 0, Vec::new())
+    }
+
+    /// Starts as NaN, so whatever is read before it is written shows in the results.
+    fn nans(&mut self, len: usize) -> Buf {
+        self.buffer(len, 1, Vec::new())
+    }
+
+    fn data(&mut self, data: &[f32]) -> Buf {
+        self.buffer(data.len(), 2, data.iter().map(|v| v.to_bits()).collect())
+    }
+
+    fn len(&self, buf: Buf) -> usize {
+        self.buffers[buf.0 as usize].0 as usize
+    }
+
+    fn command(&mut self, words: &[u32]) {
+        self.commands.extend_from_slice(words);
+        self.count += 1;
+    }
+
+    /// A launch with `shared_bytes` of dynamic shared memory (as the backend asks for).
+    fn launch(&mut self, kernel: Kernel, shared_bytes: usize, params: &PassParams, b: &Bindings) {
+        let mut cmd = vec![1, kernel as u32, words(shared_bytes)];
+        cmd.extend(
+            params
+                .bytes()
+                .chunks_exact(4)
+                .map(|w| u32::from_ne_bytes(w.try_into().unwrap())),
+        );
+        cmd.extend(
+            [
+                b.u, b.pre, b.post, b.y, b.spectrum, b.twiddles, b.tmp, b.other, b.taps, b.y2,
+                b.taps_sum, b.u2, b.y3,
+            ]
+            .map(|x| x.map_or(u32::MAX, |b| b.0)),
+        );
+        self.command(&cmd);
+        self.launches += 1;
+    }
+
+    fn copy(&mut self, dst: Buf, dst_at: usize, src: Buf, src_at: usize, len: usize) {
+        self.command(&[2, dst.0, words(dst_at), src.0, words(src_at), words(len)]);
+    }
+
+    fn fill_nan(&mut self, buf: Buf) {
+        let len = self.len(buf);
+        self.command(&[3, buf.0, 0, words(len), NAN_BITS]);
+    }
+
+    /// Runs the program with the harness of `points` shared points; the contents of `outputs`.
+    fn run(
+        &self,
+        harness: &Path,
+        points: usize,
+        name: &str,
+        outputs: &[Buf],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let mut w = vec![0x554d_4546, 2, words(points), self.buffers.len() as u32];
+        for (len, init, data) in &self.buffers {
+            w.extend([*len, *init]);
+            w.extend_from_slice(data);
+        }
+        w.push(self.count);
+        w.extend_from_slice(&self.commands);
+        w.push(outputs.len() as u32);
+        w.extend(outputs.iter().map(|b| b.0));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulation");
+        let stem = format!("{name}-{}", std::process::id());
+        let (input, output) = (
+            dir.join(format!("{stem}.in")),
+            dir.join(format!("{stem}.out")),
+        );
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        std::fs::write(&input, bytes).map_err(|e| format!("writing {}: {e}", input.display()))?;
+        let result = Command::new(harness)
+            .arg(&input)
+            .arg(&output)
+            .output()
+            .map_err(|e| format!("running {}: {e}", harness.display()))?;
+        if !result.status.success() {
+            return Err(format!(
+                "the harness failed ({}) on {}:\n{}",
+                result.status,
+                input.display(),
+                String::from_utf8_lossy(&result.stderr)
+            ));
+        }
+        let bytes = std::fs::read(&output).map_err(|e| format!("reading the outputs: {e}"))?;
+        let _ = std::fs::remove_file(&input);
+        let _ = std::fs::remove_file(&output);
+        let mut values = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes(b.try_into().unwrap()));
+        let got: Vec<Vec<f32>> = outputs
+            .iter()
+            .map(|&b| values.by_ref().take(self.len(b)).collect())
+            .collect();
+        if got
+            .iter()
+            .zip(outputs)
+            .any(|(g, &b)| g.len() != self.len(b))
+            || values.next().is_some()
+        {
+            return Err(format!("{} bytes of outputs do not fit", bytes.len()));
+        }
+        Ok(got)
+    }
+}
+
+// ---- the backend's setup, on the host --------------------------------------------------------------
+
+/// `twiddle_tables` of src/convolution.rs: `W_M^e` at entry `M + e` for every power of two `M <= n`.
+fn twiddle_tables(n: usize) -> Vec<f32> {
+    let mut table = vec![0.0f32; 2 * n * 2];
+    let mut m = 1;
+    while m <= n {
+        for e in 0..m {
+            let w = root_of_unity(e as u64, m as u64);
+            table[2 * (m + e)] = w.re as f32;
+            table[2 * (m + e) + 1] = w.im as f32;
+        }
+        m *= 2;
+    }
+    table
+}
+
+/// `prepare_filter` of src/convolution.rs: per channel the kept bins of the zero-padded filter's
+/// half spectrum, scaled by `1/N`, as interleaved complex f32.
+fn filter_spectrum(spec: &ConvSpec, k: &[f32]) -> Vec<f32> {
+    let geometry = spec.geometry();
+    let n = geometry.n();
+    let kept = geometry.kept_bins.min(n / 2 + 1);
+    let fft = realfft::RealFftPlanner::<f32>::new().plan_fft_forward(n);
+    let (mut signal, mut spectrum) = (fft.make_input_vec(), fft.make_output_vec());
+    let scale = 1.0 / n as f32;
+    let mut out = Vec::with_capacity(spec.channels() * kept * 2);
+    for row in k.chunks_exact(spec.filter_len()) {
+        signal.fill(0.0);
+        signal[..row.len()].copy_from_slice(row);
+        fft.process(&mut signal, &mut spectrum).expect("filter FFT");
+        for c in &spectrum[..kept] {
+            out.extend([c.re * scale, c.im * scale]);
+        }
+    }
+    out
+}
+
+/// A problem as the backend prepares it for `points` shared points.
+struct Prepared {
+    spec: ConvSpec,
+    plan: Arc<MonarchPlan>,
+    schedule: PassSchedule,
+    points: usize,
+}
+
+impl Prepared {
+    fn new(spec: &ConvSpec, points: usize, chunk_elems: usize) -> Prepared {
+        let limits = PlanLimits {
+            max_factor: points,
+            preferred_factor: points,
+            on_chip_bytes: points * 8,
+            bytes_per_element: 8,
+        };
+        let plan = MonarchPlan::cached(spec.geometry().fft_size, &limits).expect("plan");
+        let schedule = PassSchedule::new(spec, &plan, points, chunk_elems).expect("schedule");
+        Prepared {
+            spec: spec.clone(),
+            plan,
+            schedule,
+            points,
+        }
+    }
+
+    /// log2 of the gather and taps-sum kernels' block size (the backend's default threads).
+    fn threads_log2(&self) -> u32 {
+        (self.points / 16).clamp(256, 1024).ilog2()
+    }
+
+    /// Dynamic shared memory of a pass (`shared_bytes` of src/device.rs, with padding).
+    fn pass_shared_bytes(&self, kind: PassKind) -> usize {
+        match kind {
+            PassKind::Gather => 0,
+            _ => (self.points + self.points / 16) * 8,
+        }
+    }
+
+    /// Dynamic shared memory of the fused backward with `2^lines_log2` pairs per block
+    /// (`fused_backward_shared_bytes` of src/convolution/backward.rs).
+    fn fused_backward_shared_bytes(&self, lines_log2: u32) -> usize {
+        let points = (3 * self.spec.geometry().n()) << lines_log2;
+        (points + points / 16) * 8
+    }
+
+    /// log2 of the fused backward's pairs per block where the backend runs it
+    /// (`fused_backward_lines`): one-pass plans, one overlap-save block per row, three lines
+    /// fitting the device's shared memory.
+    fn fused_backward_lines(&self) -> Option<u32> {
+        if self.schedule.passes().len() != 1 || self.spec.geometry().blocks != 1 {
+            return None;
+        }
+        (0..12u32)
+            .rev()
+            .find(|&l| self.fused_backward_shared_bytes(l) <= SHARED_LIMIT_BYTES)
+    }
+
+    /// A compact chunk buffer of one stream (`stream_bytes`), starting as NaN.
+    fn chunk_buffer(&self, program: &mut Program) -> Buf {
+        program.nans(self.schedule.stream_bytes() / 4)
+    }
+
+    fn copy_rows_in(&self, p: &mut Program, chunk: Chunk, full: Buf, c: Buf) {
+        for (compact, rows) in self.schedule.chunk_rows(chunk) {
+            p.copy(c, compact.start, full, rows.start, rows.len());
+        }
+    }
+
+    fn copy_rows_out(&self, p: &mut Program, chunk: Chunk, c: Buf, full: Buf) {
+        for (compact, rows) in self.schedule.chunk_rows(chunk) {
+            p.copy(full, rows.start, c, compact.start, rows.len());
+        }
+    }
+}
+
+/// Random inputs of one problem, f32 in [-1, 1).
+struct Inputs {
+    u: Vec<f32>,
+    k: Vec<f32>,
+    gates: Option<(Vec<f32>, Vec<f32>)>,
+    dy: Vec<f32>,
+}
+
+impl Inputs {
+    fn new(spec: &ConvSpec, rng: &mut StdRng) -> Inputs {
+        let mut random =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let n = spec.io_len();
+        Inputs {
+            u: random(n),
+            k: random(spec.filter_elems()),
+            gates: spec.gated().then(|| (random(n), random(n))),
+            dy: random(n),
+        }
+    }
+}
+
+fn f64s(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// Compares `got` with `want`: the relative L2 error, or why it fails.
+fn compare(what: &str, got: &[f32], want: &[f64]) -> Result<f64, String> {
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        return Err(format!(
+            "{what}: element {i} of {} is {} (not written, or read unwritten data)",
+            got.len(),
+            got[i]
+        ));
+    }
+    let err = relative_l2_error(&f64s(got), want);
+    if err <= TOLERANCE {
+        Ok(err)
+    } else {
+        Err(format!(
+            "{what}: relative L2 error {err:.2e} > {TOLERANCE:.0e}"
+        ))
+    }
+}
+
+/// The forward through the backend's steps (host I/O: compact chunk buffers).
+fn forward(harness: &Path, prep: &Prepared, inputs: &Inputs, name: &str) -> Result<String, String> {
+    let spec = &prep.spec;
+    let mut p = Program::default();
+    let twiddles = p.data(&twiddle_tables(spec.geometry().n()));
+    let spectrum = p.data(&filter_spectrum(spec, &inputs.k));
+    let u = p.data(&inputs.u);
+    let gates = inputs.gates.as_ref().map(|(a, b)| (p.data(a), p.data(b)));
+    let y = p.nans(spec.io_len());
+    let uc = prep.chunk_buffer(&mut p);
+    let gates_c = gates.map(|_| (prep.chunk_buffer(&mut p), prep.chunk_buffer(&mut p)));
+    let yc = prep.chunk_buffer(&mut p);
+    let tmp = p.nans(prep.schedule.spectra_bytes() / 4);
+    let bindings = Bindings {
+        u: Some(uc),
+        pre: Some(gates_c.map_or(uc, |g| g.0)),
+        post: Some(gates_c.map_or(uc, |g| g.1)),
+        y: Some(yc),
+        spectrum: Some(spectrum),
+        twiddles: Some(twiddles),
+        tmp: Some(tmp),
+        ..Bindings::default()
+    };
+    for chunk in prep.schedule.chunks() {
+        prep.copy_rows_in(&mut p, chunk, u, uc);
+        if let (Some((pre, post)), Some((pre_c, post_c))) = (gates, gates_c) {
+            prep.copy_rows_in(&mut p, chunk, pre, pre_c);
+            prep.copy_rows_in(&mut p, chunk, post, post_c);
+        }
+        p.fill_nan(yc);
+        for (kind, params) in prep.schedule.forward_steps(chunk, true) {
+            p.launch(
+                kind.into(),
+                prep.pass_shared_bytes(kind),
+                &params,
+                &bindings,
+            );
+        }
+        prep.copy_rows_out(&mut p, chunk, yc, y);
+    }
+    let got = p.run(harness, prep.points, &format!("{name}-forward"), &[y])?;
+    let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
+    let want = reference_forward(
+        spec,
+        &f64s(&inputs.u),
+        &f64s(&inputs.k),
+        gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
+    );
+    let err = compare("y", &got[0], &want)?;
+    Ok(format!("forward {err:.1e} ({} launches)", p.launches))
+}
+
+/// The backward through the backend's launches and bindings (`launch_backward`, host I/O):
+/// `fused_lines: Some(log2 pairs per block)` runs the fused backward kernel per chunk, `None`
+/// the schedule's backward steps; then the taps sum.
+fn backward(
+    harness: &Path,
+    prep: &Prepared,
+    inputs: &Inputs,
+    name: &str,
+    fused_lines: Option<u32>,
+) -> Result<String, String> {
+    let spec = &prep.spec;
+    let schedule = &prep.schedule;
+    let mut p = Program::default();
+    let twiddles = p.data(&twiddle_tables(spec.geometry().n()));
+    let spectrum = p.data(&filter_spectrum(spec, &inputs.k));
+    let gated = spec.gated();
+    // Whole-problem arrays: inputs u, dy (pre, post); outputs du (dpre, dpost), dk.
+    let mut full_in = vec![p.data(&inputs.u), p.data(&inputs.dy)];
+    if let Some((pre, post)) = &inputs.gates {
+        full_in.extend([p.data(pre), p.data(post)]);
+    }
+    let full_out: Vec<Buf> = (0..if gated { 3 } else { 1 })
+        .map(|_| p.nans(spec.io_len()))
+        .collect();
+    let dk = p.zeros(spec.filter_elems());
+    // The chunk's streams, as in `backward`: u, dy (pre, post), du (dpre, dpost).
+    let chunk_in: Vec<Buf> = full_in.iter().map(|_| prep.chunk_buffer(&mut p)).collect();
+    let chunk_out: Vec<Buf> = full_out.iter().map(|_| prep.chunk_buffer(&mut p)).collect();
+    let (su, sdy) = (chunk_in[0], chunk_in[1]);
+    let (spre, spost) = if gated {
+        (chunk_in[2], chunk_in[3])
+    } else {
+        (su, su)
+    };
+    let sdu = chunk_out[0];
+    let (sdpre, sdpost) = if gated {
+        (chunk_out[1], chunk_out[2])
+    } else {
+        (sdu, sdu)
+    };
+    let tmp_v = p.nans(schedule.spectra_bytes() / 4);
+    let tmp_d = p.nans(schedule.spectra_bytes() / 4);
+    let (nb, nh) = schedule.chunk_shape();
+    let taps = p.nans(nh * schedule.pairs(nb) * spec.filter_len());
+    let base = Bindings {
+        u: Some(su),
+        pre: Some(spre),
+        post: Some(spost),
+        y: Some(sdu),
+        spectrum: Some(spectrum),
+        twiddles: Some(twiddles),
+        tmp: Some(tmp_v),
+        other: Some(tmp_v),
+        taps: Some(taps),
+        y2: Some(sdpre),
+        taps_sum: Some(dk),
+        u2: Some(sdy),
+        y3: Some(sdpost),
+    };
+    let threads_log2 = prep.threads_log2();
+    for chunk in schedule.chunks() {
+        for (&full, &c) in full_in.iter().zip(&chunk_in) {
+            prep.copy_rows_in(&mut p, chunk, full, c);
+        }
+        for &c in &chunk_out {
+            p.fill_nan(c);
+        }
+        if let Some(lines_log2) = fused_lines {
+            let chunk_base = schedule.chunk_params(chunk, true);
+            let total_pairs = chunk.nh * schedule.pairs(chunk.nb);
+            let params = PassParams {
+                line_log2: chunk_base.log2n,
+                lines_log2: lines_log2.min(total_pairs.next_power_of_two().ilog2()),
+                total_lines: total_pairs as u32,
+                ..chunk_base
+            };
+            let shared = prep.fused_backward_shared_bytes(params.lines_log2);
+            p.launch(Kernel::BackwardFused, shared, &params, &base);
+            let sum_params = PassParams {
+                total_lines: (chunk.nh * spec.filter_len()) as u32,
+                lines_log2: threads_log2,
+                ..chunk_base
+            };
+            p.launch(Kernel::TapsSum, 0, &sum_params, &base);
+            for (&c, &full) in chunk_out.iter().zip(&full_out) {
+                prep.copy_rows_out(&mut p, chunk, c, full);
+            }
+            continue;
+        }
+        let steps = schedule.backward_steps(chunk, true, threads_log2);
+        let taps_params = steps
+            .iter()
+            .find(|(b, _, _)| *b == BackwardBinding::Taps)
+            .map(|(_, _, params)| *params)
+            .expect("the backward has a taps step");
+        for (binding, kind, params) in steps {
+            let b = match binding {
+                BackwardBinding::Input => base,
+                BackwardBinding::OutputGradient => Bindings {
+                    u: Some(sdy),
+                    pre: Some(spost),
+                    tmp: Some(tmp_d),
+                    ..base
+                },
+                BackwardBinding::Taps => Bindings {
+                    tmp: Some(tmp_d),
+                    other: Some(tmp_v),
+                    ..base
+                },
+                BackwardBinding::PostGate => Bindings {
+                    y: Some(sdpost),
+                    post: Some(sdy),
+                    ..base
+                },
+                BackwardBinding::Adjoint | BackwardBinding::Gather => Bindings {
+                    tmp: Some(tmp_d),
+                    ..base
+                },
+            };
+            p.launch(kind.into(), prep.pass_shared_bytes(kind), &params, &b);
+        }
+        let sum_params = PassParams {
+            total_lines: (chunk.nh * spec.filter_len()) as u32,
+            lines_log2: threads_log2,
+            ..taps_params
+        };
+        p.launch(Kernel::TapsSum, 0, &sum_params, &base);
+        for (&c, &full) in chunk_out.iter().zip(&full_out) {
+            prep.copy_rows_out(&mut p, chunk, c, full);
+        }
+    }
+    let mut outputs = full_out.clone();
+    outputs.push(dk);
+    let (path, file) = match fused_lines {
+        Some(l) => (
+            format!("fused backward (2^{l} pairs per block)"),
+            "fused-backward",
+        ),
+        None => ("backward".to_owned(), "backward"),
+    };
+    let got = p.run(harness, prep.points, &format!("{name}-{file}"), &outputs)?;
+    let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
+    let want = reference_backward(
+        spec,
+        &f64s(&inputs.u),
+        &f64s(&inputs.k),
+        gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
+        &f64s(&inputs.dy),
+    );
+    let mut checks = vec![
+        ("du", &got[0], &want.du),
+        ("dk", &got[got.len() - 1], &want.dk),
+    ];
+    if gated {
+        checks.push(("dpregate", &got[1], want.dpregate.as_ref().unwrap()));
+        checks.push(("dpostgate", &got[2], want.dpostgate.as_ref().unwrap()));
+    }
+    let mut errs = Vec::new();
+    for (what, got, want) in checks {
+        errs.push(format!("{what} {:.1e}", compare(what, got, want)?));
+    }
+    Ok(format!(
+        "{path} {} ({} launches)",
+        errs.join(" "),
+        p.launches
+    ))
+}
+
+// ---- cases -----------------------------------------------------------------------------------------
+
+struct Case {
+    name: String,
+    spec: ConvSpec,
+    chunk_elems: usize,
+    /// Global column passes the plan must have (checked: the coverage the test claims).
+    want_passes: Option<usize>,
+}
+
+fn case(name: &str, builder: ConvSpecBuilder, chunk_elems: usize) -> Case {
+    Case {
+        name: name.to_owned(),
+        spec: builder.build().expect("spec"),
+        chunk_elems,
+        want_passes: None,
+    }
+}
+
+const WHOLE: usize = monarch_core::schedule::DEFAULT_CHUNK_ELEMS;
+
+/// The fixed cases at `points` shared points (`want_passes` for the dense causal one, L = 2048,
+/// N = 4096) and `random` random ones.
+fn cases(want_passes: usize, random: usize, rng: &mut StdRng) -> Vec<Case> {
+    let b = ConvSpec::builder;
+    let mut cases = vec![
+        Case {
+            want_passes: Some(want_passes),
+            ..case("causal", b(3, 2, 2048, 2048), WHOLE)
+        },
+        case(
+            "circular-power-of-two",
+            b(1, 2, 2048, 2048).circular(),
+            WHOLE,
+        ),
+        case(
+            "circular-wrapped-history",
+            b(2, 1, 1500, 1200).circular(),
+            WHOLE,
+        ),
+        case("gated-two-blocks", b(2, 3, 2048, 682).gated(true), WHOLE),
+        case("sparse", b(2, 2, 2048, 2048).keep_frequencies(0.3), WHOLE),
+        case(
+            "sparse-circular-gated",
+            b(1, 2, 1000, 300)
+                .circular()
+                .gated(true)
+                .keep_frequencies(0.3),
+            WHOLE,
+        ),
+        case("many-blocks", b(2, 1, 3001, 40), WHOLE),
+        case(
+            "tiny-gated-circular",
+            b(3, 3, 12, 5).circular().gated(true),
+            WHOLE,
+        ),
+        case("chunks-of-one-row", b(3, 3, 700, 700), 1),
+        case("chunks-of-two-rows", b(3, 3, 700, 350).gated(true), 2000),
+        case("chunks-of-2x3-rows", b(3, 3, 700, 700).circular(), 5000),
+        case(
+            "chunks-partial-gated-circular",
+            b(3, 2, 1500, 100).circular().gated(true),
+            1,
+        ),
+        case(
+            "chunks-sparse",
+            b(3, 2, 900, 900).keep_frequencies(0.3),
+            1800,
+        ),
+    ];
+    for i in 0..random {
+        let l = rng.random_range(1..=3000usize);
+        let k = if rng.random_bool(0.5) {
+            rng.random_range(1..=l)
+        } else {
+            rng.random_range(1..=l.min(64))
+        };
+        let (bn, hn) = (rng.random_range(1..=3usize), rng.random_range(1..=3usize));
+        let mut builder = b(bn, hn, l, k).gated(rng.random_bool(0.5));
+        if rng.random_bool(0.5) {
+            builder = builder.circular();
+        }
+        if rng.random_bool(0.3) {
+            builder = builder.keep_frequencies(rng.random_range(0.05..=1.0));
+        }
+        let chunk_elems = match rng.random_range(0..3) {
+            0 => WHOLE,
+            1 => 1,
+            _ => rng.random_range(1..=bn * hn * l),
+        };
+        cases.push(case(&format!("random-{i}"), builder, chunk_elems));
+    }
+    cases
+}
+
+/// Runs every case at `points` shared points, forward and backward; panics listing the failures.
+fn check_all(test: &str, points: usize, want_passes: usize) {
+    let start = Instant::now();
+    let Some(harness) = harness(points) else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let seed = std::env::var("FFTCONV_EMULATION_SEED")
+        .ok()
+        .map(|s| s.parse::<u64>().expect("FFTCONV_EMULATION_SEED is a u64"))
+        .unwrap_or_else(|| rand::rng().random());
+    println!("{test}: seed {seed} (FFTCONV_EMULATION_SEED={seed} reproduces it)");
+    let mut rng = StdRng::seed_from_u64(seed ^ points as u64);
+    let mut failures = Vec::new();
+    for (i, c) in cases(want_passes, 4, &mut rng).into_iter().enumerate() {
+        let prep = Prepared::new(&c.spec, points, c.chunk_elems);
+        let inputs = Inputs::new(&c.spec, &mut rng);
+        let g = c.spec.geometry();
+        let what = format!(
+            "{test}/{}: B={} H={} L={} K={} {:?}{}{} N={} blocks={} kept={} factors {:?} \
+             ({} global passes), chunks of {:?} ({})",
+            c.name,
+            c.spec.batch(),
+            c.spec.channels(),
+            c.spec.length(),
+            c.spec.filter_len(),
+            c.spec.mode(),
+            if c.spec.gated() { " gated" } else { "" },
+            if g.is_sparse() { " sparse" } else { "" },
+            g.n(),
+            g.blocks,
+            g.kept_bins,
+            prep.plan.factors(),
+            prep.plan.global_passes(),
+            prep.schedule.chunk_shape(),
+            prep.schedule.chunks().count(),
+        );
+        if let Some(want) = c.want_passes {
+            assert_eq!(
+                prep.plan.global_passes(),
+                want,
+                "{what}: the plan does not have the passes this test is meant to cover"
+            );
+        }
+        let name = format!("{test}-{i}");
+        // The backward's step schedule always (the path of devices whose shared memory does
+        // not hold the fused backward), and the fused backward kernel where the backend runs it.
+        let result = forward(&harness, &prep, &inputs, &name).and_then(|f| {
+            let steps = backward(&harness, &prep, &inputs, &name, None)?;
+            Ok(match prep.fused_backward_lines() {
+                Some(l) => {
+                    let fused = backward(&harness, &prep, &inputs, &name, Some(l))?;
+                    format!("{f}, {steps}, {fused}")
+                }
+                None => format!("{f}, {steps}"),
+            })
+        });
+        match result {
+            Ok(summary) => println!("ok   {what}: {summary}"),
+            Err(e) => {
+                println!("FAIL {what}: {e}");
+                failures.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    println!("{test}: {:.2?}", start.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed (seed {seed}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn one_fused_pass_4096_points() {
+    check_all("one_fused_pass_4096_points", 4096, 0);
+}
+
+#[test]
+fn one_column_pass_64_points() {
+    check_all("one_column_pass_64_points", 64, 1);
+}
+
+#[test]
+fn two_column_passes_16_points() {
+    check_all("two_column_passes_16_points", 16, 2);
+}
