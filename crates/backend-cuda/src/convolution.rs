@@ -410,10 +410,13 @@ impl CudaConvolution {
     }
 
     /// The filter spectrum of `k: [H, K]` (f32, host), computed on the GPU
-    /// ([`prepare_filter_device`](Self::prepare_filter_device)); with `FFTCONV_CUDA_HOST_FILTER=1`
-    /// on the host (realfft) instead, for comparison.
+    /// ([`prepare_filter_device`](Self::prepare_filter_device)); on the host (realfft) when `k`
+    /// holds a non-finite value (so that it poisons only its own channel, see
+    /// `prepare_filter_device`) or with `FFTCONV_CUDA_HOST_FILTER=1`, for comparison.
     pub fn prepare_filter(&self, k: &[f32]) -> Result<CudaFilterSpectrum, CudaError> {
-        if std::env::var(HOST_FILTER_ENV).is_ok_and(|v| v == "1") {
+        if std::env::var(HOST_FILTER_ENV).is_ok_and(|v| v == "1")
+            || k.iter().any(|v| !v.is_finite())
+        {
             return self.prepare_filter_host(k);
         }
         let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
@@ -433,7 +436,10 @@ impl CudaConvolution {
     /// The filter spectrum of `k: [H, K]` held in device memory (an f32 tensor of `H * K`
     /// elements), computed on the GPU: a training loop that updates `k` on the device prepares
     /// it without a host round trip. The forward passes transform pairs of filter rows packed
-    /// as one complex sequence; a kernel unpacks each pair into the two half spectra.
+    /// as one complex sequence; a kernel unpacks each pair into the two half spectra. Because
+    /// rows `2i` and `2i + 1` share one transform, a non-finite value in one of them makes both
+    /// channels' spectra non-finite (the host-slice [`prepare_filter`](Self::prepare_filter)
+    /// keeps it to its own channel).
     pub fn prepare_filter_device(&self, k: &CudaTensor) -> Result<CudaFilterSpectrum, CudaError> {
         let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
         if k.dtype != DType::F32 || k.len != h_count * klen {
