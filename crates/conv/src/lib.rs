@@ -19,7 +19,7 @@
 //!   sparsity) and fixes the geometry (FFT size, overlap-save blocks) every backend follows.
 //! - [`Convolution`] is a problem prepared on one backend ([`BackendKind`]); it is `Send + Sync`.
 //! - [`FilterSpectrum`] is a filter prepared once for a convolution and reused across calls.
-//! - [`Convolution::backward`] gives `du`, `dk` and the gate gradients (CPU and Vulkan;
+//! - [`Convolution::backward`] gives `du`, `dk` and the gate gradients (every backend;
 //!   [`BackendKind::supports_backward`] says where).
 //! - [`DeviceTensor`]s keep inputs and outputs resident on the backend (device memory on a GPU)
 //!   between calls: [`Convolution::forward_device`], [`Convolution::backward_device`].
