@@ -9,6 +9,7 @@
 //   PASS_COLUMNS_INVERSE  the same stage inverted (conjugate twiddle + inverse column DFTs)
 //   PASS_GATHER           backward: sums each input's gradient over the segments that read it
 //   PASS_TAPS_SUM         backward: sums the filter-gradient taps over each channel's pairs
+//                         and adds them into the filter gradient of the whole problem
 // I/O element type of u, gates and y (exactly one defined): IO_F32, IO_F16, IO_BF16.
 //
 // Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
@@ -56,8 +57,10 @@ layout(std430, set = 0, binding = 8) writeonly buffer Taps { float taps[]; };
 #endif
 // Backward: the second output of the gather pass (the pre-gate gradient).
 layout(std430, set = 0, binding = 9) writeonly buffer SecondOutput { ELEM y2_buf[]; };
-// Backward: the taps summed over each channel's pairs, `[channels][taps_len]` (the sum pass).
-layout(std430, set = 0, binding = 10) writeonly buffer TapsSum { float taps_sum[]; };
+// Backward: the filter gradient of the whole problem, `[H][taps_len]`: the sum pass adds each
+// chunk's taps, summed over each channel's pairs, into rows channel_offset.. (chunks run one
+// after another; the host zeroes it before the first).
+layout(std430, set = 0, binding = 10) buffer TapsSum { float taps_sum[]; };
 
 layout(push_constant) uniform Params {
     uint log2n;           // N = 2^log2n
@@ -432,7 +435,8 @@ void main() {
 #elif defined(PASS_TAPS_SUM)
     // A workgroup holds 2^lines_log2 consecutive outputs e = h * taps_len + s (its columns) and
     // splits each one's pairs over W / 2^lines_log2 rows: row r adds pairs r, r + rows, ... in
-    // f32, then a shared-memory tree (barriers only) adds the rows; row 0 stores the sum.
+    // f32, then a shared-memory tree (barriers only) adds the rows; row 0 adds the sum into the
+    // filter gradient at row channel_offset + h (f32; one invocation per element, so no atomics).
     // lines_log2 = log2 W: one invocation per output, pairs added in order.
     uint cols_log2 = pc.lines_log2;
     uint c = gl_LocalInvocationIndex & ((1u << cols_log2) - 1u);
@@ -458,7 +462,7 @@ void main() {
     }
     // (Row 0 reads back what it wrote last itself: no barrier needed.)
     if (r == 0u && e < pc.total_lines) {
-        taps_sum[e] = partial[c];
+        taps_sum[pc.channel_offset * pc.taps_len + e] += partial[c];
     }
 #elif defined(PASS_GATHER)
     // One invocation per element (b, h, t) of the chunk: the input gradient dx is the sum of

@@ -50,8 +50,9 @@ pub(crate) struct Pipelines {
     columns_forward: vk::Pipeline,
     columns_inverse: vk::Pipeline,
     gather: vk::Pipeline,
-    /// Backward: sums the taps over each channel's pairs (no [`PassKind`]: the schedule does not
-    /// know it; the backward records it after each chunk's steps).
+    /// Backward: sums the taps over each channel's pairs and adds the sums into the filter
+    /// gradient (no [`PassKind`]: the schedule does not know it; the backward records it after
+    /// each chunk's steps).
     taps_sum: vk::Pipeline,
     /// Invocations per workgroup.
     pub(crate) workgroup: u32,
@@ -78,7 +79,8 @@ impl Pipelines {
     }
 
     /// The backward's taps sum: one output per (channel, tap) of a chunk, `2^lines_log2` of them
-    /// per workgroup, each over its channel's pairs split into `workgroup / 2^lines_log2` rows.
+    /// per workgroup, each over its channel's pairs split into `workgroup / 2^lines_log2` rows,
+    /// added into the `[H, K]` filter gradient at channel `channel_offset + h`.
     pub(crate) fn taps_sum(&self) -> vk::Pipeline {
         self.taps_sum
     }

@@ -202,7 +202,7 @@ impl Convolution {
     ///   the problem's dtype `T`, like in `forward`.
     /// - Every buffer in [`Gradients`] is overwritten: `du` (and, when gated, `dpregate` and
     ///   `dpostgate`) `[B, H, L]` of dtype `T`; `dk` `[H, K]` f32, summed over the batch
-    ///   (accumulated in f64 on the CPU and Vulkan backends, in f32 on the GPU with CUDA).
+    ///   (accumulated in f64 on the CPU backend, in f32 on the GPU with CUDA and Vulkan).
     ///
     /// It is the exact adjoint of the forward: causal or circular, blocked (partial
     /// convolutions: `dk` has `K` taps), and for a frequency-sparse problem only the kept

@@ -17,12 +17,16 @@
 //! `Re IFFT(D conj(V))` of a packed pair is the sum of its two segments' filter gradients,
 //! because the cross terms are imaginary.
 //!
-//! The taps (`[nh][pairs][K]` f32 per chunk) stay on the device: after each chunk's steps the
-//! taps-sum pipeline (`PASS_TAPS_SUM`, no [`PassKind`](monarch_core::schedule::PassKind) of its
-//! own) adds them over each channel's pairs in f32 into `[nh][K]` (binding `TapsSum`), and only
-//! those `nh * K` floats are read back and added into `dk` in f64 on the host (over chunks).
-//! Where `nh * K` alone would leave the device idle, a workgroup splits each output's pairs
-//! over several rows and adds the rows with a shared-memory tree ([`TAPS_SUM_INVOCATIONS`]).
+//! The taps (`[nh][pairs][K]` f32 per chunk) stay on the device, and so does the filter
+//! gradient: a persistent `[H][K]` f32 buffer (binding `TapsSum`), zeroed by `vkCmdFillBuffer`
+//! at the start of the first chunk's command buffer. After each chunk's steps the taps-sum
+//! pipeline (`PASS_TAPS_SUM`, no [`PassKind`](monarch_core::schedule::PassKind) of its own) sums
+//! the taps over each channel's pairs in f32 and adds the sums into rows `h0..h0 + nh` (chunks
+//! are submitted one after another and waited for, so the read-modify-write needs no atomics).
+//! The last chunk's command buffer copies the `H * K` floats to staging once, and they become
+//! `dk`: the batch is summed in f32 on the device, as on CUDA. Where `nh * K` alone would leave
+//! the device idle, a workgroup splits each output's pairs over several rows and adds the rows
+//! with a shared-memory tree ([`TAPS_SUM_INVOCATIONS`]).
 
 use super::{
     copy_from_bytes, copy_to_bytes, descriptor_sets, Stage, VulkanConvolution,
@@ -43,7 +47,8 @@ use std::sync::Arc;
 /// Output buffers of one backward call; every one is overwritten.
 ///
 /// `du`, `dpregate`, `dpostgate` are `[B, H, L]` of the problem's dtype; `dk` is `[H, K]` in f32
-/// (summed over the batch in f64). The gate gradients are given exactly when the problem is gated.
+/// (summed over the batch in f32 on the device). The gate gradients are given exactly when the
+/// problem is gated.
 #[derive(Debug)]
 pub struct VulkanGradients<'a, T> {
     pub du: &'a mut [T],
@@ -71,9 +76,10 @@ pub(super) struct BackwardExecution {
     tmp_d: Buffer,
     /// Per pair: `[nh][pairs][K]` f32.
     taps: Buffer,
-    /// The taps summed over each channel's pairs: `[nh][K]` f32.
+    /// The filter gradient `[H][K]` f32: each chunk adds its taps, summed over each channel's
+    /// pairs, into its rows; zeroed at the start of every call.
     taps_sum: Buffer,
-    /// Receives `taps_sum` of each chunk.
+    /// Receives `taps_sum` once, after the last chunk.
     taps_sum_staging: Buffer,
     /// Buffers for host slices, made on the first host call.
     host: Option<BackwardHostIo>,
@@ -132,7 +138,15 @@ impl BackwardExecution {
         let tmp_v = device(conv.schedule.spectra_bytes())?;
         let tmp_d = device(conv.schedule.spectra_bytes())?;
         let taps = device(taps_bytes)?;
-        let sum_bytes = nh * conv.spec.filter_len() * 4;
+        // The whole problem's filter gradient, bound whole (and indexed in 32 bits, which the
+        // range implies: at most 2^32 - 1 bytes).
+        let sum_bytes = conv.spec.filter_elems() * 4;
+        let limit = ctx.capabilities().max_storage_buffer_range as usize;
+        if sum_bytes > limit {
+            return Err(VulkanError::unsupported(format!(
+                "the filter gradient needs {sum_bytes} bytes; maxStorageBufferRange = {limit}"
+            )));
+        }
         let taps_sum = device(sum_bytes)?;
         let taps_sum_staging = Buffer::new(ctx, sum_bytes as u64, MemoryKind::Staging)?;
         let commands = Commands::new(ctx)?;
@@ -320,55 +334,44 @@ impl VulkanConvolution {
             }
         }
 
-        let mut dk64 = vec![0.0f64; dk.len()];
-        self.run_backward(
-            filter,
-            BackwardIo::Host,
-            &mut dk64,
-            |conv, host, chunk, stage| {
-                let stream_bytes = host.stream_bytes;
-                if stage == Stage::Upload {
-                    // Host -> staging: u, dy, pre, post.
-                    let mut streams: Vec<&[T]> = vec![u, dy];
-                    if let Some((pre, post)) = gates {
-                        streams.push(pre);
-                        streams.push(post);
-                    }
-                    let staging = host.upload.bytes_mut();
-                    for (i, src) in streams.iter().enumerate() {
-                        let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
-                        for (dst_rows, src_rows) in conv.schedule.chunk_rows(chunk) {
-                            copy_to_bytes(
-                                &src[src_rows],
-                                &mut region[dst_rows.start * size_of::<T>()..],
-                            );
-                        }
-                    }
-                } else {
-                    // Staging -> host: du, dpregate, dpostgate.
-                    let staging = host.download.bytes_mut();
-                    let mut outs: Vec<&mut [T]> = vec![&mut *du];
-                    if let (Some(p), Some(q)) = (dpregate.as_deref_mut(), dpostgate.as_deref_mut())
-                    {
-                        outs.push(p);
-                        outs.push(q);
-                    }
-                    for (i, out) in outs.into_iter().enumerate() {
-                        let region = &staging[i * stream_bytes..(i + 1) * stream_bytes];
-                        for (src_rows, dst_rows) in conv.schedule.chunk_rows(chunk) {
-                            copy_from_bytes(
-                                &region[src_rows.start * size_of::<T>()..],
-                                &mut out[dst_rows],
-                            );
-                        }
+        self.run_backward(filter, BackwardIo::Host, dk, |conv, host, chunk, stage| {
+            let stream_bytes = host.stream_bytes;
+            if stage == Stage::Upload {
+                // Host -> staging: u, dy, pre, post.
+                let mut streams: Vec<&[T]> = vec![u, dy];
+                if let Some((pre, post)) = gates {
+                    streams.push(pre);
+                    streams.push(post);
+                }
+                let staging = host.upload.bytes_mut();
+                for (i, src) in streams.iter().enumerate() {
+                    let region = &mut staging[i * stream_bytes..(i + 1) * stream_bytes];
+                    for (dst_rows, src_rows) in conv.schedule.chunk_rows(chunk) {
+                        copy_to_bytes(
+                            &src[src_rows],
+                            &mut region[dst_rows.start * size_of::<T>()..],
+                        );
                     }
                 }
-            },
-        )?;
-        for (d, v) in dk.iter_mut().zip(&dk64) {
-            *d = *v as f32;
-        }
-        Ok(())
+            } else {
+                // Staging -> host: du, dpregate, dpostgate.
+                let staging = host.download.bytes_mut();
+                let mut outs: Vec<&mut [T]> = vec![&mut *du];
+                if let (Some(p), Some(q)) = (dpregate.as_deref_mut(), dpostgate.as_deref_mut()) {
+                    outs.push(p);
+                    outs.push(q);
+                }
+                for (i, out) in outs.into_iter().enumerate() {
+                    let region = &staging[i * stream_bytes..(i + 1) * stream_bytes];
+                    for (src_rows, dst_rows) in conv.schedule.chunk_rows(chunk) {
+                        copy_from_bytes(
+                            &region[src_rows.start * size_of::<T>()..],
+                            &mut out[dst_rows],
+                        );
+                    }
+                }
+            }
+        })
     }
 
     /// Like [`backward`](Self::backward) on device-resident tensors: `du` and (gated) the gate
@@ -431,27 +434,17 @@ impl VulkanConvolution {
                 ),
             ));
         }
-        let mut dk64 = vec![0.0f64; dk.len()];
-        self.run_backward(
-            filter,
-            BackwardIo::Device(&tensors),
-            &mut dk64,
-            |_, _, _, _| {},
-        )?;
-        for (d, v) in dk.iter_mut().zip(&dk64) {
-            *d = *v as f32;
-        }
-        Ok(())
+        self.run_backward(filter, BackwardIo::Device(&tensors), dk, |_, _, _, _| {})
     }
 
     /// Runs every chunk; `host` moves a chunk's host data in before and out after (host I/O
-    /// only). Adds each chunk's filter taps, summed over pairs on the device, into `dk64`
-    /// (`[H, K]`, f64).
+    /// only). The chunks accumulate the filter gradient on the device; it is read back once,
+    /// after the last, into `dk` (`[H, K]`), which is written only when every chunk succeeded.
     fn run_backward(
         &self,
         filter: &VulkanFilterSpectrum,
         io: BackwardIo<'_>,
-        dk64: &mut [f64],
+        dk: &mut [f32],
         mut host: impl FnMut(&Self, &mut BackwardHostIo, Chunk, Stage),
     ) -> Result<(), VulkanError> {
         let mut guard = self.backward_exec.lock().unwrap_or_else(|e| e.into_inner());
@@ -464,9 +457,10 @@ impl VulkanConvolution {
             exec.host = Some(BackwardExecution::host_io(self)?);
         }
         exec.bind_sets(io, &self.twiddles, &filter.buffer);
-        let k_len = self.spec.filter_len();
         let result = (|| {
-            for chunk in self.schedule.chunks() {
+            let chunks: Vec<Chunk> = self.schedule.chunks().collect();
+            for (i, &chunk) in chunks.iter().enumerate() {
+                let (first, last) = (i == 0, i + 1 == chunks.len());
                 if host_io {
                     host(
                         self,
@@ -475,7 +469,7 @@ impl VulkanConvolution {
                         Stage::Upload,
                     );
                 }
-                self.record_backward(exec, chunk, io)?;
+                self.record_backward(exec, chunk, io, first, last)?;
                 exec.commands.run()?;
                 if host_io {
                     host(
@@ -485,13 +479,10 @@ impl VulkanConvolution {
                         Stage::Download,
                     );
                 }
-                // The chunk's taps summed over pairs: `[nh][K]`, channels h0.. of dk.
-                let sums = &exec.taps_sum_staging.bytes_mut()[..chunk.nh * k_len * 4];
-                let dst = &mut dk64[chunk.h0 * k_len..(chunk.h0 + chunk.nh) * k_len];
-                for (d, tap) in dst.iter_mut().zip(sums.chunks_exact(4)) {
-                    *d += f64::from(f32::from_ne_bytes([tap[0], tap[1], tap[2], tap[3]]));
-                }
             }
+            // The filter gradient of every chunk (a spec has at least one), copied to staging
+            // by the last one.
+            copy_from_bytes(exec.taps_sum_staging.bytes_mut(), dk);
             Ok(())
         })();
         if let Err(VulkanError::Timeout { .. }) = &result {
@@ -500,11 +491,15 @@ impl VulkanConvolution {
         result
     }
 
+    /// Records one chunk. `first`: zero the filter gradient before anything else; `last`: copy
+    /// it to staging after the taps sum.
     fn record_backward(
         &self,
         exec: &BackwardExecution,
         chunk: Chunk,
         io: BackwardIo<'_>,
+        first: bool,
+        last: bool,
     ) -> Result<(), VulkanError> {
         // (descriptor set, pipeline, push constants) per step; the gather runs one element per
         // invocation.
@@ -525,7 +520,6 @@ impl VulkanConvolution {
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
         let sum_params = self.taps_sum_params(chunk);
         let sum_groups = self.workgroups(&sum_params)?;
-        let sum_bytes = (chunk.nh * self.spec.filter_len() * 4) as u64;
         exec.commands.record(|device, cmd| {
             // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
             // this chunk; barriers separate the copies and every pass.
@@ -538,6 +532,13 @@ impl VulkanConvolution {
                         device.cmd_copy_buffer(cmd, host.upload.buffer, dst.buffer, &region);
                     }
                 }
+                if first {
+                    // Every earlier use of it (the previous call's readback included) finished
+                    // before its submission's fence, which was waited for.
+                    let sum = exec.taps_sum.buffer;
+                    device.cmd_fill_buffer(cmd, sum, 0, vk::WHOLE_SIZE, 0);
+                }
+                // (Also orders the previous chunk's taps sum before this one's.)
                 memory_barrier(device, cmd);
                 for ((set, kind, params), groups) in steps.iter().zip(&dispatches) {
                     device.cmd_bind_descriptor_sets(
@@ -551,7 +552,7 @@ impl VulkanConvolution {
                     let pipeline = self.pipelines.pipeline(*kind);
                     self.record_pass(device, cmd, pipeline, params, *groups);
                 }
-                // Taps -> taps_sum (every set binds both; the taps set for clarity).
+                // Taps -> taps_sum, rows h0.. (every set binds both; the taps set for clarity).
                 device.cmd_bind_descriptor_sets(
                     cmd,
                     vk::PipelineBindPoint::COMPUTE,
@@ -570,9 +571,12 @@ impl VulkanConvolution {
                         device.cmd_copy_buffer(cmd, src.buffer, host.download.buffer, &region);
                     }
                 }
-                let region = [vk::BufferCopy::default().size(sum_bytes.max(4))];
-                let (src, dst) = (exec.taps_sum.buffer, exec.taps_sum_staging.buffer);
-                device.cmd_copy_buffer(cmd, src, dst, &region);
+                if last {
+                    // (The taps sum's pass ended with a barrier.)
+                    let region = [vk::BufferCopy::default().size(exec.taps_sum.size)];
+                    let (src, dst) = (exec.taps_sum.buffer, exec.taps_sum_staging.buffer);
+                    device.cmd_copy_buffer(cmd, src, dst, &region);
+                }
             }
             host_read_barrier(device, cmd);
         })
