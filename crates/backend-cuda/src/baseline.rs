@@ -46,6 +46,8 @@ impl std::fmt::Debug for CufftBaseline {
 #[derive(Debug)]
 pub struct CufftFilter {
     buffer: CudaSlice<u8>,
+    /// The problem it was prepared for.
+    spec: ConvSpec,
 }
 
 impl CufftBaseline {
@@ -54,6 +56,11 @@ impl CufftBaseline {
     pub fn new(spec: &ConvSpec) -> Result<CufftBaseline, CudaError> {
         let g = spec.geometry();
         let n = g.n();
+        if spec.io_len() >= 1 << 32 || spec.rows() * n >= 1 << 32 {
+            return Err(CudaError::unsupported(
+                "the cuFFT baseline indexes rows with 32-bit offsets",
+            ));
+        }
         if spec.gated() || g.blocks != 1 || g.kept_bins < n / 2 + 1 || (g.wraps && g.history > 0) {
             return Err(CudaError::unsupported(
                 "the cuFFT baseline runs ungated, dense problems of one block per row only",
@@ -123,7 +130,10 @@ impl CufftBaseline {
             .clone_htod(&bytes)
             .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
         sync(&self.stream)?;
-        Ok(CufftFilter { buffer })
+        Ok(CufftFilter {
+            buffer,
+            spec: self.spec.clone(),
+        })
     }
 
     /// `y = conv(u, k)` on device tensors of the problem's dtype.
@@ -134,6 +144,12 @@ impl CufftBaseline {
         y: &mut CudaTensor,
     ) -> Result<(), CudaError> {
         let spec = &self.spec;
+        if filter.spec.geometry() != spec.geometry() || filter.spec.channels() != spec.channels() {
+            return Err(CudaError::invalid(
+                "filter",
+                "prepared for a different problem",
+            ));
+        }
         for (arg, t) in [("u", u), ("y", &*y)] {
             if t.dtype() != spec.dtype() || t.len() != spec.io_len() {
                 return Err(CudaError::invalid(

@@ -269,6 +269,16 @@ pub(crate) fn address<T>(buffer: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     ptr
 }
 
+/// Waits for a stream when dropped: an error mid-call (`?`) must not leave work in flight on
+/// buffers the caller may free next.
+pub(crate) struct SettleOnExit(pub(crate) Arc<CudaStream>);
+
+impl Drop for SettleOnExit {
+    fn drop(&mut self) {
+        let _ = self.0.synchronize();
+    }
+}
+
 pub(crate) fn sync(stream: &CudaStream) -> Result<(), CudaError> {
     stream
         .synchronize()
@@ -286,6 +296,16 @@ pub struct CudaConvolution {
     twiddles: CudaSlice<u8>,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
+}
+
+impl Drop for CudaConvolution {
+    fn drop(&mut self) {
+        // Work left on a caller's stream still uses the twiddles and the intermediate buffer.
+        let exec = self.exec.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(event) = exec.as_mut().and_then(|e| e.pending.take()) {
+            let _ = event.synchronize();
+        }
+    }
 }
 
 impl std::fmt::Debug for CudaConvolution {
@@ -369,11 +389,18 @@ impl CudaConvolution {
         let chunk_elems = options.chunk_elems.unwrap_or(DEFAULT_CHUNK_ELEMS);
         let schedule = PassSchedule::new(spec, &plan, shared, chunk_elems)
             .map_err(|e| CudaError::unsupported(e.to_string()))?;
-        // Kernel indices of u, gates and y are 32-bit within a chunk.
+        // Kernel indices of u, gates and y, and line counts, are 32-bit within a chunk.
         let (nb, nh) = schedule.chunk_shape();
-        if nb * nh * spec.length() >= 1 << 32 {
+        let total_pairs = nh * schedule.pairs(nb);
+        let max_lines = schedule
+            .passes()
+            .iter()
+            .map(|p| total_pairs * (n >> p.line_log2))
+            .max()
+            .unwrap_or(0);
+        if nb * nh * spec.length() >= 1 << 32 || max_lines >= 1 << 31 {
             return Err(CudaError::unsupported(format!(
-                "a row of L = {} elements is too long for 32-bit indices",
+                "a chunk of L = {} elements per row is too large for 32-bit kernel indices",
                 spec.length()
             )));
         }
@@ -453,6 +480,12 @@ impl CudaConvolution {
                 ),
             ));
         }
+        if h_count * klen >= 1 << 32 {
+            return Err(CudaError::unsupported(format!(
+                "a filter of {} elements exceeds 32-bit kernel indices",
+                h_count * klen
+            )));
+        }
         let geometry = *self.spec.geometry();
         let n = geometry.n();
         let kept = geometry.kept_bins.min(n / 2 + 1);
@@ -461,6 +494,7 @@ impl CudaConvolution {
             .kernels(DType::F32, self.kernels.shared_points)?;
         let mut guard = self.execution()?;
         let exec = guard.as_mut().expect("made by execution()");
+        let _settle = SettleOnExit(Arc::clone(&exec.stream));
         let stream = &exec.stream;
         let buffer = stream
             .alloc_zeros::<u8>((h_count * kept * 8).max(4))
@@ -585,6 +619,7 @@ impl CudaConvolution {
         )?;
         let mut guard = self.execution()?;
         let exec = guard.as_mut().expect("made by execution()");
+        let _settle = SettleOnExit(Arc::clone(&exec.stream));
         if exec.host.is_none() {
             exec.host = Some(self.host_io()?);
         }
@@ -641,6 +676,7 @@ impl CudaConvolution {
         self.check_device_forward(filter, u, gates, y)?;
         let mut guard = self.execution()?;
         let exec = guard.as_mut().expect("made by execution()");
+        let _settle = SettleOnExit(Arc::clone(&exec.stream));
         let y = &*y;
         for chunk in self.schedule.chunks().collect::<Vec<_>>() {
             self.launch_forward(
@@ -655,11 +691,18 @@ impl CudaConvolution {
     }
 
     /// Like [`forward_device`](Self::forward_device), enqueued on the caller's `stream` (of this
-    /// device) without waiting: the result is in `y` once `stream` reaches this point. `u`, the
-    /// gates and the filter must be ready on `stream`, and `y` must not be read or freed before
-    /// it completes. Calls on one convolution are ordered on the GPU: a call on another stream
-    /// (or any blocking call) first waits for this one, since they share intermediate buffers.
-    pub fn forward_device_on_stream(
+    /// device) without waiting: the result is in `y` once `stream` reaches this point. Calls on
+    /// one convolution are ordered on the GPU: a call on another stream (or any blocking call)
+    /// first waits for this one, since they share intermediate buffers; dropping the
+    /// convolution waits for it too.
+    ///
+    /// # Safety
+    /// The GPU reads `u`, the gates and the filter and writes `y` after this returns, while the
+    /// caller still holds them: they must be ready on `stream` (written by work ordered before
+    /// this call on it, or waited for), and none of them may be dropped, and `y` not read or
+    /// written, until `stream` has completed this work (e.g. `stream.synchronize()`). Buffers are
+    /// freed on the stream that allocated them, which is not ordered after `stream`.
+    pub unsafe fn forward_device_on_stream(
         &self,
         stream: &Arc<CudaStream>,
         filter: &CudaFilterSpectrum,
@@ -763,6 +806,9 @@ impl CudaConvolution {
             let tmp = stream
                 .alloc_zeros::<u8>(self.schedule.spectra_bytes().max(4))
                 .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+            // The buffer is used from other streams too (caller streams): allocated and zeroed
+            // before any of them sees it.
+            sync(&stream)?;
             *guard = Some(Execution {
                 stream,
                 tmp,

@@ -172,11 +172,15 @@ impl CudaDevice {
             format!("-DTHREADS={threads}"),
         ];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
-        let cubin = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
-        let module = self
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-            .map_err(|e| CudaError::driver("cuModuleLoadData", e))?;
+        let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
+        let load = |cubin: Vec<u8>| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
+        let module = match load(cubin) {
+            Ok(m) => m,
+            // A cached image the driver rejects (another driver, a damaged file): compile anew.
+            Err(_) if cached => load(compile(KERNEL_SOURCE, &options, &name)?)
+                .map_err(|e| CudaError::driver("cuModuleLoadData", e))?,
+            Err(e) => return Err(CudaError::driver("cuModuleLoadData", e)),
+        };
         let shared_bytes =
             (key.shared_points + if key.pad { key.shared_points / 16 } else { 0 }) * 8;
         let load = |name: &str| -> Result<CudaFunction, CudaError> {
@@ -231,7 +235,7 @@ struct KernelKey {
     pad: bool,
 }
 
-/// The four kernels of `kernels/fftconv.cu` for one dtype and shared-memory size.
+/// The kernels of `kernels/fftconv.cu` for one dtype and shared-memory size.
 pub(crate) struct Kernels {
     pub(crate) fused: CudaFunction,
     pub(crate) columns_forward: CudaFunction,
@@ -255,14 +259,18 @@ pub(crate) struct Kernels {
     pub(crate) threads: u32,
 }
 
-/// The compiled image of `source` with `options` for this device: from the disk cache when an
-/// earlier process compiled it, else from NVRTC (and stored).
+/// Marks a cache file: magic, then the image's length and hash (little-endian u64 each).
+const CACHE_MAGIC: &[u8; 8] = b"FFTCUBN1";
+
+/// The compiled image of `source` with `options` for this device, and whether it came from the
+/// disk cache (an earlier process compiled it; the file's length and hash are checked) rather
+/// than from NVRTC (then stored).
 fn compile_cached(
     source: &str,
     options: &[String],
     info: &CudaDeviceInfo,
     name: &str,
-) -> Result<Vec<u8>, CudaError> {
+) -> Result<(Vec<u8>, bool), CudaError> {
     let version = nvrtc_version()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (
@@ -275,24 +283,55 @@ fn compile_cached(
     )
         .hash(&mut hasher);
     let file = cache_dir().map(|d| d.join(format!("{:016x}.cubin", hasher.finish())));
-    if let Some(bytes) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
-        if !bytes.is_empty() {
-            return Ok(bytes);
-        }
+    if let Some(image) = file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|bytes| cache_payload(&bytes))
+    {
+        return Ok((image, true));
     }
     let cubin = compile(source, options, name)?;
     if let Some(file) = file {
-        // Best effort: written under a temporary name, then renamed, so a reader never sees half.
+        // Best effort: written under a unique temporary name, then renamed, so a reader never
+        // sees half a file; the temporary is removed on any failure.
         if let Some(dir) = file.parent() {
             if std::fs::create_dir_all(dir).is_ok() {
-                let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-                if std::fs::write(&tmp, &cubin).is_ok() && std::fs::rename(&tmp, &file).is_err() {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos());
+                let tmp = file.with_extension(format!("tmp{}-{nanos}", std::process::id()));
+                let mut contents = Vec::with_capacity(cubin.len() + 24);
+                contents.extend_from_slice(CACHE_MAGIC);
+                contents.extend_from_slice(&(cubin.len() as u64).to_le_bytes());
+                contents.extend_from_slice(&payload_hash(&cubin).to_le_bytes());
+                contents.extend_from_slice(&cubin);
+                if std::fs::write(&tmp, &contents).is_err() || std::fs::rename(&tmp, &file).is_err()
+                {
                     let _ = std::fs::remove_file(&tmp);
                 }
             }
         }
     }
-    Ok(cubin)
+    Ok((cubin, false))
+}
+
+/// The image in a cache file, if its header (magic, length, hash) matches.
+fn cache_payload(bytes: &[u8]) -> Option<Vec<u8>> {
+    let header = bytes.get(..24)?;
+    let len = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    let hash = u64::from_le_bytes(header[16..24].try_into().ok()?);
+    let image = &bytes[24..];
+    (&header[..8] == CACHE_MAGIC
+        && len == image.len() as u64
+        && !image.is_empty()
+        && hash == payload_hash(image))
+    .then(|| image.to_vec())
+}
+
+fn payload_hash(image: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    image.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn cache_dir() -> Option<PathBuf> {
@@ -386,4 +425,27 @@ fn compile(source: &str, options: &[String], name: &str) -> Result<Vec<u8>, Cuda
     // SAFETY: `prog` was created above and is destroyed once.
     unsafe { nvrtc_sys::nvrtcDestroyProgram(&mut prog) };
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_files_are_checked() {
+        let image = vec![1u8, 2, 3, 4, 5];
+        let mut file = CACHE_MAGIC.to_vec();
+        file.extend_from_slice(&(image.len() as u64).to_le_bytes());
+        file.extend_from_slice(&payload_hash(&image).to_le_bytes());
+        file.extend_from_slice(&image);
+        assert_eq!(cache_payload(&file), Some(image.clone()));
+        let mut truncated = file.clone();
+        truncated.pop();
+        assert_eq!(cache_payload(&truncated), None);
+        let mut damaged = file.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert_eq!(cache_payload(&damaged), None);
+        assert_eq!(cache_payload(&image), None);
+        assert_eq!(cache_payload(b""), None);
+    }
 }

@@ -18,8 +18,8 @@
 //!   block run as one fused pass (load `u`, FFT, product with the filter spectrum, inverse FFT,
 //!   gates, store `y`); larger ones run each global stage as a column pass, forward and inverse,
 //!   around the fused block.
-//! - **Memory**: host slices are copied through chunk buffers (at most 2^24 elements of `u` at a
-//!   time); [`CudaTensor`]s stay in device memory.
+//! - **Memory**: host slices are copied through chunk buffers (2^24 elements of `u` at a time, or
+//!   the one or two rows a chunk holds at least); [`CudaTensor`]s stay in device memory.
 //! - **Errors**: no driver, no NVRTC or no device is [`CudaError::Unavailable`]; nothing panics
 //!   on a machine without CUDA.
 //!

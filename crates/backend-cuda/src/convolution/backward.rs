@@ -16,7 +16,7 @@ use monarch_core::Element;
 
 use super::{
     address, copy_from_bytes, copy_to_bytes, sync, CudaConvolution, CudaFilterSpectrum, CudaTensor,
-    KernelBuffers,
+    KernelBuffers, SettleOnExit,
 };
 use crate::CudaError;
 
@@ -111,6 +111,7 @@ impl CudaConvolution {
         let bexec = guard.as_mut().expect("made");
         let mut exec_guard = self.execution()?;
         let stream = std::sync::Arc::clone(&exec_guard.as_mut().expect("made").stream);
+        let _settle = SettleOnExit(std::sync::Arc::clone(&stream));
         stream
             .memset_zeros(&mut bexec.dk)
             .map_err(|e| CudaError::driver("cuMemsetD8", e))?;
@@ -251,6 +252,7 @@ impl CudaConvolution {
         let bexec = guard.as_mut().expect("made");
         let mut exec_guard = self.execution()?;
         let stream = std::sync::Arc::clone(&exec_guard.as_mut().expect("made").stream);
+        let _settle = SettleOnExit(std::sync::Arc::clone(&stream));
         stream
             .memset_zeros(&mut bexec.dk)
             .map_err(|e| CudaError::driver("cuMemsetD8", e))?;
