@@ -171,6 +171,18 @@ if [ "${1:-}" != "--no-bench" ]; then
     step bench-f16 timeout "$limit" env CARGO_TARGET_DIR="$OUT/target" "$here/bin/xtask" bench \
         --backend cuda,vulkan --dtype f16 --sizes 256..4M --backward --reps 3
 fi
+if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
+    # Tuning data for the CUDA kernels: a block-size sweep and ncu on the fused and column passes
+    # (SOL, occupancy, launch stats; the fused kernel was instruction-bound in 2026-11-26's runs).
+    for t in 256 512 1024; do
+        step "bench-threads-$t" timeout "$limit" env FFTCONV_CUDA_THREADS=$t \
+            CARGO_TARGET_DIR="$OUT/target-t$t" "$here/bin/xtask" bench --backend cuda \
+            --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3
+    done
+    step ncu timeout "$limit" /usr/local/cuda/bin/ncu -k regex:fftconv --launch-count 4 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 4K,64K --reps 1 --mb 64
+fi
 if [ "${FFTCONV_BENCH_NOPAD:-0}" = 1 ]; then
     # A/B: the sizes that fuse into one pass, without the shared-memory padding.
     step bench-f16-nopad timeout "$limit" env FFTCONV_VULKAN_NO_PAD=1 FFTCONV_CUDA_NO_PAD=1 \
