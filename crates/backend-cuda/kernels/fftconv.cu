@@ -389,6 +389,42 @@ __device__ __forceinline__ cpx mul_w8(cpx x, int eighths) {
     }
 }
 
+// x * W_16^sixteenths (0..15): odd powers as a product with a constant (folded at compile time
+// once the loops are unrolled), even ones as W_8.
+__device__ __forceinline__ cpx mul_w16(cpx x, int sixteenths) {
+    int e = sixteenths & 15;
+    if ((e & 1) == 0) {
+        return mul_w8(x, e >> 1);
+    }
+    const float c = 0.92387953251128674f; // cos(pi / 8)
+    const float r = 0.38268343236508977f; // sin(pi / 8)
+    switch (e) {
+    case 1:
+        return cmul(x, mk(c, -r));
+    case 3:
+        return cmul(x, mk(r, -c));
+    case 5:
+        return cmul(x, mk(-r, -c));
+    case 7:
+        return cmul(x, mk(-c, -r));
+    case 9:
+        return cmul(x, mk(-c, r));
+    case 11:
+        return cmul(x, mk(-r, c));
+    case 13:
+        return cmul(x, mk(r, c));
+    default:
+        return cmul(x, mk(c, r));
+    }
+}
+
+// Largest number of radix-2 stages one round runs in registers: 3 (8 points per thread and
+// round) by default; 4 (16 points) is an experiment (fewer barriers and shared-memory round trips,
+// more registers), selected by the host with -DMAX_RADIX_LOG2=4.
+#ifndef MAX_RADIX_LOG2
+#define MAX_RADIX_LOG2 3
+#endif
+
 // Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group. The twiddle of stage t at
 // group offset k is W_{2^(gl-t)}^(j + (k mod 2^(R-1-t)) q) = W_{2^(gl-t)}^j * W_{2^(R-t)}^(k mod
 // 2^(R-1-t)): one table load per stage (w[t]) and a constant.
@@ -419,8 +455,8 @@ __device__ __forceinline__ void dif_round(cpx* s, const Params& pc, const Buffer
                     cpx a = x[k];
                     cpx b = x[k + half_k];
                     x[k] = cadd(a, b);
-                    // W_{2^(R-t)}^c = W_8^(c 2^(3-R+t)).
-                    cpx d = mul_w8(csub(a, b), (k & (half_k - 1)) << (3 - R + t));
+                    // W_{2^(R-t)}^c = W_16^(c 2^(4-R+t)).
+                    cpx d = mul_w16(csub(a, b), (k & (half_k - 1)) << (4 - R + t));
                     x[k + half_k] = cmul(d, w[t]);
                 }
             }
@@ -460,9 +496,9 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
 #pragma unroll
             for (int k = 0; k < (1 << R); k++) {
                 if ((k & half_k) == 0) {
-                    // conj(W_{2^(t+1)}^c) = W_8^(-c 2^(2-t)).
+                    // conj(W_{2^(t+1)}^c) = W_16^(-c 2^(3-t)).
                     int c = k & (half_k - 1);
-                    cpx cc = mul_w8(cmul(x[k + half_k], w[t]), 8 - (c << (2 - t)));
+                    cpx cc = mul_w16(cmul(x[k + half_k], w[t]), 16 - (c << (3 - t)));
                     cpx a = x[k];
                     x[k] = cadd(a, cc);
                     x[k + half_k] = csub(a, cc);
@@ -480,9 +516,19 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
 // Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
 __device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
     u32 gl = m_log2; // log2 of the group size of the next round
+#if MAX_RADIX_LOG2 >= 4
+    for (; gl >= 4u; gl -= 4u) {
+        dif_round<4>(s, pc, bf, m_log2, gl);
+    }
+    if (gl == 3u) {
+        dif_round<3>(s, pc, bf, m_log2, gl);
+        gl = 0u;
+    }
+#else
     for (; gl >= 3u; gl -= 3u) {
         dif_round<3>(s, pc, bf, m_log2, gl);
     }
+#endif
     if (gl == 2u) {
         dif_round<2>(s, pc, bf, m_log2, gl);
     }
@@ -494,7 +540,13 @@ __device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_l
 // Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
 __device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
     u32 g = 0u; // log2 of the span of the next stage
-    u32 rest = m_log2 % 3u;
+    u32 rest = m_log2 % (u32)MAX_RADIX_LOG2;
+#if MAX_RADIX_LOG2 >= 4
+    if (rest == 3u) {
+        dit_round<3>(s, pc, bf, m_log2, g);
+        g += 3u;
+    }
+#endif
     if (rest == 1u) {
         dit_round<1>(s, pc, bf, m_log2, g);
         g += 1u;
@@ -504,8 +556,8 @@ __device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_l
         g += 2u;
     }
     while (g < m_log2) {
-        dit_round<3>(s, pc, bf, m_log2, g);
-        g += 3u;
+        dit_round<MAX_RADIX_LOG2>(s, pc, bf, m_log2, g);
+        g += (u32)MAX_RADIX_LOG2;
     }
 }
 

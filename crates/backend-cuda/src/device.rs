@@ -25,6 +25,9 @@ pub const NO_PAD_ENV: &str = "FFTCONV_CUDA_NO_PAD";
 /// Environment variable: threads per block (a power of two, 64 .. 1024) instead of the default
 /// (a sixteenth of the block's points, 256 .. 1024), for tuning on a GPU.
 pub const THREADS_ENV: &str = "FFTCONV_CUDA_THREADS";
+/// Environment variable: `4` runs four radix-2 stages per round (16 points per thread in
+/// registers) instead of three; an experiment for timing on a GPU (unmeasured so far).
+pub const RADIX_ENV: &str = "FFTCONV_CUDA_RADIX_LOG2";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -138,10 +141,15 @@ impl CudaDevice {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .filter(|t| t.is_power_of_two() && (64..=1024).contains(t))
             .unwrap_or(default_threads);
+        let radix_log2 = match std::env::var(RADIX_ENV).ok().as_deref().map(str::trim) {
+            Some("4") => 4,
+            _ => 3,
+        };
         let key = KernelKey {
             dtype,
             shared_points,
             threads,
+            radix_log2,
             pad: pad
                 && (shared_points as usize) * 8 * 17 / 16
                     <= self.info.shared_memory_per_block_optin,
@@ -170,6 +178,7 @@ impl CudaDevice {
             format!("-DSHARED_POINTS={}", key.shared_points),
             format!("-DPAD={}", u32::from(key.pad)),
             format!("-DTHREADS={threads}"),
+            format!("-DMAX_RADIX_LOG2={}", key.radix_log2),
         ];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
         let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
@@ -232,6 +241,7 @@ struct KernelKey {
     dtype: DType,
     shared_points: u32,
     threads: u32,
+    radix_log2: u32,
     pad: bool,
 }
 
