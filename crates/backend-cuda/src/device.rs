@@ -412,6 +412,15 @@ fn compile(source: &str, options: &[String], name: &str) -> Result<Vec<u8>, Cuda
                     format!("{r:?}")
                 }
             };
+            // An NVRTC older than the GPU rejects its architecture: CUDA cannot run here (so
+            // backend selection falls back), rather than a bug in the kernels.
+            if r == nvrtcResult::NVRTC_ERROR_INVALID_OPTION && log.contains("gpu-architecture") {
+                return Err(CudaError::unavailable(format!(
+                    "this NVRTC cannot compile for the device ({}): {}",
+                    options[0],
+                    log.trim()
+                )));
+            }
             return Err(CudaError::Compile {
                 kernel: name.to_owned(),
                 log,

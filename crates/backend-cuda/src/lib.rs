@@ -56,7 +56,11 @@ pub use device::{device, CudaDevice, CACHE_ENV, DEVICE_ENV, NO_PAD_ENV, RADIX_EN
 pub use error::CudaError;
 pub use probe::{describe, probe, CudaDeviceInfo};
 
-/// The device convolutions run on, as one line; or why there is none.
+/// The device convolutions run on, as one line; or why there is none. The kernels are compiled
+/// for it here (once per process, or read from the disk cache), so an NVRTC that cannot target
+/// the device reports CUDA unavailable instead of failing later.
 pub fn active_device() -> Result<String, CudaError> {
-    Ok(device()?.description().to_owned())
+    let dev = device()?;
+    dev.kernels(monarch_core::DType::F32, dev.max_shared_points().min(4096))?;
+    Ok(dev.description().to_owned())
 }
