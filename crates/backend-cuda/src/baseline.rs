@@ -118,12 +118,9 @@ impl CufftBaseline {
     /// The filter's `N/2 + 1` bins per channel, scaled by `1/N` (computed on the host, like the
     /// CUDA backend's filter spectrum without dropped bins).
     pub fn prepare_filter(&self, k: &[f32]) -> Result<CufftFilter, CudaError> {
-        if k.len() != self.spec.filter_elems() {
-            return Err(CudaError::invalid(
-                "k",
-                "not an [H, K] filter of the problem",
-            ));
-        }
+        self.spec
+            .check_filter_len(k.len())
+            .map_err(crate::convolution::core_invalid)?;
         let bytes = host_filter_spectrum(&self.spec, k)?;
         let buffer = self
             .stream

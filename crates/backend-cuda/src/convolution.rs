@@ -446,17 +446,7 @@ impl CudaConvolution {
         {
             return self.prepare_filter_host(k);
         }
-        let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
-        if k.len() != h_count * klen {
-            return Err(CudaError::invalid(
-                "k",
-                format!(
-                    "expected [H={h_count}, K={klen}] = {} elements, got {}",
-                    h_count * klen,
-                    k.len()
-                ),
-            ));
-        }
+        self.spec.check_filter_len(k.len()).map_err(core_invalid)?;
         self.prepare_filter_device(&CudaTensor::from_host(k)?)
     }
 
@@ -575,17 +565,7 @@ impl CudaConvolution {
 
     /// Computes the filter spectrum of `k: [H, K]` (f32) on the host (realfft) and uploads it.
     pub fn prepare_filter_host(&self, k: &[f32]) -> Result<CudaFilterSpectrum, CudaError> {
-        let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
-        if k.len() != h_count * klen {
-            return Err(CudaError::invalid(
-                "k",
-                format!(
-                    "expected [H={h_count}, K={klen}] = {} elements, got {}",
-                    h_count * klen,
-                    k.len()
-                ),
-            ));
-        }
+        self.spec.check_filter_len(k.len()).map_err(core_invalid)?;
         let geometry = *self.spec.geometry();
         let bytes = host_filter_spectrum(&self.spec, k)?;
         let stream = &self.device.stream;
@@ -595,8 +575,8 @@ impl CudaConvolution {
         sync(stream)?;
         Ok(CudaFilterSpectrum {
             geometry,
-            channels: h_count,
-            filter_len: klen,
+            channels: self.spec.channels(),
+            filter_len: self.spec.filter_len(),
             buffer: Arc::new(buffer),
         })
     }
@@ -745,22 +725,11 @@ impl CudaConvolution {
         gates: Option<(&CudaTensor, &CudaTensor)>,
         y: &CudaTensor,
     ) -> Result<(), CudaError> {
-        for (arg, t) in [("u", u), ("y", y)].into_iter().chain(
-            gates
-                .into_iter()
-                .flat_map(|(p, q)| [("pregate", p), ("postgate", q)]),
-        ) {
-            if t.dtype != self.spec.dtype() {
-                return Err(CudaError::invalid(
-                    arg,
-                    format!(
-                        "dtype {} given, the problem is {}",
-                        t.dtype,
-                        self.spec.dtype()
-                    ),
-                ));
-            }
+        let mut dtypes = vec![("u", u.dtype), ("y", y.dtype)];
+        if let Some((p, q)) = gates {
+            dtypes.extend([("pregate", p.dtype), ("postgate", q.dtype)]);
         }
+        self.spec.check_dtypes(&dtypes).map_err(core_invalid)?;
         self.check_inputs(
             filter,
             u.dtype,
@@ -922,12 +891,7 @@ impl CudaConvolution {
     ) -> Result<(), CudaError> {
         self.spec
             .check_io(dtype, u_len, gates, y_len)
-            .map_err(|e| match e {
-                monarch_core::CoreError::InvalidArgument { arg, reason } => {
-                    CudaError::invalid(arg, reason)
-                }
-                other => CudaError::invalid("u", other.to_string()),
-            })?;
+            .map_err(core_invalid)?;
         if filter.geometry != *self.spec.geometry()
             || filter.channels != self.spec.channels()
             || filter.filter_len != self.spec.filter_len()
@@ -1018,6 +982,14 @@ fn twiddle_tables(n: usize) -> Vec<u8> {
         m *= 2;
     }
     table
+}
+
+/// An argument error of the problem's checks as this backend's [`CudaError::InvalidArgument`].
+pub(crate) fn core_invalid(e: monarch_core::CoreError) -> CudaError {
+    match e {
+        monarch_core::CoreError::InvalidArgument { arg, reason } => CudaError::invalid(arg, reason),
+        other => CudaError::unsupported(other.to_string()),
+    }
 }
 
 pub(crate) fn copy_to_bytes<T: Element>(src: &[T], dst: &mut [u8]) {

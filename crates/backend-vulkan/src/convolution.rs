@@ -320,16 +320,7 @@ impl VulkanConvolution {
     /// Computes the filter spectrum of `k: [H, K]` (f32) on the host and uploads it.
     pub fn prepare_filter(&self, k: &[f32]) -> Result<VulkanFilterSpectrum, VulkanError> {
         let (h_count, klen) = (self.spec.channels(), self.spec.filter_len());
-        if k.len() != h_count * klen {
-            return Err(VulkanError::invalid(
-                "k",
-                format!(
-                    "expected [H={h_count}, K={klen}] = {} elements, got {}",
-                    h_count * klen,
-                    k.len()
-                ),
-            ));
-        }
+        self.spec.check_filter_len(k.len()).map_err(core_invalid)?;
         let geometry = *self.spec.geometry();
         let n = geometry.n();
         let kept = geometry.kept_bins.min(n / 2 + 1);
@@ -400,22 +391,11 @@ impl VulkanConvolution {
         gates: Option<(&VulkanTensor, &VulkanTensor)>,
         y: &mut VulkanTensor,
     ) -> Result<(), VulkanError> {
-        for (arg, t) in [("u", u), ("y", &*y)].into_iter().chain(
-            gates
-                .into_iter()
-                .flat_map(|(p, q)| [("pregate", p), ("postgate", q)]),
-        ) {
-            if t.dtype != self.spec.dtype() {
-                return Err(VulkanError::invalid(
-                    arg,
-                    format!(
-                        "dtype {} given, the problem is {}",
-                        t.dtype,
-                        self.spec.dtype()
-                    ),
-                ));
-            }
+        let mut dtypes = vec![("u", u.dtype), ("y", y.dtype)];
+        if let Some((p, q)) = gates {
+            dtypes.extend([("pregate", p.dtype), ("postgate", q.dtype)]);
         }
+        self.spec.check_dtypes(&dtypes).map_err(core_invalid)?;
         self.check_inputs(
             filter,
             u.dtype,
@@ -477,33 +457,8 @@ impl VulkanConvolution {
         y_len: usize,
     ) -> Result<(), VulkanError> {
         let spec = &self.spec;
-        if dtype != spec.dtype() {
-            return Err(VulkanError::invalid(
-                "u",
-                format!("dtype {dtype} given, the problem is {}", spec.dtype()),
-            ));
-        }
-        let want = spec.io_len();
-        let mut io: Vec<(&'static str, usize)> = vec![("u", u_len), ("y", y_len)];
-        match (spec.gated(), gates) {
-            (true, Some((pre, post))) => {
-                io.push(("pregate", pre));
-                io.push(("postgate", post));
-            }
-            (true, None) => return Err(VulkanError::invalid("gates", "the problem is gated")),
-            (false, Some(_)) => {
-                return Err(VulkanError::invalid("gates", "the problem is not gated"))
-            }
-            (false, None) => {}
-        }
-        for (arg, len) in io {
-            if len != want {
-                return Err(VulkanError::invalid(
-                    arg,
-                    format!("expected [B, H, L] = {want} elements, got {len}"),
-                ));
-            }
-        }
+        spec.check_io(dtype, u_len, gates, y_len)
+            .map_err(core_invalid)?;
         if filter.geometry != *spec.geometry()
             || filter.channels != spec.channels()
             || filter.filter_len != spec.filter_len()
@@ -772,6 +727,16 @@ pub(crate) fn descriptor_sets(
             unsafe { ctx.device.destroy_descriptor_pool(pool, None) };
             Err(check("vkAllocateDescriptorSets", r))
         }
+    }
+}
+
+/// An argument error of the problem's checks as this backend's [`VulkanError::InvalidArgument`].
+pub(crate) fn core_invalid(e: monarch_core::CoreError) -> VulkanError {
+    match e {
+        monarch_core::CoreError::InvalidArgument { arg, reason } => {
+            VulkanError::invalid(arg, reason)
+        }
+        other => VulkanError::from(other),
     }
 }
 

@@ -142,6 +142,69 @@ impl ConvSpec {
         streams * self.io_len() * self.dtype.size_bytes()
     }
 
+    /// Checks that every named buffer (`(argument, its dtype)`) holds the problem's dtype.
+    pub fn check_dtypes(&self, buffers: &[(&'static str, DType)]) -> Result<(), CoreError> {
+        match buffers.iter().find(|(_, d)| *d != self.dtype) {
+            Some(&(arg, dtype)) => Err(CoreError::InvalidArgument {
+                arg,
+                reason: format!("dtype {dtype} given, the problem is {}", self.dtype),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the outputs of a backward call: `dk` holds `[H, K]` elements; the gate gradients
+    /// (`[dpregate, dpostgate]` lengths) are given, `[B, H, L]`, exactly when the problem is gated.
+    pub fn check_gradients(
+        &self,
+        dk_len: usize,
+        gate_grads: [Option<usize>; 2],
+    ) -> Result<(), CoreError> {
+        let invalid =
+            |arg: &'static str, reason: String| CoreError::InvalidArgument { arg, reason };
+        if dk_len != self.filter_elems() {
+            return Err(invalid(
+                "dk",
+                format!(
+                    "expected [H, K] = {} elements, got {dk_len}",
+                    self.filter_elems()
+                ),
+            ));
+        }
+        let want = self.io_len();
+        for (arg, g) in ["dpregate", "dpostgate"].into_iter().zip(gate_grads) {
+            match (self.gated, g) {
+                (true, Some(len)) if len == want => {}
+                (true, Some(len)) => {
+                    return Err(invalid(
+                        arg,
+                        format!("expected [B, H, L] = {want} elements, got {len}"),
+                    ))
+                }
+                (true, None) => return Err(invalid(arg, "the problem is gated".into())),
+                (false, Some(_)) => return Err(invalid(arg, "the problem is not gated".into())),
+                (false, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that `k` holds `[H, K]` elements.
+    pub fn check_filter_len(&self, k_len: usize) -> Result<(), CoreError> {
+        if k_len == self.filter_elems() {
+            return Ok(());
+        }
+        Err(CoreError::InvalidArgument {
+            arg: "k",
+            reason: format!(
+                "expected [H={}, K={}] = {} elements, got {k_len}",
+                self.channels,
+                self.filter_len,
+                self.filter_elems()
+            ),
+        })
+    }
+
     /// Checks the buffers of one call: `dtype` is the problem's, `u`, `y` and the gates (given
     /// exactly when the problem is gated, as `(pregate, postgate)` lengths) are `[B, H, L]`.
     pub fn check_io(

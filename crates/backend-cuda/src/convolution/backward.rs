@@ -282,33 +282,9 @@ impl CudaConvolution {
         dk_len: usize,
         gate_grads: [Option<usize>; 2],
     ) -> Result<(), CudaError> {
-        let want = self.spec.io_len();
-        if dk_len != self.spec.filter_elems() {
-            return Err(CudaError::invalid(
-                "dk",
-                format!(
-                    "expected [H, K] = {} elements, got {dk_len}",
-                    self.spec.filter_elems()
-                ),
-            ));
-        }
-        for (arg, g) in ["dpregate", "dpostgate"].into_iter().zip(gate_grads) {
-            match (self.spec.gated(), g) {
-                (true, Some(len)) if len == want => {}
-                (true, Some(len)) => {
-                    return Err(CudaError::invalid(
-                        arg,
-                        format!("expected [B, H, L] = {want} elements, got {len}"),
-                    ))
-                }
-                (true, None) => return Err(CudaError::invalid(arg, "the problem is gated")),
-                (false, Some(_)) => {
-                    return Err(CudaError::invalid(arg, "the problem is not gated"))
-                }
-                (false, None) => {}
-            }
-        }
-        Ok(())
+        self.spec
+            .check_gradients(dk_len, gate_grads)
+            .map_err(super::core_invalid)
     }
 
     fn backward_execution(

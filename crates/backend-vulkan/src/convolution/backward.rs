@@ -297,43 +297,21 @@ impl VulkanConvolution {
                 ));
             }
         }
-        let gated = self.spec.gated();
-        if grads.dk.len() != self.spec.filter_elems() {
-            return Err(VulkanError::invalid(
-                "dk",
-                format!(
-                    "expected [H, K] = {} elements, got {}",
-                    self.spec.filter_elems(),
-                    grads.dk.len()
-                ),
-            ));
-        }
+        self.spec
+            .check_gradients(
+                grads.dk.len(),
+                [
+                    grads.dpregate.as_ref().map(|g| g.len()),
+                    grads.dpostgate.as_ref().map(|g| g.len()),
+                ],
+            )
+            .map_err(super::core_invalid)?;
         let VulkanGradients {
             du,
             dk,
             mut dpregate,
             mut dpostgate,
         } = grads;
-        for (arg, g) in [
-            ("dpregate", dpregate.as_deref()),
-            ("dpostgate", dpostgate.as_deref()),
-        ] {
-            match (gated, g) {
-                (true, Some(g)) if g.len() == want => {}
-                (true, Some(g)) => {
-                    return Err(VulkanError::invalid(
-                        arg,
-                        format!("expected [B, H, L] = {want} elements, got {}", g.len()),
-                    ))
-                }
-                (true, None) => return Err(VulkanError::invalid(arg, "the problem is gated")),
-                (false, Some(_)) => {
-                    return Err(VulkanError::invalid(arg, "the problem is not gated"))
-                }
-                (false, None) => {}
-            }
-        }
-
         self.run_backward(filter, BackwardIo::Host, dk, |conv, host, chunk, stage| {
             let stream_bytes = host.stream_bytes;
             if stage == Stage::Upload {
@@ -424,16 +402,15 @@ impl VulkanConvolution {
                 )));
             }
         }
-        if dk.len() != self.spec.filter_elems() {
-            return Err(VulkanError::invalid(
-                "dk",
-                format!(
-                    "expected [H, K] = {} elements, got {}",
-                    self.spec.filter_elems(),
-                    dk.len()
-                ),
-            ));
-        }
+        self.spec
+            .check_gradients(
+                dk.len(),
+                [
+                    tensors.gate_grads.as_ref().map(|g| g.0.len),
+                    tensors.gate_grads.as_ref().map(|g| g.1.len),
+                ],
+            )
+            .map_err(super::core_invalid)?;
         self.run_backward(filter, BackwardIo::Device(&tensors), dk, |_, _, _, _| {})
     }
 
