@@ -182,6 +182,9 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
     step bench-radix16 timeout "$limit" env FFTCONV_CUDA_RADIX_LOG2=4 \
         CARGO_TARGET_DIR="$OUT/target-r16" "$here/bin/xtask" bench --backend cuda \
         --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3
+    step bench-segment-table timeout "$limit" env FFTCONV_CUDA_SEGMENT_TABLE=1 \
+        CARGO_TARGET_DIR="$OUT/target-st" "$here/bin/xtask" bench --backend cuda \
+        --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3
     step ncu timeout "$limit" /usr/local/cuda/bin/ncu -k regex:fftconv --launch-count 4 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 4K,64K --reps 1 --mb 64

@@ -255,12 +255,28 @@ __device__ __forceinline__ bool segment_row(const Params& pc, const Divisors& dv
 
 // Pre-gated input at segment position `pos`, or 0 where the segment is zero: `src` times (gated)
 // `gate`; `flags` may differ from the pass's (the fused backward reads dy * post body-only).
-__device__ float segment_input(const Params& pc, const Divisors& dv, const elem_t* src,
-                               const elem_t* gate, u32 flags, u32 seg, u32 h, u32 pos) {
-    u32 row_base, start, outputs;
-    if (!segment_row(pc, dv, seg, h, row_base, start, outputs)) {
+// Where one segment lies: `valid` 0 for a segment past the chunk's last (all zeros).
+struct SegmentRow {
+    u32 row_base;
+    u32 start;
+    u32 outputs;
+    u32 valid;
+};
+
+__device__ __forceinline__ SegmentRow locate_segment(const Params& pc, const Divisors& dv, u32 seg,
+                                                     u32 h) {
+    SegmentRow r;
+    r.valid = segment_row(pc, dv, seg, h, r.row_base, r.start, r.outputs) ? 1u : 0u;
+    return r;
+}
+
+// segment_input for a located segment.
+__device__ float segment_input_at(const Params& pc, const Divisors& dv, const elem_t* src,
+                                  const elem_t* gate, u32 flags, SegmentRow r, u32 pos) {
+    if (r.valid == 0u) {
         return 0.0f;
     }
+    u32 row_base = r.row_base, start = r.start, outputs = r.outputs;
     u32 n = 1u << pc.log2n;
     u32 t;
     if (pos < outputs) {
@@ -285,6 +301,12 @@ __device__ float segment_input(const Params& pc, const Divisors& dv, const elem_
     return v;
 }
 
+__device__ __forceinline__ float segment_input(const Params& pc, const Divisors& dv,
+                                               const elem_t* src, const elem_t* gate, u32 flags,
+                                               u32 seg, u32 h, u32 pos) {
+    return segment_input_at(pc, dv, src, gate, flags, locate_segment(pc, dv, seg, h), pos);
+}
+
 // The pass's input at segment position `pos`: u (times the pre-gate when gated).
 __device__ __forceinline__ float segment_value(const Params& pc, const Buffers& bf,
                                                const Divisors& dv, u32 seg, u32 h, u32 pos) {
@@ -293,6 +315,19 @@ __device__ __forceinline__ float segment_value(const Params& pc, const Buffers& 
 
 // Writes output `pos` of segment `seg` to `dst` (times `gate` when gated) when it is one of the
 // segment's outputs.
+// store_segment for a located segment.
+__device__ __forceinline__ void store_segment_at(const Params& pc, elem_t* dst, const elem_t* gate,
+                                                 SegmentRow r, u32 pos, float v) {
+    if (r.valid == 0u || pos >= r.outputs) {
+        return;
+    }
+    u32 idx = r.row_base + r.start + pos;
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        v *= to_float(gate[idx]);
+    }
+    dst[idx] = from_float(v);
+}
+
 __device__ void store_segment(const Params& pc, const Divisors& dv, elem_t* dst,
                               const elem_t* gate, u32 seg, u32 h, u32 pos, float v) {
     u32 row_base, start, outputs;
@@ -424,6 +459,13 @@ __device__ __forceinline__ cpx mul_w16(cpx x, int sixteenths) {
 #ifndef MAX_RADIX_LOG2
 #define MAX_RADIX_LOG2 3
 #endif
+
+// 1: the fused pass locates each line's segments once per block (an experiment, selected by the
+// host with -DSEGMENT_TABLE=1) for blocks of at most SEGMENT_TABLE_LINES lines.
+#ifndef SEGMENT_TABLE
+#define SEGMENT_TABLE 0
+#endif
+#define SEGMENT_TABLE_LINES 64u
 
 // Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group. The twiddle of stage t at
 // group offset k is W_{2^(gl-t)}^(j + (k mod 2^(R-1-t)) q) = W_{2^(gl-t)}^j * W_{2^(R-t)}^(k mod
@@ -579,6 +621,28 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     u32 n = 1u << pc.log2n;
     u32 pair_lines_log2 = pc.log2n - m_log2; // lines per pair: N / M
 
+#if SEGMENT_TABLE
+    // Experiment: each line's two segments located once per block (a shared table) instead of
+    // once per point in the loads and stores.
+    __shared__ SegmentRow segment_table[SEGMENT_TABLE_LINES][2];
+    bool table = (1u << pc.lines_log2) <= SEGMENT_TABLE_LINES &&
+                 (pc.flags & (FLAG_SRC_INPUT | FLAG_DST_OUTPUT)) != 0u;
+    if (table) {
+        for (u32 c = threadIdx.x; c < (2u << pc.lines_log2); c += THREADS) {
+            u32 line = first_line + (c >> 1u);
+            SegmentRow r;
+            r.valid = 0u;
+            if (line < pc.total_lines) {
+                u32 pair = line >> pair_lines_log2;
+                u32 h = udiv(pair, dv.pairs);
+                r = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + (c & 1u), h);
+            }
+            segment_table[c >> 1u][c & 1u] = r;
+        }
+        __syncthreads();
+    }
+#endif
+
     // Lines are contiguous blocks of M points of a pair's N.
     for (u32 i = threadIdx.x; i < points; i += THREADS) {
         u32 line = first_line + (i >> m_log2);
@@ -586,6 +650,13 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         if (line < pc.total_lines) {
             u32 pair = line >> pair_lines_log2;
             u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+#if SEGMENT_TABLE
+            if (table && (pc.flags & FLAG_SRC_INPUT) != 0u) {
+                u32 c = i >> m_log2;
+                v = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, segment_table[c][0], pos),
+                       segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, segment_table[c][1], pos));
+            } else
+#endif
             if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
                 u32 h = udiv(pair, dv.pairs);
                 u32 q = pair - h * pc.pairs;
@@ -651,6 +722,13 @@ extern "C" __global__ void __launch_bounds__(THREADS)
             u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
             if (forward_only) {
                 bf.tmp[(u64)pair * n + pos] = s[SIDX(i)];
+#if SEGMENT_TABLE
+            } else if (table && (pc.flags & (FLAG_DST_OUTPUT | FLAG_DST_TAPS)) == FLAG_DST_OUTPUT) {
+                u32 c = i >> m_log2;
+                cpx v = s[SIDX(i)];
+                store_segment_at(pc, bf.y, bf.post, segment_table[c][0], pos, v.x);
+                store_segment_at(pc, bf.y, bf.post, segment_table[c][1], pos, v.y);
+#endif
             } else {
                 store_result(pc, bf, dv, pair, pos, s[SIDX(i)]);
             }

@@ -28,6 +28,9 @@ pub const THREADS_ENV: &str = "FFTCONV_CUDA_THREADS";
 /// Environment variable: `4` runs four radix-2 stages per round (16 points per thread in
 /// registers) instead of three; an experiment for timing on a GPU (unmeasured so far).
 pub const RADIX_ENV: &str = "FFTCONV_CUDA_RADIX_LOG2";
+/// Environment variable: `1` makes the fused pass locate each line's segments once per block (a
+/// shared table) instead of once per point; an experiment for timing on a GPU (unmeasured so far).
+pub const SEGMENT_TABLE_ENV: &str = "FFTCONV_CUDA_SEGMENT_TABLE";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -145,11 +148,13 @@ impl CudaDevice {
             Some("4") => 4,
             _ => 3,
         };
+        let segment_table = std::env::var(SEGMENT_TABLE_ENV).is_ok_and(|v| v.trim() == "1");
         let key = KernelKey {
             dtype,
             shared_points,
             threads,
             radix_log2,
+            segment_table,
             pad: pad
                 && (shared_points as usize) * 8 * 17 / 16
                     <= self.info.shared_memory_per_block_optin,
@@ -179,6 +184,7 @@ impl CudaDevice {
             format!("-DPAD={}", u32::from(key.pad)),
             format!("-DTHREADS={threads}"),
             format!("-DMAX_RADIX_LOG2={}", key.radix_log2),
+            format!("-DSEGMENT_TABLE={}", u32::from(key.segment_table)),
         ];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
         let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
@@ -242,6 +248,7 @@ struct KernelKey {
     shared_points: u32,
     threads: u32,
     radix_log2: u32,
+    segment_table: bool,
     pad: bool,
 }
 
