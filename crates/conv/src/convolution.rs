@@ -293,6 +293,25 @@ impl Convolution {
         }
     }
 
+    /// The CUDA engine's filter spectrum from a device-resident `k` (checked by the caller).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_prepare_filter_device(
+        &self,
+        k: &backend_cuda::CudaTensor,
+    ) -> Result<FilterSpectrum, ConvError> {
+        match &self.engine {
+            Engine::Cuda(cu) => Ok(FilterSpectrum {
+                backend: self.backend,
+                inner: FilterInner::Cuda(cu.prepare_filter_device(k)?),
+            }),
+            #[allow(unreachable_patterns)]
+            _ => Err(ConvError::invalid(
+                "k",
+                "not a tensor of this convolution's backend",
+            )),
+        }
+    }
+
     /// The CUDA engine's device-tensor backward (arguments checked by the caller).
     #[cfg(feature = "cuda")]
     pub(crate) fn cuda_backward_device(

@@ -145,6 +145,74 @@ impl Convolution {
         Ok(self.tensor(inner))
     }
 
+    /// Copies a filter `k: [H, K]` (f32) to this backend, for
+    /// [`prepare_filter_device`](Self::prepare_filter_device) (a training loop keeps `k` there and
+    /// updates it in place with its own kernels).
+    pub fn filter_tensor_from_host(&self, k: &[f32]) -> Result<DeviceTensor, ConvError> {
+        self.spec()
+            .check_filter_len(k.len())
+            .map_err(ConvError::from)?;
+        let inner = match self.backend() {
+            #[cfg(feature = "cpu")]
+            BackendKind::Cpu => TensorInner::Host(HostTensor::F32(k.to_vec())),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => TensorInner::Cuda(backend_cuda::CudaTensor::from_host(k)?),
+            #[cfg(feature = "vulkan")]
+            BackendKind::Vulkan => TensorInner::Vulkan(backend_vulkan::VulkanTensor::from_host(k)?),
+            #[allow(unreachable_patterns)]
+            other => return Err(no_tensors(other)),
+        };
+        Ok(DeviceTensor {
+            backend: self.backend(),
+            len: k.len(),
+            dtype: DType::F32,
+            inner,
+        })
+    }
+
+    /// The filter spectrum of `k: [H, K]` (f32) held on this backend
+    /// ([`filter_tensor_from_host`](Self::filter_tensor_from_host)): on CUDA computed on the GPU
+    /// without a host round trip (two filter rows share one transform there, so a non-finite value
+    /// makes its partner channel's spectrum non-finite too); on the CPU from host memory; on Vulkan
+    /// `k` is read back and prepared like [`prepare_filter`](Self::prepare_filter).
+    pub fn prepare_filter_device(&self, k: &DeviceTensor) -> Result<FilterSpectrum, ConvError> {
+        if k.backend != self.backend() {
+            return Err(ConvError::invalid(
+                "k",
+                format!(
+                    "tensor of backend {}, this convolution runs on {}",
+                    k.backend,
+                    self.backend()
+                ),
+            ));
+        }
+        if k.dtype != DType::F32 {
+            return Err(ConvError::DTypeMismatch {
+                arg: "k",
+                expected: DType::F32,
+                got: k.dtype,
+            });
+        }
+        self.spec()
+            .check_filter_len(k.len)
+            .map_err(ConvError::from)?;
+        match &k.inner {
+            #[cfg(feature = "cpu")]
+            TensorInner::Host(h) => {
+                self.prepare_filter(h.as_slice::<f32>().expect("dtype checked"))
+            }
+            #[cfg(feature = "cuda")]
+            TensorInner::Cuda(c) => self.cuda_prepare_filter_device(c),
+            #[cfg(feature = "vulkan")]
+            TensorInner::Vulkan(v) => {
+                let mut host = vec![0.0f32; k.len];
+                v.to_host(&mut host)?;
+                self.prepare_filter(&host)
+            }
+            TensorInner::Absent(never) => match *never {},
+        }
+    }
+
     /// Copies `tensor` into `out` (same dtype, `[B, H, L]`).
     pub fn tensor_to_host<T: Element + 'static>(
         &self,

@@ -473,6 +473,42 @@ fn concurrent_calls_agree(kind: BackendKind) {
 }
 
 /// Device-resident tensors give exactly the result of host slices; misuse is a typed error.
+/// A filter kept on the backend (`filter_tensor_from_host` + `prepare_filter_device`) gives the
+/// same outputs as one prepared from a host slice; misuse is a typed error.
+fn device_filter(kind: BackendKind) {
+    let seed = fresh_inputs();
+    for builder in [
+        ConvSpec::builder(3, 5, 700, 700),
+        ConvSpec::builder(2, 3, 5000, 60).keep_frequencies(0.4),
+    ] {
+        let spec = builder.build().unwrap();
+        let n = spec.io_len();
+        let conv = Convolution::new(spec.clone(), kind).unwrap();
+        let k = random_filter(spec.channels(), spec.filter_len());
+        let u: Vec<f32> = to_elements(&random_rounded(n, DType::F32));
+        let mut want = vec![f32::NAN; n];
+        conv.forward(&conv.prepare_filter(&k).unwrap(), &u, None, &mut want)
+            .unwrap();
+        let k_t = conv.filter_tensor_from_host(&k).unwrap();
+        assert_eq!((k_t.backend(), k_t.len()), (kind, k.len()));
+        let filter = conv.prepare_filter_device(&k_t).unwrap();
+        let mut got = vec![f32::NAN; n];
+        conv.forward(&filter, &u, None, &mut got).unwrap();
+        let err = relative_l2_error(&to_f64(&got), &to_f64(&want));
+        assert!(
+            err <= 1e-6,
+            "{kind}: device filter differs by {err:.2e} ({spec:?}, seed {seed})"
+        );
+        // Misuse: a short filter, an I/O tensor in place of a filter.
+        assert_eq!(
+            conv.filter_tensor_from_host(&k[1..]).unwrap_err().argument(),
+            Some("k")
+        );
+        let io = conv.tensor_from_host(&u).unwrap();
+        assert!(conv.prepare_filter_device(&io).is_err());
+    }
+}
+
 fn device_tensors(kind: BackendKind) {
     fn typed<T: Element + 'static>(kind: BackendKind, spec: ConvSpec) {
         let seed = fresh_inputs();
@@ -555,6 +591,7 @@ fn random_shapes(kind: BackendKind) {
 backend_suites!([
     random_shapes,
     device_tensors,
+    device_filter,
     causal,
     circular,
     gated,
