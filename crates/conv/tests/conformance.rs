@@ -501,7 +501,9 @@ fn device_filter(kind: BackendKind) {
         );
         // Misuse: a short filter, an I/O tensor in place of a filter.
         assert_eq!(
-            conv.filter_tensor_from_host(&k[1..]).unwrap_err().argument(),
+            conv.filter_tensor_from_host(&k[1..])
+                .unwrap_err()
+                .argument(),
             Some("k")
         );
         let io = conv.tensor_from_host(&u).unwrap();
