@@ -49,15 +49,8 @@ impl CudaFilterSpectrum {
 
     /// The spectrum as interleaved f32 (re, im) values, `[H, kept bins]` (for inspection).
     pub fn to_host(&self) -> Result<Vec<f32>, CudaError> {
-        let dev = device()?;
         let bytes = self.channels * self.geometry.kept_bins.min(self.geometry.n() / 2 + 1) * 8;
-        let mut host = vec![0u8; bytes];
-        if bytes > 0 {
-            dev.stream
-                .memcpy_dtoh(&self.buffer.slice(..bytes), &mut host)
-                .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
-            sync(&dev.stream)?;
-        }
+        let host = download(&device()?.stream, &self.buffer, bytes)?;
         Ok(host
             .chunks_exact(4)
             .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
@@ -140,15 +133,7 @@ impl CudaTensor {
                 ),
             ));
         }
-        let dev = device()?;
-        let n = std::mem::size_of_val(out);
-        let mut bytes = vec![0u8; n];
-        if n > 0 {
-            dev.stream
-                .memcpy_dtoh(&self.buffer.slice(..n), &mut bytes)
-                .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
-            sync(&dev.stream)?;
-        }
+        let bytes = download(&device()?.stream, &self.buffer, std::mem::size_of_val(out))?;
         copy_from_bytes(&bytes, out);
         Ok(())
     }
@@ -277,6 +262,22 @@ impl Drop for SettleOnExit {
     fn drop(&mut self) {
         let _ = self.0.synchronize();
     }
+}
+
+/// The first `bytes` of `buffer`, copied to the host once `stream`'s earlier work is done.
+pub(crate) fn download(
+    stream: &Arc<CudaStream>,
+    buffer: &CudaSlice<u8>,
+    bytes: usize,
+) -> Result<Vec<u8>, CudaError> {
+    let mut host = vec![0u8; bytes];
+    if bytes > 0 {
+        stream
+            .memcpy_dtoh(&buffer.slice(..bytes), &mut host)
+            .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
+    }
+    sync(stream)?;
+    Ok(host)
 }
 
 pub(crate) fn sync(stream: &CudaStream) -> Result<(), CudaError> {

@@ -436,14 +436,7 @@ fn read_dk(
     bexec: &BackwardExecution,
     dk: &mut [f32],
 ) -> Result<(), CudaError> {
-    let bytes = std::mem::size_of_val(dk);
-    let mut host = vec![0u8; bytes];
-    if bytes > 0 {
-        stream
-            .memcpy_dtoh(&bexec.dk.slice(..bytes), &mut host)
-            .map_err(|e| CudaError::driver("cuMemcpyDtoH", e))?;
-    }
-    sync(stream)?;
+    let host = super::download(stream, &bexec.dk, std::mem::size_of_val(dk))?;
     copy_from_bytes(&host, dk);
     Ok(())
 }
