@@ -166,10 +166,21 @@ step test-conformance-vulkan timeout "$limit" "$here/tests/conv-conformance" vul
 step test-backward-vulkan timeout "$limit" "$here/tests/conv-backward" vulkan --test-threads 8
 step test-backend-vulkan-forward timeout "$limit" "$here/tests/backend-vulkan-forward" --test-threads 4
 step test-backend-vulkan-probe timeout "$limit" "$here/tests/backend-vulkan-probe" --nocapture
+# The tensor-core rounds (an experiment, off by default): the CUDA suites again with them on
+# (f16 and bf16 problems use them; f32 ones keep the f32 path).
+step test-backend-cuda-forward-tc timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
+    "$here/tests/backend-cuda-forward" --test-threads 2 --nocapture
+step test-conformance-cuda-tc timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
+    "$here/tests/conv-conformance" cuda --test-threads 8
+step test-backward-cuda-tc timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
+    "$here/tests/conv-backward" cuda --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
     # Results also land as JSON under $OUT/target/bench/.
     step bench-f16 timeout "$limit" env CARGO_TARGET_DIR="$OUT/target" "$here/bin/xtask" bench \
         --backend cuda,vulkan --dtype f16 --sizes 256..4M --backward --reps 3
+    step bench-tensor-cores timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
+        CARGO_TARGET_DIR="$OUT/target-tc" "$here/bin/xtask" bench --backend cuda \
+        --dtype f16 --sizes 256..4M --backward --reps 3
 fi
 if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
     # Tuning data for the CUDA kernels: a block-size sweep and ncu on the fused and column passes

@@ -6,6 +6,7 @@
 //   SHARED_POINTS              complex points of (dynamic) shared memory per block
 //   PAD                        1: one padding point after every 16 in shared memory
 //   THREADS                    threads per block
+//   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES  experiments (default 3, 0, 0; see below)
 //
 // Kernels (extern "C"):
 //   fftconv_fused            a whole on-chip block of the plan: load, forward FFT, pointwise
@@ -555,9 +556,296 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
     __syncthreads();
 }
 
+// ---- radix-16 rounds on the tensor cores (TENSOR_CORES=1, an experiment) ----------------------
+//
+// A round of four radix-2 stages is one 16-point DFT per item (line, group, j), the same
+// item a dif_round<4> / dit_round<4> thread takes. Here a warp takes eight items at once as a
+// 16 x 8 complex matrix X (row k = the item's point k, column = the item) and multiplies it by the
+// 16 x 16 DFT matrix on the tensor cores: mma.sync m16n8k16, f16 operands, f32 accumulation,
+// four products per tile (Re and Im of A times Re and Im of X). The DFT matrix carries the
+// digit reversal, so the result is exactly the radix-2 one up to rounding:
+//   forward (DIF, group size G = 16 q): Y[k'] = W_G^(j r) sum_k W_16^(k r) x[k q + j], r = bitrev4(k')
+//   inverse (DIT, span q = 2^g):        y[t q + j] = sum_k W_16^(-t r_k) W_G^(-j r_k) x[k q + j],
+//                                                    r_k = bitrev4(k)
+// Each tile is scaled by a power of two before the f16 conversion (its largest |Re| or |Im|
+// goes to [1, 2): block floating point, so the f16 operands keep f32's range) and unscaled after.
+// Only the products see f16 (~2^-11 relative per round); twiddles and accumulation stay f32, so
+// the host enables it for f16 and bf16 I/O only.
+#ifndef TENSOR_CORES
+#define TENSOR_CORES 0
+#endif
+#if TENSOR_CORES
+#if (THREADS % 32) != 0
+#error "TENSOR_CORES needs whole warps: THREADS must be a multiple of 32"
+#endif
+
+// |v| and max(a, b) without the math library (NaN ordering does not matter here).
+__device__ __forceinline__ float abs_f(float v) { return bits_float(float_bits(v) & 0x7fffffffu); }
+__device__ __forceinline__ float max_f(float a, float b) { return a > b ? a : b; }
+
+#if defined(FFTCONV_HOST_EMULATION)
+// Host builds: the warp-level instructions are emulated with an exchange through static arrays
+// and __syncwarp (the harness runs each thread as a fiber), following the PTX ISA's fragment
+// layouts for mma.m16n8k16 (.row.col, f16 x f16 + f32).
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    _Float16 l = (_Float16)lo;
+    _Float16 h = (_Float16)hi;
+    u16 lb, hb;
+    __builtin_memcpy(&lb, &l, 2);
+    __builtin_memcpy(&hb, &h, 2);
+    return (u32)lb | ((u32)hb << 16);
+}
+__device__ __forceinline__ float f16_value(u32 bits) {
+    u16 b = (u16)bits;
+    _Float16 h;
+    __builtin_memcpy(&h, &b, 2);
+    return (float)h;
+}
+__device__ __forceinline__ void tc_syncwarp() { __syncwarp(); }
+static float emu_warp_value[THREADS];
+__device__ __forceinline__ float warp_max(float v) {
+    u32 warp_first = threadIdx.x & ~31u;
+    emu_warp_value[threadIdx.x] = v;
+    __syncwarp();
+    float m = v;
+    for (u32 l = 0; l < 32u; l++) {
+        m = max_f(m, emu_warp_value[warp_first + l]);
+    }
+    __syncwarp();
+    return m;
+}
+static u32 emu_mma_a[THREADS][4];
+static u32 emu_mma_b[THREADS][2];
+// d = A (16 x 16) * B (16 x 8) + c. Fragments (lane = 4 group + tig): A element i at row
+// group + 8 ((i >> 1) & 1), column 2 tig + (i & 1) + 8 (i >> 2); B element i at row
+// 2 tig + (i & 1) + 8 (i >> 1), column group; C/D element i at row group + 8 (i >> 1), column
+// 2 tig + (i & 1). Element 2m is the low half of register m.
+__device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 b[2],
+                                          const float c[4]) {
+    u32 warp_first = threadIdx.x & ~31u;
+    for (int r = 0; r < 4; r++) {
+        emu_mma_a[threadIdx.x][r] = a[r];
+    }
+    emu_mma_b[threadIdx.x][0] = b[0];
+    emu_mma_b[threadIdx.x][1] = b[1];
+    __syncwarp();
+    float A[16][16];
+    float B[16][8];
+    for (u32 l = 0; l < 32u; l++) {
+        u32 grp = l >> 2;
+        u32 tig = l & 3u;
+        for (u32 i = 0; i < 8u; i++) {
+            u32 word = emu_mma_a[warp_first + l][i >> 1];
+            A[grp + 8u * ((i >> 1) & 1u)][2u * tig + (i & 1u) + 8u * (i >> 2)] =
+                f16_value((i & 1u) != 0u ? word >> 16 : word & 0xffffu);
+        }
+        for (u32 i = 0; i < 4u; i++) {
+            u32 word = emu_mma_b[warp_first + l][i >> 1];
+            B[2u * tig + (i & 1u) + 8u * (i >> 1)][grp] =
+                f16_value((i & 1u) != 0u ? word >> 16 : word & 0xffffu);
+        }
+    }
+    __syncwarp();
+    u32 lane = threadIdx.x & 31u;
+    for (u32 i = 0; i < 4u; i++) {
+        u32 row = (lane >> 2) + 8u * (i >> 1);
+        u32 col = 2u * (lane & 3u) + (i & 1u);
+        double acc = c[i];
+        for (u32 k = 0; k < 16u; k++) {
+            acc += (double)A[row][k] * (double)B[k][col];
+        }
+        d[i] = (float)acc;
+    }
+}
+#else
+// Packs two f32 as f16 (rounded to nearest even): lo in bits 0..15, hi in 16..31.
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ void tc_syncwarp() { asm volatile("bar.warp.sync 0xffffffff;" ::: "memory"); }
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int m = 16; m >= 1; m >>= 1) {
+        u32 o;
+        asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
+                     : "=r"(o)
+                     : "r"(float_bits(v)), "r"(m));
+        v = max_f(v, bits_float(o));
+    }
+    return v;
+}
+__device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 b[2],
+                                          const float c[4]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+#endif
+
+// A 16 x 16 complex DFT matrix as this lane's A fragments: Re, Im and -Im, f16.
+struct TcMatrix {
+    u32 re[4];
+    u32 im[4];
+    u32 neg_im[4];
+};
+
+// Forward: F[k', k] = W_16^(k bitrev4(k')); inverse: F[t, k] = W_16^(-t bitrev4(k)).
+__device__ __forceinline__ TcMatrix tc_matrix(const Params& pc, const Buffers& bf, bool inverse) {
+    u32 lane = threadIdx.x & 31u;
+    TcMatrix a;
+#pragma unroll
+    for (u32 r = 0; r < 4u; r++) {
+        float re[2], im[2];
+#pragma unroll
+        for (u32 h = 0; h < 2u; h++) {
+            u32 i = 2u * r + h;
+            u32 row = (lane >> 2) + 8u * ((i >> 1) & 1u);
+            u32 col = 2u * (lane & 3u) + (i & 1u) + 8u * (i >> 2);
+            u32 e = inverse ? 16u - ((row * bit_reverse(col, 4u)) & 15u)
+                            : col * bit_reverse(row, 4u);
+            cpx w = root(pc, bf, e, 4u);
+            re[h] = w.x;
+            im[h] = w.y;
+        }
+        a.re[r] = pack_f16x2(re[0], re[1]);
+        a.im[r] = pack_f16x2(im[0], im[1]);
+        a.neg_im[r] = pack_f16x2(-im[0], -im[1]);
+    }
+    return a;
+}
+
+// The tile's scale: a power of two that takes its largest |component| into [1, 2), and back.
+// A tile of zeros, or one holding inf or NaN, is not scaled (NaN and inf propagate).
+__device__ __forceinline__ void tc_scales(const cpx x[4], float& scale, float& unscale) {
+    float m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m = max_f(m, max_f(abs_f(x[i].x), abs_f(x[i].y)));
+    }
+    m = warp_max(m);
+    u32 e = (float_bits(m) >> 23) & 0xffu;
+    bool scaled = e >= 1u && e <= 253u;
+    scale = scaled ? bits_float((254u - e) << 23) : 1.0f;
+    unscale = scaled ? bits_float(e << 23) : 1.0f;
+}
+
+// Y = F X for this lane's B fragment x (rows 2 tig, 2 tig + 1, 2 tig + 8, 2 tig + 9 of one
+// column): d_re / d_im are its D fragment (rows group, group + 8; columns 2 tig, 2 tig + 1).
+__device__ __forceinline__ void tc_product(const TcMatrix& a, const cpx x[4], float d_re[4],
+                                           float d_im[4], float& unscale) {
+    float scale;
+    tc_scales(x, scale, unscale);
+    u32 b_re[2] = {pack_f16x2(x[0].x * scale, x[1].x * scale),
+                   pack_f16x2(x[2].x * scale, x[3].x * scale)};
+    u32 b_im[2] = {pack_f16x2(x[0].y * scale, x[1].y * scale),
+                   pack_f16x2(x[2].y * scale, x[3].y * scale)};
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_16816(d_re, a.re, b_re, zero);
+    mma_16816(d_re, a.neg_im, b_im, d_re);
+    mma_16816(d_im, a.re, b_im, zero);
+    mma_16816(d_im, a.im, b_re, d_im);
+    // Every lane has read its points (they fed the products) before any lane overwrites them.
+    tc_syncwarp();
+}
+
+// Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-4) on every group, as dif_round<4>.
+__device__ void tc_dif_round(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+                             u32 m_log2, u32 gl) {
+    u32 tiles = 1u << (m_log2 + pc.lines_log2 - 7u); // eight items per tile
+    u32 q_log2 = gl - 4u;
+    u32 lane = threadIdx.x & 31u;
+    u32 grp = lane >> 2;
+    u32 tig = lane & 3u;
+    for (u32 t = threadIdx.x >> 5; t < tiles; t += THREADS / 32) {
+        u32 i0 = group_base(8u * t + grp, m_log2, gl, 4);
+        cpx x[4];
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            u32 k = 2u * tig + (i & 1u) + 8u * (i >> 1);
+            x[i] = s[SIDX(i0 + (k << q_log2))];
+        }
+        float d_re[4], d_im[4], unscale;
+        tc_product(a, x, d_re, d_im, unscale);
+#pragma unroll
+        for (u32 c = 0; c < 2u; c++) {
+            u32 i0c = group_base(8u * t + 2u * tig + c, m_log2, gl, 4);
+            u32 j = i0c & ((1u << q_log2) - 1u);
+#pragma unroll
+            for (u32 r = 0; r < 2u; r++) {
+                u32 kk = grp + 8u * r;
+                cpx w = root(pc, bf, j * bit_reverse(kk, 4u), gl);
+                cpx v = mk(d_re[2u * r + c] * unscale, d_im[2u * r + c] * unscale);
+                s[SIDX(i0c + (kk << q_log2))] = cmul(v, w);
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Inverse (DIT) stages with spans 2^g .. 2^(g+3) on every group, as dit_round<4>.
+__device__ void tc_dit_round(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+                             u32 m_log2, u32 g) {
+    u32 gl = g + 4u;
+    u32 tiles = 1u << (m_log2 + pc.lines_log2 - 7u);
+    u32 lane = threadIdx.x & 31u;
+    u32 grp = lane >> 2;
+    u32 tig = lane & 3u;
+    for (u32 t = threadIdx.x >> 5; t < tiles; t += THREADS / 32) {
+        u32 i0 = group_base(8u * t + grp, m_log2, gl, 4);
+        u32 j = i0 & ((1u << g) - 1u);
+        cpx x[4];
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            u32 k = 2u * tig + (i & 1u) + 8u * (i >> 1);
+            cpx w = conj_c(root(pc, bf, j * bit_reverse(k, 4u), gl));
+            x[i] = cmul(s[SIDX(i0 + (k << g))], w);
+        }
+        float d_re[4], d_im[4], unscale;
+        tc_product(a, x, d_re, d_im, unscale);
+#pragma unroll
+        for (u32 c = 0; c < 2u; c++) {
+            u32 i0c = group_base(8u * t + 2u * tig + c, m_log2, gl, 4);
+#pragma unroll
+            for (u32 r = 0; r < 2u; r++) {
+                u32 tt = grp + 8u * r;
+                s[SIDX(i0c + (tt << g))] =
+                    mk(d_re[2u * r + c] * unscale, d_im[2u * r + c] * unscale);
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Whether a transform of this block can run its radix-16 rounds on the tensor cores: lines of
+// at least 16 points and whole tiles (items a multiple of eight). Uniform over the block.
+__device__ __forceinline__ bool tc_usable(const Params& pc, u32 m_log2) {
+    return m_log2 >= 4u && m_log2 + pc.lines_log2 >= 7u;
+}
+#endif
+
 // Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
 __device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
     u32 gl = m_log2; // log2 of the group size of the next round
+#if TENSOR_CORES
+    if (tc_usable(pc, m_log2)) {
+        TcMatrix a = tc_matrix(pc, bf, false);
+        for (; gl >= 4u; gl -= 4u) {
+            tc_dif_round(s, pc, bf, a, m_log2, gl);
+        }
+        if (gl == 3u) {
+            dif_round<3>(s, pc, bf, m_log2, gl);
+        } else if (gl == 2u) {
+            dif_round<2>(s, pc, bf, m_log2, gl);
+        } else if (gl == 1u) {
+            dif_round<1>(s, pc, bf, m_log2, gl);
+        }
+        return;
+    }
+#endif
 #if MAX_RADIX_LOG2 >= 4
     for (; gl >= 4u; gl -= 4u) {
         dif_round<4>(s, pc, bf, m_log2, gl);
@@ -582,6 +870,23 @@ __device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_l
 // Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
 __device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
     u32 g = 0u; // log2 of the span of the next stage
+#if TENSOR_CORES
+    if (tc_usable(pc, m_log2)) {
+        u32 first = m_log2 & 3u; // stages before the radix-16 rounds
+        if (first == 3u) {
+            dit_round<3>(s, pc, bf, m_log2, 0u);
+        } else if (first == 2u) {
+            dit_round<2>(s, pc, bf, m_log2, 0u);
+        } else if (first == 1u) {
+            dit_round<1>(s, pc, bf, m_log2, 0u);
+        }
+        TcMatrix a = tc_matrix(pc, bf, true);
+        for (g = first; g < m_log2; g += 4u) {
+            tc_dit_round(s, pc, bf, a, m_log2, g);
+        }
+        return;
+    }
+#endif
     u32 rest = m_log2 % (u32)MAX_RADIX_LOG2;
 #if MAX_RADIX_LOG2 >= 4
     if (rest == 3u) {

@@ -31,6 +31,11 @@ pub const RADIX_ENV: &str = "FFTCONV_CUDA_RADIX_LOG2";
 /// Environment variable: `1` makes the fused pass locate each line's segments once per block (a
 /// shared table) instead of once per point; an experiment for timing on a GPU (unmeasured so far).
 pub const SEGMENT_TABLE_ENV: &str = "FFTCONV_CUDA_SEGMENT_TABLE";
+/// Environment variable: `1` runs the radix-16 rounds of f16 and bf16 problems on the tensor
+/// cores (`mma.sync` m16n8k16, f16 operands with a power-of-two scale per tile, f32
+/// accumulation; compute capability 8.0 or newer); an experiment for timing on a GPU
+/// (unmeasured so far). f32 problems keep the f32 path.
+pub const TENSOR_CORES_ENV: &str = "FFTCONV_CUDA_TENSOR_CORES";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -149,12 +154,16 @@ impl CudaDevice {
             _ => 3,
         };
         let segment_table = std::env::var(SEGMENT_TABLE_ENV).is_ok_and(|v| v.trim() == "1");
+        let tensor_cores = std::env::var(TENSOR_CORES_ENV).is_ok_and(|v| v.trim() == "1")
+            && dtype != DType::F32
+            && self.info.compute_capability.0 >= 8;
         let key = KernelKey {
             dtype,
             shared_points,
             threads,
             radix_log2,
             segment_table,
+            tensor_cores,
             pad: pad
                 && (shared_points as usize) * 8 * 17 / 16
                     <= self.info.shared_memory_per_block_optin,
@@ -185,6 +194,7 @@ impl CudaDevice {
             format!("-DTHREADS={threads}"),
             format!("-DMAX_RADIX_LOG2={}", key.radix_log2),
             format!("-DSEGMENT_TABLE={}", u32::from(key.segment_table)),
+            format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
         ];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
         let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
@@ -249,6 +259,7 @@ struct KernelKey {
     threads: u32,
     radix_log2: u32,
     segment_table: bool,
+    tensor_cores: bool,
     pad: bool,
 }
 

@@ -1,19 +1,25 @@
 //! The CUDA kernels' algorithm checked without a GPU: `kernels/fftconv.cu` is compiled as host
 //! C++ (`tests/emulation/shim.h` supplies the CUDA vocabulary, `tests/emulation/harness.cpp` runs
-//! the launches block after block on one thread), driven by the pass schedule, parameters, grid
-//! and buffer bindings the backend uses (`src/convolution.rs`, `src/convolution/backward.rs`:
-//! host I/O through compact chunk buffers), and compared with the f64 oracles. f32 I/O only (the
-//! f16 conversions are PTX); races between GPU threads are out of reach of a one-thread run.
+//! the launches block after block), driven by the pass schedule, parameters, grid and buffer
+//! bindings the backend uses (`src/convolution.rs`, `src/convolution/backward.rs`: host I/O
+//! through compact chunk buffers), and compared with the f64 oracles. f32 I/O only (the f16
+//! conversions are PTX).
 //!
 //! Each test covers one shared-memory size (4096, 64 and 16 points: plans with 0, 1 and 2
-//! global column passes) with fixed cases (causal, circular, gated, partial with several
-//! overlap-save blocks, frequency-sparse, chunked rows) and a few random ones: the forward, the
-//! backward's step schedule (`du`, `dk`, gate gradients), and where the backend runs it on an
-//! sm_90 device (one-pass plans, one block per row) the fused backward kernel.
+//! global column passes) and one block size (`THREADS`) with fixed cases (causal, circular,
+//! gated, partial with several overlap-save blocks, frequency-sparse, chunked rows) and a few
+//! random ones: the forward, the backward's step schedule (`du`, `dk`, gate gradients), and
+//! where the backend runs it on an sm_90 device (one-pass plans, one block per row) the fused
+//! backward kernel. Block sizes: one thread (each block one call, barriers no-ops: the algorithm
+//! alone), and real ones (each thread a fiber, POSIX ucontext, scheduled cooperatively at
+//! `__syncthreads()` and `__syncwarp()`: the work split between threads, missing or misplaced
+//! barriers, divergent barriers). Races within a round (between two barriers) stay out of reach: a fiber runs from
+//! one barrier to the next without interruption.
 //!
 //! Beyond the results, the harness fails a run when a kernel writes outside a buffer or beyond
-//! its launch's dynamic shared memory; buffers the kernels should write before reading (outputs,
-//! intermediate spectra, shared memory per block) start as NaN, so reading them early shows.
+//! its launch's dynamic shared memory, or when the threads of a block (or warp) do not all reach
+//! the same barriers; buffers the kernels should write before reading (outputs, intermediate
+//! spectra, dynamic shared memory per block) start as NaN, so reading them early shows.
 //!
 //! Environment:
 //! - `CXX`: the C++ compiler (otherwise the first of `c++`, `g++`, `clang++` that runs); without
@@ -38,6 +44,15 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Relative L2 error allowed against the f64 oracle (f32 I/O and compute).
 const TOLERANCE: f64 = 1e-5;
+/// The tolerance of the tensor-core variant (`-DTENSOR_CORES=1`): its radix-16 rounds multiply
+/// f16 operands (about 2^-11 relative per round), so the f16 conformance tolerance; a wrong
+/// fragment layout or twiddle gives errors of order one.
+const TENSOR_CORE_TOLERANCE: f64 = 2e-3;
+
+thread_local! {
+    /// The tolerance `compare` applies: each test sets its own (tests run on their own threads).
+    static TEST_TOLERANCE: std::cell::Cell<f64> = const { std::cell::Cell::new(TOLERANCE) };
+}
 
 /// The emulated device's opt-in shared memory per block (sm_90: 227 KiB), which sizes the fused
 /// backward's blocks.
@@ -76,9 +91,10 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// Compiles the harness for `points` shared points (cached in the target's temporary directory,
-/// keyed by the compiler, the flags and the sources); `None` without a C++ compiler.
-fn build_harness(points: usize) -> Option<PathBuf> {
+/// Compiles the harness for `points` shared points and `threads` threads per block (cached in the
+/// target's temporary directory, keyed by the compiler, the flags and the sources); `None`
+/// without a C++ compiler.
+fn build_harness(points: usize, threads: usize, defines: &str) -> Option<PathBuf> {
     let Some(cxx) = compiler() else {
         assert!(
             std::env::var("FFTCONV_REQUIRE_EMULATION").as_deref() != Ok("1"),
@@ -99,13 +115,14 @@ fn build_harness(points: usize) -> Option<PathBuf> {
         "-Wno-unknown-pragmas",
         "-DIO_F32",
         "-DPAD=1",
-        "-DTHREADS=1",
     ]
     .map(String::from)
     .to_vec();
     flags.push(format!("-DSHARED_POINTS={points}"));
+    flags.push(format!("-DTHREADS={threads}"));
     flags.push(format!("-DSHARED_LIMIT_BYTES={SHARED_LIMIT_BYTES}"));
     flags.push(format!("-DFFTCONV_KERNEL=\"{kernel_str}\""));
+    flags.extend(defines.split_whitespace().map(String::from));
     if let Ok(extra) = std::env::var("FFTCONV_EMULATION_CXXFLAGS") {
         flags.extend(extra.split_whitespace().map(String::from));
     }
@@ -114,7 +131,7 @@ fn build_harness(points: usize) -> Option<PathBuf> {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulation");
     std::fs::create_dir_all(&out_dir).expect("create the harness directory");
     let exe = out_dir.join(format!(
-        "harness-{points}-{:016x}{}",
+        "harness-{points}-{threads}-{:016x}{}",
         hasher.finish(),
         std::env::consts::EXE_SUFFIX
     ));
@@ -140,26 +157,29 @@ fn build_harness(points: usize) -> Option<PathBuf> {
     );
     std::fs::rename(&partial, &exe).expect("move the harness into place");
     println!(
-        "built the {points}-point harness with {} in {:.2?}",
+        "built the {points}-point {threads}-thread harness with {} in {:.2?}",
         cxx.join(" "),
         start.elapsed()
     );
     Some(exe)
 }
 
-/// The harness for `points`, built once per process.
-fn harness(points: usize) -> Option<PathBuf> {
+/// The harness for `points`, `threads` and extra `defines` (e.g. `-DTENSOR_CORES=1`), built
+/// once per process.
+fn harness(points: usize, threads: usize, defines: &'static str) -> Option<PathBuf> {
     type Cell = Arc<OnceLock<Option<PathBuf>>>;
-    static BUILDS: OnceLock<Mutex<HashMap<usize, Cell>>> = OnceLock::new();
+    type Builds = Mutex<HashMap<(usize, usize, &'static str), Cell>>;
+    static BUILDS: OnceLock<Builds> = OnceLock::new();
     let cell = Arc::clone(
         BUILDS
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(points)
+            .entry((points, threads, defines))
             .or_default(),
     );
-    cell.get_or_init(|| build_harness(points)).clone()
+    cell.get_or_init(|| build_harness(points, threads, defines))
+        .clone()
 }
 
 // ---- programs for the harness (see the format in harness.cpp) ------------------------------------
@@ -491,11 +511,12 @@ fn compare(what: &str, got: &[f32], want: &[f64]) -> Result<f64, String> {
         ));
     }
     let err = relative_l2_error(&f64s(got), want);
-    if err <= TOLERANCE {
+    let tolerance = TEST_TOLERANCE.get();
+    if err <= tolerance {
         Ok(err)
     } else {
         Err(format!(
-            "{what}: relative L2 error {err:.2e} > {TOLERANCE:.0e}"
+            "{what}: relative L2 error {err:.2e} > {tolerance:.0e}"
         ))
     }
 }
@@ -815,10 +836,24 @@ fn cases(want_passes: usize, random: usize, rng: &mut StdRng) -> Vec<Case> {
     cases
 }
 
-/// Runs every case at `points` shared points, forward and backward; panics listing the failures.
-fn check_all(test: &str, points: usize, want_passes: usize) {
+/// Runs every case at `points` shared points with `threads` threads per block, forward and
+/// backward; panics listing the failures.
+fn check_all(test: &str, points: usize, threads: usize, want_passes: usize) {
+    check_variant(test, points, threads, "", TOLERANCE, want_passes);
+}
+
+/// `check_all` for kernels built with extra `defines`, compared with `tolerance`.
+fn check_variant(
+    test: &str,
+    points: usize,
+    threads: usize,
+    defines: &'static str,
+    tolerance: f64,
+    want_passes: usize,
+) {
     let start = Instant::now();
-    let Some(harness) = harness(points) else {
+    TEST_TOLERANCE.set(tolerance);
+    let Some(harness) = harness(points, threads, defines) else {
         println!("skipped {test}: no C++ compiler");
         return;
     };
@@ -827,7 +862,7 @@ fn check_all(test: &str, points: usize, want_passes: usize) {
         .map(|s| s.parse::<u64>().expect("FFTCONV_EMULATION_SEED is a u64"))
         .unwrap_or_else(|| rand::rng().random());
     println!("{test}: seed {seed} (FFTCONV_EMULATION_SEED={seed} reproduces it)");
-    let mut rng = StdRng::seed_from_u64(seed ^ points as u64);
+    let mut rng = StdRng::seed_from_u64(seed ^ points as u64 ^ ((threads as u64 - 1) << 32));
     let mut failures = Vec::new();
     for (i, c) in cases(want_passes, 4, &mut rng).into_iter().enumerate() {
         let prep = Prepared::new(&c.spec, points, c.chunk_elems);
@@ -889,17 +924,86 @@ fn check_all(test: &str, points: usize, want_passes: usize) {
     );
 }
 
+// One thread per block (THREADS=1): every round's items run in turn, barriers are no-ops.
+
 #[test]
 fn one_fused_pass_4096_points() {
-    check_all("one_fused_pass_4096_points", 4096, 0);
+    check_all("one_fused_pass_4096_points", 4096, 1, 0);
 }
 
 #[test]
 fn one_column_pass_64_points() {
-    check_all("one_column_pass_64_points", 64, 1);
+    check_all("one_column_pass_64_points", 64, 1, 1);
 }
 
 #[test]
 fn two_column_passes_16_points() {
-    check_all("two_column_passes_16_points", 16, 2);
+    check_all("two_column_passes_16_points", 16, 1, 2);
+}
+
+// Real block sizes: each thread a fiber, barriers waiting for the block (or warp). 4096 points
+// run the backend's default (a sixteenth of the points, 256 .. 1024); the small sizes, whose
+// blocks hold 16 or 64 points, run a warp or two (the backend's 256 would leave most threads
+// idle), and 48 threads (not a multiple of 32: a partial last warp, rounds whose items do not
+// divide evenly).
+
+#[test]
+fn one_fused_pass_4096_points_256_threads() {
+    check_all("one_fused_pass_4096_points_256_threads", 4096, 256, 0);
+}
+
+#[test]
+fn one_column_pass_64_points_64_threads() {
+    check_all("one_column_pass_64_points_64_threads", 64, 64, 1);
+}
+
+#[test]
+fn one_column_pass_64_points_48_threads() {
+    check_all("one_column_pass_64_points_48_threads", 64, 48, 1);
+}
+
+#[test]
+fn two_column_passes_16_points_32_threads() {
+    check_all("two_column_passes_16_points_32_threads", 16, 32, 2);
+}
+
+// The tensor-core rounds (`-DTENSOR_CORES=1`, f16 operands, warp-wide mma emulated on the
+// fibers). They need tiles of eight 16-point items, so blocks of at least 128 points: fused
+// 4096-point blocks (three radix-16 rounds each way), and one column pass at 256 and 128 points
+// (16- and 32-point column lines, 256- and 128-point fused blocks).
+
+#[test]
+fn tensor_cores_one_fused_pass_4096_points_256_threads() {
+    check_variant(
+        "tensor_cores_one_fused_pass_4096_points_256_threads",
+        4096,
+        256,
+        "-DTENSOR_CORES=1",
+        TENSOR_CORE_TOLERANCE,
+        0,
+    );
+}
+
+#[test]
+fn tensor_cores_one_column_pass_256_points_64_threads() {
+    check_variant(
+        "tensor_cores_one_column_pass_256_points_64_threads",
+        256,
+        64,
+        "-DTENSOR_CORES=1",
+        TENSOR_CORE_TOLERANCE,
+        1,
+    );
+}
+
+#[test]
+fn tensor_cores_one_column_pass_128_points_32_threads() {
+    check_variant(
+        "tensor_cores_one_column_pass_128_points_32_threads",
+        128,
+        32,
+        "-DTENSOR_CORES=1",
+        TENSOR_CORE_TOLERANCE,
+        1,
+    );
 }

@@ -2,7 +2,7 @@
 // `tests/emulation.rs`. Build (the test does it):
 //
 //   c++ -std=c++17 -O1 -Wno-unknown-pragmas -include shim.h -DIO_F32 -DPAD=1
-//       -DSHARED_POINTS=<p> -DTHREADS=1 -DSHARED_LIMIT_BYTES=<opt-in shared memory per block>
+//       -DSHARED_POINTS=<p> -DTHREADS=<t> -DSHARED_LIMIT_BYTES=<opt-in shared memory per block>
 //       -DFFTCONV_KERNEL='"<path>/fftconv.cu"' harness.cpp
 //
 // Usage: harness <program> <outputs>. The program (native-endian u32 words) is a tiny script
@@ -20,15 +20,27 @@
 //
 // Kernel ids: 0 fused, 1 columns forward, 2 columns inverse, 3 gather, 4 taps sum, 5 fused
 // backward. The grid is the backend's (`launch_function` in src/convolution.rs):
-// ceil(total_lines / 2^lines_log2) blocks. The block-wide kernels (0-2, 5) run one thread per
-// block (THREADS=1); gather and taps sum (one thread per element, no barriers) run their
-// 2^lines_log2 threads one after another.
+// ceil(total_lines / 2^lines_log2) blocks. Gather and taps sum (one thread per element, no
+// barriers) run their 2^lines_log2 threads one after another. The block-wide kernels (0-2, 5) run
+// THREADS threads per block (blockDim.x = THREADS):
+// - THREADS=1: one call per block (the barriers are no-ops, see shim.h);
+// - THREADS>1: one fiber per thread (POSIX ucontext; a FIBER_STACK_BYTES stack each, 64 KiB
+//   unless defined, above a guard page, allocated once and reused by every block), scheduled
+//   cooperatively on this one host thread. A fiber runs until it reaches a barrier or finishes; then the next runnable one runs.
+//   `__syncthreads()` waits for all THREADS threads, `__syncwarp()` for the lanes of the caller's
+//   warp (the last warp may be partial), independently of each other. The fibers are scanned in
+//   ascending thread order after even block barriers and descending after odd ones (the parity
+//   flipped on odd blocks), so a round reading what a missing barrier leaves unfinished shows up
+//   whichever side (lower or higher threads) it reads from.
 //
 // Checks beyond the results: every buffer has guard words on both sides, checked after each
 // command (a kernel writing outside its buffers fails the run); shared memory is NaN before each
 // block (a read of anything the block did not write shows up as NaN), and guard points after the
-// launch's dynamic shared bytes are checked after each block. Exit status: 0 ok, 2 bad program
-// or I/O, 3 guard damaged.
+// launch's dynamic shared bytes are checked after each block; with fibers, a barrier some threads
+// of the block (or warp) can never reach fails the run: a thread finishing while others wait at
+// a barrier it did not pass, a thread reaching a barrier after another finished, or no runnable
+// fiber left (threads waiting at different barriers). Exit status: 0 ok, 2 bad program or I/O,
+// 3 guard damaged, 4 barrier divergence.
 
 #include <cinttypes>
 #include <climits>
@@ -39,6 +51,12 @@
 #include <cstring>
 #include <vector>
 
+#if THREADS > 1
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+#endif
+
 #ifndef FFTCONV_KERNEL
 #error "define FFTCONV_KERNEL as the quoted path of kernels/fftconv.cu"
 #endif
@@ -47,7 +65,7 @@
 #if !defined(SHARED_POINTS) || !defined(PAD) || !defined(THREADS) || !defined(SHARED_LIMIT_BYTES)
 #error "define SHARED_POINTS, PAD and THREADS as for the device build, and SHARED_LIMIT_BYTES"
 #endif
-static_assert(THREADS == 1, "the host emulation runs one thread per block (THREADS=1)");
+static_assert(THREADS >= 1 && THREADS <= 1024, "THREADS is 1..1024 as on the device");
 // The ABI the test writes; a change in the kernel file must be mirrored in tests/emulation.rs.
 static_assert(sizeof(Params) == 20 * 4, "Params is twenty u32");
 static_assert(sizeof(Buffers) == 13 * sizeof(void*), "Buffers is thirteen pointers");
@@ -60,7 +78,7 @@ const size_t SMEM_POINTS = (SHARED_POINTS + (PAD ? SHARED_POINTS / 16 : 0)) > SH
                                ? (SHARED_POINTS + (PAD ? SHARED_POINTS / 16 : 0))
                                : SHARED_LIMIT_BYTES / 8;
 const size_t SMEM_GUARD = 256;
-cpx smem[SMEM_POINTS + SMEM_GUARD];
+thread_local cpx smem[SMEM_POINTS + SMEM_GUARD]; // `extern __shared__` is `thread_local` (shim.h)
 
 namespace {
 
@@ -109,6 +127,200 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
 const bool PER_THREAD[] = {false, false, false, true, true, false};
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
 
+#if THREADS > 1
+// ---- fibers: the THREADS threads of a block -----------------------------------------------------
+
+#ifndef FIBER_STACK_BYTES
+#define FIBER_STACK_BYTES (64 * 1024)
+#endif
+
+namespace fibers {
+
+enum State : unsigned char { READY, AT_BLOCK, AT_WARP, DONE };
+const u32 WARP = 32;
+const u32 WARPS = (THREADS + WARP - 1) / WARP;
+
+ucontext_t scheduler;        // the harness's own context (run_block)
+ucontext_t context[THREADS]; // per thread: where it resumes
+State state[THREADS];
+bool started = false;        // stacks and contexts set up
+bool running = false;        // inside run_block (the per-thread kernels run without fibers)
+u32 current = 0;             // the fiber running (its threadIdx.x)
+u32 at_block = 0;            // threads waiting at __syncthreads
+u32 at_warp[WARPS];          // per warp: lanes waiting at __syncwarp
+u32 done = 0;                // threads finished
+u32 passed = 0;              // block barriers passed by this block
+// The launch the fibers run, and where (for messages).
+Kernel kernel = nullptr;
+Params pc;
+Buffers bf;
+Divisors dv;
+const char* name = "";
+size_t command = 0;
+u32 block = 0;
+
+u32 lanes(u32 w) { return THREADS - w * WARP < WARP ? THREADS - w * WARP : WARP; }
+
+[[noreturn]] void divergence(const char* what) {
+    u32 waiting = 0;
+    for (u32 w = 0; w < WARPS; w++) {
+        waiting += at_warp[w];
+    }
+    std::fprintf(stderr,
+                 "harness: command %zu (%s), block %u (%u threads): barrier divergence: %s "
+                 "(after %u block barriers: %u threads at __syncthreads, %u at __syncwarp, %u "
+                 "finished)\n",
+                 command, name, block, (unsigned)THREADS, what, passed, at_block, waiting, done);
+    std::exit(4);
+}
+
+// Back to the scheduler; the fiber resumes here when it is scheduled again.
+void yield() {
+    if (swapcontext(&context[current], &scheduler) != 0) {
+        fail(2, "swapcontext failed");
+    }
+}
+
+// A fiber's life: the block kernel for every block it is scheduled for.
+void fiber_main() {
+    for (;;) {
+        kernel(pc, bf, dv);
+        u32 t = current;
+        state[t] = DONE;
+        done++;
+        char what[160];
+        if (at_block > 0) {
+            std::snprintf(what, sizeof what,
+                          "thread %u finished while other threads wait at __syncthreads", t);
+            divergence(what);
+        }
+        if (at_warp[t / WARP] > 0) {
+            std::snprintf(what, sizeof what,
+                          "thread %u finished while lanes of its warp %u wait at __syncwarp", t,
+                          t / WARP);
+            divergence(what);
+        }
+        yield();
+    }
+}
+
+// The stacks (each above a guard page, so an overflow faults) and contexts, once per run.
+void start() {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t stack = ((size_t)FIBER_STACK_BYTES + page - 1) / page * page;
+    size_t each = page + stack;
+    void* map = mmap(nullptr, each * THREADS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+    if (map == MAP_FAILED) {
+        fail(2, "cannot allocate the fiber stacks");
+    }
+    char* base = (char*)map;
+    for (u32 t = 0; t < THREADS; t++) {
+        char* low = base + t * each;
+        if (mprotect(low, page, PROT_NONE) != 0 || getcontext(&context[t]) != 0) {
+            fail(2, "cannot set up the fibers");
+        }
+        context[t].uc_stack.ss_sp = low + page;
+        context[t].uc_stack.ss_size = stack;
+        context[t].uc_link = nullptr; // fiber_main never returns
+        makecontext(&context[t], fiber_main, 0);
+    }
+    started = true;
+}
+
+// Runs all THREADS threads of the current block to their end.
+void run_block() {
+    if (!started) {
+        start();
+    }
+    for (u32 t = 0; t < THREADS; t++) {
+        state[t] = READY;
+    }
+    for (u32 w = 0; w < WARPS; w++) {
+        at_warp[w] = 0;
+    }
+    at_block = done = passed = 0;
+    running = true;
+    while (done < THREADS) {
+        bool descending = ((passed + block) & 1u) != 0u;
+        bool ran = false;
+        for (u32 k = 0; k < THREADS; k++) {
+            u32 t = descending ? THREADS - 1u - k : k;
+            if (state[t] != READY) {
+                continue;
+            }
+            current = t;
+            threadIdx = EmuDim3{t, 0u, 0u};
+            if (swapcontext(&scheduler, &context[t]) != 0) {
+                fail(2, "swapcontext failed");
+            }
+            ran = true;
+        }
+        if (!ran && done < THREADS) {
+            divergence("no thread can run (threads wait at barriers the others never reach)");
+        }
+    }
+    running = false;
+}
+
+// A barrier outside the fibers: in a kernel the harness runs as one call per thread.
+void outside(const char* barrier) {
+    if (!running) {
+        std::fprintf(stderr,
+                     "harness: command %zu (%s): %s in a kernel run one thread after another "
+                     "(no fibers: see PER_THREAD)\n",
+                     command, name, barrier);
+        std::exit(4);
+    }
+}
+
+void block_barrier() {
+    outside("__syncthreads");
+    u32 t = current;
+    if (done > 0) {
+        char what[160];
+        std::snprintf(what, sizeof what,
+                      "thread %u reached __syncthreads after %u threads of the block finished", t,
+                      done);
+        divergence(what);
+    }
+    state[t] = AT_BLOCK;
+    if (++at_block == THREADS) {
+        for (u32 i = 0; i < THREADS; i++) {
+            state[i] = READY;
+        }
+        at_block = 0;
+        passed++;
+    }
+    yield();
+}
+
+void warp_barrier() {
+    outside("__syncwarp");
+    u32 t = current;
+    u32 w = t / WARP;
+    for (u32 i = w * WARP; i < w * WARP + lanes(w); i++) {
+        if (state[i] == DONE) {
+            char what[160];
+            std::snprintf(what, sizeof what,
+                          "thread %u reached __syncwarp after lane %u of its warp finished", t,
+                          i - w * WARP);
+            divergence(what);
+        }
+    }
+    state[t] = AT_WARP;
+    if (++at_warp[w] == lanes(w)) {
+        for (u32 i = w * WARP; i < w * WARP + lanes(w); i++) {
+            state[i] = READY;
+        }
+        at_warp[w] = 0;
+    }
+    yield();
+}
+
+} // namespace fibers
+#endif
+
 void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, size_t command) {
     if (shared_bytes % 8u != 0u || shared_bytes / 8u > SMEM_POINTS) {
         fail(2, "dynamic shared memory beyond SHARED_LIMIT_BYTES");
@@ -128,18 +340,35 @@ void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, s
     u64 x = groups < (u64)INT_MAX ? groups : (u64)INT_MAX;
     u64 y = (groups + x - 1u) / x;
     gridDim = EmuDim3{(unsigned)x, (unsigned)y, 1u};
-    u32 threads = PER_THREAD[kernel] ? (u32)per_block : 1u;
+    u32 threads = PER_THREAD[kernel] ? (u32)per_block : (u32)THREADS;
     blockDim = EmuDim3{threads, 1u, 1u};
+    // Per block: one call per thread in turn (per-thread kernels, or THREADS=1), or the fibers.
+    const bool as_fibers = !PER_THREAD[kernel] && THREADS > 1;
+    const u32 calls = as_fibers ? 0u : PER_THREAD[kernel] ? threads : 1u;
+#if THREADS > 1
+    fibers::kernel = KERNELS[kernel];
+    fibers::pc = pc;
+    fibers::bf = bf;
+    fibers::dv = dv;
+    fibers::name = NAMES[kernel];
+    fibers::command = command;
+#endif
     for (u64 by = 0; by < y; by++) {
         for (u64 bx = 0; bx < x; bx++) {
             blockIdx = EmuDim3{(unsigned)bx, (unsigned)by, 0u};
             for (size_t i = 0; i < shared + SMEM_GUARD; i++) {
                 smem[i] = i < shared ? mk(NAN, NAN) : mk(canary, canary);
             }
-            for (u32 t = 0; t < threads; t++) {
+            for (u32 t = 0; t < calls; t++) {
                 threadIdx = EmuDim3{t, 0u, 0u};
                 KERNELS[kernel](pc, bf, dv);
             }
+#if THREADS > 1
+            if (as_fibers) {
+                fibers::block = (u32)(bx + by * x);
+                fibers::run_block();
+            }
+#endif
             for (size_t i = shared; i < shared + SMEM_GUARD; i++) {
                 if (float_bits(smem[i].x) != CANARY || float_bits(smem[i].y) != CANARY) {
                     std::fprintf(stderr,
@@ -167,6 +396,11 @@ void check_guards(std::vector<Buffer>& buffers, size_t command) {
 }
 
 } // namespace
+
+#if THREADS > 1
+void emu_syncthreads() { fibers::block_barrier(); }
+void emu_syncwarp() { fibers::warp_barrier(); }
+#endif
 
 int main(int argc, char** argv) {
     if (argc != 3) {

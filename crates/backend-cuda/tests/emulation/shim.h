@@ -1,14 +1,33 @@
 // shim.h: the CUDA vocabulary `kernels/fftconv.cu` uses, for compiling it as host C++ (included
-// first, with `-include`). Each block runs on one host thread: the kernels are built with
-// THREADS=1, so every `for (i = threadIdx.x; i < n; i += THREADS)` loop runs all of a round's
-// work items in turn, and `__syncthreads()` has nothing to wait for (the items of one round
-// between two barriers are independent). The harness sets blockIdx/gridDim (and threadIdx for
-// the one-thread-per-element kernels) before each call.
+// first, with `-include`), and the hooks by which the harness (`harness.cpp`) runs a block's
+// threads.
+//
+// THREADS is the block size the kernels are built for (as on the device, 1..1024):
+// - THREADS=1: each block runs on one host thread, no fibers. Every
+//   `for (i = threadIdx.x; i < n; i += THREADS)` loop runs all of a round's work items in turn,
+//   and the barriers have nothing to wait for (the items of one round between two barriers are
+//   independent).
+// - THREADS>1: each CUDA thread of a block is a fiber, scheduled cooperatively on one host thread
+//   by the harness. `__syncthreads()` and `__syncwarp()` are the only points where a fiber hands
+//   over; the harness sets `threadIdx` each time it switches into a fiber (one runs at a time).
+// The harness sets blockIdx/gridDim/blockDim (and threadIdx for the one-thread-per-element
+// kernels, which run as a plain loop) before each call.
+//
+// `__shared__` is `thread_local`: a `__shared__` variable declared in a kernel (such as the fused
+// pass's `segment_table`) then has one instance for all the fibers of the block (block-scope
+// `thread_local` has static storage, one per host thread), and `extern __shared__ cpx smem[]`
+// (the dynamic shared memory) stays a declaration, defined by the harness (as `thread_local`
+// too). Plain `static` would do for the first but not for `extern __shared__` ("conflicting
+// specifiers").
 //
 // FFTCONV_HOST_EMULATION makes the kernel file use portable code instead of its PTX `asm`
 // (bit casts, bit reversal, multiply-high, read-only loads). The f16 conversions stay PTX, so
 // only IO_F32 builds on the host.
 #pragma once
+
+#if !defined(THREADS) || THREADS < 1 || THREADS > 1024
+#error "define THREADS (threads per block, 1..1024) as for the device build"
+#endif
 
 #define FFTCONV_HOST_EMULATION 1
 
@@ -16,7 +35,7 @@
 #define __global__
 #define __forceinline__ inline
 #define __launch_bounds__(threads)
-#define __shared__
+#define __shared__ thread_local
 
 struct EmuDim3 {
     unsigned x, y, z;
@@ -26,4 +45,19 @@ inline EmuDim3 blockIdx{0, 0, 0};
 inline EmuDim3 blockDim{1, 1, 1};
 inline EmuDim3 gridDim{1, 1, 1};
 
+#if THREADS == 1
 inline void __syncthreads() {}
+inline void __syncwarp(unsigned mask = 0xffffffffu) { (void)mask; }
+#else
+// Defined by the harness: the calling fiber waits until every thread of the block (emu_syncthreads)
+// or of its warp (emu_syncwarp: threads 32w .. min(32w + 31, THREADS - 1)) has arrived.
+void emu_syncthreads();
+void emu_syncwarp();
+
+inline void __syncthreads() { emu_syncthreads(); }
+// All lanes of the warp take part; `mask` is not checked (the kernels pass the full mask).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    (void)mask;
+    emu_syncwarp();
+}
+#endif
