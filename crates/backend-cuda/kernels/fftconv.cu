@@ -827,85 +827,232 @@ __device__ __forceinline__ bool tc_usable(const Params& pc, u32 m_log2) {
 }
 #endif
 
+// The group size (log2) of a transform's finest round: the forward's last round and the
+// inverse's first (both combine points 1 .. 2^(R-1) apart), which the fused pass runs as one
+// register round around the pointwise product (`middle_round`). 0 for lines of one point.
+__device__ __forceinline__ u32 finest_round_log2(const Params& pc, u32 m_log2) {
+    (void)pc;
+    if (m_log2 == 0u) {
+        return 0u;
+    }
+#if TENSOR_CORES
+    if (tc_usable(pc, m_log2)) {
+        return (m_log2 & 3u) == 0u ? 4u : (m_log2 & 3u);
+    }
+#endif
+    u32 r = m_log2 % (u32)MAX_RADIX_LOG2;
+    return r == 0u ? (u32)MAX_RADIX_LOG2 : r;
+}
+
 // Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
-__device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
+// Stops before the round with group size 2^stop_log2 when stop_log2 is finest_round_log2 (the
+// caller runs it), or runs every round when it is 0.
+__device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
+                            u32 stop_log2 = 0u) {
     u32 gl = m_log2; // log2 of the group size of the next round
 #if TENSOR_CORES
     if (tc_usable(pc, m_log2)) {
         TcMatrix a = tc_matrix(pc, bf, false);
-        for (; gl >= 4u; gl -= 4u) {
+        for (; gl >= 4u && gl > stop_log2; gl -= 4u) {
             tc_dif_round(s, pc, bf, a, m_log2, gl);
         }
-        if (gl == 3u) {
-            dif_round<3>(s, pc, bf, m_log2, gl);
-        } else if (gl == 2u) {
-            dif_round<2>(s, pc, bf, m_log2, gl);
-        } else if (gl == 1u) {
-            dif_round<1>(s, pc, bf, m_log2, gl);
+        if (gl > stop_log2) {
+            if (gl == 3u) {
+                dif_round<3>(s, pc, bf, m_log2, gl);
+            } else if (gl == 2u) {
+                dif_round<2>(s, pc, bf, m_log2, gl);
+            } else if (gl == 1u) {
+                dif_round<1>(s, pc, bf, m_log2, gl);
+            }
         }
         return;
     }
 #endif
 #if MAX_RADIX_LOG2 >= 4
-    for (; gl >= 4u; gl -= 4u) {
+    for (; gl >= 4u && gl > stop_log2; gl -= 4u) {
         dif_round<4>(s, pc, bf, m_log2, gl);
     }
-    if (gl == 3u) {
+    if (gl == 3u && gl > stop_log2) {
         dif_round<3>(s, pc, bf, m_log2, gl);
         gl = 0u;
     }
 #else
-    for (; gl >= 3u; gl -= 3u) {
+    for (; gl >= 3u && gl > stop_log2; gl -= 3u) {
         dif_round<3>(s, pc, bf, m_log2, gl);
     }
 #endif
-    if (gl == 2u) {
+    if (gl == 2u && gl > stop_log2) {
         dif_round<2>(s, pc, bf, m_log2, gl);
     }
-    if (gl == 1u) {
+    if (gl == 1u && gl > stop_log2) {
         dif_round<1>(s, pc, bf, m_log2, gl);
     }
 }
 
-// Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
-__device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2) {
-    u32 g = 0u; // log2 of the span of the next stage
+// Inverse (unscaled), decimation in time: bit-reversed order in, natural out. Starts at span
+// 2^g0: g0 is 0 (every round) or finest_round_log2 (the caller ran the finest round).
+__device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
+                            u32 g0 = 0u) {
+    u32 g = g0; // log2 of the span of the next stage
 #if TENSOR_CORES
     if (tc_usable(pc, m_log2)) {
-        u32 first = m_log2 & 3u; // stages before the radix-16 rounds
-        if (first == 3u) {
-            dit_round<3>(s, pc, bf, m_log2, 0u);
-        } else if (first == 2u) {
-            dit_round<2>(s, pc, bf, m_log2, 0u);
-        } else if (first == 1u) {
-            dit_round<1>(s, pc, bf, m_log2, 0u);
+        if (g == 0u) {
+            u32 first = m_log2 & 3u; // stages before the radix-16 rounds
+            if (first == 3u) {
+                dit_round<3>(s, pc, bf, m_log2, 0u);
+            } else if (first == 2u) {
+                dit_round<2>(s, pc, bf, m_log2, 0u);
+            } else if (first == 1u) {
+                dit_round<1>(s, pc, bf, m_log2, 0u);
+            }
+            g = first;
         }
         TcMatrix a = tc_matrix(pc, bf, true);
-        for (g = first; g < m_log2; g += 4u) {
+        for (; g < m_log2; g += 4u) {
             tc_dit_round(s, pc, bf, a, m_log2, g);
         }
         return;
     }
 #endif
-    u32 rest = m_log2 % (u32)MAX_RADIX_LOG2;
+    if (g == 0u) {
+        u32 rest = m_log2 % (u32)MAX_RADIX_LOG2;
 #if MAX_RADIX_LOG2 >= 4
-    if (rest == 3u) {
-        dit_round<3>(s, pc, bf, m_log2, g);
-        g += 3u;
-    }
+        if (rest == 3u) {
+            dit_round<3>(s, pc, bf, m_log2, g);
+            g += 3u;
+        }
 #endif
-    if (rest == 1u) {
-        dit_round<1>(s, pc, bf, m_log2, g);
-        g += 1u;
-    }
-    if (rest == 2u) {
-        dit_round<2>(s, pc, bf, m_log2, g);
-        g += 2u;
+        if (rest == 1u) {
+            dit_round<1>(s, pc, bf, m_log2, g);
+            g += 1u;
+        }
+        if (rest == 2u) {
+            dit_round<2>(s, pc, bf, m_log2, g);
+            g += 2u;
+        }
     }
     while (g < m_log2) {
         dit_round<MAX_RADIX_LOG2>(s, pc, bf, m_log2, g);
         g += (u32)MAX_RADIX_LOG2;
     }
+}
+
+// The pointwise product's factor at position pos of pair `pair` (point p of its line of 2^m_log2
+// points): the filter bin of its frequency (conjugated for the adjoint), or for the filter
+// gradient (FLAG_CORRELATE) conj(other) / N. `kept` is false, and the factor 0, where frequency
+// sparsity drops the bin. Position pos = sum_s M_{s+1} p_s + p holds frequency
+// f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
+__device__ __forceinline__ cpx product_factor(const Params& pc, const Buffers& bf,
+                                              const Divisors& dv, u32 pair, u32 pos, u32 p,
+                                              u32 m_log2, bool& kept) {
+    u32 n = 1u << pc.log2n;
+    u32 f = 0u;
+    u32 weight_log2 = 0u;
+    u32 shift = pc.log2n;
+    for (u32 st = 0u; st < pc.stage_count; st++) {
+        u32 bits = (pc.stage_bits >> (5u * st)) & 31u;
+        shift -= bits;
+        u32 digit = (pos >> shift) & ((1u << bits) - 1u);
+        f += bit_reverse(digit, bits) << weight_log2;
+        weight_log2 += bits;
+    }
+    f += bit_reverse(p, m_log2) << weight_log2;
+    kept = bin_kept(pc, f);
+    if (!kept) {
+        return mk(0.0f, 0.0f);
+    }
+    if ((pc.flags & FLAG_CORRELATE) != 0u) {
+        cpx o = conj_c(bf.other[(u64)pair * n + pos]);
+        float inv_n = 1.0f / (float)n;
+        return mk(o.x * inv_n, o.y * inv_n);
+    }
+    cpx factor = filter_bin(pc, bf, udiv(pair, dv.pairs), f);
+    return (pc.flags & FLAG_CONJ_FILTER) != 0u ? conj_c(factor) : factor;
+}
+
+// 1: the fused pass runs the forward's finest round, the pointwise product and the inverse's
+// finest round as one register round (an experiment, selected by the host with -DMIDDLE_ROUND=1).
+#ifndef MIDDLE_ROUND
+#define MIDDLE_ROUND 0
+#endif
+
+// The finest forward round (group size 2^R, twiddles all 1), the product and the finest inverse
+// round on each group of 2^R consecutive points, in registers. A group whose bins frequency
+// sparsity all drops is not loaded or transformed: its points are set to 0.
+template <int R>
+__device__ void middle_round(cpx* s, const Params& pc, const Buffers& bf, const Divisors& dv,
+                             u32 first_line, u32 m_log2) {
+    u32 items = 1u << (m_log2 + pc.lines_log2 - R);
+    u32 m = 1u << m_log2;
+    u32 pair_lines_log2 = pc.log2n - m_log2;
+    for (u32 it = threadIdx.x; it < items; it += THREADS) {
+        u32 i0 = it << R;
+        u32 line = first_line + (i0 >> m_log2);
+        if (line >= pc.total_lines) {
+            continue; // padding lines of the last block: never stored
+        }
+        u32 pair = line >> pair_lines_log2;
+        u32 p0 = i0 & (m - 1u);
+        u32 pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;
+        cpx factor[1 << R];
+        bool any = false;
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            bool kept;
+            factor[k] = product_factor(pc, bf, dv, pair, pos0 + (u32)k, p0 + (u32)k, m_log2, kept);
+            any = any || kept;
+        }
+        cpx x[1 << R];
+        if (!any) {
+#pragma unroll
+            for (int k = 0; k < (1 << R); k++) {
+                s[SIDX(i0 + (u32)k)] = mk(0.0f, 0.0f);
+            }
+            continue;
+        }
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            x[k] = s[SIDX(i0 + (u32)k)];
+        }
+        // Forward (DIF) stages with spans 2^(R-1) .. 1, as dif_round<R> at gl = R (j = 0).
+#pragma unroll
+        for (int t = 0; t < R; t++) {
+            const int half_k = 1 << (R - 1 - t);
+#pragma unroll
+            for (int k = 0; k < (1 << R); k++) {
+                if ((k & half_k) == 0) {
+                    cpx a = x[k];
+                    cpx b = x[k + half_k];
+                    x[k] = cadd(a, b);
+                    x[k + half_k] = mul_w16(csub(a, b), (k & (half_k - 1)) << (4 - R + t));
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            x[k] = cmul(x[k], factor[k]);
+        }
+        // Inverse (DIT) stages with spans 1 .. 2^(R-1), as dit_round<R> at g = 0 (j = 0).
+#pragma unroll
+        for (int t = 0; t < R; t++) {
+            const int half_k = 1 << t;
+#pragma unroll
+            for (int k = 0; k < (1 << R); k++) {
+                if ((k & half_k) == 0) {
+                    int c = k & (half_k - 1);
+                    cpx cc = mul_w16(x[k + half_k], 16 - (c << (3 - t)));
+                    cpx a = x[k];
+                    x[k] = cadd(a, cc);
+                    x[k + half_k] = csub(a, cc);
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            s[SIDX(i0 + (u32)k)] = x[k];
+        }
+    }
+    __syncthreads();
 }
 
 // The block's index in a 2-D grid.
@@ -974,50 +1121,38 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         s[SIDX(i)] = v;
     }
     __syncthreads();
-    if ((pc.flags & FLAG_NO_FORWARD) == 0u) {
-        fft_forward(s, pc, bf, m_log2);
-    }
     // Forward only (FLAG_NO_INVERSE): the spectrum is stored as it is, for a later pass.
     bool forward_only = (pc.flags & FLAG_NO_INVERSE) != 0u;
+    bool no_forward = (pc.flags & FLAG_NO_FORWARD) != 0u;
+    // With MIDDLE_ROUND, the forward's finest round, the product and the inverse's finest round
+    // run as one register round (no shared-memory round trip between them).
+    u32 middle = MIDDLE_ROUND && !forward_only && !no_forward ? finest_round_log2(pc, m_log2) : 0u;
+    if (!no_forward) {
+        fft_forward(s, pc, bf, m_log2, middle);
+    }
     if (!forward_only) {
-        // Pointwise product. Position pos = sum_s M_{s+1} p_s + p holds frequency
-        // f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
-        for (u32 i = threadIdx.x; i < points; i += THREADS) {
-            u32 line = first_line + (i >> m_log2);
-            if (line < pc.total_lines) {
-                u32 pair = line >> pair_lines_log2;
-                u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
-                u32 f = 0u;
-                u32 weight_log2 = 0u;
-                u32 shift = pc.log2n;
-                for (u32 st = 0u; st < pc.stage_count; st++) {
-                    u32 bits = (pc.stage_bits >> (5u * st)) & 31u;
-                    shift -= bits;
-                    u32 digit = (pos >> shift) & ((1u << bits) - 1u);
-                    f += bit_reverse(digit, bits) << weight_log2;
-                    weight_log2 += bits;
+        if (middle == 1u) {
+            middle_round<1>(s, pc, bf, dv, first_line, m_log2);
+        } else if (middle == 2u) {
+            middle_round<2>(s, pc, bf, dv, first_line, m_log2);
+        } else if (middle == 3u) {
+            middle_round<3>(s, pc, bf, dv, first_line, m_log2);
+        } else if (middle == 4u) {
+            middle_round<4>(s, pc, bf, dv, first_line, m_log2);
+        } else {
+            for (u32 i = threadIdx.x; i < points; i += THREADS) {
+                u32 line = first_line + (i >> m_log2);
+                if (line < pc.total_lines) {
+                    u32 pair = line >> pair_lines_log2;
+                    u32 pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+                    bool kept;
+                    cpx factor = product_factor(pc, bf, dv, pair, pos, i & (m - 1u), m_log2, kept);
+                    s[SIDX(i)] = cmul(s[SIDX(i)], factor);
                 }
-                f += bit_reverse(i & (m - 1u), m_log2) << weight_log2;
-                cpx factor;
-                if ((pc.flags & FLAG_CORRELATE) != 0u) {
-                    if (bin_kept(pc, f)) {
-                        cpx o = conj_c(bf.other[(u64)pair * n + pos]);
-                        float inv_n = 1.0f / (float)n;
-                        factor = mk(o.x * inv_n, o.y * inv_n);
-                    } else {
-                        factor = mk(0.0f, 0.0f);
-                    }
-                } else {
-                    factor = filter_bin(pc, bf, udiv(pair, dv.pairs), f);
-                    if ((pc.flags & FLAG_CONJ_FILTER) != 0u) {
-                        factor = conj_c(factor);
-                    }
-                }
-                s[SIDX(i)] = cmul(s[SIDX(i)], factor);
             }
+            __syncthreads();
         }
-        __syncthreads();
-        fft_inverse(s, pc, bf, m_log2);
+        fft_inverse(s, pc, bf, m_log2, middle);
     }
 
     for (u32 i = threadIdx.x; i < points; i += THREADS) {

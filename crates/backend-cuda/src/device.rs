@@ -36,6 +36,11 @@ pub const SEGMENT_TABLE_ENV: &str = "FFTCONV_CUDA_SEGMENT_TABLE";
 /// accumulation; compute capability 8.0 or newer); an experiment for timing on a GPU
 /// (unmeasured so far). f32 problems keep the f32 path.
 pub const TENSOR_CORES_ENV: &str = "FFTCONV_CUDA_TENSOR_CORES";
+/// Environment variable: `1` makes the fused pass run the forward's finest FFT round, the
+/// pointwise product and the inverse's finest round as one register round (two shared-memory
+/// round trips and a barrier fewer; groups whose bins frequency sparsity drops are skipped); an
+/// experiment for timing on a GPU (unmeasured so far).
+pub const MIDDLE_ROUND_ENV: &str = "FFTCONV_CUDA_MIDDLE_ROUND";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -157,6 +162,7 @@ impl CudaDevice {
         let tensor_cores = std::env::var(TENSOR_CORES_ENV).is_ok_and(|v| v.trim() == "1")
             && dtype != DType::F32
             && self.info.compute_capability.0 >= 8;
+        let middle_round = std::env::var(MIDDLE_ROUND_ENV).is_ok_and(|v| v.trim() == "1");
         let key = KernelKey {
             dtype,
             shared_points,
@@ -164,6 +170,7 @@ impl CudaDevice {
             radix_log2,
             segment_table,
             tensor_cores,
+            middle_round,
             pad: pad
                 && (shared_points as usize) * 8 * 17 / 16
                     <= self.info.shared_memory_per_block_optin,
@@ -195,6 +202,7 @@ impl CudaDevice {
             format!("-DMAX_RADIX_LOG2={}", key.radix_log2),
             format!("-DSEGMENT_TABLE={}", u32::from(key.segment_table)),
             format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
+            format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
         ];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
         let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
@@ -260,6 +268,7 @@ struct KernelKey {
     radix_log2: u32,
     segment_table: bool,
     tensor_cores: bool,
+    middle_round: bool,
     pad: bool,
 }
 
