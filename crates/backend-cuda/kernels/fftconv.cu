@@ -820,6 +820,173 @@ __device__ void tc_dit_round(cpx* s, const Params& pc, const Buffers& bf, const 
     __syncthreads();
 }
 
+// ---- radix-256 rounds: two radix-16 rounds chained in registers ----------------------------------
+//
+// Eight radix-2 stages on the 256 points {j + q (16 a + b)} (a, b < 16) of one item, one warp per
+// item: the points as a 16 x 16 matrix Z[a][b]. The first product contracts one index with the
+// DFT matrix; its D fragments (two 16 x 8 tiles) are, element for element in the same lane,
+// the B fragments of their transpose, so the second product contracts the other index without
+// going through shared memory. Per 256 points: one load and one store per point, 16 mma.
+
+// This lane's share of a 16 x 16 complex product F Z (two 16 x 8 tiles n = 0, 1): b[n][i] is
+// Z[2 tig + (i & 1) + 8 (i >> 1)][group + 8 n] (the B fragments); d[n][i] becomes
+// (F Z)[group + 8 (i >> 1)][2 tig + (i & 1) + 8 n] (the D fragments). One scale for the tile.
+__device__ __forceinline__ void tc_product16x16(const TcMatrix& a, const cpx b[2][4], cpx d[2][4]) {
+    float m = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            m = max_f(m, max_f(abs_f(b[n][i].x), abs_f(b[n][i].y)));
+        }
+    }
+    m = warp_max(m);
+    u32 e = (float_bits(m) >> 23) & 0xffu;
+    bool scaled = e >= 1u && e <= 253u;
+    float scale = scaled ? bits_float((254u - e) << 23) : 1.0f;
+    float unscale = scaled ? bits_float(e << 23) : 1.0f;
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+        u32 b_re[2] = {pack_f16x2(b[n][0].x * scale, b[n][1].x * scale),
+                       pack_f16x2(b[n][2].x * scale, b[n][3].x * scale)};
+        u32 b_im[2] = {pack_f16x2(b[n][0].y * scale, b[n][1].y * scale),
+                       pack_f16x2(b[n][2].y * scale, b[n][3].y * scale)};
+        float d_re[4], d_im[4];
+        mma_16816(d_re, a.re, b_re, zero);
+        mma_16816(d_re, a.neg_im, b_im, d_re);
+        mma_16816(d_im, a.re, b_im, zero);
+        mma_16816(d_im, a.im, b_re, d_im);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            d[n][i] = mk(d_re[i] * unscale, d_im[i] * unscale);
+        }
+    }
+    // Every lane has read its points (they fed the products) before any lane overwrites them.
+    tc_syncwarp();
+}
+
+// The B fragments of D^T from the D fragments of D (same lane).
+__device__ __forceinline__ void tc_transpose_fragments(const cpx d[2][4], cpx b[2][4]) {
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            b[n][i] = d[i >> 1][(i & 1) + 2 * n];
+        }
+    }
+}
+
+// Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-8) on every group: a radix-16 round at gl
+// (contracting a, twiddle W_G^((16 q b... see tc_dif_round) then one at gl - 4 (contracting b).
+__device__ void tc_dif_round256(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+                                u32 m_log2, u32 gl) {
+    u32 items = 1u << (m_log2 + pc.lines_log2 - 8u);
+    u32 q_log2 = gl - 8u;
+    u32 lane = threadIdx.x & 31u;
+    u32 grp = lane >> 2;
+    u32 tig = lane & 3u;
+    for (u32 it = threadIdx.x >> 5; it < items; it += THREADS / 32) {
+        u32 i0 = group_base(it, m_log2, gl, 8);
+        u32 j = i0 & ((1u << q_log2) - 1u);
+        cpx x[2][4], d[2][4];
+#pragma unroll
+        for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                u32 ra = 2u * tig + (i & 1u) + 8u * (i >> 1); // a (contracted first)
+                u32 cb = grp + 8u * n;                         // b
+                x[n][i] = s[SIDX(i0 + ((16u * ra + cb) << q_log2))];
+            }
+        }
+        tc_product16x16(a, x, d);
+        // d[n][i] = Y[a' = grp + 8 (i >> 1)][b = 2 tig + (i & 1) + 8 n], times W_G^((b q + j) r(a')).
+#pragma unroll
+        for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                u32 ka = grp + 8u * (i >> 1);
+                u32 cb = 2u * tig + (i & 1u) + 8u * n;
+                d[n][i] = cmul(d[n][i],
+                               root(pc, bf, ((cb << q_log2) + j) * bit_reverse(ka, 4u), gl));
+            }
+        }
+        tc_transpose_fragments(d, x);
+        tc_product16x16(a, x, d);
+        // d[n][i] = Y'[b' = grp + 8 (i >> 1)][a' = 2 tig + (i & 1) + 8 n], times
+        // W_{G/16}^(j r(b')), at j + q (16 a' + b').
+#pragma unroll
+        for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                u32 kb = grp + 8u * (i >> 1);
+                u32 ka = 2u * tig + (i & 1u) + 8u * n;
+                cpx v = d[n][i];
+                if (q_log2 != 0u) {
+                    v = cmul(v, root(pc, bf, j * bit_reverse(kb, 4u), gl - 4u));
+                }
+                s[SIDX(i0 + ((16u * ka + kb) << q_log2))] = v;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Inverse (DIT) stages with spans 2^g .. 2^(g+7) on every group: a radix-16 round at span g
+// (contracting b) then one at span g + 4 (contracting a), twiddles on their inputs.
+__device__ void tc_dit_round256(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+                                u32 m_log2, u32 g) {
+    u32 gl = g + 8u;
+    u32 items = 1u << (m_log2 + pc.lines_log2 - 8u);
+    u32 lane = threadIdx.x & 31u;
+    u32 grp = lane >> 2;
+    u32 tig = lane & 3u;
+    for (u32 it = threadIdx.x >> 5; it < items; it += THREADS / 32) {
+        u32 i0 = group_base(it, m_log2, gl, 8);
+        u32 j = i0 & ((1u << g) - 1u);
+        cpx x[2][4], d[2][4];
+#pragma unroll
+        for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                u32 kb = 2u * tig + (i & 1u) + 8u * (i >> 1); // b (contracted first)
+                u32 ka = grp + 8u * n;                         // a
+                cpx v = s[SIDX(i0 + ((16u * ka + kb) << g))];
+                if (g != 0u) {
+                    v = cmul(v, conj_c(root(pc, bf, j * bit_reverse(kb, 4u), g + 4u)));
+                }
+                x[n][i] = v;
+            }
+        }
+        tc_product16x16(a, x, d);
+        // d[n][i] = Z'[t_b = grp + 8 (i >> 1)][a = 2 tig + (i & 1) + 8 n], times
+        // conj(W_{256 q}^((t_b q + j) r(a))).
+#pragma unroll
+        for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                u32 tb = grp + 8u * (i >> 1);
+                u32 ka = 2u * tig + (i & 1u) + 8u * n;
+                d[n][i] = cmul(d[n][i],
+                               conj_c(root(pc, bf, ((tb << g) + j) * bit_reverse(ka, 4u), gl)));
+            }
+        }
+        tc_transpose_fragments(d, x);
+        tc_product16x16(a, x, d);
+        // d[n][i] = out[t_a = grp + 8 (i >> 1)][t_b = 2 tig + (i & 1) + 8 n], at j + q (16 t_a + t_b).
+#pragma unroll
+        for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                u32 ta = grp + 8u * (i >> 1);
+                u32 tb = 2u * tig + (i & 1u) + 8u * n;
+                s[SIDX(i0 + ((16u * ta + tb) << g))] = d[n][i];
+            }
+        }
+    }
+    __syncthreads();
+}
+
 // Whether a transform of this block can run its radix-16 rounds on the tensor cores: lines of
 // at least 16 points and whole tiles (items a multiple of eight). Uniform over the block.
 __device__ __forceinline__ bool tc_usable(const Params& pc, u32 m_log2) {
@@ -853,6 +1020,9 @@ __device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_l
 #if TENSOR_CORES
     if (tc_usable(pc, m_log2)) {
         TcMatrix a = tc_matrix(pc, bf, false);
+        for (; gl >= 8u && gl - 8u >= stop_log2; gl -= 8u) {
+            tc_dif_round256(s, pc, bf, a, m_log2, gl);
+        }
         for (; gl >= 4u && gl > stop_log2; gl -= 4u) {
             tc_dif_round(s, pc, bf, a, m_log2, gl);
         }
@@ -908,6 +1078,9 @@ __device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_l
             g = first;
         }
         TcMatrix a = tc_matrix(pc, bf, true);
+        for (; g + 8u <= m_log2; g += 8u) {
+            tc_dit_round256(s, pc, bf, a, m_log2, g);
+        }
         for (; g < m_log2; g += 4u) {
             tc_dit_round(s, pc, bf, a, m_log2, g);
         }
