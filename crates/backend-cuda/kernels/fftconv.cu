@@ -1110,15 +1110,10 @@ __device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_l
     }
 }
 
-// The pointwise product's factor at position pos of pair `pair` (point p of its line of 2^m_log2
-// points): the filter bin of its frequency (conjugated for the adjoint), or for the filter
-// gradient (FLAG_CORRELATE) conj(other) / N. `kept` is false, and the factor 0, where frequency
-// sparsity drops the bin. Position pos = sum_s M_{s+1} p_s + p holds frequency
+// Frequency held by position pos of a pair (point p of its line of 2^m_log2 points) after the
+// forward transform: position pos = sum_s M_{s+1} p_s + p holds frequency
 // f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
-__device__ __forceinline__ cpx product_factor(const Params& pc, const Buffers& bf,
-                                              const Divisors& dv, u32 pair, u32 pos, u32 p,
-                                              u32 m_log2, bool& kept) {
-    u32 n = 1u << pc.log2n;
+__device__ __forceinline__ u32 position_frequency(const Params& pc, u32 pos, u32 p, u32 m_log2) {
     u32 f = 0u;
     u32 weight_log2 = 0u;
     u32 shift = pc.log2n;
@@ -1129,18 +1124,43 @@ __device__ __forceinline__ cpx product_factor(const Params& pc, const Buffers& b
         f += bit_reverse(digit, bits) << weight_log2;
         weight_log2 += bits;
     }
-    f += bit_reverse(p, m_log2) << weight_log2;
+    return f + (bit_reverse(p, m_log2) << weight_log2);
+}
+
+// The pointwise product's factor at frequency f of pair `pair` of channel h (position pos): the
+// filter bin (conjugated for the adjoint), or for the filter gradient (FLAG_CORRELATE)
+// conj(other) / N. `kept` is false, and the factor 0, where frequency sparsity drops the bin.
+__device__ __forceinline__ cpx frequency_factor(const Params& pc, const Buffers& bf, u32 h,
+                                                u32 pair, u32 pos, u32 f, bool& kept) {
     kept = bin_kept(pc, f);
     if (!kept) {
         return mk(0.0f, 0.0f);
     }
     if ((pc.flags & FLAG_CORRELATE) != 0u) {
+        u32 n = 1u << pc.log2n;
         cpx o = conj_c(bf.other[(u64)pair * n + pos]);
         float inv_n = 1.0f / (float)n;
         return mk(o.x * inv_n, o.y * inv_n);
     }
-    cpx factor = filter_bin(pc, bf, udiv(pair, dv.pairs), f);
+    cpx factor = filter_bin(pc, bf, h, f);
     return (pc.flags & FLAG_CONJ_FILTER) != 0u ? conj_c(factor) : factor;
+}
+
+// The pointwise product's factor at position pos of pair `pair` (point p of its line).
+__device__ __forceinline__ cpx product_factor(const Params& pc, const Buffers& bf,
+                                              const Divisors& dv, u32 pair, u32 pos, u32 p,
+                                              u32 m_log2, bool& kept) {
+    return frequency_factor(pc, bf, udiv(pair, dv.pairs), pair, pos,
+                            position_frequency(pc, pos, p, m_log2), kept);
+}
+
+// bitrev(k) on R bits, for compile-time k (folds once loops are unrolled).
+__device__ __forceinline__ u32 reverse_small(u32 k, int r) {
+    u32 out = 0u;
+    for (int b = 0; b < r; b++) {
+        out |= ((k >> b) & 1u) << (r - 1 - b);
+    }
+    return out;
 }
 
 // 1: the fused pass runs the forward's finest round, the pointwise product and the inverse's
@@ -1167,12 +1187,17 @@ __device__ void middle_round(cpx* s, const Params& pc, const Buffers& bf, const 
         u32 pair = line >> pair_lines_log2;
         u32 p0 = i0 & (m - 1u);
         u32 pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;
+        // The group's points hold frequencies f0 + bitrev_R(k) N / 2^R (the low R bits of the
+        // position are the top R bits of the frequency).
+        u32 h = udiv(pair, dv.pairs);
+        u32 f0 = position_frequency(pc, pos0, p0, m_log2);
         cpx factor[1 << R];
         bool any = false;
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             bool kept;
-            factor[k] = product_factor(pc, bf, dv, pair, pos0 + (u32)k, p0 + (u32)k, m_log2, kept);
+            u32 f = f0 + (reverse_small((u32)k, R) << (pc.log2n - (u32)R));
+            factor[k] = frequency_factor(pc, bf, h, pair, pos0 + (u32)k, f, kept);
             any = any || kept;
         }
         cpx x[1 << R];
