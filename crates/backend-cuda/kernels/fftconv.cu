@@ -1253,6 +1253,152 @@ __device__ void middle_round(cpx* s, const Params& pc, const Buffers& bf, const 
     __syncthreads();
 }
 
+#if TENSOR_CORES
+// The middle round on the tensor cores (radix 16): a warp takes 16 groups of 16 consecutive
+// points as the A operand X^T (row = group, column = point), so Y^T = X^T F^T comes out as D
+// fragments that are, lane for lane, the A fragments of the next product: the filter factors
+// are applied to them in registers and Y^T Finv^T gives the inverse, with no shared-memory
+// round trip between the two transforms.
+
+// A 16 x 16 complex matrix as this lane's B fragments of its two 16 x 8 tiles.
+struct TcMatrixB {
+    u32 re[2][2];
+    u32 im[2][2];
+    u32 neg_im[2][2];
+};
+
+// Forward: B[k][k'] = F[k'][k] = W_16^(k bitrev4(k')); inverse: B[k'][t] = W_16^(-t bitrev4(k')).
+__device__ __forceinline__ TcMatrixB tc_matrix_b(const Params& pc, const Buffers& bf,
+                                                 bool inverse) {
+    u32 lane = threadIdx.x & 31u;
+    TcMatrixB b;
+#pragma unroll
+    for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+        for (u32 r = 0; r < 2u; r++) {
+            float re[2], im[2];
+#pragma unroll
+            for (u32 h = 0; h < 2u; h++) {
+                u32 row = 2u * (lane & 3u) + h + 8u * r;
+                u32 col = (lane >> 2) + 8u * n;
+                u32 e = inverse ? 16u - ((col * bit_reverse(row, 4u)) & 15u)
+                                : row * bit_reverse(col, 4u);
+                cpx w = root(pc, bf, e, 4u);
+                re[h] = w.x;
+                im[h] = w.y;
+            }
+            b.re[n][r] = pack_f16x2(re[0], re[1]);
+            b.im[n][r] = pack_f16x2(im[0], im[1]);
+            b.neg_im[n][r] = pack_f16x2(-im[0], -im[1]);
+        }
+    }
+    return b;
+}
+
+// D = A B for complex A (this lane's A fragment values a[i], i < 8) and B (two tiles):
+// d[n][i] = D[group + 8 (i >> 1)][2 tig + (i & 1) + 8 n]. One power-of-two scale for the tile.
+__device__ __forceinline__ void tc_product_a(const cpx a[8], const TcMatrixB& b, cpx d[2][4]) {
+    float m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        m = max_f(m, max_f(abs_f(a[i].x), abs_f(a[i].y)));
+    }
+    m = warp_max(m);
+    u32 e = (float_bits(m) >> 23) & 0xffu;
+    bool scaled = e >= 1u && e <= 253u;
+    float scale = scaled ? bits_float((254u - e) << 23) : 1.0f;
+    float unscale = scaled ? bits_float(e << 23) : 1.0f;
+    u32 a_re[4], a_im[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        a_re[r] = pack_f16x2(a[2 * r].x * scale, a[2 * r + 1].x * scale);
+        a_im[r] = pack_f16x2(a[2 * r].y * scale, a[2 * r + 1].y * scale);
+    }
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < 2; n++) {
+        float d_re[4], d_im[4];
+        mma_16816(d_re, a_re, b.re[n], zero);
+        mma_16816(d_re, a_im, b.neg_im[n], d_re);
+        mma_16816(d_im, a_re, b.im[n], zero);
+        mma_16816(d_im, a_im, b.re[n], d_im);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            d[n][i] = mk(d_re[i] * unscale, d_im[i] * unscale);
+        }
+    }
+}
+
+__device__ void tc_middle_round(cpx* s, const Params& pc, const Buffers& bf, const Divisors& dv,
+                                u32 first_line, u32 m_log2) {
+    TcMatrixB forward = tc_matrix_b(pc, bf, false);
+    TcMatrixB inverse = tc_matrix_b(pc, bf, true);
+    u32 tiles = 1u << (m_log2 + pc.lines_log2 - 8u); // 16 groups of 16 points per tile
+    u32 m = 1u << m_log2;
+    u32 pair_lines_log2 = pc.log2n - m_log2;
+    u32 lane = threadIdx.x & 31u;
+    u32 grp = lane >> 2;
+    u32 tig = lane & 3u;
+    for (u32 t = threadIdx.x >> 5; t < tiles; t += THREADS / 32) {
+        // A = X^T: element i is point 2 tig + (i & 1) + 8 (i >> 2) of group grp + 8 ((i >> 1) & 1).
+        cpx x[8];
+#pragma unroll
+        for (u32 i = 0; i < 8u; i++) {
+            u32 g = grp + 8u * ((i >> 1) & 1u);
+            u32 k = 2u * tig + (i & 1u) + 8u * (i >> 2);
+            x[i] = s[SIDX((((t << 4) + g) << 4) + k)];
+        }
+        cpx d[2][4];
+        tc_product_a(x, forward, d);
+        // d[n][i] = Y[group grp + 8 (i >> 1)][k' = 2 tig + (i & 1) + 8 n]: times the factor of
+        // frequency f0(group) + bitrev4(k') N / 16.
+#pragma unroll
+        for (u32 half = 0; half < 2u; half++) {
+            u32 i0 = ((t << 4) + grp + 8u * half) << 4;
+            u32 line = first_line + (i0 >> m_log2);
+            bool valid = line < pc.total_lines;
+            u32 pair = valid ? line >> pair_lines_log2 : 0u;
+            u32 p0 = i0 & (m - 1u);
+            u32 pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;
+            u32 h = udiv(pair, dv.pairs);
+            u32 f0 = position_frequency(pc, pos0, p0, m_log2);
+#pragma unroll
+            for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+                for (u32 c = 0; c < 2u; c++) {
+                    u32 kk = 2u * tig + c + 8u * n;
+                    bool kept;
+                    cpx factor = mk(0.0f, 0.0f);
+                    if (valid) {
+                        u32 f = f0 + (bit_reverse(kk, 4u) << (pc.log2n - 4u));
+                        factor = frequency_factor(pc, bf, h, pair, pos0 + kk, f, kept);
+                    }
+                    d[n][2u * half + c] = cmul(d[n][2u * half + c], factor);
+                }
+            }
+        }
+        // The A fragments of Y^T from its D fragments (same lane).
+#pragma unroll
+        for (u32 i = 0; i < 8u; i++) {
+            x[i] = d[i >> 2][(i & 1u) + 2u * ((i >> 1) & 1u)];
+        }
+        tc_product_a(x, inverse, d);
+        // Every lane has read its points before any lane overwrites them.
+        tc_syncwarp();
+#pragma unroll
+        for (u32 n = 0; n < 2u; n++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                u32 g = grp + 8u * (i >> 1);
+                u32 tt = 2u * tig + (i & 1u) + 8u * n;
+                s[SIDX((((t << 4) + g) << 4) + tt)] = d[n][i];
+            }
+        }
+    }
+    __syncthreads();
+}
+#endif
+
 // The block's index in a 2-D grid.
 __device__ __forceinline__ u32 block_index() { return blockIdx.x + blockIdx.y * gridDim.x; }
 
@@ -1336,7 +1482,15 @@ extern "C" __global__ void __launch_bounds__(THREADS)
         } else if (middle == 3u) {
             middle_round<3>(s, pc, bf, dv, first_line, m_log2);
         } else if (middle == 4u) {
+#if TENSOR_CORES
+            if (m_log2 + pc.lines_log2 >= 8u) {
+                tc_middle_round(s, pc, bf, dv, first_line, m_log2);
+            } else {
+                middle_round<4>(s, pc, bf, dv, first_line, m_log2);
+            }
+#else
             middle_round<4>(s, pc, bf, dv, first_line, m_log2);
+#endif
         } else {
             for (u32 i = threadIdx.x; i < points; i += THREADS) {
                 u32 line = first_line + (i >> m_log2);
