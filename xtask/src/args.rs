@@ -21,7 +21,19 @@ bench options:
   --backward       also time the backward pass (du, dk and, gated, the gate gradients) on
                    backends that have one: rows `<backend>:bw`, whose `vs base` column is
                    that backend's forward time / its backward time (0.40x: backward costs
-                   2.5x the forward); du is checked on sampled rows.
+                   2.5x the forward; a sparse row against the forward of the same fraction);
+                   du is checked on sampled rows.
+  --keep-frequencies LIST
+                   frequency-sparse problems: fractions F in (0, 1] of the filter's real-FFT
+                   bins to keep (ConvSpec::builder(..).keep_frequencies(F): ceil(F * N/2) bins
+                   rounded up to a multiple of N/16; all N/2 + 1 when that reaches N/2).
+                   Default 1 (dense only). Every backend row runs once per fraction, e.g.
+                   `1,0.25` to measure the speed-up at 75% sparsity; columns `keep` (F) and
+                   `bins` (the bins kept). The baselines (realfft, cufft) always run dense, so
+                   the `vs base` of a sparse row is the dense baseline time / the sparse time;
+                   `vs dense` is the same backend's dense (F = 1) time of that size and dtype /
+                   the sparse time (rows `<backend>:bw` against the dense backward), when
+                   that F = 1 row is in the same run.
   --mb MB          bytes each case moves (u read + y written + gates), in MB (10^6 bytes);
                    sets B*H. Default 256 (the default sweep takes about 30 s on 2 cores).
   --reps N         timed runs per case after one warm-up; the median is reported. Default 5
@@ -30,9 +42,11 @@ bench options:
 
 Shapes: rows = B*H = MB / (streams * L * dtype bytes), H = min(768, rows / min(8, rows)), B = rows / H
 (FlashFFTConv's shapes: long sizes shrink H, not B).
-Every result is checked against an f64 direct convolution on a few sampled rows; an error
-above the dtype tolerance (f32 1e-5, f16 2e-3, bf16 1.5e-2) or a NaN is marked FAIL and
-makes the command exit non-zero. Results also go to target/bench/latest.json.
+Every result is checked against an f64 direct convolution on a few sampled rows (sparse
+problems: the f64 band-limited reference with exactly the kept bins, as conv::reference
+defines it); an error above the dtype tolerance (f32 1e-5, f16 2e-3, bf16 1.5e-2) or a NaN
+is marked FAIL and makes the command exit non-zero. Results also go to
+target/bench/latest.json (fields keep_frequencies, bins_kept, speedup_vs_dense included).
 GPU backends: cargo run --release -p xtask --features cuda,vulkan -- bench ...
 ";
 
@@ -46,6 +60,8 @@ pub struct BenchOptions {
     /// Also time the backward pass.
     pub backward: bool,
     pub mb: f64,
+    /// Fractions of the filter's frequency bins to keep (1: dense), each in `(0, 1]`.
+    pub keep_frequencies: Vec<f64>,
     /// `None`: 5, or 3 for cases whose warm-up takes over a second.
     pub reps: Option<usize>,
 }
@@ -65,6 +81,7 @@ impl BenchOptions {
         let mut backward = false;
         let mut mb = None;
         let mut reps = None;
+        let mut keep_frequencies = None;
         let mut quick = false;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -104,6 +121,9 @@ impl BenchOptions {
                     }
                     reps = Some(n);
                 }
+                "--keep-frequencies" | "--keep-frequency" => {
+                    keep_frequencies = Some(parse_fractions(&value(name)?)?)
+                }
                 "--quick" => quick = true,
                 "-h" | "--help" => return Ok(None),
                 other => return Err(format!("unknown option `{other}`")),
@@ -120,6 +140,7 @@ impl BenchOptions {
             gated,
             backward,
             mb: mb.unwrap_or(if quick { QUICK_MB } else { DEFAULT_MB }),
+            keep_frequencies: keep_frequencies.unwrap_or_else(|| vec![1.0]),
             reps: reps.or(if quick { Some(REDUCED_REPS) } else { None }),
         }))
     }
@@ -153,6 +174,30 @@ fn parse_backends(s: &str) -> Result<Vec<BackendKind>, String> {
         return Ok(all_backends().to_vec());
     }
     parse_list(s, "backend")
+}
+
+/// `--keep-frequencies`: comma-separated fractions in `(0, 1]`, duplicates dropped (first
+/// occurrence kept), e.g. `1,0.25`.
+pub fn parse_fractions(s: &str) -> Result<Vec<f64>, String> {
+    let mut out: Vec<f64> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let f: f64 = part
+            .parse()
+            .map_err(|_| format!("--keep-frequencies: bad fraction `{part}`"))?;
+        // NaN compares false: rejected here too.
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(format!(
+                "--keep-frequencies: `{part}` is not a fraction F with 0 < F <= 1"
+            ));
+        }
+        if !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    if out.is_empty() {
+        return Err("empty --keep-frequencies list".into());
+    }
+    Ok(out)
 }
 
 /// `4096`, `4K`, `4k`, `1M`.
@@ -238,6 +283,7 @@ mod tests {
         assert!(o.gated);
         assert_eq!(o.reps, Some(2));
         assert_eq!(o.mb, DEFAULT_MB);
+        assert_eq!(o.keep_frequencies, vec![1.0]);
         let q = BenchOptions::parse(&strings(&["--quick"]))
             .unwrap()
             .unwrap();
@@ -251,5 +297,35 @@ mod tests {
         assert!(BenchOptions::parse(&strings(&["--help"]))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn keep_frequencies_parse() {
+        assert_eq!(parse_fractions("1,0.25").unwrap(), vec![1.0, 0.25]);
+        assert_eq!(parse_fractions(" 0.5 ").unwrap(), vec![0.5]);
+        // Duplicates dropped (also when spelled differently), first occurrence kept.
+        assert_eq!(
+            parse_fractions("0.25,1,.25,1.0,0.250").unwrap(),
+            vec![0.25, 1.0]
+        );
+        assert_eq!(parse_fractions("1e-3").unwrap(), vec![0.001]);
+        for bad in [
+            "0", "0.0", "-0.25", "1.5", "NaN", "nan", "inf", "", " , ", "x", "0.25,0",
+        ] {
+            assert!(parse_fractions(bad).is_err(), "`{bad}` accepted");
+        }
+        let o = BenchOptions::parse(&strings(&["--keep-frequencies", "1,0.25,1"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.keep_frequencies, vec![1.0, 0.25]);
+        let o = BenchOptions::parse(&strings(&["--keep-frequencies=0.5", "--quick"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.keep_frequencies, vec![0.5]);
+        for bad in ["0", "1.5", "NaN", ""] {
+            let r = BenchOptions::parse(&strings(&["--keep-frequencies", bad]));
+            assert!(r.is_err(), "--keep-frequencies `{bad}` accepted");
+        }
+        assert!(BenchOptions::parse(&strings(&["--keep-frequencies"])).is_err());
     }
 }

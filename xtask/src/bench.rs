@@ -8,12 +8,18 @@
 //! with the `cuda` feature each ungated case also times `cufft` (cuFFT R2C, product with the
 //! precomputed spectrum, C2R, f32, on resident tensors: `backend_cuda::CufftBaseline`) and the
 //! `cuda` rows' ratio is against it.
+//!
+//! `--keep-frequencies` runs every backend row once per kept fraction (a frequency-sparse
+//! problem built with `ConvSpec::builder(..).keep_frequencies(F)`, same inputs); the baselines
+//! never skip bins and run once per case, dense, so a sparse row's ratio includes the skip's
+//! speed-up, and [`report::fill_dense_ratios`] adds the speed-up over the same backend's dense
+//! row. Sparse rows are checked against the band-limited oracle ([`oracle`]).
 
 use crate::args::{BenchOptions, DEFAULT_REPS, REDUCED_REPS};
 use crate::oracle::{self, RowCheck};
 use crate::report::{self, Record};
 use backend_cpu::RealFftBaseline;
-use conv::{bf16, f16, BackendKind, ConvSpec, Convolution, DType, Element};
+use conv::{bf16, f16, BackendKind, ConvError, ConvSpec, Convolution, DType, Element};
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -49,12 +55,29 @@ pub fn shape(n: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
     (rows / h, h)
 }
 
+/// One kept fraction's problem and its oracle on the sampled rows, or why it could not be built.
+type Problem = Result<(ConvSpec, Vec<RowCheck>), String>;
+
+/// Prefix of an error message that says the backend does not implement the operation for the
+/// problem (skipped with the reason, not a failure).
+const UNSUPPORTED: &str = "unsupported: ";
+
+/// A backend error as text, [`UNSUPPORTED`]-prefixed when the backend does not implement it.
+fn message(e: ConvError) -> String {
+    match e {
+        ConvError::Unsupported { .. } => format!("{UNSUPPORTED}{e}"),
+        e => e.to_string(),
+    }
+}
+
 struct Sweep<'a> {
     opts: &'a BenchOptions,
     backends: Vec<BackendKind>,
     step: usize,
     steps: usize,
     records: Vec<Record>,
+    /// Rows not run, with the reason (printed after the table).
+    skipped: Vec<String>,
 }
 
 pub fn run(opts: &BenchOptions) -> ExitCode {
@@ -117,17 +140,30 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
         tolerance(DType::F16),
         tolerance(DType::Bf16),
     );
+    if opts.keep_frequencies.iter().any(|&f| f < 1.0) {
+        let list: Vec<String> = opts
+            .keep_frequencies
+            .iter()
+            .map(|&f| report::fraction(f))
+            .collect();
+        println!(
+            "keep frequencies: {} (every backend row per fraction; baselines dense, so `vs base` \
+             of a sparse row = dense baseline / sparse time; `vs dense` = the backend's keep-1 \
+             time / sparse time; sparse rows checked against the f64 band-limited reference)",
+            list.join(", ")
+        );
+    }
     println!();
 
-    let cufft_rows = usize::from(backends.contains(&conv::BackendKind::Cuda) && !opts.gated);
-    let steps = opts.sizes.len() * opts.dtypes.len() * (backends.len() + 1 + cufft_rows);
     let mut sweep = Sweep {
         opts,
         backends,
         step: 0,
-        steps,
+        steps: 0,
         records: Vec::new(),
+        skipped: Vec::new(),
     };
+    sweep.steps = opts.sizes.len() * opts.dtypes.len() * sweep.case_steps();
     let started = Instant::now();
     for &n in &opts.sizes {
         for &dtype in &opts.dtypes {
@@ -141,8 +177,15 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
     eprintln!("sweep done in {:.1} s", started.elapsed().as_secs_f64());
     let mut records = sweep.records;
     report::fill_ratios(&mut records);
+    report::fill_dense_ratios(&mut records);
     report::fill_floor_ratios(&mut records, &bandwidth);
     print!("{}", report::table(&records));
+    if !sweep.skipped.is_empty() {
+        println!("\nskipped:");
+        for line in &sweep.skipped {
+            println!("  {line}");
+        }
+    }
     match report::write_json(&records) {
         Ok((stamped, latest)) => eprintln!("wrote {} and {}", stamped.display(), latest.display()),
         Err(e) => eprintln!("warning: could not write the JSON results: {e}"),
@@ -160,55 +203,54 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
 }
 
 impl Sweep<'_> {
-    fn progress(&mut self, n: usize, who: &str, dtype: DType) {
+    /// Progress lines (rows) of one case: the baseline, every backend (and its backward) per
+    /// kept fraction, cuFFT.
+    fn case_steps(&self) -> usize {
+        let per_fraction: usize = self
+            .backends
+            .iter()
+            .map(|k| 1 + usize::from(self.opts.backward && k.supports_backward()))
+            .sum();
+        let cufft = usize::from(self.backends.contains(&BackendKind::Cuda) && !self.opts.gated);
+        1 + per_fraction * self.opts.keep_frequencies.len() + cufft
+    }
+
+    fn progress(&mut self, n: usize, who: &str, dtype: DType, keep: f64) {
         self.step += 1;
         eprint!(
-            "[{}/{}] N={} {} {} ... ",
+            "[{}/{}] N={} {} {}{} ... ",
             self.step,
             self.steps,
             report::human(n),
             who,
-            dtype
+            dtype,
+            report::keep_suffix(keep)
         );
     }
 
     fn case<T: Element>(&mut self, n: usize) {
+        let first_step = self.step;
         let gated = self.opts.gated;
         let dtype = T::DTYPE;
         let l = n / 2;
         let (b, h) = shape(n, dtype, gated, self.opts.mb);
-        let build = |gated: bool| {
-            ConvSpec::builder(b, h, l, l)
-                .dtype(dtype)
-                .gated(gated)
-                .build()
-        };
-        let spec = match build(gated) {
-            Ok(s) => s,
-            Err(e) => {
-                // Invalid for every backend: one failed record per backend and the baseline.
-                let who: Vec<String> = std::iter::once("baseline".to_string())
-                    .chain(self.backends.iter().map(|k| k.to_string()))
-                    .collect();
-                for name in who {
-                    self.progress(n, &name, dtype);
-                    eprintln!("error: {e}");
-                    self.records.push(Record::failed(
-                        n,
-                        b,
-                        h,
-                        l,
-                        &name,
-                        dtype,
-                        gated,
-                        e.to_string(),
-                    ));
-                }
-                return;
+        // Keep 1 builds the dense problem exactly as without --keep-frequencies.
+        let build = |gated: bool, keep: f64| {
+            let builder = ConvSpec::builder(b, h, l, l).dtype(dtype).gated(gated);
+            if keep < 1.0 {
+                builder.keep_frequencies(keep)
+            } else {
+                builder
             }
+            .build()
+        };
+        let spec = match build(gated, 1.0) {
+            Ok(s) => s,
+            Err(e) => return self.invalid_case(n, dtype, (b, h, l), &e.to_string(), first_step),
         };
 
         // Fresh inputs per case: u and gates uniform in [-1, 1], k decaying to e^-4 over K.
+        // Every kept fraction of the case convolves the same inputs.
         let seed = ((n as u64) << 8) | dtype as u64;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut random_io = |len: usize| -> Vec<T> {
@@ -232,9 +274,9 @@ impl Sweep<'_> {
         let checks = oracle::reference_rows(&spec, &u, &k, gates, &sampled);
         let mut y = vec![T::default(); spec.io_len()];
 
-        // Baseline.
-        self.progress(n, "baseline", dtype);
-        let result = build(false)
+        // Baseline (dense: it never skips bins).
+        self.progress(n, "baseline", dtype, 1.0);
+        let result = build(false, 1.0)
             .map_err(|e| e.to_string())
             .and_then(|plain| RealFftBaseline::new(&plain).map_err(|e| e.to_string()))
             .and_then(|base| {
@@ -254,38 +296,51 @@ impl Sweep<'_> {
             });
         self.record(n, &spec, "baseline", result, &y, &checks);
 
+        // The problem of each kept fraction and its oracle: the dense one's for keep 1 (and any
+        // fraction that keeps every bin), the band-limited reference for sparse ones.
+        let problems: Vec<(f64, Problem)> = self
+            .opts
+            .keep_frequencies
+            .iter()
+            .map(|&keep| {
+                let problem = build(gated, keep).map_err(|e| e.to_string()).map(|s| {
+                    let c = if s.geometry().is_sparse() {
+                        oracle::reference_rows(&s, &u, &k, gates, &sampled)
+                    } else {
+                        checks.clone()
+                    };
+                    (s, c)
+                });
+                (keep, problem)
+            })
+            .collect();
+
         // Backends.
         for kind in self.backends.clone() {
-            self.progress(n, kind.name(), dtype);
-            // Inputs and output stay resident on the backend (device memory on a GPU), so the
-            // times exclude host transfers; the output starts as NaN and is read back once.
-            let result = Convolution::new(spec.clone(), kind)
-                .and_then(|c| c.prepare_filter(&k).map(|f| (c, f)))
-                .map_err(|e| e.to_string())
-                .and_then(|(conv, filter)| {
-                    let resident = |x: &[T]| conv.tensor_from_host(x).map_err(|e| e.to_string());
-                    let u_t = resident(&u)?;
-                    let gates_t = match gates {
-                        Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
-                        None => None,
-                    };
-                    let mut y_t = resident(&vec![T::from_f32(f32::NAN); spec.io_len()])?;
-                    let times = self.time(&mut y, |_| {
-                        let g = gates_t.as_ref().map(|(p, q)| (p, q));
-                        conv.forward_device(&filter, &u_t, g, &mut y_t)
-                            .map_err(|e| e.to_string())
-                    })?;
-                    conv.tensor_to_host(&y_t, &mut y)
-                        .map_err(|e| e.to_string())?;
-                    Ok(times)
-                });
-            self.record(n, &spec, kind.name(), result, &y, &checks);
-            if self.opts.backward && kind.supports_backward() {
-                self.backward_case(n, &spec, kind, &u, &k, gates);
+            for (keep, problem) in &problems {
+                let (spec, checks) = match problem {
+                    Ok((s, c)) => (s, c),
+                    Err(e) => {
+                        self.progress(n, kind.name(), dtype, *keep);
+                        eprintln!("error: {e}  FAIL");
+                        self.records.push(
+                            Record::failed(n, b, h, l, kind.name(), dtype, gated, e.clone())
+                                .with_keep(*keep, None),
+                        );
+                        continue;
+                    }
+                };
+                self.progress(n, kind.name(), dtype, *keep);
+                let result = self.forward_case(spec, kind, &u, &k, gates, &mut y);
+                self.record(n, spec, kind.name(), result, &y, checks);
+                if self.opts.backward && kind.supports_backward() {
+                    self.backward_case(n, spec, kind, &u, &k, gates);
+                }
             }
             #[cfg(feature = "cuda")]
             if kind == conv::BackendKind::Cuda && !gated {
-                self.progress(n, "cufft", dtype);
+                // Dense (cuFFT never skips bins): the reference of every kept fraction.
+                self.progress(n, "cufft", dtype, 1.0);
                 match self.cufft_case(&spec, &u, &k, &mut y) {
                     // No cuFFT library here: not a failure of anything measured.
                     Err(e) if e.starts_with("CUDA unavailable") => eprintln!("skipped: {e}"),
@@ -293,6 +348,63 @@ impl Sweep<'_> {
                 }
             }
         }
+        self.step = first_step + self.case_steps();
+    }
+
+    /// A case whose problem cannot be built (invalid for every backend): one failed record for
+    /// the baseline and per backend and kept fraction.
+    fn invalid_case(
+        &mut self,
+        n: usize,
+        dtype: DType,
+        (b, h, l): (usize, usize, usize),
+        error: &str,
+        first_step: usize,
+    ) {
+        let mut who = vec![("baseline".to_string(), 1.0)];
+        for &keep in &self.opts.keep_frequencies {
+            who.extend(self.backends.iter().map(|k| (k.to_string(), keep)));
+        }
+        for (name, keep) in who {
+            self.progress(n, &name, dtype, keep);
+            eprintln!("error: {error}");
+            let gated = self.opts.gated;
+            self.records.push(
+                Record::failed(n, b, h, l, &name, dtype, gated, error.to_string())
+                    .with_keep(keep, None),
+            );
+        }
+        self.step = first_step + self.case_steps();
+    }
+
+    /// Times the forward on `kind`. Inputs and output stay resident on the backend (device
+    /// memory on a GPU), so the times exclude host transfers; the output starts as NaN and is
+    /// read back once into `y`.
+    fn forward_case<T: Element>(
+        &self,
+        spec: &ConvSpec,
+        kind: BackendKind,
+        u: &[T],
+        k: &[f32],
+        gates: Option<(&[T], &[T])>,
+        y: &mut [T],
+    ) -> Result<Vec<f64>, String> {
+        let err = |e: ConvError| e.to_string();
+        let conv = Convolution::new(spec.clone(), kind).map_err(err)?;
+        let filter = conv.prepare_filter(k).map_err(err)?;
+        let resident = |x: &[T]| conv.tensor_from_host(x).map_err(err);
+        let u_t = resident(u)?;
+        let gates_t = match gates {
+            Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
+            None => None,
+        };
+        let mut y_t = resident(&vec![T::from_f32(f32::NAN); spec.io_len()])?;
+        let times = self.time(y, |_| {
+            let g = gates_t.as_ref().map(|(p, q)| (p, q));
+            conv.forward_device(&filter, &u_t, g, &mut y_t).map_err(err)
+        })?;
+        conv.tensor_to_host(&y_t, y).map_err(err)?;
+        Ok(times)
     }
 
     /// Times the cuFFT baseline (R2C, product, C2R in f32, filter spectrum precomputed) on
@@ -319,7 +431,11 @@ impl Sweep<'_> {
 
     /// Times the backward pass on `kind` (with a fresh random `dy`) and checks `du` on sampled
     /// rows: `du = pre * rev(conv(rev(post * dy), k))` per row, i.e. the forward oracle run on
-    /// reversed rows with the gates swapped and reversed.
+    /// reversed rows with the gates swapped and reversed. That is the exact adjoint for the
+    /// swept problems (causal, K = L, one overlap-save block), the frequency-sparse ones
+    /// included (the band-limited oracle; `oracle`'s tests check it against
+    /// `reference_backward`). A backend that does not implement the backward of the problem is
+    /// skipped with the reason.
     fn backward_case<T: Element>(
         &mut self,
         n: usize,
@@ -330,7 +446,8 @@ impl Sweep<'_> {
         gates: Option<(&[T], &[T])>,
     ) {
         let who = format!("{}:bw", kind.name());
-        self.progress(n, &who, T::DTYPE);
+        let keep = report::keep_fraction(spec);
+        self.progress(n, &who, T::DTYPE, keep);
         let l = spec.length();
         let mut rng = rand::rngs::StdRng::seed_from_u64(((n as u64) << 8) | 0x80);
         let dy: Vec<T> = (0..spec.io_len())
@@ -357,9 +474,9 @@ impl Sweep<'_> {
         // Resident tensors, as for the forward: times exclude host transfers.
         let result = Convolution::new(spec.clone(), kind)
             .and_then(|c| c.prepare_filter(k).map(|f| (c, f)))
-            .map_err(|e| e.to_string())
+            .map_err(message)
             .and_then(|(conv, filter)| {
-                let resident = |x: &[T]| conv.tensor_from_host(x).map_err(|e| e.to_string());
+                let resident = |x: &[T]| conv.tensor_from_host(x).map_err(message);
                 let (u_t, dy_t) = (resident(u)?, resident(&dy)?);
                 let gates_t = match gates {
                     Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
@@ -388,12 +505,23 @@ impl Sweep<'_> {
                             dpostgate,
                         },
                     )
-                    .map_err(|e| e.to_string())
+                    .map_err(message)
                 })?;
-                conv.tensor_to_host(&du_t, &mut du)
-                    .map_err(|e| e.to_string())?;
+                conv.tensor_to_host(&du_t, &mut du).map_err(message)?;
                 Ok(times)
             });
+        if let Err(reason) = &result {
+            if let Some(reason) = reason.strip_prefix(UNSUPPORTED) {
+                eprintln!("skipped: {reason}");
+                self.skipped.push(format!(
+                    "N={} {who} {}{}: {reason}",
+                    report::human(n),
+                    T::DTYPE,
+                    report::keep_suffix(keep)
+                ));
+                return;
+            }
+        }
         let du_rev = reversed(&du);
         self.record(n, spec, &who, result, &du_rev, &checks);
         // Bytes of one backward call: u, dy (and both gates) read; du (and both gate
@@ -458,6 +586,7 @@ impl Sweep<'_> {
             Err(e) => {
                 eprintln!("error: {e}  FAIL");
                 Record::failed(n, b, h, l, who, dtype, spec.gated(), e)
+                    .with_keep(report::keep_fraction(spec), Some(spec.geometry().kept_bins))
             }
         };
         self.records.push(rec);

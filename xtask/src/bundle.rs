@@ -166,13 +166,15 @@ step test-conformance-vulkan timeout "$limit" "$here/tests/conv-conformance" vul
 step test-backward-vulkan timeout "$limit" "$here/tests/conv-backward" vulkan --test-threads 8
 step test-backend-vulkan-forward timeout "$limit" "$here/tests/backend-vulkan-forward" --test-threads 4
 step test-backend-vulkan-probe timeout "$limit" "$here/tests/backend-vulkan-probe" --nocapture
-# The tensor-core rounds (an experiment, off by default): the CUDA suites again with them on
-# (f16 and bf16 problems use them; f32 ones keep the f32 path).
-step test-backend-cuda-forward-tc timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
+# The tensor-core rounds and the middle round (experiments, off by default): the CUDA suites
+# again with both on (f16 and bf16 problems take the tensor-core rounds; f32 ones the f32 path
+# with the middle round).
+tc="FFTCONV_CUDA_TENSOR_CORES=1 FFTCONV_CUDA_MIDDLE_ROUND=1"
+step test-backend-cuda-forward-tc timeout "$limit" env $tc \
     "$here/tests/backend-cuda-forward" --test-threads 2 --nocapture
-step test-conformance-cuda-tc timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
+step test-conformance-cuda-tc timeout "$limit" env $tc \
     "$here/tests/conv-conformance" cuda --test-threads 8
-step test-backward-cuda-tc timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
+step test-backward-cuda-tc timeout "$limit" env $tc \
     "$here/tests/conv-backward" cuda --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
     # Results also land as JSON under $OUT/target/bench/.
@@ -180,7 +182,10 @@ if [ "${1:-}" != "--no-bench" ]; then
         --backend cuda,vulkan --dtype f16 --sizes 256..4M --backward --reps 3
     step bench-tensor-cores timeout "$limit" env FFTCONV_CUDA_TENSOR_CORES=1 \
         CARGO_TARGET_DIR="$OUT/target-tc" "$here/bin/xtask" bench --backend cuda \
-        --dtype f16 --sizes 256..4M --backward --reps 3
+        --dtype f16 --sizes 256..4M --reps 3
+    step bench-tc-middle timeout "$limit" env $tc \
+        CARGO_TARGET_DIR="$OUT/target-tcm" "$here/bin/xtask" bench --backend cuda \
+        --dtype f16 --sizes 256..4M --backward --reps 3 --keep-frequencies 1,0.25
 fi
 if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
     # Tuning data for the CUDA kernels: a block-size sweep and ncu on the fused and column passes
@@ -196,6 +201,9 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
     step bench-segment-table timeout "$limit" env FFTCONV_CUDA_SEGMENT_TABLE=1 \
         CARGO_TARGET_DIR="$OUT/target-st" "$here/bin/xtask" bench --backend cuda \
         --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3
+    step bench-middle-round timeout "$limit" env FFTCONV_CUDA_MIDDLE_ROUND=1 \
+        CARGO_TARGET_DIR="$OUT/target-mr" "$here/bin/xtask" bench --backend cuda \
+        --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3 --keep-frequencies 1,0.25
     step ncu timeout "$limit" /usr/local/cuda/bin/ncu -k regex:fftconv --launch-count 4 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 4K,64K --reps 1 --mb 64

@@ -1,13 +1,26 @@
-//! The f64 oracle on sampled rows: direct causal convolution of the dtype-rounded inputs.
+//! The f64 oracle on sampled rows: direct causal convolution of the dtype-rounded inputs, or for
+//! a frequency-sparse problem the band-limited reference the conformance tests use.
 //!
-//! A row whose direct convolution costs at most [`FULL_ROW_MACS`] multiply-adds is computed
-//! whole with `conv::reference::direct_causal`. Longer rows (K = L = N/2 makes the direct
-//! convolution quadratic: 1.4e11 multiply-adds per row at N = 1M) are checked at
+//! Dense: a row whose direct convolution costs at most [`FULL_ROW_MACS`] multiply-adds is
+//! computed whole with `conv::reference::direct_causal`. Longer rows (K = L = N/2 makes the
+//! direct convolution quadratic: 1.4e11 multiply-adds per row at N = 1M) are checked at
 //! [`SAMPLED_POSITIONS`] evenly spread output positions (the first and last included), each the
 //! same direct sum `y[t] = sum_{s <= min(t, K-1)} k[s] x[t-s]` in f64.
+//!
+//! Sparse (`spec.geometry().is_sparse()`): the definition of `conv::reference::reference_forward`
+//! for sparse problems, i.e. exactly the kept bins: each overlap-save block is a length-`N`
+//! circular convolution with the channel's band-limited periodic filter (the DFT of `k` with the
+//! dropped bins zeroed, transformed back). That filter comes from
+//! `conv::reference::band_limited_filter` itself while its naive DFT costs at most
+//! [`EXACT_BAND_LIMITED_TERMS`] terms, and otherwise from the same definition evaluated with an
+//! f64 radix-2 FFT (this file's own, sharing no code with any backend; the unit tests check it
+//! against `band_limited_filter`). Rows are then computed whole with
+//! `conv::reference::direct_band_limited` while that costs at most [`FULL_ROW_MACS`] (`L * N`),
+//! otherwise at the sampled positions, each the same length-`N` circular sum.
 
-use conv::reference::{direct_causal, relative_l2_error};
-use conv::{ConvSpec, Element};
+use conv::reference::{band_limited_filter, direct_band_limited, direct_causal, relative_l2_error};
+use conv::{ConvGeometry, ConvSpec, Element};
+use monarch_core::Complex64;
 use rand::Rng;
 
 /// Rows up to this many multiply-adds are checked whole.
@@ -16,6 +29,9 @@ pub const FULL_ROW_MACS: usize = 1 << 26;
 pub const SAMPLED_POSITIONS: usize = 256;
 /// Rows checked per case (first, last and random ones; fewer when there are fewer rows).
 pub const SAMPLED_ROWS: usize = 4;
+/// Sparse problems: `(K + N) * kept full-spectrum bins` up to which the band-limited filter is
+/// computed with the naive DFT of `conv::reference::band_limited_filter` (beyond: an f64 FFT).
+pub const EXACT_BAND_LIMITED_TERMS: usize = 1 << 24;
 
 /// The expected outputs of one sampled row.
 #[derive(Debug, Clone)]
@@ -52,16 +68,125 @@ fn row_macs(l: usize, k: usize) -> usize {
 
 /// Output positions checked for rows of length `l` with filters of length `k`.
 pub fn positions(l: usize, k: usize) -> Option<Vec<usize>> {
-    if row_macs(l, k) <= FULL_ROW_MACS {
-        return None;
-    }
+    (row_macs(l, k) > FULL_ROW_MACS).then(|| spread(l))
+}
+
+/// Output positions checked for rows of length `l` of a sparse problem with geometry `g`
+/// (`direct_band_limited` costs `N` multiply-adds per output).
+pub fn sparse_positions(l: usize, g: &ConvGeometry) -> Option<Vec<usize>> {
+    (l.saturating_mul(g.n()) > FULL_ROW_MACS).then(|| spread(l))
+}
+
+/// [`SAMPLED_POSITIONS`] positions evenly spread over `[0, l)`, both ends included.
+fn spread(l: usize) -> Vec<usize> {
     let p = SAMPLED_POSITIONS.min(l);
     let mut v: Vec<usize> = (0..p).map(|i| i * (l - 1) / (p - 1).max(1)).collect();
     v.dedup();
-    Some(v)
+    v
 }
 
-/// The reference outputs of `rows` (row indices into `[B*H, L]`), computed in parallel.
+/// The band-limited periodic filter of one channel (`conv::reference::band_limited_filter`'s
+/// definition): the naive DFT while it is cheap, the f64 FFT beyond.
+pub fn periodic_filter(k: &[f64], g: &ConvGeometry) -> Vec<f64> {
+    let kept = (0..g.n()).filter(|&b| g.keeps_bin(b)).count();
+    if (k.len() + g.n()).saturating_mul(kept) <= EXACT_BAND_LIMITED_TERMS {
+        band_limited_filter(k, g)
+    } else {
+        band_limited_filter_fft(k, g)
+    }
+}
+
+/// `band_limited_filter(k, g)` through an f64 FFT: `Re(IDFT(mask * DFT(k padded to N))) / N`.
+fn band_limited_filter_fft(k: &[f64], g: &ConvGeometry) -> Vec<f64> {
+    let n = g.n();
+    let mut x = vec![Complex64::new(0.0, 0.0); n];
+    for (d, &v) in x.iter_mut().zip(k) {
+        d.re = v;
+    }
+    fft_f64(&mut x, false);
+    for (b, v) in x.iter_mut().enumerate() {
+        if !g.keeps_bin(b) {
+            *v = Complex64::new(0.0, 0.0);
+        }
+    }
+    fft_f64(&mut x, true);
+    x.iter().map(|v| v.re / n as f64).collect()
+}
+
+/// In-place iterative radix-2 DFT of a power-of-two length (`exp(-2 pi i ...)`, or `+` and
+/// unnormalised for `inverse`); every twiddle computed directly from its exact angle.
+fn fft_f64(x: &mut [Complex64], inverse: bool) {
+    let n = x.len();
+    assert!(
+        n.is_power_of_two(),
+        "fft_f64: length {n} is not a power of two"
+    );
+    if n < 2 {
+        return;
+    }
+    let bits = n.trailing_zeros();
+    for i in 0..n {
+        let j = i.reverse_bits() >> (usize::BITS - bits);
+        if j > i {
+            x.swap(i, j);
+        }
+    }
+    let sign = if inverse { 1.0 } else { -1.0 };
+    let twiddles: Vec<Complex64> = (0..n / 2)
+        .map(|j| {
+            let a = sign * 2.0 * std::f64::consts::PI * (j as f64 / n as f64);
+            Complex64::new(a.cos(), a.sin())
+        })
+        .collect();
+    let mut len = 2;
+    while len <= n {
+        let (half, stride) = (len / 2, n / len);
+        for block in x.chunks_exact_mut(len) {
+            let (lo, hi) = block.split_at_mut(half);
+            for (j, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                let t = *b * twiddles[j * stride];
+                *b = *a - t;
+                *a += t;
+            }
+        }
+        len *= 2;
+    }
+}
+
+/// Outputs `positions` of one row through the blocked band-limited definition
+/// (`conv::reference::direct_band_limited` evaluated at those positions only).
+pub fn band_limited_at(
+    x: &[f64],
+    k_periodic: &[f64],
+    g: &ConvGeometry,
+    positions: &[usize],
+) -> Vec<f64> {
+    let (l, n) = (x.len(), g.n());
+    let mut segment = vec![0.0; n];
+    let mut current = None;
+    positions
+        .iter()
+        .map(|&t| {
+            let j = t / g.block_len;
+            let (start, outputs) = g.block_range(j, l);
+            if current != Some(j) {
+                for (p, v) in segment.iter_mut().enumerate() {
+                    *v = g.segment_source(start, outputs, p, l).map_or(0.0, |i| x[i]);
+                }
+                current = Some(j);
+            }
+            // y[p] = sum_{s < N} kp[s] segment[(p - s) mod N], split at the wrap.
+            let p = t - start;
+            let head: f64 = (0..=p).map(|s| k_periodic[s] * segment[p - s]).sum();
+            let tail: f64 = (p + 1..n).map(|s| k_periodic[s] * segment[p + n - s]).sum();
+            head + tail
+        })
+        .collect()
+}
+
+/// The reference outputs of `rows` (row indices into `[B*H, L]`), computed in parallel: the
+/// dense direct convolution, or the band-limited one for a frequency-sparse `spec` (module
+/// docs). Causal problems only (the bench's).
 pub fn reference_rows<T: Element>(
     spec: &ConvSpec,
     u: &[T],
@@ -70,7 +195,13 @@ pub fn reference_rows<T: Element>(
     rows: &[usize],
 ) -> Vec<RowCheck> {
     let (l, kl, h_count) = (spec.length(), spec.filter_len(), spec.channels());
-    let positions = positions(l, kl);
+    let g = spec.geometry();
+    let sparse = g.is_sparse();
+    let positions = if sparse {
+        sparse_positions(l, g)
+    } else {
+        positions(l, kl)
+    };
     let one = |row: usize| -> RowCheck {
         let span = row * l..(row + 1) * l;
         let h = row % h_count;
@@ -84,24 +215,29 @@ pub fn reference_rows<T: Element>(
             None => u[span.clone()].iter().map(|a| a.to_f64()).collect(),
         };
         let post = |t: usize| gates.map_or(1.0, |(_, post)| post[row * l + t].to_f64());
+        // The convolution at the checked outputs (the whole row or `positions`), then post-gated.
+        let y: Vec<f64> = match (&positions, sparse) {
+            (None, true) => direct_band_limited(&x, &periodic_filter(&kh, g), g),
+            (Some(ps), true) => band_limited_at(&x, &periodic_filter(&kh, g), g, ps),
+            (None, false) => direct_causal(&x, &kh),
+            (Some(ps), false) => ps
+                .iter()
+                .map(|&t| {
+                    kh.iter()
+                        .take(t + 1)
+                        .enumerate()
+                        .map(|(s, &ks)| ks * x[t - s])
+                        .sum()
+                })
+                .collect(),
+        };
         let want = match &positions {
-            None => direct_causal(&x, &kh)
+            None => y
                 .into_iter()
                 .enumerate()
                 .map(|(t, y)| y * post(t))
                 .collect(),
-            Some(ps) => ps
-                .iter()
-                .map(|&t| {
-                    let y: f64 = kh
-                        .iter()
-                        .take(t + 1)
-                        .enumerate()
-                        .map(|(s, &ks)| ks * x[t - s])
-                        .sum();
-                    y * post(t)
-                })
-                .collect(),
+            Some(ps) => y.into_iter().zip(ps).map(|(y, &t)| y * post(t)).collect(),
         };
         RowCheck {
             row,
@@ -172,5 +308,163 @@ mod tests {
         assert_eq!(checks[0].want, want);
         let y: Vec<f32> = want.iter().map(|&x| x as f32).collect();
         assert!(max_rel_error(&y, 64, &checks) < 1e-7);
+    }
+
+    /// Deterministic test values in [-1, 1] (f32-representable).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn to_f64(x: &[f32]) -> Vec<f64> {
+        x.iter().map(|&v| v as f64).collect()
+    }
+
+    fn reversed(x: &[f32], l: usize) -> Vec<f32> {
+        x.chunks_exact(l)
+            .flat_map(|row| row.iter().rev().copied())
+            .collect()
+    }
+
+    #[test]
+    fn fft_band_limited_filter_matches_the_naive_dft() {
+        for builder in [
+            ConvSpec::builder(1, 1, 128, 128).keep_frequencies(0.25),
+            ConvSpec::builder(1, 1, 1000, 1000).keep_frequencies(0.6),
+            // Several overlap-save blocks.
+            ConvSpec::builder(1, 1, 3000, 100).keep_frequencies(0.1),
+        ] {
+            let spec = builder.build().unwrap();
+            let g = spec.geometry();
+            assert!(g.is_sparse(), "{g:?}");
+            let k = to_f64(&values(spec.filter_len(), 7));
+            let want = band_limited_filter(&k, g);
+            let got = band_limited_filter_fft(&k, g);
+            let err = relative_l2_error(&got, &want);
+            assert!(err < 1e-13, "{g:?}: {err:e}");
+        }
+        // Round trip of the FFT itself.
+        let x: Vec<Complex64> = (0..64)
+            .map(|i| Complex64::new((i as f64 * 0.3).sin(), i as f64 * 0.01))
+            .collect();
+        let mut y = x.clone();
+        fft_f64(&mut y, false);
+        fft_f64(&mut y, true);
+        for (a, b) in x.iter().zip(&y) {
+            assert!((a * 64.0 - b).norm() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn sparse_rows_match_the_reference_forward() {
+        use conv::reference::reference_forward;
+        // Whole rows, gated and not, against the conformance tests' oracle.
+        for gated in [false, true] {
+            let spec = ConvSpec::builder(2, 3, 256, 256)
+                .keep_frequencies(0.25)
+                .gated(gated)
+                .build()
+                .unwrap();
+            assert!(spec.geometry().is_sparse());
+            let (u, pre, post) = (
+                values(spec.io_len(), 1),
+                values(spec.io_len(), 2),
+                values(spec.io_len(), 3),
+            );
+            let k = values(spec.filter_elems(), 4);
+            let gates = gated.then_some((pre.as_slice(), post.as_slice()));
+            let rows = [0, 3, 5];
+            let checks = reference_rows(&spec, &u, &k, gates, &rows);
+            let (pre64, post64) = (to_f64(&pre), to_f64(&post));
+            let want = reference_forward(
+                &spec,
+                &to_f64(&u),
+                &to_f64(&k),
+                gated.then_some((pre64.as_slice(), post64.as_slice())),
+            );
+            for c in &checks {
+                assert!(c.positions.is_none());
+                let row = &want[c.row * 256..(c.row + 1) * 256];
+                assert!(relative_l2_error(&c.want, row) < 1e-13);
+            }
+            // The dense oracle differs: a sparse row is not checked against it.
+            let dense = ConvSpec::builder(2, 3, 256, 256)
+                .gated(gated)
+                .build()
+                .unwrap();
+            let dense_checks = reference_rows(&dense, &u, &k, gates, &rows);
+            assert!(relative_l2_error(&checks[0].want, &dense_checks[0].want) > 1e-3);
+        }
+        // Sampled positions agree with the whole row (several blocks, so the segments change).
+        let spec = ConvSpec::builder(1, 1, 3000, 100)
+            .keep_frequencies(0.1)
+            .build()
+            .unwrap();
+        let g = spec.geometry();
+        assert!(g.blocks > 1);
+        let x = to_f64(&values(3000, 5));
+        let kp = periodic_filter(&to_f64(&values(100, 6)), g);
+        let full = direct_band_limited(&x, &kp, g);
+        let ps = [0, 1, g.block_len - 1, g.block_len, 1500, 2999];
+        let at = band_limited_at(&x, &kp, g, &ps);
+        for (&t, y) in ps.iter().zip(at) {
+            assert!(
+                (y - full[t]).abs() <= 1e-12 * (1.0 + full[t].abs()),
+                "t = {t}"
+            );
+        }
+        // Long rows are sampled.
+        let big = ConvSpec::builder(1, 1, 1 << 15, 1 << 15)
+            .keep_frequencies(0.25)
+            .build()
+            .unwrap();
+        assert!(sparse_positions(1 << 15, big.geometry()).is_some());
+    }
+
+    /// The bench checks the backward's `du` with the forward oracle on reversed rows (gates
+    /// swapped and reversed); for the swept shapes (causal, K = L, one block) that is exactly the
+    /// adjoint for sparse problems too.
+    #[test]
+    fn reversed_sparse_forward_is_the_backward_du() {
+        use monarch_core::reference_backward::reference_backward;
+        let l = 200;
+        let spec = ConvSpec::builder(2, 2, l, l)
+            .keep_frequencies(0.3)
+            .gated(true)
+            .build()
+            .unwrap();
+        assert!(spec.geometry().is_sparse() && spec.geometry().blocks == 1);
+        let (u, pre, post, dy) = (
+            values(spec.io_len(), 11),
+            values(spec.io_len(), 12),
+            values(spec.io_len(), 13),
+            values(spec.io_len(), 14),
+        );
+        let k = values(spec.filter_elems(), 15);
+        let (pre64, post64) = (to_f64(&pre), to_f64(&post));
+        let want = reference_backward(
+            &spec,
+            &to_f64(&u),
+            &to_f64(&k),
+            Some((pre64.as_slice(), post64.as_slice())),
+            &to_f64(&dy),
+        );
+        let (post_rev, pre_rev) = (reversed(&post, l), reversed(&pre, l));
+        let rows: Vec<usize> = (0..spec.rows()).collect();
+        let checks = reference_rows(
+            &spec,
+            &reversed(&dy, l),
+            &k,
+            Some((post_rev.as_slice(), pre_rev.as_slice())),
+            &rows,
+        );
+        for c in &checks {
+            let du_rev: Vec<f64> = want.du[c.row * l..(c.row + 1) * l]
+                .iter()
+                .rev()
+                .copied()
+                .collect();
+            assert!(relative_l2_error(&c.want, &du_rev) < 1e-12, "row {}", c.row);
+        }
     }
 }

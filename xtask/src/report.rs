@@ -1,7 +1,7 @@
-//! Bench results: one [`Record`] per (case, backend), the stdout table, the JSON files and the
-//! machine header.
+//! Bench results: one [`Record`] per (case, kept-frequency fraction, backend), the stdout table,
+//! the JSON files and the machine header.
 
-use conv::{ConvSpec, DType};
+use conv::{ConvSpec, DType, FrequencyKeep};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -17,14 +17,24 @@ pub struct Record {
     pub backend: String,
     pub dtype: DType,
     pub gated: bool,
+    /// Fraction of the filter's frequency bins kept (`--keep-frequencies`): 1 for a dense
+    /// problem (and always for the baselines, which never skip bins).
+    pub keep: f64,
+    /// Real-FFT bins kept (`ConvGeometry::kept_bins`: `N/2 + 1` when dense); `None` when the
+    /// problem could not be built.
+    pub bins_kept: Option<usize>,
     pub times_ms: Vec<f64>,
     /// NaN when the run failed.
     pub median_ms: f64,
     /// Bytes one call moves: u read + y written (+ both gates).
     pub bytes: usize,
     pub gb_per_s: f64,
-    /// Baseline median / this median (> 1: faster than the baseline).
+    /// Baseline median / this median (> 1: faster than the baseline). The baselines are dense,
+    /// so for a sparse row this includes the speed-up of the skipped bins.
     pub ratio: Option<f64>,
+    /// Sparse rows: the same backend's dense (`keep == 1`) median of the same case / this
+    /// median, when that dense row was measured in the same run.
+    pub vs_dense: Option<f64>,
     /// This median / the memory floor (bytes over the backend's measured copy bandwidth).
     pub floor_ratio: Option<f64>,
     /// Max over sampled rows of the relative L2 error (NaN: NaN output or no result).
@@ -55,6 +65,7 @@ impl Record {
     ) -> Self {
         let median_ms = median(&times_ms);
         let bytes = spec.io_bytes();
+        let keep = keep_fraction(spec);
         Record {
             n,
             b: spec.batch(),
@@ -63,11 +74,14 @@ impl Record {
             backend: backend.to_string(),
             dtype: spec.dtype(),
             gated: spec.gated(),
+            keep,
+            bins_kept: Some(spec.geometry().kept_bins),
             times_ms,
             median_ms,
             bytes,
             gb_per_s: bytes as f64 / (median_ms * 1e-3) / 1e9,
             ratio: None,
+            vs_dense: None,
             floor_ratio: None,
             max_rel_err,
             tolerance,
@@ -77,6 +91,7 @@ impl Record {
         }
     }
 
+    /// A failed run of a dense problem; [`Record::with_keep`] sets a sparse one's fraction.
     #[allow(clippy::too_many_arguments)]
     pub fn failed(
         n: usize,
@@ -96,17 +111,32 @@ impl Record {
             backend: backend.to_string(),
             dtype,
             gated,
+            keep: 1.0,
+            bins_kept: None,
             times_ms: Vec::new(),
             median_ms: f64::NAN,
             bytes: 0,
             gb_per_s: f64::NAN,
             ratio: None,
+            vs_dense: None,
             floor_ratio: None,
             max_rel_err: f64::NAN,
             tolerance: crate::bench::tolerance(dtype),
             ok: false,
             error: Some(error),
         }
+    }
+
+    /// Sets the kept fraction and bins (of a failed record, whose problem may not exist).
+    pub fn with_keep(mut self, keep: f64, bins_kept: Option<usize>) -> Self {
+        self.keep = keep;
+        self.bins_kept = bins_kept;
+        self
+    }
+
+    /// Whether this row is a dense problem (`--keep-frequencies 1`).
+    pub fn is_dense(&self) -> bool {
+        self.keep == 1.0
     }
 
     fn to_json(&self) -> Value {
@@ -120,12 +150,16 @@ impl Record {
             "backend": self.backend,
             "dtype": self.dtype.name(),
             "gated": self.gated,
+            "keep_frequencies": self.keep,
+            "bins_kept": self.bins_kept,
+            "bins_total": self.n / 2 + 1,
             "reps": self.times_ms.len(),
             "times_ms": self.times_ms,
             "median_ms": num(self.median_ms),
             "bytes": self.bytes,
             "gb_per_s": num(self.gb_per_s),
             "ratio_vs_baseline": self.ratio.map_or(Value::Null, num),
+            "speedup_vs_dense": self.vs_dense.map_or(Value::Null, num),
             "ratio_to_floor": self.floor_ratio.map_or(Value::Null, num),
             "max_rel_err": num(self.max_rel_err),
             "tolerance": self.tolerance,
@@ -135,14 +169,33 @@ impl Record {
     }
 }
 
-/// Sets every record's ratio to its case's baseline (same N, dtype, gating).
+/// The kept fraction a problem was built with (1: dense).
+pub fn keep_fraction(spec: &ConvSpec) -> f64 {
+    match spec.keep() {
+        FrequencyKeep::All => 1.0,
+        FrequencyKeep::LowestFraction(f) => f,
+    }
+}
+
+/// Sets every record's ratio to its case's baseline (same N, dtype, gating): the dense
+/// baseline for every kept fraction, since the baselines never skip bins.
 ///
-/// A backward row (`<backend>:bw`) is compared with that backend's forward instead.
+/// A backward row (`<backend>:bw`) is compared with that backend's forward of the same kept
+/// fraction instead.
 pub fn fill_ratios(records: &mut [Record]) {
-    let references: Vec<(usize, DType, bool, String, f64)> = records
+    let references: Vec<(usize, DType, bool, String, f64, f64)> = records
         .iter()
         .filter(|r| r.median_ms.is_finite())
-        .map(|r| (r.n, r.dtype, r.gated, r.backend.clone(), r.median_ms))
+        .map(|r| {
+            (
+                r.n,
+                r.dtype,
+                r.gated,
+                r.backend.clone(),
+                r.keep,
+                r.median_ms,
+            )
+        })
         .collect();
     for r in records.iter_mut() {
         if !r.median_ms.is_finite() {
@@ -150,20 +203,59 @@ pub fn fill_ratios(records: &mut [Record]) {
         }
         // `<backend>:bw` rows: against that backend's forward; CUDA rows: against cuFFT when
         // the run has it; everything else: against the CPU baseline.
-        let has_cufft = references.iter().any(|(n, d, g, who, _)| {
+        let has_cufft = references.iter().any(|(n, d, g, who, ..)| {
             (*n, *d, *g, who.as_str()) == (r.n, r.dtype, r.gated, "cufft")
         });
-        let reference = match r.backend.strip_suffix(":bw") {
-            Some(fwd) => fwd,
-            None if r.backend == "cuda" && has_cufft => "cufft",
-            None => "baseline",
+        let (reference, keep) = match r.backend.strip_suffix(":bw") {
+            Some(fwd) => (fwd, r.keep),
+            None if r.backend == "cuda" && has_cufft => ("cufft", 1.0),
+            None => ("baseline", 1.0),
         };
         r.ratio = references
             .iter()
-            .find(|(n, d, g, who, _)| {
-                (*n, *d, *g, who.as_str()) == (r.n, r.dtype, r.gated, reference)
+            .find(|(n, d, g, who, k, _)| {
+                (*n, *d, *g, who.as_str(), *k) == (r.n, r.dtype, r.gated, reference, keep)
             })
             .map(|&(.., base)| base / r.median_ms);
+    }
+}
+
+/// Sets [`Record::vs_dense`] of every measured sparse row: the dense median of the same
+/// backend (forward or `:bw`), N, dtype and gating over this median.
+pub fn fill_dense_ratios(records: &mut [Record]) {
+    let dense: Vec<(usize, DType, bool, String, f64)> = records
+        .iter()
+        .filter(|r| r.is_dense() && r.median_ms.is_finite())
+        .map(|r| (r.n, r.dtype, r.gated, r.backend.clone(), r.median_ms))
+        .collect();
+    for r in records.iter_mut() {
+        if r.is_dense() || !r.median_ms.is_finite() {
+            continue;
+        }
+        r.vs_dense = dense
+            .iter()
+            .find(|(n, d, g, who, _)| (*n, *d, *g, who) == (r.n, r.dtype, r.gated, &r.backend))
+            .map(|&(.., base)| base / r.median_ms);
+    }
+}
+
+/// ` keep F` for a sparse fraction, empty for 1 (dense): progress and error lines.
+pub fn keep_suffix(keep: f64) -> String {
+    if keep < 1.0 {
+        format!(" keep {}", fraction(keep))
+    } else {
+        String::new()
+    }
+}
+
+/// A kept fraction for the table: `1`, `0.25`, at most 4 decimals.
+pub fn fraction(f: f64) -> String {
+    let s = format!("{f}");
+    if s.len() <= 6 {
+        s
+    } else {
+        let s = format!("{f:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -199,21 +291,24 @@ pub fn table(records: &[Record]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>8} {:>11} {:>6}",
+        "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
         "N",
         "B",
         "H",
         "L",
         "backend",
         "dtype",
+        "keep",
+        "bins",
         "median ms",
         "GB/s",
         "x floor",
         "vs base",
+        "vs dense",
         "max rel err",
         "status"
     );
-    let _ = writeln!(s, "{}", "-".repeat(97));
+    let _ = writeln!(s, "{}", "-".repeat(121));
     let mut last_case = None;
     for r in records {
         let case = (r.n, r.dtype);
@@ -230,17 +325,20 @@ pub fn table(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>10} {:>7} {:>8} {:>8} {:>11} {:>6}",
+            "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
             human(r.n),
             r.b,
             r.h,
             human(r.l),
             r.backend,
             r.dtype.name(),
+            fraction(r.keep),
+            r.bins_kept.map_or("-".into(), |b| b.to_string()),
             opt(r.median_ms, 3),
             opt(r.gb_per_s, 2),
             r.floor_ratio.map_or("-".into(), |x| format!("{x:.1}x")),
             r.ratio.map_or("-".into(), |x| format!("{x:.2}x")),
+            r.vs_dense.map_or("-".into(), |x| format!("{x:.2}x")),
             if r.max_rel_err.is_nan() {
                 "NaN".into()
             } else {
@@ -255,10 +353,11 @@ pub fn table(records: &[Record]) -> String {
         for r in errors {
             let _ = writeln!(
                 s,
-                "  N={} {} {}: {}",
+                "  N={} {} {}{}: {}",
                 human(r.n),
                 r.backend,
                 r.dtype,
+                keep_suffix(r.keep),
                 r.error.as_deref().unwrap_or_default()
             );
         }
@@ -377,5 +476,53 @@ mod tests {
         let t = table(&rs);
         assert!(t.contains("FAIL") && t.contains("NaN") && t.contains("boom"));
         assert_eq!(rs[1].to_json()["max_rel_err"], Value::Null);
+    }
+
+    #[test]
+    fn sparse_rows_compare_with_the_dense_baseline_and_dense_row() {
+        let dense = ConvSpec::builder(2, 3, 2048, 2048).build().unwrap();
+        let sparse = ConvSpec::builder(2, 3, 2048, 2048)
+            .keep_frequencies(0.25)
+            .build()
+            .unwrap();
+        let mut rs = vec![
+            Record::measured(4096, &dense, "baseline", vec![8.0], 1e-7, 1e-5),
+            Record::measured(4096, &dense, "cpu", vec![4.0], 1e-7, 1e-5),
+            Record::measured(4096, &dense, "cpu:bw", vec![10.0], 1e-7, 1e-5),
+            Record::measured(4096, &sparse, "cpu", vec![2.0], 1e-7, 1e-5),
+            Record::measured(4096, &sparse, "cpu:bw", vec![4.0], 1e-7, 1e-5),
+            // A sparse row without its dense row in the run.
+            Record::measured(4096, &sparse, "vulkan", vec![1.0], 1e-7, 1e-5),
+            Record::failed(4096, 2, 3, 2048, "cuda", DType::F32, false, "boom".into())
+                .with_keep(0.25, Some(512)),
+        ];
+        fill_ratios(&mut rs);
+        fill_dense_ratios(&mut rs);
+        assert_eq!((rs[1].keep, rs[1].bins_kept), (1.0, Some(2049)));
+        assert_eq!((rs[3].keep, rs[3].bins_kept), (0.25, Some(512)));
+        // vs base: the dense baseline for every fraction; `:bw` against the same fraction's forward.
+        assert_eq!(rs[3].ratio, Some(4.0));
+        assert_eq!(rs[4].ratio, Some(0.5));
+        assert_eq!(rs[2].ratio, Some(0.4));
+        // vs dense: the same backend's dense row, forward and backward.
+        assert_eq!((rs[3].vs_dense, rs[4].vs_dense), (Some(2.0), Some(2.5)));
+        assert_eq!(
+            (rs[1].vs_dense, rs[5].vs_dense, rs[6].vs_dense),
+            (None, None, None)
+        );
+        let t = table(&rs);
+        assert!(t.contains("vs dense") && t.contains("0.25") && t.contains("keep 0.25: boom"));
+        let j = rs[3].to_json();
+        assert_eq!(
+            (
+                j["keep_frequencies"].as_f64(),
+                j["bins_kept"].as_u64(),
+                j["speedup_vs_dense"].as_f64()
+            ),
+            (Some(0.25), Some(512), Some(2.0))
+        );
+        assert_eq!(rs[1].to_json()["keep_frequencies"].as_f64(), Some(1.0));
+        assert_eq!(fraction(1.0), "1");
+        assert_eq!(fraction(1.0 / 3.0), "0.3333");
     }
 }
