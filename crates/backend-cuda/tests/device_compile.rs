@@ -24,6 +24,11 @@
 //!   `FFTCONV_REQUIRE_CLANG_CUDA=1`.
 //! - `FFTCONV_DEVICE_COMPILE_KERNEL`: another kernel file to check instead of `kernels/fftconv.cu`.
 //! - `FFTCONV_DEVICE_COMPILE_FLAGS`: extra clang flags (whitespace-separated), for every variant.
+//! - `FFTCONV_PTXAS`: NVIDIA's PTX assembler (`ptxas`, e.g. from the `nvidia-cuda-nvcc-cu12`
+//!   wheel, which runs without a GPU); otherwise `ptxas` on the PATH. With it, every PTX file is
+//!   also assembled for sm_90 (what NVRTC does on the GPU machine): that checks the PTX text
+//!   inside the `asm` strings too, and the fused kernel's registers and stack are printed. Without
+//!   it that step is skipped with a message, unless `FFTCONV_REQUIRE_PTXAS=1`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -325,6 +330,7 @@ fn compile_variant(
     out_dir: &Path,
     variant: &Variant,
     arch: &str,
+    ptxas: Option<&Path>,
 ) -> Result<f64, String> {
     let label = variant.label(arch);
     let ptx_path = out_dir.join(format!("{label}.ptx"));
@@ -366,6 +372,9 @@ fn compile_variant(
         .map_err(|e| format!("{label}: cannot read {}: {e}", ptx_path.display()))?;
     let problems = check_ptx(variant, arch, &ptx);
     if problems.is_empty() {
+        if let Some(ptxas) = ptxas {
+            assemble(ptxas, &label, &ptx_path)?;
+        }
         Ok(seconds)
     } else {
         Err(format!(
@@ -374,6 +383,61 @@ fn compile_variant(
             ptx_path.display()
         ))
     }
+}
+
+/// NVIDIA's PTX assembler: `FFTCONV_PTXAS` (it must run) or `ptxas` on the PATH.
+fn find_ptxas() -> Result<PathBuf, String> {
+    let candidate =
+        std::env::var_os("FFTCONV_PTXAS").map_or_else(|| PathBuf::from("ptxas"), PathBuf::from);
+    match Command::new(&candidate).arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(candidate),
+        Ok(out) => Err(format!(
+            "{} --version failed ({})",
+            candidate.display(),
+            out.status
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", candidate.display())),
+    }
+}
+
+/// Assembles a PTX file for sm_90 as NVRTC would on the GPU machine; prints the fused kernel's
+/// resource use (`ptxas -v`).
+fn assemble(ptxas: &Path, label: &str, ptx_path: &Path) -> Result<(), String> {
+    let cubin = ptx_path.with_extension("cubin");
+    let out = Command::new(ptxas)
+        .args(["-arch=sm_90", "-v"])
+        .arg(ptx_path)
+        .arg("-o")
+        .arg(&cubin)
+        .output()
+        .map_err(|e| format!("{label}: cannot run {}: {e}", ptxas.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!(
+            "{label}: ptxas rejects the PTX ({}):\n{}",
+            out.status,
+            stderr
+                .lines()
+                .filter(|l| !l.contains("ptxas info"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+    }
+    // "Compiling entry function 'fftconv_fused'", then its properties and registers.
+    let lines: Vec<&str> = stderr.lines().collect();
+    if let Some(i) = lines
+        .iter()
+        .position(|l| l.contains("entry function 'fftconv_fused'"))
+    {
+        let usage: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take(3)
+            .filter(|l| l.contains("stack frame") || l.contains("registers"))
+            .map(|l| l.trim().trim_start_matches("ptxas info    : "))
+            .collect();
+        println!("{label}: ptxas sm_90, fftconv_fused: {}", usage.join("; "));
+    }
+    Ok(())
 }
 
 #[test]
@@ -394,6 +458,17 @@ fn kernels_compile_for_the_device() {
         "sm_90"
     } else {
         "sm_80"
+    };
+    let ptxas = match find_ptxas() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            assert!(
+                std::env::var("FFTCONV_REQUIRE_PTXAS").as_deref() != Ok("1"),
+                "FFTCONV_REQUIRE_PTXAS=1 but no ptxas runs (set FFTCONV_PTXAS): {why}"
+            );
+            println!("PTX not assembled (no ptxas: {why})");
+            None
+        }
     };
     let kernel = kernel_path();
     assert!(kernel.is_file(), "no kernel file at {}", kernel.display());
@@ -424,7 +499,7 @@ fn kernels_compile_for_the_device() {
                     Arch::Sm80 => "sm_80",
                     Arch::Newest => newest,
                 };
-                match compile_variant(&clang, &kernel, &out_dir, variant, arch) {
+                match compile_variant(&clang, &kernel, &out_dir, variant, arch, ptxas.as_deref()) {
                     Ok(seconds) => println!("ok {} ({seconds:.1} s)", variant.label(arch)),
                     Err(e) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(e),
                 }
