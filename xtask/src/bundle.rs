@@ -204,6 +204,13 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
     step bench-middle-round timeout "$limit" env FFTCONV_CUDA_MIDDLE_ROUND=1 \
         CARGO_TARGET_DIR="$OUT/target-mr" "$here/bin/xtask" bench --backend cuda \
         --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3 --keep-frequencies 1,0.25
+    # Registers against occupancy for the tensor-core kernels (clang's PTX of the fused kernel
+    # used ~127 registers: two 256-thread blocks per SM).
+    for b in 2 3 4; do
+        step "bench-tc-min-blocks-$b" timeout "$limit" env $tc FFTCONV_CUDA_MIN_BLOCKS=$b \
+            CARGO_TARGET_DIR="$OUT/target-mb$b" "$here/bin/xtask" bench --backend cuda \
+            --dtype f16 --sizes 256,4K,16K,64K --reps 3
+    done
     step ncu timeout "$limit" /usr/local/cuda/bin/ncu -k regex:fftconv --launch-count 4 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 4K,64K --reps 1 --mb 64

@@ -6,7 +6,8 @@
 //   SHARED_POINTS              complex points of (dynamic) shared memory per block
 //   PAD                        1: one padding point after every 16 in shared memory
 //   THREADS                    threads per block
-//   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES  experiments (default 3, 0, 0; see below)
+//   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES, MIDDLE_ROUND  experiments (default 3, 0, 0, 0)
+//   MIN_BLOCKS                 blocks per SM to leave registers for (default 1)
 //
 // Kernels (extern "C"):
 //   fftconv_fused            a whole on-chip block of the plan: load, forward FFT, pointwise
@@ -453,6 +454,12 @@ __device__ __forceinline__ cpx mul_w16(cpx x, int sixteenths) {
         return cmul(x, mk(c, r));
     }
 }
+
+// Blocks per SM the compiler leaves registers for (`__launch_bounds__`'s second argument): 1 by
+// default; the host may raise it (-DMIN_BLOCKS=<n>) to trade registers for occupancy.
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
+#endif
 
 // Largest number of radix-2 stages one round runs in registers: 3 (8 points per thread and
 // round) by default; 4 (16 points) is an experiment (fewer barriers and shared-memory round trips,
@@ -1404,7 +1411,7 @@ __device__ __forceinline__ u32 block_index() { return blockIdx.x + blockIdx.y * 
 
 // ---- kernels ----------------------------------------------------------------------------------
 
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_fused(const Params pc, const Buffers bf, const Divisors dv) {
     cpx* s = smem;
     u32 first_line = block_index() << pc.lines_log2;
@@ -1600,12 +1607,12 @@ __device__ __forceinline__ void columns(const Params& pc, const Buffers& bf, con
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
     columns<true>(pc, bf, dv);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
     columns<false>(pc, bf, dv);
 }
@@ -1621,7 +1628,7 @@ __device__ __forceinline__ float segment_gradient(const Params& pc, const Buffer
 // One thread per element (b, h, t) of the chunk: the input gradient dx is the sum of the adjoint
 // segment results (in tmp) at every position that read this input: its block's body, the
 // history of later blocks, and (circular) the wrapped history of the first ones.
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_gather(const Params pc, const Buffers bf, const Divisors dv) {
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
     if (e >= pc.total_lines) {
@@ -1665,7 +1672,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 // One thread per (channel h, tap s) of the chunk: adds the sum over the channel's pairs of the
 // taps (a pair's taps are the sum of its two segments' filter gradients) into the filter
 // gradient dk[channel_offset + h][s], in f32 (chunks run one after another on one stream).
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_taps_sum(const Params pc, const Buffers bf, const Divisors dv) {
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
     if (e >= pc.total_lines) {
@@ -1689,7 +1696,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 //   B = B conj(K) -> IFFT -> dx[t] = dseg[t] (+ dseg[N - (L - t)] where circular history wraps)
 //   du = pre * dx, dpre = u * dx
 // Dynamic shared memory: 3 * 2^lines_log2 * N points (padded).
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_backward_fused(const Params pc, const Buffers bf, const Divisors dv) {
     u32 first_line = block_index() << pc.lines_log2;
     if (first_line >= pc.total_lines) {
@@ -1816,7 +1823,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 // complex rows (bins per row), `spectrum` the filter's bins per channel (scaled by 1/N).
 
 // Real rows: u zero-padded from L to N, as f32.
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_baseline_pad(const Params pc, const Buffers bf, const Divisors dv) {
     (void)dv;
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
@@ -1830,7 +1837,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 }
 
 // Complex rows times the filter bins of each row's channel.
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_baseline_product(const Params pc, const Buffers bf, const Divisors dv) {
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
     if (e >= pc.total_lines) {
@@ -1845,7 +1852,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
 }
 
 // y: the first L of each real row, in the I/O type.
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_baseline_crop(const Params pc, const Buffers bf, const Divisors dv) {
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;
     if (e >= pc.total_lines) {
@@ -1880,7 +1887,7 @@ __device__ __forceinline__ u32 frequency_position(const Params& pc, u32 f) {
     return pos | bit_reverse(f, pc.line_log2);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS)
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_filter_unpack(const Params pc, const Buffers bf, const Divisors dv) {
     (void)dv;
     u32 e = (block_index() << pc.lines_log2) + threadIdx.x;

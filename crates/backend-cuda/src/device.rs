@@ -41,6 +41,9 @@ pub const TENSOR_CORES_ENV: &str = "FFTCONV_CUDA_TENSOR_CORES";
 /// round trips and a barrier fewer; groups whose bins frequency sparsity drops are skipped); an
 /// experiment for timing on a GPU (unmeasured so far).
 pub const MIDDLE_ROUND_ENV: &str = "FFTCONV_CUDA_MIDDLE_ROUND";
+/// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
+/// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
+pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -163,6 +166,11 @@ impl CudaDevice {
             && dtype != DType::F32
             && self.info.compute_capability.0 >= 8;
         let middle_round = std::env::var(MIDDLE_ROUND_ENV).is_ok_and(|v| v.trim() == "1");
+        let min_blocks = std::env::var(MIN_BLOCKS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|b| (1..=32).contains(b))
+            .unwrap_or(1);
         let key = KernelKey {
             dtype,
             shared_points,
@@ -171,6 +179,7 @@ impl CudaDevice {
             segment_table,
             tensor_cores,
             middle_round,
+            min_blocks,
             pad: pad
                 && (shared_points as usize) * 8 * 17 / 16
                     <= self.info.shared_memory_per_block_optin,
@@ -203,6 +212,7 @@ impl CudaDevice {
             format!("-DSEGMENT_TABLE={}", u32::from(key.segment_table)),
             format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
             format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
+            format!("-DMIN_BLOCKS={}", key.min_blocks),
         ];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
         let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
@@ -269,6 +279,7 @@ struct KernelKey {
     segment_table: bool,
     tensor_cores: bool,
     middle_round: bool,
+    min_blocks: u32,
     pad: bool,
 }
 
