@@ -35,6 +35,11 @@ layout(constant_id = 1) const uint SHARED_POINTS = 4096;
 // 1: one padding point after every 16 in shared memory, so that invocations reading points a
 // power of two apart (the last FFT rounds) hit different banks; 0: no padding (it must fit).
 layout(constant_id = 2) const uint PAD = 0;
+// 1: the fused pass runs the forward's finest FFT round, the pointwise product and the inverse's
+// finest round as one register round (no shared-memory round trip between them; groups whose
+// bins frequency sparsity all drops are not loaded or transformed; the host's default). 0: three
+// passes (FFTCONV_VULKAN_MIDDLE_ROUND=0).
+layout(constant_id = 3) const uint MIDDLE = 0;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
 layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
@@ -320,22 +325,139 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
         g += (R);                                                                               \
     }
 
-// Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
-void fft_forward(uint m_log2) {
-    uint gl = m_log2; // log2 of the group size of the next round
-    for (; gl >= 3u; gl -= 3u) DIF_ROUND(3u)
-    if (gl == 2u) DIF_ROUND(2u)
-    if (gl == 1u) DIF_ROUND(1u)
+// The group size (log2) of a transform's finest round: the forward's last round and the
+// inverse's first (both combine points 1 .. 2^(R-1) apart). 0 for lines of one point.
+uint finest_round_log2(uint m_log2) {
+    if (m_log2 == 0u) {
+        return 0u;
+    }
+    uint r = m_log2 % 3u;
+    return r == 0u ? 3u : r;
 }
 
-// Inverse (unscaled), decimation in time: bit-reversed order in, natural out.
-void fft_inverse(uint m_log2) {
-    uint g = 0u; // log2 of the span of the next stage
-    uint rest = m_log2 % 3u;
-    if (rest == 1u) DIT_ROUND(1u)
-    if (rest == 2u) DIT_ROUND(2u)
+// Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
+// Stops before the round with group size 2^stop_log2 when that is finest_round_log2 (the
+// caller runs it), or runs every round when it is 0.
+void fft_forward(uint m_log2, uint stop_log2) {
+    uint gl = m_log2; // log2 of the group size of the next round
+    for (; gl >= 3u && gl > stop_log2; gl -= 3u) DIF_ROUND(3u)
+    if (gl == 2u && gl > stop_log2) DIF_ROUND(2u)
+    if (gl == 1u && gl > stop_log2) DIF_ROUND(1u)
+}
+
+// Inverse (unscaled), decimation in time: bit-reversed order in, natural out. Starts at span
+// 2^g0: 0 (every round) or finest_round_log2 (the caller ran the finest round).
+void fft_inverse(uint m_log2, uint g0) {
+    uint g = g0; // log2 of the span of the next stage
+    if (g == 0u) {
+        uint rest = m_log2 % 3u;
+        if (rest == 1u) DIT_ROUND(1u)
+        if (rest == 2u) DIT_ROUND(2u)
+    }
     while (g < m_log2) DIT_ROUND(3u)
 }
+#endif
+
+#if defined(PASS_FUSED)
+// Frequency held by position pos of a pair (point p of its line of 2^m_log2 points) after the
+// forward transform: position pos = sum_s M_{s+1} p_s + p holds frequency
+// f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
+uint position_frequency(uint pos, uint p, uint m_log2) {
+    uint f = 0u;
+    uint weight_log2 = 0u;
+    uint shift = pc.log2n;
+    for (uint st = 0u; st < pc.stage_count; st++) {
+        uint bits = (pc.stage_bits >> (5u * st)) & 31u;
+        shift -= bits;
+        uint digit = (pos >> shift) & ((1u << bits) - 1u);
+        f += bit_reverse(digit, bits) << weight_log2;
+        weight_log2 += bits;
+    }
+    return f + (bit_reverse(p, m_log2) << weight_log2);
+}
+
+// The pointwise product's factor at frequency f of pair `pair` of channel h (position pos): the
+// filter bin (conjugated for the adjoint), or for the filter gradient (FLAG_CORRELATE)
+// conj(other) / N; `kept` is false, and the factor 0, where frequency sparsity drops the bin.
+vec2 frequency_factor(uint h, uint pair, uint pos, uint f, out bool kept) {
+    kept = bin_kept(f);
+    if (!kept) {
+        return vec2(0.0);
+    }
+    if ((pc.flags & FLAG_CORRELATE) != 0u) {
+        return conj_c(other[pair * (1u << pc.log2n) + pos]) / float(1u << pc.log2n);
+    }
+    vec2 factor = filter_bin(h, f);
+    return (pc.flags & FLAG_CONJ_FILTER) != 0u ? conj_c(factor) : factor;
+}
+
+// The finest forward round (group size 2^R, j = 0), the product and the finest inverse round on
+// each group of 2^R consecutive points, in registers. The group's points hold frequencies
+// f0 + bitrev_R(k) N / 2^R (the low R bits of a position are the top R bits of its frequency).
+#define MIDDLE_ROUND(R)                                                                         \
+    {                                                                                           \
+        uint items = 1u << (m_log2 + pc.lines_log2 - (R));                                      \
+        for (uint it = gl_LocalInvocationIndex; it < items; it += gl_WorkGroupSize.x) {         \
+            uint i0 = it << (R);                                                                \
+            uint line = first_line + (i0 >> m_log2);                                            \
+            if (line >= pc.total_lines) {                                                       \
+                continue;                                                                       \
+            }                                                                                   \
+            uint pair = line >> pair_lines_log2;                                                \
+            uint p0 = i0 & (m - 1u);                                                            \
+            uint pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;               \
+            uint h = pair / pc.pairs;                                                           \
+            uint f0 = position_frequency(pos0, p0, m_log2);                                     \
+            vec2 factor[1u << (R)];                                                             \
+            bool any = false;                                                                   \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                bool kept;                                                                      \
+                uint f = f0 + (bit_reverse(k, (R)) << (pc.log2n - (R)));                        \
+                factor[k] = frequency_factor(h, pair, pos0 + k, f, kept);                       \
+                any = any || kept;                                                              \
+            }                                                                                   \
+            vec2 x[1u << (R)];                                                                  \
+            if (!any) {                                                                         \
+                for (uint k = 0u; k < (1u << (R)); k++) {                                       \
+                    s[SIDX(i0 + k)] = vec2(0.0);                                                \
+                }                                                                               \
+                continue;                                                                       \
+            }                                                                                   \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                x[k] = s[SIDX(i0 + k)];                                                         \
+            }                                                                                   \
+            for (uint t = 0u; t < (R); t++) {                                                   \
+                uint half_k = 1u << ((R) - 1u - t);                                             \
+                for (uint k = 0u; k < (1u << (R)); k++) {                                       \
+                    if ((k & half_k) == 0u) {                                                   \
+                        vec2 a = x[k];                                                          \
+                        vec2 b = x[k + half_k];                                                 \
+                        x[k] = a + b;                                                           \
+                        x[k + half_k] = cmul(a - b, root(k & (half_k - 1u), (R) - t));          \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                x[k] = cmul(x[k], factor[k]);                                                   \
+            }                                                                                   \
+            for (uint t = 0u; t < (R); t++) {                                                   \
+                uint half_k = 1u << t;                                                          \
+                for (uint k = 0u; k < (1u << (R)); k++) {                                       \
+                    if ((k & half_k) == 0u) {                                                   \
+                        vec2 c = cmul(x[k + half_k], conj_c(root(k & (half_k - 1u), t + 1u)));  \
+                        vec2 a = x[k];                                                          \
+                        x[k] = a + c;                                                           \
+                        x[k + half_k] = a - c;                                                  \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+            for (uint k = 0u; k < (1u << (R)); k++) {                                           \
+                s[SIDX(i0 + k)] = x[k];                                                         \
+            }                                                                                   \
+        }                                                                                       \
+        memoryBarrierShared();                                                                  \
+        barrier();                                                                              \
+    }
 #endif
 
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
@@ -378,46 +500,40 @@ void main() {
     }
     memoryBarrierShared();
     barrier();
-    if ((pc.flags & FLAG_NO_FORWARD) == 0u) {
-        fft_forward(m_log2);
-    }
     // Forward only (FLAG_NO_INVERSE): the spectrum is stored as it is, for a later pass.
     // (No early return: every invocation reaches every barrier in one program order.)
     bool forward_only = (pc.flags & FLAG_NO_INVERSE) != 0u;
+    bool no_forward = (pc.flags & FLAG_NO_FORWARD) != 0u;
+    // MIDDLE: the forward's finest round, the product and the inverse's finest round as one.
+    uint middle = MIDDLE != 0u && !forward_only && !no_forward ? finest_round_log2(m_log2) : 0u;
+    if (!no_forward) {
+        fft_forward(m_log2, middle);
+    }
     if (!forward_only) {
-        // Pointwise product. Position pos = sum_s M_{s+1} p_s + p holds frequency
-        // f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
-        for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
-            uint line = first_line + (i >> m_log2);
-            if (line < pc.total_lines) {
-                uint pair = line >> pair_lines_log2;
-                uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
-                uint f = 0u;
-                uint weight_log2 = 0u;
-                uint shift = pc.log2n;
-                for (uint st = 0u; st < pc.stage_count; st++) {
-                    uint bits = (pc.stage_bits >> (5u * st)) & 31u;
-                    shift -= bits;
-                    uint digit = (pos >> shift) & ((1u << bits) - 1u);
-                    f += bit_reverse(digit, bits) << weight_log2;
-                    weight_log2 += bits;
+        if (middle == 1u) {
+            MIDDLE_ROUND(1u)
+        } else if (middle == 2u) {
+            MIDDLE_ROUND(2u)
+        } else if (middle == 3u) {
+            MIDDLE_ROUND(3u)
+        } else {
+            // Pointwise product.
+            for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
+                uint line = first_line + (i >> m_log2);
+                if (line < pc.total_lines) {
+                    uint pair = line >> pair_lines_log2;
+                    uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
+                    bool kept;
+                    vec2 factor = frequency_factor(pair / pc.pairs, pair, pos,
+                                                   position_frequency(pos, i & (m - 1u), m_log2),
+                                                   kept);
+                    s[SIDX(i)] = cmul(s[SIDX(i)], factor);
                 }
-                f += bit_reverse(i & (m - 1u), m_log2) << weight_log2;
-                vec2 factor;
-                if ((pc.flags & FLAG_CORRELATE) != 0u) {
-                    factor = bin_kept(f) ? conj_c(other[pair * n + pos]) / float(n) : vec2(0.0);
-                } else {
-                    factor = filter_bin(pair / pc.pairs, f);
-                    if ((pc.flags & FLAG_CONJ_FILTER) != 0u) {
-                        factor = conj_c(factor);
-                    }
-                }
-                s[SIDX(i)] = cmul(s[SIDX(i)], factor);
             }
+            memoryBarrierShared();
+            barrier();
         }
-        memoryBarrierShared();
-        barrier();
-        fft_inverse(m_log2);
+        fft_inverse(m_log2, middle);
     }
 
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
@@ -539,9 +655,9 @@ void main() {
     memoryBarrierShared();
     barrier();
 #if defined(PASS_COLUMNS_FORWARD)
-    fft_forward(m_log2);
+    fft_forward(m_log2, 0u);
 #else
-    fft_inverse(m_log2);
+    fft_inverse(m_log2, 0u);
 #endif
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
         uint c = i & lines_mask;
