@@ -211,6 +211,13 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
             CARGO_TARGET_DIR="$OUT/target-mb$b" "$here/bin/xtask" bench --backend cuda \
             --dtype f16 --sizes 256,4K,16K,64K --reps 3
     done
+    # Vulkan shader experiments (lavapipe measured them slower; NVIDIA's compiler may not) and
+    # the middle round (default on) against three passes.
+    for v in FFTCONV_VULKAN_FAST_DIV=1 FFTCONV_VULKAN_CONST_TWIDDLES=1 FFTCONV_VULKAN_MIDDLE_ROUND=0; do
+        step "bench-vulkan-${v%%=*}" timeout "$limit" env $v \
+            CARGO_TARGET_DIR="$OUT/target-${v%%=*}" "$here/bin/xtask" bench --backend vulkan \
+            --dtype f16 --sizes 256,4K,64K --reps 3
+    done
     step ncu timeout "$limit" /usr/local/cuda/bin/ncu -k regex:fftconv --launch-count 4 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 4K,64K --reps 1 --mb 64

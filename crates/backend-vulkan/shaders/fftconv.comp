@@ -40,6 +40,11 @@ layout(constant_id = 2) const uint PAD = 0;
 // bins frequency sparsity all drops are not loaded or transformed; the host's default). 0: three
 // passes (FFTCONV_VULKAN_MIDDLE_ROUND=0).
 layout(constant_id = 3) const uint MIDDLE = 0;
+// Experiments for timing on a GPU (lavapipe measured both slower): 1: per-point divisions through
+// a corrected float division (FAST_DIV); one twiddle load per stage and constant W_8 factors in
+// the FFT rounds instead of a load per butterfly (CONST_TWIDDLES). 0: off (the default).
+layout(constant_id = 4) const uint FAST_DIV = 0;
+layout(constant_id = 5) const uint CONST_TWIDDLES = 0;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
 layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
@@ -137,11 +142,50 @@ uint bf16_bits(float v) {
 vec2 cmul(vec2 a, vec2 b) { return vec2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x); }
 vec2 conj_c(vec2 a) { return vec2(a.x, -a.y); }
 
+// a / b for b > 0. With FAST_DIV: through a float division corrected to the exact quotient when
+// both are below 2^24 (the float quotient is then within one of it), else an integer division.
+uint udiv(uint a, uint b) {
+    if (FAST_DIV == 0u || (a | b) >= (1u << 24)) {
+        return a / b;
+    }
+    uint q = uint(float(a) / float(b));
+    int r = int(a) - int(q * b);
+    if (r < 0) {
+        q -= 1u;
+    } else if (uint(r) >= b) {
+        q += 1u;
+    }
+    return q;
+}
+
 uint bit_reverse(uint x, uint bits) { return bits == 0u ? 0u : bitfieldReverse(x) >> (32u - bits); }
 
 // W_{2^m_log2}^e for any e (reduced mod 2^m_log2 here).
 vec2 root(uint e, uint m_log2) {
     return twiddles[(e & ((1u << m_log2) - 1u)) << (pc.log2n - m_log2)];
+}
+
+// x * W_8^e (e mod 8): constant twiddles inside a round (CONST_TWIDDLES).
+vec2 mul_w8(vec2 x, uint e) {
+    const float r = 0.70710678118654752; // sqrt(1/2)
+    switch (e & 7u) {
+    case 0u:
+        return x;
+    case 1u:
+        return vec2((x.x + x.y) * r, (x.y - x.x) * r);
+    case 2u:
+        return vec2(x.y, -x.x);
+    case 3u:
+        return vec2((x.y - x.x) * r, -(x.x + x.y) * r);
+    case 4u:
+        return -x;
+    case 5u:
+        return vec2(-(x.x + x.y) * r, (x.x - x.y) * r);
+    case 6u:
+        return vec2(-x.y, x.x);
+    default:
+        return vec2((x.x - x.y) * r, (x.x + x.y) * r);
+    }
 }
 
 // ---- overlap-save segments --------------------------------------------------------------------
@@ -151,7 +195,7 @@ bool segment_row(uint seg, uint h, out uint row_base, out uint start, out uint o
     if (seg >= pc.segments) {
         return false;
     }
-    uint b = seg / pc.blocks;
+    uint b = udiv(seg, pc.blocks);
     uint j = seg - b * pc.blocks;
     start = j * pc.block_len;
     outputs = min(pc.block_len, pc.seq_len - start);
@@ -230,7 +274,7 @@ void store_result(uint pair, uint pos, vec2 v) {
             taps[pair * pc.taps_len + pos] = v.x;
         }
     } else if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
-        uint h = pair / pc.pairs;
+        uint h = udiv(pair, pc.pairs);
         uint q = pair - h * pc.pairs;
         store_output(2u * q, h, pos, v.x);
         store_output(2u * q + 1u, h, pos, v.y);
@@ -278,9 +322,15 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
                     if ((k & half_k) == 0u) {                                                   \
                         vec2 a = x[k];                                                          \
                         vec2 b = x[k + half_k];                                                 \
-                        uint e = ((k & (half_k - 1u)) << q_log2) + j;                           \
                         x[k] = a + b;                                                           \
-                        x[k + half_k] = cmul(a - b, root(e, span_log2 + 1u));                   \
+                        if (CONST_TWIDDLES != 0u) {                                             \
+                            /* W_{2^(gl-t)}^(j + c q) = W_{2^(gl-t)}^j W_8^(c 2^(3-R+t)) */     \
+                            vec2 d = mul_w8(a - b, (k & (half_k - 1u)) << (3u - (R) + t));      \
+                            x[k + half_k] = cmul(d, root(j, span_log2 + 1u));                   \
+                        } else {                                                                \
+                            uint e = ((k & (half_k - 1u)) << q_log2) + j;                       \
+                            x[k + half_k] = cmul(a - b, root(e, span_log2 + 1u));               \
+                        }                                                                       \
                     }                                                                           \
                 }                                                                               \
             }                                                                                   \
@@ -308,8 +358,15 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
                 uint half_k = 1u << t;                                                          \
                 for (uint k = 0u; k < (1u << (R)); k++) {                                       \
                     if ((k & half_k) == 0u) {                                                   \
-                        uint e = ((k & (half_k - 1u)) << g) + j;                                \
-                        vec2 c = cmul(x[k + half_k], conj_c(root(e, g + t + 1u)));              \
+                        vec2 c;                                                                 \
+                        if (CONST_TWIDDLES != 0u) {                                             \
+                            /* conj(W_{2^(g+t+1)}^(j + c 2^g)) = conj(W^j) W_8^(-c 2^(2-t)) */  \
+                            uint c8 = 8u - ((k & (half_k - 1u)) << (2u - t));                   \
+                            c = mul_w8(cmul(x[k + half_k], conj_c(root(j, g + t + 1u))), c8);   \
+                        } else {                                                                \
+                            uint e = ((k & (half_k - 1u)) << g) + j;                            \
+                            c = cmul(x[k + half_k], conj_c(root(e, g + t + 1u)));               \
+                        }                                                                       \
                         vec2 a = x[k];                                                          \
                         x[k] = a + c;                                                           \
                         x[k + half_k] = a - c;                                                  \
@@ -406,7 +463,7 @@ vec2 frequency_factor(uint h, uint pair, uint pos, uint f, out bool kept) {
             uint pair = line >> pair_lines_log2;                                                \
             uint p0 = i0 & (m - 1u);                                                            \
             uint pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;               \
-            uint h = pair / pc.pairs;                                                           \
+            uint h = udiv(pair, pc.pairs);                                                           \
             uint f0 = position_frequency(pos0, p0, m_log2);                                     \
             vec2 factor[1u << (R)];                                                             \
             bool any = false;                                                                   \
@@ -489,7 +546,7 @@ void main() {
             uint pair = line >> pair_lines_log2;
             uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
             if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
-                uint h = pair / pc.pairs;
+                uint h = udiv(pair, pc.pairs);
                 uint q = pair - h * pc.pairs;
                 v = vec2(segment_value(2u * q, h, pos), segment_value(2u * q + 1u, h, pos));
             } else {
@@ -524,7 +581,7 @@ void main() {
                     uint pair = line >> pair_lines_log2;
                     uint pos = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + (i & (m - 1u));
                     bool kept;
-                    vec2 factor = frequency_factor(pair / pc.pairs, pair, pos,
+                    vec2 factor = frequency_factor(udiv(pair, pc.pairs), pair, pos,
                                                    position_frequency(pos, i & (m - 1u), m_log2),
                                                    kept);
                     s[SIDX(i)] = cmul(s[SIDX(i)], factor);
@@ -639,7 +696,7 @@ void main() {
             uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
 #if defined(PASS_COLUMNS_FORWARD)
             if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
-                uint h = pair / pc.pairs;
+                uint h = udiv(pair, pc.pairs);
                 uint q = pair - h * pc.pairs;
                 v = vec2(segment_value(2u * q, h, pos), segment_value(2u * q + 1u, h, pos));
             } else {

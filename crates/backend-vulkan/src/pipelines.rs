@@ -39,6 +39,32 @@ pub const NO_PAD_ENV: &str = "FFTCONV_VULKAN_NO_PAD";
 /// round (the default; CUDA's `FFTCONV_CUDA_MIDDLE_ROUND`). Measured on lavapipe (f32, 16 MB):
 /// the middle round takes 11-19% off at N = 256 .. 4K and 6% at 16K, 64K; not yet on a GPU.
 pub const MIDDLE_ROUND_ENV: &str = "FFTCONV_VULKAN_MIDDLE_ROUND";
+/// Environment variable: `1` computes the shader's per-point divisions through a corrected float
+/// division; an experiment for timing on a GPU (3-7% slower on lavapipe).
+pub const FAST_DIV_ENV: &str = "FFTCONV_VULKAN_FAST_DIV";
+/// Environment variable: `1` makes the FFT rounds load one twiddle per stage and apply constant
+/// W_8 factors (CUDA's scheme) instead of a load per butterfly; an experiment for timing on a GPU
+/// (25-40% slower on lavapipe, whose compiler keeps the butterfly loops).
+pub const CONST_TWIDDLES_ENV: &str = "FFTCONV_VULKAN_CONST_TWIDDLES";
+
+/// Shader variants chosen by environment variables (specialization constants 3 .. 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ShaderOptions {
+    middle: bool,
+    fast_div: bool,
+    const_twiddles: bool,
+}
+
+impl ShaderOptions {
+    fn from_env() -> ShaderOptions {
+        let on = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "1");
+        ShaderOptions {
+            middle: std::env::var(MIDDLE_ROUND_ENV).map_or(true, |v| v.trim() != "0"),
+            fast_div: on(FAST_DIV_ENV),
+            const_twiddles: on(CONST_TWIDDLES_ENV),
+        }
+    }
+}
 
 /// Largest number of complex points a workgroup keeps in shared memory (the shader's FFT lines).
 const MAX_SHARED_POINTS: u32 = 4096;
@@ -98,7 +124,7 @@ impl Pipelines {
         dtype: DType,
         max_shared_points: Option<u32>,
     ) -> Result<Arc<Pipelines>, VulkanError> {
-        type Cache = Mutex<HashMap<(DType, u32, bool, bool), Arc<Pipelines>>>;
+        type Cache = Mutex<HashMap<(DType, u32, bool, ShaderOptions), Arc<Pipelines>>>;
         static CACHE: OnceLock<Cache> = OnceLock::new();
         let shared_bytes = ctx.capabilities().shared_memory_bytes;
         let mut points = (shared_bytes / 8).min(MAX_SHARED_POINTS);
@@ -110,14 +136,14 @@ impl Pipelines {
         // Bank-conflict padding (one point per 16) where it still fits, unless switched off.
         let pad = (shared_points + shared_points / 16) * 8 <= shared_bytes
             && std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1");
-        let middle = std::env::var(MIDDLE_ROUND_ENV).map_or(true, |v| v.trim() != "0");
-        let key = (dtype, shared_points, pad, middle);
+        let options = ShaderOptions::from_env();
+        let key = (dtype, shared_points, pad, options);
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = map.get(&key) {
             return Ok(Arc::clone(p));
         }
-        let p = Arc::new(Pipelines::new(ctx, dtype, shared_points, pad, middle)?);
+        let p = Arc::new(Pipelines::new(ctx, dtype, shared_points, pad, options)?);
         map.insert(key, Arc::clone(&p));
         Ok(p)
     }
@@ -127,7 +153,7 @@ impl Pipelines {
         dtype: DType,
         shared_points: u32,
         pad: bool,
-        middle: bool,
+        options: ShaderOptions,
     ) -> Result<Pipelines, VulkanError> {
         let caps = ctx.capabilities();
         if dtype != DType::F32 && !caps.storage_16bit {
@@ -211,28 +237,23 @@ impl Pipelines {
                 (PassKind::Gather, DType::Bf16) => spirv::GATHER_BF16,
             }
         };
-        let spec_data: Vec<u8> = [workgroup, shared_points, u32::from(pad), u32::from(middle)]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
-        let entries = [
-            vk::SpecializationMapEntry::default()
-                .constant_id(0)
-                .offset(0)
-                .size(4),
-            vk::SpecializationMapEntry::default()
-                .constant_id(1)
-                .offset(4)
-                .size(4),
-            vk::SpecializationMapEntry::default()
-                .constant_id(2)
-                .offset(8)
-                .size(4),
-            vk::SpecializationMapEntry::default()
-                .constant_id(3)
-                .offset(12)
-                .size(4),
+        let spec_words = [
+            workgroup,
+            shared_points,
+            u32::from(pad),
+            u32::from(options.middle),
+            u32::from(options.fast_div),
+            u32::from(options.const_twiddles),
         ];
+        let spec_data: Vec<u8> = spec_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let entries: Vec<vk::SpecializationMapEntry> = (0..spec_words.len() as u32)
+            .map(|id| {
+                vk::SpecializationMapEntry::default()
+                    .constant_id(id)
+                    .offset(4 * id)
+                    .size(4)
+            })
+            .collect();
         let spec = vk::SpecializationInfo::default()
             .map_entries(&entries)
             .data(&spec_data);
