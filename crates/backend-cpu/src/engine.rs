@@ -43,8 +43,8 @@ struct Segment {
 /// Work items are grouped so each rayon task covers at least about this many FFT points.
 const PAIRS_PER_TASK_LEN: usize = 1 << 15;
 
-/// FFT sizes from which dense problems use the split form of [`PairFft`] (measured: it helps
-/// f32 from 512K and f16 from 1M, and is within noise otherwise; see `docs/perf.md`).
+/// FFT sizes from which problems use the split form of [`PairFft`] (measured on dense ones: it
+/// helps f32 from 512K and f16 from 1M, and is within noise otherwise; see `docs/perf.md`).
 const SPLIT_FROM: usize = 1 << 20;
 
 /// Small FFTs are batched (several pairs per rustfft call) up to about this many points.
@@ -189,7 +189,7 @@ impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
-        let fft = if !spec.geometry().is_sparse() && n >= SPLIT_FROM {
+        let fft = if n >= SPLIT_FROM {
             PairFft::split(n)
         } else {
             PairFft::new(n)

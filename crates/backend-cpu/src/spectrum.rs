@@ -91,7 +91,7 @@ impl CpuFilterSpectrum {
     }
 
     /// Copies a split spectrum (even frequencies in `buf[..N/2]`, odd ones in `buf[N/2..]`),
-    /// scaled, into natural order `dst[f]`, `f <= N/2`. Dense problems only.
+    /// scaled, into natural order `dst[f]` for the stored bins.
     pub(crate) fn keep_split(&self, buf: &[Complex32], scale: f32, dst: &mut [Complex32]) {
         let s = buf.len() / 2;
         for (f, d) in dst.iter_mut().enumerate().take(self.stored) {
@@ -105,9 +105,12 @@ impl CpuFilterSpectrum {
     }
 
     /// [`multiply`](Self::multiply) for a split spectrum (even frequencies then odd ones, see
-    /// `PairFft`); `k` is in natural order. Dense problems only.
+    /// `PairFft`); `k` is in natural order.
     pub(crate) fn multiply_split(&self, k: &[Complex32], buf: &mut [Complex32]) {
         let s = buf.len() / 2;
+        if k.len() <= s {
+            return Self::multiply_split_sparse(k, buf);
+        }
         let q = s / 2;
         let (lo, hi) = buf.split_at_mut(s);
         // Even frequency 2j sits at lo[j], its mirror N - 2j at lo[S - j]; odd frequency 2j+1
@@ -130,6 +133,37 @@ impl CpuFilterSpectrum {
             *ho *= ko;
             *lm *= ke.conj();
             *hm *= ko.conj();
+        }
+    }
+
+    /// [`multiply_split`](Self::multiply_split) for a frequency-sparse problem: `k` holds the
+    /// kept bins `f < m` (m <= N/2); bins `f` and `N - f` for `f < m` are multiplied, every other
+    /// bin is cleared. Even frequency `2j` sits at `lo[j]`, odd `2j + 1` at `hi[j]`.
+    fn multiply_split_sparse(k: &[Complex32], buf: &mut [Complex32]) {
+        let n = buf.len();
+        let s = n / 2;
+        let m = k.len();
+        let (lo, hi) = buf.split_at_mut(s);
+        // Dropped: f in [m, N - m]. Even ones: j in [ceil(m/2), (N - m)/2]; odd ones:
+        // j in [ceil((m - 1)/2), (N - m - 1)/2].
+        lo[m.div_ceil(2)..=(n - m) / 2].fill(Complex32::default());
+        hi[m / 2..=(n - m - 1) / 2].fill(Complex32::default());
+        for (f, &kf) in k.iter().enumerate() {
+            let slot = |f: usize| -> (bool, usize) { (f % 2 == 1, f / 2) };
+            let (odd, j) = slot(f);
+            if odd {
+                hi[j] *= kf;
+            } else {
+                lo[j] *= kf;
+            }
+            if f > 0 {
+                let (odd, j) = slot(n - f);
+                if odd {
+                    hi[j] *= kf.conj();
+                } else {
+                    lo[j] *= kf.conj();
+                }
+            }
         }
     }
 }
