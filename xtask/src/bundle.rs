@@ -204,6 +204,10 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
     step bench-middle-round timeout "$limit" env FFTCONV_CUDA_MIDDLE_ROUND=1 \
         CARGO_TARGET_DIR="$OUT/target-mr" "$here/bin/xtask" bench --backend cuda \
         --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3 --keep-frequencies 1,0.25
+    # Per-plan specialization of the fused pass (one more NVRTC compile per size), with TC + middle.
+    step bench-specialized timeout "$limit" env $tc FFTCONV_CUDA_SPECIALIZE=1 \
+        CARGO_TARGET_DIR="$OUT/target-spec" "$here/bin/xtask" bench --backend cuda \
+        --dtype f16 --sizes 256,4K,16K,64K,1M --reps 3
     # Registers against occupancy for the tensor-core kernels (clang's PTX of the fused kernel
     # used ~127 registers: two 256-thread blocks per SM).
     for b in 2 3 4; do

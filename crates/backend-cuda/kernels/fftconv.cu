@@ -760,7 +760,7 @@ __device__ __forceinline__ void tc_product(const TcMatrix& a, const cpx x[4], fl
 }
 
 // Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-4) on every group, as dif_round<4>.
-__device__ void tc_dif_round(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+__device__ __forceinline__ void tc_dif_round(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
                              u32 m_log2, u32 gl) {
     u32 tiles = 1u << (m_log2 + pc.lines_log2 - 7u); // eight items per tile
     u32 q_log2 = gl - 4u;
@@ -794,7 +794,7 @@ __device__ void tc_dif_round(cpx* s, const Params& pc, const Buffers& bf, const 
 }
 
 // Inverse (DIT) stages with spans 2^g .. 2^(g+3) on every group, as dit_round<4>.
-__device__ void tc_dit_round(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+__device__ __forceinline__ void tc_dit_round(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
                              u32 m_log2, u32 g) {
     u32 gl = g + 4u;
     u32 tiles = 1u << (m_log2 + pc.lines_log2 - 7u);
@@ -886,7 +886,7 @@ __device__ __forceinline__ void tc_transpose_fragments(const cpx d[2][4], cpx b[
 
 // Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-8) on every group: a radix-16 round at gl
 // (contracting a, twiddle W_G^((16 q b... see tc_dif_round) then one at gl - 4 (contracting b).
-__device__ void tc_dif_round256(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+__device__ __forceinline__ void tc_dif_round256(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
                                 u32 m_log2, u32 gl) {
     u32 items = 1u << (m_log2 + pc.lines_log2 - 8u);
     u32 q_log2 = gl - 8u;
@@ -941,7 +941,7 @@ __device__ void tc_dif_round256(cpx* s, const Params& pc, const Buffers& bf, con
 
 // Inverse (DIT) stages with spans 2^g .. 2^(g+7) on every group: a radix-16 round at span g
 // (contracting b) then one at span g + 4 (contracting a), twiddles on their inputs.
-__device__ void tc_dit_round256(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
+__device__ __forceinline__ void tc_dit_round256(cpx* s, const Params& pc, const Buffers& bf, const TcMatrix& a,
                                 u32 m_log2, u32 g) {
     u32 gl = g + 8u;
     u32 items = 1u << (m_log2 + pc.lines_log2 - 8u);
@@ -1021,7 +1021,7 @@ __device__ __forceinline__ u32 finest_round_log2(const Params& pc, u32 m_log2) {
 // Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
 // Stops before the round with group size 2^stop_log2 when stop_log2 is finest_round_log2 (the
 // caller runs it), or runs every round when it is 0.
-__device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
+__device__ __forceinline__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
                             u32 stop_log2 = 0u) {
     u32 gl = m_log2; // log2 of the group size of the next round
 #if TENSOR_CORES
@@ -1068,7 +1068,7 @@ __device__ void fft_forward(cpx* s, const Params& pc, const Buffers& bf, u32 m_l
 
 // Inverse (unscaled), decimation in time: bit-reversed order in, natural out. Starts at span
 // 2^g0: g0 is 0 (every round) or finest_round_log2 (the caller ran the finest round).
-__device__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
+__device__ __forceinline__ void fft_inverse(cpx* s, const Params& pc, const Buffers& bf, u32 m_log2,
                             u32 g0 = 0u) {
     u32 g = g0; // log2 of the span of the next stage
 #if TENSOR_CORES
@@ -1180,7 +1180,7 @@ __device__ __forceinline__ u32 reverse_small(u32 k, int r) {
 // round on each group of 2^R consecutive points, in registers. A group whose bins frequency
 // sparsity all drops is not loaded or transformed: its points are set to 0.
 template <int R>
-__device__ void middle_round(cpx* s, const Params& pc, const Buffers& bf, const Divisors& dv,
+__device__ __forceinline__ void middle_round(cpx* s, const Params& pc, const Buffers& bf, const Divisors& dv,
                              u32 first_line, u32 m_log2) {
     u32 items = 1u << (m_log2 + pc.lines_log2 - R);
     u32 m = 1u << m_log2;
@@ -1336,7 +1336,7 @@ __device__ __forceinline__ void tc_product_a(const cpx a[8], const TcMatrixB& b,
     }
 }
 
-__device__ void tc_middle_round(cpx* s, const Params& pc, const Buffers& bf, const Divisors& dv,
+__device__ __forceinline__ void tc_middle_round(cpx* s, const Params& pc, const Buffers& bf, const Divisors& dv,
                                 u32 first_line, u32 m_log2) {
     TcMatrixB forward = tc_matrix_b(pc, bf, false);
     TcMatrixB inverse = tc_matrix_b(pc, bf, true);
@@ -1411,8 +1411,8 @@ __device__ __forceinline__ u32 block_index() { return blockIdx.x + blockIdx.y * 
 
 // ---- kernels ----------------------------------------------------------------------------------
 
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
-    fftconv_fused(const Params pc, const Buffers bf, const Divisors dv) {
+// The fused pass (kernel fftconv_fused below), inlined into the kernel once per specialization.
+__device__ __forceinline__ void fused_pass(const Params& pc, const Buffers& bf, const Divisors& dv) {
     cpx* s = smem;
     u32 first_line = block_index() << pc.lines_log2;
     if (first_line >= pc.total_lines) {
@@ -1533,6 +1533,33 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             }
         }
     }
+}
+
+// Per-plan specialization (an experiment; the host defines SPEC_LOG2N, SPEC_LINE_LOG2,
+// SPEC_LINES_LOG2, SPEC_STAGE_COUNT and SPEC_STAGE_BITS from one plan's fused pass): launches whose
+// parameters match run a copy of the pass with those as compile-time constants (round loops,
+// shifts, item counts and the frequency digits fold); any other launch runs the generic copy.
+#ifndef SPEC_LINE_LOG2
+#define SPEC_LINE_LOG2 -1
+#endif
+
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
+    fftconv_fused(const Params pc, const Buffers bf, const Divisors dv) {
+#if SPEC_LINE_LOG2 >= 0
+    if (pc.log2n == (u32)SPEC_LOG2N && pc.line_log2 == (u32)SPEC_LINE_LOG2 &&
+        pc.lines_log2 == (u32)SPEC_LINES_LOG2 && pc.stage_count == (u32)SPEC_STAGE_COUNT &&
+        pc.stage_bits == (u32)SPEC_STAGE_BITS) {
+        Params fixed = pc;
+        fixed.log2n = (u32)SPEC_LOG2N;
+        fixed.line_log2 = (u32)SPEC_LINE_LOG2;
+        fixed.lines_log2 = (u32)SPEC_LINES_LOG2;
+        fixed.stage_count = (u32)SPEC_STAGE_COUNT;
+        fixed.stage_bits = (u32)SPEC_STAGE_BITS;
+        fused_pass(fixed, bf, dv);
+        return;
+    }
+#endif
+    fused_pass(pc, bf, dv);
 }
 
 // Columns of a global stage s: a line is column r of block blk of one pair; its elements sit

@@ -41,6 +41,11 @@ pub const TENSOR_CORES_ENV: &str = "FFTCONV_CUDA_TENSOR_CORES";
 /// round trips and a barrier fewer; groups whose bins frequency sparsity drops are skipped); an
 /// experiment for timing on a GPU (unmeasured so far).
 pub const MIDDLE_ROUND_ENV: &str = "FFTCONV_CUDA_MIDDLE_ROUND";
+/// Environment variable: `1` compiles, per convolution, a module whose fused pass has the plan's
+/// sizes (N, line length, lines per block, global stages) as compile-time constants (launches
+/// that match run that copy; the others the generic one); an experiment for timing on a GPU
+/// (unmeasured so far). Costs one more NVRTC compile per distinct plan (disk-cached).
+pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
@@ -148,6 +153,16 @@ impl CudaDevice {
         dtype: DType,
         shared_points: u32,
     ) -> Result<Arc<Kernels>, CudaError> {
+        self.specialized_kernels(dtype, shared_points, None)
+    }
+
+    /// [`kernels`](Self::kernels) with the fused pass also compiled for one plan's sizes.
+    pub(crate) fn specialized_kernels(
+        &self,
+        dtype: DType,
+        shared_points: u32,
+        fused: Option<FusedSizes>,
+    ) -> Result<Arc<Kernels>, CudaError> {
         let pad = std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1");
         // One radix-2^3 group per thread and round at 16K points, two at 4K (measured on the
         // H200: 256 threads beat 512 at 4K points by ~6%, 1024 beat 512 at 16K by ~30%).
@@ -180,6 +195,7 @@ impl CudaDevice {
             tensor_cores,
             middle_round,
             min_blocks,
+            fused,
             pad: pad
                 && (shared_points as usize) * 8 * 17 / 16
                     <= self.info.shared_memory_per_block_optin,
@@ -214,6 +230,16 @@ impl CudaDevice {
             format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
             format!("-DMIN_BLOCKS={}", key.min_blocks),
         ];
+        let mut options = options;
+        if let Some(f) = key.fused {
+            options.extend([
+                format!("-DSPEC_LOG2N={}", f.log2n),
+                format!("-DSPEC_LINE_LOG2={}", f.line_log2),
+                format!("-DSPEC_LINES_LOG2={}", f.lines_log2),
+                format!("-DSPEC_STAGE_COUNT={}", f.stage_count),
+                format!("-DSPEC_STAGE_BITS={}", f.stage_bits),
+            ]);
+        }
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
         let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
         let load = |cubin: Vec<u8>| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
@@ -280,7 +306,19 @@ struct KernelKey {
     tensor_cores: bool,
     middle_round: bool,
     min_blocks: u32,
+    fused: Option<FusedSizes>,
     pad: bool,
+}
+
+/// The sizes of one plan's fused pass that a specialized module compiles in (`SPEC_*` defines of
+/// the kernel file; launches with other values run the generic copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FusedSizes {
+    pub(crate) log2n: u32,
+    pub(crate) line_log2: u32,
+    pub(crate) lines_log2: u32,
+    pub(crate) stage_count: u32,
+    pub(crate) stage_bits: u32,
 }
 
 /// The kernels of `kernels/fftconv.cu` for one dtype and shared-memory size.

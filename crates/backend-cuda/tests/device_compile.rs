@@ -153,6 +153,31 @@ impl Variant {
             format!("-DTENSOR_CORES={}", u32::from(self.tensor_cores)),
             format!("-DMIDDLE_ROUND={}", u32::from(self.middle_round)),
         ]
+        .into_iter()
+        .chain(
+            self.specialized()
+                .then(|| {
+                    // The fused pass also specialized for N = 4096 in one pass (both copies compile).
+                    [
+                        "-DSPEC_LOG2N=12",
+                        "-DSPEC_LINE_LOG2=12",
+                        "-DSPEC_LINES_LOG2=0",
+                        "-DSPEC_STAGE_COUNT=0",
+                        "-DSPEC_STAGE_BITS=0",
+                        "-DMIN_BLOCKS=2",
+                    ]
+                    .map(String::from)
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .collect()
+    }
+
+    /// Variants with 4096 shared points also compile a specialized fused pass (and
+    /// `MIN_BLOCKS=2`).
+    fn specialized(&self) -> bool {
+        self.shared_points == 4096
     }
 
     fn label(&self, arch: &str) -> String {
@@ -162,7 +187,7 @@ impl Variant {
             Io::Bf16 => "bf16",
         };
         format!(
-            "{io}-p{}-pad{}-t{}-r{}-st{}-tc{}-mr{}-{arch}",
+            "{io}-p{}-pad{}-t{}-r{}-st{}-tc{}-mr{}{}-{arch}",
             self.shared_points,
             u32::from(self.pad),
             self.threads,
@@ -170,6 +195,7 @@ impl Variant {
             u32::from(self.segment_table),
             u32::from(self.tensor_cores),
             u32::from(self.middle_round),
+            if self.specialized() { "-spec" } else { "" },
         )
     }
 }

@@ -1007,3 +1007,33 @@ fn tensor_cores_one_column_pass_128_points_32_threads() {
         1,
     );
 }
+
+// Per-plan specialization (`-DSPEC_*`: the fused pass with one plan's sizes as compile-time
+// constants): the causal case's fused pass matches (N = 4096 in one pass; N = 4096 as 64 x 64
+// with 4 lines per 256-point block), every other case takes the generic copy.
+
+#[test]
+fn specialized_one_fused_pass_4096_points_256_threads() {
+    check_variant(
+        "specialized_one_fused_pass_4096_points_256_threads",
+        4096,
+        256,
+        "-DSPEC_LOG2N=12 -DSPEC_LINE_LOG2=12 -DSPEC_LINES_LOG2=0 -DSPEC_STAGE_COUNT=0 \
+         -DSPEC_STAGE_BITS=0",
+        TOLERANCE,
+        0,
+    );
+}
+
+#[test]
+fn specialized_one_column_pass_256_points_64_threads() {
+    check_variant(
+        "specialized_one_column_pass_256_points_64_threads",
+        256,
+        64,
+        "-DSPEC_LOG2N=12 -DSPEC_LINE_LOG2=6 -DSPEC_LINES_LOG2=2 -DSPEC_STAGE_COUNT=1 \
+         -DSPEC_STAGE_BITS=6",
+        TOLERANCE,
+        1,
+    );
+}
