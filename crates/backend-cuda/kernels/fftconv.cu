@@ -574,8 +574,10 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
 //   forward (DIF, group size G = 16 q): Y[k'] = W_G^(j r) sum_k W_16^(k r) x[k q + j], r = bitrev4(k')
 //   inverse (DIT, span q = 2^g):        y[t q + j] = sum_k W_16^(-t r_k) W_G^(-j r_k) x[k q + j],
 //                                                    r_k = bitrev4(k)
-// Each tile is scaled by a power of two before the f16 conversion (its largest |Re| or |Im|
-// goes to [1, 2): block floating point, so the f16 operands keep f32's range) and unscaled after.
+// Each item (a column of 16 points, a 256-point tile, a middle-round group) is scaled by a power
+// of two before the f16 conversion (its largest finite |Re| or |Im| goes to [1, 2): block
+// floating point, so the f16 operands keep f32's range and small items next to large ones keep
+// their precision) and unscaled after.
 // Only the products see f16 (~2^-11 relative per round); twiddles and accumulation stay f32, so
 // the host enables it for f16 and bf16 I/O only.
 #ifndef TENSOR_CORES
@@ -585,10 +587,6 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
 #if (THREADS % 32) != 0
 #error "TENSOR_CORES needs whole warps: THREADS must be a multiple of 32"
 #endif
-
-// |v| and max(a, b) without the math library (NaN ordering does not matter here).
-__device__ __forceinline__ float abs_f(float v) { return bits_float(float_bits(v) & 0x7fffffffu); }
-__device__ __forceinline__ float max_f(float a, float b) { return a > b ? a : b; }
 
 #if defined(FFTCONV_HOST_EMULATION)
 // Host builds: the warp-level instructions are emulated with an exchange through static arrays
@@ -609,17 +607,18 @@ __device__ __forceinline__ float f16_value(u32 bits) {
     return (float)h;
 }
 __device__ __forceinline__ void tc_syncwarp() { __syncwarp(); }
-static float emu_warp_value[THREADS];
-__device__ __forceinline__ float warp_max(float v) {
-    u32 warp_first = threadIdx.x & ~31u;
+static u32 emu_warp_value[THREADS];
+// The value of `v` in lane `src` of the calling thread's warp (all lanes take part).
+__device__ __forceinline__ u32 shfl_idx(u32 v, u32 src) {
     emu_warp_value[threadIdx.x] = v;
     __syncwarp();
-    float m = v;
-    for (u32 l = 0; l < 32u; l++) {
-        m = max_f(m, emu_warp_value[warp_first + l]);
-    }
+    u32 out = emu_warp_value[(threadIdx.x & ~31u) + (src & 31u)];
     __syncwarp();
-    return m;
+    return out;
+}
+// The value of `v` in lane `lane ^ mask` (all lanes take part).
+__device__ __forceinline__ u32 shfl_xor(u32 v, u32 mask) {
+    return shfl_idx(v, (threadIdx.x & 31u) ^ mask);
 }
 static u32 emu_mma_a[THREADS][4];
 static u32 emu_mma_b[THREADS][2];
@@ -672,16 +671,15 @@ __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
     return r;
 }
 __device__ __forceinline__ void tc_syncwarp() { asm volatile("bar.warp.sync 0xffffffff;" ::: "memory"); }
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int m = 16; m >= 1; m >>= 1) {
-        u32 o;
-        asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;"
-                     : "=r"(o)
-                     : "r"(float_bits(v)), "r"(m));
-        v = max_f(v, bits_float(o));
-    }
-    return v;
+__device__ __forceinline__ u32 shfl_idx(u32 v, u32 src) {
+    u32 o;
+    asm volatile("shfl.sync.idx.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=r"(o) : "r"(v), "r"(src));
+    return o;
+}
+__device__ __forceinline__ u32 shfl_xor(u32 v, u32 mask) {
+    u32 o;
+    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=r"(o) : "r"(v), "r"(mask));
+    return o;
 }
 __device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 b[2],
                                           const float c[4]) {
@@ -725,27 +723,50 @@ __device__ __forceinline__ TcMatrix tc_matrix(const Params& pc, const Buffers& b
     return a;
 }
 
-// The tile's scale: a power of two that takes its largest |component| into [1, 2), and back.
-// A tile of zeros, or one holding inf or NaN, is not scaled (NaN and inf propagate).
-__device__ __forceinline__ void tc_scales(const cpx x[4], float& scale, float& unscale) {
-    float m = 0.0f;
+// Block floating point for the f16 operands. A scale is a power of two that takes the largest
+// finite |component| of what it covers into [1, 2) (exponent clamped to normal values, so zero
+// and subnormal maxima scale up exactly and huge ones stay finite), and its inverse. Maxima are
+// taken over the magnitude bits (inf and NaN count as 0): an unsigned max is commutative, so all
+// lanes agree, and a NaN or inf changes no scale (it propagates through its own item only).
+__device__ __forceinline__ u32 finite_magnitude(cpx v) {
+    u32 a = float_bits(v.x) & 0x7fffffffu;
+    u32 b = float_bits(v.y) & 0x7fffffffu;
+    a = a < 0x7f800000u ? a : 0u;
+    b = b < 0x7f800000u ? b : 0u;
+    return a > b ? a : b;
+}
+__device__ __forceinline__ u32 max_u(u32 a, u32 b) { return a > b ? a : b; }
+// The max over the four lanes of a quad (lanes 4 g .. 4 g + 3: one fragment row or column).
+__device__ __forceinline__ u32 quad_max(u32 m) {
+    m = max_u(m, shfl_xor(m, 1u));
+    return max_u(m, shfl_xor(m, 2u));
+}
+__device__ __forceinline__ u32 warp_max_u(u32 m) {
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        m = max_f(m, max_f(abs_f(x[i].x), abs_f(x[i].y)));
+    for (u32 b = 1u; b < 32u; b <<= 1) {
+        m = max_u(m, shfl_xor(m, b));
     }
-    m = warp_max(m);
-    u32 e = (float_bits(m) >> 23) & 0xffu;
-    bool scaled = e >= 1u && e <= 253u;
-    scale = scaled ? bits_float((254u - e) << 23) : 1.0f;
-    unscale = scaled ? bits_float(e << 23) : 1.0f;
+    return m;
+}
+__device__ __forceinline__ void tc_scale(u32 magnitude, float& scale, float& unscale) {
+    u32 e = magnitude >> 23;
+    e = e < 1u ? 1u : (e > 253u ? 253u : e);
+    scale = bits_float((254u - e) << 23);
+    unscale = bits_float(e << 23);
 }
 
 // Y = F X for this lane's B fragment x (rows 2 tig, 2 tig + 1, 2 tig + 8, 2 tig + 9 of one
 // column): d_re / d_im are its D fragment (rows group, group + 8; columns 2 tig, 2 tig + 1).
 __device__ __forceinline__ void tc_product(const TcMatrix& a, const cpx x[4], float d_re[4],
-                                           float d_im[4], float& unscale) {
-    float scale;
-    tc_scales(x, scale, unscale);
+                                           float d_im[4]) {
+    // One scale per column (item): its 16 points sit in the four lanes of quad `group`.
+    u32 m = 0u;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m = max_u(m, finite_magnitude(x[i]));
+    }
+    float scale, unscale;
+    tc_scale(quad_max(m), scale, unscale);
     u32 b_re[2] = {pack_f16x2(x[0].x * scale, x[1].x * scale),
                    pack_f16x2(x[2].x * scale, x[3].x * scale)};
     u32 b_im[2] = {pack_f16x2(x[0].y * scale, x[1].y * scale),
@@ -755,6 +776,16 @@ __device__ __forceinline__ void tc_product(const TcMatrix& a, const cpx x[4], fl
     mma_16816(d_re, a.neg_im, b_im, d_re);
     mma_16816(d_im, a.re, b_im, zero);
     mma_16816(d_im, a.im, b_re, d_im);
+    // D columns 2 tig and 2 tig + 1 are the items of quads 2 tig and 2 tig + 1.
+    u32 tig = threadIdx.x & 3u;
+#pragma unroll
+    for (u32 c = 0; c < 2u; c++) {
+        float u = bits_float(shfl_idx(float_bits(unscale), 4u * (2u * tig + c)));
+        d_re[c] *= u;
+        d_im[c] *= u;
+        d_re[2u + c] *= u;
+        d_im[2u + c] *= u;
+    }
     // Every lane has read its points (they fed the products) before any lane overwrites them.
     tc_syncwarp();
 }
@@ -775,8 +806,8 @@ __device__ __forceinline__ void tc_dif_round(cpx* s, const Params& pc, const Buf
             u32 k = 2u * tig + (i & 1u) + 8u * (i >> 1);
             x[i] = s[SIDX(i0 + (k << q_log2))];
         }
-        float d_re[4], d_im[4], unscale;
-        tc_product(a, x, d_re, d_im, unscale);
+        float d_re[4], d_im[4];
+        tc_product(a, x, d_re, d_im);
 #pragma unroll
         for (u32 c = 0; c < 2u; c++) {
             u32 i0c = group_base(8u * t + 2u * tig + c, m_log2, gl, 4);
@@ -785,7 +816,7 @@ __device__ __forceinline__ void tc_dif_round(cpx* s, const Params& pc, const Buf
             for (u32 r = 0; r < 2u; r++) {
                 u32 kk = grp + 8u * r;
                 cpx w = root(pc, bf, j * bit_reverse(kk, 4u), gl);
-                cpx v = mk(d_re[2u * r + c] * unscale, d_im[2u * r + c] * unscale);
+                cpx v = mk(d_re[2u * r + c], d_im[2u * r + c]);
                 s[SIDX(i0c + (kk << q_log2))] = cmul(v, w);
             }
         }
@@ -811,16 +842,15 @@ __device__ __forceinline__ void tc_dit_round(cpx* s, const Params& pc, const Buf
             cpx w = conj_c(root(pc, bf, j * bit_reverse(k, 4u), gl));
             x[i] = cmul(s[SIDX(i0 + (k << g))], w);
         }
-        float d_re[4], d_im[4], unscale;
-        tc_product(a, x, d_re, d_im, unscale);
+        float d_re[4], d_im[4];
+        tc_product(a, x, d_re, d_im);
 #pragma unroll
         for (u32 c = 0; c < 2u; c++) {
             u32 i0c = group_base(8u * t + 2u * tig + c, m_log2, gl, 4);
 #pragma unroll
             for (u32 r = 0; r < 2u; r++) {
                 u32 tt = grp + 8u * r;
-                s[SIDX(i0c + (tt << g))] =
-                    mk(d_re[2u * r + c] * unscale, d_im[2u * r + c] * unscale);
+                s[SIDX(i0c + (tt << g))] = mk(d_re[2u * r + c], d_im[2u * r + c]);
             }
         }
     }
@@ -839,19 +869,17 @@ __device__ __forceinline__ void tc_dit_round(cpx* s, const Params& pc, const Buf
 // Z[2 tig + (i & 1) + 8 (i >> 1)][group + 8 n] (the B fragments); d[n][i] becomes
 // (F Z)[group + 8 (i >> 1)][2 tig + (i & 1) + 8 n] (the D fragments). One scale for the tile.
 __device__ __forceinline__ void tc_product16x16(const TcMatrix& a, const cpx b[2][4], cpx d[2][4]) {
-    float m = 0.0f;
+    // One scale for the tile: all its 256 points are one item.
+    u32 m = 0u;
 #pragma unroll
     for (int n = 0; n < 2; n++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            m = max_f(m, max_f(abs_f(b[n][i].x), abs_f(b[n][i].y)));
+            m = max_u(m, finite_magnitude(b[n][i]));
         }
     }
-    m = warp_max(m);
-    u32 e = (float_bits(m) >> 23) & 0xffu;
-    bool scaled = e >= 1u && e <= 253u;
-    float scale = scaled ? bits_float((254u - e) << 23) : 1.0f;
-    float unscale = scaled ? bits_float(e << 23) : 1.0f;
+    float scale, unscale;
+    tc_scale(warp_max_u(m), scale, unscale);
     const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int n = 0; n < 2; n++) {
@@ -1305,21 +1333,22 @@ __device__ __forceinline__ TcMatrixB tc_matrix_b(const Params& pc, const Buffers
 // D = A B for complex A (this lane's A fragment values a[i], i < 8) and B (two tiles):
 // d[n][i] = D[group + 8 (i >> 1)][2 tig + (i & 1) + 8 n]. One power-of-two scale for the tile.
 __device__ __forceinline__ void tc_product_a(const cpx a[8], const TcMatrixB& b, cpx d[2][4]) {
-    float m = 0.0f;
+    // One scale per row (group): rows group and group + 8 each sit in the four lanes of the
+    // quad; element i is in row group + 8 ((i >> 1) & 1), D element i in row group + 8 (i >> 1).
+    u32 m[2] = {0u, 0u};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        m = max_f(m, max_f(abs_f(a[i].x), abs_f(a[i].y)));
+        m[(i >> 1) & 1] = max_u(m[(i >> 1) & 1], finite_magnitude(a[i]));
     }
-    m = warp_max(m);
-    u32 e = (float_bits(m) >> 23) & 0xffu;
-    bool scaled = e >= 1u && e <= 253u;
-    float scale = scaled ? bits_float((254u - e) << 23) : 1.0f;
-    float unscale = scaled ? bits_float(e << 23) : 1.0f;
+    float scale[2], unscale[2];
+    tc_scale(quad_max(m[0]), scale[0], unscale[0]);
+    tc_scale(quad_max(m[1]), scale[1], unscale[1]);
     u32 a_re[4], a_im[4];
 #pragma unroll
     for (int r = 0; r < 4; r++) {
-        a_re[r] = pack_f16x2(a[2 * r].x * scale, a[2 * r + 1].x * scale);
-        a_im[r] = pack_f16x2(a[2 * r].y * scale, a[2 * r + 1].y * scale);
+        float sc = scale[r & 1]; // elements 2r, 2r + 1 are in row group + 8 (r & 1)
+        a_re[r] = pack_f16x2(a[2 * r].x * sc, a[2 * r + 1].x * sc);
+        a_im[r] = pack_f16x2(a[2 * r].y * sc, a[2 * r + 1].y * sc);
     }
     const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -1331,7 +1360,7 @@ __device__ __forceinline__ void tc_product_a(const cpx a[8], const TcMatrixB& b,
         mma_16816(d_im, a_im, b.re[n], d_im);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            d[n][i] = mk(d_re[i] * unscale, d_im[i] * unscale);
+            d[n][i] = mk(d_re[i] * unscale[i >> 1], d_im[i] * unscale[i >> 1]);
         }
     }
 }

@@ -476,6 +476,9 @@ impl Prepared {
 }
 
 /// Random inputs of one problem, f32 in [-1, 1).
+/// Input magnitudes by channel (see `Inputs::new`).
+const CHANNEL_SCALES: [f32; 3] = [1.0 / 4096.0, 1.0, 4096.0];
+
 struct Inputs {
     u: Vec<f32>,
     k: Vec<f32>,
@@ -488,8 +491,17 @@ impl Inputs {
         let mut random =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
         let n = spec.io_len();
+        // Channels of very different magnitudes (2^-12, 1, 2^12 by channel): rows of one channel
+        // share pairs, rows of different channels share blocks and tensor-core tiles, whose
+        // scaling must keep each channel's own precision (checked per row in `forward`).
+        let (l, h_count) = (spec.length(), spec.channels());
+        let u: Vec<f32> = random(n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v * CHANNEL_SCALES[(i / l % h_count) % CHANNEL_SCALES.len()])
+            .collect();
         Inputs {
-            u: random(n),
+            u,
             k: random(spec.filter_elems()),
             gates: spec.gated().then(|| (random(n), random(n))),
             dy: random(n),
@@ -570,7 +582,18 @@ fn forward(harness: &Path, prep: &Prepared, inputs: &Inputs, name: &str) -> Resu
         gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
     );
     let err = compare("y", &got[0], &want)?;
-    Ok(format!("forward {err:.1e} ({} launches)", p.launches))
+    // Each row on its own too: a small-magnitude channel must not lose precision to a large one
+    // it shares a block or a tile with.
+    let l = spec.length();
+    let mut worst = 0.0f64;
+    for (r, (g, w)) in got[0].chunks(l).zip(want.chunks(l)).enumerate() {
+        let e = compare(&format!("y row {r}"), g, w)?;
+        worst = worst.max(e);
+    }
+    Ok(format!(
+        "forward {err:.1e}, worst row {worst:.1e} ({} launches)",
+        p.launches
+    ))
 }
 
 /// The backward through the backend's launches and bindings (`launch_backward`, host I/O):
@@ -1034,6 +1057,30 @@ fn specialized_one_column_pass_256_points_64_threads() {
         "-DSPEC_LOG2N=12 -DSPEC_LINE_LOG2=6 -DSPEC_LINES_LOG2=2 -DSPEC_STAGE_COUNT=1 \
          -DSPEC_STAGE_BITS=6",
         TOLERANCE,
+        1,
+    );
+}
+
+#[test]
+fn tensor_cores_middle_round_one_fused_pass_4096_points_256_threads() {
+    check_variant(
+        "tensor_cores_middle_round_one_fused_pass_4096_points_256_threads",
+        4096,
+        256,
+        "-DTENSOR_CORES=1 -DMIDDLE_ROUND=1",
+        TENSOR_CORE_TOLERANCE,
+        0,
+    );
+}
+
+#[test]
+fn tensor_cores_middle_round_one_column_pass_256_points_64_threads() {
+    check_variant(
+        "tensor_cores_middle_round_one_column_pass_256_points_64_threads",
+        256,
+        64,
+        "-DTENSOR_CORES=1 -DMIDDLE_ROUND=1",
+        TENSOR_CORE_TOLERANCE,
         1,
     );
 }
