@@ -32,7 +32,7 @@ pub const RADIX_ENV: &str = "FFTCONV_CUDA_RADIX_LOG2";
 /// shared table) instead of once per point; an experiment for timing on a GPU (unmeasured so far).
 pub const SEGMENT_TABLE_ENV: &str = "FFTCONV_CUDA_SEGMENT_TABLE";
 /// Environment variable: `1` runs the radix-16 rounds of f16 and bf16 problems on the tensor
-/// cores (`mma.sync` m16n8k16, f16 operands with a power-of-two scale per tile, f32
+/// cores (`mma.sync` m16n8k16, f16 operands with a power-of-two scale per item, f32
 /// accumulation; compute capability 8.0 or newer); an experiment for timing on a GPU
 /// (unmeasured so far). f32 problems keep the f32 path.
 pub const TENSOR_CORES_ENV: &str = "FFTCONV_CUDA_TENSOR_CORES";
