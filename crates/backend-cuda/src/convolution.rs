@@ -377,8 +377,7 @@ impl CudaConvolution {
         } else {
             max_points
         };
-        let kernels = dev.kernels(spec.dtype(), shared_points)?;
-        let shared = kernels.shared_points as usize;
+        let shared = shared_points as usize;
         let limits = PlanLimits {
             max_factor: shared,
             preferred_factor: shared,
@@ -390,26 +389,22 @@ impl CudaConvolution {
         let chunk_elems = options.chunk_elems.unwrap_or(DEFAULT_CHUNK_ELEMS);
         let schedule = PassSchedule::new(spec, &plan, shared, chunk_elems)
             .map_err(|e| CudaError::unsupported(e.to_string()))?;
-        // Experiment: the fused pass compiled for this plan's sizes (those of a full chunk).
-        let kernels = if std::env::var(crate::device::SPECIALIZE_ENV).is_ok_and(|v| v.trim() == "1")
-        {
-            let fused = schedule.chunks().next().and_then(|chunk| {
-                schedule
-                    .forward_steps(chunk, true)
-                    .into_iter()
-                    .find(|(kind, _)| *kind == PassKind::Fused)
-                    .map(|(_, p)| crate::device::FusedSizes {
-                        log2n: p.log2n,
-                        line_log2: p.line_log2,
-                        lines_log2: p.lines_log2,
-                        stage_count: p.stage_count,
-                        stage_bits: p.stage_bits,
-                    })
-            });
-            dev.specialized_kernels(spec.dtype(), shared_points, fused)?
-        } else {
-            kernels
-        };
+        // The sizes of a full chunk's fused pass (the module compiles them in where the
+        // FFTCONV_CUDA_SPECIALIZE experiment is on).
+        let fused = schedule.chunks().next().and_then(|chunk| {
+            schedule
+                .forward_steps(chunk, true)
+                .into_iter()
+                .find(|(kind, _)| *kind == PassKind::Fused)
+                .map(|(_, p)| crate::device::FusedSizes {
+                    log2n: p.log2n,
+                    line_log2: p.line_log2,
+                    lines_log2: p.lines_log2,
+                    stage_count: p.stage_count,
+                    stage_bits: p.stage_bits,
+                })
+        });
+        let kernels = dev.specialized_kernels(spec.dtype(), shared_points, fused)?;
         // Kernel indices of u, gates and y, and line counts, are 32-bit within a chunk.
         let (nb, nh) = schedule.chunk_shape();
         let total_pairs = nh * schedule.pairs(nb);

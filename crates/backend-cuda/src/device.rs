@@ -156,7 +156,8 @@ impl CudaDevice {
         self.specialized_kernels(dtype, shared_points, None)
     }
 
-    /// [`kernels`](Self::kernels) with the fused pass also compiled for one plan's sizes.
+    /// [`kernels`](Self::kernels) with the fused pass also compiled for one plan's sizes where
+    /// the `FFTCONV_CUDA_SPECIALIZE` experiment is on (`fused` is ignored otherwise).
     pub(crate) fn specialized_kernels(
         &self,
         dtype: DType,
@@ -181,6 +182,7 @@ impl CudaDevice {
             && dtype != DType::F32
             && self.info.compute_capability.0 >= 8;
         let middle_round = std::env::var(MIDDLE_ROUND_ENV).is_ok_and(|v| v.trim() == "1");
+        let fused = fused.filter(|_| std::env::var(SPECIALIZE_ENV).is_ok_and(|v| v.trim() == "1"));
         let min_blocks = std::env::var(MIN_BLOCKS_ENV)
             .ok()
             .and_then(|v| v.trim().parse::<u32>().ok())
