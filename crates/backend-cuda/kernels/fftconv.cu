@@ -475,6 +475,49 @@ __device__ __forceinline__ cpx mul_w16(cpx x, int sixteenths) {
 #endif
 #define SEGMENT_TABLE_LINES 64u
 
+// The R radix-2 DIF stages of one group in registers. Stage t's twiddle at offset k is w[t] times
+// the constant W_{2^(R-t)}^(k mod 2^(R-1-t)) = W_16^(c 2^(4-R+t)); TWIDDLED = false: w[t] = 1
+// (the group's j is 0), skipped rather than multiplied (a product with (1, 0) would turn an
+// infinite value into NaN).
+template <int R, bool TWIDDLED>
+__device__ __forceinline__ void dif_stages(cpx x[1 << R], const cpx w[R]) {
+#pragma unroll
+    for (int t = 0; t < R; t++) {
+        const int half_k = 1 << (R - 1 - t);
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            if ((k & half_k) == 0) {
+                cpx a = x[k];
+                cpx b = x[k + half_k];
+                x[k] = cadd(a, b);
+                cpx d = mul_w16(csub(a, b), (k & (half_k - 1)) << (4 - R + t));
+                x[k + half_k] = TWIDDLED ? cmul(d, w[t]) : d;
+            }
+        }
+    }
+}
+
+// The R radix-2 DIT stages of one group in registers. Stage t's twiddle at offset k is w[t]
+// times conj(W_{2^(t+1)}^c) = W_16^(-c 2^(3-t)), c = k mod 2^t; TWIDDLED as in dif_stages.
+template <int R, bool TWIDDLED>
+__device__ __forceinline__ void dit_stages(cpx x[1 << R], const cpx w[R]) {
+#pragma unroll
+    for (int t = 0; t < R; t++) {
+        const int half_k = 1 << t;
+#pragma unroll
+        for (int k = 0; k < (1 << R); k++) {
+            if ((k & half_k) == 0) {
+                int c = k & (half_k - 1);
+                cpx v = TWIDDLED ? cmul(x[k + half_k], w[t]) : x[k + half_k];
+                cpx cc = mul_w16(v, 16 - (c << (3 - t)));
+                cpx a = x[k];
+                x[k] = cadd(a, cc);
+                x[k + half_k] = csub(a, cc);
+            }
+        }
+    }
+}
+
 // Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group. The twiddle of stage t at
 // group offset k is W_{2^(gl-t)}^(j + (k mod 2^(R-1-t)) q) = W_{2^(gl-t)}^j * W_{2^(R-t)}^(k mod
 // 2^(R-1-t)): one table load per stage (w[t]) and a constant.
@@ -496,21 +539,7 @@ __device__ __forceinline__ void dif_round(cpx* s, const Params& pc, const Buffer
         for (int k = 0; k < (1 << R); k++) {
             x[k] = s[SIDX(i0 + ((u32)k << q_log2))];
         }
-#pragma unroll
-        for (int t = 0; t < R; t++) {
-            const int half_k = 1 << (R - 1 - t);
-#pragma unroll
-            for (int k = 0; k < (1 << R); k++) {
-                if ((k & half_k) == 0) {
-                    cpx a = x[k];
-                    cpx b = x[k + half_k];
-                    x[k] = cadd(a, b);
-                    // W_{2^(R-t)}^c = W_16^(c 2^(4-R+t)).
-                    cpx d = mul_w16(csub(a, b), (k & (half_k - 1)) << (4 - R + t));
-                    x[k + half_k] = cmul(d, w[t]);
-                }
-            }
-        }
+        dif_stages<R, true>(x, w);
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             s[SIDX(i0 + ((u32)k << q_log2))] = x[k];
@@ -540,21 +569,7 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
         for (int k = 0; k < (1 << R); k++) {
             x[k] = s[SIDX(i0 + ((u32)k << g))];
         }
-#pragma unroll
-        for (int t = 0; t < R; t++) {
-            const int half_k = 1 << t;
-#pragma unroll
-            for (int k = 0; k < (1 << R); k++) {
-                if ((k & half_k) == 0) {
-                    // conj(W_{2^(t+1)}^c) = W_16^(-c 2^(3-t)).
-                    int c = k & (half_k - 1);
-                    cpx cc = mul_w16(cmul(x[k + half_k], w[t]), 16 - (c << (3 - t)));
-                    cpx a = x[k];
-                    x[k] = cadd(a, cc);
-                    x[k + half_k] = csub(a, cc);
-                }
-            }
-        }
+        dit_stages<R, true>(x, w);
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             s[SIDX(i0 + ((u32)k << g))] = x[k];
@@ -755,6 +770,26 @@ __device__ __forceinline__ void tc_scale(u32 magnitude, float& scale, float& uns
     unscale = bits_float(e << 23);
 }
 
+// The complex product of one m16n8k16 tile as four real ones: d_re = a_re b_re + p q,
+// d_im = a_re b_im + a_im b_re (callers pass (p, q) = (-Im a, b_im) or (a_im, -Im b)).
+__device__ __forceinline__ void tc_cmma(float d_re[4], float d_im[4], const u32 a_re[4],
+                                        const u32 a_im[4], const u32 b_re[2], const u32 b_im[2],
+                                        const u32 p[4], const u32 q[2]) {
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_16816(d_re, a_re, b_re, zero);
+    mma_16816(d_re, p, q, d_re);
+    mma_16816(d_im, a_re, b_im, zero);
+    mma_16816(d_im, a_im, b_re, d_im);
+}
+
+// This lane's B fragment registers (Re and Im) of four complex points, times `scale`.
+__device__ __forceinline__ void tc_pack_b(const cpx x[4], float scale, u32 b_re[2], u32 b_im[2]) {
+    b_re[0] = pack_f16x2(x[0].x * scale, x[1].x * scale);
+    b_re[1] = pack_f16x2(x[2].x * scale, x[3].x * scale);
+    b_im[0] = pack_f16x2(x[0].y * scale, x[1].y * scale);
+    b_im[1] = pack_f16x2(x[2].y * scale, x[3].y * scale);
+}
+
 // Y = F X for this lane's B fragment x (rows 2 tig, 2 tig + 1, 2 tig + 8, 2 tig + 9 of one
 // column): d_re / d_im are its D fragment (rows group, group + 8; columns 2 tig, 2 tig + 1).
 __device__ __forceinline__ void tc_product(const TcMatrix& a, const cpx x[4], float d_re[4],
@@ -767,15 +802,9 @@ __device__ __forceinline__ void tc_product(const TcMatrix& a, const cpx x[4], fl
     }
     float scale, unscale;
     tc_scale(quad_max(m), scale, unscale);
-    u32 b_re[2] = {pack_f16x2(x[0].x * scale, x[1].x * scale),
-                   pack_f16x2(x[2].x * scale, x[3].x * scale)};
-    u32 b_im[2] = {pack_f16x2(x[0].y * scale, x[1].y * scale),
-                   pack_f16x2(x[2].y * scale, x[3].y * scale)};
-    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    mma_16816(d_re, a.re, b_re, zero);
-    mma_16816(d_re, a.neg_im, b_im, d_re);
-    mma_16816(d_im, a.re, b_im, zero);
-    mma_16816(d_im, a.im, b_re, d_im);
+    u32 b_re[2], b_im[2];
+    tc_pack_b(x, scale, b_re, b_im);
+    tc_cmma(d_re, d_im, a.re, a.im, b_re, b_im, a.neg_im, b_im);
     // D columns 2 tig and 2 tig + 1 are the items of quads 2 tig and 2 tig + 1.
     u32 tig = threadIdx.x & 3u;
 #pragma unroll
@@ -880,18 +909,12 @@ __device__ __forceinline__ void tc_product16x16(const TcMatrix& a, const cpx b[2
     }
     float scale, unscale;
     tc_scale(warp_max_u(m), scale, unscale);
-    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int n = 0; n < 2; n++) {
-        u32 b_re[2] = {pack_f16x2(b[n][0].x * scale, b[n][1].x * scale),
-                       pack_f16x2(b[n][2].x * scale, b[n][3].x * scale)};
-        u32 b_im[2] = {pack_f16x2(b[n][0].y * scale, b[n][1].y * scale),
-                       pack_f16x2(b[n][2].y * scale, b[n][3].y * scale)};
+        u32 b_re[2], b_im[2];
+        tc_pack_b(b[n], scale, b_re, b_im);
         float d_re[4], d_im[4];
-        mma_16816(d_re, a.re, b_re, zero);
-        mma_16816(d_re, a.neg_im, b_im, d_re);
-        mma_16816(d_im, a.re, b_im, zero);
-        mma_16816(d_im, a.im, b_re, d_im);
+        tc_cmma(d_re, d_im, a.re, a.im, b_re, b_im, a.neg_im, b_im);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             d[n][i] = mk(d_re[i] * unscale, d_im[i] * unscale);
@@ -1247,39 +1270,15 @@ __device__ __forceinline__ void middle_round(cpx* s, const Params& pc, const Buf
         for (int k = 0; k < (1 << R); k++) {
             x[k] = s[SIDX(i0 + (u32)k)];
         }
-        // Forward (DIF) stages with spans 2^(R-1) .. 1, as dif_round<R> at gl = R (j = 0).
-#pragma unroll
-        for (int t = 0; t < R; t++) {
-            const int half_k = 1 << (R - 1 - t);
-#pragma unroll
-            for (int k = 0; k < (1 << R); k++) {
-                if ((k & half_k) == 0) {
-                    cpx a = x[k];
-                    cpx b = x[k + half_k];
-                    x[k] = cadd(a, b);
-                    x[k + half_k] = mul_w16(csub(a, b), (k & (half_k - 1)) << (4 - R + t));
-                }
-            }
-        }
+        // The finest DIF round (spans 2^(R-1) .. 1), the product, the finest DIT round, all with
+        // j = 0 (twiddles 1).
+        const cpx none[R] = {};
+        dif_stages<R, false>(x, none);
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             x[k] = cmul(x[k], factor[k]);
         }
-        // Inverse (DIT) stages with spans 1 .. 2^(R-1), as dit_round<R> at g = 0 (j = 0).
-#pragma unroll
-        for (int t = 0; t < R; t++) {
-            const int half_k = 1 << t;
-#pragma unroll
-            for (int k = 0; k < (1 << R); k++) {
-                if ((k & half_k) == 0) {
-                    int c = k & (half_k - 1);
-                    cpx cc = mul_w16(x[k + half_k], 16 - (c << (3 - t)));
-                    cpx a = x[k];
-                    x[k] = cadd(a, cc);
-                    x[k + half_k] = csub(a, cc);
-                }
-            }
-        }
+        dit_stages<R, false>(x, none);
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             s[SIDX(i0 + (u32)k)] = x[k];
@@ -1350,14 +1349,10 @@ __device__ __forceinline__ void tc_product_a(const cpx a[8], const TcMatrixB& b,
         a_re[r] = pack_f16x2(a[2 * r].x * sc, a[2 * r + 1].x * sc);
         a_im[r] = pack_f16x2(a[2 * r].y * sc, a[2 * r + 1].y * sc);
     }
-    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int n = 0; n < 2; n++) {
         float d_re[4], d_im[4];
-        mma_16816(d_re, a_re, b.re[n], zero);
-        mma_16816(d_re, a_im, b.neg_im[n], d_re);
-        mma_16816(d_im, a_re, b.im[n], zero);
-        mma_16816(d_im, a_im, b.re[n], d_im);
+        tc_cmma(d_re, d_im, a_re, a_im, b.re[n], b.im[n], a_im, b.neg_im[n]);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             d[n][i] = mk(d_re[i] * unscale[i >> 1], d_im[i] * unscale[i >> 1]);
