@@ -1212,6 +1212,31 @@ __device__ __forceinline__ cpx product_factor(const Params& pc, const Buffers& b
                             position_frequency(pc, pos, p, m_log2), kept);
 }
 
+// Where the middle round's group starting at block point i0 sits: its line (valid: not a padding
+// line of the last block), pair, channel, position of its first point and that point's
+// frequency. The group's point k (< 2^R) holds frequency f0 + bitrev_R(k) N / 2^R: the low R bits
+// of a position are the top R bits of its frequency.
+struct MiddleGroup {
+    bool valid;
+    u32 pair;
+    u32 h;
+    u32 pos0;
+    u32 f0;
+};
+__device__ __forceinline__ MiddleGroup middle_group(const Params& pc, const Divisors& dv,
+                                                    u32 first_line, u32 m_log2, u32 i0) {
+    u32 pair_lines_log2 = pc.log2n - m_log2;
+    u32 line = first_line + (i0 >> m_log2);
+    MiddleGroup g;
+    g.valid = line < pc.total_lines;
+    g.pair = g.valid ? line >> pair_lines_log2 : 0u;
+    u32 p0 = i0 & ((1u << m_log2) - 1u);
+    g.pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;
+    g.h = udiv(g.pair, dv.pairs);
+    g.f0 = position_frequency(pc, g.pos0, p0, m_log2);
+    return g;
+}
+
 // bitrev(k) on R bits, for compile-time k (folds once loops are unrolled).
 __device__ __forceinline__ u32 reverse_small(u32 k, int r) {
     u32 out = 0u;
@@ -1234,28 +1259,19 @@ template <int R>
 __device__ __forceinline__ void middle_round(cpx* s, const Params& pc, const Buffers& bf, const Divisors& dv,
                              u32 first_line, u32 m_log2) {
     u32 items = 1u << (m_log2 + pc.lines_log2 - R);
-    u32 m = 1u << m_log2;
-    u32 pair_lines_log2 = pc.log2n - m_log2;
     for (u32 it = threadIdx.x; it < items; it += THREADS) {
         u32 i0 = it << R;
-        u32 line = first_line + (i0 >> m_log2);
-        if (line >= pc.total_lines) {
+        MiddleGroup g = middle_group(pc, dv, first_line, m_log2, i0);
+        if (!g.valid) {
             continue; // padding lines of the last block: never stored
         }
-        u32 pair = line >> pair_lines_log2;
-        u32 p0 = i0 & (m - 1u);
-        u32 pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;
-        // The group's points hold frequencies f0 + bitrev_R(k) N / 2^R (the low R bits of the
-        // position are the top R bits of the frequency).
-        u32 h = udiv(pair, dv.pairs);
-        u32 f0 = position_frequency(pc, pos0, p0, m_log2);
         cpx factor[1 << R];
         bool any = false;
 #pragma unroll
         for (int k = 0; k < (1 << R); k++) {
             bool kept;
-            u32 f = f0 + (reverse_small((u32)k, R) << (pc.log2n - (u32)R));
-            factor[k] = frequency_factor(pc, bf, h, pair, pos0 + (u32)k, f, kept);
+            u32 f = g.f0 + (reverse_small((u32)k, R) << (pc.log2n - (u32)R));
+            factor[k] = frequency_factor(pc, bf, g.h, g.pair, g.pos0 + (u32)k, f, kept);
             any = any || kept;
         }
         cpx x[1 << R];
@@ -1365,8 +1381,6 @@ __device__ __forceinline__ void tc_middle_round(cpx* s, const Params& pc, const 
     TcMatrixB forward = tc_matrix_b(pc, bf, false);
     TcMatrixB inverse = tc_matrix_b(pc, bf, true);
     u32 tiles = 1u << (m_log2 + pc.lines_log2 - 8u); // 16 groups of 16 points per tile
-    u32 m = 1u << m_log2;
-    u32 pair_lines_log2 = pc.log2n - m_log2;
     u32 lane = threadIdx.x & 31u;
     u32 grp = lane >> 2;
     u32 tig = lane & 3u;
@@ -1385,14 +1399,8 @@ __device__ __forceinline__ void tc_middle_round(cpx* s, const Params& pc, const 
         // frequency f0(group) + bitrev4(k') N / 16.
 #pragma unroll
         for (u32 half = 0; half < 2u; half++) {
-            u32 i0 = ((t << 4) + grp + 8u * half) << 4;
-            u32 line = first_line + (i0 >> m_log2);
-            bool valid = line < pc.total_lines;
-            u32 pair = valid ? line >> pair_lines_log2 : 0u;
-            u32 p0 = i0 & (m - 1u);
-            u32 pos0 = ((line & ((1u << pair_lines_log2) - 1u)) << m_log2) + p0;
-            u32 h = udiv(pair, dv.pairs);
-            u32 f0 = position_frequency(pc, pos0, p0, m_log2);
+            MiddleGroup g =
+                middle_group(pc, dv, first_line, m_log2, ((t << 4) + grp + 8u * half) << 4);
 #pragma unroll
             for (u32 n = 0; n < 2u; n++) {
 #pragma unroll
@@ -1400,9 +1408,9 @@ __device__ __forceinline__ void tc_middle_round(cpx* s, const Params& pc, const 
                     u32 kk = 2u * tig + c + 8u * n;
                     bool kept;
                     cpx factor = mk(0.0f, 0.0f);
-                    if (valid) {
-                        u32 f = f0 + (bit_reverse(kk, 4u) << (pc.log2n - 4u));
-                        factor = frequency_factor(pc, bf, h, pair, pos0 + kk, f, kept);
+                    if (g.valid) {
+                        u32 f = g.f0 + (bit_reverse(kk, 4u) << (pc.log2n - 4u));
+                        factor = frequency_factor(pc, bf, g.h, g.pair, g.pos0 + kk, f, kept);
                     }
                     d[n][2u * half + c] = cmul(d[n][2u * half + c], factor);
                 }
