@@ -95,12 +95,7 @@ impl CpuFilterSpectrum {
     pub(crate) fn keep_split(&self, buf: &[Complex32], scale: f32, dst: &mut [Complex32]) {
         let s = buf.len() / 2;
         for (f, d) in dst.iter_mut().enumerate().take(self.stored) {
-            let v = if f % 2 == 0 {
-                buf[f / 2]
-            } else {
-                buf[s + f / 2]
-            };
-            *d = v * scale;
+            *d = buf[split_index(f, s)] * scale;
         }
     }
 
@@ -138,32 +133,24 @@ impl CpuFilterSpectrum {
 
     /// [`multiply_split`](Self::multiply_split) for a frequency-sparse problem: `k` holds the
     /// kept bins `f < m` (m <= N/2); bins `f` and `N - f` for `f < m` are multiplied, every other
-    /// bin is cleared. Even frequency `2j` sits at `lo[j]`, odd `2j + 1` at `hi[j]`.
+    /// bin is cleared (positions from [`split_index`]).
     fn multiply_split_sparse(k: &[Complex32], buf: &mut [Complex32]) {
         let n = buf.len();
         let s = n / 2;
         let m = k.len();
-        let (lo, hi) = buf.split_at_mut(s);
         // Dropped: f in [m, N - m]. Even ones: j in [ceil(m/2), (N - m)/2]; odd ones:
         // j in [ceil((m - 1)/2), (N - m - 1)/2].
-        lo[m.div_ceil(2)..=(n - m) / 2].fill(Complex32::default());
-        hi[m / 2..=(n - m - 1) / 2].fill(Complex32::default());
-        for (f, &kf) in k.iter().enumerate() {
-            let slot = |f: usize| -> (bool, usize) { (f % 2 == 1, f / 2) };
-            let (odd, j) = slot(f);
-            if odd {
-                hi[j] *= kf;
-            } else {
-                lo[j] *= kf;
-            }
-            if f > 0 {
-                let (odd, j) = slot(n - f);
-                if odd {
-                    hi[j] *= kf.conj();
-                } else {
-                    lo[j] *= kf.conj();
-                }
-            }
+        buf[m.div_ceil(2)..=(n - m) / 2].fill(Complex32::default());
+        buf[s + m / 2..=s + (n - m - 1) / 2].fill(Complex32::default());
+        buf[0] *= k[0];
+        for (f, &kf) in k.iter().enumerate().skip(1) {
+            buf[split_index(f, s)] *= kf;
+            buf[split_index(n - f, s)] *= kf.conj();
         }
     }
+}
+
+/// Where frequency `f` of a split spectrum sits: even `2j` at `j`, odd `2j + 1` at `S + j`.
+fn split_index(f: usize, s: usize) -> usize {
+    f / 2 + (f & 1) * s
 }
