@@ -49,11 +49,6 @@ const TOLERANCE: f64 = 1e-5;
 /// fragment layout or twiddle gives errors of order one.
 const TENSOR_CORE_TOLERANCE: f64 = 2e-3;
 
-thread_local! {
-    /// The tolerance `compare` applies: each test sets its own (tests run on their own threads).
-    static TEST_TOLERANCE: std::cell::Cell<f64> = const { std::cell::Cell::new(TOLERANCE) };
-}
-
 /// The emulated device's opt-in shared memory per block (sm_90: 227 KiB), which sizes the fused
 /// backward's blocks.
 const SHARED_LIMIT_BYTES: usize = 232_448;
@@ -405,10 +400,12 @@ struct Prepared {
     plan: Arc<MonarchPlan>,
     schedule: PassSchedule,
     points: usize,
+    /// The relative L2 error results may have (the test variant's).
+    tolerance: f64,
 }
 
 impl Prepared {
-    fn new(spec: &ConvSpec, points: usize, chunk_elems: usize) -> Prepared {
+    fn new(spec: &ConvSpec, points: usize, chunk_elems: usize, tolerance: f64) -> Prepared {
         let limits = PlanLimits {
             max_factor: points,
             preferred_factor: points,
@@ -422,6 +419,7 @@ impl Prepared {
             plan,
             schedule,
             points,
+            tolerance,
         }
     }
 
@@ -475,10 +473,10 @@ impl Prepared {
     }
 }
 
-/// Random inputs of one problem, f32 in [-1, 1).
-/// Input magnitudes by channel (see `Inputs::new`).
+/// Magnitudes of `u` by channel (see `Inputs::new`).
 const CHANNEL_SCALES: [f32; 3] = [1.0 / 4096.0, 1.0, 4096.0];
 
+/// Random inputs of one problem, f32 in [-1, 1) (`u` scaled by channel).
 struct Inputs {
     u: Vec<f32>,
     k: Vec<f32>,
@@ -514,7 +512,7 @@ fn f64s(x: &[f32]) -> Vec<f64> {
 }
 
 /// Compares `got` with `want`: the relative L2 error, or why it fails.
-fn compare(what: &str, got: &[f32], want: &[f64]) -> Result<f64, String> {
+fn compare(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> Result<f64, String> {
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
         return Err(format!(
             "{what}: element {i} of {} is {} (not written, or read unwritten data)",
@@ -523,7 +521,6 @@ fn compare(what: &str, got: &[f32], want: &[f64]) -> Result<f64, String> {
         ));
     }
     let err = relative_l2_error(&f64s(got), want);
-    let tolerance = TEST_TOLERANCE.get();
     if err <= tolerance {
         Ok(err)
     } else {
@@ -581,13 +578,13 @@ fn forward(harness: &Path, prep: &Prepared, inputs: &Inputs, name: &str) -> Resu
         &f64s(&inputs.k),
         gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
     );
-    let err = compare("y", &got[0], &want)?;
+    let err = compare("y", &got[0], &want, prep.tolerance)?;
     // Each row on its own too: a small-magnitude channel must not lose precision to a large one
     // it shares a block or a tile with.
     let l = spec.length();
     let mut worst = 0.0f64;
     for (r, (g, w)) in got[0].chunks(l).zip(want.chunks(l)).enumerate() {
-        let e = compare(&format!("y row {r}"), g, w)?;
+        let e = compare(&format!("y row {r}"), g, w, prep.tolerance)?;
         worst = worst.max(e);
     }
     Ok(format!(
@@ -755,7 +752,10 @@ fn backward(
     }
     let mut errs = Vec::new();
     for (what, got, want) in checks {
-        errs.push(format!("{what} {:.1e}", compare(what, got, want)?));
+        errs.push(format!(
+            "{what} {:.1e}",
+            compare(what, got, want, prep.tolerance)?
+        ));
     }
     Ok(format!(
         "{path} {} ({} launches)",
@@ -875,7 +875,6 @@ fn check_variant(
     want_passes: usize,
 ) {
     let start = Instant::now();
-    TEST_TOLERANCE.set(tolerance);
     let Some(harness) = harness(points, threads, defines) else {
         println!("skipped {test}: no C++ compiler");
         return;
@@ -888,7 +887,7 @@ fn check_variant(
     let mut rng = StdRng::seed_from_u64(seed ^ points as u64 ^ ((threads as u64 - 1) << 32));
     let mut failures = Vec::new();
     for (i, c) in cases(want_passes, 4, &mut rng).into_iter().enumerate() {
-        let prep = Prepared::new(&c.spec, points, c.chunk_elems);
+        let prep = Prepared::new(&c.spec, points, c.chunk_elems, tolerance);
         let inputs = Inputs::new(&c.spec, &mut rng);
         let g = c.spec.geometry();
         let what = format!(
