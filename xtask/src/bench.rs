@@ -12,7 +12,7 @@
 //! `--keep-frequencies` runs every backend row once per kept fraction (a frequency-sparse
 //! problem built with `ConvSpec::builder(..).keep_frequencies(F)`, same inputs); the baselines
 //! never skip bins and run once per case, dense, so a sparse row's ratio includes the skip's
-//! speed-up, and [`report::fill_dense_ratios`] adds the speed-up over the same backend's dense
+//! speed-up, and [`report::fill_ratios`] also sets the speed-up over the same backend's dense
 //! row. Sparse rows are checked against the band-limited oracle ([`oracle`]).
 
 use crate::args::{BenchOptions, DEFAULT_REPS, REDUCED_REPS};
@@ -177,7 +177,6 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
     eprintln!("sweep done in {:.1} s", started.elapsed().as_secs_f64());
     let mut records = sweep.records;
     report::fill_ratios(&mut records);
-    report::fill_dense_ratios(&mut records);
     report::fill_floor_ratios(&mut records, &bandwidth);
     print!("{}", report::table(&records));
     if !sweep.skipped.is_empty() {

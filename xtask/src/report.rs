@@ -178,7 +178,8 @@ pub fn keep_fraction(spec: &ConvSpec) -> f64 {
 }
 
 /// Sets every record's ratio to its case's baseline (same N, dtype, gating): the dense
-/// baseline for every kept fraction, since the baselines never skip bins.
+/// baseline for every kept fraction, since the baselines never skip bins; and every sparse
+/// row's [`Record::vs_dense`]: the same backend's dense median over its own.
 ///
 /// A backward row (`<backend>:bw`) is compared with that backend's forward of the same kept
 /// fraction instead.
@@ -217,25 +218,15 @@ pub fn fill_ratios(records: &mut [Record]) {
                 (*n, *d, *g, who.as_str(), *k) == (r.n, r.dtype, r.gated, reference, keep)
             })
             .map(|&(.., base)| base / r.median_ms);
-    }
-}
-
-/// Sets [`Record::vs_dense`] of every measured sparse row: the dense median of the same
-/// backend (forward or `:bw`), N, dtype and gating over this median.
-pub fn fill_dense_ratios(records: &mut [Record]) {
-    let dense: Vec<(usize, DType, bool, String, f64)> = records
-        .iter()
-        .filter(|r| r.is_dense() && r.median_ms.is_finite())
-        .map(|r| (r.n, r.dtype, r.gated, r.backend.clone(), r.median_ms))
-        .collect();
-    for r in records.iter_mut() {
-        if r.is_dense() || !r.median_ms.is_finite() {
-            continue;
+        // Sparse rows also against the same backend's (forward or `:bw`) dense row.
+        if !r.is_dense() {
+            r.vs_dense = references
+                .iter()
+                .find(|(n, d, g, who, k, _)| {
+                    (*n, *d, *g, who, *k) == (r.n, r.dtype, r.gated, &r.backend, 1.0)
+                })
+                .map(|&(.., base)| base / r.median_ms);
         }
-        r.vs_dense = dense
-            .iter()
-            .find(|(n, d, g, who, _)| (*n, *d, *g, who) == (r.n, r.dtype, r.gated, &r.backend))
-            .map(|&(.., base)| base / r.median_ms);
     }
 }
 
@@ -497,7 +488,6 @@ mod tests {
                 .with_keep(0.25, Some(512)),
         ];
         fill_ratios(&mut rs);
-        fill_dense_ratios(&mut rs);
         assert_eq!((rs[1].keep, rs[1].bins_kept), (1.0, Some(2049)));
         assert_eq!((rs[3].keep, rs[3].bins_kept), (0.25, Some(512)));
         // vs base: the dense baseline for every fraction; `:bw` against the same fraction's forward.
