@@ -12,15 +12,18 @@
 //! circular convolution with the channel's band-limited periodic filter (the DFT of `k` with the
 //! dropped bins zeroed, transformed back). That filter comes from
 //! `conv::reference::band_limited_filter` itself while its naive DFT costs at most
-//! [`EXACT_BAND_LIMITED_TERMS`] terms, and otherwise from the same definition evaluated with an
-//! f64 radix-2 FFT (this file's own, sharing no code with any backend; the unit tests check it
-//! against `band_limited_filter`). Rows are then computed whole with
-//! `conv::reference::direct_band_limited` while that costs at most [`FULL_ROW_MACS`] (`L * N`),
-//! otherwise at the sampled positions, each the same length-`N` circular sum.
+//! [`EXACT_BAND_LIMITED_TERMS`] terms, and otherwise from the same definition evaluated with the
+//! reference's own f64 radix-2 FFT (`conv::reference::band_limited_filter_fft`, sharing no code
+//! with any backend; the unit tests check it against `band_limited_filter`). Rows are then
+//! computed whole with `conv::reference::direct_band_limited` while that costs at most
+//! [`FULL_ROW_MACS`] (`L * N`), otherwise at the sampled positions
+//! (`conv::reference::direct_band_limited_at`).
 
-use conv::reference::{band_limited_filter, direct_band_limited, direct_causal, relative_l2_error};
+use conv::reference::{
+    band_limited_filter, band_limited_filter_fft, direct_band_limited, direct_band_limited_at,
+    direct_causal, relative_l2_error,
+};
 use conv::{ConvGeometry, ConvSpec, Element};
-use monarch_core::Complex64;
 use rand::Rng;
 
 /// Rows up to this many multiply-adds are checked whole.
@@ -96,94 +99,6 @@ pub fn periodic_filter(k: &[f64], g: &ConvGeometry) -> Vec<f64> {
     }
 }
 
-/// `band_limited_filter(k, g)` through an f64 FFT: `Re(IDFT(mask * DFT(k padded to N))) / N`.
-fn band_limited_filter_fft(k: &[f64], g: &ConvGeometry) -> Vec<f64> {
-    let n = g.n();
-    let mut x = vec![Complex64::new(0.0, 0.0); n];
-    for (d, &v) in x.iter_mut().zip(k) {
-        d.re = v;
-    }
-    fft_f64(&mut x, false);
-    for (b, v) in x.iter_mut().enumerate() {
-        if !g.keeps_bin(b) {
-            *v = Complex64::new(0.0, 0.0);
-        }
-    }
-    fft_f64(&mut x, true);
-    x.iter().map(|v| v.re / n as f64).collect()
-}
-
-/// In-place iterative radix-2 DFT of a power-of-two length (`exp(-2 pi i ...)`, or `+` and
-/// unnormalised for `inverse`); every twiddle computed directly from its exact angle.
-fn fft_f64(x: &mut [Complex64], inverse: bool) {
-    let n = x.len();
-    assert!(
-        n.is_power_of_two(),
-        "fft_f64: length {n} is not a power of two"
-    );
-    if n < 2 {
-        return;
-    }
-    let bits = n.trailing_zeros();
-    for i in 0..n {
-        let j = i.reverse_bits() >> (usize::BITS - bits);
-        if j > i {
-            x.swap(i, j);
-        }
-    }
-    let sign = if inverse { 1.0 } else { -1.0 };
-    let twiddles: Vec<Complex64> = (0..n / 2)
-        .map(|j| {
-            let a = sign * 2.0 * std::f64::consts::PI * (j as f64 / n as f64);
-            Complex64::new(a.cos(), a.sin())
-        })
-        .collect();
-    let mut len = 2;
-    while len <= n {
-        let (half, stride) = (len / 2, n / len);
-        for block in x.chunks_exact_mut(len) {
-            let (lo, hi) = block.split_at_mut(half);
-            for (j, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-                let t = *b * twiddles[j * stride];
-                *b = *a - t;
-                *a += t;
-            }
-        }
-        len *= 2;
-    }
-}
-
-/// Outputs `positions` of one row through the blocked band-limited definition
-/// (`conv::reference::direct_band_limited` evaluated at those positions only).
-pub fn band_limited_at(
-    x: &[f64],
-    k_periodic: &[f64],
-    g: &ConvGeometry,
-    positions: &[usize],
-) -> Vec<f64> {
-    let (l, n) = (x.len(), g.n());
-    let mut segment = vec![0.0; n];
-    let mut current = None;
-    positions
-        .iter()
-        .map(|&t| {
-            let j = t / g.block_len;
-            let (start, outputs) = g.block_range(j, l);
-            if current != Some(j) {
-                for (p, v) in segment.iter_mut().enumerate() {
-                    *v = g.segment_source(start, outputs, p, l).map_or(0.0, |i| x[i]);
-                }
-                current = Some(j);
-            }
-            // y[p] = sum_{s < N} kp[s] segment[(p - s) mod N], split at the wrap.
-            let p = t - start;
-            let head: f64 = (0..=p).map(|s| k_periodic[s] * segment[p - s]).sum();
-            let tail: f64 = (p + 1..n).map(|s| k_periodic[s] * segment[p + n - s]).sum();
-            head + tail
-        })
-        .collect()
-}
-
 /// The reference outputs of `rows` (row indices into `[B*H, L]`), computed in parallel: the
 /// dense direct convolution, or the band-limited one for a frequency-sparse `spec` (module
 /// docs). Causal problems only (the bench's).
@@ -218,7 +133,7 @@ pub fn reference_rows<T: Element>(
         // The convolution at the checked outputs (the whole row or `positions`), then post-gated.
         let y: Vec<f64> = match (&positions, sparse) {
             (None, true) => direct_band_limited(&x, &periodic_filter(&kh, g), g),
-            (Some(ps), true) => band_limited_at(&x, &periodic_filter(&kh, g), g, ps),
+            (Some(ps), true) => direct_band_limited_at(&x, &periodic_filter(&kh, g), g, ps),
             (None, false) => direct_causal(&x, &kh),
             (Some(ps), false) => ps
                 .iter()
@@ -278,6 +193,7 @@ pub fn max_rel_error<T: Element>(y: &[T], l: usize, checks: &[RowCheck]) -> f64 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monarch_core::Complex64;
     use rand::SeedableRng;
 
     #[test]
@@ -348,8 +264,8 @@ mod tests {
             .map(|i| Complex64::new((i as f64 * 0.3).sin(), i as f64 * 0.01))
             .collect();
         let mut y = x.clone();
-        fft_f64(&mut y, false);
-        fft_f64(&mut y, true);
+        conv::reference::fft_f64(&mut y, false);
+        conv::reference::fft_f64(&mut y, true);
         for (a, b) in x.iter().zip(&y) {
             assert!((a * 64.0 - b).norm() < 1e-12);
         }
@@ -406,7 +322,7 @@ mod tests {
         let kp = periodic_filter(&to_f64(&values(100, 6)), g);
         let full = direct_band_limited(&x, &kp, g);
         let ps = [0, 1, g.block_len - 1, g.block_len, 1500, 2999];
-        let at = band_limited_at(&x, &kp, g, &ps);
+        let at = direct_band_limited_at(&x, &kp, g, &ps);
         for (&t, y) in ps.iter().zip(at) {
             assert!(
                 (y - full[t]).abs() <= 1e-12 * (1.0 + full[t].abs()),

@@ -1,7 +1,8 @@
-//! Naive f64 oracles: the DFT, the direct O(L*K) convolution, and the whole-problem reference.
+//! Naive f64 oracles: the DFT, the direct O(L*K) convolution, and the whole-problem reference;
+//! for long frequency-sparse checks, a textbook f64 radix-2 FFT for the band-limited filter and
+//! the band-limited definition at sampled positions.
 //!
-//! These are slow on purpose and share no code with any fast path; tests compare every backend
-//! against them.
+//! These share no code with any fast path; tests compare every backend against them.
 
 use crate::{problem::ConvGeometry, Complex64, ConvMode, ConvSpec};
 
@@ -99,6 +100,96 @@ pub fn direct_band_limited(u: &[f64], k_periodic: &[f64], geometry: &ConvGeometr
         }
     }
     y
+}
+
+/// [`band_limited_filter`] through an f64 FFT ([`fft_f64`]): `Re(IDFT(mask * DFT(k padded to
+/// N))) / N`, in `O(N log N)` (the direct sums cost `K` times the kept bins).
+pub fn band_limited_filter_fft(k: &[f64], g: &ConvGeometry) -> Vec<f64> {
+    let n = g.n();
+    let mut x = vec![Complex64::new(0.0, 0.0); n];
+    for (d, &v) in x.iter_mut().zip(k) {
+        d.re = v;
+    }
+    fft_f64(&mut x, false);
+    for (b, v) in x.iter_mut().enumerate() {
+        if !g.keeps_bin(b) {
+            *v = Complex64::new(0.0, 0.0);
+        }
+    }
+    fft_f64(&mut x, true);
+    x.iter().map(|v| v.re / n as f64).collect()
+}
+
+/// In-place iterative radix-2 DFT of a power-of-two length (`exp(-2 pi i ...)`, or `+` and
+/// unnormalised for `inverse`); every twiddle computed directly from its exact angle in f64. A
+/// textbook transform of its own, sharing nothing with the plans or the backends' FFTs.
+pub fn fft_f64(x: &mut [Complex64], inverse: bool) {
+    let n = x.len();
+    assert!(
+        n.is_power_of_two(),
+        "fft_f64: length {n} is not a power of two"
+    );
+    if n < 2 {
+        return;
+    }
+    let bits = n.trailing_zeros();
+    for i in 0..n {
+        let j = i.reverse_bits() >> (usize::BITS - bits);
+        if j > i {
+            x.swap(i, j);
+        }
+    }
+    let sign = if inverse { 1.0 } else { -1.0 };
+    let twiddles: Vec<Complex64> = (0..n / 2)
+        .map(|j| {
+            let a = sign * 2.0 * std::f64::consts::PI * (j as f64 / n as f64);
+            Complex64::new(a.cos(), a.sin())
+        })
+        .collect();
+    let mut len = 2;
+    while len <= n {
+        let (half, stride) = (len / 2, n / len);
+        for block in x.chunks_exact_mut(len) {
+            let (lo, hi) = block.split_at_mut(half);
+            for (j, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                let t = *b * twiddles[j * stride];
+                *b = *a - t;
+                *a += t;
+            }
+        }
+        len *= 2;
+    }
+}
+
+/// Outputs `positions` of one row through the blocked band-limited definition
+/// ([`direct_band_limited`] evaluated at those positions only).
+pub fn direct_band_limited_at(
+    x: &[f64],
+    k_periodic: &[f64],
+    g: &ConvGeometry,
+    positions: &[usize],
+) -> Vec<f64> {
+    let (l, n) = (x.len(), g.n());
+    let mut segment = vec![0.0; n];
+    let mut current = None;
+    positions
+        .iter()
+        .map(|&t| {
+            let j = t / g.block_len;
+            let (start, outputs) = g.block_range(j, l);
+            if current != Some(j) {
+                for (p, v) in segment.iter_mut().enumerate() {
+                    *v = g.segment_source(start, outputs, p, l).map_or(0.0, |i| x[i]);
+                }
+                current = Some(j);
+            }
+            // y[p] = sum_{s < N} kp[s] segment[(p - s) mod N], split at the wrap.
+            let p = t - start;
+            let head: f64 = (0..=p).map(|s| k_periodic[s] * segment[p - s]).sum();
+            let tail: f64 = (p + 1..n).map(|s| k_periodic[s] * segment[p + n - s]).sum();
+            head + tail
+        })
+        .collect()
 }
 
 /// Gates for the reference: `(pregate, postgate)`, each `[B, H, L]`.
