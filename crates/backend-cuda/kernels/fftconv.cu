@@ -215,6 +215,7 @@ __device__ __forceinline__ u32 umod(u32 n, const Divisor& v) { return n - udiv(n
 #define FLAG_CONJ_FILTER 128u
 #define FLAG_CORRELATE 256u
 #define FLAG_DST_TAPS 512u
+#define FLAG_F32_ROUNDS 1024u // every FFT round in f32: no tensor-core rounds (the backward)
 
 extern __shared__ cpx smem[];
 // Shared-memory slot of point i.
@@ -1048,7 +1049,13 @@ __device__ __forceinline__ void tc_dit_round256(cpx* s, const Params& pc, const 
 // Whether a transform of this block can run its radix-16 rounds on the tensor cores: lines of
 // at least 16 points and whole tiles (items a multiple of eight). Uniform over the block.
 __device__ __forceinline__ bool tc_usable(const Params& pc, u32 m_log2) {
-    return m_log2 >= 4u && m_log2 + pc.lines_log2 >= 7u;
+    return (pc.flags & FLAG_F32_ROUNDS) == 0u && m_log2 >= 4u && m_log2 + pc.lines_log2 >= 7u;
+}
+
+// Whether the radix-16 middle round can run on the tensor cores: whole tiles of 16 groups of 16
+// points (256 points). Uniform over the block.
+__device__ __forceinline__ bool tc_middle_usable(const Params& pc, u32 m_log2) {
+    return tc_usable(pc, m_log2) && m_log2 + pc.lines_log2 >= 8u;
 }
 #endif
 
@@ -1522,7 +1529,7 @@ __device__ __forceinline__ void fused_pass(const Params& pc, const Buffers& bf, 
             middle_round<3>(s, pc, bf, dv, first_line, m_log2);
         } else if (middle == 4u) {
 #if TENSOR_CORES
-            if (m_log2 + pc.lines_log2 >= 8u) {
+            if (tc_middle_usable(pc, m_log2)) {
                 tc_middle_round(s, pc, bf, dv, first_line, m_log2);
             } else {
                 middle_round<4>(s, pc, bf, dv, first_line, m_log2);

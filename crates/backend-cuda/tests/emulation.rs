@@ -661,7 +661,7 @@ fn backward(
             p.fill_nan(c);
         }
         if let Some(lines_log2) = fused_lines {
-            let chunk_base = schedule.chunk_params(chunk, true);
+            let chunk_base = schedule.backward_chunk_params(chunk, true);
             let total_pairs = chunk.nh * schedule.pairs(chunk.nb);
             let params = PassParams {
                 line_log2: chunk_base.log2n,

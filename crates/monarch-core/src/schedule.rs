@@ -31,6 +31,10 @@ pub const FLAG_CONJ_FILTER: u32 = 128;
 pub const FLAG_CORRELATE: u32 = 256;
 /// Store `Re` of positions `< taps_len` as filter-gradient taps.
 pub const FLAG_DST_TAPS: u32 = 512;
+/// Every FFT round in f32 (CUDA: no tensor-core rounds, whose operands are f16). Set on every
+/// backward step: the filter gradient is a sum whose terms can cancel, so its error must stay
+/// relative to f32, not to f16 times the terms' size. Shaders without such rounds ignore it.
+pub const FLAG_F32_ROUNDS: u32 = 1024;
 
 /// Elements of `u` one chunk holds by default.
 pub const DEFAULT_CHUNK_ELEMS: usize = 1 << 24;
@@ -297,6 +301,14 @@ impl PassSchedule {
         })
     }
 
+    /// [`chunk_params`](Self::chunk_params) for the backward's launches: with
+    /// [`FLAG_F32_ROUNDS`].
+    pub fn backward_chunk_params(&self, chunk: Chunk, compact: bool) -> PassParams {
+        let mut base = self.chunk_params(chunk, compact);
+        base.flags |= FLAG_F32_ROUNDS;
+        base
+    }
+
     /// Parameters shared by every pass of one chunk. `compact`: the chunk's rows sit compactly
     /// in the bound buffers (host I/O); otherwise they sit in whole `[B, H, L]` tensors.
     pub fn chunk_params(&self, chunk: Chunk, compact: bool) -> PassParams {
@@ -402,7 +414,7 @@ impl PassSchedule {
         gather_lines_log2: u32,
     ) -> Vec<(BackwardBinding, PassKind, PassParams)> {
         let total_pairs = chunk.nh * self.pairs(chunk.nb);
-        let base = self.chunk_params(chunk, compact);
+        let base = self.backward_chunk_params(chunk, compact);
         let globals: Vec<PassShape> = self.passes[..self.passes.len() - 1].to_vec();
         let fused = self.passes[self.passes.len() - 1];
         let stage_bits = self.stage_bits();

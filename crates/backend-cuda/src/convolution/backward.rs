@@ -370,7 +370,7 @@ impl CudaConvolution {
         };
         if let Some(lines_log2) = self.fused_backward_lines() {
             // One kernel per chunk: both transforms, taps, gate gradients and du in shared memory.
-            let chunk_base = self.schedule.chunk_params(chunk, compact);
+            let chunk_base = self.schedule.backward_chunk_params(chunk, compact);
             let total_pairs = chunk.nh * self.schedule.pairs(chunk.nb);
             let params = monarch_core::schedule::PassParams {
                 line_log2: chunk_base.log2n,
