@@ -122,11 +122,7 @@ impl CufftBaseline {
             .check_filter_len(k.len())
             .map_err(crate::convolution::core_invalid)?;
         let bytes = host_filter_spectrum(&self.spec, k)?;
-        let buffer = self
-            .stream
-            .clone_htod(&bytes)
-            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
-        sync(&self.stream)?;
+        let buffer = crate::convolution::upload(&self.stream, &bytes)?;
         Ok(CufftFilter {
             buffer,
             spec: self.spec.clone(),

@@ -107,11 +107,7 @@ impl CudaTensor {
         let dev = device()?;
         let mut bytes = vec![0u8; std::mem::size_of_val(data).max(1)];
         copy_to_bytes(data, &mut bytes);
-        let buffer = dev
-            .stream
-            .clone_htod(&bytes)
-            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
-        sync(&dev.stream)?;
+        let buffer = upload(&dev.stream, &bytes)?;
         Ok(CudaTensor {
             buffer,
             dtype: T::DTYPE,
@@ -262,6 +258,18 @@ impl Drop for SettleOnExit {
     fn drop(&mut self) {
         let _ = self.0.synchronize();
     }
+}
+
+/// `data` copied to a new device buffer on `stream`, waited for.
+pub(crate) fn upload<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    data: &[T],
+) -> Result<CudaSlice<T>, CudaError> {
+    let buffer = stream
+        .clone_htod(data)
+        .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
+    sync(stream)?;
+    Ok(buffer)
 }
 
 /// The first `bytes` of `buffer`, copied to the host once `stream`'s earlier work is done.
@@ -421,11 +429,7 @@ impl CudaConvolution {
             )));
         }
         let table = twiddle_tables(n);
-        let twiddles = dev
-            .stream
-            .clone_htod(&table)
-            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
-        sync(&dev.stream)?;
+        let twiddles = upload(&dev.stream, &table)?;
         Ok(CudaConvolution {
             device: dev,
             spec: spec.clone(),
@@ -584,11 +588,7 @@ impl CudaConvolution {
         self.spec.check_filter_len(k.len()).map_err(core_invalid)?;
         let geometry = *self.spec.geometry();
         let bytes = host_filter_spectrum(&self.spec, k)?;
-        let stream = &self.device.stream;
-        let buffer = stream
-            .clone_htod(&bytes)
-            .map_err(|e| CudaError::driver("cuMemcpyHtoD", e))?;
-        sync(stream)?;
+        let buffer = upload(&self.device.stream, &bytes)?;
         Ok(CudaFilterSpectrum {
             geometry,
             channels: self.spec.channels(),
