@@ -6,7 +6,7 @@
 //   SHARED_POINTS              complex points of (dynamic) shared memory per block
 //   PAD                        1: one padding point after every 16 in shared memory
 //   THREADS                    threads per block
-//   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES, MIDDLE_ROUND  experiments (default 3, 0, 0, 0)
+//   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES  experiments (default 3, 0, 0); MIDDLE_ROUND (default 1)
 //   MIN_BLOCKS                 blocks per SM to leave registers for (default 1)
 //
 // Kernels (extern "C"):
@@ -1254,9 +1254,9 @@ __device__ __forceinline__ u32 reverse_small(u32 k, int r) {
 }
 
 // 1: the fused pass runs the forward's finest round, the pointwise product and the inverse's
-// finest round as one register round (an experiment, selected by the host with -DMIDDLE_ROUND=1).
+// finest round as one register round (the default; the host passes -DMIDDLE_ROUND=0 for A/B runs).
 #ifndef MIDDLE_ROUND
-#define MIDDLE_ROUND 0
+#define MIDDLE_ROUND 1
 #endif
 
 // The finest forward round (group size 2^R, twiddles all 1), the product and the finest inverse
