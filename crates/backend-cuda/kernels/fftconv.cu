@@ -1754,129 +1754,250 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     bf.taps_sum[(u64)(pc.channel_offset + h) * pc.taps_len + s] += sum;
 }
 
-// The whole backward of pairs whose FFT fits one block and whose rows are one overlap-save
-// segment each (blocks == 1), in three shared-memory regions of lines (one line per pair):
-//   A = FFT(pre * u), B = FFT(dy * post)
-//   C = B conj(A) mask / N -> IFFT -> taps (positions < taps_len)
-//   C = A K -> IFFT -> dpost = dy * c                      (gated)
-//   B = B conj(K) -> IFFT -> dx[t] = dseg[t] (+ dseg[N - (L - t)] where circular history wraps)
-//   du = pre * dx, dpre = u * dx
-// Dynamic shared memory: 3 * 2^lines_log2 * N points (padded).
+// The whole backward per ROW, for rows that are one overlap-save segment each (blocks == 1) and
+// whose FFT fits one block: one shared-memory line per row (two when gated), 2^lines_log2 rows
+// per block (at most BACKWARD_ROWS). Row r of the chunk is segment 2q + (r & 1) of channel h,
+// where r >> 1 = h pairs + q (the pairs' order). Per row:
+//   z = x + i s d, with x = pre * u, d = dy * post;
+//   Z = FFT(z); for each pair of frequencies f, g = N - f (g = f at 0 and N/2):
+//     X(f) = (Z(f) + conj Z(g)) / 2,  D(f) = (Z(f) - conj Z(g)) / (2 i s),
+//     T = D conj(X) kept / N (the taps' spectrum), G = D conj(K) (the adjoint's),
+//     P = X K (gated: the post-gate's);
+//   W(f) = T(f) + i σ G(f), W(g) = conj T(f) + i σ conj G(f) (T, G Hermitian: real signals);
+//   IFFT(W) = taps + i σ dseg: taps[t < K] out (per row; fftconv_taps_sum adds the rows up),
+//     dx[t] = dseg[t] (+ dseg[N - (L - t)] where circular history wraps), du = pre dx,
+//     dpre = u dx (gated);  IFFT(P) = c: dpost = dy c (gated).
+// s and σ are powers of two that bring d's largest finite magnitude in the row to x's and G's to
+// T's: two real signals share one complex transform, whose rounding is relative to the larger,
+// so without them a dy 2^-12 the size of u (or a u 2^-12 the size of dy) loses 12 bits.
+// One forward and one inverse transform per row (two inverse when gated): the count of the
+// pair-packed forward's two per pair, in a third of the old three-lines-per-pair memory.
+// Dynamic shared memory: lines * 2^lines_log2 * N points (padded), then 4 * BACKWARD_ROWS u32
+// (each row's largest |x|, |d|, |T|, |G| bits).
+#define BACKWARD_ROWS 16u
+
+__device__ __forceinline__ u32 finite_bits(float v) {
+    u32 a = float_bits(v) & 0x7fffffffu;
+    return a < 0x7f800000u ? a : 0u;
+}
+
+__device__ __forceinline__ u32 max_bits(u32 a, u32 b) { return a > b ? a : b; }
+
+// A thread's running maxima (float bits: an unsigned max is exact and order-free) of two
+// quantities of the row it is working on, added to the block's `row_max[slot][row]` (slots
+// `slot`, `slot + 1`) whenever it moves to another row, and at the end.
+struct RowMaxima {
+    u32 line;
+    u32 a;
+    u32 b;
+};
+
+// *p = max(*p, v) for a shared-memory word, atomically (PTX `red` on a generic address: NVRTC and
+// clang's CUDA mode without CUDA's headers both take it).
+__device__ __forceinline__ void atomic_max_u32(u32* p, u32 v) {
+#if defined(FFTCONV_HOST_EMULATION)
+    // Fibers hand over only at barriers: a plain read-modify-write is atomic there.
+    if (v > *p) {
+        *p = v;
+    }
+#else
+    asm volatile("red.max.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void row_maxima_flush(RowMaxima& m, u32* row_max, u32 slot) {
+    if (m.line != 0xffffffffu) {
+        atomic_max_u32(&row_max[slot * BACKWARD_ROWS + m.line], m.a);
+        atomic_max_u32(&row_max[(slot + 1u) * BACKWARD_ROWS + m.line], m.b);
+    }
+    m.a = 0u;
+    m.b = 0u;
+}
+
+__device__ __forceinline__ void row_maxima_at(RowMaxima& m, u32* row_max, u32 slot, u32 line) {
+    if (line != m.line) {
+        row_maxima_flush(m, row_max, slot);
+        m.line = line;
+    }
+}
+
+// log2 of the power of two that brings slot + 1's maximum to slot's for row `line`: 0 where either
+// is zero or subnormal throughout; clamped so that 2^k and 2^(-k-1) are normal floats.
+__device__ __forceinline__ int row_scale_log2(const u32* row_max, u32 slot, u32 line) {
+    int e0 = (int)(row_max[slot * BACKWARD_ROWS + line] >> 23);
+    int e1 = (int)(row_max[(slot + 1u) * BACKWARD_ROWS + line] >> 23);
+    int k = e0 == 0 || e1 == 0 ? 0 : e0 - e1;
+    return k < -125 ? -125 : (k > 125 ? 125 : k);
+}
+
+__device__ __forceinline__ float pow2(int k) { return bits_float((u32)(127 + k) << 23); }
+
+__device__ __forceinline__ void backward_row(const Params& pc, const Divisors& dv, u32 r, u32& h,
+                                             u32& seg) {
+    u32 pair = r >> 1;
+    h = udiv(pair, dv.pairs);
+    seg = 2u * (pair - h * pc.pairs) + (r & 1u);
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     fftconv_backward_fused(const Params pc, const Buffers bf, const Divisors dv) {
-    u32 first_line = block_index() << pc.lines_log2;
-    if (first_line >= pc.total_lines) {
+    u32 first_row = block_index() << pc.lines_log2;
+    if (first_row >= pc.total_lines || pc.lines_log2 > 4u) { // 2^4 = BACKWARD_ROWS
         return;
     }
     u32 m_log2 = pc.log2n;
     u32 n = 1u << m_log2;
     u32 points = n << pc.lines_log2;
-    cpx* a = smem;
-    cpx* b = smem + SIDX(points);
-    cpx* c = smem + SIDX(2u * points);
+    bool gated = (pc.flags & FLAG_GATED) != 0u;
+    cpx* w = smem;
+    cpx* p = smem + SIDX(points);
+    u32* row_max = (u32*)(smem + SIDX(gated ? 2u * points : points)); // [4][BACKWARD_ROWS]
+    for (u32 i = threadIdx.x; i < 4u * BACKWARD_ROWS; i += THREADS) {
+        row_max[i] = 0u;
+    }
+    __syncthreads();
     u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
-        u32 pair = first_line + (i >> m_log2);
-        cpx x = mk(0.0f, 0.0f);
-        cpx d = mk(0.0f, 0.0f);
-        if (pair < pc.total_lines) {
-            u32 pos = i & (n - 1u);
-            u32 h = udiv(pair, dv.pairs);
-            u32 q = pair - h * pc.pairs;
-            x = mk(segment_input(pc, dv, bf.u, bf.pre, pc.flags, 2u * q, h, pos),
-                   segment_input(pc, dv, bf.u, bf.pre, pc.flags, 2u * q + 1u, h, pos));
-            d = mk(segment_input(pc, dv, bf.u2, bf.post, dy_flags, 2u * q, h, pos),
-                   segment_input(pc, dv, bf.u2, bf.post, dy_flags, 2u * q + 1u, h, pos));
-        }
-        a[SIDX(i)] = x;
-        b[SIDX(i)] = d;
-    }
-    __syncthreads();
-    fft_forward(a, pc, bf, m_log2);
-    fft_forward(b, pc, bf, m_log2);
-    float inv_n = 1.0f / (float)n;
-    // Filter gradient: C = D conj(V) on kept bins / N.
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
-        u32 f = bit_reverse(i & (n - 1u), m_log2);
-        cpx v = mk(0.0f, 0.0f);
-        if (bin_kept(pc, f)) {
-            cpx o = conj_c(a[SIDX(i)]);
-            v = cmul(b[SIDX(i)], mk(o.x * inv_n, o.y * inv_n));
-        }
-        c[SIDX(i)] = v;
-    }
-    __syncthreads();
-    fft_inverse(c, pc, bf, m_log2);
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
-        u32 pair = first_line + (i >> m_log2);
-        u32 pos = i & (n - 1u);
-        if (pair < pc.total_lines && pos < pc.taps_len) {
-            bf.taps[(u64)pair * pc.taps_len + pos] = c[SIDX(i)].x;
-        }
-    }
-    __syncthreads();
-    if ((pc.flags & FLAG_GATED) != 0u) {
-        // Post-gate gradient: IFFT(V K) at the outputs, times dy.
-        for (u32 i = threadIdx.x; i < points; i += THREADS) {
-            u32 pair = first_line + (i >> m_log2);
-            cpx v = mk(0.0f, 0.0f);
-            if (pair < pc.total_lines) {
-                u32 f = bit_reverse(i & (n - 1u), m_log2);
-                v = cmul(a[SIDX(i)], filter_bin(pc, bf, udiv(pair, dv.pairs), f));
-            }
-            c[SIDX(i)] = v;
-        }
-        __syncthreads();
-        fft_inverse(c, pc, bf, m_log2);
-        for (u32 i = threadIdx.x; i < points; i += THREADS) {
-            u32 pair = first_line + (i >> m_log2);
-            if (pair < pc.total_lines) {
-                u32 pos = i & (n - 1u);
-                u32 h = udiv(pair, dv.pairs);
-                u32 q = pair - h * pc.pairs;
-                cpx v = c[SIDX(i)];
-                store_segment(pc, dv, bf.y3, bf.u2, 2u * q, h, pos, v.x);
-                store_segment(pc, dv, bf.y3, bf.u2, 2u * q + 1u, h, pos, v.y);
-            }
-        }
-        __syncthreads();
-    }
-    // Adjoint: IFFT(D conj(K)), gathered within the segment.
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
-        u32 pair = first_line + (i >> m_log2);
-        if (pair < pc.total_lines) {
-            u32 f = bit_reverse(i & (n - 1u), m_log2);
-            b[SIDX(i)] = cmul(b[SIDX(i)], conj_c(filter_bin(pc, bf, udiv(pair, dv.pairs), f)));
-        }
-    }
-    __syncthreads();
-    fft_inverse(b, pc, bf, m_log2);
+    // Load z = x + i d (unscaled) and each row's largest |x| and |d| (slots 0, 1).
+    RowMaxima m = {0xffffffffu, 0u, 0u};
     for (u32 i = threadIdx.x; i < points; i += THREADS) {
         u32 line = i >> m_log2;
-        u32 pair = first_line + line;
-        u32 t = i & (n - 1u);
-        if (pair >= pc.total_lines || t >= pc.seq_len) {
+        row_maxima_at(m, row_max, 0u, line);
+        u32 r = first_row + line;
+        cpx z = mk(0.0f, 0.0f);
+        if (r < pc.total_lines) {
+            u32 h, seg;
+            backward_row(pc, dv, r, h, seg);
+            SegmentRow row = locate_segment(pc, dv, seg, h);
+            u32 pos = i & (n - 1u);
+            z = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, row, pos),
+                   segment_input_at(pc, dv, bf.u2, bf.post, dy_flags, row, pos));
+        }
+        m.a = max_bits(m.a, finite_bits(z.x));
+        m.b = max_bits(m.b, finite_bits(z.y));
+        w[SIDX(i)] = z;
+    }
+    row_maxima_flush(m, row_max, 0u);
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        w[SIDX(i)].y *= pow2(row_scale_log2(row_max, 0u, i >> m_log2));
+    }
+    __syncthreads();
+    fft_forward(w, pc, bf, m_log2);
+    __syncthreads();
+    // Split Z into X and D per pair of frequencies (f, N - f): item (line, f) for f < N/2, where
+    // f = 0 also takes N/2 (both their own mirror). T(f) goes to f's position and G(f) to g's
+    // (a self-mirrored bin holds the real T + i G); each row's largest |T|, |G| to slots 2, 3.
+    float inv_n = 1.0f / (float)n;
+    u32 half_log2 = m_log2 - 1u;
+    m = {0xffffffffu, 0u, 0u};
+    for (u32 i = threadIdx.x; i < (points >> 1); i += THREADS) {
+        u32 line = i >> half_log2;
+        row_maxima_at(m, row_max, 2u, line);
+        u32 f0 = i & ((n >> 1) - 1u);
+        u32 r = first_row + line;
+        u32 h = 0u, seg = 0u;
+        if (r < pc.total_lines) {
+            backward_row(pc, dv, r, h, seg);
+        }
+        float half_inv_s = pow2(-1 - row_scale_log2(row_max, 0u, line)); // 1 / (2 s)
+        u32 base = line << m_log2;
+        for (u32 twice = 0u; twice < (f0 == 0u ? 2u : 1u); twice++) {
+            u32 f = twice == 0u ? f0 : (n >> 1);
+            u32 g = (n - f) & (n - 1u);
+            u32 ip = base + bit_reverse(f, m_log2);
+            u32 jp = base + bit_reverse(g, m_log2);
+            cpx zf = w[SIDX(ip)];
+            cpx zg = conj_c(w[SIDX(jp)]);
+            cpx x = mk(0.5f * (zf.x + zg.x), 0.5f * (zf.y + zg.y));
+            // (Z(f) - conj Z(g)) / (2 i s) = -i (Z(f) - conj Z(g)) / (2 s)
+            cpx d = mk((zf.y - zg.y) * half_inv_s, -(zf.x - zg.x) * half_inv_s);
+            cpx t = mk(0.0f, 0.0f);
+            if (bin_kept(pc, f)) {
+                t = cmul(d, mk(x.x * inv_n, -x.y * inv_n));
+            }
+            cpx kf = r < pc.total_lines ? filter_bin(pc, bf, h, f) : mk(0.0f, 0.0f);
+            cpx gk = cmul(d, conj_c(kf));
+            cpx pk = cmul(x, kf);
+            if (ip == jp) {
+                // Its own mirror: T, G and P are real there (up to rounding).
+                t.y = 0.0f;
+                gk.y = 0.0f;
+                w[SIDX(ip)] = mk(t.x, gk.x);
+                if (gated) {
+                    p[SIDX(ip)] = mk(pk.x, 0.0f);
+                }
+            } else {
+                w[SIDX(ip)] = t;
+                w[SIDX(jp)] = gk;
+                if (gated) {
+                    p[SIDX(ip)] = pk;
+                    p[SIDX(jp)] = conj_c(pk);
+                }
+            }
+            m.a = max_bits(m.a, max_bits(finite_bits(t.x), finite_bits(t.y)));
+            m.b = max_bits(m.b, max_bits(finite_bits(gk.x), finite_bits(gk.y)));
+        }
+    }
+    row_maxima_flush(m, row_max, 2u);
+    __syncthreads();
+    // W = T + i σ G, σ = 2^row_scale_log2(slots 2, 3).
+    for (u32 i = threadIdx.x; i < (points >> 1); i += THREADS) {
+        u32 line = i >> half_log2;
+        u32 f = i & ((n >> 1) - 1u);
+        float sigma = pow2(row_scale_log2(row_max, 2u, line));
+        u32 base = line << m_log2;
+        u32 ip = base + bit_reverse(f, m_log2);
+        if (f == 0u) {
+            u32 iq = base + bit_reverse(n >> 1, m_log2);
+            w[SIDX(ip)].y *= sigma;
+            w[SIDX(iq)].y *= sigma;
             continue;
         }
-        cpx dx = b[SIDX(i)];
-        if ((pc.flags & FLAG_WRAPS) != 0u && pc.seq_len - t <= pc.history) {
-            dx = cadd(dx, b[SIDX((line << m_log2) + n - (pc.seq_len - t))]);
+        u32 jp = base + bit_reverse(n - f, m_log2);
+        cpx t = w[SIDX(ip)];
+        cpx gk = w[SIDX(jp)];
+        gk = mk(gk.x * sigma, gk.y * sigma);
+        w[SIDX(ip)] = mk(t.x - gk.y, t.y + gk.x);
+        w[SIDX(jp)] = mk(t.x + gk.y, gk.x - t.y);
+    }
+    __syncthreads();
+    fft_inverse(w, pc, bf, m_log2);
+    if (gated) {
+        __syncthreads();
+        fft_inverse(p, pc, bf, m_log2);
+    }
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+        u32 line = i >> m_log2;
+        u32 r = first_row + line;
+        u32 t = i & (n - 1u);
+        if (r >= pc.total_lines) {
+            continue;
         }
-        u32 h = udiv(pair, dv.pairs);
-        u32 q = pair - h * pc.pairs;
-        for (u32 half = 0u; half < 2u; half++) {
-            u32 row_base, start, outputs;
-            if (!segment_row(pc, dv, 2u * q + half, h, row_base, start, outputs)) {
-                continue;
-            }
-            u32 idx = row_base + t;
-            float g = half == 0u ? dx.x : dx.y;
-            if ((pc.flags & FLAG_GATED) != 0u) {
-                bf.y[idx] = from_float(g * to_float(bf.pre[idx]));
-                bf.y2[idx] = from_float(g * to_float(bf.u[idx]));
-            } else {
-                bf.y[idx] = from_float(g);
-            }
+        if (t < pc.taps_len) {
+            bf.taps[(u64)r * pc.taps_len + t] = w[SIDX(i)].x;
+        }
+        if (t >= pc.seq_len) {
+            continue;
+        }
+        u32 h, seg;
+        backward_row(pc, dv, r, h, seg);
+        SegmentRow row = locate_segment(pc, dv, seg, h);
+        if (row.valid == 0u) {
+            continue;
+        }
+        float dx = w[SIDX(i)].y;
+        if ((pc.flags & FLAG_WRAPS) != 0u && pc.seq_len - t <= pc.history) {
+            dx += w[SIDX((line << m_log2) + n - (pc.seq_len - t))].y;
+        }
+        dx *= pow2(-row_scale_log2(row_max, 2u, line));
+        u32 idx = row.row_base + t;
+        if (gated) {
+            bf.y[idx] = from_float(dx * to_float(bf.pre[idx]));
+            bf.y2[idx] = from_float(dx * to_float(bf.u[idx]));
+            store_segment_at(pc, bf.y3, bf.u2, row, t, p[SIDX(i)].x);
+        } else {
+            bf.y[idx] = from_float(dx);
         }
     }
 }

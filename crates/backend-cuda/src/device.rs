@@ -276,7 +276,7 @@ impl CudaDevice {
             gather: load("fftconv_gather")?,
             taps_sum: load("fftconv_taps_sum")?,
             backward_fused: {
-                // Its shared memory (three lines per pair) is sized per launch, up to the limit.
+                // Its shared memory (a line per row, two when gated) is sized per launch, up to the limit.
                 let f = load("fftconv_backward_fused")?;
                 f.set_attribute(
                     CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

@@ -436,23 +436,11 @@ impl Prepared {
         }
     }
 
-    /// Dynamic shared memory of the fused backward with `2^lines_log2` pairs per block
-    /// (`fused_backward_shared_bytes` of src/convolution/backward.rs).
-    fn fused_backward_shared_bytes(&self, lines_log2: u32) -> usize {
-        let points = (3 * self.spec.geometry().n()) << lines_log2;
-        (points + points / 16) * 8
-    }
-
-    /// log2 of the fused backward's pairs per block where the backend runs it
-    /// (`fused_backward_lines`): one-pass plans, one overlap-save block per row, three lines
-    /// fitting the device's shared memory.
-    fn fused_backward_lines(&self) -> Option<u32> {
-        if self.schedule.passes().len() != 1 || self.spec.geometry().blocks != 1 {
-            return None;
-        }
-        (0..12u32)
-            .rev()
-            .find(|&l| self.fused_backward_shared_bytes(l) <= SHARED_LIMIT_BYTES)
+    /// log2 of the fused backward's rows per block where the backend runs it
+    /// (`fused_backward_rows` of src/convolution/backward.rs, with the harness's shared memory).
+    fn fused_backward_rows(&self) -> Option<u32> {
+        self.schedule
+            .fused_backward_rows_log2(SHARED_LIMIT_BYTES, true)
     }
 
     /// A compact chunk buffer of one stream (`stream_bytes`), starting as NaN.
@@ -594,7 +582,7 @@ fn forward(harness: &Path, prep: &Prepared, inputs: &Inputs, name: &str) -> Resu
 }
 
 /// The backward through the backend's launches and bindings (`launch_backward`, host I/O):
-/// `fused_lines: Some(log2 pairs per block)` runs the fused backward kernel per chunk, `None`
+/// `fused_lines: Some(log2 rows per block)` runs the fused backward kernel per chunk, `None`
 /// the schedule's backward steps; then the taps sum.
 fn backward(
     harness: &Path,
@@ -635,8 +623,7 @@ fn backward(
     };
     let tmp_v = p.nans(schedule.spectra_bytes() / 4);
     let tmp_d = p.nans(schedule.spectra_bytes() / 4);
-    let (nb, nh) = schedule.chunk_shape();
-    let taps = p.nans(nh * schedule.pairs(nb) * spec.filter_len());
+    let taps = p.nans(schedule.backward_taps_len());
     let base = Bindings {
         u: Some(su),
         pre: Some(spre),
@@ -660,22 +647,11 @@ fn backward(
         for &c in &chunk_out {
             p.fill_nan(c);
         }
-        if let Some(lines_log2) = fused_lines {
-            let chunk_base = schedule.backward_chunk_params(chunk, true);
-            let total_pairs = chunk.nh * schedule.pairs(chunk.nb);
-            let params = PassParams {
-                line_log2: chunk_base.log2n,
-                lines_log2: lines_log2.min(total_pairs.next_power_of_two().ilog2()),
-                total_lines: total_pairs as u32,
-                ..chunk_base
-            };
-            let shared = prep.fused_backward_shared_bytes(params.lines_log2);
+        if let Some(rows_log2) = fused_lines {
+            let (params, sum_params) =
+                schedule.fused_backward_params(chunk, true, rows_log2, threads_log2);
+            let shared = schedule.fused_backward_shared_bytes(params.lines_log2, true);
             p.launch(Kernel::BackwardFused, shared, &params, &base);
-            let sum_params = PassParams {
-                total_lines: (chunk.nh * spec.filter_len()) as u32,
-                lines_log2: threads_log2,
-                ..chunk_base
-            };
             p.launch(Kernel::TapsSum, 0, &sum_params, &base);
             for (&c, &full) in chunk_out.iter().zip(&full_out) {
                 prep.copy_rows_out(&mut p, chunk, c, full);
@@ -728,7 +704,7 @@ fn backward(
     outputs.push(dk);
     let (path, file) = match fused_lines {
         Some(l) => (
-            format!("fused backward (2^{l} pairs per block)"),
+            format!("fused backward (2^{l} rows per block)"),
             "fused-backward",
         ),
         None => ("backward".to_owned(), "backward"),
@@ -921,7 +897,7 @@ fn check_variant(
         // not hold the fused backward), and the fused backward kernel where the backend runs it.
         let result = forward(&harness, &prep, &inputs, &name).and_then(|f| {
             let steps = backward(&harness, &prep, &inputs, &name, None)?;
-            Ok(match prep.fused_backward_lines() {
+            Ok(match prep.fused_backward_rows() {
                 Some(l) => {
                     let fused = backward(&harness, &prep, &inputs, &name, Some(l))?;
                     format!("{f}, {steps}, {fused}")

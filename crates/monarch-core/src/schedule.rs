@@ -489,6 +489,67 @@ impl PassSchedule {
     }
 }
 
+/// Rows per block of the fused backward at most (log2): its kernel keeps four maxima per row.
+pub const FUSED_BACKWARD_MAX_ROWS_LOG2: u32 = 4;
+
+impl PassSchedule {
+    /// log2 of the rows per block of the fused backward kernel (one shared-memory line of `N`
+    /// points per row, two when gated), or `None` where it does not apply: plans of more than one
+    /// pass, rows of several overlap-save blocks, or lines that do not fit `shared_limit` bytes.
+    /// Blocks get about 2K points per line (four blocks per SM at small N on Hopper; filling the
+    /// shared memory with rows measured slower), at most 2^[`FUSED_BACKWARD_MAX_ROWS_LOG2`] rows.
+    pub fn fused_backward_rows_log2(&self, shared_limit: usize, pad: bool) -> Option<u32> {
+        if self.passes.len() != 1 || self.spec.geometry().blocks != 1 {
+            return None;
+        }
+        let n = self.spec.geometry().n();
+        let rows_log2 = (2048 / n).max(1).ilog2().min(FUSED_BACKWARD_MAX_ROWS_LOG2);
+        (self.fused_backward_shared_bytes(rows_log2, pad) <= shared_limit).then_some(rows_log2)
+    }
+
+    /// Dynamic shared memory of the fused backward with `2^rows_log2` rows per block: the
+    /// lines (padded by one point in 16 when `pad`), then four u32 maxima per possible row.
+    pub fn fused_backward_shared_bytes(&self, rows_log2: u32, pad: bool) -> usize {
+        let lines = if self.spec.gated() { 2 } else { 1 };
+        let points = (lines * self.spec.geometry().n()) << rows_log2;
+        let padded = if pad { points + points / 16 } else { points };
+        padded * 8 + (16 << FUSED_BACKWARD_MAX_ROWS_LOG2)
+    }
+
+    /// f32 elements of the backward's per-row filter taps for one full chunk (`K` per row of
+    /// every pair, also the missing partner of an odd batch: the taps sum reads them all).
+    pub fn backward_taps_len(&self) -> usize {
+        let (nb, nh) = self.chunk_shape;
+        nh * 2 * self.pairs(nb) * self.spec.filter_len()
+    }
+
+    /// The fused backward's launch for one chunk with up to `2^rows_log2` rows per block, and the
+    /// taps sum's after it (`2^sum_lines_log2` threads per block; it adds each channel's rows).
+    pub fn fused_backward_params(
+        &self,
+        chunk: Chunk,
+        compact: bool,
+        rows_log2: u32,
+        sum_lines_log2: u32,
+    ) -> (PassParams, PassParams) {
+        let base = self.backward_chunk_params(chunk, compact);
+        let rows = 2 * chunk.nh * self.pairs(chunk.nb);
+        let kernel = PassParams {
+            line_log2: base.log2n,
+            lines_log2: rows_log2.min(rows.next_power_of_two().ilog2()),
+            total_lines: rows as u32,
+            ..base
+        };
+        let sum = PassParams {
+            total_lines: (chunk.nh * self.spec.filter_len()) as u32,
+            lines_log2: sum_lines_log2,
+            pairs: 2 * base.pairs,
+            ..base
+        };
+        (kernel, sum)
+    }
+}
+
 /// Batch rows and channels per chunk: at most `chunk_elems` elements (but at least one row),
 /// keeping two batch rows together where possible so their segments pair up.
 pub fn chunk_shape(spec: &ConvSpec, chunk_elems: usize) -> (usize, usize) {
@@ -581,5 +642,35 @@ mod tests {
         assert_eq!(b.len(), 80);
         assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 1);
         assert_eq!(u32::from_ne_bytes(b[76..80].try_into().unwrap()), 20);
+    }
+
+    #[test]
+    fn fused_backward_takes_one_line_per_row_and_sums_every_row() {
+        // 3 x 5 rows, L = K = 2048, N = 4096 in one pass (4096 shared points): one row per block.
+        let s = schedule(2048, 4096);
+        assert_eq!(s.passes().len(), 1);
+        let bytes = s.fused_backward_shared_bytes(0, true);
+        assert_eq!(bytes, (4096 + 256) * 8 + 256);
+        assert_eq!(s.fused_backward_rows_log2(bytes, true), Some(0));
+        assert_eq!(s.fused_backward_rows_log2(bytes - 1, true), None);
+        // One global stage (64 x 64): the fused backward does not apply.
+        assert_eq!(
+            schedule(2048, 64).fused_backward_rows_log2(usize::MAX, true),
+            None
+        );
+        let chunk = s.chunks().next().unwrap();
+        let (kernel, sum) = s.fused_backward_params(chunk, true, 0, 8);
+        let rows = 2 * chunk.nh * s.pairs(chunk.nb);
+        assert_eq!(kernel.total_lines as usize, rows);
+        assert_eq!(kernel.flags & FLAG_F32_ROUNDS, FLAG_F32_ROUNDS);
+        assert_eq!(sum.pairs, 2 * kernel.pairs);
+        assert_eq!(sum.total_lines as usize, chunk.nh * 2048);
+        assert!(s.backward_taps_len() >= rows * 2048);
+        // Small N: ~2K points per block, at most 2^4 rows.
+        let small = schedule(8, 4096);
+        assert_eq!(
+            small.fused_backward_rows_log2(usize::MAX, true),
+            Some(FUSED_BACKWARD_MAX_ROWS_LOG2)
+        );
     }
 }

@@ -293,8 +293,7 @@ impl CudaConvolution {
         let mut guard = self.backward_exec.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
             let stream = &self.device.stream;
-            let (nb, nh) = self.schedule.chunk_shape();
-            let taps_bytes = (nh * self.schedule.pairs(nb) * self.spec.filter_len() * 4).max(4);
+            let taps_bytes = (self.schedule.backward_taps_len() * 4).max(4);
             let dk_bytes = (self.spec.filter_elems() * 4).max(4);
             let alloc = |bytes: usize| {
                 stream
@@ -314,31 +313,12 @@ impl CudaConvolution {
         Ok(guard)
     }
 
-    /// log2 of the pairs per block of the fused backward kernel, when this problem can use it:
-    /// a one-pass plan (no global stages), one overlap-save block per row, and three lines of
-    /// `N` points fitting the device's shared memory.
-    fn fused_backward_lines(&self) -> Option<u32> {
-        if self.schedule.passes().len() != 1 || self.spec.geometry().blocks != 1 {
-            return None;
-        }
-        // Pairs per block: enough for ~2K points per region (6K points, ~51 KiB: four blocks
-        // per SM), one pair at least. Filling the shared memory instead (32 pairs of N = 256:
-        // 204 KiB, one block of 8 warps per SM) measured 5.6 ms against 3.6 ms unfused.
-        let n = self.spec.geometry().n();
-        let lines_log2 = (2048 / n).max(1).ilog2();
+    /// log2 of the rows per block of the fused backward kernel, when this problem can use it
+    /// (`PassSchedule::fused_backward_rows_log2` with this device's shared memory).
+    fn fused_backward_rows(&self) -> Option<u32> {
         let limit = self.device.info().shared_memory_per_block_optin;
-        (self.fused_backward_shared_bytes(lines_log2) as usize <= limit).then_some(lines_log2)
-    }
-
-    /// Dynamic shared memory of the fused backward with `2^lines_log2` pairs per block.
-    fn fused_backward_shared_bytes(&self, lines_log2: u32) -> u32 {
-        let points = (3u64 * self.spec.geometry().n() as u64) << lines_log2;
-        let padded = if self.kernels.pad {
-            points + points / 16
-        } else {
-            points
-        };
-        u32::try_from(padded * 8).unwrap_or(u32::MAX)
+        self.schedule
+            .fused_backward_rows_log2(limit, self.kernels.pad)
     }
 
     /// Launches the backward steps of one chunk.
@@ -368,23 +348,20 @@ impl CudaConvolution {
             u2: s.dy,
             y3: s.dpost,
         };
-        if let Some(lines_log2) = self.fused_backward_lines() {
-            // One kernel per chunk: both transforms, taps, gate gradients and du in shared memory.
-            let chunk_base = self.schedule.backward_chunk_params(chunk, compact);
-            let total_pairs = chunk.nh * self.schedule.pairs(chunk.nb);
-            let params = monarch_core::schedule::PassParams {
-                line_log2: chunk_base.log2n,
-                lines_log2: lines_log2.min(total_pairs.next_power_of_two().ilog2()),
-                total_lines: total_pairs as u32,
-                ..chunk_base
-            };
-            let shared = self.fused_backward_shared_bytes(params.lines_log2);
+        if let Some(rows_log2) = self.fused_backward_rows() {
+            // One kernel per chunk: the transform, taps, gate gradients and du in shared memory
+            // (one line per row), then the taps summed over each channel's rows.
+            let (params, sum_params) = self.schedule.fused_backward_params(
+                chunk,
+                compact,
+                rows_log2,
+                self.kernels.threads.ilog2(),
+            );
+            let shared = self
+                .schedule
+                .fused_backward_shared_bytes(params.lines_log2, self.kernels.pad);
+            let shared = u32::try_from(shared).unwrap_or(u32::MAX);
             self.launch_function(stream, &self.kernels.backward_fused, shared, &params, &base)?;
-            let sum_params = monarch_core::schedule::PassParams {
-                total_lines: (chunk.nh * self.spec.filter_len()) as u32,
-                lines_log2: self.kernels.threads.ilog2(),
-                ..chunk_base
-            };
             return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
         }
         let steps = self
