@@ -203,6 +203,8 @@ if [ "${1:-}" != "--no-bench" ]; then
         --keep-frequencies 1,0.25
     # 3. A/B experiments at five sizes, each against the default in its own run.
     bench bench-radix16 60 FFTCONV_CUDA_RADIX_LOG2=4 --backend cuda --dtype f16 --sizes $S --reps 3
+    bench bench-vector-io 60 FFTCONV_CUDA_VECTOR_IO=1 --backend cuda --dtype f16 --sizes $S \
+        --reps 3
     bench bench-segment-table 60 FFTCONV_CUDA_SEGMENT_TABLE=1 --backend cuda --dtype f16 \
         --sizes $S --reps 3
 fi

@@ -6,7 +6,8 @@
 //   SHARED_POINTS              complex points of (dynamic) shared memory per block
 //   PAD                        1: one padding point after every 16 in shared memory
 //   THREADS                    threads per block
-//   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES  experiments (default 3, 0, 0); MIDDLE_ROUND (default 1)
+//   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES, VECTOR_IO  experiments (default 3, 0, 0, 0);
+//   MIDDLE_ROUND (default 1)
 //   MIN_BLOCKS                 blocks per SM to leave registers for (default 1)
 //
 // Kernels (extern "C"):
@@ -383,6 +384,111 @@ __device__ void store_result(const Params& pc, const Buffers& bf, const Divisors
         store_output(pc, bf, dv, 2u * q + 1u, h, pos, v.y);
     } else {
         bf.tmp[(u64)pair * n + pos] = v;
+    }
+}
+
+// ---- vectorized row I/O -------------------------------------------------------------------------
+//
+// The fused pass of a one-pass plan whose rows are one overlap-save segment each (blocks == 1:
+// every dense problem up to N = 16K on CUDA) moves VEC consecutive elements (16 bytes) of each of a
+// pair's two rows per thread: one vector load or store per row (and gate) and one segment lookup
+// per VEC points, instead of VEC scalar accesses with their own segment arithmetic. A chunk that
+// is not wholly among a row's outputs (the zero padding, circular history, a row's ragged end)
+// takes the scalar path. Needs 16-byte aligned rows: L and the chunk's element offset multiples
+// of VEC, and 16-byte aligned buffers (checked per launch, uniformly).
+#define VEC (16u / (u32)sizeof(elem_t))
+// 1: the fused pass uses it (an experiment, selected by the host with -DVECTOR_IO=1).
+#ifndef VECTOR_IO
+#define VECTOR_IO 0
+#endif
+
+union Vec16 {
+    u32 w[4];
+    elem_t e[16 / sizeof(elem_t)];
+};
+
+__device__ __forceinline__ Vec16 load_vec16(const elem_t* p) {
+    Vec16 v;
+#if defined(FFTCONV_HOST_EMULATION)
+    __builtin_memcpy(v.w, p, 16);
+#else
+    asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+                 : "l"(p));
+#endif
+    return v;
+}
+
+__device__ __forceinline__ void store_vec16(elem_t* p, const Vec16& v) {
+#if defined(FFTCONV_HOST_EMULATION)
+    __builtin_memcpy(p, v.w, 16);
+#else
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
+                 "r"(v.w[2]), "r"(v.w[3])
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((u64)p & 15u) == 0u; }
+
+// Whether this launch's rows allow vector I/O for `data` (and `gate` when gated).
+__device__ __forceinline__ bool vector_rows(const Params& pc, const void* data, const void* gate) {
+    return pc.blocks == 1u && (pc.seq_len & (VEC - 1u)) == 0u &&
+           (pc.element_offset & (VEC - 1u)) == 0u && aligned16(data) &&
+           ((pc.flags & FLAG_GATED) == 0u || aligned16(gate));
+}
+
+// segment_input_at for positions pos .. pos + VEC - 1 (pos a multiple of VEC).
+__device__ __forceinline__ void segment_input_vec(const Params& pc, const Divisors& dv,
+                                                  const elem_t* src, const elem_t* gate,
+                                                  SegmentRow r, u32 pos, float v[VEC]) {
+    if (r.valid != 0u && pos + VEC <= r.outputs) {
+        u32 idx = r.row_base + r.start + pos;
+        Vec16 a = load_vec16(src + idx);
+        if ((pc.flags & FLAG_GATED) != 0u) {
+            Vec16 g = load_vec16(gate + idx);
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                v[k] = to_float(a.e[k]) * to_float(g.e[k]);
+            }
+        } else {
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                v[k] = to_float(a.e[k]);
+            }
+        }
+    } else {
+#pragma unroll
+        for (u32 k = 0u; k < VEC; k++) {
+            v[k] = segment_input_at(pc, dv, src, gate, pc.flags, r, pos + k);
+        }
+    }
+}
+
+// store_segment_at for positions pos .. pos + VEC - 1 (pos a multiple of VEC).
+__device__ __forceinline__ void store_segment_vec(const Params& pc, elem_t* dst, const elem_t* gate,
+                                                  SegmentRow r, u32 pos, const float v[VEC]) {
+    if (r.valid != 0u && pos + VEC <= r.outputs) {
+        u32 idx = r.row_base + r.start + pos;
+        Vec16 o;
+        if ((pc.flags & FLAG_GATED) != 0u) {
+            Vec16 g = load_vec16(gate + idx);
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                o.e[k] = from_float(v[k] * to_float(g.e[k]));
+            }
+        } else {
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                o.e[k] = from_float(v[k]);
+            }
+        }
+        store_vec16(dst + idx, o);
+    } else {
+#pragma unroll
+        for (u32 k = 0u; k < VEC; k++) {
+            store_segment_at(pc, dst, gate, r, pos + k, v[k]);
+        }
     }
 }
 
@@ -1485,8 +1591,40 @@ __device__ __forceinline__ void fused_pass(const Params& pc, const Buffers& bf, 
     }
 #endif
 
+    // Vector I/O (see vector_rows): lines are whole pairs (a one-pass plan), rows whole segments.
+    bool vec_in = VECTOR_IO && pair_lines_log2 == 0u && (pc.flags & FLAG_SRC_INPUT) != 0u &&
+                  vector_rows(pc, bf.u, bf.pre);
+    bool vec_out = VECTOR_IO && pair_lines_log2 == 0u &&
+                   (pc.flags & (FLAG_DST_OUTPUT | FLAG_DST_TAPS | FLAG_NO_INVERSE)) ==
+                       FLAG_DST_OUTPUT &&
+                   vector_rows(pc, bf.y, bf.post);
+    if (vec_in) {
+        for (u32 c = threadIdx.x; c < points / VEC; c += THREADS) {
+            u32 i = c * VEC;
+            u32 line = first_line + (i >> m_log2);
+            float a[VEC], b[VEC];
+            if (line < pc.total_lines) {
+                u32 h = udiv(line, dv.pairs);
+                u32 q = line - h * pc.pairs;
+                u32 pos = i & (m - 1u);
+                segment_input_vec(pc, dv, bf.u, bf.pre, locate_segment(pc, dv, 2u * q, h), pos, a);
+                segment_input_vec(pc, dv, bf.u, bf.pre, locate_segment(pc, dv, 2u * q + 1u, h),
+                                  pos, b);
+            } else {
+#pragma unroll
+                for (u32 k = 0u; k < VEC; k++) {
+                    a[k] = 0.0f;
+                    b[k] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                s[SIDX(i + k)] = mk(a[k], b[k]);
+            }
+        }
+    }
     // Lines are contiguous blocks of M points of a pair's N.
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+    for (u32 i = vec_in ? points : threadIdx.x; i < points; i += THREADS) {
         u32 line = first_line + (i >> m_log2);
         cpx v = mk(0.0f, 0.0f);
         if (line < pc.total_lines) {
@@ -1553,7 +1691,28 @@ __device__ __forceinline__ void fused_pass(const Params& pc, const Buffers& bf, 
         fft_inverse(s, pc, bf, m_log2, middle);
     }
 
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+    if (vec_out) {
+        for (u32 c = threadIdx.x; c < points / VEC; c += THREADS) {
+            u32 i = c * VEC;
+            u32 line = first_line + (i >> m_log2);
+            if (line >= pc.total_lines) {
+                continue;
+            }
+            float a[VEC], b[VEC];
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                cpx v = s[SIDX(i + k)];
+                a[k] = v.x;
+                b[k] = v.y;
+            }
+            u32 h = udiv(line, dv.pairs);
+            u32 q = line - h * pc.pairs;
+            u32 pos = i & (m - 1u);
+            store_segment_vec(pc, bf.y, bf.post, locate_segment(pc, dv, 2u * q, h), pos, a);
+            store_segment_vec(pc, bf.y, bf.post, locate_segment(pc, dv, 2u * q + 1u, h), pos, b);
+        }
+    }
+    for (u32 i = vec_out ? points : threadIdx.x; i < points; i += THREADS) {
         u32 line = first_line + (i >> m_log2);
         if (line < pc.total_lines) {
             u32 pair = line >> pair_lines_log2;

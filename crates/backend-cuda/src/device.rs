@@ -33,14 +33,18 @@ pub const RADIX_ENV: &str = "FFTCONV_CUDA_RADIX_LOG2";
 pub const SEGMENT_TABLE_ENV: &str = "FFTCONV_CUDA_SEGMENT_TABLE";
 /// Environment variable: `1` runs the radix-16 rounds of f16 and bf16 problems on the tensor
 /// cores (`mma.sync` m16n8k16, f16 operands with a power-of-two scale per item, f32
-/// accumulation; compute capability 8.0 or newer); an experiment for timing on a GPU
-/// (unmeasured so far). f32 problems keep the f32 path.
+/// accumulation; compute capability 8.0 or newer); an experiment, 1.6-1.8x slower on an H200
+/// (docs/perf.md). f32 problems keep the f32 path.
 pub const TENSOR_CORES_ENV: &str = "FFTCONV_CUDA_TENSOR_CORES";
-/// Environment variable: `1` makes the fused pass run the forward's finest FFT round, the
-/// pointwise product and the inverse's finest round as one register round (two shared-memory
-/// round trips and a barrier fewer; groups whose bins frequency sparsity drops are skipped); an
-/// experiment for timing on a GPU (unmeasured so far).
+/// Environment variable: `0` turns off the middle round (on by default since it measured faster):
+/// the fused pass runs the forward's finest FFT round, the pointwise product and the inverse's
+/// finest round as one register round (two shared-memory round trips and a barrier fewer; groups
+/// whose bins frequency sparsity drops are skipped).
 pub const MIDDLE_ROUND_ENV: &str = "FFTCONV_CUDA_MIDDLE_ROUND";
+/// Environment variable: `1` makes the fused pass of one-pass plans read and write whole-row
+/// segments 16 bytes per thread and row (one segment lookup per 8 f16 or 4 f32 points instead of
+/// one per point); an experiment for timing on a GPU (unmeasured so far).
+pub const VECTOR_IO_ENV: &str = "FFTCONV_CUDA_VECTOR_IO";
 /// Environment variable: `1` compiles, per convolution, a module whose fused pass has the plan's
 /// sizes (N, line length, lines per block, global stages) as compile-time constants (launches
 /// that match run that copy; the others the generic one); an experiment for timing on a GPU
@@ -184,6 +188,7 @@ impl CudaDevice {
         // Default on since the 2026-11-26 H200 sweep (faster at 14 of 15 dense sizes, every sparse one);
         // `FFTCONV_CUDA_MIDDLE_ROUND=0` restores the separate rounds for A/B runs.
         let middle_round = !std::env::var(MIDDLE_ROUND_ENV).is_ok_and(|v| v.trim() == "0");
+        let vector_io = std::env::var(VECTOR_IO_ENV).is_ok_and(|v| v.trim() == "1");
         let fused = fused.filter(|_| std::env::var(SPECIALIZE_ENV).is_ok_and(|v| v.trim() == "1"));
         let min_blocks = std::env::var(MIN_BLOCKS_ENV)
             .ok()
@@ -198,6 +203,7 @@ impl CudaDevice {
             segment_table,
             tensor_cores,
             middle_round,
+            vector_io,
             min_blocks,
             fused,
             pad: pad
@@ -232,6 +238,7 @@ impl CudaDevice {
             format!("-DSEGMENT_TABLE={}", u32::from(key.segment_table)),
             format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
             format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
+            format!("-DVECTOR_IO={}", u32::from(key.vector_io)),
             format!("-DMIN_BLOCKS={}", key.min_blocks),
         ];
         let mut options = options;
@@ -309,6 +316,7 @@ struct KernelKey {
     segment_table: bool,
     tensor_cores: bool,
     middle_round: bool,
+    vector_io: bool,
     min_blocks: u32,
     fused: Option<FusedSizes>,
     pad: bool,

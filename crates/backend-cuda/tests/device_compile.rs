@@ -3,7 +3,7 @@
 //! `tests/device_compile/prelude.h` for what NVRTC predefines and clang then lacks) to PTX, for a
 //! representative set of the variants `src/device.rs` (`build_kernels`) asks NVRTC for: every I/O
 //! type, both paddings, small and the largest shared-memory sizes and block sizes, each
-//! experiment (`MAX_RADIX_LOG2=4`, `SEGMENT_TABLE`, `TENSOR_CORES`, `MIDDLE_ROUND`) on and off,
+//! experiment (`MAX_RADIX_LOG2=4`, `SEGMENT_TABLE`, `TENSOR_CORES`, `MIDDLE_ROUND`, `VECTOR_IO`) on and off,
 //! and an sm_70, an sm_80 and the newest target clang accepts (sm_90, else sm_80). The host
 //! emulation (`tests/emulation.rs`) replaces every inline-PTX branch, so this is what compiles
 //! the device-only code (f16 conversions, `mma.sync`, `shfl.sync`, `bar.warp.sync`, read-only
@@ -96,16 +96,17 @@ struct Variant {
     segment_table: bool,
     tensor_cores: bool,
     middle_round: bool,
+    vector_io: bool,
     arch: Arch,
 }
 
 /// The variants compiled: every I/O type; `SHARED_POINTS` 256 to 16384 (the largest, with
-/// `THREADS=1024`); `THREADS` 64 to 1024; each experiment and the (default) middle round on and
-/// off; `TENSOR_CORES=1` (f16 and
+/// `THREADS=1024`); `THREADS` 64 to 1024; each experiment (`VECTOR_IO` too) and the (default)
+/// middle round on and off; `TENSOR_CORES=1` (f16 and
 /// bf16 only, sm_80 and newer, as the backend allows) for both types with and without
 /// `MIDDLE_ROUND`; a pre-Ampere target for the paths without tensor cores.
 fn variants() -> Vec<Variant> {
-    let v = |io, shared_points, pad, threads, radix_log2, st, tc, mr, arch| Variant {
+    let v = |io, shared_points, pad, threads, radix_log2, st, tc, mr, vio, arch| Variant {
         io,
         shared_points,
         pad,
@@ -114,6 +115,7 @@ fn variants() -> Vec<Variant> {
         segment_table: st,
         tensor_cores: tc,
         middle_round: mr,
+        vector_io: vio,
         arch,
     };
     use Arch::*;
@@ -121,19 +123,19 @@ fn variants() -> Vec<Variant> {
     vec![
         // The defaults (the middle round, no experiments) at the smallest and largest sizes, and
         // the middle round off.
-        v(F32, 256, true, 64, 3, false, false, true, Sm70),
-        v(F32, 16384, true, 1024, 3, false, false, true, Newest),
-        v(F16, 4096, true, 256, 3, false, false, false, Sm70),
-        v(Bf16, 1024, false, 512, 3, false, false, true, Sm80),
+        v(F32, 256, true, 64, 3, false, false, true, false, Sm70),
+        v(F32, 16384, true, 1024, 3, false, false, true, true, Newest),
+        v(F16, 4096, true, 256, 3, false, false, false, true, Sm70),
+        v(Bf16, 1024, false, 512, 3, false, false, true, true, Sm80),
         // Every experiment but the tensor cores, and some mixes.
-        v(F32, 4096, false, 256, 4, true, false, true, Sm80),
-        v(F16, 16384, false, 1024, 4, true, false, true, Newest),
-        v(Bf16, 256, true, 128, 4, false, false, true, Newest),
+        v(F32, 4096, false, 256, 4, true, false, true, true, Sm80),
+        v(F16, 16384, false, 1024, 4, true, false, true, false, Newest),
+        v(Bf16, 256, true, 128, 4, false, false, true, true, Newest),
         // Tensor cores, with and without the middle round.
-        v(F16, 4096, true, 256, 3, false, true, true, Newest),
-        v(F16, 16384, true, 1024, 4, true, true, false, Sm80),
-        v(Bf16, 4096, false, 256, 4, false, true, false, Newest),
-        v(Bf16, 256, true, 64, 3, true, true, true, Sm80),
+        v(F16, 4096, true, 256, 3, false, true, true, true, Newest),
+        v(F16, 16384, true, 1024, 4, true, true, false, false, Sm80),
+        v(Bf16, 4096, false, 256, 4, false, true, false, false, Newest),
+        v(Bf16, 256, true, 64, 3, true, true, true, true, Sm80),
     ]
 }
 
@@ -154,6 +156,7 @@ impl Variant {
             format!("-DSEGMENT_TABLE={}", u32::from(self.segment_table)),
             format!("-DTENSOR_CORES={}", u32::from(self.tensor_cores)),
             format!("-DMIDDLE_ROUND={}", u32::from(self.middle_round)),
+            format!("-DVECTOR_IO={}", u32::from(self.vector_io)),
         ]
         .into_iter()
         .chain(
@@ -189,7 +192,7 @@ impl Variant {
             Io::Bf16 => "bf16",
         };
         format!(
-            "{io}-p{}-pad{}-t{}-r{}-st{}-tc{}-mr{}{}-{arch}",
+            "{io}-p{}-pad{}-t{}-r{}-st{}-tc{}-mr{}-vio{}{}-{arch}",
             self.shared_points,
             u32::from(self.pad),
             self.threads,
@@ -197,6 +200,7 @@ impl Variant {
             u32::from(self.segment_table),
             u32::from(self.tensor_cores),
             u32::from(self.middle_round),
+            u32::from(self.vector_io),
             if self.specialized() { "-spec" } else { "" },
         )
     }

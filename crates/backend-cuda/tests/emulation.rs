@@ -1010,6 +1010,34 @@ fn tensor_cores_one_column_pass_128_points_32_threads() {
 // constants): the causal case's fused pass matches (N = 4096 in one pass; N = 4096 as 64 x 64
 // with 4 lines per 256-point block), every other case takes the generic copy.
 
+// Vector I/O (`FFTCONV_CUDA_VECTOR_IO`): the one-pass plans' loads and stores of whole-row
+// segments 16 bytes at a time (4 f32 here; the cases with L a multiple of 4 take it, ragged
+// chunks and the others the scalar path), with one thread per block and with 256.
+
+#[test]
+fn vector_io_one_fused_pass_4096_points() {
+    check_variant(
+        "vector_io_one_fused_pass_4096_points",
+        4096,
+        1,
+        "-DVECTOR_IO=1",
+        TOLERANCE,
+        0,
+    );
+}
+
+#[test]
+fn vector_io_one_fused_pass_4096_points_256_threads() {
+    check_variant(
+        "vector_io_one_fused_pass_4096_points_256_threads",
+        4096,
+        256,
+        "-DVECTOR_IO=1",
+        TOLERANCE,
+        0,
+    );
+}
+
 #[test]
 fn specialized_one_fused_pass_4096_points_256_threads() {
     check_variant(
