@@ -181,7 +181,7 @@ bench() {
         "$here/bin/xtask" bench "$@"
 }
 finish() {
-    (cd "$work/logs" && for f in *.log; do echo "######## $f"; cat "$f"; done) > "$OUT/all.txt"
+    (cd "$work/logs" && for f in *.log; do echo "=== log $f"; cat "$f"; done) > "$OUT/all.txt"
     (cd "$work" && tar czf "$OUT/bench-json.tgz" target-*/bench/latest.json 2> /dev/null)
     echo "done at $SECONDS s; logs in $OUT/all.txt"
 }
