@@ -36,6 +36,11 @@ bench options:
                    that F = 1 row is in the same run.
   --mb MB          bytes each case moves (u read + y written + gates), in MB (10^6 bytes);
                    sets B*H. Default 256 (the default sweep takes about 30 s on 2 cores).
+  --anchors        the shapes of ../shared/ANCHORS.md (FlashFFTConv's benchmark: B x H =
+                   64x768 at 256..4K, 32x768 at 16K, 8x768 at 64K, 8x192 at 256K, 8x48 at 1M,
+                   8x16 at 4M; sizes default to those eight), so times compare with its table
+                   directly; sizes outside the table keep the --mb shape.
+  --shape BxH      this B x H at every size (overrides --mb and --anchors).
   --reps N         timed runs per case after one warm-up; the median is reported. Default 5
                    (3 when the warm-up alone takes over a second).
   --quick          a quick sweep: sizes 256..64K, --mb 16, --reps 3 (explicit options win).
@@ -64,6 +69,39 @@ pub struct BenchOptions {
     pub keep_frequencies: Vec<f64>,
     /// `None`: 5, or 3 for cases whose warm-up takes over a second.
     pub reps: Option<usize>,
+    /// How B and H are chosen per size.
+    pub shape: ShapeRule,
+}
+
+/// How a case's `B x H` is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShapeRule {
+    /// About `--mb` MB per call ([`crate::bench::shape`]).
+    Budget,
+    /// `../shared/ANCHORS.md`'s shapes where it lists the size ([`anchor_shape`]).
+    Anchors,
+    /// The same `B x H` at every size.
+    Fixed(usize, usize),
+}
+
+/// FlashFFTConv's benchmark shapes (`../shared/ANCHORS.md`): `(N, B, H)`, causal, L = N/2.
+pub const ANCHOR_SHAPES: [(usize, usize, usize); 8] = [
+    (256, 64, 768),
+    (1 << 10, 64, 768),
+    (1 << 12, 64, 768),
+    (1 << 14, 32, 768),
+    (1 << 16, 8, 768),
+    (1 << 18, 8, 192),
+    (1 << 20, 8, 48),
+    (1 << 22, 8, 16),
+];
+
+/// `B, H` of FFT size `n` in [`ANCHOR_SHAPES`].
+pub fn anchor_shape(n: usize) -> Option<(usize, usize)> {
+    ANCHOR_SHAPES
+        .iter()
+        .find(|(size, _, _)| *size == n)
+        .map(|&(_, b, h)| (b, h))
 }
 
 pub const DEFAULT_MB: f64 = 256.0;
@@ -83,6 +121,8 @@ impl BenchOptions {
         let mut reps = None;
         let mut keep_frequencies = None;
         let mut quick = false;
+        let mut anchors = false;
+        let mut fixed = None;
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             // Accept both `--opt value` and `--opt=value`.
@@ -125,14 +165,36 @@ impl BenchOptions {
                     keep_frequencies = Some(parse_fractions(&value(name)?)?)
                 }
                 "--quick" => quick = true,
+                "--anchors" => anchors = true,
+                "--shape" => {
+                    let v = value(name)?;
+                    let parsed = v.split_once(['x', 'X']).and_then(|(b, h)| {
+                        Some((
+                            b.trim().parse::<usize>().ok()?,
+                            h.trim().parse::<usize>().ok()?,
+                        ))
+                    });
+                    match parsed {
+                        Some((b, h)) if b > 0 && h > 0 => fixed = Some((b, h)),
+                        _ => {
+                            return Err(format!("--shape: expected BxH such as 16x1024, got `{v}`"))
+                        }
+                    }
+                }
                 "-h" | "--help" => return Ok(None),
                 other => return Err(format!("unknown option `{other}`")),
             }
         }
         let default_sizes = if quick { "256..64K" } else { "256..1M" };
+        let shape = match (fixed, anchors) {
+            (Some((b, h)), _) => ShapeRule::Fixed(b, h),
+            (None, true) => ShapeRule::Anchors,
+            (None, false) => ShapeRule::Budget,
+        };
         Ok(Some(BenchOptions {
             sizes: match sizes {
                 Some(s) => s,
+                None if anchors => ANCHOR_SHAPES.iter().map(|&(n, _, _)| n).collect(),
                 None => parse_sizes(default_sizes)?,
             },
             dtypes: dtypes.unwrap_or_else(|| vec![DType::F32]),
@@ -142,6 +204,7 @@ impl BenchOptions {
             mb: mb.unwrap_or(if quick { QUICK_MB } else { DEFAULT_MB }),
             keep_frequencies: keep_frequencies.unwrap_or_else(|| vec![1.0]),
             reps: reps.or(if quick { Some(REDUCED_REPS) } else { None }),
+            shape,
         }))
     }
 }
@@ -291,6 +354,19 @@ mod tests {
             (q.mb, q.reps, q.sizes.len()),
             (QUICK_MB, Some(REDUCED_REPS), 9)
         );
+        assert_eq!(o.shape, ShapeRule::Budget);
+        let a = BenchOptions::parse(&strings(&["--anchors"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.shape, a.sizes.len()), (ShapeRule::Anchors, 8));
+        assert_eq!(anchor_shape(1 << 14), Some((32, 768)));
+        assert_eq!(anchor_shape(512), None);
+        let f = BenchOptions::parse(&strings(&["--anchors", "--shape=16x1024"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.shape, ShapeRule::Fixed(16, 1024));
+        assert!(BenchOptions::parse(&strings(&["--shape", "16"])).is_err());
+        assert!(BenchOptions::parse(&strings(&["--shape", "0x4"])).is_err());
         assert!(BenchOptions::parse(&strings(&["--bogus"])).is_err());
         assert!(BenchOptions::parse(&strings(&["--mb"])).is_err());
         assert!(BenchOptions::parse(&strings(&["--dtype", "f64"])).is_err());

@@ -15,7 +15,7 @@
 //! speed-up, and [`report::fill_ratios`] also sets the speed-up over the same backend's dense
 //! row. Sparse rows are checked against the band-limited oracle ([`oracle`]).
 
-use crate::args::{BenchOptions, DEFAULT_REPS, REDUCED_REPS};
+use crate::args::{anchor_shape, BenchOptions, ShapeRule, DEFAULT_REPS, REDUCED_REPS};
 use crate::oracle::{self, RowCheck};
 use crate::report::{self, Record};
 use backend_cpu::RealFftBaseline;
@@ -129,8 +129,15 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
          device memory on a GPU, so no host transfers are timed)"
     );
     println!(
-        "sweep: causal, K = L = N/2, {} MB per call{}, reps {}, tolerance f32 {:.0e} / f16 {:.0e} / bf16 {:.1e}",
-        opts.mb,
+        "sweep: causal, K = L = N/2, {}{}, reps {}, tolerance f32 {:.0e} / f16 {:.0e} / bf16 {:.1e}",
+        match opts.shape {
+            ShapeRule::Budget => format!("{} MB per call", opts.mb),
+            ShapeRule::Anchors => format!(
+                "ANCHORS.md shapes (FlashFFTConv's benchmark; {} MB per call at other sizes)",
+                opts.mb
+            ),
+            ShapeRule::Fixed(b, h) => format!("B x H = {b} x {h}"),
+        },
         if opts.gated { ", gated" } else { "" },
         opts.reps.map_or_else(
             || format!("{DEFAULT_REPS} ({REDUCED_REPS} if warm-up > 1 s)"),
@@ -232,7 +239,13 @@ impl Sweep<'_> {
         let gated = self.opts.gated;
         let dtype = T::DTYPE;
         let l = n / 2;
-        let (b, h) = shape(n, dtype, gated, self.opts.mb);
+        let (b, h) = match self.opts.shape {
+            ShapeRule::Fixed(b, h) => (b, h),
+            ShapeRule::Anchors => {
+                anchor_shape(n).unwrap_or_else(|| shape(n, dtype, gated, self.opts.mb))
+            }
+            ShapeRule::Budget => shape(n, dtype, gated, self.opts.mb),
+        };
         // Keep 1 builds the dense problem exactly as without --keep-frequencies.
         let build = |gated: bool, keep: f64| {
             let builder = ConvSpec::builder(b, h, l, l).dtype(dtype).gated(gated);

@@ -201,6 +201,8 @@ if [ "${1:-}" != "--no-bench" ]; then
     # 2. The main table: forward, backward, 75% sparsity, up to 64K (CUDA; cuFFT in the same run).
     bench bench-f16 150 --backend cuda --dtype f16 --sizes 256..64K --backward --reps 3 \
         --keep-frequencies 1,0.25
+    # FlashFFTConv's own shapes (ANCHORS.md), so times compare with its table directly.
+    bench bench-anchors 120 --backend cuda,vulkan --dtype f16 --anchors --reps 3
     # 3. A/B experiments at five sizes, each against the default in its own run.
     bench bench-radix16 60 FFTCONV_CUDA_RADIX_LOG2=4 --backend cuda --dtype f16 --sizes $S --reps 3
     bench bench-vector-io 60 FFTCONV_CUDA_VECTOR_IO=1 --backend cuda --dtype f16 --sizes $S \
