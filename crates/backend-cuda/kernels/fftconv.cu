@@ -217,6 +217,7 @@ __device__ __forceinline__ u32 umod(u32 n, const Divisor& v) { return n - udiv(n
 #define FLAG_CORRELATE 256u
 #define FLAG_DST_TAPS 512u
 #define FLAG_F32_ROUNDS 1024u // every FFT round in f32: no tensor-core rounds (the backward)
+#define FLAG_TAPS_MIRRORED 2048u // with FLAG_DST_TAPS: tap t from position N - t (mod N)
 
 extern __shared__ cpx smem[];
 // Shared-memory slot of point i.
@@ -374,8 +375,10 @@ __device__ void store_result(const Params& pc, const Buffers& bf, const Divisors
                              u32 pos, cpx v) {
     u32 n = 1u << pc.log2n;
     if ((pc.flags & FLAG_DST_TAPS) != 0u) {
-        if (pos < pc.taps_len) {
-            bf.taps[(u64)pair * pc.taps_len + pos] = v.x;
+        // FLAG_TAPS_MIRRORED: the pass holds IFFT(V conj D), whose position N - t is tap t.
+        u32 t = (pc.flags & FLAG_TAPS_MIRRORED) != 0u ? (n - pos) & (n - 1u) : pos;
+        if (t < pc.taps_len) {
+            bf.taps[(u64)pair * pc.taps_len + t] = v.x;
         }
     } else if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
         u32 h = udiv(pair, dv.pairs);

@@ -37,7 +37,9 @@ use std::time::Instant;
 
 use monarch_core::reference::{reference_forward, relative_l2_error};
 use monarch_core::reference_backward::reference_backward;
-use monarch_core::schedule::{BackwardBinding, Chunk, PassKind, PassParams, PassSchedule};
+use monarch_core::schedule::{
+    BackwardBinding, Chunk, PassKind, PassParams, PassSchedule, FLAG_TAPS_MIRRORED,
+};
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvSpec, ConvSpecBuilder, MonarchPlan, PlanLimits};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -658,12 +660,17 @@ fn backward(
             }
             continue;
         }
-        let steps = schedule.backward_steps(chunk, true, threads_log2);
+        // Mirrored taps where the backend uses them (ungated multi-pass plans).
+        let steps = schedule.backward_steps_with(chunk, true, threads_log2, true);
         let taps_params = steps
             .iter()
             .find(|(b, _, _)| *b == BackwardBinding::Taps)
             .map(|(_, _, params)| *params)
             .expect("the backward has a taps step");
+        // Every Taps step binds the same way; the flag sits on the step that stores the taps.
+        let mirrored = steps.iter().any(|(binding, _, params)| {
+            *binding == BackwardBinding::Taps && params.flags & FLAG_TAPS_MIRRORED != 0
+        });
         for (binding, kind, params) in steps {
             let b = match binding {
                 BackwardBinding::Input => base,
@@ -671,6 +678,11 @@ fn backward(
                     u: Some(sdy),
                     pre: Some(spost),
                     tmp: Some(tmp_d),
+                    ..base
+                },
+                BackwardBinding::Taps if mirrored => Bindings {
+                    tmp: Some(tmp_v),
+                    other: Some(tmp_d),
                     ..base
                 },
                 BackwardBinding::Taps => Bindings {

@@ -36,6 +36,11 @@ pub const FLAG_DST_TAPS: u32 = 512;
 /// relative to f32, not to f16 times the terms' size. Shaders without such rounds ignore it.
 pub const FLAG_F32_ROUNDS: u32 = 1024;
 
+/// With [`FLAG_DST_TAPS`]: the pass holds `IFFT(V conj(D))`, whose position `N - t` (mod `N`) is
+/// tap `t`, so tap `t` is stored from there (the backward's correlation computed in `V`'s buffer,
+/// which keeps `D` intact for the adjoint: [`PassSchedule::backward_steps_with`]).
+pub const FLAG_TAPS_MIRRORED: u32 = 2048;
+
 /// Elements of `u` one chunk holds by default.
 pub const DEFAULT_CHUNK_ELEMS: usize = 1 << 24;
 
@@ -413,6 +418,22 @@ impl PassSchedule {
         compact: bool,
         gather_lines_log2: u32,
     ) -> Vec<(BackwardBinding, PassKind, PassParams)> {
+        self.backward_steps_with(chunk, compact, gather_lines_log2, false)
+    }
+
+    /// [`backward_steps`](Self::backward_steps); with `mirrored_taps`, an ungated problem whose
+    /// plan has global stages computes the filter gradient's correlation as `V conj(D)` in `V`'s
+    /// buffer instead of `D conj(V)` in `D`'s (its [`BackwardBinding::Taps`] steps then bind `V`'s
+    /// buffer as the spectrum and `D`'s as the other one, and carry [`FLAG_TAPS_MIRRORED`]), so
+    /// the inverse column passes leave `D` intact and the adjoint needs no second forward
+    /// transform of `dy`: four transforms instead of five.
+    pub fn backward_steps_with(
+        &self,
+        chunk: Chunk,
+        compact: bool,
+        gather_lines_log2: u32,
+        mirrored_taps: bool,
+    ) -> Vec<(BackwardBinding, PassKind, PassParams)> {
         let total_pairs = chunk.nh * self.pairs(chunk.nb);
         let base = self.backward_chunk_params(chunk, compact);
         let globals: Vec<PassShape> = self.passes[..self.passes.len() - 1].to_vec();
@@ -463,13 +484,21 @@ impl PassSchedule {
             }
         };
         use BackwardBinding as B;
+        // Mirrored taps only where they save the second transform of dy: global stages (a
+        // one-pass plan only reads D) and no post-gate (which needs V after the taps).
+        let mirrored = mirrored_taps && !globals.is_empty() && !self.spec.gated();
         forward(&mut steps, B::Input, 0);
         forward(&mut steps, B::OutputGradient, FLAG_BODY_ONLY);
-        inverse(&mut steps, B::Taps, FLAG_CORRELATE, FLAG_DST_TAPS);
+        let taps_store = if mirrored {
+            FLAG_DST_TAPS | FLAG_TAPS_MIRRORED
+        } else {
+            FLAG_DST_TAPS
+        };
+        inverse(&mut steps, B::Taps, FLAG_CORRELATE, taps_store);
         if self.spec.gated() {
             inverse(&mut steps, B::PostGate, 0, FLAG_DST_OUTPUT);
         }
-        if !globals.is_empty() {
+        if !globals.is_empty() && !mirrored {
             // The taps' inverse column passes overwrote D in place: transform dy * post again.
             // (A plan of one fused pass only reads D there, so it is still intact.)
             forward(&mut steps, B::OutputGradient, FLAG_BODY_ONLY);
@@ -505,6 +534,17 @@ impl PassSchedule {
         let n = self.spec.geometry().n();
         let rows_log2 = (2048 / n).max(1).ilog2().min(FUSED_BACKWARD_MAX_ROWS_LOG2);
         (self.fused_backward_shared_bytes(rows_log2, pad) <= shared_limit).then_some(rows_log2)
+    }
+
+    /// [`fused_backward_rows_log2`](Self::fused_backward_rows_log2), or where its rows do not fit
+    /// `shared_limit` bytes, the most rows that do (at least one): for devices with less shared
+    /// memory than the rule was made for (Vulkan: 32 KiB on some drivers, which a gated block of
+    /// 2K points per line would overflow).
+    pub fn fused_backward_rows_log2_within(&self, shared_limit: usize, pad: bool) -> Option<u32> {
+        let preferred = self.fused_backward_rows_log2(usize::MAX, pad)?;
+        (0..=preferred)
+            .rev()
+            .find(|&r| self.fused_backward_shared_bytes(r, pad) <= shared_limit)
     }
 
     /// Dynamic shared memory of the fused backward with `2^rows_log2` rows per block: the
@@ -645,6 +685,40 @@ mod tests {
     }
 
     #[test]
+    fn mirrored_taps_save_the_second_transform_of_dy() {
+        let s = schedule(2048, 64); // N = 4096 = 64 x 64: one global stage
+        let chunk = s.chunks().next().unwrap();
+        let plain = s.backward_steps(chunk, true, 8);
+        let mirrored = s.backward_steps_with(chunk, true, 8, true);
+        // Forward V, forward D, taps, adjoint, gather: two passes (D's second transform) fewer.
+        assert_eq!(mirrored.len() + 2, plain.len());
+        let taps: Vec<_> = mirrored
+            .iter()
+            .filter(|(b, _, _)| *b == BackwardBinding::Taps)
+            .collect();
+        assert_eq!(taps.len(), 2);
+        let flagged = |f: u32| taps.iter().filter(|(_, _, p)| p.flags & f != 0).count();
+        assert_eq!(flagged(FLAG_DST_TAPS | FLAG_TAPS_MIRRORED), 1);
+        assert_eq!(flagged(FLAG_TAPS_MIRRORED), 1);
+        assert!(plain.iter().all(|(_, _, p)| p.flags & FLAG_TAPS_MIRRORED == 0));
+        let forwards_of_d = |steps: &[(BackwardBinding, PassKind, PassParams)]| {
+            steps
+                .iter()
+                .filter(|(b, _, _)| *b == BackwardBinding::OutputGradient)
+                .count()
+        };
+        assert_eq!(forwards_of_d(&plain), 4);
+        assert_eq!(forwards_of_d(&mirrored), 2);
+        // A one-pass plan never transforms dy twice: nothing to save, nothing mirrored.
+        let one_pass = schedule(2048, 4096);
+        let c = one_pass.chunks().next().unwrap();
+        assert_eq!(
+            one_pass.backward_steps_with(c, true, 8, true),
+            one_pass.backward_steps(c, true, 8)
+        );
+    }
+
+    #[test]
     fn fused_backward_takes_one_line_per_row_and_sums_every_row() {
         // 3 x 5 rows, L = K = 2048, N = 4096 in one pass (4096 shared points): one row per block.
         let s = schedule(2048, 4096);
@@ -671,6 +745,30 @@ mod tests {
         assert_eq!(
             small.fused_backward_rows_log2(usize::MAX, true),
             Some(FUSED_BACKWARD_MAX_ROWS_LOG2)
+        );
+    }
+
+    #[test]
+    fn fused_backward_takes_fewer_rows_where_the_preferred_do_not_fit() {
+        // N = 256: 8 rows preferred (2K points); 4 rows where only those fit.
+        let s = schedule(100, 4096);
+        assert_eq!(s.spec.geometry().n(), 256);
+        assert_eq!(s.fused_backward_rows_log2(usize::MAX, false), Some(3));
+        let four = s.fused_backward_shared_bytes(2, false);
+        assert_eq!(four, 1024 * 8 + 256);
+        assert_eq!(s.fused_backward_rows_log2(four, false), None);
+        assert_eq!(s.fused_backward_rows_log2_within(four, false), Some(2));
+        assert_eq!(
+            s.fused_backward_rows_log2_within(usize::MAX, false),
+            Some(3)
+        );
+        // Not even one row: none.
+        let one = s.fused_backward_shared_bytes(0, false);
+        assert_eq!(s.fused_backward_rows_log2_within(one - 1, false), None);
+        // Where the fused backward does not apply at all, neither.
+        assert_eq!(
+            schedule(2048, 64).fused_backward_rows_log2_within(usize::MAX, true),
+            None
         );
     }
 }

@@ -11,7 +11,7 @@
 //! ```
 
 use cudarc::driver::CudaSlice;
-use monarch_core::schedule::{BackwardBinding, Chunk};
+use monarch_core::schedule::{BackwardBinding, Chunk, FLAG_TAPS_MIRRORED};
 use monarch_core::Element;
 
 use super::{
@@ -364,14 +364,18 @@ impl CudaConvolution {
             self.launch_function(stream, &self.kernels.backward_fused, shared, &params, &base)?;
             return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
         }
-        let steps = self
-            .schedule
-            .backward_steps(chunk, compact, self.kernels.threads.ilog2());
+        let steps =
+            self.schedule
+                .backward_steps_with(chunk, compact, self.kernels.threads.ilog2(), true);
         let taps_params = steps
             .iter()
             .find(|(b, _, _)| *b == BackwardBinding::Taps)
             .map(|(_, _, p)| *p)
             .expect("the backward has a taps step");
+        // Every Taps step binds the same way; the flag sits on the step that stores the taps.
+        let mirrored = steps.iter().any(|(binding, _, params)| {
+            *binding == BackwardBinding::Taps && params.flags & FLAG_TAPS_MIRRORED != 0
+        });
         for (binding, kind, params) in steps {
             let buffers = match binding {
                 BackwardBinding::Input => base,
@@ -379,6 +383,12 @@ impl CudaConvolution {
                     u: s.dy,
                     pre: s.post,
                     tmp: tmp_d,
+                    ..base
+                },
+                // Mirrored taps: the correlation V conj(D) in V's buffer (D stays for the adjoint).
+                BackwardBinding::Taps if mirrored => KernelBuffers {
+                    tmp: tmp_v,
+                    other: tmp_d,
                     ..base
                 },
                 BackwardBinding::Taps => KernelBuffers {
