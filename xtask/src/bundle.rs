@@ -217,6 +217,11 @@ step test-backend-vulkan-forward 120 "$T/backend-vulkan-forward" --test-threads 
 step test-backend-vulkan-probe 60 "$T/backend-vulkan-probe" --nocapture
 if [ "${1:-}" != "--no-bench" ]; then
     bench bench-vulkan 90 --backend vulkan --dtype f16 --sizes $S --reps 3
+    # The Vulkan shader experiments (lavapipe measured both slower; NVIDIA's compiler may not).
+    bench bench-vulkan-fast-div 45 FFTCONV_VULKAN_FAST_DIV=1 --backend vulkan --dtype f16 \
+        --sizes 256,4K,64K --reps 3
+    bench bench-vulkan-const-twiddles 45 FFTCONV_VULKAN_CONST_TWIDDLES=1 --backend vulkan \
+        --dtype f16 --sizes 256,4K,64K --reps 3
     # 5. The long sizes.
     bench bench-f16-long 150 --backend cuda --dtype f16 --sizes 128K..4M --backward --reps 3
 fi
