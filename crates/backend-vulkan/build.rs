@@ -10,12 +10,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 const SOURCE: &str = "shaders/fftconv.comp";
-const PASSES: [(&str, &str); 5] = [
+const PASSES: [(&str, &str); 6] = [
     ("FUSED", "PASS_FUSED"),
     ("COLUMNS_FORWARD", "PASS_COLUMNS_FORWARD"),
     ("COLUMNS_INVERSE", "PASS_COLUMNS_INVERSE"),
     ("GATHER", "PASS_GATHER"),
     ("TAPS_SUM", "PASS_TAPS_SUM"),
+    ("BACKWARD_FUSED", "PASS_BACKWARD_FUSED"),
 ];
 const IO_TYPES: [(&str, &str); 3] = [("F32", "IO_F32"), ("F16", "IO_F16"), ("BF16", "IO_BF16")];
 

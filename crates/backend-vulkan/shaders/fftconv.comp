@@ -10,6 +10,8 @@
 //   PASS_GATHER           backward: sums each input's gradient over the segments that read it
 //   PASS_TAPS_SUM         backward: sums the filter-gradient taps over each channel's pairs
 //                         and adds them into the filter gradient of the whole problem
+//   PASS_BACKWARD_FUSED   the whole backward per row (one overlap-save segment per row, its FFT
+//                         in one workgroup): taps per row, du, and the gate gradients (see there)
 // I/O element type of u, gates and y (exactly one defined): IO_F32, IO_F16, IO_BF16.
 //
 // Work unit: a *pair* of real overlap-save segments of one channel packed as one complex
@@ -71,6 +73,9 @@ layout(std430, set = 0, binding = 9) writeonly buffer SecondOutput { ELEM y2_buf
 // chunk's taps, summed over each channel's pairs, into rows channel_offset.. (chunks run one
 // after another; the host zeroes it before the first).
 layout(std430, set = 0, binding = 10) buffer TapsSum { float taps_sum[]; };
+// Fused backward: the output gradient dy, and the third output (the post-gate gradient).
+layout(std430, set = 0, binding = 11) readonly buffer OutputGradient { ELEM dy_buf[]; };
+layout(std430, set = 0, binding = 12) writeonly buffer ThirdOutput { ELEM y3_buf[]; };
 
 layout(push_constant) uniform Params {
     uint log2n;           // N = 2^log2n
@@ -111,6 +116,13 @@ const uint FLAG_DST_TAPS = 512u;    // store Re of positions < taps_len as taps
 shared float partial[gl_WorkGroupSize.x];
 #else
 shared vec2 s[SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
+#endif
+#if defined(PASS_BACKWARD_FUSED)
+// Rows per workgroup of the fused backward at most (monarch-core's
+// FUSED_BACKWARD_MAX_ROWS_LOG2 = 4), and each row's largest |x|, |d|, |T|, |G| as float bits
+// (slots 0 .. 3, BACKWARD_ROWS words each; an unsigned max of them is exact and order-free).
+const uint BACKWARD_ROWS = 16u;
+shared uint row_max[4u * BACKWARD_ROWS];
 #endif
 // Shared-memory slot of point i.
 #define SIDX(i) ((i) + (((i) >> 4u) * PAD))
@@ -203,29 +215,47 @@ bool segment_row(uint seg, uint h, out uint row_base, out uint start, out uint o
     return true;
 }
 
-// Pre-gated input at segment position `pos`, or 0 where the segment is zero.
-float segment_value(uint seg, uint h, uint pos) {
-    uint row_base, start, outputs;
-    if (!segment_row(seg, h, row_base, start, outputs)) {
-        return 0.0;
-    }
+// The element that position `pos` of a located segment (segment_row) reads (false where the
+// segment is zero there); `flags` as pc.flags (FLAG_BODY_ONLY: the segment's outputs only).
+bool segment_element_at(uint row_base, uint start, uint outputs, uint pos, uint flags,
+                        out uint idx) {
+    idx = 0u;
     uint n = 1u << pc.log2n;
     uint t;
     if (pos < outputs) {
         t = start + pos;
-    } else if (pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u) {
+    } else if (pos >= n - pc.history && (flags & FLAG_BODY_ONLY) == 0u) {
         uint back = n - pos;
         if (back <= start) {
             t = start - back;
-        } else if ((pc.flags & FLAG_WRAPS) != 0u) {
+        } else if ((flags & FLAG_WRAPS) != 0u) {
             t = (start + pc.seq_len - back % pc.seq_len) % pc.seq_len;
         } else {
-            return 0.0;
+            return false;
         }
     } else {
+        return false;
+    }
+    idx = row_base + t;
+    return true;
+}
+
+// segment_element_at for segment `seg` of channel h (false where there is no such segment).
+bool segment_element(uint seg, uint h, uint pos, uint flags, out uint idx) {
+    uint row_base, start, outputs;
+    idx = 0u;
+    if (!segment_row(seg, h, row_base, start, outputs)) {
+        return false;
+    }
+    return segment_element_at(row_base, start, outputs, pos, flags, idx);
+}
+
+// Pre-gated input at segment position `pos`, or 0 where the segment is zero.
+float segment_value(uint seg, uint h, uint pos) {
+    uint idx;
+    if (!segment_element(seg, h, pos, pc.flags, idx)) {
         return 0.0;
     }
-    uint idx = row_base + t;
     float v = TO_FLOAT(u_buf[idx]);
     if ((pc.flags & FLAG_GATED) != 0u) {
         v *= TO_FLOAT(pre_buf[idx]);
@@ -306,7 +336,7 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
 // Forward (DIF) stages with spans 2^(gl-1) .. 2^(gl-R) on every group, R = 3, 2 or 1.
 #define DIF_ROUND(R)                                                                            \
     {                                                                                           \
-        uint items = 1u << (m_log2 + pc.lines_log2 - (R));                                      \
+        uint items = 1u << (m_log2 + lines_log2 - (R));                                         \
         uint q_log2 = gl - (R);                                                                 \
         for (uint it = gl_LocalInvocationIndex; it < items; it += gl_WorkGroupSize.x) {         \
             uint i0 = group_base(it, m_log2, gl, (R));                                          \
@@ -346,7 +376,7 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
 #define DIT_ROUND(R)                                                                            \
     {                                                                                           \
         uint gl = g + (R);                                                                      \
-        uint items = 1u << (m_log2 + pc.lines_log2 - (R));                                      \
+        uint items = 1u << (m_log2 + lines_log2 - (R));                                         \
         for (uint it = gl_LocalInvocationIndex; it < items; it += gl_WorkGroupSize.x) {         \
             uint i0 = group_base(it, m_log2, gl, (R));                                          \
             uint j = i0 & ((1u << g) - 1u);                                                     \
@@ -392,19 +422,20 @@ uint finest_round_log2(uint m_log2) {
     return r == 0u ? 3u : r;
 }
 
-// Forward, decimation in frequency: line c at s[c * M ...], natural order in, bit-reversed out.
-// Stops before the round with group size 2^stop_log2 when that is finest_round_log2 (the
-// caller runs it), or runs every round when it is 0.
-void fft_forward(uint m_log2, uint stop_log2) {
+// Forward, decimation in frequency on 2^lines_log2 lines: line c at s[c * M ...], natural order
+// in, bit-reversed out. Stops before the round with group size 2^stop_log2 when that is
+// finest_round_log2 (the caller runs it), or runs every round when it is 0.
+void fft_forward(uint m_log2, uint lines_log2, uint stop_log2) {
     uint gl = m_log2; // log2 of the group size of the next round
     for (; gl >= 3u && gl > stop_log2; gl -= 3u) DIF_ROUND(3u)
     if (gl == 2u && gl > stop_log2) DIF_ROUND(2u)
     if (gl == 1u && gl > stop_log2) DIF_ROUND(1u)
 }
 
-// Inverse (unscaled), decimation in time: bit-reversed order in, natural out. Starts at span
-// 2^g0: 0 (every round) or finest_round_log2 (the caller ran the finest round).
-void fft_inverse(uint m_log2, uint g0) {
+// Inverse (unscaled) on 2^lines_log2 lines, decimation in time: bit-reversed order in, natural
+// out. Starts at span 2^g0: 0 (every round) or finest_round_log2 (the caller ran the finest
+// round).
+void fft_inverse(uint m_log2, uint lines_log2, uint g0) {
     uint g = g0; // log2 of the span of the next stage
     if (g == 0u) {
         uint rest = m_log2 % 3u;
@@ -517,6 +548,42 @@ vec2 frequency_factor(uint h, uint pair, uint pos, uint f, out bool kept) {
     }
 #endif
 
+#if defined(PASS_BACKWARD_FUSED)
+// |v| as float bits, 0 for infinities and NaN (an unsigned max of them is the largest finite).
+uint finite_bits(float v) {
+    uint a = floatBitsToUint(v) & 0x7fffffffu;
+    return a < 0x7f800000u ? a : 0u;
+}
+
+// Adds an invocation's running maxima a, b of row `line` (none: 0xffffffff) to the workgroup's
+// slots `slot`, `slot + 1`.
+void row_max_add(uint slot, uint line, uint a, uint b) {
+    if (line != 0xffffffffu) {
+        atomicMax(row_max[slot * BACKWARD_ROWS + line], a);
+        atomicMax(row_max[(slot + 1u) * BACKWARD_ROWS + line], b);
+    }
+}
+
+// log2 of the power of two that brings slot + 1's maximum to slot's for row `line`: 0 where
+// either is zero or subnormal throughout; clamped so that 2^k and 2^(-k-1) are normal floats.
+int row_scale_log2(uint slot, uint line) {
+    int e0 = int(row_max[slot * BACKWARD_ROWS + line] >> 23);
+    int e1 = int(row_max[(slot + 1u) * BACKWARD_ROWS + line] >> 23);
+    int k = e0 == 0 || e1 == 0 ? 0 : e0 - e1;
+    return clamp(k, -125, 125);
+}
+
+// 2^k for a normal result.
+float pow2(int k) { return uintBitsToFloat(uint(127 + k) << 23); }
+
+// Row r of the chunk: segment 2q + (r & 1) of channel h, where r >> 1 = h pairs + q.
+void backward_row(uint r, out uint h, out uint seg) {
+    uint pair = r >> 1;
+    h = udiv(pair, pc.pairs);
+    seg = 2u * (pair - h * pc.pairs) + (r & 1u);
+}
+#endif
+
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
 float segment_gradient(uint b, uint h, uint j, uint p) {
     uint seg = b * pc.blocks + j;
@@ -564,7 +631,7 @@ void main() {
     // MIDDLE: the forward's finest round, the product and the inverse's finest round as one.
     uint middle = MIDDLE != 0u && !forward_only && !no_forward ? finest_round_log2(m_log2) : 0u;
     if (!no_forward) {
-        fft_forward(m_log2, middle);
+        fft_forward(m_log2, pc.lines_log2, middle);
     }
     if (!forward_only) {
         if (middle == 1u) {
@@ -590,7 +657,7 @@ void main() {
             memoryBarrierShared();
             barrier();
         }
-        fft_inverse(m_log2, middle);
+        fft_inverse(m_log2, pc.lines_log2, middle);
     }
 
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
@@ -602,6 +669,201 @@ void main() {
                 tmp[pair * n + pos] = s[SIDX(i)];
             } else {
                 store_result(pair, pos, s[SIDX(i)]);
+            }
+        }
+    }
+#elif defined(PASS_BACKWARD_FUSED)
+    // The whole backward per ROW, for rows that are one overlap-save segment each (blocks == 1)
+    // whose FFT fits one workgroup (CUDA's fftconv_backward_fused): one line of N points per
+    // row (line_log2 = log2n), 2^lines_log2 rows (at most BACKWARD_ROWS) per workgroup, and when
+    // gated a second line per row right after all of them (points .. 2 points). Per row:
+    //   z = x + i s d, with x = pre * u, d = dy * post;
+    //   Z = FFT(z); for each pair of frequencies f, g = N - f (g = f at 0 and N/2):
+    //     X(f) = (Z(f) + conj Z(g)) / 2,  D(f) = (Z(f) - conj Z(g)) / (2 i s),
+    //     T = D conj(X) kept / N (the taps' spectrum), G = D conj(K) (the adjoint's),
+    //     P = X K (gated: the post-gate's, in the second line);
+    //   W(f) = T(f) + i sigma G(f), W(g) = conj T(f) + i sigma conj G(f) (T, G Hermitian);
+    //   IFFT(W) = taps + i sigma dseg: taps[t < K] per row (the taps sum adds the rows up),
+    //     dx[t] = dseg[t] (+ dseg[N - (L - t)] where circular history wraps), du = pre dx,
+    //     dpre = u dx (gated);  IFFT(P) = c: dpost = dy c (gated).
+    // s and sigma are powers of two that bring d's largest finite magnitude in the row to x's
+    // and G's to T's: two real signals share one complex transform, whose rounding is relative
+    // to the larger, so without them a dy 2^-12 the size of u (or the reverse) loses 12 bits.
+    if (pc.lines_log2 > 4u) {
+        return; // uniform: 2^4 = BACKWARD_ROWS
+    }
+    bool gated = (pc.flags & FLAG_GATED) != 0u;
+    // The per-row loops split the workgroup row-major: 2^lanes_log2 consecutive invocations per
+    // row (consecutive positions: contiguous global accesses), each staying on rows
+    // line0, line0 + W / lanes, ..., so a row's segment (integer divisions) and scales are
+    // worked out once per invocation and row, and its maxima added once (shared atomics).
+    uint rows = 1u << pc.lines_log2;
+    uint w_log2 = uint(findMSB(gl_WorkGroupSize.x));
+    uint lanes_log2 = w_log2 > pc.lines_log2 ? w_log2 - pc.lines_log2 : 0u;
+    uint lanes = 1u << lanes_log2;
+    uint lane = gl_LocalInvocationIndex & (lanes - 1u);
+    uint line0 = gl_LocalInvocationIndex >> lanes_log2;
+    uint line_step = gl_WorkGroupSize.x >> lanes_log2;
+    for (uint i = gl_LocalInvocationIndex; i < 4u * BACKWARD_ROWS; i += gl_WorkGroupSize.x) {
+        row_max[i] = 0u;
+    }
+    memoryBarrierShared();
+    barrier();
+    // Load z = x + i d (unscaled) and each row's largest |x| and |d| (slots 0, 1).
+    uint dy_flags = pc.flags | FLAG_BODY_ONLY;
+    for (uint line = line0; line < rows; line += line_step) {
+        uint r = first_line + line;
+        uint h, seg, row_base, start, outputs;
+        bool valid = false;
+        if (r < pc.total_lines) {
+            backward_row(r, h, seg);
+            valid = segment_row(seg, h, row_base, start, outputs);
+        }
+        uint ma = 0u;
+        uint mb = 0u;
+        for (uint pos = lane; pos < m; pos += lanes) {
+            vec2 z = vec2(0.0);
+            uint idx;
+            if (valid && segment_element_at(row_base, start, outputs, pos, pc.flags, idx)) {
+                z.x = TO_FLOAT(u_buf[idx]);
+                if (gated) {
+                    z.x *= TO_FLOAT(pre_buf[idx]);
+                }
+            }
+            if (valid && segment_element_at(row_base, start, outputs, pos, dy_flags, idx)) {
+                z.y = TO_FLOAT(dy_buf[idx]);
+                if (gated) {
+                    z.y *= TO_FLOAT(post_buf[idx]);
+                }
+            }
+            ma = max(ma, finite_bits(z.x));
+            mb = max(mb, finite_bits(z.y));
+            s[SIDX((line << m_log2) + pos)] = z;
+        }
+        row_max_add(0u, line, ma, mb);
+    }
+    memoryBarrierShared();
+    barrier();
+    for (uint line = line0; line < rows; line += line_step) {
+        float scale = pow2(row_scale_log2(0u, line)); // s
+        for (uint pos = lane; pos < m; pos += lanes) {
+            s[SIDX((line << m_log2) + pos)].y *= scale;
+        }
+    }
+    memoryBarrierShared();
+    barrier();
+    fft_forward(m_log2, pc.lines_log2, 0u);
+    // Split Z into X and D per pair of frequencies (f, N - f): item f0 < N/2 of a row, where
+    // f0 = 0 also takes N/2 (both their own mirror). T(f) goes to f's position and G(f) to g's
+    // (a self-mirrored bin holds the real T + i G); each row's largest |T|, |G| to slots 2, 3.
+    float inv_n = 1.0 / float(m);
+    for (uint line = line0; line < rows; line += line_step) {
+        uint r = first_line + line;
+        bool valid = r < pc.total_lines;
+        uint h = 0u;
+        uint seg = 0u;
+        if (valid) {
+            backward_row(r, h, seg);
+        }
+        float half_inv_s = pow2(-1 - row_scale_log2(0u, line)); // 1 / (2 s)
+        uint base = line << m_log2;
+        uint ma = 0u;
+        uint mb = 0u;
+        for (uint f0 = lane; f0 < (m >> 1); f0 += lanes) {
+            for (uint twice = 0u; twice < (f0 == 0u ? 2u : 1u); twice++) {
+                uint f = twice == 0u ? f0 : (m >> 1);
+                uint g = (m - f) & (m - 1u);
+                uint ip = base + bit_reverse(f, m_log2);
+                uint jp = base + bit_reverse(g, m_log2);
+                vec2 zf = s[SIDX(ip)];
+                vec2 zg = conj_c(s[SIDX(jp)]);
+                vec2 x = 0.5 * (zf + zg);
+                // (Z(f) - conj Z(g)) / (2 i s) = -i (Z(f) - conj Z(g)) / (2 s)
+                vec2 d = vec2((zf.y - zg.y) * half_inv_s, -(zf.x - zg.x) * half_inv_s);
+                vec2 t = bin_kept(f) ? cmul(d, vec2(x.x * inv_n, -x.y * inv_n)) : vec2(0.0);
+                vec2 kf = valid ? filter_bin(h, f) : vec2(0.0);
+                vec2 gk = cmul(d, conj_c(kf));
+                vec2 pk = cmul(x, kf);
+                if (ip == jp) {
+                    // Its own mirror: T, G and P are real there (up to rounding).
+                    t.y = 0.0;
+                    gk.y = 0.0;
+                    s[SIDX(ip)] = vec2(t.x, gk.x);
+                    if (gated) {
+                        s[SIDX(points + ip)] = vec2(pk.x, 0.0);
+                    }
+                } else {
+                    s[SIDX(ip)] = t;
+                    s[SIDX(jp)] = gk;
+                    if (gated) {
+                        s[SIDX(points + ip)] = pk;
+                        s[SIDX(points + jp)] = conj_c(pk);
+                    }
+                }
+                ma = max(ma, max(finite_bits(t.x), finite_bits(t.y)));
+                mb = max(mb, max(finite_bits(gk.x), finite_bits(gk.y)));
+            }
+        }
+        row_max_add(2u, line, ma, mb);
+    }
+    memoryBarrierShared();
+    barrier();
+    // W = T + i sigma G, sigma = 2^row_scale_log2(slots 2, 3).
+    for (uint line = line0; line < rows; line += line_step) {
+        float sigma = pow2(row_scale_log2(2u, line));
+        uint base = line << m_log2;
+        for (uint f = lane; f < (m >> 1); f += lanes) {
+            uint ip = base + bit_reverse(f, m_log2);
+            if (f == 0u) {
+                uint iq = base + bit_reverse(m >> 1, m_log2);
+                s[SIDX(ip)].y *= sigma;
+                s[SIDX(iq)].y *= sigma;
+            } else {
+                uint jp = base + bit_reverse(m - f, m_log2);
+                vec2 t = s[SIDX(ip)];
+                vec2 gk = s[SIDX(jp)] * sigma;
+                s[SIDX(ip)] = vec2(t.x - gk.y, t.y + gk.x);
+                s[SIDX(jp)] = vec2(t.x + gk.y, gk.x - t.y);
+            }
+        }
+    }
+    memoryBarrierShared();
+    barrier();
+    // Both inverse transforms at once when gated: the P lines follow the W lines.
+    fft_inverse(m_log2, gated ? pc.lines_log2 + 1u : pc.lines_log2, 0u);
+    for (uint line = line0; line < rows; line += line_step) {
+        uint r = first_line + line;
+        if (r >= pc.total_lines) {
+            continue;
+        }
+        uint h, seg, row_base, start, outputs;
+        backward_row(r, h, seg);
+        bool valid = segment_row(seg, h, row_base, start, outputs);
+        float inv_sigma = pow2(-row_scale_log2(2u, line));
+        uint base = line << m_log2;
+        for (uint t = lane; t < m; t += lanes) {
+            vec2 w = s[SIDX(base + t)];
+            if (t < pc.taps_len) {
+                taps[r * pc.taps_len + t] = w.x;
+            }
+            if (!valid || t >= pc.seq_len) {
+                continue;
+            }
+            float dx = w.y;
+            if ((pc.flags & FLAG_WRAPS) != 0u && pc.seq_len - t <= pc.history) {
+                dx += s[SIDX(base + m - (pc.seq_len - t))].y;
+            }
+            dx *= inv_sigma;
+            // One block per row: its first output is t = 0 (start = 0, outputs = L).
+            uint idx = row_base + t;
+            if (gated) {
+                y_buf[idx] = FROM_FLOAT(dx * TO_FLOAT(pre_buf[idx]));
+                y2_buf[idx] = FROM_FLOAT(dx * TO_FLOAT(u_buf[idx]));
+                if (t < outputs) {
+                    y3_buf[idx] = FROM_FLOAT(s[SIDX(points + base + t)].x * TO_FLOAT(dy_buf[idx]));
+                }
+            } else {
+                y_buf[idx] = FROM_FLOAT(dx);
             }
         }
     }
@@ -712,9 +974,9 @@ void main() {
     memoryBarrierShared();
     barrier();
 #if defined(PASS_COLUMNS_FORWARD)
-    fft_forward(m_log2, 0u);
+    fft_forward(m_log2, pc.lines_log2, 0u);
 #else
-    fft_inverse(m_log2, 0u);
+    fft_inverse(m_log2, pc.lines_log2, 0u);
 #endif
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
         uint c = i & lines_mask;

@@ -14,8 +14,9 @@ use crate::context::{
 };
 use crate::error::check;
 use crate::pipelines::{
-    Pipelines, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM, BINDING_TAPS,
-    BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y, BINDING_Y2,
+    Pipelines, BINDINGS, BINDING_DY, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
+    BINDING_TAPS, BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y,
+    BINDING_Y2, BINDING_Y3,
 };
 use crate::VulkanError;
 
@@ -489,7 +490,14 @@ impl VulkanConvolution {
         exec.bind(BINDING_TMP, &exec.tmp);
         exec.bind(BINDING_TWIDDLES, &self.twiddles);
         // Bindings only the backward reads or writes: valid but unused buffers.
-        for binding in [BINDING_OTHER, BINDING_TAPS, BINDING_Y2, BINDING_TAPS_SUM] {
+        for binding in [
+            BINDING_OTHER,
+            BINDING_TAPS,
+            BINDING_Y2,
+            BINDING_TAPS_SUM,
+            BINDING_DY,
+            BINDING_Y3,
+        ] {
             exec.bind(binding, &exec.tmp);
         }
         Ok(exec)

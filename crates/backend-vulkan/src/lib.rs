@@ -15,6 +15,13 @@
 //!   transform fits one workgroup run as one fused pass (load `u`, FFT, product with the filter
 //!   spectrum, inverse FFT, gates, store `y`); larger ones run each global stage of the plan as a
 //!   column pass through device memory, forward and inverse, around the fused block.
+//! - **Backward**: where the plan is one fused pass and rows are one overlap-save block each,
+//!   one fused dispatch per chunk computes every row's filter taps, `du` and the gate gradients
+//!   in shared memory (CUDA's fused backward); elsewhere a schedule of forward, product-inverse
+//!   and gather passes. Environment variables for A/B comparisons: [`FUSED_BACKWARD_ENV`]
+//!   (`FFTCONV_VULKAN_FUSED_BACKWARD=0`: the step schedule everywhere), [`NO_PAD_ENV`]
+//!   (`FFTCONV_VULKAN_NO_PAD=1`), and `FFTCONV_VULKAN_MIDDLE_ROUND`, `FFTCONV_VULKAN_FAST_DIV`,
+//!   `FFTCONV_VULKAN_CONST_TWIDDLES` (see `src/pipelines.rs`).
 //! - **Paths**: the portable path (scalar f32 radix-2 FFTs in shared memory, barriers only, no
 //!   subgroup-size assumption) runs everywhere. Cooperative-matrix support is detected
 //!   ([`CooperativeMatrixSupport`]: extension, feature bit and listed shapes) and reported; its
@@ -55,7 +62,7 @@ pub use convolution::{
     VulkanTensorGradients,
 };
 pub use error::VulkanError;
-pub use pipelines::NO_PAD_ENV;
+pub use pipelines::{FUSED_BACKWARD_ENV, NO_PAD_ENV};
 pub use probe::{describe, probe, VulkanDeviceInfo};
 
 /// The device convolutions run on, with its shader path, as one line; or why there is none.

@@ -1,6 +1,7 @@
 //! [`Pipelines`]: the compute pipelines of the four passes and the backward's taps sum for one
 //! I/O dtype (shared memory and workgroup size as specialization constants), their layouts,
-//! cached per device and dtype.
+//! cached per device and dtype; and the fused backward's, made on first use per shared-memory
+//! size.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,7 +19,7 @@ mod spirv {
 }
 
 /// Storage-buffer bindings of the shaders (see `shaders/fftconv.comp`).
-pub(crate) const BINDINGS: u32 = 11;
+pub(crate) const BINDINGS: u32 = 13;
 pub(crate) const BINDING_U: u32 = 0;
 pub(crate) const BINDING_PRE: u32 = 1;
 pub(crate) const BINDING_POST: u32 = 2;
@@ -30,6 +31,9 @@ pub(crate) const BINDING_OTHER: u32 = 7;
 pub(crate) const BINDING_TAPS: u32 = 8;
 pub(crate) const BINDING_Y2: u32 = 9;
 pub(crate) const BINDING_TAPS_SUM: u32 = 10;
+/// The fused backward's `dy` (read) and third output (the post-gate gradient).
+pub(crate) const BINDING_DY: u32 = 11;
+pub(crate) const BINDING_Y3: u32 = 12;
 
 /// Environment variable: `1` switches off the shared-memory padding against bank conflicts (for
 /// comparing both on a GPU).
@@ -46,6 +50,17 @@ pub const FAST_DIV_ENV: &str = "FFTCONV_VULKAN_FAST_DIV";
 /// W_8 factors (CUDA's scheme) instead of a load per butterfly; an experiment for timing on a GPU
 /// (25-40% slower on lavapipe, whose compiler keeps the butterfly loops).
 pub const CONST_TWIDDLES_ENV: &str = "FFTCONV_VULKAN_CONST_TWIDDLES";
+/// Environment variable: `0` makes the backward run its step schedule (forward transforms of
+/// `pre * u` and `dy * post` through device memory, then one inverse per product and the gather)
+/// even where the fused backward applies (one pass per chunk: a shared-memory line per row,
+/// rows of one overlap-save block whose FFT fits one workgroup; CUDA's
+/// `fftconv_backward_fused`), for comparing both. Read on every backward call.
+pub const FUSED_BACKWARD_ENV: &str = "FFTCONV_VULKAN_FUSED_BACKWARD";
+
+/// Whether shared memory may be padded against bank conflicts ([`NO_PAD_ENV`] is not `1`).
+pub(crate) fn padding_allowed() -> bool {
+    std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1")
+}
 
 /// Shader variants chosen by environment variables (specialization constants 3 .. 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +104,11 @@ pub(crate) struct Pipelines {
     pub(crate) workgroup: u32,
     /// Complex points of shared memory per workgroup (a power of two).
     pub(crate) shared_points: u32,
+    dtype: DType,
+    options: ShaderOptions,
+    /// The fused backward's pipelines by (shared points, padding), made on first use (its
+    /// shared memory depends on the problem's FFT size and gating).
+    backward_fused: Mutex<HashMap<(u32, bool), vk::Pipeline>>,
 }
 
 impl std::fmt::Debug for Pipelines {
@@ -116,6 +136,86 @@ impl Pipelines {
         self.taps_sum
     }
 
+    /// The fused backward (`PASS_BACKWARD_FUSED`) with `shared_points` complex points of shared
+    /// memory (padded when `pad`) besides its 256 bytes of row maxima; made on first use. The
+    /// caller checks that it fits the device
+    /// (`PassSchedule::fused_backward_shared_bytes`).
+    pub(crate) fn backward_fused(
+        &self,
+        shared_points: u32,
+        pad: bool,
+    ) -> Result<vk::Pipeline, VulkanError> {
+        let mut map = self
+            .backward_fused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(&p) = map.get(&(shared_points, pad)) {
+            return Ok(p);
+        }
+        let code = match self.dtype {
+            DType::F32 => spirv::BACKWARD_FUSED_F32,
+            DType::F16 => spirv::BACKWARD_FUSED_F16,
+            DType::Bf16 => spirv::BACKWARD_FUSED_BF16,
+        };
+        let p = self.create_pipeline(code, shared_points, pad)?;
+        map.insert((shared_points, pad), p);
+        Ok(p)
+    }
+
+    /// A compute pipeline of `code` in this layout, with this workgroup size and shader options,
+    /// `shared_points` (padded when `pad`) as its specialization constants.
+    fn create_pipeline(
+        &self,
+        code: &[u8],
+        shared_points: u32,
+        pad: bool,
+    ) -> Result<vk::Pipeline, VulkanError> {
+        let device = &self.ctx.device;
+        let options = self.options;
+        let spec_words = [
+            self.workgroup,
+            shared_points,
+            u32::from(pad),
+            u32::from(options.middle),
+            u32::from(options.fast_div),
+            u32::from(options.const_twiddles),
+        ];
+        let spec_data: Vec<u8> = spec_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let entries: Vec<vk::SpecializationMapEntry> = (0..spec_words.len() as u32)
+            .map(|id| {
+                vk::SpecializationMapEntry::default()
+                    .constant_id(id)
+                    .offset(4 * id)
+                    .size(4)
+            })
+            .collect();
+        let spec = vk::SpecializationInfo::default()
+            .map_entries(&entries)
+            .data(&spec_data);
+        let words = ash::util::read_spv(&mut std::io::Cursor::new(code))
+            .map_err(|e| VulkanError::unsupported(format!("embedded SPIR-V unreadable: {e}")))?;
+        // SAFETY: valid SPIR-V produced by glslang at build time.
+        let module = unsafe {
+            device.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
+        }
+        .map_err(|r| check("vkCreateShaderModule", r))?;
+        let stage = vk::PipelineShaderStageCreateInfo::default()
+            .stage(vk::ShaderStageFlags::COMPUTE)
+            .module(module)
+            .name(c"main")
+            .specialization_info(&spec);
+        let info = [vk::ComputePipelineCreateInfo::default()
+            .stage(stage)
+            .layout(self.layout)];
+        // SAFETY: the module and layout are alive; the module is destroyed after creation.
+        let created = unsafe {
+            let r = device.create_compute_pipelines(vk::PipelineCache::null(), &info, None);
+            device.destroy_shader_module(module, None);
+            r
+        };
+        Ok(created.map_err(|(_, r)| check("vkCreateComputePipelines", r))?[0])
+    }
+
     /// The cached pipelines for `dtype` on the context's device, using at most
     /// `max_shared_points` complex points of shared memory (`None`: as many as the device has,
     /// up to 4096).
@@ -134,8 +234,7 @@ impl Pipelines {
         }
         let shared_points = 1 << points.ilog2();
         // Bank-conflict padding (one point per 16) where it still fits, unless switched off.
-        let pad = (shared_points + shared_points / 16) * 8 <= shared_bytes
-            && std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1");
+        let pad = (shared_points + shared_points / 16) * 8 <= shared_bytes && padding_allowed();
         let options = ShaderOptions::from_env();
         let key = (dtype, shared_points, pad, options);
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
@@ -190,6 +289,9 @@ impl Pipelines {
             taps_sum: vk::Pipeline::null(),
             workgroup,
             shared_points,
+            dtype,
+            options,
+            backward_fused: Mutex::new(HashMap::new()),
         };
         // SAFETY: valid create infos on a live device; every handle is stored in `this` at once,
         // so an early return destroys what exists.
@@ -237,26 +339,6 @@ impl Pipelines {
                 (PassKind::Gather, DType::Bf16) => spirv::GATHER_BF16,
             }
         };
-        let spec_words = [
-            workgroup,
-            shared_points,
-            u32::from(pad),
-            u32::from(options.middle),
-            u32::from(options.fast_div),
-            u32::from(options.const_twiddles),
-        ];
-        let spec_data: Vec<u8> = spec_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let entries: Vec<vk::SpecializationMapEntry> = (0..spec_words.len() as u32)
-            .map(|id| {
-                vk::SpecializationMapEntry::default()
-                    .constant_id(id)
-                    .offset(4 * id)
-                    .size(4)
-            })
-            .collect();
-        let spec = vk::SpecializationInfo::default()
-            .map_entries(&entries)
-            .data(&spec_data);
         // `None`: the taps sum.
         for kind in [
             Some(PassKind::Fused),
@@ -265,31 +347,7 @@ impl Pipelines {
             Some(PassKind::Gather),
             None,
         ] {
-            let words =
-                ash::util::read_spv(&mut std::io::Cursor::new(code(kind))).map_err(|e| {
-                    VulkanError::unsupported(format!("embedded SPIR-V unreadable: {e}"))
-                })?;
-            // SAFETY: valid SPIR-V produced by glslang at build time.
-            let module = unsafe {
-                device
-                    .create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None)
-            }
-            .map_err(|r| check("vkCreateShaderModule", r))?;
-            let stage = vk::PipelineShaderStageCreateInfo::default()
-                .stage(vk::ShaderStageFlags::COMPUTE)
-                .module(module)
-                .name(c"main")
-                .specialization_info(&spec);
-            let info = [vk::ComputePipelineCreateInfo::default()
-                .stage(stage)
-                .layout(this.layout)];
-            // SAFETY: the module and layout are alive; the module is destroyed after creation.
-            let created = unsafe {
-                let r = device.create_compute_pipelines(vk::PipelineCache::null(), &info, None);
-                device.destroy_shader_module(module, None);
-                r
-            };
-            let pipeline = created.map_err(|(_, r)| check("vkCreateComputePipelines", r))?[0];
+            let pipeline = this.create_pipeline(code(kind), shared_points, pad)?;
             *match kind {
                 Some(PassKind::Fused) => &mut this.fused,
                 Some(PassKind::ColumnsForward) => &mut this.columns_forward,
@@ -314,6 +372,13 @@ impl Drop for Pipelines {
                 self.gather,
                 self.taps_sum,
             ] {
+                device.destroy_pipeline(p, None);
+            }
+            let backward = self
+                .backward_fused
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner());
+            for (_, p) in backward.drain() {
                 device.destroy_pipeline(p, None);
             }
             device.destroy_pipeline_layout(self.layout, None);

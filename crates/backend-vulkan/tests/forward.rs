@@ -1,7 +1,8 @@
 //! Vulkan-specific forward and backward checks against the f64 oracles: plans with several
 //! global-memory passes (forced by a small shared-memory budget), chunked execution, the
-//! backward's taps sum over pairs, and the shader path chosen on lavapipe. Skips (saying why)
-//! where no Vulkan device is present.
+//! backward's taps sum over pairs, the fused backward (several rows per workgroup, gated,
+//! channels of very different magnitudes), and the shader path chosen on lavapipe. Skips
+//! (saying why) where no Vulkan device is present.
 
 use backend_vulkan::{context, VulkanConvolution, VulkanError, VulkanOptions};
 use half::{bf16, f16};
@@ -339,6 +340,18 @@ fn odd_length_16_bit_tensors_round_trip() {
 
 /// Backward on random inputs against the f64 adjoint oracle, f32 I/O.
 fn check_backward(spec: &ConvSpec, options: VulkanOptions) {
+    check_backward_scaled(spec, options, &[1.0]);
+}
+
+/// Magnitudes of `u` by channel for [`check_backward_scaled`]: rows of one channel share a
+/// pair (step schedule) or a workgroup (fused backward) with rows of other channels, and `dy`
+/// is about 1, so a transform that packs two signals without scaling them loses 12 bits.
+const CHANNEL_SCALES: [f64; 3] = [1.0 / 4096.0, 1.0, 4096.0];
+
+/// [`check_backward`] with `u` of channel h scaled by `scales[h % len]` (powers of two, so the
+/// f32 inputs stay exact); every gradient is compared channel by channel, so each channel keeps
+/// its own relative precision.
+fn check_backward_scaled(spec: &ConvSpec, options: VulkanOptions, scales: &[f64]) {
     use monarch_core::reference_backward::reference_backward;
     let seed: u64 = rand::rng().random();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -348,7 +361,13 @@ fn check_backward(spec: &ConvSpec, options: VulkanOptions) {
             .collect()
     };
     let n = spec.io_len();
-    let (u, dy) = (random(n), random(n));
+    let (l, h_count) = (spec.length(), spec.channels());
+    let u: Vec<f64> = random(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| v * scales[(i / l % h_count) % scales.len()])
+        .collect();
+    let dy = random(n);
     let gates = spec.gated().then(|| (random(n), random(n)));
     let k = random(spec.filter_elems());
     let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
@@ -392,12 +411,24 @@ fn check_backward(spec: &ConvSpec, options: VulkanOptions) {
         pairs.push(("dpostgate", f64s(&dpost), want.dpostgate.clone().unwrap()));
     }
     for (name, got, want) in pairs {
-        let err = relative_l2_error(&got, &want);
-        assert!(
-            err <= 1e-5,
-            "{name}: relative error {err:.2e} for {spec:?} with {options:?} (factors {:?}, seed {seed})",
-            conv.factors()
-        );
+        // Channel h: elements [b][h][..] of the [B, H, L] gradients, row h of dk ([H, K]).
+        let run = if name == "dk" { spec.filter_len() } else { l };
+        for h in 0..h_count {
+            let channel = |x: &[f64]| -> Vec<f64> {
+                x.chunks(run)
+                    .enumerate()
+                    .filter(|(row, _)| row % h_count == h)
+                    .flat_map(|(_, r)| r.iter().copied())
+                    .collect()
+            };
+            let err = relative_l2_error(&channel(&got), &channel(&want));
+            assert!(
+                err <= 1e-5,
+                "{name} of channel {h}: relative error {err:.2e} for {spec:?} with {options:?} \
+                 (u scaled by {scales:?}; factors {:?}, seed {seed})",
+                conv.factors()
+            );
+        }
     }
 
     // The same call on device tensors runs the same passes in the same order, and the filter
@@ -463,6 +494,60 @@ fn backward_on_multi_pass_plans_and_chunks() {
         ] {
             check_backward(&builder.build().unwrap(), options);
         }
+    }
+}
+
+/// The fused backward (one pass per chunk where the FFT fits a workgroup and rows are one
+/// overlap-save block): many rows per workgroup (small N) with a partial last workgroup, an odd
+/// batch (a row without a partner segment), gated (two lines per row), circular wrap-around,
+/// frequency sparsity, chunks (the filter gradient summed over them), and the largest sizes
+/// it takes (N = 4K ungated and 2K gated with 48 KiB of shared memory; 2K and 1K with
+/// lavapipe's 32 KiB, where the larger ones run the step schedule); `u`'s channels 2^-12, 1 and
+/// 2^12 the size of `dy`.
+#[test]
+fn fused_backward_rows_scales_and_gates() {
+    if !vulkan_present("fused_backward_rows_scales_and_gates") {
+        return;
+    }
+    let chunked = VulkanOptions {
+        chunk_elems: Some(900),
+        ..VulkanOptions::default()
+    };
+    for (builder, options) in [
+        (ConvSpec::builder(3, 5, 100, 100), VulkanOptions::default()),
+        (
+            ConvSpec::builder(3, 3, 100, 60).gated(true),
+            VulkanOptions::default(),
+        ),
+        (
+            ConvSpec::builder(2, 3, 300, 300).circular().gated(true),
+            chunked,
+        ),
+        (
+            ConvSpec::builder(1, 3, 7, 7).circular(),
+            VulkanOptions::default(),
+        ),
+        (
+            ConvSpec::builder(2, 3, 500, 500)
+                .keep_frequencies(0.25)
+                .gated(true),
+            VulkanOptions::default(),
+        ),
+        (
+            ConvSpec::builder(2, 3, 1024, 1024),
+            VulkanOptions::default(),
+        ),
+        (
+            ConvSpec::builder(2, 3, 2048, 2048),
+            VulkanOptions::default(),
+        ),
+        (
+            ConvSpec::builder(1, 3, 1024, 1024).gated(true),
+            VulkanOptions::default(),
+        ),
+    ] {
+        let spec = builder.build().unwrap();
+        check_backward_scaled(&spec, options, &CHANNEL_SCALES);
     }
 }
 

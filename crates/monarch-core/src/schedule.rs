@@ -700,7 +700,9 @@ mod tests {
         let flagged = |f: u32| taps.iter().filter(|(_, _, p)| p.flags & f != 0).count();
         assert_eq!(flagged(FLAG_DST_TAPS | FLAG_TAPS_MIRRORED), 1);
         assert_eq!(flagged(FLAG_TAPS_MIRRORED), 1);
-        assert!(plain.iter().all(|(_, _, p)| p.flags & FLAG_TAPS_MIRRORED == 0));
+        assert!(plain
+            .iter()
+            .all(|(_, _, p)| p.flags & FLAG_TAPS_MIRRORED == 0));
         let forwards_of_d = |steps: &[(BackwardBinding, PassKind, PassParams)]| {
             steps
                 .iter()

@@ -27,6 +27,16 @@
 //! `dk`: the batch is summed in f32 on the device, as on CUDA. Where `nh * K` alone would leave
 //! the device idle, a workgroup splits each output's pairs over several rows and adds the rows
 //! with a shared-memory tree ([`TAPS_SUM_INVOCATIONS`]).
+//!
+//! **Fused backward.** Where the plan is one fused pass and every row is one overlap-save block
+//! (`PassSchedule::fused_backward_rows_log2_within` with the device's shared memory: N <= 4K
+//! ungated, N <= 2K gated on a 48 KiB device; N <= 2K, 1K on lavapipe's 32 KiB), one dispatch per chunk (`PASS_BACKWARD_FUSED`, CUDA's
+//! `fftconv_backward_fused`) does all of the above per ROW in shared memory: `z = x + i s dc`
+//! (a per-row power of two `s`), one forward FFT, `T`, `G = D conj(K)` (and `P = X K` when
+//! gated) from mirrored bins, one inverse FFT of `T + i sigma G` (plus one of `P`), then taps per
+//! row (`[nh][2 pairs][K]`), `du`, `dpregate`, `dpostgate`; the taps sum then adds each
+//! channel's rows (`PassSchedule::fused_backward_params`: pairs doubled).
+//! [`FUSED_BACKWARD_ENV`]`=0` keeps the step schedule above for comparison.
 
 use super::{
     copy_from_bytes, copy_to_bytes, descriptor_sets, Stage, VulkanConvolution,
@@ -36,7 +46,8 @@ use crate::context::{
     host_read_barrier, memory_barrier, Buffer, Commands, MemoryKind, VulkanContext,
 };
 use crate::pipelines::{
-    BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP, BINDING_U, BINDING_Y,
+    padding_allowed, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP, BINDING_U,
+    BINDING_Y, FUSED_BACKWARD_ENV,
 };
 use crate::VulkanError;
 use ash::vk;
@@ -66,6 +77,17 @@ const SETS: usize = BackwardBinding::COUNT;
 /// with many pairs per channel still spread over the device.
 const TAPS_SUM_INVOCATIONS: usize = 1 << 17;
 
+/// The fused backward's launch shape on this device.
+#[derive(Debug, Clone, Copy)]
+struct FusedBackwardShape {
+    /// log2 of the rows per workgroup at most.
+    rows_log2: u32,
+    /// Complex points of shared memory (the lines of `2^rows_log2` rows).
+    shared_points: u32,
+    /// Shared memory padded by one point in 16.
+    pad: bool,
+}
+
 /// Spectra, taps and descriptor sets of the backward, made on first use.
 pub(super) struct BackwardExecution {
     ctx: Arc<VulkanContext>,
@@ -74,7 +96,8 @@ pub(super) struct BackwardExecution {
     commands: Commands,
     tmp_v: Buffer,
     tmp_d: Buffer,
-    /// Per pair: `[nh][pairs][K]` f32.
+    /// Per pair: `[nh][pairs][K]` f32; per row with the fused backward: `[nh][2 pairs][K]`
+    /// (`PassSchedule::backward_taps_len`, the larger).
     taps: Buffer,
     /// The filter gradient `[H][K]` f32: each chunk adds its taps, summed over each channel's
     /// pairs, into its rows; zeroed at the start of every call.
@@ -132,8 +155,8 @@ impl Drop for BackwardExecution {
 impl BackwardExecution {
     fn new(conv: &VulkanConvolution) -> Result<BackwardExecution, VulkanError> {
         let ctx = &conv.ctx;
-        let (nb, nh) = conv.schedule.chunk_shape();
-        let taps_bytes = nh * conv.schedule.pairs(nb) * conv.spec.filter_len() * 4;
+        // Per row (the fused backward's; twice the step schedule's per pair).
+        let taps_bytes = conv.schedule.backward_taps_len() * 4;
         let device = |bytes: usize| Buffer::new(ctx, bytes as u64, MemoryKind::Device);
         let tmp_v = device(conv.schedule.spectra_bytes())?;
         let tmp_d = device(conv.schedule.spectra_bytes())?;
@@ -221,6 +244,8 @@ impl BackwardExecution {
                 &self.taps,
                 dpre,
                 &self.taps_sum,
+                dy,
+                dpost,
             ];
             let kind = [
                 BackwardBinding::Input,
@@ -478,13 +503,30 @@ impl VulkanConvolution {
         first: bool,
         last: bool,
     ) -> Result<(), VulkanError> {
-        // (descriptor set, pipeline, push constants) per step; the gather runs one element per
-        // invocation.
-        let steps = self.schedule.backward_steps(
-            chunk,
-            matches!(io, BackwardIo::Host),
-            self.pipelines.workgroup.ilog2(),
-        );
+        let compact = matches!(io, BackwardIo::Host);
+        // (descriptor set, pipeline, push constants) per step, and the taps sum's parameters.
+        let (steps, sum_params) = if let Some(shape) = self.fused_backward_shape() {
+            // One dispatch: every row's taps, du and the gate gradients; the taps sum then adds
+            // each channel's rows (pairs doubled).
+            let pipeline = self
+                .pipelines
+                .backward_fused(shape.shared_points, shape.pad)?;
+            let (params, sum) =
+                self.schedule
+                    .fused_backward_params(chunk, compact, shape.rows_log2, 0);
+            let steps = vec![(BackwardBinding::Input, pipeline, params)];
+            (steps, self.taps_sum_params(chunk, sum))
+        } else {
+            // The gather runs one element per invocation.
+            let steps = self
+                .schedule
+                .backward_steps(chunk, compact, self.pipelines.workgroup.ilog2())
+                .into_iter()
+                .map(|(set, kind, params)| (set, self.pipelines.pipeline(kind), params))
+                .collect();
+            let base = self.schedule.chunk_params(chunk, true);
+            (steps, self.taps_sum_params(chunk, base))
+        };
         let host = match io {
             BackwardIo::Host => exec.host.as_ref(),
             BackwardIo::Device(_) => None,
@@ -495,7 +537,6 @@ impl VulkanConvolution {
             .collect::<Result<Vec<_>, _>>()?;
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
-        let sum_params = self.taps_sum_params(chunk);
         let sum_groups = self.workgroups(&sum_params)?;
         exec.commands.record(|device, cmd| {
             // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
@@ -517,7 +558,7 @@ impl VulkanConvolution {
                 }
                 // (Also orders the previous chunk's taps sum before this one's.)
                 memory_barrier(device, cmd);
-                for ((set, kind, params), groups) in steps.iter().zip(&dispatches) {
+                for ((set, pipeline, params), groups) in steps.iter().zip(&dispatches) {
                     device.cmd_bind_descriptor_sets(
                         cmd,
                         vk::PipelineBindPoint::COMPUTE,
@@ -526,8 +567,7 @@ impl VulkanConvolution {
                         &[exec.sets[*set as usize]],
                         &[],
                     );
-                    let pipeline = self.pipelines.pipeline(*kind);
-                    self.record_pass(device, cmd, pipeline, params, *groups);
+                    self.record_pass(device, cmd, *pipeline, params, *groups);
                 }
                 // Taps -> taps_sum, rows h0.. (every set binds both; the taps set for clarity).
                 device.cmd_bind_descriptor_sets(
@@ -559,11 +599,38 @@ impl VulkanConvolution {
         })
     }
 
-    /// Push constants of the taps sum of `chunk`: `nh * K` outputs, `2^lines_log2` per
-    /// workgroup, so each output's pairs are split over `workgroup / 2^lines_log2` rows (see
-    /// [`TAPS_SUM_INVOCATIONS`]).
-    fn taps_sum_params(&self, chunk: Chunk) -> PassParams {
-        let base = self.schedule.chunk_params(chunk, true);
+    /// The fused backward's shape for this problem on this device, or `None` where it does not
+    /// apply (several passes or blocks, lines that do not fit the shared memory) or
+    /// [`FUSED_BACKWARD_ENV`] is `0`. Padded against bank conflicts where that fits too.
+    fn fused_backward_shape(&self) -> Option<FusedBackwardShape> {
+        if std::env::var(FUSED_BACKWARD_ENV).is_ok_and(|v| v.trim() == "0") {
+            return None;
+        }
+        // The shader declares the lines and the row maxima only: all of what
+        // `fused_backward_shared_bytes` counts.
+        let limit = self.ctx.capabilities().shared_memory_bytes as usize;
+        let pads: &[bool] = if padding_allowed() {
+            &[true, false]
+        } else {
+            &[false]
+        };
+        pads.iter().find_map(|&pad| {
+            let rows_log2 = self.schedule.fused_backward_rows_log2_within(limit, pad)?;
+            let lines = if self.spec.gated() { 2 } else { 1 };
+            let points = (lines * self.spec.geometry().n()) << rows_log2;
+            Some(FusedBackwardShape {
+                rows_log2,
+                shared_points: u32::try_from(points).ok()?,
+                pad,
+            })
+        })
+    }
+
+    /// Push constants of the taps sum of `chunk` from `base` (whose `pairs` are the rows each
+    /// output adds per channel: pairs, or twice them for the fused backward's rows): `nh * K`
+    /// outputs, `2^lines_log2` per workgroup, so each output's rows are split over
+    /// `workgroup / 2^lines_log2` invocation rows (see [`TAPS_SUM_INVOCATIONS`]).
+    fn taps_sum_params(&self, chunk: Chunk, base: PassParams) -> PassParams {
         let outputs = chunk.nh * self.spec.filter_len();
         let workgroup_log2 = self.pipelines.workgroup.ilog2();
         let rows_log2 = (TAPS_SUM_INVOCATIONS / outputs.max(1))
