@@ -32,6 +32,36 @@ fn compare(kind: BackendKind, spec: &ConvSpec, name: &str, got: &[f64], want: &[
     );
 }
 
+fn l2(x: &[f64]) -> f64 {
+    x.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// [`compare`] with the error relative to `max(|want|, floor)` (L2 norms).
+fn compare_with_floor(
+    kind: BackendKind,
+    spec: &ConvSpec,
+    name: &str,
+    got: &[f64],
+    want: &[f64],
+    floor: f64,
+) {
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!(
+            "{kind}: {name} element {i} not written or not finite ({spec:?}, seed {})",
+            current_seed()
+        );
+    }
+    let diff: Vec<f64> = got.iter().zip(want).map(|(g, w)| g - w).collect();
+    let err = l2(&diff) / l2(want).max(floor);
+    let tol = tolerance(spec.dtype());
+    assert!(
+        err <= tol,
+        "{kind}: {name} error {err:.3e} (relative to max(|want|, {floor:.3e})) > {tol:.1e} for \
+         {spec:?} (seed {}; replay with CONFORMANCE_SEED)",
+        current_seed()
+    );
+}
+
 /// Runs one case on `kind`: fresh random inputs, poisoned gradients, compare with the oracle.
 fn run_case_typed<T: Element>(kind: BackendKind, spec: ConvSpec) {
     let seed = fresh_inputs();
@@ -78,7 +108,24 @@ fn run_case_typed<T: Element>(kind: BackendKind, spec: ConvSpec) {
     );
     compare(kind, &spec, "du", &to_f64(&du), &want.du);
     let dk64: Vec<f64> = dk.iter().map(|&v| v as f64).collect();
-    compare(kind, &spec, "dk", &dk64, &want.dk);
+    // dk is a sum over the batch and time whose terms can cancel (K = 1, L = 17: one sum of 17
+    // products failed 1 run in ~40): its error is relative to the size such a sum has without
+    // cancellation, |dk| of |u|, |dy| (and |gates|) over sqrt(terms), when that is larger.
+    let abs = |x: &[f64]| x.iter().map(|v| v.abs()).collect::<Vec<f64>>();
+    let magnitude = reference_backward(
+        &spec,
+        &abs(&u),
+        &abs(&k64),
+        gates
+            .as_ref()
+            .map(|(p, q)| (abs(p), abs(q)))
+            .as_ref()
+            .map(|(p, q)| (p.as_slice(), q.as_slice())),
+        &abs(&dy),
+    );
+    let terms = (spec.batch() * spec.length()) as f64;
+    let floor = l2(&magnitude.dk) / terms.sqrt();
+    compare_with_floor(kind, &spec, "dk", &dk64, &want.dk, floor);
     if spec.gated() {
         let (wp, wq) = (want.dpregate.unwrap(), want.dpostgate.unwrap());
         compare(kind, &spec, "dpregate", &to_f64(&dpre), &wp);
