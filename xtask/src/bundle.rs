@@ -232,10 +232,16 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
         --sizes $S --reps 3
     bench bench-middle-off 60 FFTCONV_CUDA_MIDDLE_ROUND=0 --backend cuda --dtype f16 --sizes $S \
         --reps 3
+    # The fused kernels at 4K and 16K (forward and backward), then every kernel of a 64K call
+    # (column passes too: the multi-pass sizes are the furthest from their target).
     step ncu 90 /usr/local/cuda/bin/ncu -k regex:fused --launch-count 4 \
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section InstructionStats --section ComputeWorkloadAnalysis \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 4K,16K --reps 1 --mb 64 --backward
+    step ncu-64k 90 /usr/local/cuda/bin/ncu -k regex:fftconv_ --launch-count 8 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section InstructionStats --section MemoryWorkloadAnalysis \
+        "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 64K --reps 1 --mb 64
 fi
 exit $status
 "#;
