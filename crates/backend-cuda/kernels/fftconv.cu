@@ -1935,8 +1935,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 // One forward and one inverse transform per row (two inverse when gated): the count of the
 // pair-packed forward's two per pair, in a third of the old three-lines-per-pair memory.
 // Dynamic shared memory: lines * 2^lines_log2 * N points (padded), then 4 * BACKWARD_ROWS u32
-// (each row's largest |x|, |d|, |T|, |G| bits).
+// (each row's largest |x|, |d|, |T|, |G| bits), then BACKWARD_ROWS BackwardRow (each row's
+// channel and located segment, found once per block instead of once per point).
 #define BACKWARD_ROWS 16u
+
+struct BackwardRow {
+    SegmentRow seg;
+    u32 h;
+    u32 unused;
+};
 
 __device__ __forceinline__ u32 finite_bits(float v) {
     u32 a = float_bits(v) & 0x7fffffffu;
@@ -2014,8 +2021,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     cpx* w = smem;
     cpx* p = smem + SIDX(points);
     u32* row_max = (u32*)(smem + SIDX(gated ? 2u * points : points)); // [4][BACKWARD_ROWS]
+    BackwardRow* rows = (BackwardRow*)(row_max + 4u * BACKWARD_ROWS);
     for (u32 i = threadIdx.x; i < 4u * BACKWARD_ROWS; i += THREADS) {
         row_max[i] = 0u;
+    }
+    for (u32 line = threadIdx.x; line < (1u << pc.lines_log2); line += THREADS) {
+        BackwardRow info;
+        info.seg.valid = 0u;
+        info.h = 0u;
+        info.unused = 0u;
+        u32 r = first_row + line;
+        if (r < pc.total_lines) {
+            u32 seg;
+            backward_row(pc, dv, r, info.h, seg);
+            info.seg = locate_segment(pc, dv, seg, info.h);
+        }
+        rows[line] = info;
     }
     __syncthreads();
     u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
@@ -2024,12 +2045,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     for (u32 i = threadIdx.x; i < points; i += THREADS) {
         u32 line = i >> m_log2;
         row_maxima_at(m, row_max, 0u, line);
-        u32 r = first_row + line;
         cpx z = mk(0.0f, 0.0f);
-        if (r < pc.total_lines) {
-            u32 h, seg;
-            backward_row(pc, dv, r, h, seg);
-            SegmentRow row = locate_segment(pc, dv, seg, h);
+        if (first_row + line < pc.total_lines) {
+            SegmentRow row = rows[line].seg;
             u32 pos = i & (n - 1u);
             z = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, row, pos),
                    segment_input_at(pc, dv, bf.u2, bf.post, dy_flags, row, pos));
@@ -2057,10 +2075,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         row_maxima_at(m, row_max, 2u, line);
         u32 f0 = i & ((n >> 1) - 1u);
         u32 r = first_row + line;
-        u32 h = 0u, seg = 0u;
-        if (r < pc.total_lines) {
-            backward_row(pc, dv, r, h, seg);
-        }
+        u32 h = rows[line].h;
         float half_inv_s = pow2(-1 - row_scale_log2(row_max, 0u, line)); // 1 / (2 s)
         u32 base = line << m_log2;
         for (u32 twice = 0u; twice < (f0 == 0u ? 2u : 1u); twice++) {
@@ -2142,9 +2157,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         if (t >= pc.seq_len) {
             continue;
         }
-        u32 h, seg;
-        backward_row(pc, dv, r, h, seg);
-        SegmentRow row = locate_segment(pc, dv, seg, h);
+        SegmentRow row = rows[line].seg;
         if (row.valid == 0u) {
             continue;
         }

@@ -518,7 +518,8 @@ impl PassSchedule {
     }
 }
 
-/// Rows per block of the fused backward at most (log2): its kernel keeps four maxima per row.
+/// Rows per block of the fused backward at most (log2): its kernel keeps four maxima and a
+/// located segment per possible row.
 pub const FUSED_BACKWARD_MAX_ROWS_LOG2: u32 = 4;
 
 impl PassSchedule {
@@ -548,12 +549,13 @@ impl PassSchedule {
     }
 
     /// Dynamic shared memory of the fused backward with `2^rows_log2` rows per block: the
-    /// lines (padded by one point in 16 when `pad`), then four u32 maxima per possible row.
+    /// lines (padded by one point in 16 when `pad`), then per possible row four u32 maxima and
+    /// (CUDA) its channel and located segment, 40 bytes in all.
     pub fn fused_backward_shared_bytes(&self, rows_log2: u32, pad: bool) -> usize {
         let lines = if self.spec.gated() { 2 } else { 1 };
         let points = (lines * self.spec.geometry().n()) << rows_log2;
         let padded = if pad { points + points / 16 } else { points };
-        padded * 8 + (16 << FUSED_BACKWARD_MAX_ROWS_LOG2)
+        padded * 8 + (40 << FUSED_BACKWARD_MAX_ROWS_LOG2)
     }
 
     /// f32 elements of the backward's per-row filter taps for one full chunk (`K` per row of
@@ -726,7 +728,7 @@ mod tests {
         let s = schedule(2048, 4096);
         assert_eq!(s.passes().len(), 1);
         let bytes = s.fused_backward_shared_bytes(0, true);
-        assert_eq!(bytes, (4096 + 256) * 8 + 256);
+        assert_eq!(bytes, (4096 + 256) * 8 + 640);
         assert_eq!(s.fused_backward_rows_log2(bytes, true), Some(0));
         assert_eq!(s.fused_backward_rows_log2(bytes - 1, true), None);
         // One global stage (64 x 64): the fused backward does not apply.
@@ -757,7 +759,7 @@ mod tests {
         assert_eq!(s.spec.geometry().n(), 256);
         assert_eq!(s.fused_backward_rows_log2(usize::MAX, false), Some(3));
         let four = s.fused_backward_shared_bytes(2, false);
-        assert_eq!(four, 1024 * 8 + 256);
+        assert_eq!(four, 1024 * 8 + 640);
         assert_eq!(s.fused_backward_rows_log2(four, false), None);
         assert_eq!(s.fused_backward_rows_log2_within(four, false), Some(2));
         assert_eq!(
