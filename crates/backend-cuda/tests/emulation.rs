@@ -37,9 +37,7 @@ use std::time::Instant;
 
 use monarch_core::reference::{reference_forward, relative_l2_error};
 use monarch_core::reference_backward::reference_backward;
-use monarch_core::schedule::{
-    BackwardBinding, Chunk, PassKind, PassParams, PassSchedule, FLAG_TAPS_MIRRORED,
-};
+use monarch_core::schedule::{BackwardBinding, Chunk, PassKind, PassParams, PassSchedule};
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvSpec, ConvSpecBuilder, MonarchPlan, PlanLimits};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -667,10 +665,7 @@ fn backward(
             .find(|(b, _, _)| *b == BackwardBinding::Taps)
             .map(|(_, _, params)| *params)
             .expect("the backward has a taps step");
-        // Every Taps step binds the same way; the flag sits on the step that stores the taps.
-        let mirrored = steps.iter().any(|(binding, _, params)| {
-            *binding == BackwardBinding::Taps && params.flags & FLAG_TAPS_MIRRORED != 0
-        });
+        let mirrored = schedule.mirrors_taps();
         for (binding, kind, params) in steps {
             let b = match binding {
                 BackwardBinding::Input => base,

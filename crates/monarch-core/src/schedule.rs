@@ -421,6 +421,15 @@ impl PassSchedule {
         self.backward_steps_with(chunk, compact, gather_lines_log2, false)
     }
 
+    /// Whether [`backward_steps_with`](Self::backward_steps_with) mirrors the taps when asked
+    /// to: where that saves the second transform of dy, i.e. the plan has global stages (a
+    /// one-pass plan only reads D) and there is no post-gate (which needs V after the taps).
+    /// Its [`BackwardBinding::Taps`] steps then bind `V`'s buffer as the spectrum, `D`'s as the
+    /// other one.
+    pub fn mirrors_taps(&self) -> bool {
+        self.passes.len() > 1 && !self.spec.gated()
+    }
+
     /// [`backward_steps`](Self::backward_steps); with `mirrored_taps`, an ungated problem whose
     /// plan has global stages computes the filter gradient's correlation as `V conj(D)` in `V`'s
     /// buffer instead of `D conj(V)` in `D`'s (its [`BackwardBinding::Taps`] steps then bind `V`'s
@@ -484,9 +493,7 @@ impl PassSchedule {
             }
         };
         use BackwardBinding as B;
-        // Mirrored taps only where they save the second transform of dy: global stages (a
-        // one-pass plan only reads D) and no post-gate (which needs V after the taps).
-        let mirrored = mirrored_taps && !globals.is_empty() && !self.spec.gated();
+        let mirrored = mirrored_taps && self.mirrors_taps();
         forward(&mut steps, B::Input, 0);
         forward(&mut steps, B::OutputGradient, FLAG_BODY_ONLY);
         let taps_store = if mirrored {
@@ -693,6 +700,7 @@ mod tests {
         let plain = s.backward_steps(chunk, true, 8);
         let mirrored = s.backward_steps_with(chunk, true, 8, true);
         // Forward V, forward D, taps, adjoint, gather: two passes (D's second transform) fewer.
+        assert!(s.mirrors_taps());
         assert_eq!(mirrored.len() + 2, plain.len());
         let taps: Vec<_> = mirrored
             .iter()
@@ -716,6 +724,7 @@ mod tests {
         // A one-pass plan never transforms dy twice: nothing to save, nothing mirrored.
         let one_pass = schedule(2048, 4096);
         let c = one_pass.chunks().next().unwrap();
+        assert!(!one_pass.mirrors_taps());
         assert_eq!(
             one_pass.backward_steps_with(c, true, 8, true),
             one_pass.backward_steps(c, true, 8)

@@ -11,7 +11,7 @@
 //! ```
 
 use cudarc::driver::CudaSlice;
-use monarch_core::schedule::{BackwardBinding, Chunk, FLAG_TAPS_MIRRORED};
+use monarch_core::schedule::{BackwardBinding, Chunk};
 use monarch_core::Element;
 
 use super::{
@@ -372,10 +372,7 @@ impl CudaConvolution {
             .find(|(b, _, _)| *b == BackwardBinding::Taps)
             .map(|(_, _, p)| *p)
             .expect("the backward has a taps step");
-        // Every Taps step binds the same way; the flag sits on the step that stores the taps.
-        let mirrored = steps.iter().any(|(binding, _, params)| {
-            *binding == BackwardBinding::Taps && params.flags & FLAG_TAPS_MIRRORED != 0
-        });
+        let mirrored = self.schedule.mirrors_taps();
         for (binding, kind, params) in steps {
             let buffers = match binding {
                 BackwardBinding::Input => base,
