@@ -441,14 +441,15 @@ __device__ __forceinline__ bool vector_rows(const Params& pc, const void* data, 
            ((pc.flags & FLAG_GATED) == 0u || aligned16(gate));
 }
 
-// segment_input_at for positions pos .. pos + VEC - 1 (pos a multiple of VEC).
+// segment_input_at (with `flags`) for positions pos .. pos + VEC - 1 (pos a multiple of VEC).
 __device__ __forceinline__ void segment_input_vec(const Params& pc, const Divisors& dv,
                                                   const elem_t* src, const elem_t* gate,
-                                                  SegmentRow r, u32 pos, float v[VEC]) {
+                                                  u32 flags, SegmentRow r, u32 pos,
+                                                  float v[VEC]) {
     if (r.valid != 0u && pos + VEC <= r.outputs) {
         u32 idx = r.row_base + r.start + pos;
         Vec16 a = load_vec16(src + idx);
-        if ((pc.flags & FLAG_GATED) != 0u) {
+        if ((flags & FLAG_GATED) != 0u) {
             Vec16 g = load_vec16(gate + idx);
 #pragma unroll
             for (u32 k = 0u; k < VEC; k++) {
@@ -463,7 +464,7 @@ __device__ __forceinline__ void segment_input_vec(const Params& pc, const Diviso
     } else {
 #pragma unroll
         for (u32 k = 0u; k < VEC; k++) {
-            v[k] = segment_input_at(pc, dv, src, gate, pc.flags, r, pos + k);
+            v[k] = segment_input_at(pc, dv, src, gate, flags, r, pos + k);
         }
     }
 }
@@ -1610,9 +1611,10 @@ __device__ __forceinline__ void fused_pass(const Params& pc, const Buffers& bf, 
                 u32 h = udiv(line, dv.pairs);
                 u32 q = line - h * pc.pairs;
                 u32 pos = i & (m - 1u);
-                segment_input_vec(pc, dv, bf.u, bf.pre, locate_segment(pc, dv, 2u * q, h), pos, a);
-                segment_input_vec(pc, dv, bf.u, bf.pre, locate_segment(pc, dv, 2u * q + 1u, h),
-                                  pos, b);
+                segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, locate_segment(pc, dv, 2u * q, h),
+                                  pos, a);
+                segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags,
+                                  locate_segment(pc, dv, 2u * q + 1u, h), pos, b);
             } else {
 #pragma unroll
                 for (u32 k = 0u; k < VEC; k++) {
@@ -2040,9 +2042,36 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     }
     __syncthreads();
     u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
-    // Load z = x + i d (unscaled) and each row's largest |x| and |d| (slots 0, 1).
+    // Load z = x + i d (unscaled) and each row's largest |x| and |d| (slots 0, 1). VECTOR_IO:
+    // VEC points of a row per thread (see vector_rows), the rest below.
     RowMaxima m = {0xffffffffu, 0u, 0u};
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+    bool vec_in = VECTOR_IO && vector_rows(pc, bf.u, bf.pre) && vector_rows(pc, bf.u2, bf.post);
+    if (vec_in) {
+        for (u32 c = threadIdx.x; c < points / VEC; c += THREADS) {
+            u32 i = c * VEC;
+            u32 line = i >> m_log2;
+            row_maxima_at(m, row_max, 0u, line);
+            float a[VEC], b[VEC];
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                a[k] = 0.0f;
+                b[k] = 0.0f;
+            }
+            if (first_row + line < pc.total_lines) {
+                SegmentRow row = rows[line].seg;
+                u32 pos = i & (n - 1u);
+                segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, row, pos, a);
+                segment_input_vec(pc, dv, bf.u2, bf.post, dy_flags, row, pos, b);
+            }
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                m.a = max_bits(m.a, finite_bits(a[k]));
+                m.b = max_bits(m.b, finite_bits(b[k]));
+                w[SIDX(i + k)] = mk(a[k], b[k]);
+            }
+        }
+    }
+    for (u32 i = vec_in ? points : threadIdx.x; i < points; i += THREADS) {
         u32 line = i >> m_log2;
         row_maxima_at(m, row_max, 0u, line);
         cpx z = mk(0.0f, 0.0f);
@@ -2144,7 +2173,45 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         fft_inverse(p, pc, bf, m_log2);
     }
     __syncthreads();
-    for (u32 i = threadIdx.x; i < points; i += THREADS) {
+    bool vec_out = VECTOR_IO && vector_rows(pc, bf.y, bf.pre) &&
+                   (!gated || (vector_rows(pc, bf.y2, bf.u) && vector_rows(pc, bf.y3, bf.u2)));
+    if (vec_out) {
+        for (u32 c = threadIdx.x; c < points / VEC; c += THREADS) {
+            u32 i = c * VEC;
+            u32 line = i >> m_log2;
+            u32 r = first_row + line;
+            u32 t0 = i & (n - 1u);
+            if (r >= pc.total_lines) {
+                continue;
+            }
+            float unscale = pow2(-row_scale_log2(row_max, 2u, line));
+            float dx[VEC], cg[VEC];
+#pragma unroll
+            for (u32 k = 0u; k < VEC; k++) {
+                u32 t = t0 + k;
+                cpx v = w[SIDX(i + k)];
+                if (t < pc.taps_len) {
+                    bf.taps[(u64)r * pc.taps_len + t] = v.x;
+                }
+                if ((pc.flags & FLAG_WRAPS) != 0u && t < pc.seq_len &&
+                    pc.seq_len - t <= pc.history) {
+                    v.y += w[SIDX((line << m_log2) + n - (pc.seq_len - t))].y;
+                }
+                dx[k] = v.y * unscale;
+                cg[k] = gated ? p[SIDX(i + k)].x : 0.0f;
+            }
+            SegmentRow row = rows[line].seg;
+            if (t0 >= pc.seq_len || row.valid == 0u) {
+                continue;
+            }
+            store_segment_vec(pc, bf.y, bf.pre, row, t0, dx);
+            if (gated) {
+                store_segment_vec(pc, bf.y2, bf.u, row, t0, dx);
+                store_segment_vec(pc, bf.y3, bf.u2, row, t0, cg);
+            }
+        }
+    }
+    for (u32 i = vec_out ? points : threadIdx.x; i < points; i += THREADS) {
         u32 line = i >> m_log2;
         u32 r = first_row + line;
         u32 t = i & (n - 1u);
