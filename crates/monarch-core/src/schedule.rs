@@ -423,19 +423,22 @@ impl PassSchedule {
 
     /// Whether [`backward_steps_with`](Self::backward_steps_with) mirrors the taps when asked
     /// to: where that saves the second transform of dy, i.e. the plan has global stages (a
-    /// one-pass plan only reads D) and there is no post-gate (which needs V after the taps).
-    /// Its [`BackwardBinding::Taps`] steps then bind `V`'s buffer as the spectrum, `D`'s as the
-    /// other one.
+    /// one-pass plan only reads D). Its [`BackwardBinding::Taps`] steps then bind `V`'s buffer
+    /// as the spectrum, `D`'s as the other one.
     pub fn mirrors_taps(&self) -> bool {
-        self.passes.len() > 1 && !self.spec.gated()
+        self.passes.len() > 1
     }
 
-    /// [`backward_steps`](Self::backward_steps); with `mirrored_taps`, an ungated problem whose
-    /// plan has global stages computes the filter gradient's correlation as `V conj(D)` in `V`'s
-    /// buffer instead of `D conj(V)` in `D`'s (its [`BackwardBinding::Taps`] steps then bind `V`'s
-    /// buffer as the spectrum and `D`'s as the other one, and carry [`FLAG_TAPS_MIRRORED`]), so
-    /// the inverse column passes leave `D` intact and the adjoint needs no second forward
-    /// transform of `dy`: four transforms instead of five.
+    /// [`backward_steps`](Self::backward_steps); with `mirrored_taps`, a problem whose plan has
+    /// global stages ([`mirrors_taps`](Self::mirrors_taps)) computes the filter gradient's
+    /// correlation as `V conj(D)` in `V`'s buffer instead of `D conj(V)` in `D`'s (its
+    /// [`BackwardBinding::Taps`] steps then bind `V`'s buffer as the spectrum and `D`'s as the
+    /// other one, and carry [`FLAG_TAPS_MIRRORED`]), so the inverse column passes leave `D`
+    /// intact and the adjoint needs no second forward transform of `dy`: four transforms
+    /// instead of five. Gated, `V` is gone by the post-gate's turn, so its `conv(pre u, k)` is a
+    /// whole forward convolution instead (the forward's steps with `dy` as the post-gate and
+    /// `dpost` as the output, in `V`'s buffer: three passes instead of the four of the
+    /// post-gate's inverse and the second transform of dy).
     pub fn backward_steps_with(
         &self,
         chunk: Chunk,
@@ -502,7 +505,12 @@ impl PassSchedule {
             FLAG_DST_TAPS
         };
         inverse(&mut steps, B::Taps, FLAG_CORRELATE, taps_store);
-        if self.spec.gated() {
+        if self.spec.gated() && mirrored {
+            for (kind, mut params) in self.forward_steps(chunk, compact) {
+                params.flags |= FLAG_F32_ROUNDS;
+                steps.push((B::PostGate, kind, params));
+            }
+        } else if self.spec.gated() {
             inverse(&mut steps, B::PostGate, 0, FLAG_DST_OUTPUT);
         }
         if !globals.is_empty() && !mirrored {
@@ -729,6 +737,42 @@ mod tests {
             one_pass.backward_steps_with(c, true, 8, true),
             one_pass.backward_steps(c, true, 8)
         );
+    }
+
+    #[test]
+    fn gated_mirrored_taps_take_the_post_gate_from_a_forward_convolution() {
+        let spec = ConvSpec::builder(3, 5, 2048, 2048)
+            .gated(true)
+            .dtype(DType::F32)
+            .build()
+            .unwrap();
+        let limits = PlanLimits {
+            max_factor: 64,
+            preferred_factor: 64,
+            on_chip_bytes: 64 * 8,
+            bytes_per_element: 8,
+        };
+        let plan = MonarchPlan::cached(spec.geometry().fft_size, &limits).unwrap();
+        let s = PassSchedule::new(&spec, &plan, 64, 1 << 12).unwrap();
+        assert!(s.mirrors_taps());
+        let chunk = s.chunks().next().unwrap();
+        let plain = s.backward_steps(chunk, true, 8);
+        let mirrored = s.backward_steps_with(chunk, true, 8, true);
+        // 2 + 2 + 2 + 2 + 2 + 2 + gather against 2 + 2 + 2 + 3 + 2 + gather.
+        assert_eq!(plain.len(), 13);
+        assert_eq!(mirrored.len(), 12);
+        let post: Vec<_> = mirrored
+            .iter()
+            .filter(|(b, _, _)| *b == BackwardBinding::PostGate)
+            .map(|(_, k, p)| (*k, p.flags))
+            .collect();
+        let forward = s.forward_steps(chunk, true);
+        assert_eq!(post.len(), forward.len());
+        for ((kind, flags), (want_kind, want)) in post.iter().zip(&forward) {
+            assert_eq!(*kind, *want_kind);
+            assert_eq!(*flags, want.flags | FLAG_F32_ROUNDS);
+            assert_ne!(flags & FLAG_GATED, 0);
+        }
     }
 
     #[test]
