@@ -18,6 +18,8 @@ bench options:
   --backend LIST   backends, from cpu, cuda, vulkan, or `all` (default): unavailable ones are
                    skipped with the reason. The CPU realfft baseline always runs too.
   --gated          gated problems (pre- and post-gate, both [B, H, L]).
+  --circular       circular problems with L = K = N (ThunderKittens' case: `--circular
+                   --dtype bf16 --sizes 4K --shape 16x1024`) instead of causal L = K = N/2.
   --backward       also time the backward pass (du, dk and, gated, the gate gradients) on
                    backends that have one: rows `<backend>:bw`, whose `vs base` column is
                    that backend's forward time / its backward time (0.40x: backward costs
@@ -62,6 +64,8 @@ pub struct BenchOptions {
     pub dtypes: Vec<DType>,
     pub backends: Vec<BackendKind>,
     pub gated: bool,
+    /// Circular problems, `L = K = N`.
+    pub circular: bool,
     /// Also time the backward pass.
     pub backward: bool,
     pub mb: f64,
@@ -116,6 +120,7 @@ impl BenchOptions {
         let mut dtypes = None;
         let mut backends = None;
         let mut gated = false;
+        let mut circular = false;
         let mut backward = false;
         let mut mb = None;
         let mut reps = None;
@@ -144,6 +149,7 @@ impl BenchOptions {
                 "--dtype" | "--dtypes" => dtypes = Some(parse_list(&value(name)?, "dtype")?),
                 "--backend" | "--backends" => backends = Some(parse_backends(&value(name)?)?),
                 "--gated" => gated = true,
+                "--circular" => circular = true,
                 "--backward" => backward = true,
                 "--mb" => {
                     let v = value(name)?;
@@ -200,6 +206,7 @@ impl BenchOptions {
             dtypes: dtypes.unwrap_or_else(|| vec![DType::F32]),
             backends: backends.unwrap_or_else(|| all_backends().to_vec()),
             gated,
+            circular,
             backward,
             mb: mb.unwrap_or(if quick { QUICK_MB } else { DEFAULT_MB }),
             keep_frequencies: keep_frequencies.unwrap_or_else(|| vec![1.0]),
@@ -355,6 +362,11 @@ mod tests {
             (QUICK_MB, Some(REDUCED_REPS), 9)
         );
         assert_eq!(o.shape, ShapeRule::Budget);
+        assert!(!o.circular);
+        let c = BenchOptions::parse(&strings(&["--circular"]))
+            .unwrap()
+            .unwrap();
+        assert!(c.circular);
         let a = BenchOptions::parse(&strings(&["--anchors"]))
             .unwrap()
             .unwrap();

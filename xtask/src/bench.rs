@@ -44,10 +44,23 @@ pub fn tolerance(dtype: DType) -> f64 {
 /// not `B`, as FlashFFTConv's own benchmark does (`../shared/ANCHORS.md`: B = 8 from 64K on).
 const MIN_BATCH: usize = 8;
 
-/// `B, H` for FFT size `n` so one call moves about `mb` MB: `H <= 768`, `B >= 8` where the
-/// budget has 8 rows.
+/// Row length `L` of the swept problems of FFT size `n`: `N/2` causal, `N` circular.
+pub fn row_len(n: usize, circular: bool) -> usize {
+    if circular {
+        n
+    } else {
+        n / 2
+    }
+}
+
+/// `B, H` for FFT size `n` (causal, L = N/2) so one call moves about `mb` MB: `H <= 768`,
+/// `B >= 8` where the budget has 8 rows.
 pub fn shape(n: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
-    let l = n / 2;
+    shape_for(n / 2, dtype, gated, mb)
+}
+
+/// [`shape`] for rows of length `l`.
+fn shape_for(l: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
     let streams = if gated { 4 } else { 2 };
     let per_row = (streams * l * dtype.size_bytes()) as f64;
     let rows = ((mb * 1e6) / per_row).round().max(1.0) as usize;
@@ -129,7 +142,12 @@ pub fn run(opts: &BenchOptions) -> ExitCode {
          device memory on a GPU, so no host transfers are timed)"
     );
     println!(
-        "sweep: causal, K = L = N/2, {}{}, reps {}, tolerance f32 {:.0e} / f16 {:.0e} / bf16 {:.1e}",
+        "sweep: {}, {}{}, reps {}, tolerance f32 {:.0e} / f16 {:.0e} / bf16 {:.1e}",
+        if opts.circular {
+            "circular, K = L = N"
+        } else {
+            "causal, K = L = N/2"
+        },
         match opts.shape {
             ShapeRule::Budget => format!("{} MB per call", opts.mb),
             ShapeRule::Anchors => format!(
@@ -238,17 +256,22 @@ impl Sweep<'_> {
         let first_step = self.step;
         let gated = self.opts.gated;
         let dtype = T::DTYPE;
-        let l = n / 2;
+        let circular = self.opts.circular;
+        let l = row_len(n, circular);
+        let budget = || shape_for(l, dtype, gated, self.opts.mb);
         let (b, h) = match self.opts.shape {
             ShapeRule::Fixed(b, h) => (b, h),
-            ShapeRule::Anchors => {
-                anchor_shape(n).unwrap_or_else(|| shape(n, dtype, gated, self.opts.mb))
-            }
-            ShapeRule::Budget => shape(n, dtype, gated, self.opts.mb),
+            ShapeRule::Anchors => anchor_shape(n).unwrap_or_else(budget),
+            ShapeRule::Budget => budget(),
         };
         // Keep 1 builds the dense problem exactly as without --keep-frequencies.
         let build = |gated: bool, keep: f64| {
             let builder = ConvSpec::builder(b, h, l, l).dtype(dtype).gated(gated);
+            let builder = if circular {
+                builder.circular()
+            } else {
+                builder
+            };
             if keep < 1.0 {
                 builder.keep_frequencies(keep)
             } else {

@@ -203,6 +203,9 @@ if [ "${1:-}" != "--no-bench" ]; then
         --keep-frequencies 1,0.25
     # FlashFFTConv's own shapes (ANCHORS.md), so times compare with its table directly.
     bench bench-anchors 120 --backend cuda,vulkan --dtype f16 --anchors --reps 3
+    # ThunderKittens' case (ANCHORS.md: 0.234 ms at N = 4096 circular, B = 16, H = 1024, bf16).
+    bench bench-thunderkittens 60 --backend cuda,vulkan --dtype bf16 --circular --sizes 1K,4K \
+        --shape 16x1024 --reps 5
     # 3. A/B experiments at five sizes, each against the default in its own run.
     bench bench-radix16 60 FFTCONV_CUDA_RADIX_LOG2=4 --backend cuda --dtype f16 --sizes $S --reps 3
     bench bench-vector-io 60 FFTCONV_CUDA_VECTOR_IO=1 --backend cuda --dtype f16 --sizes $S \

@@ -21,7 +21,7 @@
 
 use conv::reference::{
     band_limited_filter, band_limited_filter_fft, direct_band_limited, direct_band_limited_at,
-    direct_causal, relative_l2_error,
+    direct_causal, direct_circular, relative_l2_error,
 };
 use conv::{ConvGeometry, ConvSpec, Element};
 use rand::Rng;
@@ -69,9 +69,15 @@ fn row_macs(l: usize, k: usize) -> usize {
     ramp * (ramp + 1) / 2 + (l - ramp) * k
 }
 
-/// Output positions checked for rows of length `l` with filters of length `k`.
-pub fn positions(l: usize, k: usize) -> Option<Vec<usize>> {
-    (row_macs(l, k) > FULL_ROW_MACS).then(|| spread(l))
+/// Output positions checked for rows of length `l` with filters of length `k` (a circular
+/// convolution costs `l * k` multiply-adds per row).
+pub fn positions(l: usize, k: usize, circular: bool) -> Option<Vec<usize>> {
+    let macs = if circular {
+        l.saturating_mul(k)
+    } else {
+        row_macs(l, k)
+    };
+    (macs > FULL_ROW_MACS).then(|| spread(l))
 }
 
 /// Output positions checked for rows of length `l` of a sparse problem with geometry `g`
@@ -101,7 +107,7 @@ pub fn periodic_filter(k: &[f64], g: &ConvGeometry) -> Vec<f64> {
 
 /// The reference outputs of `rows` (row indices into `[B*H, L]`), computed in parallel: the
 /// dense direct convolution, or the band-limited one for a frequency-sparse `spec` (module
-/// docs). Causal problems only (the bench's).
+/// docs). Causal problems, and dense circular ones with `N = L` (`--circular`).
 pub fn reference_rows<T: Element>(
     spec: &ConvSpec,
     u: &[T],
@@ -112,10 +118,11 @@ pub fn reference_rows<T: Element>(
     let (l, kl, h_count) = (spec.length(), spec.filter_len(), spec.channels());
     let g = spec.geometry();
     let sparse = g.is_sparse();
+    let circular = spec.mode() == conv::ConvMode::Circular;
     let positions = if sparse {
         sparse_positions(l, g)
     } else {
-        positions(l, kl)
+        positions(l, kl, circular)
     };
     let one = |row: usize| -> RowCheck {
         let span = row * l..(row + 1) * l;
@@ -134,6 +141,16 @@ pub fn reference_rows<T: Element>(
         let y: Vec<f64> = match (&positions, sparse) {
             (None, true) => direct_band_limited(&x, &periodic_filter(&kh, g), g),
             (Some(ps), true) => direct_band_limited_at(&x, &periodic_filter(&kh, g), g, ps),
+            (None, false) if circular => direct_circular(&x, &kh),
+            (Some(ps), false) if circular => ps
+                .iter()
+                .map(|&t| {
+                    kh.iter()
+                        .enumerate()
+                        .map(|(s, &ks)| ks * x[(t + l - s % l) % l])
+                        .sum()
+                })
+                .collect(),
             (None, false) => direct_causal(&x, &kh),
             (Some(ps), false) => ps
                 .iter()
@@ -208,8 +225,11 @@ mod tests {
 
     #[test]
     fn sampled_positions_match_the_full_row() {
-        assert!(positions(128, 128).is_none());
-        let ps = positions(1 << 19, 1 << 19).unwrap();
+        assert!(positions(128, 128, false).is_none());
+        // 10^4 x 10^4: 5e7 multiply-adds causal (whole row), 1e8 circular (sampled).
+        assert!(positions(10_000, 10_000, false).is_none());
+        assert!(positions(10_000, 10_000, true).is_some());
+        let ps = positions(1 << 19, 1 << 19, false).unwrap();
         assert_eq!((ps[0], *ps.last().unwrap()), (0, (1 << 19) - 1));
         assert_eq!(row_macs(4, 2), 1 + 2 + 2 + 2);
         // A small row through both paths agrees.
@@ -224,6 +244,14 @@ mod tests {
         assert_eq!(checks[0].want, want);
         let y: Vec<f32> = want.iter().map(|&x| x as f32).collect();
         assert!(max_rel_error(&y, 64, &checks) < 1e-7);
+        // Circular rows take the circular sum.
+        let spec = ConvSpec::builder(1, 1, 64, 64).circular().build().unwrap();
+        let checks = reference_rows(&spec, &u, &k, None, &[0]);
+        let want = direct_circular(
+            &u.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+            &k.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        );
+        assert_eq!(checks[0].want, want);
     }
 
     /// Deterministic test values in [-1, 1] (f32-representable).
