@@ -53,14 +53,9 @@ pub fn row_len(n: usize, circular: bool) -> usize {
     }
 }
 
-/// `B, H` for FFT size `n` (causal, L = N/2) so one call moves about `mb` MB: `H <= 768`,
-/// `B >= 8` where the budget has 8 rows.
-pub fn shape(n: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
-    shape_for(n / 2, dtype, gated, mb)
-}
-
-/// [`shape`] for rows of length `l`.
-fn shape_for(l: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
+/// `B, H` for rows of length `l` so one call moves about `mb` MB: `H <= 768`, `B >= 8` where
+/// the budget has 8 rows.
+pub fn shape(l: usize, dtype: DType, gated: bool, mb: f64) -> (usize, usize) {
     let streams = if gated { 4 } else { 2 };
     let per_row = (streams * l * dtype.size_bytes()) as f64;
     let rows = ((mb * 1e6) / per_row).round().max(1.0) as usize;
@@ -258,7 +253,7 @@ impl Sweep<'_> {
         let dtype = T::DTYPE;
         let circular = self.opts.circular;
         let l = row_len(n, circular);
-        let budget = || shape_for(l, dtype, gated, self.opts.mb);
+        let budget = || shape(l, dtype, gated, self.opts.mb);
         let (b, h) = match self.opts.shape {
             ShapeRule::Fixed(b, h) => (b, h),
             ShapeRule::Anchors => anchor_shape(n).unwrap_or_else(budget),
@@ -667,12 +662,12 @@ mod tests {
     #[test]
     fn shapes_follow_the_byte_budget() {
         // 128 MB of f32 at L = 128: 125000 rows -> H = 768, B = 162.
-        assert_eq!(shape(256, DType::F32, false, 128.0), (162, 768));
+        assert_eq!(shape(128, DType::F32, false, 128.0), (162, 768));
         // Huge rows: at least one.
-        assert_eq!(shape(1 << 20, DType::F32, false, 1.0), (1, 1));
+        assert_eq!(shape(1 << 19, DType::F32, false, 1.0), (1, 1));
         // N = 1M, f32: 128e6 / (2 * 512Ki * 4) = 30.5 -> 31 rows: B = 10, H = 3.
-        assert_eq!(shape(1 << 20, DType::F32, false, 128.0), (10, 3));
-        let (b, h) = shape(4096, DType::F16, true, 128.0);
+        assert_eq!(shape(1 << 19, DType::F32, false, 128.0), (10, 3));
+        let (b, h) = shape(2048, DType::F16, true, 128.0);
         assert_eq!((b, h), (10, 768));
     }
 
