@@ -110,6 +110,8 @@ const uint FLAG_NO_FORWARD = 64u; // fused: load a spectrum, start at the produc
 const uint FLAG_CONJ_FILTER = 128u; // product with conj(K) (the adjoint)
 const uint FLAG_CORRELATE = 256u;   // product with conj(other) / N on kept bins (filter gradient)
 const uint FLAG_DST_TAPS = 512u;    // store Re of positions < taps_len as taps
+// (1024: FLAG_F32_ROUNDS, CUDA's tensor-core switch; every round here is f32 anyway.)
+const uint FLAG_TAPS_MIRRORED = 2048u; // with FLAG_DST_TAPS: tap t from position N - t (mod N)
 
 #if defined(PASS_TAPS_SUM)
 // One partial sum per invocation; no FFT lines (so no SHARED_POINTS of shared memory).
@@ -300,8 +302,10 @@ vec2 filter_bin(uint h, uint f) {
 void store_result(uint pair, uint pos, vec2 v) {
     uint n = 1u << pc.log2n;
     if ((pc.flags & FLAG_DST_TAPS) != 0u) {
-        if (pos < pc.taps_len) {
-            taps[pair * pc.taps_len + pos] = v.x;
+        // FLAG_TAPS_MIRRORED: the pass holds IFFT(V conj D), whose position N - t is tap t.
+        uint t = (pc.flags & FLAG_TAPS_MIRRORED) != 0u ? (n - pos) & (n - 1u) : pos;
+        if (t < pc.taps_len) {
+            taps[pair * pc.taps_len + t] = v.x;
         }
     } else if ((pc.flags & FLAG_DST_OUTPUT) != 0u) {
         uint h = udiv(pair, pc.pairs);

@@ -8,14 +8,17 @@
 //! V = FFT(x)  D = FFT(dc)                       (forward passes, spectra kept in tmp buffers)
 //! taps = Re IFFT(D * conj(V) * mask / N)[0, K)  -> dk (see below)
 //! c    = IFFT(V * K)                            -> dpostgate = dy * c        (gated only)
-//! dseg = IFFT(D * conj(K))                      (D recomputed when the plan has column passes:
-//!                                                the taps' inverse consumed it in place)
+//! dseg = IFFT(D * conj(K))
 //! dx[t] = sum of dseg over every segment position that read input t (gather pass)
 //! du = pre * dx, dpregate = u * dx
 //! ```
 //!
 //! `Re IFFT(D conj(V))` of a packed pair is the sum of its two segments' filter gradients,
-//! because the cross terms are imaginary.
+//! because the cross terms are imaginary. Plans with column passes (where the inverses run in
+//! place through them) mirror the taps (`PassSchedule::backward_steps_with`, as on CUDA): the
+//! correlation is `V conj(D)` in V's buffer, tap `t` read from position `N - t`
+//! (`FLAG_TAPS_MIRRORED`), so D survives for the adjoint; gated, `c` then comes from a whole
+//! forward convolution with `dy` as the post-gate (V is gone by then).
 //!
 //! The taps (`[nh][pairs][K]` f32 per chunk) stay on the device, and so does the filter
 //! gradient: a persistent `[H][K]` f32 buffer (binding `TapsSum`), zeroed by `vkCmdFillBuffer`
@@ -204,8 +207,15 @@ impl BackwardExecution {
     }
 
     /// Writes every binding of every set for `io` (unused ones get a valid buffer) and the
-    /// filter's spectrum.
-    fn bind_sets(&self, io: BackwardIo<'_>, twiddles: &Buffer, spectrum: &Buffer) {
+    /// filter's spectrum. `mirrored_taps`: the taps' steps compute `V conj(D)` in `V`'s buffer
+    /// (`PassSchedule::mirrors_taps`), so their set binds `V`'s buffer as the spectrum.
+    fn bind_sets(
+        &self,
+        io: BackwardIo<'_>,
+        twiddles: &Buffer,
+        spectrum: &Buffer,
+        mirrored_taps: bool,
+    ) {
         let (u, dy, pre, post, du, dpre, dpost) = match io {
             BackwardIo::Host => {
                 let host = self.host.as_ref().expect("made for host calls");
@@ -262,6 +272,10 @@ impl BackwardExecution {
                     b[BINDING_U as usize] = dy;
                     b[BINDING_PRE as usize] = post;
                     b[BINDING_TMP as usize] = &self.tmp_d;
+                }
+                BackwardBinding::Taps if mirrored_taps => {
+                    b[BINDING_TMP as usize] = &self.tmp_v;
+                    b[BINDING_OTHER as usize] = &self.tmp_d;
                 }
                 BackwardBinding::Taps => {
                     b[BINDING_TMP as usize] = &self.tmp_d;
@@ -458,7 +472,12 @@ impl VulkanConvolution {
         if host_io && exec.host.is_none() {
             exec.host = Some(BackwardExecution::host_io(self)?);
         }
-        exec.bind_sets(io, &self.twiddles, &filter.buffer);
+        exec.bind_sets(
+            io,
+            &self.twiddles,
+            &filter.buffer,
+            self.schedule.mirrors_taps(),
+        );
         let result = (|| {
             let chunks: Vec<Chunk> = self.schedule.chunks().collect();
             for (i, &chunk) in chunks.iter().enumerate() {
@@ -520,7 +539,7 @@ impl VulkanConvolution {
             // The gather runs one element per invocation.
             let steps = self
                 .schedule
-                .backward_steps(chunk, compact, self.pipelines.workgroup.ilog2())
+                .backward_steps_with(chunk, compact, self.pipelines.workgroup.ilog2(), true)
                 .into_iter()
                 .map(|(set, kind, params)| (set, self.pipelines.pipeline(kind), params))
                 .collect();
