@@ -659,7 +659,7 @@ fn backward(
             continue;
         }
         // Mirrored taps where the backend uses them (ungated multi-pass plans).
-        let steps = schedule.backward_steps_with(chunk, true, threads_log2, true);
+        let steps = schedule.backward_steps(chunk, true, threads_log2);
         let taps_params = steps
             .iter()
             .find(|(b, _, _)| *b == BackwardBinding::Taps)

@@ -38,7 +38,7 @@ pub const FLAG_F32_ROUNDS: u32 = 1024;
 
 /// With [`FLAG_DST_TAPS`]: the pass holds `IFFT(V conj(D))`, whose position `N - t` (mod `N`) is
 /// tap `t`, so tap `t` is stored from there (the backward's correlation computed in `V`'s buffer,
-/// which keeps `D` intact for the adjoint: [`PassSchedule::backward_steps_with`]).
+/// which keeps `D` intact for the adjoint: [`PassSchedule::backward_steps`]).
 pub const FLAG_TAPS_MIRRORED: u32 = 2048;
 
 /// Elements of `u` one chunk holds by default.
@@ -410,41 +410,31 @@ impl PassSchedule {
             .fold(0u32, |acc, (s, p)| acc | p.line_log2 << (5 * s))
     }
 
+    /// Whether [`backward_steps`](Self::backward_steps) mirrors the taps: where that saves the
+    /// second transform of dy, i.e. the plan has global stages (a one-pass plan only reads D).
+    /// Its [`BackwardBinding::Taps`] steps then bind `V`'s buffer as the spectrum, `D`'s as the
+    /// other one.
+    pub fn mirrors_taps(&self) -> bool {
+        self.passes.len() > 1
+    }
+
     /// The backward of one chunk: (buffers bound, kernel, parameters) per step. The gather
     /// kernel runs `2^gather_lines_log2` elements per block (its block size).
+    ///
+    /// A plan of one fused pass computes the filter gradient's correlation `D conj(V)` in `D`'s
+    /// buffer (the fused pass only reads D, so it stays for the adjoint). A plan with global
+    /// stages ([`mirrors_taps`](Self::mirrors_taps)) computes `V conj(D)` in `V`'s buffer
+    /// instead, its taps store carrying [`FLAG_TAPS_MIRRORED`], because the inverse column
+    /// passes work in place and `D` must survive for the adjoint: dy is transformed once (four
+    /// transforms, not five). Gated, `V` is then gone by the post-gate's turn, so its
+    /// `conv(pre u, k)` is a whole forward convolution (the forward's steps with `dy` as the
+    /// post-gate and `dpost` as the output, in `V`'s buffer: three passes instead of the four of
+    /// the post-gate's inverse and a second transform of dy).
     pub fn backward_steps(
         &self,
         chunk: Chunk,
         compact: bool,
         gather_lines_log2: u32,
-    ) -> Vec<(BackwardBinding, PassKind, PassParams)> {
-        self.backward_steps_with(chunk, compact, gather_lines_log2, false)
-    }
-
-    /// Whether [`backward_steps_with`](Self::backward_steps_with) mirrors the taps when asked
-    /// to: where that saves the second transform of dy, i.e. the plan has global stages (a
-    /// one-pass plan only reads D). Its [`BackwardBinding::Taps`] steps then bind `V`'s buffer
-    /// as the spectrum, `D`'s as the other one.
-    pub fn mirrors_taps(&self) -> bool {
-        self.passes.len() > 1
-    }
-
-    /// [`backward_steps`](Self::backward_steps); with `mirrored_taps`, a problem whose plan has
-    /// global stages ([`mirrors_taps`](Self::mirrors_taps)) computes the filter gradient's
-    /// correlation as `V conj(D)` in `V`'s buffer instead of `D conj(V)` in `D`'s (its
-    /// [`BackwardBinding::Taps`] steps then bind `V`'s buffer as the spectrum and `D`'s as the
-    /// other one, and carry [`FLAG_TAPS_MIRRORED`]), so the inverse column passes leave `D`
-    /// intact and the adjoint needs no second forward transform of `dy`: four transforms
-    /// instead of five. Gated, `V` is gone by the post-gate's turn, so its `conv(pre u, k)` is a
-    /// whole forward convolution instead (the forward's steps with `dy` as the post-gate and
-    /// `dpost` as the output, in `V`'s buffer: three passes instead of the four of the
-    /// post-gate's inverse and the second transform of dy).
-    pub fn backward_steps_with(
-        &self,
-        chunk: Chunk,
-        compact: bool,
-        gather_lines_log2: u32,
-        mirrored_taps: bool,
     ) -> Vec<(BackwardBinding, PassKind, PassParams)> {
         let total_pairs = chunk.nh * self.pairs(chunk.nb);
         let base = self.backward_chunk_params(chunk, compact);
@@ -496,7 +486,7 @@ impl PassSchedule {
             }
         };
         use BackwardBinding as B;
-        let mirrored = mirrored_taps && self.mirrors_taps();
+        let mirrored = self.mirrors_taps();
         forward(&mut steps, B::Input, 0);
         forward(&mut steps, B::OutputGradient, FLAG_BODY_ONLY);
         let taps_store = if mirrored {
@@ -512,11 +502,6 @@ impl PassSchedule {
             }
         } else if self.spec.gated() {
             inverse(&mut steps, B::PostGate, 0, FLAG_DST_OUTPUT);
-        }
-        if !globals.is_empty() && !mirrored {
-            // The taps' inverse column passes overwrote D in place: transform dy * post again.
-            // (A plan of one fused pass only reads D there, so it is still intact.)
-            forward(&mut steps, B::OutputGradient, FLAG_BODY_ONLY);
         }
         inverse(&mut steps, B::Adjoint, FLAG_CONJ_FILTER, 0);
         let elements = chunk.nb * chunk.nh * self.spec.length();
@@ -705,38 +690,31 @@ mod tests {
     fn mirrored_taps_save_the_second_transform_of_dy() {
         let s = schedule(2048, 64); // N = 4096 = 64 x 64: one global stage
         let chunk = s.chunks().next().unwrap();
-        let plain = s.backward_steps(chunk, true, 8);
-        let mirrored = s.backward_steps_with(chunk, true, 8, true);
-        // Forward V, forward D, taps, adjoint, gather: two passes (D's second transform) fewer.
+        let steps = s.backward_steps(chunk, true, 8);
+        // Forward V, forward D, taps, adjoint (two passes each), gather: dy transformed once.
         assert!(s.mirrors_taps());
-        assert_eq!(mirrored.len() + 2, plain.len());
-        let taps: Vec<_> = mirrored
+        assert_eq!(steps.len(), 9);
+        let count = |b: BackwardBinding| steps.iter().filter(|(x, _, _)| *x == b).count();
+        assert_eq!(count(BackwardBinding::OutputGradient), 2);
+        let taps: Vec<_> = steps
             .iter()
             .filter(|(b, _, _)| *b == BackwardBinding::Taps)
             .collect();
         assert_eq!(taps.len(), 2);
-        let flagged = |f: u32| taps.iter().filter(|(_, _, p)| p.flags & f != 0).count();
+        // The store (the last inverse column pass) carries the mirror; nothing else does.
+        let flagged = |f: u32| steps.iter().filter(|(_, _, p)| p.flags & f == f).count();
         assert_eq!(flagged(FLAG_DST_TAPS | FLAG_TAPS_MIRRORED), 1);
         assert_eq!(flagged(FLAG_TAPS_MIRRORED), 1);
-        assert!(plain
-            .iter()
-            .all(|(_, _, p)| p.flags & FLAG_TAPS_MIRRORED == 0));
-        let forwards_of_d = |steps: &[(BackwardBinding, PassKind, PassParams)]| {
-            steps
-                .iter()
-                .filter(|(b, _, _)| *b == BackwardBinding::OutputGradient)
-                .count()
-        };
-        assert_eq!(forwards_of_d(&plain), 4);
-        assert_eq!(forwards_of_d(&mirrored), 2);
-        // A one-pass plan never transforms dy twice: nothing to save, nothing mirrored.
+        assert_eq!(taps[1].2.flags & FLAG_TAPS_MIRRORED, FLAG_TAPS_MIRRORED);
+        // A one-pass plan only reads D for the taps: nothing mirrored, dy transformed once.
         let one_pass = schedule(2048, 4096);
         let c = one_pass.chunks().next().unwrap();
         assert!(!one_pass.mirrors_taps());
-        assert_eq!(
-            one_pass.backward_steps_with(c, true, 8, true),
-            one_pass.backward_steps(c, true, 8)
-        );
+        let steps = one_pass.backward_steps(c, true, 8);
+        assert!(steps
+            .iter()
+            .all(|(_, _, p)| p.flags & FLAG_TAPS_MIRRORED == 0));
+        assert_eq!(steps.len(), 5);
     }
 
     #[test]
@@ -756,10 +734,9 @@ mod tests {
         let s = PassSchedule::new(&spec, &plan, 64, 1 << 12).unwrap();
         assert!(s.mirrors_taps());
         let chunk = s.chunks().next().unwrap();
-        let plain = s.backward_steps(chunk, true, 8);
-        let mirrored = s.backward_steps_with(chunk, true, 8, true);
-        // 2 + 2 + 2 + 2 + 2 + 2 + gather against 2 + 2 + 2 + 3 + 2 + gather.
-        assert_eq!(plain.len(), 13);
+        let mirrored = s.backward_steps(chunk, true, 8);
+        // V, D, taps, post-gate as a forward convolution, adjoint, gather: 2 + 2 + 2 + 3 + 2 + 1
+        // (without the mirror: the post-gate's inverse and dy's second transform, 2 + 2).
         assert_eq!(mirrored.len(), 12);
         let post: Vec<_> = mirrored
             .iter()

@@ -364,9 +364,9 @@ impl CudaConvolution {
             self.launch_function(stream, &self.kernels.backward_fused, shared, &params, &base)?;
             return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
         }
-        let steps =
-            self.schedule
-                .backward_steps_with(chunk, compact, self.kernels.threads.ilog2(), true);
+        let steps = self
+            .schedule
+            .backward_steps(chunk, compact, self.kernels.threads.ilog2());
         let taps_params = steps
             .iter()
             .find(|(b, _, _)| *b == BackwardBinding::Taps)

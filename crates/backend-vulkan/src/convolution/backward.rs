@@ -15,7 +15,7 @@
 //!
 //! `Re IFFT(D conj(V))` of a packed pair is the sum of its two segments' filter gradients,
 //! because the cross terms are imaginary. Plans with column passes (where the inverses run in
-//! place through them) mirror the taps (`PassSchedule::backward_steps_with`, as on CUDA): the
+//! place through them) mirror the taps (`PassSchedule::backward_steps`, as on CUDA): the
 //! correlation is `V conj(D)` in V's buffer, tap `t` read from position `N - t`
 //! (`FLAG_TAPS_MIRRORED`), so D survives for the adjoint; gated, `c` then comes from a whole
 //! forward convolution with `dy` as the post-gate (V is gone by then).
@@ -539,7 +539,7 @@ impl VulkanConvolution {
             // The gather runs one element per invocation.
             let steps = self
                 .schedule
-                .backward_steps_with(chunk, compact, self.pipelines.workgroup.ilog2(), true)
+                .backward_steps(chunk, compact, self.pipelines.workgroup.ilog2())
                 .into_iter()
                 .map(|(set, kind, params)| (set, self.pipelines.pipeline(kind), params))
                 .collect();
