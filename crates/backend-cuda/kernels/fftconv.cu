@@ -133,6 +133,18 @@ __device__ __forceinline__ elem_t from_float(float v) {
 #endif
 }
 
+// Magnitude bits of v's finite value (inf and NaN: 0), and the larger of two: maxima of these
+// are exact and order-free (all threads agree), and a NaN or inf changes no scale taken from them.
+__device__ __forceinline__ u32 finite_bits(float v) {
+    u32 a = float_bits(v) & 0x7fffffffu;
+    return a < 0x7f800000u ? a : 0u;
+}
+__device__ __forceinline__ u32 max_u(u32 a, u32 b) { return a > b ? a : b; }
+// The larger finite magnitude of a complex value's components (bits).
+__device__ __forceinline__ u32 finite_magnitude(cpx v) {
+    return max_u(finite_bits(v.x), finite_bits(v.y));
+}
+
 // ---- parameters -------------------------------------------------------------------------------
 
 // Same order and meaning as the host's `PassParams` (and the Vulkan shader's push constants).
@@ -854,14 +866,7 @@ __device__ __forceinline__ TcMatrix tc_matrix(const Params& pc, const Buffers& b
 // and subnormal maxima scale up exactly and huge ones stay finite), and its inverse. Maxima are
 // taken over the magnitude bits (inf and NaN count as 0): an unsigned max is commutative, so all
 // lanes agree, and a NaN or inf changes no scale (it propagates through its own item only).
-__device__ __forceinline__ u32 finite_magnitude(cpx v) {
-    u32 a = float_bits(v.x) & 0x7fffffffu;
-    u32 b = float_bits(v.y) & 0x7fffffffu;
-    a = a < 0x7f800000u ? a : 0u;
-    b = b < 0x7f800000u ? b : 0u;
-    return a > b ? a : b;
-}
-__device__ __forceinline__ u32 max_u(u32 a, u32 b) { return a > b ? a : b; }
+// (finite_magnitude and max_u are defined after the element I/O: the fused backward uses them too.)
 // The max over the four lanes of a quad (lanes 4 g .. 4 g + 3: one fragment row or column).
 __device__ __forceinline__ u32 quad_max(u32 m) {
     m = max_u(m, shfl_xor(m, 1u));
@@ -1947,12 +1952,6 @@ struct BackwardRow {
     u32 unused;
 };
 
-__device__ __forceinline__ u32 finite_bits(float v) {
-    u32 a = float_bits(v) & 0x7fffffffu;
-    return a < 0x7f800000u ? a : 0u;
-}
-
-__device__ __forceinline__ u32 max_bits(u32 a, u32 b) { return a > b ? a : b; }
 
 // A thread's running maxima (float bits: an unsigned max is exact and order-free) of two
 // quantities of the row it is working on, added to the block's `row_max[slot][row]` (slots
@@ -2065,8 +2064,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             }
 #pragma unroll
             for (u32 k = 0u; k < VEC; k++) {
-                m.a = max_bits(m.a, finite_bits(a[k]));
-                m.b = max_bits(m.b, finite_bits(b[k]));
+                m.a = max_u(m.a, finite_bits(a[k]));
+                m.b = max_u(m.b, finite_bits(b[k]));
                 w[SIDX(i + k)] = mk(a[k], b[k]);
             }
         }
@@ -2081,8 +2080,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             z = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, row, pos),
                    segment_input_at(pc, dv, bf.u2, bf.post, dy_flags, row, pos));
         }
-        m.a = max_bits(m.a, finite_bits(z.x));
-        m.b = max_bits(m.b, finite_bits(z.y));
+        m.a = max_u(m.a, finite_bits(z.x));
+        m.b = max_u(m.b, finite_bits(z.y));
         w[SIDX(i)] = z;
     }
     row_maxima_flush(m, row_max, 0u);
@@ -2140,8 +2139,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                     p[SIDX(jp)] = conj_c(pk);
                 }
             }
-            m.a = max_bits(m.a, max_bits(finite_bits(t.x), finite_bits(t.y)));
-            m.b = max_bits(m.b, max_bits(finite_bits(gk.x), finite_bits(gk.y)));
+            m.a = max_u(m.a, finite_magnitude(t));
+            m.b = max_u(m.b, finite_magnitude(gk));
         }
     }
     row_maxima_flush(m, row_max, 2u);
