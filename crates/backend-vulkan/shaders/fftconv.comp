@@ -30,6 +30,17 @@
 #else
 #define ELEM float
 #endif
+// COOP (the cooperative-matrix path; with COOP_LOG2 = log2 T, T x T x T the listed shape): the
+// FFT rounds whose groups have at least T columns run as f16 matrix products (see coop_round).
+#if defined(COOP)
+#extension GL_KHR_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#define COOP_T (1u << COOP_LOG2)
+#define COOP_TT (COOP_T * COOP_T)
+#endif
 
 layout(local_size_x_id = 0) in;
 // Complex points of shared memory (a power of two; at most maxComputeSharedMemorySize / 8).
@@ -47,6 +58,8 @@ layout(constant_id = 3) const uint MIDDLE = 0;
 // the FFT rounds instead of a load per butterfly (CONST_TWIDDLES). 0: off (the default).
 layout(constant_id = 4) const uint FAST_DIV = 0;
 layout(constant_id = 5) const uint CONST_TWIDDLES = 0;
+// COOP: subgroups that run matrix products (each with its own staging tiles); the others wait.
+layout(constant_id = 6) const uint COOP_SLOTS = 1;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
 layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
@@ -125,6 +138,14 @@ shared vec2 s[SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
 // (slots 0 .. 3, BACKWARD_ROWS words each; an unsigned max of them is exact and order-free).
 const uint BACKWARD_ROWS = 16u;
 shared uint row_max[4u * BACKWARD_ROWS];
+#endif
+#if defined(COOP)
+// The DFT matrices of order T as f16 A operands, T x T row-major each: A[b][k] = W_T^(k bitrev(b))
+// as re, im, -im (forward), then its conjugate transpose the same way (inverse).
+shared float16_t coop_a[6u * COOP_TT];
+// Per slot: the B operand (re, then im; f16) and the products (re, then im; f32), row-major.
+shared float16_t coop_b[COOP_SLOTS * 2u * COOP_TT];
+shared float coop_c[COOP_SLOTS * 2u * COOP_TT];
 #endif
 // Shared-memory slot of point i.
 #define SIDX(i) ((i) + (((i) >> 4u) * PAD))
@@ -416,13 +437,153 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
         g += (R);                                                                               \
     }
 
+#if defined(COOP)
+// ---- cooperative-matrix rounds ------------------------------------------------------------------
+//
+// r = COOP_LOG2 radix-2 stages on groups of G = 2^gl points whose q = 2^(gl - r) columns are at
+// least T = 2^r: the point k q + j of a group (k < T, j < q) is row k, column j of a T x q matrix.
+// Forward (DIF): y[b q + j] = W_G^(j f) sum_k W_T^(k f) x[k q + j], f = bitrev_r(b), the radix-2
+// stages' result exactly (bit-reversed rows, the same twiddles). Inverse (DIT, its adjoint):
+// x[k q + j] = sum_b conj(W_T^(k f)) conj(W_G^(j f)) y[b q + j].
+// Each tile of T columns is a complex T x T product, four f16 matrix products with f32
+// accumulation, staged through the subgroup's own slot: the tile is scaled by the power of two
+// that brings its largest finite magnitude into [2^10, 2^11) before rounding to f16 (so a tile's
+// rounding is relative to its own size, whatever the channel's scale), and scaled back after.
+
+// Fills coop_a (the caller's next barrier publishes it).
+void coop_init() {
+    for (uint i = gl_LocalInvocationIndex; i < COOP_TT; i += gl_WorkGroupSize.x) {
+        uint b = i >> COOP_LOG2;
+        uint k = i & (COOP_T - 1u);
+        uint e = (k * bit_reverse(b, COOP_LOG2)) & (COOP_T - 1u);
+        vec2 w = twiddles[e << (pc.log2n - COOP_LOG2)];
+        coop_a[i] = float16_t(w.x);
+        coop_a[COOP_TT + i] = float16_t(w.y);
+        coop_a[2u * COOP_TT + i] = float16_t(-w.y);
+        uint t = (k << COOP_LOG2) + b; // transposed, conjugated
+        coop_a[3u * COOP_TT + t] = float16_t(w.x);
+        coop_a[4u * COOP_TT + t] = float16_t(-w.y);
+        coop_a[5u * COOP_TT + t] = float16_t(w.y);
+    }
+}
+
+// |v| as float bits, 0 for infinities and NaN (an unsigned max of them is the largest finite).
+uint coop_finite_bits(float v) {
+    uint a = floatBitsToUint(v) & 0x7fffffffu;
+    return a < 0x7f800000u ? a : 0u;
+}
+
+// One round of r stages on every group of size 2^gl of the workgroup's lines (q >= T).
+// Subgroup s < COOP_SLOTS takes tiles s, s + COOP_SLOTS, ...: a batch of tiles is staged, then
+// multiplied, then written back, with workgroup barriers between the steps that every subgroup
+// reaches (lavapipe breaks on subgroup-scope control barriers that only some subgroups reach).
+void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
+    uint q_log2 = gl - COOP_LOG2;
+    // Tiles: (line, group, column tile) with T x T points each.
+    uint tiles_log2 = m_log2 + lines_log2 - 2u * COOP_LOG2;
+    uint col_tiles_log2 = q_log2 - COOP_LOG2;
+    uint slot = gl_SubgroupID;
+    uint a0 = inverse ? 3u * COOP_TT : 0u;
+    uint b0 = slot * 2u * COOP_TT;
+    uint batches = ((1u << tiles_log2) + COOP_SLOTS - 1u) / COOP_SLOTS;
+    coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseA> a_re, a_im, a_neg;
+    if (slot < COOP_SLOTS) { // uniform over the subgroup
+        coopMatLoad(a_re, coop_a, a0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatLoad(a_im, coop_a, a0 + COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatLoad(a_neg, coop_a, a0 + 2u * COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+    }
+    for (uint batch = 0u; batch < batches; batch++) {
+        uint tile = batch * COOP_SLOTS + slot;
+        bool busy = slot < COOP_SLOTS && tile < (1u << tiles_log2); // uniform per subgroup
+        uint line = tile >> (tiles_log2 - lines_log2);
+        uint within = tile & ((1u << (tiles_log2 - lines_log2)) - 1u);
+        uint group = within >> col_tiles_log2;
+        uint j0 = (within & ((1u << col_tiles_log2) - 1u)) << COOP_LOG2;
+        uint base = (line << m_log2) + (group << gl) + j0;
+        float unscale = 1.0;
+        if (busy) {
+            uint largest = 0u;
+            for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
+                vec2 v = s[SIDX(base + ((e >> COOP_LOG2) << q_log2) + (e & (COOP_T - 1u)))];
+                largest = max(largest, max(coop_finite_bits(v.x), coop_finite_bits(v.y)));
+            }
+            largest = subgroupMax(largest);
+            // 2^k brings the largest into [2^10, 2^11); k keeps 2^k and 2^-k normal.
+            int k = largest == 0u ? 0 : clamp(137 - int(largest >> 23), -126, 126);
+            float scale = uintBitsToFloat(uint(127 + k) << 23);
+            unscale = uintBitsToFloat(uint(127 - k) << 23);
+            for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
+                uint row = e >> COOP_LOG2;
+                uint j = j0 + (e & (COOP_T - 1u));
+                vec2 v = s[SIDX(base + (row << q_log2) + (e & (COOP_T - 1u)))];
+                if (inverse) {
+                    v = cmul(v, conj_c(root(j * bit_reverse(row, COOP_LOG2), gl)));
+                }
+                v *= scale;
+                coop_b[b0 + e] = float16_t(v.x);
+                coop_b[b0 + COOP_TT + e] = float16_t(v.y);
+            }
+        }
+        memoryBarrierShared();
+        barrier();
+        if (busy) {
+            coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseB> b_re, b_im;
+            coopMatLoad(b_re, coop_b, b0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+            coopMatLoad(b_im, coop_b, b0 + COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+            coopmat<float, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseAccumulator> c_re, c_im;
+            c_re = coopmat<float, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseAccumulator>(0.0);
+            c_im = coopmat<float, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseAccumulator>(0.0);
+            c_re = coopMatMulAdd(a_re, b_re, c_re);
+            c_re = coopMatMulAdd(a_neg, b_im, c_re);
+            c_im = coopMatMulAdd(a_re, b_im, c_im);
+            c_im = coopMatMulAdd(a_im, b_re, c_im);
+            coopMatStore(c_re, coop_c, b0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+            coopMatStore(c_im, coop_c, b0 + COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+        }
+        memoryBarrierShared();
+        barrier();
+        // (The next batch stages into coop_b and reads other points: only its products, after
+        // the next barrier, overwrite coop_c.)
+        if (busy) {
+            for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
+                uint row = e >> COOP_LOG2;
+                uint j = j0 + (e & (COOP_T - 1u));
+                vec2 v = vec2(coop_c[b0 + e], coop_c[b0 + COOP_TT + e]) * unscale;
+                if (!inverse) {
+                    v = cmul(v, root(j * bit_reverse(row, COOP_LOG2), gl));
+                }
+                s[SIDX(base + (row << q_log2) + (e & (COOP_T - 1u)))] = v;
+            }
+        }
+    }
+    memoryBarrierShared();
+    barrier();
+}
+
+// Matrix rounds of a line of 2^m_log2 points: the coarsest ones, while at least T columns stay
+// (gl >= 2r), leaving r .. 2r - 1 stages to the radix-2 rounds.
+uint coop_rounds(uint m_log2) {
+    return m_log2 >= 2u * COOP_LOG2 ? (m_log2 - COOP_LOG2) / COOP_LOG2 : 0u;
+}
+#endif
+
+// Stages left to the radix-2 rounds of a line of 2^m_log2 points (the finest ones).
+uint scalar_stages(uint m_log2) {
+#if defined(COOP)
+    return m_log2 - COOP_LOG2 * coop_rounds(m_log2);
+#else
+    return m_log2;
+#endif
+}
+
 // The group size (log2) of a transform's finest round: the forward's last round and the
 // inverse's first (both combine points 1 .. 2^(R-1) apart). 0 for lines of one point.
 uint finest_round_log2(uint m_log2) {
-    if (m_log2 == 0u) {
+    uint stages = scalar_stages(m_log2);
+    if (stages == 0u) {
         return 0u;
     }
-    uint r = m_log2 % 3u;
+    uint r = stages % 3u;
     return r == 0u ? 3u : r;
 }
 
@@ -431,6 +592,11 @@ uint finest_round_log2(uint m_log2) {
 // finest_round_log2 (the caller runs it), or runs every round when it is 0.
 void fft_forward(uint m_log2, uint lines_log2, uint stop_log2) {
     uint gl = m_log2; // log2 of the group size of the next round
+#if defined(COOP)
+    for (uint c = coop_rounds(m_log2); c > 0u; c--, gl -= COOP_LOG2) {
+        coop_round(m_log2, lines_log2, gl, false);
+    }
+#endif
     for (; gl >= 3u && gl > stop_log2; gl -= 3u) DIF_ROUND(3u)
     if (gl == 2u && gl > stop_log2) DIF_ROUND(2u)
     if (gl == 1u && gl > stop_log2) DIF_ROUND(1u)
@@ -441,12 +607,18 @@ void fft_forward(uint m_log2, uint lines_log2, uint stop_log2) {
 // round).
 void fft_inverse(uint m_log2, uint lines_log2, uint g0) {
     uint g = g0; // log2 of the span of the next stage
+    uint stages = scalar_stages(m_log2);
     if (g == 0u) {
-        uint rest = m_log2 % 3u;
+        uint rest = stages % 3u;
         if (rest == 1u) DIT_ROUND(1u)
         if (rest == 2u) DIT_ROUND(2u)
     }
-    while (g < m_log2) DIT_ROUND(3u)
+    while (g < stages) DIT_ROUND(3u)
+#if defined(COOP)
+    for (; g < m_log2; g += COOP_LOG2) {
+        coop_round(m_log2, lines_log2, g + COOP_LOG2, true);
+    }
+#endif
 }
 #endif
 
@@ -607,6 +779,9 @@ void main() {
     uint n = 1u << pc.log2n;
     // Lines per pair: N / M.
     uint pair_lines_log2 = pc.log2n - m_log2;
+#if defined(COOP)
+    coop_init(); // published by the barrier after the loads
+#endif
 
 #if defined(PASS_FUSED)
     // Lines are contiguous blocks of M points of a pair's N.

@@ -1,5 +1,6 @@
 //! Cooperative-matrix detection (`VK_KHR_cooperative_matrix`: extension, feature bit, listed
-//! shapes) and the choice between the cooperative-matrix and the portable shader path.
+//! shapes, and the features its shaders need) and the choice between the cooperative-matrix and
+//! the portable shader path.
 
 use ash::vk;
 
@@ -7,9 +8,10 @@ use ash::vk;
 /// cooperative matrices, so both paths can be compared on one GPU.
 pub const PORTABLE_ENV: &str = "FFTCONV_VULKAN_PORTABLE";
 
-/// The cooperative-matrix shape the tensor-core path uses: `M x N x K = 16 x 16 x 16`,
-/// subgroup scope, f32 accumulator and result.
-pub const COOPERATIVE_SHAPE: (u32, u32, u32) = (16, 16, 16);
+/// The square tile sizes T the cooperative-matrix shaders are built for (`T x T x T`, f16 A and
+/// B, f32 accumulator and result, subgroup scope), in order of preference: NVIDIA lists 16,
+/// lavapipe (Mesa 25.1 and later) 8.
+pub const COOPERATIVE_TILES: [u32; 2] = [16, 8];
 
 /// `VK_COMPONENT_TYPE_BFLOAT16_KHR` (VK_KHR_shader_bfloat16; newer than this `ash`).
 const COMPONENT_TYPE_BFLOAT16: vk::ComponentTypeKHR = vk::ComponentTypeKHR::from_raw(1_000_141_000);
@@ -23,6 +25,13 @@ pub struct CooperativeMatrixSupport {
     pub feature: bool,
     /// The listed shapes `(M, N, K, A/B type, C/result type)` with subgroup scope.
     pub shapes: Vec<CooperativeShape>,
+    /// What else the shaders need: `shaderFloat16` (f16 staging in shared memory),
+    /// `vulkanMemoryModel` with `vulkanMemoryModelDeviceScope` (the cooperative-matrix
+    /// instructions use the model, and glslang's `memoryBarrierShared` device scope), and
+    /// subgroup arithmetic in compute shaders (a tile's largest magnitude); all through Vulkan 1.2.
+    pub shader_float16: bool,
+    pub vulkan_memory_model: bool,
+    pub subgroup_arithmetic: bool,
 }
 
 /// One shape from `vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR`.
@@ -37,19 +46,41 @@ pub struct CooperativeShape {
 }
 
 impl CooperativeMatrixSupport {
-    /// Queries the device (never assumes a shape).
+    /// Queries the device (never assumes a shape). `api` is the Vulkan version the instance
+    /// and device both support; the Vulkan 1.2 features are read only from 1.2 on.
     pub(crate) fn query(
         entry: &ash::Entry,
         instance: &ash::Instance,
         pdev: vk::PhysicalDevice,
         extension: bool,
+        api: u32,
     ) -> Self {
+        let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
+        let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut subgroup);
+        // SAFETY: core 1.1 query (the caller checked 1.1); the chain outlives the call.
+        unsafe { instance.get_physical_device_properties2(pdev, &mut props2) };
+        let subgroup_arithmetic = subgroup
+            .supported_operations
+            .contains(vk::SubgroupFeatureFlags::ARITHMETIC)
+            && subgroup
+                .supported_stages
+                .contains(vk::ShaderStageFlags::COMPUTE);
         if !extension {
-            return Self::default();
+            return Self {
+                subgroup_arithmetic,
+                ..Self::default()
+            };
         }
         let mut coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
+        let mut float16 = vk::PhysicalDeviceShaderFloat16Int8Features::default();
+        let mut memory_model = vk::PhysicalDeviceVulkanMemoryModelFeatures::default();
         let mut features2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut coop);
-        // SAFETY: the device lists the extension, so the chained structure is valid for it.
+        if api >= vk::API_VERSION_1_2 {
+            features2 = features2
+                .push_next(&mut float16)
+                .push_next(&mut memory_model);
+        }
+        // SAFETY: the device lists the extension and supports 1.2 where those are chained.
         unsafe { instance.get_physical_device_features2(pdev, &mut features2) };
         let feature = coop.cooperative_matrix == vk::TRUE;
         let loader = ash::khr::cooperative_matrix::Instance::new(entry, instance);
@@ -72,26 +103,39 @@ impl CooperativeMatrixSupport {
             extension,
             feature,
             shapes,
+            shader_float16: float16.shader_float16 == vk::TRUE,
+            vulkan_memory_model: memory_model.vulkan_memory_model == vk::TRUE
+                && memory_model.vulkan_memory_model_device_scope == vk::TRUE,
+            subgroup_arithmetic,
         }
     }
 
-    /// Whether `shape` (A/B of `ab`, accumulator and result f32) is listed with subgroup scope.
-    pub fn has(&self, ab: vk::ComponentTypeKHR) -> bool {
-        let (m, n, k) = COOPERATIVE_SHAPE;
+    /// Whether `t x t x t` with A/B of `ab`, accumulator and result f32, is listed with
+    /// subgroup scope.
+    pub fn has(&self, t: u32, ab: vk::ComponentTypeKHR) -> bool {
         self.shapes.iter().any(|s| {
-            (s.m, s.n, s.k) == (m, n, k)
+            (s.m, s.n, s.k) == (t, t, t)
                 && s.ab == ab
                 && s.c == vk::ComponentTypeKHR::FLOAT32
                 && s.result == vk::ComponentTypeKHR::FLOAT32
         })
     }
 
+    /// The preferred tile of [`COOPERATIVE_TILES`] listed for f16 operands, if any.
+    pub fn f16_tile(&self) -> Option<u32> {
+        COOPERATIVE_TILES
+            .into_iter()
+            .find(|&t| self.has(t, vk::ComponentTypeKHR::FLOAT16))
+    }
+
     pub fn has_f16(&self) -> bool {
-        self.has(vk::ComponentTypeKHR::FLOAT16)
+        self.f16_tile().is_some()
     }
 
     pub fn has_bf16(&self) -> bool {
-        self.has(COMPONENT_TYPE_BFLOAT16)
+        COOPERATIVE_TILES
+            .into_iter()
+            .any(|t| self.has(t, COMPONENT_TYPE_BFLOAT16))
     }
 }
 
@@ -103,15 +147,20 @@ pub enum ShaderPath {
         /// Why the cooperative-matrix path is not used.
         reason: String,
     },
-    /// Tensor-core matrix products through `VK_KHR_cooperative_matrix`.
-    CooperativeMatrix,
+    /// FFT rounds as `tile x tile x tile` f16 matrix products through
+    /// `VK_KHR_cooperative_matrix`, for f16 and bf16 I/O (f32 I/O keeps the portable path's f32
+    /// rounds: f16 operands cannot give f32 accuracy).
+    CooperativeMatrix {
+        /// T of the `T x T x T` shape used.
+        tile: u32,
+    },
 }
 
 impl ShaderPath {
     pub fn name(&self) -> &'static str {
         match self {
             ShaderPath::Portable { .. } => "portable",
-            ShaderPath::CooperativeMatrix => "cooperative-matrix",
+            ShaderPath::CooperativeMatrix { .. } => "cooperative-matrix",
         }
     }
 
@@ -119,24 +168,27 @@ impl ShaderPath {
     pub fn reason(&self) -> String {
         match self {
             ShaderPath::Portable { reason } => reason.clone(),
-            ShaderPath::CooperativeMatrix => format!(
-                "VK_KHR_cooperative_matrix lists {}x{}x{} f16",
-                COOPERATIVE_SHAPE.0, COOPERATIVE_SHAPE.1, COOPERATIVE_SHAPE.2
+            ShaderPath::CooperativeMatrix { tile } => format!(
+                "VK_KHR_cooperative_matrix lists {tile}x{tile}x{tile} f16 -> f32; f32 I/O keeps f32 rounds"
             ),
         }
     }
 
     pub fn is_cooperative(&self) -> bool {
-        matches!(self, ShaderPath::CooperativeMatrix)
+        matches!(self, ShaderPath::CooperativeMatrix { .. })
+    }
+
+    /// The cooperative-matrix tile, if this is that path.
+    pub fn cooperative_tile(&self) -> Option<u32> {
+        match self {
+            ShaderPath::CooperativeMatrix { tile } => Some(*tile),
+            ShaderPath::Portable { .. } => None,
+        }
     }
 }
 
 /// Chooses the path from what the device offers; `portable_env` is the value of
 /// [`PORTABLE_ENV`] (`Some("1")` forces the portable path).
-///
-/// The cooperative-matrix shaders are not written yet (they need a GPU with the extension to be
-/// developed and tested), so a device that offers everything still gets the portable path, with
-/// a reason that says so.
 pub fn select_shader_path(
     support: &CooperativeMatrixSupport,
     portable_env: Option<String>,
@@ -153,26 +205,48 @@ pub fn select_shader_path(
     if !support.feature {
         return portable("cooperativeMatrix feature is off");
     }
-    if !support.has_f16() {
+    let Some(tile) = support.f16_tile() else {
         return portable(
-            "VK_KHR_cooperative_matrix does not list 16x16x16 f16 -> f32 (subgroup scope)",
+            "VK_KHR_cooperative_matrix lists neither 16x16x16 nor 8x8x8 f16 -> f32 (subgroup scope)",
+        );
+    };
+    if !support.shader_float16 {
+        return portable("cooperative matrices without shaderFloat16 (Vulkan 1.2)");
+    }
+    if !support.vulkan_memory_model {
+        return portable(
+            "cooperative matrices without vulkanMemoryModel and its device scope (Vulkan 1.2)",
         );
     }
-    portable("cooperative-matrix shaders not implemented yet")
+    if !support.subgroup_arithmetic {
+        return portable("cooperative matrices without subgroup arithmetic in compute shaders");
+    }
+    ShaderPath::CooperativeMatrix { tile }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn shape(ab: vk::ComponentTypeKHR) -> CooperativeShape {
+    fn shape(t: u32, ab: vk::ComponentTypeKHR) -> CooperativeShape {
         CooperativeShape {
-            m: 16,
-            n: 16,
-            k: 16,
+            m: t,
+            n: t,
+            k: t,
             ab,
             c: vk::ComponentTypeKHR::FLOAT32,
             result: vk::ComponentTypeKHR::FLOAT32,
+        }
+    }
+
+    fn full(shapes: Vec<CooperativeShape>) -> CooperativeMatrixSupport {
+        CooperativeMatrixSupport {
+            extension: true,
+            feature: true,
+            shapes,
+            shader_float16: true,
+            vulkan_memory_model: true,
+            subgroup_arithmetic: true,
         }
     }
 
@@ -185,11 +259,11 @@ mod tests {
                 reason: "no VK_KHR_cooperative_matrix".into()
             }
         );
-        let full = CooperativeMatrixSupport {
-            extension: true,
-            feature: true,
-            shapes: vec![shape(vk::ComponentTypeKHR::FLOAT16)],
-        };
+        let full = full(vec![shape(16, vk::ComponentTypeKHR::FLOAT16)]);
+        assert_eq!(
+            select_shader_path(&full, None),
+            ShaderPath::CooperativeMatrix { tile: 16 }
+        );
         let forced = select_shader_path(&full, Some("1".into()));
         assert!(forced.reason().contains("FFTCONV_VULKAN_PORTABLE"));
         let no_feature = CooperativeMatrixSupport {
@@ -199,27 +273,66 @@ mod tests {
         assert!(select_shader_path(&no_feature, None)
             .reason()
             .contains("feature"));
+        for (missing, word) in [
+            (
+                CooperativeMatrixSupport {
+                    shader_float16: false,
+                    ..full.clone()
+                },
+                "shaderFloat16",
+            ),
+            (
+                CooperativeMatrixSupport {
+                    vulkan_memory_model: false,
+                    ..full.clone()
+                },
+                "vulkanMemoryModel",
+            ),
+            (
+                CooperativeMatrixSupport {
+                    subgroup_arithmetic: false,
+                    ..full.clone()
+                },
+                "arithmetic",
+            ),
+        ] {
+            let path = select_shader_path(&missing, None);
+            assert!(
+                !path.is_cooperative() && path.reason().contains(word),
+                "{path:?}"
+            );
+        }
     }
 
     #[test]
-    fn shapes_are_matched_exactly() {
-        let mut s = CooperativeMatrixSupport {
-            extension: true,
-            feature: true,
-            shapes: vec![CooperativeShape {
-                m: 16,
-                n: 8,
-                k: 16,
-                ..shape(vk::ComponentTypeKHR::FLOAT16)
-            }],
-        };
+    fn shapes_are_matched_exactly_and_16_is_preferred() {
+        let mut s = full(vec![CooperativeShape {
+            m: 16,
+            n: 8,
+            k: 16,
+            ..shape(16, vk::ComponentTypeKHR::FLOAT16)
+        }]);
         assert!(!s.has_f16());
         assert!(select_shader_path(&s, None)
             .reason()
-            .contains("does not list"));
-        s.shapes.push(shape(COMPONENT_TYPE_BFLOAT16));
+            .contains("lists neither"));
+        s.shapes.push(shape(16, COMPONENT_TYPE_BFLOAT16));
         assert!(s.has_bf16() && !s.has_f16());
-        s.shapes.push(shape(vk::ComponentTypeKHR::FLOAT16));
-        assert!(s.has_f16());
+        // lavapipe lists 8x8x8 (f16 -> f16 too, which does not count).
+        s.shapes.push(CooperativeShape {
+            c: vk::ComponentTypeKHR::FLOAT16,
+            result: vk::ComponentTypeKHR::FLOAT16,
+            ..shape(8, vk::ComponentTypeKHR::FLOAT16)
+        });
+        assert!(!s.has_f16());
+        s.shapes.push(shape(8, vk::ComponentTypeKHR::FLOAT16));
+        assert_eq!(s.f16_tile(), Some(8));
+        assert_eq!(select_shader_path(&s, None).cooperative_tile(), Some(8));
+        s.shapes.push(shape(16, vk::ComponentTypeKHR::FLOAT16));
+        assert_eq!(s.f16_tile(), Some(16));
+        assert_eq!(
+            select_shader_path(&s, None),
+            ShaderPath::CooperativeMatrix { tile: 16 }
+        );
     }
 }

@@ -164,6 +164,23 @@ impl VulkanContext {
         if caps.storage_16bit {
             device_info = device_info.push_next(&mut storage16);
         }
+        // The cooperative-matrix path: its extension and the features its shaders declare
+        // (select_shader_path checked that the device has them all).
+        let coop_extensions = [ash::khr::cooperative_matrix::NAME.as_ptr()];
+        let mut coop =
+            vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
+        let mut float16 =
+            vk::PhysicalDeviceShaderFloat16Int8Features::default().shader_float16(true);
+        let mut memory_model = vk::PhysicalDeviceVulkanMemoryModelFeatures::default()
+            .vulkan_memory_model(true)
+            .vulkan_memory_model_device_scope(true);
+        if caps.path.is_cooperative() {
+            device_info = device_info
+                .enabled_extension_names(&coop_extensions)
+                .push_next(&mut coop)
+                .push_next(&mut float16)
+                .push_next(&mut memory_model);
+        }
         // SAFETY: `physical` comes from this instance; the create info's pointers outlive the call.
         let device = unsafe { ctx.instance().create_device(physical, &device_info, None) }
             .map_err(|r| check("vkCreateDevice", r))?;
@@ -512,6 +529,7 @@ fn inspect(
         instance,
         pdev,
         has_extension(ash::khr::cooperative_matrix::NAME),
+        props.api_version.min(api),
     );
     let limits = props.limits;
     let shared = limits.max_compute_shared_memory_size;

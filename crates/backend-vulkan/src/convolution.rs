@@ -290,6 +290,13 @@ impl VulkanConvolution {
         self.plan.factors()
     }
 
+    /// The cooperative-matrix tile T (`T x T x T` f16 products) of this convolution's FFT
+    /// passes, or `None` where they run the portable f32 rounds (a device without the
+    /// cooperative-matrix path, `FFTCONV_VULKAN_PORTABLE=1`, or f32 I/O).
+    pub fn cooperative_tile(&self) -> Option<u32> {
+        self.pipelines.cooperative_tile
+    }
+
     /// Passes over global memory per direction (0: the whole FFT is one fused on-chip pass).
     pub fn global_passes(&self) -> usize {
         self.plan.global_passes()

@@ -23,9 +23,12 @@
 //!   (`FFTCONV_VULKAN_NO_PAD=1`), and `FFTCONV_VULKAN_MIDDLE_ROUND`, `FFTCONV_VULKAN_FAST_DIV`,
 //!   `FFTCONV_VULKAN_CONST_TWIDDLES` (see `src/pipelines.rs`).
 //! - **Paths**: the portable path (scalar f32 radix-2 FFTs in shared memory, barriers only, no
-//!   subgroup-size assumption) runs everywhere. Cooperative-matrix support is detected
-//!   ([`CooperativeMatrixSupport`]: extension, feature bit and listed shapes) and reported; its
-//!   shaders are not written yet, so every device runs the portable path for now.
+//!   subgroup-size assumption) runs everywhere. Where the device has `VK_KHR_cooperative_matrix`
+//!   with a listed `T x T x T` f16 -> f32 shape (T = 16 on NVIDIA, 8 on lavapipe from Mesa 25.1;
+//!   [`CooperativeMatrixSupport`], never assumed), the FFT passes of f16 and bf16 convolutions
+//!   run their coarse FFT rounds as f16 DFT-matrix products with f32 accumulation, each tile
+//!   scaled by its own power of two (the `COOP` shader variants); f32 I/O keeps f32 rounds.
+//!   `FFTCONV_VULKAN_PORTABLE=1` forces the portable path.
 //! - **Errors**: no loader, driver or device is [`VulkanError::Unavailable`]; a lost device,
 //!   out-of-memory or a missing feature is a typed error; every wait has a timeout.
 //!
@@ -53,7 +56,7 @@ mod probe;
 
 pub use bandwidth::copy_bandwidth;
 pub use capabilities::{
-    select_shader_path, CooperativeMatrixSupport, CooperativeShape, ShaderPath, COOPERATIVE_SHAPE,
+    select_shader_path, CooperativeMatrixSupport, CooperativeShape, ShaderPath, COOPERATIVE_TILES,
     PORTABLE_ENV,
 };
 pub use context::{context, DeviceCapabilities, VulkanContext, DEVICE_ENV, VALIDATION_ENV};

@@ -86,6 +86,18 @@ const MAX_SHARED_POINTS: u32 = 4096;
 /// Invocations per workgroup (fewer where the device allows fewer).
 const WORKGROUP_SIZE: u32 = 256;
 
+/// Shared-memory bytes of one product slot of the cooperative-matrix rounds with tile T: the B
+/// operand (re, im; f16) and the products (re, im; f32), T x T each.
+fn cooperative_bytes_per_slot(t: u32) -> u32 {
+    12 * t * t
+}
+
+/// Shared-memory bytes the cooperative-matrix rounds add with `slots` slots: the six f16 DFT
+/// matrices (forward and inverse; re, im, -im) and the slots.
+fn cooperative_bytes(t: u32, slots: u32) -> u32 {
+    12 * t * t + slots * cooperative_bytes_per_slot(t)
+}
+
 /// The four pass pipelines and the taps sum for one dtype on one device (their push constants
 /// are [`PassParams`]).
 pub(crate) struct Pipelines {
@@ -106,6 +118,10 @@ pub(crate) struct Pipelines {
     pub(crate) shared_points: u32,
     dtype: DType,
     options: ShaderOptions,
+    /// The cooperative-matrix tile T of the FFT passes (`None`: the portable f32 rounds).
+    pub(crate) cooperative_tile: Option<u32>,
+    /// Subgroups per workgroup that run matrix products (specialization constant 6).
+    cooperative_slots: u32,
     /// The fused backward's pipelines by (shared points, padding), made on first use (its
     /// shared memory depends on the problem's FFT size and gating).
     backward_fused: Mutex<HashMap<(u32, bool), vk::Pipeline>>,
@@ -179,6 +195,7 @@ impl Pipelines {
             u32::from(options.middle),
             u32::from(options.fast_div),
             u32::from(options.const_twiddles),
+            self.cooperative_slots,
         ];
         let spec_data: Vec<u8> = spec_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let entries: Vec<vk::SpecializationMapEntry> = (0..spec_words.len() as u32)
@@ -219,6 +236,11 @@ impl Pipelines {
     /// The cached pipelines for `dtype` on the context's device, using at most
     /// `max_shared_points` complex points of shared memory (`None`: as many as the device has,
     /// up to 4096).
+    ///
+    /// On the cooperative-matrix path with 16-bit I/O, the FFT passes also hold the DFT matrices
+    /// and each product slot's staging tiles ([`cooperative_bytes`]): the data gets the largest
+    /// power of two of points that leaves room for one slot, and the rest makes more slots, up
+    /// to one per subgroup.
     pub(crate) fn get(
         ctx: &Arc<VulkanContext>,
         dtype: DType,
@@ -226,15 +248,30 @@ impl Pipelines {
     ) -> Result<Arc<Pipelines>, VulkanError> {
         type Cache = Mutex<HashMap<(DType, u32, bool, ShaderOptions), Arc<Pipelines>>>;
         static CACHE: OnceLock<Cache> = OnceLock::new();
-        let shared_bytes = ctx.capabilities().shared_memory_bytes;
+        let caps = ctx.capabilities();
+        let shared_bytes = caps.shared_memory_bytes;
+        let cooperative_tile = caps.path.cooperative_tile().filter(|_| dtype != DType::F32);
+        let extra = |slots: u32| cooperative_tile.map_or(0, |t| cooperative_bytes(t, slots));
         let mut points = (shared_bytes / 8).min(MAX_SHARED_POINTS);
         if let Some(limit) = max_shared_points {
             // At least 16 points (the smallest FFT size), so every line has 4+ points.
             points = points.min(limit.max(16));
         }
-        let shared_points = 1 << points.ilog2();
+        let mut shared_points = 1 << points.ilog2();
+        while shared_points > 16 && shared_points * 8 + extra(1) > shared_bytes {
+            shared_points /= 2;
+        }
+        let data_bytes = |pad: bool| (shared_points + if pad { shared_points / 16 } else { 0 }) * 8;
         // Bank-conflict padding (one point per 16) where it still fits, unless switched off.
-        let pad = (shared_points + shared_points / 16) * 8 <= shared_bytes && padding_allowed();
+        let pad = data_bytes(true) + extra(1) <= shared_bytes && padding_allowed();
+        let cooperative_slots = match cooperative_tile {
+            Some(t) => {
+                let subgroups = (WORKGROUP_SIZE / caps.subgroup_size.max(1)).max(1);
+                let room = shared_bytes.saturating_sub(data_bytes(pad) + cooperative_bytes(t, 0));
+                (room / cooperative_bytes_per_slot(t)).clamp(1, subgroups)
+            }
+            None => 1,
+        };
         let options = ShaderOptions::from_env();
         let key = (dtype, shared_points, pad, options);
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
@@ -242,7 +279,14 @@ impl Pipelines {
         if let Some(p) = map.get(&key) {
             return Ok(Arc::clone(p));
         }
-        let p = Arc::new(Pipelines::new(ctx, dtype, shared_points, pad, options)?);
+        let p = Arc::new(Pipelines::new(
+            ctx,
+            dtype,
+            shared_points,
+            pad,
+            options,
+            (cooperative_tile, cooperative_slots),
+        )?);
         map.insert(key, Arc::clone(&p));
         Ok(p)
     }
@@ -253,6 +297,7 @@ impl Pipelines {
         shared_points: u32,
         pad: bool,
         options: ShaderOptions,
+        (cooperative_tile, cooperative_slots): (Option<u32>, u32),
     ) -> Result<Pipelines, VulkanError> {
         let caps = ctx.capabilities();
         if dtype != DType::F32 && !caps.storage_16bit {
@@ -291,6 +336,8 @@ impl Pipelines {
             shared_points,
             dtype,
             options,
+            cooperative_tile,
+            cooperative_slots,
             backward_fused: Mutex::new(HashMap::new()),
         };
         // SAFETY: valid create infos on a live device; every handle is stored in `this` at once,
@@ -324,19 +371,43 @@ impl Pipelines {
                     DType::Bf16 => spirv::TAPS_SUM_BF16,
                 };
             };
-            match (kind, dtype) {
-                (PassKind::Fused, DType::F32) => spirv::FUSED_F32,
-                (PassKind::Fused, DType::F16) => spirv::FUSED_F16,
-                (PassKind::Fused, DType::Bf16) => spirv::FUSED_BF16,
-                (PassKind::ColumnsForward, DType::F32) => spirv::COLUMNS_FORWARD_F32,
-                (PassKind::ColumnsForward, DType::F16) => spirv::COLUMNS_FORWARD_F16,
-                (PassKind::ColumnsForward, DType::Bf16) => spirv::COLUMNS_FORWARD_BF16,
-                (PassKind::ColumnsInverse, DType::F32) => spirv::COLUMNS_INVERSE_F32,
-                (PassKind::ColumnsInverse, DType::F16) => spirv::COLUMNS_INVERSE_F16,
-                (PassKind::ColumnsInverse, DType::Bf16) => spirv::COLUMNS_INVERSE_BF16,
-                (PassKind::Gather, DType::F32) => spirv::GATHER_F32,
-                (PassKind::Gather, DType::F16) => spirv::GATHER_F16,
-                (PassKind::Gather, DType::Bf16) => spirv::GATHER_BF16,
+            match (kind, dtype, cooperative_tile) {
+                (PassKind::Fused, DType::F16, Some(8)) => spirv::FUSED_F16_COOP8,
+                (PassKind::Fused, DType::F16, Some(_)) => spirv::FUSED_F16_COOP16,
+                (PassKind::Fused, DType::Bf16, Some(8)) => spirv::FUSED_BF16_COOP8,
+                (PassKind::Fused, DType::Bf16, Some(_)) => spirv::FUSED_BF16_COOP16,
+                (PassKind::ColumnsForward, DType::F16, Some(8)) => spirv::COLUMNS_FORWARD_F16_COOP8,
+                (PassKind::ColumnsForward, DType::F16, Some(_)) => {
+                    spirv::COLUMNS_FORWARD_F16_COOP16
+                }
+                (PassKind::ColumnsForward, DType::Bf16, Some(8)) => {
+                    spirv::COLUMNS_FORWARD_BF16_COOP8
+                }
+                (PassKind::ColumnsForward, DType::Bf16, Some(_)) => {
+                    spirv::COLUMNS_FORWARD_BF16_COOP16
+                }
+                (PassKind::ColumnsInverse, DType::F16, Some(8)) => spirv::COLUMNS_INVERSE_F16_COOP8,
+                (PassKind::ColumnsInverse, DType::F16, Some(_)) => {
+                    spirv::COLUMNS_INVERSE_F16_COOP16
+                }
+                (PassKind::ColumnsInverse, DType::Bf16, Some(8)) => {
+                    spirv::COLUMNS_INVERSE_BF16_COOP8
+                }
+                (PassKind::ColumnsInverse, DType::Bf16, Some(_)) => {
+                    spirv::COLUMNS_INVERSE_BF16_COOP16
+                }
+                (PassKind::Fused, DType::F32, _) => spirv::FUSED_F32,
+                (PassKind::Fused, DType::F16, _) => spirv::FUSED_F16,
+                (PassKind::Fused, DType::Bf16, _) => spirv::FUSED_BF16,
+                (PassKind::ColumnsForward, DType::F32, _) => spirv::COLUMNS_FORWARD_F32,
+                (PassKind::ColumnsForward, DType::F16, _) => spirv::COLUMNS_FORWARD_F16,
+                (PassKind::ColumnsForward, DType::Bf16, _) => spirv::COLUMNS_FORWARD_BF16,
+                (PassKind::ColumnsInverse, DType::F32, _) => spirv::COLUMNS_INVERSE_F32,
+                (PassKind::ColumnsInverse, DType::F16, _) => spirv::COLUMNS_INVERSE_F16,
+                (PassKind::ColumnsInverse, DType::Bf16, _) => spirv::COLUMNS_INVERSE_BF16,
+                (PassKind::Gather, DType::F32, _) => spirv::GATHER_F32,
+                (PassKind::Gather, DType::F16, _) => spirv::GATHER_F16,
+                (PassKind::Gather, DType::Bf16, _) => spirv::GATHER_BF16,
             }
         };
         // `None`: the taps sum.

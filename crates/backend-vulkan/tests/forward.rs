@@ -38,19 +38,37 @@ fn tolerance(dtype: DType) -> f64 {
 /// Runs `spec` with `options` on random inputs (fresh seed, printed on failure) and compares
 /// with the f64 oracle; the output starts as NaN so unwritten elements fail.
 fn check_typed<T: Element>(spec: &ConvSpec, options: VulkanOptions) -> VulkanConvolution {
+    check_typed_scaled::<T>(spec, options, &[1.0])
+}
+
+/// [`check_typed`] with `u` of channel h scaled by `scales[h % len]`, compared channel by
+/// channel (each channel keeps its own relative precision).
+fn check_typed_scaled<T: Element>(
+    spec: &ConvSpec,
+    options: VulkanOptions,
+    scales: &[f64],
+) -> VulkanConvolution {
     let seed: u64 = rand::rng().random();
     let mut rng = StdRng::seed_from_u64(seed);
     let dtype = spec.dtype();
-    let mut random = |n: usize| -> Vec<f64> {
+    let (l, h_count) = (spec.length(), spec.channels());
+    let mut random = |n: usize, scaled: bool| -> Vec<f64> {
         (0..n)
-            .map(|_| dtype.round_f64(rng.random_range(-1.0..1.0)))
+            .map(|i| {
+                let scale = if scaled {
+                    scales[(i / l % h_count) % scales.len()]
+                } else {
+                    1.0
+                };
+                dtype.round_f64(scale * rng.random_range(-1.0..1.0))
+            })
             .collect()
     };
-    let u = random(spec.io_len());
+    let u = random(spec.io_len(), true);
     let gates = spec
         .gated()
-        .then(|| (random(spec.io_len()), random(spec.io_len())));
-    let k: Vec<f32> = random(spec.filter_elems())
+        .then(|| (random(spec.io_len(), false), random(spec.io_len(), false)));
+    let k: Vec<f32> = random(spec.filter_elems(), false)
         .iter()
         .map(|&v| v as f32)
         .collect();
@@ -78,12 +96,23 @@ fn check_typed<T: Element>(spec: &ConvSpec, options: VulkanOptions) -> VulkanCon
         &k64,
         gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
     );
-    let err = relative_l2_error(&got, &want);
-    assert!(
-        err <= tolerance(dtype),
-        "relative error {err:.2e} for {spec:?} with {options:?} (factors {:?}, seed {seed})",
-        conv.factors()
-    );
+    for h in 0..h_count {
+        let channel = |x: &[f64]| -> Vec<f64> {
+            x.chunks(l)
+                .enumerate()
+                .filter(|(row, _)| row % h_count == h)
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect()
+        };
+        let err = relative_l2_error(&channel(&got), &channel(&want));
+        assert!(
+            err <= tolerance(dtype),
+            "channel {h}: relative error {err:.2e} for {spec:?} with {options:?} (u scaled by \
+             {scales:?}; factors {:?}, cooperative tile {:?}, seed {seed})",
+            conv.factors(),
+            conv.cooperative_tile()
+        );
+    }
     conv
 }
 
@@ -160,28 +189,100 @@ fn chunks_cover_every_row() {
 }
 
 #[test]
-fn lavapipe_runs_the_portable_path() {
-    if !vulkan_present("lavapipe_runs_the_portable_path") {
+fn lavapipe_selects_the_path_its_mesa_offers() {
+    if !vulkan_present("lavapipe_selects_the_path_its_mesa_offers") {
         return;
     }
     let ctx = context().unwrap();
     let caps = ctx.capabilities();
     println!("{}", ctx.description());
+    // lavapipe before Mesa 25.1 has no cooperative matrices (CI's Mesa 25.0 among them); later
+    // ones list 8x8x8 only.
     if caps.name.contains("llvmpipe") {
-        assert!(
-            !caps.path.is_cooperative(),
-            "lavapipe must not select the cooperative-matrix path: {:?}",
-            caps.path
-        );
-        assert!(
-            !caps.cooperative_matrix.extension,
-            "{:?}",
-            caps.cooperative_matrix
-        );
+        let forced = std::env::var(backend_vulkan::PORTABLE_ENV).is_ok_and(|v| v == "1");
+        if caps.cooperative_matrix.extension && !forced {
+            assert_eq!(
+                caps.path.cooperative_tile(),
+                Some(8),
+                "{:?}",
+                caps.cooperative_matrix
+            );
+        } else {
+            assert!(
+                !caps.path.is_cooperative(),
+                "lavapipe must not select the cooperative-matrix path: {:?}",
+                caps.path
+            );
+        }
     }
     // Without the shapes it needs, no device selects the cooperative-matrix path.
     if !caps.cooperative_matrix.has_f16() {
         assert!(!caps.path.is_cooperative());
+    }
+}
+
+/// The cooperative-matrix rounds (where the device has them): every size class (fused with and
+/// without matrix rounds, several global passes), f16 and bf16, causal, circular and gated, and
+/// channels of very different sizes: each tile's f16 staging is scaled to its own magnitude, so
+/// bf16 channels of 2^-40 and 2^40 (which f16 unscaled flushes to zero and overflows) keep their
+/// precision, and so do f16 channels of 2^-12 and 2^8 (the most f16 outputs allow here).
+/// f32 I/O keeps the f32 rounds.
+#[test]
+fn cooperative_matrix_rounds() {
+    if !vulkan_present("cooperative_matrix_rounds") {
+        return;
+    }
+    let ctx = context().unwrap();
+    let Some(tile) = ctx.capabilities().path.cooperative_tile() else {
+        // CI runs this on a lavapipe that has cooperative matrices: there it must not skip.
+        assert!(
+            std::env::var("FFTCONV_REQUIRE_COOPERATIVE_MATRIX").map_or(true, |v| v != "1"),
+            "FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 but {}",
+            ctx.description()
+        );
+        println!(
+            "skipped cooperative_matrix_rounds: {} ({})",
+            ctx.capabilities().path.name(),
+            ctx.capabilities().path.reason()
+        );
+        return;
+    };
+    let f32_conv =
+        VulkanConvolution::new(&ConvSpec::builder(1, 1, 100, 10).build().unwrap()).unwrap();
+    assert_eq!(
+        f32_conv.cooperative_tile(),
+        None,
+        "f32 I/O keeps f32 rounds"
+    );
+    for dtype in [DType::F16, DType::Bf16] {
+        for (builder, max_shared_points) in [
+            // One fused pass; lines of 2^6 .. 2^12 points (matrix rounds from T^2 points).
+            (ConvSpec::builder(2, 3, 16, 16), None),
+            (ConvSpec::builder(2, 3, 100, 100), None),
+            (ConvSpec::builder(1, 3, 1000, 300).gated(true), None),
+            (ConvSpec::builder(1, 3, 2048, 2048).circular(), None),
+            (ConvSpec::builder(1, 3, 3000, 3000), None),
+            // Several global passes: column passes with matrix rounds too.
+            (ConvSpec::builder(1, 3, 20000, 5000).gated(true), Some(256)),
+            (ConvSpec::builder(1, 3, 4096, 4096).circular(), Some(64)),
+        ] {
+            let spec = builder.dtype(dtype).build().unwrap();
+            let options = VulkanOptions {
+                chunk_elems: None,
+                max_shared_points,
+            };
+            let conv = match dtype {
+                DType::F16 => {
+                    check_typed_scaled::<f16>(&spec, options, &[0.5f64.powi(12), 1.0, 256.0])
+                }
+                _ => check_typed_scaled::<bf16>(
+                    &spec,
+                    options,
+                    &[0.5f64.powi(40), 1.0, 2f64.powi(40)],
+                ),
+            };
+            assert_eq!(conv.cooperative_tile(), Some(tile), "{spec:?}");
+        }
     }
 }
 
