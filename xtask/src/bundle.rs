@@ -213,13 +213,19 @@ if [ "${1:-}" != "--no-bench" ]; then
     bench bench-segment-table 60 FFTCONV_CUDA_SEGMENT_TABLE=1 --backend cuda --dtype f16 \
         --sizes $S --reps 3
 fi
-# 4. Vulkan on NVIDIA.
+# 4. Vulkan on NVIDIA: the cooperative-matrix path (f16, bf16; NVIDIA lists 16x16x16) must be
+# selected; then the portable path forced, for correctness and the A/B.
 step test-conformance-vulkan 120 "$T/conv-conformance" vulkan --test-threads 8
 step test-backward-vulkan 120 "$T/conv-backward" vulkan --test-threads 8
-step test-backend-vulkan-forward 120 "$T/backend-vulkan-forward" --test-threads 4
+step test-backend-vulkan-forward 120 env FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 \
+    "$T/backend-vulkan-forward" --test-threads 4
 step test-backend-vulkan-probe 60 "$T/backend-vulkan-probe" --nocapture
+step test-conformance-vulkan-portable 120 env FFTCONV_VULKAN_PORTABLE=1 "$T/conv-conformance" \
+    vulkan --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
     bench bench-vulkan 90 --backend vulkan --dtype f16 --sizes $S --reps 3
+    bench bench-vulkan-portable 90 FFTCONV_VULKAN_PORTABLE=1 --backend vulkan --dtype f16 \
+        --sizes $S --reps 3
     # The Vulkan shader experiments (lavapipe measured both slower; NVIDIA's compiler may not).
     bench bench-vulkan-fast-div 45 FFTCONV_VULKAN_FAST_DIV=1 --backend vulkan --dtype f16 \
         --sizes 256,4K,64K --reps 3
