@@ -474,7 +474,7 @@ uint coop_finite_bits(float v) {
 }
 
 // One round of r stages on every group of size 2^gl of the workgroup's lines (q >= T).
-// Subgroup s < COOP_SLOTS takes tiles s, s + COOP_SLOTS, ...: a batch of tiles is staged, then
+// Subgroup s < slots takes tiles s, s + slots, ...: a batch of tiles is staged, then
 // multiplied, then written back, with workgroup barriers between the steps that every subgroup
 // reaches (lavapipe breaks on subgroup-scope control barriers that only some subgroups reach).
 void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
@@ -483,18 +483,21 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
     uint tiles_log2 = m_log2 + lines_log2 - 2u * COOP_LOG2;
     uint col_tiles_log2 = q_log2 - COOP_LOG2;
     uint slot = gl_SubgroupID;
+    // (The host sizes COOP_SLOTS from the subgroup size it was told; the one it runs with
+    // decides.)
+    uint slots = min(COOP_SLOTS, gl_NumSubgroups);
     uint a0 = inverse ? 3u * COOP_TT : 0u;
     uint b0 = slot * 2u * COOP_TT;
-    uint batches = ((1u << tiles_log2) + COOP_SLOTS - 1u) / COOP_SLOTS;
+    uint batches = ((1u << tiles_log2) + slots - 1u) / slots;
     coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseA> a_re, a_im, a_neg;
-    if (slot < COOP_SLOTS) { // uniform over the subgroup
+    if (slot < slots) { // uniform over the subgroup
         coopMatLoad(a_re, coop_a, a0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
         coopMatLoad(a_im, coop_a, a0 + COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
         coopMatLoad(a_neg, coop_a, a0 + 2u * COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
     }
     for (uint batch = 0u; batch < batches; batch++) {
-        uint tile = batch * COOP_SLOTS + slot;
-        bool busy = slot < COOP_SLOTS && tile < (1u << tiles_log2); // uniform per subgroup
+        uint tile = batch * slots + slot;
+        bool busy = slot < slots && tile < (1u << tiles_log2); // uniform per subgroup
         uint line = tile >> (tiles_log2 - lines_log2);
         uint within = tile & ((1u << (tiles_log2 - lines_log2)) - 1u);
         uint group = within >> col_tiles_log2;

@@ -86,6 +86,16 @@ const MAX_SHARED_POINTS: u32 = 4096;
 /// Invocations per workgroup (fewer where the device allows fewer).
 const WORKGROUP_SIZE: u32 = 256;
 
+/// Invocations per workgroup on this device: [`WORKGROUP_SIZE`] or the largest power of two
+/// its limits allow.
+fn workgroup_size(caps: &crate::DeviceCapabilities) -> u32 {
+    1u32 << WORKGROUP_SIZE
+        .min(caps.max_invocations)
+        .min(caps.max_workgroup_size_x)
+        .max(1)
+        .ilog2()
+}
+
 /// Shared-memory bytes of one product slot of the cooperative-matrix rounds with tile T: the B
 /// operand (re, im; f16) and the products (re, im; f32), T x T each.
 fn cooperative_bytes_per_slot(t: u32) -> u32 {
@@ -266,7 +276,7 @@ impl Pipelines {
         let pad = data_bytes(true) + extra(1) <= shared_bytes && padding_allowed();
         let cooperative_slots = match cooperative_tile {
             Some(t) => {
-                let subgroups = (WORKGROUP_SIZE / caps.subgroup_size.max(1)).max(1);
+                let subgroups = (workgroup_size(caps) / caps.subgroup_size.max(1)).max(1);
                 let room = shared_bytes.saturating_sub(data_bytes(pad) + cooperative_bytes(t, 0));
                 (room / cooperative_bytes_per_slot(t)).clamp(1, subgroups)
             }
@@ -307,12 +317,7 @@ impl Pipelines {
             )));
         }
         let device = &ctx.device;
-        let workgroup = 1u32
-            << WORKGROUP_SIZE
-                .min(caps.max_invocations)
-                .min(caps.max_workgroup_size_x)
-                .max(1)
-                .ilog2();
+        let workgroup = workgroup_size(caps);
 
         let bindings: Vec<_> = (0..BINDINGS)
             .map(|b| {
