@@ -27,6 +27,9 @@
 //! - `FFTCONV_EMULATION_SEED`: the seed (printed by every test) to reproduce a run.
 //! - `FFTCONV_EMULATION_KERNEL`: another kernel file to check instead of `kernels/fftconv.cu`.
 //! - `FFTCONV_EMULATION_CXXFLAGS`: extra compiler flags (e.g. `-fsanitize=address,undefined`).
+//! - `FFTCONV_EMULATION_KEEP_INPUTS`: set, the harness's input files stay (their paths are
+//!   printed), so a launch sequence can be rerun alone, e.g. under `valgrind --tool=callgrind`
+//!   to count instructions per kernel function.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -335,7 +338,14 @@ impl Program {
             ));
         }
         let bytes = std::fs::read(&output).map_err(|e| format!("reading the outputs: {e}"))?;
-        let _ = std::fs::remove_file(&input);
+        if std::env::var_os("FFTCONV_EMULATION_KEEP_INPUTS").is_some() {
+            println!(
+                "kept {} (the harness's input: run it again, e.g. under callgrind)",
+                input.display()
+            );
+        } else {
+            let _ = std::fs::remove_file(&input);
+        }
         let _ = std::fs::remove_file(&output);
         let mut values = bytes
             .chunks_exact(4)
