@@ -222,10 +222,14 @@ step test-backend-vulkan-forward 120 env FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 \
 step test-backend-vulkan-probe 60 "$T/backend-vulkan-probe" --nocapture
 step test-conformance-vulkan-portable 120 env FFTCONV_VULKAN_PORTABLE=1 "$T/conv-conformance" \
     vulkan --test-threads 8
+step test-backend-vulkan-forward-f16-products 90 env FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 \
+    FFTCONV_VULKAN_COOP_F16_PRODUCTS=1 "$T/backend-vulkan-forward" --test-threads 4
 if [ "${1:-}" != "--no-bench" ]; then
     bench bench-vulkan 90 --backend vulkan --dtype f16 --sizes $S --reps 3
     bench bench-vulkan-portable 90 FFTCONV_VULKAN_PORTABLE=1 --backend vulkan --dtype f16 \
         --sizes $S --reps 3
+    bench bench-vulkan-coop-f16-products 60 FFTCONV_VULKAN_COOP_F16_PRODUCTS=1 --backend vulkan \
+        --dtype f16 --sizes $S --reps 3
     # The Vulkan shader experiments (lavapipe measured both slower; NVIDIA's compiler may not).
     bench bench-vulkan-fast-div 45 FFTCONV_VULKAN_FAST_DIV=1 --backend vulkan --dtype f16 \
         --sizes 256,4K,64K --reps 3

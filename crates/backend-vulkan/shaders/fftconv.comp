@@ -60,6 +60,10 @@ layout(constant_id = 4) const uint FAST_DIV = 0;
 layout(constant_id = 5) const uint CONST_TWIDDLES = 0;
 // COOP: subgroups that run matrix products (each with its own staging tiles); the others wait.
 layout(constant_id = 6) const uint COOP_SLOTS = 1;
+// COOP: 1 stores the products in f16 over the slot's staged operand (a third of the shared
+// memory per slot, so more slots; one more rounding per round, and one more barrier per batch;
+// FFTCONV_VULKAN_COOP_F16_PRODUCTS=1, an experiment); 0 stores them in f32 (the default).
+layout(constant_id = 7) const uint COOP_F16_PRODUCTS = 0;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
 layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
@@ -143,9 +147,10 @@ shared uint row_max[4u * BACKWARD_ROWS];
 // The DFT matrices of order T as f16 A operands, T x T row-major each: A[b][k] = W_T^(k bitrev(b))
 // as re, im, -im (forward), then its conjugate transpose the same way (inverse).
 shared float16_t coop_a[6u * COOP_TT];
-// Per slot: the B operand (re, then im; f16) and the products (re, then im; f32), row-major.
+// Per slot: the B operand (re, then im; f16) and the products (re, then im; f32, or with
+// COOP_F16_PRODUCTS f16 in coop_b), row-major.
 shared float16_t coop_b[COOP_SLOTS * 2u * COOP_TT];
-shared float coop_c[COOP_SLOTS * 2u * COOP_TT];
+shared float coop_c[COOP_F16_PRODUCTS != 0u ? 1u : COOP_SLOTS * 2u * COOP_TT];
 #endif
 // Shared-memory slot of point i.
 #define SIDX(i) ((i) + (((i) >> 4u) * PAD))
@@ -477,6 +482,8 @@ uint coop_finite_bits(float v) {
 // Subgroup s < slots takes tiles s, s + slots, ...: a batch of tiles is staged, then
 // multiplied, then written back, with workgroup barriers between the steps that every subgroup
 // reaches (lavapipe breaks on subgroup-scope control barriers that only some subgroups reach).
+// (The final barrier covers the last batch; with f32 products the next batch's staging writes
+// coop_b while this one's products are read from coop_c, so no barrier is needed there.)
 void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
     uint q_log2 = gl - COOP_LOG2;
     // Tiles: (line, group, column tile) with T x T points each.
@@ -490,6 +497,7 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
     uint b0 = slot * 2u * COOP_TT;
     uint batches = ((1u << tiles_log2) + slots - 1u) / slots;
     coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseA> a_re, a_im, a_neg;
+    coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseAccumulator> h_re, h_im;
     if (slot < slots) { // uniform over the subgroup
         coopMatLoad(a_re, coop_a, a0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
         coopMatLoad(a_im, coop_a, a0 + COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
@@ -511,8 +519,11 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
                 largest = max(largest, max(coop_finite_bits(v.x), coop_finite_bits(v.y)));
             }
             largest = subgroupMax(largest);
-            // 2^k brings the largest into [2^10, 2^11); k keeps 2^k and 2^-k normal.
-            int k = largest == 0u ? 0 : clamp(137 - int(largest >> 23), -126, 126);
+            // 2^k brings the largest into [2^10, 2^11) ([2^9, 2^10) for f16 products: their
+            // magnitudes stay below 2^9 T sqrt(2), finite in f16 for T = 16); k keeps 2^k and
+            // 2^-k normal.
+            int top = COOP_F16_PRODUCTS != 0u ? 136 : 137;
+            int k = largest == 0u ? 0 : clamp(top - int(largest >> 23), -126, 126);
             float scale = uintBitsToFloat(uint(127 + k) << 23);
             unscale = uintBitsToFloat(uint(127 - k) << 23);
             for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
@@ -540,8 +551,26 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
             c_re = coopMatMulAdd(a_neg, b_im, c_re);
             c_im = coopMatMulAdd(a_re, b_im, c_im);
             c_im = coopMatMulAdd(a_im, b_re, c_im);
-            coopMatStore(c_re, coop_c, b0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
-            coopMatStore(c_im, coop_c, b0 + COOP_TT, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+            if (COOP_F16_PRODUCTS == 0u) {
+                coopMatStore(c_re, coop_c, b0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+                coopMatStore(c_im, coop_c, b0 + COOP_TT, COOP_T,
+                             gl_CooperativeMatrixLayoutRowMajor);
+            } else {
+                h_re = coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T,
+                               gl_MatrixUseAccumulator>(c_re);
+                h_im = coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T,
+                               gl_MatrixUseAccumulator>(c_im);
+            }
+        }
+        if (COOP_F16_PRODUCTS != 0u) {
+            // Every subgroup has loaded its operand before the products overwrite it.
+            memoryBarrierShared();
+            barrier();
+            if (busy) {
+                coopMatStore(h_re, coop_b, b0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
+                coopMatStore(h_im, coop_b, b0 + COOP_TT, COOP_T,
+                             gl_CooperativeMatrixLayoutRowMajor);
+            }
         }
         memoryBarrierShared();
         barrier();
@@ -551,12 +580,20 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
             for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
                 uint row = e >> COOP_LOG2;
                 uint j = j0 + (e & (COOP_T - 1u));
-                vec2 v = vec2(coop_c[b0 + e], coop_c[b0 + COOP_TT + e]) * unscale;
+                vec2 v = COOP_F16_PRODUCTS != 0u
+                    ? vec2(float(coop_b[b0 + e]), float(coop_b[b0 + COOP_TT + e]))
+                    : vec2(coop_c[b0 + e], coop_c[b0 + COOP_TT + e]);
+                v *= unscale;
                 if (!inverse) {
                     v = cmul(v, root(j * bit_reverse(row, COOP_LOG2), gl));
                 }
                 s[SIDX(base + (row << q_log2) + (e & (COOP_T - 1u)))] = v;
             }
+        }
+        if (COOP_F16_PRODUCTS != 0u) {
+            // The next batch stages into the slot this one's products were read from.
+            memoryBarrierShared();
+            barrier();
         }
     }
     memoryBarrierShared();

@@ -65,7 +65,7 @@ pub use convolution::{
     VulkanTensorGradients,
 };
 pub use error::VulkanError;
-pub use pipelines::{FUSED_BACKWARD_ENV, NO_PAD_ENV};
+pub use pipelines::{COOP_F16_PRODUCTS_ENV, FUSED_BACKWARD_ENV, NO_PAD_ENV};
 pub use probe::{describe, probe, VulkanDeviceInfo};
 
 /// The device convolutions run on, with its shader path, as one line; or why there is none.

@@ -50,6 +50,11 @@ pub const FAST_DIV_ENV: &str = "FFTCONV_VULKAN_FAST_DIV";
 /// W_8 factors (CUDA's scheme) instead of a load per butterfly; an experiment for timing on a GPU
 /// (25-40% slower on lavapipe, whose compiler keeps the butterfly loops).
 pub const CONST_TWIDDLES_ENV: &str = "FFTCONV_VULKAN_CONST_TWIDDLES";
+/// Environment variable: `1` makes the cooperative-matrix rounds store their products in f16
+/// over the staged operand (a third of the shared memory per product slot, so a slot for every
+/// subgroup on NVIDIA's 48 KiB instead of 3 of 8; one more f16 rounding and one more barrier per
+/// batch of tiles); an experiment for timing on a GPU.
+pub const COOP_F16_PRODUCTS_ENV: &str = "FFTCONV_VULKAN_COOP_F16_PRODUCTS";
 /// Environment variable: `0` makes the backward run its step schedule (forward transforms of
 /// `pre * u` and `dy * post` through device memory, then one inverse per product and the gather)
 /// even where the fused backward applies (one pass per chunk: a shared-memory line per row,
@@ -62,12 +67,13 @@ pub(crate) fn padding_allowed() -> bool {
     std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1")
 }
 
-/// Shader variants chosen by environment variables (specialization constants 3 .. 5).
+/// Shader variants chosen by environment variables (specialization constants 3 .. 5 and 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ShaderOptions {
     middle: bool,
     fast_div: bool,
     const_twiddles: bool,
+    coop_f16_products: bool,
 }
 
 impl ShaderOptions {
@@ -77,6 +83,7 @@ impl ShaderOptions {
             middle: std::env::var(MIDDLE_ROUND_ENV).map_or(true, |v| v.trim() != "0"),
             fast_div: on(FAST_DIV_ENV),
             const_twiddles: on(CONST_TWIDDLES_ENV),
+            coop_f16_products: on(COOP_F16_PRODUCTS_ENV),
         }
     }
 }
@@ -97,15 +104,21 @@ fn workgroup_size(caps: &crate::DeviceCapabilities) -> u32 {
 }
 
 /// Shared-memory bytes of one product slot of the cooperative-matrix rounds with tile T: the B
-/// operand (re, im; f16) and the products (re, im; f32), T x T each.
-fn cooperative_bytes_per_slot(t: u32) -> u32 {
-    12 * t * t
+/// operand (re, im; f16) and the products (re, im; f32, or none when they are stored in f16
+/// over the operand), T x T each.
+fn cooperative_bytes_per_slot(t: u32, f16_products: bool) -> u32 {
+    if f16_products {
+        4 * t * t
+    } else {
+        12 * t * t
+    }
 }
 
 /// Shared-memory bytes the cooperative-matrix rounds add with `slots` slots: the six f16 DFT
-/// matrices (forward and inverse; re, im, -im) and the slots.
-fn cooperative_bytes(t: u32, slots: u32) -> u32 {
-    12 * t * t + slots * cooperative_bytes_per_slot(t)
+/// matrices (forward and inverse; re, im, -im), the slots, and (f16 products) the one-float
+/// placeholder of the f32 product array.
+fn cooperative_bytes(t: u32, slots: u32, f16_products: bool) -> u32 {
+    12 * t * t + slots * cooperative_bytes_per_slot(t, f16_products) + u32::from(f16_products) * 4
 }
 
 /// The four pass pipelines and the taps sum for one dtype on one device (their push constants
@@ -206,6 +219,7 @@ impl Pipelines {
             u32::from(options.fast_div),
             u32::from(options.const_twiddles),
             self.cooperative_slots,
+            u32::from(options.coop_f16_products),
         ];
         let spec_data: Vec<u8> = spec_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let entries: Vec<vk::SpecializationMapEntry> = (0..spec_words.len() as u32)
@@ -261,7 +275,10 @@ impl Pipelines {
         let caps = ctx.capabilities();
         let shared_bytes = caps.shared_memory_bytes;
         let cooperative_tile = caps.path.cooperative_tile().filter(|_| dtype != DType::F32);
-        let extra = |slots: u32| cooperative_tile.map_or(0, |t| cooperative_bytes(t, slots));
+        let options = ShaderOptions::from_env();
+        let f16_products = options.coop_f16_products;
+        let extra =
+            |slots: u32| cooperative_tile.map_or(0, |t| cooperative_bytes(t, slots, f16_products));
         let mut points = (shared_bytes / 8).min(MAX_SHARED_POINTS);
         if let Some(limit) = max_shared_points {
             // At least 16 points (the smallest FFT size), so every line has 4+ points.
@@ -277,12 +294,12 @@ impl Pipelines {
         let cooperative_slots = match cooperative_tile {
             Some(t) => {
                 let subgroups = (workgroup_size(caps) / caps.subgroup_size.max(1)).max(1);
-                let room = shared_bytes.saturating_sub(data_bytes(pad) + cooperative_bytes(t, 0));
-                (room / cooperative_bytes_per_slot(t)).clamp(1, subgroups)
+                let room = shared_bytes
+                    .saturating_sub(data_bytes(pad) + cooperative_bytes(t, 0, f16_products));
+                (room / cooperative_bytes_per_slot(t, f16_products)).clamp(1, subgroups)
             }
             None => 1,
         };
-        let options = ShaderOptions::from_env();
         let key = (dtype, shared_points, pad, options);
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
