@@ -31,7 +31,7 @@
 #define ELEM float
 #endif
 // COOP (the cooperative-matrix path; with COOP_LOG2 = log2 T, T x T x T the listed shape): the
-// FFT rounds whose groups have at least T columns run as f16 matrix products (see coop_round).
+// coarse FFT rounds run as f16 matrix products (see coop_round).
 #if defined(COOP)
 #extension GL_KHR_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
@@ -445,12 +445,13 @@ uint group_base(uint item, uint m_log2, uint gl, uint r) {
 #if defined(COOP)
 // ---- cooperative-matrix rounds ------------------------------------------------------------------
 //
-// r = COOP_LOG2 radix-2 stages on groups of G = 2^gl points whose q = 2^(gl - r) columns are at
-// least T = 2^r: the point k q + j of a group (k < T, j < q) is row k, column j of a T x q matrix.
-// Forward (DIF): y[b q + j] = W_G^(j f) sum_k W_T^(k f) x[k q + j], f = bitrev_r(b), the radix-2
-// stages' result exactly (bit-reversed rows, the same twiddles). Inverse (DIT, its adjoint):
-// x[k q + j] = sum_b conj(W_T^(k f)) conj(W_G^(j f)) y[b q + j].
-// Each tile of T columns is a complex T x T product, four f16 matrix products with f32
+// r = COOP_LOG2 radix-2 stages on groups of G = 2^gl points, q = 2^(gl - r): the points
+// k q + j of a group (k < T = 2^r, j < q) are column j of a T-row matrix, one column per item
+// (line, group, j) of the round. Forward (DIF): y[b q + j] = W_G^(j f) sum_k W_T^(k f) x[k q + j],
+// f = bitrev_r(b), the radix-2 stages' result exactly (bit-reversed rows, the same twiddles).
+// Inverse (DIT, its adjoint): x[k q + j] = sum_b conj(W_T^(k f)) conj(W_G^(j f)) y[b q + j].
+// Each tile of T items (T columns, from one group or, where q < T, several) is a complex T x T
+// product, four f16 matrix products with f32
 // accumulation, staged through the subgroup's own slot: the tile is scaled by the power of two
 // that brings its largest finite magnitude into [2^10, 2^11) before rounding to f16 (so a tile's
 // rounding is relative to its own size, whatever the channel's scale), and scaled back after.
@@ -478,7 +479,7 @@ uint coop_finite_bits(float v) {
     return a < 0x7f800000u ? a : 0u;
 }
 
-// One round of r stages on every group of size 2^gl of the workgroup's lines (q >= T).
+// One round of r stages on every group of size 2^gl of the workgroup's lines.
 // Subgroup s < slots takes tiles s, s + slots, ...: a batch of tiles is staged, then
 // multiplied, then written back, with workgroup barriers between the steps that every subgroup
 // reaches (lavapipe breaks on subgroup-scope control barriers that only some subgroups reach).
@@ -486,9 +487,8 @@ uint coop_finite_bits(float v) {
 // coop_b while this one's products are read from coop_c, so no barrier is needed there.)
 void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
     uint q_log2 = gl - COOP_LOG2;
-    // Tiles: (line, group, column tile) with T x T points each.
+    // Tiles: T consecutive items (line, group, j) of the round (group_base), T points each.
     uint tiles_log2 = m_log2 + lines_log2 - 2u * COOP_LOG2;
-    uint col_tiles_log2 = q_log2 - COOP_LOG2;
     uint slot = gl_SubgroupID;
     // (The host sizes COOP_SLOTS from the subgroup size it was told; the one it runs with
     // decides.)
@@ -506,16 +506,13 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
     for (uint batch = 0u; batch < batches; batch++) {
         uint tile = batch * slots + slot;
         bool busy = slot < slots && tile < (1u << tiles_log2); // uniform per subgroup
-        uint line = tile >> (tiles_log2 - lines_log2);
-        uint within = tile & ((1u << (tiles_log2 - lines_log2)) - 1u);
-        uint group = within >> col_tiles_log2;
-        uint j0 = (within & ((1u << col_tiles_log2) - 1u)) << COOP_LOG2;
-        uint base = (line << m_log2) + (group << gl) + j0;
+        uint item0 = tile << COOP_LOG2;
         float unscale = 1.0;
         if (busy) {
             uint largest = 0u;
             for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
-                vec2 v = s[SIDX(base + ((e >> COOP_LOG2) << q_log2) + (e & (COOP_T - 1u)))];
+                uint i0 = group_base(item0 + (e & (COOP_T - 1u)), m_log2, gl, COOP_LOG2);
+                vec2 v = s[SIDX(i0 + ((e >> COOP_LOG2) << q_log2))];
                 largest = max(largest, max(coop_finite_bits(v.x), coop_finite_bits(v.y)));
             }
             largest = subgroupMax(largest);
@@ -528,8 +525,9 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
             unscale = uintBitsToFloat(uint(127 - k) << 23);
             for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
                 uint row = e >> COOP_LOG2;
-                uint j = j0 + (e & (COOP_T - 1u));
-                vec2 v = s[SIDX(base + (row << q_log2) + (e & (COOP_T - 1u)))];
+                uint i0 = group_base(item0 + (e & (COOP_T - 1u)), m_log2, gl, COOP_LOG2);
+                uint j = i0 & ((1u << q_log2) - 1u);
+                vec2 v = s[SIDX(i0 + (row << q_log2))];
                 if (inverse) {
                     v = cmul(v, conj_c(root(j * bit_reverse(row, COOP_LOG2), gl)));
                 }
@@ -579,7 +577,8 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
         if (busy) {
             for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
                 uint row = e >> COOP_LOG2;
-                uint j = j0 + (e & (COOP_T - 1u));
+                uint i0 = group_base(item0 + (e & (COOP_T - 1u)), m_log2, gl, COOP_LOG2);
+                uint j = i0 & ((1u << q_log2) - 1u);
                 vec2 v = COOP_F16_PRODUCTS != 0u
                     ? vec2(float(coop_b[b0 + e]), float(coop_b[b0 + COOP_TT + e]))
                     : vec2(coop_c[b0 + e], coop_c[b0 + COOP_TT + e]);
@@ -587,7 +586,7 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
                 if (!inverse) {
                     v = cmul(v, root(j * bit_reverse(row, COOP_LOG2), gl));
                 }
-                s[SIDX(base + (row << q_log2) + (e & (COOP_T - 1u)))] = v;
+                s[SIDX(i0 + (row << q_log2))] = v;
             }
         }
         if (COOP_F16_PRODUCTS != 0u) {
@@ -600,10 +599,12 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
     barrier();
 }
 
-// Matrix rounds of a line of 2^m_log2 points: the coarsest ones, while at least T columns stay
-// (gl >= 2r), leaving r .. 2r - 1 stages to the radix-2 rounds.
+// Matrix rounds of a line of 2^m_log2 points: the coarsest ones, leaving 1 .. r stages to the
+// radix-2 rounds (the finest of which is the fused pass's middle round). Only for lines of at
+// least T^2 points: then a tile (T consecutive items) lies in one line, so in one channel, and
+// one scale serves it (lines of several channels side by side may be 2^80 apart).
 uint coop_rounds(uint m_log2) {
-    return m_log2 >= 2u * COOP_LOG2 ? (m_log2 - COOP_LOG2) / COOP_LOG2 : 0u;
+    return m_log2 >= 2u * COOP_LOG2 ? (m_log2 - 1u) / COOP_LOG2 : 0u;
 }
 #endif
 
