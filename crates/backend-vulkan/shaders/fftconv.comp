@@ -61,8 +61,9 @@ layout(constant_id = 5) const uint CONST_TWIDDLES = 0;
 // COOP: subgroups that run matrix products (each with its own staging tiles); the others wait.
 layout(constant_id = 6) const uint COOP_SLOTS = 1;
 // COOP: 1 stores the products in f16 over the slot's staged operand (a third of the shared
-// memory per slot, so more slots; one more rounding per round, and one more barrier per batch;
-// FFTCONV_VULKAN_COOP_F16_PRODUCTS=1, an experiment); 0 stores them in f32 (the default).
+// memory per slot, so more slots; one more rounding per round, and four barriers per batch
+// instead of two; FFTCONV_VULKAN_COOP_F16_PRODUCTS=1, an experiment); 0 stores them in f32 (the
+// default).
 layout(constant_id = 7) const uint COOP_F16_PRODUCTS = 0;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };

@@ -27,11 +27,14 @@ pub struct CooperativeMatrixSupport {
     pub shapes: Vec<CooperativeShape>,
     /// What else the shaders need: `shaderFloat16` (f16 staging in shared memory),
     /// `vulkanMemoryModel` with `vulkanMemoryModelDeviceScope` (the cooperative-matrix
-    /// instructions use the model, and glslang's `memoryBarrierShared` device scope), and
-    /// subgroup arithmetic in compute shaders (a tile's largest magnitude); all through Vulkan 1.2.
+    /// instructions use the model; the validation layer reports the barriers glslang emits for
+    /// `memoryBarrierShared` as device scope), and subgroup arithmetic in compute shaders (a
+    /// tile's largest magnitude); all through Vulkan 1.2.
     pub shader_float16: bool,
     pub vulkan_memory_model: bool,
     pub subgroup_arithmetic: bool,
+    /// `cooperativeMatrixSupportedStages` includes compute shaders.
+    pub compute_stage: bool,
 }
 
 /// One shape from `vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR`.
@@ -71,6 +74,13 @@ impl CooperativeMatrixSupport {
                 ..Self::default()
             };
         }
+        let mut coop_props = vk::PhysicalDeviceCooperativeMatrixPropertiesKHR::default();
+        let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut coop_props);
+        // SAFETY: the device lists the extension, so the chained structure is valid for it.
+        unsafe { instance.get_physical_device_properties2(pdev, &mut props2) };
+        let compute_stage = coop_props
+            .cooperative_matrix_supported_stages
+            .contains(vk::ShaderStageFlags::COMPUTE);
         let mut coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
         let mut float16 = vk::PhysicalDeviceShaderFloat16Int8Features::default();
         let mut memory_model = vk::PhysicalDeviceVulkanMemoryModelFeatures::default();
@@ -107,6 +117,7 @@ impl CooperativeMatrixSupport {
             vulkan_memory_model: memory_model.vulkan_memory_model == vk::TRUE
                 && memory_model.vulkan_memory_model_device_scope == vk::TRUE,
             subgroup_arithmetic,
+            compute_stage,
         }
     }
 
@@ -121,11 +132,23 @@ impl CooperativeMatrixSupport {
         })
     }
 
-    /// The preferred tile of [`COOPERATIVE_TILES`] listed for f16 operands, if any.
+    /// Whether a `t x t` f16 accumulator is listed (the shaders declare one: the experiment
+    /// that stores products in f16 converts to it, and every matrix type a module declares
+    /// must match a listed shape).
+    pub fn has_f16_accumulator(&self, t: u32) -> bool {
+        self.shapes.iter().any(|s| {
+            (s.m, s.n) == (t, t)
+                && (s.c == vk::ComponentTypeKHR::FLOAT16
+                    || s.result == vk::ComponentTypeKHR::FLOAT16)
+        })
+    }
+
+    /// The preferred tile of [`COOPERATIVE_TILES`] listed for f16 operands with f32 and f16
+    /// accumulators, if any.
     pub fn f16_tile(&self) -> Option<u32> {
         COOPERATIVE_TILES
             .into_iter()
-            .find(|&t| self.has(t, vk::ComponentTypeKHR::FLOAT16))
+            .find(|&t| self.has(t, vk::ComponentTypeKHR::FLOAT16) && self.has_f16_accumulator(t))
     }
 
     pub fn has_f16(&self) -> bool {
@@ -205,9 +228,13 @@ pub fn select_shader_path(
     if !support.feature {
         return portable("cooperativeMatrix feature is off");
     }
+    if !support.compute_stage {
+        return portable("cooperative matrices not supported in compute shaders");
+    }
     let Some(tile) = support.f16_tile() else {
         return portable(
-            "VK_KHR_cooperative_matrix lists neither 16x16x16 nor 8x8x8 f16 -> f32 (subgroup scope)",
+            "VK_KHR_cooperative_matrix lists neither 16x16x16 nor 8x8x8 f16 -> f32 and f16 \
+             (subgroup scope)",
         );
     };
     if !support.shader_float16 {
@@ -247,7 +274,21 @@ mod tests {
             shader_float16: true,
             vulkan_memory_model: true,
             subgroup_arithmetic: true,
+            compute_stage: true,
         }
+    }
+
+    /// `shape(t, f16)` and its f16-accumulator twin (NVIDIA and lavapipe list both).
+    fn f16_pair(t: u32) -> [CooperativeShape; 2] {
+        let f32_acc = shape(t, vk::ComponentTypeKHR::FLOAT16);
+        [
+            f32_acc,
+            CooperativeShape {
+                c: vk::ComponentTypeKHR::FLOAT16,
+                result: vk::ComponentTypeKHR::FLOAT16,
+                ..f32_acc
+            },
+        ]
     }
 
     #[test]
@@ -259,7 +300,15 @@ mod tests {
                 reason: "no VK_KHR_cooperative_matrix".into()
             }
         );
-        let full = full(vec![shape(16, vk::ComponentTypeKHR::FLOAT16)]);
+        let full = full(f16_pair(16).to_vec());
+        assert!(!select_shader_path(
+            &CooperativeMatrixSupport {
+                shapes: vec![shape(16, vk::ComponentTypeKHR::FLOAT16)],
+                ..full.clone()
+            },
+            None
+        )
+        .is_cooperative());
         assert_eq!(
             select_shader_path(&full, None),
             ShaderPath::CooperativeMatrix { tile: 16 }
@@ -295,6 +344,13 @@ mod tests {
                 },
                 "arithmetic",
             ),
+            (
+                CooperativeMatrixSupport {
+                    compute_stage: false,
+                    ..full.clone()
+                },
+                "compute shaders",
+            ),
         ] {
             let path = select_shader_path(&missing, None);
             assert!(
@@ -318,7 +374,7 @@ mod tests {
             .contains("lists neither"));
         s.shapes.push(shape(16, COMPONENT_TYPE_BFLOAT16));
         assert!(s.has_bf16() && !s.has_f16());
-        // lavapipe lists 8x8x8 (f16 -> f16 too, which does not count).
+        // lavapipe lists 8x8x8 f16 -> f16 (alone, no f16 -> f32: not enough) and f16 -> f32.
         s.shapes.push(CooperativeShape {
             c: vk::ComponentTypeKHR::FLOAT16,
             result: vk::ComponentTypeKHR::FLOAT16,
@@ -328,7 +384,10 @@ mod tests {
         s.shapes.push(shape(8, vk::ComponentTypeKHR::FLOAT16));
         assert_eq!(s.f16_tile(), Some(8));
         assert_eq!(select_shader_path(&s, None).cooperative_tile(), Some(8));
+        // 16x16x16 f16 -> f32 alone: no f16 accumulator of that size, so still 8.
         s.shapes.push(shape(16, vk::ComponentTypeKHR::FLOAT16));
+        assert_eq!(s.f16_tile(), Some(8));
+        s.shapes.extend(f16_pair(16));
         assert_eq!(s.f16_tile(), Some(16));
         assert_eq!(
             select_shader_path(&s, None),

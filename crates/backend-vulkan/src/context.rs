@@ -36,7 +36,8 @@ pub struct DeviceCapabilities {
     pub max_workgroup_count: [u32; 3],
     /// `maxStorageBufferRange` in bytes.
     pub max_storage_buffer_range: u32,
-    /// `subgroupSize` (informational: no shader assumes it).
+    /// `subgroupSize`: sizes the cooperative-matrix product slots (one per subgroup at most);
+    /// no shader relies on it (they cap the slots by the subgroups they run with).
     pub subgroup_size: u32,
     /// `storageBuffer16BitAccess`: needed for f16 and bf16 I/O.
     pub storage_16bit: bool,

@@ -52,8 +52,8 @@ pub const FAST_DIV_ENV: &str = "FFTCONV_VULKAN_FAST_DIV";
 pub const CONST_TWIDDLES_ENV: &str = "FFTCONV_VULKAN_CONST_TWIDDLES";
 /// Environment variable: `1` makes the cooperative-matrix rounds store their products in f16
 /// over the staged operand (a third of the shared memory per product slot, so a slot for every
-/// subgroup on NVIDIA's 48 KiB instead of 3 of 8; one more f16 rounding and one more barrier per
-/// batch of tiles); an experiment for timing on a GPU.
+/// subgroup on NVIDIA's 48 KiB instead of 3 of 8; one more f16 rounding, and four barriers per
+/// batch of tiles instead of two); an experiment for timing on a GPU.
 pub const COOP_F16_PRODUCTS_ENV: &str = "FFTCONV_VULKAN_COOP_F16_PRODUCTS";
 /// Environment variable: `0` makes the backward run its step schedule (forward transforms of
 /// `pre * u` and `dy * post` through device memory, then one inverse per product and the gather)
@@ -101,6 +101,67 @@ fn workgroup_size(caps: &crate::DeviceCapabilities) -> u32 {
         .min(caps.max_workgroup_size_x)
         .max(1)
         .ilog2()
+}
+
+/// What the cooperative-matrix rounds need to size their product slots.
+#[derive(Debug, Clone, Copy)]
+struct CooperativeSlots {
+    tile: u32,
+    f16_products: bool,
+    /// Subgroups per workgroup (as reported; the shader caps the slots it uses by the real
+    /// count).
+    subgroups: u32,
+}
+
+/// A workgroup's shared memory: FFT data points, padding, product slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SharedLayout {
+    /// Complex data points (a power of two, at least 16).
+    points: u32,
+    /// One padding point per 16.
+    pad: bool,
+    /// Product slots of the cooperative-matrix rounds (1 without them: the constant's default).
+    slots: u32,
+}
+
+impl SharedLayout {
+    /// The largest power of two of points (at most 4096, and `max_points` when given) that
+    /// leaves room for one product slot; padding where it still fits (and is allowed); then as
+    /// many slots as the rest holds, up to one per subgroup.
+    fn new(
+        shared_bytes: u32,
+        max_points: Option<u32>,
+        coop: Option<CooperativeSlots>,
+        padding_allowed: bool,
+    ) -> SharedLayout {
+        let extra =
+            |slots: u32| coop.map_or(0, |c| cooperative_bytes(c.tile, slots, c.f16_products));
+        let mut points = (shared_bytes / 8).min(MAX_SHARED_POINTS);
+        if let Some(limit) = max_points {
+            // At least 16 points (the smallest FFT size), so every line has 4+ points.
+            points = points.min(limit.max(16));
+        }
+        let mut points = 1 << points.max(1).ilog2();
+        while points > 16 && points * 8 + extra(1) > shared_bytes {
+            points /= 2;
+        }
+        let data_bytes = |pad: bool| (points + if pad { points / 16 } else { 0 }) * 8;
+        // Bank-conflict padding (one point per 16) where it still fits, unless switched off.
+        let pad = data_bytes(true) + extra(1) <= shared_bytes && padding_allowed;
+        let slots = coop.map_or(1, |c| {
+            let room = shared_bytes
+                .saturating_sub(data_bytes(pad) + cooperative_bytes(c.tile, 0, c.f16_products));
+            (room / cooperative_bytes_per_slot(c.tile, c.f16_products)).clamp(1, c.subgroups)
+        });
+        SharedLayout { points, pad, slots }
+    }
+
+    /// Bytes the shader declares with this layout (the FFT passes).
+    #[cfg(test)]
+    fn bytes(&self, coop: Option<CooperativeSlots>) -> u32 {
+        let data = (self.points + if self.pad { self.points / 16 } else { 0 }) * 8;
+        data + coop.map_or(0, |c| cooperative_bytes(c.tile, self.slots, c.f16_products))
+    }
 }
 
 /// Shared-memory bytes of one product slot of the cooperative-matrix rounds with tile T: the B
@@ -273,33 +334,19 @@ impl Pipelines {
         type Cache = Mutex<HashMap<(DType, u32, bool, ShaderOptions), Arc<Pipelines>>>;
         static CACHE: OnceLock<Cache> = OnceLock::new();
         let caps = ctx.capabilities();
-        let shared_bytes = caps.shared_memory_bytes;
         let cooperative_tile = caps.path.cooperative_tile().filter(|_| dtype != DType::F32);
         let options = ShaderOptions::from_env();
-        let f16_products = options.coop_f16_products;
-        let extra =
-            |slots: u32| cooperative_tile.map_or(0, |t| cooperative_bytes(t, slots, f16_products));
-        let mut points = (shared_bytes / 8).min(MAX_SHARED_POINTS);
-        if let Some(limit) = max_shared_points {
-            // At least 16 points (the smallest FFT size), so every line has 4+ points.
-            points = points.min(limit.max(16));
-        }
-        let mut shared_points = 1 << points.ilog2();
-        while shared_points > 16 && shared_points * 8 + extra(1) > shared_bytes {
-            shared_points /= 2;
-        }
-        let data_bytes = |pad: bool| (shared_points + if pad { shared_points / 16 } else { 0 }) * 8;
-        // Bank-conflict padding (one point per 16) where it still fits, unless switched off.
-        let pad = data_bytes(true) + extra(1) <= shared_bytes && padding_allowed();
-        let cooperative_slots = match cooperative_tile {
-            Some(t) => {
-                let subgroups = (workgroup_size(caps) / caps.subgroup_size.max(1)).max(1);
-                let room = shared_bytes
-                    .saturating_sub(data_bytes(pad) + cooperative_bytes(t, 0, f16_products));
-                (room / cooperative_bytes_per_slot(t, f16_products)).clamp(1, subgroups)
-            }
-            None => 1,
-        };
+        let layout = SharedLayout::new(
+            caps.shared_memory_bytes,
+            max_shared_points,
+            cooperative_tile.map(|t| CooperativeSlots {
+                tile: t,
+                f16_products: options.coop_f16_products,
+                subgroups: (workgroup_size(caps) / caps.subgroup_size.max(1)).max(1),
+            }),
+            padding_allowed(),
+        );
+        let (shared_points, pad, cooperative_slots) = (layout.points, layout.pad, layout.slots);
         let key = (dtype, shared_points, pad, options);
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
         let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -476,6 +523,61 @@ impl Drop for Pipelines {
             }
             device.destroy_pipeline_layout(self.layout, None);
             device.destroy_descriptor_set_layout(self.set_layout, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_layouts_fit_and_use_the_room() {
+        let nvidia = |f16_products| CooperativeSlots {
+            tile: 16,
+            f16_products,
+            subgroups: 8,
+        };
+        // NVIDIA's 48 KiB, T = 16, 8 warps: 4096 padded points, 3 slots (f32 products) or 8.
+        let l = SharedLayout::new(49152, None, Some(nvidia(false)), true);
+        assert_eq!(
+            l,
+            SharedLayout {
+                points: 4096,
+                pad: true,
+                slots: 3
+            }
+        );
+        assert_eq!(l.bytes(Some(nvidia(false))), 47104);
+        let l = SharedLayout::new(49152, None, Some(nvidia(true)), true);
+        assert_eq!((l.points, l.pad, l.slots), (4096, true, 8));
+        assert_eq!(l.bytes(Some(nvidia(true))), 46084);
+        // Portable: the whole 32 KiB of data, no room for padding at 4096 points.
+        let l = SharedLayout::new(49152, None, None, true);
+        assert_eq!((l.points, l.pad, l.slots), (4096, true, 1));
+        let l = SharedLayout::new(32768, None, None, true);
+        assert_eq!((l.points, l.pad), (4096, false));
+        // lavapipe's 32 KiB, T = 8, 32 subgroups of 8: 2048 padded points and 19 slots.
+        let lvp = CooperativeSlots {
+            tile: 8,
+            f16_products: false,
+            subgroups: 32,
+        };
+        let l = SharedLayout::new(32768, None, Some(lvp), true);
+        assert_eq!((l.points, l.pad, l.slots), (2048, true, 19));
+        // Every layout fits, has a slot, and never more slots than subgroups.
+        for shared in [16384u32, 32768, 49152, 65536, 232_448] {
+            for max in [None, Some(16), Some(64), Some(256), Some(4096)] {
+                for coop in [None, Some(nvidia(false)), Some(nvidia(true)), Some(lvp)] {
+                    for pad in [false, true] {
+                        let l = SharedLayout::new(shared, max, coop, pad);
+                        assert!(l.points.is_power_of_two() && l.points >= 16, "{l:?}");
+                        assert!(l.bytes(coop) <= shared, "{shared} {max:?} {coop:?}: {l:?}");
+                        assert!(l.slots >= 1 && l.slots <= coop.map_or(1, |c| c.subgroups));
+                        assert!(!l.pad || pad);
+                    }
+                }
+            }
         }
     }
 }
