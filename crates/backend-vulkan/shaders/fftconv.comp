@@ -480,12 +480,22 @@ uint coop_finite_bits(float v) {
     return a < 0x7f800000u ? a : 0u;
 }
 
+// Orders one subgroup's steps on its own slot and tiles (staging, products, read-back): a
+// subgroup-scope barrier, reached by every subgroup of the workgroup alike (lavapipe treats it
+// as a workgroup barrier, so all must reach the same ones; NVIDIA's warps each go on at once).
+void coop_sync() {
+    subgroupMemoryBarrierShared();
+    subgroupBarrier();
+}
+
 // One round of r stages on every group of size 2^gl of the workgroup's lines.
 // Subgroup s < slots takes tiles s, s + slots, ...: a batch of tiles is staged, then
-// multiplied, then written back, with workgroup barriers between the steps that every subgroup
-// reaches (lavapipe breaks on subgroup-scope control barriers that only some subgroups reach).
-// (The final barrier covers the last batch; with f32 products the next batch's staging writes
-// coop_b while this one's products are read from coop_c, so no barrier is needed there.)
+// multiplied, then written back. A subgroup only touches its own slot and its own tiles (tiles
+// of a round are disjoint), so subgroup barriers order the steps (coop_sync); every subgroup
+// runs the same number of batches and reaches them alike, busy or not: lavapipe gives wrong
+// results when only some subgroups reach a subgroup barrier. The workgroup barrier at the end
+// publishes the round. (With f32 products the next batch's staging writes coop_b while this
+// one's products are read from coop_c, so no barrier is needed between them.)
 void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
     uint q_log2 = gl - COOP_LOG2;
     // Tiles: T consecutive items (line, group, j) of the round (group_base), T points each.
@@ -537,8 +547,7 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
                 coop_b[b0 + COOP_TT + e] = float16_t(v.y);
             }
         }
-        memoryBarrierShared();
-        barrier();
+        coop_sync();
         if (busy) {
             coopmat<float16_t, gl_ScopeSubgroup, COOP_T, COOP_T, gl_MatrixUseB> b_re, b_im;
             coopMatLoad(b_re, coop_b, b0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
@@ -562,19 +571,17 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
             }
         }
         if (COOP_F16_PRODUCTS != 0u) {
-            // Every subgroup has loaded its operand before the products overwrite it.
-            memoryBarrierShared();
-            barrier();
+            // The subgroup has loaded its operand before the products overwrite it.
+            coop_sync();
             if (busy) {
                 coopMatStore(h_re, coop_b, b0, COOP_T, gl_CooperativeMatrixLayoutRowMajor);
                 coopMatStore(h_im, coop_b, b0 + COOP_TT, COOP_T,
                              gl_CooperativeMatrixLayoutRowMajor);
             }
         }
-        memoryBarrierShared();
-        barrier();
+        coop_sync();
         // (The next batch stages into coop_b and reads other points: only its products, after
-        // the next barrier, overwrite coop_c.)
+        // the next coop_sync, overwrite coop_c.)
         if (busy) {
             for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
                 uint row = e >> COOP_LOG2;
@@ -592,8 +599,7 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
         }
         if (COOP_F16_PRODUCTS != 0u) {
             // The next batch stages into the slot this one's products were read from.
-            memoryBarrierShared();
-            barrier();
+            coop_sync();
         }
     }
     memoryBarrierShared();
