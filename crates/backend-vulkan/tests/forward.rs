@@ -196,15 +196,15 @@ fn lavapipe_selects_the_path_its_mesa_offers() {
     let ctx = context().unwrap();
     let caps = ctx.capabilities();
     println!("{}", ctx.description());
-    // lavapipe before Mesa 25.1 has no cooperative matrices (CI's Mesa 25.0 among them); later
-    // ones list 8x8x8 only.
+    // Mesa 25.0's lavapipe (CI's system one) has no cooperative matrices; Mesa 26's lists
+    // 8x8x8 f16 -> f32 and f16 and has every feature the path needs.
     if caps.name.contains("llvmpipe") {
         let forced = std::env::var(backend_vulkan::PORTABLE_ENV).is_ok_and(|v| v == "1");
         if caps.cooperative_matrix.extension && !forced {
-            assert_eq!(
-                caps.path.cooperative_tile(),
-                Some(8),
-                "{:?}",
+            assert!(
+                caps.path.is_cooperative(),
+                "{:?}: {:?}",
+                caps.path,
                 caps.cooperative_matrix
             );
         } else {
