@@ -62,6 +62,29 @@ pub const COOP_F16_PRODUCTS_ENV: &str = "FFTCONV_VULKAN_COOP_F16_PRODUCTS";
 /// `fftconv_backward_fused`), for comparing both. Read on every backward call.
 pub const FUSED_BACKWARD_ENV: &str = "FFTCONV_VULKAN_FUSED_BACKWARD";
 
+/// The I/O part of a shader's name.
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::Bf16 => "BF16",
+    }
+}
+
+/// The embedded SPIR-V of `pass` (`FUSED`, `COLUMNS_FORWARD`, ..., as `build.rs` names them) for
+/// I/O `io`, with the cooperative-matrix rounds of tile `coop` where given.
+fn shader(pass: &str, io: &str, coop: Option<u32>) -> Result<&'static [u8], VulkanError> {
+    let name = match coop {
+        Some(t) => format!("{pass}_{io}_COOP{t}"),
+        None => format!("{pass}_{io}"),
+    };
+    spirv::SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, code)| *code)
+        .ok_or_else(|| VulkanError::unsupported(format!("no embedded shader {name}")))
+}
+
 /// Whether shared memory may be padded against bank conflicts ([`NO_PAD_ENV`] is not `1`).
 pub(crate) fn padding_allowed() -> bool {
     std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1")
@@ -252,11 +275,7 @@ impl Pipelines {
         if let Some(&p) = map.get(&(shared_points, pad)) {
             return Ok(p);
         }
-        let code = match self.dtype {
-            DType::F32 => spirv::BACKWARD_FUSED_F32,
-            DType::F16 => spirv::BACKWARD_FUSED_F16,
-            DType::Bf16 => spirv::BACKWARD_FUSED_BF16,
-        };
+        let code = shader("BACKWARD_FUSED", dtype_name(self.dtype), None)?;
         let p = self.create_pipeline(code, shared_points, pad)?;
         map.insert((shared_points, pad), p);
         Ok(p)
@@ -432,52 +451,21 @@ impl Pipelines {
                 )
                 .map_err(|r| check("vkCreatePipelineLayout", r))?;
         }
-        let code = |kind: Option<PassKind>| -> &'static [u8] {
-            let Some(kind) = kind else {
-                return match dtype {
-                    DType::F32 => spirv::TAPS_SUM_F32,
-                    DType::F16 => spirv::TAPS_SUM_F16,
-                    DType::Bf16 => spirv::TAPS_SUM_BF16,
-                };
+        let io = dtype_name(dtype);
+        let code = |kind: Option<PassKind>| -> Result<&'static [u8], VulkanError> {
+            let pass = match kind {
+                Some(PassKind::Fused) => "FUSED",
+                Some(PassKind::ColumnsForward) => "COLUMNS_FORWARD",
+                Some(PassKind::ColumnsInverse) => "COLUMNS_INVERSE",
+                Some(PassKind::Gather) => "GATHER",
+                None => "TAPS_SUM",
             };
-            match (kind, dtype, cooperative_tile) {
-                (PassKind::Fused, DType::F16, Some(8)) => spirv::FUSED_F16_COOP8,
-                (PassKind::Fused, DType::F16, Some(_)) => spirv::FUSED_F16_COOP16,
-                (PassKind::Fused, DType::Bf16, Some(8)) => spirv::FUSED_BF16_COOP8,
-                (PassKind::Fused, DType::Bf16, Some(_)) => spirv::FUSED_BF16_COOP16,
-                (PassKind::ColumnsForward, DType::F16, Some(8)) => spirv::COLUMNS_FORWARD_F16_COOP8,
-                (PassKind::ColumnsForward, DType::F16, Some(_)) => {
-                    spirv::COLUMNS_FORWARD_F16_COOP16
-                }
-                (PassKind::ColumnsForward, DType::Bf16, Some(8)) => {
-                    spirv::COLUMNS_FORWARD_BF16_COOP8
-                }
-                (PassKind::ColumnsForward, DType::Bf16, Some(_)) => {
-                    spirv::COLUMNS_FORWARD_BF16_COOP16
-                }
-                (PassKind::ColumnsInverse, DType::F16, Some(8)) => spirv::COLUMNS_INVERSE_F16_COOP8,
-                (PassKind::ColumnsInverse, DType::F16, Some(_)) => {
-                    spirv::COLUMNS_INVERSE_F16_COOP16
-                }
-                (PassKind::ColumnsInverse, DType::Bf16, Some(8)) => {
-                    spirv::COLUMNS_INVERSE_BF16_COOP8
-                }
-                (PassKind::ColumnsInverse, DType::Bf16, Some(_)) => {
-                    spirv::COLUMNS_INVERSE_BF16_COOP16
-                }
-                (PassKind::Fused, DType::F32, _) => spirv::FUSED_F32,
-                (PassKind::Fused, DType::F16, _) => spirv::FUSED_F16,
-                (PassKind::Fused, DType::Bf16, _) => spirv::FUSED_BF16,
-                (PassKind::ColumnsForward, DType::F32, _) => spirv::COLUMNS_FORWARD_F32,
-                (PassKind::ColumnsForward, DType::F16, _) => spirv::COLUMNS_FORWARD_F16,
-                (PassKind::ColumnsForward, DType::Bf16, _) => spirv::COLUMNS_FORWARD_BF16,
-                (PassKind::ColumnsInverse, DType::F32, _) => spirv::COLUMNS_INVERSE_F32,
-                (PassKind::ColumnsInverse, DType::F16, _) => spirv::COLUMNS_INVERSE_F16,
-                (PassKind::ColumnsInverse, DType::Bf16, _) => spirv::COLUMNS_INVERSE_BF16,
-                (PassKind::Gather, DType::F32, _) => spirv::GATHER_F32,
-                (PassKind::Gather, DType::F16, _) => spirv::GATHER_F16,
-                (PassKind::Gather, DType::Bf16, _) => spirv::GATHER_BF16,
-            }
+            // The cooperative-matrix variants exist for the FFT passes (16-bit I/O only).
+            let coop = match (kind, cooperative_tile) {
+                (Some(PassKind::Gather) | None, _) | (_, None) => None,
+                (_, tile) => tile,
+            };
+            shader(pass, io, coop)
         };
         // `None`: the taps sum.
         for kind in [
@@ -487,7 +475,7 @@ impl Pipelines {
             Some(PassKind::Gather),
             None,
         ] {
-            let pipeline = this.create_pipeline(code(kind), shared_points, pad)?;
+            let pipeline = this.create_pipeline(code(kind)?, shared_points, pad)?;
             *match kind {
                 Some(PassKind::Fused) => &mut this.fused,
                 Some(PassKind::ColumnsForward) => &mut this.columns_forward,
@@ -530,6 +518,37 @@ impl Drop for Pipelines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capabilities::COOPERATIVE_TILES;
+
+    #[test]
+    fn every_pass_dtype_and_tile_has_its_shader() {
+        for io in ["F32", "F16", "BF16"] {
+            for pass in [
+                "FUSED",
+                "COLUMNS_FORWARD",
+                "COLUMNS_INVERSE",
+                "GATHER",
+                "TAPS_SUM",
+                "BACKWARD_FUSED",
+            ] {
+                assert!(
+                    shader(pass, io, None).is_ok_and(|c| c.len() > 20),
+                    "{pass}_{io}"
+                );
+            }
+            for pass in ["FUSED", "COLUMNS_FORWARD", "COLUMNS_INVERSE"] {
+                for t in COOPERATIVE_TILES {
+                    // f32 I/O has no cooperative-matrix variant (the host never asks for one).
+                    assert_eq!(
+                        shader(pass, io, Some(t)).is_ok(),
+                        io != "F32",
+                        "{pass}_{io}_{t}"
+                    );
+                }
+            }
+        }
+        assert!(shader("FUSED", "F16", Some(32)).is_err());
+    }
 
     #[test]
     fn shared_layouts_fit_and_use_the_room() {
