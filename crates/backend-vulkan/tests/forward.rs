@@ -97,13 +97,7 @@ fn check_typed_scaled<T: Element>(
         gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
     );
     for h in 0..h_count {
-        let channel = |x: &[f64]| -> Vec<f64> {
-            x.chunks(l)
-                .enumerate()
-                .filter(|(row, _)| row % h_count == h)
-                .flat_map(|(_, r)| r.iter().copied())
-                .collect()
-        };
+        let channel = |x: &[f64]| channel_rows(x, l, h_count, h);
         let err = relative_l2_error(&channel(&got), &channel(&want));
         assert!(
             err <= tolerance(dtype),
@@ -114,6 +108,16 @@ fn check_typed_scaled<T: Element>(
         );
     }
     conv
+}
+
+/// Channel h's rows of `x`, rows of `run` elements cycling through `channels` channels
+/// (`[B, H, L]` tensors, or `[H, K]` with one batch).
+fn channel_rows(x: &[f64], run: usize, channels: usize, h: usize) -> Vec<f64> {
+    x.chunks(run)
+        .enumerate()
+        .filter(|(row, _)| row % channels == h)
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect()
 }
 
 fn check(builder: ConvSpecBuilder, options: VulkanOptions) -> VulkanConvolution {
@@ -515,13 +519,7 @@ fn check_backward_scaled(spec: &ConvSpec, options: VulkanOptions, scales: &[f64]
         // Channel h: elements [b][h][..] of the [B, H, L] gradients, row h of dk ([H, K]).
         let run = if name == "dk" { spec.filter_len() } else { l };
         for h in 0..h_count {
-            let channel = |x: &[f64]| -> Vec<f64> {
-                x.chunks(run)
-                    .enumerate()
-                    .filter(|(row, _)| row % h_count == h)
-                    .flat_map(|(_, r)| r.iter().copied())
-                    .collect()
-            };
+            let channel = |x: &[f64]| channel_rows(x, run, h_count, h);
             let err = relative_l2_error(&channel(&got), &channel(&want));
             assert!(
                 err <= 1e-5,
