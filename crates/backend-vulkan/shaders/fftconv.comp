@@ -183,6 +183,12 @@ uint bf16_bits(float v) {
 vec2 cmul(vec2 a, vec2 b) { return vec2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x); }
 vec2 conj_c(vec2 a) { return vec2(a.x, -a.y); }
 
+// |v| as float bits, 0 for infinities and NaN (an unsigned max of them is the largest finite).
+uint finite_bits(float v) {
+    uint a = floatBitsToUint(v) & 0x7fffffffu;
+    return a < 0x7f800000u ? a : 0u;
+}
+
 // a / b for b > 0. With FAST_DIV: through a float division corrected to the exact quotient when
 // both are below 2^24 (the float quotient is then within one of it), else an integer division.
 uint udiv(uint a, uint b) {
@@ -474,12 +480,6 @@ void coop_init() {
     }
 }
 
-// |v| as float bits, 0 for infinities and NaN (an unsigned max of them is the largest finite).
-uint coop_finite_bits(float v) {
-    uint a = floatBitsToUint(v) & 0x7fffffffu;
-    return a < 0x7f800000u ? a : 0u;
-}
-
 // Orders one subgroup's steps on its own slot and tiles (staging, products, read-back): a
 // subgroup-scope barrier, reached by every subgroup of the workgroup alike (lavapipe treats it
 // as a workgroup barrier, so all must reach the same ones; NVIDIA's warps each go on at once).
@@ -524,7 +524,7 @@ void coop_round(uint m_log2, uint lines_log2, uint gl, bool inverse) {
             for (uint e = gl_SubgroupInvocationID; e < COOP_TT; e += gl_SubgroupSize) {
                 uint i0 = group_base(item0 + (e & (COOP_T - 1u)), m_log2, gl, COOP_LOG2);
                 vec2 v = s[SIDX(i0 + ((e >> COOP_LOG2) << q_log2))];
-                largest = max(largest, max(coop_finite_bits(v.x), coop_finite_bits(v.y)));
+                largest = max(largest, max(finite_bits(v.x), finite_bits(v.y)));
             }
             largest = subgroupMax(largest);
             // 2^k brings the largest into [2^10, 2^11) ([2^9, 2^10) for f16 products: their
@@ -773,12 +773,6 @@ vec2 frequency_factor(uint h, uint pair, uint pos, uint f, out bool kept) {
 #endif
 
 #if defined(PASS_BACKWARD_FUSED)
-// |v| as float bits, 0 for infinities and NaN (an unsigned max of them is the largest finite).
-uint finite_bits(float v) {
-    uint a = floatBitsToUint(v) & 0x7fffffffu;
-    return a < 0x7f800000u ? a : 0u;
-}
-
 // Adds an invocation's running maxima a, b of row `line` (none: 0xffffffff) to the workgroup's
 // slots `slot`, `slot + 1`.
 void row_max_add(uint slot, uint line, uint a, uint b) {
