@@ -8,6 +8,8 @@
 //   THREADS                    threads per block
 //   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES, VECTOR_IO  experiments (default 3, 0, 0, 0);
 //   MIDDLE_ROUND (default 1)
+//   MONARCH_TC                 1: also compile fftconv_monarch and fftconv_monarch_filter (the
+//                              Monarch tensor-core pass, sm_80 and newer; see its section)
 //   MIN_BLOCKS                 blocks per SM to leave registers for (default 1)
 //
 // Kernels (extern "C"):
@@ -721,7 +723,10 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
 #ifndef TENSOR_CORES
 #define TENSOR_CORES 0
 #endif
-#if TENSOR_CORES
+#ifndef MONARCH_TC
+#define MONARCH_TC 0
+#endif
+#if TENSOR_CORES || MONARCH_TC
 #if (THREADS % 32) != 0
 #error "TENSOR_CORES needs whole warps: THREADS must be a multiple of 32"
 #endif
@@ -2339,3 +2344,470 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     }
     ((cpx*)bf.other)[(u64)(pc.channel_offset + c) * pc.kept_bins + f] = v;
 }
+
+// ---- the Monarch tensor-core pass (MONARCH_TC=1; compute capability >= 8.0) --------------------
+//
+// fftconv_monarch: the whole forward of one-pass plans with N = 256 .. 4096 (N = N1 * 256,
+// N1 = 1 .. 16) whose rows are one segment each, f16 / bf16 I/O, with the data in f16 tensor-core
+// fragments instead of f32 points in shared memory. A block (256 threads, 8 warps) holds 16 rows
+// of 256 points: P = 16 / N1 pairs, row R = p N1 + a holding positions 256 a + r of pair p, as
+// two f16 planes (Re and Im) in static shared memory. With r = 16 b + c and frequencies
+// k = k_a + N1 (k_b + 16 k_c):
+//   load   u (pre-gated) in f32; each row scaled by a power of two taking its largest finite
+//          |value| into [2^13, 2^14) (the pair's two rows separately: the filter is real, so
+//          Re and Im stay the two rows' convolutions), stored as f16
+//   S1     (N1 > 1) the DFT over a for every column r: one mma tile of 16 rows x 8 columns
+//          with the block-diagonal matrix diag(F_N1, ...) / (2 N1), then W_N^(r k_a), in place
+//   S2     per row (one warp): the 256-point DFT as two 16 x 16 products chained in registers
+//          (P1: F16 Z contracts b; W_256^(c k_b); P2: (.) F16 contracts c: the D fragments of
+//          P1 are the A fragments of P2), the product with the filter, the inverse (P3: (.) conj
+//          F16 contracts k_c; conj W_256^(c k_b); movmatrix turns the A fragments into the B
+//          fragments of P4 = conj F16 (.), contracting k_b), then conj W_N^(r k_a); in place
+//   S3     (N1 > 1) the inverse DFT over k_a, block-diagonal conj F_N1 / (2 N1)
+//   store  y = (f16 result) * (2N)^2 (or 256^2 for N1 = 1) * s_k / s_row, post-gated
+// Every DFT matrix carries 1/16 (1/(2 N1) for S1 and S3) and the filter is divided by a power
+// of two s_k >= max |Re| + |Im| of its channel (fftconv_monarch_filter), so no f16 operand can
+// exceed 2^14 sqrt(2) (1 + small): nothing overflows, whatever the row and filter scales.
+#if MONARCH_TC
+#define MT_THREADS 256u
+#define MT_ROW 264u // halves per shared row: 256 points and 8 of padding (ldmatrix bank spread)
+
+#if defined(FFTCONV_HOST_EMULATION)
+static const u16* emu_ldsm_row[THREADS];
+static u32 emu_movm[THREADS];
+// ldmatrix.x4.trans: matrix j's row i starts at lane 8 j + i's pointer; lane l receives
+// (row 2 (l & 3), col l >> 2) and (row 2 (l & 3) + 1, col l >> 2) of each matrix.
+__device__ __forceinline__ void ldsm_x4_trans(const u16* row, u32 r[4]) {
+    emu_ldsm_row[threadIdx.x] = row;
+    __syncwarp();
+    u32 w0 = threadIdx.x & ~31u, l = threadIdx.x & 31u;
+    for (u32 j = 0; j < 4u; j++) {
+        const u16* r0 = emu_ldsm_row[w0 + 8u * j + 2u * (l & 3u)];
+        const u16* r1 = emu_ldsm_row[w0 + 8u * j + 2u * (l & 3u) + 1u];
+        r[j] = (u32)r0[l >> 2] | ((u32)r1[l >> 2] << 16);
+    }
+    __syncwarp();
+}
+// movmatrix.trans: lane L holds M[L >> 2][2 (L & 3) + h]; returns M^T in the same layout.
+__device__ __forceinline__ u32 movm_trans(u32 v) {
+    emu_movm[threadIdx.x] = v;
+    __syncwarp();
+    u32 w0 = threadIdx.x & ~31u, l = threadIdx.x & 31u;
+    u32 out = 0u;
+    for (u32 h = 0; h < 2u; h++) {
+        u32 row = 2u * (l & 3u) + h, col = l >> 2;
+        u32 w = emu_movm[w0 + 4u * row + (col >> 1)];
+        out |= ((col & 1u) != 0u ? w >> 16 : w & 0xffffu) << (16u * h);
+    }
+    __syncwarp();
+    return out;
+}
+__device__ __forceinline__ void shared_max(u32* p, u32 v) { *p = max_u(*p, v); }
+__device__ __forceinline__ float half_float(u32 bits) { return f16_value(bits & 0xffffu); }
+#else
+__device__ __forceinline__ u32 shared_address(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void ldsm_x4_trans(const u16* row, u32 r[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(row)));
+}
+__device__ __forceinline__ u32 movm_trans(u32 v) {
+    u32 d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(d) : "r"(v));
+    return d;
+}
+__device__ __forceinline__ void shared_max(u32* p, u32 v) {
+    asm volatile("red.shared.max.u32 [%0], %1;" ::"r"(shared_address(p)), "r"(v) : "memory");
+}
+__device__ __forceinline__ float half_float(u32 bits) {
+    float f;
+    asm("{ .reg .b16 h; cvt.u16.u32 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "r"(bits));
+    return f;
+}
+#endif
+
+struct alignas(16) Quad {
+    u32 w[4];
+};
+
+// A fragments (this lane's 8 elements) of a 16 x 16 complex matrix given by `value(row, col)`.
+template <typename F>
+__device__ __forceinline__ void mt_a_fragments(F value, u32 re[4], u32 im[4], u32 neg_im[4]) {
+    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+#pragma unroll
+    for (u32 j = 0; j < 4u; j++) {
+        cpx v[2];
+#pragma unroll
+        for (u32 h = 0; h < 2u; h++) {
+            u32 i = 2u * j + h;
+            v[h] = value(g + 8u * ((i >> 1) & 1u), 2u * t + (i & 1u) + 8u * (i >> 2));
+        }
+        re[j] = pack_f16x2(v[0].x, v[1].x);
+        im[j] = pack_f16x2(v[0].y, v[1].y);
+        neg_im[j] = pack_f16x2(-v[0].y, -v[1].y);
+    }
+}
+
+// B fragments of the 16 x 16 matrix F_16 / 16 (k x n; n-tiles 0 and 1).
+__device__ __forceinline__ void mt_b_dft16(const Params& pc, const Buffers& bf, u32 re[2][2],
+                                           u32 im[2][2], u32 neg_im[2][2]) {
+    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+        for (u32 j = 0; j < 2u; j++) {
+            cpx v[2];
+#pragma unroll
+            for (u32 h = 0; h < 2u; h++) {
+                u32 k = 2u * t + h + 8u * j, col = g + 8u * nt;
+                cpx w = root(pc, bf, k * col, 4u);
+                v[h] = mk(w.x * 0.0625f, w.y * 0.0625f);
+            }
+            re[nt][j] = pack_f16x2(v[0].x, v[1].x);
+            im[nt][j] = pack_f16x2(v[0].y, v[1].y);
+            neg_im[nt][j] = pack_f16x2(-v[0].y, -v[1].y);
+        }
+    }
+}
+
+// The A fragments (f16) of the 16 x 16 matrix whose two 16 x 8 D tiles are d[0], d[1].
+__device__ __forceinline__ void mt_pack_a(const float d[2][4], u32 a[4]) {
+    a[0] = pack_f16x2(d[0][0], d[0][1]);
+    a[1] = pack_f16x2(d[0][2], d[0][3]);
+    a[2] = pack_f16x2(d[1][0], d[1][1]);
+    a[3] = pack_f16x2(d[1][2], d[1][3]);
+}
+
+// Power-of-two row scale taking the row's largest finite |value| (bits m) into [2^13, 2^14),
+// as the biased exponent of the scale (1 .. 253, so its inverse is a normal float too).
+__device__ __forceinline__ u32 mt_row_scale_exponent(u32 m) {
+    u32 e = m >> 23;
+    u32 s = 267u - (e < 14u ? 14u : e);
+    return s > 253u ? 253u : s;
+}
+
+// S1 (forward, twiddled) or S3 (inverse) on the warp's 32 columns: in place in the planes.
+template <bool FORWARD>
+__device__ __forceinline__ void mt_columns(u16 (*planes)[16 * MT_ROW], const Params& pc,
+                                           const Buffers& bf, u32 n1_log2) {
+    u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    u32 n1 = 1u << n1_log2;
+    float scale = 0.5f / (float)n1;
+    u32 a_re[4], a_im[4], a_neg[4];
+    mt_a_fragments(
+        [&](u32 row, u32 col) {
+            if ((row >> n1_log2) != (col >> n1_log2)) {
+                return mk(0.0f, 0.0f);
+            }
+            cpx w = root(pc, bf, (row & (n1 - 1u)) * (col & (n1 - 1u)), n1_log2);
+            return mk(w.x * scale, (FORWARD ? w.y : -w.y) * scale);
+        },
+        a_re, a_im, a_neg);
+    u32 n_log2 = pc.log2n;
+#pragma unroll
+    for (u32 d = 0; d < 2u; d++) {
+        u32 r0 = 16u * (2u * warp + d);
+        u32 row = 8u * ((lane >> 3) & 1u) + (lane & 7u);
+        u32 off = row * MT_ROW + r0 + 8u * (lane >> 4);
+        u32 b_re[4], b_im[4];
+        ldsm_x4_trans(&planes[0][off], b_re);
+        ldsm_x4_trans(&planes[1][off], b_im);
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+            float d_re[4], d_im[4];
+            tc_cmma(d_re, d_im, a_re, a_im, &b_re[2u * nt], &b_im[2u * nt], a_neg, &b_im[2u * nt]);
+#pragma unroll
+            for (u32 hr = 0; hr < 2u; hr++) {
+                u32 rr = g + 8u * hr;
+                u32 r = r0 + 8u * nt + 2u * t;
+                cpx v0 = mk(d_re[2u * hr], d_im[2u * hr]);
+                cpx v1 = mk(d_re[2u * hr + 1u], d_im[2u * hr + 1u]);
+                if (FORWARD) {
+                    u32 ka = rr & (n1 - 1u);
+                    v0 = cmul(v0, root(pc, bf, r * ka, n_log2));
+                    v1 = cmul(v1, root(pc, bf, (r + 1u) * ka, n_log2));
+                }
+                *(u32*)&planes[0][rr * MT_ROW + r] = pack_f16x2(v0.x, v1.x);
+                *(u32*)&planes[1][rr * MT_ROW + r] = pack_f16x2(v0.y, v1.y);
+            }
+        }
+    }
+}
+
+// Position, pair and row of this thread's chunk k (8 consecutive positions of one row).
+struct MtChunk {
+    u32 p;   // pair within the block
+    u32 pos; // first position within the pair's N
+    u32 row; // shared row (p N1 + a)
+    u32 col; // first column r
+};
+
+__device__ __forceinline__ MtChunk mt_chunk(const Params& pc, u32 k) {
+    u32 c = threadIdx.x + k * MT_THREADS;
+    MtChunk m;
+    m.p = c >> (pc.log2n - 3u);
+    m.pos = (c << 3) & ((1u << pc.log2n) - 1u);
+    m.row = (m.p << (pc.log2n - 8u)) + (m.pos >> 8);
+    m.col = m.pos & 255u;
+    return m;
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch(const Params pc, const Buffers bf, const Divisors dv) {
+    alignas(16) __shared__ u16 planes[2][16 * MT_ROW];
+    __shared__ u32 row_max[32];
+    const u32 n1_log2 = pc.log2n - 8u;
+    const u32 n1 = 1u << n1_log2;
+    const u32 n = 1u << pc.log2n;
+    const u32 first_pair = block_index() << (4u - n1_log2);
+    if (first_pair >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    if (threadIdx.x < 32u) {
+        row_max[threadIdx.x] = 0u;
+    }
+    __syncthreads();
+
+    // Load: two chunks of 8 positions per thread (16 rows x 256 points = 512 chunks).
+    float in[2][2][8];
+    SegmentRow seg[2][2];
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+        u32 pair = first_pair + m.p;
+        u32 mx[2] = {0u, 0u};
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            seg[k][s] = SegmentRow{0u, 0u, 0u, 0u};
+            if (pair < pc.total_lines) {
+                u32 h = udiv(pair, dv.pairs);
+                seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+            }
+#pragma unroll
+            for (u32 v = 0; v < 8u; v += VEC) {
+                segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos + v, &in[k][s][v]);
+            }
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                mx[s] = max_u(mx[s], finite_bits(in[k][s][j]));
+            }
+            shared_max(&row_max[2u * m.p + s], mx[s]);
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            float sc = bits_float(mt_row_scale_exponent(row_max[2u * m.p + s]) << 23);
+            Quad q;
+#pragma unroll
+            for (u32 j = 0; j < 4u; j++) {
+                q.w[j] = pack_f16x2(in[k][s][2u * j] * sc, in[k][s][2u * j + 1u] * sc);
+            }
+            *(Quad*)&planes[s][m.row * MT_ROW + m.col] = q;
+        }
+    }
+    __syncthreads();
+
+    if (n1 > 1u) {
+        mt_columns<true>(planes, pc, bf, n1_log2);
+        __syncthreads();
+    }
+
+    // S2: rows 2 warp and 2 warp + 1.
+    {
+        u32 fa_re[4], fa_im[4], fa_neg[4];
+        mt_a_fragments(
+            [&](u32 row, u32 col) {
+                cpx w = root(pc, bf, row * col, 4u);
+                return mk(w.x * 0.0625f, w.y * 0.0625f);
+            },
+            fa_re, fa_im, fa_neg);
+        u32 fb_re[2][2], fb_im[2][2], fb_neg[2][2];
+        mt_b_dft16(pc, bf, fb_re, fb_im, fb_neg);
+        // W_256^(c k_b) at this lane's D elements: k_b = g + 8 (i >> 1), c = 2 t + (i & 1) + 8 nt.
+        cpx w2[2][4];
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                w2[nt][i] = root(pc, bf, (2u * t + (i & 1u) + 8u * nt) * (g + 8u * (i >> 1)), 8u);
+            }
+        }
+#pragma unroll 1
+        for (u32 rr = 0; rr < 2u; rr++) {
+            u32 row = 2u * warp + rr;
+            u32 pair = first_pair + (row >> n1_log2);
+            if (pair >= pc.total_lines) {
+                continue; // uniform over the warp; the row holds zeros
+            }
+            u32 ka = row & (n1 - 1u);
+            u32 h = udiv(pair, dv.pairs);
+            // P1: D1 = (F16 / 16) Z, Z[b][c] = row[16 b + c] (B fragments by ldmatrix.trans).
+            u32 zrow = 8u * ((lane >> 3) & 1u) + (lane & 7u);
+            u32 off = row * MT_ROW + 16u * zrow + 8u * (lane >> 4);
+            u32 z_re[4], z_im[4];
+            ldsm_x4_trans(&planes[0][off], z_re);
+            ldsm_x4_trans(&planes[1][off], z_im);
+            float d_re[2][4], d_im[2][4];
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+                tc_cmma(d_re[nt], d_im[nt], fa_re, fa_im, &z_re[2u * nt], &z_im[2u * nt], fa_neg,
+                        &z_im[2u * nt]);
+#pragma unroll
+                for (u32 i = 0; i < 4u; i++) {
+                    cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), w2[nt][i]);
+                    d_re[nt][i] = v.x;
+                    d_im[nt][i] = v.y;
+                }
+            }
+            // P2: D2 = M1 (F16 / 16), contracting c; rows k_b, columns k_c.
+            u32 m_re[4], m_im[4];
+            mt_pack_a(d_re, m_re);
+            mt_pack_a(d_im, m_im);
+            const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
+                              ka * 256u + lane * 8u;
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+                tc_cmma(d_re[nt], d_im[nt], m_re, m_im, fb_re[nt], fb_im[nt], m_im, fb_neg[nt]);
+#pragma unroll
+                for (u32 i = 0; i < 4u; i++) {
+                    cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), load_ro(filt + 4u * nt + i));
+                    d_re[nt][i] = v.x;
+                    d_im[nt][i] = v.y;
+                }
+            }
+            // P3: D3 = Z' (conj F16 / 16), contracting k_c; rows k_b, columns c.
+            mt_pack_a(d_re, m_re);
+            mt_pack_a(d_im, m_im);
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+                tc_cmma(d_re[nt], d_im[nt], m_re, m_im, fb_re[nt], fb_neg[nt], m_im, fb_im[nt]);
+#pragma unroll
+                for (u32 i = 0; i < 4u; i++) {
+                    cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), conj_c(w2[nt][i]));
+                    d_re[nt][i] = v.x;
+                    d_im[nt][i] = v.y;
+                }
+            }
+            // P4: D4 = (conj F16 / 16) M3, contracting k_b: M3's B fragments are its 8 x 8
+            // blocks transposed (movmatrix); rows b, columns c.
+            mt_pack_a(d_re, m_re);
+            mt_pack_a(d_im, m_im);
+            u32 b_re[4], b_im[4];
+#pragma unroll
+            for (u32 j = 0; j < 4u; j++) {
+                // B tile nt = j >> 1 (columns c of block nt), half j & 1 (rows k_b 8 (j & 1) ..).
+                u32 src = 2u * (j >> 1) + (j & 1u);
+                b_re[j] = movm_trans(m_re[src]);
+                b_im[j] = movm_trans(m_im[src]);
+            }
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+                tc_cmma(d_re[nt], d_im[nt], fa_re, fa_neg, &b_re[2u * nt], &b_im[2u * nt], fa_im,
+                        &b_im[2u * nt]);
+#pragma unroll
+                for (u32 hb = 0; hb < 2u; hb++) {
+                    u32 r = 16u * (g + 8u * hb) + 2u * t + 8u * nt;
+                    cpx v0 = mk(d_re[nt][2u * hb], d_im[nt][2u * hb]);
+                    cpx v1 = mk(d_re[nt][2u * hb + 1u], d_im[nt][2u * hb + 1u]);
+                    if (n1 > 1u) {
+                        v0 = cmul(v0, conj_c(root(pc, bf, r * ka, pc.log2n)));
+                        v1 = cmul(v1, conj_c(root(pc, bf, (r + 1u) * ka, pc.log2n)));
+                    }
+                    *(u32*)&planes[0][row * MT_ROW + r] = pack_f16x2(v0.x, v1.x);
+                    *(u32*)&planes[1][row * MT_ROW + r] = pack_f16x2(v0.y, v1.y);
+                }
+            }
+        }
+    }
+    __syncthreads();
+
+    if (n1 > 1u) {
+        mt_columns<false>(planes, pc, bf, n1_log2);
+        __syncthreads();
+    }
+
+    // Store: undo the scales, (2N)^2 or 256^2 of the DFT matrices, s_k of the filter and s_row.
+    float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+        u32 pair = first_pair + m.p;
+        if (pair >= pc.total_lines) {
+            continue;
+        }
+        u32 h = udiv(pair, dv.pairs);
+        float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            float inv = bits_float((254u - mt_row_scale_exponent(row_max[2u * m.p + s])) << 23);
+            float f = c * c * sk * inv;
+            Quad q = *(const Quad*)&planes[s][m.row * MT_ROW + m.col];
+            float v[8];
+#pragma unroll
+            for (u32 j = 0; j < 4u; j++) {
+                v[2u * j] = half_float(q.w[j]) * f;
+                v[2u * j + 1u] = half_float(q.w[j] >> 16) * f;
+            }
+#pragma unroll
+            for (u32 o = 0; o < 8u; o += VEC) {
+                store_segment_vec(pc, bf.y, bf.post, seg[k][s], m.pos + o, &v[o]);
+            }
+        }
+    }
+}
+
+// The filter for fftconv_monarch: per channel h of the launch (pc.channels, one block each) a
+// header (s_k, 1 / s_k) and a zero, then the N bins of the full spectrum (from the Hermitian
+// half in bf.spectrum, dropped bins 0) divided by s_k, in the order of fftconv_monarch's S2
+// fragments: k = k_a + N1 (k_b + 16 k_c) at k_a 256 + lane 8 + nt 4 + i with lane = 4 (k_b & 7)
+// + (k_c & 7) / 2, i = 2 (k_b >> 3) + (k_c & 1), nt = k_c >> 3. s_k is the power of two above
+// the channel's largest finite |Re| + |Im| (1 for an all-zero channel), so |bins| <= 1.
+// Written to bf.tmp, N + 2 complex values per channel.
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
+    fftconv_monarch_filter(const Params pc, const Buffers bf, const Divisors dv) {
+    (void)dv;
+    __shared__ u32 channel_max;
+    u32 h = block_index();
+    if (h >= pc.channels) {
+        return;
+    }
+    u32 n = 1u << pc.log2n, n1_log2 = pc.log2n - 8u;
+    if (threadIdx.x == 0u) {
+        channel_max = 0u;
+    }
+    __syncthreads();
+    u32 m = 0u;
+    for (u32 k = threadIdx.x; k < n; k += MT_THREADS) {
+        cpx v = filter_bin(pc, bf, h, k);
+        float sum = bits_float(float_bits(v.x) & 0x7fffffffu) + bits_float(float_bits(v.y) & 0x7fffffffu);
+        m = max_u(m, finite_bits(sum));
+    }
+    shared_max(&channel_max, m);
+    __syncthreads();
+    u32 e = channel_max == 0u ? 127u : (channel_max >> 23) + 1u;
+    e = e > 253u ? 253u : e; // so that 1 / s_k is a normal float too
+    float inv = bits_float((254u - e) << 23);
+    cpx* out = bf.tmp + (u64)h * (n + 2u);
+    if (threadIdx.x == 0u) {
+        out[0] = mk(bits_float(e << 23), inv);
+        out[1] = mk(0.0f, 0.0f);
+    }
+    for (u32 k = threadIdx.x; k < n; k += MT_THREADS) {
+        cpx v = filter_bin(pc, bf, h, k);
+        u32 ka = k & ((1u << n1_log2) - 1u), kr = k >> n1_log2;
+        u32 kb = kr & 15u, kc = kr >> 4;
+        u32 lane = 4u * (kb & 7u) + ((kc & 7u) >> 1);
+        u32 i = 2u * (kb >> 3) + (kc & 1u);
+        out[2u + ka * 256u + lane * 8u + (kc >> 3) * 4u + i] = mk(v.x * inv, v.y * inv);
+    }
+}
+#endif

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use monarch_core::schedule::{
-    Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_NO_INVERSE, FLAG_SRC_INPUT,
+    Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_DST_OUTPUT, FLAG_GATED,
+    FLAG_NO_INVERSE, FLAG_SRC_INPUT, FLAG_WRAPS,
 };
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
@@ -29,6 +30,9 @@ pub struct CudaFilterSpectrum {
     channels: usize,
     filter_len: usize,
     pub(crate) buffer: Arc<CudaSlice<u8>>,
+    /// The same spectrum in the Monarch pass's order (`fftconv_monarch_filter`), where the
+    /// convolution runs that pass.
+    pub(crate) monarch: Option<Arc<CudaSlice<u8>>>,
 }
 
 impl std::fmt::Debug for CudaFilterSpectrum {
@@ -303,6 +307,8 @@ pub struct CudaConvolution {
     plan: Arc<MonarchPlan>,
     schedule: PassSchedule,
     twiddles: CudaSlice<u8>,
+    /// Whether every chunk's forward runs as the Monarch tensor-core pass.
+    monarch: bool,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
@@ -430,9 +436,16 @@ impl CudaConvolution {
         }
         let table = twiddle_tables(n);
         let twiddles = upload(&dev.stream, &table)?;
+        let monarch = kernels.monarch.is_some()
+            && schedule.chunks().all(|chunk| {
+                [true, false]
+                    .iter()
+                    .all(|&host| monarch_params(&schedule.forward_steps(chunk, host)).is_some())
+            });
         Ok(CudaConvolution {
             device: dev,
             spec: spec.clone(),
+            monarch,
             kernels,
             plan,
             schedule,
@@ -573,6 +586,7 @@ impl CudaConvolution {
             launch(&kernels.filter_unpack, 0, &unpack)?;
             row0 += rows;
         }
+        let monarch = self.monarch_filter(stream, &buffer)?;
         sync(stream)?;
         drop(guard);
         Ok(CudaFilterSpectrum {
@@ -580,6 +594,7 @@ impl CudaConvolution {
             channels: h_count,
             filter_len: klen,
             buffer: Arc::new(buffer),
+            monarch,
         })
     }
 
@@ -589,12 +604,48 @@ impl CudaConvolution {
         let geometry = *self.spec.geometry();
         let bytes = host_filter_spectrum(&self.spec, k)?;
         let buffer = upload(&self.device.stream, &bytes)?;
+        let monarch = self.monarch_filter(&self.device.stream, &buffer)?;
+        sync(&self.device.stream)?;
         Ok(CudaFilterSpectrum {
             geometry,
             channels: self.spec.channels(),
             filter_len: self.spec.filter_len(),
             buffer: Arc::new(buffer),
+            monarch,
         })
+    }
+
+    /// The Monarch pass's filter (`fftconv_monarch_filter`) from a half spectrum on `stream`,
+    /// where this convolution runs that pass.
+    fn monarch_filter(
+        &self,
+        stream: &Arc<CudaStream>,
+        spectrum: &CudaSlice<u8>,
+    ) -> Result<Option<Arc<CudaSlice<u8>>>, CudaError> {
+        let Some(kernels) = self.kernels.monarch.as_ref().filter(|_| self.monarch) else {
+            return Ok(None);
+        };
+        let geometry = self.spec.geometry();
+        let n = geometry.n();
+        let channels = self.spec.channels();
+        let out = stream
+            .alloc_zeros::<u8>(channels * (n + 2) * 8)
+            .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+        let params = PassParams {
+            log2n: n.ilog2(),
+            kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
+            channels: channels as u32,
+            total_lines: channels as u32,
+            ..PassParams::default()
+        };
+        let buffers = KernelBuffers {
+            spectrum: address(spectrum, stream),
+            twiddles: address(&self.twiddles, stream),
+            tmp: address(&out, stream),
+            ..KernelBuffers::default()
+        };
+        launch_kernel(stream, &kernels.filter, 256, 0, &params, &buffers)?;
+        Ok(Some(Arc::new(out)))
     }
 
     /// `y = postgate * conv(pregate * u, k)`; `u`, `y` and the gates are `[B, H, L]` of the
@@ -861,7 +912,19 @@ impl CudaConvolution {
             u2: 0,
             y3: 0,
         };
-        for (kind, params) in self.schedule.forward_steps(chunk, matches!(io, Io::Host)) {
+        let steps = self.schedule.forward_steps(chunk, matches!(io, Io::Host));
+        if let (Some(kernels), Some(layout), Some(params)) = (
+            self.kernels.monarch.as_ref().filter(|_| self.monarch),
+            filter.monarch.as_ref(),
+            monarch_params(&steps),
+        ) {
+            let buffers = KernelBuffers {
+                spectrum: address(layout, stream),
+                ..buffers
+            };
+            return launch_kernel(stream, &kernels.forward, 256, 0, &params, &buffers);
+        }
+        for (kind, params) in steps {
             self.launch(stream, kind, &params, &buffers)?;
         }
         Ok(())
@@ -919,6 +982,27 @@ impl CudaConvolution {
         }
         Ok(())
     }
+}
+
+/// The launch parameters of the Monarch tensor-core pass (`fftconv_monarch`) where it can run a
+/// chunk's forward: one fused step over whole pairs (no global stages), N = 256 .. 4096, one
+/// overlap-save segment per row, plain forward flags (gates and circular history allowed). Its
+/// blocks hold 16 rows of 256 points: 2^(12 - log2 N) pairs.
+pub(crate) fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
+    let [(PassKind::Fused, p)] = steps else {
+        return None;
+    };
+    let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
+    (p.line_log2 == p.log2n
+        && (8..=12).contains(&p.log2n)
+        && p.blocks == 1
+        && p.stage_count == 0
+        && p.flags & io == io
+        && p.flags & !(io | FLAG_GATED | FLAG_WRAPS) == 0)
+        .then(|| PassParams {
+            lines_log2: 12 - p.log2n,
+            ..*p
+        })
 }
 
 /// The filter spectrum of `k: [H, K]` computed on the host: per channel the first `kept_bins`
@@ -1025,6 +1109,41 @@ pub(crate) fn copy_from_bytes<T: Element>(src: &[u8], dst: &mut [T]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monarch_core::schedule::FLAG_CONJ_FILTER;
+
+    /// The Monarch pass takes the forward of one-pass plans with N = 256 .. 4096 and one
+    /// segment per row, and nothing else (longer N, overlap-save blocks, backward flags).
+    #[test]
+    fn monarch_params_take_only_what_the_pass_runs() {
+        let fused = |log2n: u32, blocks: u32, flags: u32| {
+            vec![(
+                PassKind::Fused,
+                PassParams {
+                    log2n,
+                    line_log2: log2n,
+                    lines_log2: 0,
+                    blocks,
+                    flags,
+                    ..PassParams::default()
+                },
+            )]
+        };
+        let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
+        for log2n in 8..=12 {
+            let p = monarch_params(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS))
+                .expect("a one-pass forward of N = 256 .. 4096");
+            // 16 rows of 256 points per block: N / 256 rows per pair.
+            assert_eq!(p.lines_log2 + (log2n - 8), 4);
+        }
+        assert!(monarch_params(&fused(7, 1, io)).is_none());
+        assert!(monarch_params(&fused(13, 1, io)).is_none());
+        assert!(monarch_params(&fused(12, 3, io)).is_none());
+        assert!(monarch_params(&fused(12, 1, io | FLAG_CONJ_FILTER)).is_none());
+        assert!(monarch_params(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE)).is_none());
+        let mut two = fused(12, 1, io);
+        two.push(two[0]);
+        assert!(monarch_params(&two).is_none());
+    }
 
     #[test]
     fn divisors_divide_exactly() {

@@ -53,6 +53,11 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
+/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4096 (one
+/// fused pass, one segment per row) through the Monarch tensor-core pass (`fftconv_monarch`:
+/// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability 8.0
+/// or newer); an experiment, unmeasured on a GPU so far (docs/perf.md).
+pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -189,6 +194,9 @@ impl CudaDevice {
         // `FFTCONV_CUDA_MIDDLE_ROUND=0` restores the separate rounds for A/B runs.
         let middle_round = !std::env::var(MIDDLE_ROUND_ENV).is_ok_and(|v| v.trim() == "0");
         let vector_io = std::env::var(VECTOR_IO_ENV).is_ok_and(|v| v.trim() == "1");
+        let monarch = std::env::var(MONARCH_ENV).is_ok_and(|v| v.trim() == "1")
+            && dtype != DType::F32
+            && self.info.compute_capability.0 >= 8;
         let fused = fused.filter(|_| std::env::var(SPECIALIZE_ENV).is_ok_and(|v| v.trim() == "1"));
         let min_blocks = std::env::var(MIN_BLOCKS_ENV)
             .ok()
@@ -204,6 +212,7 @@ impl CudaDevice {
             tensor_cores,
             middle_round,
             vector_io,
+            monarch,
             min_blocks,
             fused,
             pad: pad
@@ -239,6 +248,7 @@ impl CudaDevice {
             format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
             format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
             format!("-DVECTOR_IO={}", u32::from(key.vector_io)),
+            format!("-DMONARCH_TC={}", u32::from(key.monarch)),
             format!("-DMIN_BLOCKS={}", key.min_blocks),
         ];
         let mut options = options;
@@ -298,12 +308,34 @@ impl CudaDevice {
             baseline_pad: load("fftconv_baseline_pad")?,
             baseline_product: load("fftconv_baseline_product")?,
             baseline_crop: load("fftconv_baseline_crop")?,
+            monarch: if key.monarch {
+                // Static shared memory only (the planes, 17 KiB).
+                let get = |name: &str| {
+                    module
+                        .load_function(name)
+                        .map_err(|e| CudaError::driver("cuModuleGetFunction", e))
+                };
+                Some(MonarchKernels {
+                    filter: get("fftconv_monarch_filter")?,
+                    forward: get("fftconv_monarch")?,
+                })
+            } else {
+                None
+            },
             pad: key.pad,
             shared_points: key.shared_points,
             shared_bytes,
             threads,
         })
     }
+}
+
+/// The kernels of the Monarch tensor-core pass (256 threads per block, static shared memory).
+pub(crate) struct MonarchKernels {
+    /// The filter in the pass's fragment order, per channel scaled by a power of two.
+    pub(crate) filter: CudaFunction,
+    /// The whole forward of a chunk.
+    pub(crate) forward: CudaFunction,
 }
 
 /// What a kernel module is compiled for.
@@ -317,6 +349,7 @@ struct KernelKey {
     tensor_cores: bool,
     middle_round: bool,
     vector_io: bool,
+    monarch: bool,
     min_blocks: u32,
     fused: Option<FusedSizes>,
     pad: bool,
@@ -347,6 +380,8 @@ pub(crate) struct Kernels {
     pub(crate) baseline_pad: CudaFunction,
     pub(crate) baseline_product: CudaFunction,
     pub(crate) baseline_crop: CudaFunction,
+    /// The Monarch tensor-core pass (`FFTCONV_CUDA_MONARCH=1`, f16 / bf16, sm_80 or newer).
+    pub(crate) monarch: Option<MonarchKernels>,
     /// Whether shared memory has one padding point per 16.
     pub(crate) pad: bool,
     /// Complex points of shared memory per block (the longest line a pass may have).

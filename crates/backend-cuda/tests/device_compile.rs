@@ -63,6 +63,17 @@ const TENSOR_CORE_PTX: [&str; 4] = [
     "cvt.rn.f16x2.f32",
 ];
 
+/// The kernels of the Monarch pass (`MONARCH_TC=1` only).
+const MONARCH_ENTRIES: [&str; 2] = ["fftconv_monarch", "fftconv_monarch_filter"];
+
+/// Inline PTX of the Monarch pass.
+const MONARCH_PTX: [&str; 4] = [
+    "mma.sync.aligned.m16n8k16",
+    "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
+    "movmatrix.sync.aligned.m8n8.trans.b16",
+    "red.shared.max.u32",
+];
+
 /// Inline PTX of f16 I/O.
 const F16_PTX: [&str; 2] = ["cvt.rn.f16.f32", "cvt.f32.f16"];
 
@@ -97,6 +108,8 @@ struct Variant {
     tensor_cores: bool,
     middle_round: bool,
     vector_io: bool,
+    /// `MONARCH_TC=1`: the Monarch tensor-core pass and its filter kernel too.
+    monarch: bool,
     arch: Arch,
 }
 
@@ -116,6 +129,7 @@ fn variants() -> Vec<Variant> {
         tensor_cores: tc,
         middle_round: mr,
         vector_io: vio,
+        monarch: false,
         arch,
     };
     use Arch::*;
@@ -136,6 +150,16 @@ fn variants() -> Vec<Variant> {
         v(F16, 16384, true, 1024, 4, true, true, false, false, Sm80),
         v(Bf16, 4096, false, 256, 4, false, true, false, false, Newest),
         v(Bf16, 256, true, 64, 3, true, true, true, true, Sm80),
+        // The Monarch pass (f16 and bf16, sm_80 and newer), in the default module and beside
+        // the tensor-core rounds.
+        Variant {
+            monarch: true,
+            ..v(F16, 4096, true, 256, 3, false, false, true, false, Newest)
+        },
+        Variant {
+            monarch: true,
+            ..v(Bf16, 4096, true, 256, 3, false, true, true, true, Sm80)
+        },
     ]
 }
 
@@ -157,6 +181,7 @@ impl Variant {
             format!("-DTENSOR_CORES={}", u32::from(self.tensor_cores)),
             format!("-DMIDDLE_ROUND={}", u32::from(self.middle_round)),
             format!("-DVECTOR_IO={}", u32::from(self.vector_io)),
+            format!("-DMONARCH_TC={}", u32::from(self.monarch)),
         ]
         .into_iter()
         .chain(
@@ -192,7 +217,7 @@ impl Variant {
             Io::Bf16 => "bf16",
         };
         format!(
-            "{io}-p{}-pad{}-t{}-r{}-st{}-tc{}-mr{}-vio{}{}-{arch}",
+            "{io}-p{}-pad{}-t{}-r{}-st{}-tc{}-mr{}-vio{}-mt{}{}-{arch}",
             self.shared_points,
             u32::from(self.pad),
             self.threads,
@@ -201,6 +226,7 @@ impl Variant {
             u32::from(self.tensor_cores),
             u32::from(self.middle_round),
             u32::from(self.vector_io),
+            u32::from(self.monarch),
             if self.specialized() { "-spec" } else { "" },
         )
     }
@@ -347,10 +373,30 @@ fn check_ptx(variant: &Variant, arch: &str, ptx: &str) -> Vec<String> {
         }
     } else {
         // Only the `mma` is theirs alone (a warp barrier or shuffle may serve other code).
-        require(TENSOR_CORE_PTX[0], false, "TENSOR_CORES=0");
+        require(
+            TENSOR_CORE_PTX[0],
+            variant.monarch,
+            "TENSOR_CORES=0 (mma only with MONARCH_TC=1)",
+        );
     }
     for needle in F16_PTX {
-        require(needle, variant.io == Io::F16, "f16 I/O");
+        // The Monarch pass converts its f16 results back to f32 whatever the I/O type.
+        if !(variant.monarch && needle == "cvt.f32.f16") {
+            require(needle, variant.io == Io::F16, "f16 I/O");
+        }
+    }
+    if variant.monarch {
+        for needle in MONARCH_PTX {
+            require(needle, true, "MONARCH_TC=1");
+        }
+    }
+    for name in MONARCH_ENTRIES {
+        if has_entry(ptx, name) != variant.monarch {
+            problems.push(format!(
+                "`.entry {name}` with MONARCH_TC={}",
+                u32::from(variant.monarch)
+            ));
+        }
     }
     problems
 }
@@ -432,13 +478,24 @@ fn find_ptxas() -> Result<PathBuf, String> {
     }
 }
 
-/// Assembles a PTX file for sm_90 as NVRTC would on the GPU machine; prints the fused kernel's
-/// resource use (`ptxas -v`).
+/// Assembles a PTX file for sm_90 as NVRTC would on the GPU machine; prints the fused and
+/// Monarch kernels' resource use (`ptxas -v`).
 fn assemble(ptxas: &Path, label: &str, ptx_path: &Path) -> Result<(), String> {
     let cubin = ptx_path.with_extension("cubin");
+    // `movmatrix` (the Monarch pass) needs PTX ISA 7.8, which NVRTC on the GPU machine emits
+    // (CUDA 13: 9.0) but clang 15 does not declare (7.0): such files get the newer version line.
+    let text = std::fs::read_to_string(ptx_path).map_err(|e| format!("{label}: {e}"))?;
+    let ptx_path = if text.contains("movmatrix") && text.contains(".version 7.0") {
+        let newer = ptx_path.with_extension("isa78.ptx");
+        std::fs::write(&newer, text.replacen(".version 7.0", ".version 7.8", 1))
+            .map_err(|e| format!("{label}: {e}"))?;
+        newer
+    } else {
+        ptx_path.to_path_buf()
+    };
     let out = Command::new(ptxas)
         .args(["-arch=sm_90", "-v"])
-        .arg(ptx_path)
+        .arg(&ptx_path)
         .arg("-o")
         .arg(&cubin)
         .output()
@@ -457,17 +514,19 @@ fn assemble(ptxas: &Path, label: &str, ptx_path: &Path) -> Result<(), String> {
     }
     // "Compiling entry function 'fftconv_fused'", then its properties and registers.
     let lines: Vec<&str> = stderr.lines().collect();
-    if let Some(i) = lines
-        .iter()
-        .position(|l| l.contains("entry function 'fftconv_fused'"))
-    {
+    for i in lines.iter().enumerate().filter_map(|(i, l)| {
+        (l.contains("entry function 'fftconv_fused'")
+            || l.contains("entry function 'fftconv_monarch'"))
+        .then_some(i)
+    }) {
         let usage: Vec<&str> = lines[i + 1..]
             .iter()
             .take(3)
             .filter(|l| l.contains("stack frame") || l.contains("registers"))
             .map(|l| l.trim().trim_start_matches("ptxas info    : "))
             .collect();
-        println!("{label}: ptxas sm_90, fftconv_fused: {}", usage.join("; "));
+        let entry = lines[i].split('\'').nth(1).unwrap_or_default();
+        println!("{label}: ptxas sm_90, {entry}: {}", usage.join("; "));
     }
     Ok(())
 }

@@ -213,6 +213,8 @@ enum Kernel {
     Gather = 3,
     TapsSum = 4,
     BackwardFused = 5,
+    MonarchFilter = 6,
+    Monarch = 7,
 }
 
 impl From<PassKind> for Kernel {
@@ -1102,5 +1104,198 @@ fn tensor_cores_middle_round_one_column_pass_256_points_64_threads() {
         "-DTENSOR_CORES=1 -DMIDDLE_ROUND=1",
         TENSOR_CORE_TOLERANCE,
         1,
+    );
+}
+
+// ---- the Monarch tensor-core pass (`-DMONARCH_TC=1`, `FFTCONV_CUDA_MONARCH`) ---------------------
+
+/// `monarch_params` of src/convolution.rs: the Monarch pass's launch parameters where it can run
+/// a chunk's forward (one fused step over whole pairs, N = 256 .. 4096, one segment per row).
+fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
+    use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
+    let [(PassKind::Fused, p)] = steps else {
+        return None;
+    };
+    let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
+    (p.line_log2 == p.log2n
+        && (8..=12).contains(&p.log2n)
+        && p.blocks == 1
+        && p.stage_count == 0
+        && p.flags & io == io
+        && p.flags & !(io | FLAG_GATED | FLAG_WRAPS) == 0)
+        .then(|| PassParams {
+            lines_log2: 12 - p.log2n,
+            ..*p
+        })
+}
+
+/// The forward through the Monarch pass: the filter-layout kernel once, then one launch per chunk.
+fn monarch_forward(
+    harness: &Path,
+    prep: &Prepared,
+    inputs: &Inputs,
+    name: &str,
+) -> Result<String, String> {
+    let spec = &prep.spec;
+    let n = spec.geometry().n();
+    let mut p = Program::default();
+    let twiddles = p.data(&twiddle_tables(n));
+    let spectrum = p.data(&filter_spectrum(spec, &inputs.k));
+    let layout = p.nans(spec.channels() * (n + 2) * 2);
+    let filter_params = PassParams {
+        log2n: n.ilog2(),
+        kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
+        channels: spec.channels() as u32,
+        total_lines: spec.channels() as u32,
+        ..PassParams::default()
+    };
+    p.launch(
+        Kernel::MonarchFilter,
+        0,
+        &filter_params,
+        &Bindings {
+            spectrum: Some(spectrum),
+            twiddles: Some(twiddles),
+            tmp: Some(layout),
+            ..Bindings::default()
+        },
+    );
+    let u = p.data(&inputs.u);
+    let gates = inputs.gates.as_ref().map(|(a, b)| (p.data(a), p.data(b)));
+    let y = p.nans(spec.io_len());
+    let uc = prep.chunk_buffer(&mut p);
+    let gates_c = gates.map(|_| (prep.chunk_buffer(&mut p), prep.chunk_buffer(&mut p)));
+    let yc = prep.chunk_buffer(&mut p);
+    let bindings = Bindings {
+        u: Some(uc),
+        pre: Some(gates_c.map_or(uc, |g| g.0)),
+        post: Some(gates_c.map_or(uc, |g| g.1)),
+        y: Some(yc),
+        spectrum: Some(layout),
+        twiddles: Some(twiddles),
+        ..Bindings::default()
+    };
+    for chunk in prep.schedule.chunks() {
+        prep.copy_rows_in(&mut p, chunk, u, uc);
+        if let (Some((pre, post)), Some((pre_c, post_c))) = (gates, gates_c) {
+            prep.copy_rows_in(&mut p, chunk, pre, pre_c);
+            prep.copy_rows_in(&mut p, chunk, post, post_c);
+        }
+        p.fill_nan(yc);
+        let steps = prep.schedule.forward_steps(chunk, true);
+        let params = monarch_params(&steps)
+            .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
+        p.launch(Kernel::Monarch, 0, &params, &bindings);
+        prep.copy_rows_out(&mut p, chunk, yc, y);
+    }
+    let got = p.run(harness, prep.points, &format!("{name}-monarch"), &[y])?;
+    let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
+    let want = reference_forward(
+        spec,
+        &f64s(&inputs.u),
+        &f64s(&inputs.k),
+        gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
+    );
+    let err = compare("y", &got[0], &want, prep.tolerance)?;
+    let l = spec.length();
+    let mut worst = 0.0f64;
+    for (r, (g, w)) in got[0].chunks(l).zip(want.chunks(l)).enumerate() {
+        worst = worst.max(compare(&format!("y row {r}"), g, w, prep.tolerance)?);
+    }
+    Ok(format!("forward {err:.1e}, worst row {worst:.1e}"))
+}
+
+/// The Monarch pass (f16 operands, so the f16 tolerance) on every size it takes (N = 256 ..
+/// 4096: N1 = 1 .. 16 rows per pair), causal and circular, gated, frequency-sparse, odd batch
+/// (a pair with one row), several chunks, rows of 2^-12, 1 and 2^12 (and a channel of filter
+/// 2^40 / 2^-40), and a length that is no multiple of the vector width.
+#[test]
+fn monarch_tensor_core_pass_256_threads() {
+    let test = "monarch_tensor_core_pass_256_threads";
+    let start = Instant::now();
+    let Some(harness) = harness(4096, 256, "-DMONARCH_TC=1") else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let seed = std::env::var("FFTCONV_EMULATION_SEED")
+        .ok()
+        .map(|s| s.parse::<u64>().expect("FFTCONV_EMULATION_SEED is a u64"))
+        .unwrap_or_else(|| rand::rng().random());
+    println!("{test}: seed {seed} (FFTCONV_EMULATION_SEED={seed} reproduces it)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let causal = ConvSpec::builder;
+    let cases: Vec<(&str, ConvSpecBuilder, usize, f32)> = vec![
+        ("n256 causal", causal(4, 3, 128, 128), 1 << 30, 1.0),
+        (
+            "n512 causal odd batch",
+            causal(3, 3, 256, 256),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n1k gated",
+            causal(2, 3, 512, 512).gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n2k circular",
+            causal(2, 2, 2048, 2048).circular(),
+            1 << 30,
+            1.0,
+        ),
+        ("n4k causal", causal(2, 3, 2048, 2048), 1 << 30, 1.0),
+        (
+            "n4k sparse chunked",
+            causal(4, 3, 2048, 2048).keep_frequencies(0.25),
+            8192,
+            1.0,
+        ),
+        ("n256 ragged L", causal(5, 2, 203, 54), 1 << 30, 1.0),
+        (
+            "n1k filter 2^40",
+            causal(2, 3, 500, 300),
+            1 << 30,
+            1.099_511_6e12,
+        ),
+        (
+            "n4k filter 2^-40",
+            causal(2, 1, 2048, 2048),
+            1 << 30,
+            9.094_947e-13,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (label, builder, chunk_elems, k_scale)) in cases.into_iter().enumerate() {
+        let spec = builder.build().expect("spec");
+        let prep = Prepared::new(&spec, 4096, chunk_elems, TENSOR_CORE_TOLERANCE);
+        let mut inputs = Inputs::new(&spec, &mut rng);
+        for v in &mut inputs.k {
+            *v *= k_scale;
+        }
+        let what = format!(
+            "{test}/{label}: B={} H={} L={} K={} N={} kept={} chunks {}",
+            spec.batch(),
+            spec.channels(),
+            spec.length(),
+            spec.filter_len(),
+            spec.geometry().n(),
+            spec.geometry().kept_bins,
+            prep.schedule.chunks().count()
+        );
+        match monarch_forward(&harness, &prep, &inputs, &format!("{test}-{i}")) {
+            Ok(summary) => println!("ok   {what}: {summary}"),
+            Err(e) => {
+                println!("FAIL {what}: {e}");
+                failures.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    println!("{test}: {:.2?}", start.elapsed());
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed (seed {seed}):\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }

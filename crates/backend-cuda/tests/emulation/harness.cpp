@@ -121,10 +121,22 @@ Divisor divisor(u32 d) {
 typedef void (*Kernel)(const Params, const Buffers, const Divisors);
 
 const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_columns_inverse,
-                          fftconv_gather, fftconv_taps_sum,        fftconv_backward_fused};
+                          fftconv_gather, fftconv_taps_sum,        fftconv_backward_fused,
+#if MONARCH_TC
+                          fftconv_monarch_filter, fftconv_monarch,
+#endif
+};
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
-                             "gather", "taps_sum",        "backward_fused"};
-const bool PER_THREAD[] = {false, false, false, true, true, false};
+                             "gather", "taps_sum",        "backward_fused",
+#if MONARCH_TC
+                             "monarch_filter", "monarch",
+#endif
+};
+const bool PER_THREAD[] = {false, false, false, true, true, false,
+#if MONARCH_TC
+                           false, false,
+#endif
+};
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
 
 #if THREADS > 1
