@@ -530,12 +530,39 @@ fn compare(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> Result<f64,
     }
 }
 
-/// The forward through the backend's steps (host I/O: compact chunk buffers).
-fn forward(harness: &Path, prep: &Prepared, inputs: &Inputs, name: &str) -> Result<String, String> {
+/// The forward through the backend's steps (host I/O: compact chunk buffers); with `monarch`,
+/// as `launch_forward` runs the Monarch pass: the filter-layout kernel once, then one launch
+/// per chunk.
+fn forward(
+    harness: &Path,
+    prep: &Prepared,
+    inputs: &Inputs,
+    name: &str,
+    monarch: bool,
+) -> Result<String, String> {
     let spec = &prep.spec;
+    let n = spec.geometry().n();
     let mut p = Program::default();
-    let twiddles = p.data(&twiddle_tables(spec.geometry().n()));
-    let spectrum = p.data(&filter_spectrum(spec, &inputs.k));
+    let twiddles = p.data(&twiddle_tables(n));
+    let mut spectrum = p.data(&filter_spectrum(spec, &inputs.k));
+    if monarch {
+        let layout = p.nans(spec.channels() * (n + 2) * 2);
+        let filter_params = PassParams {
+            log2n: n.ilog2(),
+            kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
+            channels: spec.channels() as u32,
+            total_lines: spec.channels() as u32,
+            ..PassParams::default()
+        };
+        let filter_bindings = Bindings {
+            spectrum: Some(spectrum),
+            twiddles: Some(twiddles),
+            tmp: Some(layout),
+            ..Bindings::default()
+        };
+        p.launch(Kernel::MonarchFilter, 0, &filter_params, &filter_bindings);
+        spectrum = layout;
+    }
     let u = p.data(&inputs.u);
     let gates = inputs.gates.as_ref().map(|(a, b)| (p.data(a), p.data(b)));
     let y = p.nans(spec.io_len());
@@ -560,13 +587,20 @@ fn forward(harness: &Path, prep: &Prepared, inputs: &Inputs, name: &str) -> Resu
             prep.copy_rows_in(&mut p, chunk, post, post_c);
         }
         p.fill_nan(yc);
-        for (kind, params) in prep.schedule.forward_steps(chunk, true) {
-            p.launch(
-                kind.into(),
-                prep.pass_shared_bytes(kind),
-                &params,
-                &bindings,
-            );
+        let steps = prep.schedule.forward_steps(chunk, true);
+        if monarch {
+            let params = monarch_params(&steps)
+                .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
+            p.launch(Kernel::Monarch, 0, &params, &bindings);
+        } else {
+            for (kind, params) in steps {
+                p.launch(
+                    kind.into(),
+                    prep.pass_shared_bytes(kind),
+                    &params,
+                    &bindings,
+                );
+            }
         }
         prep.copy_rows_out(&mut p, chunk, yc, y);
     }
@@ -914,7 +948,7 @@ fn check_variant(
         let name = format!("{test}-{i}");
         // The backward's step schedule always (the path of devices whose shared memory does
         // not hold the fused backward), and the fused backward kernel where the backend runs it.
-        let result = forward(&harness, &prep, &inputs, &name).and_then(|f| {
+        let result = forward(&harness, &prep, &inputs, &name, false).and_then(|f| {
             let steps = backward(&harness, &prep, &inputs, &name, None)?;
             Ok(match prep.fused_backward_rows() {
                 Some(l) => {
@@ -1129,82 +1163,6 @@ fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
         })
 }
 
-/// The forward through the Monarch pass: the filter-layout kernel once, then one launch per chunk.
-fn monarch_forward(
-    harness: &Path,
-    prep: &Prepared,
-    inputs: &Inputs,
-    name: &str,
-) -> Result<String, String> {
-    let spec = &prep.spec;
-    let n = spec.geometry().n();
-    let mut p = Program::default();
-    let twiddles = p.data(&twiddle_tables(n));
-    let spectrum = p.data(&filter_spectrum(spec, &inputs.k));
-    let layout = p.nans(spec.channels() * (n + 2) * 2);
-    let filter_params = PassParams {
-        log2n: n.ilog2(),
-        kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
-        channels: spec.channels() as u32,
-        total_lines: spec.channels() as u32,
-        ..PassParams::default()
-    };
-    p.launch(
-        Kernel::MonarchFilter,
-        0,
-        &filter_params,
-        &Bindings {
-            spectrum: Some(spectrum),
-            twiddles: Some(twiddles),
-            tmp: Some(layout),
-            ..Bindings::default()
-        },
-    );
-    let u = p.data(&inputs.u);
-    let gates = inputs.gates.as_ref().map(|(a, b)| (p.data(a), p.data(b)));
-    let y = p.nans(spec.io_len());
-    let uc = prep.chunk_buffer(&mut p);
-    let gates_c = gates.map(|_| (prep.chunk_buffer(&mut p), prep.chunk_buffer(&mut p)));
-    let yc = prep.chunk_buffer(&mut p);
-    let bindings = Bindings {
-        u: Some(uc),
-        pre: Some(gates_c.map_or(uc, |g| g.0)),
-        post: Some(gates_c.map_or(uc, |g| g.1)),
-        y: Some(yc),
-        spectrum: Some(layout),
-        twiddles: Some(twiddles),
-        ..Bindings::default()
-    };
-    for chunk in prep.schedule.chunks() {
-        prep.copy_rows_in(&mut p, chunk, u, uc);
-        if let (Some((pre, post)), Some((pre_c, post_c))) = (gates, gates_c) {
-            prep.copy_rows_in(&mut p, chunk, pre, pre_c);
-            prep.copy_rows_in(&mut p, chunk, post, post_c);
-        }
-        p.fill_nan(yc);
-        let steps = prep.schedule.forward_steps(chunk, true);
-        let params = monarch_params(&steps)
-            .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
-        p.launch(Kernel::Monarch, 0, &params, &bindings);
-        prep.copy_rows_out(&mut p, chunk, yc, y);
-    }
-    let got = p.run(harness, prep.points, &format!("{name}-monarch"), &[y])?;
-    let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
-    let want = reference_forward(
-        spec,
-        &f64s(&inputs.u),
-        &f64s(&inputs.k),
-        gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
-    );
-    let err = compare("y", &got[0], &want, prep.tolerance)?;
-    let l = spec.length();
-    let mut worst = 0.0f64;
-    for (r, (g, w)) in got[0].chunks(l).zip(want.chunks(l)).enumerate() {
-        worst = worst.max(compare(&format!("y row {r}"), g, w, prep.tolerance)?);
-    }
-    Ok(format!("forward {err:.1e}, worst row {worst:.1e}"))
-}
-
 /// The Monarch pass (f16 operands, so the f16 tolerance) on every size it takes (N = 256 ..
 /// 4096: N1 = 1 .. 16 rows per pair), causal and circular, gated, frequency-sparse, odd batch
 /// (a pair with one row), several chunks, rows of 2^-12, 1 and 2^12 (and a channel of filter
@@ -1283,7 +1241,7 @@ fn monarch_tensor_core_pass_256_threads() {
             spec.geometry().kept_bins,
             prep.schedule.chunks().count()
         );
-        match monarch_forward(&harness, &prep, &inputs, &format!("{test}-{i}")) {
+        match forward(&harness, &prep, &inputs, &format!("{test}-{i}"), true) {
             Ok(summary) => println!("ok   {what}: {summary}"),
             Err(e) => {
                 println!("FAIL {what}: {e}");
