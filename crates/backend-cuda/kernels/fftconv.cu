@@ -2704,10 +2704,10 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
             u32 b_re[4], b_im[4];
 #pragma unroll
             for (u32 j = 0; j < 4u; j++) {
-                // B tile nt = j >> 1 (columns c of block nt), half j & 1 (rows k_b 8 (j & 1) ..).
-                u32 src = 2u * (j >> 1) + (j & 1u);
-                b_re[j] = movm_trans(m_re[src]);
-                b_im[j] = movm_trans(m_im[src]);
+                // A register j is the 8 x 8 block (rows k_b 8 (j & 1) .., columns c 8 (j >> 1) ..);
+                // transposed, it is B register j: tile nt = j >> 1, half j & 1.
+                b_re[j] = movm_trans(m_re[j]);
+                b_im[j] = movm_trans(m_im[j]);
             }
 #pragma unroll
             for (u32 nt = 0; nt < 2u; nt++) {

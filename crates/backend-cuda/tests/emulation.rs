@@ -890,6 +890,52 @@ fn cases(want_passes: usize, random: usize, rng: &mut StdRng) -> Vec<Case> {
 
 /// Runs every case at `points` shared points with `threads` threads per block, forward and
 /// backward; panics listing the failures.
+/// The cases of one test: its seed (`FFTCONV_EMULATION_SEED` or random, printed), each case's
+/// line, and at the end its time and a panic listing the failures.
+struct Outcomes {
+    test: String,
+    seed: u64,
+    start: Instant,
+    failures: Vec<String>,
+}
+
+impl Outcomes {
+    fn new(test: &str) -> Outcomes {
+        let seed = std::env::var("FFTCONV_EMULATION_SEED")
+            .ok()
+            .map(|s| s.parse::<u64>().expect("FFTCONV_EMULATION_SEED is a u64"))
+            .unwrap_or_else(|| rand::rng().random());
+        println!("{test}: seed {seed} (FFTCONV_EMULATION_SEED={seed} reproduces it)");
+        Outcomes {
+            test: test.to_owned(),
+            seed,
+            start: Instant::now(),
+            failures: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, what: &str, result: Result<String, String>) {
+        match result {
+            Ok(summary) => println!("ok   {what}: {summary}"),
+            Err(e) => {
+                println!("FAIL {what}: {e}");
+                self.failures.push(format!("{what}: {e}"));
+            }
+        }
+    }
+
+    fn finish(self) {
+        println!("{}: {:.2?}", self.test, self.start.elapsed());
+        assert!(
+            self.failures.is_empty(),
+            "{} case(s) failed (seed {}):\n{}",
+            self.failures.len(),
+            self.seed,
+            self.failures.join("\n")
+        );
+    }
+}
+
 fn check_all(test: &str, points: usize, threads: usize, want_passes: usize) {
     check_variant(test, points, threads, "", TOLERANCE, want_passes);
 }
@@ -903,18 +949,13 @@ fn check_variant(
     tolerance: f64,
     want_passes: usize,
 ) {
-    let start = Instant::now();
     let Some(harness) = harness(points, threads, defines) else {
         println!("skipped {test}: no C++ compiler");
         return;
     };
-    let seed = std::env::var("FFTCONV_EMULATION_SEED")
-        .ok()
-        .map(|s| s.parse::<u64>().expect("FFTCONV_EMULATION_SEED is a u64"))
-        .unwrap_or_else(|| rand::rng().random());
-    println!("{test}: seed {seed} (FFTCONV_EMULATION_SEED={seed} reproduces it)");
+    let mut outcomes = Outcomes::new(test);
+    let seed = outcomes.seed;
     let mut rng = StdRng::seed_from_u64(seed ^ points as u64 ^ ((threads as u64 - 1) << 32));
-    let mut failures = Vec::new();
     for (i, c) in cases(want_passes, 4, &mut rng).into_iter().enumerate() {
         let prep = Prepared::new(&c.spec, points, c.chunk_elems, tolerance);
         let inputs = Inputs::new(&c.spec, &mut rng);
@@ -958,21 +999,9 @@ fn check_variant(
                 None => format!("{f}, {steps}"),
             })
         });
-        match result {
-            Ok(summary) => println!("ok   {what}: {summary}"),
-            Err(e) => {
-                println!("FAIL {what}: {e}");
-                failures.push(format!("{what}: {e}"));
-            }
-        }
+        outcomes.record(&what, result);
     }
-    println!("{test}: {:.2?}", start.elapsed());
-    assert!(
-        failures.is_empty(),
-        "{} case(s) failed (seed {seed}):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    outcomes.finish();
 }
 
 // One thread per block (THREADS=1): every round's items run in turn, barriers are no-ops.
@@ -1170,16 +1199,12 @@ fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
 #[test]
 fn monarch_tensor_core_pass_256_threads() {
     let test = "monarch_tensor_core_pass_256_threads";
-    let start = Instant::now();
     let Some(harness) = harness(4096, 256, "-DMONARCH_TC=1") else {
         println!("skipped {test}: no C++ compiler");
         return;
     };
-    let seed = std::env::var("FFTCONV_EMULATION_SEED")
-        .ok()
-        .map(|s| s.parse::<u64>().expect("FFTCONV_EMULATION_SEED is a u64"))
-        .unwrap_or_else(|| rand::rng().random());
-    println!("{test}: seed {seed} (FFTCONV_EMULATION_SEED={seed} reproduces it)");
+    let mut outcomes = Outcomes::new(test);
+    let seed = outcomes.seed;
     let mut rng = StdRng::seed_from_u64(seed);
     let causal = ConvSpec::builder;
     let cases: Vec<(&str, ConvSpecBuilder, usize, f32)> = vec![
@@ -1223,7 +1248,6 @@ fn monarch_tensor_core_pass_256_threads() {
             9.094_947e-13,
         ),
     ];
-    let mut failures = Vec::new();
     for (i, (label, builder, chunk_elems, k_scale)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
         let prep = Prepared::new(&spec, 4096, chunk_elems, TENSOR_CORE_TOLERANCE);
@@ -1241,19 +1265,10 @@ fn monarch_tensor_core_pass_256_threads() {
             spec.geometry().kept_bins,
             prep.schedule.chunks().count()
         );
-        match forward(&harness, &prep, &inputs, &format!("{test}-{i}"), true) {
-            Ok(summary) => println!("ok   {what}: {summary}"),
-            Err(e) => {
-                println!("FAIL {what}: {e}");
-                failures.push(format!("{what}: {e}"));
-            }
-        }
+        outcomes.record(
+            &what,
+            forward(&harness, &prep, &inputs, &format!("{test}-{i}"), true),
+        );
     }
-    println!("{test}: {:.2?}", start.elapsed());
-    assert!(
-        failures.is_empty(),
-        "{} case(s) failed (seed {seed}):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    outcomes.finish();
 }
