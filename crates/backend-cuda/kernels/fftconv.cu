@@ -8,8 +8,9 @@
 //   THREADS                    threads per block
 //   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES, VECTOR_IO  experiments (default 3, 0, 0, 0);
 //   MIDDLE_ROUND (default 1)
-//   MONARCH_TC                 1: also compile fftconv_monarch and fftconv_monarch_filter (the
-//                              Monarch tensor-core pass, sm_80 and newer; see its section)
+//   MONARCH_TC                 1: also compile fftconv_monarch, fftconv_monarch_wide and
+//                              fftconv_monarch_filter (the Monarch tensor-core pass, sm_80 and
+//                              newer; see its section)
 //   MIN_BLOCKS                 blocks per SM to leave registers for (default 1)
 //
 // Kernels (extern "C"):
@@ -2348,7 +2349,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 // ---- the Monarch tensor-core pass (MONARCH_TC=1; compute capability >= 8.0) --------------------
 //
 // fftconv_monarch: the whole forward of one-pass plans with N = 256 .. 4096 (N = N1 * 256,
-// N1 = 1 .. 16) whose rows are one segment each, f16 / bf16 I/O, with the data in f16 tensor-core
+// N1 = 1 .. 16; fftconv_monarch_wide below takes 8192 and 16384) whose rows are one segment each, f16 / bf16 I/O, with the data in f16 tensor-core
 // fragments instead of f32 points in shared memory. A block (256 threads, 8 warps) holds 16 rows
 // of 256 points: P = 16 / N1 pairs, row R = p N1 + a holding positions 256 a + r of pair p, as
 // two f16 planes (Re and Im) in static shared memory. With r = 16 b + c and frequencies
@@ -2490,50 +2491,175 @@ __device__ __forceinline__ u32 mt_row_scale_exponent(u32 m) {
     return s > 253u ? 253u : s;
 }
 
-// S1 (forward, twiddled) or S3 (inverse) on the warp's 32 columns: in place in the planes.
+// The two f16 planes (Re, Im) of a Monarch block's rows in shared memory, MT_ROW halves a row.
+struct MtPlanes {
+    u16* p[2];
+};
+
+// S1 (forward, twiddled by W_N^(r k_a)) or S3 (inverse) on the warp's 32 columns of `groups`
+// groups of 16 rows, in place: per group, the DFT over its rows as one mma tile with the
+// block-diagonal matrix diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16. Row k1 of group g
+// then holds frequency k_a = (k1 mod M) ka_mul + g.
 template <bool FORWARD>
-__device__ __forceinline__ void mt_columns(u16 (*planes)[16 * MT_ROW], const Params& pc,
-                                           const Buffers& bf, u32 n1_log2) {
+__device__ __forceinline__ void mt_columns(MtPlanes pl, const Params& pc, const Buffers& bf,
+                                           u32 mat_log2, u32 groups, u32 ka_mul) {
     u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
-    u32 n1 = 1u << n1_log2;
-    float scale = 0.5f / (float)n1;
+    u32 m = 1u << mat_log2;
+    float scale = 0.5f / (float)m;
     u32 a_re[4], a_im[4], a_neg[4];
     mt_a_fragments(
         [&](u32 row, u32 col) {
-            if ((row >> n1_log2) != (col >> n1_log2)) {
+            if ((row >> mat_log2) != (col >> mat_log2)) {
                 return mk(0.0f, 0.0f);
             }
-            cpx w = root(pc, bf, (row & (n1 - 1u)) * (col & (n1 - 1u)), n1_log2);
+            cpx w = root(pc, bf, (row & (m - 1u)) * (col & (m - 1u)), mat_log2);
             return mk(w.x * scale, (FORWARD ? w.y : -w.y) * scale);
         },
         a_re, a_im, a_neg);
     u32 n_log2 = pc.log2n;
+#pragma unroll 1
+    for (u32 grp = 0; grp < groups; grp++) {
+        u16* re = pl.p[0] + 16u * grp * MT_ROW;
+        u16* im = pl.p[1] + 16u * grp * MT_ROW;
 #pragma unroll
-    for (u32 d = 0; d < 2u; d++) {
-        u32 r0 = 16u * (2u * warp + d);
-        u32 row = 8u * ((lane >> 3) & 1u) + (lane & 7u);
-        u32 off = row * MT_ROW + r0 + 8u * (lane >> 4);
-        u32 b_re[4], b_im[4];
-        ldsm_x4_trans(&planes[0][off], b_re);
-        ldsm_x4_trans(&planes[1][off], b_im);
+        for (u32 d = 0; d < 2u; d++) {
+            u32 r0 = 16u * (2u * warp + d);
+            u32 row = 8u * ((lane >> 3) & 1u) + (lane & 7u);
+            u32 off = row * MT_ROW + r0 + 8u * (lane >> 4);
+            u32 b_re[4], b_im[4];
+            ldsm_x4_trans(&re[off], b_re);
+            ldsm_x4_trans(&im[off], b_im);
 #pragma unroll
-        for (u32 nt = 0; nt < 2u; nt++) {
-            float d_re[4], d_im[4];
-            tc_cmma(d_re, d_im, a_re, a_im, &b_re[2u * nt], &b_im[2u * nt], a_neg, &b_im[2u * nt]);
+            for (u32 nt = 0; nt < 2u; nt++) {
+                float d_re[4], d_im[4];
+                tc_cmma(d_re, d_im, a_re, a_im, &b_re[2u * nt], &b_im[2u * nt], a_neg,
+                        &b_im[2u * nt]);
 #pragma unroll
-            for (u32 hr = 0; hr < 2u; hr++) {
-                u32 rr = g + 8u * hr;
-                u32 r = r0 + 8u * nt + 2u * t;
-                cpx v0 = mk(d_re[2u * hr], d_im[2u * hr]);
-                cpx v1 = mk(d_re[2u * hr + 1u], d_im[2u * hr + 1u]);
-                if (FORWARD) {
-                    u32 ka = rr & (n1 - 1u);
-                    v0 = cmul(v0, root(pc, bf, r * ka, n_log2));
-                    v1 = cmul(v1, root(pc, bf, (r + 1u) * ka, n_log2));
+                for (u32 hr = 0; hr < 2u; hr++) {
+                    u32 rr = g + 8u * hr;
+                    u32 r = r0 + 8u * nt + 2u * t;
+                    cpx v0 = mk(d_re[2u * hr], d_im[2u * hr]);
+                    cpx v1 = mk(d_re[2u * hr + 1u], d_im[2u * hr + 1u]);
+                    if (FORWARD) {
+                        u32 ka = (rr & (m - 1u)) * ka_mul + grp;
+                        v0 = cmul(v0, root(pc, bf, r * ka, n_log2));
+                        v1 = cmul(v1, root(pc, bf, (r + 1u) * ka, n_log2));
+                    }
+                    *(u32*)&re[rr * MT_ROW + r] = pack_f16x2(v0.x, v1.x);
+                    *(u32*)&im[rr * MT_ROW + r] = pack_f16x2(v0.y, v1.y);
                 }
-                *(u32*)&planes[0][rr * MT_ROW + r] = pack_f16x2(v0.x, v1.x);
-                *(u32*)&planes[1][rr * MT_ROW + r] = pack_f16x2(v0.y, v1.y);
             }
+        }
+    }
+}
+
+// The constant operands of S2: F_16 / 16 as A and as B fragments, and W_256^(c k_b) at this
+// lane's D elements (k_b = g + 8 (i >> 1), c = 2 t + (i & 1) + 8 nt).
+struct MtDft16 {
+    u32 fa_re[4], fa_im[4], fa_neg[4];
+    u32 fb_re[2][2], fb_im[2][2], fb_neg[2][2];
+    cpx w2[2][4];
+};
+
+__device__ __forceinline__ void mt_dft16(const Params& pc, const Buffers& bf, MtDft16& f) {
+    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+    mt_a_fragments(
+        [&](u32 row, u32 col) {
+            cpx w = root(pc, bf, row * col, 4u);
+            return mk(w.x * 0.0625f, w.y * 0.0625f);
+        },
+        f.fa_re, f.fa_im, f.fa_neg);
+    mt_b_dft16(pc, bf, f.fb_re, f.fb_im, f.fb_neg);
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            f.w2[nt][i] = root(pc, bf, (2u * t + (i & 1u) + 8u * nt) * (g + 8u * (i >> 1)), 8u);
+        }
+    }
+}
+
+// S2 on one row (the warp's): the 256-point DFT as two 16 x 16 products chained in registers,
+// the product with the filter bins of frequency k_a (`filt`: this lane's 8, in fragment order),
+// the inverse, and (`twiddle`) conj W_N^(r k_a) for S3; in place.
+__device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
+                                       const Buffers& bf, u32 row, u32 ka, const cpx* filt,
+                                       bool twiddle) {
+    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+    u16* re = pl.p[0] + row * MT_ROW;
+    u16* im = pl.p[1] + row * MT_ROW;
+    // P1: D1 = (F16 / 16) Z, Z[b][c] = row[16 b + c] (B fragments by ldmatrix.trans).
+    u32 zrow = 8u * ((lane >> 3) & 1u) + (lane & 7u);
+    u32 off = 16u * zrow + 8u * (lane >> 4);
+    u32 z_re[4], z_im[4];
+    ldsm_x4_trans(&re[off], z_re);
+    ldsm_x4_trans(&im[off], z_im);
+    float d_re[2][4], d_im[2][4];
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+        tc_cmma(d_re[nt], d_im[nt], f.fa_re, f.fa_im, &z_re[2u * nt], &z_im[2u * nt], f.fa_neg,
+                &z_im[2u * nt]);
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), f.w2[nt][i]);
+            d_re[nt][i] = v.x;
+            d_im[nt][i] = v.y;
+        }
+    }
+    // P2: D2 = M1 (F16 / 16), contracting c; rows k_b, columns k_c.
+    u32 m_re[4], m_im[4];
+    mt_pack_a(d_re, m_re);
+    mt_pack_a(d_im, m_im);
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+        tc_cmma(d_re[nt], d_im[nt], m_re, m_im, f.fb_re[nt], f.fb_im[nt], m_im, f.fb_neg[nt]);
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), load_ro(filt + 4u * nt + i));
+            d_re[nt][i] = v.x;
+            d_im[nt][i] = v.y;
+        }
+    }
+    // P3: D3 = Z' (conj F16 / 16), contracting k_c; rows k_b, columns c.
+    mt_pack_a(d_re, m_re);
+    mt_pack_a(d_im, m_im);
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+        tc_cmma(d_re[nt], d_im[nt], m_re, m_im, f.fb_re[nt], f.fb_neg[nt], m_im, f.fb_im[nt]);
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), conj_c(f.w2[nt][i]));
+            d_re[nt][i] = v.x;
+            d_im[nt][i] = v.y;
+        }
+    }
+    // P4: D4 = (conj F16 / 16) M3, contracting k_b: M3's B fragments are its 8 x 8 blocks
+    // transposed (movmatrix); rows b, columns c.
+    mt_pack_a(d_re, m_re);
+    mt_pack_a(d_im, m_im);
+    u32 b_re[4], b_im[4];
+#pragma unroll
+    for (u32 j = 0; j < 4u; j++) {
+        // A register j is the 8 x 8 block (rows k_b 8 (j & 1) .., columns c 8 (j >> 1) ..);
+        // transposed, it is B register j: tile nt = j >> 1, half j & 1.
+        b_re[j] = movm_trans(m_re[j]);
+        b_im[j] = movm_trans(m_im[j]);
+    }
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+        tc_cmma(d_re[nt], d_im[nt], f.fa_re, f.fa_neg, &b_re[2u * nt], &b_im[2u * nt], f.fa_im,
+                &b_im[2u * nt]);
+#pragma unroll
+        for (u32 hb = 0; hb < 2u; hb++) {
+            u32 r = 16u * (g + 8u * hb) + 2u * t + 8u * nt;
+            cpx v0 = mk(d_re[nt][2u * hb], d_im[nt][2u * hb]);
+            cpx v1 = mk(d_re[nt][2u * hb + 1u], d_im[nt][2u * hb + 1u]);
+            if (twiddle) {
+                v0 = cmul(v0, conj_c(root(pc, bf, r * ka, pc.log2n)));
+                v1 = cmul(v1, conj_c(root(pc, bf, (r + 1u) * ka, pc.log2n)));
+            }
+            *(u32*)&re[r] = pack_f16x2(v0.x, v1.x);
+            *(u32*)&im[r] = pack_f16x2(v0.y, v1.y);
         }
     }
 }
@@ -2567,7 +2693,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     if (first_pair >= pc.total_lines) {
         return; // uniform over the block
     }
-    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     if (threadIdx.x < 32u) {
         row_max[threadIdx.x] = 0u;
     }
@@ -2616,31 +2742,16 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     }
     __syncthreads();
 
+    MtPlanes pl = {{planes[0], planes[1]}};
     if (n1 > 1u) {
-        mt_columns<true>(planes, pc, bf, n1_log2);
+        mt_columns<true>(pl, pc, bf, n1_log2, 1u, 1u);
         __syncthreads();
     }
 
     // S2: rows 2 warp and 2 warp + 1.
     {
-        u32 fa_re[4], fa_im[4], fa_neg[4];
-        mt_a_fragments(
-            [&](u32 row, u32 col) {
-                cpx w = root(pc, bf, row * col, 4u);
-                return mk(w.x * 0.0625f, w.y * 0.0625f);
-            },
-            fa_re, fa_im, fa_neg);
-        u32 fb_re[2][2], fb_im[2][2], fb_neg[2][2];
-        mt_b_dft16(pc, bf, fb_re, fb_im, fb_neg);
-        // W_256^(c k_b) at this lane's D elements: k_b = g + 8 (i >> 1), c = 2 t + (i & 1) + 8 nt.
-        cpx w2[2][4];
-#pragma unroll
-        for (u32 nt = 0; nt < 2u; nt++) {
-#pragma unroll
-            for (u32 i = 0; i < 4u; i++) {
-                w2[nt][i] = root(pc, bf, (2u * t + (i & 1u) + 8u * nt) * (g + 8u * (i >> 1)), 8u);
-            }
-        }
+        MtDft16 f;
+        mt_dft16(pc, bf, f);
 #pragma unroll 1
         for (u32 rr = 0; rr < 2u; rr++) {
             u32 row = 2u * warp + rr;
@@ -2650,88 +2761,15 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
             }
             u32 ka = row & (n1 - 1u);
             u32 h = udiv(pair, dv.pairs);
-            // P1: D1 = (F16 / 16) Z, Z[b][c] = row[16 b + c] (B fragments by ldmatrix.trans).
-            u32 zrow = 8u * ((lane >> 3) & 1u) + (lane & 7u);
-            u32 off = row * MT_ROW + 16u * zrow + 8u * (lane >> 4);
-            u32 z_re[4], z_im[4];
-            ldsm_x4_trans(&planes[0][off], z_re);
-            ldsm_x4_trans(&planes[1][off], z_im);
-            float d_re[2][4], d_im[2][4];
-#pragma unroll
-            for (u32 nt = 0; nt < 2u; nt++) {
-                tc_cmma(d_re[nt], d_im[nt], fa_re, fa_im, &z_re[2u * nt], &z_im[2u * nt], fa_neg,
-                        &z_im[2u * nt]);
-#pragma unroll
-                for (u32 i = 0; i < 4u; i++) {
-                    cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), w2[nt][i]);
-                    d_re[nt][i] = v.x;
-                    d_im[nt][i] = v.y;
-                }
-            }
-            // P2: D2 = M1 (F16 / 16), contracting c; rows k_b, columns k_c.
-            u32 m_re[4], m_im[4];
-            mt_pack_a(d_re, m_re);
-            mt_pack_a(d_im, m_im);
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                               ka * 256u + lane * 8u;
-#pragma unroll
-            for (u32 nt = 0; nt < 2u; nt++) {
-                tc_cmma(d_re[nt], d_im[nt], m_re, m_im, fb_re[nt], fb_im[nt], m_im, fb_neg[nt]);
-#pragma unroll
-                for (u32 i = 0; i < 4u; i++) {
-                    cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), load_ro(filt + 4u * nt + i));
-                    d_re[nt][i] = v.x;
-                    d_im[nt][i] = v.y;
-                }
-            }
-            // P3: D3 = Z' (conj F16 / 16), contracting k_c; rows k_b, columns c.
-            mt_pack_a(d_re, m_re);
-            mt_pack_a(d_im, m_im);
-#pragma unroll
-            for (u32 nt = 0; nt < 2u; nt++) {
-                tc_cmma(d_re[nt], d_im[nt], m_re, m_im, fb_re[nt], fb_neg[nt], m_im, fb_im[nt]);
-#pragma unroll
-                for (u32 i = 0; i < 4u; i++) {
-                    cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), conj_c(w2[nt][i]));
-                    d_re[nt][i] = v.x;
-                    d_im[nt][i] = v.y;
-                }
-            }
-            // P4: D4 = (conj F16 / 16) M3, contracting k_b: M3's B fragments are its 8 x 8
-            // blocks transposed (movmatrix); rows b, columns c.
-            mt_pack_a(d_re, m_re);
-            mt_pack_a(d_im, m_im);
-            u32 b_re[4], b_im[4];
-#pragma unroll
-            for (u32 j = 0; j < 4u; j++) {
-                // A register j is the 8 x 8 block (rows k_b 8 (j & 1) .., columns c 8 (j >> 1) ..);
-                // transposed, it is B register j: tile nt = j >> 1, half j & 1.
-                b_re[j] = movm_trans(m_re[j]);
-                b_im[j] = movm_trans(m_im[j]);
-            }
-#pragma unroll
-            for (u32 nt = 0; nt < 2u; nt++) {
-                tc_cmma(d_re[nt], d_im[nt], fa_re, fa_neg, &b_re[2u * nt], &b_im[2u * nt], fa_im,
-                        &b_im[2u * nt]);
-#pragma unroll
-                for (u32 hb = 0; hb < 2u; hb++) {
-                    u32 r = 16u * (g + 8u * hb) + 2u * t + 8u * nt;
-                    cpx v0 = mk(d_re[nt][2u * hb], d_im[nt][2u * hb]);
-                    cpx v1 = mk(d_re[nt][2u * hb + 1u], d_im[nt][2u * hb + 1u]);
-                    if (n1 > 1u) {
-                        v0 = cmul(v0, conj_c(root(pc, bf, r * ka, pc.log2n)));
-                        v1 = cmul(v1, conj_c(root(pc, bf, (r + 1u) * ka, pc.log2n)));
-                    }
-                    *(u32*)&planes[0][row * MT_ROW + r] = pack_f16x2(v0.x, v1.x);
-                    *(u32*)&planes[1][row * MT_ROW + r] = pack_f16x2(v0.y, v1.y);
-                }
-            }
+            mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u);
         }
     }
     __syncthreads();
 
     if (n1 > 1u) {
-        mt_columns<false>(planes, pc, bf, n1_log2);
+        mt_columns<false>(pl, pc, bf, n1_log2, 1u, 1u);
         __syncthreads();
     }
 
@@ -2762,6 +2800,262 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
                 store_segment_vec(pc, bf.y, bf.post, seg[k][s], m.pos + o, &v[o]);
             }
         }
+    }
+}
+
+// In place: z[k] = sum_j z[j] W_R^(j k) (forward, W_4 = -i) or W_R^(-j k), R = 2^R_LOG2 = 2 or 4.
+template <u32 R_LOG2, bool FORWARD>
+__device__ __forceinline__ void mt_radix(cpx* z) {
+    if (R_LOG2 == 1u) {
+        cpx a = z[0], b = z[1];
+        z[0] = cadd(a, b);
+        z[1] = csub(a, b);
+    } else {
+        cpx u0 = cadd(z[0], z[2]), u2 = csub(z[0], z[2]);
+        cpx u1 = cadd(z[1], z[3]), u3 = csub(z[1], z[3]);
+        cpx m = FORWARD ? mk(u3.y, -u3.x) : mk(-u3.y, u3.x); // -i u3 or i u3
+        z[0] = cadd(u0, u1);
+        z[2] = csub(u0, u1);
+        z[1] = cadd(u2, m);
+        z[3] = csub(u2, m);
+    }
+}
+
+// This thread's unit j of fftconv_monarch_wide's load and store: rows a1 + 16 a2 (a2 < R) of the
+// pair, 8 columns from `col`.
+struct MtUnit {
+    u32 a1;
+    u32 col;
+};
+
+__device__ __forceinline__ MtUnit mt_unit(u32 j) {
+    u32 unit = threadIdx.x + j * MT_THREADS;
+    return MtUnit{unit >> 5, (unit & 31u) * 8u};
+}
+
+// fftconv_monarch_wide for N = 2^(12 + R_LOG2): the pair's N1 = 16 R rows in dynamic shared memory.
+template <u32 R_LOG2>
+__device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, const Divisors& dv,
+                                        u32* row_max) {
+    constexpr u32 R = 1u << R_LOG2, ROWS = 16u << R_LOG2;
+    const u32 n1_log2 = R_LOG2 + 4u;
+    const u32 n = 1u << pc.log2n;
+    const u32 pair = block_index();
+    if (pair >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    u16* base = (u16*)smem;
+    MtPlanes pl = {{base, base + ROWS * MT_ROW}};
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (threadIdx.x < 2u) {
+        row_max[threadIdx.x] = 0u;
+    }
+    const u32 h = udiv(pair, dv.pairs);
+    // The pair's two rows (located again after S2 rather than held in registers across it).
+    auto locate = [&](SegmentRow seg[2]) {
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            seg[s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+        }
+    };
+    SegmentRow seg[2];
+    locate(seg);
+    __syncthreads();
+
+    // The two rows' largest finite magnitudes: a first read of the pair.
+    {
+        u32 mx[2] = {0u, 0u};
+#pragma unroll 1
+        for (u32 k = 0; k < 2u * R; k++) {
+            MtUnit m = mt_unit(k >> R_LOG2);
+            u32 pos = (m.a1 + 16u * (k & (R - 1u))) * 256u + m.col;
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                float x[8];
+#pragma unroll
+                for (u32 v = 0; v < 8u; v += VEC) {
+                    segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos + v, &x[v]);
+                }
+#pragma unroll
+                for (u32 j = 0; j < 8u; j++) {
+                    mx[s] = max_u(mx[s], finite_bits(x[j]));
+                }
+            }
+        }
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            shared_max(&row_max[s], mx[s]);
+        }
+    }
+    __syncthreads();
+    float sc[2];
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        // The row scale (exponent 13 .. 253) and the radix step's 1 / R.
+        sc[s] = bits_float((mt_row_scale_exponent(row_max[s]) - R_LOG2) << 23);
+    }
+
+    // Load (second read) with the radix-R DFT over a2 and W_N1^(a1 k2): row 16 k2 + a1. The
+    // scaled inputs wait for the radix step as f16 pairs (exact for ungated f16 and bf16 inputs,
+    // which the power-of-two scale keeps normal; gated ones take one rounding more): R x 2 x 8
+    // f32 values would not fit the registers.
+#pragma unroll 1
+    for (u32 j = 0; j < 2u; j++) {
+        MtUnit m = mt_unit(j);
+        u32 xh[R][2][4];
+#pragma unroll
+        for (u32 a2 = 0; a2 < R; a2++) {
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                float x[8];
+#pragma unroll
+                for (u32 v = 0; v < 8u; v += VEC) {
+                    segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg[s],
+                                      (m.a1 + 16u * a2) * 256u + m.col + v, &x[v]);
+                }
+#pragma unroll
+                for (u32 q = 0; q < 4u; q++) {
+                    xh[a2][s][q] = pack_f16x2(x[2u * q] * sc[s], x[2u * q + 1u] * sc[s]);
+                }
+            }
+        }
+        cpx w[R];
+#pragma unroll
+        for (u32 k2 = 0; k2 < R; k2++) {
+            w[k2] = root(pc, bf, m.a1 * k2, n1_log2);
+        }
+#pragma unroll
+        for (u32 q = 0; q < 4u; q++) {
+            cpx z[2][R];
+#pragma unroll
+            for (u32 hp = 0; hp < 2u; hp++) {
+#pragma unroll
+                for (u32 a2 = 0; a2 < R; a2++) {
+                    z[hp][a2] = mk(half_float(xh[a2][0][q] >> (16u * hp)),
+                                   half_float(xh[a2][1][q] >> (16u * hp)));
+                }
+                mt_radix<R_LOG2, true>(z[hp]);
+#pragma unroll
+                for (u32 k2 = 1; k2 < R; k2++) {
+                    z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                }
+            }
+#pragma unroll
+            for (u32 k2 = 0; k2 < R; k2++) {
+                u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + 2u * q;
+                *(u32*)&pl.p[0][at] = pack_f16x2(z[0][k2].x, z[1][k2].x);
+                *(u32*)&pl.p[1][at] = pack_f16x2(z[0][k2].y, z[1][k2].y);
+            }
+        }
+    }
+    __syncthreads();
+
+    // S1: per group k2, the 16-point DFT over a1, then W_N^(r k_a), k_a = R k1 + k2.
+    mt_columns<true>(pl, pc, bf, 4u, R, R);
+    __syncthreads();
+
+    // S2: rows warp + 8 i.
+    {
+        MtDft16 f;
+        mt_dft16(pc, bf, f);
+        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane * 8u;
+#pragma unroll 1
+        for (u32 i = 0; i < ROWS / 8u; i++) {
+            u32 row = warp + 8u * i;
+            u32 ka = (row & 15u) * R + (row >> 4);
+            mt_row(f, pl, pc, bf, row, ka, filt + ka * 256u, true);
+        }
+    }
+    __syncthreads();
+
+    // S3: per group, the inverse 16-point DFT over k1.
+    mt_columns<false>(pl, pc, bf, 4u, R, R);
+    __syncthreads();
+
+    // Store: conj W_N1^(a1 k2), the inverse radix-R over k2 with 1 / R (its results wait for
+    // the store as f16 pairs, bounded like the planes), and the scales: (2N)^2 of the DFT
+    // matrices, s_k of the filter, the row scale.
+    locate(seg);
+    float c = 2.0f * (float)n;
+    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    float fs[2];
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        fs[s] = c * c * sk * bits_float((254u - mt_row_scale_exponent(row_max[s])) << 23);
+    }
+#pragma unroll 1
+    for (u32 j = 0; j < 2u; j++) {
+        MtUnit m = mt_unit(j);
+        cpx w[R];
+#pragma unroll
+        for (u32 k2 = 0; k2 < R; k2++) {
+            w[k2] = conj_c(root(pc, bf, m.a1 * k2, n1_log2));
+        }
+        u32 yh[R][2][4];
+#pragma unroll
+        for (u32 q = 0; q < 4u; q++) {
+            cpx z[2][R];
+#pragma unroll
+            for (u32 k2 = 0; k2 < R; k2++) {
+                u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + 2u * q;
+                u32 re = *(const u32*)&pl.p[0][at], im = *(const u32*)&pl.p[1][at];
+                z[0][k2] = mk(half_float(re), half_float(im));
+                z[1][k2] = mk(half_float(re >> 16), half_float(im >> 16));
+            }
+#pragma unroll
+            for (u32 hp = 0; hp < 2u; hp++) {
+#pragma unroll
+                for (u32 k2 = 1; k2 < R; k2++) {
+                    z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                }
+                mt_radix<R_LOG2, false>(z[hp]);
+            }
+#pragma unroll
+            for (u32 a2 = 0; a2 < R; a2++) {
+                const float inv_r = 1.0f / (float)R;
+                yh[a2][0][q] = pack_f16x2(z[0][a2].x * inv_r, z[1][a2].x * inv_r);
+                yh[a2][1][q] = pack_f16x2(z[0][a2].y * inv_r, z[1][a2].y * inv_r);
+            }
+        }
+#pragma unroll
+        for (u32 a2 = 0; a2 < R; a2++) {
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                float x[8];
+#pragma unroll
+                for (u32 q = 0; q < 4u; q++) {
+                    x[2u * q] = half_float(yh[a2][s][q]) * fs[s];
+                    x[2u * q + 1u] = half_float(yh[a2][s][q] >> 16) * fs[s];
+                }
+#pragma unroll
+                for (u32 v = 0; v < 8u; v += VEC) {
+                    store_segment_vec(pc, bf.y, bf.post, seg[s], (m.a1 + 16u * a2) * 256u + m.col + v,
+                                      &x[v]);
+                }
+            }
+        }
+    }
+}
+
+// The Monarch pass for N = 8192 and 16384 (N1 = 16 R rows of 256, R = 2 or 4): one pair per
+// block (256 threads), its rows as two f16 planes in dynamic shared memory (N1 MT_ROW halves
+// each: 33 / 66 KiB). Row a = a1 + 16 a2 (a1 < 16, a2 < R), frequency k_a = R k1 + k2, so that
+// S1 splits into
+//   load   the radix-R DFT over a2 for each (a1, column) in f32 as the rows are read, times
+//          W_N1^(a1 k2), to shared row 16 k2 + a1 (its 1 / R folded into the row scale), and
+//   S1     per group k2 of 16 rows the dense 16-point DFT over a1 (F_16 / 32), then W_N^(r k_a);
+// S2 is fftconv_monarch's (row 16 k2 + k1 has frequency R k1 + k2), and S3 and the store run
+// the same steps backwards. S1 and S3 carry 1 / (2 N1) as fftconv_monarch's do, so the same
+// operand bounds hold. The rows are read twice, once for their maxima (the R x 2 x 8 values of
+// a unit would not stay in registers across the block-wide maximum); the second read mostly
+// hits L1 / L2.
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_wide(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ u32 row_max[2];
+    if (pc.log2n == 13u) {
+        mt_wide<1>(pc, bf, dv, row_max);
+    } else {
+        mt_wide<2>(pc, bf, dv, row_max);
     }
 }
 

@@ -922,7 +922,8 @@ impl CudaConvolution {
                 spectrum: address(layout, stream),
                 ..buffers
             };
-            return launch_kernel(stream, &kernels.forward, 256, 0, &params, &buffers);
+            let (func, shared) = kernels.forward_for(params.log2n);
+            return launch_kernel(stream, func, 256, shared, &params, &buffers);
         }
         for (kind, params) in steps {
             self.launch(stream, kind, &params, &buffers)?;
@@ -984,23 +985,24 @@ impl CudaConvolution {
     }
 }
 
-/// The launch parameters of the Monarch tensor-core pass (`fftconv_monarch`) where it can run a
-/// chunk's forward: one fused step over whole pairs (no global stages), N = 256 .. 4096, one
-/// overlap-save segment per row, plain forward flags (gates and circular history allowed). Its
-/// blocks hold 16 rows of 256 points: 2^(12 - log2 N) pairs.
+/// The launch parameters of the Monarch tensor-core pass (`fftconv_monarch`,
+/// `fftconv_monarch_wide`) where it can run a chunk's forward: one fused step over whole pairs
+/// (no global stages), N = 256 .. 16384, one overlap-save segment per row, plain forward flags
+/// (gates and circular history allowed). Up to 4096 its blocks hold 16 rows of 256 points
+/// (2^(12 - log2 N) pairs); beyond, one pair.
 pub(crate) fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
     let [(PassKind::Fused, p)] = steps else {
         return None;
     };
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     (p.line_log2 == p.log2n
-        && (8..=12).contains(&p.log2n)
+        && (8..=14).contains(&p.log2n)
         && p.blocks == 1
         && p.stage_count == 0
         && p.flags & io == io
         && p.flags & !(io | FLAG_GATED | FLAG_WRAPS) == 0)
         .then(|| PassParams {
-            lines_log2: 12 - p.log2n,
+            lines_log2: 12u32.saturating_sub(p.log2n),
             ..*p
         })
 }
@@ -1111,7 +1113,7 @@ mod tests {
     use super::*;
     use monarch_core::schedule::FLAG_CONJ_FILTER;
 
-    /// The Monarch pass takes the forward of one-pass plans with N = 256 .. 4096 and one
+    /// The Monarch pass takes the forward of one-pass plans with N = 256 .. 16384 and one
     /// segment per row, and nothing else (longer N, overlap-save blocks, backward flags).
     #[test]
     fn monarch_params_take_only_what_the_pass_runs() {
@@ -1129,14 +1131,14 @@ mod tests {
             )]
         };
         let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
-        for log2n in 8..=12 {
+        for log2n in 8..=14 {
             let p = monarch_params(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS))
-                .expect("a one-pass forward of N = 256 .. 4096");
-            // 16 rows of 256 points per block: N / 256 rows per pair.
-            assert_eq!(p.lines_log2 + (log2n - 8), 4);
+                .expect("a one-pass forward of N = 256 .. 16384");
+            // 16 rows of 256 points per block (N / 256 rows per pair), or one pair from 8K.
+            assert_eq!(p.lines_log2 + (log2n - 8).min(4), 4);
         }
         assert!(monarch_params(&fused(7, 1, io)).is_none());
-        assert!(monarch_params(&fused(13, 1, io)).is_none());
+        assert!(monarch_params(&fused(15, 1, io)).is_none());
         assert!(monarch_params(&fused(12, 3, io)).is_none());
         assert!(monarch_params(&fused(12, 1, io | FLAG_CONJ_FILTER)).is_none());
         assert!(monarch_params(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE)).is_none());

@@ -53,10 +53,11 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
-/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4096 (one
-/// fused pass, one segment per row) through the Monarch tensor-core pass (`fftconv_monarch`:
-/// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability 8.0
-/// or newer); an experiment, unmeasured on a GPU so far (docs/perf.md).
+/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 16384 (one
+/// fused pass, one segment per row) through the Monarch tensor-core pass (`fftconv_monarch` and,
+/// for 8K and 16K, `fftconv_monarch_wide`: the 256-point DFTs as chained 16 x 16 `mma.sync`
+/// products in registers, compute capability 8.0 or newer); an experiment, unmeasured on a GPU
+/// so far (docs/perf.md).
 pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 
 /// The kernel source (see its header for the passes and defines).
@@ -309,15 +310,25 @@ impl CudaDevice {
             baseline_product: load("fftconv_baseline_product")?,
             baseline_crop: load("fftconv_baseline_crop")?,
             monarch: if key.monarch {
-                // Static shared memory only (the planes, 17 KiB).
+                // fftconv_monarch has static shared memory only (the planes, 17 KiB);
+                // fftconv_monarch_wide up to 66 KiB of dynamic shared memory.
                 let get = |name: &str| {
                     module
                         .load_function(name)
                         .map_err(|e| CudaError::driver("cuModuleGetFunction", e))
                 };
+                let wide = get("fftconv_monarch_wide")?;
+                wide.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    monarch_shared_bytes(14) as i32,
+                )
+                .map_err(|e| {
+                    CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
+                })?;
                 Some(MonarchKernels {
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
+                    wide,
                 })
             } else {
                 None
@@ -330,12 +341,31 @@ impl CudaDevice {
     }
 }
 
-/// The kernels of the Monarch tensor-core pass (256 threads per block, static shared memory).
+/// The kernels of the Monarch tensor-core pass (256 threads per block).
 pub(crate) struct MonarchKernels {
     /// The filter in the pass's fragment order, per channel scaled by a power of two.
     pub(crate) filter: CudaFunction,
-    /// The whole forward of a chunk.
+    /// The whole forward of a chunk, N = 256 .. 4096 (static shared memory).
     pub(crate) forward: CudaFunction,
+    /// The same for N = 8192 and 16384 (one pair per block, dynamic shared memory).
+    pub(crate) wide: CudaFunction,
+}
+
+impl MonarchKernels {
+    /// The kernel running a Monarch pass of size `2^log2n`, and its dynamic shared memory.
+    pub(crate) fn forward_for(&self, log2n: u32) -> (&CudaFunction, u32) {
+        if log2n > 12 {
+            (&self.wide, monarch_shared_bytes(log2n))
+        } else {
+            (&self.forward, 0)
+        }
+    }
+}
+
+/// Dynamic shared memory of `fftconv_monarch_wide` at N = 2^log2n (8K, 16K): two f16 planes of
+/// N / 256 rows of 264 halves (256 points and 8 of padding).
+pub(crate) fn monarch_shared_bytes(log2n: u32) -> u32 {
+    (1 << (log2n - 8)) * 264 * 2 * 2
 }
 
 /// What a kernel module is compiled for.

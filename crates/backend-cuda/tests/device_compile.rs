@@ -64,7 +64,11 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 2] = ["fftconv_monarch", "fftconv_monarch_filter"];
+const MONARCH_ENTRIES: [&str; 3] = [
+    "fftconv_monarch",
+    "fftconv_monarch_wide",
+    "fftconv_monarch_filter",
+];
 
 /// Inline PTX of the Monarch pass.
 const MONARCH_PTX: [&str; 4] = [
@@ -516,7 +520,8 @@ fn assemble(ptxas: &Path, label: &str, ptx_path: &Path) -> Result<(), String> {
     let lines: Vec<&str> = stderr.lines().collect();
     for i in lines.iter().enumerate().filter_map(|(i, l)| {
         (l.contains("entry function 'fftconv_fused'")
-            || l.contains("entry function 'fftconv_monarch'"))
+            || l.contains("entry function 'fftconv_monarch'")
+            || l.contains("entry function 'fftconv_monarch_wide'"))
         .then_some(i)
     }) {
         let usage: Vec<&str> = lines[i + 1..]

@@ -215,6 +215,7 @@ enum Kernel {
     BackwardFused = 5,
     MonarchFilter = 6,
     Monarch = 7,
+    MonarchWide = 8,
 }
 
 impl From<PassKind> for Kernel {
@@ -591,7 +592,13 @@ fn forward(
         if monarch {
             let params = monarch_params(&steps)
                 .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
-            p.launch(Kernel::Monarch, 0, &params, &bindings);
+            // `MonarchKernels::forward_for` of src/device.rs.
+            if params.log2n > 12 {
+                let shared = (1usize << (params.log2n - 8)) * 264 * 2 * 2;
+                p.launch(Kernel::MonarchWide, shared, &params, &bindings);
+            } else {
+                p.launch(Kernel::Monarch, 0, &params, &bindings);
+            }
         } else {
             for (kind, params) in steps {
                 p.launch(
@@ -1172,8 +1179,12 @@ fn tensor_cores_middle_round_one_column_pass_256_points_64_threads() {
 
 // ---- the Monarch tensor-core pass (`-DMONARCH_TC=1`, `FFTCONV_CUDA_MONARCH`) ---------------------
 
+/// Shared points of the Monarch test's plans and harness: 16K, as the backend's on a GPU with
+/// 227 KiB per block, so that every size the pass takes is one fused step.
+const MONARCH_POINTS: usize = 16384;
+
 /// `monarch_params` of src/convolution.rs: the Monarch pass's launch parameters where it can run
-/// a chunk's forward (one fused step over whole pairs, N = 256 .. 4096, one segment per row).
+/// a chunk's forward (one fused step over whole pairs, N = 256 .. 16384, one segment per row).
 fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
     use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
     let [(PassKind::Fused, p)] = steps else {
@@ -1181,25 +1192,26 @@ fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
     };
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     (p.line_log2 == p.log2n
-        && (8..=12).contains(&p.log2n)
+        && (8..=14).contains(&p.log2n)
         && p.blocks == 1
         && p.stage_count == 0
         && p.flags & io == io
         && p.flags & !(io | FLAG_GATED | FLAG_WRAPS) == 0)
         .then(|| PassParams {
-            lines_log2: 12 - p.log2n,
+            lines_log2: 12u32.saturating_sub(p.log2n),
             ..*p
         })
 }
 
 /// The Monarch pass (f16 operands, so the f16 tolerance) on every size it takes (N = 256 ..
-/// 4096: N1 = 1 .. 16 rows per pair), causal and circular, gated, frequency-sparse, odd batch
-/// (a pair with one row), several chunks, rows of 2^-12, 1 and 2^12 (and a channel of filter
-/// 2^40 / 2^-40), and a length that is no multiple of the vector width.
+/// 16384: N1 = 1 .. 64 rows per pair, `fftconv_monarch_wide` from 8K), causal and circular,
+/// gated, frequency-sparse, odd batch (a pair with one row), several chunks, rows of 2^-12, 1
+/// and 2^12 (and a channel of filter 2^40 / 2^-40), and a length that is no multiple of the
+/// vector width. The harness and plans have 16K shared points, so that 8K and 16K are one pass.
 #[test]
 fn monarch_tensor_core_pass_256_threads() {
     let test = "monarch_tensor_core_pass_256_threads";
-    let Some(harness) = harness(4096, 256, "-DMONARCH_TC=1") else {
+    let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
         println!("skipped {test}: no C++ compiler");
         return;
     };
@@ -1247,10 +1259,29 @@ fn monarch_tensor_core_pass_256_threads() {
             1 << 30,
             9.094_947e-13,
         ),
+        ("n8k causal", causal(2, 3, 4096, 4096), 1 << 30, 1.0),
+        (
+            "n8k gated sparse chunked",
+            causal(4, 2, 4096, 3000).gated(true).keep_frequencies(0.25),
+            16384,
+            1.0,
+        ),
+        (
+            "n16k circular odd batch",
+            causal(3, 2, 16384, 16384).circular(),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n16k filter 2^40",
+            causal(2, 3, 8192, 8192),
+            1 << 30,
+            1.099_511_6e12,
+        ),
     ];
     for (i, (label, builder, chunk_elems, k_scale)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
-        let prep = Prepared::new(&spec, 4096, chunk_elems, TENSOR_CORE_TOLERANCE);
+        let prep = Prepared::new(&spec, MONARCH_POINTS, chunk_elems, TENSOR_CORE_TOLERANCE);
         let mut inputs = Inputs::new(&spec, &mut rng);
         for v in &mut inputs.k {
             *v *= k_scale;

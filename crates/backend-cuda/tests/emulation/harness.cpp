@@ -123,18 +123,18 @@ typedef void (*Kernel)(const Params, const Buffers, const Divisors);
 const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_columns_inverse,
                           fftconv_gather, fftconv_taps_sum,        fftconv_backward_fused,
 #if MONARCH_TC
-                          fftconv_monarch_filter, fftconv_monarch,
+                          fftconv_monarch_filter, fftconv_monarch, fftconv_monarch_wide,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "gather", "taps_sum",        "backward_fused",
 #if MONARCH_TC
-                             "monarch_filter", "monarch",
+                             "monarch_filter", "monarch", "monarch_wide",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
-                           false, false,
+                           false, false, false,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
