@@ -197,16 +197,16 @@ step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
 step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
 step test-backend-cuda-forward 120 "$T/backend-cuda-forward" --test-threads 4 --nocapture
 step test-backend-cuda-probe 60 "$T/backend-cuda-probe" --nocapture
-# The Monarch tensor-core pass (FFTCONV_CUDA_MONARCH=1, N = 256 .. 16384, f16 / bf16): first
-# run on a GPU in session 7's bundle; correctness, then its A/B against the default fused pass.
+# The Monarch tensor-core pass (FFTCONV_CUDA_MONARCH=1, N = 256 .. 256K, f16 / bf16): first run
+# on a GPU in session 7's bundle; correctness, then its A/B against the default passes.
 step test-conformance-cuda-monarch 120 env FFTCONV_CUDA_MONARCH=1 "$T/conv-conformance" cuda \
     --test-threads 8
 step test-backend-cuda-forward-monarch 120 env FFTCONV_CUDA_MONARCH=1 \
     "$T/backend-cuda-forward" --test-threads 4 --nocapture
 if [ "${1:-}" != "--no-bench" ]; then
-    bench bench-monarch 90 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16,bf16 \
-        --sizes 256..16K --reps 5 --keep-frequencies 1,0.25
-    bench bench-monarch-baseline 90 --backend cuda --dtype f16,bf16 --sizes 256..16K --reps 5 \
+    bench bench-monarch 150 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16,bf16 \
+        --sizes 256..256K --reps 5 --keep-frequencies 1,0.25
+    bench bench-monarch-baseline 150 --backend cuda --dtype f16,bf16 --sizes 256..256K --reps 5 \
         --keep-frequencies 1,0.25
     bench bench-monarch-thunderkittens 60 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype bf16 \
         --circular --sizes 4K --shape 16x1024 --reps 5
@@ -266,9 +266,9 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
         --section InstructionStats --section ComputeWorkloadAnalysis \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 4K,16K --reps 1 --mb 64 --backward
     step ncu-monarch 90 env FFTCONV_CUDA_MONARCH=1 /usr/local/cuda/bin/ncu -k regex:monarch \
-        --launch-count 6 --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --launch-count 11 --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --section InstructionStats --section ComputeWorkloadAnalysis \
-        "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 256,4K,16K --reps 1 --mb 64
+        "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 256,4K,16K,64K --reps 1 --mb 64
     step ncu-64k 90 /usr/local/cuda/bin/ncu -k regex:fftconv_ --launch-count 8 \
         --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section InstructionStats --section MemoryWorkloadAnalysis \

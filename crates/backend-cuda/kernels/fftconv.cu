@@ -8,9 +8,8 @@
 //   THREADS                    threads per block
 //   MAX_RADIX_LOG2, SEGMENT_TABLE, TENSOR_CORES, VECTOR_IO  experiments (default 3, 0, 0, 0);
 //   MIDDLE_ROUND (default 1)
-//   MONARCH_TC                 1: also compile fftconv_monarch, fftconv_monarch_wide and
-//                              fftconv_monarch_filter (the Monarch tensor-core pass, sm_80 and
-//                              newer; see its section)
+//   MONARCH_TC                 1: also compile the fftconv_monarch* kernels (the Monarch
+//                              tensor-core pass, sm_80 and newer; see its section)
 //   MIN_BLOCKS                 blocks per SM to leave registers for (default 1)
 //
 // Kernels (extern "C"):
@@ -3059,13 +3058,340 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     }
 }
 
+// ---- the Monarch pass for N = 32K .. 256K: four kernels around 16K-point rows ---------------
+//
+// N = N_o x N_i with N_i = 2^MT_INNER_LOG2 = 16384 and N_o = 2 .. 16; position n = n_i + N_i n_o,
+// frequency k = k_o + N_o k_i (the four-step split of the DFT). Per chunk, with the pair's
+// intermediate as N f16 (Re, Im) words in bf.tmp (half of the N complex f32 the schedule sizes
+// it for; the rows' scale exponents after all pairs' words):
+//   fftconv_monarch_scales           per pair, each row's power-of-two scale (its largest finite
+//                                    |value| into [2^13, 2^14), as fftconv_monarch's load)
+//   fftconv_monarch_columns_forward  per column n_i (a thread): the scaled rows' N_o values, the
+//                                    N_o-point DFT / N_o in f32 registers, W_N^(n_i k_o), to row
+//                                    k_o of the intermediate (coalesced: threads take consecutive
+//                                    n_i)
+//   fftconv_monarch_middle           per row k_o (a block): fftconv_monarch_wide's 16K transform
+//                                    with the filter bins k_o + N_o k_i, in place
+//   fftconv_monarch_columns_inverse  per column: conj W_N^(n_i k_o), the inverse N_o-point DFT,
+//                                    the scales undone, post-gated, to y
+// The scaled rows keep every intermediate below 2^14 sqrt(2), so f16 words suffice between the
+// passes (3.5 times the floor's traffic: u twice, the intermediate twice each way, y once) and
+// the two rows of a pair keep their own precision although the column DFT mixes them.
+#define MT_INNER_LOG2 14u
+
+// The pair's two row scale exponents (fftconv_monarch_scales), after the chunk's pairs' words.
+__device__ __forceinline__ u32* mt_scales(const Params& pc, const Buffers& bf, u32 pair) {
+    return (u32*)bf.tmp + ((u64)pc.channels * pc.pairs << pc.log2n) + 2u * pair;
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_scales(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ u32 row_max[2];
+    const u32 pair = block_index();
+    if (pair >= pc.total_lines) {
+        return;
+    }
+    if (threadIdx.x < 2u) {
+        row_max[threadIdx.x] = 0u;
+    }
+    __syncthreads();
+    const u32 h = udiv(pair, dv.pairs), n = 1u << pc.log2n;
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        SegmentRow seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+        u32 mx = 0u;
+        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+            float x[8];
+#pragma unroll
+            for (u32 v = 0; v < 8u; v += VEC) {
+                segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg, pos + v, &x[v]);
+            }
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                mx = max_u(mx, finite_bits(x[j]));
+            }
+        }
+        shared_max(&row_max[s], mx);
+    }
+    __syncthreads();
+    if (threadIdx.x < 2u) {
+        mt_scales(pc, bf, pair)[threadIdx.x] = mt_row_scale_exponent(row_max[threadIdx.x]);
+    }
+}
+
+// In place: the 2^LOG2-point DFT (forward, or inverse without 1 / N) of z in registers, natural
+// order in and out (radix-2 decimation in frequency, the bit reversal as register renaming).
+template <u32 LOG2, bool FORWARD>
+__device__ __forceinline__ void mt_dft_registers(const Params& pc, const Buffers& bf, cpx* z) {
+    constexpr u32 N = 1u << LOG2;
+#pragma unroll
+    for (u32 half = N / 2u; half >= 1u; half >>= 1) {
+#pragma unroll
+        for (u32 i = 0; i < N; i++) {
+            if ((i & half) == 0u) {
+                cpx a = z[i], b = z[i + half];
+                z[i] = cadd(a, b);
+                cpx d = csub(a, b);
+                u32 e = (i & (half - 1u)) * (N / (2u * half)); // W_(2 half)^(i mod half)
+                if (e != 0u) {
+                    cpx w = root(pc, bf, e, LOG2);
+                    d = cmul(d, FORWARD ? w : conj_c(w));
+                }
+                z[i + half] = d;
+            }
+        }
+    }
+#pragma unroll
+    for (u32 i = 0; i < N; i++) {
+        u32 r = 0u;
+#pragma unroll
+        for (u32 b = 0; b < LOG2; b++) {
+            r |= ((i >> b) & 1u) << (LOG2 - 1u - b);
+        }
+        if (r > i) {
+            cpx t = z[i];
+            z[i] = z[r];
+            z[r] = t;
+        }
+    }
+}
+
+// This thread's column of the column passes: blocks of 256 consecutive n_i of one pair.
+struct MtColumn {
+    u32 pair;
+    u32 ni;
+};
+
+__device__ __forceinline__ MtColumn mt_column(u32 block) {
+    u32 tiles_log2 = MT_INNER_LOG2 - 8u;
+    return MtColumn{block >> tiles_log2, ((block & ((1u << tiles_log2) - 1u)) << 8) + threadIdx.x};
+}
+
+template <u32 O_LOG2>
+__device__ __forceinline__ void mt_columns_forward(const Params& pc, const Buffers& bf,
+                                                   const Divisors& dv) {
+    constexpr u32 NO = 1u << O_LOG2;
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return;
+    }
+    MtColumn c = mt_column(b);
+    const u32 h = udiv(c.pair, dv.pairs);
+    const u32* e = mt_scales(pc, bf, c.pair);
+    cpx z[NO];
+    {
+        SegmentRow seg0 = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs), h);
+        SegmentRow seg1 = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs) + 1u, h);
+        // The row scales and 1 / N_o (exponents 13 .. 253, so 9 .. 253 here).
+        float sc0 = bits_float((e[0] - O_LOG2) << 23), sc1 = bits_float((e[1] - O_LOG2) << 23);
+#pragma unroll
+        for (u32 o = 0; o < NO; o++) {
+            u32 pos = c.ni + (o << MT_INNER_LOG2);
+            z[o] = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg0, pos) * sc0,
+                      segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg1, pos) * sc1);
+        }
+    }
+    mt_dft_registers<O_LOG2, true>(pc, bf, z);
+    u32* out = (u32*)bf.tmp + ((u64)c.pair << pc.log2n) + c.ni;
+#pragma unroll
+    for (u32 k = 0; k < NO; k++) {
+        cpx v = k == 0u ? z[0] : cmul(z[k], root(pc, bf, c.ni * k, pc.log2n));
+        out[k << MT_INNER_LOG2] = pack_f16x2(v.x, v.y);
+    }
+}
+
+template <u32 O_LOG2>
+__device__ __forceinline__ void mt_columns_inverse(const Params& pc, const Buffers& bf,
+                                                   const Divisors& dv) {
+    constexpr u32 NO = 1u << O_LOG2;
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return;
+    }
+    MtColumn c = mt_column(b);
+    const u32 h = udiv(c.pair, dv.pairs);
+    const u32* in = (const u32*)bf.tmp + ((u64)c.pair << pc.log2n) + c.ni;
+    cpx z[NO];
+#pragma unroll
+    for (u32 k = 0; k < NO; k++) {
+        u32 w = in[k << MT_INNER_LOG2];
+        z[k] = mk(half_float(w), half_float(w >> 16));
+        if (k != 0u) {
+            z[k] = cmul(z[k], conj_c(root(pc, bf, c.ni * k, pc.log2n)));
+        }
+    }
+    mt_dft_registers<O_LOG2, false>(pc, bf, z);
+    // Undo N_o (the forward column DFT's 1 / N_o), (2 N_i)^2 of the middle pass's DFT matrices,
+    // s_k of the filter and the row scale.
+    const u32* e = mt_scales(pc, bf, c.pair);
+    const u32 n = 1u << pc.log2n;
+    float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
+    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    float common = (float)NO * ci * ci * sk;
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        SegmentRow seg = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs) + s, h);
+        float f = common * bits_float((254u - e[s]) << 23);
+#pragma unroll
+        for (u32 o = 0; o < NO; o++) {
+            store_segment_at(pc, bf.y, bf.post, seg, c.ni + (o << MT_INNER_LOG2),
+                             (s == 0u ? z[o].x : z[o].y) * f);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
+    case 1u: mt_columns_forward<1>(pc, bf, dv); break;
+    case 2u: mt_columns_forward<2>(pc, bf, dv); break;
+    case 3u: mt_columns_forward<3>(pc, bf, dv); break;
+    default: mt_columns_forward<4>(pc, bf, dv); break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
+    case 1u: mt_columns_inverse<1>(pc, bf, dv); break;
+    case 2u: mt_columns_inverse<2>(pc, bf, dv); break;
+    case 3u: mt_columns_inverse<3>(pc, bf, dv); break;
+    default: mt_columns_inverse<4>(pc, bf, dv); break;
+    }
+}
+
+// Row k_o of pair p (block p N_o + k_o): fftconv_monarch_wide's steps for N1 = 64 rows of 256
+// (R = 4) on the intermediate's f16 words, which are already scaled (no maxima; the radix step's
+// 1 / 4 applied as it runs), with the filter bins k_o + N_o k_i, written back in place without
+// the final scales (the inverse column pass applies them).
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_middle(const Params pc, const Buffers bf, const Divisors dv) {
+    constexpr u32 R_LOG2 = 2u, R = 4u, ROWS = 64u;
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const u32 o_log2 = pc.log2n - MT_INNER_LOG2;
+    const u32 pair = b >> o_log2, ko = b & ((1u << o_log2) - 1u);
+    const u32 n = 1u << pc.log2n;
+    Params rp = pc; // the row transform's parameters: its twiddles are W_(N_i)
+    rp.log2n = MT_INNER_LOG2;
+    u16* base = (u16*)smem;
+    MtPlanes pl = {{base, base + ROWS * MT_ROW}};
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const u32 h = udiv(pair, dv.pairs);
+    u32* words = (u32*)bf.tmp + ((u64)pair << pc.log2n) + ((u64)ko << MT_INNER_LOG2);
+
+    // Load: the radix-4 DFT over a2 and W_64^(a1 k2), to shared row 16 k2 + a1.
+#pragma unroll 1
+    for (u32 j = 0; j < 2u; j++) {
+        MtUnit m = mt_unit(j);
+        Quad q[R][2];
+#pragma unroll
+        for (u32 a2 = 0; a2 < R; a2++) {
+            const Quad* src = (const Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
+            q[a2][0] = src[0];
+            q[a2][1] = src[1];
+        }
+        cpx w[R];
+#pragma unroll
+        for (u32 k2 = 0; k2 < R; k2++) {
+            w[k2] = root(pc, bf, m.a1 * k2, R_LOG2 + 4u);
+        }
+#pragma unroll
+        for (u32 p = 0; p < 8u; p += 2u) {
+            cpx z[2][R];
+#pragma unroll
+            for (u32 hp = 0; hp < 2u; hp++) {
+#pragma unroll
+                for (u32 a2 = 0; a2 < R; a2++) {
+                    u32 v = q[a2][(p + hp) >> 2].w[(p + hp) & 3u];
+                    z[hp][a2] = mk(half_float(v) * 0.25f, half_float(v >> 16) * 0.25f);
+                }
+                mt_radix<R_LOG2, true>(z[hp]);
+#pragma unroll
+                for (u32 k2 = 1; k2 < R; k2++) {
+                    z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                }
+            }
+#pragma unroll
+            for (u32 k2 = 0; k2 < R; k2++) {
+                u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + p;
+                *(u32*)&pl.p[0][at] = pack_f16x2(z[0][k2].x, z[1][k2].x);
+                *(u32*)&pl.p[1][at] = pack_f16x2(z[0][k2].y, z[1][k2].y);
+            }
+        }
+    }
+    __syncthreads();
+    mt_columns<true>(pl, rp, bf, 4u, R, R);
+    __syncthreads();
+    {
+        MtDft16 f;
+        mt_dft16(rp, bf, f);
+        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
+                          ((u64)ko << MT_INNER_LOG2) + lane * 8u;
+#pragma unroll 1
+        for (u32 i = 0; i < ROWS / 8u; i++) {
+            u32 row = warp + 8u * i;
+            u32 ka = (row & 15u) * R + (row >> 4);
+            mt_row(f, pl, rp, bf, row, ka, filt + ka * 256u, true);
+        }
+    }
+    __syncthreads();
+    mt_columns<false>(pl, rp, bf, 4u, R, R);
+    __syncthreads();
+
+    // Store: conj W_64^(a1 k2), the inverse radix-4 over k2 with 1 / 4, back to the words.
+#pragma unroll 1
+    for (u32 j = 0; j < 2u; j++) {
+        MtUnit m = mt_unit(j);
+        cpx w[R];
+#pragma unroll
+        for (u32 k2 = 0; k2 < R; k2++) {
+            w[k2] = conj_c(root(pc, bf, m.a1 * k2, R_LOG2 + 4u));
+        }
+        Quad q[R][2];
+#pragma unroll
+        for (u32 p = 0; p < 8u; p += 2u) {
+            cpx z[2][R];
+#pragma unroll
+            for (u32 k2 = 0; k2 < R; k2++) {
+                u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + p;
+                u32 re = *(const u32*)&pl.p[0][at], im = *(const u32*)&pl.p[1][at];
+                z[0][k2] = mk(half_float(re), half_float(im));
+                z[1][k2] = mk(half_float(re >> 16), half_float(im >> 16));
+            }
+#pragma unroll
+            for (u32 hp = 0; hp < 2u; hp++) {
+#pragma unroll
+                for (u32 k2 = 1; k2 < R; k2++) {
+                    z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                }
+                mt_radix<R_LOG2, false>(z[hp]);
+#pragma unroll
+                for (u32 a2 = 0; a2 < R; a2++) {
+                    q[a2][(p + hp) >> 2].w[(p + hp) & 3u] =
+                        pack_f16x2(z[hp][a2].x * 0.25f, z[hp][a2].y * 0.25f);
+                }
+            }
+        }
+#pragma unroll
+        for (u32 a2 = 0; a2 < R; a2++) {
+            Quad* dst = (Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
+            dst[0] = q[a2][0];
+            dst[1] = q[a2][1];
+        }
+    }
+}
+
 // The filter for fftconv_monarch: per channel h of the launch (pc.channels, one block each) a
 // header (s_k, 1 / s_k) and a zero, then the N bins of the full spectrum (from the Hermitian
 // half in bf.spectrum, dropped bins 0) divided by s_k, in the order of fftconv_monarch's S2
 // fragments: k = k_a + N1 (k_b + 16 k_c) at k_a 256 + lane 8 + nt 4 + i with lane = 4 (k_b & 7)
-// + (k_c & 7) / 2, i = 2 (k_b >> 3) + (k_c & 1), nt = k_c >> 3. s_k is the power of two above
-// the channel's largest finite |Re| + |Im| (1 for an all-zero channel), so |bins| <= 1.
-// Written to bf.tmp, N + 2 complex values per channel.
+// + (k_c & 7) / 2, i = 2 (k_b >> 3) + (k_c & 1), nt = k_c >> 3. From 32K (N_i = 2^line_log2 =
+// 16K < N) the rows of fftconv_monarch_middle: k = k_o + N_o k_i, k_i as k above, row k_o's bins
+// from k_o N_i. s_k is the power of two above the channel's largest finite |Re| + |Im| (1 for
+// an all-zero channel), so |bins| <= 1. Written to bf.tmp, N + 2 complex values per channel.
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     fftconv_monarch_filter(const Params pc, const Buffers bf, const Divisors dv) {
     (void)dv;
@@ -3074,7 +3400,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     if (h >= pc.channels) {
         return;
     }
-    u32 n = 1u << pc.log2n, n1_log2 = pc.log2n - 8u;
+    // Frequency k = k_o + N_o k_i, N_o = N / N_i (1 up to 16K), N_i = 2^line_log2.
+    u32 n = 1u << pc.log2n, ni_log2 = pc.line_log2, o_log2 = pc.log2n - ni_log2;
+    u32 n1_log2 = ni_log2 - 8u;
     if (threadIdx.x == 0u) {
         channel_max = 0u;
     }
@@ -3097,11 +3425,13 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     }
     for (u32 k = threadIdx.x; k < n; k += MT_THREADS) {
         cpx v = filter_bin(pc, bf, h, k);
-        u32 ka = k & ((1u << n1_log2) - 1u), kr = k >> n1_log2;
+        u32 ko = k & ((1u << o_log2) - 1u), ki = k >> o_log2;
+        u32 ka = ki & ((1u << n1_log2) - 1u), kr = ki >> n1_log2;
         u32 kb = kr & 15u, kc = kr >> 4;
         u32 lane = 4u * (kb & 7u) + ((kc & 7u) >> 1);
         u32 i = 2u * (kb >> 3) + (kc & 1u);
-        out[2u + ka * 256u + lane * 8u + (kc >> 3) * 4u + i] = mk(v.x * inv, v.y * inv);
+        out[2u + (ko << ni_log2) + ka * 256u + lane * 8u + (kc >> 3) * 4u + i] =
+            mk(v.x * inv, v.y * inv);
     }
 }
 #endif

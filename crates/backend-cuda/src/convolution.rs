@@ -440,7 +440,7 @@ impl CudaConvolution {
             && schedule.chunks().all(|chunk| {
                 [true, false]
                     .iter()
-                    .all(|&host| monarch_params(&schedule.forward_steps(chunk, host)).is_some())
+                    .all(|&host| monarch_launches(&schedule.forward_steps(chunk, host)).is_some())
             });
         Ok(CudaConvolution {
             device: dev,
@@ -633,6 +633,8 @@ impl CudaConvolution {
             .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
         let params = PassParams {
             log2n: n.ilog2(),
+            // The rows' length: N up to 16K, then 16K (`fftconv_monarch_middle`).
+            line_log2: n.ilog2().min(MONARCH_INNER_LOG2),
             kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
             channels: channels as u32,
             total_lines: channels as u32,
@@ -913,17 +915,20 @@ impl CudaConvolution {
             y3: 0,
         };
         let steps = self.schedule.forward_steps(chunk, matches!(io, Io::Host));
-        if let (Some(kernels), Some(layout), Some(params)) = (
+        if let (Some(kernels), Some(layout), Some(launches)) = (
             self.kernels.monarch.as_ref().filter(|_| self.monarch),
             filter.monarch.as_ref(),
-            monarch_params(&steps),
+            monarch_launches(&steps),
         ) {
             let buffers = KernelBuffers {
                 spectrum: address(layout, stream),
                 ..buffers
             };
-            let (func, shared) = kernels.forward_for(params.log2n);
-            return launch_kernel(stream, func, 256, shared, &params, &buffers);
+            for (kernel, params) in launches {
+                let (func, shared) = kernels.function(kernel, params.log2n);
+                launch_kernel(stream, func, 256, shared, &params, &buffers)?;
+            }
+            return Ok(());
         }
         for (kind, params) in steps {
             self.launch(stream, kind, &params, &buffers)?;
@@ -985,26 +990,93 @@ impl CudaConvolution {
     }
 }
 
-/// The launch parameters of the Monarch tensor-core pass (`fftconv_monarch`,
-/// `fftconv_monarch_wide`) where it can run a chunk's forward: one fused step over whole pairs
-/// (no global stages), N = 256 .. 16384, one overlap-save segment per row, plain forward flags
-/// (gates and circular history allowed). Up to 4096 its blocks hold 16 rows of 256 points
-/// (2^(12 - log2 N) pairs); beyond, one pair.
-pub(crate) fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
-    let [(PassKind::Fused, p)] = steps else {
+/// A kernel of the Monarch tensor-core pass (`kernels/fftconv.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MonarchKernel {
+    /// `fftconv_monarch`: N = 256 .. 4096, 16 rows of 256 points per block.
+    Forward,
+    /// `fftconv_monarch_wide`: N = 8192, 16384, one pair per block.
+    Wide,
+    /// `fftconv_monarch_scales`: N = 32K .. 256K, each row's scale (one pair per block).
+    Scales,
+    /// `fftconv_monarch_columns_forward`: the N_o-point column DFTs (256 columns per block).
+    ColumnsForward,
+    /// `fftconv_monarch_middle`: one 16K-point row of the intermediate per block.
+    Middle,
+    /// `fftconv_monarch_columns_inverse`: the inverse column DFTs to `y`.
+    ColumnsInverse,
+}
+
+/// log2 of the Monarch pass's row length from 32K (`MT_INNER_LOG2` of the kernel file).
+pub(crate) const MONARCH_INNER_LOG2: u32 = 14;
+
+/// The launches of the Monarch tensor-core pass where it can run a chunk's forward (`steps`, the
+/// schedule's): plain forward flags (gates and circular history allowed), one overlap-save
+/// segment per row, and either one fused step of N = 256 .. 16384 (one launch; up to 4096 its
+/// blocks hold 16 rows of 256 points, 2^(12 - log2 N) pairs, beyond that one pair) or, for
+/// N = 32K .. 256K, column passes around a fused step (four launches: row scales, forward
+/// columns, the 16K-point rows, inverse columns; every block one pair, 256 columns or one row).
+pub(crate) fn monarch_launches(
+    steps: &[(PassKind, PassParams)],
+) -> Option<Vec<(MonarchKernel, PassParams)>> {
+    let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
+    let extra = FLAG_GATED | FLAG_WRAPS;
+    if let [(PassKind::Fused, p)] = steps {
+        let ok = p.line_log2 == p.log2n
+            && (8..=14).contains(&p.log2n)
+            && p.blocks == 1
+            && p.stage_count == 0
+            && p.flags & io == io
+            && p.flags & !(io | extra) == 0;
+        let kernel = if p.log2n > 12 {
+            MonarchKernel::Wide
+        } else {
+            MonarchKernel::Forward
+        };
+        return ok.then(|| {
+            vec![(
+                kernel,
+                PassParams {
+                    lines_log2: 12u32.saturating_sub(p.log2n),
+                    ..*p
+                },
+            )]
+        });
+    }
+    let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
         return None;
     };
-    let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
-    (p.line_log2 == p.log2n
-        && (8..=14).contains(&p.log2n)
-        && p.blocks == 1
-        && p.stage_count == 0
-        && p.flags & io == io
-        && p.flags & !(io | FLAG_GATED | FLAG_WRAPS) == 0)
-        .then(|| PassParams {
-            lines_log2: 12u32.saturating_sub(p.log2n),
-            ..*p
-        })
+    let ok = (MONARCH_INNER_LOG2 + 1..=MONARCH_INNER_LOG2 + 4).contains(&first.log2n)
+        && steps.iter().all(|(_, p)| p.blocks == 1)
+        && first.flags & FLAG_SRC_INPUT != 0
+        && first.flags & !(FLAG_SRC_INPUT | extra) == 0
+        && last.flags & FLAG_DST_OUTPUT != 0
+        && last.flags & !(FLAG_DST_OUTPUT | extra) == 0;
+    if !ok {
+        return None;
+    }
+    let pairs = first.channels.checked_mul(first.pairs)?;
+    let base = PassParams {
+        flags: io | (first.flags & extra),
+        line_log2: MONARCH_INNER_LOG2,
+        stride_log2: 0,
+        lines_log2: 0,
+        stage_bits: 0,
+        stage_count: 0,
+        ..*first
+    };
+    let with_lines = |total_lines: u32| PassParams {
+        total_lines,
+        ..base
+    };
+    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - 8))?;
+    let rows = pairs.checked_mul(1 << (first.log2n - MONARCH_INNER_LOG2))?;
+    Some(vec![
+        (MonarchKernel::Scales, with_lines(pairs)),
+        (MonarchKernel::ColumnsForward, with_lines(columns)),
+        (MonarchKernel::Middle, with_lines(rows)),
+        (MonarchKernel::ColumnsInverse, with_lines(columns)),
+    ])
 }
 
 /// The filter spectrum of `k: [H, K]` computed on the host: per channel the first `kept_bins`
@@ -1113,10 +1185,11 @@ mod tests {
     use super::*;
     use monarch_core::schedule::FLAG_CONJ_FILTER;
 
-    /// The Monarch pass takes the forward of one-pass plans with N = 256 .. 16384 and one
-    /// segment per row, and nothing else (longer N, overlap-save blocks, backward flags).
+    /// The Monarch pass takes the forward of one-pass plans with N = 256 .. 16384 and of
+    /// plans with column passes from 32K to 256K, with one segment per row, and nothing else
+    /// (longer N, overlap-save blocks, backward flags).
     #[test]
-    fn monarch_params_take_only_what_the_pass_runs() {
+    fn monarch_launches_take_only_what_the_pass_runs() {
         let fused = |log2n: u32, blocks: u32, flags: u32| {
             vec![(
                 PassKind::Fused,
@@ -1132,19 +1205,78 @@ mod tests {
         };
         let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
         for log2n in 8..=14 {
-            let p = monarch_params(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS))
+            let launches = monarch_launches(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS))
                 .expect("a one-pass forward of N = 256 .. 16384");
+            let [(kernel, p)] = launches[..] else {
+                panic!("one launch: {launches:?}");
+            };
             // 16 rows of 256 points per block (N / 256 rows per pair), or one pair from 8K.
             assert_eq!(p.lines_log2 + (log2n - 8).min(4), 4);
+            let wide = log2n > 12;
+            assert_eq!(
+                kernel,
+                if wide {
+                    MonarchKernel::Wide
+                } else {
+                    MonarchKernel::Forward
+                }
+            );
         }
-        assert!(monarch_params(&fused(7, 1, io)).is_none());
-        assert!(monarch_params(&fused(15, 1, io)).is_none());
-        assert!(monarch_params(&fused(12, 3, io)).is_none());
-        assert!(monarch_params(&fused(12, 1, io | FLAG_CONJ_FILTER)).is_none());
-        assert!(monarch_params(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE)).is_none());
+        assert!(monarch_launches(&fused(7, 1, io)).is_none());
+        assert!(monarch_launches(&fused(15, 1, io)).is_none());
+        assert!(monarch_launches(&fused(12, 3, io)).is_none());
+        assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER)).is_none());
+        assert!(monarch_launches(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE)).is_none());
         let mut two = fused(12, 1, io);
         two.push(two[0]);
-        assert!(monarch_params(&two).is_none());
+        assert!(monarch_launches(&two).is_none());
+
+        // Column passes around a fused step: the schedule's steps for 32K .. 256K.
+        for (log2n, gated, circular) in [(15, false, false), (16, true, false), (18, false, true)] {
+            let mut b = ConvSpec::builder(3, 5, 1 << (log2n - 1), 1 << (log2n - 1))
+                .dtype(DType::F16)
+                .gated(gated);
+            if circular {
+                b = ConvSpec::builder(3, 5, 1 << log2n, 1 << log2n)
+                    .dtype(DType::F16)
+                    .circular();
+            }
+            let spec = b.build().expect("spec");
+            let limits = PlanLimits {
+                max_factor: 16384,
+                preferred_factor: 16384,
+                on_chip_bytes: 16384 * 8,
+                bytes_per_element: 8,
+            };
+            let plan = MonarchPlan::cached(spec.geometry().fft_size, &limits).expect("plan");
+            let schedule = PassSchedule::new(&spec, &plan, 16384, 1 << 30).expect("schedule");
+            let chunk = schedule.chunks().next().expect("a chunk");
+            let steps = schedule.forward_steps(chunk, false);
+            assert!(steps.len() >= 3, "{log2n}: {steps:?}");
+            let launches = monarch_launches(&steps).expect("a Monarch problem");
+            let kernels: Vec<MonarchKernel> = launches.iter().map(|l| l.0).collect();
+            assert_eq!(
+                kernels,
+                [
+                    MonarchKernel::Scales,
+                    MonarchKernel::ColumnsForward,
+                    MonarchKernel::Middle,
+                    MonarchKernel::ColumnsInverse
+                ]
+            );
+            let pairs = 5 * 2; // B = 3: two pairs per channel
+            let lines: Vec<u32> = launches.iter().map(|l| l.1.total_lines).collect();
+            assert_eq!(
+                lines,
+                [pairs, pairs * 64, pairs << (log2n - 14), pairs * 64]
+            );
+            for (_, p) in &launches {
+                assert_eq!((p.log2n, p.line_log2, p.lines_log2), (log2n, 14, 0));
+                assert_eq!(p.flags & io, io);
+                assert_eq!(p.flags & FLAG_GATED != 0, gated);
+                assert_eq!(p.flags & FLAG_WRAPS != 0, circular);
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::sys::{self as nvrtc_sys, nvrtcResult};
 use monarch_core::DType;
 
+use crate::convolution::MonarchKernel;
 use crate::probe::{guarded, probe, CudaDeviceInfo};
 use crate::CudaError;
 
@@ -53,11 +54,11 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
-/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 16384 (one
-/// fused pass, one segment per row) through the Monarch tensor-core pass (`fftconv_monarch` and,
-/// for 8K and 16K, `fftconv_monarch_wide`: the 256-point DFTs as chained 16 x 16 `mma.sync`
-/// products in registers, compute capability 8.0 or newer); an experiment, unmeasured on a GPU
-/// so far (docs/perf.md).
+/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 256K (one
+/// segment per row) through the Monarch tensor-core pass (`fftconv_monarch`; for 8K and 16K
+/// `fftconv_monarch_wide`; from 32K column passes around 16K-point rows with f16 intermediates:
+/// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
+/// 8.0 or newer); an experiment, unmeasured on a GPU so far (docs/perf.md).
 pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 
 /// The kernel source (see its header for the passes and defines).
@@ -325,10 +326,23 @@ impl CudaDevice {
                 .map_err(|e| {
                     CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
                 })?;
+                let middle = get("fftconv_monarch_middle")?;
+                middle
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        monarch_shared_bytes(14) as i32,
+                    )
+                    .map_err(|e| {
+                        CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
+                    })?;
                 Some(MonarchKernels {
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
                     wide,
+                    scales: get("fftconv_monarch_scales")?,
+                    columns_forward: get("fftconv_monarch_columns_forward")?,
+                    middle,
+                    columns_inverse: get("fftconv_monarch_columns_inverse")?,
                 })
             } else {
                 None
@@ -349,21 +363,30 @@ pub(crate) struct MonarchKernels {
     pub(crate) forward: CudaFunction,
     /// The same for N = 8192 and 16384 (one pair per block, dynamic shared memory).
     pub(crate) wide: CudaFunction,
+    /// N = 32K .. 256K: the rows' scales, the column passes and the 16K-point rows.
+    pub(crate) scales: CudaFunction,
+    pub(crate) columns_forward: CudaFunction,
+    pub(crate) middle: CudaFunction,
+    pub(crate) columns_inverse: CudaFunction,
 }
 
 impl MonarchKernels {
-    /// The kernel running a Monarch pass of size `2^log2n`, and its dynamic shared memory.
-    pub(crate) fn forward_for(&self, log2n: u32) -> (&CudaFunction, u32) {
-        if log2n > 12 {
-            (&self.wide, monarch_shared_bytes(log2n))
-        } else {
-            (&self.forward, 0)
+    /// `kernel`'s function for N = 2^log2n, and its dynamic shared memory.
+    pub(crate) fn function(&self, kernel: MonarchKernel, log2n: u32) -> (&CudaFunction, u32) {
+        match kernel {
+            MonarchKernel::Forward => (&self.forward, 0),
+            MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),
+            MonarchKernel::Scales => (&self.scales, 0),
+            MonarchKernel::ColumnsForward => (&self.columns_forward, 0),
+            MonarchKernel::Middle => (&self.middle, monarch_shared_bytes(14)),
+            MonarchKernel::ColumnsInverse => (&self.columns_inverse, 0),
         }
     }
 }
 
-/// Dynamic shared memory of `fftconv_monarch_wide` at N = 2^log2n (8K, 16K): two f16 planes of
-/// N / 256 rows of 264 halves (256 points and 8 of padding).
+/// Dynamic shared memory of `fftconv_monarch_wide` at N = 2^log2n (8K, 16K; 16K for
+/// `fftconv_monarch_middle`'s rows): two f16 planes of N / 256 rows of 264 halves (256 points and
+/// 8 of padding).
 pub(crate) fn monarch_shared_bytes(log2n: u32) -> u32 {
     (1 << (log2n - 8)) * 264 * 2 * 2
 }

@@ -64,10 +64,14 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 3] = [
+const MONARCH_ENTRIES: [&str; 7] = [
     "fftconv_monarch",
     "fftconv_monarch_wide",
     "fftconv_monarch_filter",
+    "fftconv_monarch_scales",
+    "fftconv_monarch_columns_forward",
+    "fftconv_monarch_middle",
+    "fftconv_monarch_columns_inverse",
 ];
 
 /// Inline PTX of the Monarch pass.
@@ -520,8 +524,7 @@ fn assemble(ptxas: &Path, label: &str, ptx_path: &Path) -> Result<(), String> {
     let lines: Vec<&str> = stderr.lines().collect();
     for i in lines.iter().enumerate().filter_map(|(i, l)| {
         (l.contains("entry function 'fftconv_fused'")
-            || l.contains("entry function 'fftconv_monarch'")
-            || l.contains("entry function 'fftconv_monarch_wide'"))
+            || (l.contains("entry function 'fftconv_monarch") && !l.contains("_filter'")))
         .then_some(i)
     }) {
         let usage: Vec<&str> = lines[i + 1..]

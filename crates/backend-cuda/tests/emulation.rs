@@ -216,6 +216,10 @@ enum Kernel {
     MonarchFilter = 6,
     Monarch = 7,
     MonarchWide = 8,
+    MonarchScales = 9,
+    MonarchColumnsForward = 10,
+    MonarchMiddle = 11,
+    MonarchColumnsInverse = 12,
 }
 
 impl From<PassKind> for Kernel {
@@ -512,6 +516,74 @@ fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| f64::from(v)).collect()
 }
 
+/// The f64 oracle of dense circular problems whose rows are one power-of-two FFT (N = L) and
+/// whose direct sums would be slow (L K >= 2^28): `IDFT(DFT(x) DFT(k)) / L` through monarch-core's
+/// textbook `fft_f64`, gated like `reference_forward` (which it equals to f64 rounding, see
+/// `circular_fft_reference_is_the_direct_one`). `None` for every other problem.
+fn circular_fft_reference(
+    spec: &ConvSpec,
+    u: &[f64],
+    k: &[f64],
+    gates: Option<(&[f64], &[f64])>,
+) -> Option<Vec<f64>> {
+    use monarch_core::reference::fft_f64;
+    use monarch_core::{Complex64, ConvMode};
+    let (l, kl, h_count) = (spec.length(), spec.filter_len(), spec.channels());
+    let g = spec.geometry();
+    if spec.mode() != ConvMode::Circular || g.is_sparse() || g.n() != l || (l * kl) >> 28 == 0 {
+        return None;
+    }
+    let spectra: Vec<Vec<Complex64>> = k
+        .chunks(kl)
+        .map(|row| {
+            let mut x = vec![Complex64::new(0.0, 0.0); l];
+            for (d, &v) in x.iter_mut().zip(row) {
+                d.re = v;
+            }
+            fft_f64(&mut x, false);
+            x
+        })
+        .collect();
+    let mut y = vec![0.0; u.len()];
+    for (row, out) in y.chunks_mut(l).enumerate() {
+        let span = row * l..(row + 1) * l;
+        let mut x: Vec<Complex64> = u[span.clone()]
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Complex64::new(gates.map_or(v, |(pre, _)| v * pre[span.start + i]), 0.0))
+            .collect();
+        fft_f64(&mut x, false);
+        for (a, b) in x.iter_mut().zip(&spectra[row % h_count]) {
+            *a *= *b;
+        }
+        fft_f64(&mut x, true);
+        for (i, (o, v)) in out.iter_mut().zip(&x).enumerate() {
+            *o = v.re / l as f64 * gates.map_or(1.0, |(_, post)| post[span.start + i]);
+        }
+    }
+    Some(y)
+}
+
+/// The FFT oracle of long circular problems equals the direct one (on a size where both run).
+#[test]
+fn circular_fft_reference_is_the_direct_one() {
+    let spec = ConvSpec::builder(2, 3, 1 << 15, 1 << 13)
+        .circular()
+        .gated(true)
+        .build()
+        .expect("spec");
+    let mut rng = StdRng::seed_from_u64(7);
+    let inputs = Inputs::new(&spec, &mut rng);
+    let (a, b) = inputs.gates.as_ref().expect("gated");
+    let (a, b) = (f64s(a), f64s(b));
+    let gates = Some((a.as_slice(), b.as_slice()));
+    let (u, k) = (f64s(&inputs.u), f64s(&inputs.k));
+    let fft = circular_fft_reference(&spec, &u, &k, gates).expect("a long circular problem");
+    let direct = reference_forward(&spec, &u, &k, gates);
+    let err = relative_l2_error(&fft, &direct);
+    assert!(err < 1e-12, "relative error {err:e}");
+}
+
 /// Compares `got` with `want`: the relative L2 error, or why it fails.
 fn compare(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> Result<f64, String> {
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
@@ -550,6 +622,7 @@ fn forward(
         let layout = p.nans(spec.channels() * (n + 2) * 2);
         let filter_params = PassParams {
             log2n: n.ilog2(),
+            line_log2: n.ilog2().min(14),
             kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
             channels: spec.channels() as u32,
             total_lines: spec.channels() as u32,
@@ -590,14 +663,16 @@ fn forward(
         p.fill_nan(yc);
         let steps = prep.schedule.forward_steps(chunk, true);
         if monarch {
-            let params = monarch_params(&steps)
+            let launches = monarch_launches(&steps)
                 .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
-            // `MonarchKernels::forward_for` of src/device.rs.
-            if params.log2n > 12 {
-                let shared = (1usize << (params.log2n - 8)) * 264 * 2 * 2;
-                p.launch(Kernel::MonarchWide, shared, &params, &bindings);
-            } else {
-                p.launch(Kernel::Monarch, 0, &params, &bindings);
+            for (kernel, params) in launches {
+                // `MonarchKernels::function` of src/device.rs.
+                let shared = match kernel {
+                    Kernel::MonarchWide => (1usize << (params.log2n - 8)) * 264 * 2 * 2,
+                    Kernel::MonarchMiddle => 64 * 264 * 2 * 2,
+                    _ => 0,
+                };
+                p.launch(kernel, shared, &params, &bindings);
             }
         } else {
             for (kind, params) in steps {
@@ -613,12 +688,10 @@ fn forward(
     }
     let got = p.run(harness, prep.points, &format!("{name}-forward"), &[y])?;
     let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
-    let want = reference_forward(
-        spec,
-        &f64s(&inputs.u),
-        &f64s(&inputs.k),
-        gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
-    );
+    let gates64 = gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice()));
+    let (u64s, k64s) = (f64s(&inputs.u), f64s(&inputs.k));
+    let want = circular_fft_reference(spec, &u64s, &k64s, gates64)
+        .unwrap_or_else(|| reference_forward(spec, &u64s, &k64s, gates64));
     let err = compare("y", &got[0], &want, prep.tolerance)?;
     // Each row on its own too: a small-magnitude channel must not lose precision to a large one
     // it shares a block or a tile with.
@@ -1183,28 +1256,75 @@ fn tensor_cores_middle_round_one_column_pass_256_points_64_threads() {
 /// 227 KiB per block, so that every size the pass takes is one fused step.
 const MONARCH_POINTS: usize = 16384;
 
-/// `monarch_params` of src/convolution.rs: the Monarch pass's launch parameters where it can run
-/// a chunk's forward (one fused step over whole pairs, N = 256 .. 16384, one segment per row).
-fn monarch_params(steps: &[(PassKind, PassParams)]) -> Option<PassParams> {
+/// `monarch_launches` of src/convolution.rs: the Monarch pass's launches where it can run a
+/// chunk's forward (one segment per row; one fused step of N = 256 .. 16384, or column passes
+/// around one for 32K .. 256K).
+fn monarch_launches(steps: &[(PassKind, PassParams)]) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
-    let [(PassKind::Fused, p)] = steps else {
+    let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
+    let extra = FLAG_GATED | FLAG_WRAPS;
+    if let [(PassKind::Fused, p)] = steps {
+        let ok = p.line_log2 == p.log2n
+            && (8..=14).contains(&p.log2n)
+            && p.blocks == 1
+            && p.stage_count == 0
+            && p.flags & io == io
+            && p.flags & !(io | extra) == 0;
+        let kernel = if p.log2n > 12 {
+            Kernel::MonarchWide
+        } else {
+            Kernel::Monarch
+        };
+        return ok.then(|| {
+            vec![(
+                kernel,
+                PassParams {
+                    lines_log2: 12u32.saturating_sub(p.log2n),
+                    ..*p
+                },
+            )]
+        });
+    }
+    let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
         return None;
     };
-    let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
-    (p.line_log2 == p.log2n
-        && (8..=14).contains(&p.log2n)
-        && p.blocks == 1
-        && p.stage_count == 0
-        && p.flags & io == io
-        && p.flags & !(io | FLAG_GATED | FLAG_WRAPS) == 0)
-        .then(|| PassParams {
-            lines_log2: 12u32.saturating_sub(p.log2n),
-            ..*p
-        })
+    let ok = (15..=18).contains(&first.log2n)
+        && steps.iter().all(|(_, p)| p.blocks == 1)
+        && first.flags & FLAG_SRC_INPUT != 0
+        && first.flags & !(FLAG_SRC_INPUT | extra) == 0
+        && last.flags & FLAG_DST_OUTPUT != 0
+        && last.flags & !(FLAG_DST_OUTPUT | extra) == 0;
+    if !ok {
+        return None;
+    }
+    let pairs = first.channels * first.pairs;
+    let base = PassParams {
+        flags: io | (first.flags & extra),
+        line_log2: 14,
+        stride_log2: 0,
+        lines_log2: 0,
+        stage_bits: 0,
+        stage_count: 0,
+        ..*first
+    };
+    let with_lines = |total_lines: u32| PassParams {
+        total_lines,
+        ..base
+    };
+    Some(vec![
+        (Kernel::MonarchScales, with_lines(pairs)),
+        (Kernel::MonarchColumnsForward, with_lines(pairs * 64)),
+        (
+            Kernel::MonarchMiddle,
+            with_lines(pairs << (first.log2n - 14)),
+        ),
+        (Kernel::MonarchColumnsInverse, with_lines(pairs * 64)),
+    ])
 }
 
 /// The Monarch pass (f16 operands, so the f16 tolerance) on every size it takes (N = 256 ..
-/// 16384: N1 = 1 .. 64 rows per pair, `fftconv_monarch_wide` from 8K), causal and circular,
+/// 16384: N1 = 1 .. 64 rows per pair, `fftconv_monarch_wide` from 8K; 32K .. 256K: column
+/// passes around 16K-point rows), causal and circular,
 /// gated, frequency-sparse, odd batch (a pair with one row), several chunks, rows of 2^-12, 1
 /// and 2^12 (and a channel of filter 2^40 / 2^-40), and a length that is no multiple of the
 /// vector width. The harness and plans have 16K shared points, so that 8K and 16K are one pass.
@@ -1278,6 +1398,32 @@ fn monarch_tensor_core_pass_256_threads() {
             1 << 30,
             1.099_511_6e12,
         ),
+        // From 32K the direct f64 oracle (O(L K) per row) would dominate the time: the long
+        // rows are circular ones of power-of-two length (`circular_fft_reference`).
+        (
+            "n32k causal sparse",
+            causal(2, 2, 16384, 16384).keep_frequencies(0.25),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n64k gated odd batch",
+            causal(3, 1, 32768, 20000).gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n128k circular, rows 2^-20",
+            causal(2, 2, 131_072, 131_072).circular(),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n256k circular filter 2^-40",
+            causal(2, 1, 262_144, 200_000).circular(),
+            1 << 30,
+            9.094_947e-13,
+        ),
     ];
     for (i, (label, builder, chunk_elems, k_scale)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
@@ -1285,6 +1431,17 @@ fn monarch_tensor_core_pass_256_threads() {
         let mut inputs = Inputs::new(&spec, &mut rng);
         for v in &mut inputs.k {
             *v *= k_scale;
+        }
+        if label.contains("rows 2^-20") {
+            // The odd batch rows 2^20 times smaller than their pair partners (the even rows):
+            // each must keep its own precision (checked per row) although the column DFTs of
+            // the long sizes mix a pair's two rows.
+            let row = spec.channels() * spec.length();
+            for (b, rows) in inputs.u.chunks_mut(row).enumerate() {
+                if b % 2 == 1 {
+                    rows.iter_mut().for_each(|v| *v *= 9.536_743e-7);
+                }
+            }
         }
         let what = format!(
             "{test}/{label}: B={} H={} L={} K={} N={} kept={} chunks {}",
