@@ -197,16 +197,16 @@ step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
 step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
 step test-backend-cuda-forward 120 "$T/backend-cuda-forward" --test-threads 4 --nocapture
 step test-backend-cuda-probe 60 "$T/backend-cuda-probe" --nocapture
-# The Monarch tensor-core pass (FFTCONV_CUDA_MONARCH=1, N = 256 .. 256K, f16 / bf16): first run
+# The Monarch tensor-core pass (FFTCONV_CUDA_MONARCH=1, N = 256 .. 4M, f16 / bf16): first run
 # on a GPU in session 7's bundle; correctness, then its A/B against the default passes.
 step test-conformance-cuda-monarch 120 env FFTCONV_CUDA_MONARCH=1 "$T/conv-conformance" cuda \
     --test-threads 8
 step test-backend-cuda-forward-monarch 120 env FFTCONV_CUDA_MONARCH=1 \
     "$T/backend-cuda-forward" --test-threads 4 --nocapture
 if [ "${1:-}" != "--no-bench" ]; then
-    bench bench-monarch 150 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16,bf16 \
-        --sizes 256..256K --reps 5 --keep-frequencies 1,0.25
-    bench bench-monarch-baseline 150 --backend cuda --dtype f16,bf16 --sizes 256..256K --reps 5 \
+    bench bench-monarch 200 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16,bf16 \
+        --sizes 256..4M --reps 5 --keep-frequencies 1,0.25
+    bench bench-monarch-baseline 200 --backend cuda --dtype f16,bf16 --sizes 256..4M --reps 5 \
         --keep-frequencies 1,0.25
     bench bench-monarch-thunderkittens 60 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype bf16 \
         --circular --sizes 4K --shape 16x1024 --reps 5

@@ -3058,9 +3058,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     }
 }
 
-// ---- the Monarch pass for N = 32K .. 256K: four kernels around 16K-point rows ---------------
+// ---- the Monarch pass for N = 32K .. 4M: four kernels around 16K-point rows -----------------
 //
-// N = N_o x N_i with N_i = 2^MT_INNER_LOG2 = 16384 and N_o = 2 .. 16; position n = n_i + N_i n_o,
+// N = N_o x N_i with N_i = 2^MT_INNER_LOG2 = 16384 and N_o = 2 .. 256; position n = n_i + N_i n_o,
 // frequency k = k_o + N_o k_i (the four-step split of the DFT). Per chunk, with the pair's
 // intermediate as N f16 (Re, Im) words in bf.tmp (half of the N complex f32 the schedule sizes
 // it for; the rows' scale exponents after all pairs' words):
@@ -3240,13 +3240,136 @@ __device__ __forceinline__ void mt_columns_inverse(const Params& pc, const Buffe
     }
 }
 
+// N_o = 32 .. 256 (512K .. 4M): N_o complex values do not fit a thread's registers, so a block
+// takes 32 columns through a shared-memory tile (N_o x 32 complex f32, up to 64 KiB) and splits
+// the column DFT as A x B: n_o = a + A b, k_o = k_b + B k_a. Forward: per (a, column) the B-point
+// DFT over b of the scaled rows, times W_(N_o)^(a k_b), to tile row a + A k_b; then per (k_b,
+// column) the A-point DFT over a, times W_N^(n_i k_o), to the intermediate. Inverse: the same
+// backwards, the inverse A-point DFT first (its words read per (k_b, column)).
+#define MT_TILE_COLUMNS 32u
+
+template <u32 A_LOG2, u32 B_LOG2>
+__device__ __forceinline__ void mt_tile_columns_forward(const Params& pc, const Buffers& bf,
+                                                        const Divisors& dv) {
+    constexpr u32 A = 1u << A_LOG2, B = 1u << B_LOG2, O_LOG2 = A_LOG2 + B_LOG2;
+    const u32 blk = block_index();
+    if (blk >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const u32 tiles_log2 = MT_INNER_LOG2 - 5u;
+    const u32 pair = blk >> tiles_log2, c0 = (blk & ((1u << tiles_log2) - 1u)) << 5;
+    const u32 h = udiv(pair, dv.pairs);
+    cpx* tile = smem;
+    {
+        const u32* e = mt_scales(pc, bf, pair);
+        SegmentRow seg0 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs), h);
+        SegmentRow seg1 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + 1u, h);
+        float sc0 = bits_float((e[0] - O_LOG2) << 23), sc1 = bits_float((e[1] - O_LOG2) << 23);
+        for (u32 item = threadIdx.x; item < A * MT_TILE_COLUMNS; item += MT_THREADS) {
+            u32 c = item & 31u, a = item >> 5, ni = c0 + c;
+            cpx z[B];
+#pragma unroll
+            for (u32 b = 0; b < B; b++) {
+                u32 pos = ni + ((a + A * b) << MT_INNER_LOG2);
+                z[b] = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg0, pos) * sc0,
+                          segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg1, pos) * sc1);
+            }
+            mt_dft_registers<B_LOG2, true>(pc, bf, z);
+#pragma unroll
+            for (u32 kb = 0; kb < B; kb++) {
+                cpx v = kb == 0u ? z[0] : cmul(z[kb], root(pc, bf, a * kb, O_LOG2));
+                tile[(a + A * kb) * MT_TILE_COLUMNS + c] = v;
+            }
+        }
+    }
+    __syncthreads();
+    u32* out = (u32*)bf.tmp + ((u64)pair << pc.log2n);
+    for (u32 item = threadIdx.x; item < B * MT_TILE_COLUMNS; item += MT_THREADS) {
+        u32 c = item & 31u, kb = item >> 5, ni = c0 + c;
+        cpx z[A];
+#pragma unroll
+        for (u32 a = 0; a < A; a++) {
+            z[a] = tile[(a + A * kb) * MT_TILE_COLUMNS + c];
+        }
+        mt_dft_registers<A_LOG2, true>(pc, bf, z);
+#pragma unroll
+        for (u32 ka = 0; ka < A; ka++) {
+            u32 ko = kb + B * ka;
+            cpx v = ko == 0u ? z[0] : cmul(z[ka], root(pc, bf, ni * ko, pc.log2n));
+            out[((u64)ko << MT_INNER_LOG2) + ni] = pack_f16x2(v.x, v.y);
+        }
+    }
+}
+
+template <u32 A_LOG2, u32 B_LOG2>
+__device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const Buffers& bf,
+                                                        const Divisors& dv) {
+    constexpr u32 A = 1u << A_LOG2, B = 1u << B_LOG2, O_LOG2 = A_LOG2 + B_LOG2;
+    const u32 blk = block_index();
+    if (blk >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const u32 tiles_log2 = MT_INNER_LOG2 - 5u;
+    const u32 pair = blk >> tiles_log2, c0 = (blk & ((1u << tiles_log2) - 1u)) << 5;
+    const u32 h = udiv(pair, dv.pairs);
+    cpx* tile = smem;
+    const u32* in = (const u32*)bf.tmp + ((u64)pair << pc.log2n);
+    for (u32 item = threadIdx.x; item < B * MT_TILE_COLUMNS; item += MT_THREADS) {
+        u32 c = item & 31u, kb = item >> 5, ni = c0 + c;
+        cpx z[A];
+#pragma unroll
+        for (u32 ka = 0; ka < A; ka++) {
+            u32 ko = kb + B * ka;
+            u32 w = in[((u64)ko << MT_INNER_LOG2) + ni];
+            z[ka] = mk(half_float(w), half_float(w >> 16));
+            if (ko != 0u) {
+                z[ka] = cmul(z[ka], conj_c(root(pc, bf, ni * ko, pc.log2n)));
+            }
+        }
+        mt_dft_registers<A_LOG2, false>(pc, bf, z);
+#pragma unroll
+        for (u32 a = 0; a < A; a++) {
+            cpx v = a == 0u || kb == 0u ? z[a] : cmul(z[a], conj_c(root(pc, bf, a * kb, O_LOG2)));
+            tile[(a + A * kb) * MT_TILE_COLUMNS + c] = v;
+        }
+    }
+    __syncthreads();
+    const u32* e = mt_scales(pc, bf, pair);
+    const u32 n = 1u << pc.log2n;
+    float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
+    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    float common = (float)(A * B) * ci * ci * sk;
+    float f0 = common * bits_float((254u - e[0]) << 23), f1 = common * bits_float((254u - e[1]) << 23);
+    SegmentRow seg0 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs), h);
+    SegmentRow seg1 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + 1u, h);
+    for (u32 item = threadIdx.x; item < A * MT_TILE_COLUMNS; item += MT_THREADS) {
+        u32 c = item & 31u, a = item >> 5, ni = c0 + c;
+        cpx z[B];
+#pragma unroll
+        for (u32 kb = 0; kb < B; kb++) {
+            z[kb] = tile[(a + A * kb) * MT_TILE_COLUMNS + c];
+        }
+        mt_dft_registers<B_LOG2, false>(pc, bf, z);
+#pragma unroll
+        for (u32 b = 0; b < B; b++) {
+            u32 pos = ni + ((a + A * b) << MT_INNER_LOG2);
+            store_segment_at(pc, bf.y, bf.post, seg0, pos, z[b].x * f0);
+            store_segment_at(pc, bf.y, bf.post, seg1, pos, z[b].y * f1);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
     switch (pc.log2n - MT_INNER_LOG2) {
     case 1u: mt_columns_forward<1>(pc, bf, dv); break;
     case 2u: mt_columns_forward<2>(pc, bf, dv); break;
     case 3u: mt_columns_forward<3>(pc, bf, dv); break;
-    default: mt_columns_forward<4>(pc, bf, dv); break;
+    case 4u: mt_columns_forward<4>(pc, bf, dv); break;
+    case 5u: mt_tile_columns_forward<4, 1>(pc, bf, dv); break;
+    case 6u: mt_tile_columns_forward<2, 4>(pc, bf, dv); break;
+    case 7u: mt_tile_columns_forward<3, 4>(pc, bf, dv); break;
+    default: mt_tile_columns_forward<4, 4>(pc, bf, dv); break;
     }
 }
 
@@ -3256,7 +3379,11 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS)
     case 1u: mt_columns_inverse<1>(pc, bf, dv); break;
     case 2u: mt_columns_inverse<2>(pc, bf, dv); break;
     case 3u: mt_columns_inverse<3>(pc, bf, dv); break;
-    default: mt_columns_inverse<4>(pc, bf, dv); break;
+    case 4u: mt_columns_inverse<4>(pc, bf, dv); break;
+    case 5u: mt_tile_columns_inverse<4, 1>(pc, bf, dv); break;
+    case 6u: mt_tile_columns_inverse<2, 4>(pc, bf, dv); break;
+    case 7u: mt_tile_columns_inverse<3, 4>(pc, bf, dv); break;
+    default: mt_tile_columns_inverse<4, 4>(pc, bf, dv); break;
     }
 }
 

@@ -997,9 +997,10 @@ pub(crate) enum MonarchKernel {
     Forward,
     /// `fftconv_monarch_wide`: N = 8192, 16384, one pair per block.
     Wide,
-    /// `fftconv_monarch_scales`: N = 32K .. 256K, each row's scale (one pair per block).
+    /// `fftconv_monarch_scales`: N = 32K .. 4M, each row's scale (one pair per block).
     Scales,
-    /// `fftconv_monarch_columns_forward`: the N_o-point column DFTs (256 columns per block).
+    /// `fftconv_monarch_columns_forward`: the N_o-point column DFTs (256 columns per block, 32
+    /// through a shared tile from N_o = 32).
     ColumnsForward,
     /// `fftconv_monarch_middle`: one 16K-point row of the intermediate per block.
     Middle,
@@ -1014,8 +1015,9 @@ pub(crate) const MONARCH_INNER_LOG2: u32 = 14;
 /// schedule's): plain forward flags (gates and circular history allowed), one overlap-save
 /// segment per row, and either one fused step of N = 256 .. 16384 (one launch; up to 4096 its
 /// blocks hold 16 rows of 256 points, 2^(12 - log2 N) pairs, beyond that one pair) or, for
-/// N = 32K .. 256K, column passes around a fused step (four launches: row scales, forward
-/// columns, the 16K-point rows, inverse columns; every block one pair, 256 columns or one row).
+/// N = 32K .. 4M, column passes around a fused step (four launches: row scales, forward
+/// columns, the 16K-point rows, inverse columns; every block one pair, and 256 columns (32 from
+/// 512K), or one row).
 pub(crate) fn monarch_launches(
     steps: &[(PassKind, PassParams)],
 ) -> Option<Vec<(MonarchKernel, PassParams)>> {
@@ -1046,7 +1048,7 @@ pub(crate) fn monarch_launches(
     let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
         return None;
     };
-    let ok = (MONARCH_INNER_LOG2 + 1..=MONARCH_INNER_LOG2 + 4).contains(&first.log2n)
+    let ok = (MONARCH_INNER_LOG2 + 1..=MONARCH_INNER_LOG2 + 8).contains(&first.log2n)
         && steps.iter().all(|(_, p)| p.blocks == 1)
         && first.flags & FLAG_SRC_INPUT != 0
         && first.flags & !(FLAG_SRC_INPUT | extra) == 0
@@ -1069,7 +1071,13 @@ pub(crate) fn monarch_launches(
         total_lines,
         ..base
     };
-    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - 8))?;
+    // 256 columns per block (one per thread) up to N_o = 16, then 32 (a shared tile).
+    let columns_log2 = if first.log2n - MONARCH_INNER_LOG2 > 4 {
+        5
+    } else {
+        8
+    };
+    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - columns_log2))?;
     let rows = pairs.checked_mul(1 << (first.log2n - MONARCH_INNER_LOG2))?;
     Some(vec![
         (MonarchKernel::Scales, with_lines(pairs)),
@@ -1232,7 +1240,13 @@ mod tests {
         assert!(monarch_launches(&two).is_none());
 
         // Column passes around a fused step: the schedule's steps for 32K .. 256K.
-        for (log2n, gated, circular) in [(15, false, false), (16, true, false), (18, false, true)] {
+        for (log2n, gated, circular) in [
+            (15, false, false),
+            (16, true, false),
+            (18, false, true),
+            (19, false, false),
+            (22, true, false),
+        ] {
             let mut b = ConvSpec::builder(3, 5, 1 << (log2n - 1), 1 << (log2n - 1))
                 .dtype(DType::F16)
                 .gated(gated);
@@ -1266,10 +1280,8 @@ mod tests {
             );
             let pairs = 5 * 2; // B = 3: two pairs per channel
             let lines: Vec<u32> = launches.iter().map(|l| l.1.total_lines).collect();
-            assert_eq!(
-                lines,
-                [pairs, pairs * 64, pairs << (log2n - 14), pairs * 64]
-            );
+            let columns = if log2n > 18 { pairs * 512 } else { pairs * 64 };
+            assert_eq!(lines, [pairs, columns, pairs << (log2n - 14), columns]);
             for (_, p) in &launches {
                 assert_eq!((p.log2n, p.line_log2, p.lines_log2), (log2n, 14, 0));
                 assert_eq!(p.flags & io, io);

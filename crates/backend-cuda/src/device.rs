@@ -54,7 +54,7 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
-/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 256K (one
+/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4M (one
 /// segment per row) through the Monarch tensor-core pass (`fftconv_monarch`; for 8K and 16K
 /// `fftconv_monarch_wide`; from 32K column passes around 16K-point rows with f16 intermediates:
 /// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
@@ -335,14 +335,26 @@ impl CudaDevice {
                     .map_err(|e| {
                         CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
                     })?;
+                // From N_o = 32 the column passes' tiles: N_o x 32 complex f32, up to 64 KiB.
+                let columns = |name: &str| {
+                    let f = get(name)?;
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        monarch_tile_bytes(22) as i32,
+                    )
+                    .map_err(|e| {
+                        CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
+                    })?;
+                    Ok::<_, CudaError>(f)
+                };
                 Some(MonarchKernels {
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
                     wide,
                     scales: get("fftconv_monarch_scales")?,
-                    columns_forward: get("fftconv_monarch_columns_forward")?,
+                    columns_forward: columns("fftconv_monarch_columns_forward")?,
                     middle,
-                    columns_inverse: get("fftconv_monarch_columns_inverse")?,
+                    columns_inverse: columns("fftconv_monarch_columns_inverse")?,
                 })
             } else {
                 None
@@ -363,7 +375,7 @@ pub(crate) struct MonarchKernels {
     pub(crate) forward: CudaFunction,
     /// The same for N = 8192 and 16384 (one pair per block, dynamic shared memory).
     pub(crate) wide: CudaFunction,
-    /// N = 32K .. 256K: the rows' scales, the column passes and the 16K-point rows.
+    /// N = 32K .. 4M: the rows' scales, the column passes and the 16K-point rows.
     pub(crate) scales: CudaFunction,
     pub(crate) columns_forward: CudaFunction,
     pub(crate) middle: CudaFunction,
@@ -377,10 +389,20 @@ impl MonarchKernels {
             MonarchKernel::Forward => (&self.forward, 0),
             MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),
             MonarchKernel::Scales => (&self.scales, 0),
-            MonarchKernel::ColumnsForward => (&self.columns_forward, 0),
+            MonarchKernel::ColumnsForward => (&self.columns_forward, monarch_tile_bytes(log2n)),
             MonarchKernel::Middle => (&self.middle, monarch_shared_bytes(14)),
-            MonarchKernel::ColumnsInverse => (&self.columns_inverse, 0),
+            MonarchKernel::ColumnsInverse => (&self.columns_inverse, monarch_tile_bytes(log2n)),
         }
+    }
+}
+
+/// Dynamic shared memory of the Monarch column passes at N = 2^log2n: none up to 256K, then a
+/// tile of N / 16K rows of 32 complex f32.
+pub(crate) fn monarch_tile_bytes(log2n: u32) -> u32 {
+    if log2n > 18 {
+        (1 << (log2n - 14)) * 32 * 8
+    } else {
+        0
     }
 }
 

@@ -670,6 +670,11 @@ fn forward(
                 let shared = match kernel {
                     Kernel::MonarchWide => (1usize << (params.log2n - 8)) * 264 * 2 * 2,
                     Kernel::MonarchMiddle => 64 * 264 * 2 * 2,
+                    Kernel::MonarchColumnsForward | Kernel::MonarchColumnsInverse
+                        if params.log2n > 18 =>
+                    {
+                        (1usize << (params.log2n - 14)) * 32 * 8
+                    }
                     _ => 0,
                 };
                 p.launch(kernel, shared, &params, &bindings);
@@ -1288,7 +1293,7 @@ fn monarch_launches(steps: &[(PassKind, PassParams)]) -> Option<Vec<(Kernel, Pas
     let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
         return None;
     };
-    let ok = (15..=18).contains(&first.log2n)
+    let ok = (15..=22).contains(&first.log2n)
         && steps.iter().all(|(_, p)| p.blocks == 1)
         && first.flags & FLAG_SRC_INPUT != 0
         && first.flags & !(FLAG_SRC_INPUT | extra) == 0
@@ -1311,19 +1316,24 @@ fn monarch_launches(steps: &[(PassKind, PassParams)]) -> Option<Vec<(Kernel, Pas
         total_lines,
         ..base
     };
+    let columns = if first.log2n > 18 {
+        pairs * 512
+    } else {
+        pairs * 64
+    };
     Some(vec![
         (Kernel::MonarchScales, with_lines(pairs)),
-        (Kernel::MonarchColumnsForward, with_lines(pairs * 64)),
+        (Kernel::MonarchColumnsForward, with_lines(columns)),
         (
             Kernel::MonarchMiddle,
             with_lines(pairs << (first.log2n - 14)),
         ),
-        (Kernel::MonarchColumnsInverse, with_lines(pairs * 64)),
+        (Kernel::MonarchColumnsInverse, with_lines(columns)),
     ])
 }
 
 /// The Monarch pass (f16 operands, so the f16 tolerance) on every size it takes (N = 256 ..
-/// 16384: N1 = 1 .. 64 rows per pair, `fftconv_monarch_wide` from 8K; 32K .. 256K: column
+/// 16384: N1 = 1 .. 64 rows per pair, `fftconv_monarch_wide` from 8K; 32K .. 1M of 4M: column
 /// passes around 16K-point rows), causal and circular,
 /// gated, frequency-sparse, odd batch (a pair with one row), several chunks, rows of 2^-12, 1
 /// and 2^12 (and a channel of filter 2^40 / 2^-40), and a length that is no multiple of the
@@ -1423,6 +1433,19 @@ fn monarch_tensor_core_pass_256_threads() {
             causal(2, 1, 262_144, 200_000).circular(),
             1 << 30,
             9.094_947e-13,
+        ),
+        // From 512K the column passes run through shared tiles (N_o = 16 x 2, 4 x 16).
+        (
+            "n512k circular gated",
+            causal(2, 1, 524_288, 300_000).circular().gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n1m circular, rows 2^-20",
+            causal(2, 1, 1 << 20, 600_000).circular(),
+            1 << 30,
+            1.0,
         ),
     ];
     for (i, (label, builder, chunk_elems, k_scale)) in cases.into_iter().enumerate() {
