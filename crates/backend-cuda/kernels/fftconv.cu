@@ -2578,16 +2578,19 @@ __device__ __forceinline__ void mt_dft16(const Params& pc, const Buffers& bf, Mt
     }
 }
 
-// S2 on one row (the warp's): the 256-point DFT as two 16 x 16 products chained in registers,
-// the product with the filter bins of frequency k_a (`filt`: this lane's 8, in fragment order),
-// the inverse, and (`twiddle`) conj W_N^(r k_a) for S3; in place.
-__device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
-                                       const Buffers& bf, u32 row, u32 ka, const cpx* filt,
-                                       bool twiddle) {
-    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
-    u16* re = pl.p[0] + row * MT_ROW;
-    u16* im = pl.p[1] + row * MT_ROW;
-    // P1: D1 = (F16 / 16) Z, Z[b][c] = row[16 b + c] (B fragments by ldmatrix.trans).
+// A row's spectrum in S2 as this lane's D fragments: element (nt, i) is frequency k_b = g + 8 (i
+// >> 1), k_c = 2 t + (i & 1) + 8 nt of the row (f = k_a + N1 (k_b + 16 k_c) of the pair).
+struct MtSpectrum {
+    float re[2][4];
+    float im[2][4];
+};
+
+// S2's forward half on one row (`re`, `im`: its planes): P1 = (F16 / 16) Z (B fragments by
+// ldmatrix.trans), W_256^(c k_b), P2 = (.) (F16 / 16) contracting c (P1's D fragments are P2's A
+// fragments).
+__device__ __forceinline__ void mt_row_forward(const MtDft16& f, const u16* re, const u16* im,
+                                               MtSpectrum& out) {
+    u32 lane = threadIdx.x & 31u;
     u32 zrow = 8u * ((lane >> 3) & 1u) + (lane & 7u);
     u32 off = 16u * zrow + 8u * (lane >> 4);
     u32 z_re[4], z_im[4];
@@ -2605,23 +2608,26 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
             d_im[nt][i] = v.y;
         }
     }
-    // P2: D2 = M1 (F16 / 16), contracting c; rows k_b, columns k_c.
     u32 m_re[4], m_im[4];
     mt_pack_a(d_re, m_re);
     mt_pack_a(d_im, m_im);
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
-        tc_cmma(d_re[nt], d_im[nt], m_re, m_im, f.fb_re[nt], f.fb_im[nt], m_im, f.fb_neg[nt]);
-#pragma unroll
-        for (u32 i = 0; i < 4u; i++) {
-            cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), load_ro(filt + 4u * nt + i));
-            d_re[nt][i] = v.x;
-            d_im[nt][i] = v.y;
-        }
+        tc_cmma(out.re[nt], out.im[nt], m_re, m_im, f.fb_re[nt], f.fb_im[nt], m_im, f.fb_neg[nt]);
     }
-    // P3: D3 = Z' (conj F16 / 16), contracting k_c; rows k_b, columns c.
-    mt_pack_a(d_re, m_re);
-    mt_pack_a(d_im, m_im);
+}
+
+// S2's inverse half on one row: P3 = (.) (conj F16 / 16) contracting k_c, conj W_256^(c k_b),
+// movmatrix to P4's B fragments, P4 = (conj F16 / 16) (.) contracting k_b, then (`twiddle`) conj
+// W_N^(r k_a) for S3; to the row's planes.
+__device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectrum& in, u16* re,
+                                               u16* im, const Params& pc, const Buffers& bf,
+                                               u32 ka, bool twiddle) {
+    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+    u32 m_re[4], m_im[4];
+    mt_pack_a(in.re, m_re);
+    mt_pack_a(in.im, m_im);
+    float d_re[2][4], d_im[2][4];
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
         tc_cmma(d_re[nt], d_im[nt], m_re, m_im, f.fb_re[nt], f.fb_neg[nt], m_im, f.fb_im[nt]);
@@ -2632,8 +2638,6 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
             d_im[nt][i] = v.y;
         }
     }
-    // P4: D4 = (conj F16 / 16) M3, contracting k_b: M3's B fragments are its 8 x 8 blocks
-    // transposed (movmatrix); rows b, columns c.
     mt_pack_a(d_re, m_re);
     mt_pack_a(d_im, m_im);
     u32 b_re[4], b_im[4];
@@ -2661,6 +2665,27 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
             *(u32*)&im[r] = pack_f16x2(v0.y, v1.y);
         }
     }
+}
+
+// S2 on one row (the warp's), in place: the forward half, the product with the filter bins of
+// frequency k_a (`filt`: this lane's 8, in fragment order), the inverse half.
+__device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
+                                       const Buffers& bf, u32 row, u32 ka, const cpx* filt,
+                                       bool twiddle) {
+    u16* re = pl.p[0] + row * MT_ROW;
+    u16* im = pl.p[1] + row * MT_ROW;
+    MtSpectrum sp;
+    mt_row_forward(f, re, im, sp);
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            cpx v = cmul(mk(sp.re[nt][i], sp.im[nt][i]), load_ro(filt + 4u * nt + i));
+            sp.re[nt][i] = v.x;
+            sp.im[nt][i] = v.y;
+        }
+    }
+    mt_row_inverse(f, sp, re, im, pc, bf, ka, twiddle);
 }
 
 // Position, pair and row of this thread's chunk k (8 consecutive positions of one row).
