@@ -142,6 +142,7 @@ __device__ __forceinline__ u32 finite_bits(float v) {
     return a < 0x7f800000u ? a : 0u;
 }
 __device__ __forceinline__ u32 max_u(u32 a, u32 b) { return a > b ? a : b; }
+__device__ __forceinline__ u32 min_u(u32 a, u32 b) { return a < b ? a : b; }
 // The larger finite magnitude of a complex value's components (bits).
 __device__ __forceinline__ u32 finite_magnitude(cpx v) {
     return max_u(finite_bits(v.x), finite_bits(v.y));
@@ -233,7 +234,8 @@ __device__ __forceinline__ u32 umod(u32 n, const Divisor& v) { return n - udiv(n
 #define FLAG_F32_ROUNDS 1024u // every FFT round in f32: no tensor-core rounds (the backward)
 #define FLAG_TAPS_MIRRORED 2048u // with FLAG_DST_TAPS: tap t from position N - t (mod N)
 
-extern __shared__ cpx smem[];
+// 16-byte aligned: the Monarch kernels move 16-byte Quads through it.
+alignas(16) extern __shared__ cpx smem[];
 // Shared-memory slot of point i.
 #define SIDX(i) ((i) + (PAD ? ((i) >> 4u) : 0u))
 
@@ -427,6 +429,9 @@ union Vec16 {
 __device__ __forceinline__ Vec16 load_vec16(const elem_t* p) {
     Vec16 v;
 #if defined(FFTCONV_HOST_EMULATION)
+    if (((u64)p & 15u) != 0u) {
+        __builtin_trap(); // ld.global.v4 faults on a GPU (misaligned address): so does the test
+    }
     __builtin_memcpy(v.w, p, 16);
 #else
     asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -438,6 +443,9 @@ __device__ __forceinline__ Vec16 load_vec16(const elem_t* p) {
 
 __device__ __forceinline__ void store_vec16(elem_t* p, const Vec16& v) {
 #if defined(FFTCONV_HOST_EMULATION)
+    if (((u64)p & 15u) != 0u) {
+        __builtin_trap(); // st.global.v4 faults on a GPU (misaligned address): so does the test
+    }
     __builtin_memcpy(p, v.w, 16);
 #else
     asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
@@ -2434,6 +2442,29 @@ struct alignas(16) Quad {
     u32 w[4];
 };
 
+// segment_input_vec for positions pos .. pos + 7 (pos a multiple of 8). The Monarch kernels
+// move rows 16 bytes at a time only: the host launches them where vector_rows holds for every
+// stream (rows of a multiple of VEC elements from such an element, 16-byte aligned buffers;
+// `monarch_launches` and `monarch_rows_aligned` of src/convolution.rs). A scalar fallback in
+// the kernels cost fftconv_monarch_wide ~750 bytes of spills.
+__device__ __forceinline__ void mt_input8(const Params& pc, const Divisors& dv, const elem_t* src,
+                                          const elem_t* gate, u32 flags, SegmentRow r, u32 pos,
+                                          float v[8]) {
+#pragma unroll
+    for (u32 o = 0; o < 8u; o += VEC) {
+        segment_input_vec(pc, dv, src, gate, flags, r, pos + o, &v[o]);
+    }
+}
+
+// store_segment_vec for positions pos .. pos + 7, as mt_input8.
+__device__ __forceinline__ void mt_output8(const Params& pc, elem_t* dst, const elem_t* gate,
+                                           SegmentRow r, u32 pos, const float v[8]) {
+#pragma unroll
+    for (u32 o = 0; o < 8u; o += VEC) {
+        store_segment_vec(pc, dst, gate, r, pos + o, &v[o]);
+    }
+}
+
 // A fragments (this lane's 8 elements) of a 16 x 16 complex matrix given by `value(row, col)`.
 template <typename F>
 __device__ __forceinline__ void mt_a_fragments(F value, u32 re[4], u32 im[4], u32 neg_im[4]) {
@@ -2738,10 +2769,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
                 u32 h = udiv(pair, dv.pairs);
                 seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
             }
-#pragma unroll
-            for (u32 v = 0; v < 8u; v += VEC) {
-                segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos + v, &in[k][s][v]);
-            }
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
 #pragma unroll
             for (u32 j = 0; j < 8u; j++) {
                 mx[s] = max_u(mx[s], finite_bits(in[k][s][j]));
@@ -2811,7 +2839,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
 #pragma unroll
         for (u32 s = 0; s < 2u; s++) {
             float inv = bits_float((254u - mt_row_scale_exponent(row_max[2u * m.p + s])) << 23);
-            float f = c * c * sk * inv;
+            float f = sk * inv * c * c; // the row scales first: no overflow before them
             Quad q = *(const Quad*)&planes[s][m.row * MT_ROW + m.col];
             float v[8];
 #pragma unroll
@@ -2819,10 +2847,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
                 v[2u * j] = half_float(q.w[j]) * f;
                 v[2u * j + 1u] = half_float(q.w[j] >> 16) * f;
             }
-#pragma unroll
-            for (u32 o = 0; o < 8u; o += VEC) {
-                store_segment_vec(pc, bf.y, bf.post, seg[k][s], m.pos + o, &v[o]);
-            }
+            mt_output8(pc, bf.y, bf.post, seg[k][s], m.pos, v);
         }
     }
 }
@@ -2896,10 +2921,7 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
 #pragma unroll
             for (u32 s = 0; s < 2u; s++) {
                 float x[8];
-#pragma unroll
-                for (u32 v = 0; v < 8u; v += VEC) {
-                    segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos + v, &x[v]);
-                }
+                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
 #pragma unroll
                 for (u32 j = 0; j < 8u; j++) {
                     mx[s] = max_u(mx[s], finite_bits(x[j]));
@@ -2932,11 +2954,8 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
 #pragma unroll
             for (u32 s = 0; s < 2u; s++) {
                 float x[8];
-#pragma unroll
-                for (u32 v = 0; v < 8u; v += VEC) {
-                    segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg[s],
-                                      (m.a1 + 16u * a2) * 256u + m.col + v, &x[v]);
-                }
+                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], (m.a1 + 16u * a2) * 256u + m.col,
+                          x);
 #pragma unroll
                 for (u32 q = 0; q < 4u; q++) {
                     xh[a2][s][q] = pack_f16x2(x[2u * q] * sc[s], x[2u * q + 1u] * sc[s]);
@@ -3005,7 +3024,7 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
     float fs[2];
 #pragma unroll
     for (u32 s = 0; s < 2u; s++) {
-        fs[s] = c * c * sk * bits_float((254u - mt_row_scale_exponent(row_max[s])) << 23);
+        fs[s] = sk * bits_float((254u - mt_row_scale_exponent(row_max[s])) << 23) * c * c;
     }
 #pragma unroll 1
     for (u32 j = 0; j < 2u; j++) {
@@ -3051,11 +3070,7 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
                     x[2u * q] = half_float(yh[a2][s][q]) * fs[s];
                     x[2u * q + 1u] = half_float(yh[a2][s][q] >> 16) * fs[s];
                 }
-#pragma unroll
-                for (u32 v = 0; v < 8u; v += VEC) {
-                    store_segment_vec(pc, bf.y, bf.post, seg[s], (m.a1 + 16u * a2) * 256u + m.col + v,
-                                      &x[v]);
-                }
+                mt_output8(pc, bf.y, bf.post, seg[s], (m.a1 + 16u * a2) * 256u + m.col, x);
             }
         }
     }
@@ -3080,6 +3095,285 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
         mt_wide<1>(pc, bf, dv, row_max);
     } else {
         mt_wide<2>(pc, bf, dv, row_max);
+    }
+}
+
+// ---- the Monarch backward (N = 256 .. 4096, one segment per row) -----------------------------
+//
+// fftconv_monarch_backward: fftconv_backward_fused's outputs (per row taps into bf.taps, du, and
+// gated dpre and dpost) for the Monarch layout of fftconv_monarch (16 rows of 256 per block,
+// 16 / N1 pairs). Per pair, two transforms are packed along the pair's two rows: Zx = x0 + i x1
+// (x = pre u) and Zd = d0 + i d1 (d = post dy), each through S1 and S2's forward half (gated,
+// a second Zx with other scales, below). Then per
+// bin, with K the filter (divided by s_k):
+//   T = Zd conj(Zx) 2^-14 (kept bins): IDFT -> Re = the pair's two filter-gradient correlations
+//       summed (Im holds cross terms): written to the taps of the pair's first row, zeros to the
+//       second (fftconv_taps_sum adds each channel's rows);
+//   G = Zd conj(K): IDFT -> dx0 + i dx1 (the adjoint);  P = Zx K (gated): IDFT -> c0 + i c1,
+//       dpost = dy c;
+// each through S2's inverse half and S3, into the planes of Zx, Zd and a third set. The rows of
+// d take their own power-of-two scales (max into [2^13, 2^14), as the forward's rows), so each
+// du keeps its precision. T needs one product of scales for both rows of the pair (Re T weights
+// row r by s_r t_r): the rows of x take the largest scales with s_0 t_0 = s_1 t_1 among the rows
+// whose x and d are both nonzero (a row with zero d or x adds nothing to T and keeps its own x
+// scale). A row scaled below its best loses only that factor of its share of the taps sum (the
+// other row's term is larger by the same factor). Gated, P takes a third transform of x with
+// each row's own scale, so dpost keeps its precision. The 2^-14 keeps T's operands in f16 range
+// (|Zx|, |Zd| <= 2^13.5 after the forward's 1 / 2N). Dynamic shared memory: two plane sets
+// (three gated: P's output replaces its own x), 16 x MT_ROW halves each.
+__device__ __forceinline__ u16* mt_backward_plane(u32 set, u32 c) {
+    return (u16*)smem + (2u * set + c) * (16u * MT_ROW);
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
+    fftconv_monarch_backward(const Params pc, const Buffers bf, const Divisors dv) {
+    // [x, d][pair row 2 p + s] maxima, then the scale exponents.
+    __shared__ u32 row_max[2][32];
+    __shared__ u32 row_exp[2][32];
+    const u32 n1_log2 = pc.log2n - 8u;
+    const u32 n1 = 1u << n1_log2;
+    const u32 n = 1u << pc.log2n;
+    const u32 pairs_total = pc.total_lines >> 1; // total_lines: rows (two per pair)
+    const u32 first_pair = block_index() << (4u - n1_log2);
+    if (first_pair >= pairs_total) {
+        return; // uniform over the block
+    }
+    const bool gated = (pc.flags & FLAG_GATED) != 0u;
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (threadIdx.x < 64u) {
+        row_max[threadIdx.x >> 5][threadIdx.x & 31u] = 0u;
+    }
+    __syncthreads();
+
+    // Load x and d: two chunks of 8 positions per thread, both rows of a pair.
+    const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
+    float xv[2][2][8], dvv[2][2][8];
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+        u32 pair = first_pair + m.p;
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            SegmentRow seg = SegmentRow{0u, 0u, 0u, 0u};
+            if (pair < pairs_total) {
+                u32 h = udiv(pair, dv.pairs);
+                seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+            }
+            u32 mx = 0u, md = 0u;
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
+            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                mx = max_u(mx, finite_bits(xv[k][s][j]));
+                md = max_u(md, finite_bits(dvv[k][s][j]));
+            }
+            shared_max(&row_max[0][2u * m.p + s], mx);
+            shared_max(&row_max[1][2u * m.p + s], md);
+        }
+    }
+    __syncthreads();
+    // Scale exponents (biased, 1 .. 253): d rows their own; x rows coupled as described above.
+    if (threadIdx.x < 16u) {
+        u32 p = threadIdx.x;
+        u32 ex[2], ed[2];
+        bool both[2];
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            ex[s] = mt_row_scale_exponent(row_max[0][2u * p + s]);
+            ed[s] = mt_row_scale_exponent(row_max[1][2u * p + s]);
+            both[s] = row_max[0][2u * p + s] != 0u && row_max[1][2u * p + s] != 0u;
+        }
+        u32 c = 0xffffffffu;
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            if (both[s]) {
+                c = min_u(c, ex[s] + ed[s]);
+            }
+        }
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            u32 e = ex[s];
+            if (both[s]) {
+                e = c > ed[s] ? c - ed[s] : 1u;
+                e = e < 1u ? 1u : e;
+            }
+            row_exp[0][2u * p + s] = e;
+            row_exp[1][2u * p + s] = ed[s];
+        }
+    }
+    __syncthreads();
+    // The planes: x with the coupled scales (T), d, and gated x with its own scales (P).
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+#pragma unroll
+        for (u32 set = 0; set < 3u; set++) {
+            if (set == 2u && !gated) {
+                break;
+            }
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                u32 e = set == 2u ? mt_row_scale_exponent(row_max[0][2u * m.p + s])
+                                  : row_exp[set][2u * m.p + s];
+                float sc = bits_float(e << 23);
+                Quad q;
+#pragma unroll
+                for (u32 j = 0; j < 4u; j++) {
+                    float a = set == 1u ? dvv[k][s][2u * j] : xv[k][s][2u * j];
+                    float b = set == 1u ? dvv[k][s][2u * j + 1u] : xv[k][s][2u * j + 1u];
+                    q.w[j] = pack_f16x2(a * sc, b * sc);
+                }
+                *(Quad*)&mt_backward_plane(set, s)[m.row * MT_ROW + m.col] = q;
+            }
+        }
+    }
+    __syncthreads();
+    MtPlanes px = {{mt_backward_plane(0u, 0u), mt_backward_plane(0u, 1u)}};
+    MtPlanes pd = {{mt_backward_plane(1u, 0u), mt_backward_plane(1u, 1u)}};
+    MtPlanes pp = {{mt_backward_plane(2u, 0u), mt_backward_plane(2u, 1u)}};
+    if (n1 > 1u) {
+        mt_columns<true>(px, pc, bf, n1_log2, 1u, 1u);
+        mt_columns<true>(pd, pc, bf, n1_log2, 1u, 1u);
+        if (gated) {
+            mt_columns<true>(pp, pc, bf, n1_log2, 1u, 1u);
+        }
+        __syncthreads();
+    }
+
+    // S2: rows 2 warp and 2 warp + 1: both spectra, the products, three inverse halves.
+    {
+        MtDft16 f;
+        mt_dft16(pc, bf, f);
+        const u32 g = lane >> 2, t = lane & 3u;
+#pragma unroll 1
+        for (u32 rr = 0; rr < 2u; rr++) {
+            u32 row = 2u * warp + rr;
+            u32 pair = first_pair + (row >> n1_log2);
+            if (pair >= pairs_total) {
+                continue; // uniform over the warp
+            }
+            u32 ka = row & (n1 - 1u);
+            u32 h = udiv(pair, dv.pairs);
+            const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
+                              ka * 256u + lane * 8u;
+            MtSpectrum sx, sd, sp;
+            mt_row_forward(f, px.p[0] + row * MT_ROW, px.p[1] + row * MT_ROW, sx);
+            mt_row_forward(f, pd.p[0] + row * MT_ROW, pd.p[1] + row * MT_ROW, sd);
+            if (gated) {
+                mt_row_forward(f, pp.p[0] + row * MT_ROW, pp.p[1] + row * MT_ROW, sp);
+            }
+            MtSpectrum st, sg;
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+                for (u32 i = 0; i < 4u; i++) {
+                    u32 kb = g + 8u * (i >> 1), kc = 2u * t + (i & 1u) + 8u * nt;
+                    u32 fr = ka + n1 * (kb + 16u * kc);
+                    cpx x = mk(sx.re[nt][i], sx.im[nt][i]);
+                    cpx d = mk(sd.re[nt][i], sd.im[nt][i]);
+                    cpx kf = load_ro(filt + 4u * nt + i);
+                    cpx tv = bin_kept(pc, fr) ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
+                    cpx gv = cmul(d, conj_c(kf));
+                    cpx pv = gated ? cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf) : mk(0.0f, 0.0f);
+                    st.re[nt][i] = tv.x * 6.1035156e-05f; // 2^-14
+                    st.im[nt][i] = tv.y * 6.1035156e-05f;
+                    sg.re[nt][i] = gv.x;
+                    sg.im[nt][i] = gv.y;
+                    sp.re[nt][i] = pv.x;
+                    sp.im[nt][i] = pv.y;
+                }
+            }
+            mt_row_inverse(f, st, px.p[0] + row * MT_ROW, px.p[1] + row * MT_ROW, pc, bf, ka, n1 > 1u);
+            mt_row_inverse(f, sg, pd.p[0] + row * MT_ROW, pd.p[1] + row * MT_ROW, pc, bf, ka, n1 > 1u);
+            if (gated) {
+                mt_row_inverse(f, sp, pp.p[0] + row * MT_ROW, pp.p[1] + row * MT_ROW, pc, bf, ka,
+                               n1 > 1u);
+            }
+        }
+    }
+    __syncthreads();
+    if (n1 > 1u) {
+        mt_columns<false>(px, pc, bf, n1_log2, 1u, 1u);
+        mt_columns<false>(pd, pc, bf, n1_log2, 1u, 1u);
+        if (gated) {
+            mt_columns<false>(pp, pc, bf, n1_log2, 1u, 1u);
+        }
+        __syncthreads();
+    }
+
+    // Store. With c = 2N (256 for N1 = 1): taps = Re T c^3 2^14 / (N s t), dx_r = G_r c^2 s_k
+    // / t_r, c_r = P_r c^2 s_k / s_r (s: x scales, t: d scales; s_0 t_0 = s_1 t_1 where it
+    // matters).
+    float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+        u32 pair = first_pair + m.p;
+        if (pair >= pairs_total) {
+            continue;
+        }
+        u32 h = udiv(pair, dv.pairs);
+        float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+        // Taps: the pair's first row holds the sum, the second zeros.
+        {
+            u32 e_sum = row_exp[0][2u * m.p] + row_exp[1][2u * m.p];
+            if (row_max[0][2u * m.p] == 0u || row_max[1][2u * m.p] == 0u) {
+                e_sum = row_exp[0][2u * m.p + 1u] + row_exp[1][2u * m.p + 1u];
+            }
+            // 1 / (s t) = 2^(254 - e_sum), as two factors that are normal floats.
+            int k_st = 254 - (int)e_sum;
+            float ft = c * c * (c / (float)n) * 16384.0f;
+            Quad q = *(const Quad*)&px.p[0][m.row * MT_ROW + m.col];
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                u32 pos = m.pos + j;
+                if (pos < pc.taps_len) {
+                    float v = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft *
+                              pow2(k_st / 2) * pow2(k_st - k_st / 2);
+                    bf.taps[(u64)(2u * pair) * pc.taps_len + pos] = v;
+                    bf.taps[(u64)(2u * pair + 1u) * pc.taps_len + pos] = 0.0f;
+                }
+            }
+        }
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            SegmentRow seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+            if (seg.valid == 0u || m.pos >= pc.seq_len) {
+                continue;
+            }
+            float fd = sk * bits_float((254u - row_exp[1][2u * m.p + s]) << 23) * c * c;
+            float dx[8];
+            Quad q = *(const Quad*)&pd.p[s][m.row * MT_ROW + m.col];
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                u32 tpos = m.pos + j;
+                float v = half_float(q.w[j >> 1] >> (16u * (j & 1u)));
+                if ((pc.flags & FLAG_WRAPS) != 0u && tpos < pc.seq_len &&
+                    pc.seq_len - tpos <= pc.history) {
+                    // The circular history: the input at t also fed position N - (L - t).
+                    u32 w = n - (pc.seq_len - tpos);
+                    u32 wrow = (m.p << n1_log2) + (w >> 8);
+                    v += half_float(pd.p[s][wrow * MT_ROW + (w & 255u)]);
+                }
+                dx[j] = v * fd;
+            }
+            mt_output8(pc, bf.y, bf.pre, seg, m.pos, dx);
+            if (gated) {
+                mt_output8(pc, bf.y2, bf.u, seg, m.pos, dx);
+            }
+            if (gated) {
+                float fp = sk *
+                           bits_float((254u - mt_row_scale_exponent(row_max[0][2u * m.p + s])) << 23) *
+                           c * c;
+                float cv[8];
+                Quad qp = *(const Quad*)&pp.p[s][m.row * MT_ROW + m.col];
+#pragma unroll
+                for (u32 j = 0; j < 8u; j++) {
+                    cv[j] = half_float(qp.w[j >> 1] >> (16u * (j & 1u))) * fp;
+                }
+                mt_output8(pc, bf.y3, bf.u2, seg, m.pos, cv);
+            }
+        }
     }
 }
 
@@ -3127,10 +3421,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
         u32 mx = 0u;
         for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
             float x[8];
-#pragma unroll
-            for (u32 v = 0; v < 8u; v += VEC) {
-                segment_input_vec(pc, dv, bf.u, bf.pre, pc.flags, seg, pos + v, &x[v]);
-            }
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, pos, x);
 #pragma unroll
             for (u32 j = 0; j < 8u; j++) {
                 mx = max_u(mx, finite_bits(x[j]));
@@ -3252,11 +3543,11 @@ __device__ __forceinline__ void mt_columns_inverse(const Params& pc, const Buffe
     const u32 n = 1u << pc.log2n;
     float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
     float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
-    float common = (float)NO * ci * ci * sk;
+    float common = (float)NO * ci * ci;
 #pragma unroll
     for (u32 s = 0; s < 2u; s++) {
         SegmentRow seg = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs) + s, h);
-        float f = common * bits_float((254u - e[s]) << 23);
+        float f = sk * bits_float((254u - e[s]) << 23) * common;
 #pragma unroll
         for (u32 o = 0; o < NO; o++) {
             store_segment_at(pc, bf.y, bf.post, seg, c.ni + (o << MT_INNER_LOG2),
@@ -3363,8 +3654,9 @@ __device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const 
     const u32 n = 1u << pc.log2n;
     float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
     float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
-    float common = (float)(A * B) * ci * ci * sk;
-    float f0 = common * bits_float((254u - e[0]) << 23), f1 = common * bits_float((254u - e[1]) << 23);
+    float common = (float)(A * B) * ci * ci;
+    float f0 = sk * bits_float((254u - e[0]) << 23) * common;
+    float f1 = sk * bits_float((254u - e[1]) << 23) * common;
     SegmentRow seg0 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs), h);
     SegmentRow seg1 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + 1u, h);
     for (u32 item = threadIdx.x; item < A * MT_TILE_COLUMNS; item += MT_THREADS) {

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use monarch_core::schedule::{
-    Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_DST_OUTPUT, FLAG_GATED,
-    FLAG_NO_INVERSE, FLAG_SRC_INPUT, FLAG_WRAPS,
+    Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_DST_OUTPUT,
+    FLAG_F32_ROUNDS, FLAG_GATED, FLAG_NO_INVERSE, FLAG_SRC_INPUT, FLAG_WRAPS,
 };
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
@@ -436,11 +436,12 @@ impl CudaConvolution {
         }
         let table = twiddle_tables(n);
         let twiddles = upload(&dev.stream, &table)?;
+        let vec = 16 / spec.dtype().size_bytes() as u32;
         let monarch = kernels.monarch.is_some()
             && schedule.chunks().all(|chunk| {
-                [true, false]
-                    .iter()
-                    .all(|&host| monarch_launches(&schedule.forward_steps(chunk, host)).is_some())
+                [true, false].iter().all(|&host| {
+                    monarch_launches(&schedule.forward_steps(chunk, host), vec).is_some()
+                })
             });
         Ok(CudaConvolution {
             device: dev,
@@ -918,7 +919,8 @@ impl CudaConvolution {
         if let (Some(kernels), Some(layout), Some(launches)) = (
             self.kernels.monarch.as_ref().filter(|_| self.monarch),
             filter.monarch.as_ref(),
-            monarch_launches(&steps),
+            monarch_launches(&steps, 16 / self.spec.dtype().size_bytes() as u32)
+                .filter(|_| monarch_rows_aligned(&[u, buffers.pre, buffers.post, buffers.y])),
         ) {
             let buffers = KernelBuffers {
                 spectrum: address(layout, stream),
@@ -990,6 +992,29 @@ impl CudaConvolution {
     }
 }
 
+/// Whether device addresses are 16-byte aligned, as the Monarch kernels' row I/O needs (with
+/// `monarch_launches`' row checks: `vector_rows` of the kernel file).
+pub(crate) fn monarch_rows_aligned(addresses: &[u64]) -> bool {
+    addresses.iter().all(|a| a % 16 == 0)
+}
+
+/// The Monarch backward's launch parameters (`fftconv_monarch_backward`) from the fused
+/// backward's (`PassSchedule::fused_backward_params`): N = 256 .. 4096, one segment per row,
+/// rows of a multiple of `vec` elements; 16 rows of 256 points per block, 2^(13 - log2 N) rows
+/// of the chunk.
+pub(crate) fn monarch_backward_params(p: &PassParams, vec: u32) -> Option<PassParams> {
+    let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
+    ((8..=12).contains(&p.log2n)
+        && p.blocks == 1
+        && p.flags & !allowed == 0
+        && p.seq_len % vec == 0
+        && p.element_offset % vec == 0)
+        .then(|| PassParams {
+            lines_log2: 13 - p.log2n,
+            ..*p
+        })
+}
+
 /// A kernel of the Monarch tensor-core pass (`kernels/fftconv.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MonarchKernel {
@@ -1020,9 +1045,17 @@ pub(crate) const MONARCH_INNER_LOG2: u32 = 14;
 /// 512K), or one row).
 pub(crate) fn monarch_launches(
     steps: &[(PassKind, PassParams)],
+    vec: u32,
 ) -> Option<Vec<(MonarchKernel, PassParams)>> {
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     let extra = FLAG_GATED | FLAG_WRAPS;
+    // The kernels' 16-byte row I/O: rows of a multiple of `vec` elements from such an element.
+    if !steps
+        .iter()
+        .all(|(_, p)| p.seq_len % vec == 0 && p.element_offset % vec == 0)
+    {
+        return None;
+    }
     if let [(PassKind::Fused, p)] = steps {
         let ok = p.line_log2 == p.log2n
             && (8..=14).contains(&p.log2n)
@@ -1213,7 +1246,7 @@ mod tests {
         };
         let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
         for log2n in 8..=14 {
-            let launches = monarch_launches(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS))
+            let launches = monarch_launches(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS), 8)
                 .expect("a one-pass forward of N = 256 .. 16384");
             let [(kernel, p)] = launches[..] else {
                 panic!("one launch: {launches:?}");
@@ -1230,14 +1263,21 @@ mod tests {
                 }
             );
         }
-        assert!(monarch_launches(&fused(7, 1, io)).is_none());
-        assert!(monarch_launches(&fused(15, 1, io)).is_none());
-        assert!(monarch_launches(&fused(12, 3, io)).is_none());
-        assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER)).is_none());
-        assert!(monarch_launches(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE)).is_none());
+        assert!(monarch_launches(&fused(7, 1, io), 8).is_none());
+        assert!(monarch_launches(&fused(15, 1, io), 8).is_none());
+        assert!(monarch_launches(&fused(12, 3, io), 8).is_none());
+        assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER), 8).is_none());
+        assert!(monarch_launches(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE), 8).is_none());
         let mut two = fused(12, 1, io);
         two.push(two[0]);
-        assert!(monarch_launches(&two).is_none());
+        assert!(monarch_launches(&two, 8).is_none());
+        // Rows the kernels' 16-byte I/O cannot take.
+        let mut ragged = fused(12, 1, io);
+        ragged[0].1.seq_len = 203;
+        assert!(monarch_launches(&ragged, 8).is_none());
+        ragged[0].1.seq_len = 208;
+        ragged[0].1.element_offset = 4;
+        assert!(monarch_launches(&ragged, 8).is_none());
 
         // Column passes around a fused step: the schedule's steps for 32K .. 256K.
         for (log2n, gated, circular) in [
@@ -1267,7 +1307,7 @@ mod tests {
             let chunk = schedule.chunks().next().expect("a chunk");
             let steps = schedule.forward_steps(chunk, false);
             assert!(steps.len() >= 3, "{log2n}: {steps:?}");
-            let launches = monarch_launches(&steps).expect("a Monarch problem");
+            let launches = monarch_launches(&steps, 8).expect("a Monarch problem");
             let kernels: Vec<MonarchKernel> = launches.iter().map(|l| l.0).collect();
             assert_eq!(
                 kernels,

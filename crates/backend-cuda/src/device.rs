@@ -347,7 +347,18 @@ impl CudaDevice {
                     })?;
                     Ok::<_, CudaError>(f)
                 };
+                // The backward's plane sets: two, three gated (50 KiB).
+                let backward = get("fftconv_monarch_backward")?;
+                backward
+                    .set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        monarch_backward_shared_bytes(true) as i32,
+                    )
+                    .map_err(|e| {
+                        CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
+                    })?;
                 Some(MonarchKernels {
+                    backward,
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
                     wide,
@@ -375,6 +386,8 @@ pub(crate) struct MonarchKernels {
     pub(crate) forward: CudaFunction,
     /// The same for N = 8192 and 16384 (one pair per block, dynamic shared memory).
     pub(crate) wide: CudaFunction,
+    /// The backward of N = 256 .. 4096 (du, taps, gate gradients; `fftconv_taps_sum` after it).
+    pub(crate) backward: CudaFunction,
     /// N = 32K .. 4M: the rows' scales, the column passes and the 16K-point rows.
     pub(crate) scales: CudaFunction,
     pub(crate) columns_forward: CudaFunction,
@@ -394,6 +407,12 @@ impl MonarchKernels {
             MonarchKernel::ColumnsInverse => (&self.columns_inverse, monarch_tile_bytes(log2n)),
         }
     }
+}
+
+/// Dynamic shared memory of `fftconv_monarch_backward`: two plane sets of 16 rows of 264 halves
+/// (three gated).
+pub(crate) fn monarch_backward_shared_bytes(gated: bool) -> u32 {
+    (if gated { 3 } else { 2 }) * 2 * 16 * 264 * 2
 }
 
 /// Dynamic shared memory of the Monarch column passes at N = 2^log2n: none up to 256K, then a

@@ -220,6 +220,7 @@ enum Kernel {
     MonarchColumnsForward = 10,
     MonarchMiddle = 11,
     MonarchColumnsInverse = 12,
+    MonarchBackward = 13,
 }
 
 impl From<PassKind> for Kernel {
@@ -715,18 +716,53 @@ fn forward(
 /// The backward through the backend's launches and bindings (`launch_backward`, host I/O):
 /// `fused_lines: Some(log2 rows per block)` runs the fused backward kernel per chunk, `None`
 /// the schedule's backward steps; then the taps sum.
+/// Which of the backend's backward paths `backward` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackwardPath {
+    /// The schedule's steps (transforms through global spectra).
+    Steps,
+    /// `fftconv_backward_fused` with 2^l rows per block.
+    Fused(u32),
+    /// `fftconv_monarch_backward` (after the Monarch filter layout), as `launch_backward` runs
+    /// it with the Monarch pass on.
+    Monarch,
+}
+
 fn backward(
     harness: &Path,
     prep: &Prepared,
     inputs: &Inputs,
     name: &str,
-    fused_lines: Option<u32>,
+    path: BackwardPath,
 ) -> Result<String, String> {
     let spec = &prep.spec;
     let schedule = &prep.schedule;
+    let per_row = path == BackwardPath::Monarch;
     let mut p = Program::default();
-    let twiddles = p.data(&twiddle_tables(spec.geometry().n()));
-    let spectrum = p.data(&filter_spectrum(spec, &inputs.k));
+    let n = spec.geometry().n();
+    let twiddles = p.data(&twiddle_tables(n));
+    let half_spectrum = p.data(&filter_spectrum(spec, &inputs.k));
+    let spectrum = if path == BackwardPath::Monarch {
+        let layout = p.nans(spec.channels() * (n + 2) * 2);
+        let filter_params = PassParams {
+            log2n: n.ilog2(),
+            line_log2: n.ilog2().min(14),
+            kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
+            channels: spec.channels() as u32,
+            total_lines: spec.channels() as u32,
+            ..PassParams::default()
+        };
+        let filter_bindings = Bindings {
+            spectrum: Some(half_spectrum),
+            twiddles: Some(twiddles),
+            tmp: Some(layout),
+            ..Bindings::default()
+        };
+        p.launch(Kernel::MonarchFilter, 0, &filter_params, &filter_bindings);
+        layout
+    } else {
+        half_spectrum
+    };
     let gated = spec.gated();
     // Whole-problem arrays: inputs u, dy (pre, post); outputs du (dpre, dpost), dk.
     let mut full_in = vec![p.data(&inputs.u), p.data(&inputs.dy)];
@@ -778,11 +814,24 @@ fn backward(
         for &c in &chunk_out {
             p.fill_nan(c);
         }
-        if let Some(rows_log2) = fused_lines {
+        if let BackwardPath::Fused(rows_log2) = path {
             let (params, sum_params) =
                 schedule.fused_backward_params(chunk, true, rows_log2, threads_log2);
             let shared = schedule.fused_backward_shared_bytes(params.lines_log2, true);
             p.launch(Kernel::BackwardFused, shared, &params, &base);
+            p.launch(Kernel::TapsSum, 0, &sum_params, &base);
+            for (&c, &full) in chunk_out.iter().zip(&full_out) {
+                prep.copy_rows_out(&mut p, chunk, c, full);
+            }
+            continue;
+        }
+        if path == BackwardPath::Monarch {
+            let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
+            let params = monarch_backward_params(&params)
+                .ok_or_else(|| format!("not a Monarch backward: {params:?}"))?;
+            // `monarch_backward_shared_bytes` of src/device.rs.
+            let shared = if gated { 3 } else { 2 } * 2 * 16 * 264 * 2;
+            p.launch(Kernel::MonarchBackward, shared, &params, &base);
             p.launch(Kernel::TapsSum, 0, &sum_params, &base);
             for (&c, &full) in chunk_out.iter().zip(&full_out) {
                 prep.copy_rows_out(&mut p, chunk, c, full);
@@ -840,12 +889,13 @@ fn backward(
     }
     let mut outputs = full_out.clone();
     outputs.push(dk);
-    let (path, file) = match fused_lines {
-        Some(l) => (
+    let (path, file) = match path {
+        BackwardPath::Fused(l) => (
             format!("fused backward (2^{l} rows per block)"),
             "fused-backward",
         ),
-        None => ("backward".to_owned(), "backward"),
+        BackwardPath::Monarch => ("Monarch backward".to_owned(), "monarch-backward"),
+        BackwardPath::Steps => ("backward".to_owned(), "backward"),
     };
     let got = p.run(harness, prep.points, &format!("{name}-{file}"), &outputs)?;
     let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
@@ -870,6 +920,14 @@ fn backward(
             "{what} {:.1e}",
             compare(what, got, want, prep.tolerance)?
         ));
+        // The Monarch backward's scales are per row (coupled for the taps only): each row of
+        // du and the gate gradients on its own too.
+        if per_row && what != "dk" {
+            let l = spec.length();
+            for (r, (g, w)) in got.chunks(l).zip(want.chunks(l)).enumerate() {
+                compare(&format!("{what} row {r}"), g, w, prep.tolerance)?;
+            }
+        }
     }
     Ok(format!(
         "{path} {} ({} launches)",
@@ -1075,10 +1133,10 @@ fn check_variant(
         // The backward's step schedule always (the path of devices whose shared memory does
         // not hold the fused backward), and the fused backward kernel where the backend runs it.
         let result = forward(&harness, &prep, &inputs, &name, false).and_then(|f| {
-            let steps = backward(&harness, &prep, &inputs, &name, None)?;
+            let steps = backward(&harness, &prep, &inputs, &name, BackwardPath::Steps)?;
             Ok(match prep.fused_backward_rows() {
                 Some(l) => {
-                    let fused = backward(&harness, &prep, &inputs, &name, Some(l))?;
+                    let fused = backward(&harness, &prep, &inputs, &name, BackwardPath::Fused(l))?;
                     format!("{f}, {steps}, {fused}")
                 }
                 None => format!("{f}, {steps}"),
@@ -1268,6 +1326,13 @@ fn monarch_launches(steps: &[(PassKind, PassParams)]) -> Option<Vec<(Kernel, Pas
     use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     let extra = FLAG_GATED | FLAG_WRAPS;
+    // 16-byte row I/O: VEC = 4 f32 elements in the harness (f32 I/O).
+    if !steps
+        .iter()
+        .all(|(_, p)| p.seq_len % 4 == 0 && p.element_offset % 4 == 0)
+    {
+        return None;
+    }
     if let [(PassKind::Fused, p)] = steps {
         let ok = p.line_log2 == p.log2n
             && (8..=14).contains(&p.log2n)
@@ -1376,7 +1441,9 @@ fn monarch_tensor_core_pass_256_threads() {
             8192,
             1.0,
         ),
-        ("n256 ragged L", causal(5, 2, 203, 54), 1 << 30, 1.0),
+        // L and K no multiples of the vector width (the rows' I/O is 16-byte vectors: L must be
+        // a multiple of VEC, which the backend checks before it runs the Monarch pass).
+        ("n256 ragged L", causal(5, 2, 204, 53), 1 << 30, 1.0),
         (
             "n1k filter 2^40",
             causal(2, 3, 500, 300),
@@ -1479,6 +1546,110 @@ fn monarch_tensor_core_pass_256_threads() {
         outcomes.record(
             &what,
             forward(&harness, &prep, &inputs, &format!("{test}-{i}"), true),
+        );
+    }
+    outcomes.finish();
+}
+
+/// `monarch_backward_params` of src/convolution.rs: the Monarch backward's launch parameters
+/// from the fused backward's (`fused_backward_params`), where it runs (N = 256 .. 4096, one
+/// segment per row; 16 rows of 256 points per block: 2^(13 - log2 N) rows of the chunk).
+fn monarch_backward_params(p: &PassParams) -> Option<PassParams> {
+    use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_GATED, FLAG_WRAPS};
+    let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
+    ((8..=12).contains(&p.log2n)
+        && p.blocks == 1
+        && p.flags & !allowed == 0
+        && p.seq_len % 4 == 0
+        && p.element_offset % 4 == 0)
+        .then(|| PassParams {
+            lines_log2: 13 - p.log2n,
+            ..*p
+        })
+}
+
+/// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 4096: causal and
+/// circular, gated, frequency-sparse, odd batch, several chunks, channels of 2^-12 .. 2^12, a
+/// pair whose rows are 2^16 apart, dy much smaller than u.
+#[test]
+fn monarch_backward_256_threads() {
+    let test = "monarch_backward_256_threads";
+    let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let mut outcomes = Outcomes::new(test);
+    let mut rng = StdRng::seed_from_u64(outcomes.seed);
+    let causal = ConvSpec::builder;
+    let cases: Vec<(&str, ConvSpecBuilder, usize)> = vec![
+        ("n256 causal", causal(4, 3, 128, 128), 1 << 30),
+        (
+            "n512 gated odd batch",
+            causal(3, 2, 256, 200).gated(true),
+            1 << 30,
+        ),
+        ("n1k circular", causal(2, 3, 1024, 1024).circular(), 1 << 30),
+        (
+            "n2k circular gated sparse",
+            causal(2, 2, 2048, 2048)
+                .circular()
+                .gated(true)
+                .keep_frequencies(0.25),
+            1 << 30,
+        ),
+        (
+            "n4k gated chunked, rows 2^-16",
+            causal(4, 2, 2048, 2048).gated(true),
+            8192,
+        ),
+        (
+            "n4k gated, dy 2^-20",
+            causal(2, 1, 2048, 1500).gated(true),
+            1 << 30,
+        ),
+        ("n256 ragged K", causal(3, 2, 204, 53), 1 << 30),
+    ];
+    for (i, (label, builder, chunk_elems)) in cases.into_iter().enumerate() {
+        let spec = builder.build().expect("spec");
+        let prep = Prepared::new(&spec, MONARCH_POINTS, chunk_elems, TENSOR_CORE_TOLERANCE);
+        let mut inputs = Inputs::new(&spec, &mut rng);
+        let row = spec.channels() * spec.length();
+        if label.contains("rows 2^-16") {
+            // Odd batch rows 2^16 smaller than their partners (u and dy): each row's du, dpre and
+            // dpost keep their precision (checked per row).
+            for (b, rows) in inputs.u.chunks_mut(row).enumerate() {
+                if b % 2 == 1 {
+                    rows.iter_mut().for_each(|v| *v *= 1.525_878_9e-5);
+                }
+            }
+            for (b, rows) in inputs.dy.chunks_mut(row).enumerate() {
+                if b % 2 == 1 {
+                    rows.iter_mut().for_each(|v| *v *= 1.525_878_9e-5);
+                }
+            }
+        }
+        if label.contains("dy 2^-20") {
+            inputs.dy.iter_mut().for_each(|v| *v *= 9.536_743e-7);
+        }
+        let what = format!(
+            "{test}/{label}: B={} H={} L={} K={} N={} kept={} chunks {}",
+            spec.batch(),
+            spec.channels(),
+            spec.length(),
+            spec.filter_len(),
+            spec.geometry().n(),
+            spec.geometry().kept_bins,
+            prep.schedule.chunks().count()
+        );
+        outcomes.record(
+            &what,
+            backward(
+                &harness,
+                &prep,
+                &inputs,
+                &format!("{test}-{i}"),
+                BackwardPath::Monarch,
+            ),
         );
     }
     outcomes.finish();

@@ -15,8 +15,8 @@ use monarch_core::schedule::{BackwardBinding, Chunk};
 use monarch_core::Element;
 
 use super::{
-    address, copy_from_bytes, copy_to_bytes, sync, CudaConvolution, CudaFilterSpectrum, CudaTensor,
-    KernelBuffers, SettleOnExit,
+    address, copy_from_bytes, copy_to_bytes, launch_kernel, sync, CudaConvolution,
+    CudaFilterSpectrum, CudaTensor, KernelBuffers, SettleOnExit,
 };
 use crate::CudaError;
 
@@ -357,6 +357,24 @@ impl CudaConvolution {
                 rows_log2,
                 self.kernels.threads.ilog2(),
             );
+            // The Monarch backward where this convolution runs the Monarch pass and the rows
+            // allow its 16-byte I/O.
+            let vec = 16 / self.spec.dtype().size_bytes() as u32;
+            let streams = [s.u, s.dy, s.pre, s.post, s.du, s.dpre, s.dpost];
+            if let (Some(kernels), Some(layout), Some(mparams)) = (
+                self.kernels.monarch.as_ref().filter(|_| self.monarch),
+                filter.monarch.as_ref(),
+                super::monarch_backward_params(&params, vec)
+                    .filter(|_| super::monarch_rows_aligned(&streams)),
+            ) {
+                let buffers = KernelBuffers {
+                    spectrum: address(layout, stream),
+                    ..base
+                };
+                let shared = crate::device::monarch_backward_shared_bytes(self.spec.gated());
+                launch_kernel(stream, &kernels.backward, 256, shared, &mparams, &buffers)?;
+                return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
+            }
             let shared = self
                 .schedule
                 .fused_backward_shared_bytes(params.lines_log2, self.kernels.pad);

@@ -78,7 +78,7 @@ const size_t SMEM_POINTS = (SHARED_POINTS + (PAD ? SHARED_POINTS / 16 : 0)) > SH
                                ? (SHARED_POINTS + (PAD ? SHARED_POINTS / 16 : 0))
                                : SHARED_LIMIT_BYTES / 8;
 const size_t SMEM_GUARD = 256;
-thread_local cpx smem[SMEM_POINTS + SMEM_GUARD]; // `extern __shared__` is `thread_local` (shim.h)
+alignas(16) thread_local cpx smem[SMEM_POINTS + SMEM_GUARD]; // `extern __shared__` is `thread_local` (shim.h)
 
 namespace {
 
@@ -126,6 +126,7 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_filter, fftconv_monarch, fftconv_monarch_wide,
                           fftconv_monarch_scales, fftconv_monarch_columns_forward,
                           fftconv_monarch_middle, fftconv_monarch_columns_inverse,
+                          fftconv_monarch_backward,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -133,12 +134,12 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
 #if MONARCH_TC
                              "monarch_filter", "monarch", "monarch_wide", "monarch_scales",
                              "monarch_columns_forward", "monarch_middle",
-                             "monarch_columns_inverse",
+                             "monarch_columns_inverse", "monarch_backward",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
-                           false, false, false, false, false, false, false,
+                           false, false, false, false, false, false, false, false,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
