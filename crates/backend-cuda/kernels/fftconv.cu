@@ -3121,15 +3121,174 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
 // each row's own scale, so dpost keeps its precision. The 2^-14 keeps T's operands in f16 range
 // (|Zx|, |Zd| <= 2^13.5 after the forward's 1 / 2N). Dynamic shared memory: two plane sets
 // (three gated: P's output replaces its own x), 16 x MT_ROW halves each.
-__device__ __forceinline__ u16* mt_backward_plane(u32 set, u32 c) {
-    return (u16*)smem + (2u * set + c) * (16u * MT_ROW);
+__device__ __forceinline__ u16* mt_backward_plane(u32 set, u32 c, u32 rows) {
+    return (u16*)smem + (2u * set + c) * (rows * MT_ROW);
+}
+
+// A pair's maxima (float bits) of x and d per row, and the scale exponents (biased, 1 .. 253)
+// from them: d rows their own; x rows the largest with ex_0 + ed_0 = ex_1 + ed_1 among the rows
+// whose x and d are both nonzero (the others keep their own).
+struct MtPairScales {
+    u32 mx[2], md[2];
+    u32 ex[2], ed[2];
+};
+
+__device__ __forceinline__ MtPairScales mt_pair_scales(u32 mx0, u32 mx1, u32 md0, u32 md1) {
+    MtPairScales p;
+    p.mx[0] = mx0;
+    p.mx[1] = mx1;
+    p.md[0] = md0;
+    p.md[1] = md1;
+    u32 c = 0xffffffffu;
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        p.ex[s] = mt_row_scale_exponent(p.mx[s]);
+        p.ed[s] = mt_row_scale_exponent(p.md[s]);
+        if (p.mx[s] != 0u && p.md[s] != 0u) {
+            c = min_u(c, p.ex[s] + p.ed[s]);
+        }
+    }
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        if (p.mx[s] != 0u && p.md[s] != 0u) {
+            p.ex[s] = c > p.ed[s] + 1u ? c - p.ed[s] : 1u;
+        }
+    }
+    return p;
+}
+
+// x (coupled scale), d and (gated) x with its own scale: 8 values of row s of a pair to the
+// plane sets at shared row `row`, column `col`.
+__device__ __forceinline__ void mt_backward_put8(const MtPairScales& ps, u32 s, const float x[8],
+                                                 const float d[8], bool gated, u32 rows,
+                                                 u32 row, u32 col) {
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < 2u || gated) {
+            u32 e = set == 0u ? ps.ex[s] : (set == 1u ? ps.ed[s] : mt_row_scale_exponent(ps.mx[s]));
+            float sc = bits_float(e << 23);
+            const float* v = set == 1u ? d : x;
+            Quad q;
+#pragma unroll
+            for (u32 j = 0; j < 4u; j++) {
+                q.w[j] = pack_f16x2(v[2u * j] * sc, v[2u * j + 1u] * sc);
+            }
+            *(Quad*)&mt_backward_plane(set, s, rows)[row * MT_ROW + col] = q;
+        }
+    }
+}
+
+// S2 of the backward on one row of the plane sets (x, d, gated x'): both spectra, the products
+// T, G, P (frequency f = k_a + N1 (k_b + 16 k_c) of each fragment element, for the kept-bin
+// mask), and their inverse halves, T to x's row, G to d's, P to x''s.
+__device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes* sets,
+                                                const Params& pc, const Buffers& bf, u32 row,
+                                                u32 ka, u32 n1, const cpx* filt, bool gated,
+                                                bool twiddle) {
+    const u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+    const u32 at = row * MT_ROW;
+    MtSpectrum sx, sd, sp;
+    mt_row_forward(f, sets[0].p[0] + at, sets[0].p[1] + at, sx);
+    mt_row_forward(f, sets[1].p[0] + at, sets[1].p[1] + at, sd);
+    if (gated) {
+        mt_row_forward(f, sets[2].p[0] + at, sets[2].p[1] + at, sp);
+    }
+    MtSpectrum st, sg;
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            u32 kb = g + 8u * (i >> 1), kc = 2u * t + (i & 1u) + 8u * nt;
+            u32 fr = ka + n1 * (kb + 16u * kc);
+            cpx x = mk(sx.re[nt][i], sx.im[nt][i]);
+            cpx d = mk(sd.re[nt][i], sd.im[nt][i]);
+            cpx kf = load_ro(filt + 4u * nt + i);
+            cpx tv = bin_kept(pc, fr) ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
+            cpx gv = cmul(d, conj_c(kf));
+            cpx pv = gated ? cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf) : mk(0.0f, 0.0f);
+            st.re[nt][i] = tv.x * 6.1035156e-05f; // 2^-14
+            st.im[nt][i] = tv.y * 6.1035156e-05f;
+            sg.re[nt][i] = gv.x;
+            sg.im[nt][i] = gv.y;
+            sp.re[nt][i] = pv.x;
+            sp.im[nt][i] = pv.y;
+        }
+    }
+    mt_row_inverse(f, st, sets[0].p[0] + at, sets[0].p[1] + at, pc, bf, ka, twiddle);
+    mt_row_inverse(f, sg, sets[1].p[0] + at, sets[1].p[1] + at, pc, bf, ka, twiddle);
+    if (gated) {
+        mt_row_inverse(f, sp, sets[2].p[0] + at, sets[2].p[1] + at, pc, bf, ka, twiddle);
+    }
+}
+
+// The backward's results for positions pos .. pos + 7 of a pair whose position q sits at shared
+// row base + q / 256, column q mod 256 (after S3, in natural order). With c = 2N (256 for N =
+// 256): taps = Re T c^3 2^14 / (N s t) (the pair's first row; zeros to the second), dx_r = G_r
+// c^2 s_k / t_r (plus the circular history's wrap), P_r c^2 s_k / s'_r (s: coupled x scales,
+// t: d scales, s': own x scales).
+__device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divisors& dv,
+                                                   const Buffers& bf, const MtPlanes* sets,
+                                                   const MtPairScales& ps, u32 base, u32 pos,
+                                                   u32 pair, float c, bool gated) {
+    const u32 n = 1u << pc.log2n;
+    const u32 row = base + (pos >> 8), col = pos & 255u;
+    const u32 h = udiv(pair, dv.pairs);
+    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    {
+        // s t of a row whose x and d are both nonzero (the other adds nothing to the taps).
+        u32 r = ps.mx[0] != 0u && ps.md[0] != 0u ? 0u : 1u;
+        int k_st = 254 - (int)(ps.ex[r] + ps.ed[r]); // 1 / (s t) = 2^k_st, as two normal factors
+        float ft = c * c * (c / (float)n) * 16384.0f;
+        Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
+#pragma unroll
+        for (u32 j = 0; j < 8u; j++) {
+            u32 tp = pos + j;
+            if (tp < pc.taps_len) {
+                float v = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft * pow2(k_st / 2) *
+                          pow2(k_st - k_st / 2);
+                bf.taps[(u64)(2u * pair) * pc.taps_len + tp] = v;
+                bf.taps[(u64)(2u * pair + 1u) * pc.taps_len + tp] = 0.0f;
+            }
+        }
+    }
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        SegmentRow seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+        if (seg.valid == 0u || pos >= pc.seq_len) {
+            continue;
+        }
+        float fd = sk * bits_float((254u - ps.ed[s]) << 23) * c * c;
+        float dx[8];
+        Quad q = *(const Quad*)&sets[1].p[s][row * MT_ROW + col];
+#pragma unroll
+        for (u32 j = 0; j < 8u; j++) {
+            u32 tp = pos + j;
+            float v = half_float(q.w[j >> 1] >> (16u * (j & 1u)));
+            if ((pc.flags & FLAG_WRAPS) != 0u && tp < pc.seq_len && pc.seq_len - tp <= pc.history) {
+                // The circular history: the input at t also fed position N - (L - t).
+                u32 w = n - (pc.seq_len - tp);
+                v += half_float(sets[1].p[s][(base + (w >> 8)) * MT_ROW + (w & 255u)]);
+            }
+            dx[j] = v * fd;
+        }
+        mt_output8(pc, bf.y, bf.pre, seg, pos, dx);
+        if (gated) {
+            mt_output8(pc, bf.y2, bf.u, seg, pos, dx);
+            float fp = sk * bits_float((254u - mt_row_scale_exponent(ps.mx[s])) << 23) * c * c;
+            float cv[8];
+            Quad qp = *(const Quad*)&sets[2].p[s][row * MT_ROW + col];
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                cv[j] = half_float(qp.w[j >> 1] >> (16u * (j & 1u))) * fp;
+            }
+            mt_output8(pc, bf.y3, bf.u2, seg, pos, cv);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     fftconv_monarch_backward(const Params pc, const Buffers bf, const Divisors dv) {
-    // [x, d][pair row 2 p + s] maxima, then the scale exponents.
-    __shared__ u32 row_max[2][32];
-    __shared__ u32 row_exp[2][32];
+    __shared__ u32 row_max[2][32]; // [x, d][pair row 2 p + s]
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
@@ -3159,9 +3318,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
                 u32 h = udiv(pair, dv.pairs);
                 seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
             }
-            u32 mx = 0u, md = 0u;
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
             mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
+            u32 mx = 0u, md = 0u;
 #pragma unroll
             for (u32 j = 0; j < 8u; j++) {
                 mx = max_u(mx, finite_bits(xv[k][s][j]));
@@ -3172,208 +3331,254 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
         }
     }
     __syncthreads();
-    // Scale exponents (biased, 1 .. 253): d rows their own; x rows coupled as described above.
-    if (threadIdx.x < 16u) {
-        u32 p = threadIdx.x;
-        u32 ex[2], ed[2];
-        bool both[2];
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            ex[s] = mt_row_scale_exponent(row_max[0][2u * p + s]);
-            ed[s] = mt_row_scale_exponent(row_max[1][2u * p + s]);
-            both[s] = row_max[0][2u * p + s] != 0u && row_max[1][2u * p + s] != 0u;
-        }
-        u32 c = 0xffffffffu;
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            if (both[s]) {
-                c = min_u(c, ex[s] + ed[s]);
-            }
-        }
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            u32 e = ex[s];
-            if (both[s]) {
-                e = c > ed[s] ? c - ed[s] : 1u;
-                e = e < 1u ? 1u : e;
-            }
-            row_exp[0][2u * p + s] = e;
-            row_exp[1][2u * p + s] = ed[s];
-        }
-    }
-    __syncthreads();
-    // The planes: x with the coupled scales (T), d, and gated x with its own scales (P).
+    auto scales = [&](u32 p) {
+        return mt_pair_scales(row_max[0][2u * p], row_max[0][2u * p + 1u], row_max[1][2u * p],
+                              row_max[1][2u * p + 1u]);
+    };
 #pragma unroll
     for (u32 k = 0; k < 2u; k++) {
         MtChunk m = mt_chunk(pc, k);
+        MtPairScales ps = scales(m.p);
 #pragma unroll
-        for (u32 set = 0; set < 3u; set++) {
-            if (set == 2u && !gated) {
-                break;
-            }
-#pragma unroll
-            for (u32 s = 0; s < 2u; s++) {
-                u32 e = set == 2u ? mt_row_scale_exponent(row_max[0][2u * m.p + s])
-                                  : row_exp[set][2u * m.p + s];
-                float sc = bits_float(e << 23);
-                Quad q;
-#pragma unroll
-                for (u32 j = 0; j < 4u; j++) {
-                    float a = set == 1u ? dvv[k][s][2u * j] : xv[k][s][2u * j];
-                    float b = set == 1u ? dvv[k][s][2u * j + 1u] : xv[k][s][2u * j + 1u];
-                    q.w[j] = pack_f16x2(a * sc, b * sc);
-                }
-                *(Quad*)&mt_backward_plane(set, s)[m.row * MT_ROW + m.col] = q;
-            }
+        for (u32 s = 0; s < 2u; s++) {
+            mt_backward_put8(ps, s, xv[k][s], dvv[k][s], gated, 16u, m.row, m.col);
         }
     }
     __syncthreads();
-    MtPlanes px = {{mt_backward_plane(0u, 0u), mt_backward_plane(0u, 1u)}};
-    MtPlanes pd = {{mt_backward_plane(1u, 0u), mt_backward_plane(1u, 1u)}};
-    MtPlanes pp = {{mt_backward_plane(2u, 0u), mt_backward_plane(2u, 1u)}};
+    MtPlanes sets[3];
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        sets[set] = MtPlanes{{mt_backward_plane(set, 0u, 16u), mt_backward_plane(set, 1u, 16u)}};
+    }
+    const u32 set_count = gated ? 3u : 2u;
     if (n1 > 1u) {
-        mt_columns<true>(px, pc, bf, n1_log2, 1u, 1u);
-        mt_columns<true>(pd, pc, bf, n1_log2, 1u, 1u);
-        if (gated) {
-            mt_columns<true>(pp, pc, bf, n1_log2, 1u, 1u);
+#pragma unroll
+        for (u32 set = 0; set < 3u; set++) {
+            if (set < set_count) {
+                mt_columns<true>(sets[set], pc, bf, n1_log2, 1u, 1u);
+            }
         }
         __syncthreads();
     }
-
-    // S2: rows 2 warp and 2 warp + 1: both spectra, the products, three inverse halves.
+    // S2: rows 2 warp and 2 warp + 1.
     {
         MtDft16 f;
         mt_dft16(pc, bf, f);
-        const u32 g = lane >> 2, t = lane & 3u;
 #pragma unroll 1
         for (u32 rr = 0; rr < 2u; rr++) {
             u32 row = 2u * warp + rr;
             u32 pair = first_pair + (row >> n1_log2);
             if (pair >= pairs_total) {
-                continue; // uniform over the warp
+                continue; // uniform over the warp; the rows hold zeros
             }
             u32 ka = row & (n1 - 1u);
             u32 h = udiv(pair, dv.pairs);
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                               ka * 256u + lane * 8u;
-            MtSpectrum sx, sd, sp;
-            mt_row_forward(f, px.p[0] + row * MT_ROW, px.p[1] + row * MT_ROW, sx);
-            mt_row_forward(f, pd.p[0] + row * MT_ROW, pd.p[1] + row * MT_ROW, sd);
-            if (gated) {
-                mt_row_forward(f, pp.p[0] + row * MT_ROW, pp.p[1] + row * MT_ROW, sp);
-            }
-            MtSpectrum st, sg;
-#pragma unroll
-            for (u32 nt = 0; nt < 2u; nt++) {
-#pragma unroll
-                for (u32 i = 0; i < 4u; i++) {
-                    u32 kb = g + 8u * (i >> 1), kc = 2u * t + (i & 1u) + 8u * nt;
-                    u32 fr = ka + n1 * (kb + 16u * kc);
-                    cpx x = mk(sx.re[nt][i], sx.im[nt][i]);
-                    cpx d = mk(sd.re[nt][i], sd.im[nt][i]);
-                    cpx kf = load_ro(filt + 4u * nt + i);
-                    cpx tv = bin_kept(pc, fr) ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
-                    cpx gv = cmul(d, conj_c(kf));
-                    cpx pv = gated ? cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf) : mk(0.0f, 0.0f);
-                    st.re[nt][i] = tv.x * 6.1035156e-05f; // 2^-14
-                    st.im[nt][i] = tv.y * 6.1035156e-05f;
-                    sg.re[nt][i] = gv.x;
-                    sg.im[nt][i] = gv.y;
-                    sp.re[nt][i] = pv.x;
-                    sp.im[nt][i] = pv.y;
-                }
-            }
-            mt_row_inverse(f, st, px.p[0] + row * MT_ROW, px.p[1] + row * MT_ROW, pc, bf, ka, n1 > 1u);
-            mt_row_inverse(f, sg, pd.p[0] + row * MT_ROW, pd.p[1] + row * MT_ROW, pc, bf, ka, n1 > 1u);
-            if (gated) {
-                mt_row_inverse(f, sp, pp.p[0] + row * MT_ROW, pp.p[1] + row * MT_ROW, pc, bf, ka,
-                               n1 > 1u);
-            }
+            mt_backward_row(f, sets, pc, bf, row, ka, n1, filt, gated, n1 > 1u);
         }
     }
     __syncthreads();
     if (n1 > 1u) {
-        mt_columns<false>(px, pc, bf, n1_log2, 1u, 1u);
-        mt_columns<false>(pd, pc, bf, n1_log2, 1u, 1u);
-        if (gated) {
-            mt_columns<false>(pp, pc, bf, n1_log2, 1u, 1u);
+#pragma unroll
+        for (u32 set = 0; set < 3u; set++) {
+            if (set < set_count) {
+                mt_columns<false>(sets[set], pc, bf, n1_log2, 1u, 1u);
+            }
         }
         __syncthreads();
     }
-
-    // Store. With c = 2N (256 for N1 = 1): taps = Re T c^3 2^14 / (N s t), dx_r = G_r c^2 s_k
-    // / t_r, c_r = P_r c^2 s_k / s_r (s: x scales, t: d scales; s_0 t_0 = s_1 t_1 where it
-    // matters).
     float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
 #pragma unroll
     for (u32 k = 0; k < 2u; k++) {
         MtChunk m = mt_chunk(pc, k);
         u32 pair = first_pair + m.p;
-        if (pair >= pairs_total) {
-            continue;
+        if (pair < pairs_total) {
+            mt_backward_store8(pc, dv, bf, sets, scales(m.p), m.p << n1_log2, m.pos, pair, c,
+                               gated);
         }
-        u32 h = udiv(pair, dv.pairs);
-        float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
-        // Taps: the pair's first row holds the sum, the second zeros.
-        {
-            u32 e_sum = row_exp[0][2u * m.p] + row_exp[1][2u * m.p];
-            if (row_max[0][2u * m.p] == 0u || row_max[1][2u * m.p] == 0u) {
-                e_sum = row_exp[0][2u * m.p + 1u] + row_exp[1][2u * m.p + 1u];
-            }
-            // 1 / (s t) = 2^(254 - e_sum), as two factors that are normal floats.
-            int k_st = 254 - (int)e_sum;
-            float ft = c * c * (c / (float)n) * 16384.0f;
-            Quad q = *(const Quad*)&px.p[0][m.row * MT_ROW + m.col];
+    }
+}
+
+// In place on the plane sets' rows {a1 + 16 j : j < R} at columns col .. col + 7 (this thread's
+// unit): forward, the radix-R DFT over a2 of rows a1 + 16 a2, times W_N1^(a1 k2) and 1 / R, to
+// rows 16 k2 + a1; inverse, the way back (conj twiddle first, then the inverse radix-R and
+// 1 / R). The Monarch backward's wide layout keeps its rows in natural order outside S1..S3.
+template <u32 R_LOG2, bool FORWARD>
+__device__ __forceinline__ void mt_radix_rows(MtPlanes pl, const Params& pc, const Buffers& bf,
+                                              MtUnit m) {
+    constexpr u32 R = 1u << R_LOG2;
+    const float inv_r = 1.0f / (float)R;
+    cpx w[R];
 #pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                u32 pos = m.pos + j;
-                if (pos < pc.taps_len) {
-                    float v = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft *
-                              pow2(k_st / 2) * pow2(k_st - k_st / 2);
-                    bf.taps[(u64)(2u * pair) * pc.taps_len + pos] = v;
-                    bf.taps[(u64)(2u * pair + 1u) * pc.taps_len + pos] = 0.0f;
+    for (u32 k2 = 0; k2 < R; k2++) {
+        cpx v = root(pc, bf, m.a1 * k2, R_LOG2 + 4u);
+        w[k2] = FORWARD ? v : conj_c(v);
+    }
+#pragma unroll
+    for (u32 p = 0; p < 8u; p += 2u) {
+        cpx z[2][R];
+#pragma unroll
+        for (u32 j = 0; j < R; j++) {
+            u32 at = (m.a1 + 16u * j) * MT_ROW + m.col + p;
+            u32 re = *(const u32*)&pl.p[0][at], im = *(const u32*)&pl.p[1][at];
+            z[0][j] = mk(half_float(re), half_float(im));
+            z[1][j] = mk(half_float(re >> 16), half_float(im >> 16));
+        }
+#pragma unroll
+        for (u32 hp = 0; hp < 2u; hp++) {
+            if (!FORWARD) {
+#pragma unroll
+                for (u32 k2 = 1; k2 < R; k2++) {
+                    z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                }
+            }
+            mt_radix<R_LOG2, FORWARD>(z[hp]);
+#pragma unroll
+            for (u32 j = 0; j < R; j++) {
+                z[hp][j] = mk(z[hp][j].x * inv_r, z[hp][j].y * inv_r);
+                if (FORWARD && j != 0u) {
+                    z[hp][j] = cmul(z[hp][j], w[j]);
+                }
+            }
+        }
+#pragma unroll
+        for (u32 j = 0; j < R; j++) {
+            u32 at = (m.a1 + 16u * j) * MT_ROW + m.col + p;
+            *(u32*)&pl.p[0][at] = pack_f16x2(z[0][j].x, z[1][j].x);
+            *(u32*)&pl.p[1][at] = pack_f16x2(z[0][j].y, z[1][j].y);
+        }
+    }
+}
+
+// The Monarch backward for N = 8192 and 16384 (fftconv_monarch_wide's layout: one pair per
+// block, N1 = 16 R rows): the rows' maxima (a first read), the scaled x, d (and gated x') in
+// natural order, the radix-R step in place (shared row 16 k2 + a1 then holds frequency group
+// k2), S1 per group, S2 as fftconv_monarch_backward's (row 16 k2 + k1: k_a = R k1 + k2), S3,
+// the inverse radix-R step in place, and the same stores. Dynamic shared memory: two plane
+// sets of N1 rows (three gated: 198 KiB at 16K).
+template <u32 R_LOG2>
+__device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers& bf,
+                                                 const Divisors& dv, u32 (*row_max)[2]) {
+    constexpr u32 R = 1u << R_LOG2, ROWS = 16u << R_LOG2;
+    const u32 n = 1u << pc.log2n;
+    const u32 pair = block_index();
+    if (pair >= (pc.total_lines >> 1)) {
+        return; // uniform over the block
+    }
+    const bool gated = (pc.flags & FLAG_GATED) != 0u;
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (threadIdx.x < 4u) {
+        row_max[threadIdx.x >> 1][threadIdx.x & 1u] = 0u;
+    }
+    const u32 h = udiv(pair, dv.pairs);
+    SegmentRow seg[2];
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        seg[s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+    }
+    const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
+    __syncthreads();
+    // The maxima: a first read.
+    {
+        u32 mx[2] = {0u, 0u}, md[2] = {0u, 0u};
+        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                float x[8], d[8];
+                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+                mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
+#pragma unroll
+                for (u32 j = 0; j < 8u; j++) {
+                    mx[s] = max_u(mx[s], finite_bits(x[j]));
+                    md[s] = max_u(md[s], finite_bits(d[j]));
                 }
             }
         }
 #pragma unroll
         for (u32 s = 0; s < 2u; s++) {
-            SegmentRow seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
-            if (seg.valid == 0u || m.pos >= pc.seq_len) {
-                continue;
-            }
-            float fd = sk * bits_float((254u - row_exp[1][2u * m.p + s]) << 23) * c * c;
-            float dx[8];
-            Quad q = *(const Quad*)&pd.p[s][m.row * MT_ROW + m.col];
+            shared_max(&row_max[0][s], mx[s]);
+            shared_max(&row_max[1][s], md[s]);
+        }
+    }
+    __syncthreads();
+    const MtPairScales ps = mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
+    // The second read, scaled, in natural order.
+    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
 #pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                u32 tpos = m.pos + j;
-                float v = half_float(q.w[j >> 1] >> (16u * (j & 1u)));
-                if ((pc.flags & FLAG_WRAPS) != 0u && tpos < pc.seq_len &&
-                    pc.seq_len - tpos <= pc.history) {
-                    // The circular history: the input at t also fed position N - (L - t).
-                    u32 w = n - (pc.seq_len - tpos);
-                    u32 wrow = (m.p << n1_log2) + (w >> 8);
-                    v += half_float(pd.p[s][wrow * MT_ROW + (w & 255u)]);
-                }
-                dx[j] = v * fd;
-            }
-            mt_output8(pc, bf.y, bf.pre, seg, m.pos, dx);
-            if (gated) {
-                mt_output8(pc, bf.y2, bf.u, seg, m.pos, dx);
-            }
-            if (gated) {
-                float fp = sk *
-                           bits_float((254u - mt_row_scale_exponent(row_max[0][2u * m.p + s])) << 23) *
-                           c * c;
-                float cv[8];
-                Quad qp = *(const Quad*)&pp.p[s][m.row * MT_ROW + m.col];
+        for (u32 s = 0; s < 2u; s++) {
+            float x[8], d[8];
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
+            mt_backward_put8(ps, s, x, d, gated, ROWS, pos >> 8, pos & 255u);
+        }
+    }
+    __syncthreads();
+    MtPlanes sets[3];
 #pragma unroll
-                for (u32 j = 0; j < 8u; j++) {
-                    cv[j] = half_float(qp.w[j >> 1] >> (16u * (j & 1u))) * fp;
-                }
-                mt_output8(pc, bf.y3, bf.u2, seg, m.pos, cv);
+    for (u32 set = 0; set < 3u; set++) {
+        sets[set] = MtPlanes{{mt_backward_plane(set, 0u, ROWS), mt_backward_plane(set, 1u, ROWS)}};
+    }
+    const u32 set_count = gated ? 3u : 2u;
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+#pragma unroll 1
+            for (u32 j = 0; j < 2u; j++) {
+                mt_radix_rows<R_LOG2, true>(sets[set], pc, bf, mt_unit(j));
             }
         }
+    }
+    __syncthreads();
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+            mt_columns<true>(sets[set], pc, bf, 4u, R, R);
+        }
+    }
+    __syncthreads();
+    {
+        MtDft16 f;
+        mt_dft16(pc, bf, f);
+        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane * 8u;
+#pragma unroll 1
+        for (u32 i = 0; i < ROWS / 8u; i++) {
+            u32 row = warp + 8u * i;
+            u32 ka = (row & 15u) * R + (row >> 4);
+            mt_backward_row(f, sets, pc, bf, row, ka, ROWS, filt + ka * 256u, gated, true);
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+            mt_columns<false>(sets[set], pc, bf, 4u, R, R);
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+#pragma unroll 1
+            for (u32 j = 0; j < 2u; j++) {
+                mt_radix_rows<R_LOG2, false>(sets[set], pc, bf, mt_unit(j));
+            }
+        }
+    }
+    __syncthreads();
+    const float c = 2.0f * (float)n;
+    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+        mt_backward_store8(pc, dv, bf, sets, ps, 0u, pos, pair, c, gated);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
+    fftconv_monarch_backward_wide(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ u32 row_max[2][2]; // [x, d][row]
+    if (pc.log2n == 13u) {
+        mt_backward_wide<1>(pc, bf, dv, row_max);
+    } else {
+        mt_backward_wide<2>(pc, bf, dv, row_max);
     }
 }
 

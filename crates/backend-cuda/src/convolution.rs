@@ -998,19 +998,19 @@ pub(crate) fn monarch_rows_aligned(addresses: &[u64]) -> bool {
     addresses.iter().all(|a| a % 16 == 0)
 }
 
-/// The Monarch backward's launch parameters (`fftconv_monarch_backward`) from the fused
-/// backward's (`PassSchedule::fused_backward_params`): N = 256 .. 4096, one segment per row,
-/// rows of a multiple of `vec` elements; 16 rows of 256 points per block, 2^(13 - log2 N) rows
-/// of the chunk.
+/// The Monarch backward's launch parameters (`fftconv_monarch_backward`, `_wide` from 8K) from
+/// the fused backward's (`PassSchedule::fused_backward_params`): N = 256 .. 16384, one segment
+/// per row, rows of a multiple of `vec` elements; up to 4K 16 rows of 256 points per block,
+/// 2^(13 - log2 N) rows of the chunk, then one pair (two rows).
 pub(crate) fn monarch_backward_params(p: &PassParams, vec: u32) -> Option<PassParams> {
     let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
-    ((8..=12).contains(&p.log2n)
+    ((8..=14).contains(&p.log2n)
         && p.blocks == 1
         && p.flags & !allowed == 0
         && p.seq_len % vec == 0
         && p.element_offset % vec == 0)
         .then(|| PassParams {
-            lines_log2: 13 - p.log2n,
+            lines_log2: 13u32.saturating_sub(p.log2n).max(1),
             ..*p
         })
 }

@@ -347,18 +347,27 @@ impl CudaDevice {
                     })?;
                     Ok::<_, CudaError>(f)
                 };
-                // The backward's plane sets: two, three gated (50 KiB).
-                let backward = get("fftconv_monarch_backward")?;
-                backward
-                    .set_attribute(
+                // The backward's plane sets: two, three gated (50 KiB; 198 KiB at 16K).
+                let with_shared = |name: &str, bytes: u32| {
+                    let f = get(name)?;
+                    f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        monarch_backward_shared_bytes(true) as i32,
+                        bytes as i32,
                     )
                     .map_err(|e| {
                         CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
                     })?;
+                    Ok::<_, CudaError>(f)
+                };
                 Some(MonarchKernels {
-                    backward,
+                    backward: with_shared(
+                        "fftconv_monarch_backward",
+                        monarch_backward_shared_bytes(12, true),
+                    )?,
+                    backward_wide: with_shared(
+                        "fftconv_monarch_backward_wide",
+                        monarch_backward_shared_bytes(14, true),
+                    )?,
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
                     wide,
@@ -388,6 +397,8 @@ pub(crate) struct MonarchKernels {
     pub(crate) wide: CudaFunction,
     /// The backward of N = 256 .. 4096 (du, taps, gate gradients; `fftconv_taps_sum` after it).
     pub(crate) backward: CudaFunction,
+    /// The same for N = 8192 and 16384 (one pair per block).
+    pub(crate) backward_wide: CudaFunction,
     /// N = 32K .. 4M: the rows' scales, the column passes and the 16K-point rows.
     pub(crate) scales: CudaFunction,
     pub(crate) columns_forward: CudaFunction,
@@ -396,6 +407,15 @@ pub(crate) struct MonarchKernels {
 }
 
 impl MonarchKernels {
+    /// The backward's kernel for N = 2^log2n (256 .. 16384).
+    pub(crate) fn backward_for(&self, log2n: u32) -> &CudaFunction {
+        if log2n > 12 {
+            &self.backward_wide
+        } else {
+            &self.backward
+        }
+    }
+
     /// `kernel`'s function for N = 2^log2n, and its dynamic shared memory.
     pub(crate) fn function(&self, kernel: MonarchKernel, log2n: u32) -> (&CudaFunction, u32) {
         match kernel {
@@ -409,10 +429,11 @@ impl MonarchKernels {
     }
 }
 
-/// Dynamic shared memory of `fftconv_monarch_backward`: two plane sets of 16 rows of 264 halves
-/// (three gated).
-pub(crate) fn monarch_backward_shared_bytes(gated: bool) -> u32 {
-    (if gated { 3 } else { 2 }) * 2 * 16 * 264 * 2
+/// Dynamic shared memory of the Monarch backward at N = 2^log2n: two plane sets (three gated) of
+/// 16 rows of 264 halves up to 4K, of N / 256 rows for 8K and 16K (`fftconv_monarch_backward_wide`).
+pub(crate) fn monarch_backward_shared_bytes(log2n: u32, gated: bool) -> u32 {
+    let rows = 1 << log2n.saturating_sub(8).max(4);
+    (if gated { 3 } else { 2 }) * 2 * rows * 264 * 2
 }
 
 /// Dynamic shared memory of the Monarch column passes at N = 2^log2n: none up to 256K, then a

@@ -221,6 +221,7 @@ enum Kernel {
     MonarchMiddle = 11,
     MonarchColumnsInverse = 12,
     MonarchBackward = 13,
+    MonarchBackwardWide = 14,
 }
 
 impl From<PassKind> for Kernel {
@@ -829,9 +830,15 @@ fn backward(
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
             let params = monarch_backward_params(&params)
                 .ok_or_else(|| format!("not a Monarch backward: {params:?}"))?;
-            // `monarch_backward_shared_bytes` of src/device.rs.
-            let shared = if gated { 3 } else { 2 } * 2 * 16 * 264 * 2;
-            p.launch(Kernel::MonarchBackward, shared, &params, &base);
+            // `monarch_backward_shared_bytes` and `MonarchKernels::backward_for` of src/device.rs.
+            let rows = 1usize << (params.log2n.saturating_sub(8).max(4));
+            let shared = if gated { 3 } else { 2 } * 2 * rows * 264 * 2;
+            let kernel = if params.log2n > 12 {
+                Kernel::MonarchBackwardWide
+            } else {
+                Kernel::MonarchBackward
+            };
+            p.launch(kernel, shared, &params, &base);
             p.launch(Kernel::TapsSum, 0, &sum_params, &base);
             for (&c, &full) in chunk_out.iter().zip(&full_out) {
                 prep.copy_rows_out(&mut p, chunk, c, full);
@@ -1552,23 +1559,24 @@ fn monarch_tensor_core_pass_256_threads() {
 }
 
 /// `monarch_backward_params` of src/convolution.rs: the Monarch backward's launch parameters
-/// from the fused backward's (`fused_backward_params`), where it runs (N = 256 .. 4096, one
-/// segment per row; 16 rows of 256 points per block: 2^(13 - log2 N) rows of the chunk).
+/// from the fused backward's (`fused_backward_params`), where it runs (N = 256 .. 16384, one
+/// segment per row; up to 4K 16 rows of 256 points per block, 2^(13 - log2 N) rows of the
+/// chunk; then one pair).
 fn monarch_backward_params(p: &PassParams) -> Option<PassParams> {
     use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_GATED, FLAG_WRAPS};
     let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
-    ((8..=12).contains(&p.log2n)
+    ((8..=14).contains(&p.log2n)
         && p.blocks == 1
         && p.flags & !allowed == 0
         && p.seq_len % 4 == 0
         && p.element_offset % 4 == 0)
         .then(|| PassParams {
-            lines_log2: 13 - p.log2n,
+            lines_log2: 13u32.saturating_sub(p.log2n).max(1),
             ..*p
         })
 }
 
-/// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 4096: causal and
+/// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 16384: causal and
 /// circular, gated, frequency-sparse, odd batch, several chunks, channels of 2^-12 .. 2^12, a
 /// pair whose rows are 2^16 apart, dy much smaller than u.
 #[test]
@@ -1608,6 +1616,18 @@ fn monarch_backward_256_threads() {
             1 << 30,
         ),
         ("n256 ragged K", causal(3, 2, 204, 53), 1 << 30),
+        // 8K and 16K: fftconv_monarch_backward_wide (radix-2 and radix-4 row steps).
+        (
+            "n8k circular gated odd batch",
+            causal(3, 1, 8192, 8192).circular().gated(true),
+            1 << 30,
+        ),
+        (
+            "n16k sparse, rows 2^-16",
+            causal(2, 2, 8192, 8192).keep_frequencies(0.25),
+            1 << 30,
+        ),
+        ("n16k gated", causal(2, 1, 8192, 6000).gated(true), 1 << 30),
     ];
     for (i, (label, builder, chunk_elems)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");

@@ -348,33 +348,37 @@ impl CudaConvolution {
             u2: s.dy,
             y3: s.dpost,
         };
-        if let Some(rows_log2) = self.fused_backward_rows() {
-            // One kernel per chunk: the transform, taps, gate gradients and du in shared memory
-            // (one line per row), then the taps summed over each channel's rows.
-            let (params, sum_params) = self.schedule.fused_backward_params(
-                chunk,
-                compact,
-                rows_log2,
-                self.kernels.threads.ilog2(),
-            );
-            // The Monarch backward where this convolution runs the Monarch pass and the rows
-            // allow its 16-byte I/O.
-            let vec = 16 / self.spec.dtype().size_bytes() as u32;
-            let streams = [s.u, s.dy, s.pre, s.post, s.du, s.dpre, s.dpost];
-            if let (Some(kernels), Some(layout), Some(mparams)) = (
-                self.kernels.monarch.as_ref().filter(|_| self.monarch),
-                filter.monarch.as_ref(),
-                super::monarch_backward_params(&params, vec)
-                    .filter(|_| super::monarch_rows_aligned(&streams)),
-            ) {
+        // The Monarch backward where this convolution runs the Monarch pass, the plan is one
+        // pass and the rows allow its 16-byte I/O: one kernel, then the taps summed.
+        let vec = 16 / self.spec.dtype().size_bytes() as u32;
+        let streams = [s.u, s.dy, s.pre, s.post, s.du, s.dpre, s.dpost];
+        let threads_log2 = self.kernels.threads.ilog2();
+        if let (Some(kernels), Some(layout), true) = (
+            self.kernels.monarch.as_ref().filter(|_| self.monarch),
+            filter.monarch.as_ref(),
+            self.schedule.passes().len() == 1 && super::monarch_rows_aligned(&streams),
+        ) {
+            let (params, sum_params) =
+                self.schedule
+                    .fused_backward_params(chunk, compact, 0, threads_log2);
+            if let Some(mparams) = super::monarch_backward_params(&params, vec) {
                 let buffers = KernelBuffers {
                     spectrum: address(layout, stream),
                     ..base
                 };
-                let shared = crate::device::monarch_backward_shared_bytes(self.spec.gated());
-                launch_kernel(stream, &kernels.backward, 256, shared, &mparams, &buffers)?;
+                let shared =
+                    crate::device::monarch_backward_shared_bytes(params.log2n, self.spec.gated());
+                let func = kernels.backward_for(params.log2n);
+                launch_kernel(stream, func, 256, shared, &mparams, &buffers)?;
                 return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
             }
+        }
+        if let Some(rows_log2) = self.fused_backward_rows() {
+            // One kernel per chunk: the transform, taps, gate gradients and du in shared memory
+            // (one line per row), then the taps summed over each channel's rows.
+            let (params, sum_params) =
+                self.schedule
+                    .fused_backward_params(chunk, compact, rows_log2, threads_log2);
             let shared = self
                 .schedule
                 .fused_backward_shared_bytes(params.lines_log2, self.kernels.pad);

@@ -126,7 +126,7 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_filter, fftconv_monarch, fftconv_monarch_wide,
                           fftconv_monarch_scales, fftconv_monarch_columns_forward,
                           fftconv_monarch_middle, fftconv_monarch_columns_inverse,
-                          fftconv_monarch_backward,
+                          fftconv_monarch_backward, fftconv_monarch_backward_wide,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -135,11 +135,12 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_filter", "monarch", "monarch_wide", "monarch_scales",
                              "monarch_columns_forward", "monarch_middle",
                              "monarch_columns_inverse", "monarch_backward",
+                             "monarch_backward_wide",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
-                           false, false, false, false, false, false, false, false,
+                           false, false, false, false, false, false, false, false, false,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
