@@ -2411,6 +2411,7 @@ __device__ __forceinline__ u32 movm_trans(u32 v) {
     return out;
 }
 __device__ __forceinline__ void shared_max(u32* p, u32 v) { *p = max_u(*p, v); }
+__device__ __forceinline__ void shared_add(float* p, float v) { *p += v; }
 __device__ __forceinline__ float half_float(u32 bits) { return f16_value(bits & 0xffffu); }
 #else
 __device__ __forceinline__ u32 shared_address(const void* p) {
@@ -2430,6 +2431,9 @@ __device__ __forceinline__ u32 movm_trans(u32 v) {
 }
 __device__ __forceinline__ void shared_max(u32* p, u32 v) {
     asm volatile("red.shared.max.u32 [%0], %1;" ::"r"(shared_address(p)), "r"(v) : "memory");
+}
+__device__ __forceinline__ void shared_add(float* p, float v) {
+    asm volatile("red.shared.add.f32 [%0], %1;" ::"r"(shared_address(p)), "f"(v) : "memory");
 }
 __device__ __forceinline__ float half_float(u32 bits) {
     float f;
@@ -3118,8 +3122,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
 // whose x and d are both nonzero (a row with zero d or x adds nothing to T and keeps its own x
 // scale). A row scaled below its best loses only that factor of its share of the taps sum (the
 // other row's term is larger by the same factor). Gated, P takes a third transform of x with
-// each row's own scale, so dpost keeps its precision. The 2^-14 keeps T's operands in f16 range
-// (|Zx|, |Zd| <= 2^13.5 after the forward's 1 / 2N). Dynamic shared memory: two plane sets
+// each row's own scale, so dpost keeps its precision. σ, a power of two per pair, keeps T in
+// f16 range and as large as it can be (mt_taps_scale_log2: from the sums of |x| and |d|; a
+// fixed 2^-14, the worst case, left ~5 bits for sparse or noisy inputs at 16K). Dynamic shared memory: two plane sets
 // (three gated: P's output replaces its own x), 16 x MT_ROW halves each.
 __device__ __forceinline__ u16* mt_backward_plane(u32 set, u32 c, u32 rows) {
     return (u16*)smem + (2u * set + c) * (rows * MT_ROW);
@@ -3131,6 +3136,7 @@ __device__ __forceinline__ u16* mt_backward_plane(u32 set, u32 c, u32 rows) {
 struct MtPairScales {
     u32 mx[2], md[2];
     u32 ex[2], ed[2];
+    u32 prod; // ex + ed of the rows whose x and d are both nonzero (0: none)
 };
 
 __device__ __forceinline__ MtPairScales mt_pair_scales(u32 mx0, u32 mx1, u32 md0, u32 md1) {
@@ -3154,7 +3160,23 @@ __device__ __forceinline__ MtPairScales mt_pair_scales(u32 mx0, u32 mx1, u32 md0
             p.ex[s] = c > p.ed[s] + 1u ? c - p.ed[s] : 1u;
         }
     }
+    // A row clamped to 1 above (a product ratio beyond 2^250 between the rows) is off by a
+    // negligible share of the taps sum; the taps' unscale uses c, the other row's exact product.
+    p.prod = c == 0xffffffffu ? 0u : c;
     return p;
+}
+
+// log2 of the power of two σ that T = Zd conj(Zx) is multiplied by: the largest with σ |T| <=
+// 2^14 at every bin, from the pair's sums of |scaled x| and |scaled d| (|Z(f)| <= sum / c, c
+// the forward's 1 / c): data-dependent, so flat or sparse spectra keep their precision in f16.
+__device__ __forceinline__ int mt_taps_scale_log2(const float* sums, float c) {
+    float b = (sums[0] / c) * (sums[1] / c);
+    if (!(b > 0.0f)) {
+        return 60; // T is zero (or its bound underflows): any scale
+    }
+    int e = (int)(float_bits(b) >> 23) - 127; // floor(log2 b), b normal or not
+    int k = 13 - e;
+    return k < -60 ? -60 : (k > 60 ? 60 : k);
 }
 
 // x (coupled scale), d and (gated) x with its own scale: 8 values of row s of a pair to the
@@ -3178,13 +3200,23 @@ __device__ __forceinline__ void mt_backward_put8(const MtPairScales& ps, u32 s, 
     }
 }
 
+// Sum of |v scale| over 8 values (scale 2^(e - 127)): a row's share of mt_taps_scale_log2's bound.
+__device__ __forceinline__ float mt_abs_sum8(const float v[8], u32 e) {
+    float sum = 0.0f;
+#pragma unroll
+    for (u32 j = 0; j < 8u; j++) {
+        sum += bits_float(float_bits(v[j]) & 0x7fffffffu);
+    }
+    return sum * bits_float(e << 23);
+}
+
 // S2 of the backward on one row of the plane sets (x, d, gated x'): both spectra, the products
 // T, G, P (frequency f = k_a + N1 (k_b + 16 k_c) of each fragment element, for the kept-bin
 // mask), and their inverse halves, T to x's row, G to d's, P to x''s.
 __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes* sets,
                                                 const Params& pc, const Buffers& bf, u32 row,
-                                                u32 ka, u32 n1, const cpx* filt, bool gated,
-                                                bool twiddle) {
+                                                u32 ka, u32 n1, const cpx* filt, float sigma,
+                                                bool gated, bool twiddle) {
     const u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     const u32 at = row * MT_ROW;
     MtSpectrum sx, sd, sp;
@@ -3206,8 +3238,8 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
             cpx tv = bin_kept(pc, fr) ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
             cpx gv = cmul(d, conj_c(kf));
             cpx pv = gated ? cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf) : mk(0.0f, 0.0f);
-            st.re[nt][i] = tv.x * 6.1035156e-05f; // 2^-14
-            st.im[nt][i] = tv.y * 6.1035156e-05f;
+            st.re[nt][i] = tv.x * sigma;
+            st.im[nt][i] = tv.y * sigma;
             sg.re[nt][i] = gv.x;
             sg.im[nt][i] = gv.y;
             sp.re[nt][i] = pv.x;
@@ -3223,22 +3255,22 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
 
 // The backward's results for positions pos .. pos + 7 of a pair whose position q sits at shared
 // row base + q / 256, column q mod 256 (after S3, in natural order). With c = 2N (256 for N =
-// 256): taps = Re T c^3 2^14 / (N s t) (the pair's first row; zeros to the second), dx_r = G_r
+// 256): taps = Re T c^3 / (σ N s t) (the pair's first row; zeros to the second), dx_r = G_r
 // c^2 s_k / t_r (plus the circular history's wrap), P_r c^2 s_k / s'_r (s: coupled x scales,
 // t: d scales, s': own x scales).
 __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divisors& dv,
                                                    const Buffers& bf, const MtPlanes* sets,
-                                                   const MtPairScales& ps, u32 base, u32 pos,
-                                                   u32 pair, float c, bool gated) {
+                                                   const MtPairScales& ps, int sigma_log2, u32 base,
+                                                   u32 pos, u32 pair, float c, bool gated) {
     const u32 n = 1u << pc.log2n;
     const u32 row = base + (pos >> 8), col = pos & 255u;
     const u32 h = udiv(pair, dv.pairs);
     float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
     {
-        // s t of a row whose x and d are both nonzero (the other adds nothing to the taps).
-        u32 r = ps.mx[0] != 0u && ps.md[0] != 0u ? 0u : 1u;
-        int k_st = 254 - (int)(ps.ex[r] + ps.ed[r]); // 1 / (s t) = 2^k_st, as two normal factors
-        float ft = c * c * (c / (float)n) * 16384.0f;
+        // 1 / (s t) = 2^k_st (as two normal factors; s t is one product for the rows that add
+        // to the taps) and 1 / σ.
+        int k_st = ps.prod == 0u ? 0 : 254 - (int)ps.prod;
+        float ft = c * c * (c / (float)n) * pow2(-sigma_log2);
         Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
 #pragma unroll
         for (u32 j = 0; j < 8u; j++) {
@@ -3288,10 +3320,12 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     fftconv_monarch_backward(const Params pc, const Buffers bf, const Divisors dv) {
-    __shared__ u32 row_max[2][32]; // [x, d][pair row 2 p + s]
+    __shared__ u32 row_max[2][32];  // [x, d][pair row 2 p + s]
+    __shared__ float abs_sum[16][2]; // [pair][x, d]: sums of |scaled value| over both rows
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
+    const float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
     const u32 pairs_total = pc.total_lines >> 1; // total_lines: rows (two per pair)
     const u32 first_pair = block_index() << (4u - n1_log2);
     if (first_pair >= pairs_total) {
@@ -3301,6 +3335,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     if (threadIdx.x < 64u) {
         row_max[threadIdx.x >> 5][threadIdx.x & 31u] = 0u;
+    }
+    if (threadIdx.x < 32u) {
+        abs_sum[threadIdx.x >> 1][threadIdx.x & 1u] = 0.0f;
     }
     __syncthreads();
 
@@ -3339,10 +3376,15 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     for (u32 k = 0; k < 2u; k++) {
         MtChunk m = mt_chunk(pc, k);
         MtPairScales ps = scales(m.p);
+        float sx = 0.0f, sd = 0.0f;
 #pragma unroll
         for (u32 s = 0; s < 2u; s++) {
             mt_backward_put8(ps, s, xv[k][s], dvv[k][s], gated, 16u, m.row, m.col);
+            sx += mt_abs_sum8(xv[k][s], ps.ex[s]);
+            sd += mt_abs_sum8(dvv[k][s], ps.ed[s]);
         }
+        shared_add(&abs_sum[m.p][0], sx);
+        shared_add(&abs_sum[m.p][1], sd);
     }
     __syncthreads();
     MtPlanes sets[3];
@@ -3375,7 +3417,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
             u32 h = udiv(pair, dv.pairs);
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                               ka * 256u + lane * 8u;
-            mt_backward_row(f, sets, pc, bf, row, ka, n1, filt, gated, n1 > 1u);
+            float sigma = pow2(mt_taps_scale_log2(abs_sum[row >> n1_log2], c));
+            mt_backward_row(f, sets, pc, bf, row, ka, n1, filt, sigma, gated, n1 > 1u);
         }
     }
     __syncthreads();
@@ -3388,13 +3431,13 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
         }
         __syncthreads();
     }
-    float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
 #pragma unroll
     for (u32 k = 0; k < 2u; k++) {
         MtChunk m = mt_chunk(pc, k);
         u32 pair = first_pair + m.p;
         if (pair < pairs_total) {
-            mt_backward_store8(pc, dv, bf, sets, scales(m.p), m.p << n1_log2, m.pos, pair, c,
+            mt_backward_store8(pc, dv, bf, sets, scales(m.p),
+                               mt_taps_scale_log2(abs_sum[m.p], c), m.p << n1_log2, m.pos, pair, c,
                                gated);
         }
     }
@@ -3459,7 +3502,8 @@ __device__ __forceinline__ void mt_radix_rows(MtPlanes pl, const Params& pc, con
 // sets of N1 rows (three gated: 198 KiB at 16K).
 template <u32 R_LOG2>
 __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers& bf,
-                                                 const Divisors& dv, u32 (*row_max)[2]) {
+                                                 const Divisors& dv, u32 (*row_max)[2],
+                                                 float* abs_sum) {
     constexpr u32 R = 1u << R_LOG2, ROWS = 16u << R_LOG2;
     const u32 n = 1u << pc.log2n;
     const u32 pair = block_index();
@@ -3470,6 +3514,9 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     if (threadIdx.x < 4u) {
         row_max[threadIdx.x >> 1][threadIdx.x & 1u] = 0u;
+    }
+    if (threadIdx.x < 2u) {
+        abs_sum[threadIdx.x] = 0.0f;
     }
     const u32 h = udiv(pair, dv.pairs);
     SegmentRow seg[2];
@@ -3504,16 +3551,25 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     __syncthreads();
     const MtPairScales ps = mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
     // The second read, scaled, in natural order.
-    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+    {
+        float sx = 0.0f, sd = 0.0f;
+        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
 #pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            float x[8], d[8];
-            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
-            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
-            mt_backward_put8(ps, s, x, d, gated, ROWS, pos >> 8, pos & 255u);
+            for (u32 s = 0; s < 2u; s++) {
+                float x[8], d[8];
+                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+                mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
+                mt_backward_put8(ps, s, x, d, gated, ROWS, pos >> 8, pos & 255u);
+                sx += mt_abs_sum8(x, ps.ex[s]);
+                sd += mt_abs_sum8(d, ps.ed[s]);
+            }
         }
+        shared_add(&abs_sum[0], sx);
+        shared_add(&abs_sum[1], sd);
     }
     __syncthreads();
+    const float c = 2.0f * (float)n;
+    const int sigma_log2 = mt_taps_scale_log2(abs_sum, c);
     MtPlanes sets[3];
 #pragma unroll
     for (u32 set = 0; set < 3u; set++) {
@@ -3545,7 +3601,8 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
         for (u32 i = 0; i < ROWS / 8u; i++) {
             u32 row = warp + 8u * i;
             u32 ka = (row & 15u) * R + (row >> 4);
-            mt_backward_row(f, sets, pc, bf, row, ka, ROWS, filt + ka * 256u, gated, true);
+            mt_backward_row(f, sets, pc, bf, row, ka, ROWS, filt + ka * 256u, pow2(sigma_log2),
+                            gated, true);
         }
     }
     __syncthreads();
@@ -3566,19 +3623,19 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
         }
     }
     __syncthreads();
-    const float c = 2.0f * (float)n;
     for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
-        mt_backward_store8(pc, dv, bf, sets, ps, 0u, pos, pair, c, gated);
+        mt_backward_store8(pc, dv, bf, sets, ps, sigma_log2, 0u, pos, pair, c, gated);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     fftconv_monarch_backward_wide(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2][2]; // [x, d][row]
+    __shared__ float abs_sum[2];  // [x, d]: sums of |scaled value| over both rows
     if (pc.log2n == 13u) {
-        mt_backward_wide<1>(pc, bf, dv, row_max);
+        mt_backward_wide<1>(pc, bf, dv, row_max, abs_sum);
     } else {
-        mt_backward_wide<2>(pc, bf, dv, row_max);
+        mt_backward_wide<2>(pc, bf, dv, row_max, abs_sum);
     }
 }
 

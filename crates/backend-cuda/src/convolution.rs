@@ -1331,6 +1331,25 @@ mod tests {
         }
     }
 
+    /// The Monarch backward's shared memory: 16K gated fits Hopper's 227 KiB per block only;
+    /// every size fits an sm_86's 99 KiB ungated up to 8K (`launch_backward` checks).
+    #[test]
+    fn monarch_backward_shared_memory_fits_where_taken() {
+        use crate::device::{monarch_backward_shared_bytes, monarch_shared_limit};
+        let (hopper, ampere, ada) = (232_448, 166_912, 101_376);
+        assert!(monarch_backward_shared_bytes(14, true) <= monarch_shared_limit(hopper));
+        assert!(monarch_backward_shared_bytes(14, true) > monarch_shared_limit(ampere));
+        assert!(monarch_backward_shared_bytes(14, false) <= monarch_shared_limit(ampere));
+        assert!(monarch_backward_shared_bytes(13, false) <= monarch_shared_limit(ada));
+        assert!(monarch_backward_shared_bytes(13, true) > monarch_shared_limit(ada));
+        for log2n in 8..=12 {
+            assert_eq!(
+                monarch_backward_shared_bytes(log2n, true),
+                3 * 2 * 16 * 264 * 2
+            );
+        }
+    }
+
     #[test]
     fn divisors_divide_exactly() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;

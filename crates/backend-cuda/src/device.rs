@@ -347,12 +347,15 @@ impl CudaDevice {
                     })?;
                     Ok::<_, CudaError>(f)
                 };
-                // The backward's plane sets: two, three gated (50 KiB; 198 KiB at 16K).
+                // The backward's plane sets: two, three gated (50 KiB; 198 KiB at 16K, which
+                // only Hopper's 227 KiB per block holds: capped at this device's limit, and
+                // `launch_backward` takes the Monarch backward only where its size fits).
+                let optin = monarch_shared_limit(self.info.shared_memory_per_block_optin);
                 let with_shared = |name: &str, bytes: u32| {
                     let f = get(name)?;
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        bytes as i32,
+                        bytes.min(optin) as i32,
                     )
                     .map_err(|e| {
                         CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
@@ -427,6 +430,12 @@ impl MonarchKernels {
             MonarchKernel::ColumnsInverse => (&self.columns_inverse, monarch_tile_bytes(log2n)),
         }
     }
+}
+
+/// The dynamic shared memory a Monarch kernel may ask for on a device with `optin` bytes per
+/// block: 1 KiB is left for the kernels' static shared memory (at most 512 bytes).
+pub(crate) fn monarch_shared_limit(optin: usize) -> u32 {
+    u32::try_from(optin.saturating_sub(1024)).unwrap_or(u32::MAX)
 }
 
 /// Dynamic shared memory of the Monarch backward at N = 2^log2n: two plane sets (three gated) of

@@ -64,9 +64,10 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 8] = [
+const MONARCH_ENTRIES: [&str; 9] = [
     "fftconv_monarch",
     "fftconv_monarch_backward",
+    "fftconv_monarch_backward_wide",
     "fftconv_monarch_wide",
     "fftconv_monarch_filter",
     "fftconv_monarch_scales",

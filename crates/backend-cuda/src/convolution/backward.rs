@@ -353,10 +353,16 @@ impl CudaConvolution {
         let vec = 16 / self.spec.dtype().size_bytes() as u32;
         let streams = [s.u, s.dy, s.pre, s.post, s.du, s.dpre, s.dpost];
         let threads_log2 = self.kernels.threads.ilog2();
+        let shared_limit =
+            crate::device::monarch_shared_limit(self.device.info().shared_memory_per_block_optin);
+        let fits = crate::device::monarch_backward_shared_bytes(
+            self.spec.geometry().n().ilog2(),
+            self.spec.gated(),
+        ) <= shared_limit;
         if let (Some(kernels), Some(layout), true) = (
             self.kernels.monarch.as_ref().filter(|_| self.monarch),
             filter.monarch.as_ref(),
-            self.schedule.passes().len() == 1 && super::monarch_rows_aligned(&streams),
+            fits && self.schedule.passes().len() == 1 && super::monarch_rows_aligned(&streams),
         ) {
             let (params, sum_params) =
                 self.schedule
