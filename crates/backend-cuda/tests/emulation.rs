@@ -1464,6 +1464,8 @@ fn monarch_tensor_core_pass_256_threads() {
             9.094_947e-13,
         ),
         ("n8k causal", causal(2, 3, 4096, 4096), 1 << 30, 1.0),
+        ("n16k impulses", causal(2, 2, 8192, 8192), 1 << 30, 1.0),
+        ("n1k impulses", causal(2, 2, 512, 512), 1 << 30, 1.0),
         (
             "n8k gated sparse chunked",
             causal(4, 2, 4096, 3000).gated(true).keep_frequencies(0.25),
@@ -1508,6 +1510,12 @@ fn monarch_tensor_core_pass_256_threads() {
             1 << 30,
             9.094_947e-13,
         ),
+        (
+            "n64k circular impulses",
+            causal(2, 1, 65_536, 65_536).circular(),
+            1 << 30,
+            1.0,
+        ),
         // From 512K the column passes run through shared tiles (N_o = 16 x 2, 4 x 16).
         (
             "n512k circular gated",
@@ -1528,6 +1536,16 @@ fn monarch_tensor_core_pass_256_threads() {
         let mut inputs = Inputs::new(&spec, &mut rng);
         for v in &mut inputs.k {
             *v *= k_scale;
+        }
+        if label.contains("impulses") {
+            // About 8 nonzero inputs per row: flat, small spectra (no coherent sums to keep the
+            // f16 planes high in their range).
+            let period = spec.length() / 8;
+            for (i, v) in inputs.u.iter_mut().enumerate() {
+                if i.wrapping_mul(2_654_435_761) % period != 0 {
+                    *v = 0.0;
+                }
+            }
         }
         if label.contains("rows 2^-20") {
             // The odd batch rows 2^20 times smaller than their pair partners (the even rows):
