@@ -3216,7 +3216,8 @@ __device__ __forceinline__ float mt_abs_sum8(const float v[8], u32 e) {
 __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes* sets,
                                                 const Params& pc, const Buffers& bf, u32 row,
                                                 u32 ka, u32 n1, const cpx* filt, float sigma,
-                                                bool gated, bool twiddle) {
+                                                bool gated, bool twiddle, u32 f_add = 0u,
+                                                u32 f_mul = 1u, u32 full_log2n = 0u) {
     const u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     const u32 at = row * MT_ROW;
     MtSpectrum sx, sd, sp;
@@ -3231,11 +3232,15 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
             u32 kb = g + 8u * (i >> 1), kc = 2u * t + (i & 1u) + 8u * nt;
-            u32 fr = ka + n1 * (kb + 16u * kc);
+            // The full spectrum's frequency (f_add + f_mul (row frequency) for the rows of
+            // fftconv_monarch_backward_middle, whose pc.log2n is its 16K rows').
+            u32 fr = f_add + f_mul * (ka + n1 * (kb + 16u * kc));
+            u32 nf = 1u << (full_log2n != 0u ? full_log2n : pc.log2n);
             cpx x = mk(sx.re[nt][i], sx.im[nt][i]);
             cpx d = mk(sd.re[nt][i], sd.im[nt][i]);
             cpx kf = load_ro(filt + 4u * nt + i);
-            cpx tv = bin_kept(pc, fr) ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
+            bool kept = (fr <= (nf >> 1) ? fr : nf - fr) < pc.kept_bins;
+            cpx tv = kept ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
             cpx gv = cmul(d, conj_c(kf));
             cpx pv = gated ? cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf) : mk(0.0f, 0.0f);
             st.re[nt][i] = tv.x * sigma;
@@ -4087,6 +4092,374 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
             dst[0] = q[a2][0];
             dst[1] = q[a2][1];
         }
+    }
+}
+
+// ---- the Monarch backward for N = 32K .. 256K: the long path's four kernels for two inputs ----
+//
+// The forward long path's split (N = N_o x 16K, N_o = 2 .. 16, position n_i + N_i n_o,
+// frequency k_o + N_o k_i) with fftconv_monarch_backward's products. The intermediates are f16
+// (Re, Im) words: x with the coupled scales (then T) in the first half of bf.tmp, gated x with
+// its own scales (then P) in the second, d (then G) in the first half of bf.other, and per pair
+// eight words after it (the rows' maxima of x and d, the sums of |scaled x| and |scaled d|):
+//   fftconv_monarch_backward_scales           per pair: maxima, then (a second read) the sums
+//   fftconv_monarch_backward_columns_forward  per column: the N_o-point DFTs / N_o of x, d (and
+//                                             x'), W_N^(n_i k_o), to the intermediates
+//   fftconv_monarch_backward_middle           per row k_o: the 16K row transforms, T, G, P, back
+//   fftconv_monarch_backward_columns_inverse  per column: the inverse column DFTs; taps (Re T at
+//                                             positions < K), du, dpre, dpost
+// Circular problems whose history wraps (N > L) are not taken (their dx needs another column's
+// value): the host checks.
+__device__ __forceinline__ u32* mt_backward_words(const Params& pc, const Buffers& bf, u32 set,
+                                                  u32 pair) {
+    u64 pairs = (u64)pc.channels * pc.pairs;
+    u32* base = set == 1u ? (u32*)bf.other : (u32*)bf.tmp;
+    return base + ((set == 2u ? pairs + pair : (u64)pair) << pc.log2n);
+}
+
+__device__ __forceinline__ u32* mt_backward_pair_info(const Params& pc, const Buffers& bf, u32 pair) {
+    u64 pairs = (u64)pc.channels * pc.pairs;
+    return (u32*)bf.other + (pairs << pc.log2n) + 8u * (u64)pair;
+}
+
+__device__ __forceinline__ MtPairScales mt_backward_info_scales(const u32* info) {
+    return mt_pair_scales(info[0], info[1], info[2], info[3]);
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_backward_scales(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ u32 row_max[2][2];
+    __shared__ float abs_sum[2];
+    const u32 pair = block_index();
+    if (pair >= pc.total_lines) {
+        return;
+    }
+    if (threadIdx.x < 4u) {
+        row_max[threadIdx.x >> 1][threadIdx.x & 1u] = 0u;
+    }
+    if (threadIdx.x < 2u) {
+        abs_sum[threadIdx.x] = 0.0f;
+    }
+    __syncthreads();
+    const u32 h = udiv(pair, dv.pairs), n = 1u << pc.log2n;
+    const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
+    SegmentRow seg[2];
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        seg[s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+    }
+    u32 mx[2] = {0u, 0u}, md[2] = {0u, 0u};
+    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            float x[8], d[8];
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                mx[s] = max_u(mx[s], finite_bits(x[j]));
+                md[s] = max_u(md[s], finite_bits(d[j]));
+            }
+        }
+    }
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        shared_max(&row_max[0][s], mx[s]);
+        shared_max(&row_max[1][s], md[s]);
+    }
+    __syncthreads();
+    const MtPairScales ps = mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
+    float sx = 0.0f, sd = 0.0f;
+    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            float x[8], d[8];
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
+            sx += mt_abs_sum8(x, ps.ex[s]);
+            sd += mt_abs_sum8(d, ps.ed[s]);
+        }
+    }
+    shared_add(&abs_sum[0], sx);
+    shared_add(&abs_sum[1], sd);
+    __syncthreads();
+    if (threadIdx.x == 0u) {
+        u32* info = mt_backward_pair_info(pc, bf, pair);
+        info[0] = row_max[0][0];
+        info[1] = row_max[0][1];
+        info[2] = row_max[1][0];
+        info[3] = row_max[1][1];
+        info[4] = float_bits(abs_sum[0]);
+        info[5] = float_bits(abs_sum[1]);
+    }
+}
+
+template <u32 O_LOG2>
+__device__ __forceinline__ void mt_backward_columns_forward(const Params& pc, const Buffers& bf,
+                                                            const Divisors& dv) {
+    constexpr u32 NO = 1u << O_LOG2;
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return;
+    }
+    MtColumn c = mt_column(b);
+    const u32 h = udiv(c.pair, dv.pairs);
+    const bool gated = (pc.flags & FLAG_GATED) != 0u;
+    const MtPairScales ps = mt_backward_info_scales(mt_backward_pair_info(pc, bf, c.pair));
+    float x[2][NO], d[2][NO];
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        SegmentRow seg = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs) + s, h);
+#pragma unroll
+        for (u32 o = 0; o < NO; o++) {
+            u32 pos = c.ni + (o << MT_INNER_LOG2);
+            x[s][o] = segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg, pos);
+            d[s][o] = segment_input_at(pc, dv, bf.u2, bf.post, pc.flags | FLAG_BODY_ONLY, seg, pos);
+        }
+    }
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < 2u || gated) {
+            cpx z[NO];
+            float sc[2];
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                // The set's scale and 1 / N_o (exponents 13 .. 253, so 9 .. 253 here).
+                u32 e = set == 0u ? ps.ex[s] : (set == 1u ? ps.ed[s] : mt_row_scale_exponent(ps.mx[s]));
+                sc[s] = bits_float((e > O_LOG2 ? e - O_LOG2 : 1u) << 23);
+            }
+#pragma unroll
+            for (u32 o = 0; o < NO; o++) {
+                const float(*v)[NO] = set == 1u ? d : x;
+                z[o] = mk(v[0][o] * sc[0], v[1][o] * sc[1]);
+            }
+            mt_dft_registers<O_LOG2, true>(pc, bf, z);
+            u32* out = mt_backward_words(pc, bf, set, c.pair) + c.ni;
+#pragma unroll
+            for (u32 k = 0; k < NO; k++) {
+                cpx v = k == 0u ? z[0] : cmul(z[k], root(pc, bf, c.ni * k, pc.log2n));
+                out[k << MT_INNER_LOG2] = pack_f16x2(v.x, v.y);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_backward_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
+    case 1u: mt_backward_columns_forward<1>(pc, bf, dv); break;
+    case 2u: mt_backward_columns_forward<2>(pc, bf, dv); break;
+    case 3u: mt_backward_columns_forward<3>(pc, bf, dv); break;
+    default: mt_backward_columns_forward<4>(pc, bf, dv); break;
+    }
+}
+
+// Row k_o of pair p (block p N_o + k_o), for each plane set: fftconv_monarch_middle's load with
+// the radix-4 step, S1, then fftconv_monarch_backward's S2 (frequency k_o + N_o k_i for the kept
+// mask, the filter row k_o), S3, and the store back to the words.
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
+    fftconv_monarch_backward_middle(const Params pc, const Buffers bf, const Divisors dv) {
+    constexpr u32 R_LOG2 = 2u, R = 4u, ROWS = 64u;
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const u32 o_log2 = pc.log2n - MT_INNER_LOG2;
+    const u32 pair = b >> o_log2, ko = b & ((1u << o_log2) - 1u);
+    const u32 n = 1u << pc.log2n;
+    const bool gated = (pc.flags & FLAG_GATED) != 0u;
+    Params rp = pc; // the row transform's parameters: its twiddles are W_(N_i)
+    rp.log2n = MT_INNER_LOG2;
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const u32 h = udiv(pair, dv.pairs);
+    MtPlanes sets[3];
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        sets[set] = MtPlanes{{mt_backward_plane(set, 0u, ROWS), mt_backward_plane(set, 1u, ROWS)}};
+    }
+    const u32 set_count = gated ? 3u : 2u;
+    // Load: per set, the radix-4 DFT over a2 and W_64^(a1 k2), to shared row 16 k2 + a1.
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+            const u32* words = mt_backward_words(pc, bf, set, pair) + ((u64)ko << MT_INNER_LOG2);
+#pragma unroll 1
+            for (u32 j = 0; j < 2u; j++) {
+                MtUnit m = mt_unit(j);
+                // The words in natural order to the rows a1 + 16 a2, then the radix step in place.
+#pragma unroll
+                for (u32 a2 = 0; a2 < R; a2++) {
+                    const Quad* src = (const Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
+#pragma unroll
+                    for (u32 hq = 0; hq < 2u; hq++) {
+                        Quad q = src[hq];
+                        Quad re, im;
+#pragma unroll
+                        for (u32 w = 0; w < 2u; w++) {
+                            // Words (re, im) of positions 2w, 2w + 1 -> plane pairs.
+                            u32 w0 = q.w[2u * w], w1 = q.w[2u * w + 1u];
+                            re.w[w] = (w0 & 0xffffu) | (w1 << 16);
+                            im.w[w] = (w0 >> 16) | (w1 & 0xffff0000u);
+                        }
+                        u32 at = (m.a1 + 16u * a2) * MT_ROW + m.col + 4u * hq;
+                        *(u32*)&sets[set].p[0][at] = re.w[0];
+                        *(u32*)&sets[set].p[0][at + 2u] = re.w[1];
+                        *(u32*)&sets[set].p[1][at] = im.w[0];
+                        *(u32*)&sets[set].p[1][at + 2u] = im.w[1];
+                    }
+                }
+                mt_radix_rows<R_LOG2, true>(sets[set], rp, bf, m);
+            }
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+            mt_columns<true>(sets[set], rp, bf, 4u, R, R);
+        }
+    }
+    __syncthreads();
+    {
+        const float c = 2.0f * (float)(1u << MT_INNER_LOG2);
+        const u32* info = mt_backward_pair_info(pc, bf, pair);
+        float sums[2] = {bits_float(info[4]), bits_float(info[5])};
+        float sigma = pow2(mt_taps_scale_log2(sums, c * (float)(1u << o_log2)));
+        MtDft16 f;
+        mt_dft16(rp, bf, f);
+        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
+                          ((u64)ko << MT_INNER_LOG2) + lane * 8u;
+#pragma unroll 1
+        for (u32 i = 0; i < ROWS / 8u; i++) {
+            u32 row = warp + 8u * i;
+            u32 ka = (row & 15u) * R + (row >> 4);
+            mt_backward_row(f, sets, rp, bf, row, ka, ROWS, filt + ka * 256u, sigma, gated, true,
+                            ko, 1u << o_log2, pc.log2n);
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+            mt_columns<false>(sets[set], rp, bf, 4u, R, R);
+        }
+    }
+    __syncthreads();
+    // Store: per set, the inverse radix step in place, then the rows back to the words.
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < set_count) {
+            u32* words = mt_backward_words(pc, bf, set, pair) + ((u64)ko << MT_INNER_LOG2);
+#pragma unroll 1
+            for (u32 j = 0; j < 2u; j++) {
+                MtUnit m = mt_unit(j);
+                mt_radix_rows<R_LOG2, false>(sets[set], rp, bf, m);
+#pragma unroll
+                for (u32 a2 = 0; a2 < R; a2++) {
+                    Quad* dst = (Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
+#pragma unroll
+                    for (u32 hq = 0; hq < 2u; hq++) {
+                        u32 at = (m.a1 + 16u * a2) * MT_ROW + m.col + 4u * hq;
+                        u32 re0 = *(const u32*)&sets[set].p[0][at];
+                        u32 re1 = *(const u32*)&sets[set].p[0][at + 2u];
+                        u32 im0 = *(const u32*)&sets[set].p[1][at];
+                        u32 im1 = *(const u32*)&sets[set].p[1][at + 2u];
+                        Quad q;
+                        q.w[0] = (re0 & 0xffffu) | (im0 << 16);
+                        q.w[1] = (re0 >> 16) | (im0 & 0xffff0000u);
+                        q.w[2] = (re1 & 0xffffu) | (im1 << 16);
+                        q.w[3] = (re1 >> 16) | (im1 & 0xffff0000u);
+                        dst[hq] = q;
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <u32 O_LOG2>
+__device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, const Buffers& bf,
+                                                            const Divisors& dv) {
+    constexpr u32 NO = 1u << O_LOG2;
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return;
+    }
+    MtColumn c = mt_column(b);
+    const u32 h = udiv(c.pair, dv.pairs);
+    const u32 n = 1u << pc.log2n;
+    const bool gated = (pc.flags & FLAG_GATED) != 0u;
+    const u32* info = mt_backward_pair_info(pc, bf, c.pair);
+    const MtPairScales ps = mt_backward_info_scales(info);
+    const float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
+    float sums[2] = {bits_float(info[4]), bits_float(info[5])};
+    const int sigma_log2 = mt_taps_scale_log2(sums, ci * (float)NO);
+    const float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    SegmentRow seg[2];
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        seg[s] = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs) + s, h);
+    }
+#pragma unroll
+    for (u32 set = 0; set < 3u; set++) {
+        if (set < 2u || gated) {
+            const u32* in = mt_backward_words(pc, bf, set, c.pair) + c.ni;
+            cpx z[NO];
+#pragma unroll
+            for (u32 k = 0; k < NO; k++) {
+                u32 w = in[k << MT_INNER_LOG2];
+                z[k] = mk(half_float(w), half_float(w >> 16));
+                if (k != 0u) {
+                    z[k] = cmul(z[k], conj_c(root(pc, bf, c.ni * k, pc.log2n)));
+                }
+            }
+            mt_dft_registers<O_LOG2, false>(pc, bf, z);
+            if (set == 0u) {
+                // Taps: Re T c^3 N_o / (N_i σ s t) at positions < K (the pair's first row).
+                int k_st = ps.prod == 0u ? 0 : 254 - (int)ps.prod;
+                float ft = ci * ci * (ci / (float)(1u << MT_INNER_LOG2)) * (float)NO *
+                           pow2(-sigma_log2);
+#pragma unroll
+                for (u32 o = 0; o < NO; o++) {
+                    u32 pos = c.ni + (o << MT_INNER_LOG2);
+                    if (pos < pc.taps_len) {
+                        bf.taps[(u64)(2u * c.pair) * pc.taps_len + pos] =
+                            z[o].x * ft * pow2(k_st / 2) * pow2(k_st - k_st / 2);
+                        bf.taps[(u64)(2u * c.pair + 1u) * pc.taps_len + pos] = 0.0f;
+                    }
+                }
+            } else {
+                // dx_r = G_r c^2 N_o s_k / t_r (du, dpre); gated P_r c^2 N_o s_k / s'_r (dpost).
+#pragma unroll
+                for (u32 s = 0; s < 2u; s++) {
+                    u32 e = set == 1u ? ps.ed[s] : mt_row_scale_exponent(ps.mx[s]);
+                    float f = sk * bits_float((254u - e) << 23) * ci * ci * (float)NO;
+#pragma unroll
+                    for (u32 o = 0; o < NO; o++) {
+                        u32 pos = c.ni + (o << MT_INNER_LOG2);
+                        float v = (s == 0u ? z[o].x : z[o].y) * f;
+                        if (set == 1u) {
+                            store_segment_at(pc, bf.y, bf.pre, seg[s], pos, v);
+                            if (gated) {
+                                store_segment_at(pc, bf.y2, bf.u, seg[s], pos, v);
+                            }
+                        } else {
+                            store_segment_at(pc, bf.y3, bf.u2, seg[s], pos, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_backward_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
+    case 1u: mt_backward_columns_inverse<1>(pc, bf, dv); break;
+    case 2u: mt_backward_columns_inverse<2>(pc, bf, dv); break;
+    case 3u: mt_backward_columns_inverse<3>(pc, bf, dv); break;
+    default: mt_backward_columns_inverse<4>(pc, bf, dv); break;
     }
 }
 

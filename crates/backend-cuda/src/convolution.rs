@@ -998,21 +998,69 @@ pub(crate) fn monarch_rows_aligned(addresses: &[u64]) -> bool {
     addresses.iter().all(|a| a % 16 == 0)
 }
 
-/// The Monarch backward's launch parameters (`fftconv_monarch_backward`, `_wide` from 8K) from
-/// the fused backward's (`PassSchedule::fused_backward_params`): N = 256 .. 16384, one segment
-/// per row, rows of a multiple of `vec` elements; up to 4K 16 rows of 256 points per block,
-/// 2^(13 - log2 N) rows of the chunk, then one pair (two rows).
-pub(crate) fn monarch_backward_params(p: &PassParams, vec: u32) -> Option<PassParams> {
+/// A kernel of the Monarch backward (`kernels/fftconv.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MonarchBackwardKernel {
+    /// `fftconv_monarch_backward`: N = 256 .. 4096, 16 rows of 256 points per block.
+    Narrow,
+    /// `fftconv_monarch_backward_wide`: 8K, 16K, one pair per block.
+    Wide,
+    /// From 32K: `fftconv_monarch_backward_scales` (a pair per block), `_columns_forward` and
+    /// `_columns_inverse` (256 columns per block), `_middle` (a 16K row per block).
+    Scales,
+    ColumnsForward,
+    Middle,
+    ColumnsInverse,
+}
+
+/// The Monarch backward's launches from the fused backward's parameters
+/// (`PassSchedule::fused_backward_params`, whatever the plan's passes): one segment per row,
+/// rows of a multiple of `vec` elements, N = 256 .. 16384 in one launch (up to 4K 16 rows of
+/// 256 points per block, 2^(13 - log2 N) rows of the chunk; then one pair) or 32K .. 256K in
+/// four (not where circular history wraps: its dx needs another column's value).
+pub(crate) fn monarch_backward_launches(
+    p: &PassParams,
+    vec: u32,
+) -> Option<Vec<(MonarchBackwardKernel, PassParams)>> {
     let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
-    ((8..=14).contains(&p.log2n)
+    let ok = (8..=MONARCH_INNER_LOG2 + 4).contains(&p.log2n)
         && p.blocks == 1
         && p.flags & !allowed == 0
         && p.seq_len % vec == 0
-        && p.element_offset % vec == 0)
-        .then(|| PassParams {
+        && p.element_offset % vec == 0;
+    if !ok {
+        return None;
+    }
+    if p.log2n <= MONARCH_INNER_LOG2 {
+        let kernel = if p.log2n > 12 {
+            MonarchBackwardKernel::Wide
+        } else {
+            MonarchBackwardKernel::Narrow
+        };
+        let params = PassParams {
             lines_log2: 13u32.saturating_sub(p.log2n).max(1),
             ..*p
-        })
+        };
+        return Some(vec![(kernel, params)]);
+    }
+    if p.flags & FLAG_WRAPS != 0 && p.history != 0 {
+        return None;
+    }
+    let pairs = p.channels.checked_mul(p.pairs)?;
+    let with_lines = |total_lines: u32| PassParams {
+        total_lines,
+        line_log2: MONARCH_INNER_LOG2,
+        lines_log2: 0,
+        ..*p
+    };
+    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - 8))?;
+    let rows = pairs.checked_mul(1 << (p.log2n - MONARCH_INNER_LOG2))?;
+    Some(vec![
+        (MonarchBackwardKernel::Scales, with_lines(pairs)),
+        (MonarchBackwardKernel::ColumnsForward, with_lines(columns)),
+        (MonarchBackwardKernel::Middle, with_lines(rows)),
+        (MonarchBackwardKernel::ColumnsInverse, with_lines(columns)),
+    ])
 }
 
 /// A kernel of the Monarch tensor-core pass (`kernels/fftconv.cu`).
@@ -1329,6 +1377,55 @@ mod tests {
                 assert_eq!(p.flags & FLAG_WRAPS != 0, circular);
             }
         }
+    }
+
+    /// The Monarch backward takes one-segment rows of whole vectors, N = 256 .. 256K (from 32K
+    /// four launches, not where circular history wraps), and nothing else.
+    #[test]
+    fn monarch_backward_launches_take_only_what_the_kernels_run() {
+        let params = |log2n: u32, flags: u32| PassParams {
+            log2n,
+            flags: flags | FLAG_F32_ROUNDS,
+            blocks: 1,
+            seq_len: 1 << (log2n - 1),
+            channels: 3,
+            pairs: 2,
+            ..PassParams::default()
+        };
+        for log2n in 8..=18 {
+            let launches = monarch_backward_launches(&params(log2n, FLAG_GATED), 8).expect("taken");
+            let kernels: Vec<MonarchBackwardKernel> = launches.iter().map(|l| l.0).collect();
+            match log2n {
+                8..=12 => assert_eq!(kernels, [MonarchBackwardKernel::Narrow]),
+                13 | 14 => assert_eq!(kernels, [MonarchBackwardKernel::Wide]),
+                _ => {
+                    assert_eq!(
+                        kernels,
+                        [
+                            MonarchBackwardKernel::Scales,
+                            MonarchBackwardKernel::ColumnsForward,
+                            MonarchBackwardKernel::Middle,
+                            MonarchBackwardKernel::ColumnsInverse
+                        ]
+                    );
+                    let lines: Vec<u32> = launches.iter().map(|l| l.1.total_lines).collect();
+                    assert_eq!(lines, [6, 6 * 64, 6 << (log2n - 14), 6 * 64]);
+                }
+            }
+        }
+        assert!(monarch_backward_launches(&params(7, 0), 8).is_none());
+        assert!(monarch_backward_launches(&params(19, 0), 8).is_none());
+        let mut p = params(12, 0);
+        p.blocks = 2;
+        assert!(monarch_backward_launches(&p, 8).is_none());
+        let mut p = params(12, 0);
+        p.seq_len = 203;
+        assert!(monarch_backward_launches(&p, 8).is_none());
+        let mut p = params(16, FLAG_WRAPS);
+        assert!(monarch_backward_launches(&p, 8).is_some());
+        p.history = 99;
+        assert!(monarch_backward_launches(&p, 8).is_none());
+        assert!(monarch_backward_launches(&params(12, FLAG_CONJ_FILTER), 8).is_none());
     }
 
     /// The Monarch backward's shared memory: 16K gated fits Hopper's 227 KiB per block only;

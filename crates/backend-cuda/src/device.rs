@@ -11,7 +11,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::sys::{self as nvrtc_sys, nvrtcResult};
 use monarch_core::DType;
 
-use crate::convolution::MonarchKernel;
+use crate::convolution::{MonarchBackwardKernel, MonarchKernel};
 use crate::probe::{guarded, probe, CudaDeviceInfo};
 use crate::CudaError;
 
@@ -54,7 +54,8 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
-/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4M (one
+/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4M, and
+/// their backward up to 256K (one
 /// segment per row) through the Monarch tensor-core pass (`fftconv_monarch`; for 8K and 16K
 /// `fftconv_monarch_wide`; from 32K column passes around 16K-point rows with f16 intermediates:
 /// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
@@ -371,6 +372,13 @@ impl CudaDevice {
                         "fftconv_monarch_backward_wide",
                         monarch_backward_shared_bytes(14, true),
                     )?,
+                    backward_scales: get("fftconv_monarch_backward_scales")?,
+                    backward_columns_forward: get("fftconv_monarch_backward_columns_forward")?,
+                    backward_middle: with_shared(
+                        "fftconv_monarch_backward_middle",
+                        monarch_backward_shared_bytes(14, true),
+                    )?,
+                    backward_columns_inverse: get("fftconv_monarch_backward_columns_inverse")?,
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
                     wide,
@@ -402,6 +410,11 @@ pub(crate) struct MonarchKernels {
     pub(crate) backward: CudaFunction,
     /// The same for N = 8192 and 16384 (one pair per block).
     pub(crate) backward_wide: CudaFunction,
+    /// The backward from 32K to 256K: scales, column passes and 16K-point rows.
+    pub(crate) backward_scales: CudaFunction,
+    pub(crate) backward_columns_forward: CudaFunction,
+    pub(crate) backward_middle: CudaFunction,
+    pub(crate) backward_columns_inverse: CudaFunction,
     /// N = 32K .. 4M: the rows' scales, the column passes and the 16K-point rows.
     pub(crate) scales: CudaFunction,
     pub(crate) columns_forward: CudaFunction,
@@ -410,12 +423,28 @@ pub(crate) struct MonarchKernels {
 }
 
 impl MonarchKernels {
-    /// The backward's kernel for N = 2^log2n (256 .. 16384).
-    pub(crate) fn backward_for(&self, log2n: u32) -> &CudaFunction {
-        if log2n > 12 {
-            &self.backward_wide
-        } else {
-            &self.backward
+    /// A backward kernel's function for N = 2^log2n and its dynamic shared memory.
+    pub(crate) fn backward_function(
+        &self,
+        kernel: MonarchBackwardKernel,
+        log2n: u32,
+        gated: bool,
+    ) -> (&CudaFunction, u32) {
+        match kernel {
+            MonarchBackwardKernel::Narrow => {
+                (&self.backward, monarch_backward_shared_bytes(log2n, gated))
+            }
+            MonarchBackwardKernel::Wide => (
+                &self.backward_wide,
+                monarch_backward_shared_bytes(log2n, gated),
+            ),
+            MonarchBackwardKernel::Scales => (&self.backward_scales, 0),
+            MonarchBackwardKernel::ColumnsForward => (&self.backward_columns_forward, 0),
+            MonarchBackwardKernel::Middle => (
+                &self.backward_middle,
+                monarch_backward_shared_bytes(14, gated),
+            ),
+            MonarchBackwardKernel::ColumnsInverse => (&self.backward_columns_inverse, 0),
         }
     }
 

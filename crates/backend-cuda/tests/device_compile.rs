@@ -64,10 +64,14 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 9] = [
+const MONARCH_ENTRIES: [&str; 13] = [
     "fftconv_monarch",
     "fftconv_monarch_backward",
     "fftconv_monarch_backward_wide",
+    "fftconv_monarch_backward_scales",
+    "fftconv_monarch_backward_columns_forward",
+    "fftconv_monarch_backward_middle",
+    "fftconv_monarch_backward_columns_inverse",
     "fftconv_monarch_wide",
     "fftconv_monarch_filter",
     "fftconv_monarch_scales",

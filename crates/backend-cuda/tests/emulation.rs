@@ -222,6 +222,10 @@ enum Kernel {
     MonarchColumnsInverse = 12,
     MonarchBackward = 13,
     MonarchBackwardWide = 14,
+    MonarchBackwardScales = 15,
+    MonarchBackwardColumnsForward = 16,
+    MonarchBackwardMiddle = 17,
+    MonarchBackwardColumnsInverse = 18,
 }
 
 impl From<PassKind> for Kernel {
@@ -566,6 +570,117 @@ fn circular_fft_reference(
     Some(y)
 }
 
+/// `reference_backward` of dense circular problems whose rows are one power-of-two FFT (N = L)
+/// and whose direct sums would be slow (L K >= 2^28), through `fft_f64`: with z = post dy and
+/// x = pre u, dx = IDFT(Z conj K) / L, dk = the first K of sum over batch rows IDFT(Z conj X) /
+/// L, du = pre dx, dpre = u dx, dpost = dy IDFT(X K) / L. `None` for every other problem.
+fn circular_fft_backward(
+    spec: &ConvSpec,
+    u: &[f64],
+    k: &[f64],
+    gates: Option<(&[f64], &[f64])>,
+    dy: &[f64],
+) -> Option<monarch_core::reference_backward::ReferenceGradients> {
+    use monarch_core::reference::fft_f64;
+    use monarch_core::{Complex64, ConvMode};
+    let (l, kl, h_count) = (spec.length(), spec.filter_len(), spec.channels());
+    let g = spec.geometry();
+    if spec.mode() != ConvMode::Circular || g.is_sparse() || g.n() != l || (l * kl) >> 28 == 0 {
+        return None;
+    }
+    let transform = |values: &mut dyn Iterator<Item = f64>| {
+        let mut x: Vec<Complex64> = values.map(|v| Complex64::new(v, 0.0)).collect();
+        x.resize(l, Complex64::new(0.0, 0.0));
+        fft_f64(&mut x, false);
+        x
+    };
+    let inverse = |mut x: Vec<Complex64>| {
+        fft_f64(&mut x, true);
+        x.iter().map(|v| v.re / l as f64).collect::<Vec<f64>>()
+    };
+    let spectra: Vec<Vec<Complex64>> = k
+        .chunks(kl)
+        .map(|row| transform(&mut row.iter().copied()))
+        .collect();
+    let mut du = vec![0.0; u.len()];
+    let mut dk_sum = vec![vec![Complex64::new(0.0, 0.0); l]; h_count];
+    let mut dpre = gates.map(|_| vec![0.0; u.len()]);
+    let mut dpost = gates.map(|_| vec![0.0; u.len()]);
+    for row in 0..u.len() / l {
+        let span = row * l..(row + 1) * l;
+        let kf = &spectra[row % h_count];
+        let xs = transform(
+            &mut span
+                .clone()
+                .map(|i| gates.map_or(u[i], |(pre, _)| u[i] * pre[i])),
+        );
+        let zs = transform(
+            &mut span
+                .clone()
+                .map(|i| gates.map_or(dy[i], |(_, post)| dy[i] * post[i])),
+        );
+        let dx = inverse(zs.iter().zip(kf).map(|(z, kk)| z * kk.conj()).collect());
+        for (a, b) in dk_sum[row % h_count].iter_mut().zip(zs.iter().zip(&xs)) {
+            *a += b.0 * b.1.conj();
+        }
+        for (j, i) in span.clone().enumerate() {
+            du[i] = gates.map_or(dx[j], |(pre, _)| dx[j] * pre[i]);
+        }
+        if let (Some((_, _)), Some(dpre), Some(dpost)) = (gates, dpre.as_mut(), dpost.as_mut()) {
+            let y = inverse(xs.iter().zip(kf).map(|(x, kk)| x * kk).collect());
+            for (j, i) in span.enumerate() {
+                dpre[i] = dx[j] * u[i];
+                dpost[i] = y[j] * dy[i];
+            }
+        }
+    }
+    let dk = dk_sum
+        .into_iter()
+        .flat_map(|spec_sum| inverse(spec_sum).into_iter().take(kl))
+        .collect();
+    Some(monarch_core::reference_backward::ReferenceGradients {
+        du,
+        dk,
+        dpregate: dpre,
+        dpostgate: dpost,
+    })
+}
+
+/// The FFT backward oracle of long circular problems equals the direct one (where both run).
+#[test]
+fn circular_fft_backward_is_the_direct_one() {
+    let spec = ConvSpec::builder(3, 2, 1 << 15, 1 << 13)
+        .circular()
+        .gated(true)
+        .build()
+        .expect("spec");
+    let mut rng = StdRng::seed_from_u64(11);
+    let inputs = Inputs::new(&spec, &mut rng);
+    let (a, b) = inputs.gates.as_ref().expect("gated");
+    let (a, b) = (f64s(a), f64s(b));
+    let gates = Some((a.as_slice(), b.as_slice()));
+    let (u, k, dy) = (f64s(&inputs.u), f64s(&inputs.k), f64s(&inputs.dy));
+    let fft = circular_fft_backward(&spec, &u, &k, gates, &dy).expect("a long circular problem");
+    let direct = reference_backward(&spec, &u, &k, gates, &dy);
+    for (what, x, y) in [
+        ("du", &fft.du, &direct.du),
+        ("dk", &fft.dk, &direct.dk),
+        (
+            "dpre",
+            fft.dpregate.as_ref().unwrap(),
+            direct.dpregate.as_ref().unwrap(),
+        ),
+        (
+            "dpost",
+            fft.dpostgate.as_ref().unwrap(),
+            direct.dpostgate.as_ref().unwrap(),
+        ),
+    ] {
+        let err = relative_l2_error(x, y);
+        assert!(err < 1e-11, "{what}: relative error {err:e}");
+    }
+}
+
 /// The FFT oracle of long circular problems equals the direct one (on a size where both run).
 #[test]
 fn circular_fft_reference_is_the_direct_one() {
@@ -828,17 +943,26 @@ fn backward(
         }
         if path == BackwardPath::Monarch {
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
-            let params = monarch_backward_params(&params)
+            let launches = monarch_backward_launches(&params)
                 .ok_or_else(|| format!("not a Monarch backward: {params:?}"))?;
-            // `monarch_backward_shared_bytes` and `MonarchKernels::backward_for` of src/device.rs.
-            let rows = 1usize << (params.log2n.saturating_sub(8).max(4));
-            let shared = if gated { 3 } else { 2 } * 2 * rows * 264 * 2;
-            let kernel = if params.log2n > 12 {
-                Kernel::MonarchBackwardWide
-            } else {
-                Kernel::MonarchBackward
+            // From 32K: x (then T) and gated x' in tmp_v, d (then G) and the scales in tmp_d.
+            let b = Bindings {
+                tmp: Some(tmp_v),
+                other: Some(tmp_d),
+                ..base
             };
-            p.launch(kernel, shared, &params, &base);
+            for (kernel, params) in launches {
+                // `MonarchKernels::backward_function` of src/device.rs.
+                let sets = if gated { 3 } else { 2 };
+                let shared = match kernel {
+                    Kernel::MonarchBackward | Kernel::MonarchBackwardWide => {
+                        sets * 2 * (1usize << params.log2n.saturating_sub(8).max(4)) * 264 * 2
+                    }
+                    Kernel::MonarchBackwardMiddle => sets * 2 * 64 * 264 * 2,
+                    _ => 0,
+                };
+                p.launch(kernel, shared, &params, &b);
+            }
             p.launch(Kernel::TapsSum, 0, &sum_params, &base);
             for (&c, &full) in chunk_out.iter().zip(&full_out) {
                 prep.copy_rows_out(&mut p, chunk, c, full);
@@ -906,13 +1030,10 @@ fn backward(
     };
     let got = p.run(harness, prep.points, &format!("{name}-{file}"), &outputs)?;
     let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
-    let want = reference_backward(
-        spec,
-        &f64s(&inputs.u),
-        &f64s(&inputs.k),
-        gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
-        &f64s(&inputs.dy),
-    );
+    let gates64 = gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice()));
+    let (u64s, k64s, dy64s) = (f64s(&inputs.u), f64s(&inputs.k), f64s(&inputs.dy));
+    let want = circular_fft_backward(spec, &u64s, &k64s, gates64, &dy64s)
+        .unwrap_or_else(|| reference_backward(spec, &u64s, &k64s, gates64, &dy64s));
     let mut checks = vec![
         ("du", &got[0], &want.du),
         ("dk", &got[got.len() - 1], &want.dk),
@@ -1576,22 +1697,55 @@ fn monarch_tensor_core_pass_256_threads() {
     outcomes.finish();
 }
 
-/// `monarch_backward_params` of src/convolution.rs: the Monarch backward's launch parameters
-/// from the fused backward's (`fused_backward_params`), where it runs (N = 256 .. 16384, one
-/// segment per row; up to 4K 16 rows of 256 points per block, 2^(13 - log2 N) rows of the
-/// chunk; then one pair).
-fn monarch_backward_params(p: &PassParams) -> Option<PassParams> {
+/// `monarch_backward_launches` of src/convolution.rs (the harness's VEC: 4 f32 elements).
+fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_GATED, FLAG_WRAPS};
     let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
-    ((8..=14).contains(&p.log2n)
+    let ok = (8..=18).contains(&p.log2n)
         && p.blocks == 1
         && p.flags & !allowed == 0
         && p.seq_len % 4 == 0
-        && p.element_offset % 4 == 0)
-        .then(|| PassParams {
+        && p.element_offset % 4 == 0;
+    if !ok {
+        return None;
+    }
+    if p.log2n <= 14 {
+        let kernel = if p.log2n > 12 {
+            Kernel::MonarchBackwardWide
+        } else {
+            Kernel::MonarchBackward
+        };
+        let params = PassParams {
             lines_log2: 13u32.saturating_sub(p.log2n).max(1),
             ..*p
-        })
+        };
+        return Some(vec![(kernel, params)]);
+    }
+    if p.flags & FLAG_WRAPS != 0 && p.history != 0 {
+        return None;
+    }
+    let pairs = p.channels * p.pairs;
+    let with_lines = |total_lines: u32| PassParams {
+        total_lines,
+        line_log2: 14,
+        lines_log2: 0,
+        ..*p
+    };
+    Some(vec![
+        (Kernel::MonarchBackwardScales, with_lines(pairs)),
+        (
+            Kernel::MonarchBackwardColumnsForward,
+            with_lines(pairs * 64),
+        ),
+        (
+            Kernel::MonarchBackwardMiddle,
+            with_lines(pairs << (p.log2n - 14)),
+        ),
+        (
+            Kernel::MonarchBackwardColumnsInverse,
+            with_lines(pairs * 64),
+        ),
+    ])
 }
 
 /// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 16384: causal and
@@ -1650,6 +1804,28 @@ fn monarch_backward_256_threads() {
         // worst-case bound (a fixed scale for it left ~5 bits at 16K).
         ("n16k impulses", causal(2, 1, 8192, 8192), 1 << 30),
         ("n1k impulses", causal(2, 2, 512, 512), 1 << 30),
+        // From 32K: the column passes around 16K-point rows.
+        ("n32k causal", causal(2, 2, 16384, 16384), 1 << 30),
+        (
+            "n64k gated odd batch, rows 2^-16",
+            causal(3, 1, 32768, 20000).gated(true),
+            1 << 30,
+        ),
+        (
+            "n32k sparse",
+            causal(2, 1, 16384, 16384).keep_frequencies(0.25),
+            1 << 30,
+        ),
+        (
+            "n128k circular gated",
+            causal(2, 1, 131_072, 131_072).circular().gated(true),
+            1 << 30,
+        ),
+        (
+            "n256k circular impulses",
+            causal(2, 1, 262_144, 262_144).circular(),
+            1 << 30,
+        ),
     ];
     for (i, (label, builder, chunk_elems)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
@@ -1674,8 +1850,8 @@ fn monarch_backward_256_threads() {
             inputs.dy.iter_mut().for_each(|v| *v *= 9.536_743e-7);
         }
         if label.contains("impulses") {
-            // About 8 nonzero inputs per row of u and of dy.
-            let period = spec.length() / 8;
+            // About 16 nonzero inputs per row of u and of dy.
+            let period = spec.length() / 16;
             let keep = |i: usize, salt: usize| (i.wrapping_mul(2_654_435_761) ^ salt) % period == 0;
             for (i, v) in inputs.u.iter_mut().enumerate() {
                 if !keep(i, 0) {

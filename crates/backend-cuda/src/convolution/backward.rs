@@ -356,26 +356,35 @@ impl CudaConvolution {
         let shared_limit =
             crate::device::monarch_shared_limit(self.device.info().shared_memory_per_block_optin);
         let fits = crate::device::monarch_backward_shared_bytes(
-            self.spec.geometry().n().ilog2(),
+            self.spec
+                .geometry()
+                .n()
+                .ilog2()
+                .min(super::MONARCH_INNER_LOG2),
             self.spec.gated(),
         ) <= shared_limit;
         if let (Some(kernels), Some(layout), true) = (
             self.kernels.monarch.as_ref().filter(|_| self.monarch),
             filter.monarch.as_ref(),
-            fits && self.schedule.passes().len() == 1 && super::monarch_rows_aligned(&streams),
+            fits && super::monarch_rows_aligned(&streams),
         ) {
             let (params, sum_params) =
                 self.schedule
                     .fused_backward_params(chunk, compact, 0, threads_log2);
-            if let Some(mparams) = super::monarch_backward_params(&params, vec) {
+            if let Some(launches) = super::monarch_backward_launches(&params, vec) {
+                // From 32K the intermediates: x (then T) and gated x' in tmp_v, d (then G) and
+                // the pairs' scales in tmp_d.
                 let buffers = KernelBuffers {
                     spectrum: address(layout, stream),
+                    tmp: tmp_v,
+                    other: tmp_d,
                     ..base
                 };
-                let shared =
-                    crate::device::monarch_backward_shared_bytes(params.log2n, self.spec.gated());
-                let func = kernels.backward_for(params.log2n);
-                launch_kernel(stream, func, 256, shared, &mparams, &buffers)?;
+                for (kernel, p) in launches {
+                    let (func, shared) =
+                        kernels.backward_function(kernel, p.log2n, self.spec.gated());
+                    launch_kernel(stream, func, 256, shared, &p, &buffers)?;
+                }
                 return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
             }
         }

@@ -127,6 +127,10 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_scales, fftconv_monarch_columns_forward,
                           fftconv_monarch_middle, fftconv_monarch_columns_inverse,
                           fftconv_monarch_backward, fftconv_monarch_backward_wide,
+                          fftconv_monarch_backward_scales,
+                          fftconv_monarch_backward_columns_forward,
+                          fftconv_monarch_backward_middle,
+                          fftconv_monarch_backward_columns_inverse,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -135,12 +139,15 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_filter", "monarch", "monarch_wide", "monarch_scales",
                              "monarch_columns_forward", "monarch_middle",
                              "monarch_columns_inverse", "monarch_backward",
-                             "monarch_backward_wide",
+                             "monarch_backward_wide", "monarch_backward_scales",
+                             "monarch_backward_columns_forward", "monarch_backward_middle",
+                             "monarch_backward_columns_inverse",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
                            false, false, false, false, false, false, false, false, false,
+                           false, false, false, false,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
