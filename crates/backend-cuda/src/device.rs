@@ -55,11 +55,11 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
 /// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4M, and
-/// their backward up to 256K (one
-/// segment per row) through the Monarch tensor-core pass (`fftconv_monarch`; for 8K and 16K
-/// `fftconv_monarch_wide`; from 32K column passes around 16K-point rows with f16 intermediates:
+/// their backward up to 256K (one segment per row), through the Monarch tensor-core pass
+/// (`fftconv_monarch`; for 8K and 16K `fftconv_monarch_wide`; from 32K column passes around
+/// 16K-point rows with f16 intermediates; the backward's `fftconv_monarch_backward*` likewise):
 /// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
-/// 8.0 or newer); an experiment, unmeasured on a GPU so far (docs/perf.md).
+/// 8.0 or newer; an experiment, unmeasured on a GPU so far (docs/perf.md).
 pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 
 /// The kernel source (see its header for the passes and defines).

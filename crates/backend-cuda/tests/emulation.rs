@@ -1826,6 +1826,11 @@ fn monarch_backward_256_threads() {
             causal(2, 1, 262_144, 262_144).circular(),
             1 << 30,
         ),
+        (
+            "n256k circular",
+            causal(2, 1, 262_144, 262_144).circular(),
+            1 << 30,
+        ),
     ];
     for (i, (label, builder, chunk_elems)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
