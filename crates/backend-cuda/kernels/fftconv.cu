@@ -3448,6 +3448,33 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     }
 }
 
+// The block's share of a pair's maxima (float bits) of x = pre u and d = post dy per row, added
+// to row_max[x, d][row] (zeroed before, read after a barrier): one read of the pair's rows.
+__device__ __forceinline__ void mt_pair_maxima(const Params& pc, const Divisors& dv,
+                                               const Buffers& bf, const SegmentRow seg[2],
+                                               u32 (*row_max)[2]) {
+    const u32 n = 1u << pc.log2n, dy_flags = pc.flags | FLAG_BODY_ONLY;
+    u32 mx[2] = {0u, 0u}, md[2] = {0u, 0u};
+    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            float x[8], d[8];
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                mx[s] = max_u(mx[s], finite_bits(x[j]));
+                md[s] = max_u(md[s], finite_bits(d[j]));
+            }
+        }
+    }
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        shared_max(&row_max[0][s], mx[s]);
+        shared_max(&row_max[1][s], md[s]);
+    }
+}
+
 // In place on the plane sets' rows {a1 + 16 j : j < R} at columns col .. col + 7 (this thread's
 // unit): forward, the radix-R DFT over a2 of rows a1 + 16 a2, times W_N1^(a1 k2) and 1 / R, to
 // rows 16 k2 + a1; inverse, the way back (conj twiddle first, then the inverse radix-R and
@@ -3531,28 +3558,7 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     }
     const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
     __syncthreads();
-    // The maxima: a first read.
-    {
-        u32 mx[2] = {0u, 0u}, md[2] = {0u, 0u};
-        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
-#pragma unroll
-            for (u32 s = 0; s < 2u; s++) {
-                float x[8], d[8];
-                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
-                mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
-#pragma unroll
-                for (u32 j = 0; j < 8u; j++) {
-                    mx[s] = max_u(mx[s], finite_bits(x[j]));
-                    md[s] = max_u(md[s], finite_bits(d[j]));
-                }
-            }
-        }
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            shared_max(&row_max[0][s], mx[s]);
-            shared_max(&row_max[1][s], md[s]);
-        }
-    }
+    mt_pair_maxima(pc, dv, bf, seg, row_max); // a first read
     __syncthreads();
     const MtPairScales ps = mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
     // The second read, scaled, in natural order.
@@ -4148,25 +4154,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     for (u32 s = 0; s < 2u; s++) {
         seg[s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
     }
-    u32 mx[2] = {0u, 0u}, md[2] = {0u, 0u};
-    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            float x[8], d[8];
-            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
-            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
-#pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                mx[s] = max_u(mx[s], finite_bits(x[j]));
-                md[s] = max_u(md[s], finite_bits(d[j]));
-            }
-        }
-    }
-#pragma unroll
-    for (u32 s = 0; s < 2u; s++) {
-        shared_max(&row_max[0][s], mx[s]);
-        shared_max(&row_max[1][s], md[s]);
-    }
+    mt_pair_maxima(pc, dv, bf, seg, row_max);
     __syncthreads();
     const MtPairScales ps = mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
     float sx = 0.0f, sd = 0.0f;

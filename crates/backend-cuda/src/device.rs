@@ -312,45 +312,16 @@ impl CudaDevice {
             baseline_product: load("fftconv_baseline_product")?,
             baseline_crop: load("fftconv_baseline_crop")?,
             monarch: if key.monarch {
-                // fftconv_monarch has static shared memory only (the planes, 17 KiB);
-                // fftconv_monarch_wide up to 66 KiB of dynamic shared memory.
                 let get = |name: &str| {
                     module
                         .load_function(name)
                         .map_err(|e| CudaError::driver("cuModuleGetFunction", e))
                 };
-                let wide = get("fftconv_monarch_wide")?;
-                wide.set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    monarch_shared_bytes(14) as i32,
-                )
-                .map_err(|e| {
-                    CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
-                })?;
-                let middle = get("fftconv_monarch_middle")?;
-                middle
-                    .set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        monarch_shared_bytes(14) as i32,
-                    )
-                    .map_err(|e| {
-                        CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
-                    })?;
-                // From N_o = 32 the column passes' tiles: N_o x 32 complex f32, up to 64 KiB.
-                let columns = |name: &str| {
-                    let f = get(name)?;
-                    f.set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        monarch_tile_bytes(22) as i32,
-                    )
-                    .map_err(|e| {
-                        CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
-                    })?;
-                    Ok::<_, CudaError>(f)
-                };
-                // The backward's plane sets: two, three gated (50 KiB; 198 KiB at 16K, which
-                // only Hopper's 227 KiB per block holds: capped at this device's limit, and
-                // `launch_backward` takes the Monarch backward only where its size fits).
+                // The kernels with dynamic shared memory beyond the default 48 KiB, capped at
+                // this device's limit: the forward's wide rows and middle rows (66 KiB), the
+                // column passes' tiles (N_o x 32 complex f32 from N_o = 32, up to 64 KiB), and the
+                // backward's plane sets (two, three gated: 50 KiB; 198 KiB at 16K, which only
+                // Hopper's 227 KiB per block holds; `launch_backward` checks that its size fits).
                 let optin = monarch_shared_limit(self.info.shared_memory_per_block_optin);
                 let with_shared = |name: &str, bytes: u32| {
                     let f = get(name)?;
@@ -381,11 +352,17 @@ impl CudaDevice {
                     backward_columns_inverse: get("fftconv_monarch_backward_columns_inverse")?,
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
-                    wide,
+                    wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
                     scales: get("fftconv_monarch_scales")?,
-                    columns_forward: columns("fftconv_monarch_columns_forward")?,
-                    middle,
-                    columns_inverse: columns("fftconv_monarch_columns_inverse")?,
+                    columns_forward: with_shared(
+                        "fftconv_monarch_columns_forward",
+                        monarch_tile_bytes(22),
+                    )?,
+                    middle: with_shared("fftconv_monarch_middle", monarch_shared_bytes(14))?,
+                    columns_inverse: with_shared(
+                        "fftconv_monarch_columns_inverse",
+                        monarch_tile_bytes(22),
+                    )?,
                 })
             } else {
                 None

@@ -720,6 +720,29 @@ fn compare(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> Result<f64,
     }
 }
 
+/// The Monarch pass's filter (`fftconv_monarch_filter`, as `monarch_filter` of
+/// src/convolution.rs launches it) from the half spectrum `spectrum`: a new buffer.
+fn monarch_filter_layout(p: &mut Program, spec: &ConvSpec, spectrum: Buf, twiddles: Buf) -> Buf {
+    let n = spec.geometry().n();
+    let layout = p.nans(spec.channels() * (n + 2) * 2);
+    let filter_params = PassParams {
+        log2n: n.ilog2(),
+        line_log2: n.ilog2().min(14),
+        kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
+        channels: spec.channels() as u32,
+        total_lines: spec.channels() as u32,
+        ..PassParams::default()
+    };
+    let filter_bindings = Bindings {
+        spectrum: Some(spectrum),
+        twiddles: Some(twiddles),
+        tmp: Some(layout),
+        ..Bindings::default()
+    };
+    p.launch(Kernel::MonarchFilter, 0, &filter_params, &filter_bindings);
+    layout
+}
+
 /// The forward through the backend's steps (host I/O: compact chunk buffers); with `monarch`,
 /// as `launch_forward` runs the Monarch pass: the filter-layout kernel once, then one launch
 /// per chunk.
@@ -736,23 +759,7 @@ fn forward(
     let twiddles = p.data(&twiddle_tables(n));
     let mut spectrum = p.data(&filter_spectrum(spec, &inputs.k));
     if monarch {
-        let layout = p.nans(spec.channels() * (n + 2) * 2);
-        let filter_params = PassParams {
-            log2n: n.ilog2(),
-            line_log2: n.ilog2().min(14),
-            kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
-            channels: spec.channels() as u32,
-            total_lines: spec.channels() as u32,
-            ..PassParams::default()
-        };
-        let filter_bindings = Bindings {
-            spectrum: Some(spectrum),
-            twiddles: Some(twiddles),
-            tmp: Some(layout),
-            ..Bindings::default()
-        };
-        p.launch(Kernel::MonarchFilter, 0, &filter_params, &filter_bindings);
-        spectrum = layout;
+        spectrum = monarch_filter_layout(&mut p, spec, spectrum, twiddles);
     }
     let u = p.data(&inputs.u);
     let gates = inputs.gates.as_ref().map(|(a, b)| (p.data(a), p.data(b)));
@@ -859,23 +866,7 @@ fn backward(
     let twiddles = p.data(&twiddle_tables(n));
     let half_spectrum = p.data(&filter_spectrum(spec, &inputs.k));
     let spectrum = if path == BackwardPath::Monarch {
-        let layout = p.nans(spec.channels() * (n + 2) * 2);
-        let filter_params = PassParams {
-            log2n: n.ilog2(),
-            line_log2: n.ilog2().min(14),
-            kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
-            channels: spec.channels() as u32,
-            total_lines: spec.channels() as u32,
-            ..PassParams::default()
-        };
-        let filter_bindings = Bindings {
-            spectrum: Some(half_spectrum),
-            twiddles: Some(twiddles),
-            tmp: Some(layout),
-            ..Bindings::default()
-        };
-        p.launch(Kernel::MonarchFilter, 0, &filter_params, &filter_bindings);
-        layout
+        monarch_filter_layout(&mut p, spec, half_spectrum, twiddles)
     } else {
         half_spectrum
     };
