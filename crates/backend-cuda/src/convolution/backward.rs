@@ -348,8 +348,10 @@ impl CudaConvolution {
             u2: s.dy,
             y3: s.dpost,
         };
-        // The Monarch backward where this convolution runs the Monarch pass, the plan is one
-        // pass and the rows allow its 16-byte I/O: one kernel, then the taps summed.
+        // The Monarch backward where this convolution runs the Monarch pass, the problem is
+        // one it takes (`monarch_backward_launches`: 256 .. 256K), its shared memory fits this
+        // device and the rows allow its 16-byte I/O: one kernel (four from 32K), then the taps
+        // summed.
         let vec = 16 / self.spec.dtype().size_bytes() as u32;
         let streams = [s.u, s.dy, s.pre, s.post, s.du, s.dpre, s.dpost];
         let threads_log2 = self.kernels.threads.ilog2();
