@@ -3949,13 +3949,21 @@ __device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const 
     }
 }
 
+// N_o = 2 .. 16 (a thread per column) and 32 .. 256 (shared tiles) are separate entries, so
+// that the register columns are not held to the tiles' register count.
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
     switch (pc.log2n - MT_INNER_LOG2) {
     case 1u: mt_columns_forward<1>(pc, bf, dv); break;
     case 2u: mt_columns_forward<2>(pc, bf, dv); break;
     case 3u: mt_columns_forward<3>(pc, bf, dv); break;
-    case 4u: mt_columns_forward<4>(pc, bf, dv); break;
+    default: mt_columns_forward<4>(pc, bf, dv); break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_tile_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
     case 5u: mt_tile_columns_forward<4, 1>(pc, bf, dv); break;
     case 6u: mt_tile_columns_forward<2, 4>(pc, bf, dv); break;
     case 7u: mt_tile_columns_forward<3, 4>(pc, bf, dv); break;
@@ -3963,13 +3971,21 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS)
     }
 }
 
+// N_o = 2 .. 16 (a thread per column) and 32 .. 256 (shared tiles) are separate entries, so
+// that the register columns are not held to the tiles' register count.
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
     switch (pc.log2n - MT_INNER_LOG2) {
     case 1u: mt_columns_inverse<1>(pc, bf, dv); break;
     case 2u: mt_columns_inverse<2>(pc, bf, dv); break;
     case 3u: mt_columns_inverse<3>(pc, bf, dv); break;
-    case 4u: mt_columns_inverse<4>(pc, bf, dv); break;
+    default: mt_columns_inverse<4>(pc, bf, dv); break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_tile_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
     case 5u: mt_tile_columns_inverse<4, 1>(pc, bf, dv); break;
     case 6u: mt_tile_columns_inverse<2, 4>(pc, bf, dv); break;
     case 7u: mt_tile_columns_inverse<3, 4>(pc, bf, dv); break;

@@ -354,13 +354,15 @@ impl CudaDevice {
                     forward: get("fftconv_monarch")?,
                     wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
                     scales: get("fftconv_monarch_scales")?,
-                    columns_forward: with_shared(
-                        "fftconv_monarch_columns_forward",
+                    columns_forward: get("fftconv_monarch_columns_forward")?,
+                    tile_columns_forward: with_shared(
+                        "fftconv_monarch_tile_columns_forward",
                         monarch_tile_bytes(22),
                     )?,
                     middle: with_shared("fftconv_monarch_middle", monarch_shared_bytes(14))?,
-                    columns_inverse: with_shared(
-                        "fftconv_monarch_columns_inverse",
+                    columns_inverse: get("fftconv_monarch_columns_inverse")?,
+                    tile_columns_inverse: with_shared(
+                        "fftconv_monarch_tile_columns_inverse",
                         monarch_tile_bytes(22),
                     )?,
                 })
@@ -392,11 +394,14 @@ pub(crate) struct MonarchKernels {
     pub(crate) backward_columns_forward: CudaFunction,
     pub(crate) backward_middle: CudaFunction,
     pub(crate) backward_columns_inverse: CudaFunction,
-    /// N = 32K .. 4M: the rows' scales, the column passes and the 16K-point rows.
+    /// N = 32K .. 4M: the rows' scales, the column passes (a thread per column up to 256K,
+    /// shared tiles from 512K) and the 16K-point rows.
     pub(crate) scales: CudaFunction,
     pub(crate) columns_forward: CudaFunction,
+    pub(crate) tile_columns_forward: CudaFunction,
     pub(crate) middle: CudaFunction,
     pub(crate) columns_inverse: CudaFunction,
+    pub(crate) tile_columns_inverse: CudaFunction,
 }
 
 impl MonarchKernels {
@@ -431,9 +436,15 @@ impl MonarchKernels {
             MonarchKernel::Forward => (&self.forward, 0),
             MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),
             MonarchKernel::Scales => (&self.scales, 0),
-            MonarchKernel::ColumnsForward => (&self.columns_forward, monarch_tile_bytes(log2n)),
+            MonarchKernel::ColumnsForward if log2n > 18 => {
+                (&self.tile_columns_forward, monarch_tile_bytes(log2n))
+            }
+            MonarchKernel::ColumnsForward => (&self.columns_forward, 0),
             MonarchKernel::Middle => (&self.middle, monarch_shared_bytes(14)),
-            MonarchKernel::ColumnsInverse => (&self.columns_inverse, monarch_tile_bytes(log2n)),
+            MonarchKernel::ColumnsInverse if log2n > 18 => {
+                (&self.tile_columns_inverse, monarch_tile_bytes(log2n))
+            }
+            MonarchKernel::ColumnsInverse => (&self.columns_inverse, 0),
         }
     }
 }

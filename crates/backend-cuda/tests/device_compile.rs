@@ -64,8 +64,10 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 13] = [
+const MONARCH_ENTRIES: [&str; 15] = [
     "fftconv_monarch",
+    "fftconv_monarch_tile_columns_forward",
+    "fftconv_monarch_tile_columns_inverse",
     "fftconv_monarch_backward",
     "fftconv_monarch_backward_wide",
     "fftconv_monarch_backward_scales",

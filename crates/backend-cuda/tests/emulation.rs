@@ -226,6 +226,8 @@ enum Kernel {
     MonarchBackwardColumnsForward = 16,
     MonarchBackwardMiddle = 17,
     MonarchBackwardColumnsInverse = 18,
+    MonarchTileColumnsForward = 19,
+    MonarchTileColumnsInverse = 20,
 }
 
 impl From<PassKind> for Kernel {
@@ -791,15 +793,19 @@ fn forward(
                 .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
             for (kernel, params) in launches {
                 // `MonarchKernels::function` of src/device.rs.
-                let shared = match kernel {
-                    Kernel::MonarchWide => (1usize << (params.log2n - 8)) * 264 * 2 * 2,
-                    Kernel::MonarchMiddle => 64 * 264 * 2 * 2,
-                    Kernel::MonarchColumnsForward | Kernel::MonarchColumnsInverse
-                        if params.log2n > 18 =>
-                    {
-                        (1usize << (params.log2n - 14)) * 32 * 8
-                    }
-                    _ => 0,
+                let (kernel, shared) = match kernel {
+                    Kernel::MonarchWide => (kernel, (1usize << (params.log2n - 8)) * 264 * 2 * 2),
+                    Kernel::MonarchMiddle => (kernel, 64 * 264 * 2 * 2),
+                    // From 512K the column passes' shared tiles, their own entries.
+                    Kernel::MonarchColumnsForward if params.log2n > 18 => (
+                        Kernel::MonarchTileColumnsForward,
+                        (1usize << (params.log2n - 14)) * 32 * 8,
+                    ),
+                    Kernel::MonarchColumnsInverse if params.log2n > 18 => (
+                        Kernel::MonarchTileColumnsInverse,
+                        (1usize << (params.log2n - 14)) * 32 * 8,
+                    ),
+                    _ => (kernel, 0),
                 };
                 p.launch(kernel, shared, &params, &bindings);
             }

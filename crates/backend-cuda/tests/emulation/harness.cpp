@@ -131,6 +131,7 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_backward_columns_forward,
                           fftconv_monarch_backward_middle,
                           fftconv_monarch_backward_columns_inverse,
+                          fftconv_monarch_tile_columns_forward, fftconv_monarch_tile_columns_inverse,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -141,13 +142,14 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_columns_inverse", "monarch_backward",
                              "monarch_backward_wide", "monarch_backward_scales",
                              "monarch_backward_columns_forward", "monarch_backward_middle",
-                             "monarch_backward_columns_inverse",
+                             "monarch_backward_columns_inverse", "monarch_tile_columns_forward",
+                             "monarch_tile_columns_inverse",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
                            false, false, false, false, false, false, false, false, false,
-                           false, false, false, false,
+                           false, false, false, false, false, false,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
