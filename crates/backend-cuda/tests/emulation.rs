@@ -1522,6 +1522,42 @@ fn monarch_launches(steps: &[(PassKind, PassParams)]) -> Option<Vec<(Kernel, Pas
     ])
 }
 
+/// The Monarch tests' line for a case: its label and shape.
+fn monarch_case_line(test: &str, label: &str, spec: &ConvSpec, prep: &Prepared) -> String {
+    format!(
+        "{test}/{label}: B={} H={} L={} K={} N={} kept={} chunks {}",
+        spec.batch(),
+        spec.channels(),
+        spec.length(),
+        spec.filter_len(),
+        spec.geometry().n(),
+        spec.geometry().kept_bins,
+        prep.schedule.chunks().count()
+    )
+}
+
+/// Zeros all but about `per_row` values of each row of `values` (`[B, H, L]`), chosen by a
+/// multiplicative hash of the index (with `salt`): few impulses, a flat spectrum.
+fn keep_impulses(values: &mut [f32], spec: &ConvSpec, per_row: usize, salt: usize) {
+    let period = spec.length() / per_row;
+    for (i, v) in values.iter_mut().enumerate() {
+        if (i.wrapping_mul(2_654_435_761) ^ salt) % period != 0 {
+            *v = 0.0;
+        }
+    }
+}
+
+/// Multiplies the odd batch rows of `values` (`[B, H, L]`) by `factor`: each pair's second
+/// row far smaller than its first.
+fn scale_odd_batch_rows(values: &mut [f32], spec: &ConvSpec, factor: f32) {
+    let row = spec.channels() * spec.length();
+    for (b, rows) in values.chunks_mut(row).enumerate() {
+        if b % 2 == 1 {
+            rows.iter_mut().for_each(|v| *v *= factor);
+        }
+    }
+}
+
 /// The Monarch pass (f16 operands, so the f16 tolerance) on every size it takes (N = 256 ..
 /// 16384: N1 = 1 .. 64 rows per pair, `fftconv_monarch_wide` from 8K; 32K .. 1M of 4M: column
 /// passes around 16K-point rows), causal and circular,
@@ -1656,36 +1692,15 @@ fn monarch_tensor_core_pass_256_threads() {
             *v *= k_scale;
         }
         if label.contains("impulses") {
-            // About 8 nonzero inputs per row: flat, small spectra (no coherent sums to keep the
-            // f16 planes high in their range).
-            let period = spec.length() / 8;
-            for (i, v) in inputs.u.iter_mut().enumerate() {
-                if i.wrapping_mul(2_654_435_761) % period != 0 {
-                    *v = 0.0;
-                }
-            }
+            // Flat, small spectra (no coherent sums to keep the f16 planes high in their range).
+            keep_impulses(&mut inputs.u, &spec, 8, 0);
         }
         if label.contains("rows 2^-20") {
-            // The odd batch rows 2^20 times smaller than their pair partners (the even rows):
-            // each must keep its own precision (checked per row) although the column DFTs of
-            // the long sizes mix a pair's two rows.
-            let row = spec.channels() * spec.length();
-            for (b, rows) in inputs.u.chunks_mut(row).enumerate() {
-                if b % 2 == 1 {
-                    rows.iter_mut().for_each(|v| *v *= 9.536_743e-7);
-                }
-            }
+            // Each row must keep its own precision (checked per row) although the column DFTs
+            // of the long sizes mix a pair's two rows.
+            scale_odd_batch_rows(&mut inputs.u, &spec, 9.536_743e-7);
         }
-        let what = format!(
-            "{test}/{label}: B={} H={} L={} K={} N={} kept={} chunks {}",
-            spec.batch(),
-            spec.channels(),
-            spec.length(),
-            spec.filter_len(),
-            spec.geometry().n(),
-            spec.geometry().kept_bins,
-            prep.schedule.chunks().count()
-        );
+        let what = monarch_case_line(test, label, &spec, &prep);
         outcomes.record(
             &what,
             forward(&harness, &prep, &inputs, &format!("{test}-{i}"), true),
@@ -1833,49 +1848,19 @@ fn monarch_backward_256_threads() {
         let spec = builder.build().expect("spec");
         let prep = Prepared::new(&spec, MONARCH_POINTS, chunk_elems, TENSOR_CORE_TOLERANCE);
         let mut inputs = Inputs::new(&spec, &mut rng);
-        let row = spec.channels() * spec.length();
         if label.contains("rows 2^-16") {
-            // Odd batch rows 2^16 smaller than their partners (u and dy): each row's du, dpre and
-            // dpost keep their precision (checked per row).
-            for (b, rows) in inputs.u.chunks_mut(row).enumerate() {
-                if b % 2 == 1 {
-                    rows.iter_mut().for_each(|v| *v *= 1.525_878_9e-5);
-                }
-            }
-            for (b, rows) in inputs.dy.chunks_mut(row).enumerate() {
-                if b % 2 == 1 {
-                    rows.iter_mut().for_each(|v| *v *= 1.525_878_9e-5);
-                }
-            }
+            // u and dy: each row's du, dpre and dpost keep their precision (checked per row).
+            scale_odd_batch_rows(&mut inputs.u, &spec, 1.525_878_9e-5);
+            scale_odd_batch_rows(&mut inputs.dy, &spec, 1.525_878_9e-5);
         }
         if label.contains("dy 2^-20") {
             inputs.dy.iter_mut().for_each(|v| *v *= 9.536_743e-7);
         }
         if label.contains("impulses") {
-            // About 16 nonzero inputs per row of u and of dy.
-            let period = spec.length() / 16;
-            let keep = |i: usize, salt: usize| (i.wrapping_mul(2_654_435_761) ^ salt) % period == 0;
-            for (i, v) in inputs.u.iter_mut().enumerate() {
-                if !keep(i, 0) {
-                    *v = 0.0;
-                }
-            }
-            for (i, v) in inputs.dy.iter_mut().enumerate() {
-                if !keep(i, 12_345) {
-                    *v = 0.0;
-                }
-            }
+            keep_impulses(&mut inputs.u, &spec, 16, 0);
+            keep_impulses(&mut inputs.dy, &spec, 16, 12_345);
         }
-        let what = format!(
-            "{test}/{label}: B={} H={} L={} K={} N={} kept={} chunks {}",
-            spec.batch(),
-            spec.channels(),
-            spec.length(),
-            spec.filter_len(),
-            spec.geometry().n(),
-            spec.geometry().kept_bins,
-            prep.schedule.chunks().count()
-        );
+        let what = monarch_case_line(test, label, &spec, &prep);
         outcomes.record(
             &what,
             backward(
