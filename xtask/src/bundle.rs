@@ -217,6 +217,10 @@ if [ "${1:-}" != "--no-bench" ]; then
         --keep-frequencies 1,0.25
     bench bench-monarch-thunderkittens 60 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype bf16 \
         --circular --sizes 4K --shape 16x1024 --reps 5
+    # 32K .. 128K: one thread-block cluster per pair (sm_90, the default with the Monarch pass
+    # there; bench-monarch above ran it) against the four launches through global memory.
+    bench bench-monarch-no-cluster 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_CLUSTER=0 \
+        --backend cuda --dtype f16 --sizes 32K..128K --reps 5
 fi
 if [ "${1:-}" != "--no-bench" ]; then
     # 2. The main table: forward, backward, 75% sparsity, up to 64K (CUDA; cuFFT in the same run).

@@ -742,7 +742,8 @@ __device__ __forceinline__ void dit_round(cpx* s, const Params& pc, const Buffer
 #if defined(FFTCONV_HOST_EMULATION)
 // Host builds: the warp-level instructions are emulated with an exchange through static arrays
 // and __syncwarp (the harness runs each thread as a fiber), following the PTX ISA's fragment
-// layouts for mma.m16n8k16 (.row.col, f16 x f16 + f32).
+// layouts for mma.m16n8k16 (.row.col, f16 x f16 + f32). The arrays have a slot per fiber
+// (`emu_slot()` of shim.h: the blocks of a cluster run their fibers side by side).
 __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
     _Float16 l = (_Float16)lo;
     _Float16 h = (_Float16)hi;
@@ -758,12 +759,12 @@ __device__ __forceinline__ float f16_value(u32 bits) {
     return (float)h;
 }
 __device__ __forceinline__ void tc_syncwarp() { __syncwarp(); }
-static u32 emu_warp_value[THREADS];
+static u32 emu_warp_value[EMU_SLOTS];
 // The value of `v` in lane `src` of the calling thread's warp (all lanes take part).
 __device__ __forceinline__ u32 shfl_idx(u32 v, u32 src) {
-    emu_warp_value[threadIdx.x] = v;
+    emu_warp_value[emu_slot()] = v;
     __syncwarp();
-    u32 out = emu_warp_value[(threadIdx.x & ~31u) + (src & 31u)];
+    u32 out = emu_warp_value[(emu_slot() & ~31u) + (src & 31u)];
     __syncwarp();
     return out;
 }
@@ -771,20 +772,20 @@ __device__ __forceinline__ u32 shfl_idx(u32 v, u32 src) {
 __device__ __forceinline__ u32 shfl_xor(u32 v, u32 mask) {
     return shfl_idx(v, (threadIdx.x & 31u) ^ mask);
 }
-static u32 emu_mma_a[THREADS][4];
-static u32 emu_mma_b[THREADS][2];
+static u32 emu_mma_a[EMU_SLOTS][4];
+static u32 emu_mma_b[EMU_SLOTS][2];
 // d = A (16 x 16) * B (16 x 8) + c. Fragments (lane = 4 group + tig): A element i at row
 // group + 8 ((i >> 1) & 1), column 2 tig + (i & 1) + 8 (i >> 2); B element i at row
 // 2 tig + (i & 1) + 8 (i >> 1), column group; C/D element i at row group + 8 (i >> 1), column
 // 2 tig + (i & 1). Element 2m is the low half of register m.
 __device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 b[2],
                                           const float c[4]) {
-    u32 warp_first = threadIdx.x & ~31u;
+    u32 warp_first = emu_slot() & ~31u;
     for (int r = 0; r < 4; r++) {
-        emu_mma_a[threadIdx.x][r] = a[r];
+        emu_mma_a[emu_slot()][r] = a[r];
     }
-    emu_mma_b[threadIdx.x][0] = b[0];
-    emu_mma_b[threadIdx.x][1] = b[1];
+    emu_mma_b[emu_slot()][0] = b[0];
+    emu_mma_b[emu_slot()][1] = b[1];
     __syncwarp();
     float A[16][16];
     float B[16][8];
@@ -2381,14 +2382,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #define MT_ROW 264u // halves per shared row: 256 points and 8 of padding (ldmatrix bank spread)
 
 #if defined(FFTCONV_HOST_EMULATION)
-static const u16* emu_ldsm_row[THREADS];
-static u32 emu_movm[THREADS];
+static const u16* emu_ldsm_row[EMU_SLOTS];
+static u32 emu_movm[EMU_SLOTS];
 // ldmatrix.x4.trans: matrix j's row i starts at lane 8 j + i's pointer; lane l receives
 // (row 2 (l & 3), col l >> 2) and (row 2 (l & 3) + 1, col l >> 2) of each matrix.
 __device__ __forceinline__ void ldsm_x4_trans(const u16* row, u32 r[4]) {
-    emu_ldsm_row[threadIdx.x] = row;
+    emu_ldsm_row[emu_slot()] = row;
     __syncwarp();
-    u32 w0 = threadIdx.x & ~31u, l = threadIdx.x & 31u;
+    u32 w0 = emu_slot() & ~31u, l = threadIdx.x & 31u;
     for (u32 j = 0; j < 4u; j++) {
         const u16* r0 = emu_ldsm_row[w0 + 8u * j + 2u * (l & 3u)];
         const u16* r1 = emu_ldsm_row[w0 + 8u * j + 2u * (l & 3u) + 1u];
@@ -2398,9 +2399,9 @@ __device__ __forceinline__ void ldsm_x4_trans(const u16* row, u32 r[4]) {
 }
 // movmatrix.trans: lane L holds M[L >> 2][2 (L & 3) + h]; returns M^T in the same layout.
 __device__ __forceinline__ u32 movm_trans(u32 v) {
-    emu_movm[threadIdx.x] = v;
+    emu_movm[emu_slot()] = v;
     __syncwarp();
-    u32 w0 = threadIdx.x & ~31u, l = threadIdx.x & 31u;
+    u32 w0 = emu_slot() & ~31u, l = threadIdx.x & 31u;
     u32 out = 0u;
     for (u32 h = 0; h < 2u; h++) {
         u32 row = 2u * (l & 3u) + h, col = l >> 2;
@@ -3756,43 +3757,93 @@ __device__ __forceinline__ MtColumn mt_column(u32 block) {
     return MtColumn{block >> tiles_log2, ((block & ((1u << tiles_log2) - 1u)) << 8) + threadIdx.x};
 }
 
+// Column n_i of a pair whose rows are `seg` with scale exponents e: the scaled rows' N_o values,
+// the N_o-point DFT / N_o in f32 registers and W_N^(n_i k_o); put(k_o, w) stores row k_o's f16
+// word w.
+template <u32 O_LOG2, typename Put>
+__device__ __forceinline__ void mt_column_forward(const Params& pc, const Buffers& bf,
+                                                  const Divisors& dv, const SegmentRow seg[2],
+                                                  const u32 e[2], u32 ni, Put put) {
+    constexpr u32 NO = 1u << O_LOG2;
+    cpx z[NO];
+    // The row scales and 1 / N_o (exponents 13 .. 253, so 9 .. 253 here).
+    float sc0 = bits_float((e[0] - O_LOG2) << 23), sc1 = bits_float((e[1] - O_LOG2) << 23);
+#pragma unroll
+    for (u32 o = 0; o < NO; o++) {
+        u32 pos = ni + (o << MT_INNER_LOG2);
+        z[o] = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg[0], pos) * sc0,
+                  segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg[1], pos) * sc1);
+    }
+    mt_dft_registers<O_LOG2, true>(pc, bf, z);
+#pragma unroll
+    for (u32 k = 0; k < NO; k++) {
+        cpx v = k == 0u ? z[0] : cmul(z[k], root(pc, bf, ni * k, pc.log2n));
+        put(k, pack_f16x2(v.x, v.y));
+    }
+}
+
+// The inverse of mt_column_forward after the middle rows: get(k_o) reads row k_o's f16 word;
+// conj W_N^(n_i k_o), the inverse N_o-point DFT, the scales undone, post-gated, to y.
+template <u32 O_LOG2, typename Get>
+__device__ __forceinline__ void mt_column_inverse(const Params& pc, const Buffers& bf,
+                                                  const SegmentRow seg[2], u32 h, const u32 e[2],
+                                                  u32 ni, Get get) {
+    constexpr u32 NO = 1u << O_LOG2;
+    cpx z[NO];
+#pragma unroll
+    for (u32 k = 0; k < NO; k++) {
+        u32 w = get(k);
+        z[k] = mk(half_float(w), half_float(w >> 16));
+        if (k != 0u) {
+            z[k] = cmul(z[k], conj_c(root(pc, bf, ni * k, pc.log2n)));
+        }
+    }
+    mt_dft_registers<O_LOG2, false>(pc, bf, z);
+    // Undo N_o (the forward column DFT's 1 / N_o), (2 N_i)^2 of the middle pass's DFT matrices,
+    // s_k of the filter and the row scale.
+    const u32 n = 1u << pc.log2n;
+    float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
+    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    float common = (float)NO * ci * ci;
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        float f = sk * bits_float((254u - e[s]) << 23) * common;
+#pragma unroll
+        for (u32 o = 0; o < NO; o++) {
+            store_segment_at(pc, bf.y, bf.post, seg[s], ni + (o << MT_INNER_LOG2),
+                             (s == 0u ? z[o].x : z[o].y) * f);
+        }
+    }
+}
+
+// The two rows of pair `pair` (of channel h).
+__device__ __forceinline__ void mt_pair_rows(const Params& pc, const Divisors& dv, u32 pair, u32 h,
+                                             SegmentRow seg[2]) {
+    seg[0] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs), h);
+    seg[1] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + 1u, h);
+}
+
 template <u32 O_LOG2>
 __device__ __forceinline__ void mt_columns_forward(const Params& pc, const Buffers& bf,
                                                    const Divisors& dv) {
-    constexpr u32 NO = 1u << O_LOG2;
     const u32 b = block_index();
     if (b >= pc.total_lines) {
         return;
     }
     MtColumn c = mt_column(b);
     const u32 h = udiv(c.pair, dv.pairs);
-    const u32* e = mt_scales(pc, bf, c.pair);
-    cpx z[NO];
-    {
-        SegmentRow seg0 = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs), h);
-        SegmentRow seg1 = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs) + 1u, h);
-        // The row scales and 1 / N_o (exponents 13 .. 253, so 9 .. 253 here).
-        float sc0 = bits_float((e[0] - O_LOG2) << 23), sc1 = bits_float((e[1] - O_LOG2) << 23);
-#pragma unroll
-        for (u32 o = 0; o < NO; o++) {
-            u32 pos = c.ni + (o << MT_INNER_LOG2);
-            z[o] = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg0, pos) * sc0,
-                      segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg1, pos) * sc1);
-        }
-    }
-    mt_dft_registers<O_LOG2, true>(pc, bf, z);
+    const u32* sp = mt_scales(pc, bf, c.pair);
+    const u32 e[2] = {sp[0], sp[1]};
+    SegmentRow seg[2];
+    mt_pair_rows(pc, dv, c.pair, h, seg);
     u32* out = (u32*)bf.tmp + ((u64)c.pair << pc.log2n) + c.ni;
-#pragma unroll
-    for (u32 k = 0; k < NO; k++) {
-        cpx v = k == 0u ? z[0] : cmul(z[k], root(pc, bf, c.ni * k, pc.log2n));
-        out[k << MT_INNER_LOG2] = pack_f16x2(v.x, v.y);
-    }
+    mt_column_forward<O_LOG2>(pc, bf, dv, seg, e, c.ni,
+                              [&](u32 k, u32 w) { out[k << MT_INNER_LOG2] = w; });
 }
 
 template <u32 O_LOG2>
 __device__ __forceinline__ void mt_columns_inverse(const Params& pc, const Buffers& bf,
                                                    const Divisors& dv) {
-    constexpr u32 NO = 1u << O_LOG2;
     const u32 b = block_index();
     if (b >= pc.total_lines) {
         return;
@@ -3800,33 +3851,12 @@ __device__ __forceinline__ void mt_columns_inverse(const Params& pc, const Buffe
     MtColumn c = mt_column(b);
     const u32 h = udiv(c.pair, dv.pairs);
     const u32* in = (const u32*)bf.tmp + ((u64)c.pair << pc.log2n) + c.ni;
-    cpx z[NO];
-#pragma unroll
-    for (u32 k = 0; k < NO; k++) {
-        u32 w = in[k << MT_INNER_LOG2];
-        z[k] = mk(half_float(w), half_float(w >> 16));
-        if (k != 0u) {
-            z[k] = cmul(z[k], conj_c(root(pc, bf, c.ni * k, pc.log2n)));
-        }
-    }
-    mt_dft_registers<O_LOG2, false>(pc, bf, z);
-    // Undo N_o (the forward column DFT's 1 / N_o), (2 N_i)^2 of the middle pass's DFT matrices,
-    // s_k of the filter and the row scale.
-    const u32* e = mt_scales(pc, bf, c.pair);
-    const u32 n = 1u << pc.log2n;
-    float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
-    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
-    float common = (float)NO * ci * ci;
-#pragma unroll
-    for (u32 s = 0; s < 2u; s++) {
-        SegmentRow seg = locate_segment(pc, dv, 2u * (c.pair - h * pc.pairs) + s, h);
-        float f = sk * bits_float((254u - e[s]) << 23) * common;
-#pragma unroll
-        for (u32 o = 0; o < NO; o++) {
-            store_segment_at(pc, bf.y, bf.post, seg, c.ni + (o << MT_INNER_LOG2),
-                             (s == 0u ? z[o].x : z[o].y) * f);
-        }
-    }
+    const u32* sp = mt_scales(pc, bf, c.pair);
+    const u32 e[2] = {sp[0], sp[1]};
+    SegmentRow seg[2];
+    mt_pair_rows(pc, dv, c.pair, h, seg);
+    mt_column_inverse<O_LOG2>(pc, bf, seg, h, e, c.ni,
+                              [&](u32 k) { return in[k << MT_INNER_LOG2]; });
 }
 
 // N_o = 32 .. 256 (512K .. 4M): N_o complex values do not fit a thread's registers, so a block
@@ -3993,65 +4023,72 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS)
     }
 }
 
-// Row k_o of pair p (block p N_o + k_o): fftconv_monarch_wide's steps for N1 = 64 rows of 256
-// (R = 4) on the intermediate's f16 words, which are already scaled (no maxima; the radix step's
-// 1 / 4 applied as it runs), with the filter bins k_o + N_o k_i, written back in place without
-// the final scales (the inverse column pass applies them).
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
-    fftconv_monarch_middle(const Params pc, const Buffers bf, const Divisors dv) {
+// Row k_o of pair `pair`: fftconv_monarch_wide's steps for N1 = 64 rows of 256 (R = 4) on the
+// intermediate's f16 words `words` (16K, 256 per row r = a1 + 16 a2), which are already scaled
+// (no maxima; the radix step's 1 / 4 applied as it runs), with the filter bins k_o + N_o k_i,
+// written back in place without the final scales (the inverse column pass applies them).
+// ALIASED: the words lie in shared memory under the planes (fftconv_monarch_cluster), so the
+// load step reads all of a thread's words before any thread writes the planes, and the store
+// step reads all its planes before any thread writes the words.
+template <bool ALIASED>
+__device__ __forceinline__ void mt_middle_row(const Params& pc, const Buffers& bf,
+                                              const Divisors& dv, u32 pair, u32 ko, u32* words,
+                                              MtPlanes pl) {
     constexpr u32 R_LOG2 = 2u, R = 4u, ROWS = 64u;
-    const u32 b = block_index();
-    if (b >= pc.total_lines) {
-        return; // uniform over the block
-    }
-    const u32 o_log2 = pc.log2n - MT_INNER_LOG2;
-    const u32 pair = b >> o_log2, ko = b & ((1u << o_log2) - 1u);
+    constexpr u32 UNITS = ALIASED ? 2u : 1u; // units (mt_unit) held in registers at once
     const u32 n = 1u << pc.log2n;
     Params rp = pc; // the row transform's parameters: its twiddles are W_(N_i)
     rp.log2n = MT_INNER_LOG2;
-    u16* base = (u16*)smem;
-    MtPlanes pl = {{base, base + ROWS * MT_ROW}};
     const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     const u32 h = udiv(pair, dv.pairs);
-    u32* words = (u32*)bf.tmp + ((u64)pair << pc.log2n) + ((u64)ko << MT_INNER_LOG2);
 
     // Load: the radix-4 DFT over a2 and W_64^(a1 k2), to shared row 16 k2 + a1.
 #pragma unroll 1
-    for (u32 j = 0; j < 2u; j++) {
-        MtUnit m = mt_unit(j);
-        Quad q[R][2];
+    for (u32 j0 = 0; j0 < 2u; j0 += UNITS) {
+        Quad q[UNITS][R][2];
 #pragma unroll
-        for (u32 a2 = 0; a2 < R; a2++) {
-            const Quad* src = (const Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
-            q[a2][0] = src[0];
-            q[a2][1] = src[1];
-        }
-        cpx w[R];
+        for (u32 u = 0; u < UNITS; u++) {
+            MtUnit m = mt_unit(j0 + u);
 #pragma unroll
-        for (u32 k2 = 0; k2 < R; k2++) {
-            w[k2] = root(pc, bf, m.a1 * k2, R_LOG2 + 4u);
-        }
-#pragma unroll
-        for (u32 p = 0; p < 8u; p += 2u) {
-            cpx z[2][R];
-#pragma unroll
-            for (u32 hp = 0; hp < 2u; hp++) {
-#pragma unroll
-                for (u32 a2 = 0; a2 < R; a2++) {
-                    u32 v = q[a2][(p + hp) >> 2].w[(p + hp) & 3u];
-                    z[hp][a2] = mk(half_float(v) * 0.25f, half_float(v >> 16) * 0.25f);
-                }
-                mt_radix<R_LOG2, true>(z[hp]);
-#pragma unroll
-                for (u32 k2 = 1; k2 < R; k2++) {
-                    z[hp][k2] = cmul(z[hp][k2], w[k2]);
-                }
+            for (u32 a2 = 0; a2 < R; a2++) {
+                const Quad* src = (const Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
+                q[u][a2][0] = src[0];
+                q[u][a2][1] = src[1];
             }
+        }
+        if (ALIASED) {
+            __syncthreads(); // uniform: one iteration
+        }
+#pragma unroll
+        for (u32 u = 0; u < UNITS; u++) {
+            MtUnit m = mt_unit(j0 + u);
+            cpx w[R];
 #pragma unroll
             for (u32 k2 = 0; k2 < R; k2++) {
-                u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + p;
-                *(u32*)&pl.p[0][at] = pack_f16x2(z[0][k2].x, z[1][k2].x);
-                *(u32*)&pl.p[1][at] = pack_f16x2(z[0][k2].y, z[1][k2].y);
+                w[k2] = root(pc, bf, m.a1 * k2, R_LOG2 + 4u);
+            }
+#pragma unroll
+            for (u32 p = 0; p < 8u; p += 2u) {
+                cpx z[2][R];
+#pragma unroll
+                for (u32 hp = 0; hp < 2u; hp++) {
+#pragma unroll
+                    for (u32 a2 = 0; a2 < R; a2++) {
+                        u32 v = q[u][a2][(p + hp) >> 2].w[(p + hp) & 3u];
+                        z[hp][a2] = mk(half_float(v) * 0.25f, half_float(v >> 16) * 0.25f);
+                    }
+                    mt_radix<R_LOG2, true>(z[hp]);
+#pragma unroll
+                    for (u32 k2 = 1; k2 < R; k2++) {
+                        z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                    }
+                }
+#pragma unroll
+                for (u32 k2 = 0; k2 < R; k2++) {
+                    u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + p;
+                    *(u32*)&pl.p[0][at] = pack_f16x2(z[0][k2].x, z[1][k2].x);
+                    *(u32*)&pl.p[1][at] = pack_f16x2(z[0][k2].y, z[1][k2].y);
+                }
             }
         }
     }
@@ -4076,46 +4113,211 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
 
     // Store: conj W_64^(a1 k2), the inverse radix-4 over k2 with 1 / 4, back to the words.
 #pragma unroll 1
-    for (u32 j = 0; j < 2u; j++) {
-        MtUnit m = mt_unit(j);
-        cpx w[R];
+    for (u32 j0 = 0; j0 < 2u; j0 += UNITS) {
+        Quad q[UNITS][R][2];
 #pragma unroll
-        for (u32 k2 = 0; k2 < R; k2++) {
-            w[k2] = conj_c(root(pc, bf, m.a1 * k2, R_LOG2 + 4u));
-        }
-        Quad q[R][2];
-#pragma unroll
-        for (u32 p = 0; p < 8u; p += 2u) {
-            cpx z[2][R];
+        for (u32 u = 0; u < UNITS; u++) {
+            MtUnit m = mt_unit(j0 + u);
+            cpx w[R];
 #pragma unroll
             for (u32 k2 = 0; k2 < R; k2++) {
-                u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + p;
-                u32 re = *(const u32*)&pl.p[0][at], im = *(const u32*)&pl.p[1][at];
-                z[0][k2] = mk(half_float(re), half_float(im));
-                z[1][k2] = mk(half_float(re >> 16), half_float(im >> 16));
+                w[k2] = conj_c(root(pc, bf, m.a1 * k2, R_LOG2 + 4u));
             }
 #pragma unroll
-            for (u32 hp = 0; hp < 2u; hp++) {
+            for (u32 p = 0; p < 8u; p += 2u) {
+                cpx z[2][R];
 #pragma unroll
-                for (u32 k2 = 1; k2 < R; k2++) {
-                    z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                for (u32 k2 = 0; k2 < R; k2++) {
+                    u32 at = (16u * k2 + m.a1) * MT_ROW + m.col + p;
+                    u32 re = *(const u32*)&pl.p[0][at], im = *(const u32*)&pl.p[1][at];
+                    z[0][k2] = mk(half_float(re), half_float(im));
+                    z[1][k2] = mk(half_float(re >> 16), half_float(im >> 16));
                 }
-                mt_radix<R_LOG2, false>(z[hp]);
 #pragma unroll
-                for (u32 a2 = 0; a2 < R; a2++) {
-                    q[a2][(p + hp) >> 2].w[(p + hp) & 3u] =
-                        pack_f16x2(z[hp][a2].x * 0.25f, z[hp][a2].y * 0.25f);
+                for (u32 hp = 0; hp < 2u; hp++) {
+#pragma unroll
+                    for (u32 k2 = 1; k2 < R; k2++) {
+                        z[hp][k2] = cmul(z[hp][k2], w[k2]);
+                    }
+                    mt_radix<R_LOG2, false>(z[hp]);
+#pragma unroll
+                    for (u32 a2 = 0; a2 < R; a2++) {
+                        q[u][a2][(p + hp) >> 2].w[(p + hp) & 3u] =
+                            pack_f16x2(z[hp][a2].x * 0.25f, z[hp][a2].y * 0.25f);
+                    }
                 }
             }
         }
+        if (ALIASED) {
+            __syncthreads(); // uniform: one iteration
+        }
 #pragma unroll
-        for (u32 a2 = 0; a2 < R; a2++) {
-            Quad* dst = (Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
-            dst[0] = q[a2][0];
-            dst[1] = q[a2][1];
+        for (u32 u = 0; u < UNITS; u++) {
+            MtUnit m = mt_unit(j0 + u);
+#pragma unroll
+            for (u32 a2 = 0; a2 < R; a2++) {
+                Quad* dst = (Quad*)(words + (m.a1 + 16u * a2) * 256u + m.col);
+                dst[0] = q[u][a2][0];
+                dst[1] = q[u][a2][1];
+            }
         }
     }
 }
+
+// Row k_o of pair p (block p N_o + k_o), in place in bf.tmp.
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_middle(const Params pc, const Buffers bf, const Divisors dv) {
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const u32 o_log2 = pc.log2n - MT_INNER_LOG2;
+    const u32 pair = b >> o_log2, ko = b & ((1u << o_log2) - 1u);
+    u16* base = (u16*)smem;
+    MtPlanes pl = {{base, base + 64u * MT_ROW}};
+    u32* words = (u32*)bf.tmp + ((u64)pair << pc.log2n) + ((u64)ko << MT_INNER_LOG2);
+    mt_middle_row<false>(pc, bf, dv, pair, ko, words, pl);
+}
+
+// ---- the Monarch pass for N = 32K .. 128K on sm_90: a thread-block cluster per pair -------------
+//
+// The long path's three steps without the trips through bf.tmp: the N_o = 2, 4, 8 blocks of a
+// cluster (__cluster_dims__, one kernel per N_o) hold one 16K-point row k_o = rank each, as f16
+// words in their shared memory, and exchange them through distributed shared memory (`mapa`):
+//   1. the rows' maxima over the block's positions n_o = rank; cluster barrier; each block reads
+//      every block's maxima, so all take the same row scales (mt_row_scale_exponent);
+//   2. the forward column DFTs of the block's 16K / N_o columns (mt_column_forward), row k_o's
+//      word to block k_o's stage; cluster barrier;
+//   3. the block's row (mt_middle_row, on the stage, which the planes alias); cluster barrier;
+//   4. the inverse column DFTs of its columns from every block's stage (mt_column_inverse), to
+//      y; a last cluster barrier, so that no block leaves while another reads its stage.
+// Global traffic is the floor's (u read once, y written once) plus u's second read in step 2
+// (from L2: the pair's rows were read in step 1 moments before).
+#define MT_CLUSTER_REGION_BYTES (64u * MT_ROW * 2u * 2u) // the planes; the 64 KiB stage under them
+#define MT_CLUSTER_BYTES (MT_CLUSTER_REGION_BYTES + 16u)  // then the block's two row maxima
+
+// The cluster kernels exist for sm_90 and newer (and the emulation); MT_CLUSTERS=1 forces them
+// (tests/device_compile.rs, whose clang may stop at sm_80, assembles them for sm_90 then).
+#ifndef MT_CLUSTERS
+#if defined(FFTCONV_HOST_EMULATION) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+#define MT_CLUSTERS 1
+#else
+#define MT_CLUSTERS 0
+#endif
+#endif
+
+#if MT_CLUSTERS
+#if defined(FFTCONV_HOST_EMULATION)
+__device__ __forceinline__ char* mt_cluster_smem() { return (char*)emu_block_smem(); }
+__device__ __forceinline__ void cluster_sync() { emu_cluster_sync(); }
+template <typename T>
+__device__ __forceinline__ T* cluster_map(T* p, u32 rank) {
+    return (T*)emu_map_shared((const void*)p, rank);
+}
+#else
+__device__ __forceinline__ char* mt_cluster_smem() { return (char*)smem; }
+// Every thread of every block of the cluster (arrive has release, wait acquire semantics).
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+}
+// The generic address of *p's counterpart in the shared memory of the cluster's block `rank`.
+template <typename T>
+__device__ __forceinline__ T* cluster_map(T* p, u32 rank) {
+    u64 out;
+    asm("mapa.u64 %0, %1, %2;" : "=l"(out) : "l"((u64)p), "r"(rank));
+    return (T*)out;
+}
+#endif
+
+template <u32 O_LOG2>
+__device__ __forceinline__ void mt_cluster(const Params& pc, const Buffers& bf, const Divisors& dv) {
+    constexpr u32 NO = 1u << O_LOG2;
+    constexpr u32 SLICE = (1u << MT_INNER_LOG2) >> O_LOG2; // columns per block
+    const u32 b = block_index();
+    const u32 pair = b >> O_LOG2, rank = b & (NO - 1u); // rank = %cluster_ctarank (1-D grid)
+    if (pair >= (pc.total_lines >> O_LOG2)) {
+        return; // whole clusters: uniform over each
+    }
+    char* base = mt_cluster_smem();
+    u32* stage = (u32*)base;
+    MtPlanes pl = {{(u16*)base, (u16*)base + 64u * MT_ROW}};
+    u32* maxima = (u32*)(base + MT_CLUSTER_REGION_BYTES);
+    const u32 h = udiv(pair, dv.pairs);
+    SegmentRow seg[2];
+    mt_pair_rows(pc, dv, pair, h, seg);
+
+    // 1. The rows' maxima over this block's positions, then over the cluster's.
+    if (threadIdx.x < 2u) {
+        maxima[threadIdx.x] = 0u;
+    }
+    __syncthreads();
+    const u32 first = rank << MT_INNER_LOG2, end = first + (1u << MT_INNER_LOG2);
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        u32 mx = 0u;
+        for (u32 pos = first + 8u * threadIdx.x; pos < end; pos += 8u * MT_THREADS) {
+            float x[8];
+            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                mx = max_u(mx, finite_bits(x[j]));
+            }
+        }
+        shared_max(&maxima[s], mx);
+    }
+    cluster_sync(); // every block's maxima in place (and every block of the cluster running)
+    u32 e[2];
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        u32 m = 0u;
+#pragma unroll
+        for (u32 r = 0; r < NO; r++) {
+            m = max_u(m, cluster_map(maxima, r)[s]);
+        }
+        e[s] = mt_row_scale_exponent(m);
+    }
+
+    // 2. The forward columns: row k_o of each to block k_o's stage.
+    u32* rows[NO];
+#pragma unroll
+    for (u32 k = 0; k < NO; k++) {
+        rows[k] = cluster_map(stage, k);
+    }
+#pragma unroll 1
+    for (u32 c = threadIdx.x; c < SLICE; c += MT_THREADS) {
+        const u32 ni = rank * SLICE + c;
+        mt_column_forward<O_LOG2>(pc, bf, dv, seg, e, ni, [&](u32 k, u32 w) { rows[k][ni] = w; });
+    }
+    cluster_sync(); // every stage complete
+
+    // 3. This block's row, in place.
+    mt_middle_row<true>(pc, bf, dv, pair, rank, stage, pl);
+    cluster_sync(); // every row transformed
+
+    // 4. The inverse columns, from every block's stage to y.
+#pragma unroll 1
+    for (u32 c = threadIdx.x; c < SLICE; c += MT_THREADS) {
+        const u32 ni = rank * SLICE + c;
+        mt_column_inverse<O_LOG2>(pc, bf, seg, h, e, ni, [&](u32 k) { return rows[k][ni]; });
+    }
+    cluster_sync(); // no block leaves while another may read its stage
+}
+
+extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_cluster2(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_cluster<1>(pc, bf, dv);
+}
+
+extern "C" __global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_cluster4(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_cluster<2>(pc, bf, dv);
+}
+
+extern "C" __global__ void __cluster_dims__(8, 1, 1) __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_cluster8(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_cluster<3>(pc, bf, dv);
+}
+#endif // MT_CLUSTERS
 
 // ---- the Monarch backward for N = 32K .. 256K: the long path's four kernels for two inputs ----
 //

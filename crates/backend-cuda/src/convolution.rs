@@ -437,12 +437,14 @@ impl CudaConvolution {
         let table = twiddle_tables(n);
         let twiddles = upload(&dev.stream, &table)?;
         let vec = 16 / spec.dtype().size_bytes() as u32;
-        let monarch = kernels.monarch.is_some()
-            && schedule.chunks().all(|chunk| {
+        let monarch = kernels.monarch.as_ref().is_some_and(|m| {
+            schedule.chunks().all(|chunk| {
                 [true, false].iter().all(|&host| {
-                    monarch_launches(&schedule.forward_steps(chunk, host), vec).is_some()
+                    let steps = schedule.forward_steps(chunk, host);
+                    monarch_launches(&steps, vec, m.clusters.is_some()).is_some()
                 })
-            });
+            })
+        });
         Ok(CudaConvolution {
             device: dev,
             spec: spec.clone(),
@@ -919,7 +921,13 @@ impl CudaConvolution {
         if let (Some(kernels), Some(layout), Some(launches)) = (
             self.kernels.monarch.as_ref().filter(|_| self.monarch),
             filter.monarch.as_ref(),
-            monarch_launches(&steps, 16 / self.spec.dtype().size_bytes() as u32)
+            self.kernels
+                .monarch
+                .as_ref()
+                .and_then(|m| {
+                    let vec = 16 / self.spec.dtype().size_bytes() as u32;
+                    monarch_launches(&steps, vec, m.clusters.is_some())
+                })
                 .filter(|_| monarch_rows_aligned(&[u, buffers.pre, buffers.post, buffers.y])),
         ) {
             let buffers = KernelBuffers {
@@ -927,7 +935,9 @@ impl CudaConvolution {
                 ..buffers
             };
             for (kernel, params) in launches {
-                let (func, shared) = kernels.function(kernel, params.log2n);
+                let (func, shared) = kernels.function(kernel, params.log2n).ok_or_else(|| {
+                    CudaError::unsupported("a Monarch cluster launch without the cluster kernels")
+                })?;
                 launch_kernel(stream, func, 256, shared, &params, &buffers)?;
             }
             return Ok(());
@@ -1079,6 +1089,9 @@ pub(crate) enum MonarchKernel {
     Middle,
     /// `fftconv_monarch_columns_inverse`: the inverse column DFTs to `y`.
     ColumnsInverse,
+    /// `fftconv_monarch_cluster2` / `4` / `8` (sm_90): the whole forward of N = 32K .. 128K,
+    /// a cluster of N / 16K blocks per pair, each holding one 16K-point row.
+    Cluster,
 }
 
 /// log2 of the Monarch pass's row length from 32K (`MT_INNER_LOG2` of the kernel file).
@@ -1090,10 +1103,12 @@ pub(crate) const MONARCH_INNER_LOG2: u32 = 14;
 /// blocks hold 16 rows of 256 points, 2^(12 - log2 N) pairs, beyond that one pair) or, for
 /// N = 32K .. 4M, column passes around a fused step (four launches: row scales, forward
 /// columns, the 16K-point rows, inverse columns; every block one pair, and 256 columns (32 from
-/// 512K), or one row).
+/// 512K), or one row). With `clusters` (the device has the cluster kernels), N = 32K .. 128K
+/// is one cluster launch instead (a block per 16K-point row, N / 16K blocks a cluster).
 pub(crate) fn monarch_launches(
     steps: &[(PassKind, PassParams)],
     vec: u32,
+    clusters: bool,
 ) -> Option<Vec<(MonarchKernel, PassParams)>> {
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     let extra = FLAG_GATED | FLAG_WRAPS;
@@ -1152,6 +1167,11 @@ pub(crate) fn monarch_launches(
         total_lines,
         ..base
     };
+    let rows = pairs.checked_mul(1 << (first.log2n - MONARCH_INNER_LOG2))?;
+    // A 1-D grid of whole clusters (`launch_kernel`'s grid is 1-D up to i32::MAX blocks).
+    if clusters && first.log2n <= MONARCH_INNER_LOG2 + 3 && rows <= i32::MAX as u32 {
+        return Some(vec![(MonarchKernel::Cluster, with_lines(rows))]);
+    }
     // 256 columns per block (one per thread) up to N_o = 16, then 32 (a shared tile).
     let columns_log2 = if first.log2n - MONARCH_INNER_LOG2 > 4 {
         5
@@ -1159,7 +1179,6 @@ pub(crate) fn monarch_launches(
         8
     };
     let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - columns_log2))?;
-    let rows = pairs.checked_mul(1 << (first.log2n - MONARCH_INNER_LOG2))?;
     Some(vec![
         (MonarchKernel::Scales, with_lines(pairs)),
         (MonarchKernel::ColumnsForward, with_lines(columns)),
@@ -1294,8 +1313,9 @@ mod tests {
         };
         let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
         for log2n in 8..=14 {
-            let launches = monarch_launches(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS), 8)
-                .expect("a one-pass forward of N = 256 .. 16384");
+            let launches =
+                monarch_launches(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS), 8, true)
+                    .expect("a one-pass forward of N = 256 .. 16384");
             let [(kernel, p)] = launches[..] else {
                 panic!("one launch: {launches:?}");
             };
@@ -1311,26 +1331,29 @@ mod tests {
                 }
             );
         }
-        assert!(monarch_launches(&fused(7, 1, io), 8).is_none());
-        assert!(monarch_launches(&fused(15, 1, io), 8).is_none());
-        assert!(monarch_launches(&fused(12, 3, io), 8).is_none());
-        assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER), 8).is_none());
-        assert!(monarch_launches(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE), 8).is_none());
+        assert!(monarch_launches(&fused(7, 1, io), 8, true).is_none());
+        assert!(monarch_launches(&fused(15, 1, io), 8, true).is_none());
+        assert!(monarch_launches(&fused(12, 3, io), 8, true).is_none());
+        assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER), 8, true).is_none());
+        assert!(
+            monarch_launches(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE), 8, true).is_none()
+        );
         let mut two = fused(12, 1, io);
         two.push(two[0]);
-        assert!(monarch_launches(&two, 8).is_none());
+        assert!(monarch_launches(&two, 8, true).is_none());
         // Rows the kernels' 16-byte I/O cannot take.
         let mut ragged = fused(12, 1, io);
         ragged[0].1.seq_len = 203;
-        assert!(monarch_launches(&ragged, 8).is_none());
+        assert!(monarch_launches(&ragged, 8, true).is_none());
         ragged[0].1.seq_len = 208;
         ragged[0].1.element_offset = 4;
-        assert!(monarch_launches(&ragged, 8).is_none());
+        assert!(monarch_launches(&ragged, 8, true).is_none());
 
         // Column passes around a fused step: the schedule's steps for 32K .. 256K.
         for (log2n, gated, circular) in [
             (15, false, false),
             (16, true, false),
+            (17, false, true),
             (18, false, true),
             (19, false, false),
             (22, true, false),
@@ -1355,7 +1378,7 @@ mod tests {
             let chunk = schedule.chunks().next().expect("a chunk");
             let steps = schedule.forward_steps(chunk, false);
             assert!(steps.len() >= 3, "{log2n}: {steps:?}");
-            let launches = monarch_launches(&steps, 8).expect("a Monarch problem");
+            let launches = monarch_launches(&steps, 8, false).expect("a Monarch problem");
             let kernels: Vec<MonarchKernel> = launches.iter().map(|l| l.0).collect();
             assert_eq!(
                 kernels,
@@ -1370,7 +1393,17 @@ mod tests {
             let lines: Vec<u32> = launches.iter().map(|l| l.1.total_lines).collect();
             let columns = if log2n > 18 { pairs * 512 } else { pairs * 64 };
             assert_eq!(lines, [pairs, columns, pairs << (log2n - 14), columns]);
-            for (_, p) in &launches {
+            // With the cluster kernels (sm_90): one launch of a block per 16K-point row up to
+            // 128K, the four launches beyond.
+            let clustered = monarch_launches(&steps, 8, true).expect("a Monarch problem");
+            if log2n <= 17 {
+                assert_eq!(clustered.len(), 1, "{log2n}: {clustered:?}");
+                assert_eq!(clustered[0].0, MonarchKernel::Cluster);
+                assert_eq!(clustered[0].1.total_lines, pairs << (log2n - 14));
+            } else {
+                assert_eq!(clustered, launches);
+            }
+            for (_, p) in launches.iter().chain(&clustered) {
                 assert_eq!((p.log2n, p.line_log2, p.lines_log2), (log2n, 14, 0));
                 assert_eq!(p.flags & io, io);
                 assert_eq!(p.flags & FLAG_GATED != 0, gated);

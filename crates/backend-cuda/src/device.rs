@@ -61,6 +61,11 @@ pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
 /// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
 /// 8.0 or newer; an experiment, unmeasured on a GPU so far (docs/perf.md).
 pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
+/// Environment variable: `0` keeps the Monarch pass's forward of N = 32K .. 128K on compute
+/// capability 9.0 and newer in its four launches through global memory instead of one
+/// thread-block cluster per pair (`fftconv_monarch_cluster2/4/8`: the 16K-point rows
+/// exchanged through distributed shared memory), for A/B runs. Unmeasured on a GPU so far.
+pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -365,6 +370,19 @@ impl CudaDevice {
                         "fftconv_monarch_tile_columns_inverse",
                         monarch_tile_bytes(22),
                     )?,
+                    // In the module for sm_90 and newer only (`MT_CLUSTERS` of the kernel file).
+                    clusters: if self.info.compute_capability.0 >= 9
+                        && !std::env::var(MONARCH_CLUSTER_ENV).is_ok_and(|v| v.trim() == "0")
+                        && monarch_cluster_bytes() <= optin
+                    {
+                        Some([
+                            with_shared("fftconv_monarch_cluster2", monarch_cluster_bytes())?,
+                            with_shared("fftconv_monarch_cluster4", monarch_cluster_bytes())?,
+                            with_shared("fftconv_monarch_cluster8", monarch_cluster_bytes())?,
+                        ])
+                    } else {
+                        None
+                    },
                 })
             } else {
                 None
@@ -402,6 +420,10 @@ pub(crate) struct MonarchKernels {
     pub(crate) middle: CudaFunction,
     pub(crate) columns_inverse: CudaFunction,
     pub(crate) tile_columns_inverse: CudaFunction,
+    /// N = 32K, 64K, 128K on sm_90 and newer: one launch, a cluster of N / 16K blocks per pair
+    /// (`fftconv_monarch_cluster2`, `4`, `8`); `None` before sm_90 or when turned off
+    /// ([`MONARCH_CLUSTER_ENV`]).
+    pub(crate) clusters: Option<[CudaFunction; 3]>,
 }
 
 impl MonarchKernels {
@@ -430,9 +452,14 @@ impl MonarchKernels {
         }
     }
 
-    /// `kernel`'s function for N = 2^log2n, and its dynamic shared memory.
-    pub(crate) fn function(&self, kernel: MonarchKernel, log2n: u32) -> (&CudaFunction, u32) {
-        match kernel {
+    /// `kernel`'s function for N = 2^log2n, and its dynamic shared memory (`None`: a cluster
+    /// kernel where they are not loaded).
+    pub(crate) fn function(
+        &self,
+        kernel: MonarchKernel,
+        log2n: u32,
+    ) -> Option<(&CudaFunction, u32)> {
+        Some(match kernel {
             MonarchKernel::Forward => (&self.forward, 0),
             MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),
             MonarchKernel::Scales => (&self.scales, 0),
@@ -445,7 +472,11 @@ impl MonarchKernels {
                 (&self.tile_columns_inverse, monarch_tile_bytes(log2n))
             }
             MonarchKernel::ColumnsInverse => (&self.columns_inverse, 0),
-        }
+            MonarchKernel::Cluster => {
+                let i = log2n.clamp(15, 17) as usize - 15;
+                (&self.clusters.as_ref()?[i], monarch_cluster_bytes())
+            }
+        })
     }
 }
 
@@ -470,6 +501,13 @@ pub(crate) fn monarch_tile_bytes(log2n: u32) -> u32 {
     } else {
         0
     }
+}
+
+/// Dynamic shared memory of the Monarch cluster kernels (`MT_CLUSTER_BYTES` of the kernel file):
+/// the 16K-point row's planes (66 KiB, the 64 KiB stage of f16 words under them), then the
+/// block's two row maxima.
+pub(crate) fn monarch_cluster_bytes() -> u32 {
+    monarch_shared_bytes(14) + 16
 }
 
 /// Dynamic shared memory of `fftconv_monarch_wide` at N = 2^log2n (8K, 16K; 16K for

@@ -82,6 +82,17 @@ const MONARCH_ENTRIES: [&str; 15] = [
     "fftconv_monarch_columns_inverse",
 ];
 
+/// The Monarch pass's cluster kernels: in Monarch modules for sm_90 and newer only.
+const MONARCH_CLUSTER_ENTRIES: [&str; 3] = [
+    "fftconv_monarch_cluster2",
+    "fftconv_monarch_cluster4",
+    "fftconv_monarch_cluster8",
+];
+
+/// Inline PTX of the cluster kernels (distributed shared memory and the cluster barrier).
+const MONARCH_CLUSTER_PTX: [&str; 3] =
+    ["mapa.u64", "barrier.cluster.arrive", "barrier.cluster.wait"];
+
 /// Inline PTX of the Monarch pass.
 const MONARCH_PTX: [&str; 4] = [
     "mma.sync.aligned.m16n8k16",
@@ -180,6 +191,12 @@ fn variants() -> Vec<Variant> {
 }
 
 impl Variant {
+    /// Whether the module has the Monarch cluster kernels (`fftconv_monarch_cluster*`: the
+    /// Monarch pass for sm_90 and newer).
+    fn has_clusters(&self) -> bool {
+        self.monarch && matches!(self.arch, Arch::Newest)
+    }
+
     fn defines(&self, arch: &str) -> Vec<String> {
         let io = match self.io {
             Io::F32 => "IO_F32",
@@ -200,6 +217,9 @@ impl Variant {
             format!("-DMONARCH_TC={}", u32::from(self.monarch)),
         ]
         .into_iter()
+        // The newest target's Monarch module has the cluster kernels (sm_90); a clang that stops
+        // at sm_80 is told to compile them anyway (`assemble` then assembles them for sm_90).
+        .chain((self.has_clusters() && arch != "sm_90").then(|| "-DMT_CLUSTERS=1".to_owned()))
         .chain(
             self.specialized()
                 .then(|| {
@@ -414,6 +434,23 @@ fn check_ptx(variant: &Variant, arch: &str, ptx: &str) -> Vec<String> {
             ));
         }
     }
+    let clusters = variant.has_clusters();
+    for name in MONARCH_CLUSTER_ENTRIES {
+        if has_entry(ptx, name) != clusters {
+            problems.push(format!(
+                "`.entry {name}` with MONARCH_TC={} for {arch}",
+                u32::from(variant.monarch)
+            ));
+        }
+    }
+    for needle in MONARCH_CLUSTER_PTX {
+        if ptx.contains(needle) != clusters {
+            problems.push(format!(
+                "`{needle}` with MONARCH_TC={} for {arch}",
+                u32::from(variant.monarch)
+            ));
+        }
+    }
     problems
 }
 
@@ -500,11 +537,16 @@ fn assemble(ptxas: &Path, label: &str, ptx_path: &Path) -> Result<(), String> {
     let cubin = ptx_path.with_extension("cubin");
     // `movmatrix` (the Monarch pass) needs PTX ISA 7.8, which NVRTC on the GPU machine emits
     // (CUDA 13: 9.0) but clang 15 does not declare (7.0): such files get the newer version line.
+    // The cluster kernels (`mapa`) need an sm_90 target, which a clang that stops at sm_80
+    // cannot write: their files get that target line.
     let text = std::fs::read_to_string(ptx_path).map_err(|e| format!("{label}: {e}"))?;
     let ptx_path = if text.contains("movmatrix") && text.contains(".version 7.0") {
         let newer = ptx_path.with_extension("isa78.ptx");
-        std::fs::write(&newer, text.replacen(".version 7.0", ".version 7.8", 1))
-            .map_err(|e| format!("{label}: {e}"))?;
+        let mut text = text.replacen(".version 7.0", ".version 7.8", 1);
+        if text.contains("mapa.u64") {
+            text = text.replacen(".target sm_80", ".target sm_90", 1);
+        }
+        std::fs::write(&newer, text).map_err(|e| format!("{label}: {e}"))?;
         newer
     } else {
         ptx_path.to_path_buf()

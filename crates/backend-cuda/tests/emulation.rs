@@ -228,6 +228,9 @@ enum Kernel {
     MonarchBackwardColumnsInverse = 18,
     MonarchTileColumnsForward = 19,
     MonarchTileColumnsInverse = 20,
+    MonarchCluster2 = 21,
+    MonarchCluster4 = 22,
+    MonarchCluster8 = 23,
 }
 
 impl From<PassKind> for Kernel {
@@ -745,16 +748,28 @@ fn monarch_filter_layout(p: &mut Program, spec: &ConvSpec, spectrum: Buf, twiddl
     layout
 }
 
-/// The forward through the backend's steps (host I/O: compact chunk buffers); with `monarch`,
-/// as `launch_forward` runs the Monarch pass: the filter-layout kernel once, then one launch
-/// per chunk.
+/// Which of the backend's forward paths `forward` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForwardPath {
+    /// The schedule's steps.
+    Steps,
+    /// The Monarch pass as `launch_forward` runs it without clusters (before sm_90).
+    Monarch,
+    /// The Monarch pass with its cluster kernels (sm_90) where they apply (32K .. 128K).
+    MonarchCluster,
+}
+
+/// The forward through the backend's steps (host I/O: compact chunk buffers), or as
+/// `launch_forward` runs the Monarch pass (`path`): the filter-layout kernel once, then its
+/// launches per chunk.
 fn forward(
     harness: &Path,
     prep: &Prepared,
     inputs: &Inputs,
     name: &str,
-    monarch: bool,
+    path: ForwardPath,
 ) -> Result<String, String> {
+    let monarch = path != ForwardPath::Steps;
     let spec = &prep.spec;
     let n = spec.geometry().n();
     let mut p = Program::default();
@@ -789,13 +804,16 @@ fn forward(
         p.fill_nan(yc);
         let steps = prep.schedule.forward_steps(chunk, true);
         if monarch {
-            let launches = monarch_launches(&steps)
+            let launches = monarch_launches(&steps, path == ForwardPath::MonarchCluster)
                 .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
             for (kernel, params) in launches {
                 // `MonarchKernels::function` of src/device.rs.
                 let (kernel, shared) = match kernel {
                     Kernel::MonarchWide => (kernel, (1usize << (params.log2n - 8)) * 264 * 2 * 2),
                     Kernel::MonarchMiddle => (kernel, 64 * 264 * 2 * 2),
+                    Kernel::MonarchCluster2 | Kernel::MonarchCluster4 | Kernel::MonarchCluster8 => {
+                        (kernel, 64 * 264 * 2 * 2 + 16)
+                    }
                     // From 512K the column passes' shared tiles, their own entries.
                     Kernel::MonarchColumnsForward if params.log2n > 18 => (
                         Kernel::MonarchTileColumnsForward,
@@ -1257,7 +1275,7 @@ fn check_variant(
         let name = format!("{test}-{i}");
         // The backward's step schedule always (the path of devices whose shared memory does
         // not hold the fused backward), and the fused backward kernel where the backend runs it.
-        let result = forward(&harness, &prep, &inputs, &name, false).and_then(|f| {
+        let result = forward(&harness, &prep, &inputs, &name, ForwardPath::Steps).and_then(|f| {
             let steps = backward(&harness, &prep, &inputs, &name, BackwardPath::Steps)?;
             Ok(match prep.fused_backward_rows() {
                 Some(l) => {
@@ -1446,8 +1464,11 @@ const MONARCH_POINTS: usize = 16384;
 
 /// `monarch_launches` of src/convolution.rs: the Monarch pass's launches where it can run a
 /// chunk's forward (one segment per row; one fused step of N = 256 .. 16384, or column passes
-/// around one for 32K .. 256K).
-fn monarch_launches(steps: &[(PassKind, PassParams)]) -> Option<Vec<(Kernel, PassParams)>> {
+/// around one for 32K .. 4M; with `cluster`, one cluster launch for 32K .. 128K).
+fn monarch_launches(
+    steps: &[(PassKind, PassParams)],
+    cluster: bool,
+) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     let extra = FLAG_GATED | FLAG_WRAPS;
@@ -1506,6 +1527,15 @@ fn monarch_launches(steps: &[(PassKind, PassParams)]) -> Option<Vec<(Kernel, Pas
         total_lines,
         ..base
     };
+    let o_log2 = first.log2n - 14;
+    if cluster && o_log2 <= 3 {
+        let kernel = [
+            Kernel::MonarchCluster2,
+            Kernel::MonarchCluster4,
+            Kernel::MonarchCluster8,
+        ][o_log2 as usize - 1];
+        return Some(vec![(kernel, with_lines(pairs << o_log2))]);
+    }
     let columns = if first.log2n > 18 {
         pairs * 512
     } else {
@@ -1575,7 +1605,7 @@ fn monarch_tensor_core_pass_256_threads() {
     let seed = outcomes.seed;
     let mut rng = StdRng::seed_from_u64(seed);
     let causal = ConvSpec::builder;
-    let cases: Vec<(&str, ConvSpecBuilder, usize, f32)> = vec![
+    let cases: Vec<MonarchCase> = vec![
         ("n256 causal", causal(4, 3, 128, 128), 1 << 30, 1.0),
         (
             "n512 causal odd batch",
@@ -1684,10 +1714,34 @@ fn monarch_tensor_core_pass_256_threads() {
             1.0,
         ),
     ];
+    monarch_forward_cases(
+        &harness,
+        &mut outcomes,
+        &mut rng,
+        cases,
+        ForwardPath::Monarch,
+    );
+    outcomes.finish();
+}
+
+/// A Monarch forward case: label, problem, chunk elements, filter factor.
+type MonarchCase = (&'static str, ConvSpecBuilder, usize, f32);
+
+/// Runs the Monarch forward `cases` along `path`: random inputs (impulse rows where the label
+/// says "impulses", odd batch rows of 2^-20 where it says "rows 2^-20"), each case recorded.
+fn monarch_forward_cases(
+    harness: &Path,
+    outcomes: &mut Outcomes,
+    rng: &mut StdRng,
+    cases: Vec<MonarchCase>,
+    path: ForwardPath,
+) {
+    let test = outcomes.test.clone();
+    let test = test.as_str();
     for (i, (label, builder, chunk_elems, k_scale)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
         let prep = Prepared::new(&spec, MONARCH_POINTS, chunk_elems, TENSOR_CORE_TOLERANCE);
-        let mut inputs = Inputs::new(&spec, &mut rng);
+        let mut inputs = Inputs::new(&spec, rng);
         for v in &mut inputs.k {
             *v *= k_scale;
         }
@@ -1703,9 +1757,66 @@ fn monarch_tensor_core_pass_256_threads() {
         let what = monarch_case_line(test, label, &spec, &prep);
         outcomes.record(
             &what,
-            forward(&harness, &prep, &inputs, &format!("{test}-{i}"), true),
+            forward(harness, &prep, &inputs, &format!("{test}-{i}"), path),
         );
     }
+}
+
+/// The Monarch pass's cluster kernels (sm_90: `fftconv_monarch_cluster2/4/8`, one launch for
+/// N = 32K .. 128K, the rows exchanged through distributed shared memory): the harness runs a
+/// cluster's blocks side by side as fibers, each with its own shared memory, `mapa` as the same
+/// offset in another block's, and the cluster barrier across all of them. Causal, circular,
+/// gated, frequency-sparse, odd batch, several chunks, impulses, a filter of 2^-40 and rows
+/// 2^20 apart.
+#[test]
+fn monarch_cluster_256_threads() {
+    let test = "monarch_cluster_256_threads";
+    let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let mut outcomes = Outcomes::new(test);
+    let mut rng = StdRng::seed_from_u64(outcomes.seed);
+    let causal = ConvSpec::builder;
+    let cases: Vec<MonarchCase> = vec![
+        (
+            "n32k causal sparse chunked",
+            causal(4, 1, 16384, 9000).keep_frequencies(0.25),
+            2 * 16384,
+            1.0,
+        ),
+        (
+            "n32k circular filter 2^-40, rows 2^-20",
+            causal(2, 2, 32768, 32768).circular(),
+            1 << 30,
+            9.094_947e-13,
+        ),
+        (
+            "n64k gated odd batch",
+            causal(3, 1, 32768, 20000).gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n64k circular impulses",
+            causal(2, 1, 65_536, 65_536).circular(),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n128k circular gated, rows 2^-20",
+            causal(2, 1, 131_072, 131_072).circular().gated(true),
+            1 << 30,
+            1.0,
+        ),
+    ];
+    monarch_forward_cases(
+        &harness,
+        &mut outcomes,
+        &mut rng,
+        cases,
+        ForwardPath::MonarchCluster,
+    );
     outcomes.finish();
 }
 

@@ -8,6 +8,9 @@
 #define __shared__ __attribute__((shared))
 #define __forceinline__ __inline__ __attribute__((always_inline))
 #define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
+// NVRTC's compile-time cluster size; clang 15 has no such attribute, and the PTX then lacks the
+// `.reqnctapercluster` line NVRTC writes (ptxas takes the cluster instructions without it).
+#define __cluster_dims__(...)
 #include <__clang_cuda_builtin_vars.h>
 __device__ __forceinline__ void __syncwarp(unsigned int mask = 0xffffffffu) {
     asm volatile("bar.warp.sync %0;" ::"r"(mask) : "memory");

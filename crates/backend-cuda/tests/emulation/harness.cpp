@@ -33,6 +33,15 @@
 //   flipped on odd blocks), so a round reading what a missing barrier leaves unfinished shows up
 //   whichever side (lower or higher threads) it reads from.
 //
+// Cluster kernels (CLUSTER[kernel] > 1 blocks per cluster, `__cluster_dims__`; fibers only, a
+// 1-D grid of whole clusters): the fibers of all the cluster's blocks run side by side (fiber f
+// is thread f % THREADS of block rank f / THREADS; blockIdx, threadIdx and `emu_rank` are set as
+// each is switched in), each block with its own dynamic shared memory (`cluster_smem`, NaN at
+// the start, guard points checked after the cluster), `mapa` the same offset in another block's
+// (`emu_map_shared`: an address outside the caller's launch bytes fails the run), and the
+// cluster barrier waits for every fiber of the cluster (a fiber finishing while others wait at
+// it, or reaching it after another finished, is a divergence).
+//
 // Checks beyond the results: every buffer has guard words on both sides, checked after each
 // command (a kernel writing outside its buffers fails the run); shared memory is NaN before each
 // block (a read of anything the block did not write shows up as NaN), and guard points after the
@@ -132,6 +141,8 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_backward_middle,
                           fftconv_monarch_backward_columns_inverse,
                           fftconv_monarch_tile_columns_forward, fftconv_monarch_tile_columns_inverse,
+                          fftconv_monarch_cluster2, fftconv_monarch_cluster4,
+                          fftconv_monarch_cluster8,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -143,16 +154,33 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_backward_wide", "monarch_backward_scales",
                              "monarch_backward_columns_forward", "monarch_backward_middle",
                              "monarch_backward_columns_inverse", "monarch_tile_columns_forward",
-                             "monarch_tile_columns_inverse",
+                             "monarch_tile_columns_inverse", "monarch_cluster2",
+                             "monarch_cluster4", "monarch_cluster8",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
                            false, false, false, false, false, false, false, false, false,
-                           false, false, false, false, false, false,
+                           false, false, false, false, false, false, false, false, false,
+#endif
+};
+// Blocks per cluster (`__cluster_dims__`; 1: no cluster).
+const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
+#if MONARCH_TC
+                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
+static_assert(sizeof(NAMES) / sizeof(NAMES[0]) == KERNEL_COUNT &&
+                  sizeof(PER_THREAD) / sizeof(PER_THREAD[0]) == KERNEL_COUNT &&
+                  sizeof(CLUSTER) / sizeof(CLUSTER[0]) == KERNEL_COUNT,
+              "one NAMES, PER_THREAD and CLUSTER entry per kernel");
+
+// The dynamic shared memory of each block of a cluster launch (`emu_block_smem`), as `smem`.
+alignas(16) cpx cluster_smem[EMU_MAX_CLUSTER][SMEM_POINTS + SMEM_GUARD];
+bool in_cluster = false;  // a cluster launch runs
+u32 cluster_blocks = 1;   // its blocks per cluster
+size_t launch_bytes = 0;  // its dynamic shared bytes per block
 
 #if THREADS > 1
 // ---- fibers: the THREADS threads of a block -----------------------------------------------------
@@ -163,20 +191,26 @@ const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
 
 namespace fibers {
 
-enum State : unsigned char { READY, AT_BLOCK, AT_WARP, DONE };
+enum State : unsigned char { READY, AT_BLOCK, AT_WARP, AT_CLUSTER, DONE };
 const u32 WARP = 32;
 const u32 WARPS = (THREADS + WARP - 1) / WARP;
+// Fiber f is thread f % THREADS of the cluster's block f / THREADS (its rank).
+const u32 FIBERS = THREADS * EMU_MAX_CLUSTER;
 
-ucontext_t scheduler;        // the harness's own context (run_block)
-ucontext_t context[THREADS]; // per thread: where it resumes
-State state[THREADS];
-bool started = false;        // stacks and contexts set up
-bool running = false;        // inside run_block (the per-thread kernels run without fibers)
-u32 current = 0;             // the fiber running (its threadIdx.x)
-u32 at_block = 0;            // threads waiting at __syncthreads
-u32 at_warp[WARPS];          // per warp: lanes waiting at __syncwarp
-u32 done = 0;                // threads finished
-u32 passed = 0;              // block barriers passed by this block
+ucontext_t scheduler;        // the harness's own context (run_blocks)
+ucontext_t context[FIBERS];  // per fiber: where it resumes
+State state[FIBERS];
+u32 started = 0;             // fibers with a stack and context
+bool running = false;        // inside run_blocks (the per-thread kernels run without fibers)
+u32 blocks = 1;              // blocks run side by side (a cluster's; 1 otherwise)
+u32 current = 0;             // the fiber running
+u32 at_block[EMU_MAX_CLUSTER];       // per block: threads waiting at __syncthreads
+u32 at_warp[EMU_MAX_CLUSTER * WARPS]; // per block and warp: lanes waiting at __syncwarp
+u32 at_cluster = 0;                  // fibers waiting at the cluster barrier
+u32 done_in[EMU_MAX_CLUSTER];        // per block: threads finished
+u32 done = 0;                        // fibers finished
+u32 passed[EMU_MAX_CLUSTER];         // per block: block barriers passed
+u32 cluster_passed = 0;              // cluster barriers passed
 // The launch the fibers run, and where (for messages).
 Kernel kernel = nullptr;
 Params pc;
@@ -184,20 +218,25 @@ Buffers bf;
 Divisors dv;
 const char* name = "";
 size_t command = 0;
-u32 block = 0;
+u32 block = 0;       // the (first) block's index
+EmuDim3 first{0, 0, 0}; // its blockIdx; block rank r has x + r
 
 u32 lanes(u32 w) { return THREADS - w * WARP < WARP ? THREADS - w * WARP : WARP; }
 
 [[noreturn]] void divergence(const char* what) {
-    u32 waiting = 0;
+    u32 rank = current / THREADS, waiting = 0, at = 0;
     for (u32 w = 0; w < WARPS; w++) {
-        waiting += at_warp[w];
+        waiting += at_warp[rank * WARPS + w];
+    }
+    for (u32 r = 0; r < blocks; r++) {
+        at += at_block[r];
     }
     std::fprintf(stderr,
                  "harness: command %zu (%s), block %u (%u threads): barrier divergence: %s "
                  "(after %u block barriers: %u threads at __syncthreads, %u at __syncwarp, %u "
-                 "finished)\n",
-                 command, name, block, (unsigned)THREADS, what, passed, at_block, waiting, done);
+                 "at the cluster barrier, %u finished)\n",
+                 command, name, block + rank, (unsigned)THREADS, what, passed[rank], at, waiting,
+                 at_cluster, done);
     std::exit(4);
 }
 
@@ -212,82 +251,100 @@ void yield() {
 void fiber_main() {
     for (;;) {
         kernel(pc, bf, dv);
-        u32 t = current;
-        state[t] = DONE;
+        u32 f = current, rank = f / THREADS, t = f % THREADS;
+        state[f] = DONE;
         done++;
+        done_in[rank]++;
         char what[160];
-        if (at_block > 0) {
+        if (at_block[rank] > 0) {
             std::snprintf(what, sizeof what,
                           "thread %u finished while other threads wait at __syncthreads", t);
             divergence(what);
         }
-        if (at_warp[t / WARP] > 0) {
+        if (at_warp[rank * WARPS + t / WARP] > 0) {
             std::snprintf(what, sizeof what,
                           "thread %u finished while lanes of its warp %u wait at __syncwarp", t,
                           t / WARP);
+            divergence(what);
+        }
+        if (at_cluster > 0) {
+            std::snprintf(what, sizeof what,
+                          "thread %u finished while threads wait at the cluster barrier", t);
             divergence(what);
         }
         yield();
     }
 }
 
-// The stacks (each above a guard page, so an overflow faults) and contexts, once per run.
-void start() {
+// Stacks (each above a guard page, so an overflow faults) and contexts for the first `count`
+// fibers, once each per run.
+void start(u32 count) {
+    if (count <= started) {
+        return;
+    }
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t stack = ((size_t)FIBER_STACK_BYTES + page - 1) / page * page;
     size_t each = page + stack;
-    void* map = mmap(nullptr, each * THREADS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+    u32 more = count - started;
+    void* map = mmap(nullptr, each * more, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                      -1, 0);
     if (map == MAP_FAILED) {
         fail(2, "cannot allocate the fiber stacks");
     }
     char* base = (char*)map;
-    for (u32 t = 0; t < THREADS; t++) {
-        char* low = base + t * each;
-        if (mprotect(low, page, PROT_NONE) != 0 || getcontext(&context[t]) != 0) {
+    for (u32 i = 0; i < more; i++) {
+        u32 f = started + i;
+        char* low = base + i * each;
+        if (mprotect(low, page, PROT_NONE) != 0 || getcontext(&context[f]) != 0) {
             fail(2, "cannot set up the fibers");
         }
-        context[t].uc_stack.ss_sp = low + page;
-        context[t].uc_stack.ss_size = stack;
-        context[t].uc_link = nullptr; // fiber_main never returns
-        makecontext(&context[t], fiber_main, 0);
+        context[f].uc_stack.ss_sp = low + page;
+        context[f].uc_stack.ss_size = stack;
+        context[f].uc_link = nullptr; // fiber_main never returns
+        makecontext(&context[f], fiber_main, 0);
     }
-    started = true;
+    started = count;
 }
 
-// Runs all THREADS threads of the current block to their end.
-void run_block() {
-    if (!started) {
-        start();
+// Runs all THREADS threads of the current `blocks` blocks (one, or a cluster's) to their end.
+void run_blocks() {
+    const u32 count = blocks * THREADS;
+    start(count);
+    for (u32 f = 0; f < count; f++) {
+        state[f] = READY;
     }
-    for (u32 t = 0; t < THREADS; t++) {
-        state[t] = READY;
+    for (u32 r = 0; r < blocks; r++) {
+        at_block[r] = done_in[r] = passed[r] = 0;
+        for (u32 w = 0; w < WARPS; w++) {
+            at_warp[r * WARPS + w] = 0;
+        }
     }
-    for (u32 w = 0; w < WARPS; w++) {
-        at_warp[w] = 0;
-    }
-    at_block = done = passed = 0;
+    at_cluster = cluster_passed = done = 0;
     running = true;
-    while (done < THREADS) {
-        bool descending = ((passed + block) & 1u) != 0u;
+    while (done < count) {
+        bool descending = ((passed[0] + cluster_passed + block) & 1u) != 0u;
         bool ran = false;
-        for (u32 k = 0; k < THREADS; k++) {
-            u32 t = descending ? THREADS - 1u - k : k;
-            if (state[t] != READY) {
+        for (u32 k = 0; k < count; k++) {
+            u32 f = descending ? count - 1u - k : k;
+            if (state[f] != READY) {
                 continue;
             }
-            current = t;
-            threadIdx = EmuDim3{t, 0u, 0u};
-            if (swapcontext(&scheduler, &context[t]) != 0) {
+            current = f;
+            emu_rank = f / THREADS;
+            threadIdx = EmuDim3{f % THREADS, 0u, 0u};
+            blockIdx = EmuDim3{first.x + emu_rank, first.y, 0u};
+            if (swapcontext(&scheduler, &context[f]) != 0) {
                 fail(2, "swapcontext failed");
             }
             ran = true;
         }
-        if (!ran && done < THREADS) {
+        if (!ran && done < count) {
             divergence("no thread can run (threads wait at barriers the others never reach)");
         }
     }
     running = false;
+    emu_rank = 0;
+    blockIdx = first;
 }
 
 // A barrier outside the fibers: in a kernel the harness runs as one call per thread.
@@ -303,44 +360,70 @@ void outside(const char* barrier) {
 
 void block_barrier() {
     outside("__syncthreads");
-    u32 t = current;
-    if (done > 0) {
+    u32 f = current, rank = f / THREADS;
+    if (done_in[rank] > 0) {
         char what[160];
         std::snprintf(what, sizeof what,
-                      "thread %u reached __syncthreads after %u threads of the block finished", t,
-                      done);
+                      "thread %u reached __syncthreads after %u threads of the block finished",
+                      f % THREADS, done_in[rank]);
         divergence(what);
     }
-    state[t] = AT_BLOCK;
-    if (++at_block == THREADS) {
-        for (u32 i = 0; i < THREADS; i++) {
+    state[f] = AT_BLOCK;
+    if (++at_block[rank] == THREADS) {
+        for (u32 i = rank * THREADS; i < (rank + 1u) * THREADS; i++) {
             state[i] = READY;
         }
-        at_block = 0;
-        passed++;
+        at_block[rank] = 0;
+        passed[rank]++;
     }
     yield();
 }
 
 void warp_barrier() {
     outside("__syncwarp");
-    u32 t = current;
-    u32 w = t / WARP;
-    for (u32 i = w * WARP; i < w * WARP + lanes(w); i++) {
+    u32 f = current, rank = f / THREADS, t = f % THREADS;
+    u32 w = t / WARP, first_lane = rank * THREADS + w * WARP;
+    for (u32 i = first_lane; i < first_lane + lanes(w); i++) {
         if (state[i] == DONE) {
             char what[160];
             std::snprintf(what, sizeof what,
                           "thread %u reached __syncwarp after lane %u of its warp finished", t,
-                          i - w * WARP);
+                          i - first_lane);
             divergence(what);
         }
     }
-    state[t] = AT_WARP;
-    if (++at_warp[w] == lanes(w)) {
-        for (u32 i = w * WARP; i < w * WARP + lanes(w); i++) {
+    state[f] = AT_WARP;
+    if (++at_warp[rank * WARPS + w] == lanes(w)) {
+        for (u32 i = first_lane; i < first_lane + lanes(w); i++) {
             state[i] = READY;
         }
-        at_warp[w] = 0;
+        at_warp[rank * WARPS + w] = 0;
+    }
+    yield();
+}
+
+void cluster_barrier() {
+    outside("the cluster barrier");
+    const u32 count = blocks * THREADS;
+    if (!in_cluster) {
+        std::fprintf(stderr, "harness: command %zu (%s): a cluster barrier outside a cluster launch\n",
+                     command, name);
+        std::exit(4);
+    }
+    if (done > 0) {
+        char what[160];
+        std::snprintf(what, sizeof what,
+                      "thread %u reached the cluster barrier after %u threads finished",
+                      current % THREADS, done);
+        divergence(what);
+    }
+    state[current] = AT_CLUSTER;
+    if (++at_cluster == count) {
+        for (u32 i = 0; i < count; i++) {
+            state[i] = READY;
+        }
+        at_cluster = 0;
+        cluster_passed++;
     }
     yield();
 }
@@ -380,6 +463,46 @@ void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, s
     fibers::name = NAMES[kernel];
     fibers::command = command;
 #endif
+    const u32 cluster = CLUSTER[kernel];
+    if (cluster > 1u) {
+        // A cluster's blocks run side by side as fibers, each with its own shared memory.
+        if (!as_fibers || cluster > EMU_MAX_CLUSTER || y != 1u || x % cluster != 0u) {
+            fail(2, "a cluster launch needs fibers (THREADS > 1) and a 1-D grid of whole clusters");
+        }
+#if THREADS > 1
+        in_cluster = true;
+        cluster_blocks = cluster;
+        launch_bytes = shared_bytes;
+        for (u64 bx = 0; bx < x; bx += cluster) {
+            for (u32 r = 0; r < cluster; r++) {
+                for (size_t i = 0; i < shared + SMEM_GUARD; i++) {
+                    cluster_smem[r][i] = i < shared ? mk(NAN, NAN) : mk(canary, canary);
+                }
+            }
+            fibers::blocks = cluster;
+            fibers::block = (u32)bx;
+            fibers::first = EmuDim3{(unsigned)bx, 0u, 0u};
+            fibers::run_blocks();
+            for (u32 r = 0; r < cluster; r++) {
+                for (size_t i = shared; i < shared + SMEM_GUARD; i++) {
+                    if (float_bits(cluster_smem[r][i].x) != CANARY ||
+                        float_bits(cluster_smem[r][i].y) != CANARY) {
+                        std::fprintf(stderr,
+                                     "harness: command %zu (%s) wrote shared point %zu of block "
+                                     "%u, beyond the %u bytes it launches with\n",
+                                     command, NAMES[kernel], i, (unsigned)(bx + r), shared_bytes);
+                        std::exit(3);
+                    }
+                }
+            }
+        }
+        fibers::blocks = 1;
+        in_cluster = false;
+        cluster_blocks = 1;
+#endif
+        threadIdx = EmuDim3{0u, 0u, 0u};
+        return;
+    }
     for (u64 by = 0; by < y; by++) {
         for (u64 bx = 0; bx < x; bx++) {
             blockIdx = EmuDim3{(unsigned)bx, (unsigned)by, 0u};
@@ -393,7 +516,8 @@ void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, s
 #if THREADS > 1
             if (as_fibers) {
                 fibers::block = (u32)(bx + by * x);
-                fibers::run_block();
+                fibers::first = blockIdx;
+                fibers::run_blocks();
             }
 #endif
             for (size_t i = shared; i < shared + SMEM_GUARD; i++) {
@@ -427,7 +551,25 @@ void check_guards(std::vector<Buffer>& buffers, size_t command) {
 #if THREADS > 1
 void emu_syncthreads() { fibers::block_barrier(); }
 void emu_syncwarp() { fibers::warp_barrier(); }
+void emu_cluster_sync() { fibers::cluster_barrier(); }
+#else
+void emu_cluster_sync() { fail(4, "a cluster barrier without fibers (THREADS=1)"); }
 #endif
+
+void* emu_block_smem() { return in_cluster ? (void*)cluster_smem[emu_rank] : (void*)smem; }
+
+// `mapa`: the same offset in block `rank`'s shared memory; the address must lie in the calling
+// block's dynamic shared memory of this launch.
+void* emu_map_shared(const void* p, unsigned rank) {
+    if (!in_cluster || rank >= cluster_blocks) {
+        fail(4, "mapa outside a cluster launch, or to a rank beyond the cluster");
+    }
+    const char* own = (const char*)cluster_smem[emu_rank];
+    if ((const char*)p < own || (size_t)((const char*)p - own) >= launch_bytes) {
+        fail(3, "mapa of an address outside the block's dynamic shared memory");
+    }
+    return (char*)cluster_smem[rank] + ((const char*)p - own);
+}
 
 int main(int argc, char** argv) {
     if (argc != 3) {

@@ -35,6 +35,7 @@
 #define __global__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __cluster_dims__(...)
 #define __shared__ thread_local
 
 struct EmuDim3 {
@@ -44,6 +45,21 @@ inline EmuDim3 threadIdx{0, 0, 0};
 inline EmuDim3 blockIdx{0, 0, 0};
 inline EmuDim3 blockDim{1, 1, 1};
 inline EmuDim3 gridDim{1, 1, 1};
+
+// Thread-block clusters (`__cluster_dims__` kernels, fibers only): the harness runs the fibers of
+// all the cluster's blocks side by side and sets `emu_rank` (the block's rank in its cluster, 0
+// outside cluster launches) with threadIdx and blockIdx. Each block has its own dynamic shared
+// memory (`emu_block_smem()`; `smem` is only the non-cluster launches'); `emu_map_shared` is
+// `mapa` (the same offset in block `rank`'s shared memory, which must be in the launch's bytes)
+// and `emu_cluster_sync` the cluster barrier (every thread of every block of the cluster).
+#define EMU_MAX_CLUSTER 8u
+#define EMU_SLOTS (THREADS * EMU_MAX_CLUSTER)
+inline unsigned emu_rank = 0;
+// A slot per fiber for the warp-level emulation's exchange arrays.
+inline unsigned emu_slot() { return emu_rank * THREADS + threadIdx.x; }
+void* emu_block_smem();
+void* emu_map_shared(const void* p, unsigned rank);
+void emu_cluster_sync();
 
 #if THREADS == 1
 inline void __syncthreads() {}
