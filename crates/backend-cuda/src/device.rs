@@ -370,16 +370,27 @@ impl CudaDevice {
                         "fftconv_monarch_tile_columns_inverse",
                         monarch_tile_bytes(22),
                     )?,
-                    // In the module for sm_90 and newer only (`MT_CLUSTERS` of the kernel file).
+                    // In the module for sm_90 and newer only (`MT_CLUSTERS` of the kernel file),
+                    // and only where the device can place at least one cluster of each.
                     clusters: if self.info.compute_capability.0 >= 9
                         && !std::env::var(MONARCH_CLUSTER_ENV).is_ok_and(|v| v.trim() == "0")
                         && monarch_cluster_bytes() <= optin
                     {
-                        Some([
+                        let clusters = [
                             with_shared("fftconv_monarch_cluster2", monarch_cluster_bytes())?,
                             with_shared("fftconv_monarch_cluster4", monarch_cluster_bytes())?,
                             with_shared("fftconv_monarch_cluster8", monarch_cluster_bytes())?,
-                        ])
+                        ];
+                        let placeable = clusters.iter().zip([2u32, 4, 8]).all(|(f, blocks)| {
+                            let cfg = cudarc::driver::LaunchConfig {
+                                grid_dim: (blocks, 1, 1),
+                                block_dim: (256, 1, 1),
+                                shared_mem_bytes: monarch_cluster_bytes(),
+                            };
+                            f.occupancy_max_active_clusters(cfg, &self.stream)
+                                .is_ok_and(|n| n >= 1)
+                        });
+                        placeable.then_some(clusters)
                     } else {
                         None
                     },
