@@ -2707,7 +2707,7 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
 // frequency k_a (`filt`: this lane's 8, in fragment order), the inverse half.
 __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
                                        const Buffers& bf, u32 row, u32 ka, const cpx* filt,
-                                       bool twiddle) {
+                                       bool twiddle, float sigma = 1.0f) {
     u16* re = pl.p[0] + row * MT_ROW;
     u16* im = pl.p[1] + row * MT_ROW;
     MtSpectrum sp;
@@ -2717,8 +2717,8 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
             cpx v = cmul(mk(sp.re[nt][i], sp.im[nt][i]), load_ro(filt + 4u * nt + i));
-            sp.re[nt][i] = v.x;
-            sp.im[nt][i] = v.y;
+            sp.re[nt][i] = v.x * sigma;
+            sp.im[nt][i] = v.y * sigma;
         }
     }
     mt_row_inverse(f, sp, re, im, pc, bf, ka, twiddle);
@@ -3218,7 +3218,8 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
                                                 const Params& pc, const Buffers& bf, u32 row,
                                                 u32 ka, u32 n1, const cpx* filt, float sigma,
                                                 bool gated, bool twiddle, u32 f_add = 0u,
-                                                u32 f_mul = 1u, u32 full_log2n = 0u) {
+                                                u32 f_mul = 1u, u32 full_log2n = 0u,
+                                                float sigma_g = 1.0f, float sigma_p = 1.0f) {
     const u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     const u32 at = row * MT_ROW;
     MtSpectrum sx, sd, sp;
@@ -3246,10 +3247,10 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
             cpx pv = gated ? cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf) : mk(0.0f, 0.0f);
             st.re[nt][i] = tv.x * sigma;
             st.im[nt][i] = tv.y * sigma;
-            sg.re[nt][i] = gv.x;
-            sg.im[nt][i] = gv.y;
-            sp.re[nt][i] = pv.x;
-            sp.im[nt][i] = pv.y;
+            sg.re[nt][i] = gv.x * sigma_g;
+            sg.im[nt][i] = gv.y * sigma_g;
+            sp.re[nt][i] = pv.x * sigma_p;
+            sp.im[nt][i] = pv.y * sigma_p;
         }
     }
     mt_row_inverse(f, st, sets[0].p[0] + at, sets[0].p[1] + at, pc, bf, ka, twiddle);
@@ -3669,23 +3670,54 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
 //                                    the scales undone, post-gated, to y
 // The scaled rows keep every intermediate below 2^14 sqrt(2), so f16 words suffice between the
 // passes (3.5 times the floor's traffic: u twice, the intermediate twice each way, y once) and
-// the two rows of a pair keep their own precision although the column DFT mixes them.
+// the two rows of a pair keep their own precision although the column DFT mixes them. The
+// product with the filter is multiplied by σ = 2^k (mt_product_scale_log2, from the pair's sum
+// of |scaled value|; undone by the inverse column pass), so that sparse rows, whose spectra are
+// small, do not leave the inverse transform's f16 values subnormal (1M with 16 impulses a row:
+// 2.5e-3 without it).
 #define MT_INNER_LOG2 14u
 
-// The pair's two row scale exponents (fftconv_monarch_scales), after the chunk's pairs' words.
+// The pair's two row scale exponents and k (fftconv_monarch_scales), after the chunk's pairs'
+// words: four words per pair.
 __device__ __forceinline__ u32* mt_scales(const Params& pc, const Buffers& bf, u32 pair) {
-    return (u32*)bf.tmp + ((u64)pc.channels * pc.pairs << pc.log2n) + 2u * pair;
+    return (u32*)bf.tmp + ((u64)pc.channels * pc.pairs << pc.log2n) + 4u * pair;
+}
+
+// log2 of the power of two σ (0 .. 60) that a product bounded by |Z| <= sum / c (|K| <= 1: the
+// filter is divided by s_k) is multiplied by: the largest with σ sum / c <= 2^14. A zero, NaN
+// or infinite bound takes σ = 1.
+__device__ __forceinline__ int mt_product_scale_log2(float sum, float c) {
+    float b = sum / c;
+    if (!(b > 0.0f) || !(b < 3.0e38f)) {
+        return 0;
+    }
+    int e = (int)(float_bits(b) >> 23) - 127; // floor(log2 b), b normal or not
+    int k = 13 - e;
+    return k < 0 ? 0 : (k > 60 ? 60 : k);
+}
+
+// k of a pair whose rows have maxima (bits) m and sums of |value| `sums` (unscaled) at N = n.
+__device__ __forceinline__ int mt_pair_product_scale_log2(const u32 m[2], const float sums[2],
+                                                          u32 n) {
+    float l1 = 0.0f;
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        l1 += sums[s] * bits_float(mt_row_scale_exponent(m[s]) << 23);
+    }
+    return mt_product_scale_log2(l1, 2.0f * (float)n);
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     fftconv_monarch_scales(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2];
+    __shared__ float row_sum[2];
     const u32 pair = block_index();
     if (pair >= pc.total_lines) {
         return;
     }
     if (threadIdx.x < 2u) {
         row_max[threadIdx.x] = 0u;
+        row_sum[threadIdx.x] = 0.0f;
     }
     __syncthreads();
     const u32 h = udiv(pair, dv.pairs), n = 1u << pc.log2n;
@@ -3693,6 +3725,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     for (u32 s = 0; s < 2u; s++) {
         SegmentRow seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
         u32 mx = 0u;
+        float sum = 0.0f;
         for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
             float x[8];
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, pos, x);
@@ -3700,12 +3733,17 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
             for (u32 j = 0; j < 8u; j++) {
                 mx = max_u(mx, finite_bits(x[j]));
             }
+            sum += mt_abs_sum8(x, 127u);
         }
         shared_max(&row_max[s], mx);
+        shared_add(&row_sum[s], sum);
     }
     __syncthreads();
     if (threadIdx.x < 2u) {
         mt_scales(pc, bf, pair)[threadIdx.x] = mt_row_scale_exponent(row_max[threadIdx.x]);
+    }
+    if (threadIdx.x == 0u) {
+        mt_scales(pc, bf, pair)[2] = (u32)mt_pair_product_scale_log2(row_max, row_sum, n);
     }
 }
 
@@ -3787,7 +3825,7 @@ __device__ __forceinline__ void mt_column_forward(const Params& pc, const Buffer
 template <u32 O_LOG2, typename Get>
 __device__ __forceinline__ void mt_column_inverse(const Params& pc, const Buffers& bf,
                                                   const SegmentRow seg[2], u32 h, const u32 e[2],
-                                                  u32 ni, Get get) {
+                                                  float unscale, u32 ni, Get get) {
     constexpr u32 NO = 1u << O_LOG2;
     cpx z[NO];
 #pragma unroll
@@ -3800,7 +3838,7 @@ __device__ __forceinline__ void mt_column_inverse(const Params& pc, const Buffer
     }
     mt_dft_registers<O_LOG2, false>(pc, bf, z);
     // Undo N_o (the forward column DFT's 1 / N_o), (2 N_i)^2 of the middle pass's DFT matrices,
-    // s_k of the filter and the row scale.
+    // s_k of the filter, the row scale and (a factor of its own) the product's σ.
     const u32 n = 1u << pc.log2n;
     float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
     float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
@@ -3811,7 +3849,7 @@ __device__ __forceinline__ void mt_column_inverse(const Params& pc, const Buffer
 #pragma unroll
         for (u32 o = 0; o < NO; o++) {
             store_segment_at(pc, bf.y, bf.post, seg[s], ni + (o << MT_INNER_LOG2),
-                             (s == 0u ? z[o].x : z[o].y) * f);
+                             (s == 0u ? z[o].x : z[o].y) * f * unscale);
         }
     }
 }
@@ -3853,9 +3891,10 @@ __device__ __forceinline__ void mt_columns_inverse(const Params& pc, const Buffe
     const u32* in = (const u32*)bf.tmp + ((u64)c.pair << pc.log2n) + c.ni;
     const u32* sp = mt_scales(pc, bf, c.pair);
     const u32 e[2] = {sp[0], sp[1]};
+    const float unscale = pow2(-(int)sp[2]);
     SegmentRow seg[2];
     mt_pair_rows(pc, dv, c.pair, h, seg);
-    mt_column_inverse<O_LOG2>(pc, bf, seg, h, e, c.ni,
+    mt_column_inverse<O_LOG2>(pc, bf, seg, h, e, unscale, c.ni,
                               [&](u32 k) { return in[k << MT_INNER_LOG2]; });
 }
 
@@ -3867,42 +3906,28 @@ __device__ __forceinline__ void mt_columns_inverse(const Params& pc, const Buffe
 // backwards, the inverse A-point DFT first (its words read per (k_b, column)).
 #define MT_TILE_COLUMNS 32u
 
-template <u32 A_LOG2, u32 B_LOG2>
-__device__ __forceinline__ void mt_tile_columns_forward(const Params& pc, const Buffers& bf,
-                                                        const Divisors& dv) {
+// The tile's forward column DFT of the block's 32 columns from c0: value(pos) is the pair's
+// scaled complex value at position pos (Re row 0, Im row 1); put(k_o, n_i, w) stores row k_o's
+// f16 word w. The caller separates two uses of the tile by a barrier.
+template <u32 A_LOG2, u32 B_LOG2, typename Value, typename Put>
+__device__ __forceinline__ void mt_tile_forward(const Params& pc, const Buffers& bf, cpx* tile,
+                                                u32 c0, Value value, Put put) {
     constexpr u32 A = 1u << A_LOG2, B = 1u << B_LOG2, O_LOG2 = A_LOG2 + B_LOG2;
-    const u32 blk = block_index();
-    if (blk >= pc.total_lines) {
-        return; // uniform over the block
-    }
-    const u32 tiles_log2 = MT_INNER_LOG2 - 5u;
-    const u32 pair = blk >> tiles_log2, c0 = (blk & ((1u << tiles_log2) - 1u)) << 5;
-    const u32 h = udiv(pair, dv.pairs);
-    cpx* tile = smem;
-    {
-        const u32* e = mt_scales(pc, bf, pair);
-        SegmentRow seg0 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs), h);
-        SegmentRow seg1 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + 1u, h);
-        float sc0 = bits_float((e[0] - O_LOG2) << 23), sc1 = bits_float((e[1] - O_LOG2) << 23);
-        for (u32 item = threadIdx.x; item < A * MT_TILE_COLUMNS; item += MT_THREADS) {
-            u32 c = item & 31u, a = item >> 5, ni = c0 + c;
-            cpx z[B];
+    for (u32 item = threadIdx.x; item < A * MT_TILE_COLUMNS; item += MT_THREADS) {
+        u32 c = item & 31u, a = item >> 5, ni = c0 + c;
+        cpx z[B];
 #pragma unroll
-            for (u32 b = 0; b < B; b++) {
-                u32 pos = ni + ((a + A * b) << MT_INNER_LOG2);
-                z[b] = mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg0, pos) * sc0,
-                          segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg1, pos) * sc1);
-            }
-            mt_dft_registers<B_LOG2, true>(pc, bf, z);
+        for (u32 b = 0; b < B; b++) {
+            z[b] = value(ni + ((a + A * b) << MT_INNER_LOG2));
+        }
+        mt_dft_registers<B_LOG2, true>(pc, bf, z);
 #pragma unroll
-            for (u32 kb = 0; kb < B; kb++) {
-                cpx v = kb == 0u ? z[0] : cmul(z[kb], root(pc, bf, a * kb, O_LOG2));
-                tile[(a + A * kb) * MT_TILE_COLUMNS + c] = v;
-            }
+        for (u32 kb = 0; kb < B; kb++) {
+            cpx v = kb == 0u ? z[0] : cmul(z[kb], root(pc, bf, a * kb, O_LOG2));
+            tile[(a + A * kb) * MT_TILE_COLUMNS + c] = v;
         }
     }
     __syncthreads();
-    u32* out = (u32*)bf.tmp + ((u64)pair << pc.log2n);
     for (u32 item = threadIdx.x; item < B * MT_TILE_COLUMNS; item += MT_THREADS) {
         u32 c = item & 31u, kb = item >> 5, ni = c0 + c;
         cpx z[A];
@@ -3915,31 +3940,25 @@ __device__ __forceinline__ void mt_tile_columns_forward(const Params& pc, const 
         for (u32 ka = 0; ka < A; ka++) {
             u32 ko = kb + B * ka;
             cpx v = ko == 0u ? z[0] : cmul(z[ka], root(pc, bf, ni * ko, pc.log2n));
-            out[((u64)ko << MT_INNER_LOG2) + ni] = pack_f16x2(v.x, v.y);
+            put(ko, ni, pack_f16x2(v.x, v.y));
         }
     }
 }
 
-template <u32 A_LOG2, u32 B_LOG2>
-__device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const Buffers& bf,
-                                                        const Divisors& dv) {
+// The inverse of mt_tile_forward: get(k_o, n_i) reads row k_o's word; out(pos, z) takes the
+// unscaled complex result at position pos (Re row 0, Im row 1). The caller separates two uses
+// of the tile by a barrier.
+template <u32 A_LOG2, u32 B_LOG2, typename Get, typename Out>
+__device__ __forceinline__ void mt_tile_inverse(const Params& pc, const Buffers& bf, cpx* tile,
+                                                u32 c0, Get get, Out out) {
     constexpr u32 A = 1u << A_LOG2, B = 1u << B_LOG2, O_LOG2 = A_LOG2 + B_LOG2;
-    const u32 blk = block_index();
-    if (blk >= pc.total_lines) {
-        return; // uniform over the block
-    }
-    const u32 tiles_log2 = MT_INNER_LOG2 - 5u;
-    const u32 pair = blk >> tiles_log2, c0 = (blk & ((1u << tiles_log2) - 1u)) << 5;
-    const u32 h = udiv(pair, dv.pairs);
-    cpx* tile = smem;
-    const u32* in = (const u32*)bf.tmp + ((u64)pair << pc.log2n);
     for (u32 item = threadIdx.x; item < B * MT_TILE_COLUMNS; item += MT_THREADS) {
         u32 c = item & 31u, kb = item >> 5, ni = c0 + c;
         cpx z[A];
 #pragma unroll
         for (u32 ka = 0; ka < A; ka++) {
             u32 ko = kb + B * ka;
-            u32 w = in[((u64)ko << MT_INNER_LOG2) + ni];
+            u32 w = get(ko, ni);
             z[ka] = mk(half_float(w), half_float(w >> 16));
             if (ko != 0u) {
                 z[ka] = cmul(z[ka], conj_c(root(pc, bf, ni * ko, pc.log2n)));
@@ -3953,15 +3972,6 @@ __device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const 
         }
     }
     __syncthreads();
-    const u32* e = mt_scales(pc, bf, pair);
-    const u32 n = 1u << pc.log2n;
-    float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
-    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
-    float common = (float)(A * B) * ci * ci;
-    float f0 = sk * bits_float((254u - e[0]) << 23) * common;
-    float f1 = sk * bits_float((254u - e[1]) << 23) * common;
-    SegmentRow seg0 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs), h);
-    SegmentRow seg1 = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + 1u, h);
     for (u32 item = threadIdx.x; item < A * MT_TILE_COLUMNS; item += MT_THREADS) {
         u32 c = item & 31u, a = item >> 5, ni = c0 + c;
         cpx z[B];
@@ -3972,15 +3982,70 @@ __device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const 
         mt_dft_registers<B_LOG2, false>(pc, bf, z);
 #pragma unroll
         for (u32 b = 0; b < B; b++) {
-            u32 pos = ni + ((a + A * b) << MT_INNER_LOG2);
-            store_segment_at(pc, bf.y, bf.post, seg0, pos, z[b].x * f0);
-            store_segment_at(pc, bf.y, bf.post, seg1, pos, z[b].y * f1);
+            out(ni + ((a + A * b) << MT_INNER_LOG2), z[b]);
         }
     }
 }
 
-// N_o = 2 .. 16 (a thread per column) and 32 .. 256 (shared tiles) are separate entries, so
-// that the register columns are not held to the tiles' register count.
+// The block's pair and first column of the tile column passes (32 columns per block).
+__device__ __forceinline__ MtColumn mt_tile_column(u32 blk) {
+    const u32 tiles_log2 = MT_INNER_LOG2 - 5u;
+    return MtColumn{blk >> tiles_log2, (blk & ((1u << tiles_log2) - 1u)) << 5};
+}
+
+template <u32 A_LOG2, u32 B_LOG2>
+__device__ __forceinline__ void mt_tile_columns_forward(const Params& pc, const Buffers& bf,
+                                                        const Divisors& dv) {
+    constexpr u32 O_LOG2 = A_LOG2 + B_LOG2;
+    const u32 blk = block_index();
+    if (blk >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const MtColumn t = mt_tile_column(blk);
+    const u32 h = udiv(t.pair, dv.pairs);
+    const u32* e = mt_scales(pc, bf, t.pair);
+    SegmentRow seg[2];
+    mt_pair_rows(pc, dv, t.pair, h, seg);
+    float sc0 = bits_float((e[0] - O_LOG2) << 23), sc1 = bits_float((e[1] - O_LOG2) << 23);
+    u32* out = (u32*)bf.tmp + ((u64)t.pair << pc.log2n);
+    mt_tile_forward<A_LOG2, B_LOG2>(
+        pc, bf, smem, t.ni,
+        [&](u32 pos) {
+            return mk(segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg[0], pos) * sc0,
+                      segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg[1], pos) * sc1);
+        },
+        [&](u32 ko, u32 ni, u32 w) { out[((u64)ko << MT_INNER_LOG2) + ni] = w; });
+}
+
+template <u32 A_LOG2, u32 B_LOG2>
+__device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const Buffers& bf,
+                                                        const Divisors& dv) {
+    constexpr u32 A = 1u << A_LOG2, B = 1u << B_LOG2;
+    const u32 blk = block_index();
+    if (blk >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const MtColumn t = mt_tile_column(blk);
+    const u32 h = udiv(t.pair, dv.pairs);
+    const u32* in = (const u32*)bf.tmp + ((u64)t.pair << pc.log2n);
+    const u32* e = mt_scales(pc, bf, t.pair);
+    const u32 n = 1u << pc.log2n;
+    float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
+    float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    float common = (float)(A * B) * ci * ci;
+    float f0 = sk * bits_float((254u - e[0]) << 23) * common;
+    float f1 = sk * bits_float((254u - e[1]) << 23) * common;
+    const float unscale = pow2(-(int)e[2]);
+    SegmentRow seg[2];
+    mt_pair_rows(pc, dv, t.pair, h, seg);
+    mt_tile_inverse<A_LOG2, B_LOG2>(
+        pc, bf, smem, t.ni, [&](u32 ko, u32 ni) { return in[((u64)ko << MT_INNER_LOG2) + ni]; },
+        [&](u32 pos, cpx z) {
+            store_segment_at(pc, bf.y, bf.post, seg[0], pos, z.x * f0 * unscale);
+            store_segment_at(pc, bf.y, bf.post, seg[1], pos, z.y * f1 * unscale);
+        });
+}
+
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
     switch (pc.log2n - MT_INNER_LOG2) {
@@ -4025,15 +4090,16 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS)
 
 // Row k_o of pair `pair`: fftconv_monarch_wide's steps for N1 = 64 rows of 256 (R = 4) on the
 // intermediate's f16 words `words` (16K, 256 per row r = a1 + 16 a2), which are already scaled
-// (no maxima; the radix step's 1 / 4 applied as it runs), with the filter bins k_o + N_o k_i,
-// written back in place without the final scales (the inverse column pass applies them).
+// (no maxima; the radix step's 1 / 4 applied as it runs), with the filter bins k_o + N_o k_i
+// and the product times σ, written back in place without the final scales (the inverse column
+// pass applies them).
 // ALIASED: the words lie in shared memory under the planes (fftconv_monarch_cluster), so the
 // load step reads all of a thread's words before any thread writes the planes, and the store
 // step reads all its planes before any thread writes the words.
 template <bool ALIASED>
 __device__ __forceinline__ void mt_middle_row(const Params& pc, const Buffers& bf,
                                               const Divisors& dv, u32 pair, u32 ko, u32* words,
-                                              MtPlanes pl) {
+                                              MtPlanes pl, float sigma) {
     constexpr u32 R_LOG2 = 2u, R = 4u, ROWS = 64u;
     constexpr u32 UNITS = ALIASED ? 2u : 1u; // units (mt_unit) held in registers at once
     const u32 n = 1u << pc.log2n;
@@ -4104,7 +4170,7 @@ __device__ __forceinline__ void mt_middle_row(const Params& pc, const Buffers& b
         for (u32 i = 0; i < ROWS / 8u; i++) {
             u32 row = warp + 8u * i;
             u32 ka = (row & 15u) * R + (row >> 4);
-            mt_row(f, pl, rp, bf, row, ka, filt + ka * 256u, true);
+            mt_row(f, pl, rp, bf, row, ka, filt + ka * 256u, true, sigma);
         }
     }
     __syncthreads();
@@ -4176,7 +4242,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     u16* base = (u16*)smem;
     MtPlanes pl = {{base, base + 64u * MT_ROW}};
     u32* words = (u32*)bf.tmp + ((u64)pair << pc.log2n) + ((u64)ko << MT_INNER_LOG2);
-    mt_middle_row<false>(pc, bf, dv, pair, ko, words, pl);
+    mt_middle_row<false>(pc, bf, dv, pair, ko, words, pl, pow2((int)mt_scales(pc, bf, pair)[2]));
 }
 
 // ---- the Monarch pass for N = 32K .. 128K on sm_90: a thread-block cluster per pair -------------
@@ -4241,20 +4307,23 @@ __device__ __forceinline__ void mt_cluster(const Params& pc, const Buffers& bf, 
     char* base = mt_cluster_smem();
     u32* stage = (u32*)base;
     MtPlanes pl = {{(u16*)base, (u16*)base + 64u * MT_ROW}};
-    u32* maxima = (u32*)(base + MT_CLUSTER_REGION_BYTES);
+    u32* maxima = (u32*)(base + MT_CLUSTER_REGION_BYTES); // [2] maxima, then [2] f32 sums
     const u32 h = udiv(pair, dv.pairs);
     SegmentRow seg[2];
     mt_pair_rows(pc, dv, pair, h, seg);
 
     // 1. The rows' maxima over this block's positions, then over the cluster's.
+    float* sums = (float*)(maxima + 2);
     if (threadIdx.x < 2u) {
         maxima[threadIdx.x] = 0u;
+        sums[threadIdx.x] = 0.0f;
     }
     __syncthreads();
     const u32 first = rank << MT_INNER_LOG2, end = first + (1u << MT_INNER_LOG2);
 #pragma unroll
     for (u32 s = 0; s < 2u; s++) {
         u32 mx = 0u;
+        float sum = 0.0f;
         for (u32 pos = first + 8u * threadIdx.x; pos < end; pos += 8u * MT_THREADS) {
             float x[8];
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
@@ -4262,20 +4331,30 @@ __device__ __forceinline__ void mt_cluster(const Params& pc, const Buffers& bf, 
             for (u32 j = 0; j < 8u; j++) {
                 mx = max_u(mx, finite_bits(x[j]));
             }
+            sum += mt_abs_sum8(x, 127u);
         }
         shared_max(&maxima[s], mx);
+        shared_add(&sums[s], sum);
     }
     cluster_sync(); // every block's maxima in place (and every block of the cluster running)
-    u32 e[2];
+    // The rows' maxima and sums over the cluster (the sums in rank order, so that every block
+    // computes the same σ).
+    u32 e[2], m[2] = {0u, 0u};
+    float total[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (u32 r = 0; r < NO; r++) {
+        const u32* remote = cluster_map(maxima, r);
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            m[s] = max_u(m[s], remote[s]);
+            total[s] += bits_float(remote[2u + s]);
+        }
+    }
 #pragma unroll
     for (u32 s = 0; s < 2u; s++) {
-        u32 m = 0u;
-#pragma unroll
-        for (u32 r = 0; r < NO; r++) {
-            m = max_u(m, cluster_map(maxima, r)[s]);
-        }
-        e[s] = mt_row_scale_exponent(m);
+        e[s] = mt_row_scale_exponent(m[s]);
     }
+    const int k_sigma = mt_pair_product_scale_log2(m, total, 1u << pc.log2n);
 
     // 2. The forward columns: row k_o of each to block k_o's stage.
     u32* rows[NO];
@@ -4291,14 +4370,15 @@ __device__ __forceinline__ void mt_cluster(const Params& pc, const Buffers& bf, 
     cluster_sync(); // every stage complete
 
     // 3. This block's row, in place.
-    mt_middle_row<true>(pc, bf, dv, pair, rank, stage, pl);
+    mt_middle_row<true>(pc, bf, dv, pair, rank, stage, pl, pow2(k_sigma));
     cluster_sync(); // every row transformed
 
     // 4. The inverse columns, from every block's stage to y.
 #pragma unroll 1
     for (u32 c = threadIdx.x; c < SLICE; c += MT_THREADS) {
         const u32 ni = rank * SLICE + c;
-        mt_column_inverse<O_LOG2>(pc, bf, seg, h, e, ni, [&](u32 k) { return rows[k][ni]; });
+        mt_column_inverse<O_LOG2>(pc, bf, seg, h, e, pow2(-k_sigma), ni,
+                                  [&](u32 k) { return rows[k][ni]; });
     }
     cluster_sync(); // no block leaves while another may read its stage
 }
@@ -4332,8 +4412,10 @@ extern "C" __global__ void __cluster_dims__(8, 1, 1) __launch_bounds__(MT_THREAD
 //   fftconv_monarch_backward_middle           per row k_o: the 16K row transforms, T, G, P, back
 //   fftconv_monarch_backward_columns_inverse  per column: the inverse column DFTs; taps (Re T at
 //                                             positions < K), du, dpre, dpost
-// Circular problems whose history wraps (N > L) are not taken (their dx needs another column's
-// value): the host checks.
+// G and P are multiplied by powers of two of their own (mt_backward_product_scales), as the
+// forward's product, so that sparse inputs keep du and dpost out of f16's subnormals (1M, 16
+// impulses a row: du 2.1e-3 without). Circular problems whose history wraps (N > L) are not
+// taken (their dx needs another column's value): the host checks.
 __device__ __forceinline__ u32* mt_backward_words(const Params& pc, const Buffers& bf, u32 set,
                                                   u32 pair) {
     u64 pairs = (u64)pc.channels * pc.pairs;
@@ -4348,6 +4430,29 @@ __device__ __forceinline__ u32* mt_backward_pair_info(const Params& pc, const Bu
 
 __device__ __forceinline__ MtPairScales mt_backward_info_scales(const u32* info) {
     return mt_pair_scales(info[0], info[1], info[2], info[3]);
+}
+
+// log2 of the σ that the long backward's products G = Zd conj K and (gated) P = Zx' K are
+// multiplied by (mt_product_scale_log2; undone by the inverse column pass): G's from the sum of
+// |scaled d| (info[5]); P's from the sum of |scaled x| (info[4], x with the coupled scales)
+// times the largest ratio of a row's own x scale (x' takes it) to its coupled one.
+struct MtBackwardProductScales {
+    int g, p;
+};
+
+__device__ __forceinline__ MtBackwardProductScales
+mt_backward_product_scales(const u32* info, const MtPairScales& ps, u32 n) {
+    const float c = 2.0f * (float)n;
+    int r = 0;
+#pragma unroll
+    for (u32 s = 0; s < 2u; s++) {
+        if (ps.mx[s] != 0u) {
+            int d = (int)mt_row_scale_exponent(ps.mx[s]) - (int)ps.ex[s];
+            r = d > r ? d : r;
+        }
+    }
+    int p = mt_product_scale_log2(bits_float(info[4]), c) - r;
+    return MtBackwardProductScales{mt_product_scale_log2(bits_float(info[5]), c), p < 0 ? 0 : p};
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
@@ -4531,6 +4636,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
         const u32* info = mt_backward_pair_info(pc, bf, pair);
         float sums[2] = {bits_float(info[4]), bits_float(info[5])};
         float sigma = pow2(mt_taps_scale_log2(sums, c * (float)(1u << o_log2)));
+        const MtBackwardProductScales kp =
+            mt_backward_product_scales(info, mt_backward_info_scales(info), n);
         MtDft16 f;
         mt_dft16(rp, bf, f);
         const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
@@ -4540,7 +4647,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
             u32 row = warp + 8u * i;
             u32 ka = (row & 15u) * R + (row >> 4);
             mt_backward_row(f, sets, rp, bf, row, ka, ROWS, filt + ka * 256u, sigma, gated, true,
-                            ko, 1u << o_log2, pc.log2n);
+                            ko, 1u << o_log2, pc.log2n, pow2(kp.g), pow2(kp.p));
         }
     }
     __syncthreads();
@@ -4600,6 +4707,7 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
     const float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
     float sums[2] = {bits_float(info[4]), bits_float(info[5])};
     const int sigma_log2 = mt_taps_scale_log2(sums, ci * (float)NO);
+    const MtBackwardProductScales kp = mt_backward_product_scales(info, ps, n);
     const float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
     SegmentRow seg[2];
 #pragma unroll
@@ -4635,7 +4743,9 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
                     }
                 }
             } else {
-                // dx_r = G_r c^2 N_o s_k / t_r (du, dpre); gated P_r c^2 N_o s_k / s'_r (dpost).
+                // dx_r = G_r c^2 N_o s_k / t_r (du, dpre); gated P_r c^2 N_o s_k / s'_r (dpost);
+                // each with its product's σ undone.
+                const float unscale = pow2(-(set == 1u ? kp.g : kp.p));
 #pragma unroll
                 for (u32 s = 0; s < 2u; s++) {
                     u32 e = set == 1u ? ps.ed[s] : mt_row_scale_exponent(ps.mx[s]);
@@ -4643,7 +4753,7 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
 #pragma unroll
                     for (u32 o = 0; o < NO; o++) {
                         u32 pos = c.ni + (o << MT_INNER_LOG2);
-                        float v = (s == 0u ? z[o].x : z[o].y) * f;
+                        float v = (s == 0u ? z[o].x : z[o].y) * f * unscale;
                         if (set == 1u) {
                             store_segment_at(pc, bf.y, bf.pre, seg[s], pos, v);
                             if (gated) {
@@ -4666,6 +4776,146 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS)
     case 2u: mt_backward_columns_inverse<2>(pc, bf, dv); break;
     case 3u: mt_backward_columns_inverse<3>(pc, bf, dv); break;
     default: mt_backward_columns_inverse<4>(pc, bf, dv); break;
+    }
+}
+
+// N_o = 32 .. 256 (512K .. 4M): the backward's column passes through the forward's shared tiles
+// (mt_tile_forward, mt_tile_inverse), one set after another (the tile reused after a barrier),
+// with the register columns' scales, products and outputs.
+template <u32 A_LOG2, u32 B_LOG2>
+__device__ __forceinline__ void mt_backward_tile_columns_forward(const Params& pc,
+                                                                 const Buffers& bf,
+                                                                 const Divisors& dv) {
+    constexpr u32 O_LOG2 = A_LOG2 + B_LOG2;
+    const u32 blk = block_index();
+    if (blk >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const MtColumn t = mt_tile_column(blk);
+    const u32 h = udiv(t.pair, dv.pairs);
+    const bool gated = (pc.flags & FLAG_GATED) != 0u;
+    const MtPairScales ps = mt_backward_info_scales(mt_backward_pair_info(pc, bf, t.pair));
+    SegmentRow seg[2];
+    mt_pair_rows(pc, dv, t.pair, h, seg);
+#pragma unroll 1
+    for (u32 set = 0; set < (gated ? 3u : 2u); set++) {
+        float sc[2];
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            // The set's scale and 1 / N_o (as mt_backward_columns_forward).
+            u32 e = set == 0u ? ps.ex[s] : (set == 1u ? ps.ed[s] : mt_row_scale_exponent(ps.mx[s]));
+            sc[s] = bits_float((e > O_LOG2 ? e - O_LOG2 : 1u) << 23);
+        }
+        const elem_t* src = set == 1u ? bf.u2 : bf.u;
+        const elem_t* gate = set == 1u ? bf.post : bf.pre;
+        const u32 flags = set == 1u ? pc.flags | FLAG_BODY_ONLY : pc.flags;
+        u32* out = mt_backward_words(pc, bf, set, t.pair);
+        if (set != 0u) {
+            __syncthreads(); // the previous set's tile read
+        }
+        mt_tile_forward<A_LOG2, B_LOG2>(
+            pc, bf, smem, t.ni,
+            [&](u32 pos) {
+                return mk(segment_input_at(pc, dv, src, gate, flags, seg[0], pos) * sc[0],
+                          segment_input_at(pc, dv, src, gate, flags, seg[1], pos) * sc[1]);
+            },
+            [&](u32 ko, u32 ni, u32 w) { out[((u64)ko << MT_INNER_LOG2) + ni] = w; });
+    }
+}
+
+template <u32 A_LOG2, u32 B_LOG2>
+__device__ __forceinline__ void mt_backward_tile_columns_inverse(const Params& pc,
+                                                                 const Buffers& bf,
+                                                                 const Divisors& dv) {
+    constexpr u32 NO = 1u << (A_LOG2 + B_LOG2);
+    const u32 blk = block_index();
+    if (blk >= pc.total_lines) {
+        return; // uniform over the block
+    }
+    const MtColumn t = mt_tile_column(blk);
+    const u32 h = udiv(t.pair, dv.pairs);
+    const u32 n = 1u << pc.log2n;
+    const bool gated = (pc.flags & FLAG_GATED) != 0u;
+    const u32* info = mt_backward_pair_info(pc, bf, t.pair);
+    const MtPairScales ps = mt_backward_info_scales(info);
+    const float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
+    float sums[2] = {bits_float(info[4]), bits_float(info[5])};
+    const int sigma_log2 = mt_taps_scale_log2(sums, ci * (float)NO);
+    const MtBackwardProductScales kp = mt_backward_product_scales(info, ps, n);
+    const float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+    SegmentRow seg[2];
+    mt_pair_rows(pc, dv, t.pair, h, seg);
+    // Taps: Re T c^3 N_o / (N_i σ s t) at positions < K (the pair's first row), as
+    // mt_backward_columns_inverse.
+    {
+        const u32* in = mt_backward_words(pc, bf, 0u, t.pair);
+        int k_st = ps.prod == 0u ? 0 : 254 - (int)ps.prod;
+        float ft = ci * ci * (ci / (float)(1u << MT_INNER_LOG2)) * (float)NO * pow2(-sigma_log2);
+        // 1 / (s t) in two factors applied one after the other (it may exceed a float).
+        float st0 = pow2(k_st / 2), st1 = pow2(k_st - k_st / 2);
+        float* taps = bf.taps + (u64)(2u * t.pair) * pc.taps_len;
+        mt_tile_inverse<A_LOG2, B_LOG2>(
+            pc, bf, smem, t.ni,
+            [&](u32 ko, u32 ni) { return in[((u64)ko << MT_INNER_LOG2) + ni]; },
+            [&](u32 pos, cpx z) {
+                if (pos < pc.taps_len) {
+                    taps[pos] = z.x * ft * st0 * st1;
+                    taps[pc.taps_len + pos] = 0.0f;
+                }
+            });
+    }
+    // dx_r = G_r c^2 N_o s_k / t_r (du, dpre); gated P_r c^2 N_o s_k / s'_r (dpost); each with
+    // its product's σ undone.
+#pragma unroll 1
+    for (u32 set = 1u; set < (gated ? 3u : 2u); set++) {
+        const float unscale = pow2(-(set == 1u ? kp.g : kp.p));
+        float f[2];
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            u32 e = set == 1u ? ps.ed[s] : mt_row_scale_exponent(ps.mx[s]);
+            f[s] = sk * bits_float((254u - e) << 23) * ci * ci * (float)NO;
+        }
+        const u32* in = mt_backward_words(pc, bf, set, t.pair);
+        __syncthreads(); // the previous set's tile read
+        mt_tile_inverse<A_LOG2, B_LOG2>(
+            pc, bf, smem, t.ni,
+            [&](u32 ko, u32 ni) { return in[((u64)ko << MT_INNER_LOG2) + ni]; },
+            [&](u32 pos, cpx z) {
+#pragma unroll
+                for (u32 s = 0; s < 2u; s++) {
+                    float v = (s == 0u ? z.x : z.y) * f[s] * unscale;
+                    if (set == 1u) {
+                        store_segment_at(pc, bf.y, bf.pre, seg[s], pos, v);
+                        if (gated) {
+                            store_segment_at(pc, bf.y2, bf.u, seg[s], pos, v);
+                        }
+                    } else {
+                        store_segment_at(pc, bf.y3, bf.u2, seg[s], pos, v);
+                    }
+                }
+            });
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_backward_tile_columns_forward(const Params pc, const Buffers bf,
+                                                  const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
+    case 5u: mt_backward_tile_columns_forward<4, 1>(pc, bf, dv); break;
+    case 6u: mt_backward_tile_columns_forward<2, 4>(pc, bf, dv); break;
+    case 7u: mt_backward_tile_columns_forward<3, 4>(pc, bf, dv); break;
+    default: mt_backward_tile_columns_forward<4, 4>(pc, bf, dv); break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_backward_tile_columns_inverse(const Params pc, const Buffers bf,
+                                                  const Divisors dv) {
+    switch (pc.log2n - MT_INNER_LOG2) {
+    case 5u: mt_backward_tile_columns_inverse<4, 1>(pc, bf, dv); break;
+    case 6u: mt_backward_tile_columns_inverse<2, 4>(pc, bf, dv); break;
+    case 7u: mt_backward_tile_columns_inverse<3, 4>(pc, bf, dv); break;
+    default: mt_backward_tile_columns_inverse<4, 4>(pc, bf, dv); break;
     }
 }
 

@@ -1016,7 +1016,9 @@ pub(crate) enum MonarchBackwardKernel {
     /// `fftconv_monarch_backward_wide`: 8K, 16K, one pair per block.
     Wide,
     /// From 32K: `fftconv_monarch_backward_scales` (a pair per block), `_columns_forward` and
-    /// `_columns_inverse` (256 columns per block), `_middle` (a 16K row per block).
+    /// `_columns_inverse` (256 columns per block; from 512K `_tile_columns_forward` and
+    /// `_tile_columns_inverse`, 32 columns through a shared tile), `_middle` (a 16K row per
+    /// block).
     Scales,
     ColumnsForward,
     Middle,
@@ -1026,14 +1028,14 @@ pub(crate) enum MonarchBackwardKernel {
 /// The Monarch backward's launches from the fused backward's parameters
 /// (`PassSchedule::fused_backward_params`, whatever the plan's passes): one segment per row,
 /// rows of a multiple of `vec` elements, N = 256 .. 16384 in one launch (up to 4K 16 rows of
-/// 256 points per block, 2^(13 - log2 N) rows of the chunk; then one pair) or 32K .. 256K in
+/// 256 points per block, 2^(13 - log2 N) rows of the chunk; then one pair) or 32K .. 4M in
 /// four (not where circular history wraps: its dx needs another column's value).
 pub(crate) fn monarch_backward_launches(
     p: &PassParams,
     vec: u32,
 ) -> Option<Vec<(MonarchBackwardKernel, PassParams)>> {
     let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
-    let ok = (8..=MONARCH_INNER_LOG2 + 4).contains(&p.log2n)
+    let ok = (8..=MONARCH_INNER_LOG2 + 8).contains(&p.log2n)
         && p.blocks == 1
         && p.flags & !allowed == 0
         && p.seq_len % vec == 0
@@ -1063,7 +1065,13 @@ pub(crate) fn monarch_backward_launches(
         lines_log2: 0,
         ..*p
     };
-    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - 8))?;
+    // 256 columns per block (one per thread) up to N_o = 16, then 32 (a shared tile).
+    let columns_log2 = if p.log2n - MONARCH_INNER_LOG2 > 4 {
+        5
+    } else {
+        8
+    };
+    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - columns_log2))?;
     let rows = pairs.checked_mul(1 << (p.log2n - MONARCH_INNER_LOG2))?;
     Some(vec![
         (MonarchBackwardKernel::Scales, with_lines(pairs)),
@@ -1294,7 +1302,7 @@ mod tests {
     use monarch_core::schedule::FLAG_CONJ_FILTER;
 
     /// The Monarch pass takes the forward of one-pass plans with N = 256 .. 16384 and of
-    /// plans with column passes from 32K to 256K, with one segment per row, and nothing else
+    /// plans with column passes from 32K to 4M, with one segment per row, and nothing else
     /// (longer N, overlap-save blocks, backward flags).
     #[test]
     fn monarch_launches_take_only_what_the_pass_runs() {
@@ -1349,7 +1357,7 @@ mod tests {
         ragged[0].1.element_offset = 4;
         assert!(monarch_launches(&ragged, 8, true).is_none());
 
-        // Column passes around a fused step: the schedule's steps for 32K .. 256K.
+        // Column passes around a fused step: the schedule's steps for 32K .. 4M.
         for (log2n, gated, circular) in [
             (15, false, false),
             (16, true, false),
@@ -1412,7 +1420,7 @@ mod tests {
         }
     }
 
-    /// The Monarch backward takes one-segment rows of whole vectors, N = 256 .. 256K (from 32K
+    /// The Monarch backward takes one-segment rows of whole vectors, N = 256 .. 4M (from 32K
     /// four launches, not where circular history wraps), and nothing else.
     #[test]
     fn monarch_backward_launches_take_only_what_the_kernels_run() {
@@ -1425,7 +1433,7 @@ mod tests {
             pairs: 2,
             ..PassParams::default()
         };
-        for log2n in 8..=18 {
+        for log2n in 8..=22 {
             let launches = monarch_backward_launches(&params(log2n, FLAG_GATED), 8).expect("taken");
             let kernels: Vec<MonarchBackwardKernel> = launches.iter().map(|l| l.0).collect();
             match log2n {
@@ -1442,12 +1450,14 @@ mod tests {
                         ]
                     );
                     let lines: Vec<u32> = launches.iter().map(|l| l.1.total_lines).collect();
-                    assert_eq!(lines, [6, 6 * 64, 6 << (log2n - 14), 6 * 64]);
+                    // 256 columns per block, 32 (a shared tile) from 512K.
+                    let columns = if log2n > 18 { 6 * 512 } else { 6 * 64 };
+                    assert_eq!(lines, [6, columns, 6 << (log2n - 14), columns]);
                 }
             }
         }
         assert!(monarch_backward_launches(&params(7, 0), 8).is_none());
-        assert!(monarch_backward_launches(&params(19, 0), 8).is_none());
+        assert!(monarch_backward_launches(&params(23, 0), 8).is_none());
         let mut p = params(12, 0);
         p.blocks = 2;
         assert!(monarch_backward_launches(&p, 8).is_none());

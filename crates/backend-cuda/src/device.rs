@@ -55,7 +55,7 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
 /// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4M, and
-/// their backward up to 256K (one segment per row), through the Monarch tensor-core pass
+/// their backward (one segment per row), through the Monarch tensor-core pass
 /// (`fftconv_monarch`; for 8K and 16K `fftconv_monarch_wide`; from 32K column passes around
 /// 16K-point rows with f16 intermediates; the backward's `fftconv_monarch_backward*` likewise):
 /// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
@@ -355,6 +355,14 @@ impl CudaDevice {
                         monarch_backward_shared_bytes(14, true),
                     )?,
                     backward_columns_inverse: get("fftconv_monarch_backward_columns_inverse")?,
+                    backward_tile_columns_forward: with_shared(
+                        "fftconv_monarch_backward_tile_columns_forward",
+                        monarch_tile_bytes(22),
+                    )?,
+                    backward_tile_columns_inverse: with_shared(
+                        "fftconv_monarch_backward_tile_columns_inverse",
+                        monarch_tile_bytes(22),
+                    )?,
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
                     wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
@@ -418,11 +426,14 @@ pub(crate) struct MonarchKernels {
     pub(crate) backward: CudaFunction,
     /// The same for N = 8192 and 16384 (one pair per block).
     pub(crate) backward_wide: CudaFunction,
-    /// The backward from 32K to 256K: scales, column passes and 16K-point rows.
+    /// The backward from 32K to 4M: scales, column passes (a thread per column up to 256K,
+    /// shared tiles from 512K) and 16K-point rows.
     pub(crate) backward_scales: CudaFunction,
     pub(crate) backward_columns_forward: CudaFunction,
+    pub(crate) backward_tile_columns_forward: CudaFunction,
     pub(crate) backward_middle: CudaFunction,
     pub(crate) backward_columns_inverse: CudaFunction,
+    pub(crate) backward_tile_columns_inverse: CudaFunction,
     /// N = 32K .. 4M: the rows' scales, the column passes (a thread per column up to 256K,
     /// shared tiles from 512K) and the 16K-point rows.
     pub(crate) scales: CudaFunction,
@@ -454,10 +465,18 @@ impl MonarchKernels {
                 monarch_backward_shared_bytes(log2n, gated),
             ),
             MonarchBackwardKernel::Scales => (&self.backward_scales, 0),
+            MonarchBackwardKernel::ColumnsForward if log2n > 18 => (
+                &self.backward_tile_columns_forward,
+                monarch_tile_bytes(log2n),
+            ),
             MonarchBackwardKernel::ColumnsForward => (&self.backward_columns_forward, 0),
             MonarchBackwardKernel::Middle => (
                 &self.backward_middle,
                 monarch_backward_shared_bytes(14, gated),
+            ),
+            MonarchBackwardKernel::ColumnsInverse if log2n > 18 => (
+                &self.backward_tile_columns_inverse,
+                monarch_tile_bytes(log2n),
             ),
             MonarchBackwardKernel::ColumnsInverse => (&self.backward_columns_inverse, 0),
         }

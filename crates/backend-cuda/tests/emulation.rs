@@ -231,6 +231,8 @@ enum Kernel {
     MonarchCluster2 = 21,
     MonarchCluster4 = 22,
     MonarchCluster8 = 23,
+    MonarchBackwardTileColumnsForward = 24,
+    MonarchBackwardTileColumnsInverse = 25,
 }
 
 impl From<PassKind> for Kernel {
@@ -976,6 +978,18 @@ fn backward(
                     Kernel::MonarchBackwardMiddle => sets * 2 * 64 * 264 * 2,
                     _ => 0,
                 };
+                // From 512K the column passes' shared tiles, their own entries.
+                let (kernel, shared) = match kernel {
+                    Kernel::MonarchBackwardColumnsForward if params.log2n > 18 => (
+                        Kernel::MonarchBackwardTileColumnsForward,
+                        (1usize << (params.log2n - 14)) * 32 * 8,
+                    ),
+                    Kernel::MonarchBackwardColumnsInverse if params.log2n > 18 => (
+                        Kernel::MonarchBackwardTileColumnsInverse,
+                        (1usize << (params.log2n - 14)) * 32 * 8,
+                    ),
+                    _ => (kernel, shared),
+                };
                 p.launch(kernel, shared, &params, &b);
             }
             p.launch(Kernel::TapsSum, 0, &sum_params, &base);
@@ -1713,6 +1727,12 @@ fn monarch_tensor_core_pass_256_threads() {
             1 << 30,
             1.0,
         ),
+        (
+            "n1m circular impulses",
+            causal(2, 1, 1 << 20, 1 << 20).circular(),
+            1 << 30,
+            1.0,
+        ),
     ];
     monarch_forward_cases(
         &harness,
@@ -1824,7 +1844,7 @@ fn monarch_cluster_256_threads() {
 fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_GATED, FLAG_WRAPS};
     let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
-    let ok = (8..=18).contains(&p.log2n)
+    let ok = (8..=22).contains(&p.log2n)
         && p.blocks == 1
         && p.flags & !allowed == 0
         && p.seq_len % 4 == 0
@@ -1854,24 +1874,23 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
         lines_log2: 0,
         ..*p
     };
+    let columns = if p.log2n > 18 {
+        pairs * 512
+    } else {
+        pairs * 64
+    };
     Some(vec![
         (Kernel::MonarchBackwardScales, with_lines(pairs)),
-        (
-            Kernel::MonarchBackwardColumnsForward,
-            with_lines(pairs * 64),
-        ),
+        (Kernel::MonarchBackwardColumnsForward, with_lines(columns)),
         (
             Kernel::MonarchBackwardMiddle,
             with_lines(pairs << (p.log2n - 14)),
         ),
-        (
-            Kernel::MonarchBackwardColumnsInverse,
-            with_lines(pairs * 64),
-        ),
+        (Kernel::MonarchBackwardColumnsInverse, with_lines(columns)),
     ])
 }
 
-/// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 16384: causal and
+/// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 1M: causal and
 /// circular, gated, frequency-sparse, odd batch, several chunks, channels of 2^-12 .. 2^12, a
 /// pair whose rows are 2^16 apart, dy much smaller than u.
 #[test]
@@ -1952,6 +1971,18 @@ fn monarch_backward_256_threads() {
         (
             "n256k circular",
             causal(2, 1, 262_144, 262_144).circular(),
+            1 << 30,
+        ),
+        // From 512K the column passes run through shared tiles (N_o = 16 x 2, 4 x 16).
+        (
+            "n512k circular gated, rows 2^-16",
+            causal(2, 1, 524_288, 300_000).circular().gated(true),
+            1 << 30,
+        ),
+        // Sparse rows at 1M: G's and P's products need their own scales (du 2.1e-3 without).
+        (
+            "n1m circular gated impulses",
+            causal(2, 1, 1 << 20, 1 << 20).circular().gated(true),
             1 << 30,
         ),
     ];

@@ -349,7 +349,7 @@ impl CudaConvolution {
             y3: s.dpost,
         };
         // The Monarch backward where this convolution runs the Monarch pass, the problem is
-        // one it takes (`monarch_backward_launches`: 256 .. 256K), its shared memory fits this
+        // one it takes (`monarch_backward_launches`: 256 .. 4M), its shared memory fits this
         // device and the rows allow its 16-byte I/O: one kernel (four from 32K), then the taps
         // summed.
         let vec = 16 / self.spec.dtype().size_bytes() as u32;

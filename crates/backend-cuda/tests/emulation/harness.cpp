@@ -142,7 +142,8 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_backward_columns_inverse,
                           fftconv_monarch_tile_columns_forward, fftconv_monarch_tile_columns_inverse,
                           fftconv_monarch_cluster2, fftconv_monarch_cluster4,
-                          fftconv_monarch_cluster8,
+                          fftconv_monarch_cluster8, fftconv_monarch_backward_tile_columns_forward,
+                          fftconv_monarch_backward_tile_columns_inverse,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -156,18 +157,21 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_backward_columns_inverse", "monarch_tile_columns_forward",
                              "monarch_tile_columns_inverse", "monarch_cluster2",
                              "monarch_cluster4", "monarch_cluster8",
+                             "monarch_backward_tile_columns_forward",
+                             "monarch_backward_tile_columns_inverse",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
                            false, false, false, false, false, false, false, false, false,
                            false, false, false, false, false, false, false, false, false,
+                           false, false,
 #endif
 };
 // Blocks per cluster (`__cluster_dims__`; 1: no cluster).
 const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
 #if MONARCH_TC
-                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8,
+                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
@@ -235,7 +239,8 @@ u32 lanes(u32 w) { return THREADS - w * WARP < WARP ? THREADS - w * WARP : WARP;
                  "harness: command %zu (%s), block %u (%u threads): barrier divergence: %s "
                  "(after %u block barriers: %u threads at __syncthreads, %u at __syncwarp, %u "
                  "at the cluster barrier, %u finished)\n",
-                 command, name, block + rank, (unsigned)THREADS, what, passed[rank], at, waiting,
+                 command, name, in_cluster ? first.x + rank : block, (unsigned)THREADS, what,
+                 passed[rank], at, waiting,
                  at_cluster, done);
     std::exit(4);
 }
@@ -322,21 +327,37 @@ void run_blocks() {
     at_cluster = cluster_passed = done = 0;
     running = true;
     while (done < count) {
-        bool descending = ((passed[0] + cluster_passed + block) & 1u) != 0u;
+        // A cluster's blocks are not run in step: each in turn runs as far as it can (to a
+        // cluster barrier or its end; the ranks in ascending order after even cluster barriers,
+        // descending after odd ones), so a block that reads another's shared memory without a
+        // cluster barrier between the write and the read finds it unwritten (NaN) or stale.
         bool ran = false;
-        for (u32 k = 0; k < count; k++) {
-            u32 f = descending ? count - 1u - k : k;
-            if (state[f] != READY) {
-                continue;
+        for (u32 i = 0; i < blocks; i++) {
+            u32 rank = (cluster_passed & 1u) != 0u ? blocks - 1u - i : i;
+            for (bool progress = true; progress;) {
+                progress = false;
+                bool descending = ((passed[rank] + cluster_passed + block) & 1u) != 0u;
+                for (u32 k = 0; k < THREADS; k++) {
+                    u32 f = rank * THREADS + (descending ? THREADS - 1u - k : k);
+                    if (state[f] != READY) {
+                        continue;
+                    }
+                    current = f;
+                    emu_rank = rank;
+                    threadIdx = EmuDim3{f % THREADS, 0u, 0u};
+                    blockIdx = EmuDim3{first.x + emu_rank, first.y, 0u};
+                    if (swapcontext(&scheduler, &context[f]) != 0) {
+                        fail(2, "swapcontext failed");
+                    }
+                    ran = progress = true;
+                    if (in_cluster && done_in[rank] == THREADS) {
+                        // A block that has left keeps no shared memory another may still read.
+                        for (size_t j = 0; j < launch_bytes / 8u; j++) {
+                            cluster_smem[rank][j] = mk(NAN, NAN);
+                        }
+                    }
+                }
             }
-            current = f;
-            emu_rank = f / THREADS;
-            threadIdx = EmuDim3{f % THREADS, 0u, 0u};
-            blockIdx = EmuDim3{first.x + emu_rank, first.y, 0u};
-            if (swapcontext(&scheduler, &context[f]) != 0) {
-                fail(2, "swapcontext failed");
-            }
-            ran = true;
         }
         if (!ran && done < count) {
             divergence("no thread can run (threads wait at barriers the others never reach)");
@@ -480,7 +501,7 @@ void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, s
                 }
             }
             fibers::blocks = cluster;
-            fibers::block = (u32)bx;
+            fibers::block = (u32)(bx / cluster); // the scan-order parity (shown as the block)
             fibers::first = EmuDim3{(unsigned)bx, 0u, 0u};
             fibers::run_blocks();
             for (u32 r = 0; r < cluster; r++) {
