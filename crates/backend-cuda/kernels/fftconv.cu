@@ -3838,7 +3838,8 @@ __device__ __forceinline__ void mt_column_inverse(const Params& pc, const Buffer
     }
     mt_dft_registers<O_LOG2, false>(pc, bf, z);
     // Undo N_o (the forward column DFT's 1 / N_o), (2 N_i)^2 of the middle pass's DFT matrices,
-    // s_k of the filter, the row scale and (a factor of its own) the product's σ.
+    // s_k of the filter, the row scale and the product's σ (first: z σ^-1 f cannot overflow where
+    // the result does not).
     const u32 n = 1u << pc.log2n;
     float ci = 2.0f * (float)(1u << MT_INNER_LOG2);
     float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
@@ -3849,7 +3850,7 @@ __device__ __forceinline__ void mt_column_inverse(const Params& pc, const Buffer
 #pragma unroll
         for (u32 o = 0; o < NO; o++) {
             store_segment_at(pc, bf.y, bf.post, seg[s], ni + (o << MT_INNER_LOG2),
-                             (s == 0u ? z[o].x : z[o].y) * f * unscale);
+                             (s == 0u ? z[o].x : z[o].y) * unscale * f);
         }
     }
 }
@@ -4041,8 +4042,8 @@ __device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const 
     mt_tile_inverse<A_LOG2, B_LOG2>(
         pc, bf, smem, t.ni, [&](u32 ko, u32 ni) { return in[((u64)ko << MT_INNER_LOG2) + ni]; },
         [&](u32 pos, cpx z) {
-            store_segment_at(pc, bf.y, bf.post, seg[0], pos, z.x * f0 * unscale);
-            store_segment_at(pc, bf.y, bf.post, seg[1], pos, z.y * f1 * unscale);
+            store_segment_at(pc, bf.y, bf.post, seg[0], pos, z.x * unscale * f0);
+            store_segment_at(pc, bf.y, bf.post, seg[1], pos, z.y * unscale * f1);
         });
 }
 
@@ -4260,7 +4261,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
 // Global traffic is the floor's (u read once, y written once) plus u's second read in step 2
 // (from L2: the pair's rows were read in step 1 moments before).
 #define MT_CLUSTER_REGION_BYTES (64u * MT_ROW * 2u * 2u) // the planes; the 64 KiB stage under them
-#define MT_CLUSTER_BYTES (MT_CLUSTER_REGION_BYTES + 16u)  // then the block's two row maxima
+#define MT_CLUSTER_BYTES (MT_CLUSTER_REGION_BYTES + 16u)  // then two row maxima, two sums
 
 // The cluster kernels exist for sm_90 and newer (and the emulation); MT_CLUSTERS=1 forces them
 // (tests/device_compile.rs, whose clang may stop at sm_80, assembles them for sm_90 then).
@@ -4753,7 +4754,7 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
 #pragma unroll
                     for (u32 o = 0; o < NO; o++) {
                         u32 pos = c.ni + (o << MT_INNER_LOG2);
-                        float v = (s == 0u ? z[o].x : z[o].y) * f * unscale;
+                        float v = (s == 0u ? z[o].x : z[o].y) * unscale * f;
                         if (set == 1u) {
                             store_segment_at(pc, bf.y, bf.pre, seg[s], pos, v);
                             if (gated) {
@@ -4883,7 +4884,7 @@ __device__ __forceinline__ void mt_backward_tile_columns_inverse(const Params& p
             [&](u32 pos, cpx z) {
 #pragma unroll
                 for (u32 s = 0; s < 2u; s++) {
-                    float v = (s == 0u ? z.x : z.y) * f[s] * unscale;
+                    float v = (s == 0u ? z.x : z.y) * unscale * f[s];
                     if (set == 1u) {
                         store_segment_at(pc, bf.y, bf.pre, seg[s], pos, v);
                         if (gated) {

@@ -1106,8 +1106,9 @@ pub(crate) enum MonarchKernel {
 pub(crate) const MONARCH_INNER_LOG2: u32 = 14;
 
 /// The launches of the Monarch tensor-core pass where it can run a chunk's forward (`steps`, the
-/// schedule's): plain forward flags (gates and circular history allowed), one overlap-save
-/// segment per row, and either one fused step of N = 256 .. 16384 (one launch; up to 4096 its
+/// schedule's): plain forward flags (gates and circular history allowed), rows and overlap-save
+/// blocks of whole 16-byte vectors (partial convolutions too: each pair is two segments of a
+/// channel), and either one fused step of N = 256 .. 16384 (one launch; up to 4096 its
 /// blocks hold 16 rows of 256 points, 2^(12 - log2 N) pairs, beyond that one pair) or, for
 /// N = 32K .. 4M, column passes around a fused step (four launches: row scales, forward
 /// columns, the 16K-point rows, inverse columns; every block one pair, and 256 columns (32 from
@@ -1120,17 +1121,18 @@ pub(crate) fn monarch_launches(
 ) -> Option<Vec<(MonarchKernel, PassParams)>> {
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     let extra = FLAG_GATED | FLAG_WRAPS;
-    // The kernels' 16-byte row I/O: rows of a multiple of `vec` elements from such an element.
-    if !steps
-        .iter()
-        .all(|(_, p)| p.seq_len % vec == 0 && p.element_offset % vec == 0)
-    {
+    // The kernels' 16-byte row I/O: rows of a multiple of `vec` elements from such an element,
+    // and overlap-save blocks too (monarch-core's BLOCK_ALIGN makes them so).
+    if !steps.iter().all(|(_, p)| {
+        p.seq_len % vec == 0
+            && p.element_offset % vec == 0
+            && (p.blocks == 1 || p.block_len % vec == 0)
+    }) {
         return None;
     }
     if let [(PassKind::Fused, p)] = steps {
         let ok = p.line_log2 == p.log2n
             && (8..=14).contains(&p.log2n)
-            && p.blocks == 1
             && p.stage_count == 0
             && p.flags & io == io
             && p.flags & !(io | extra) == 0;
@@ -1153,7 +1155,6 @@ pub(crate) fn monarch_launches(
         return None;
     };
     let ok = (MONARCH_INNER_LOG2 + 1..=MONARCH_INNER_LOG2 + 8).contains(&first.log2n)
-        && steps.iter().all(|(_, p)| p.blocks == 1)
         && first.flags & FLAG_SRC_INPUT != 0
         && first.flags & !(FLAG_SRC_INPUT | extra) == 0
         && last.flags & FLAG_DST_OUTPUT != 0
@@ -1302,8 +1303,8 @@ mod tests {
     use monarch_core::schedule::FLAG_CONJ_FILTER;
 
     /// The Monarch pass takes the forward of one-pass plans with N = 256 .. 16384 and of
-    /// plans with column passes from 32K to 4M, with one segment per row, and nothing else
-    /// (longer N, overlap-save blocks, backward flags).
+    /// plans with column passes from 32K to 4M, with rows and blocks of whole vectors, and
+    /// nothing else (longer N, ragged rows or blocks, backward flags).
     #[test]
     fn monarch_launches_take_only_what_the_pass_runs() {
         let fused = |log2n: u32, blocks: u32, flags: u32| {
@@ -1341,7 +1342,12 @@ mod tests {
         }
         assert!(monarch_launches(&fused(7, 1, io), 8, true).is_none());
         assert!(monarch_launches(&fused(15, 1, io), 8, true).is_none());
-        assert!(monarch_launches(&fused(12, 3, io), 8, true).is_none());
+        // Overlap-save blocks (a partial convolution) of whole vectors only.
+        let mut blocked = fused(12, 3, io);
+        blocked[0].1.block_len = 4096 - 1000;
+        assert!(monarch_launches(&blocked, 8, true).is_some());
+        blocked[0].1.block_len = 4096 - 1003;
+        assert!(monarch_launches(&blocked, 8, true).is_none());
         assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER), 8, true).is_none());
         assert!(
             monarch_launches(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE), 8, true).is_none()

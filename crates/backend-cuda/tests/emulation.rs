@@ -1496,7 +1496,7 @@ fn monarch_launches(
     if let [(PassKind::Fused, p)] = steps {
         let ok = p.line_log2 == p.log2n
             && (8..=14).contains(&p.log2n)
-            && p.blocks == 1
+            && (p.blocks == 1 || p.block_len % 4 == 0)
             && p.stage_count == 0
             && p.flags & io == io
             && p.flags & !(io | extra) == 0;
@@ -1519,7 +1519,9 @@ fn monarch_launches(
         return None;
     };
     let ok = (15..=22).contains(&first.log2n)
-        && steps.iter().all(|(_, p)| p.blocks == 1)
+        && steps
+            .iter()
+            .all(|(_, p)| p.blocks == 1 || p.block_len % 4 == 0)
         && first.flags & FLAG_SRC_INPUT != 0
         && first.flags & !(FLAG_SRC_INPUT | extra) == 0
         && last.flags & FLAG_DST_OUTPUT != 0
@@ -1835,6 +1837,74 @@ fn monarch_cluster_256_threads() {
         &mut outcomes,
         &mut rng,
         cases,
+        ForwardPath::MonarchCluster,
+    );
+    outcomes.finish();
+}
+
+/// The Monarch pass on partial convolutions (K << L: several overlap-save blocks per row, each
+/// a multiple of monarch-core's `BLOCK_ALIGN` elements, so its rows move as 16-byte vectors):
+/// the segments of a channel pair up across rows and blocks. Fused sizes, then the long path
+/// (N = 64K, four blocks a row) with and without clusters; causal and circular, gated,
+/// frequency-sparse, K no multiple of the vector width.
+#[test]
+fn monarch_partial_256_threads() {
+    let test = "monarch_partial_256_threads";
+    let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let mut outcomes = Outcomes::new(test);
+    let mut rng = StdRng::seed_from_u64(outcomes.seed);
+    let causal = ConvSpec::builder;
+    let cases: Vec<MonarchCase> = vec![
+        ("n256 partial", causal(3, 2, 3000, 61), 1 << 30, 1.0),
+        (
+            "n1k partial gated",
+            causal(2, 3, 5000, 250).gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n4k partial sparse chunked",
+            causal(2, 2, 20000, 1000).keep_frequencies(0.25),
+            40000,
+            1.0,
+        ),
+        (
+            "n8k partial circular",
+            causal(3, 1, 30000, 3001).circular(),
+            1 << 30,
+            1.0,
+        ),
+    ];
+    monarch_forward_cases(
+        &harness,
+        &mut outcomes,
+        &mut rng,
+        cases,
+        ForwardPath::Monarch,
+    );
+    let long = || -> Vec<MonarchCase> {
+        vec![(
+            "n64k partial gated, rows 2^-20",
+            causal(2, 1, 200_000, 9000).gated(true),
+            1 << 30,
+            1.0,
+        )]
+    };
+    monarch_forward_cases(
+        &harness,
+        &mut outcomes,
+        &mut rng,
+        long(),
+        ForwardPath::Monarch,
+    );
+    monarch_forward_cases(
+        &harness,
+        &mut outcomes,
+        &mut rng,
+        long(),
         ForwardPath::MonarchCluster,
     );
     outcomes.finish();

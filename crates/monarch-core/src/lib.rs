@@ -28,7 +28,7 @@ pub mod twiddle;
 pub use element::{DType, Element};
 pub use error::CoreError;
 pub use plan::{MonarchPlan, PlanLimits};
-pub use problem::{ConvGeometry, ConvMode, ConvSpec, ConvSpecBuilder, FrequencyKeep};
+pub use problem::{ConvGeometry, ConvMode, ConvSpec, ConvSpecBuilder, FrequencyKeep, BLOCK_ALIGN};
 pub use size::FftSize;
 
 /// Complex numbers used throughout (re-exported from `num-complex`).

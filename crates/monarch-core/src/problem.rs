@@ -332,6 +332,12 @@ impl ConvSpecBuilder {
     }
 }
 
+/// Overlap-save blocks of a row that runs in several are a multiple of this many elements long
+/// (the last may be shorter), so that every block starts on a 16-byte boundary of a row for any
+/// element type the library stores (2 or 4 bytes): the GPU kernels move such rows 16 bytes at a
+/// time. It costs at most 7 outputs per block.
+pub const BLOCK_ALIGN: usize = 8;
+
 /// How a problem is cut into overlap-save blocks of one FFT size, and which bins are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvGeometry {
@@ -384,7 +390,12 @@ impl ConvGeometry {
             .min(single);
         let mut best: Option<(f64, ConvGeometry)> = None;
         for n in FftSize::range(smallest.len(), single.len()) {
-            let block_len = (n.len() - history).min(length);
+            let mut block_len = n.len() - history;
+            if block_len < length && block_len >= BLOCK_ALIGN {
+                // Several blocks: each starts at a multiple of BLOCK_ALIGN elements.
+                block_len -= block_len % BLOCK_ALIGN;
+            }
+            let block_len = block_len.min(length);
             let blocks = length.div_ceil(block_len);
             let c = cost(n.len(), blocks);
             if best.as_ref().is_none_or(|(bc, _)| c <= *bc) {
@@ -514,6 +525,16 @@ mod tests {
         assert!(g.n() <= 4096, "N = {} should scale with K", g.n());
         assert_eq!(g.blocks, (1usize << 20).div_ceil(g.block_len));
         assert!(g.block_len + g.history <= g.n());
+        // Blocks of whole 16-byte vectors, at most BLOCK_ALIGN - 1 outputs short of N - (K - 1).
+        for k in [2, 61, 100, 128, 1000, 4097] {
+            let g = *ConvSpec::builder(1, 1, 1 << 20, k)
+                .build()
+                .unwrap()
+                .geometry();
+            assert!(g.blocks > 1, "K = {k}");
+            assert_eq!(g.block_len % BLOCK_ALIGN, 0, "K = {k}: {g:?}");
+            assert!(g.block_len + g.history <= g.n() && g.n() - g.history - g.block_len < 8);
+        }
     }
 
     #[test]
