@@ -147,6 +147,11 @@ __device__ __forceinline__ u32 min_u(u32 a, u32 b) { return a < b ? a : b; }
 __device__ __forceinline__ u32 finite_magnitude(cpx v) {
     return max_u(finite_bits(v.x), finite_bits(v.y));
 }
+// Whether both components are finite.
+__device__ __forceinline__ bool finite_c(cpx v) {
+    return (float_bits(v.x) & 0x7f800000u) != 0x7f800000u &&
+           (float_bits(v.y) & 0x7f800000u) != 0x7f800000u;
+}
 
 // ---- parameters -------------------------------------------------------------------------------
 
@@ -1959,6 +1964,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 // (each row's largest |x|, |d|, |T|, |G| bits), then BACKWARD_ROWS BackwardRow (each row's
 // channel and located segment, found once per block instead of once per point).
 #define BACKWARD_ROWS 16u
+// Slot 3's value for a row whose G has a non-finite bin (above every finite magnitude).
+#define G_NONFINITE 0xffffffffu
 
 struct BackwardRow {
     SegmentRow seg;
@@ -2137,6 +2144,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             cpx kf = r < pc.total_lines ? filter_bin(pc, bf, h, f) : mk(0.0f, 0.0f);
             cpx gk = cmul(d, conj_c(kf));
             cpx pk = cmul(x, kf);
+            // A non-finite G (a NaN or infinite filter) must not reach T through the shared
+            // inverse transform: its bins go in as zeros, and slot 3 holds G_NONFINITE, so that
+            // the row's dx comes out NaN (its taps do not depend on the filter).
+            const bool g_finite = finite_c(gk);
+            if (!g_finite) {
+                gk = mk(0.0f, 0.0f);
+            }
             if (ip == jp) {
                 // Its own mirror: T, G and P are real there (up to rounding).
                 t.y = 0.0f;
@@ -2154,7 +2168,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 }
             }
             m.a = max_u(m.a, finite_magnitude(t));
-            m.b = max_u(m.b, finite_magnitude(gk));
+            m.b = max_u(m.b, g_finite ? finite_magnitude(gk) : G_NONFINITE);
         }
     }
     row_maxima_flush(m, row_max, 2u);
@@ -2197,7 +2211,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             if (r >= pc.total_lines) {
                 continue;
             }
-            float unscale = pow2(-row_scale_log2(row_max, 2u, line));
+            float unscale = row_max[3u * BACKWARD_ROWS + line] == G_NONFINITE
+                                ? bits_float(0x7fc00000u)
+                                : pow2(-row_scale_log2(row_max, 2u, line));
             float dx[VEC], cg[VEC];
 #pragma unroll
             for (u32 k = 0u; k < VEC; k++) {
@@ -2245,7 +2261,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         if ((pc.flags & FLAG_WRAPS) != 0u && pc.seq_len - t <= pc.history) {
             dx += w[SIDX((line << m_log2) + n - (pc.seq_len - t))].y;
         }
-        dx *= pow2(-row_scale_log2(row_max, 2u, line));
+        dx *= row_max[3u * BACKWARD_ROWS + line] == G_NONFINITE
+                  ? bits_float(0x7fc00000u)
+                  : pow2(-row_scale_log2(row_max, 2u, line));
         u32 idx = row.row_base + t;
         if (gated) {
             bf.y[idx] = from_float(dx * to_float(bf.pre[idx]));

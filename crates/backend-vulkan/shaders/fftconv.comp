@@ -143,6 +143,8 @@ shared vec2 s[SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
 // (slots 0 .. 3, BACKWARD_ROWS words each; an unsigned max of them is exact and order-free).
 const uint BACKWARD_ROWS = 16u;
 shared uint row_max[4u * BACKWARD_ROWS];
+// Slot 3's value for a row whose G has a non-finite bin (above every finite magnitude).
+const uint G_NONFINITE = 0xffffffffu;
 #endif
 #if defined(COOP)
 // The DFT matrices of order T as f16 A operands, T x T row-major each: A[b][k] = W_T^(k bitrev(b))
@@ -1005,6 +1007,13 @@ void main() {
                 vec2 kf = valid ? filter_bin(h, f) : vec2(0.0);
                 vec2 gk = cmul(d, conj_c(kf));
                 vec2 pk = cmul(x, kf);
+                // A non-finite G (a NaN or infinite filter) must not reach T through the shared
+                // inverse transform: its bins go in as zeros, and slot 3 holds G_NONFINITE, so
+                // that the row's dx comes out NaN (its taps do not depend on the filter).
+                bool g_finite = !any(isnan(gk)) && !any(isinf(gk));
+                if (!g_finite) {
+                    gk = vec2(0.0);
+                }
                 if (ip == jp) {
                     // Its own mirror: T, G and P are real there (up to rounding).
                     t.y = 0.0;
@@ -1022,7 +1031,7 @@ void main() {
                     }
                 }
                 ma = max(ma, max(finite_bits(t.x), finite_bits(t.y)));
-                mb = max(mb, max(finite_bits(gk.x), finite_bits(gk.y)));
+                mb = max(mb, g_finite ? max(finite_bits(gk.x), finite_bits(gk.y)) : G_NONFINITE);
             }
         }
         row_max_add(2u, line, ma, mb);
@@ -1060,7 +1069,9 @@ void main() {
         uint h, seg, row_base, start, outputs;
         backward_row(r, h, seg);
         bool valid = segment_row(seg, h, row_base, start, outputs);
-        float inv_sigma = pow2(-row_scale_log2(2u, line));
+        float inv_sigma = row_max[3u * BACKWARD_ROWS + line] == G_NONFINITE
+                              ? uintBitsToFloat(0x7fc00000u)
+                              : pow2(-row_scale_log2(2u, line));
         uint base = line << m_log2;
         for (uint t = lane; t < m; t += lanes) {
             vec2 w = s[SIDX(base + t)];
