@@ -3802,6 +3802,25 @@ __device__ __forceinline__ void mt_dft_registers(const Params& pc, const Buffers
     }
 }
 
+// The column passes' templates by N_o = 2^(log2n - 14): in registers for N_o = 2 .. 16
+// (O_LOG2), through shared tiles split A x B for 32 .. 256 (16 x 2, 4 x 16, 8 x 16, 16 x 16; the
+// host's `monarch_tile_bytes` sizes the tiles). One table for the forward's and backward's
+// entries.
+#define MT_COLUMN_DISPATCH(f)                                                                      \
+    switch (pc.log2n - MT_INNER_LOG2) {                                                            \
+    case 1u: f<1>(pc, bf, dv); break;                                                              \
+    case 2u: f<2>(pc, bf, dv); break;                                                              \
+    case 3u: f<3>(pc, bf, dv); break;                                                              \
+    default: f<4>(pc, bf, dv); break;                                                              \
+    }
+#define MT_TILE_DISPATCH(f)                                                                        \
+    switch (pc.log2n - MT_INNER_LOG2) {                                                            \
+    case 5u: f<4, 1>(pc, bf, dv); break;                                                           \
+    case 6u: f<2, 4>(pc, bf, dv); break;                                                           \
+    case 7u: f<3, 4>(pc, bf, dv); break;                                                           \
+    default: f<4, 4>(pc, bf, dv); break;                                                           \
+    }
+
 // This thread's column of the column passes: blocks of 256 consecutive n_i of one pair.
 struct MtColumn {
     u32 pair;
@@ -4067,44 +4086,24 @@ __device__ __forceinline__ void mt_tile_columns_inverse(const Params& pc, const 
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 1u: mt_columns_forward<1>(pc, bf, dv); break;
-    case 2u: mt_columns_forward<2>(pc, bf, dv); break;
-    case 3u: mt_columns_forward<3>(pc, bf, dv); break;
-    default: mt_columns_forward<4>(pc, bf, dv); break;
-    }
+    MT_COLUMN_DISPATCH(mt_columns_forward);
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_tile_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 5u: mt_tile_columns_forward<4, 1>(pc, bf, dv); break;
-    case 6u: mt_tile_columns_forward<2, 4>(pc, bf, dv); break;
-    case 7u: mt_tile_columns_forward<3, 4>(pc, bf, dv); break;
-    default: mt_tile_columns_forward<4, 4>(pc, bf, dv); break;
-    }
+    MT_TILE_DISPATCH(mt_tile_columns_forward);
 }
 
 // N_o = 2 .. 16 (a thread per column) and 32 .. 256 (shared tiles) are separate entries, so
 // that the register columns are not held to the tiles' register count.
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 1u: mt_columns_inverse<1>(pc, bf, dv); break;
-    case 2u: mt_columns_inverse<2>(pc, bf, dv); break;
-    case 3u: mt_columns_inverse<3>(pc, bf, dv); break;
-    default: mt_columns_inverse<4>(pc, bf, dv); break;
-    }
+    MT_COLUMN_DISPATCH(mt_columns_inverse);
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_tile_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 5u: mt_tile_columns_inverse<4, 1>(pc, bf, dv); break;
-    case 6u: mt_tile_columns_inverse<2, 4>(pc, bf, dv); break;
-    case 7u: mt_tile_columns_inverse<3, 4>(pc, bf, dv); break;
-    default: mt_tile_columns_inverse<4, 4>(pc, bf, dv); break;
-    }
+    MT_TILE_DISPATCH(mt_tile_columns_inverse);
 }
 
 // Row k_o of pair `pair`: fftconv_monarch_wide's steps for N1 = 64 rows of 256 (R = 4) on the
@@ -4576,12 +4575,7 @@ __device__ __forceinline__ void mt_backward_columns_forward(const Params& pc, co
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_backward_columns_forward(const Params pc, const Buffers bf, const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 1u: mt_backward_columns_forward<1>(pc, bf, dv); break;
-    case 2u: mt_backward_columns_forward<2>(pc, bf, dv); break;
-    case 3u: mt_backward_columns_forward<3>(pc, bf, dv); break;
-    default: mt_backward_columns_forward<4>(pc, bf, dv); break;
-    }
+    MT_COLUMN_DISPATCH(mt_backward_columns_forward);
 }
 
 // Row k_o of pair p (block p N_o + k_o), for each plane set: fftconv_monarch_middle's load with
@@ -4790,12 +4784,7 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
     fftconv_monarch_backward_columns_inverse(const Params pc, const Buffers bf, const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 1u: mt_backward_columns_inverse<1>(pc, bf, dv); break;
-    case 2u: mt_backward_columns_inverse<2>(pc, bf, dv); break;
-    case 3u: mt_backward_columns_inverse<3>(pc, bf, dv); break;
-    default: mt_backward_columns_inverse<4>(pc, bf, dv); break;
-    }
+    MT_COLUMN_DISPATCH(mt_backward_columns_inverse);
 }
 
 // N_o = 32 .. 256 (512K .. 4M): the backward's column passes through the forward's shared tiles
@@ -4919,23 +4908,13 @@ __device__ __forceinline__ void mt_backward_tile_columns_inverse(const Params& p
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     fftconv_monarch_backward_tile_columns_forward(const Params pc, const Buffers bf,
                                                   const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 5u: mt_backward_tile_columns_forward<4, 1>(pc, bf, dv); break;
-    case 6u: mt_backward_tile_columns_forward<2, 4>(pc, bf, dv); break;
-    case 7u: mt_backward_tile_columns_forward<3, 4>(pc, bf, dv); break;
-    default: mt_backward_tile_columns_forward<4, 4>(pc, bf, dv); break;
-    }
+    MT_TILE_DISPATCH(mt_backward_tile_columns_forward);
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     fftconv_monarch_backward_tile_columns_inverse(const Params pc, const Buffers bf,
                                                   const Divisors dv) {
-    switch (pc.log2n - MT_INNER_LOG2) {
-    case 5u: mt_backward_tile_columns_inverse<4, 1>(pc, bf, dv); break;
-    case 6u: mt_backward_tile_columns_inverse<2, 4>(pc, bf, dv); break;
-    case 7u: mt_backward_tile_columns_inverse<3, 4>(pc, bf, dv); break;
-    default: mt_backward_tile_columns_inverse<4, 4>(pc, bf, dv); break;
-    }
+    MT_TILE_DISPATCH(mt_backward_tile_columns_inverse);
 }
 
 // The filter for fftconv_monarch: per channel h of the launch (pc.channels, one block each) a
