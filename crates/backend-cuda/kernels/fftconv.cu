@@ -147,6 +147,10 @@ __device__ __forceinline__ u32 min_u(u32 a, u32 b) { return a < b ? a : b; }
 __device__ __forceinline__ u32 finite_magnitude(cpx v) {
     return max_u(finite_bits(v.x), finite_bits(v.y));
 }
+// Whether v is finite.
+__device__ __forceinline__ bool finite_f(float v) {
+    return (float_bits(v) & 0x7f800000u) != 0x7f800000u;
+}
 // Whether both components are finite.
 __device__ __forceinline__ bool finite_c(cpx v) {
     return (float_bits(v.x) & 0x7f800000u) != 0x7f800000u &&
@@ -2723,9 +2727,13 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
 
 // S2 on one row (the warp's), in place: the forward half, the product with the filter bins of
 // frequency k_a (`filt`: this lane's 8, in fragment order), the inverse half.
+// With `nonfinite`, a non-finite product goes on as zero and sets *nonfinite (the blocks of
+// fftconv_monarch that hold several pairs: the block-diagonal mma's zeros times one pair's NaN
+// would reach the others).
 __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
                                        const Buffers& bf, u32 row, u32 ka, const cpx* filt,
-                                       bool twiddle, float sigma = 1.0f) {
+                                       bool twiddle, float sigma = 1.0f,
+                                       u32* nonfinite = nullptr) {
     u16* re = pl.p[0] + row * MT_ROW;
     u16* im = pl.p[1] + row * MT_ROW;
     MtSpectrum sp;
@@ -2735,6 +2743,10 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
             cpx v = cmul(mk(sp.re[nt][i], sp.im[nt][i]), load_ro(filt + 4u * nt + i));
+            if (nonfinite != nullptr && !finite_c(v)) {
+                v = mk(0.0f, 0.0f);
+                *nonfinite = 1u;
+            }
             sp.re[nt][i] = v.x * sigma;
             sp.im[nt][i] = v.y * sigma;
         }
@@ -2764,6 +2776,10 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     fftconv_monarch(const Params pc, const Buffers bf, const Divisors dv) {
     alignas(16) __shared__ u16 planes[2][16 * MT_ROW];
     __shared__ u32 row_max[32];
+    // Per pair: a non-finite input or product seen. Up to 2K a block holds several pairs, and
+    // the block-diagonal column DFTs' zeros times one pair's NaN would reach the others: such
+    // values go on as zeros and the pair's outputs are written as NaN.
+    __shared__ u32 pair_nonfinite[16];
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
@@ -2774,6 +2790,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     if (threadIdx.x < 32u) {
         row_max[threadIdx.x] = 0u;
+    }
+    if (threadIdx.x < 16u) {
+        pair_nonfinite[threadIdx.x] = 0u;
     }
     __syncthreads();
 
@@ -2793,11 +2812,19 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
                 seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
             }
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
+            bool nonfinite = false;
 #pragma unroll
             for (u32 j = 0; j < 8u; j++) {
                 mx[s] = max_u(mx[s], finite_bits(in[k][s][j]));
+                if (!finite_f(in[k][s][j])) {
+                    in[k][s][j] = 0.0f;
+                    nonfinite = true;
+                }
             }
             shared_max(&row_max[2u * m.p + s], mx[s]);
+            if (nonfinite) {
+                pair_nonfinite[m.p] = 1u;
+            }
         }
     }
     __syncthreads();
@@ -2838,7 +2865,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
             u32 h = udiv(pair, dv.pairs);
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                               ka * 256u + lane * 8u;
-            mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u);
+            mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u, 1.0f,
+                   &pair_nonfinite[row >> n1_log2]);
         }
     }
     __syncthreads();
@@ -2859,10 +2887,14 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
         }
         u32 h = udiv(pair, dv.pairs);
         float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+        const bool nonfinite = pair_nonfinite[m.p] != 0u;
 #pragma unroll
         for (u32 s = 0; s < 2u; s++) {
             float inv = bits_float((254u - mt_row_scale_exponent(row_max[2u * m.p + s])) << 23);
             float f = sk * inv * c * c; // the row scales first: no overflow before them
+            if (nonfinite) {
+                f = bits_float(0x7fc00000u);
+            }
             Quad q = *(const Quad*)&planes[s][m.row * MT_ROW + m.col];
             float v[8];
 #pragma unroll
@@ -3237,7 +3269,8 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
                                                 u32 ka, u32 n1, const cpx* filt, float sigma,
                                                 bool gated, bool twiddle, u32 f_add = 0u,
                                                 u32 f_mul = 1u, u32 full_log2n = 0u,
-                                                float sigma_g = 1.0f, float sigma_p = 1.0f) {
+                                                float sigma_g = 1.0f, float sigma_p = 1.0f,
+                                                u32* nonfinite = nullptr) {
     const u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     const u32 at = row * MT_ROW;
     MtSpectrum sx, sd, sp;
@@ -3263,6 +3296,22 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
             cpx tv = kept ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
             cpx gv = cmul(d, conj_c(kf));
             cpx pv = gated ? cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf) : mk(0.0f, 0.0f);
+            if (nonfinite != nullptr) {
+                // fftconv_monarch's rule: a non-finite product goes on as zero, flagged
+                // (nonfinite[0..2]: T, G, P), so that it cannot reach the block's other pairs.
+                if (!finite_c(tv)) {
+                    tv = mk(0.0f, 0.0f);
+                    nonfinite[0] = 1u;
+                }
+                if (!finite_c(gv)) {
+                    gv = mk(0.0f, 0.0f);
+                    nonfinite[1] = 1u;
+                }
+                if (!finite_c(pv)) {
+                    pv = mk(0.0f, 0.0f);
+                    nonfinite[2] = 1u;
+                }
+            }
             st.re[nt][i] = tv.x * sigma;
             st.im[nt][i] = tv.y * sigma;
             sg.re[nt][i] = gv.x * sigma_g;
@@ -3283,10 +3332,13 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
 // 256): taps = Re T c^3 / (σ N s t) (the pair's first row; zeros to the second), dx_r = G_r
 // c^2 s_k / t_r (plus the circular history's wrap), P_r c^2 s_k / s'_r (s: coupled x scales,
 // t: d scales, s': own x scales).
+// nan: outputs to write as NaN (bit 0 the taps, 1 du and dpre, 2 dpost).
 __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divisors& dv,
                                                    const Buffers& bf, const MtPlanes* sets,
                                                    const MtPairScales& ps, int sigma_log2, u32 base,
-                                                   u32 pos, u32 pair, float c, bool gated) {
+                                                   u32 pos, u32 pair, float c, bool gated,
+                                                   u32 nan = 0u) {
+    const float qnan = bits_float(0x7fc00000u);
     const u32 n = 1u << pc.log2n;
     const u32 row = base + (pos >> 8), col = pos & 255u;
     const u32 h = udiv(pair, dv.pairs);
@@ -3295,7 +3347,7 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
         // 1 / (s t) = 2^k_st (as two normal factors; s t is one product for the rows that add
         // to the taps) and 1 / σ.
         int k_st = ps.prod == 0u ? 0 : 254 - (int)ps.prod;
-        float ft = c * c * (c / (float)n) * pow2(-sigma_log2);
+        float ft = (nan & 1u) != 0u ? qnan : c * c * (c / (float)n) * pow2(-sigma_log2);
         Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
 #pragma unroll
         for (u32 j = 0; j < 8u; j++) {
@@ -3314,7 +3366,7 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
         if (seg.valid == 0u || pos >= pc.seq_len) {
             continue;
         }
-        float fd = sk * bits_float((254u - ps.ed[s]) << 23) * c * c;
+        float fd = (nan & 2u) != 0u ? qnan : sk * bits_float((254u - ps.ed[s]) << 23) * c * c;
         float dx[8];
         Quad q = *(const Quad*)&sets[1].p[s][row * MT_ROW + col];
 #pragma unroll
@@ -3331,7 +3383,9 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
         mt_output8(pc, bf.y, bf.pre, seg, pos, dx);
         if (gated) {
             mt_output8(pc, bf.y2, bf.u, seg, pos, dx);
-            float fp = sk * bits_float((254u - mt_row_scale_exponent(ps.mx[s])) << 23) * c * c;
+            float fp = (nan & 4u) != 0u
+                           ? qnan
+                           : sk * bits_float((254u - mt_row_scale_exponent(ps.mx[s])) << 23) * c * c;
             float cv[8];
             Quad qp = *(const Quad*)&sets[2].p[s][row * MT_ROW + col];
 #pragma unroll
@@ -3347,6 +3401,10 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     fftconv_monarch_backward(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2][32];  // [x, d][pair row 2 p + s]
     __shared__ float abs_sum[16][2]; // [pair][x, d]: sums of |scaled value| over both rows
+    // [pair][x, d, T, G, P]: a non-finite input or product seen (fftconv_monarch's rule: up to
+    // 2K a block holds several pairs, and the block-diagonal column DFTs' zeros times one pair's
+    // NaN would reach the others; such values go on as zeros, the outputs they feed as NaN).
+    __shared__ u32 pair_nonfinite[16][5];
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
@@ -3363,6 +3421,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     }
     if (threadIdx.x < 32u) {
         abs_sum[threadIdx.x >> 1][threadIdx.x & 1u] = 0.0f;
+    }
+    if (threadIdx.x < 80u) {
+        pair_nonfinite[threadIdx.x / 5u][threadIdx.x % 5u] = 0u;
     }
     __syncthreads();
 
@@ -3383,13 +3444,28 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
             mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
             u32 mx = 0u, md = 0u;
+            bool x_bad = false, d_bad = false;
 #pragma unroll
             for (u32 j = 0; j < 8u; j++) {
                 mx = max_u(mx, finite_bits(xv[k][s][j]));
                 md = max_u(md, finite_bits(dvv[k][s][j]));
+                if (!finite_f(xv[k][s][j])) {
+                    xv[k][s][j] = 0.0f;
+                    x_bad = true;
+                }
+                if (!finite_f(dvv[k][s][j])) {
+                    dvv[k][s][j] = 0.0f;
+                    d_bad = true;
+                }
             }
             shared_max(&row_max[0][2u * m.p + s], mx);
             shared_max(&row_max[1][2u * m.p + s], md);
+            if (x_bad) {
+                pair_nonfinite[m.p][0] = 1u;
+            }
+            if (d_bad) {
+                pair_nonfinite[m.p][1] = 1u;
+            }
         }
     }
     __syncthreads();
@@ -3443,7 +3519,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                               ka * 256u + lane * 8u;
             float sigma = pow2(mt_taps_scale_log2(abs_sum[row >> n1_log2], c));
-            mt_backward_row(f, sets, pc, bf, row, ka, n1, filt, sigma, gated, n1 > 1u);
+            mt_backward_row(f, sets, pc, bf, row, ka, n1, filt, sigma, gated, n1 > 1u, 0u, 1u, 0u,
+                            1.0f, 1.0f, &pair_nonfinite[row >> n1_log2][2]);
         }
     }
     __syncthreads();
@@ -3461,9 +3538,12 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
         MtChunk m = mt_chunk(pc, k);
         u32 pair = first_pair + m.p;
         if (pair < pairs_total) {
+            const u32* bad = pair_nonfinite[m.p];
+            u32 nan = ((bad[0] | bad[1] | bad[2]) != 0u ? 1u : 0u) |
+                      ((bad[1] | bad[3]) != 0u ? 2u : 0u) | ((bad[0] | bad[4]) != 0u ? 4u : 0u);
             mt_backward_store8(pc, dv, bf, sets, scales(m.p),
                                mt_taps_scale_log2(abs_sum[m.p], c), m.p << n1_log2, m.pos, pair, c,
-                               gated);
+                               gated, nan);
         }
     }
 }
