@@ -1065,13 +1065,7 @@ pub(crate) fn monarch_backward_launches(
         lines_log2: 0,
         ..*p
     };
-    // 256 columns per block (one per thread) up to N_o = 16, then 32 (a shared tile).
-    let columns_log2 = if p.log2n - MONARCH_INNER_LOG2 > 4 {
-        5
-    } else {
-        8
-    };
-    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - columns_log2))?;
+    let columns = monarch_column_blocks(pairs, p.log2n)?;
     let rows = pairs.checked_mul(1 << (p.log2n - MONARCH_INNER_LOG2))?;
     Some(vec![
         (MonarchBackwardKernel::Scales, with_lines(pairs)),
@@ -1079,6 +1073,13 @@ pub(crate) fn monarch_backward_launches(
         (MonarchBackwardKernel::Middle, with_lines(rows)),
         (MonarchBackwardKernel::ColumnsInverse, with_lines(columns)),
     ])
+}
+
+/// Blocks of the Monarch column passes (forward and backward) for `pairs` pairs at N = 2^log2n:
+/// 256 columns per block (one per thread) up to N_o = 16, then 32 (a shared tile).
+fn monarch_column_blocks(pairs: u32, log2n: u32) -> Option<u32> {
+    let columns_log2 = if log2n - MONARCH_INNER_LOG2 > 4 { 5 } else { 8 };
+    pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - columns_log2))
 }
 
 /// A kernel of the Monarch tensor-core pass (`kernels/fftconv.cu`).
@@ -1181,13 +1182,7 @@ pub(crate) fn monarch_launches(
     if clusters && first.log2n <= MONARCH_INNER_LOG2 + 3 && rows <= i32::MAX as u32 {
         return Some(vec![(MonarchKernel::Cluster, with_lines(rows))]);
     }
-    // 256 columns per block (one per thread) up to N_o = 16, then 32 (a shared tile).
-    let columns_log2 = if first.log2n - MONARCH_INNER_LOG2 > 4 {
-        5
-    } else {
-        8
-    };
-    let columns = pairs.checked_mul(1 << (MONARCH_INNER_LOG2 - columns_log2))?;
+    let columns = monarch_column_blocks(pairs, first.log2n)?;
     Some(vec![
         (MonarchKernel::Scales, with_lines(pairs)),
         (MonarchKernel::ColumnsForward, with_lines(columns)),

@@ -819,11 +819,11 @@ fn forward(
                     // From 512K the column passes' shared tiles, their own entries.
                     Kernel::MonarchColumnsForward if params.log2n > 18 => (
                         Kernel::MonarchTileColumnsForward,
-                        (1usize << (params.log2n - 14)) * 32 * 8,
+                        monarch_tile_bytes(params.log2n),
                     ),
                     Kernel::MonarchColumnsInverse if params.log2n > 18 => (
                         Kernel::MonarchTileColumnsInverse,
-                        (1usize << (params.log2n - 14)) * 32 * 8,
+                        monarch_tile_bytes(params.log2n),
                     ),
                     _ => (kernel, 0),
                 };
@@ -1005,11 +1005,11 @@ fn backward(
                 let (kernel, shared) = match kernel {
                     Kernel::MonarchBackwardColumnsForward if params.log2n > 18 => (
                         Kernel::MonarchBackwardTileColumnsForward,
-                        (1usize << (params.log2n - 14)) * 32 * 8,
+                        monarch_tile_bytes(params.log2n),
                     ),
                     Kernel::MonarchBackwardColumnsInverse if params.log2n > 18 => (
                         Kernel::MonarchBackwardTileColumnsInverse,
-                        (1usize << (params.log2n - 14)) * 32 * 8,
+                        monarch_tile_bytes(params.log2n),
                     ),
                     _ => (kernel, shared),
                 };
@@ -1661,11 +1661,7 @@ fn monarch_launches(
         ][o_log2 as usize - 1];
         return Some(vec![(kernel, with_lines(pairs << o_log2))]);
     }
-    let columns = if first.log2n > 18 {
-        pairs * 512
-    } else {
-        pairs * 64
-    };
+    let columns = monarch_column_blocks(pairs, first.log2n);
     Some(vec![
         (Kernel::MonarchScales, with_lines(pairs)),
         (Kernel::MonarchColumnsForward, with_lines(columns)),
@@ -1675,6 +1671,21 @@ fn monarch_launches(
         ),
         (Kernel::MonarchColumnsInverse, with_lines(columns)),
     ])
+}
+
+/// `monarch_column_blocks` of src/convolution.rs: the column passes' blocks (256 columns each,
+/// 32 through a shared tile from 512K).
+fn monarch_column_blocks(pairs: u32, log2n: u32) -> u32 {
+    if log2n > 18 {
+        pairs * 512
+    } else {
+        pairs * 64
+    }
+}
+
+/// `monarch_tile_bytes` of src/device.rs: a column tile of N / 16K rows of 32 complex f32.
+fn monarch_tile_bytes(log2n: u32) -> usize {
+    (1usize << (log2n - 14)) * 32 * 8
 }
 
 /// The Monarch tests' line for a case: its label and shape.
@@ -2060,11 +2071,7 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
         lines_log2: 0,
         ..*p
     };
-    let columns = if p.log2n > 18 {
-        pairs * 512
-    } else {
-        pairs * 64
-    };
+    let columns = monarch_column_blocks(pairs, p.log2n);
     Some(vec![
         (Kernel::MonarchBackwardScales, with_lines(pairs)),
         (Kernel::MonarchBackwardColumnsForward, with_lines(columns)),
