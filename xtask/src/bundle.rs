@@ -212,16 +212,20 @@ if [ "${1:-}" != "--no-bench" ]; then
     # the same run.
     bench bench-monarch-backward 180 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16 \
         --sizes 256..1M --backward --reps 5
-    bench bench-monarch-backward-baseline 180 --backend cuda --dtype f16 --sizes 256..1M \
-        --backward --reps 5
-    bench bench-monarch-baseline 200 --backend cuda --dtype f16,bf16 --sizes 256..4M --reps 5 \
-        --keep-frequencies 1,0.25
+    bench bench-monarch-backward-baseline 180 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16 \
+        --sizes 256..1M --backward --reps 5
+    bench bench-monarch-baseline 200 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16,bf16 \
+        --sizes 256..4M --reps 5 --keep-frequencies 1,0.25
     bench bench-monarch-thunderkittens 60 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype bf16 \
         --circular --sizes 4K --shape 16x1024 --reps 5
-    # 32K .. 128K: one thread-block cluster per pair (sm_90, the default with the Monarch pass
-    # there; bench-monarch above ran it) against the four launches through global memory.
-    bench bench-monarch-no-cluster 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_CLUSTER=0 \
+    # 32K .. 128K: one thread-block cluster per pair (sm_90; off by default since session 10's
+    # H200 run: 1.00x / 0.98x / 0.90x of the four launches bench-monarch above ran).
+    bench bench-monarch-cluster 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_CLUSTER=1 \
         --backend cuda --dtype f16 --sizes 32K..128K --reps 5
+    # The Monarch kernels below 8K with registers for 2 blocks per SM (the backward's 167
+    # registers held it to 8 warps per SM on the H200).
+    bench bench-monarch-min-blocks 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=2 \
+        --backend cuda --dtype f16 --sizes 256,1K,4K --backward --reps 5
 fi
 if [ "${1:-}" != "--no-bench" ]; then
     # 2. The main table: forward, backward, 75% sparsity, up to 64K (CUDA; cuFFT in the same run).

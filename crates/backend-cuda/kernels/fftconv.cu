@@ -2401,6 +2401,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 // exceed 2^14 sqrt(2) (1 + small): nothing overflows, whatever the row and filter scales.
 #if MONARCH_TC
 #define MT_THREADS 256u
+// Blocks per SM that fftconv_monarch and fftconv_monarch_backward leave registers for (the
+// host's FFTCONV_CUDA_MONARCH_MIN_BLOCKS sets MT_MIN_BLOCKS for both; an occupancy experiment:
+// on the H200 the backward's 167 registers held it to 8 warps per SM).
+#ifdef MT_MIN_BLOCKS
+#define MT_FORWARD_MIN_BLOCKS MT_MIN_BLOCKS
+#define MT_BACKWARD_MIN_BLOCKS MT_MIN_BLOCKS
+#else
+#define MT_FORWARD_MIN_BLOCKS 2
+#define MT_BACKWARD_MIN_BLOCKS 1
+#endif
 #define MT_ROW 264u // halves per shared row: 256 points and 8 of padding (ldmatrix bank spread)
 
 #if defined(FFTCONV_HOST_EMULATION)
@@ -2772,7 +2782,7 @@ __device__ __forceinline__ MtChunk mt_chunk(const Params& pc, u32 k) {
     return m;
 }
 
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
     fftconv_monarch(const Params pc, const Buffers bf, const Divisors dv) {
     alignas(16) __shared__ u16 planes[2][16 * MT_ROW];
     __shared__ u32 row_max[32];
@@ -3397,7 +3407,7 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_BACKWARD_MIN_BLOCKS)
     fftconv_monarch_backward(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2][32];  // [x, d][pair row 2 p + s]
     __shared__ float abs_sum[16][2]; // [pair][x, d]: sums of |scaled value| over both rows
@@ -3805,43 +3815,167 @@ __device__ __forceinline__ int mt_pair_product_scale_log2(const u32 m[2], const 
     return mt_product_scale_log2(l1, 2.0f * (float)n);
 }
 
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
-    fftconv_monarch_scales(const Params pc, const Buffers bf, const Divisors dv) {
-    __shared__ u32 row_max[2];
-    __shared__ float row_sum[2];
-    const u32 pair = block_index();
-    if (pair >= pc.total_lines) {
-        return;
+// A largest finite |value| (bits m) and a sum of |value| scaled by 2^(e - 127), e =
+// mt_row_scale_exponent(m): the scales passes' partial results. Scaled by the partial's own
+// exponent, a sum neither overflows (at most 2^14 a value) nor loses small values to f32's
+// subnormals, and parts merge exactly up to rounding (powers of two; a part 2^-126 below the
+// total counts as 0, a non-finite sum stays non-finite).
+struct MtMaxSum {
+    u32 m;
+    float s;
+};
+
+__device__ __forceinline__ float mt_rescale(float s, u32 from, u32 to) {
+    const u32 d = from - to; // to <= from: the larger maximum's exponent
+    return s * (d > 126u ? 0.0f : pow2(-(int)d));
+}
+
+__device__ __forceinline__ MtMaxSum mt_max_sum_merge(MtMaxSum a, MtMaxSum b) {
+    const u32 m = max_u(a.m, b.m), e = mt_row_scale_exponent(m);
+    return MtMaxSum{m, mt_rescale(a.s, mt_row_scale_exponent(a.m), e) +
+                           mt_rescale(b.s, mt_row_scale_exponent(b.m), e)};
+}
+
+__device__ __forceinline__ void mt_max_sum_add8(MtMaxSum& a, const float x[8]) {
+    u32 m = a.m;
+#pragma unroll
+    for (u32 j = 0; j < 8u; j++) {
+        m = max_u(m, finite_bits(x[j]));
     }
-    if (threadIdx.x < 2u) {
-        row_max[threadIdx.x] = 0u;
-        row_sum[threadIdx.x] = 0.0f;
+    const u32 e = mt_row_scale_exponent(m);
+    a.s = mt_rescale(a.s, mt_row_scale_exponent(a.m), e) + mt_abs_sum8(x, e);
+    a.m = m;
+}
+
+// The warp's merge of each lane's a[q], in every lane (a butterfly: both lanes of a step merge
+// the same two values, so the result does not depend on the lane).
+template <u32 Q>
+__device__ __forceinline__ void mt_max_sum_warp(MtMaxSum (&a)[Q]) {
+#pragma unroll
+    for (u32 b = 16u; b >= 1u; b >>= 1) {
+#pragma unroll
+        for (u32 q = 0; q < Q; q++) {
+            MtMaxSum o{shfl_xor(a[q].m, b), bits_float(shfl_xor(float_bits(a[q].s), b))};
+            a[q] = mt_max_sum_merge(a[q], o);
+        }
+    }
+}
+
+// The block's merge of each thread's a[q], in thread 0: the warps' merges, then the warps in
+// order (the same result every run). `part`: shared, MT_THREADS / 32 entries per q.
+template <u32 Q>
+__device__ __forceinline__ void mt_max_sum_block(MtMaxSum (&a)[Q], MtMaxSum (*part)[Q]) {
+    mt_max_sum_warp<Q>(a);
+    if ((threadIdx.x & 31u) == 0u) {
+#pragma unroll
+        for (u32 q = 0; q < Q; q++) {
+            part[threadIdx.x >> 5][q] = a[q];
+        }
     }
     __syncthreads();
-    const u32 h = udiv(pair, dv.pairs), n = 1u << pc.log2n;
+    if (threadIdx.x == 0u) {
+        for (u32 w = 1; w < MT_THREADS / 32u; w++) {
+#pragma unroll
+            for (u32 q = 0; q < Q; q++) {
+                a[q] = mt_max_sum_merge(a[q], part[w][q]);
+            }
+        }
+    }
+}
+
+// The scales passes' partial results: per pair and 16K slice of the positions, Q records
+// (forward: the two rows; backward: x and d of each row) after the pairs' scale words.
+__device__ __forceinline__ MtMaxSum* mt_scale_parts(u32* after_scales, u32 pair, u32 o_log2,
+                                                    u32 q) {
+    return (MtMaxSum*)after_scales + (((u64)pair << o_log2) * q);
+}
+
+// The slice of block b (pair b >> o_log2, positions (b mod N_o) 16K ..): each row's MtMaxSum of
+// its inputs (x from u; with D, d from u2 too), merged over the block into thread 0.
+template <bool D>
+__device__ __forceinline__ void mt_slice_max_sums(const Params& pc, const Divisors& dv,
+                                                  const Buffers& bf, u32 b,
+                                                  MtMaxSum (&a)[D ? 4 : 2],
+                                                  MtMaxSum (*part)[D ? 4 : 2]) {
+    const u32 o_log2 = pc.log2n - MT_INNER_LOG2, pair = b >> o_log2;
+    const u32 h = udiv(pair, dv.pairs), dy_flags = pc.flags | FLAG_BODY_ONLY;
+    const u32 start = (b - (pair << o_log2)) << MT_INNER_LOG2;
+#pragma unroll
+    for (u32 q = 0; q < (D ? 4u : 2u); q++) {
+        a[q] = MtMaxSum{0u, 0.0f};
+    }
 #pragma unroll
     for (u32 s = 0; s < 2u; s++) {
         SegmentRow seg = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
-        u32 mx = 0u;
-        float sum = 0.0f;
-        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+        for (u32 pos = start + 8u * threadIdx.x; pos < start + (1u << MT_INNER_LOG2);
+             pos += 8u * MT_THREADS) {
             float x[8];
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, pos, x);
-#pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                mx = max_u(mx, finite_bits(x[j]));
+            mt_max_sum_add8(a[s], x);
+            if (D) {
+                float d[8];
+                mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, pos, d);
+                mt_max_sum_add8(a[2u + s], d);
             }
-            sum += mt_abs_sum8(x, 127u);
         }
-        shared_max(&row_max[s], mx);
-        shared_add(&row_sum[s], sum);
     }
-    __syncthreads();
-    if (threadIdx.x < 2u) {
-        mt_scales(pc, bf, pair)[threadIdx.x] = mt_row_scale_exponent(row_max[threadIdx.x]);
+    mt_max_sum_block<D ? 4 : 2>(a, part);
+}
+
+// Lane 0 of the warp of `pair`: its N_o slices' records merged (lane t takes slices t, t + 32,
+// .., then the warp's merge).
+template <u32 Q>
+__device__ __forceinline__ void mt_pair_max_sums(const MtMaxSum* parts, u32 o_log2,
+                                                 MtMaxSum (&a)[Q]) {
+#pragma unroll
+    for (u32 q = 0; q < Q; q++) {
+        a[q] = MtMaxSum{0u, 0.0f};
     }
+    for (u32 t = threadIdx.x & 31u; t < (1u << o_log2); t += 32u) {
+#pragma unroll
+        for (u32 q = 0; q < Q; q++) {
+            a[q] = mt_max_sum_merge(a[q], parts[Q * t + q]);
+        }
+    }
+    mt_max_sum_warp<Q>(a);
+}
+
+// First of the scales' two passes: a block per pair and 16K slice of its positions (N_o blocks
+// a pair: one block per pair read whole rows at a few blocks per chunk, 0.73 ms of 1.4 at 1M).
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_scales(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ MtMaxSum part[MT_THREADS / 32u][2];
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
+        return;
+    }
+    MtMaxSum a[2];
+    mt_slice_max_sums<false>(pc, dv, bf, b, a, part);
     if (threadIdx.x == 0u) {
-        mt_scales(pc, bf, pair)[2] = (u32)mt_pair_product_scale_log2(row_max, row_sum, n);
+        MtMaxSum* parts = mt_scale_parts(mt_scales(pc, bf, pc.channels * pc.pairs), 0u, 0u, 2u) + 2u * b;
+        parts[0] = a[0];
+        parts[1] = a[1];
+    }
+}
+
+// Second pass: a warp per pair (pc.total_lines pairs), the slices merged: each row's scale
+// exponent and the product's k (mt_product_scale_log2 of the pair's scaled L1 sum).
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_scales_finish(const Params pc, const Buffers bf, const Divisors dv) {
+    (void)dv;
+    const u32 pair = block_index() * (MT_THREADS / 32u) + (threadIdx.x >> 5);
+    if (pair >= pc.total_lines) {
+        return; // the whole warp
+    }
+    const u32 o_log2 = pc.log2n - MT_INNER_LOG2;
+    MtMaxSum a[2];
+    mt_pair_max_sums<2>(
+        mt_scale_parts(mt_scales(pc, bf, pc.channels * pc.pairs), pair, o_log2, 2u), o_log2, a);
+    if ((threadIdx.x & 31u) == 0u) {
+        u32* sp = mt_scales(pc, bf, pair);
+        sp[0] = mt_row_scale_exponent(a[0].m);
+        sp[1] = mt_row_scale_exponent(a[1].m);
+        sp[2] = (u32)mt_product_scale_log2(a[0].s + a[1].s, 2.0f * (float)(1u << pc.log2n));
     }
 }
 
@@ -4553,53 +4687,58 @@ mt_backward_product_scales(const u32* info, const MtPairScales& ps, u32 n) {
     return MtBackwardProductScales{mt_product_scale_log2(bits_float(info[5]), c), p < 0 ? 0 : p};
 }
 
+// The backward's scales in two passes as the forward's (fftconv_monarch_scales): per pair and
+// 16K slice, the MtMaxSum of x and d of each row; then a warp per pair merges them into the
+// pair's info words: the maxima, and the sums of |scaled x| (x with the coupled scales of
+// mt_pair_scales) and |scaled d|.
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     fftconv_monarch_backward_scales(const Params pc, const Buffers bf, const Divisors dv) {
-    __shared__ u32 row_max[2][2];
-    __shared__ float abs_sum[2];
-    const u32 pair = block_index();
-    if (pair >= pc.total_lines) {
+    __shared__ MtMaxSum part[MT_THREADS / 32u][4];
+    const u32 b = block_index();
+    if (b >= pc.total_lines) {
         return;
     }
-    if (threadIdx.x < 4u) {
-        row_max[threadIdx.x >> 1][threadIdx.x & 1u] = 0u;
-    }
-    if (threadIdx.x < 2u) {
-        abs_sum[threadIdx.x] = 0.0f;
-    }
-    __syncthreads();
-    const u32 h = udiv(pair, dv.pairs), n = 1u << pc.log2n;
-    const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
-    SegmentRow seg[2];
+    MtMaxSum a[4];
+    mt_slice_max_sums<true>(pc, dv, bf, b, a, part);
+    if (threadIdx.x == 0u) {
+        MtMaxSum* parts =
+            mt_scale_parts(mt_backward_pair_info(pc, bf, pc.channels * pc.pairs), 0u, 0u, 4u) +
+            4u * b;
 #pragma unroll
-    for (u32 s = 0; s < 2u; s++) {
-        seg[s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
-    }
-    mt_pair_maxima(pc, dv, bf, seg, row_max);
-    __syncthreads();
-    const MtPairScales ps = mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
-    float sx = 0.0f, sd = 0.0f;
-    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            float x[8], d[8];
-            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
-            mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
-            sx += mt_abs_sum8(x, ps.ex[s]);
-            sd += mt_abs_sum8(d, ps.ed[s]);
+        for (u32 q = 0; q < 4u; q++) {
+            parts[q] = a[q];
         }
     }
-    shared_add(&abs_sum[0], sx);
-    shared_add(&abs_sum[1], sd);
-    __syncthreads();
-    if (threadIdx.x == 0u) {
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS)
+    fftconv_monarch_backward_scales_finish(const Params pc, const Buffers bf, const Divisors dv) {
+    (void)dv;
+    const u32 pair = block_index() * (MT_THREADS / 32u) + (threadIdx.x >> 5);
+    if (pair >= pc.total_lines) {
+        return; // the whole warp
+    }
+    const u32 o_log2 = pc.log2n - MT_INNER_LOG2;
+    MtMaxSum a[4]; // x of rows 0, 1; d of rows 0, 1
+    mt_pair_max_sums<4>(
+        mt_scale_parts(mt_backward_pair_info(pc, bf, pc.channels * pc.pairs), pair, o_log2, 4u),
+        o_log2, a);
+    if ((threadIdx.x & 31u) == 0u) {
+        const MtPairScales ps = mt_pair_scales(a[0].m, a[1].m, a[2].m, a[3].m);
+        float sx = 0.0f, sd = 0.0f;
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            // The coupled x scale is at most the row's own (mt_pair_scales lowers one row).
+            sx += mt_rescale(a[s].s, mt_row_scale_exponent(a[s].m), ps.ex[s]);
+            sd += a[2u + s].s;
+        }
         u32* info = mt_backward_pair_info(pc, bf, pair);
-        info[0] = row_max[0][0];
-        info[1] = row_max[0][1];
-        info[2] = row_max[1][0];
-        info[3] = row_max[1][1];
-        info[4] = float_bits(abs_sum[0]);
-        info[5] = float_bits(abs_sum[1]);
+        info[0] = a[0].m;
+        info[1] = a[1].m;
+        info[2] = a[2].m;
+        info[3] = a[3].m;
+        info[4] = float_bits(sx);
+        info[5] = float_bits(sd);
     }
 }
 

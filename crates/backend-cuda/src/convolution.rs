@@ -309,6 +309,8 @@ pub struct CudaConvolution {
     twiddles: CudaSlice<u8>,
     /// Whether every chunk's forward runs as the Monarch tensor-core pass.
     monarch: bool,
+    /// Whether the backward does too, where `monarch_backward_launches` takes the problem.
+    monarch_backward: bool,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
@@ -437,18 +439,21 @@ impl CudaConvolution {
         let table = twiddle_tables(n);
         let twiddles = upload(&dev.stream, &table)?;
         let vec = 16 / spec.dtype().size_bytes() as u32;
-        let monarch = kernels.monarch.as_ref().is_some_and(|m| {
-            schedule.chunks().all(|chunk| {
-                [true, false].iter().all(|&host| {
-                    let steps = schedule.forward_steps(chunk, host);
-                    monarch_launches(&steps, vec, m.clusters.is_some()).is_some()
+        let monarch_use = crate::device::MonarchUse::from_env();
+        let monarch = monarch_use.forward(n.ilog2())
+            && kernels.monarch.as_ref().is_some_and(|m| {
+                schedule.chunks().all(|chunk| {
+                    [true, false].iter().all(|&host| {
+                        let steps = schedule.forward_steps(chunk, host);
+                        monarch_launches(&steps, vec, m.clusters.is_some()).is_some()
+                    })
                 })
-            })
-        });
+            });
         Ok(CudaConvolution {
             device: dev,
             spec: spec.clone(),
             monarch,
+            monarch_backward: monarch && monarch_use.backward(),
             kernels,
             plan,
             schedule,
@@ -1015,11 +1020,12 @@ pub(crate) enum MonarchBackwardKernel {
     Narrow,
     /// `fftconv_monarch_backward_wide`: 8K, 16K, one pair per block.
     Wide,
-    /// From 32K: `fftconv_monarch_backward_scales` (a pair per block), `_columns_forward` and
-    /// `_columns_inverse` (256 columns per block; from 512K `_tile_columns_forward` and
-    /// `_tile_columns_inverse`, 32 columns through a shared tile), `_middle` (a 16K row per
-    /// block).
+    /// From 32K: `fftconv_monarch_backward_scales` (a block per pair and 16K slice) and
+    /// `_scales_finish` (a warp per pair), `_columns_forward` and `_columns_inverse` (256 columns
+    /// per block; from 512K `_tile_columns_forward` and `_tile_columns_inverse`, 32 columns
+    /// through a shared tile), `_middle` (a 16K row per block).
     Scales,
+    ScalesFinish,
     ColumnsForward,
     Middle,
     ColumnsInverse,
@@ -1068,7 +1074,14 @@ pub(crate) fn monarch_backward_launches(
     let columns = monarch_column_blocks(pairs, p.log2n)?;
     let rows = pairs.checked_mul(1 << (p.log2n - MONARCH_INNER_LOG2))?;
     Some(vec![
-        (MonarchBackwardKernel::Scales, with_lines(pairs)),
+        (MonarchBackwardKernel::Scales, with_lines(rows)),
+        (
+            MonarchBackwardKernel::ScalesFinish,
+            PassParams {
+                lines_log2: MONARCH_FINISH_PAIRS_LOG2,
+                ..with_lines(pairs)
+            },
+        ),
         (MonarchBackwardKernel::ColumnsForward, with_lines(columns)),
         (MonarchBackwardKernel::Middle, with_lines(rows)),
         (MonarchBackwardKernel::ColumnsInverse, with_lines(columns)),
@@ -1089,8 +1102,12 @@ pub(crate) enum MonarchKernel {
     Forward,
     /// `fftconv_monarch_wide`: N = 8192, 16384, one pair per block.
     Wide,
-    /// `fftconv_monarch_scales`: N = 32K .. 4M, each row's scale (one pair per block).
+    /// `fftconv_monarch_scales`: N = 32K .. 4M, each 16K slice's largest |value| and scaled sum
+    /// of |value| per row (a block per pair and slice).
     Scales,
+    /// `fftconv_monarch_scales_finish`: the slices merged into each row's scale and the pair's
+    /// product scale (a warp per pair).
+    ScalesFinish,
     /// `fftconv_monarch_columns_forward`: the N_o-point column DFTs (256 columns per block, 32
     /// through a shared tile from N_o = 32).
     ColumnsForward,
@@ -1105,6 +1122,9 @@ pub(crate) enum MonarchKernel {
 
 /// log2 of the Monarch pass's row length from 32K (`MT_INNER_LOG2` of the kernel file).
 pub(crate) const MONARCH_INNER_LOG2: u32 = 14;
+
+/// log2 of the pairs per block of the scales' second pass (a warp each, 256 threads).
+const MONARCH_FINISH_PAIRS_LOG2: u32 = 3;
 
 /// The launches of the Monarch tensor-core pass where it can run a chunk's forward (`steps`, the
 /// schedule's): plain forward flags (gates and circular history allowed), rows and overlap-save
@@ -1184,7 +1204,14 @@ pub(crate) fn monarch_launches(
     }
     let columns = monarch_column_blocks(pairs, first.log2n)?;
     Some(vec![
-        (MonarchKernel::Scales, with_lines(pairs)),
+        (MonarchKernel::Scales, with_lines(rows)),
+        (
+            MonarchKernel::ScalesFinish,
+            PassParams {
+                lines_log2: MONARCH_FINISH_PAIRS_LOG2,
+                ..with_lines(pairs)
+            },
+        ),
         (MonarchKernel::ColumnsForward, with_lines(columns)),
         (MonarchKernel::Middle, with_lines(rows)),
         (MonarchKernel::ColumnsInverse, with_lines(columns)),
@@ -1393,6 +1420,7 @@ mod tests {
                 kernels,
                 [
                     MonarchKernel::Scales,
+                    MonarchKernel::ScalesFinish,
                     MonarchKernel::ColumnsForward,
                     MonarchKernel::Middle,
                     MonarchKernel::ColumnsInverse
@@ -1401,7 +1429,10 @@ mod tests {
             let pairs = 5 * 2; // B = 3: two pairs per channel
             let lines: Vec<u32> = launches.iter().map(|l| l.1.total_lines).collect();
             let columns = if log2n > 18 { pairs * 512 } else { pairs * 64 };
-            assert_eq!(lines, [pairs, columns, pairs << (log2n - 14), columns]);
+            let rows = pairs << (log2n - 14);
+            // The scales: a block per 16K slice, then a warp (8 a block) per pair.
+            assert_eq!(lines, [rows, pairs, columns, rows, columns]);
+            assert_eq!(launches[1].1.lines_log2, 3);
             // With the cluster kernels (sm_90): one launch of a block per 16K-point row up to
             // 128K, the four launches beyond.
             let clustered = monarch_launches(&steps, 8, true).expect("a Monarch problem");
@@ -1412,8 +1443,16 @@ mod tests {
             } else {
                 assert_eq!(clustered, launches);
             }
-            for (_, p) in launches.iter().chain(&clustered) {
-                assert_eq!((p.log2n, p.line_log2, p.lines_log2), (log2n, 14, 0));
+            for (kernel, p) in launches.iter().chain(&clustered) {
+                let lines_log2 = if *kernel == MonarchKernel::ScalesFinish {
+                    3
+                } else {
+                    0
+                };
+                assert_eq!(
+                    (p.log2n, p.line_log2, p.lines_log2),
+                    (log2n, 14, lines_log2)
+                );
                 assert_eq!(p.flags & io, io);
                 assert_eq!(p.flags & FLAG_GATED != 0, gated);
                 assert_eq!(p.flags & FLAG_WRAPS != 0, circular);
@@ -1445,6 +1484,7 @@ mod tests {
                         kernels,
                         [
                             MonarchBackwardKernel::Scales,
+                            MonarchBackwardKernel::ScalesFinish,
                             MonarchBackwardKernel::ColumnsForward,
                             MonarchBackwardKernel::Middle,
                             MonarchBackwardKernel::ColumnsInverse
@@ -1453,7 +1493,9 @@ mod tests {
                     let lines: Vec<u32> = launches.iter().map(|l| l.1.total_lines).collect();
                     // 256 columns per block, 32 (a shared tile) from 512K.
                     let columns = if log2n > 18 { 6 * 512 } else { 6 * 64 };
-                    assert_eq!(lines, [6, columns, 6 << (log2n - 14), columns]);
+                    let rows = 6 << (log2n - 14);
+                    assert_eq!(lines, [rows, 6, columns, rows, columns]);
+                    assert_eq!(launches[1].1.lines_log2, 3);
                 }
             }
         }

@@ -54,18 +54,62 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
-/// Environment variable: `1` runs the forward of f16 and bf16 problems with N = 256 .. 4M, and
-/// their backward (one segment per row), through the Monarch tensor-core pass
+/// Environment variable choosing the Monarch tensor-core pass for f16 and bf16 problems
 /// (`fftconv_monarch`; for 8K and 16K `fftconv_monarch_wide`; from 32K column passes around
-/// 16K-point rows with f16 intermediates; the backward's `fftconv_monarch_backward*` likewise):
+/// 16K-point rows with f16 intermediates; the backward's `fftconv_monarch_backward*` likewise:
 /// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
-/// 8.0 or newer; an experiment, unmeasured on a GPU so far (docs/perf.md).
+/// 8.0 or newer). Unset: the forward where it measured faster than the default passes (N = 256
+/// .. 256K on the H200, 1.2-1.8x; docs/perf.md), the backward nowhere; `1`: forward and backward
+/// at every size they take (N = 256 .. 4M, one segment per row for the backward); `0`: never.
 pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
-/// Environment variable: `0` keeps the Monarch pass's forward of N = 32K .. 128K on compute
-/// capability 9.0 and newer in its four launches through global memory instead of one
-/// thread-block cluster per pair (`fftconv_monarch_cluster2/4/8`: the 16K-point rows
-/// exchanged through distributed shared memory), for A/B runs. Unmeasured on a GPU so far.
+/// Environment variable: `1` runs the Monarch pass's forward of N = 32K .. 128K on compute
+/// capability 9.0 and newer as one thread-block cluster per pair (`fftconv_monarch_cluster2/4/8`:
+/// the 16K-point rows exchanged through distributed shared memory) instead of its four launches
+/// through global memory. Off by default: on the H200 it measured 1.00x / 0.98x / 0.90x of the
+/// four launches at 32K / 64K / 128K (docs/perf.md).
 pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
+/// Environment variable: blocks per SM (1 .. 4) that the Monarch pass's one-launch kernels below
+/// 8K (`fftconv_monarch`, default 2, and `fftconv_monarch_backward`, default 1) leave registers
+/// for; an occupancy experiment for A/B runs.
+pub const MONARCH_MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MONARCH_MIN_BLOCKS";
+
+/// Where the Monarch pass runs ([`MONARCH_ENV`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MonarchUse {
+    /// Never (`0`).
+    Off,
+    /// The forward up to N = 2^[`MONARCH_MEASURED_MAX_LOG2N`], no backward (unset).
+    Measured,
+    /// Forward and backward wherever they take the problem (`1`).
+    All,
+}
+
+/// The largest log2 N whose Monarch forward measured faster than the default passes.
+pub(crate) const MONARCH_MEASURED_MAX_LOG2N: u32 = 18;
+
+impl MonarchUse {
+    pub(crate) fn from_env() -> MonarchUse {
+        match std::env::var(MONARCH_ENV).as_deref().map(str::trim) {
+            Ok("0") => MonarchUse::Off,
+            Ok("1") => MonarchUse::All,
+            _ => MonarchUse::Measured,
+        }
+    }
+
+    /// Whether the forward of N = 2^log2n runs the Monarch pass (where it takes the problem).
+    pub(crate) fn forward(self, log2n: u32) -> bool {
+        match self {
+            MonarchUse::Off => false,
+            MonarchUse::Measured => log2n <= MONARCH_MEASURED_MAX_LOG2N,
+            MonarchUse::All => true,
+        }
+    }
+
+    /// Whether the backward runs it (where its forward does and it takes the problem).
+    pub(crate) fn backward(self) -> bool {
+        self == MonarchUse::All
+    }
+}
 
 /// The kernel source (see its header for the passes and defines).
 const KERNEL_SOURCE: &str = include_str!("../kernels/fftconv.cu");
@@ -202,7 +246,7 @@ impl CudaDevice {
         // `FFTCONV_CUDA_MIDDLE_ROUND=0` restores the separate rounds for A/B runs.
         let middle_round = !std::env::var(MIDDLE_ROUND_ENV).is_ok_and(|v| v.trim() == "0");
         let vector_io = std::env::var(VECTOR_IO_ENV).is_ok_and(|v| v.trim() == "1");
-        let monarch = std::env::var(MONARCH_ENV).is_ok_and(|v| v.trim() == "1")
+        let monarch = MonarchUse::from_env() != MonarchUse::Off
             && dtype != DType::F32
             && self.info.compute_capability.0 >= 8;
         let fused = fused.filter(|_| std::env::var(SPECIALIZE_ENV).is_ok_and(|v| v.trim() == "1"));
@@ -211,7 +255,13 @@ impl CudaDevice {
             .and_then(|v| v.trim().parse::<u32>().ok())
             .filter(|b| (1..=32).contains(b))
             .unwrap_or(1);
+        let monarch_min_blocks = std::env::var(MONARCH_MIN_BLOCKS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|b| (1..=4).contains(b))
+            .filter(|_| monarch);
         let key = KernelKey {
+            monarch_min_blocks,
             dtype,
             shared_points,
             threads,
@@ -260,6 +310,9 @@ impl CudaDevice {
             format!("-DMIN_BLOCKS={}", key.min_blocks),
         ];
         let mut options = options;
+        if let Some(b) = key.monarch_min_blocks {
+            options.push(format!("-DMT_MIN_BLOCKS={b}"));
+        }
         if let Some(f) = key.fused {
             options.extend([
                 format!("-DSPEC_LOG2N={}", f.log2n),
@@ -349,6 +402,7 @@ impl CudaDevice {
                         monarch_backward_shared_bytes(14, true),
                     )?,
                     backward_scales: get("fftconv_monarch_backward_scales")?,
+                    backward_scales_finish: get("fftconv_monarch_backward_scales_finish")?,
                     backward_columns_forward: get("fftconv_monarch_backward_columns_forward")?,
                     backward_middle: with_shared(
                         "fftconv_monarch_backward_middle",
@@ -367,6 +421,7 @@ impl CudaDevice {
                     forward: get("fftconv_monarch")?,
                     wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
                     scales: get("fftconv_monarch_scales")?,
+                    scales_finish: get("fftconv_monarch_scales_finish")?,
                     columns_forward: get("fftconv_monarch_columns_forward")?,
                     tile_columns_forward: with_shared(
                         "fftconv_monarch_tile_columns_forward",
@@ -381,7 +436,7 @@ impl CudaDevice {
                     // In the module for sm_90 and newer only (`MT_CLUSTERS` of the kernel file),
                     // and only where the device can place at least one cluster of each.
                     clusters: if self.info.compute_capability.0 >= 9
-                        && !std::env::var(MONARCH_CLUSTER_ENV).is_ok_and(|v| v.trim() == "0")
+                        && std::env::var(MONARCH_CLUSTER_ENV).is_ok_and(|v| v.trim() == "1")
                         && monarch_cluster_bytes() <= optin
                     {
                         let clusters = [
@@ -429,6 +484,7 @@ pub(crate) struct MonarchKernels {
     /// The backward from 32K to 4M: scales, column passes (a thread per column up to 256K,
     /// shared tiles from 512K) and 16K-point rows.
     pub(crate) backward_scales: CudaFunction,
+    pub(crate) backward_scales_finish: CudaFunction,
     pub(crate) backward_columns_forward: CudaFunction,
     pub(crate) backward_tile_columns_forward: CudaFunction,
     pub(crate) backward_middle: CudaFunction,
@@ -437,6 +493,7 @@ pub(crate) struct MonarchKernels {
     /// N = 32K .. 4M: the rows' scales, the column passes (a thread per column up to 256K,
     /// shared tiles from 512K) and the 16K-point rows.
     pub(crate) scales: CudaFunction,
+    pub(crate) scales_finish: CudaFunction,
     pub(crate) columns_forward: CudaFunction,
     pub(crate) tile_columns_forward: CudaFunction,
     pub(crate) middle: CudaFunction,
@@ -465,6 +522,7 @@ impl MonarchKernels {
                 monarch_backward_shared_bytes(log2n, gated),
             ),
             MonarchBackwardKernel::Scales => (&self.backward_scales, 0),
+            MonarchBackwardKernel::ScalesFinish => (&self.backward_scales_finish, 0),
             MonarchBackwardKernel::ColumnsForward if log2n > 18 => (
                 &self.backward_tile_columns_forward,
                 monarch_tile_bytes(log2n),
@@ -493,6 +551,7 @@ impl MonarchKernels {
             MonarchKernel::Forward => (&self.forward, 0),
             MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),
             MonarchKernel::Scales => (&self.scales, 0),
+            MonarchKernel::ScalesFinish => (&self.scales_finish, 0),
             MonarchKernel::ColumnsForward if log2n > 18 => {
                 (&self.tile_columns_forward, monarch_tile_bytes(log2n))
             }
@@ -560,6 +619,7 @@ struct KernelKey {
     vector_io: bool,
     monarch: bool,
     min_blocks: u32,
+    monarch_min_blocks: Option<u32>,
     fused: Option<FusedSizes>,
     pad: bool,
 }
@@ -589,7 +649,7 @@ pub(crate) struct Kernels {
     pub(crate) baseline_pad: CudaFunction,
     pub(crate) baseline_product: CudaFunction,
     pub(crate) baseline_crop: CudaFunction,
-    /// The Monarch tensor-core pass (`FFTCONV_CUDA_MONARCH=1`, f16 / bf16, sm_80 or newer).
+    /// The Monarch tensor-core pass (f16 / bf16, sm_80 or newer; `FFTCONV_CUDA_MONARCH`).
     pub(crate) monarch: Option<MonarchKernels>,
     /// Whether shared memory has one padding point per 16.
     pub(crate) pad: bool,
@@ -781,6 +841,20 @@ fn compile(source: &str, options: &[String], name: &str) -> Result<Vec<u8>, Cuda
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Monarch pass's default covers the forwards it measured faster (256 .. 256K) and no
+    /// backward; `1` takes every size both ways, `0` none.
+    #[test]
+    fn monarch_use_by_size_and_direction() {
+        for log2n in 8..=22 {
+            assert_eq!(MonarchUse::Measured.forward(log2n), log2n <= 18, "{log2n}");
+            assert!(MonarchUse::All.forward(log2n));
+            assert!(!MonarchUse::Off.forward(log2n));
+        }
+        assert!(MonarchUse::All.backward());
+        assert!(!MonarchUse::Measured.backward());
+        assert!(!MonarchUse::Off.backward());
+    }
 
     #[test]
     fn cache_files_are_checked() {

@@ -64,8 +64,12 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 15] = [
+const MONARCH_ENTRIES: [&str; 19] = [
     "fftconv_monarch",
+    "fftconv_monarch_scales_finish",
+    "fftconv_monarch_backward_scales_finish",
+    "fftconv_monarch_backward_tile_columns_forward",
+    "fftconv_monarch_backward_tile_columns_inverse",
     "fftconv_monarch_tile_columns_forward",
     "fftconv_monarch_tile_columns_inverse",
     "fftconv_monarch_backward",

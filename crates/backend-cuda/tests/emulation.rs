@@ -233,6 +233,8 @@ enum Kernel {
     MonarchCluster8 = 23,
     MonarchBackwardTileColumnsForward = 24,
     MonarchBackwardTileColumnsInverse = 25,
+    MonarchScalesFinish = 26,
+    MonarchBackwardScalesFinish = 27,
 }
 
 impl From<PassKind> for Kernel {
@@ -1663,7 +1665,14 @@ fn monarch_launches(
     }
     let columns = monarch_column_blocks(pairs, first.log2n);
     Some(vec![
-        (Kernel::MonarchScales, with_lines(pairs)),
+        (Kernel::MonarchScales, with_lines(pairs << o_log2)),
+        (
+            Kernel::MonarchScalesFinish,
+            PassParams {
+                lines_log2: 3,
+                ..with_lines(pairs)
+            },
+        ),
         (Kernel::MonarchColumnsForward, with_lines(columns)),
         (
             Kernel::MonarchMiddle,
@@ -2073,7 +2082,17 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
     };
     let columns = monarch_column_blocks(pairs, p.log2n);
     Some(vec![
-        (Kernel::MonarchBackwardScales, with_lines(pairs)),
+        (
+            Kernel::MonarchBackwardScales,
+            with_lines(pairs << (p.log2n - 14)),
+        ),
+        (
+            Kernel::MonarchBackwardScalesFinish,
+            PassParams {
+                lines_log2: 3,
+                ..with_lines(pairs)
+            },
+        ),
         (Kernel::MonarchBackwardColumnsForward, with_lines(columns)),
         (
             Kernel::MonarchBackwardMiddle,

@@ -366,7 +366,10 @@ impl CudaConvolution {
             self.spec.gated(),
         ) <= shared_limit;
         if let (Some(kernels), Some(layout), true) = (
-            self.kernels.monarch.as_ref().filter(|_| self.monarch),
+            self.kernels
+                .monarch
+                .as_ref()
+                .filter(|_| self.monarch_backward),
             filter.monarch.as_ref(),
             fits && super::monarch_rows_aligned(&streams),
         ) {
