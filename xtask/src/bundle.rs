@@ -197,13 +197,13 @@ step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
 step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
 step test-backend-cuda-forward 120 "$T/backend-cuda-forward" --test-threads 4 --nocapture
 step test-backend-cuda-probe 60 "$T/backend-cuda-probe" --nocapture
-# The Monarch tensor-core pass (FFTCONV_CUDA_MONARCH=1, N = 256 .. 4M, f16 / bf16): first run
-# on a GPU in session 7's bundle; correctness, then its A/B against the default passes.
-step test-conformance-cuda-monarch 120 env FFTCONV_CUDA_MONARCH=1 "$T/conv-conformance" cuda \
-    --test-threads 8
-step test-backend-cuda-forward-monarch 120 env FFTCONV_CUDA_MONARCH=1 \
+# The suites above run the Monarch tensor-core pass for f16 / bf16 (the default since session
+# 10); the same suites on the passes it replaced (FFTCONV_CUDA_MONARCH=0), then the A/B.
+step test-conformance-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-conformance" \
+    cuda --test-threads 8
+step test-backend-cuda-forward-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 \
     "$T/backend-cuda-forward" --test-threads 4 --nocapture
-step test-backward-cuda-monarch 120 env FFTCONV_CUDA_MONARCH=1 "$T/conv-backward" cuda \
+step test-backward-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-backward" cuda \
     --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
     bench bench-monarch 200 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16,bf16 \
@@ -222,9 +222,9 @@ if [ "${1:-}" != "--no-bench" ]; then
     # H200 run: 1.00x / 0.98x / 0.90x of the four launches bench-monarch above ran).
     bench bench-monarch-cluster 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_CLUSTER=1 \
         --backend cuda --dtype f16 --sizes 32K..128K --reps 5
-    # The Monarch kernels below 8K with registers for 2 blocks per SM (the backward's 167
-    # registers held it to 8 warps per SM on the H200).
-    bench bench-monarch-min-blocks 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=2 \
+    # The Monarch kernels below 8K with registers for 1 block per SM (default 2 since session
+    # 10: the backward's 167 registers at 1 ran 1.6-1.7x slower on the H200).
+    bench bench-monarch-min-blocks 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=1 \
         --backend cuda --dtype f16 --sizes 256,1K,4K --backward --reps 5
 fi
 if [ "${1:-}" != "--no-bench" ]; then

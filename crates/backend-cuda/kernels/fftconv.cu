@@ -2402,14 +2402,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if MONARCH_TC
 #define MT_THREADS 256u
 // Blocks per SM that fftconv_monarch and fftconv_monarch_backward leave registers for (the
-// host's FFTCONV_CUDA_MONARCH_MIN_BLOCKS sets MT_MIN_BLOCKS for both; an occupancy experiment:
-// on the H200 the backward's 167 registers held it to 8 warps per SM).
-#ifdef MT_MIN_BLOCKS
-#define MT_FORWARD_MIN_BLOCKS MT_MIN_BLOCKS
-#define MT_BACKWARD_MIN_BLOCKS MT_MIN_BLOCKS
-#else
-#define MT_FORWARD_MIN_BLOCKS 2
-#define MT_BACKWARD_MIN_BLOCKS 1
+// host's FFTCONV_CUDA_MONARCH_MIN_BLOCKS sets MT_MIN_BLOCKS, for A/B runs). 2 for both: on the
+// H200 the backward's 167 registers at 1 held it to 8 warps per SM, 1.6-1.7x slower.
+#ifndef MT_MIN_BLOCKS
+#define MT_MIN_BLOCKS 2
 #endif
 #define MT_ROW 264u // halves per shared row: 256 points and 8 of padding (ldmatrix bank spread)
 
@@ -2782,7 +2778,7 @@ __device__ __forceinline__ MtChunk mt_chunk(const Params& pc, u32 k) {
     return m;
 }
 
-extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     fftconv_monarch(const Params pc, const Buffers bf, const Divisors dv) {
     alignas(16) __shared__ u16 planes[2][16 * MT_ROW];
     __shared__ u32 row_max[32];
@@ -3407,7 +3403,7 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_BACKWARD_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     fftconv_monarch_backward(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2][32];  // [x, d][pair row 2 p + s]
     __shared__ float abs_sum[16][2]; // [pair][x, d]: sums of |scaled value| over both rows
@@ -5136,46 +5132,67 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     MT_TILE_DISPATCH(mt_backward_tile_columns_inverse);
 }
 
-// The filter for fftconv_monarch: per channel h of the launch (pc.channels, one block each) a
-// header (s_k, 1 / s_k) and a zero, then the N bins of the full spectrum (from the Hermitian
-// half in bf.spectrum, dropped bins 0) divided by s_k, in the order of fftconv_monarch's S2
-// fragments: k = k_a + N1 (k_b + 16 k_c) at k_a 256 + lane 8 + nt 4 + i with lane = 4 (k_b & 7)
-// + (k_c & 7) / 2, i = 2 (k_b >> 3) + (k_c & 1), nt = k_c >> 3. From 32K (N_i = 2^line_log2 =
-// 16K < N) the rows of fftconv_monarch_middle: k = k_o + N_o k_i, k_i as k above, row k_o's bins
-// from k_o N_i. s_k is the power of two above the channel's largest finite |Re| + |Im| (1 for
-// an all-zero channel), so |bins| <= 1. Written to bf.tmp, N + 2 complex values per channel.
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
-    fftconv_monarch_filter(const Params pc, const Buffers bf, const Divisors dv) {
+// The filter for fftconv_monarch: per channel h of the launch (pc.channels) a header (s_k,
+// 1 / s_k), then (the channel's largest finite |Re| + |Im| as float bits, 0), then the N bins of
+// the full spectrum (from the Hermitian half in bf.spectrum, dropped bins 0) divided by s_k, in
+// the order of fftconv_monarch's S2 fragments: k = k_a + N1 (k_b + 16 k_c) at k_a 256 + lane 8 +
+// nt 4 + i with lane = 4 (k_b & 7) + (k_c & 7) / 2, i = 2 (k_b >> 3) + (k_c & 1), nt = k_c >> 3.
+// From 32K (N_i = 2^line_log2 = 16K < N) the rows of fftconv_monarch_middle: k = k_o + N_o k_i,
+// k_i as k above, row k_o's bins from k_o N_i. s_k is the power of two above the channel's
+// largest finite |Re| + |Im| (1 for an all-zero channel), so |bins| <= 1. Written to bf.tmp,
+// N + 2 complex values per channel, whose second value must be zero before the launches.
+// Two launches of a block per channel and slice of N_o = N / N_i bins (one block per channel
+// took 3.3 ms at 1M for 3 channels and 14 ms at 4M for one on the H200): the maximum
+// (fftconv_monarch_filter_max, into the second value), then the bins.
+__device__ __forceinline__ cpx* mt_filter_out(const Params& pc, const Buffers& bf, u32 h) {
+    return bf.tmp + (u64)h * ((1u << pc.log2n) + 2u);
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_filter_max(const Params pc, const Buffers bf, const Divisors dv) {
     (void)dv;
-    __shared__ u32 channel_max;
-    u32 h = block_index();
+    __shared__ u32 block_max;
+    const u32 b = block_index(), o_log2 = pc.log2n - pc.line_log2, h = b >> o_log2;
     if (h >= pc.channels) {
         return;
     }
-    // Frequency k = k_o + N_o k_i, N_o = N / N_i (1 up to 16K), N_i = 2^line_log2.
-    u32 n = 1u << pc.log2n, ni_log2 = pc.line_log2, o_log2 = pc.log2n - ni_log2;
-    u32 n1_log2 = ni_log2 - 8u;
     if (threadIdx.x == 0u) {
-        channel_max = 0u;
+        block_max = 0u;
     }
     __syncthreads();
+    const u32 start = (b - (h << o_log2)) << pc.line_log2, end = start + (1u << pc.line_log2);
     u32 m = 0u;
-    for (u32 k = threadIdx.x; k < n; k += MT_THREADS) {
+    for (u32 k = start + threadIdx.x; k < end; k += MT_THREADS) {
         cpx v = filter_bin(pc, bf, h, k);
         float sum = bits_float(float_bits(v.x) & 0x7fffffffu) + bits_float(float_bits(v.y) & 0x7fffffffu);
         m = max_u(m, finite_bits(sum));
     }
-    shared_max(&channel_max, m);
+    shared_max(&block_max, m);
     __syncthreads();
+    if (threadIdx.x == 0u) {
+        atomic_max_u32((u32*)&mt_filter_out(pc, bf, h)[1].x, block_max);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_filter(const Params pc, const Buffers bf, const Divisors dv) {
+    (void)dv;
+    const u32 b = block_index(), o_log2 = pc.log2n - pc.line_log2, h = b >> o_log2;
+    if (h >= pc.channels) {
+        return;
+    }
+    // Frequency k = k_o + N_o k_i, N_o = N / N_i (1 up to 16K), N_i = 2^line_log2.
+    const u32 ni_log2 = pc.line_log2, n1_log2 = ni_log2 - 8u;
+    cpx* out = mt_filter_out(pc, bf, h);
+    const u32 channel_max = float_bits(out[1].x);
     u32 e = channel_max == 0u ? 127u : (channel_max >> 23) + 1u;
     e = e > 253u ? 253u : e; // so that 1 / s_k is a normal float too
-    float inv = bits_float((254u - e) << 23);
-    cpx* out = bf.tmp + (u64)h * (n + 2u);
-    if (threadIdx.x == 0u) {
+    const float inv = bits_float((254u - e) << 23);
+    const u32 start = (b - (h << o_log2)) << ni_log2, end = start + (1u << ni_log2);
+    if (start == 0u && threadIdx.x == 0u) {
         out[0] = mk(bits_float(e << 23), inv);
-        out[1] = mk(0.0f, 0.0f);
     }
-    for (u32 k = threadIdx.x; k < n; k += MT_THREADS) {
+    for (u32 k = start + threadIdx.x; k < end; k += MT_THREADS) {
         cpx v = filter_bin(pc, bf, h, k);
         u32 ko = k & ((1u << o_log2) - 1u), ki = k >> o_log2;
         u32 ka = ki & ((1u << n1_log2) - 1u), kr = ki >> n1_log2;

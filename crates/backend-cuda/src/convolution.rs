@@ -309,8 +309,6 @@ pub struct CudaConvolution {
     twiddles: CudaSlice<u8>,
     /// Whether every chunk's forward runs as the Monarch tensor-core pass.
     monarch: bool,
-    /// Whether the backward does too, where `monarch_backward_launches` takes the problem.
-    monarch_backward: bool,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
@@ -439,21 +437,18 @@ impl CudaConvolution {
         let table = twiddle_tables(n);
         let twiddles = upload(&dev.stream, &table)?;
         let vec = 16 / spec.dtype().size_bytes() as u32;
-        let monarch_use = crate::device::MonarchUse::from_env();
-        let monarch = monarch_use.forward(n.ilog2())
-            && kernels.monarch.as_ref().is_some_and(|m| {
-                schedule.chunks().all(|chunk| {
-                    [true, false].iter().all(|&host| {
-                        let steps = schedule.forward_steps(chunk, host);
-                        monarch_launches(&steps, vec, m.clusters.is_some()).is_some()
-                    })
+        let monarch = kernels.monarch.as_ref().is_some_and(|m| {
+            schedule.chunks().all(|chunk| {
+                [true, false].iter().all(|&host| {
+                    let steps = schedule.forward_steps(chunk, host);
+                    monarch_launches(&steps, vec, m.clusters.is_some()).is_some()
                 })
-            });
+            })
+        });
         Ok(CudaConvolution {
             device: dev,
             spec: spec.clone(),
             monarch,
-            monarch_backward: monarch && monarch_use.backward(),
             kernels,
             plan,
             schedule,
@@ -639,13 +634,15 @@ impl CudaConvolution {
         let out = stream
             .alloc_zeros::<u8>(channels * (n + 2) * 8)
             .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
+        // The rows' length: N up to 16K, then 16K (`fftconv_monarch_middle`); a block per
+        // channel and row.
+        let line_log2 = n.ilog2().min(MONARCH_INNER_LOG2);
         let params = PassParams {
             log2n: n.ilog2(),
-            // The rows' length: N up to 16K, then 16K (`fftconv_monarch_middle`).
-            line_log2: n.ilog2().min(MONARCH_INNER_LOG2),
+            line_log2,
             kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
             channels: channels as u32,
-            total_lines: channels as u32,
+            total_lines: (channels << (n.ilog2() - line_log2)) as u32,
             ..PassParams::default()
         };
         let buffers = KernelBuffers {
@@ -654,6 +651,8 @@ impl CudaConvolution {
             tmp: address(&out, stream),
             ..KernelBuffers::default()
         };
+        // The channels' maxima into their zeroed second values, then the bins.
+        launch_kernel(stream, &kernels.filter_max, 256, 0, &params, &buffers)?;
         launch_kernel(stream, &kernels.filter, 256, 0, &params, &buffers)?;
         Ok(Some(Arc::new(out)))
     }

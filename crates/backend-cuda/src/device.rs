@@ -54,13 +54,13 @@ pub const SPECIALIZE_ENV: &str = "FFTCONV_CUDA_SPECIALIZE";
 /// Environment variable: blocks per SM the kernels leave registers for (1 .. 32, default 1:
 /// `__launch_bounds__`'s second argument), for tuning occupancy against registers on a GPU.
 pub const MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MIN_BLOCKS";
-/// Environment variable choosing the Monarch tensor-core pass for f16 and bf16 problems
-/// (`fftconv_monarch`; for 8K and 16K `fftconv_monarch_wide`; from 32K column passes around
-/// 16K-point rows with f16 intermediates; the backward's `fftconv_monarch_backward*` likewise:
-/// the 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability
-/// 8.0 or newer). Unset: the forward where it measured faster than the default passes (N = 256
-/// .. 256K on the H200, 1.2-1.8x; docs/perf.md), the backward nowhere; `1`: forward and backward
-/// at every size they take (N = 256 .. 4M, one segment per row for the backward); `0`: never.
+/// Environment variable: `0` turns off the Monarch tensor-core pass, which by default runs the
+/// forward and the backward of f16 and bf16 problems with N = 256 .. 4M (`fftconv_monarch`; for
+/// 8K and 16K `fftconv_monarch_wide`; from 32K column passes around 16K-point rows with f16
+/// intermediates; the backward's `fftconv_monarch_backward*` likewise, one segment per row: the
+/// 256-point DFTs as chained 16 x 16 `mma.sync` products in registers, compute capability 8.0 or
+/// newer). On the H200 it measured 1.2-2.2x faster than the default passes forward at every
+/// size timed (256 .. 4M) and 1.1-1.8x backward (docs/perf.md); `0` is the A/B.
 pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 /// Environment variable: `1` runs the Monarch pass's forward of N = 32K .. 128K on compute
 /// capability 9.0 and newer as one thread-block cluster per pair (`fftconv_monarch_cluster2/4/8`:
@@ -69,46 +69,13 @@ pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 /// four launches at 32K / 64K / 128K (docs/perf.md).
 pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
 /// Environment variable: blocks per SM (1 .. 4) that the Monarch pass's one-launch kernels below
-/// 8K (`fftconv_monarch`, default 2, and `fftconv_monarch_backward`, default 1) leave registers
-/// for; an occupancy experiment for A/B runs.
+/// 8K (`fftconv_monarch`, `fftconv_monarch_backward`) leave registers for; default 2 (the
+/// backward's 167 registers at 1 block ran 1.6-1.7x slower on the H200), for A/B runs.
 pub const MONARCH_MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MONARCH_MIN_BLOCKS";
 
-/// Where the Monarch pass runs ([`MONARCH_ENV`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MonarchUse {
-    /// Never (`0`).
-    Off,
-    /// The forward up to N = 2^[`MONARCH_MEASURED_MAX_LOG2N`], no backward (unset).
-    Measured,
-    /// Forward and backward wherever they take the problem (`1`).
-    All,
-}
-
-/// The largest log2 N whose Monarch forward measured faster than the default passes.
-pub(crate) const MONARCH_MEASURED_MAX_LOG2N: u32 = 18;
-
-impl MonarchUse {
-    pub(crate) fn from_env() -> MonarchUse {
-        match std::env::var(MONARCH_ENV).as_deref().map(str::trim) {
-            Ok("0") => MonarchUse::Off,
-            Ok("1") => MonarchUse::All,
-            _ => MonarchUse::Measured,
-        }
-    }
-
-    /// Whether the forward of N = 2^log2n runs the Monarch pass (where it takes the problem).
-    pub(crate) fn forward(self, log2n: u32) -> bool {
-        match self {
-            MonarchUse::Off => false,
-            MonarchUse::Measured => log2n <= MONARCH_MEASURED_MAX_LOG2N,
-            MonarchUse::All => true,
-        }
-    }
-
-    /// Whether the backward runs it (where its forward does and it takes the problem).
-    pub(crate) fn backward(self) -> bool {
-        self == MonarchUse::All
-    }
+/// Whether the Monarch pass runs where it takes the problem ([`MONARCH_ENV`] not `0`).
+pub(crate) fn monarch_enabled() -> bool {
+    !std::env::var(MONARCH_ENV).is_ok_and(|v| v.trim() == "0")
 }
 
 /// The kernel source (see its header for the passes and defines).
@@ -246,9 +213,8 @@ impl CudaDevice {
         // `FFTCONV_CUDA_MIDDLE_ROUND=0` restores the separate rounds for A/B runs.
         let middle_round = !std::env::var(MIDDLE_ROUND_ENV).is_ok_and(|v| v.trim() == "0");
         let vector_io = std::env::var(VECTOR_IO_ENV).is_ok_and(|v| v.trim() == "1");
-        let monarch = MonarchUse::from_env() != MonarchUse::Off
-            && dtype != DType::F32
-            && self.info.compute_capability.0 >= 8;
+        let monarch =
+            monarch_enabled() && dtype != DType::F32 && self.info.compute_capability.0 >= 8;
         let fused = fused.filter(|_| std::env::var(SPECIALIZE_ENV).is_ok_and(|v| v.trim() == "1"));
         let min_blocks = std::env::var(MIN_BLOCKS_ENV)
             .ok()
@@ -417,6 +383,7 @@ impl CudaDevice {
                         "fftconv_monarch_backward_tile_columns_inverse",
                         monarch_tile_bytes(22),
                     )?,
+                    filter_max: get("fftconv_monarch_filter_max")?,
                     filter: get("fftconv_monarch_filter")?,
                     forward: get("fftconv_monarch")?,
                     wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
@@ -471,6 +438,8 @@ impl CudaDevice {
 
 /// The kernels of the Monarch tensor-core pass (256 threads per block).
 pub(crate) struct MonarchKernels {
+    /// The channels' largest |Re| + |Im| (a block per channel and 16K bins), before `filter`.
+    pub(crate) filter_max: CudaFunction,
     /// The filter in the pass's fragment order, per channel scaled by a power of two.
     pub(crate) filter: CudaFunction,
     /// The whole forward of a chunk, N = 256 .. 4096 (static shared memory).
@@ -841,20 +810,6 @@ fn compile(source: &str, options: &[String], name: &str) -> Result<Vec<u8>, Cuda
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The Monarch pass's default covers the forwards it measured faster (256 .. 256K) and no
-    /// backward; `1` takes every size both ways, `0` none.
-    #[test]
-    fn monarch_use_by_size_and_direction() {
-        for log2n in 8..=22 {
-            assert_eq!(MonarchUse::Measured.forward(log2n), log2n <= 18, "{log2n}");
-            assert!(MonarchUse::All.forward(log2n));
-            assert!(!MonarchUse::Off.forward(log2n));
-        }
-        assert!(MonarchUse::All.backward());
-        assert!(!MonarchUse::Measured.backward());
-        assert!(!MonarchUse::Off.backward());
-    }
 
     #[test]
     fn cache_files_are_checked() {

@@ -64,8 +64,9 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 19] = [
+const MONARCH_ENTRIES: [&str; 20] = [
     "fftconv_monarch",
+    "fftconv_monarch_filter_max",
     "fftconv_monarch_scales_finish",
     "fftconv_monarch_backward_scales_finish",
     "fftconv_monarch_backward_tile_columns_forward",

@@ -235,6 +235,7 @@ enum Kernel {
     MonarchBackwardTileColumnsInverse = 25,
     MonarchScalesFinish = 26,
     MonarchBackwardScalesFinish = 27,
+    MonarchFilterMax = 28,
 }
 
 impl From<PassKind> for Kernel {
@@ -319,6 +320,11 @@ impl Program {
     fn fill_nan(&mut self, buf: Buf) {
         let len = self.len(buf);
         self.command(&[3, buf.0, 0, words(len), NAN_BITS]);
+    }
+
+    /// Words `at .. at + len` of `buf` set to `bits`.
+    fn fill(&mut self, buf: Buf, at: usize, len: usize, bits: u32) {
+        self.command(&[3, buf.0, words(at), words(len), bits]);
     }
 
     /// Runs the program with the harness of `points` shared points; the contents of `outputs`.
@@ -734,12 +740,17 @@ fn compare(what: &str, got: &[f32], want: &[f64], tolerance: f64) -> Result<f64,
 fn monarch_filter_layout(p: &mut Program, spec: &ConvSpec, spectrum: Buf, twiddles: Buf) -> Buf {
     let n = spec.geometry().n();
     let layout = p.nans(spec.channels() * (n + 2) * 2);
+    // Each channel's second value zero (the host's buffer is zeroed): the maxima go there.
+    for h in 0..spec.channels() {
+        p.fill(layout, (h * (n + 2) + 1) * 2, 2, 0);
+    }
+    let line_log2 = n.ilog2().min(14);
     let filter_params = PassParams {
         log2n: n.ilog2(),
-        line_log2: n.ilog2().min(14),
+        line_log2,
         kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
         channels: spec.channels() as u32,
-        total_lines: spec.channels() as u32,
+        total_lines: (spec.channels() << (n.ilog2() - line_log2)) as u32,
         ..PassParams::default()
     };
     let filter_bindings = Bindings {
@@ -748,6 +759,12 @@ fn monarch_filter_layout(p: &mut Program, spec: &ConvSpec, spectrum: Buf, twiddl
         tmp: Some(layout),
         ..Bindings::default()
     };
+    p.launch(
+        Kernel::MonarchFilterMax,
+        0,
+        &filter_params,
+        &filter_bindings,
+    );
     p.launch(Kernel::MonarchFilter, 0, &filter_params, &filter_bindings);
     layout
 }
@@ -1722,6 +1739,15 @@ fn keep_impulses(values: &mut [f32], spec: &ConvSpec, per_row: usize, salt: usiz
     }
 }
 
+/// Multiplies the last quarter of every row of `values` (`[B, H, L]`) by `factor`: the rows'
+/// largest values far from their first 16K-point slice (the long path's scales merge slices).
+fn boost_row_tails(values: &mut [f32], spec: &ConvSpec, factor: f32) {
+    let len = spec.length();
+    for row in values.chunks_mut(len) {
+        row[len - len / 4..].iter_mut().for_each(|v| *v *= factor);
+    }
+}
+
 /// Multiplies the odd batch rows of `values` (`[B, H, L]`) by `factor`: each pair's second
 /// row far smaller than its first.
 fn scale_odd_batch_rows(values: &mut [f32], spec: &ConvSpec, factor: f32) {
@@ -1849,6 +1875,12 @@ fn monarch_tensor_core_pass_256_threads() {
             1 << 30,
             1.0,
         ),
+        (
+            "n256k causal, tails 2^12",
+            causal(2, 1, 131_072, 131_072),
+            1 << 30,
+            1.0,
+        ),
         // From 512K the column passes run through shared tiles (N_o = 16 x 2, 4 x 16).
         (
             "n512k circular gated",
@@ -1908,6 +1940,10 @@ fn monarch_forward_cases(
             // Each row must keep its own precision (checked per row) although the column DFTs
             // of the long sizes mix a pair's two rows.
             scale_odd_batch_rows(&mut inputs.u, &spec, 9.536_743e-7);
+        }
+        if label.contains("tails 2^12") {
+            // The rows' scales must come from every slice, not only the first.
+            boost_row_tails(&mut inputs.u, &spec, 4096.0);
         }
         if label.contains("NaN filter") {
             inputs.k[spec.filter_len() + 4] = f32::NAN;
@@ -2197,6 +2233,11 @@ fn monarch_backward_256_threads() {
             causal(2, 1, 262_144, 262_144).circular(),
             1 << 30,
         ),
+        (
+            "n256k circular gated, tails 2^12",
+            causal(2, 1, 262_144, 262_144).circular().gated(true),
+            1 << 30,
+        ),
         // From 512K the column passes run through shared tiles (N_o = 16 x 2, 4 x 16).
         (
             "n512k circular gated, rows 2^-16",
@@ -2221,6 +2262,10 @@ fn monarch_backward_256_threads() {
         }
         if label.contains("dy 2^-20") {
             inputs.dy.iter_mut().for_each(|v| *v *= 9.536_743e-7);
+        }
+        if label.contains("tails 2^12") {
+            boost_row_tails(&mut inputs.u, &spec, 4096.0);
+            boost_row_tails(&mut inputs.dy, &spec, 4096.0);
         }
         if label.contains("impulses") {
             keep_impulses(&mut inputs.u, &spec, 16, 0);

@@ -366,10 +366,7 @@ impl CudaConvolution {
             self.spec.gated(),
         ) <= shared_limit;
         if let (Some(kernels), Some(layout), true) = (
-            self.kernels
-                .monarch
-                .as_ref()
-                .filter(|_| self.monarch_backward),
+            self.kernels.monarch.as_ref().filter(|_| self.monarch),
             filter.monarch.as_ref(),
             fits && super::monarch_rows_aligned(&streams),
         ) {
