@@ -1759,6 +1759,74 @@ fn scale_odd_batch_rows(values: &mut [f32], spec: &ConvSpec, factor: f32) {
     }
 }
 
+/// The Monarch filter layout (`fftconv_monarch_filter_max`, then `fftconv_monarch_filter`, a
+/// block per channel and 16K bins): each channel's s_k is the power of two above its largest
+/// |Re| + |Im| over all slices (channel 0's spectrum peaks at N/4, far from the first slice;
+/// channel 1 is random, channel 2 zero), and every bin is written and within [-1, 1].
+#[test]
+fn monarch_filter_layout_256_threads() {
+    let test = "monarch_filter_layout_256_threads";
+    let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let mut outcomes = Outcomes::new(test);
+    let mut rng = StdRng::seed_from_u64(outcomes.seed);
+    for (i, log2n) in [12u32, 17, 20].into_iter().enumerate() {
+        let n = 1usize << log2n;
+        let spec = ConvSpec::builder(1, 3, n / 2, n / 2).build().expect("spec");
+        let klen = spec.filter_len();
+        let mut k = vec![0.0f32; 3 * klen];
+        for (t, v) in k[..klen].iter_mut().enumerate() {
+            *v = (-(t as f32) / 64.0).exp() * [1.0, 0.0, -1.0, 0.0][t % 4];
+        }
+        k[klen..2 * klen]
+            .iter_mut()
+            .for_each(|v| *v = rng.random_range(-1.0..1.0));
+        let half = filter_spectrum(&spec, &k);
+        let kept = half.len() / 6;
+        let mut p = Program::default();
+        let twiddles = p.data(&twiddle_tables(n));
+        let spectrum = p.data(&half);
+        let layout = monarch_filter_layout(&mut p, &spec, spectrum, twiddles);
+        let what = format!("{test}/N = 2^{log2n}");
+        let result = p
+            .run(&harness, MONARCH_POINTS, &format!("{test}-{i}"), &[layout])
+            .and_then(|out| {
+                let out = &out[0];
+                for h in 0..3 {
+                    let bins = &half[h * kept * 2..(h + 1) * kept * 2];
+                    let max = bins
+                        .chunks_exact(2)
+                        .map(|c| c[0].abs() + c[1].abs())
+                        .fold(0.0f32, f32::max);
+                    let e = if max == 0.0 {
+                        127
+                    } else {
+                        (max.to_bits() >> 23) + 1
+                    };
+                    let s_k = f32::from_bits(e.min(253) << 23);
+                    let channel = &out[h * (n + 2) * 2..(h + 1) * (n + 2) * 2];
+                    if channel[0] != s_k {
+                        return Err(format!("channel {h}: s_k {} instead of {s_k}", channel[0]));
+                    }
+                    if let Some(j) = channel[4..]
+                        .iter()
+                        .position(|v| v.is_nan() || v.abs() > 1.0)
+                    {
+                        return Err(format!(
+                            "channel {h}: bin value {j} is {} (unwritten or above 1)",
+                            channel[4 + j]
+                        ));
+                    }
+                }
+                Ok("s_k and bins".to_string())
+            });
+        outcomes.record(&what, result);
+    }
+    outcomes.finish();
+}
+
 /// The Monarch pass (f16 operands, so the f16 tolerance) on every size it takes (N = 256 ..
 /// 16384: N1 = 1 .. 64 rows per pair, `fftconv_monarch_wide` from 8K; 32K .. 1M of 4M: column
 /// passes around 16K-point rows), causal and circular,
@@ -1876,6 +1944,12 @@ fn monarch_tensor_core_pass_256_threads() {
             1.0,
         ),
         (
+            "n128k causal, filter peak at N/4",
+            causal(2, 2, 65_536, 65_536),
+            1 << 30,
+            1.0,
+        ),
+        (
             "n256k causal, tails 2^12",
             causal(2, 1, 131_072, 131_072),
             1 << 30,
@@ -1944,6 +2018,14 @@ fn monarch_forward_cases(
         if label.contains("tails 2^12") {
             // The rows' scales must come from every slice, not only the first.
             boost_row_tails(&mut inputs.u, &spec, 4096.0);
+        }
+        if label.contains("filter peak at N/4") {
+            // A smooth filter modulated to a quarter of the sampling rate: its spectrum peaks
+            // far from the first 16K bins (the filter's scale must come from every slice).
+            for (j, v) in inputs.k.iter_mut().enumerate() {
+                let t = j % spec.filter_len();
+                *v = (-(t as f32) / 64.0).exp() * [1.0, 0.0, -1.0, 0.0][t % 4];
+            }
         }
         if label.contains("NaN filter") {
             inputs.k[spec.filter_len() + 4] = f32::NAN;
