@@ -3761,9 +3761,13 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
 // N = N_o x N_i with N_i = 2^MT_INNER_LOG2 = 16384 and N_o = 2 .. 256; position n = n_i + N_i n_o,
 // frequency k = k_o + N_o k_i (the four-step split of the DFT). Per chunk, with the pair's
 // intermediate as N f16 (Re, Im) words in bf.tmp (half of the N complex f32 the schedule sizes
-// it for; the rows' scale exponents after all pairs' words):
-//   fftconv_monarch_scales           per pair, each row's power-of-two scale (its largest finite
-//                                    |value| into [2^13, 2^14), as fftconv_monarch's load)
+// it for; after all pairs' words four scale words per pair, then the scales' MtMaxSum records,
+// two per pair and slice):
+//   fftconv_monarch_scales           per pair and 16K slice of positions, each row's largest
+//                                    finite |value| and scaled sum of |value| (the records)
+//   fftconv_monarch_scales_finish    per pair (a warp): the slices merged, each row's power-of-two
+//                                    scale (its largest finite |value| into [2^13, 2^14), as
+//                                    fftconv_monarch's load) and the product's k
 //   fftconv_monarch_columns_forward  per column n_i (a thread): the scaled rows' N_o values, the
 //                                    N_o-point DFT / N_o in f32 registers, W_N^(n_i k_o), to row
 //                                    k_o of the intermediate (coalesced: threads take consecutive
@@ -3823,7 +3827,9 @@ struct MtMaxSum {
 
 __device__ __forceinline__ float mt_rescale(float s, u32 from, u32 to) {
     const u32 d = from - to; // to <= from: the larger maximum's exponent
-    return s * (d > 126u ? 0.0f : pow2(-(int)d));
+    // A non-finite sum stays what it is (inf * 0 would make NaN of an inf: the backward's taps
+    // scale tells them apart).
+    return finite_f(s) ? s * (d > 126u ? 0.0f : pow2(-(int)d)) : s;
 }
 
 __device__ __forceinline__ MtMaxSum mt_max_sum_merge(MtMaxSum a, MtMaxSum b) {
@@ -4627,14 +4633,17 @@ extern "C" __global__ void __cluster_dims__(8, 1, 1) __launch_bounds__(MT_THREAD
 }
 #endif // MT_CLUSTERS
 
-// ---- the Monarch backward for N = 32K .. 256K: the long path's four kernels for two inputs ----
+// ---- the Monarch backward for N = 32K .. 4M: the long path's kernels for two inputs ------
 //
 // The forward long path's split (N = N_o x 16K, N_o = 2 .. 16, position n_i + N_i n_o,
 // frequency k_o + N_o k_i) with fftconv_monarch_backward's products. The intermediates are f16
 // (Re, Im) words: x with the coupled scales (then T) in the first half of bf.tmp, gated x with
 // its own scales (then P) in the second, d (then G) in the first half of bf.other, and per pair
-// eight words after it (the rows' maxima of x and d, the sums of |scaled x| and |scaled d|):
-//   fftconv_monarch_backward_scales           per pair: maxima, then (a second read) the sums
+// eight words after it (the rows' maxima of x and d, the sums of |scaled x| and |scaled d|),
+// then the scales' MtMaxSum records (four per pair and slice: x and d of each row):
+//   fftconv_monarch_backward_scales           per pair and 16K slice: the records
+//   fftconv_monarch_backward_scales_finish    per pair (a warp): the records merged into the
+//                                             eight words
 //   fftconv_monarch_backward_columns_forward  per column: the N_o-point DFTs / N_o of x, d (and
 //                                             x'), W_N^(n_i k_o), to the intermediates
 //   fftconv_monarch_backward_middle           per row k_o: the 16K row transforms, T, G, P, back

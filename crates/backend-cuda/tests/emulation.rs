@@ -1739,6 +1739,12 @@ fn keep_impulses(values: &mut [f32], spec: &ConvSpec, per_row: usize, salt: usiz
     }
 }
 
+/// Tap `t` of a smooth filter (e^(-t/64)) modulated to a quarter of the sampling rate: its
+/// spectrum peaks at N/4, far from the first 16K bins.
+fn quarter_rate_tap(t: usize) -> f32 {
+    (-(t as f32) / 64.0).exp() * [1.0, 0.0, -1.0, 0.0][t % 4]
+}
+
 /// Multiplies the last quarter of every row of `values` (`[B, H, L]`) by `factor`: the rows'
 /// largest values far from their first 16K-point slice (the long path's scales merge slices).
 fn boost_row_tails(values: &mut [f32], spec: &ConvSpec, factor: f32) {
@@ -1778,7 +1784,7 @@ fn monarch_filter_layout_256_threads() {
         let klen = spec.filter_len();
         let mut k = vec![0.0f32; 3 * klen];
         for (t, v) in k[..klen].iter_mut().enumerate() {
-            *v = (-(t as f32) / 64.0).exp() * [1.0, 0.0, -1.0, 0.0][t % 4];
+            *v = quarter_rate_tap(t);
         }
         k[klen..2 * klen]
             .iter_mut()
@@ -2023,8 +2029,7 @@ fn monarch_forward_cases(
             // A smooth filter modulated to a quarter of the sampling rate: its spectrum peaks
             // far from the first 16K bins (the filter's scale must come from every slice).
             for (j, v) in inputs.k.iter_mut().enumerate() {
-                let t = j % spec.filter_len();
-                *v = (-(t as f32) / 64.0).exp() * [1.0, 0.0, -1.0, 0.0][t % 4];
+                *v = quarter_rate_tap(j % spec.filter_len());
             }
         }
         if label.contains("NaN filter") {
