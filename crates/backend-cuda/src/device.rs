@@ -89,7 +89,14 @@ pub struct CudaDevice {
     info: CudaDeviceInfo,
     description: String,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernels>>>,
+    /// The Monarch pass's modules, by I/O dtype and register cap (`MT_MIN_BLOCKS`): shared by
+    /// every [`Kernels`] of that dtype, so a process compiles them once, not once per plan.
+    monarch_kernels: Mutex<HashMap<MonarchKey, Arc<MonarchKernels>>>,
 }
+
+/// What a Monarch module is compiled for: the I/O dtype and `MT_MIN_BLOCKS` (`None`: the kernel
+/// file's default).
+type MonarchKey = (DType, Option<u32>);
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,6 +148,7 @@ fn open_device() -> Result<CudaDevice, CudaError> {
         info,
         description,
         kernels: Mutex::new(HashMap::new()),
+        monarch_kernels: Mutex::new(HashMap::new()),
     })
 }
 
@@ -254,11 +262,7 @@ impl CudaDevice {
 
     fn build_kernels(&self, key: KernelKey) -> Result<Kernels, CudaError> {
         let threads = key.threads;
-        let io = match key.dtype {
-            DType::F32 => "IO_F32",
-            DType::F16 => "IO_F16",
-            DType::Bf16 => "IO_BF16",
-        };
+        let io = io_define(key.dtype);
         let (major, minor) = self.info.compute_capability;
         let options = vec![
             format!("--gpu-architecture=sm_{major}{minor}"),
@@ -272,13 +276,11 @@ impl CudaDevice {
             format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
             format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
             format!("-DVECTOR_IO={}", u32::from(key.vector_io)),
-            format!("-DMONARCH_TC={}", u32::from(key.monarch)),
+            // The Monarch kernels are a module of their own (`monarch_kernels`).
+            "-DMONARCH_TC=0".to_owned(),
             format!("-DMIN_BLOCKS={}", key.min_blocks),
         ];
         let mut options = options;
-        if let Some(b) = key.monarch_min_blocks {
-            options.push(format!("-DMT_MIN_BLOCKS={b}"));
-        }
         if let Some(f) = key.fused {
             options.extend([
                 format!("-DSPEC_LOG2N={}", f.log2n),
@@ -288,16 +290,7 @@ impl CudaDevice {
                 format!("-DSPEC_STAGE_BITS={}", f.stage_bits),
             ]);
         }
-        let name = format!("fftconv.cu ({})", options[2..].join(" "));
-        let (cubin, cached) = compile_cached(KERNEL_SOURCE, &options, &self.info, &name)?;
-        let load = |cubin: Vec<u8>| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
-        let module = match load(cubin) {
-            Ok(m) => m,
-            // A cached image the driver rejects (another driver, a damaged file): compile anew.
-            Err(_) if cached => load(compile(KERNEL_SOURCE, &options, &name)?)
-                .map_err(|e| CudaError::driver("cuModuleLoadData", e))?,
-            Err(e) => return Err(CudaError::driver("cuModuleLoadData", e)),
-        };
+        let module = self.module(&options)?;
         let shared_bytes =
             (key.shared_points + if key.pad { key.shared_points / 16 } else { 0 }) * 8;
         let load = |name: &str| -> Result<CudaFunction, CudaError> {
@@ -336,95 +329,7 @@ impl CudaDevice {
             baseline_product: load("fftconv_baseline_product")?,
             baseline_crop: load("fftconv_baseline_crop")?,
             monarch: if key.monarch {
-                let get = |name: &str| {
-                    module
-                        .load_function(name)
-                        .map_err(|e| CudaError::driver("cuModuleGetFunction", e))
-                };
-                // The kernels with dynamic shared memory beyond the default 48 KiB, capped at
-                // this device's limit: the forward's wide rows and middle rows (66 KiB), the
-                // column passes' tiles (N_o x 32 complex f32 from N_o = 32, up to 64 KiB), and the
-                // backward's plane sets (two, three gated: 50 KiB; 198 KiB at 16K, which only
-                // Hopper's 227 KiB per block holds; `launch_backward` checks that its size fits).
-                let optin = monarch_shared_limit(self.info.shared_memory_per_block_optin);
-                let with_shared = |name: &str, bytes: u32| {
-                    let f = get(name)?;
-                    f.set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        bytes.min(optin) as i32,
-                    )
-                    .map_err(|e| {
-                        CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
-                    })?;
-                    Ok::<_, CudaError>(f)
-                };
-                Some(MonarchKernels {
-                    backward: with_shared(
-                        "fftconv_monarch_backward",
-                        monarch_backward_shared_bytes(12, true),
-                    )?,
-                    backward_wide: with_shared(
-                        "fftconv_monarch_backward_wide",
-                        monarch_backward_shared_bytes(14, true),
-                    )?,
-                    backward_scales: get("fftconv_monarch_backward_scales")?,
-                    backward_scales_finish: get("fftconv_monarch_backward_scales_finish")?,
-                    backward_columns_forward: get("fftconv_monarch_backward_columns_forward")?,
-                    backward_middle: with_shared(
-                        "fftconv_monarch_backward_middle",
-                        monarch_backward_shared_bytes(14, true),
-                    )?,
-                    backward_columns_inverse: get("fftconv_monarch_backward_columns_inverse")?,
-                    backward_tile_columns_forward: with_shared(
-                        "fftconv_monarch_backward_tile_columns_forward",
-                        monarch_tile_bytes(22),
-                    )?,
-                    backward_tile_columns_inverse: with_shared(
-                        "fftconv_monarch_backward_tile_columns_inverse",
-                        monarch_tile_bytes(22),
-                    )?,
-                    filter_max: get("fftconv_monarch_filter_max")?,
-                    filter: get("fftconv_monarch_filter")?,
-                    forward: get("fftconv_monarch")?,
-                    wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
-                    scales: get("fftconv_monarch_scales")?,
-                    scales_finish: get("fftconv_monarch_scales_finish")?,
-                    columns_forward: get("fftconv_monarch_columns_forward")?,
-                    tile_columns_forward: with_shared(
-                        "fftconv_monarch_tile_columns_forward",
-                        monarch_tile_bytes(22),
-                    )?,
-                    middle: with_shared("fftconv_monarch_middle", monarch_shared_bytes(14))?,
-                    columns_inverse: get("fftconv_monarch_columns_inverse")?,
-                    tile_columns_inverse: with_shared(
-                        "fftconv_monarch_tile_columns_inverse",
-                        monarch_tile_bytes(22),
-                    )?,
-                    // In the module for sm_90 and newer only (`MT_CLUSTERS` of the kernel file),
-                    // and only where the device can place at least one cluster of each.
-                    clusters: if self.info.compute_capability.0 >= 9
-                        && std::env::var(MONARCH_CLUSTER_ENV).is_ok_and(|v| v.trim() == "1")
-                        && monarch_cluster_bytes() <= optin
-                    {
-                        let clusters = [
-                            with_shared("fftconv_monarch_cluster2", monarch_cluster_bytes())?,
-                            with_shared("fftconv_monarch_cluster4", monarch_cluster_bytes())?,
-                            with_shared("fftconv_monarch_cluster8", monarch_cluster_bytes())?,
-                        ];
-                        let placeable = clusters.iter().zip([2u32, 4, 8]).all(|(f, blocks)| {
-                            let cfg = cudarc::driver::LaunchConfig {
-                                grid_dim: (blocks, 1, 1),
-                                block_dim: (256, 1, 1),
-                                shared_mem_bytes: monarch_cluster_bytes(),
-                            };
-                            f.occupancy_max_active_clusters(cfg, &self.stream)
-                                .is_ok_and(|n| n >= 1)
-                        });
-                        placeable.then_some(clusters)
-                    } else {
-                        None
-                    },
-                })
+                Some(self.monarch_kernels(key.dtype, key.monarch_min_blocks)?)
             } else {
                 None
             },
@@ -433,6 +338,153 @@ impl CudaDevice {
             shared_bytes,
             threads,
         })
+    }
+
+    /// The Monarch pass's kernels for `dtype` (NVRTC module with `MONARCH_TC=1`, the base
+    /// passes' defines at fixed values the Monarch kernels do not read), built once per dtype and
+    /// register cap.
+    fn monarch_kernels(
+        &self,
+        dtype: DType,
+        min_blocks: Option<u32>,
+    ) -> Result<Arc<MonarchKernels>, CudaError> {
+        let mut cache = self
+            .monarch_kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = cache.get(&(dtype, min_blocks)) {
+            return Ok(Arc::clone(k));
+        }
+        let (major, minor) = self.info.compute_capability;
+        let mut options = vec![
+            format!("--gpu-architecture=sm_{major}{minor}"),
+            "--std=c++17".to_owned(),
+            format!("-D{}=1", io_define(dtype)),
+            "-DMONARCH_TC=1".to_owned(),
+            // The file's base passes (compiled alongside, unused here) need these.
+            "-DSHARED_POINTS=4096".to_owned(),
+            "-DPAD=1".to_owned(),
+            "-DTHREADS=256".to_owned(),
+        ];
+        if let Some(b) = min_blocks {
+            options.push(format!("-DMT_MIN_BLOCKS={b}"));
+        }
+        let module = self.module(&options)?;
+        let get = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| CudaError::driver("cuModuleGetFunction", e))
+        };
+        // The kernels with dynamic shared memory beyond the default 48 KiB, capped at
+        // this device's limit: the forward's wide rows and middle rows (66 KiB), the
+        // column passes' tiles (N_o x 32 complex f32 from N_o = 32, up to 64 KiB), and the
+        // backward's plane sets (two, three gated: 50 KiB; 198 KiB at 16K, which only
+        // Hopper's 227 KiB per block holds; `launch_backward` checks that its size fits).
+        let optin = monarch_shared_limit(self.info.shared_memory_per_block_optin);
+        let with_shared = |name: &str, bytes: u32| {
+            let f = get(name)?;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes.min(optin) as i32,
+            )
+            .map_err(|e| {
+                CudaError::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e)
+            })?;
+            Ok::<_, CudaError>(f)
+        };
+        let kernels = MonarchKernels {
+            backward: with_shared(
+                "fftconv_monarch_backward",
+                monarch_backward_shared_bytes(12, true),
+            )?,
+            backward_wide: with_shared(
+                "fftconv_monarch_backward_wide",
+                monarch_backward_shared_bytes(14, true),
+            )?,
+            backward_scales: get("fftconv_monarch_backward_scales")?,
+            backward_scales_finish: get("fftconv_monarch_backward_scales_finish")?,
+            backward_columns_forward: get("fftconv_monarch_backward_columns_forward")?,
+            backward_middle: with_shared(
+                "fftconv_monarch_backward_middle",
+                monarch_backward_shared_bytes(14, true),
+            )?,
+            backward_columns_inverse: get("fftconv_monarch_backward_columns_inverse")?,
+            backward_tile_columns_forward: with_shared(
+                "fftconv_monarch_backward_tile_columns_forward",
+                monarch_tile_bytes(22),
+            )?,
+            backward_tile_columns_inverse: with_shared(
+                "fftconv_monarch_backward_tile_columns_inverse",
+                monarch_tile_bytes(22),
+            )?,
+            filter_max: get("fftconv_monarch_filter_max")?,
+            filter: get("fftconv_monarch_filter")?,
+            forward: get("fftconv_monarch")?,
+            wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
+            scales: get("fftconv_monarch_scales")?,
+            scales_finish: get("fftconv_monarch_scales_finish")?,
+            columns_forward: get("fftconv_monarch_columns_forward")?,
+            tile_columns_forward: with_shared(
+                "fftconv_monarch_tile_columns_forward",
+                monarch_tile_bytes(22),
+            )?,
+            middle: with_shared("fftconv_monarch_middle", monarch_shared_bytes(14))?,
+            columns_inverse: get("fftconv_monarch_columns_inverse")?,
+            tile_columns_inverse: with_shared(
+                "fftconv_monarch_tile_columns_inverse",
+                monarch_tile_bytes(22),
+            )?,
+            // In the module for sm_90 and newer only (`MT_CLUSTERS` of the kernel file),
+            // and only where the device can place at least one cluster of each.
+            clusters: if self.info.compute_capability.0 >= 9
+                && std::env::var(MONARCH_CLUSTER_ENV).is_ok_and(|v| v.trim() == "1")
+                && monarch_cluster_bytes() <= optin
+            {
+                let clusters = [
+                    with_shared("fftconv_monarch_cluster2", monarch_cluster_bytes())?,
+                    with_shared("fftconv_monarch_cluster4", monarch_cluster_bytes())?,
+                    with_shared("fftconv_monarch_cluster8", monarch_cluster_bytes())?,
+                ];
+                let placeable = clusters.iter().zip([2u32, 4, 8]).all(|(f, blocks)| {
+                    let cfg = cudarc::driver::LaunchConfig {
+                        grid_dim: (blocks, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: monarch_cluster_bytes(),
+                    };
+                    f.occupancy_max_active_clusters(cfg, &self.stream)
+                        .is_ok_and(|n| n >= 1)
+                });
+                placeable.then_some(clusters)
+            } else {
+                None
+            },
+        };
+        let kernels = Arc::new(kernels);
+        cache.insert((dtype, min_blocks), Arc::clone(&kernels));
+        Ok(kernels)
+    }
+
+    /// The module of the kernel file compiled with `options` (NVRTC, through the disk cache).
+    fn module(&self, options: &[String]) -> Result<Arc<cudarc::driver::CudaModule>, CudaError> {
+        let name = format!("fftconv.cu ({})", options[2..].join(" "));
+        let (cubin, cached) = compile_cached(KERNEL_SOURCE, options, &self.info, &name)?;
+        let load = |cubin: Vec<u8>| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
+        match load(cubin) {
+            Ok(m) => Ok(m),
+            // A cached image the driver rejects (another driver, a damaged file): compile anew.
+            Err(_) if cached => load(compile(KERNEL_SOURCE, options, &name)?)
+                .map_err(|e| CudaError::driver("cuModuleLoadData", e)),
+            Err(e) => Err(CudaError::driver("cuModuleLoadData", e)),
+        }
+    }
+}
+
+/// The kernel file's define for the I/O dtype.
+fn io_define(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "IO_F32",
+        DType::F16 => "IO_F16",
+        DType::Bf16 => "IO_BF16",
     }
 }
 
@@ -619,7 +671,7 @@ pub(crate) struct Kernels {
     pub(crate) baseline_product: CudaFunction,
     pub(crate) baseline_crop: CudaFunction,
     /// The Monarch tensor-core pass (f16 / bf16, sm_80 or newer; `FFTCONV_CUDA_MONARCH`).
-    pub(crate) monarch: Option<MonarchKernels>,
+    pub(crate) monarch: Option<Arc<MonarchKernels>>,
     /// Whether shared memory has one padding point per 16.
     pub(crate) pad: bool,
     /// Complex points of shared memory per block (the longest line a pass may have).
