@@ -25,6 +25,10 @@ bench options:
                    that backend's forward time / its backward time (0.40x: backward costs
                    2.5x the forward; a sparse row against the forward of the same fraction);
                    du is checked on sampled rows.
+  --filter         also time the filter preparation from a k already on the backend
+                   (`prepare_filter_device`: what a training loop that updates k every step
+                   pays): rows `<backend>:filter`, bytes = k read + the half spectrum written;
+                   the forward with that spectrum is checked on sampled rows.
   --keep-frequencies LIST
                    frequency-sparse problems: fractions F in (0, 1] of the filter's real-FFT
                    bins to keep (ConvSpec::builder(..).keep_frequencies(F): ceil(F * N/2) bins
@@ -68,6 +72,8 @@ pub struct BenchOptions {
     pub circular: bool,
     /// Also time the backward pass.
     pub backward: bool,
+    /// Also time the filter preparation from a backend-resident `k`.
+    pub filter: bool,
     pub mb: f64,
     /// Fractions of the filter's frequency bins to keep (1: dense), each in `(0, 1]`.
     pub keep_frequencies: Vec<f64>,
@@ -122,6 +128,7 @@ impl BenchOptions {
         let mut gated = false;
         let mut circular = false;
         let mut backward = false;
+        let mut filter = false;
         let mut mb = None;
         let mut reps = None;
         let mut keep_frequencies = None;
@@ -151,6 +158,7 @@ impl BenchOptions {
                 "--gated" => gated = true,
                 "--circular" => circular = true,
                 "--backward" => backward = true,
+                "--filter" => filter = true,
                 "--mb" => {
                     let v = value(name)?;
                     let x: f64 = v.parse().map_err(|_| format!("--mb: bad number `{v}`"))?;
@@ -208,6 +216,7 @@ impl BenchOptions {
             gated,
             circular,
             backward,
+            filter,
             mb: mb.unwrap_or(if quick { QUICK_MB } else { DEFAULT_MB }),
             keep_frequencies: keep_frequencies.unwrap_or_else(|| vec![1.0]),
             reps: reps.or(if quick { Some(REDUCED_REPS) } else { None }),
@@ -351,6 +360,7 @@ mod tests {
         assert_eq!(o.dtypes, vec![DType::F16, DType::Bf16]);
         assert_eq!(o.backends.len(), 3);
         assert!(o.gated);
+        assert!(!o.filter);
         assert_eq!(o.reps, Some(2));
         assert_eq!(o.mb, DEFAULT_MB);
         assert_eq!(o.keep_frequencies, vec![1.0]);
@@ -367,6 +377,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(c.circular);
+        let f = BenchOptions::parse(&strings(&["--filter"]))
+            .unwrap()
+            .unwrap();
+        assert!(f.filter);
         let a = BenchOptions::parse(&strings(&["--anchors"]))
             .unwrap()
             .unwrap();

@@ -228,7 +228,10 @@ impl Sweep<'_> {
         let per_fraction: usize = self
             .backends
             .iter()
-            .map(|k| 1 + usize::from(self.opts.backward && k.supports_backward()))
+            .map(|k| {
+                1 + usize::from(self.opts.backward && k.supports_backward())
+                    + usize::from(self.opts.filter)
+            })
             .sum();
         let cufft = usize::from(self.backends.contains(&BackendKind::Cuda) && !self.opts.gated);
         1 + per_fraction * self.opts.keep_frequencies.len() + cufft
@@ -366,6 +369,20 @@ impl Sweep<'_> {
                 if self.opts.backward && kind.supports_backward() {
                     self.backward_case(n, spec, kind, &u, &k, gates);
                 }
+                if self.opts.filter {
+                    let who = format!("{}:filter", kind.name());
+                    self.progress(n, &who, dtype, *keep);
+                    let result = self.filter_case(spec, kind, &u, &k, gates, &mut y);
+                    self.record(n, spec, &who, result, &y, checks);
+                    // Bytes of one preparation: k read (f32), the half spectrum written
+                    // (complex f32): what any filter FFT moves.
+                    if let Some(rec) = self.records.last_mut().filter(|r| r.median_ms.is_finite()) {
+                        let geometry = spec.geometry();
+                        let bins = geometry.kept_bins.min(geometry.n() / 2 + 1);
+                        rec.bytes = spec.channels() * (spec.filter_len() * 4 + bins * 8);
+                        rec.gb_per_s = rec.bytes as f64 / (rec.median_ms * 1e-3) / 1e9;
+                    }
+                }
             }
             #[cfg(feature = "cuda")]
             if kind == conv::BackendKind::Cuda && !gated {
@@ -433,6 +450,41 @@ impl Sweep<'_> {
             let g = gates_t.as_ref().map(|(p, q)| (p, q));
             conv.forward_device(&filter, &u_t, g, &mut y_t).map_err(err)
         })?;
+        conv.tensor_to_host(&y_t, y).map_err(err)?;
+        Ok(times)
+    }
+
+    /// Times the filter preparation on `kind` from a `k` resident there
+    /// (`prepare_filter_device`), then runs the forward with the last spectrum it made into
+    /// `y` (resident inputs, as `forward_case`), so the row is checked like a forward.
+    fn filter_case<T: Element>(
+        &self,
+        spec: &ConvSpec,
+        kind: BackendKind,
+        u: &[T],
+        k: &[f32],
+        gates: Option<(&[T], &[T])>,
+        y: &mut [T],
+    ) -> Result<Vec<f64>, String> {
+        let err = |e: ConvError| e.to_string();
+        let conv = Convolution::new(spec.clone(), kind).map_err(err)?;
+        let k_t = conv.filter_tensor_from_host(k).map_err(err)?;
+        let mut filter = None;
+        let times = self.time(y, |_| {
+            filter = Some(conv.prepare_filter_device(&k_t).map_err(err)?);
+            Ok(())
+        })?;
+        let filter = filter.ok_or("no filter prepared")?;
+        let resident = |x: &[T]| conv.tensor_from_host(x).map_err(err);
+        let u_t = resident(u)?;
+        let gates_t = match gates {
+            Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
+            None => None,
+        };
+        let mut y_t = resident(&vec![T::from_f32(f32::NAN); spec.io_len()])?;
+        let g = gates_t.as_ref().map(|(p, q)| (p, q));
+        conv.forward_device(&filter, &u_t, g, &mut y_t)
+            .map_err(err)?;
         conv.tensor_to_host(&y_t, y).map_err(err)?;
         Ok(times)
     }

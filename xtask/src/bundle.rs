@@ -216,6 +216,9 @@ if [ "${1:-}" != "--no-bench" ]; then
         --sizes 256..1M --backward --reps 5
     bench bench-monarch-baseline 200 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16,bf16 \
         --sizes 256..4M --reps 5 --keep-frequencies 1,0.25
+    # Filter preparation from a device-resident k (a training step's cost), against the
+    # forward: session 10 split fftconv_monarch_filter over 16K-bin slices (14 ms at 4M before).
+    bench bench-filter 90 --backend cuda --dtype f16 --anchors --filter --reps 3
     bench bench-monarch-thunderkittens 60 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype bf16 \
         --circular --sizes 4K --shape 16x1024 --reps 5
     # 32K .. 128K: one thread-block cluster per pair (sm_90; off by default since session 10's

@@ -181,8 +181,8 @@ pub fn keep_fraction(spec: &ConvSpec) -> f64 {
 /// baseline for every kept fraction, since the baselines never skip bins; and every sparse
 /// row's [`Record::vs_dense`]: the same backend's dense median over its own.
 ///
-/// A backward row (`<backend>:bw`) is compared with that backend's forward of the same kept
-/// fraction instead.
+/// A backward row (`<backend>:bw`) and a filter-preparation row (`<backend>:filter`) are
+/// compared with that backend's forward of the same kept fraction instead.
 pub fn fill_ratios(records: &mut [Record]) {
     let references: Vec<(usize, DType, bool, String, f64, f64)> = records
         .iter()
@@ -202,12 +202,12 @@ pub fn fill_ratios(records: &mut [Record]) {
         if !r.median_ms.is_finite() {
             continue;
         }
-        // `<backend>:bw` rows: against that backend's forward; CUDA rows: against cuFFT when
-        // the run has it; everything else: against the CPU baseline.
+        // `<backend>:bw` and `:filter` rows: against that backend's forward; CUDA rows:
+        // against cuFFT when the run has it; everything else: against the CPU baseline.
         let has_cufft = references.iter().any(|(n, d, g, who, ..)| {
             (*n, *d, *g, who.as_str()) == (r.n, r.dtype, r.gated, "cufft")
         });
-        let (reference, keep) = match r.backend.strip_suffix(":bw") {
+        let (reference, keep) = match forward_of(&r.backend) {
             Some(fwd) => (fwd, r.keep),
             None if r.backend == "cuda" && has_cufft => ("cufft", 1.0),
             None => ("baseline", 1.0),
@@ -228,6 +228,13 @@ pub fn fill_ratios(records: &mut [Record]) {
                 .map(|&(.., base)| base / r.median_ms);
         }
     }
+}
+
+/// The backend of a backward (`<backend>:bw`) or filter-preparation (`<backend>:filter`) row.
+fn forward_of(backend: &str) -> Option<&str> {
+    backend
+        .strip_suffix(":bw")
+        .or_else(|| backend.strip_suffix(":filter"))
 }
 
 /// ` keep F` for a sparse fraction, empty for 1 (dense): progress and error lines.
@@ -251,13 +258,14 @@ pub fn fraction(f: f64) -> String {
 }
 
 /// Fills [`Record::floor_ratio`]: `bandwidth` maps a backend name (`cpu`, `vulkan`, ...) to its
-/// copy bandwidth in bytes/s; the baseline runs on the CPU, `<backend>:bw` rows on `<backend>`.
+/// copy bandwidth in bytes/s; the baseline runs on the CPU, `<backend>:bw` and `:filter` rows
+/// on `<backend>`.
 pub fn fill_floor_ratios(records: &mut [Record], bandwidth: &[(String, f64)]) {
     for r in records.iter_mut() {
         let name = match r.backend.as_str() {
             "baseline" => "cpu",
             "cufft" => "cuda",
-            other => other.strip_suffix(":bw").unwrap_or(other),
+            other => forward_of(other).unwrap_or(other),
         };
         let bw = bandwidth.iter().find(|(b, _)| b == name).map(|&(_, bw)| bw);
         r.floor_ratio = bw
@@ -282,7 +290,7 @@ pub fn table(records: &[Record]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
+        "{:>6} {:>5} {:>4} {:>6} {:>11} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
         "N",
         "B",
         "H",
@@ -299,7 +307,7 @@ pub fn table(records: &[Record]) -> String {
         "max rel err",
         "status"
     );
-    let _ = writeln!(s, "{}", "-".repeat(121));
+    let _ = writeln!(s, "{}", "-".repeat(123));
     let mut last_case = None;
     for r in records {
         let case = (r.n, r.dtype);
@@ -316,7 +324,7 @@ pub fn table(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>6} {:>5} {:>4} {:>6} {:>9} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
+            "{:>6} {:>5} {:>4} {:>6} {:>11} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
             human(r.n),
             r.b,
             r.h,
@@ -486,8 +494,11 @@ mod tests {
             Record::measured(4096, &sparse, "vulkan", vec![1.0], 1e-7, 1e-5),
             Record::failed(4096, 2, 3, 2048, "cuda", DType::F32, false, "boom".into())
                 .with_keep(0.25, Some(512)),
+            Record::measured(4096, &dense, "cpu:filter", vec![16.0], 1e-7, 1e-5),
         ];
         fill_ratios(&mut rs);
+        // A filter-preparation row: against its backend's forward too.
+        assert_eq!(rs[7].ratio, Some(0.25));
         assert_eq!((rs[1].keep, rs[1].bins_kept), (1.0, Some(2049)));
         assert_eq!((rs[3].keep, rs[3].bins_kept), (0.25, Some(512)));
         // vs base: the dense baseline for every fraction; `:bw` against the same fraction's forward.
