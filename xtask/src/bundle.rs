@@ -288,6 +288,15 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
         --launch-count 11 --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --section InstructionStats --section ComputeWorkloadAnalysis \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 256,4K,16K,64K --reps 1 --mb 64
+    # Where the Monarch pass's instructions go (~190 per real point at 4K on the H200, IPC
+    # 2.0, the integer pipe busiest): the 4K forward and backward kernels' source view, SASS
+    # with CUDA lines (-lineinfo), the hottest lines first.
+    step ncu-monarch-source 120 bash -c "FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu \
+        -k regex:'fftconv_monarch(_backward)?\$' --launch-count 2 --set full \
+        -o $work/monarch-source $here/bin/xtask bench --backend cuda --dtype f16 --sizes 4K \
+        --reps 1 --mb 64 --backward > /dev/null && /usr/local/cuda/bin/ncu \
+        --import $work/monarch-source.ncu-rep --page source --print-source cuda,sass --csv \
+        | head -c 3000000"
     step ncu-64k 90 /usr/local/cuda/bin/ncu -k regex:fftconv_ --launch-count 8 \
         --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section InstructionStats --section MemoryWorkloadAnalysis \

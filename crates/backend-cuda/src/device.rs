@@ -73,6 +73,11 @@ pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
 /// backward's 167 registers at 1 block ran 1.6-1.7x slower on the H200), for A/B runs.
 pub const MONARCH_MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MONARCH_MIN_BLOCKS";
 
+/// Environment variable: `1` compiles the kernels with line information (NVRTC `-lineinfo`), so
+/// that `ncu`'s source view maps instructions to lines of `kernels/fftconv.cu` (profiling only;
+/// the code is the same).
+pub const LINEINFO_ENV: &str = "FFTCONV_CUDA_LINEINFO";
+
 /// Whether the Monarch pass runs where it takes the problem ([`MONARCH_ENV`] not `0`).
 pub(crate) fn monarch_enabled() -> bool {
     !std::env::var(MONARCH_ENV).is_ok_and(|v| v.trim() == "0")
@@ -466,6 +471,11 @@ impl CudaDevice {
 
     /// The module of the kernel file compiled with `options` (NVRTC, through the disk cache).
     fn module(&self, options: &[String]) -> Result<Arc<cudarc::driver::CudaModule>, CudaError> {
+        let mut options = options.to_vec();
+        if std::env::var(LINEINFO_ENV).is_ok_and(|v| v.trim() == "1") {
+            options.push("-lineinfo".to_owned());
+        }
+        let options = &options[..];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
         let (cubin, cached) = compile_cached(KERNEL_SOURCE, options, &self.info, &name)?;
         let load = |cubin: Vec<u8>| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
