@@ -197,39 +197,44 @@ step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
 step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
 step test-backend-cuda-forward 120 "$T/backend-cuda-forward" --test-threads 4 --nocapture
 step test-backend-cuda-probe 60 "$T/backend-cuda-probe" --nocapture
-# The suites above run the Monarch tensor-core pass for f16 / bf16 (the default since session
-# 10); the same suites on the passes it replaced (FFTCONV_CUDA_MONARCH=0), then the A/B.
-step test-conformance-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-conformance" \
-    cuda --test-threads 8
-step test-backend-cuda-forward-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 \
-    "$T/backend-cuda-forward" --test-threads 4 --nocapture
-step test-backward-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-backward" cuda \
-    --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
-    bench bench-monarch 200 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16,bf16 \
-        --sizes 256..4M --reps 5 --keep-frequencies 1,0.25
-    # The Monarch backward (issue 5's 256 .. 1M) against its own forward, and the default's in
-    # the same run.
-    bench bench-monarch-backward 180 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype f16 \
-        --sizes 256..1M --backward --reps 5
-    bench bench-monarch-backward-baseline 180 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16 \
-        --sizes 256..1M --backward --reps 5
+    # The suites above run the Monarch tensor-core pass for f16 / bf16 (the default since
+    # session 10). Its numbers first: FlashFFTConv's shapes with the filter preparation from a
+    # device-resident k (a training step's cost: fftconv_monarch_filter split over 16K-bin
+    # slices after it took 14 ms at 4M), then the backward against the passes it replaced.
+    bench bench-anchors-filter 120 --backend cuda --dtype f16 --anchors --filter --reps 3
+    bench bench-backward 150 --backend cuda --dtype f16 --sizes 256..1M --backward --reps 3
+    bench bench-backward-no-monarch 150 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16 \
+        --sizes 256..1M --backward --reps 3
+    # Where the Monarch pass's instructions go (~190 per real point at 4K on the H200, IPC
+    # 2.0, the integer pipe busiest): the 4K forward and backward kernels' source view, SASS
+    # with CUDA lines (-lineinfo).
+    step ncu-monarch-source 120 bash -c "FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu \
+        -k regex:'fftconv_monarch(_backward)?\$' --launch-count 2 --set full \
+        -o $work/monarch-source $here/bin/xtask bench --backend cuda --dtype f16 --sizes 4K \
+        --reps 1 --mb 64 --backward > /dev/null && /usr/local/cuda/bin/ncu \
+        --import $work/monarch-source.ncu-rep --page source --print-source cuda,sass --csv \
+        | head -c 3000000"
+    bench bench-monarch 200 --backend cuda --dtype f16,bf16 --sizes 256..4M --reps 5 \
+        --keep-frequencies 1,0.25
     bench bench-monarch-baseline 200 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16,bf16 \
         --sizes 256..4M --reps 5 --keep-frequencies 1,0.25
-    # Filter preparation from a device-resident k (a training step's cost), against the
-    # forward: session 10 split fftconv_monarch_filter over 16K-bin slices (14 ms at 4M before).
-    bench bench-filter 90 --backend cuda --dtype f16 --anchors --filter --reps 3
-    bench bench-monarch-thunderkittens 60 FFTCONV_CUDA_MONARCH=1 --backend cuda --dtype bf16 \
-        --circular --sizes 4K --shape 16x1024 --reps 5
+    bench bench-monarch-thunderkittens 60 --backend cuda --dtype bf16 --circular --sizes 4K \
+        --shape 16x1024 --reps 5
     # 32K .. 128K: one thread-block cluster per pair (sm_90; off by default since session 10's
     # H200 run: 1.00x / 0.98x / 0.90x of the four launches bench-monarch above ran).
-    bench bench-monarch-cluster 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_CLUSTER=1 \
-        --backend cuda --dtype f16 --sizes 32K..128K --reps 5
+    bench bench-monarch-cluster 60 FFTCONV_CUDA_MONARCH_CLUSTER=1 --backend cuda --dtype f16 \
+        --sizes 32K..128K --reps 5
     # The Monarch kernels below 8K with registers for 1 block per SM (default 2 since session
     # 10: the backward's 167 registers at 1 ran 1.6-1.7x slower on the H200).
-    bench bench-monarch-min-blocks 60 FFTCONV_CUDA_MONARCH=1 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=1 \
-        --backend cuda --dtype f16 --sizes 256,1K,4K --backward --reps 5
+    bench bench-monarch-min-blocks 60 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=1 --backend cuda \
+        --dtype f16 --sizes 256,1K,4K --backward --reps 5
 fi
+# The same suites on the passes the Monarch pass replaced (FFTCONV_CUDA_MONARCH=0).
+step test-conformance-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-conformance" \
+    cuda --test-threads 8
+step test-backward-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-backward" cuda \
+    --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
     # 2. The main table: forward, backward, 75% sparsity, up to 64K (CUDA; cuFFT in the same run).
     bench bench-f16 150 --backend cuda --dtype f16 --sizes 256..64K --backward --reps 3 \
@@ -288,15 +293,6 @@ if [ "${FFTCONV_PROFILE:-0}" = 1 ]; then
         --launch-count 11 --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section WarpStateStats --section InstructionStats --section ComputeWorkloadAnalysis \
         "$here/bin/xtask" bench --backend cuda --dtype f16 --sizes 256,4K,16K,64K --reps 1 --mb 64
-    # Where the Monarch pass's instructions go (~190 per real point at 4K on the H200, IPC
-    # 2.0, the integer pipe busiest): the 4K forward and backward kernels' source view, SASS
-    # with CUDA lines (-lineinfo), the hottest lines first.
-    step ncu-monarch-source 120 bash -c "FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu \
-        -k regex:'fftconv_monarch(_backward)?\$' --launch-count 2 --set full \
-        -o $work/monarch-source $here/bin/xtask bench --backend cuda --dtype f16 --sizes 4K \
-        --reps 1 --mb 64 --backward > /dev/null && /usr/local/cuda/bin/ncu \
-        --import $work/monarch-source.ncu-rep --page source --print-source cuda,sass --csv \
-        | head -c 3000000"
     step ncu-64k 90 /usr/local/cuda/bin/ncu -k regex:fftconv_ --launch-count 8 \
         --section SpeedOfLight --section Occupancy --section LaunchStats \
         --section InstructionStats --section MemoryWorkloadAnalysis \
