@@ -470,6 +470,8 @@ impl Sweep<'_> {
         let conv = Convolution::new(spec.clone(), kind).map_err(err)?;
         let k_t = conv.filter_tensor_from_host(k).map_err(err)?;
         let mut filter = None;
+        // Each preparation allocates its spectrum and drops the previous one, as a training
+        // step that replaces its filter does.
         let times = self.time(y, |_| {
             filter = Some(conv.prepare_filter_device(&k_t).map_err(err)?);
             Ok(())

@@ -209,12 +209,14 @@ if [ "${1:-}" != "--no-bench" ]; then
     # Where the Monarch pass's instructions go (~190 per real point at 4K on the H200, IPC
     # 2.0, the integer pipe busiest): the 4K forward and backward kernels' source view, SASS
     # with CUDA lines (-lineinfo).
-    step ncu-monarch-source 120 bash -c "FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu \
-        -k regex:'fftconv_monarch(_backward)?\$' --launch-count 2 --set full \
-        -o $work/monarch-source $here/bin/xtask bench --backend cuda --dtype f16 --sizes 4K \
-        --reps 1 --mb 64 --backward > /dev/null && /usr/local/cuda/bin/ncu \
-        --import $work/monarch-source.ncu-rep --page source --print-source cuda,sass --csv \
-        | head -c 3000000"
+    for k in monarch monarch_backward; do
+        step "ncu-source-$k" 90 bash -c "FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu \
+            -k regex:'fftconv_$k\$' --launch-count 1 --set full -o $work/source-$k \
+            $here/bin/xtask bench --backend cuda --dtype f16 --sizes 4K --reps 1 --mb 64 \
+            --backward > /dev/null && cd $work && cp $here/../crates/backend-cuda/kernels/fftconv.cu . \
+            && /usr/local/cuda/bin/ncu --import $work/source-$k.ncu-rep --page source \
+            --print-source cuda,sass --csv | head -c 1500000"
+    done
     bench bench-monarch 200 --backend cuda --dtype f16,bf16 --sizes 256..4M --reps 5 \
         --keep-frequencies 1,0.25
     bench bench-monarch-baseline 200 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16,bf16 \
@@ -233,6 +235,8 @@ fi
 # The same suites on the passes the Monarch pass replaced (FFTCONV_CUDA_MONARCH=0).
 step test-conformance-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-conformance" \
     cuda --test-threads 8
+step test-backend-cuda-forward-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 \
+    "$T/backend-cuda-forward" --test-threads 4 --nocapture
 step test-backward-cuda-no-monarch 120 env FFTCONV_CUDA_MONARCH=0 "$T/conv-backward" cuda \
     --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then

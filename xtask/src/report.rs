@@ -290,7 +290,7 @@ pub fn table(records: &[Record]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:>6} {:>5} {:>4} {:>6} {:>11} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
+        "{:>6} {:>5} {:>4} {:>6} {:>13} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
         "N",
         "B",
         "H",
@@ -307,7 +307,7 @@ pub fn table(records: &[Record]) -> String {
         "max rel err",
         "status"
     );
-    let _ = writeln!(s, "{}", "-".repeat(123));
+    let _ = writeln!(s, "{}", "-".repeat(125));
     let mut last_case = None;
     for r in records {
         let case = (r.n, r.dtype);
@@ -324,7 +324,7 @@ pub fn table(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:>6} {:>5} {:>4} {:>6} {:>11} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
+            "{:>6} {:>5} {:>4} {:>6} {:>13} {:>5} {:>6} {:>7} {:>10} {:>7} {:>8} {:>8} {:>8} {:>11} {:>6}",
             human(r.n),
             r.b,
             r.h,
