@@ -19,7 +19,9 @@ use crate::args::{anchor_shape, BenchOptions, ShapeRule, DEFAULT_REPS, REDUCED_R
 use crate::oracle::{self, RowCheck};
 use crate::report::{self, Record};
 use backend_cpu::RealFftBaseline;
-use conv::{bf16, f16, BackendKind, ConvError, ConvSpec, Convolution, DType, Element};
+use conv::{
+    bf16, f16, BackendKind, ConvError, ConvSpec, Convolution, DType, DeviceTensor, Element,
+};
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -439,13 +441,7 @@ impl Sweep<'_> {
         let err = |e: ConvError| e.to_string();
         let conv = Convolution::new(spec.clone(), kind).map_err(err)?;
         let filter = conv.prepare_filter(k).map_err(err)?;
-        let resident = |x: &[T]| conv.tensor_from_host(x).map_err(err);
-        let u_t = resident(u)?;
-        let gates_t = match gates {
-            Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
-            None => None,
-        };
-        let mut y_t = resident(&vec![T::from_f32(f32::NAN); spec.io_len()])?;
+        let (u_t, gates_t, mut y_t) = resident_io(&conv, u, gates)?;
         let times = self.time(y, |_| {
             let g = gates_t.as_ref().map(|(p, q)| (p, q));
             conv.forward_device(&filter, &u_t, g, &mut y_t).map_err(err)
@@ -477,13 +473,7 @@ impl Sweep<'_> {
             Ok(())
         })?;
         let filter = filter.ok_or("no filter prepared")?;
-        let resident = |x: &[T]| conv.tensor_from_host(x).map_err(err);
-        let u_t = resident(u)?;
-        let gates_t = match gates {
-            Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
-            None => None,
-        };
-        let mut y_t = resident(&vec![T::from_f32(f32::NAN); spec.io_len()])?;
+        let (u_t, gates_t, mut y_t) = resident_io(&conv, u, gates)?;
         let g = gates_t.as_ref().map(|(p, q)| (p, q));
         conv.forward_device(&filter, &u_t, g, &mut y_t)
             .map_err(err)?;
@@ -675,6 +665,28 @@ impl Sweep<'_> {
         };
         self.records.push(rec);
     }
+}
+
+/// A forward's inputs resident on `conv`'s backend, and its output filled with NaN (so unwritten
+/// outputs fail the check).
+type ResidentIo = (
+    DeviceTensor,
+    Option<(DeviceTensor, DeviceTensor)>,
+    DeviceTensor,
+);
+
+fn resident_io<T: Element>(
+    conv: &Convolution,
+    u: &[T],
+    gates: Option<(&[T], &[T])>,
+) -> Result<ResidentIo, String> {
+    let resident = |x: &[T]| conv.tensor_from_host(x).map_err(|e| e.to_string());
+    let gates_t = match gates {
+        Some((pre, post)) => Some((resident(pre)?, resident(post)?)),
+        None => None,
+    };
+    let y_t = resident(&vec![T::from_f32(f32::NAN); u.len()])?;
+    Ok((resident(u)?, gates_t, y_t))
 }
 
 /// `out = a * b` elementwise (computed in f32, rounded to `T`), threaded.

@@ -3942,22 +3942,33 @@ __device__ __forceinline__ void mt_pair_max_sums(const MtMaxSum* parts, u32 o_lo
     mt_max_sum_warp<Q>(a);
 }
 
-// First of the scales' two passes: a block per pair and 16K slice of its positions (N_o blocks
-// a pair: one block per pair read whole rows at a few blocks per chunk, 0.73 ms of 1.4 at 1M).
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
-    fftconv_monarch_scales(const Params pc, const Buffers bf, const Divisors dv) {
-    __shared__ MtMaxSum part[MT_THREADS / 32u][2];
+// First of the scales' two passes, forward (D false: the two rows) and backward (D true: x and
+// d of each row): a block per pair and 16K slice of its positions (N_o blocks a pair: one block
+// per pair read whole rows at a few blocks per chunk, 0.73 ms of 1.4 at 1M), its Q records at
+// `after` + Q b.
+template <bool D>
+__device__ __forceinline__ void mt_scales_slice(const Params& pc, const Buffers& bf,
+                                                const Divisors& dv, u32* after) {
+    constexpr u32 Q = D ? 4u : 2u;
+    __shared__ MtMaxSum part[MT_THREADS / 32u][Q];
     const u32 b = block_index();
     if (b >= pc.total_lines) {
         return;
     }
-    MtMaxSum a[2];
-    mt_slice_max_sums<false>(pc, dv, bf, b, a, part);
+    MtMaxSum a[Q];
+    mt_slice_max_sums<D>(pc, dv, bf, b, a, part);
     if (threadIdx.x == 0u) {
-        MtMaxSum* parts = mt_scale_parts(mt_scales(pc, bf, pc.channels * pc.pairs), 0u, 0u, 2u) + 2u * b;
-        parts[0] = a[0];
-        parts[1] = a[1];
+        MtMaxSum* parts = mt_scale_parts(after, b, 0u, Q);
+#pragma unroll
+        for (u32 q = 0; q < Q; q++) {
+            parts[q] = a[q];
+        }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
+    fftconv_monarch_scales(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_scales_slice<false>(pc, bf, dv, mt_scales(pc, bf, pc.channels * pc.pairs));
 }
 
 // Second pass: a warp per pair (pc.total_lines pairs), the slices merged: each row's scale
@@ -4698,22 +4709,7 @@ mt_backward_product_scales(const u32* info, const MtPairScales& ps, u32 n) {
 // mt_pair_scales) and |scaled d|.
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     fftconv_monarch_backward_scales(const Params pc, const Buffers bf, const Divisors dv) {
-    __shared__ MtMaxSum part[MT_THREADS / 32u][4];
-    const u32 b = block_index();
-    if (b >= pc.total_lines) {
-        return;
-    }
-    MtMaxSum a[4];
-    mt_slice_max_sums<true>(pc, dv, bf, b, a, part);
-    if (threadIdx.x == 0u) {
-        MtMaxSum* parts =
-            mt_scale_parts(mt_backward_pair_info(pc, bf, pc.channels * pc.pairs), 0u, 0u, 4u) +
-            4u * b;
-#pragma unroll
-        for (u32 q = 0; q < 4u; q++) {
-            parts[q] = a[q];
-        }
-    }
+    mt_scales_slice<true>(pc, bf, dv, mt_backward_pair_info(pc, bf, pc.channels * pc.pairs));
 }
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS)
