@@ -472,6 +472,47 @@ __device__ __forceinline__ bool vector_rows(const Params& pc, const void* data, 
            ((pc.flags & FLAG_GATED) == 0u || aligned16(gate));
 }
 
+// Whether segment_input_at is 0 at every position pos .. pos + VEC - 1 without reading: a
+// segment past the chunk's last, or positions past the outputs that read no history (outside
+// the history window, body-only loads, or a segment at the row's start that does not wrap: the
+// causal zero padding). One test per chunk instead of VEC scalar lookups.
+__device__ __forceinline__ bool segment_chunk_zero(const Params& pc, u32 flags, SegmentRow r,
+                                                   u32 pos) {
+    if (r.valid == 0u) {
+        return true;
+    }
+    if (pos < r.outputs) {
+        return false;
+    }
+    u32 n = 1u << pc.log2n;
+    return pos + VEC <= n - pc.history || (flags & FLAG_BODY_ONLY) != 0u ||
+           (r.start == 0u && (flags & FLAG_WRAPS) == 0u);
+}
+
+// VEC results as elements, converted in pairs where the device has a paired conversion (f16 and
+// bf16 from sm_80: cvt.rn.{f16,bf16}x2.f32, one instruction per two elements instead of one or,
+// for bf16, about six per element).
+__device__ __forceinline__ Vec16 vec_from_float(const float v[VEC]) {
+    Vec16 o;
+#if !defined(FFTCONV_HOST_EMULATION) && (defined(IO_F16) || defined(IO_BF16)) &&                \
+    defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#pragma unroll
+    for (u32 k = 0u; k < VEC / 2u; k++) {
+#if defined(IO_F16)
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(o.w[k]) : "f"(v[2u * k + 1u]), "f"(v[2u * k]));
+#else
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(o.w[k]) : "f"(v[2u * k + 1u]), "f"(v[2u * k]));
+#endif
+    }
+#else
+#pragma unroll
+    for (u32 k = 0u; k < VEC; k++) {
+        o.e[k] = from_float(v[k]);
+    }
+#endif
+    return o;
+}
+
 // segment_input_at (with `flags`) for positions pos .. pos + VEC - 1 (pos a multiple of VEC).
 __device__ __forceinline__ void segment_input_vec(const Params& pc, const Divisors& dv,
                                                   const elem_t* src, const elem_t* gate,
@@ -492,6 +533,11 @@ __device__ __forceinline__ void segment_input_vec(const Params& pc, const Diviso
                 v[k] = to_float(a.e[k]);
             }
         }
+    } else if (segment_chunk_zero(pc, flags, r, pos)) {
+#pragma unroll
+        for (u32 k = 0u; k < VEC; k++) {
+            v[k] = 0.0f;
+        }
     } else {
 #pragma unroll
         for (u32 k = 0u; k < VEC; k++) {
@@ -508,18 +554,17 @@ __device__ __forceinline__ void store_segment_vec(const Params& pc, elem_t* dst,
         Vec16 o;
         if ((pc.flags & FLAG_GATED) != 0u) {
             Vec16 g = load_vec16(gate + idx);
+            float gv[VEC];
 #pragma unroll
             for (u32 k = 0u; k < VEC; k++) {
-                o.e[k] = from_float(v[k] * to_float(g.e[k]));
+                gv[k] = v[k] * to_float(g.e[k]);
             }
+            o = vec_from_float(gv);
         } else {
-#pragma unroll
-            for (u32 k = 0u; k < VEC; k++) {
-                o.e[k] = from_float(v[k]);
-            }
+            o = vec_from_float(v);
         }
         store_vec16(dst + idx, o);
-    } else {
+    } else if (r.valid != 0u && pos < r.outputs) {
 #pragma unroll
         for (u32 k = 0u; k < VEC; k++) {
             store_segment_at(pc, dst, gate, r, pos + k, v[k]);
@@ -2401,9 +2446,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 // exceed 2^14 sqrt(2) (1 + small): nothing overflows, whatever the row and filter scales.
 #if MONARCH_TC
 #define MT_THREADS 256u
-// Blocks per SM that fftconv_monarch and fftconv_monarch_backward leave registers for (the
-// host's FFTCONV_CUDA_MONARCH_MIN_BLOCKS sets MT_MIN_BLOCKS, for A/B runs). 2 for both: on the
-// H200 the backward's 167 registers at 1 held it to 8 warps per SM, 1.6-1.7x slower.
+// Blocks per SM that fftconv_monarch, fftconv_monarch_backward and _backward_wide_8k leave
+// registers for (the host's FFTCONV_CUDA_MONARCH_MIN_BLOCKS sets MT_MIN_BLOCKS, for A/B runs).
+// 2 for all: on the H200 the backward's 167 registers at 1 held it to 8 warps per SM, 1.6-1.7x
+// slower.
 #ifndef MT_MIN_BLOCKS
 #define MT_MIN_BLOCKS 2
 #endif
@@ -2496,6 +2542,36 @@ __device__ __forceinline__ void mt_output8(const Params& pc, elem_t* dst, const 
     for (u32 o = 0; o < 8u; o += VEC) {
         store_segment_vec(pc, dst, gate, r, pos + o, &v[o]);
     }
+}
+
+// Folds v[0 .. 8) into mx (the largest finite magnitude, as finite_bits) and replaces any
+// non-finite value by 0, returning whether there was one. Two instructions per value on the
+// common path (the magnitudes' maximum; inf and NaN lie above every finite magnitude), the
+// per-value tests only when the maximum says a value is not finite.
+__device__ __forceinline__ bool mt_finite8(float v[8], u32& mx) {
+    u32 a = 0u;
+#pragma unroll
+    for (u32 j = 0; j < 8u; j++) {
+        a = max_u(a, float_bits(v[j]) & 0x7fffffffu);
+    }
+    if (a < 0x7f800000u) {
+        mx = max_u(mx, a);
+        return false;
+    }
+#pragma unroll
+    for (u32 j = 0; j < 8u; j++) {
+        mx = max_u(mx, finite_bits(v[j]));
+        if (!finite_f(v[j])) {
+            v[j] = 0.0f;
+        }
+    }
+    return true;
+}
+
+// 0 where every value folded into it (mt_nonfinite_fold) was finite, NaN otherwise: v * 0
+// is 0 for finite v and NaN for inf and NaN (IEEE; the kernels are compiled without fast math).
+__device__ __forceinline__ float mt_nonfinite_fold(float acc, cpx v) {
+    return acc + v.x * 0.0f + v.y * 0.0f;
 }
 
 // A fragments (this lane's 8 elements) of a 16 x 16 complex matrix given by `value(row, col)`.
@@ -2744,17 +2820,34 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
     u16* im = pl.p[1] + row * MT_ROW;
     MtSpectrum sp;
     mt_row_forward(f, re, im, sp);
+    cpx v[2][4];
+    float fold = 0.0f;
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
-            cpx v = cmul(mk(sp.re[nt][i], sp.im[nt][i]), load_ro(filt + 4u * nt + i));
-            if (nonfinite != nullptr && !finite_c(v)) {
-                v = mk(0.0f, 0.0f);
-                *nonfinite = 1u;
+            v[nt][i] = cmul(mk(sp.re[nt][i], sp.im[nt][i]), load_ro(filt + 4u * nt + i));
+            fold = mt_nonfinite_fold(fold, v[nt][i]);
+        }
+    }
+    if (nonfinite != nullptr && !finite_f(fold)) { // rare: one test per lane on the common path
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                if (!finite_c(v[nt][i])) {
+                    v[nt][i] = mk(0.0f, 0.0f);
+                    *nonfinite = 1u;
+                }
             }
-            sp.re[nt][i] = v.x * sigma;
-            sp.im[nt][i] = v.y * sigma;
+        }
+    }
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+        for (u32 i = 0; i < 4u; i++) {
+            sp.re[nt][i] = v[nt][i].x * sigma;
+            sp.im[nt][i] = v[nt][i].y * sigma;
         }
     }
     mt_row_inverse(f, sp, re, im, pc, bf, ka, twiddle);
@@ -2818,15 +2911,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
                 seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
             }
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
-            bool nonfinite = false;
-#pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                mx[s] = max_u(mx[s], finite_bits(in[k][s][j]));
-                if (!finite_f(in[k][s][j])) {
-                    in[k][s][j] = 0.0f;
-                    nonfinite = true;
-                }
-            }
+            const bool nonfinite = mt_finite8(in[k][s], mx[s]);
             shared_max(&row_max[2u * m.p + s], mx[s]);
             if (nonfinite) {
                 pair_nonfinite[m.p] = 1u;
@@ -3168,8 +3253,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
 // a second Zx with other scales, below). Then per
 // bin, with K the filter (divided by s_k):
 //   T = Zd conj(Zx) 2^-14 (kept bins): IDFT -> Re = the pair's two filter-gradient correlations
-//       summed (Im holds cross terms): written to the taps of the pair's first row, zeros to the
-//       second (fftconv_taps_sum adds each channel's rows);
+//       summed (Im holds cross terms): written to the pair's taps row (bf.taps[pair], K floats;
+//       fftconv_taps_sum adds each channel's pairs: the host sums pc.pairs rows, not 2 pc.pairs
+//       as after the fused backward's one row per segment);
 //   G = Zd conj(K): IDFT -> dx0 + i dx1 (the adjoint);  P = Zx K (gated): IDFT -> c0 + i c1,
 //       dpost = dy c;
 // each through S2's inverse half and S3, into the planes of Zx, Zd and a third set. The rows of
@@ -3335,7 +3421,7 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
 
 // The backward's results for positions pos .. pos + 7 of a pair whose position q sits at shared
 // row base + q / 256, column q mod 256 (after S3, in natural order). With c = 2N (256 for N =
-// 256): taps = Re T c^3 / (σ N s t) (the pair's first row; zeros to the second), dx_r = G_r
+// 256): taps = Re T c^3 / (σ N s t) (the pair's taps row), dx_r = G_r
 // c^2 s_k / t_r (plus the circular history's wrap), P_r c^2 s_k / s'_r (s: coupled x scales,
 // t: d scales, s': own x scales).
 // nan: outputs to write as NaN (bit 0 the taps, 1 du and dpre, 2 dpost).
@@ -3354,15 +3440,27 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
         // to the taps) and 1 / σ.
         int k_st = ps.prod == 0u ? 0 : 254 - (int)ps.prod;
         float ft = (nan & 1u) != 0u ? qnan : c * c * (c / (float)n) * pow2(-sigma_log2);
+        const float fa = pow2(k_st / 2), fb = pow2(k_st - k_st / 2); // applied one after another
         Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
+        float* dst = bf.taps + (u64)pair * pc.taps_len + pos;
+        if (pos + 8u <= pc.taps_len && (pc.taps_len & 3u) == 0u) {
+            // Two 16-byte stores (the pair's taps row starts 16-byte aligned: K % 4 == 0).
 #pragma unroll
-        for (u32 j = 0; j < 8u; j++) {
-            u32 tp = pos + j;
-            if (tp < pc.taps_len) {
-                float v = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft * pow2(k_st / 2) *
-                          pow2(k_st - k_st / 2);
-                bf.taps[(u64)(2u * pair) * pc.taps_len + tp] = v;
-                bf.taps[(u64)(2u * pair + 1u) * pc.taps_len + tp] = 0.0f;
+            for (u32 v = 0; v < 2u; v++) {
+                Quad o;
+#pragma unroll
+                for (u32 j = 0; j < 4u; j++) {
+                    u32 e = 4u * v + j;
+                    o.w[j] = float_bits(half_float(q.w[e >> 1] >> (16u * (e & 1u))) * ft * fa * fb);
+                }
+                *(Quad*)(dst + 4u * v) = o;
+            }
+        } else {
+#pragma unroll
+            for (u32 j = 0; j < 8u; j++) {
+                if (pos + j < pc.taps_len) {
+                    dst[j] = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft * fa * fb;
+                }
             }
         }
     }
@@ -3450,20 +3548,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
             mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
             u32 mx = 0u, md = 0u;
-            bool x_bad = false, d_bad = false;
-#pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                mx = max_u(mx, finite_bits(xv[k][s][j]));
-                md = max_u(md, finite_bits(dvv[k][s][j]));
-                if (!finite_f(xv[k][s][j])) {
-                    xv[k][s][j] = 0.0f;
-                    x_bad = true;
-                }
-                if (!finite_f(dvv[k][s][j])) {
-                    dvv[k][s][j] = 0.0f;
-                    d_bad = true;
-                }
-            }
+            const bool x_bad = mt_finite8(xv[k][s], mx);
+            const bool d_bad = mt_finite8(dvv[k][s], md);
             shared_max(&row_max[0][2u * m.p + s], mx);
             shared_max(&row_max[1][2u * m.p + s], md);
             if (x_bad) {
@@ -3745,6 +3831,8 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     }
 }
 
+// 16K (and 8K where the host asks for it): the plane sets (135 KiB, 198 KiB gated) leave room
+// for one block per SM, so the registers are not capped.
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     fftconv_monarch_backward_wide(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2][2]; // [x, d][row]
@@ -3754,6 +3842,15 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
     } else {
         mt_backward_wide<2>(pc, bf, dv, row_max, abs_sum);
     }
+}
+
+// 8K alone, with fftconv_monarch_backward's register cap (MT_MIN_BLOCKS): its plane sets (68
+// KiB, 101 KiB gated) leave room for two blocks per SM, which 190 registers would not.
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
+    fftconv_monarch_backward_wide_8k(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ u32 row_max[2][2]; // [x, d][row]
+    __shared__ float abs_sum[2];  // [x, d]: sums of |scaled value| over both rows
+    mt_backward_wide<1>(pc, bf, dv, row_max, abs_sum);
 }
 
 // ---- the Monarch pass for N = 32K .. 4M: four kernels around 16K-point rows -----------------
@@ -4962,7 +5059,7 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
             }
             mt_dft_registers<O_LOG2, false>(pc, bf, z);
             if (set == 0u) {
-                // Taps: Re T c^3 N_o / (N_i σ s t) at positions < K (the pair's first row).
+                // Taps: Re T c^3 N_o / (N_i σ s t) at positions < K (the pair's taps row).
                 int k_st = ps.prod == 0u ? 0 : 254 - (int)ps.prod;
                 float ft = ci * ci * (ci / (float)(1u << MT_INNER_LOG2)) * (float)NO *
                            pow2(-sigma_log2);
@@ -4970,9 +5067,8 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
                 for (u32 o = 0; o < NO; o++) {
                     u32 pos = c.ni + (o << MT_INNER_LOG2);
                     if (pos < pc.taps_len) {
-                        bf.taps[(u64)(2u * c.pair) * pc.taps_len + pos] =
+                        bf.taps[(u64)c.pair * pc.taps_len + pos] =
                             z[o].x * ft * pow2(k_st / 2) * pow2(k_st - k_st / 2);
-                        bf.taps[(u64)(2u * c.pair + 1u) * pc.taps_len + pos] = 0.0f;
                     }
                 }
             } else {
@@ -5073,7 +5169,7 @@ __device__ __forceinline__ void mt_backward_tile_columns_inverse(const Params& p
     const float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
     SegmentRow seg[2];
     mt_pair_rows(pc, dv, t.pair, h, seg);
-    // Taps: Re T c^3 N_o / (N_i σ s t) at positions < K (the pair's first row), as
+    // Taps: Re T c^3 N_o / (N_i σ s t) at positions < K (the pair's taps row), as
     // mt_backward_columns_inverse.
     {
         const u32* in = mt_backward_words(pc, bf, 0u, t.pair);
@@ -5081,14 +5177,13 @@ __device__ __forceinline__ void mt_backward_tile_columns_inverse(const Params& p
         float ft = ci * ci * (ci / (float)(1u << MT_INNER_LOG2)) * (float)NO * pow2(-sigma_log2);
         // 1 / (s t) in two factors applied one after the other (it may exceed a float).
         float st0 = pow2(k_st / 2), st1 = pow2(k_st - k_st / 2);
-        float* taps = bf.taps + (u64)(2u * t.pair) * pc.taps_len;
+        float* taps = bf.taps + (u64)t.pair * pc.taps_len;
         mt_tile_inverse<A_LOG2, B_LOG2>(
             pc, bf, smem, t.ni,
             [&](u32 ko, u32 ni) { return in[((u64)ko << MT_INNER_LOG2) + ni]; },
             [&](u32 pos, cpx z) {
                 if (pos < pc.taps_len) {
                     taps[pos] = z.x * ft * st0 * st1;
-                    taps[pc.taps_len + pos] = 0.0f;
                 }
             });
     }

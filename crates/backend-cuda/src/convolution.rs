@@ -1017,7 +1017,8 @@ pub(crate) fn monarch_rows_aligned(addresses: &[u64]) -> bool {
 pub(crate) enum MonarchBackwardKernel {
     /// `fftconv_monarch_backward`: N = 256 .. 4096, 16 rows of 256 points per block.
     Narrow,
-    /// `fftconv_monarch_backward_wide`: 8K, 16K, one pair per block.
+    /// `fftconv_monarch_backward_wide_8k` (8K) and `fftconv_monarch_backward_wide` (16K), one
+    /// pair per block.
     Wide,
     /// From 32K: `fftconv_monarch_backward_scales` (a block per pair and 16K slice) and
     /// `_scales_finish` (a warp per pair), `_columns_forward` and `_columns_inverse` (256 columns

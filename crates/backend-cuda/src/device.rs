@@ -68,9 +68,10 @@ pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 /// through global memory. Off by default: on the H200 it measured 1.00x / 0.98x / 0.90x of the
 /// four launches at 32K / 64K / 128K (docs/perf.md).
 pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
-/// Environment variable: blocks per SM (1 .. 4) that the Monarch pass's one-launch kernels below
-/// 8K (`fftconv_monarch`, `fftconv_monarch_backward`) leave registers for; default 2 (the
-/// backward's 167 registers at 1 block ran 1.6-1.7x slower on the H200), for A/B runs.
+/// Environment variable: blocks per SM (1 .. 4) that the Monarch pass's one-launch kernels up to
+/// 8K (`fftconv_monarch`, `fftconv_monarch_backward`, `fftconv_monarch_backward_wide_8k`) leave
+/// registers for; default 2 (the backward's 167 registers at 1 block ran 1.6-1.7x slower on the
+/// H200), for A/B runs.
 pub const MONARCH_MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MONARCH_MIN_BLOCKS";
 
 /// Environment variable: `1` compiles the kernels with line information (NVRTC `-lineinfo`), so
@@ -406,6 +407,10 @@ impl CudaDevice {
                 "fftconv_monarch_backward_wide",
                 monarch_backward_shared_bytes(14, true),
             )?,
+            backward_wide_8k: with_shared(
+                "fftconv_monarch_backward_wide_8k",
+                monarch_backward_shared_bytes(13, true),
+            )?,
             backward_scales: get("fftconv_monarch_backward_scales")?,
             backward_scales_finish: get("fftconv_monarch_backward_scales_finish")?,
             backward_columns_forward: get("fftconv_monarch_backward_columns_forward")?,
@@ -510,8 +515,10 @@ pub(crate) struct MonarchKernels {
     pub(crate) wide: CudaFunction,
     /// The backward of N = 256 .. 4096 (du, taps, gate gradients; `fftconv_taps_sum` after it).
     pub(crate) backward: CudaFunction,
-    /// The same for N = 8192 and 16384 (one pair per block).
+    /// The same for N = 16384 (one pair per block, one block per SM: registers uncapped).
     pub(crate) backward_wide: CudaFunction,
+    /// The same for N = 8192, with the register cap of `backward` (two blocks per SM).
+    pub(crate) backward_wide_8k: CudaFunction,
     /// The backward from 32K to 4M: scales, column passes (a thread per column up to 256K,
     /// shared tiles from 512K) and 16K-point rows.
     pub(crate) backward_scales: CudaFunction,
@@ -549,7 +556,11 @@ impl MonarchKernels {
                 (&self.backward, monarch_backward_shared_bytes(log2n, gated))
             }
             MonarchBackwardKernel::Wide => (
-                &self.backward_wide,
+                if log2n == 13 {
+                    &self.backward_wide_8k
+                } else {
+                    &self.backward_wide
+                },
                 monarch_backward_shared_bytes(log2n, gated),
             ),
             MonarchBackwardKernel::Scales => (&self.backward_scales, 0),

@@ -64,7 +64,7 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 20] = [
+const MONARCH_ENTRIES: [&str; 21] = [
     "fftconv_monarch",
     "fftconv_monarch_filter_max",
     "fftconv_monarch_scales_finish",
@@ -75,6 +75,7 @@ const MONARCH_ENTRIES: [&str; 20] = [
     "fftconv_monarch_tile_columns_inverse",
     "fftconv_monarch_backward",
     "fftconv_monarch_backward_wide",
+    "fftconv_monarch_backward_wide_8k",
     "fftconv_monarch_backward_scales",
     "fftconv_monarch_backward_columns_forward",
     "fftconv_monarch_backward_middle",

@@ -236,6 +236,7 @@ enum Kernel {
     MonarchScalesFinish = 26,
     MonarchBackwardScalesFinish = 27,
     MonarchFilterMax = 28,
+    MonarchBackwardWide8k = 29,
 }
 
 impl From<PassKind> for Kernel {
@@ -1014,7 +1015,9 @@ fn backward(
                 // `MonarchKernels::backward_function` of src/device.rs.
                 let sets = if gated { 3 } else { 2 };
                 let shared = match kernel {
-                    Kernel::MonarchBackward | Kernel::MonarchBackwardWide => {
+                    Kernel::MonarchBackward
+                    | Kernel::MonarchBackwardWide
+                    | Kernel::MonarchBackwardWide8k => {
                         sets * 2 * (1usize << params.log2n.saturating_sub(8).max(4)) * 264 * 2
                     }
                     Kernel::MonarchBackwardMiddle => sets * 2 * 64 * 264 * 2,
@@ -1034,6 +1037,11 @@ fn backward(
                 };
                 p.launch(kernel, shared, &params, &b);
             }
+            // The Monarch kernels write one taps row per pair (src/convolution/backward.rs).
+            let sum_params = PassParams {
+                pairs: params.pairs,
+                ..sum_params
+            };
             p.launch(Kernel::TapsSum, 0, &sum_params, &base);
             for (&c, &full) in chunk_out.iter().zip(&full_out) {
                 prep.copy_rows_out(&mut p, chunk, c, full);
@@ -2182,7 +2190,9 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
         return None;
     }
     if p.log2n <= 14 {
-        let kernel = if p.log2n > 12 {
+        let kernel = if p.log2n == 13 {
+            Kernel::MonarchBackwardWide8k
+        } else if p.log2n > 12 {
             Kernel::MonarchBackwardWide
         } else {
             Kernel::MonarchBackward

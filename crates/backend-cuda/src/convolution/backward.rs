@@ -11,7 +11,7 @@
 //! ```
 
 use cudarc::driver::CudaSlice;
-use monarch_core::schedule::{BackwardBinding, Chunk};
+use monarch_core::schedule::{BackwardBinding, Chunk, PassParams};
 use monarch_core::Element;
 
 use super::{
@@ -387,6 +387,13 @@ impl CudaConvolution {
                         kernels.backward_function(kernel, p.log2n, self.spec.gated());
                     launch_kernel(stream, func, 256, shared, &p, &buffers)?;
                 }
+                // The Monarch kernels write one taps row per pair (the sum of its two rows'
+                // correlations), not one per segment as the fused backward: the sum reads
+                // `pairs` rows per channel.
+                let sum_params = PassParams {
+                    pairs: params.pairs,
+                    ..sum_params
+                };
                 return self.launch_function(stream, &self.kernels.taps_sum, 0, &sum_params, &base);
             }
         }
@@ -444,7 +451,7 @@ impl CudaConvolution {
             self.launch(stream, kind, &params, &buffers)?;
         }
         // Sum the taps over each channel's pairs: nh * K threads.
-        let sum_params = monarch_core::schedule::PassParams {
+        let sum_params = PassParams {
             total_lines: (chunk.nh * self.spec.filter_len()) as u32,
             lines_log2: self.kernels.threads.ilog2(),
             ..taps_params

@@ -145,7 +145,7 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_cluster8, fftconv_monarch_backward_tile_columns_forward,
                           fftconv_monarch_backward_tile_columns_inverse,
                           fftconv_monarch_scales_finish, fftconv_monarch_backward_scales_finish,
-                          fftconv_monarch_filter_max,
+                          fftconv_monarch_filter_max, fftconv_monarch_backward_wide_8k,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -162,20 +162,20 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_backward_tile_columns_forward",
                              "monarch_backward_tile_columns_inverse",
                              "monarch_scales_finish", "monarch_backward_scales_finish",
-                             "monarch_filter_max",
+                             "monarch_filter_max", "monarch_backward_wide_8k",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
                            false, false, false, false, false, false, false, false, false,
                            false, false, false, false, false, false, false, false, false,
-                           false, false, false, false, false,
+                           false, false, false, false, false, false,
 #endif
 };
 // Blocks per cluster (`__cluster_dims__`; 1: no cluster).
 const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
 #if MONARCH_TC
-                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1, 1, 1, 1,
+                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1, 1, 1, 1, 1,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
