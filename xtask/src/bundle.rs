@@ -206,6 +206,10 @@ if [ "${1:-}" != "--no-bench" ]; then
     bench bench-backward 150 --backend cuda --dtype f16 --sizes 256..1M --backward --reps 3
     bench bench-backward-no-monarch 150 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16 \
         --sizes 256..1M --backward --reps 3
+    # Session 11 (unmeasured): the 16K backward and the long backward's 16K rows with 512
+    # threads (one block per SM holds their plane sets: 16 warps instead of 8); 256 is the old.
+    bench bench-backward-wide-256 90 FFTCONV_CUDA_MONARCH_WIDE_THREADS=256 --backend cuda \
+        --dtype f16 --sizes 16K..1M --backward --reps 3
     # Where the Monarch pass's instructions go (~190 per real point at 4K on the H200, IPC
     # 2.0, the integer pipe busiest): the 4K forward and backward kernels' source view, SASS
     # with CUDA lines (-lineinfo).

@@ -2446,6 +2446,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 // exceed 2^14 sqrt(2) (1 + small): nothing overflows, whatever the row and filter scales.
 #if MONARCH_TC
 #define MT_THREADS 256u
+// Threads per block of the kernels that hold a 16K-point row's plane sets in one block per SM
+// (fftconv_monarch_backward_wide, fftconv_monarch_backward_middle): 16 warps per SM. The host's
+// FFTCONV_CUDA_MONARCH_WIDE_THREADS=256 sets 256 (launching them with as many), for A/B runs.
+#ifndef MT_WIDE_THREADS
+#define MT_WIDE_THREADS 512u
+#endif
 // Blocks per SM that fftconv_monarch, fftconv_monarch_backward and _backward_wide_8k leave
 // registers for (the host's FFTCONV_CUDA_MONARCH_MIN_BLOCKS sets MT_MIN_BLOCKS, for A/B runs).
 // 2 for all: on the H200 the backward's 167 registers at 1 held it to 8 warps per SM, 1.6-1.7x
@@ -2521,6 +2527,17 @@ struct alignas(16) Quad {
     u32 w[4];
 };
 
+// A 16-byte store to global memory (`p` 16-byte aligned: the host emulation checks, as the GPU
+// faults).
+__device__ __forceinline__ void store_quad(void* p, const Quad& q) {
+#if defined(FFTCONV_HOST_EMULATION)
+    if (((u64)p & 15u) != 0u) {
+        __builtin_trap();
+    }
+#endif
+    *(Quad*)p = q;
+}
+
 // segment_input_vec for positions pos .. pos + 7 (pos a multiple of 8). The Monarch kernels
 // move rows 16 bytes at a time only: the host launches them where vector_rows holds for every
 // stream (rows of a multiple of VEC elements from such an element, 16-byte aligned buffers;
@@ -2569,7 +2586,11 @@ __device__ __forceinline__ bool mt_finite8(float v[8], u32& mx) {
 }
 
 // 0 where every value folded into it (mt_nonfinite_fold) was finite, NaN otherwise: v * 0
-// is 0 for finite v and NaN for inf and NaN (IEEE; the kernels are compiled without fast math).
+// is 0 for finite v and NaN for inf and NaN (IEEE; fast math would fold it to 0).
+#if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__) ||                                       \
+    (defined(__FINITE_MATH_ONLY__) && __FINITE_MATH_ONLY__)
+#error "the Monarch kernels' non-finite checks need IEEE arithmetic: no fast math"
+#endif
 __device__ __forceinline__ float mt_nonfinite_fold(float acc, cpx v) {
     return acc + v.x * 0.0f + v.y * 0.0f;
 }
@@ -2635,17 +2656,19 @@ struct MtPlanes {
     u16* p[2];
 };
 
-// S1 (forward, twiddled by W_N^(r k_a)) or S3 (inverse) on the warp's 32 columns of `groups`
-// groups of 16 rows, in place: per group, the DFT over its rows as one mma tile with the
-// block-diagonal matrix diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16. Row k1 of group g
-// then holds frequency k_a = (k1 mod M) ka_mul + g.
+// S1 (forward, twiddled by W_N^(r k_a)) or S3 (inverse) on the warp's 256 / (BT / 32) columns
+// (BT threads per block: 32 columns a warp at 256, 16 at 512) of `groups` groups of 16 rows, in
+// place: per group, the DFT over its rows as one mma tile with the block-diagonal matrix
+// diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16. Row k1 of group g then holds frequency
+// k_a = (k1 mod M) ka_mul + g.
+// This lane's A fragments of S1's (FORWARD) or S3's block-diagonal matrix
+// diag(F_M, F_M, ...) / (2 M) (conjugated for S3), M = 2^mat_log2.
 template <bool FORWARD>
-__device__ __forceinline__ void mt_columns(MtPlanes pl, const Params& pc, const Buffers& bf,
-                                           u32 mat_log2, u32 groups, u32 ka_mul) {
-    u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+__device__ __forceinline__ void mt_column_fragments(const Params& pc, const Buffers& bf,
+                                                    u32 mat_log2, u32 a_re[4], u32 a_im[4],
+                                                    u32 a_neg[4]) {
     u32 m = 1u << mat_log2;
     float scale = 0.5f / (float)m;
-    u32 a_re[4], a_im[4], a_neg[4];
     mt_a_fragments(
         [&](u32 row, u32 col) {
             if ((row >> mat_log2) != (col >> mat_log2)) {
@@ -2655,14 +2678,26 @@ __device__ __forceinline__ void mt_columns(MtPlanes pl, const Params& pc, const 
             return mk(w.x * scale, (FORWARD ? w.y : -w.y) * scale);
         },
         a_re, a_im, a_neg);
+}
+
+// mt_columns with the matrix's A fragments given (mt_column_fragments).
+template <bool FORWARD, u32 BT = MT_THREADS>
+__device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, const Buffers& bf,
+                                                u32 mat_log2, u32 groups, u32 ka_mul,
+                                                const u32 a_re[4], const u32 a_im[4],
+                                                const u32 a_neg[4]) {
+    static_assert(BT == 256u || BT == 512u, "16 or 32 columns of 16 per warp");
+    constexpr u32 TILES = 16u / (BT / 32u); // 16-column tiles per warp
+    u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    u32 m = 1u << mat_log2;
     u32 n_log2 = pc.log2n;
 #pragma unroll 1
     for (u32 grp = 0; grp < groups; grp++) {
         u16* re = pl.p[0] + 16u * grp * MT_ROW;
         u16* im = pl.p[1] + 16u * grp * MT_ROW;
 #pragma unroll
-        for (u32 d = 0; d < 2u; d++) {
-            u32 r0 = 16u * (2u * warp + d);
+        for (u32 d = 0; d < TILES; d++) {
+            u32 r0 = 16u * (TILES * warp + d);
             u32 row = 8u * ((lane >> 3) & 1u) + (lane & 7u);
             u32 off = row * MT_ROW + r0 + 8u * (lane >> 4);
             u32 b_re[4], b_im[4];
@@ -2692,6 +2727,14 @@ __device__ __forceinline__ void mt_columns(MtPlanes pl, const Params& pc, const 
     }
 }
 
+template <bool FORWARD, u32 BT = MT_THREADS>
+__device__ __forceinline__ void mt_columns(MtPlanes pl, const Params& pc, const Buffers& bf,
+                                           u32 mat_log2, u32 groups, u32 ka_mul) {
+    u32 a_re[4], a_im[4], a_neg[4];
+    mt_column_fragments<FORWARD>(pc, bf, mat_log2, a_re, a_im, a_neg);
+    mt_columns_with<FORWARD, BT>(pl, pc, bf, mat_log2, groups, ka_mul, a_re, a_im, a_neg);
+}
+
 // The constant operands of S2: F_16 / 16 as A and as B fragments, and W_256^(c k_b) at this
 // lane's D elements (k_b = g + 8 (i >> 1), c = 2 t + (i & 1) + 8 nt).
 struct MtDft16 {
@@ -2714,6 +2757,113 @@ __device__ __forceinline__ void mt_dft16(const Params& pc, const Buffers& bf, Mt
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
             f.w2[nt][i] = root(pc, bf, (2u * t + (i & 1u) + 8u * nt) * (g + 8u * (i >> 1)), 8u);
+        }
+    }
+}
+
+// fftconv_monarch's per-lane constants, computed once per block (by five of its eight warps)
+// rather than by every warp: MtDft16 (F_16 / 16 as A and B fragments, W_256^(c k_b)) and the A
+// fragments of S1's and S3's column matrices. Quad q of lane l is q[q][l], so a warp's 16-byte
+// reads of one quad are free of bank conflicts.
+struct MtLaneTables {
+    Quad q[16][32];
+};
+#define MT_Q_FA 0u     // fa_re, fa_im, fa_neg
+#define MT_Q_FB 3u     // fb_re, fb_im, fb_neg ([nt][j] as words 2 nt + j)
+#define MT_Q_W2 6u     // w2[nt][i] as (Re, Im) pairs: quad 6 + 2 nt + (i >> 1)
+#define MT_Q_COL_F 13u // S1's column matrix (re, im, neg); S3's at MT_Q_COL_F - 3
+#define MT_Q_COL_I 10u
+
+__device__ __forceinline__ void mt_put_quads(MtLaneTables& tb, u32 q0, const u32 a[4],
+                                             const u32 b[4], const u32 c[4]) {
+    u32 lane = threadIdx.x & 31u;
+    const u32* src[3] = {a, b, c};
+#pragma unroll
+    for (u32 k = 0; k < 3u; k++) {
+        Quad q;
+#pragma unroll
+        for (u32 j = 0; j < 4u; j++) {
+            q.w[j] = src[k][j];
+        }
+        tb.q[q0 + k][lane] = q;
+    }
+}
+
+__device__ __forceinline__ void mt_get_quads(const MtLaneTables& tb, u32 q0, u32 a[4], u32 b[4],
+                                             u32 c[4]) {
+    u32 lane = threadIdx.x & 31u;
+    u32* dst[3] = {a, b, c};
+#pragma unroll
+    for (u32 k = 0; k < 3u; k++) {
+        Quad q = tb.q[q0 + k][lane];
+#pragma unroll
+        for (u32 j = 0; j < 4u; j++) {
+            dst[k][j] = q.w[j];
+        }
+    }
+}
+
+// Fills the tables (warps 0 .. 4; a barrier must follow before mt_dft16_from and
+// mt_column_tables read them). col_log2: the column matrices' log2 M (0: no column passes).
+__device__ __forceinline__ void mt_fill_lane_tables(MtLaneTables& tb, const Params& pc,
+                                                    const Buffers& bf, u32 col_log2) {
+    u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (warp < 3u) {
+        MtDft16 f;
+        mt_dft16(pc, bf, f);
+        if (warp == 0u) {
+            mt_put_quads(tb, MT_Q_FA, f.fa_re, f.fa_im, f.fa_neg);
+        } else if (warp == 1u) {
+            u32 w[3][4];
+#pragma unroll
+            for (u32 j = 0; j < 4u; j++) {
+                w[0][j] = f.fb_re[j >> 1][j & 1u];
+                w[1][j] = f.fb_im[j >> 1][j & 1u];
+                w[2][j] = f.fb_neg[j >> 1][j & 1u];
+            }
+            mt_put_quads(tb, MT_Q_FB, w[0], w[1], w[2]);
+        } else {
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+                for (u32 h = 0; h < 2u; h++) {
+                    cpx v0 = f.w2[nt][2u * h], v1 = f.w2[nt][2u * h + 1u];
+                    tb.q[MT_Q_W2 + 2u * nt + h][lane] =
+                        Quad{{float_bits(v0.x), float_bits(v0.y), float_bits(v1.x), float_bits(v1.y)}};
+                }
+            }
+        }
+    } else if (warp < 5u && col_log2 > 0u) {
+        u32 re[4], im[4], neg[4];
+        if (warp == 3u) {
+            mt_column_fragments<true>(pc, bf, col_log2, re, im, neg);
+            mt_put_quads(tb, MT_Q_COL_F, re, im, neg);
+        } else {
+            mt_column_fragments<false>(pc, bf, col_log2, re, im, neg);
+            mt_put_quads(tb, MT_Q_COL_I, re, im, neg);
+        }
+    }
+}
+
+// mt_dft16's result, read from the tables.
+__device__ __forceinline__ void mt_dft16_from(const MtLaneTables& tb, MtDft16& f) {
+    u32 lane = threadIdx.x & 31u;
+    mt_get_quads(tb, MT_Q_FA, f.fa_re, f.fa_im, f.fa_neg);
+    u32 w[3][4];
+    mt_get_quads(tb, MT_Q_FB, w[0], w[1], w[2]);
+#pragma unroll
+    for (u32 j = 0; j < 4u; j++) {
+        f.fb_re[j >> 1][j & 1u] = w[0][j];
+        f.fb_im[j >> 1][j & 1u] = w[1][j];
+        f.fb_neg[j >> 1][j & 1u] = w[2][j];
+    }
+#pragma unroll
+    for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+        for (u32 h = 0; h < 2u; h++) {
+            Quad q = tb.q[MT_Q_W2 + 2u * nt + h][lane];
+            f.w2[nt][2u * h] = mk(bits_float(q.w[0]), bits_float(q.w[1]));
+            f.w2[nt][2u * h + 1u] = mk(bits_float(q.w[2]), bits_float(q.w[3]));
         }
     }
 }
@@ -2879,6 +3029,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     // the block-diagonal column DFTs' zeros times one pair's NaN would reach the others: such
     // values go on as zeros and the pair's outputs are written as NaN.
     __shared__ u32 pair_nonfinite[16];
+    __shared__ MtLaneTables lane_tables;
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
@@ -2893,6 +3044,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     if (threadIdx.x < 16u) {
         pair_nonfinite[threadIdx.x] = 0u;
     }
+    mt_fill_lane_tables(lane_tables, pc, bf, n1_log2);
     __syncthreads();
 
     // Load: two chunks of 8 positions per thread (16 rows x 256 points = 512 chunks).
@@ -2937,14 +3089,16 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
 
     MtPlanes pl = {{planes[0], planes[1]}};
     if (n1 > 1u) {
-        mt_columns<true>(pl, pc, bf, n1_log2, 1u, 1u);
+        u32 a_re[4], a_im[4], a_neg[4];
+        mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
+        mt_columns_with<true>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
         __syncthreads();
     }
 
     // S2: rows 2 warp and 2 warp + 1.
     {
         MtDft16 f;
-        mt_dft16(pc, bf, f);
+        mt_dft16_from(lane_tables, f);
 #pragma unroll 1
         for (u32 rr = 0; rr < 2u; rr++) {
             u32 row = 2u * warp + rr;
@@ -2963,7 +3117,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     __syncthreads();
 
     if (n1 > 1u) {
-        mt_columns<false>(pl, pc, bf, n1_log2, 1u, 1u);
+        u32 a_re[4], a_im[4], a_neg[4];
+        mt_get_quads(lane_tables, MT_Q_COL_I, a_re, a_im, a_neg);
+        mt_columns_with<false>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
         __syncthreads();
     }
 
@@ -3023,8 +3179,10 @@ struct MtUnit {
     u32 col;
 };
 
+// Units are 8 columns of one of 16 rows (512 per 16 x 256 rows): BT threads take 512 / BT each.
+template <u32 BT = MT_THREADS>
 __device__ __forceinline__ MtUnit mt_unit(u32 j) {
-    u32 unit = threadIdx.x + j * MT_THREADS;
+    u32 unit = threadIdx.x + j * BT;
     return MtUnit{unit >> 5, (unit & 31u) * 8u};
 }
 
@@ -3453,7 +3611,7 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
                     u32 e = 4u * v + j;
                     o.w[j] = float_bits(half_float(q.w[e >> 1] >> (16u * (e & 1u))) * ft * fa * fb);
                 }
-                *(Quad*)(dst + 4u * v) = o;
+                store_quad(dst + 4u * v, o);
             }
         } else {
 #pragma unroll
@@ -3642,12 +3800,13 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
 
 // The block's share of a pair's maxima (float bits) of x = pre u and d = post dy per row, added
 // to row_max[x, d][row] (zeroed before, read after a barrier): one read of the pair's rows.
+template <u32 BT>
 __device__ __forceinline__ void mt_pair_maxima(const Params& pc, const Divisors& dv,
                                                const Buffers& bf, const SegmentRow seg[2],
                                                u32 (*row_max)[2]) {
     const u32 n = 1u << pc.log2n, dy_flags = pc.flags | FLAG_BODY_ONLY;
     u32 mx[2] = {0u, 0u}, md[2] = {0u, 0u};
-    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * BT) {
 #pragma unroll
         for (u32 s = 0; s < 2u; s++) {
             float x[8], d[8];
@@ -3724,7 +3883,7 @@ __device__ __forceinline__ void mt_radix_rows(MtPlanes pl, const Params& pc, con
 // k2), S1 per group, S2 as fftconv_monarch_backward's (row 16 k2 + k1: k_a = R k1 + k2), S3,
 // the inverse radix-R step in place, and the same stores. Dynamic shared memory: two plane
 // sets of N1 rows (three gated: 198 KiB at 16K).
-template <u32 R_LOG2>
+template <u32 R_LOG2, u32 BT>
 __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers& bf,
                                                  const Divisors& dv, u32 (*row_max)[2],
                                                  float* abs_sum) {
@@ -3750,13 +3909,13 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     }
     const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
     __syncthreads();
-    mt_pair_maxima(pc, dv, bf, seg, row_max); // a first read
+    mt_pair_maxima<BT>(pc, dv, bf, seg, row_max); // a first read
     __syncthreads();
     const MtPairScales ps = mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
     // The second read, scaled, in natural order.
     {
         float sx = 0.0f, sd = 0.0f;
-        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * BT) {
 #pragma unroll
             for (u32 s = 0; s < 2u; s++) {
                 float x[8], d[8];
@@ -3783,8 +3942,8 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     for (u32 set = 0; set < 3u; set++) {
         if (set < set_count) {
 #pragma unroll 1
-            for (u32 j = 0; j < 2u; j++) {
-                mt_radix_rows<R_LOG2, true>(sets[set], pc, bf, mt_unit(j));
+            for (u32 j = 0; j < 512u / BT; j++) {
+                mt_radix_rows<R_LOG2, true>(sets[set], pc, bf, mt_unit<BT>(j));
             }
         }
     }
@@ -3792,7 +3951,7 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
 #pragma unroll
     for (u32 set = 0; set < 3u; set++) {
         if (set < set_count) {
-            mt_columns<true>(sets[set], pc, bf, 4u, R, R);
+            mt_columns<true, BT>(sets[set], pc, bf, 4u, R, R);
         }
     }
     __syncthreads();
@@ -3801,8 +3960,8 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
         mt_dft16(pc, bf, f);
         const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane * 8u;
 #pragma unroll 1
-        for (u32 i = 0; i < ROWS / 8u; i++) {
-            u32 row = warp + 8u * i;
+        for (u32 i = 0; i < ROWS / (BT / 32u); i++) {
+            u32 row = warp + (BT / 32u) * i;
             u32 ka = (row & 15u) * R + (row >> 4);
             mt_backward_row(f, sets, pc, bf, row, ka, ROWS, filt + ka * 256u, pow2(sigma_log2),
                             gated, true);
@@ -3812,7 +3971,7 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
 #pragma unroll
     for (u32 set = 0; set < 3u; set++) {
         if (set < set_count) {
-            mt_columns<false>(sets[set], pc, bf, 4u, R, R);
+            mt_columns<false, BT>(sets[set], pc, bf, 4u, R, R);
         }
     }
     __syncthreads();
@@ -3820,28 +3979,26 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     for (u32 set = 0; set < 3u; set++) {
         if (set < set_count) {
 #pragma unroll 1
-            for (u32 j = 0; j < 2u; j++) {
-                mt_radix_rows<R_LOG2, false>(sets[set], pc, bf, mt_unit(j));
+            for (u32 j = 0; j < 512u / BT; j++) {
+                mt_radix_rows<R_LOG2, false>(sets[set], pc, bf, mt_unit<BT>(j));
             }
         }
     }
     __syncthreads();
-    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * MT_THREADS) {
+    for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * BT) {
         mt_backward_store8(pc, dv, bf, sets, ps, sigma_log2, 0u, pos, pair, c, gated);
     }
 }
 
-// 16K (and 8K where the host asks for it): the plane sets (135 KiB, 198 KiB gated) leave room
-// for one block per SM, so the registers are not capped.
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
+// 16K alone (8K: fftconv_monarch_backward_wide_8k), with MT_WIDE_THREADS threads: the plane
+// sets (135 KiB, 198 KiB gated) leave room for one block per SM, so 16 warps per SM only as one
+// block of 512 threads (at 256, 8 warps: the latency-bound case that fftconv_monarch_backward's
+// second block per SM ran 1.6-1.7x faster than).
+extern "C" __global__ void __launch_bounds__(MT_WIDE_THREADS, 1)
     fftconv_monarch_backward_wide(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2][2]; // [x, d][row]
     __shared__ float abs_sum[2];  // [x, d]: sums of |scaled value| over both rows
-    if (pc.log2n == 13u) {
-        mt_backward_wide<1>(pc, bf, dv, row_max, abs_sum);
-    } else {
-        mt_backward_wide<2>(pc, bf, dv, row_max, abs_sum);
-    }
+    mt_backward_wide<2, MT_WIDE_THREADS>(pc, bf, dv, row_max, abs_sum);
 }
 
 // 8K alone, with fftconv_monarch_backward's register cap (MT_MIN_BLOCKS): its plane sets (68
@@ -3850,7 +4007,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     fftconv_monarch_backward_wide_8k(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2][2]; // [x, d][row]
     __shared__ float abs_sum[2];  // [x, d]: sums of |scaled value| over both rows
-    mt_backward_wide<1>(pc, bf, dv, row_max, abs_sum);
+    mt_backward_wide<1, MT_THREADS>(pc, bf, dv, row_max, abs_sum);
 }
 
 // ---- the Monarch pass for N = 32K .. 4M: four kernels around 16K-point rows -----------------
@@ -4898,9 +5055,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS)
 // Row k_o of pair p (block p N_o + k_o), for each plane set: fftconv_monarch_middle's load with
 // the radix-4 step, S1, then fftconv_monarch_backward's S2 (frequency k_o + N_o k_i for the kept
 // mask, the filter row k_o), S3, and the store back to the words.
-extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
+extern "C" __global__ void __launch_bounds__(MT_WIDE_THREADS, 1)
     fftconv_monarch_backward_middle(const Params pc, const Buffers bf, const Divisors dv) {
-    constexpr u32 R_LOG2 = 2u, R = 4u, ROWS = 64u;
+    constexpr u32 R_LOG2 = 2u, R = 4u, ROWS = 64u, BT = MT_WIDE_THREADS;
     const u32 b = block_index();
     if (b >= pc.total_lines) {
         return; // uniform over the block
@@ -4925,8 +5082,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
         if (set < set_count) {
             const u32* words = mt_backward_words(pc, bf, set, pair) + ((u64)ko << MT_INNER_LOG2);
 #pragma unroll 1
-            for (u32 j = 0; j < 2u; j++) {
-                MtUnit m = mt_unit(j);
+            for (u32 j = 0; j < 512u / BT; j++) {
+                MtUnit m = mt_unit<BT>(j);
                 // The words in natural order to the rows a1 + 16 a2, then the radix step in place.
 #pragma unroll
                 for (u32 a2 = 0; a2 < R; a2++) {
@@ -4957,7 +5114,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
 #pragma unroll
     for (u32 set = 0; set < 3u; set++) {
         if (set < set_count) {
-            mt_columns<true>(sets[set], rp, bf, 4u, R, R);
+            mt_columns<true, BT>(sets[set], rp, bf, 4u, R, R);
         }
     }
     __syncthreads();
@@ -4973,8 +5130,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
         const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                           ((u64)ko << MT_INNER_LOG2) + lane * 8u;
 #pragma unroll 1
-        for (u32 i = 0; i < ROWS / 8u; i++) {
-            u32 row = warp + 8u * i;
+        for (u32 i = 0; i < ROWS / (BT / 32u); i++) {
+            u32 row = warp + (BT / 32u) * i;
             u32 ka = (row & 15u) * R + (row >> 4);
             mt_backward_row(f, sets, rp, bf, row, ka, ROWS, filt + ka * 256u, sigma, gated, true,
                             ko, 1u << o_log2, pc.log2n, pow2(kp.g), pow2(kp.p));
@@ -4984,7 +5141,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
 #pragma unroll
     for (u32 set = 0; set < 3u; set++) {
         if (set < set_count) {
-            mt_columns<false>(sets[set], rp, bf, 4u, R, R);
+            mt_columns<false, BT>(sets[set], rp, bf, 4u, R, R);
         }
     }
     __syncthreads();
@@ -4994,8 +5151,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 1)
         if (set < set_count) {
             u32* words = mt_backward_words(pc, bf, set, pair) + ((u64)ko << MT_INNER_LOG2);
 #pragma unroll 1
-            for (u32 j = 0; j < 2u; j++) {
-                MtUnit m = mt_unit(j);
+            for (u32 j = 0; j < 512u / BT; j++) {
+                MtUnit m = mt_unit<BT>(j);
                 mt_radix_rows<R_LOG2, false>(sets[set], rp, bf, m);
 #pragma unroll
                 for (u32 a2 = 0; a2 < R; a2++) {

@@ -74,6 +74,21 @@ pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
 /// H200), for A/B runs.
 pub const MONARCH_MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MONARCH_MIN_BLOCKS";
 
+/// Environment variable: threads per block (`256` or `512`) of the Monarch kernels that hold a
+/// 16K-point row's plane sets in one block per SM (`fftconv_monarch_backward_wide` at 16K and
+/// `fftconv_monarch_backward_middle` from 32K: `MT_WIDE_THREADS`); default 512 (16 warps per SM
+/// instead of 8), for A/B runs.
+pub const MONARCH_WIDE_THREADS_ENV: &str = "FFTCONV_CUDA_MONARCH_WIDE_THREADS";
+
+/// [`MONARCH_WIDE_THREADS_ENV`]'s value: 256 where it says so, 512 otherwise.
+fn monarch_wide_threads() -> u32 {
+    if std::env::var(MONARCH_WIDE_THREADS_ENV).is_ok_and(|v| v.trim() == "256") {
+        256
+    } else {
+        512
+    }
+}
+
 /// Environment variable: `1` compiles the kernels with line information (NVRTC `-lineinfo`), so
 /// that `ncu`'s source view maps instructions to lines of `kernels/fftconv.cu` (profiling only;
 /// the code is the same).
@@ -100,9 +115,9 @@ pub struct CudaDevice {
     monarch_kernels: Mutex<HashMap<MonarchKey, Arc<MonarchKernels>>>,
 }
 
-/// What a Monarch module is compiled for: the I/O dtype and `MT_MIN_BLOCKS` (`None`: the kernel
-/// file's default).
-type MonarchKey = (DType, Option<u32>);
+/// What a Monarch module is compiled for: the I/O dtype, `MT_MIN_BLOCKS` (`None`: the kernel
+/// file's default) and `MT_WIDE_THREADS`.
+type MonarchKey = (DType, Option<u32>, u32);
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -358,7 +373,8 @@ impl CudaDevice {
             .monarch_kernels
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = cache.get(&(dtype, min_blocks)) {
+        let wide_threads = monarch_wide_threads();
+        if let Some(k) = cache.get(&(dtype, min_blocks, wide_threads)) {
             return Ok(Arc::clone(k));
         }
         let (major, minor) = self.info.compute_capability;
@@ -375,6 +391,7 @@ impl CudaDevice {
         if let Some(b) = min_blocks {
             options.push(format!("-DMT_MIN_BLOCKS={b}"));
         }
+        options.push(format!("-DMT_WIDE_THREADS={wide_threads}u"));
         let module = self.module(&options)?;
         let get = |name: &str| {
             module
@@ -429,6 +446,7 @@ impl CudaDevice {
             )?,
             filter_max: get("fftconv_monarch_filter_max")?,
             filter: get("fftconv_monarch_filter")?,
+            wide_threads,
             forward: get("fftconv_monarch")?,
             wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
             scales: get("fftconv_monarch_scales")?,
@@ -470,7 +488,7 @@ impl CudaDevice {
             },
         };
         let kernels = Arc::new(kernels);
-        cache.insert((dtype, min_blocks), Arc::clone(&kernels));
+        cache.insert((dtype, min_blocks, wide_threads), Arc::clone(&kernels));
         Ok(kernels)
     }
 
@@ -513,6 +531,9 @@ pub(crate) struct MonarchKernels {
     pub(crate) forward: CudaFunction,
     /// The same for N = 8192 and 16384 (one pair per block, dynamic shared memory).
     pub(crate) wide: CudaFunction,
+    /// Threads per block of `backward_wide` and `backward_middle` (`MT_WIDE_THREADS`: 512, or
+    /// 256 by [`MONARCH_WIDE_THREADS_ENV`]); the other Monarch kernels run 256.
+    pub(crate) wide_threads: u32,
     /// The backward of N = 256 .. 4096 (du, taps, gate gradients; `fftconv_taps_sum` after it).
     pub(crate) backward: CudaFunction,
     /// The same for N = 16384 (one pair per block, one block per SM: registers uncapped).
@@ -544,14 +565,15 @@ pub(crate) struct MonarchKernels {
 }
 
 impl MonarchKernels {
-    /// A backward kernel's function for N = 2^log2n and its dynamic shared memory.
+    /// A backward kernel's function for N = 2^log2n, its dynamic shared memory and its threads
+    /// per block.
     pub(crate) fn backward_function(
         &self,
         kernel: MonarchBackwardKernel,
         log2n: u32,
         gated: bool,
-    ) -> (&CudaFunction, u32) {
-        match kernel {
+    ) -> (&CudaFunction, u32, u32) {
+        let (function, shared) = match kernel {
             MonarchBackwardKernel::Narrow => {
                 (&self.backward, monarch_backward_shared_bytes(log2n, gated))
             }
@@ -579,7 +601,12 @@ impl MonarchKernels {
                 monarch_tile_bytes(log2n),
             ),
             MonarchBackwardKernel::ColumnsInverse => (&self.backward_columns_inverse, 0),
-        }
+        };
+        (
+            function,
+            shared,
+            monarch_backward_threads(kernel, log2n, self.wide_threads),
+        )
     }
 
     /// `kernel`'s function for N = 2^log2n, and its dynamic shared memory (`None`: a cluster
@@ -608,6 +635,22 @@ impl MonarchKernels {
                 (&self.clusters.as_ref()?[i], monarch_cluster_bytes())
             }
         })
+    }
+}
+
+/// Threads per block of a Monarch backward kernel at N = 2^log2n: `wide_threads` for the kernels
+/// that hold a 16K-point row's plane sets (`fftconv_monarch_backward_wide` at 16K, `_middle`),
+/// 256 for the others.
+pub(crate) fn monarch_backward_threads(
+    kernel: MonarchBackwardKernel,
+    log2n: u32,
+    wide_threads: u32,
+) -> u32 {
+    match kernel {
+        // `backward_function`'s choice: 8K `fftconv_monarch_backward_wide_8k`, else the 16K one.
+        MonarchBackwardKernel::Wide if log2n != 13 => wide_threads,
+        MonarchBackwardKernel::Middle => wide_threads,
+        _ => 256,
     }
 }
 
@@ -883,6 +926,31 @@ fn compile(source: &str, options: &[String], name: &str) -> Result<Vec<u8>, Cuda
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_threads_only_where_a_16k_row_fills_the_block() {
+        use MonarchBackwardKernel as K;
+        for wide in [256, 512] {
+            assert_eq!(monarch_backward_threads(K::Wide, 14, wide), wide);
+            assert_eq!(monarch_backward_threads(K::Middle, 20, wide), wide);
+            // 8K runs fftconv_monarch_backward_wide_8k (256 threads, two blocks per SM).
+            assert_eq!(monarch_backward_threads(K::Wide, 13, wide), 256);
+            for k in [
+                K::Narrow,
+                K::Scales,
+                K::ScalesFinish,
+                K::ColumnsForward,
+                K::ColumnsInverse,
+            ] {
+                assert_eq!(monarch_backward_threads(k, 16, wide), 256);
+            }
+        }
+        // Two blocks of the 8K plane sets fit the H100's 227 KiB, gated or not; 16K's one.
+        let optin = monarch_shared_limit(232_448);
+        assert!(2 * monarch_backward_shared_bytes(13, true) <= optin);
+        assert!(monarch_backward_shared_bytes(14, true) <= optin);
+        assert!(2 * monarch_backward_shared_bytes(14, false) > optin);
+    }
 
     #[test]
     fn cache_files_are_checked() {

@@ -184,7 +184,7 @@ fn variants() -> Vec<Variant> {
         v(Bf16, 4096, false, 256, 4, false, true, false, false, Newest),
         v(Bf16, 256, true, 64, 3, true, true, true, true, Sm80),
         // The Monarch pass (f16 and bf16, sm_80 and newer), in the default module and beside
-        // the tensor-core rounds.
+        // the tensor-core rounds (and with MT_WIDE_THREADS=256: `defines`).
         Variant {
             monarch: true,
             ..v(F16, 4096, true, 256, 3, false, false, true, false, Newest)
@@ -226,6 +226,12 @@ impl Variant {
         // The newest target's Monarch module has the cluster kernels (sm_90); a clang that stops
         // at sm_80 is told to compile them anyway (`assemble` then assembles them for sm_90).
         .chain((self.has_clusters() && arch != "sm_90").then(|| "-DMT_CLUSTERS=1".to_owned()))
+        // The bf16 Monarch module with the 16K backward rows' old block size (the host's
+        // FFTCONV_CUDA_MONARCH_WIDE_THREADS=256; the f16 one keeps the default 512).
+        .chain(
+            (self.monarch && matches!(self.io, Io::Bf16))
+                .then(|| "-DMT_WIDE_THREADS=256u".to_owned()),
+        )
         .chain(
             self.specialized()
                 .then(|| {

@@ -559,7 +559,8 @@ impl PassSchedule {
     }
 
     /// f32 elements of the backward's per-row filter taps for one full chunk (`K` per row of
-    /// every pair, also the missing partner of an odd batch: the taps sum reads them all).
+    /// every pair, also the missing partner of an odd batch: the taps sum reads them all; the
+    /// CUDA backend's Monarch kernels use the first half, one row per pair).
     pub fn backward_taps_len(&self) -> usize {
         let (nb, nh) = self.chunk_shape;
         nh * 2 * self.pairs(nb) * self.spec.filter_len()

@@ -383,9 +383,9 @@ impl CudaConvolution {
                     ..base
                 };
                 for (kernel, p) in launches {
-                    let (func, shared) =
+                    let (func, shared, threads) =
                         kernels.backward_function(kernel, p.log2n, self.spec.gated());
-                    launch_kernel(stream, func, 256, shared, &p, &buffers)?;
+                    launch_kernel(stream, func, threads, shared, &p, &buffers)?;
                 }
                 // The Monarch kernels write one taps row per pair (the sum of its two rows'
                 // correlations), not one per segment as the fused backward: the sum reads

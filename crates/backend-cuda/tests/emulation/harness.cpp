@@ -22,12 +22,13 @@
 // backward. The grid is the backend's (`launch_function` in src/convolution.rs):
 // ceil(total_lines / 2^lines_log2) blocks. Gather and taps sum (one thread per element, no
 // barriers) run their 2^lines_log2 threads one after another. The block-wide kernels (0-2, 5) run
-// THREADS threads per block (blockDim.x = THREADS):
+// THREADS threads per block (blockDim.x = THREADS; a Monarch kernel with its own block size,
+// BLOCK_THREADS, runs that many as fibers: `bt` below stands for whichever the launch runs):
 // - THREADS=1: one call per block (the barriers are no-ops, see shim.h);
 // - THREADS>1: one fiber per thread (POSIX ucontext; a FIBER_STACK_BYTES stack each, 64 KiB
 //   unless defined, above a guard page, allocated once and reused by every block), scheduled
 //   cooperatively on this one host thread. A fiber runs until it reaches a barrier or finishes; then the next runnable one runs.
-//   `__syncthreads()` waits for all THREADS threads, `__syncwarp()` for the lanes of the caller's
+//   `__syncthreads()` waits for all `bt` threads, `__syncwarp()` for the lanes of the caller's
 //   warp (the last warp may be partial), independently of each other. The fibers are scanned in
 //   ascending thread order after even block barriers and descending after odd ones (the parity
 //   flipped on odd blocks), so a round reading what a missing barrier leaves unfinished shows up
@@ -172,6 +173,14 @@ const bool PER_THREAD[] = {false, false, false, true, true, false,
                            false, false, false, false, false, false,
 #endif
 };
+// Threads per block where a kernel has its own (0: THREADS): the Monarch kernels that hold a
+// 16K-point row in one block per SM (MT_WIDE_THREADS).
+const u32 BLOCK_THREADS[] = {0, 0, 0, 0, 0, 0,
+#if MONARCH_TC
+                             0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS, 0, 0, MT_WIDE_THREADS,
+                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+#endif
+};
 // Blocks per cluster (`__cluster_dims__`; 1: no cluster).
 const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
 #if MONARCH_TC
@@ -181,8 +190,9 @@ const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
 static_assert(sizeof(NAMES) / sizeof(NAMES[0]) == KERNEL_COUNT &&
                   sizeof(PER_THREAD) / sizeof(PER_THREAD[0]) == KERNEL_COUNT &&
-                  sizeof(CLUSTER) / sizeof(CLUSTER[0]) == KERNEL_COUNT,
-              "one NAMES, PER_THREAD and CLUSTER entry per kernel");
+                  sizeof(CLUSTER) / sizeof(CLUSTER[0]) == KERNEL_COUNT &&
+                  sizeof(BLOCK_THREADS) / sizeof(BLOCK_THREADS[0]) == KERNEL_COUNT,
+              "one NAMES, PER_THREAD, CLUSTER and BLOCK_THREADS entry per kernel");
 
 // The dynamic shared memory of each block of a cluster launch (`emu_block_smem`), as `smem`.
 alignas(16) cpx cluster_smem[EMU_MAX_CLUSTER][SMEM_POINTS + SMEM_GUARD];
@@ -201,9 +211,12 @@ namespace fibers {
 
 enum State : unsigned char { READY, AT_BLOCK, AT_WARP, AT_CLUSTER, DONE };
 const u32 WARP = 32;
-const u32 WARPS = (THREADS + WARP - 1) / WARP;
-// Fiber f is thread f % THREADS of the cluster's block f / THREADS (its rank).
-const u32 FIBERS = THREADS * EMU_MAX_CLUSTER;
+// Threads per block: THREADS, or a kernel's own (BLOCK_THREADS) for the launch (`bt`).
+const u32 MAX_THREADS = THREADS < EMU_MAX_BLOCK_THREADS ? EMU_MAX_BLOCK_THREADS : THREADS;
+const u32 WARPS = (MAX_THREADS + WARP - 1) / WARP;
+// Fiber f is thread f % bt of the cluster's block f / bt (its rank).
+const u32 FIBERS = MAX_THREADS * EMU_MAX_CLUSTER;
+u32 bt = THREADS; // threads per block of the launch the fibers run
 
 ucontext_t scheduler;        // the harness's own context (run_blocks)
 ucontext_t context[FIBERS];  // per fiber: where it resumes
@@ -229,10 +242,10 @@ size_t command = 0;
 u32 block = 0;       // the (first) block's index
 EmuDim3 first{0, 0, 0}; // its blockIdx; block rank r has x + r
 
-u32 lanes(u32 w) { return THREADS - w * WARP < WARP ? THREADS - w * WARP : WARP; }
+u32 lanes(u32 w) { return bt - w * WARP < WARP ? bt - w * WARP : WARP; }
 
 [[noreturn]] void divergence(const char* what) {
-    u32 rank = current / THREADS, waiting = 0, at = 0;
+    u32 rank = current / bt, waiting = 0, at = 0;
     for (u32 w = 0; w < WARPS; w++) {
         waiting += at_warp[rank * WARPS + w];
     }
@@ -243,7 +256,7 @@ u32 lanes(u32 w) { return THREADS - w * WARP < WARP ? THREADS - w * WARP : WARP;
                  "harness: command %zu (%s), block %u (%u threads): barrier divergence: %s "
                  "(after %u block barriers: %u threads at __syncthreads, %u at __syncwarp, %u "
                  "at the cluster barrier, %u finished)\n",
-                 command, name, in_cluster ? first.x + rank : block, (unsigned)THREADS, what,
+                 command, name, in_cluster ? first.x + rank : block, (unsigned)bt, what,
                  passed[rank], at, waiting,
                  at_cluster, done);
     std::exit(4);
@@ -260,7 +273,7 @@ void yield() {
 void fiber_main() {
     for (;;) {
         kernel(pc, bf, dv);
-        u32 f = current, rank = f / THREADS, t = f % THREADS;
+        u32 f = current, rank = f / bt, t = f % bt;
         state[f] = DONE;
         done++;
         done_in[rank]++;
@@ -315,9 +328,9 @@ void start(u32 count) {
     started = count;
 }
 
-// Runs all THREADS threads of the current `blocks` blocks (one, or a cluster's) to their end.
+// Runs all bt threads of the current `blocks` blocks (one, or a cluster's) to their end.
 void run_blocks() {
-    const u32 count = blocks * THREADS;
+    const u32 count = blocks * bt;
     start(count);
     for (u32 f = 0; f < count; f++) {
         state[f] = READY;
@@ -341,20 +354,20 @@ void run_blocks() {
             for (bool progress = true; progress;) {
                 progress = false;
                 bool descending = ((passed[rank] + cluster_passed + block) & 1u) != 0u;
-                for (u32 k = 0; k < THREADS; k++) {
-                    u32 f = rank * THREADS + (descending ? THREADS - 1u - k : k);
+                for (u32 k = 0; k < bt; k++) {
+                    u32 f = rank * bt + (descending ? bt - 1u - k : k);
                     if (state[f] != READY) {
                         continue;
                     }
                     current = f;
                     emu_rank = rank;
-                    threadIdx = EmuDim3{f % THREADS, 0u, 0u};
+                    threadIdx = EmuDim3{f % bt, 0u, 0u};
                     blockIdx = EmuDim3{first.x + emu_rank, first.y, 0u};
                     if (swapcontext(&scheduler, &context[f]) != 0) {
                         fail(2, "swapcontext failed");
                     }
                     ran = progress = true;
-                    if (in_cluster && done_in[rank] == THREADS) {
+                    if (in_cluster && done_in[rank] == bt) {
                         // A block that has left keeps no shared memory another may still read.
                         for (size_t j = 0; j < launch_bytes / 8u; j++) {
                             cluster_smem[rank][j] = mk(NAN, NAN);
@@ -385,17 +398,17 @@ void outside(const char* barrier) {
 
 void block_barrier() {
     outside("__syncthreads");
-    u32 f = current, rank = f / THREADS;
+    u32 f = current, rank = f / bt;
     if (done_in[rank] > 0) {
         char what[160];
         std::snprintf(what, sizeof what,
                       "thread %u reached __syncthreads after %u threads of the block finished",
-                      f % THREADS, done_in[rank]);
+                      f % bt, done_in[rank]);
         divergence(what);
     }
     state[f] = AT_BLOCK;
-    if (++at_block[rank] == THREADS) {
-        for (u32 i = rank * THREADS; i < (rank + 1u) * THREADS; i++) {
+    if (++at_block[rank] == bt) {
+        for (u32 i = rank * bt; i < (rank + 1u) * bt; i++) {
             state[i] = READY;
         }
         at_block[rank] = 0;
@@ -406,8 +419,8 @@ void block_barrier() {
 
 void warp_barrier() {
     outside("__syncwarp");
-    u32 f = current, rank = f / THREADS, t = f % THREADS;
-    u32 w = t / WARP, first_lane = rank * THREADS + w * WARP;
+    u32 f = current, rank = f / bt, t = f % bt;
+    u32 w = t / WARP, first_lane = rank * bt + w * WARP;
     for (u32 i = first_lane; i < first_lane + lanes(w); i++) {
         if (state[i] == DONE) {
             char what[160];
@@ -429,7 +442,7 @@ void warp_barrier() {
 
 void cluster_barrier() {
     outside("the cluster barrier");
-    const u32 count = blocks * THREADS;
+    const u32 count = blocks * bt;
     if (!in_cluster) {
         std::fprintf(stderr, "harness: command %zu (%s): a cluster barrier outside a cluster launch\n",
                      command, name);
@@ -439,7 +452,7 @@ void cluster_barrier() {
         char what[160];
         std::snprintf(what, sizeof what,
                       "thread %u reached the cluster barrier after %u threads finished",
-                      current % THREADS, done);
+                      current % bt, done);
         divergence(what);
     }
     state[current] = AT_CLUSTER;
@@ -475,13 +488,19 @@ void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, s
     u64 x = groups < (u64)INT_MAX ? groups : (u64)INT_MAX;
     u64 y = (groups + x - 1u) / x;
     gridDim = EmuDim3{(unsigned)x, (unsigned)y, 1u};
-    u32 threads = PER_THREAD[kernel] ? (u32)per_block : (u32)THREADS;
+    const u32 own = BLOCK_THREADS[kernel];
+    if (own != 0u && (THREADS == 1 || own > EMU_MAX_BLOCK_THREADS || CLUSTER[kernel] > 1u)) {
+        fail(2, "a kernel's own block size needs fibers (THREADS > 1), at most "
+                "EMU_MAX_BLOCK_THREADS threads and no cluster");
+    }
+    u32 threads = PER_THREAD[kernel] ? (u32)per_block : own != 0u ? own : (u32)THREADS;
     blockDim = EmuDim3{threads, 1u, 1u};
     // Per block: one call per thread in turn (per-thread kernels, or THREADS=1), or the fibers.
     const bool as_fibers = !PER_THREAD[kernel] && THREADS > 1;
     const u32 calls = as_fibers ? 0u : PER_THREAD[kernel] ? threads : 1u;
 #if THREADS > 1
     fibers::kernel = KERNELS[kernel];
+    fibers::bt = threads;
     fibers::pc = pc;
     fibers::bf = bf;
     fibers::dv = dv;

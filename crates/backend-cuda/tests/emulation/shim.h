@@ -53,10 +53,14 @@ inline EmuDim3 gridDim{1, 1, 1};
 // `mapa` (the same offset in block `rank`'s shared memory, which must be in the launch's bytes)
 // and `emu_cluster_sync` the cluster barrier (every thread of every block of the cluster).
 #define EMU_MAX_CLUSTER 8u
-#define EMU_SLOTS (THREADS * EMU_MAX_CLUSTER)
+// Kernels may run more threads per block than THREADS (the harness's BLOCK_THREADS: the Monarch
+// kernels with MT_WIDE_THREADS), up to this many; cluster launches run THREADS.
+#define EMU_MAX_BLOCK_THREADS 512u
+#define EMU_SLOT_STRIDE (THREADS < EMU_MAX_BLOCK_THREADS ? EMU_MAX_BLOCK_THREADS : THREADS)
+#define EMU_SLOTS (EMU_SLOT_STRIDE * EMU_MAX_CLUSTER)
 inline unsigned emu_rank = 0;
 // A slot per fiber for the warp-level emulation's exchange arrays.
-inline unsigned emu_slot() { return emu_rank * THREADS + threadIdx.x; }
+inline unsigned emu_slot() { return emu_rank * EMU_SLOT_STRIDE + threadIdx.x; }
 void* emu_block_smem();
 void* emu_map_shared(const void* p, unsigned rank);
 void emu_cluster_sync();
@@ -66,7 +70,7 @@ inline void __syncthreads() {}
 inline void __syncwarp(unsigned mask = 0xffffffffu) { (void)mask; }
 #else
 // Defined by the harness: the calling fiber waits until every thread of the block (emu_syncthreads)
-// or of its warp (emu_syncwarp: threads 32w .. min(32w + 31, THREADS - 1)) has arrived.
+// or of its warp (emu_syncwarp: threads 32w .. min(32w + 31, blockDim.x - 1)) has arrived.
 void emu_syncthreads();
 void emu_syncwarp();
 
