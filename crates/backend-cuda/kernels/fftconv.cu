@@ -3189,7 +3189,7 @@ __device__ __forceinline__ MtUnit mt_unit(u32 j) {
 // fftconv_monarch_wide for N = 2^(12 + R_LOG2): the pair's N1 = 16 R rows in dynamic shared memory.
 template <u32 R_LOG2>
 __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, const Divisors& dv,
-                                        u32* row_max) {
+                                        u32* row_max, MtLaneTables& lane_tables) {
     constexpr u32 R = 1u << R_LOG2, ROWS = 16u << R_LOG2;
     const u32 n1_log2 = R_LOG2 + 4u;
     const u32 n = 1u << pc.log2n;
@@ -3213,6 +3213,7 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
     };
     SegmentRow seg[2];
     locate(seg);
+    mt_fill_lane_tables(lane_tables, pc, bf, 4u);
     __syncthreads();
 
     // The two rows' largest finite magnitudes: a first read of the pair.
@@ -3298,13 +3299,17 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
     __syncthreads();
 
     // S1: per group k2, the 16-point DFT over a1, then W_N^(r k_a), k_a = R k1 + k2.
-    mt_columns<true>(pl, pc, bf, 4u, R, R);
+    {
+        u32 a_re[4], a_im[4], a_neg[4];
+        mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
+        mt_columns_with<true>(pl, pc, bf, 4u, R, R, a_re, a_im, a_neg);
+    }
     __syncthreads();
 
     // S2: rows warp + 8 i.
     {
         MtDft16 f;
-        mt_dft16(pc, bf, f);
+        mt_dft16_from(lane_tables, f);
         const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane * 8u;
 #pragma unroll 1
         for (u32 i = 0; i < ROWS / 8u; i++) {
@@ -3316,7 +3321,11 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
     __syncthreads();
 
     // S3: per group, the inverse 16-point DFT over k1.
-    mt_columns<false>(pl, pc, bf, 4u, R, R);
+    {
+        u32 a_re[4], a_im[4], a_neg[4];
+        mt_get_quads(lane_tables, MT_Q_COL_I, a_re, a_im, a_neg);
+        mt_columns_with<false>(pl, pc, bf, 4u, R, R, a_re, a_im, a_neg);
+    }
     __syncthreads();
 
     // Store: conj W_N1^(a1 k2), the inverse radix-R over k2 with 1 / R (its results wait for
@@ -3395,10 +3404,11 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
 extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     fftconv_monarch_wide(const Params pc, const Buffers bf, const Divisors dv) {
     __shared__ u32 row_max[2];
+    __shared__ MtLaneTables lane_tables; // fftconv_monarch's
     if (pc.log2n == 13u) {
-        mt_wide<1>(pc, bf, dv, row_max);
+        mt_wide<1>(pc, bf, dv, row_max, lane_tables);
     } else {
-        mt_wide<2>(pc, bf, dv, row_max);
+        mt_wide<2>(pc, bf, dv, row_max, lane_tables);
     }
 }
 
@@ -3667,6 +3677,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     // 2K a block holds several pairs, and the block-diagonal column DFTs' zeros times one pair's
     // NaN would reach the others; such values go on as zeros, the outputs they feed as NaN).
     __shared__ u32 pair_nonfinite[16][5];
+    __shared__ MtLaneTables lane_tables; // fftconv_monarch's
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
@@ -3687,6 +3698,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     if (threadIdx.x < 80u) {
         pair_nonfinite[threadIdx.x / 5u][threadIdx.x % 5u] = 0u;
     }
+    mt_fill_lane_tables(lane_tables, pc, bf, n1_log2);
     __syncthreads();
 
     // Load x and d: two chunks of 8 positions per thread, both rows of a pair.
@@ -3745,10 +3757,12 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     }
     const u32 set_count = gated ? 3u : 2u;
     if (n1 > 1u) {
+        u32 a_re[4], a_im[4], a_neg[4];
+        mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
 #pragma unroll
         for (u32 set = 0; set < 3u; set++) {
             if (set < set_count) {
-                mt_columns<true>(sets[set], pc, bf, n1_log2, 1u, 1u);
+                mt_columns_with<true>(sets[set], pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
             }
         }
         __syncthreads();
@@ -3756,7 +3770,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     // S2: rows 2 warp and 2 warp + 1.
     {
         MtDft16 f;
-        mt_dft16(pc, bf, f);
+        mt_dft16_from(lane_tables, f);
 #pragma unroll 1
         for (u32 rr = 0; rr < 2u; rr++) {
             u32 row = 2u * warp + rr;
@@ -3775,10 +3789,12 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     }
     __syncthreads();
     if (n1 > 1u) {
+        u32 a_re[4], a_im[4], a_neg[4];
+        mt_get_quads(lane_tables, MT_Q_COL_I, a_re, a_im, a_neg);
 #pragma unroll
         for (u32 set = 0; set < 3u; set++) {
             if (set < set_count) {
-                mt_columns<false>(sets[set], pc, bf, n1_log2, 1u, 1u);
+                mt_columns_with<false>(sets[set], pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
             }
         }
         __syncthreads();
