@@ -2743,22 +2743,32 @@ struct MtDft16 {
     cpx w2[2][4];
 };
 
-__device__ __forceinline__ void mt_dft16(const Params& pc, const Buffers& bf, MtDft16& f) {
-    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+// MtDft16's parts: F_16 / 16 as A fragments, and W_256^(c k_b) at this lane's D elements.
+__device__ __forceinline__ void mt_dft16_a(const Params& pc, const Buffers& bf, u32 re[4],
+                                           u32 im[4], u32 neg[4]) {
     mt_a_fragments(
         [&](u32 row, u32 col) {
             cpx w = root(pc, bf, row * col, 4u);
             return mk(w.x * 0.0625f, w.y * 0.0625f);
         },
-        f.fa_re, f.fa_im, f.fa_neg);
-    mt_b_dft16(pc, bf, f.fb_re, f.fb_im, f.fb_neg);
+        re, im, neg);
+}
+
+__device__ __forceinline__ void mt_dft16_w2(const Params& pc, const Buffers& bf, cpx w2[2][4]) {
+    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
-            f.w2[nt][i] = root(pc, bf, (2u * t + (i & 1u) + 8u * nt) * (g + 8u * (i >> 1)), 8u);
+            w2[nt][i] = root(pc, bf, (2u * t + (i & 1u) + 8u * nt) * (g + 8u * (i >> 1)), 8u);
         }
     }
+}
+
+__device__ __forceinline__ void mt_dft16(const Params& pc, const Buffers& bf, MtDft16& f) {
+    mt_dft16_a(pc, bf, f.fa_re, f.fa_im, f.fa_neg);
+    mt_b_dft16(pc, bf, f.fb_re, f.fb_im, f.fb_neg);
+    mt_dft16_w2(pc, bf, f.w2);
 }
 
 // fftconv_monarch's per-lane constants, computed once per block (by five of its eight warps)
@@ -2808,29 +2818,31 @@ __device__ __forceinline__ void mt_get_quads(const MtLaneTables& tb, u32 q0, u32
 __device__ __forceinline__ void mt_fill_lane_tables(MtLaneTables& tb, const Params& pc,
                                                     const Buffers& bf, u32 col_log2) {
     u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    if (warp < 3u) {
-        MtDft16 f;
-        mt_dft16(pc, bf, f);
-        if (warp == 0u) {
-            mt_put_quads(tb, MT_Q_FA, f.fa_re, f.fa_im, f.fa_neg);
-        } else if (warp == 1u) {
-            u32 w[3][4];
+    if (warp == 0u) {
+        u32 re[4], im[4], neg[4];
+        mt_dft16_a(pc, bf, re, im, neg);
+        mt_put_quads(tb, MT_Q_FA, re, im, neg);
+    } else if (warp == 1u) {
+        u32 re[2][2], im[2][2], neg[2][2];
+        mt_b_dft16(pc, bf, re, im, neg);
+        u32 w[3][4];
 #pragma unroll
-            for (u32 j = 0; j < 4u; j++) {
-                w[0][j] = f.fb_re[j >> 1][j & 1u];
-                w[1][j] = f.fb_im[j >> 1][j & 1u];
-                w[2][j] = f.fb_neg[j >> 1][j & 1u];
-            }
-            mt_put_quads(tb, MT_Q_FB, w[0], w[1], w[2]);
-        } else {
+        for (u32 j = 0; j < 4u; j++) {
+            w[0][j] = re[j >> 1][j & 1u];
+            w[1][j] = im[j >> 1][j & 1u];
+            w[2][j] = neg[j >> 1][j & 1u];
+        }
+        mt_put_quads(tb, MT_Q_FB, w[0], w[1], w[2]);
+    } else if (warp == 2u) {
+        cpx w2[2][4];
+        mt_dft16_w2(pc, bf, w2);
 #pragma unroll
-            for (u32 nt = 0; nt < 2u; nt++) {
+        for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
-                for (u32 h = 0; h < 2u; h++) {
-                    cpx v0 = f.w2[nt][2u * h], v1 = f.w2[nt][2u * h + 1u];
-                    tb.q[MT_Q_W2 + 2u * nt + h][lane] =
-                        Quad{{float_bits(v0.x), float_bits(v0.y), float_bits(v1.x), float_bits(v1.y)}};
-                }
+            for (u32 h = 0; h < 2u; h++) {
+                cpx v0 = w2[nt][2u * h], v1 = w2[nt][2u * h + 1u];
+                tb.q[MT_Q_W2 + 2u * nt + h][lane] =
+                    Quad{{float_bits(v0.x), float_bits(v0.y), float_bits(v1.x), float_bits(v1.y)}};
             }
         }
     } else if (warp < 5u && col_log2 > 0u) {

@@ -655,7 +655,10 @@ pub(crate) fn monarch_backward_threads(
 }
 
 /// The dynamic shared memory a Monarch kernel may ask for on a device with `optin` bytes per
-/// block: 1 KiB is left for the kernels' static shared memory (at most 512 bytes).
+/// block: 1 KiB is left for the static shared memory of the kernels whose dynamic memory can
+/// come near the limit (at most 512 bytes). `fftconv_monarch_wide` and
+/// `fftconv_monarch_backward` hold 8 KiB of static lane tables besides, but ask for at most 66
+/// KiB and 51 KiB.
 pub(crate) fn monarch_shared_limit(optin: usize) -> u32 {
     u32::try_from(optin.saturating_sub(1024)).unwrap_or(u32::MAX)
 }
