@@ -450,18 +450,21 @@ __device__ __forceinline__ Vec16 load_vec16(const elem_t* p) {
     return v;
 }
 
-__device__ __forceinline__ void store_vec16(elem_t* p, const Vec16& v) {
+// Four words to 16-byte aligned global memory.
+__device__ __forceinline__ void store_words16(void* p, const u32 w[4]) {
 #if defined(FFTCONV_HOST_EMULATION)
     if (((u64)p & 15u) != 0u) {
         __builtin_trap(); // st.global.v4 faults on a GPU (misaligned address): so does the test
     }
-    __builtin_memcpy(p, v.w, 16);
+    __builtin_memcpy(p, w, 16);
 #else
-    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
-                 "r"(v.w[2]), "r"(v.w[3])
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w[0]), "r"(w[1]),
+                 "r"(w[2]), "r"(w[3])
                  : "memory");
 #endif
 }
+
+__device__ __forceinline__ void store_vec16(elem_t* p, const Vec16& v) { store_words16(p, v.w); }
 
 __device__ __forceinline__ bool aligned16(const void* p) { return ((u64)p & 15u) == 0u; }
 
@@ -2527,17 +2530,6 @@ struct alignas(16) Quad {
     u32 w[4];
 };
 
-// A 16-byte store to global memory (`p` 16-byte aligned: the host emulation checks, as the GPU
-// faults).
-__device__ __forceinline__ void store_quad(void* p, const Quad& q) {
-#if defined(FFTCONV_HOST_EMULATION)
-    if (((u64)p & 15u) != 0u) {
-        __builtin_trap();
-    }
-#endif
-    *(Quad*)p = q;
-}
-
 // segment_input_vec for positions pos .. pos + 7 (pos a multiple of 8). The Monarch kernels
 // move rows 16 bytes at a time only: the host launches them where vector_rows holds for every
 // stream (rows of a multiple of VEC elements from such an element, 16-byte aligned buffers;
@@ -2656,11 +2648,6 @@ struct MtPlanes {
     u16* p[2];
 };
 
-// S1 (forward, twiddled by W_N^(r k_a)) or S3 (inverse) on the warp's 256 / (BT / 32) columns
-// (BT threads per block: 32 columns a warp at 256, 16 at 512) of `groups` groups of 16 rows, in
-// place: per group, the DFT over its rows as one mma tile with the block-diagonal matrix
-// diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16. Row k1 of group g then holds frequency
-// k_a = (k1 mod M) ka_mul + g.
 // This lane's A fragments of S1's (FORWARD) or S3's block-diagonal matrix
 // diag(F_M, F_M, ...) / (2 M) (conjugated for S3), M = 2^mat_log2.
 template <bool FORWARD>
@@ -2680,7 +2667,11 @@ __device__ __forceinline__ void mt_column_fragments(const Params& pc, const Buff
         a_re, a_im, a_neg);
 }
 
-// mt_columns with the matrix's A fragments given (mt_column_fragments).
+// S1 (forward, twiddled by W_N^(r k_a)) or S3 (inverse) on the warp's 256 / (BT / 32) columns
+// (BT threads per block: 32 columns a warp at 256, 16 at 512) of `groups` groups of 16 rows, in
+// place: per group, the DFT over its rows as one mma tile with the block-diagonal matrix
+// diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16, whose A fragments are given
+// (mt_column_fragments). Row k1 of group g then holds frequency k_a = (k1 mod M) ka_mul + g.
 template <bool FORWARD, u32 BT = MT_THREADS>
 __device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, const Buffers& bf,
                                                 u32 mat_log2, u32 groups, u32 ka_mul,
@@ -2727,6 +2718,7 @@ __device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, c
     }
 }
 
+// mt_columns_with, the A fragments computed here.
 template <bool FORWARD, u32 BT = MT_THREADS>
 __device__ __forceinline__ void mt_columns(MtPlanes pl, const Params& pc, const Buffers& bf,
                                            u32 mat_log2, u32 groups, u32 ka_mul) {
@@ -2781,8 +2773,8 @@ struct MtLaneTables {
 #define MT_Q_FA 0u     // fa_re, fa_im, fa_neg
 #define MT_Q_FB 3u     // fb_re, fb_im, fb_neg ([nt][j] as words 2 nt + j)
 #define MT_Q_W2 6u     // w2[nt][i] as (Re, Im) pairs: quad 6 + 2 nt + (i >> 1)
-#define MT_Q_COL_F 13u // S1's column matrix (re, im, neg); S3's at MT_Q_COL_F - 3
-#define MT_Q_COL_I 10u
+#define MT_Q_COL_F 10u // S1's column matrix (re, im, neg)
+#define MT_Q_COL_I 13u // S3's
 
 __device__ __forceinline__ void mt_put_quads(MtLaneTables& tb, u32 q0, const u32 a[4],
                                              const u32 b[4], const u32 c[4]) {
@@ -3633,7 +3625,7 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
                     u32 e = 4u * v + j;
                     o.w[j] = float_bits(half_float(q.w[e >> 1] >> (16u * (e & 1u))) * ft * fa * fb);
                 }
-                store_quad(dst + 4u * v, o);
+                store_words16(dst + 4u * v, o.w);
             }
         } else {
 #pragma unroll
