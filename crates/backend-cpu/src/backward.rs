@@ -332,6 +332,9 @@ impl CpuConvolution {
             }
         }
         let fft = PairFft::new(spec.geometry().n());
+        // The backward runs whole-length FFTs: a four-step spectrum is read in natural order.
+        let filter = filter.to_natural();
+        let filter = &*filter;
         let taps: Vec<(usize, Vec<f64>)> = items
             .into_par_iter()
             .map_init(

@@ -1,7 +1,10 @@
 //! [`CpuConvolution`]: the paired complex-FFT overlap-save engine (forward and filter
 //! preparation; the backward pass is in `backward.rs`).
 
-use crate::{error::CpuError, pair_fft::PairFft, planner::real_ffts, spectrum::CpuFilterSpectrum};
+use crate::{
+    error::CpuError, four_step::FourStep, pair_fft::PairFft, planner::real_ffts,
+    spectrum::CpuFilterSpectrum,
+};
 use monarch_core::{Complex32, ConvSpec, DType, Element};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -12,8 +15,8 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub struct CpuConvolution {
     spec: ConvSpec,
-    /// The length-`N` FFTs and their tiling.
-    fft: Arc<PairFft>,
+    /// The length-`N` FFTs of a packed pair and their tiling.
+    fft: Arc<PairTransform>,
     /// Real FFTs of length `N`, for segments without a partner in their channel.
     r2c: Arc<dyn realfft::RealToComplex<f32>>,
     c2r: Arc<dyn realfft::ComplexToReal<f32>>,
@@ -25,6 +28,50 @@ impl std::fmt::Debug for CpuConvolution {
         f.debug_struct("CpuConvolution")
             .field("spec", &self.spec)
             .finish_non_exhaustive()
+    }
+}
+
+/// How a packed pair's length-`N` FFT runs: rustfft whole or split ([`PairFft`]), or the
+/// four-step form around cache-sized sub-FFTs ([`FourStep`], dense problems from
+/// [`FOUR_STEP_FROM`]; its filter spectra are in its own layout).
+enum PairTransform {
+    Pair(PairFft),
+    FourStep(FourStep),
+}
+
+impl PairTransform {
+    fn n(&self) -> usize {
+        match self {
+            PairTransform::Pair(f) => f.n(),
+            PairTransform::FourStep(f) => f.n(),
+        }
+    }
+    /// Positions per tile handed to the load and store callbacks.
+    fn tile_len(&self) -> usize {
+        match self {
+            PairTransform::Pair(f) => f.tile_len(),
+            PairTransform::FourStep(_) => FourStep::tile_len(),
+        }
+    }
+    fn scratch_len(&self) -> usize {
+        match self {
+            PairTransform::Pair(f) => f.scratch_len(),
+            PairTransform::FourStep(f) => f.scratch_len(),
+        }
+    }
+    /// Complex values of one pair's working buffer.
+    fn slot_len(&self) -> usize {
+        match self {
+            PairTransform::Pair(f) => f.n(),
+            PairTransform::FourStep(f) => f.buf_len(),
+        }
+    }
+    /// Complex staging values (whole and split forms) and f32 ones (four-step).
+    fn staging_lens(&self) -> (usize, usize) {
+        match self {
+            PairTransform::Pair(f) => (2 * f.tile_len(), 0),
+            PairTransform::FourStep(_) => (0, FourStep::staging_len()),
+        }
     }
 }
 
@@ -47,6 +94,9 @@ const PAIRS_PER_TASK_LEN: usize = 1 << 15;
 /// helps f32 from 512K and f16 from 1M, and is within noise otherwise; see `docs/perf.md`).
 const SPLIT_FROM: usize = 1 << 20;
 
+/// FFT sizes from which dense problems use [`FourStep`] (measured: see `docs/perf.md`).
+const FOUR_STEP_FROM: usize = 1 << 19;
+
 /// Small FFTs are batched (several pairs per rustfft call) up to about this many points.
 const BATCH_POINTS: usize = 1 << 14;
 
@@ -57,6 +107,8 @@ struct Workspace {
     scratch: Vec<Complex32>,
     /// Two tiles for the split form's first stage.
     staging: Vec<Complex32>,
+    /// The four-step form's 16 rows of a tile (real and imaginary parts apart).
+    staging_soa: Vec<f32>,
     /// Buffers of the real-FFT path for segments without a partner, made on first use (most
     /// problems pair every segment and never need them).
     real: Option<RealWorkspace>,
@@ -71,6 +123,9 @@ struct RealWorkspace {
     signal: Vec<f32>,
     spectrum: Vec<Complex32>,
     scratch: Vec<Complex32>,
+    /// The channel's filter spectrum in natural order, when it is stored in the four-step
+    /// layout (empty otherwise).
+    natural: Vec<Complex32>,
 }
 
 impl RealWorkspace {
@@ -81,6 +136,7 @@ impl RealWorkspace {
             signal: vec![0.0; n],
             spectrum: vec![Complex32::default(); n / 2 + 1],
             scratch: vec![Complex32::default(); real_scratch],
+            natural: Vec::new(),
         }
     }
 }
@@ -89,11 +145,13 @@ impl Workspace {
     fn new(conv: &CpuConvolution, buf_len: usize) -> Self {
         let fft = &*conv.fft;
         let t = fft.tile_len();
+        let (staging, staging_soa) = fft.staging_lens();
         Workspace {
             real: None,
             buf: vec![Complex32::default(); buf_len],
             scratch: vec![Complex32::default(); fft.scratch_len()],
-            staging: vec![Complex32::default(); 2 * t],
+            staging: vec![Complex32::default(); staging],
+            staging_soa: vec![0.0; staging_soa],
             lane_a: vec![0.0; t],
             lane_b: vec![0.0; t],
             tmp: vec![0.0; t],
@@ -189,10 +247,12 @@ impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
-        let fft = if n >= SPLIT_FROM {
-            PairFft::split(n)
+        let fft = if n >= FOUR_STEP_FROM && !spec.geometry().is_sparse() {
+            PairTransform::FourStep(FourStep::new(n))
+        } else if n >= SPLIT_FROM {
+            PairTransform::Pair(PairFft::split(n))
         } else {
-            PairFft::new(n)
+            PairTransform::Pair(PairFft::new(n))
         };
         let (r2c, c2r) = real_ffts(n);
         Ok(CpuConvolution {
@@ -214,8 +274,15 @@ impl CpuConvolution {
     pub fn scratch_bytes_per_thread(&self) -> usize {
         let (n, t) = (self.fft.n(), self.fft.tile_len());
         let real_scratch = self.r2c.get_scratch_len().max(self.c2r.get_scratch_len());
-        let complex = self.buf_len() + self.fft.scratch_len() + 2 * t + n / 2 + 1 + real_scratch;
-        complex * std::mem::size_of::<Complex32>() + (n + 3 * t) * std::mem::size_of::<f32>()
+        let (staging, staging_soa) = self.fft.staging_lens();
+        let natural = match &*self.fft {
+            PairTransform::FourStep(_) => n / 2 + 1,
+            PairTransform::Pair(_) => 0,
+        };
+        let complex =
+            self.buf_len() + self.fft.scratch_len() + staging + n / 2 + 1 + natural + real_scratch;
+        complex * std::mem::size_of::<Complex32>()
+            + (n + 3 * t + staging_soa) * std::mem::size_of::<f32>()
     }
 
     /// Computes every channel's filter spectrum from `k: [H, K]` (f32, row-major).
@@ -229,7 +296,12 @@ impl CpuConvolution {
         let geometry = *spec.geometry();
         let n = geometry.n();
         let fft = &*self.fft;
-        let layout = CpuFilterSpectrum::layout(geometry, channels, kl);
+        let layout = match fft {
+            PairTransform::FourStep(fs) => {
+                CpuFilterSpectrum::layout_four_step(geometry, channels, kl, fs.sub_len())
+            }
+            PairTransform::Pair(_) => CpuFilterSpectrum::layout(geometry, channels, kl),
+        };
         let per = layout.bins_per_channel();
         let mut bins = vec![Complex32::default(); channels * per];
         let scale = 1.0 / n as f32;
@@ -242,8 +314,27 @@ impl CpuConvolution {
                         buf,
                         scratch,
                         staging,
+                        staging_soa,
                         ..
                     } = &mut **ws;
+                    let fft = match fft {
+                        PairTransform::FourStep(fs) => {
+                            fs.load(buf, staging_soa, |p0, re, im| {
+                                if p0 >= kh.len() {
+                                    return false;
+                                }
+                                for (i, d) in re.iter_mut().enumerate() {
+                                    *d = kh.get(p0 + i).copied().unwrap_or(0.0);
+                                }
+                                im.fill(0.0);
+                                true
+                            });
+                            fs.forward(buf, scratch);
+                            fs.keep(buf, scale, dst);
+                            return;
+                        }
+                        PairTransform::Pair(fft) => fft,
+                    };
                     let buf = &mut buf[..n];
                     fft.load_tiles(buf, staging, |p0, tile| {
                         if p0 >= kh.len() {
@@ -379,12 +470,15 @@ impl CpuConvolution {
     /// Pairs convolved together (one rustfft call each way for all of them): small FFTs are
     /// batched so the per-call overhead is shared.
     fn pairs_per_batch(&self) -> usize {
-        (BATCH_POINTS / self.fft.n()).max(1)
+        match &*self.fft {
+            PairTransform::Pair(f) => (BATCH_POINTS / f.n()).max(1),
+            PairTransform::FourStep(_) => 1,
+        }
     }
 
     /// Complex values of a workspace's main buffer.
     fn buf_len(&self) -> usize {
-        self.pairs_per_batch() * self.fft.n()
+        self.pairs_per_batch() * self.fft.slot_len()
     }
 
     /// Convolves a batch of pairs, each pair packed as one complex sequence `a + i*b`: load
@@ -398,12 +492,12 @@ impl CpuConvolution {
         inputs: &Inputs<'_, T>,
         out: &SharedOut<T>,
     ) {
-        let fft = &*self.fft;
-        let n = fft.n();
+        let n = self.fft.n();
         let Workspace {
             buf,
             scratch,
             staging,
+            staging_soa,
             lane_a,
             lane_b,
             tmp,
@@ -415,11 +509,34 @@ impl CpuConvolution {
             match job {
                 (a, None, h) => {
                     let real = real.get_or_insert_with(|| RealWorkspace::new(self));
-                    self.run_single(real, a, filter.channel(h), inputs, lane_a, tmp, out)
+                    if filter.is_natural() {
+                        self.run_single(real, a, filter.channel(h), inputs, lane_a, tmp, out)
+                    } else {
+                        let mut k = std::mem::take(&mut real.natural);
+                        filter.natural_channel(h, &mut k);
+                        self.run_single(real, a, &k, inputs, lane_a, tmp, out);
+                        real.natural = k;
+                    }
                 }
                 pair => batch.push(pair),
             }
         }
+        let fft = match &*self.fft {
+            PairTransform::FourStep(fs) => {
+                for &(a, b, h) in batch.iter() {
+                    fs.load(buf, staging_soa, |p0, re, im| {
+                        self.pair_lanes(inputs, a, b, p0, re, im, tmp)
+                    });
+                    fs.convolve(buf, scratch, filter.channel(h));
+                    let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
+                    fs.store(buf, staging_soa, outputs, |p0, re, im| {
+                        self.store_pair(inputs, a, b, p0, re, im, tmp, out)
+                    });
+                }
+                return;
+            }
+            PairTransform::Pair(fft) => fft,
+        };
         let used = &mut buf[..batch.len() * n];
         for (slot, &(a, b, _)) in used.chunks_exact_mut(n).zip(batch.iter()) {
             fft.load_tiles(slot, staging, |p0, dst| {
@@ -431,20 +548,9 @@ impl CpuConvolution {
                     }
                     return true;
                 }
-                let zero_a = self.known_zero(a, p0, len);
-                let zero_b = b.is_none_or(|seg| self.known_zero(seg, p0, len));
-                if zero_a && zero_b {
+                let (re, im) = (&mut lane_a[..len], &mut lane_b[..len]);
+                if !self.pair_lanes(inputs, a, b, p0, re, im, tmp) {
                     return false;
-                }
-                for (seg, lane, zero) in
-                    [(Some(a), &mut *lane_a, zero_a), (b, &mut *lane_b, zero_b)]
-                {
-                    match seg {
-                        Some(seg) if !zero => {
-                            self.lane_values(inputs, seg, p0, &mut lane[..len], tmp)
-                        }
-                        _ => lane[..len].fill(0.0),
-                    }
                 }
                 for ((d, &re), &im) in dst.iter_mut().zip(lane_a.iter()).zip(lane_b.iter()) {
                     *d = Complex32::new(re, im);
@@ -482,11 +588,72 @@ impl CpuConvolution {
                     *ya = v.re;
                     *yb = v.im;
                 }
-                self.store(inputs, a, p0, &mut lane_a[..len], tmp, out);
-                if let Some(seg) = b {
-                    self.store(inputs, seg, p0, &mut lane_b[..len], tmp, out);
-                }
+                let (re, im) = (&mut lane_a[..len], &mut lane_b[..len]);
+                self.store_pair(inputs, a, b, p0, re, im, tmp, out);
             });
+        }
+    }
+
+    /// Fills `re` and `im` with the lanes of a pair (`b` absent: zeros) at positions
+    /// `[p0, p0 + re.len())`; returns `false`, reading nothing, when both are known zero there.
+    #[allow(clippy::too_many_arguments)]
+    fn pair_lanes<T: Element>(
+        &self,
+        inputs: &Inputs<'_, T>,
+        a: Segment,
+        b: Option<Segment>,
+        p0: usize,
+        re: &mut [f32],
+        im: &mut [f32],
+        tmp: &mut [f32],
+    ) -> bool {
+        let len = re.len();
+        if let Some((ua, ub)) = self.plain_body(inputs, a, b, p0, len) {
+            T::load_f32(ua, re);
+            T::load_f32(ub, im);
+            return true;
+        }
+        let zero_a = self.known_zero(a, p0, len);
+        let zero_b = b.is_none_or(|seg| self.known_zero(seg, p0, len));
+        if zero_a && zero_b {
+            return false;
+        }
+        for (seg, lane, zero) in [(Some(a), re, zero_a), (b, im, zero_b)] {
+            match seg {
+                Some(seg) if !zero => self.lane_values(inputs, seg, p0, lane, tmp),
+                _ => lane.fill(0.0),
+            }
+        }
+        true
+    }
+
+    /// Writes a pair's outputs at positions `[p0, p0 + re.len())`: `re` to `a`, `im` to `b`.
+    #[allow(clippy::too_many_arguments)]
+    fn store_pair<T: Element>(
+        &self,
+        inputs: &Inputs<'_, T>,
+        a: Segment,
+        b: Option<Segment>,
+        p0: usize,
+        re: &mut [f32],
+        im: &mut [f32],
+        tmp: &mut [f32],
+        out: &SharedOut<T>,
+    ) {
+        let len = re.len();
+        if let (Some(seg_b), true) = (b, self.plain_output::<T>(inputs, a, b, p0, len)) {
+            let l = self.spec.length();
+            // SAFETY: as in `store`: each segment's outputs belong to one work item.
+            let ya = unsafe { out.range(a.row * l + a.start + p0, len) };
+            // SAFETY: as above; `b` is a different segment, so the ranges are disjoint.
+            let yb = unsafe { out.range(seg_b.row * l + seg_b.start + p0, len) };
+            T::store_f32(re, ya);
+            T::store_f32(im, yb);
+            return;
+        }
+        self.store(inputs, a, p0, re, tmp, out);
+        if let Some(seg) = b {
+            self.store(inputs, seg, p0, im, tmp, out);
         }
     }
 
@@ -543,6 +710,7 @@ impl CpuConvolution {
             signal,
             spectrum,
             scratch,
+            ..
         } = real;
         for (p0, dst) in (0..signal.len()).step_by(t).zip(signal.chunks_mut(t)) {
             if self.known_zero(seg, p0, dst.len()) {

@@ -27,6 +27,7 @@ mod backward;
 mod baseline;
 mod engine;
 mod error;
+mod four_step;
 mod pair_fft;
 mod planner;
 mod spectrum;

@@ -1,13 +1,19 @@
 //! [`CpuFilterSpectrum`]: Hermitian-half filter spectra (kept bins only) and the pointwise
 //! products the engine applies to a packed pair's spectrum.
 
+use crate::four_step::{layout_bin, RADIX};
 use monarch_core::{Complex32, ConvGeometry};
+use std::borrow::Cow;
 
 /// The filter spectrum of every channel, prepared for one [`CpuConvolution`]'s geometry.
 ///
 /// A real filter's spectrum is Hermitian (`K[N - f] = conj(K[f])`), so only bins
 /// `f <= N/2` are stored, scaled by `1/N`: `N/2 + 1` values per channel for a dense problem
 /// (what a real FFT stores) and only the kept ones, `f < m`, for a frequency-sparse one.
+///
+/// Dense problems whose pairs run through the four-step form store its layout instead:
+/// `9 M` values per channel (`M = N/16`), value `r M + j` holding frequency `16 j + r` for
+/// `r <= 8`; the other frequencies are their mirrors.
 ///
 /// [`CpuConvolution`]: crate::CpuConvolution
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +23,8 @@ pub struct CpuFilterSpectrum {
     pub(crate) filter_len: usize,
     /// Stored bins per channel: `[0, stored)`.
     stored: usize,
+    /// `Some(M)` when the bins are in the four-step layout.
+    four_step: Option<usize>,
     pub(crate) bins: Vec<Complex32>,
 }
 
@@ -29,8 +37,54 @@ impl CpuFilterSpectrum {
             channels,
             filter_len,
             stored: geometry.kept_bins.min(n / 2 + 1),
+            four_step: None,
             bins: Vec::new(),
         }
+    }
+
+    /// An empty spectrum in the four-step layout with sub-FFTs of length `m` (dense problems).
+    pub(crate) fn layout_four_step(
+        geometry: ConvGeometry,
+        channels: usize,
+        filter_len: usize,
+        m: usize,
+    ) -> Self {
+        CpuFilterSpectrum {
+            stored: (RADIX / 2 + 1) * m,
+            four_step: Some(m),
+            ..Self::layout(geometry, channels, filter_len)
+        }
+    }
+
+    /// Whether the bins are in natural order (not the four-step layout).
+    pub(crate) fn is_natural(&self) -> bool {
+        self.four_step.is_none()
+    }
+
+    /// Channel `h`'s bins `f <= N/2` in natural order, into `dst` (four-step layout only).
+    pub(crate) fn natural_channel(&self, h: usize, dst: &mut Vec<Complex32>) {
+        let m = self.four_step.expect("four-step layout");
+        let k = self.channel(h);
+        let half = self.geometry.n() / 2;
+        dst.clear();
+        dst.extend((0..=half).map(|f| layout_bin(k, m, f)));
+    }
+
+    /// This spectrum in natural order (the backward pass and lone segments read it so); a copy
+    /// only when it is in the four-step layout.
+    pub(crate) fn to_natural(&self) -> Cow<'_, Self> {
+        if self.is_natural() {
+            return Cow::Borrowed(self);
+        }
+        let mut natural = Self::layout(self.geometry, self.channels, self.filter_len);
+        let mut bins = Vec::with_capacity(self.channels * natural.stored);
+        let mut row = Vec::new();
+        for h in 0..self.channels {
+            self.natural_channel(h, &mut row);
+            bins.extend_from_slice(&row[..natural.stored]);
+        }
+        natural.bins = bins;
+        Cow::Owned(natural)
     }
 
     /// This layout holding `bins` (`channels * bins_per_channel()` values).
@@ -153,4 +207,50 @@ impl CpuFilterSpectrum {
 /// Where frequency `f` of a split spectrum sits: even `2j` at `j`, odd `2j + 1` at `S + j`.
 fn split_index(f: usize, s: usize) -> usize {
     f / 2 + (f & 1) * s
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::CpuConvolution;
+    use monarch_core::{Complex32, ConvSpec};
+    use rustfft::FftPlanner;
+
+    /// A dense 2^19 problem stores the four-step layout; read in natural order (as the backward
+    /// pass and lone segments do) it equals the scaled FFT of the filter.
+    #[test]
+    fn four_step_spectrum_reads_back_in_natural_order() {
+        let (h, l) = (2, 1 << 18);
+        let spec = ConvSpec::builder(2, h, l, l).build().unwrap();
+        let n = spec.geometry().n();
+        assert_eq!(n, 1 << 19);
+        let k: Vec<f32> = (0..h * l)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) / 512.0)
+            .collect();
+        let filter = CpuConvolution::new(&spec)
+            .unwrap()
+            .prepare_filter(&k)
+            .unwrap();
+        assert!(
+            !filter.is_natural(),
+            "2^19 dense should use the four-step layout"
+        );
+        let natural = filter.to_natural();
+        assert!(natural.is_natural());
+        assert_eq!(natural.bins_per_channel(), n / 2 + 1);
+        let fft = FftPlanner::new().plan_fft_forward(n);
+        for c in 0..h {
+            let mut want: Vec<Complex32> = (0..n)
+                .map(|i| Complex32::new(if i < l { k[c * l + i] } else { 0.0 }, 0.0))
+                .collect();
+            fft.process(&mut want);
+            let got = natural.channel(c);
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for (f, g) in got.iter().enumerate() {
+                num += (g * n as f32 - want[f]).norm_sqr() as f64;
+                den += want[f].norm_sqr() as f64;
+            }
+            let err = (num / den).sqrt();
+            assert!(err < 1e-6, "channel {c}: {err:e}");
+        }
+    }
 }

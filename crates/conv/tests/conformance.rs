@@ -249,7 +249,20 @@ fn long_sequences(kind: BackendKind) {
         kind,
         ConvSpec::builder(1, 2, 1 << 17, 1 << 17).build().unwrap(),
     );
-    // N = 2^20 (the CPU's split transform): f32 causal with K = L, two blocks with outputs
+    // N = 2^19 (the CPU's four-step form): a pair and a lone segment in one channel (the lone
+    // one reads the four-step spectrum in natural order), and rows alone in their channels.
+    check::<f32>(
+        kind,
+        ConvSpec::builder(3, 1, 1 << 18, 1 << 18).build().unwrap(),
+    );
+    check::<bf16>(
+        kind,
+        ConvSpec::builder(1, 2, 1 << 18, 1 << 18)
+            .dtype(DType::Bf16)
+            .build()
+            .unwrap(),
+    );
+    // N = 2^20 (the CPU's four-step form): f32 causal with K = L, two blocks with outputs
     // past N/2 and a history region, circular with N = L, gated; f16 with B = 2.
     check::<f32>(
         kind,
