@@ -33,7 +33,8 @@ impl std::fmt::Debug for CpuConvolution {
 
 /// How a packed pair's length-`N` FFT runs: rustfft whole or split ([`PairFft`]), or the
 /// four-step form around cache-sized sub-FFTs ([`FourStep`], dense problems from
-/// [`FOUR_STEP_FROM`]; its filter spectra are in its own layout).
+/// [`FOUR_STEP_FROM`] with two or more segments per channel; its filter spectra are in its
+/// own layout).
 enum PairTransform {
     Pair(PairFft),
     FourStep(FourStep),
@@ -247,7 +248,11 @@ impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
-        let fft = if n >= FOUR_STEP_FROM && !spec.geometry().is_sparse() {
+        // Four-step needs pairs: a problem whose channels hold one segment each (B = 1, one
+        // block) keeps the natural layout its real FFTs read directly.
+        let g = spec.geometry();
+        let pairs = spec.batch() * g.blocks >= 2;
+        let fft = if n >= FOUR_STEP_FROM && !g.is_sparse() && pairs {
             PairTransform::FourStep(FourStep::new(n))
         } else if n >= SPLIT_FROM {
             PairTransform::Pair(PairFft::split(n))
@@ -398,6 +403,14 @@ impl CpuConvolution {
             return Err(CpuError::invalid(
                 "filter",
                 "prepared for a different problem (channels, K or geometry differ)",
+            ));
+        }
+        let four_step = matches!(*self.fft, PairTransform::FourStep(_));
+        if filter.is_natural() == four_step {
+            return Err(CpuError::invalid(
+                "filter",
+                "prepared for a problem with another spectrum layout (dense N >= 2^19 with \
+                 B * blocks >= 2 uses the four-step layout); prepare it with this convolution",
             ));
         }
         Ok(())

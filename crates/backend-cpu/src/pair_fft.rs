@@ -10,9 +10,11 @@
 //!   zero (causal padding) is not read; a row of outputs nobody needs is not formed. Twiddles
 //!   are generated in f64 with the index reduced mod `N`, rounded once.
 //!
-//! Measured on the 2-core EPYC this backend was tuned on, one rustfft FFT of the whole length
-//! per pair beat a Monarch-style split (radix-2 or tiled radix-`N1` outer stage plus cache-sized
-//! sub-FFTs) at every size from 256 to 1M; `docs/perf.md` has the numbers.
+//! Measured on the 2-core EPYC this backend was first tuned on, one rustfft FFT of the whole
+//! length per pair beat a Monarch-style split built from rustfft passes (radix-2 or tiled
+//! radix-`N1` outer stage plus cache-sized sub-FFTs) at every size from 256 to 1M. Dense
+//! problems from 512K now use [`FourStep`](crate::four_step::FourStep) instead, whose outer
+//! stage is a SIMD column DFT of our own; `docs/perf.md` has the numbers.
 
 use crate::planner::{complex_ffts, half_twiddles};
 use monarch_core::Complex32;

@@ -67,7 +67,18 @@ impl CpuFilterSpectrum {
         let k = self.channel(h);
         let half = self.geometry.n() / 2;
         dst.clear();
-        dst.extend((0..=half).map(|f| layout_bin(k, m, f)));
+        dst.resize(half + 1, Complex32::default());
+        // Blocks of 64 columns: 16 short runs of the sub-arrays into 1024 consecutive bins
+        // (one bin at a time would walk 16 streams `M` apart, which share cache sets).
+        const COLS: usize = 64;
+        for (b, block) in dst.chunks_mut(RADIX * COLS).enumerate() {
+            let f0 = b * RADIX * COLS;
+            for r in 0..RADIX {
+                for (i, d) in block.iter_mut().skip(r).step_by(RADIX).enumerate() {
+                    *d = layout_bin(k, m, f0 + r + i * RADIX);
+                }
+            }
+        }
     }
 
     /// This spectrum in natural order (the backward pass and lone segments read it so); a copy
