@@ -142,18 +142,23 @@ impl FourStep {
     ) {
         let (re, im) = staging[..2 * RADIX * TILE].split_at_mut(RADIX * TILE);
         for c0 in (0..self.m).step_by(TILE) {
-            let mut upper = false;
+            let mut loaded = 0u32;
             for q in 0..RADIX {
                 let (r, i) = (
                     &mut re[q * TILE..(q + 1) * TILE],
                     &mut im[q * TILE..(q + 1) * TILE],
                 );
                 if load(q * self.m + c0, r, i) {
-                    upper |= q >= RADIX / 2;
-                } else {
-                    r.fill(0.0);
-                    i.fill(0.0);
+                    loaded |= 1 << q;
                 }
+            }
+            // Rows the kernel reads (all 16 when any upper one holds data) and were not
+            // loaded are zeros.
+            let upper = loaded >> (RADIX / 2) != 0;
+            let rows = if upper { RADIX } else { RADIX / 2 };
+            for q in (0..rows).filter(|q| loaded & (1 << q) == 0) {
+                re[q * TILE..(q + 1) * TILE].fill(0.0);
+                im[q * TILE..(q + 1) * TILE].fill(0.0);
             }
             let tw = (&self.tw_re[c0..c0 + TILE], &self.tw_im[c0..c0 + TILE]);
             let out = &mut buf[c0..];
@@ -388,7 +393,7 @@ mod kernels {
     /// the tile's first column of sub-array 0 (sub-array `r` at `r * stride`). `upper`: rows
     /// 8..16 hold data (otherwise they are zero and not read).
     #[inline(always)]
-    fn forward_tile<V: Lanes>(
+    pub(super) fn forward_tile<V: Lanes>(
         re: &[f32],
         im: &[f32],
         tw: (&[f32], &[f32]),
@@ -456,7 +461,7 @@ mod kernels {
     /// first column of sub-array 0), writes output rows `0..8` (and `8..16` when `upper`) into
     /// `re`, `im` (16 rows of [`TILE`]).
     #[inline(always)]
-    fn inverse_tile<V: Lanes>(
+    pub(super) fn inverse_tile<V: Lanes>(
         inp: &[Complex32],
         stride: usize,
         tw: (&[f32], &[f32]),
@@ -527,7 +532,7 @@ mod kernels {
 
     /// Portable lanes.
     #[derive(Clone, Copy)]
-    struct Portable([f32; 8]);
+    pub(super) struct Portable([f32; 8]);
 
     impl Portable {
         #[inline(always)]
@@ -747,32 +752,6 @@ mod kernels {
         }
         inverse_tile::<Portable>(inp, stride, tw, re, im, upper)
     }
-
-    /// The portable lanes whatever the CPU has (tests compare them with the dispatched ones).
-    #[cfg(test)]
-    pub(super) fn portable_forward(
-        re: &[f32],
-        im: &[f32],
-        tw: (&[f32], &[f32]),
-        out: &mut [Complex32],
-        stride: usize,
-        upper: bool,
-    ) {
-        forward_tile::<Portable>(re, im, tw, out, stride, upper)
-    }
-
-    /// As [`portable_forward`], for stage 3.
-    #[cfg(test)]
-    pub(super) fn portable_inverse(
-        inp: &[Complex32],
-        stride: usize,
-        tw: (&[f32], &[f32]),
-        re: &mut [f32],
-        im: &mut [f32],
-        upper: bool,
-    ) {
-        inverse_tile::<Portable>(inp, stride, tw, re, im, upper)
-    }
 }
 
 #[cfg(test)]
@@ -935,12 +914,26 @@ mod tests {
             let mut a = vec![Complex32::default(); RADIX * stride];
             let mut b = a.clone();
             kernels::columns_forward(&re, &im, (tw_re, tw_im), &mut a, stride, upper);
-            kernels::portable_forward(&re, &im, (tw_re, tw_im), &mut b, stride, upper);
+            kernels::forward_tile::<kernels::Portable>(
+                &re,
+                &im,
+                (tw_re, tw_im),
+                &mut b,
+                stride,
+                upper,
+            );
             assert!(rel_err(&a, &b) < 1e-6, "forward, upper {upper}");
             let (mut r1, mut i1) = (vec![0.0; RADIX * TILE], vec![0.0; RADIX * TILE]);
             let (mut r2, mut i2) = (r1.clone(), i1.clone());
             kernels::columns_inverse(&a, stride, (tw_re, tw_im), &mut r1, &mut i1, upper);
-            kernels::portable_inverse(&a, stride, (tw_re, tw_im), &mut r2, &mut i2, upper);
+            kernels::inverse_tile::<kernels::Portable>(
+                &a,
+                stride,
+                (tw_re, tw_im),
+                &mut r2,
+                &mut i2,
+                upper,
+            );
             let pairs = r1.iter().chain(&i1).zip(r2.iter().chain(&i2));
             let diff = pairs.map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             let scale = r2.iter().chain(&i2).fold(0.0f32, |m, x| m.max(x.abs()));
