@@ -226,6 +226,31 @@ mod tests {
     use monarch_core::{Complex32, ConvSpec};
     use rustfft::FftPlanner;
 
+    /// The layout depends on whether the problem has pairs (B * blocks >= 2): a filter prepared
+    /// in the other one is a typed error, and the output is left untouched.
+    #[test]
+    fn a_filter_of_the_other_layout_is_a_typed_error() {
+        let l = 1 << 18;
+        let one = CpuConvolution::new(&ConvSpec::builder(1, 1, l, l).build().unwrap()).unwrap();
+        let two = CpuConvolution::new(&ConvSpec::builder(2, 1, l, l).build().unwrap()).unwrap();
+        let k = vec![0.5f32; l];
+        let (natural, four_step) = (
+            one.prepare_filter(&k).unwrap(),
+            two.prepare_filter(&k).unwrap(),
+        );
+        assert!(natural.is_natural() && !four_step.is_natural());
+        let u = vec![1.0f32; 2 * l];
+        let mut y = vec![7.0f32; 2 * l];
+        let err = two.forward(&natural, &u, None, &mut y).unwrap_err();
+        assert!(err.to_string().contains("layout"), "{err}");
+        assert!(y.iter().all(|&v| v == 7.0), "y written on error");
+        let err = one
+            .forward(&four_step, &u[..l], None, &mut y[..l])
+            .unwrap_err();
+        assert!(err.to_string().contains("layout"), "{err}");
+        assert!(y.iter().all(|&v| v == 7.0), "y written on error");
+    }
+
     /// A dense 2^19 problem stores the four-step layout; read in natural order (as the backward
     /// pass and lone segments do) it equals the scaled FFT of the filter.
     #[test]

@@ -250,10 +250,18 @@ fn long_sequences(kind: BackendKind) {
         ConvSpec::builder(1, 2, 1 << 17, 1 << 17).build().unwrap(),
     );
     // N = 2^19 (the CPU's four-step form): a pair and a lone segment in one channel (the lone
-    // one reads the four-step spectrum in natural order), and rows alone in their channels.
+    // one reads the four-step spectrum in natural order), and bf16 pairs; then rows alone in
+    // their channels (B = 1: the CPU keeps real FFTs and the natural layout).
     check::<f32>(
         kind,
         ConvSpec::builder(3, 1, 1 << 18, 1 << 18).build().unwrap(),
+    );
+    check::<bf16>(
+        kind,
+        ConvSpec::builder(2, 1, 1 << 18, 1 << 18)
+            .dtype(DType::Bf16)
+            .build()
+            .unwrap(),
     );
     check::<bf16>(
         kind,
