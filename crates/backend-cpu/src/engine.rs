@@ -586,11 +586,7 @@ impl CpuConvolution {
                 let len = vals.len();
                 if let (Some(seg_b), true) = (b, self.plain_output::<T>(inputs, a, b, p0, len)) {
                     // f32, ungated, tile inside both outputs: write straight into `y`.
-                    let l = self.spec.length();
-                    // SAFETY: as in `store`: each segment's outputs belong to one work item.
-                    let ya = unsafe { out.range(a.row * l + a.start + p0, len) };
-                    // SAFETY: as above; `b` is a different segment, so the ranges are disjoint.
-                    let yb = unsafe { out.range(seg_b.row * l + seg_b.start + p0, len) };
+                    let (ya, yb) = self.pair_outputs(out, a, seg_b, p0, len);
                     for ((v, da), db) in vals.iter().zip(ya).zip(yb) {
                         *da = T::from_f32(v.re);
                         *db = T::from_f32(v.im);
@@ -655,11 +651,7 @@ impl CpuConvolution {
     ) {
         let len = re.len();
         if let (Some(seg_b), true) = (b, self.plain_output::<T>(inputs, a, b, p0, len)) {
-            let l = self.spec.length();
-            // SAFETY: as in `store`: each segment's outputs belong to one work item.
-            let ya = unsafe { out.range(a.row * l + a.start + p0, len) };
-            // SAFETY: as above; `b` is a different segment, so the ranges are disjoint.
-            let yb = unsafe { out.range(seg_b.row * l + seg_b.start + p0, len) };
+            let (ya, yb) = self.pair_outputs(out, a, seg_b, p0, len);
             T::store_f32(re, ya);
             T::store_f32(im, yb);
             return;
@@ -668,6 +660,24 @@ impl CpuConvolution {
         if let Some(seg) = b {
             self.store(inputs, seg, p0, im, tmp, out);
         }
+    }
+
+    /// The outputs `[p0, p0 + len)` of both segments of a pair, as slices of `y`.
+    #[allow(clippy::mut_from_ref)]
+    fn pair_outputs<'o, T>(
+        &self,
+        out: &'o SharedOut<T>,
+        a: Segment,
+        b: Segment,
+        p0: usize,
+        len: usize,
+    ) -> (&'o mut [T], &'o mut [T]) {
+        let l = self.spec.length();
+        // SAFETY: as in `store`: each segment's outputs belong to one work item.
+        let ya = unsafe { out.range(a.row * l + a.start + p0, len) };
+        // SAFETY: as above; `b` is a different segment, so the ranges are disjoint.
+        let yb = unsafe { out.range(b.row * l + b.start + p0, len) };
+        (ya, yb)
     }
 
     /// For f32 ungated problems, the `u` slices of both segments of a pair at positions
