@@ -9,6 +9,11 @@
 //! precomputed spectrum, C2R, f32, on resident tensors: `backend_cuda::CufftBaseline`) and the
 //! `cuda` rows' ratio is against it.
 //!
+//! The baseline and the CPU backend's forward rows of a case are timed round-robin (one
+//! repetition of each in turn), so a shared host's slow drift moves both columns alike: on a
+//! noisy 2-core box the ratio's spread fell from 0.9-1.8x to a few percent. GPU rows are timed
+//! alone, so the device is never idle between their repetitions.
+//!
 //! `--keep-frequencies` runs every backend row once per kept fraction (a frequency-sparse
 //! problem built with `ConvSpec::builder(..).keep_frequencies(F)`, same inputs); the baselines
 //! never skip bins and run once per case, dense, so a sparse row's ratio includes the skip's
@@ -21,6 +26,7 @@ use crate::report::{self, Record};
 use backend_cpu::RealFftBaseline;
 use conv::{
     bf16, f16, BackendKind, ConvError, ConvSpec, Convolution, DType, DeviceTensor, Element,
+    FilterSpectrum,
 };
 use rand::{Rng, SeedableRng};
 use std::process::ExitCode;
@@ -309,30 +315,8 @@ impl Sweep<'_> {
         let checks = oracle::reference_rows(&spec, &u, &k, gates, &sampled);
         let mut y = vec![T::default(); spec.io_len()];
 
-        // Baseline (dense: it never skips bins).
-        self.progress(n, "baseline", dtype, 1.0);
-        let result = build(false, 1.0)
-            .map_err(|e| e.to_string())
-            .and_then(|plain| RealFftBaseline::new(&plain).map_err(|e| e.to_string()))
-            .and_then(|base| {
-                let spectrum = base.prepare_filter(&k).map_err(|e| e.to_string())?;
-                let mut gated_u = gates.map(|_| vec![T::default(); spec.io_len()]);
-                self.time(&mut y, |y| {
-                    match (gates, gated_u.as_mut()) {
-                        (Some((pre, post)), Some(tmp)) => {
-                            par_product(&u, pre, tmp);
-                            base.forward(&spectrum, tmp, y).map_err(|e| e.to_string())?;
-                            par_scale(y, post);
-                        }
-                        _ => base.forward(&spectrum, &u, y).map_err(|e| e.to_string())?,
-                    }
-                    Ok(())
-                })
-            });
-        self.record(n, &spec, "baseline", result, &y, &checks);
-
-        // The problem of each kept fraction and its oracle: the dense one's for keep 1 (and any
-        // fraction that keeps every bin), the band-limited reference for sparse ones.
+        // The problems of each kept fraction and their oracles: the dense one's for keep 1 (and
+        // any fraction that keeps every bin), the band-limited reference for sparse ones.
         let problems: Vec<(f64, Problem)> = self
             .opts
             .keep_frequencies
@@ -350,9 +334,67 @@ impl Sweep<'_> {
             })
             .collect();
 
+        // The baseline (dense: it never skips bins) and the CPU backend's forward rows are timed
+        // together, round-robin, so the slow drift of a shared host moves them alike and their
+        // ratios hold. Other backends (GPUs) are timed alone below: a CPU baseline between
+        // their repetitions could let the device clock down.
+        let cpu = self.backends.contains(&BackendKind::Cpu);
+        let mut cpu_runs: Vec<Option<Result<ForwardRun, String>>> = problems
+            .iter()
+            .map(|(_, problem)| match problem {
+                Ok((spec, _)) if cpu => {
+                    Some(ForwardRun::new(spec, BackendKind::Cpu, &u, &k, gates))
+                }
+                _ => None,
+            })
+            .collect();
+        let baseline = build(false, 1.0)
+            .map_err(|e| e.to_string())
+            .and_then(|plain| RealFftBaseline::new(&plain).map_err(|e| e.to_string()))
+            .and_then(|base| {
+                let spectrum = base.prepare_filter(&k).map_err(|e| e.to_string())?;
+                Ok((base, spectrum))
+            });
+        let nan = T::from_f32(f32::NAN);
+        y.iter_mut().for_each(|v| *v = nan);
+        let mut gated_u = gates.map(|_| vec![T::default(); spec.io_len()]);
+        let mut timed = {
+            let mut runs: Vec<Box<dyn FnMut() -> Result<(), String> + '_>> = Vec::new();
+            if let Ok((base, spectrum)) = &baseline {
+                let y = &mut y;
+                let gated_u = &mut gated_u;
+                let u = &u;
+                runs.push(Box::new(move || {
+                    match (gates, gated_u.as_mut()) {
+                        (Some((pre, post)), Some(tmp)) => {
+                            par_product(u, pre, tmp);
+                            base.forward(spectrum, tmp, y).map_err(|e| e.to_string())?;
+                            par_scale(y, post);
+                        }
+                        _ => base.forward(spectrum, u, y).map_err(|e| e.to_string())?,
+                    }
+                    Ok(())
+                }));
+            }
+            for run in cpu_runs.iter_mut().flatten().flatten() {
+                runs.push(Box::new(move || run.run()));
+            }
+            if runs.len() > 1 {
+                eprintln!(
+                    "N={} {dtype}: baseline and cpu timed round-robin ({} rows) ...",
+                    report::human(n),
+                    runs.len()
+                );
+            }
+            self.time_round_robin(&mut runs).into_iter()
+        };
+        self.progress(n, "baseline", dtype, 1.0);
+        let result = baseline.and_then(|_| timed.next().ok_or("not timed".to_string())?);
+        self.record(n, &spec, "baseline", result, &y, &checks);
+
         // Backends.
         for kind in self.backends.clone() {
-            for (keep, problem) in &problems {
+            for ((keep, problem), cpu_run) in problems.iter().zip(&mut cpu_runs) {
                 let (spec, checks) = match problem {
                     Ok((s, c)) => (s, c),
                     Err(e) => {
@@ -366,7 +408,15 @@ impl Sweep<'_> {
                     }
                 };
                 self.progress(n, kind.name(), dtype, *keep);
-                let result = self.forward_case(spec, kind, &u, &k, gates, &mut y);
+                let result = match cpu_run.take().filter(|_| kind == BackendKind::Cpu) {
+                    // Timed with the baseline above.
+                    Some(run) => run.and_then(|run| {
+                        let times = timed.next().ok_or("not timed")??;
+                        run.read(&mut y)?;
+                        Ok(times)
+                    }),
+                    None => self.forward_case(spec, kind, &u, &k, gates, &mut y),
+                };
                 self.record(n, spec, kind.name(), result, &y, checks);
                 if self.opts.backward && kind.supports_backward() {
                     self.backward_case(n, spec, kind, &u, &k, gates);
@@ -438,15 +488,9 @@ impl Sweep<'_> {
         gates: Option<(&[T], &[T])>,
         y: &mut [T],
     ) -> Result<Vec<f64>, String> {
-        let err = |e: ConvError| e.to_string();
-        let conv = Convolution::new(spec.clone(), kind).map_err(err)?;
-        let filter = conv.prepare_filter(k).map_err(err)?;
-        let (u_t, gates_t, mut y_t) = resident_io(&conv, u, gates)?;
-        let times = self.time(y, |_| {
-            let g = gates_t.as_ref().map(|(p, q)| (p, q));
-            conv.forward_device(&filter, &u_t, g, &mut y_t).map_err(err)
-        })?;
-        conv.tensor_to_host(&y_t, y).map_err(err)?;
+        let mut run = ForwardRun::new(spec, kind, u, k, gates)?;
+        let times = self.time(y, |_| run.run())?;
+        run.read(y)?;
         Ok(times)
     }
 
@@ -616,21 +660,45 @@ impl Sweep<'_> {
     ) -> Result<Vec<f64>, String> {
         let nan = T::from_f32(f32::NAN);
         y.iter_mut().for_each(|v| *v = nan);
-        let t = Instant::now();
-        f(y)?;
-        let warm = t.elapsed();
-        let reps = self.opts.reps.unwrap_or(if warm > SLOW_WARMUP {
+        let mut runs: [Box<dyn FnMut() -> Result<(), String> + '_>; 1] = [Box::new(|| f(y))];
+        let mut results = self.time_round_robin(&mut runs);
+        results.pop().expect("one run")
+    }
+
+    /// Warms each run up once, then times the repetitions round-robin: each repetition runs
+    /// every run once, in turn. Returns each run's times in ms; an error ends only that run's
+    /// timing. The repetitions are `--reps`, or the default (fewer when a warm-up is slow).
+    fn time_round_robin(
+        &self,
+        runs: &mut [Box<dyn FnMut() -> Result<(), String> + '_>],
+    ) -> Vec<Result<Vec<f64>, String>> {
+        let mut slowest = Duration::ZERO;
+        let mut results: Vec<Result<Vec<f64>, String>> = runs
+            .iter_mut()
+            .map(|run| {
+                let t = Instant::now();
+                let warm = run().map(|()| Vec::new());
+                slowest = slowest.max(t.elapsed());
+                warm
+            })
+            .collect();
+        let reps = self.opts.reps.unwrap_or(if slowest > SLOW_WARMUP {
             REDUCED_REPS
         } else {
             DEFAULT_REPS
         });
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                f(y)?;
-                Ok(t.elapsed().as_secs_f64() * 1e3)
-            })
-            .collect()
+        for _ in 0..reps {
+            for (run, result) in runs.iter_mut().zip(&mut results) {
+                if let Ok(times) = result {
+                    let t = Instant::now();
+                    match run() {
+                        Ok(()) => times.push(t.elapsed().as_secs_f64() * 1e3),
+                        Err(e) => *result = Err(e),
+                    }
+                }
+            }
+        }
+        results
     }
 
     fn record<T: Element>(
@@ -664,6 +732,52 @@ impl Sweep<'_> {
             }
         };
         self.records.push(rec);
+    }
+}
+
+/// One backend's forward with its filter spectrum, inputs and output resident on the backend
+/// (device memory on a GPU), so timing it excludes host transfers; the output starts as NaN.
+struct ForwardRun {
+    conv: Convolution,
+    filter: FilterSpectrum,
+    u: DeviceTensor,
+    gates: Option<(DeviceTensor, DeviceTensor)>,
+    y: DeviceTensor,
+}
+
+impl ForwardRun {
+    fn new<T: Element>(
+        spec: &ConvSpec,
+        kind: BackendKind,
+        u: &[T],
+        k: &[f32],
+        gates: Option<(&[T], &[T])>,
+    ) -> Result<Self, String> {
+        let err = |e: ConvError| e.to_string();
+        let conv = Convolution::new(spec.clone(), kind).map_err(err)?;
+        let filter = conv.prepare_filter(k).map_err(err)?;
+        let (u, gates, y) = resident_io(&conv, u, gates)?;
+        Ok(Self {
+            conv,
+            filter,
+            u,
+            gates,
+            y,
+        })
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let g = self.gates.as_ref().map(|(p, q)| (p, q));
+        self.conv
+            .forward_device(&self.filter, &self.u, g, &mut self.y)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Copies the output to the host.
+    fn read<T: Element>(&self, y: &mut [T]) -> Result<(), String> {
+        self.conv
+            .tensor_to_host(&self.y, y)
+            .map_err(|e| e.to_string())
     }
 }
 
