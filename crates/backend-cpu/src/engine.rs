@@ -618,6 +618,10 @@ impl CpuConvolution {
     ) -> bool {
         let len = re.len();
         if let Some((ua, ub)) = self.plain_body(inputs, a, b, p0, len) {
+            // The four-step form reads 16 rows a tile at a time; the hardware prefetcher does
+            // not follow that many streams (measured: 4-6% at 512K).
+            prefetch_next(ua, false);
+            prefetch_next(ub, false);
             T::load_f32(ua, re);
             T::load_f32(ub, im);
             return true;
@@ -652,6 +656,8 @@ impl CpuConvolution {
         let len = re.len();
         if let (Some(seg_b), true) = (b, self.plain_output::<T>(inputs, a, b, p0, len)) {
             let (ya, yb) = self.pair_outputs(out, a, seg_b, p0, len);
+            prefetch_next(ya, true);
+            prefetch_next(yb, true);
             T::store_f32(re, ya);
             T::store_f32(im, yb);
             return;
@@ -865,4 +871,29 @@ impl CpuConvolution {
         let dst = unsafe { out.range(offset, len) };
         T::store_f32(values, dst);
     }
+}
+
+/// Asks the cache for the `x.len()` values that follow `x` in memory (the next tile of the same
+/// row), for writing when `write`. A prefetch never faults, so the range may pass the buffer's end.
+#[inline]
+fn prefetch_next<T>(x: &[T], write: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(x);
+        let next = x.as_ptr().cast::<i8>().wrapping_add(bytes);
+        for off in (0..bytes).step_by(64) {
+            let p = next.wrapping_add(off);
+            // SAFETY: prefetches have no architectural effect and never fault.
+            unsafe {
+                if write {
+                    _mm_prefetch::<_MM_HINT_ET0>(p);
+                } else {
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, write);
 }
