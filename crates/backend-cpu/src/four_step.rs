@@ -16,8 +16,8 @@
 //! Twiddles `W_N^{n r}` are powers of a table `W_N^n` (f64, rounded once), at most four
 //! products deep.
 //!
-//! Why: rustfft's transforms of 2^19 and 2^20 points leave L2 and cost 1.3-1.8x more per point
-//! than 16 transforms of 2^15 or 2^16 (measured on the 2-core EPYC, `docs/perf.md`). Sub-arrays
+//! Why: rustfft's transforms of 2^17 points and more leave L2; those of 2^19 and 2^20 cost
+//! 1.3-1.8x more per point than 16 transforms of 2^15 or 2^16 (measured on the 2-core EPYC, `docs/perf.md`). Sub-arrays
 //! are `M + 16` values apart so the 16 streams of a column pass do not share cache sets.
 
 use crate::planner::complex_ffts;

@@ -17,7 +17,7 @@
 //!   in the passes that load and store the working buffer; nothing else touches memory.
 //! - **half spectra**: a real filter's spectrum is Hermitian, so `N/2 + 1` bins per channel are
 //!   stored (as a real FFT would) and each is applied to its mirror conjugated.
-//! - **four-step at large sizes**: dense problems from `N = 2^19` run each pair's FFT as a
+//! - **four-step at large sizes**: dense problems from `N = 2^17` run each pair's FFT as a
 //!   radix-16 column DFT (eight columns per SIMD step, AVX2 + FMA where present, zero rows
 //!   never read, unneeded output rows never formed) around 16 rustfft sub-FFTs of `N/16` that
 //!   stay in L2, each multiplied by its part of the spectrum and inverted while cached.

@@ -13,7 +13,7 @@
 //! Measured on the 2-core EPYC this backend was first tuned on, one rustfft FFT of the whole
 //! length per pair beat a Monarch-style split built from rustfft passes (radix-2 or tiled
 //! radix-`N1` outer stage plus cache-sized sub-FFTs) at every size from 256 to 1M. Dense
-//! problems from 512K now use [`FourStep`](crate::four_step::FourStep) instead, whose outer
+//! problems from 128K now use [`FourStep`](crate::four_step::FourStep) instead, whose outer
 //! stage is a SIMD column DFT of our own; `docs/perf.md` has the numbers.
 
 use crate::planner::{complex_ffts, half_twiddles};

@@ -3,7 +3,6 @@
 
 use crate::four_step::{layout_bin, RADIX};
 use monarch_core::{Complex32, ConvGeometry};
-use std::borrow::Cow;
 
 /// The filter spectrum of every channel, prepared for one [`CpuConvolution`]'s geometry.
 ///
@@ -79,23 +78,6 @@ impl CpuFilterSpectrum {
                 }
             }
         }
-    }
-
-    /// This spectrum in natural order (the backward pass and lone segments read it so); a copy
-    /// only when it is in the four-step layout.
-    pub(crate) fn to_natural(&self) -> Cow<'_, Self> {
-        if self.is_natural() {
-            return Cow::Borrowed(self);
-        }
-        let mut natural = Self::layout(self.geometry, self.channels, self.filter_len);
-        let mut bins = Vec::with_capacity(self.channels * natural.stored);
-        let mut row = Vec::new();
-        for h in 0..self.channels {
-            self.natural_channel(h, &mut row);
-            bins.extend_from_slice(&row[..natural.stored]);
-        }
-        natural.bins = bins;
-        Cow::Owned(natural)
     }
 
     /// This layout holding `bins` (`channels * bins_per_channel()` values).
@@ -270,16 +252,15 @@ mod tests {
             !filter.is_natural(),
             "2^19 dense should use the four-step layout"
         );
-        let natural = filter.to_natural();
-        assert!(natural.is_natural());
-        assert_eq!(natural.bins_per_channel(), n / 2 + 1);
         let fft = FftPlanner::new().plan_fft_forward(n);
         for c in 0..h {
             let mut want: Vec<Complex32> = (0..n)
                 .map(|i| Complex32::new(if i < l { k[c * l + i] } else { 0.0 }, 0.0))
                 .collect();
             fft.process(&mut want);
-            let got = natural.channel(c);
+            let mut got = Vec::new();
+            filter.natural_channel(c, &mut got);
+            assert_eq!(got.len(), n / 2 + 1);
             let (mut num, mut den) = (0.0f64, 0.0f64);
             for (f, g) in got.iter().enumerate() {
                 num += (g * n as f32 - want[f]).norm_sqr() as f64;
