@@ -76,9 +76,11 @@ impl PairTransform {
     }
 }
 
-/// Work for one batch slot: segments of one channel `h`, packed as `a + i*b` (a pair) or `a`
-/// alone (a segment with no partner in its channel, run as a real FFT).
-type PairJob = (Segment, Option<Segment>, usize);
+/// Work for one batch slot: `(a, b, h, hb)`, segment `a` of channel `h` and `b` of channel
+/// `hb`, packed as `a + i*b`. A pair of one channel (`hb == h`) shares its filter; a
+/// cross-channel pair (`hb != h`, two lone segments) is separated in the frequency domain
+/// ([`CpuFilterSpectrum::multiply_cross`]). `b = None`: `a` alone, run as a real FFT.
+type PairJob = (Segment, Option<Segment>, usize, usize);
 
 /// One overlap-save block of one row: outputs `[start, start + outputs)` of row `row`.
 #[derive(Debug, Clone, Copy)]
@@ -457,16 +459,41 @@ impl CpuConvolution {
                 },
             )
         };
-        // Pairs never straddle channels: a channel with an odd number of segments leaves its
-        // last one alone. Items enumerate, per channel, its pairs and then its lone segment.
-        let per_channel_items = per_channel.div_ceil(2);
-        let pair = |item: usize| {
-            let (h, i) = (item / per_channel_items, item % per_channel_items);
-            let (_, a) = segment(h * per_channel + 2 * i);
-            let b = (2 * i + 1 < per_channel).then(|| segment(h * per_channel + 2 * i + 1).1);
-            (a, b, h)
+        // Consecutive segments of one channel are paired. A channel with an odd number of
+        // segments has one left over; on the whole-length transform the leftovers of channels
+        // 2c and 2c + 1 form a cross-channel pair, elsewhere (four-step and split forms, whose
+        // spectrum orders have no cross product) each runs alone. Items enumerate, per group of
+        // channels (two when crossing, else one), each channel's pairs and then the group's
+        // leftover(s), so a worker's consecutive items share filter spectra.
+        let same = per_channel / 2;
+        let odd = per_channel % 2 == 1;
+        let cross =
+            odd && channels >= 2 && matches!(&*self.fft, PairTransform::Pair(f) if !f.is_split());
+        let group = if cross { 2 } else { 1 };
+        let per_group = group * same + usize::from(odd);
+        let full_groups = channels / group;
+        // A last group of one channel (odd channel count when crossing).
+        let last_items = (channels % group) * (same + usize::from(odd));
+        let pair = |item: usize| -> PairJob {
+            let (gi, i) = (item / per_group, item % per_group);
+            let (h0, in_group) = if gi < full_groups {
+                (gi * group, group)
+            } else {
+                (full_groups * group, 1)
+            };
+            if i < in_group * same {
+                let h = h0 + i / same;
+                let q = h * per_channel + 2 * (i % same);
+                (segment(q).1, Some(segment(q + 1).1), h, h)
+            } else {
+                let lone = |h: usize| segment(h * per_channel + per_channel - 1).1;
+                match in_group {
+                    2 => (lone(h0), Some(lone(h0 + 1)), h0, h0 + 1),
+                    _ => (lone(h0), None, h0, h0),
+                }
+            }
         };
-        let pairs = channels * per_channel_items;
+        let pairs = full_groups * per_group + last_items;
         let per_batch = self.pairs_per_batch();
         (0..pairs.div_ceil(per_batch))
             .into_par_iter()
@@ -521,7 +548,7 @@ impl CpuConvolution {
         batch.clear();
         for job in jobs {
             match job {
-                (a, None, h) => {
+                (a, None, h, _) => {
                     let real = real.get_or_insert_with(|| RealWorkspace::new(self));
                     if filter.is_natural() {
                         self.run_single(real, a, filter.channel(h), inputs, lane_a, tmp, out)
@@ -537,7 +564,7 @@ impl CpuConvolution {
         }
         let fft = match &*self.fft {
             PairTransform::FourStep(fs) => {
-                for &(a, b, h) in batch.iter() {
+                for &(a, b, h, _) in batch.iter() {
                     fs.load(buf, staging_soa, |p0, re, im| {
                         self.pair_lanes(inputs, a, b, p0, re, im, tmp)
                     });
@@ -552,7 +579,7 @@ impl CpuConvolution {
             PairTransform::Pair(fft) => fft,
         };
         let used = &mut buf[..batch.len() * n];
-        for (slot, &(a, b, _)) in used.chunks_exact_mut(n).zip(batch.iter()) {
+        for (slot, &(a, b, _, _)) in used.chunks_exact_mut(n).zip(batch.iter()) {
             fft.load_tiles(slot, staging, |p0, dst| {
                 let len = dst.len();
                 if let Some((ua, ub)) = self.plain_body(inputs, a, b, p0, len) {
@@ -573,15 +600,17 @@ impl CpuConvolution {
             });
         }
         fft.forward(used, scratch);
-        for (slot, &(_, _, h)) in used.chunks_exact_mut(n).zip(batch.iter()) {
-            if fft.is_split() {
+        for (slot, &(_, _, h, hb)) in used.chunks_exact_mut(n).zip(batch.iter()) {
+            if hb != h {
+                filter.multiply_cross(filter.channel(h), filter.channel(hb), slot);
+            } else if fft.is_split() {
                 filter.multiply_split(filter.channel(h), slot);
             } else {
                 filter.multiply(filter.channel(h), slot);
             }
         }
         fft.inverse(used, scratch);
-        for (slot, &(a, b, _)) in used.chunks_exact(n).zip(batch.iter()) {
+        for (slot, &(a, b, _, _)) in used.chunks_exact(n).zip(batch.iter()) {
             let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
             fft.store_tiles(slot, staging, outputs, |p0, vals| {
                 let len = vals.len();

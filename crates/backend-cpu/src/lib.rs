@@ -10,8 +10,11 @@
 //!   blocks of one row) travel as one complex sequence `a + i*b`; since the filter is real, the
 //!   real and imaginary parts of the result are the two outputs. One complex FFT of size `N` per
 //!   pair replaces two real FFTs and their pre/post-processing passes. A segment with no partner
-//!   in its channel (an odd number of segments, e.g. B = 1 with one block) runs through a real
-//!   FFT instead. Pairs of small FFTs are batched into one rustfft call.
+//!   in its channel (an odd number of segments, e.g. B = 1 with one block) pairs with the
+//!   leftover of the neighbouring channel below 1M: the two are separated in the frequency
+//!   domain, `Z = A k_a + B k_b` with `A`, `B` from `X[f]` and `conj X[N-f]`, still two complex
+//!   products per bin pair. Otherwise (the four-step and split forms, or an odd channel out) it
+//!   runs through a real FFT. Pairs of small FFTs are batched into one rustfft call.
 //! - **fusion**: gathering (dtype widening, pre-gate, history), the pointwise product with the
 //!   prepared spectrum (already scaled by `1/N`), and the scatter (post-gate, rounding) happen
 //!   in the passes that load and store the working buffer; nothing else touches memory.
