@@ -581,8 +581,8 @@ mod tests {
 
     /// A dense problem with pairs from 2^17 keeps its spectrum in the four-step layout, which
     /// the backward reads a channel at a time in natural order. Its gradients equal those of
-    /// the same rows run as problems of one row each (natural layout, checked against the f64
-    /// oracle by the conformance suite): `du` row by row, `dk` as the sum.
+    /// each row of each channel run alone (one segment: natural layout, checked against the
+    /// f64 oracle by the conformance suite): `du` row by row, `dk` as the sum over the batch.
     #[test]
     fn four_step_layout_backward_matches_rows_alone() {
         let (b, h, l) = (2, 3, 1 << 16);
@@ -616,31 +616,31 @@ mod tests {
         };
         conv.backward(&filter, &u, None, &dy, grads).unwrap();
 
-        let one = CpuConvolution::new(&ConvSpec::builder(1, h, l, l).build().unwrap()).unwrap();
-        let one_filter = one.prepare_filter(&k).unwrap();
-        assert!(one_filter.is_natural());
-        let mut dk_sum = vec![0.0f32; h * l];
-        let row = h * l;
-        for r in 0..b {
-            let mut du_r = vec![f32::NAN; row];
-            let mut dk_r = vec![f32::NAN; h * l];
-            let grads = CpuGradients {
-                du: &mut du_r,
-                dk: &mut dk_r,
-                dpregate: None,
-                dpostgate: None,
-            };
-            let (u_r, dy_r) = (&u[r * row..(r + 1) * row], &dy[r * row..(r + 1) * row]);
-            one.backward(&one_filter, u_r, None, dy_r, grads).unwrap();
-            assert!(
-                rel_err(&du[r * row..(r + 1) * row], &du_r) < 1e-5,
-                "du row {r}"
-            );
-            for (s, v) in dk_sum.iter_mut().zip(&dk_r) {
-                *s += v;
+        let one = CpuConvolution::new(&ConvSpec::builder(1, 1, l, l).build().unwrap()).unwrap();
+        for c in 0..h {
+            let kc = &k[c * l..(c + 1) * l];
+            let one_filter = one.prepare_filter(kc).unwrap();
+            assert!(one_filter.is_natural());
+            let mut dk_sum = vec![0.0f32; l];
+            for r in 0..b {
+                let row = (r * h + c) * l..(r * h + c + 1) * l;
+                let mut du_r = vec![f32::NAN; l];
+                let mut dk_r = vec![f32::NAN; l];
+                let grads = CpuGradients {
+                    du: &mut du_r,
+                    dk: &mut dk_r,
+                    dpregate: None,
+                    dpostgate: None,
+                };
+                let (u_r, dy_r) = (&u[row.clone()], &dy[row.clone()]);
+                one.backward(&one_filter, u_r, None, dy_r, grads).unwrap();
+                assert!(rel_err(&du[row], &du_r) < 1e-5, "du row {r} channel {c}");
+                for (s, v) in dk_sum.iter_mut().zip(&dk_r) {
+                    *s += v;
+                }
             }
+            assert!(rel_err(&dk[c * l..(c + 1) * l], &dk_sum) < 1e-5, "dk {c}");
         }
-        assert!(rel_err(&dk, &dk_sum) < 1e-5, "dk");
     }
 
     fn rel_err(got: &[f32], want: &[f32]) -> f64 {

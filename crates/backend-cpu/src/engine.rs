@@ -251,10 +251,10 @@ impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
-        // Four-step needs pairs: a problem whose channels hold one segment each (B = 1, one
-        // block) keeps the natural layout its real FFTs read directly.
+        // Four-step needs pairs (of one channel or across two): a problem of one segment
+        // (B = H = 1, one block) keeps the natural layout its real FFT reads directly.
         let g = spec.geometry();
-        let pairs = spec.batch() * g.blocks >= 2;
+        let pairs = spec.batch() * g.blocks * spec.channels() >= 2;
         let fft = if n >= FOUR_STEP_FROM && !g.is_sparse() && pairs {
             PairTransform::FourStep(FourStep::new(n))
         } else if n >= SPLIT_FROM {
@@ -413,7 +413,7 @@ impl CpuConvolution {
             return Err(CpuError::invalid(
                 "filter",
                 "prepared for a problem with another spectrum layout (dense N >= 2^17 with \
-                 B * blocks >= 2 uses the four-step layout); prepare it with this convolution",
+                 two or more segments, B * H * blocks >= 2, uses the four-step layout); prepare it with this convolution",
             ));
         }
         Ok(())
@@ -460,15 +460,15 @@ impl CpuConvolution {
             )
         };
         // Consecutive segments of one channel are paired. A channel with an odd number of
-        // segments has one left over; on the whole-length transform the leftovers of channels
-        // 2c and 2c + 1 form a cross-channel pair, elsewhere (four-step and split forms, whose
-        // spectrum orders have no cross product) each runs alone. Items enumerate, per group of
+        // segments has one left over; the leftovers of channels 2c and 2c + 1 form a
+        // cross-channel pair, except on the split form (its spectrum order has no cross
+        // product), where each runs alone. Items enumerate, per group of
         // channels (two when crossing, else one), each channel's pairs and then the group's
         // leftover(s), so a worker's consecutive items share filter spectra.
         let same = per_channel / 2;
         let odd = per_channel % 2 == 1;
         let cross =
-            odd && channels >= 2 && matches!(&*self.fft, PairTransform::Pair(f) if !f.is_split());
+            odd && channels >= 2 && !matches!(&*self.fft, PairTransform::Pair(f) if f.is_split());
         let group = if cross { 2 } else { 1 };
         let per_group = group * same + usize::from(odd);
         let full_groups = channels / group;
@@ -564,11 +564,15 @@ impl CpuConvolution {
         }
         let fft = match &*self.fft {
             PairTransform::FourStep(fs) => {
-                for &(a, b, h, _) in batch.iter() {
+                for &(a, b, h, hb) in batch.iter() {
                     fs.load(buf, staging_soa, |p0, re, im| {
                         self.pair_lanes(inputs, a, b, p0, re, im, tmp)
                     });
-                    fs.convolve(buf, scratch, filter.channel(h));
+                    if hb == h {
+                        fs.convolve(buf, scratch, filter.channel(h));
+                    } else {
+                        fs.convolve_cross(buf, scratch, filter.channel(h), filter.channel(hb));
+                    }
                     let outputs = a.outputs.max(b.map_or(0, |seg| seg.outputs));
                     fs.store(buf, staging_soa, outputs, |p0, re, im| {
                         self.store_pair(inputs, a, b, p0, re, im, tmp, out)

@@ -21,6 +21,7 @@
 //! are `M + 16` values apart so the 16 streams of a column pass do not share cache sets.
 
 use crate::planner::complex_ffts;
+use crate::spectrum::{cross_bins, cross_own};
 use monarch_core::{twiddle::root_of_unity, Complex32};
 use rustfft::Fft;
 use std::sync::Arc;
@@ -197,6 +198,53 @@ impl FourStep {
                 }
             }
             self.ifft.process_with_scratch(sub, scratch);
+        }
+    }
+
+    /// [`convolve`](Self::convolve) for a cross-channel pair `a + i*b` (segments of two
+    /// channels, filter spectra `ka` and `kb` in this layout), separated in the frequency domain
+    /// as [`CpuFilterSpectrum::multiply_cross`] does. Frequency `16 j + r` mirrors
+    /// `16 (M - 1 - j) + (16 - r)` for `r` in `1..16` and `16 ((M - j) mod M)` for `r = 0`, so
+    /// sub-arrays `r` and `16 - r` are transformed, multiplied and inverted together (both in
+    /// L2); 0 and 8 hold their own mirrors.
+    ///
+    /// [`CpuFilterSpectrum::multiply_cross`]: crate::CpuFilterSpectrum
+    pub(crate) fn convolve_cross(
+        &self,
+        buf: &mut [Complex32],
+        scratch: &mut [Complex32],
+        ka: &[Complex32],
+        kb: &[Complex32],
+    ) {
+        let (m, half) = (self.m, self.m / 2);
+        for r in 0..=RADIX / 2 {
+            let (ka, kb) = (&ka[r * m..(r + 1) * m], &kb[r * m..(r + 1) * m]);
+            if r == 0 || r == RADIX / 2 {
+                let sub = self.sub(buf, r);
+                self.fft.process_with_scratch(sub, scratch);
+                if r == 0 {
+                    // j pairs with M - j; 0 and M/2 (frequencies 0 and N/2) are their own.
+                    sub[0] = cross_own(sub[0], ka[0], kb[0]);
+                    sub[half] = cross_own(sub[half], ka[half], kb[half]);
+                    let (lower, upper) = sub.split_at_mut(half);
+                    cross_bins(&mut lower[1..], &mut upper[1..], &ka[1..half], &kb[1..half]);
+                } else {
+                    // j pairs with M - 1 - j.
+                    let (lower, upper) = sub.split_at_mut(half);
+                    cross_bins(lower, upper, &ka[..half], &kb[..half]);
+                }
+                self.ifft.process_with_scratch(sub, scratch);
+            } else {
+                let (lo, hi) = buf.split_at_mut((RADIX - r) * self.stride);
+                let x = &mut lo[r * self.stride..r * self.stride + m];
+                let mirror = &mut hi[..m];
+                self.fft.process_with_scratch(x, scratch);
+                self.fft.process_with_scratch(mirror, scratch);
+                // j pairs with M - 1 - j of sub-array 16 - r.
+                cross_bins(x, mirror, ka, kb);
+                self.ifft.process_with_scratch(x, scratch);
+                self.ifft.process_with_scratch(mirror, scratch);
+            }
         }
     }
 

@@ -149,44 +149,20 @@ impl CpuFilterSpectrum {
     pub(crate) fn multiply_cross(&self, ka: &[Complex32], kb: &[Complex32], buf: &mut [Complex32]) {
         let n = buf.len();
         let half = n / 2;
-        // Bins 0 and N/2 are their own mirrors: A = Re X, B = i Im X.
-        let own =
-            |x: Complex32, ka: Complex32, kb: Complex32| ka * x.re + kb * Complex32::new(0.0, x.im);
-        buf[0] = own(buf[0], ka[0], kb[0]);
+        // Bins 0 and N/2 are their own mirrors.
+        buf[0] = cross_own(buf[0], ka[0], kb[0]);
         if ka.len() > half {
-            buf[half] = own(buf[half], ka[half], kb[half]);
+            buf[half] = cross_own(buf[half], ka[half], kb[half]);
         }
         let end = ka.len().min(half);
         let (lower, upper) = buf.split_at_mut(half);
-        // Bin f in [1, end) of `lower` and its mirror N - f, `upper[half - f]`, in blocks: the
-        // mirrors of a block are copied out reversed (conjugated), so the products run as
-        // straight streams that vectorize, and copied back.
-        const BLOCK: usize = 64;
-        let mut mirrors = [Complex32::default(); BLOCK];
-        let mut f0 = 1;
-        while f0 < end {
-            let len = BLOCK.min(end - f0);
-            let src = &mut upper[half + 1 - f0 - len..half + 1 - f0];
-            for (m, s) in mirrors[..len].iter_mut().zip(src.iter().rev()) {
-                *m = s.conj();
-            }
-            for (((x, m), &ka), &kb) in lower[f0..f0 + len]
-                .iter_mut()
-                .zip(&mut mirrors[..len])
-                .zip(&ka[f0..f0 + len])
-                .zip(&kb[f0..f0 + len])
-            {
-                let (xf, xm) = (*x, *m);
-                let p = (xf + xm) * ka;
-                let q = (xf - xm) * kb;
-                *x = (p + q) * 0.5;
-                *m = (p - q) * 0.5;
-            }
-            for (s, m) in src.iter_mut().rev().zip(&mirrors[..len]) {
-                *s = m.conj();
-            }
-            f0 += len;
-        }
+        // Bin f in [1, end) of `lower`; its mirror N - f is `upper[half - f]`.
+        cross_bins(
+            &mut lower[1..end],
+            &mut upper[half + 1 - end..],
+            &ka[1..end],
+            &kb[1..end],
+        );
         self.clear_dropped(buf);
     }
 
@@ -253,6 +229,53 @@ impl CpuFilterSpectrum {
 /// Where frequency `f` of a split spectrum sits: even `2j` at `j`, odd `2j + 1` at `S + j`.
 fn split_index(f: usize, s: usize) -> usize {
     f / 2 + (f & 1) * s
+}
+
+/// The cross-channel product of a bin that is its own mirror (`f = 0`, `N/2`): `A = Re X`,
+/// `B = i Im X`.
+pub(crate) fn cross_own(x: Complex32, ka: Complex32, kb: Complex32) -> Complex32 {
+    ka * x.re + kb * Complex32::new(0.0, x.im)
+}
+
+/// The cross-channel product ([`CpuFilterSpectrum::multiply_cross`]) of bins `x[i]` whose
+/// mirrors are `mirrors[len - 1 - i]` (the mirrors in reverse order), with filter bins
+/// `ka[i]`, `kb[i]`: `x[i] = A ka + B kb`, mirror `= conj(A ka - B kb)`. In blocks: the mirrors
+/// of a block are copied out reversed and conjugated, so the products run as straight streams
+/// that vectorize, then copied back.
+pub(crate) fn cross_bins(
+    x: &mut [Complex32],
+    mirrors: &mut [Complex32],
+    ka: &[Complex32],
+    kb: &[Complex32],
+) {
+    const BLOCK: usize = 64;
+    let len = x.len();
+    assert!(mirrors.len() == len && ka.len() >= len && kb.len() >= len);
+    let mut block = [Complex32::default(); BLOCK];
+    let mut i0 = 0;
+    while i0 < len {
+        let b = BLOCK.min(len - i0);
+        let src = &mut mirrors[len - i0 - b..len - i0];
+        for (m, s) in block[..b].iter_mut().zip(src.iter().rev()) {
+            *m = s.conj();
+        }
+        for (((x, m), &ka), &kb) in x[i0..i0 + b]
+            .iter_mut()
+            .zip(&mut block[..b])
+            .zip(&ka[i0..i0 + b])
+            .zip(&kb[i0..i0 + b])
+        {
+            let (xf, xm) = (*x, *m);
+            let p = (xf + xm) * ka;
+            let q = (xf - xm) * kb;
+            *x = (p + q) * 0.5;
+            *m = (p - q) * 0.5;
+        }
+        for (s, m) in src.iter_mut().rev().zip(&block[..b]) {
+            *s = m.conj();
+        }
+        i0 += b;
+    }
 }
 
 #[cfg(test)]

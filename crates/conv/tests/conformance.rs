@@ -239,8 +239,9 @@ fn long_sequences(kind: BackendKind) {
             "{kind}: relative L2 error {err:.3e} > {tol:.1e} for {spec:?} (seed {seed})"
         );
     }
-    // N = 2^17 and 2^18 (the CPU's four-step form from 2^17): two rows of one channel; and
-    // two channels of one row (each alone in its channel: the CPU's real FFTs).
+    // N = 2^17 and 2^18 (the CPU's four-step form from 2^17): two rows of one channel; two
+    // channels of one row (the CPU pairs them across channels); three channels of one row (a
+    // cross-channel pair and a segment alone, through a real FFT).
     check::<f32>(
         kind,
         ConvSpec::builder(2, 1, 1 << 16, 1 << 16).build().unwrap(),
@@ -253,9 +254,13 @@ fn long_sequences(kind: BackendKind) {
         kind,
         ConvSpec::builder(1, 2, 1 << 17, 1 << 17).build().unwrap(),
     );
+    check::<f32>(
+        kind,
+        ConvSpec::builder(1, 3, 1 << 17, 1 << 17).build().unwrap(),
+    );
     // N = 2^19: a pair and a lone segment in one channel (the lone
     // one reads the four-step spectrum in natural order), and bf16 pairs; then rows alone in
-    // their channels (B = 1: the CPU keeps real FFTs and the natural layout).
+    // their channels (B = 1: the CPU pairs them across channels).
     check::<f32>(
         kind,
         ConvSpec::builder(3, 1, 1 << 18, 1 << 18).build().unwrap(),
