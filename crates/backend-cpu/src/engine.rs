@@ -413,7 +413,8 @@ impl CpuConvolution {
             return Err(CpuError::invalid(
                 "filter",
                 "prepared for a problem with another spectrum layout (dense N >= 2^17 with \
-                 two or more segments, B * H * blocks >= 2, uses the four-step layout); prepare it with this convolution",
+                 two or more segments, B * H * blocks >= 2, uses the four-step layout); \
+                 prepare it with this convolution",
             ));
         }
         Ok(())
@@ -462,9 +463,9 @@ impl CpuConvolution {
         // Consecutive segments of one channel are paired. A channel with an odd number of
         // segments has one left over; the leftovers of channels 2c and 2c + 1 form a
         // cross-channel pair, except on the split form (its spectrum order has no cross
-        // product), where each runs alone. Items enumerate, per group of
-        // channels (two when crossing, else one), each channel's pairs and then the group's
-        // leftover(s), so a worker's consecutive items share filter spectra.
+        // product), where each runs alone. Items enumerate, per group of channels (two when
+        // crossing, else one), each channel's pairs and then the group's leftover(s), so a
+        // worker's consecutive items share filter spectra.
         let same = per_channel / 2;
         let odd = per_channel % 2 == 1;
         let cross =

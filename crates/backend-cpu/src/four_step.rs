@@ -17,8 +17,9 @@
 //! products deep.
 //!
 //! Why: rustfft's transforms of 2^17 points and more leave L2; those of 2^19 and 2^20 cost
-//! 1.3-1.8x more per point than 16 transforms of 2^15 or 2^16 (measured on the 2-core EPYC, `docs/perf.md`). Sub-arrays
-//! are `M + 16` values apart so the 16 streams of a column pass do not share cache sets.
+//! 1.3-1.8x more per point than 16 transforms of 2^15 or 2^16 (measured on the 2-core EPYC,
+//! `docs/perf.md`). Sub-arrays are `M + 16` values apart so the 16 streams of a column pass do
+//! not share cache sets.
 
 use crate::planner::complex_ffts;
 use crate::spectrum::{cross_bins, cross_own};
@@ -203,12 +204,10 @@ impl FourStep {
 
     /// [`convolve`](Self::convolve) for a cross-channel pair `a + i*b` (segments of two
     /// channels, filter spectra `ka` and `kb` in this layout), separated in the frequency domain
-    /// as [`CpuFilterSpectrum::multiply_cross`] does. Frequency `16 j + r` mirrors
+    /// as `CpuFilterSpectrum::multiply_cross` does. Frequency `16 j + r` mirrors
     /// `16 (M - 1 - j) + (16 - r)` for `r` in `1..16` and `16 ((M - j) mod M)` for `r = 0`, so
     /// sub-arrays `r` and `16 - r` are transformed, multiplied and inverted together (both in
     /// L2); 0 and 8 hold their own mirrors.
-    ///
-    /// [`CpuFilterSpectrum::multiply_cross`]: crate::CpuFilterSpectrum
     pub(crate) fn convolve_cross(
         &self,
         buf: &mut [Complex32],
