@@ -408,7 +408,8 @@ impl Sweep<'_> {
                     }
                 };
                 self.progress(n, kind.name(), dtype, *keep);
-                let result = match cpu_run.take().filter(|_| kind == BackendKind::Cpu) {
+                let timed_run = (kind == BackendKind::Cpu).then(|| cpu_run.take());
+                let result = match timed_run.flatten() {
                     // Timed with the baseline above.
                     Some(run) => run.and_then(|run| {
                         let times = timed.next().ok_or("not timed")??;
