@@ -541,6 +541,7 @@ impl CpuConvolution {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::four_step::tests::noise;
     use monarch_core::{ConvMode, ConvSpec, FrequencyKeep};
 
     #[test]
@@ -588,18 +589,7 @@ mod tests {
         let (b, h, l) = (2, 3, 1 << 16);
         let spec = ConvSpec::builder(b, h, l, l).build().unwrap();
         let conv = CpuConvolution::new(&spec).unwrap();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut random = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-                })
-                .collect()
-        };
-        let (u, dy, k) = (random(b * h * l), random(b * h * l), random(h * l));
+        let (u, dy, k) = (noise(b * h * l, 1), noise(b * h * l, 2), noise(h * l, 3));
         let k: Vec<f32> = k.iter().map(|v| v / 256.0).collect();
         let filter = conv.prepare_filter(&k).unwrap();
         assert!(

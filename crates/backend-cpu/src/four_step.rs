@@ -802,12 +802,12 @@ mod kernels {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rustfft::FftPlanner;
 
-    /// Deterministic values in [-1, 1).
-    fn noise(len: usize, seed: u64) -> Vec<f32> {
+    /// Deterministic values in [-1, 1) (also the backward's tests' inputs).
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {
