@@ -872,6 +872,13 @@ __device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 
         d[i] = (float)acc;
     }
 }
+// d = A (16 x 8) * B (8 x 8) + c (mma.m16n8k8): the layouts of mma_16816's first halves (A
+// registers 0 and 1, B register 0). Needs no __syncwarp of its own: mma_16816 exchanges.
+__device__ __forceinline__ void mma_1688(float d[4], const u32 a[2], const u32 b, const float c[4]) {
+    const u32 a4[4] = {a[0], a[1], 0u, 0u};
+    const u32 b2[2] = {b, 0u};
+    mma_16816(d, a4, b2, c);
+}
 #else
 // Packs two f32 as f16 (rounded to nearest even): lo in bits 0..15, hi in 16..31.
 __device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
@@ -897,6 +904,14 @@ __device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
                    "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+// d = A (16 x 8) * B (8 x 8) + c: A element i at row group + 8 (i >> 1), column 2 tig + (i & 1);
+// B element i at row 2 tig + i, column group; C/D as for m16n8k16.
+__device__ __forceinline__ void mma_1688(float d[4], const u32 a[2], const u32 b, const float c[4]) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5}, {%6}, {%7, %8, %9, %10};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
 }
 #endif
 
@@ -967,6 +982,17 @@ __device__ __forceinline__ void tc_cmma(float d_re[4], float d_im[4], const u32 
     mma_16816(d_re, p, q, d_re);
     mma_16816(d_im, a_re, b_im, zero);
     mma_16816(d_im, a_im, b_re, d_im);
+}
+
+// tc_cmma for an m16n8k8 tile (A: two registers per part, B: one).
+__device__ __forceinline__ void tc_cmma8(float d_re[4], float d_im[4], const u32 a_re[2],
+                                         const u32 a_im[2], u32 b_re, u32 b_im, const u32 p[2],
+                                         u32 q) {
+    const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_1688(d_re, a_re, b_re, zero);
+    mma_1688(d_re, p, q, d_re);
+    mma_1688(d_im, a_re, b_im, zero);
+    mma_1688(d_im, a_im, b_re, d_im);
 }
 
 // This lane's B fragment registers (Re and Im) of four complex points, times `scale`.
@@ -2442,6 +2468,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 //          P1 are the A fragments of P2), the product with the filter, the inverse (P3: (.) conj
 //          F16 contracts k_c; conj W_256^(c k_b); movmatrix turns the A fragments into the B
 //          fragments of P4 = conj F16 (.), contracting k_b), then conj W_N^(r k_a); in place
+//          (launches keeping at most half the spectrum run compact rows: P2, the product and P3
+//          on the 8 kept k_c only; see MtSpectrum)
 //   S3     (N1 > 1) the inverse DFT over k_a, block-diagonal conj F_N1 / (2 N1)
 //   store  y = (f16 result) * (2N)^2 (or 256^2 for N1 = 1) * s_k / s_row, post-gated
 // Every DFT matrix carries 1/16 (1/(2 N1) for S1 and S3) and the filter is divided by a power
@@ -2874,14 +2902,48 @@ __device__ __forceinline__ void mt_dft16_from(const MtLaneTables& tb, MtDft16& f
 
 // A row's spectrum in S2 as this lane's D fragments: element (nt, i) is frequency k_b = g + 8 (i
 // >> 1), k_c = 2 t + (i & 1) + 8 nt of the row (f = k_a + N1 (k_b + 16 k_c) of the pair).
+//
+// Frequency sparsity: k_c is the top digit of the pair's frequency in every Monarch pass (N / 16
+// = 16 N1 here, and the long path's f = k_o + N_o (k_a + 64 (k_b + 16 k_c))), so kept_bins <= N / 4
+// keeps only k_c < 4 and k_c >= 12: 8 of the 16 columns of P2's result and 8 of the 16 rows P3
+// contracts. The COMPACT rows compute just those: P2 as one n-tile whose column j is k_c = j (j <
+// 4) or j + 8 (j >= 4), the product on its 4 elements per lane, and P3 as m16n8k8 products over
+// those 8 columns. Half of P2's and P3's tensor work, of the product and of the filter reads; the
+// dropped columns' filter bins are zero, so the result is the same. Both orders are F_16's own
+// columns, so no new constants: column j of the compact tile is column j of n-tile 0 (j < 4) or
+// 1 (j >= 4), and P3's k8 rows 2 t, 2 t + 1 are B register 0 (t < 2) or 1 of its n-tiles. In
+// COMPACT rows only re[0] and im[0] hold values: element i of lane (g, t) is k_b = g + 8 (i >> 1),
+// k_c = 2 t + (i & 1) + 8 [t >= 2], the same frequency as element (nt = [t >= 2], i) of the full
+// layout (and of the filter's fragment order).
 struct MtSpectrum {
     float re[2][4];
     float im[2][4];
 };
 
+// Whether S2 runs COMPACT rows: a uniform test per launch (the full N's kept bins).
+__device__ __forceinline__ bool mt_compact(const Params& pc) {
+    return pc.kept_bins <= (1u << (pc.log2n - 2u));
+}
+
+// The value of a[1] where `hi`, else a[0]. On the device a `selp` in inline PTX: clang turns a
+// plain `hi ? a[1] : a[0]` into a load from a selected address, which kept MtDft16 out of
+// registers (a 160-byte local-memory copy of it per thread).
+#if defined(FFTCONV_HOST_EMULATION)
+__device__ __forceinline__ u32 mt_pick(bool hi, const u32 a[2]) { return hi ? a[1] : a[0]; }
+#else
+__device__ __forceinline__ u32 mt_pick(bool hi, const u32 a[2]) {
+    u32 r;
+    asm("{ .reg .pred p; setp.ne.u32 p, %3, 0; selp.b32 %0, %1, %2, p; }"
+        : "=r"(r)
+        : "r"(a[1]), "r"(a[0]), "r"((u32)hi));
+    return r;
+}
+#endif
+
 // S2's forward half on one row (`re`, `im`: its planes): P1 = (F16 / 16) Z (B fragments by
 // ldmatrix.trans), W_256^(c k_b), P2 = (.) (F16 / 16) contracting c (P1's D fragments are P2's A
 // fragments).
+template <bool COMPACT>
 __device__ __forceinline__ void mt_row_forward(const MtDft16& f, const u16* re, const u16* im,
                                                MtSpectrum& out) {
     u32 lane = threadIdx.x & 31u;
@@ -2905,6 +2967,22 @@ __device__ __forceinline__ void mt_row_forward(const MtDft16& f, const u16* re, 
     u32 m_re[4], m_im[4];
     mt_pack_a(d_re, m_re);
     mt_pack_a(d_im, m_im);
+    if (COMPACT) {
+        // Compact column g (this lane's B column) is column g of n-tile [g >= 4].
+        const bool hi = (lane >> 2) >= 4u;
+        u32 b_re[2], b_im[2], b_neg[2];
+#pragma unroll
+        for (u32 j = 0; j < 2u; j++) {
+            const u32 re2[2] = {f.fb_re[0][j], f.fb_re[1][j]};
+            const u32 im2[2] = {f.fb_im[0][j], f.fb_im[1][j]};
+            const u32 neg2[2] = {f.fb_neg[0][j], f.fb_neg[1][j]};
+            b_re[j] = mt_pick(hi, re2);
+            b_im[j] = mt_pick(hi, im2);
+            b_neg[j] = mt_pick(hi, neg2);
+        }
+        tc_cmma(out.re[0], out.im[0], m_re, m_im, b_re, b_im, m_im, b_neg);
+        return;
+    }
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
         tc_cmma(out.re[nt], out.im[nt], m_re, m_im, f.fb_re[nt], f.fb_im[nt], m_im, f.fb_neg[nt]);
@@ -2914,17 +2992,35 @@ __device__ __forceinline__ void mt_row_forward(const MtDft16& f, const u16* re, 
 // S2's inverse half on one row: P3 = (.) (conj F16 / 16) contracting k_c, conj W_256^(c k_b),
 // movmatrix to P4's B fragments, P4 = (conj F16 / 16) (.) contracting k_b, then (`twiddle`) conj
 // W_N^(r k_a) for S3; to the row's planes.
+template <bool COMPACT>
 __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectrum& in, u16* re,
                                                u16* im, const Params& pc, const Buffers& bf,
                                                u32 ka, bool twiddle) {
     u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     u32 m_re[4], m_im[4];
-    mt_pack_a(in.re, m_re);
-    mt_pack_a(in.im, m_im);
     float d_re[2][4], d_im[2][4];
+    if (COMPACT) {
+        // k8 rows 2 t, 2 t + 1 are k_c 2 t, 2 t + 1 (t < 2) or 2 t + 8, 2 t + 9: B register 0 or 1.
+        const bool hi = t >= 2u;
+        const u32 a_re[2] = {pack_f16x2(in.re[0][0], in.re[0][1]),
+                             pack_f16x2(in.re[0][2], in.re[0][3])};
+        const u32 a_im[2] = {pack_f16x2(in.im[0][0], in.im[0][1]),
+                             pack_f16x2(in.im[0][2], in.im[0][3])};
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+            tc_cmma8(d_re[nt], d_im[nt], a_re, a_im, mt_pick(hi, f.fb_re[nt]),
+                     mt_pick(hi, f.fb_neg[nt]), a_im, mt_pick(hi, f.fb_im[nt]));
+        }
+    } else {
+        mt_pack_a(in.re, m_re);
+        mt_pack_a(in.im, m_im);
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+            tc_cmma(d_re[nt], d_im[nt], m_re, m_im, f.fb_re[nt], f.fb_neg[nt], m_im, f.fb_im[nt]);
+        }
+    }
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
-        tc_cmma(d_re[nt], d_im[nt], m_re, m_im, f.fb_re[nt], f.fb_neg[nt], m_im, f.fb_im[nt]);
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
             cpx v = cmul(mk(d_re[nt][i], d_im[nt][i]), conj_c(f.w2[nt][i]));
@@ -2966,18 +3062,22 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
 // With `nonfinite`, a non-finite product goes on as zero and sets *nonfinite (the blocks of
 // fftconv_monarch that hold several pairs: the block-diagonal mma's zeros times one pair's NaN
 // would reach the others).
-__device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
-                                       const Buffers& bf, u32 row, u32 ka, const cpx* filt,
-                                       bool twiddle, float sigma = 1.0f,
-                                       u32* nonfinite = nullptr) {
+template <bool COMPACT>
+__device__ __forceinline__ void mt_row_with(const MtDft16& f, MtPlanes pl, const Params& pc,
+                                            const Buffers& bf, u32 row, u32 ka, const cpx* filt,
+                                            bool twiddle, float sigma, u32* nonfinite) {
+    constexpr u32 TILES = COMPACT ? 1u : 2u;
     u16* re = pl.p[0] + row * MT_ROW;
     u16* im = pl.p[1] + row * MT_ROW;
     MtSpectrum sp;
-    mt_row_forward(f, re, im, sp);
+    mt_row_forward<COMPACT>(f, re, im, sp);
+    if (COMPACT) {
+        filt += ((threadIdx.x & 3u) >= 2u) ? 4u : 0u; // this lane's compact columns' n-tile
+    }
     cpx v[2][4];
     float fold = 0.0f;
 #pragma unroll
-    for (u32 nt = 0; nt < 2u; nt++) {
+    for (u32 nt = 0; nt < TILES; nt++) {
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
             v[nt][i] = cmul(mk(sp.re[nt][i], sp.im[nt][i]), load_ro(filt + 4u * nt + i));
@@ -2986,7 +3086,7 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
     }
     if (nonfinite != nullptr && !finite_f(fold)) { // rare: one test per lane on the common path
 #pragma unroll
-        for (u32 nt = 0; nt < 2u; nt++) {
+        for (u32 nt = 0; nt < TILES; nt++) {
 #pragma unroll
             for (u32 i = 0; i < 4u; i++) {
                 if (!finite_c(v[nt][i])) {
@@ -2997,14 +3097,26 @@ __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Para
         }
     }
 #pragma unroll
-    for (u32 nt = 0; nt < 2u; nt++) {
+    for (u32 nt = 0; nt < TILES; nt++) {
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
             sp.re[nt][i] = v[nt][i].x * sigma;
             sp.im[nt][i] = v[nt][i].y * sigma;
         }
     }
-    mt_row_inverse(f, sp, re, im, pc, bf, ka, twiddle);
+    mt_row_inverse<COMPACT>(f, sp, re, im, pc, bf, ka, twiddle);
+}
+
+// mt_row_with for the launch's frequency sparsity (`compact`: mt_compact, uniform).
+__device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
+                                       const Buffers& bf, u32 row, u32 ka, const cpx* filt,
+                                       bool twiddle, bool compact, float sigma = 1.0f,
+                                       u32* nonfinite = nullptr) {
+    if (compact) {
+        mt_row_with<true>(f, pl, pc, bf, row, ka, filt, twiddle, sigma, nonfinite);
+    } else {
+        mt_row_with<false>(f, pl, pc, bf, row, ka, filt, twiddle, sigma, nonfinite);
+    }
 }
 
 // Position, pair and row of this thread's chunk k (8 consecutive positions of one row).
@@ -3114,7 +3226,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             u32 h = udiv(pair, dv.pairs);
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                               ka * 256u + lane * 8u;
-            mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u, 1.0f,
+            mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u, mt_compact(pc), 1.0f,
                    &pair_nonfinite[row >> n1_log2]);
         }
     }
@@ -3319,7 +3431,7 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
         for (u32 i = 0; i < ROWS / 8u; i++) {
             u32 row = warp + 8u * i;
             u32 ka = (row & 15u) * R + (row >> 4);
-            mt_row(f, pl, pc, bf, row, ka, filt + ka * 256u, true);
+            mt_row(f, pl, pc, bf, row, ka, filt + ka * 256u, true, mt_compact(pc));
         }
     }
     __syncthreads();
@@ -3538,10 +3650,10 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
     const u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     const u32 at = row * MT_ROW;
     MtSpectrum sx, sd, sp;
-    mt_row_forward(f, sets[0].p[0] + at, sets[0].p[1] + at, sx);
-    mt_row_forward(f, sets[1].p[0] + at, sets[1].p[1] + at, sd);
+    mt_row_forward<false>(f, sets[0].p[0] + at, sets[0].p[1] + at, sx);
+    mt_row_forward<false>(f, sets[1].p[0] + at, sets[1].p[1] + at, sd);
     if (gated) {
-        mt_row_forward(f, sets[2].p[0] + at, sets[2].p[1] + at, sp);
+        mt_row_forward<false>(f, sets[2].p[0] + at, sets[2].p[1] + at, sp);
     }
     MtSpectrum st, sg;
 #pragma unroll
@@ -3584,10 +3696,10 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
             sp.im[nt][i] = pv.y * sigma_p;
         }
     }
-    mt_row_inverse(f, st, sets[0].p[0] + at, sets[0].p[1] + at, pc, bf, ka, twiddle);
-    mt_row_inverse(f, sg, sets[1].p[0] + at, sets[1].p[1] + at, pc, bf, ka, twiddle);
+    mt_row_inverse<false>(f, st, sets[0].p[0] + at, sets[0].p[1] + at, pc, bf, ka, twiddle);
+    mt_row_inverse<false>(f, sg, sets[1].p[0] + at, sets[1].p[1] + at, pc, bf, ka, twiddle);
     if (gated) {
-        mt_row_inverse(f, sp, sets[2].p[0] + at, sets[2].p[1] + at, pc, bf, ka, twiddle);
+        mt_row_inverse<false>(f, sp, sets[2].p[0] + at, sets[2].p[1] + at, pc, bf, ka, twiddle);
     }
 }
 
@@ -4689,7 +4801,7 @@ __device__ __forceinline__ void mt_middle_row(const Params& pc, const Buffers& b
         for (u32 i = 0; i < ROWS / 8u; i++) {
             u32 row = warp + 8u * i;
             u32 ka = (row & 15u) * R + (row >> 4);
-            mt_row(f, pl, rp, bf, row, ka, filt + ka * 256u, true, sigma);
+            mt_row(f, pl, rp, bf, row, ka, filt + ka * 256u, true, mt_compact(pc), sigma);
         }
     }
     __syncthreads();

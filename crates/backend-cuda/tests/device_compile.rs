@@ -597,8 +597,31 @@ fn assemble(ptxas: &Path, label: &str, ptx_path: &Path) -> Result<(), String> {
             .collect();
         let entry = lines[i].split('\'').nth(1).unwrap_or_default();
         println!("{label}: ptxas sm_90, {entry}: {}", usage.join("; "));
+        if let Some((stack, spills)) = stack_and_spills(&usage.join(" ")) {
+            if stack > spills + 8 {
+                return Err(format!(
+                    "{label}: {entry} has a {stack}-byte stack frame but only {spills} bytes of \
+                     spill stores: local memory that is no spill (an array indexed at run time, \
+                     or a select of addresses; session 14's compact rows first put a 160-byte \
+                     copy of MtDft16 there)"
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// (stack frame bytes, spill-store bytes) from ptxas' "N bytes stack frame, M bytes spill
+/// stores" line.
+fn stack_and_spills(usage: &str) -> Option<(u32, u32)> {
+    let number_before = |what: &str| -> Option<u32> {
+        let head = &usage[..usage.find(what)?];
+        head.split_whitespace().last()?.parse().ok()
+    };
+    Some((
+        number_before(" bytes stack frame")?,
+        number_before(" bytes spill stores")?,
+    ))
 }
 
 #[test]
@@ -680,4 +703,12 @@ fn kernels_compile_for_the_device() {
         variants.len(),
         failures.join("\n\n")
     );
+}
+
+#[test]
+fn stack_and_spills_reads_ptxas_usage() {
+    let usage =
+        "160 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads Used 128 registers";
+    assert_eq!(stack_and_spills(usage), Some((160, 12)));
+    assert_eq!(stack_and_spills("Used 40 registers"), None);
 }

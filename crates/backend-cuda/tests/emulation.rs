@@ -1885,6 +1885,30 @@ fn monarch_tensor_core_pass_256_threads() {
             8192,
             1.0,
         ),
+        // Frequency sparsity keeping at most half the spectrum runs S2's compact rows (`mt_compact`):
+        // N1 = 1 (no column DFTs), 0.5 (every compact column kept), and 0.6 (the full rows with
+        // zero filter bins).
+        (
+            "n256 sparse",
+            causal(4, 3, 128, 128).keep_frequencies(0.25),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n1k circular gated sparse 0.5",
+            causal(3, 2, 1024, 1024)
+                .circular()
+                .gated(true)
+                .keep_frequencies(0.5),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n2k sparse 0.6",
+            causal(2, 3, 1024, 1024).keep_frequencies(0.6),
+            1 << 30,
+            1.0,
+        ),
         // L and K no multiples of the vector width (the rows' I/O is 16-byte vectors: L must be
         // a multiple of VEC, which the backend checks before it runs the Monarch pass).
         ("n256 ragged L", causal(5, 2, 204, 53), 1 << 30, 1.0),
@@ -1916,6 +1940,12 @@ fn monarch_tensor_core_pass_256_threads() {
         (
             "n16k circular odd batch",
             causal(3, 2, 16384, 16384).circular(),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n16k sparse odd batch",
+            causal(3, 2, 8192, 8192).keep_frequencies(0.125),
             1 << 30,
             1.0,
         ),
