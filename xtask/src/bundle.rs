@@ -192,24 +192,32 @@ export FFTCONV_REQUIRE_BACKENDS=${FFTCONV_REQUIRE_BACKENDS:-vulkan,cuda}
 export FFTCONV_CUDA_CACHE="$work/cuda-cache"
 T=$here/tests
 S="256,4K,16K,64K,1M"
-# 1. Correctness of the CUDA backend (the CPU backend runs in CI).
+# 1. Correctness of the CUDA backend (the CPU backend runs in CI). A session has ~15 minutes of
+# device time in all, machine start included, so the first benches come right after the
+# conformance suite (every bench row is also checked against the f64 oracle on sampled rows).
 step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
-step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
-step test-backend-cuda-forward 120 "$T/backend-cuda-forward" --test-threads 4 --nocapture
-step test-backend-cuda-probe 60 "$T/backend-cuda-probe" --nocapture
 if [ "${1:-}" != "--no-bench" ]; then
-    # The suites above run the Monarch tensor-core pass for f16 / bf16 (the default since
-    # session 10). Its numbers first: FlashFFTConv's shapes with the filter preparation from a
-    # device-resident k (a training step's cost: fftconv_monarch_filter split over 16K-bin
-    # slices after it took 14 ms at 4M), then the backward against the passes it replaced.
-    bench bench-anchors-filter 120 --backend cuda --dtype f16 --anchors --filter --reps 3
+    # The Monarch tensor-core pass for f16 / bf16 (the default since session 10). Its numbers
+    # first: FlashFFTConv's shapes, dense and at 75% sparsity (session 14: compact rows), with
+    # the filter preparation from a device-resident k (a training step's cost:
+    # fftconv_monarch_filter split over 16K-bin slices after it took 14 ms at 4M), then the
+    # backward against the passes it replaced.
+    bench bench-anchors-filter 150 --backend cuda --dtype f16 --anchors --filter --reps 3 \
+        --keep-frequencies 1,0.25
     bench bench-backward 150 --backend cuda --dtype f16 --sizes 256..1M --backward --reps 3
-    bench bench-backward-no-monarch 150 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16 \
-        --sizes 256..1M --backward --reps 3
     # Session 11 (unmeasured): the 16K backward and the long backward's 16K rows with 512
     # threads (one block per SM holds their plane sets: 16 warps instead of 8); 256 is the old.
     bench bench-backward-wide-256 90 FFTCONV_CUDA_MONARCH_WIDE_THREADS=256 --backend cuda \
         --dtype f16 --sizes 16K..1M --backward --reps 3
+    bench bench-monarch-thunderkittens 60 --backend cuda --dtype bf16 --circular --sizes 4K \
+        --shape 16x1024 --reps 5
+fi
+step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
+step test-backend-cuda-forward 120 "$T/backend-cuda-forward" --test-threads 4 --nocapture
+step test-backend-cuda-probe 60 "$T/backend-cuda-probe" --nocapture
+if [ "${1:-}" != "--no-bench" ]; then
+    bench bench-backward-no-monarch 150 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16 \
+        --sizes 256..1M --backward --reps 3
     # Where the Monarch pass's instructions go (~190 per real point at 4K on the H200, IPC
     # 2.0, the integer pipe busiest): the 4K forward and backward kernels' source view, SASS
     # with CUDA lines (-lineinfo).
@@ -225,8 +233,6 @@ if [ "${1:-}" != "--no-bench" ]; then
         --keep-frequencies 1,0.25
     bench bench-monarch-baseline 200 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16,bf16 \
         --sizes 256..4M --reps 5 --keep-frequencies 1,0.25
-    bench bench-monarch-thunderkittens 60 --backend cuda --dtype bf16 --circular --sizes 4K \
-        --shape 16x1024 --reps 5
     # 32K .. 128K: one thread-block cluster per pair (sm_90; off by default since session 10's
     # H200 run: 1.00x / 0.98x / 0.90x of the four launches bench-monarch above ran).
     bench bench-monarch-cluster 60 FFTCONV_CUDA_MONARCH_CLUSTER=1 --backend cuda --dtype f16 \
