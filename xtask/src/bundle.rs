@@ -201,7 +201,8 @@ if [ "${1:-}" != "--no-bench" ]; then
     # first: FlashFFTConv's shapes, dense and at 75% sparsity (session 14: compact rows), with
     # the filter preparation from a device-resident k (a training step's cost:
     # fftconv_monarch_filter split over 16K-bin slices after it took 14 ms at 4M), then the
-    # backward against the passes it replaced.
+    # backward sweep, session 11's block-size A/B and ThunderKittens' case (the backward
+    # against the passes it replaced comes after the other CUDA suites).
     bench bench-anchors-filter 150 --backend cuda --dtype f16 --anchors --filter --reps 3 \
         --keep-frequencies 1,0.25
     bench bench-backward 150 --backend cuda --dtype f16 --sizes 256..1M --backward --reps 3
