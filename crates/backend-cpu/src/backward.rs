@@ -32,10 +32,16 @@
 //! their FFT buffers afresh. Segments are gathered straight into the packed FFT buffers; the
 //! positions no run reads (causal padding) are only cleared.
 //!
-//! Not yet done as the forward does: the FFTs still run over zero tiles (no tiled loads and
-//! stores), and a channel with a single row and a single block leaves the imaginary lane empty
-//! (no pairing across channels).
+//! Where the forward runs the four-step form (dense problems with pairs from 2^17), so does the
+//! backward: its spectra and the correlation sum stay in that layout, the filter spectrum is
+//! used as stored, and only the gathered segments and the inverse results pass through natural
+//! order (`four_step_forward`, `four_step_inverse`).
+//!
+//! Not yet done as the forward does: the whole-length FFTs still run over zero tiles (no tiled
+//! loads and stores), and a channel with a single row and a single block leaves the imaginary
+//! lane empty (no pairing across channels).
 
+use crate::four_step::FourStep;
 use crate::{error::CpuError, pair_fft::PairFft, spectrum::CpuFilterSpectrum, CpuConvolution};
 use monarch_core::{Complex32, Complex64, ConvGeometry, Element};
 use rayon::prelude::*;
@@ -127,6 +133,75 @@ struct Workspace {
     dx: [Vec<f32>; 2],
     /// Sum over the item's segments of `mask * DC * conj(V)`.
     acc: Vec<Complex64>,
+    /// The four-step form's buffers (made on first use).
+    four: Option<FourStepBuffers>,
+}
+
+/// Buffers of the four-step transforms: the spectra of `z`, `d` and `z * K` in that layout, the
+/// correlation sum, the stage steps' staging and the sub-FFTs' scratch.
+struct FourStepBuffers {
+    z: Vec<Complex32>,
+    d: Vec<Complex32>,
+    t: Vec<Complex32>,
+    acc: Vec<Complex64>,
+    staging: Vec<f32>,
+    scratch: Vec<Complex32>,
+}
+
+impl FourStepBuffers {
+    fn new(fs: &FourStep) -> Self {
+        let len = fs.buf_len();
+        FourStepBuffers {
+            z: vec![Complex32::default(); len],
+            d: vec![Complex32::default(); len],
+            t: vec![Complex32::default(); len],
+            acc: vec![Complex64::default(); len],
+            staging: vec![0.0; FourStep::staging_len()],
+            scratch: vec![Complex32::default(); fs.scratch_len()],
+        }
+    }
+}
+
+/// Forward four-step transform of the natural-order sequence `src` into `buf`; positions from
+/// `extent` on are known to be zero (not read).
+fn four_step_forward(
+    fs: &FourStep,
+    src: &[Complex32],
+    extent: usize,
+    buf: &mut [Complex32],
+    staging: &mut [f32],
+    scratch: &mut [Complex32],
+) {
+    let tile = FourStep::tile_len();
+    fs.load(buf, staging, |p0, re, im| {
+        if p0 >= extent {
+            return false;
+        }
+        for ((r, i), v) in re.iter_mut().zip(im.iter_mut()).zip(&src[p0..p0 + tile]) {
+            *r = v.re;
+            *i = v.im;
+        }
+        true
+    });
+    fs.forward(buf, scratch);
+}
+
+/// Inverse four-step transform of `buf` (unnormalised), positions `[0, needed)` (whole tiles)
+/// into `dst` in natural order.
+fn four_step_inverse(
+    fs: &FourStep,
+    buf: &mut [Complex32],
+    needed: usize,
+    dst: &mut [Complex32],
+    staging: &mut [f32],
+    scratch: &mut [Complex32],
+) {
+    fs.inverse(buf, scratch);
+    fs.store(buf, staging, needed, |p0, re, im| {
+        for ((d, &r), &i) in dst[p0..].iter_mut().zip(re.iter()).zip(im.iter()) {
+            *d = Complex32::new(r, i);
+        }
+    });
 }
 
 impl Workspace {
@@ -142,7 +217,13 @@ impl Workspace {
             dys: [vec![0.0; n], vec![0.0; n]],
             dx: [vec![0.0; l], vec![0.0; l]],
             acc: vec![Complex64::default(); n],
+            four: None,
         }
+    }
+
+    /// The four-step buffers for `fs`, made on first use.
+    fn four_step(&mut self, fs: &FourStep) -> &mut FourStepBuffers {
+        self.four.get_or_insert_with(|| FourStepBuffers::new(fs))
     }
 }
 
@@ -332,25 +413,27 @@ impl CpuConvolution {
             }
         }
         let fft = PairFft::new(spec.geometry().n());
-        // The backward runs whole-length FFTs: a four-step spectrum is read in natural order,
-        // a channel at a time into the worker's own buffer, kept while the worker's items stay
-        // in that channel (items come in channel order). A copy of the whole spectrum per call
-        // cost more in fresh pages (20% at 256K); a gather per item, 5-10%.
+        // A four-step spectrum (where the forward runs the four-step form) is used as it is by
+        // the same form's transforms.
+        let four = (!filter.is_natural()).then(|| self.four_step()).flatten();
         let taps: Vec<(usize, Vec<f64>)> = items
             .into_par_iter()
             .map_init(
                 || (PooledWorkspace::take(&fft, l), None, Vec::new()),
                 |(ws, held, natural), (h, mut rows)| {
-                    let k = if filter.is_natural() {
+                    let k = if filter.is_natural() || four.is_some() {
                         filter.channel(h)
                     } else {
+                        // Whole-length FFTs: the four-step spectrum in natural order, a channel at
+                        // a time into the worker's own buffer, kept while the worker's items stay
+                        // in that channel (items come in channel order).
                         if *held != Some(h) {
                             filter.natural_channel(h, natural);
                             *held = Some(h);
                         }
                         &natural[..]
                     };
-                    let taps = self.backward_rows(&fft, filter, k, &inputs, &mut rows, ws);
+                    let taps = self.backward_rows(&fft, four, filter, k, &inputs, &mut rows, ws);
                     (h, taps)
                 },
             )
@@ -375,6 +458,7 @@ impl CpuConvolution {
     fn backward_rows<T: Element>(
         &self,
         fft: &PairFft,
+        four: Option<&FourStep>,
         filter: &CpuFilterSpectrum,
         k: &[Complex32],
         inputs: &Inputs<'_, T>,
@@ -383,11 +467,22 @@ impl CpuConvolution {
     ) -> Vec<f64> {
         let spec = self.spec();
         let (n, kl) = (spec.geometry().n(), spec.filter_len());
-        ws.acc.fill(Complex64::default());
+        match four {
+            Some(fs) => ws.four_step(fs).acc.fill(Complex64::default()),
+            None => ws.acc.fill(Complex64::default()),
+        }
         for pair in rows.chunks_mut(2) {
-            self.backward_pair(fft, filter, k, inputs, pair, ws);
+            self.backward_pair(fft, four, filter, k, inputs, pair, ws);
         }
         // dk: the first K taps of Re(IFFT(acc)) / N.
+        if let Some(fs) = four {
+            let b = ws.four.as_mut().expect("made above");
+            for (t, a) in b.t.iter_mut().zip(&b.acc) {
+                *t = Complex32::new(a.re as f32, a.im as f32);
+            }
+            four_step_inverse(fs, &mut b.t, kl, &mut ws.d, &mut b.staging, &mut b.scratch);
+            return ws.d[..kl].iter().map(|v| v.re as f64 / n as f64).collect();
+        }
         for (t, a) in ws.t.iter_mut().zip(&ws.acc) {
             *t = Complex32::new(a.re as f32, a.im as f32);
         }
@@ -401,6 +496,7 @@ impl CpuConvolution {
     fn backward_pair<T: Element>(
         &self,
         fft: &PairFft,
+        four: Option<&FourStep>,
         filter: &CpuFilterSpectrum,
         k: &[Complex32],
         inputs: &Inputs<'_, T>,
@@ -474,20 +570,50 @@ impl CpuConvolution {
                     set_lane(dc, i, dyl);
                 }
             }
-            fft.forward(&mut ws.z, &mut ws.scratch);
-            fft.forward(&mut ws.d, &mut ws.scratch);
-            // Filter gradient: Re(IFFT(DC * conj(V))) sums both lanes' correlations.
-            for range in &kept {
-                for f in range.clone() {
-                    let p = ws.d[f] * ws.z[f].conj();
-                    ws.acc[f] += Complex64::new(p.re as f64, p.im as f64);
+            let gated = inputs.post.is_some();
+            if let Some(fs) = four {
+                // The four-step form: the same products, bin by bin in its layout (a dense
+                // spectrum: every bin kept), and the results back in natural order.
+                let z_extent = segs
+                    .iter()
+                    .flatten()
+                    .flat_map(|s| segment_runs(&g, *s, l))
+                    .map(|r| r.pos + r.len)
+                    .max()
+                    .unwrap_or(0);
+                let d_extent = segs.iter().flatten().map(|s| s.outputs).max().unwrap_or(0);
+                let b = ws.four.as_mut().expect("made by backward_rows");
+                let (staging, scratch) = (&mut b.staging, &mut b.scratch);
+                four_step_forward(fs, &ws.z, z_extent, &mut b.z, staging, scratch);
+                four_step_forward(fs, &ws.d, d_extent, &mut b.d, staging, scratch);
+                fs.accumulate_correlation(&mut b.acc, &b.d, &b.z);
+                if gated {
+                    b.t.copy_from_slice(&b.z);
+                    fs.multiply(&mut b.t, k, false);
+                    four_step_inverse(fs, &mut b.t, d_extent, &mut ws.t, staging, scratch);
                 }
+                fs.multiply(&mut b.d, k, true);
+                four_step_inverse(fs, &mut b.d, n, &mut ws.d, staging, scratch);
+            } else {
+                fft.forward(&mut ws.z, &mut ws.scratch);
+                fft.forward(&mut ws.d, &mut ws.scratch);
+                // Filter gradient: Re(IFFT(DC * conj(V))) sums both lanes' correlations.
+                for range in &kept {
+                    for f in range.clone() {
+                        let p = ws.d[f] * ws.z[f].conj();
+                        ws.acc[f] += Complex64::new(p.re as f64, p.im as f64);
+                    }
+                }
+                if gated {
+                    ws.t.copy_from_slice(&ws.z);
+                    filter.multiply(k, &mut ws.t);
+                    fft.inverse(&mut ws.t, &mut ws.scratch);
+                }
+                multiply_conj(k, &mut ws.d);
+                fft.inverse(&mut ws.d, &mut ws.scratch);
             }
             // Post-gate gradient: dy * c with c = IFFT(V * K).
-            if inputs.post.is_some() {
-                ws.t.copy_from_slice(&ws.z);
-                filter.multiply(k, &mut ws.t);
-                fft.inverse(&mut ws.t, &mut ws.scratch);
+            if gated {
                 for (i, s) in segs.iter().enumerate() {
                     let Some(s) = s else { continue };
                     let vals = &mut ws.tmp[..s.outputs];
@@ -500,8 +626,6 @@ impl CpuConvolution {
                 }
             }
             // Segment gradient: IFFT(DC * conj(K)), scattered back to the inputs it read.
-            multiply_conj(k, &mut ws.d);
-            fft.inverse(&mut ws.d, &mut ws.scratch);
             for (i, s) in segs.iter().enumerate() {
                 let Some(s) = s else { continue };
                 let dx = &mut ws.dx[s.lane];
@@ -580,8 +704,68 @@ mod tests {
         }
     }
 
+    /// The four-step form's backward (`FourStep` transforms on its own spectrum layout) against
+    /// the whole-length one on the same problems: gated, circular, and several overlap-save
+    /// blocks with history.
+    #[test]
+    fn four_step_backward_matches_whole_length_transforms() {
+        let cases = [
+            ConvSpec::builder(2, 1, 1 << 16, 1 << 16).gated(true),
+            ConvSpec::builder(1, 3, 1 << 17, 1 << 17).circular(),
+            ConvSpec::builder(2, 1, 300_000, 70_000),
+            ConvSpec::builder(1, 2, 250_000, 40_000)
+                .circular()
+                .gated(true),
+        ];
+        for (i, builder) in cases.into_iter().enumerate() {
+            let spec = builder.build().unwrap();
+            assert!(
+                i < 2 || spec.geometry().blocks >= 2,
+                "case {i}: several blocks"
+            );
+            let (b, h, l, kl) = (
+                spec.batch(),
+                spec.channels(),
+                spec.length(),
+                spec.filter_len(),
+            );
+            let seed = 10 * i as u64;
+            let (u, dy) = (noise(b * h * l, seed + 1), noise(b * h * l, seed + 2));
+            let k: Vec<f32> = noise(h * kl, seed + 3).iter().map(|v| v / 64.0).collect();
+            let gates = spec
+                .gated()
+                .then(|| (noise(b * h * l, seed + 4), noise(b * h * l, seed + 5)));
+            let run = |four_step: bool| {
+                let conv = CpuConvolution::with_four_step(&spec, four_step).unwrap();
+                let filter = conv.prepare_filter(&k).unwrap();
+                assert_eq!(filter.is_natural(), !four_step, "case {i}: layout");
+                let mut du = vec![f32::NAN; b * h * l];
+                let mut dk = vec![f32::NAN; h * kl];
+                let mut dpre = gates.as_ref().map(|_| vec![f32::NAN; b * h * l]);
+                let mut dpost = gates.as_ref().map(|_| vec![f32::NAN; b * h * l]);
+                let grads = CpuGradients {
+                    du: &mut du,
+                    dk: &mut dk,
+                    dpregate: dpre.as_deref_mut(),
+                    dpostgate: dpost.as_deref_mut(),
+                };
+                let g = gates.as_ref().map(|(p, q)| (&p[..], &q[..]));
+                conv.backward(&filter, &u, g, &dy, grads).unwrap();
+                (du, dk, dpre, dpost)
+            };
+            let (four, whole) = (run(true), run(false));
+            assert!(rel_err(&four.0, &whole.0) < 1e-5, "case {i}: du");
+            assert!(rel_err(&four.1, &whole.1) < 1e-5, "case {i}: dk");
+            for (what, a, b) in [("dpre", &four.2, &whole.2), ("dpost", &four.3, &whole.3)] {
+                if let (Some(a), Some(b)) = (a, b) {
+                    assert!(rel_err(a, b) < 1e-5, "case {i}: {what}");
+                }
+            }
+        }
+    }
+
     /// A dense problem with pairs from 2^17 keeps its spectrum in the four-step layout, which
-    /// the backward reads a channel at a time in natural order. Its gradients equal those of
+    /// the backward's four-step transforms use as it is. Its gradients equal those of
     /// each row of each channel run alone (one segment: natural layout, checked against the
     /// f64 oracle by the conformance suite): `du` row by row, `dk` as the sum over the batch.
     #[test]

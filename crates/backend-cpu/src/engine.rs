@@ -76,6 +76,17 @@ impl PairTransform {
     }
 }
 
+impl CpuConvolution {
+    /// The four-step form, where this problem's forward runs it (its filter spectra are then
+    /// in that layout).
+    pub(crate) fn four_step(&self) -> Option<&FourStep> {
+        match &*self.fft {
+            PairTransform::FourStep(f) => Some(f),
+            PairTransform::Pair(_) => None,
+        }
+    }
+}
+
 /// Work for one batch slot: `(a, b, h, hb)`, segment `a` of channel `h` and `b` of channel
 /// `hb`, packed as `a + i*b`. A pair of one channel (`hb == h`) shares its filter; a
 /// cross-channel pair (`hb != h`, two lone segments) is separated in the frequency domain
@@ -250,12 +261,18 @@ struct Inputs<'a, T> {
 impl CpuConvolution {
     /// Prepares a problem: plans (or reuses) the complex FFTs of its block size.
     pub fn new(spec: &ConvSpec) -> Result<Self, CpuError> {
+        Self::with_four_step(spec, true)
+    }
+
+    /// [`new`](Self::new), with the four-step form only where `allowed` (tests compare the
+    /// two forms on one problem).
+    pub(crate) fn with_four_step(spec: &ConvSpec, allowed: bool) -> Result<Self, CpuError> {
         let n = spec.geometry().n();
         // Four-step needs pairs (of one channel or across two): a problem of one segment
         // (B = H = 1, one block) keeps the natural layout its real FFT reads directly.
         let g = spec.geometry();
         let pairs = spec.batch() * g.blocks * spec.channels() >= 2;
-        let fft = if n >= FOUR_STEP_FROM && !g.is_sparse() && pairs {
+        let fft = if allowed && n >= FOUR_STEP_FROM && !g.is_sparse() && pairs {
             PairTransform::FourStep(FourStep::new(n))
         } else if n >= SPLIT_FROM {
             PairTransform::Pair(PairFft::split(n))

@@ -23,7 +23,7 @@
 
 use crate::planner::complex_ffts;
 use crate::spectrum::{cross_bins, cross_own};
-use monarch_core::{twiddle::root_of_unity, Complex32};
+use monarch_core::{twiddle::root_of_unity, Complex32, Complex64};
 use rustfft::Fft;
 use std::sync::Arc;
 
@@ -172,6 +172,54 @@ impl FourStep {
     pub(crate) fn forward(&self, buf: &mut [Complex32], scratch: &mut [Complex32]) {
         for r in 0..RADIX {
             self.fft.process_with_scratch(self.sub(buf, r), scratch);
+        }
+    }
+
+    /// The inverse sub-FFTs alone (the backward: before [`store`](Self::store)).
+    pub(crate) fn inverse(&self, buf: &mut [Complex32], scratch: &mut [Complex32]) {
+        for r in 0..RADIX {
+            self.ifft.process_with_scratch(self.sub(buf, r), scratch);
+        }
+    }
+
+    /// Multiplies a forward-transformed buffer by the filter spectrum `k` (the layout of
+    /// [`keep`](Self::keep)), or by its conjugate (`conjugate`: the adjoint), bin by bin.
+    pub(crate) fn multiply(&self, buf: &mut [Complex32], k: &[Complex32], conjugate: bool) {
+        let m = self.m;
+        for r in 0..RADIX {
+            let sub = self.sub(buf, r);
+            if r <= RADIX / 2 {
+                for (x, &kp) in sub.iter_mut().zip(&k[r * m..(r + 1) * m]) {
+                    *x *= if conjugate { kp.conj() } else { kp };
+                }
+            } else {
+                // Frequency 16 j + r mirrors 16 (M - 1 - j) + (16 - r): conjugated, reversed.
+                let mirror = &k[(RADIX - r) * m..(RADIX - r + 1) * m];
+                for (x, &kp) in sub.iter_mut().zip(mirror.iter().rev()) {
+                    *x *= if conjugate { kp } else { kp.conj() };
+                }
+            }
+        }
+    }
+
+    /// `acc += d * conj(z)` bin by bin over the sub-arrays of three buffers of this layout
+    /// (the backward's filter correlation; `acc` in f64).
+    pub(crate) fn accumulate_correlation(
+        &self,
+        acc: &mut [Complex64],
+        d: &[Complex32],
+        z: &[Complex32],
+    ) {
+        for r in 0..RADIX {
+            let range = r * self.stride..r * self.stride + self.m;
+            for ((a, &dv), &zv) in acc[range.clone()]
+                .iter_mut()
+                .zip(&d[range.clone()])
+                .zip(&z[range])
+            {
+                let p = dv * zv.conj();
+                *a += Complex64::new(p.re as f64, p.im as f64);
+            }
         }
     }
 
