@@ -413,26 +413,16 @@ impl CpuConvolution {
             }
         }
         let fft = PairFft::new(spec.geometry().n());
-        // A four-step spectrum (where the forward runs the four-step form) is used as it is by
-        // the same form's transforms.
-        let four = (!filter.is_natural()).then(|| self.four_step()).flatten();
+        // A four-step spectrum (where the forward runs the four-step form; `check_inputs` keeps a
+        // filter's layout to its own problem's) is used as it is by the same form's transforms.
+        let four = self.four_step();
+        debug_assert_eq!(four.is_some(), !filter.is_natural(), "filter layout");
         let taps: Vec<(usize, Vec<f64>)> = items
             .into_par_iter()
             .map_init(
-                || (PooledWorkspace::take(&fft, l), None, Vec::new()),
-                |(ws, held, natural), (h, mut rows)| {
-                    let k = if filter.is_natural() || four.is_some() {
-                        filter.channel(h)
-                    } else {
-                        // Whole-length FFTs: the four-step spectrum in natural order, a channel at
-                        // a time into the worker's own buffer, kept while the worker's items stay
-                        // in that channel (items come in channel order).
-                        if *held != Some(h) {
-                            filter.natural_channel(h, natural);
-                            *held = Some(h);
-                        }
-                        &natural[..]
-                    };
+                || PooledWorkspace::take(&fft, l),
+                |ws, (h, mut rows)| {
+                    let k = filter.channel(h);
                     let taps = self.backward_rows(&fft, four, filter, k, &inputs, &mut rows, ws);
                     (h, taps)
                 },
