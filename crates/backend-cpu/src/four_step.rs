@@ -185,19 +185,24 @@ impl FourStep {
     /// Multiplies a forward-transformed buffer by the filter spectrum `k` (the layout of
     /// [`keep`](Self::keep)), or by its conjugate (`conjugate`: the adjoint), bin by bin.
     pub(crate) fn multiply(&self, buf: &mut [Complex32], k: &[Complex32], conjugate: bool) {
-        let m = self.m;
         for r in 0..RADIX {
-            let sub = self.sub(buf, r);
-            if r <= RADIX / 2 {
-                for (x, &kp) in sub.iter_mut().zip(&k[r * m..(r + 1) * m]) {
-                    *x *= if conjugate { kp.conj() } else { kp };
-                }
-            } else {
-                // Frequency 16 j + r mirrors 16 (M - 1 - j) + (16 - r): conjugated, reversed.
-                let mirror = &k[(RADIX - r) * m..(RADIX - r + 1) * m];
-                for (x, &kp) in sub.iter_mut().zip(mirror.iter().rev()) {
-                    *x *= if conjugate { kp } else { kp.conj() };
-                }
+            self.multiply_sub(self.sub(buf, r), r, k, conjugate);
+        }
+    }
+
+    /// [`multiply`](Self::multiply) on sub-array `r` alone.
+    #[inline(always)]
+    fn multiply_sub(&self, sub: &mut [Complex32], r: usize, k: &[Complex32], conjugate: bool) {
+        let m = self.m;
+        if r <= RADIX / 2 {
+            for (x, &kp) in sub.iter_mut().zip(&k[r * m..(r + 1) * m]) {
+                *x *= if conjugate { kp.conj() } else { kp };
+            }
+        } else {
+            // Frequency 16 j + r mirrors 16 (M - 1 - j) + (16 - r): conjugated, reversed.
+            let mirror = &k[(RADIX - r) * m..(RADIX - r + 1) * m];
+            for (x, &kp) in sub.iter_mut().zip(mirror.iter().rev()) {
+                *x *= if conjugate { kp } else { kp.conj() };
             }
         }
     }
@@ -231,21 +236,10 @@ impl FourStep {
         scratch: &mut [Complex32],
         k: &[Complex32],
     ) {
-        let m = self.m;
         for r in 0..RADIX {
             let sub = self.sub(buf, r);
             self.fft.process_with_scratch(sub, scratch);
-            if r <= RADIX / 2 {
-                for (x, &kp) in sub.iter_mut().zip(&k[r * m..(r + 1) * m]) {
-                    *x *= kp;
-                }
-            } else {
-                // Frequency 16 j + r mirrors 16 (M - 1 - j) + (16 - r): conjugated, reversed.
-                let mirror = &k[(RADIX - r) * m..(RADIX - r + 1) * m];
-                for (x, &kp) in sub.iter_mut().zip(mirror.iter().rev()) {
-                    *x *= kp.conj();
-                }
-            }
+            self.multiply_sub(sub, r, k, false);
             self.ifft.process_with_scratch(sub, scratch);
         }
     }
