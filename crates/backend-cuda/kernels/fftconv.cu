@@ -2607,7 +2607,8 @@ __device__ __forceinline__ bool mt_finite8(float v[8], u32& mx) {
 
 // 0 where every value folded into it (mt_nonfinite_fold) was finite, NaN otherwise: v * 0
 // is 0 for finite v and NaN for inf and NaN (IEEE; fast math would fold it to 0).
-#if defined(__FAST_MATH__) || defined(__USE_FAST_MATH__) ||                                       \
+// NVRTC predefines __USE_FAST_MATH__ as 0 without --use_fast_math: test its value.
+#if defined(__FAST_MATH__) || (defined(__USE_FAST_MATH__) && __USE_FAST_MATH__) ||             \
     (defined(__FINITE_MATH_ONLY__) && __FINITE_MATH_ONLY__)
 #error "the Monarch kernels' non-finite checks need IEEE arithmetic: no fast math"
 #endif
