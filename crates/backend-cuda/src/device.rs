@@ -283,34 +283,7 @@ impl CudaDevice {
 
     fn build_kernels(&self, key: KernelKey) -> Result<Kernels, CudaError> {
         let threads = key.threads;
-        let io = io_define(key.dtype);
-        let (major, minor) = self.info.compute_capability;
-        let options = vec![
-            format!("--gpu-architecture=sm_{major}{minor}"),
-            "--std=c++17".to_owned(),
-            format!("-D{io}=1"),
-            format!("-DSHARED_POINTS={}", key.shared_points),
-            format!("-DPAD={}", u32::from(key.pad)),
-            format!("-DTHREADS={threads}"),
-            format!("-DMAX_RADIX_LOG2={}", key.radix_log2),
-            format!("-DSEGMENT_TABLE={}", u32::from(key.segment_table)),
-            format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
-            format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
-            format!("-DVECTOR_IO={}", u32::from(key.vector_io)),
-            // The Monarch kernels are a module of their own (`monarch_kernels`).
-            "-DMONARCH_TC=0".to_owned(),
-            format!("-DMIN_BLOCKS={}", key.min_blocks),
-        ];
-        let mut options = options;
-        if let Some(f) = key.fused {
-            options.extend([
-                format!("-DSPEC_LOG2N={}", f.log2n),
-                format!("-DSPEC_LINE_LOG2={}", f.line_log2),
-                format!("-DSPEC_LINES_LOG2={}", f.lines_log2),
-                format!("-DSPEC_STAGE_COUNT={}", f.stage_count),
-                format!("-DSPEC_STAGE_BITS={}", f.stage_bits),
-            ]);
-        }
+        let options = base_module_options(self.info.compute_capability, &key);
         let module = self.module(&options)?;
         let shared_bytes =
             (key.shared_points + if key.pad { key.shared_points / 16 } else { 0 }) * 8;
@@ -377,21 +350,12 @@ impl CudaDevice {
         if let Some(k) = cache.get(&(dtype, min_blocks, wide_threads)) {
             return Ok(Arc::clone(k));
         }
-        let (major, minor) = self.info.compute_capability;
-        let mut options = vec![
-            format!("--gpu-architecture=sm_{major}{minor}"),
-            "--std=c++17".to_owned(),
-            format!("-D{}=1", io_define(dtype)),
-            "-DMONARCH_TC=1".to_owned(),
-            // The file's base passes (compiled alongside, unused here) need these.
-            "-DSHARED_POINTS=4096".to_owned(),
-            "-DPAD=1".to_owned(),
-            "-DTHREADS=256".to_owned(),
-        ];
-        if let Some(b) = min_blocks {
-            options.push(format!("-DMT_MIN_BLOCKS={b}"));
-        }
-        options.push(format!("-DMT_WIDE_THREADS={wide_threads}u"));
+        let options = monarch_module_options(
+            self.info.compute_capability,
+            dtype,
+            min_blocks,
+            wide_threads,
+        );
         let module = self.module(&options)?;
         let get = |name: &str| {
             module
@@ -513,6 +477,64 @@ impl CudaDevice {
 }
 
 /// The kernel file's define for the I/O dtype.
+/// NVRTC's options for the base passes' module (`MONARCH_TC=0`) of `key` on a device of
+/// compute capability `cc`.
+fn base_module_options(cc: (i32, i32), key: &KernelKey) -> Vec<String> {
+    let (major, minor) = cc;
+    let mut options = vec![
+        format!("--gpu-architecture=sm_{major}{minor}"),
+        "--std=c++17".to_owned(),
+        format!("-D{}=1", io_define(key.dtype)),
+        format!("-DSHARED_POINTS={}", key.shared_points),
+        format!("-DPAD={}", u32::from(key.pad)),
+        format!("-DTHREADS={}", key.threads),
+        format!("-DMAX_RADIX_LOG2={}", key.radix_log2),
+        format!("-DSEGMENT_TABLE={}", u32::from(key.segment_table)),
+        format!("-DTENSOR_CORES={}", u32::from(key.tensor_cores)),
+        format!("-DMIDDLE_ROUND={}", u32::from(key.middle_round)),
+        format!("-DVECTOR_IO={}", u32::from(key.vector_io)),
+        // The Monarch kernels are a module of their own (`monarch_module_options`).
+        "-DMONARCH_TC=0".to_owned(),
+        format!("-DMIN_BLOCKS={}", key.min_blocks),
+    ];
+    if let Some(f) = key.fused {
+        options.extend([
+            format!("-DSPEC_LOG2N={}", f.log2n),
+            format!("-DSPEC_LINE_LOG2={}", f.line_log2),
+            format!("-DSPEC_LINES_LOG2={}", f.lines_log2),
+            format!("-DSPEC_STAGE_COUNT={}", f.stage_count),
+            format!("-DSPEC_STAGE_BITS={}", f.stage_bits),
+        ]);
+    }
+    options
+}
+
+/// NVRTC's options for the Monarch pass's module (`MONARCH_TC=1`; the base passes' defines at
+/// fixed values the Monarch kernels do not read) for `dtype` on compute capability `cc`.
+fn monarch_module_options(
+    cc: (i32, i32),
+    dtype: DType,
+    min_blocks: Option<u32>,
+    wide_threads: u32,
+) -> Vec<String> {
+    let (major, minor) = cc;
+    let mut options = vec![
+        format!("--gpu-architecture=sm_{major}{minor}"),
+        "--std=c++17".to_owned(),
+        format!("-D{}=1", io_define(dtype)),
+        "-DMONARCH_TC=1".to_owned(),
+        // The file's base passes (compiled alongside, unused here) need these.
+        "-DSHARED_POINTS=4096".to_owned(),
+        "-DPAD=1".to_owned(),
+        "-DTHREADS=256".to_owned(),
+    ];
+    if let Some(b) = min_blocks {
+        options.push(format!("-DMT_MIN_BLOCKS={b}"));
+    }
+    options.push(format!("-DMT_WIDE_THREADS={wide_threads}u"));
+    options
+}
+
 fn io_define(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "IO_F32",
@@ -924,6 +946,75 @@ fn compile(source: &str, options: &[String], name: &str) -> Result<Vec<u8>, Cuda
     // SAFETY: `prog` was created above and is destroyed once.
     unsafe { nvrtc_sys::nvrtcDestroyProgram(&mut prog) };
     result
+}
+
+/// One NVRTC compilation of `kernels/fftconv.cu` that the host makes on some device: the
+/// options [`CudaDevice`] passes for a module and dtype (see [`module_variants`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleVariant {
+    /// What the module is, e.g. `monarch f16 sm_90`.
+    pub label: String,
+    /// NVRTC's options, exactly as the host passes them.
+    pub options: Vec<String>,
+}
+
+/// The modules the host compiles on a device of compute capability `cc`, with the defaults and
+/// with the experiments' environment variables set: every base-pass module per dtype at 4K and
+/// 16K points of shared memory, and the Monarch module per tensor-core dtype (from sm_80) with
+/// the default register cap and wide-row block size and with the alternatives. For checking
+/// the kernels against NVRTC on a machine without a GPU ([`compile_variant`]).
+pub fn module_variants(cc: (i32, i32)) -> Vec<ModuleVariant> {
+    let arch = format!("sm_{}{}", cc.0, cc.1);
+    let mut variants = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::Bf16] {
+        for (shared_points, experiments) in [(4096, false), (16384, false), (4096, true)] {
+            let key = KernelKey {
+                dtype,
+                shared_points,
+                threads: (shared_points / 16).clamp(256, 1024),
+                radix_log2: if experiments { 4 } else { 3 },
+                segment_table: experiments,
+                tensor_cores: experiments && dtype != DType::F32 && cc.0 >= 8,
+                middle_round: !experiments,
+                vector_io: experiments,
+                monarch: false,
+                min_blocks: 1,
+                monarch_min_blocks: None,
+                fused: None,
+                pad: true,
+            };
+            let what = if experiments { " experiments" } else { "" };
+            variants.push(ModuleVariant {
+                label: format!("base {dtype:?} {shared_points} points{what} {arch}"),
+                options: base_module_options(cc, &key),
+            });
+        }
+    }
+    if cc.0 >= 8 {
+        for (dtype, min_blocks, wide_threads) in [
+            (DType::F16, None, 512),
+            (DType::Bf16, None, 512),
+            (DType::F16, Some(1), 256),
+        ] {
+            variants.push(ModuleVariant {
+                label: format!(
+                    "monarch {dtype:?} min blocks {min_blocks:?} wide {wide_threads} {arch}"
+                ),
+                options: monarch_module_options(cc, dtype, min_blocks, wide_threads),
+            });
+        }
+    }
+    variants
+}
+
+/// Compiles `variant` with NVRTC (no device needed; NVRTC must be on the library path) and
+/// returns the size of the image. A compile error carries NVRTC's log.
+pub fn compile_variant(variant: &ModuleVariant) -> Result<usize, CudaError> {
+    crate::probe::guarded(|| {
+        crate::probe::check_nvrtc()?;
+        let name = format!("fftconv.cu ({})", variant.label);
+        compile(KERNEL_SOURCE, &variant.options, &name).map(|cubin| cubin.len())
+    })
 }
 
 #[cfg(test)]

@@ -179,7 +179,7 @@ fn probe_unguarded() -> Result<Vec<CudaDeviceInfo>, CudaError> {
 }
 
 /// Checks that NVRTC can be opened and answers `nvrtcVersion`.
-fn check_nvrtc() -> Result<(), CudaError> {
+pub(crate) fn check_nvrtc() -> Result<(), CudaError> {
     // SAFETY: only tries to `dlopen` the candidate names; nothing is called.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(CudaError::unavailable(format!(
