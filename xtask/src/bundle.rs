@@ -116,6 +116,7 @@ fn bundle() -> Result<u64, String> {
         install(&root.join("target/release").join(name), &bin.join(name))?;
     }
     std::fs::write(dir.join("run.sh"), RUN_SH).map_err(|e| format!("writing run.sh: {e}"))?;
+    kernel_cache(&root, &dir.join("cuda-cache"))?;
 
     let size = dir_size(&dir)?;
     if size > MAX_BUNDLE_BYTES {
@@ -124,6 +125,49 @@ fn bundle() -> Result<u64, String> {
         ));
     }
     Ok(size)
+}
+
+/// Fills `cache` with the sm_90 kernel modules (`backend-cuda/tests/nvrtc_compile.rs` with
+/// `FFTCONV_NVRTC_FILL_CACHE=1`), compiled here by NVRTC from `target/nvrtc` (`.ci/run`
+/// unpacks it there), so the GPU session loads them instead of spending ~45 s of device time
+/// per Monarch module in NVRTC. Images whose key changed (another source) are dropped; without
+/// NVRTC here the bundle goes without a cache.
+fn kernel_cache(root: &Path, cache: &Path) -> Result<(), String> {
+    let nvrtc = root.join("target/nvrtc");
+    if !nvrtc.join("libnvrtc.so").exists() {
+        eprintln!(
+            "note: {} has no libnvrtc.so (run .ci/run once, or unpack the nvidia-cuda-nvrtc 13.0 \
+             wheel there): the bundle ships no kernel cache, so the GPU compiles",
+            nvrtc.display()
+        );
+        return Ok(());
+    }
+    // Only this source's images: a stale cache would only take space in the 64 MiB.
+    if cache.exists() {
+        std::fs::remove_dir_all(cache).map_err(|e| format!("clearing {}: {e}", cache.display()))?;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "backend-cuda",
+            "--test",
+            "nvrtc_compile",
+        ])
+        .env("LD_LIBRARY_PATH", &nvrtc)
+        .env("FFTCONV_REQUIRE_NVRTC", "1")
+        .env("FFTCONV_NVRTC_FILL_CACHE", "1")
+        .env("FFTCONV_NVRTC_ARCHS", "90")
+        .env("FFTCONV_CUDA_CACHE", cache)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("running the nvrtc_compile test: {e}"))?;
+    if !status.success() {
+        return Err("NVRTC could not compile the kernels (nvrtc_compile test)".into());
+    }
+    Ok(())
 }
 
 /// The script the bundle runs on the GPU machine.
@@ -189,7 +233,12 @@ trap finish EXIT
 "$here/bin/fftconv" devices | tee "$work/logs/devices.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$work/logs/devices.log" 2>&1
 export FFTCONV_REQUIRE_BACKENDS=${FFTCONV_REQUIRE_BACKENDS:-vulkan,cuda}
+# The kernel modules compiled for sm_90 by `cargo xtask device-bundle` (NVRTC 13.0 there, keyed
+# by source, options, architecture and NVRTC version): loaded instead of compiled when they match.
 export FFTCONV_CUDA_CACHE="$work/cuda-cache"
+if [ -d "$here/cuda-cache" ]; then
+    cp -r "$here/cuda-cache" "$work/cuda-cache"
+fi
 T=$here/tests
 S="256,4K,16K,64K,1M"
 # 1. Correctness of the CUDA backend (the CPU backend runs in CI). A session has ~15 minutes of
@@ -212,6 +261,16 @@ if [ "${1:-}" != "--no-bench" ]; then
         --dtype f16 --sizes 16K..1M --backward --reps 3
     bench bench-monarch-thunderkittens 60 --backend cuda --dtype bf16 --circular --sizes 4K \
         --shape 16x1024 --reps 5
+    # Where the time goes, per kernel (session 15 on the H200: the filter preparation took
+    # 4.3 ms at 64K x 768 channels, as long as the forward, against ~0.3 predicted; the
+    # backward ran 5.8x the forward at 4K and 9.2x at 64K). Every fftconv_ kernel's duration
+    # summed per name; the bench rows above give the wall times to compare with.
+    for what in "filter-64k --sizes 64K --filter" "backward --sizes 4K,64K --backward"; do
+        read -r -a words <<< "$what"
+        step "ncu-times-${words[0]}" 75 /usr/local/cuda/bin/ncu -k regex:fftconv_ \
+            --launch-count 400 --metrics gpu__time_duration.sum --print-summary per-kernel \
+            "$here/bin/xtask" bench --backend cuda --dtype f16 "${words[@]:1}" --reps 1 --mb 64
+    done
 fi
 step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
 step test-backend-cuda-forward 120 "$T/backend-cuda-forward" --test-threads 4 --nocapture

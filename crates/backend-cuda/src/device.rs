@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::sys::CUfunction_attribute;
@@ -464,7 +464,8 @@ impl CudaDevice {
         }
         let options = &options[..];
         let name = format!("fftconv.cu ({})", options[2..].join(" "));
-        let (cubin, cached) = compile_cached(KERNEL_SOURCE, options, &self.info, &name)?;
+        let (cubin, cached) =
+            compile_cached(KERNEL_SOURCE, options, self.info.compute_capability, &name)?;
         let load = |cubin: Vec<u8>| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
         match load(cubin) {
             Ok(m) => Ok(m),
@@ -774,27 +775,31 @@ pub(crate) struct Kernels {
 /// Marks a cache file: magic, then the image's length and hash (little-endian u64 each).
 const CACHE_MAGIC: &[u8; 8] = b"FFTCUBN1";
 
-/// The compiled image of `source` with `options` for this device, and whether it came from the
-/// disk cache (an earlier process compiled it; the file's length and hash are checked) rather
-/// than from NVRTC (then stored).
+/// The disk cache's file for `source` compiled with `options` for compute capability `cc` by
+/// this NVRTC (`None` where the cache is off). The device's name is not in the key: the image
+/// depends on the architecture only, so images compiled without a GPU (`cache_image`) serve
+/// every device of that architecture.
+fn cache_file(
+    source: &str,
+    options: &[String],
+    cc: (i32, i32),
+) -> Result<Option<PathBuf>, CudaError> {
+    let version = nvrtc_version()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (source, options, cc, version, env!("CARGO_PKG_VERSION")).hash(&mut hasher);
+    Ok(cache_dir().map(|d| d.join(format!("{:016x}.cubin", hasher.finish()))))
+}
+
+/// The compiled image of `source` with `options` for compute capability `cc`, and whether it
+/// came from the disk cache (an earlier process compiled it; the file's length and hash are
+/// checked) rather than from NVRTC (then stored).
 fn compile_cached(
     source: &str,
     options: &[String],
-    info: &CudaDeviceInfo,
+    cc: (i32, i32),
     name: &str,
 ) -> Result<(Vec<u8>, bool), CudaError> {
-    let version = nvrtc_version()?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (
-        source,
-        options,
-        &info.name,
-        info.compute_capability,
-        version,
-        env!("CARGO_PKG_VERSION"),
-    )
-        .hash(&mut hasher);
-    let file = cache_dir().map(|d| d.join(format!("{:016x}.cubin", hasher.finish())));
+    let file = cache_file(source, options, cc)?;
     if let Some(image) = file
         .as_ref()
         .and_then(|f| std::fs::read(f).ok())
@@ -804,27 +809,34 @@ fn compile_cached(
     }
     let cubin = compile(source, options, name)?;
     if let Some(file) = file {
-        // Best effort: written under a unique temporary name, then renamed, so a reader never
-        // sees half a file; the temporary is removed on any failure.
-        if let Some(dir) = file.parent() {
-            if std::fs::create_dir_all(dir).is_ok() {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-                let tmp = file.with_extension(format!("tmp{}-{nanos}", std::process::id()));
-                let mut contents = Vec::with_capacity(cubin.len() + 24);
-                contents.extend_from_slice(CACHE_MAGIC);
-                contents.extend_from_slice(&(cubin.len() as u64).to_le_bytes());
-                contents.extend_from_slice(&payload_hash(&cubin).to_le_bytes());
-                contents.extend_from_slice(&cubin);
-                if std::fs::write(&tmp, &contents).is_err() || std::fs::rename(&tmp, &file).is_err()
-                {
-                    let _ = std::fs::remove_file(&tmp);
-                }
-            }
-        }
+        store_cached(&file, &cubin);
     }
     Ok((cubin, false))
+}
+
+/// Writes `cubin` to the cache file `file`, best effort: under a unique temporary name, then
+/// renamed, so a reader never sees half a file; the temporary is removed on any failure.
+fn store_cached(file: &Path, cubin: &[u8]) -> bool {
+    let Some(dir) = file.parent() else {
+        return false;
+    };
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = file.with_extension(format!("tmp{}-{nanos}", std::process::id()));
+    let mut contents = Vec::with_capacity(cubin.len() + 24);
+    contents.extend_from_slice(CACHE_MAGIC);
+    contents.extend_from_slice(&(cubin.len() as u64).to_le_bytes());
+    contents.extend_from_slice(&payload_hash(cubin).to_le_bytes());
+    contents.extend_from_slice(cubin);
+    if std::fs::write(&tmp, &contents).is_err() || std::fs::rename(&tmp, file).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return false;
+    }
+    true
 }
 
 /// The image in a cache file, if its header (magic, length, hash) matches.
@@ -956,6 +968,8 @@ pub struct ModuleVariant {
     pub label: String,
     /// NVRTC's options, exactly as the host passes them.
     pub options: Vec<String>,
+    /// The compute capability the options compile for.
+    pub compute_capability: (i32, i32),
 }
 
 /// The modules the host compiles on a device of compute capability `cc`, with the defaults and
@@ -987,34 +1001,56 @@ pub fn module_variants(cc: (i32, i32)) -> Vec<ModuleVariant> {
             variants.push(ModuleVariant {
                 label: format!("base {dtype:?} {shared_points} points{what} {arch}"),
                 options: base_module_options(cc, &key),
+                compute_capability: cc,
             });
         }
     }
     if cc.0 >= 8 {
+        // The defaults per dtype, then the f16 A/Bs the GPU bundle runs
+        // (`FFTCONV_CUDA_MONARCH_WIDE_THREADS=256`, `FFTCONV_CUDA_MONARCH_MIN_BLOCKS=1`).
         for (dtype, min_blocks, wide_threads) in [
             (DType::F16, None, 512),
             (DType::Bf16, None, 512),
-            (DType::F16, Some(1), 256),
+            (DType::F16, None, 256),
+            (DType::F16, Some(1), 512),
         ] {
             variants.push(ModuleVariant {
                 label: format!(
                     "monarch {dtype:?} min blocks {min_blocks:?} wide {wide_threads} {arch}"
                 ),
                 options: monarch_module_options(cc, dtype, min_blocks, wide_threads),
+                compute_capability: cc,
             });
         }
     }
     variants
 }
 
-/// Compiles `variant` with NVRTC (no device needed; NVRTC must be on the library path) and
-/// returns the size of the image. A compile error carries NVRTC's log.
-pub fn compile_variant(variant: &ModuleVariant) -> Result<usize, CudaError> {
+/// Compiles `variant` with NVRTC (no device needed; NVRTC must be on the library path), never
+/// from the disk cache, and returns the image. A compile error carries NVRTC's log.
+pub fn compile_variant(variant: &ModuleVariant) -> Result<Vec<u8>, CudaError> {
     crate::probe::guarded(|| {
         crate::probe::check_nvrtc()?;
         let name = format!("fftconv.cu ({})", variant.label);
-        compile(KERNEL_SOURCE, &variant.options, &name).map(|cubin| cubin.len())
+        compile(KERNEL_SOURCE, &variant.options, &name)
     })
+}
+
+/// The disk cache's file for `variant` (under `FFTCONV_CUDA_CACHE` or the default folder), the
+/// one a process on a device of that architecture reads before it compiles; `None` where the
+/// cache is off. Needs NVRTC (its version is in the key).
+pub fn cache_file_of(variant: &ModuleVariant) -> Result<Option<PathBuf>, CudaError> {
+    crate::probe::guarded(|| {
+        crate::probe::check_nvrtc()?;
+        cache_file(KERNEL_SOURCE, &variant.options, variant.compute_capability)
+    })
+}
+
+/// Stores `image` (from [`compile_variant`]) in the disk cache as the host would, so a later
+/// process on a GPU of that architecture loads it instead of compiling (the GPU bundle ships
+/// such a cache). Returns the file written, `None` where the cache is off or writing failed.
+pub fn cache_image(variant: &ModuleVariant, image: &[u8]) -> Result<Option<PathBuf>, CudaError> {
+    Ok(cache_file_of(variant)?.filter(|file| store_cached(file, image)))
 }
 
 #[cfg(test)]

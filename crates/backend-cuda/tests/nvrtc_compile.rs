@@ -11,6 +11,11 @@
 //! `nvidia-cuda-nvrtc` wheel). Where it is missing the test says it skipped, unless
 //! `FFTCONV_REQUIRE_NVRTC=1`. `FFTCONV_NVRTC_ARCHS` picks the architectures (comma-separated
 //! compute capabilities, e.g. `90,80`).
+//!
+//! `FFTCONV_NVRTC_FILL_CACHE=1` also stores each image in the kernel disk cache
+//! (`FFTCONV_CUDA_CACHE`) under the key a GPU process looks up, and skips variants already
+//! there: `cargo xtask device-bundle` ships such a cache, so the GPU session does not spend its
+//! minutes in NVRTC (each Monarch module takes ~45 s there too).
 
 use std::sync::Mutex;
 
@@ -45,8 +50,27 @@ fn every_module_compiles_with_nvrtc() {
         variants.iter().any(|v| v.label.starts_with("monarch")),
         "no Monarch module among the variants"
     );
+    let fill_cache = std::env::var("FFTCONV_NVRTC_FILL_CACHE").is_ok_and(|v| v == "1");
+    let compile = |v: &backend_cuda::ModuleVariant| -> Result<usize, backend_cuda::CudaError> {
+        if fill_cache {
+            if let Some(file) = backend_cuda::cache_file_of(v)?.filter(|f| f.exists()) {
+                eprintln!("{}: cached in {}", v.label, file.display());
+                return Ok(1);
+            }
+        }
+        let image = backend_cuda::compile_variant(v)?;
+        if fill_cache {
+            let file = backend_cuda::cache_image(v, &image)?;
+            assert!(
+                file.is_some(),
+                "{}: the cache is off or not writable",
+                v.label
+            );
+        }
+        Ok(image.len())
+    };
     // The first compile tells whether NVRTC is there at all.
-    let first = backend_cuda::compile_variant(&variants[0]);
+    let first = compile(&variants[0]);
     if let Err(backend_cuda::CudaError::Unavailable { reason: why }) = &first {
         if std::env::var("FFTCONV_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
             panic!("FFTCONV_REQUIRE_NVRTC=1 but NVRTC is unavailable: {why}");
@@ -64,7 +88,7 @@ fn every_module_compiles_with_nvrtc() {
                     break;
                 };
                 let start = std::time::Instant::now();
-                let r = backend_cuda::compile_variant(v);
+                let r = compile(v);
                 eprintln!(
                     "{}: {} in {:.1} s",
                     v.label,
