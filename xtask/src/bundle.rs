@@ -265,6 +265,11 @@ if [ "${1:-}" != "--no-bench" ]; then
     # 4.3 ms at 64K x 768 channels, as long as the forward, against ~0.3 predicted; the
     # backward ran 5.8x the forward at 4K and 9.2x at 64K). Every fftconv_ kernel's duration
     # summed per name; the bench rows above give the wall times to compare with.
+    # Session 15: the device's memory pool keeps freed memory (FFTCONV_CUDA_POOL_KEEP); its
+    # A/B on the filter preparation, which allocates its spectra per call (compare with the
+    # cuda:filter rows of bench-anchors-filter above).
+    bench bench-filter-pool-release 60 FFTCONV_CUDA_POOL_KEEP=0 --backend cuda --dtype f16 \
+        --anchors --filter --reps 3
     for what in "filter-64k --sizes 64K --filter" "backward --sizes 4K,64K --backward"; do
         read -r -a words <<< "$what"
         step "ncu-times-${words[0]}" 75 /usr/local/cuda/bin/ncu -k regex:fftconv_ \

@@ -89,6 +89,44 @@ fn monarch_wide_threads() -> u32 {
     }
 }
 
+/// Environment variable: `0` leaves the device's memory pool at the driver's release threshold
+/// (0: memory freed goes back to the system at every synchronization, so the next allocation
+/// maps fresh pages), for A/B runs. By default the pool keeps what it has, as PyTorch's caching
+/// allocator does: a training loop that prepares a filter spectrum per step (hundreds of MB at
+/// 64K x 768 channels) then reuses the same memory instead of mapping it anew.
+pub const POOL_KEEP_ENV: &str = "FFTCONV_CUDA_POOL_KEEP";
+
+/// Sets the release threshold of `ctx`'s device memory pool (the one `cuMemAllocAsync` uses)
+/// to the maximum, unless `FFTCONV_CUDA_POOL_KEEP=0` or the device has no memory pools. Best
+/// effort: a driver without the calls leaves the default.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() || std::env::var(POOL_KEEP_ENV).is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
+    let _ = guarded(|| {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: the context is alive and current for this device; `pool` is valid for writes.
+        let r = unsafe { sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) };
+        if r != sys::CUresult::CUDA_SUCCESS || pool.is_null() {
+            return Err(CudaError::Driver(format!("cuDeviceGetMemPool: {r:?}")));
+        }
+        let mut threshold = u64::MAX;
+        // SAFETY: the attribute takes a u64, which `threshold` is.
+        let r = unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(CudaError::Driver(format!("cuMemPoolSetAttribute: {r:?}")));
+        }
+        Ok(())
+    });
+}
+
 /// Environment variable: `1` compiles the kernels with line information (NVRTC `-lineinfo`), so
 /// that `ncu`'s source view maps instructions to lines of `kernels/fftconv.cu` (profiling only;
 /// the code is the same).
@@ -156,6 +194,7 @@ fn open_device() -> Result<CudaDevice, CudaError> {
     // cudarc's per-buffer event tracking is not needed.
     // SAFETY: no buffer or stream of this context exists yet.
     unsafe { ctx.disable_event_tracking() };
+    keep_pool_memory(&ctx);
     let stream = ctx
         .new_stream()
         .map_err(|e| CudaError::driver("cuStreamCreate", e))?;
