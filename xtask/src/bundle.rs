@@ -259,6 +259,20 @@ if [ "${1:-}" != "--no-bench" ]; then
     # threads (one block per SM holds their plane sets: 16 warps instead of 8); 256 is the old.
     bench bench-backward-wide-256 90 FFTCONV_CUDA_MONARCH_WIDE_THREADS=256 --backend cuda \
         --dtype f16 --sizes 16K..1M --backward --reps 3
+    # Session 15 (unmeasured): the split backward at 4K, ungated causal (du through the
+    # forward kernel with conj(K), the taps summed over a channel's pairs in registers).
+    # Predicted 4.0 ms -> 1.4-2.0 ms (bw / fwd 5.8x -> 2-3x). Its suite first, then its A/B
+    # against the default in the same run.
+    step test-backward-cuda-split 60 env FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 \
+        "$T/conv-backward" cuda --test-threads 8
+    bench bench-backward-split 45 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 --backend cuda \
+        --dtype f16 --sizes 2K,4K,8K --backward --reps 5
+    bench bench-backward-split-base 45 --backend cuda --dtype f16 --sizes 2K,4K,8K --backward \
+        --reps 5
+    # The taps kernel spills 456 bytes per thread at the 128-register cap of 2 blocks per SM
+    # (ptxas); uncapped it takes 239 registers and spills nothing.
+    bench bench-backward-split-1-block 30 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 \
+        FFTCONV_CUDA_MONARCH_MIN_BLOCKS=1 --backend cuda --dtype f16 --sizes 4K --backward --reps 5
     bench bench-monarch-thunderkittens 60 --backend cuda --dtype bf16 --circular --sizes 4K \
         --shape 16x1024 --reps 5
     # Where the time goes, per kernel (session 15 on the H200: the filter preparation took

@@ -3077,11 +3077,15 @@ __device__ __forceinline__ void mt_row_with(const MtDft16& f, MtPlanes pl, const
     }
     cpx v[2][4];
     float fold = 0.0f;
+    // FLAG_CONJ_FILTER: the product with conj(K) (the split backward's du; uniform).
+    const float conj_sign = (pc.flags & FLAG_CONJ_FILTER) != 0u ? -1.0f : 1.0f;
 #pragma unroll
     for (u32 nt = 0; nt < TILES; nt++) {
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
-            v[nt][i] = cmul(mk(sp.re[nt][i], sp.im[nt][i]), load_ro(filt + 4u * nt + i));
+            cpx kf = load_ro(filt + 4u * nt + i);
+            kf.y *= conj_sign;
+            v[nt][i] = cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf);
             fold = mt_nonfinite_fold(fold, v[nt][i]);
         }
     }
@@ -3927,6 +3931,252 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             mt_backward_store8(pc, dv, bf, sets, scales(m.p),
                                mt_taps_scale_log2(abs_sum[m.p], c), m.p << n1_log2, m.pos, pair, c,
                                gated, nan);
+        }
+    }
+}
+
+// fftconv_monarch_backward_taps (N = 4096): the filter gradient alone, for the split backward
+// (the host's FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD; du comes from fftconv_monarch with the
+// filter conjugated). A block per channel and group of pc.stage_count consecutive pairs (block
+// b: channel b / G, group b mod G, G = ceil(pc.pairs / pc.stage_count)). Per pair, Zx and Zd
+// through S1 and S2's forward half with fftconv_monarch_backward's scales, and T = Zd conj(Zx)
+// on the kept bins added into an f32 sum in shared memory (lane-local: both spectra share the
+// fragment layout; mt_taps_sum_at), weighted 2^(ref - prod) against the group's reference product of scales `ref` (the
+// smallest prod seen, i.e. the loudest pair: the sum is rescaled when a louder pair comes).
+// After the group: σ, the largest power of two with σ |T| <= 2^14 at every bin, one inverse
+// half (S2, S3) and Re T c^3 / (σ N) 2^(254 - ref) to the group's taps row (bf.taps[h G + g],
+// K floats; fftconv_taps_sum adds a channel's G rows). A non-finite input or product makes
+// the group's row NaN. Instead of the fused backward's per-pair inverse and taps row: one of
+// each per group.
+__device__ __forceinline__ float mt_pow2_or_zero(int k) {
+    return k < -126 ? 0.0f : pow2(k > 127 ? 127 : k);
+}
+
+// The taps kernel's running sum of T in dynamic shared memory after its two plane sets (in
+// registers it spilled ~1.2 KB per thread at the 128-register cap): per row, n-tile, element
+// and lane one complex f32, so each lane reads and writes only its own, 8 bytes apart.
+__device__ __forceinline__ cpx* mt_taps_sum_at(u32 row, u32 nt, u32 i) {
+    cpx* sums = (cpx*)((u16*)smem + 4u * 16u * MT_ROW);
+    return sums + ((row * 8u + nt * 4u + i) << 5) + (threadIdx.x & 31u);
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
+    fftconv_monarch_backward_taps(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ u32 row_max_sets[2][2][2]; // [pair parity][x, d][pair row]
+    __shared__ u32 group_bad;     // a non-finite input or product in the group
+    __shared__ u32 sum_max;       // float bits: the sum's largest |Re| + |Im|
+    __shared__ MtLaneTables lane_tables; // fftconv_monarch's
+    const u32 n1_log2 = pc.log2n - 8u;
+    const u32 n1 = 1u << n1_log2;
+    const u32 n = 1u << pc.log2n;
+    const float c = 2.0f * (float)n;
+    const u32 per = pc.stage_count;
+    const u32 groups = (pc.pairs + per - 1u) / per;
+    const u32 b = block_index(), h = b / groups, g = b - h * groups;
+    if (h >= pc.channels) {
+        return; // uniform over the block
+    }
+    const u32 j_end = min_u((g + 1u) * per, pc.pairs);
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u, gl = lane >> 2, tl = lane & 3u;
+    if (threadIdx.x == 0u) {
+        group_bad = 0u;
+        sum_max = 0u;
+    }
+    mt_fill_lane_tables(lane_tables, pc, bf, n1_log2);
+    MtPlanes sets[2];
+#pragma unroll
+    for (u32 set = 0; set < 2u; set++) {
+        sets[set] = MtPlanes{{mt_backward_plane(set, 0u, 16u), mt_backward_plane(set, 1u, 16u)}};
+    }
+    // The sum (this warp's rows 2 warp, 2 warp + 1), zeroed.
+#pragma unroll
+    for (u32 rr = 0; rr < 2u; rr++) {
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                *mt_taps_sum_at(2u * warp + rr, nt, i) = mk(0.0f, 0.0f);
+            }
+        }
+    }
+    u32 ref = 0u; // the group's reference ex + ed (0: no pair with nonzero x and d yet)
+    const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
+    __syncthreads();
+#pragma unroll 1
+    for (u32 j = g * per; j < j_end; j++) {
+        // By the pair's parity: the previous pair's maxima may still be read (after its last
+        // barrier when it is skipped), the ones before it are not.
+        u32(*row_max)[2] = row_max_sets[j & 1u];
+        if (threadIdx.x < 4u) {
+            row_max[threadIdx.x >> 1][threadIdx.x & 1u] = 0u;
+        }
+        __syncthreads(); // the maxima zeroed; the previous pair's S2 is done with the planes
+        float xv[2][2][8], dvv[2][2][8];
+#pragma unroll
+        for (u32 k = 0; k < 2u; k++) {
+            MtChunk m = mt_chunk(pc, k);
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                SegmentRow seg = locate_segment(pc, dv, 2u * j + s, h);
+                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
+                mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
+                u32 mx = 0u, md = 0u;
+                const bool x_bad = mt_finite8(xv[k][s], mx);
+                const bool d_bad = mt_finite8(dvv[k][s], md);
+                shared_max(&row_max[0][s], mx);
+                shared_max(&row_max[1][s], md);
+                if (x_bad || d_bad) {
+                    group_bad = 1u;
+                }
+            }
+        }
+        __syncthreads();
+        const MtPairScales ps =
+            mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
+        if (ps.prod == 0u) {
+            continue; // uniform: no row with nonzero x and d, T = 0
+        }
+#pragma unroll
+        for (u32 k = 0; k < 2u; k++) {
+            MtChunk m = mt_chunk(pc, k);
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                mt_backward_put8(ps, s, xv[k][s], dvv[k][s], false, 16u, m.row, m.col);
+            }
+        }
+        __syncthreads();
+        {
+            u32 a_re[4], a_im[4], a_neg[4];
+            mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
+#pragma unroll
+            for (u32 set = 0; set < 2u; set++) {
+                mt_columns_with<true>(sets[set], pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
+            }
+        }
+        __syncthreads();
+        // This pair's weight against the reference (uniform: ps.prod and ref are).
+        float w = 1.0f;
+        if (ref == 0u) {
+            ref = ps.prod;
+        } else if (ps.prod >= ref) {
+            w = mt_pow2_or_zero((int)ref - (int)ps.prod);
+        } else {
+            const float r = mt_pow2_or_zero((int)ps.prod - (int)ref);
+#pragma unroll
+            for (u32 rr = 0; rr < 2u; rr++) {
+#pragma unroll
+                for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+                    for (u32 i = 0; i < 4u; i++) {
+                        cpx* a = mt_taps_sum_at(2u * warp + rr, nt, i);
+                        *a = mk(a->x * r, a->y * r);
+                    }
+                }
+            }
+            ref = ps.prod;
+        }
+        // The row DFT's constants from the lane tables here, not across the loads (in
+        // registers all along they spilled).
+        MtDft16 f;
+        mt_dft16_from(lane_tables, f);
+#pragma unroll 1
+        for (u32 rr = 0; rr < 2u; rr++) {
+            const u32 row = 2u * warp + rr, ka = row & (n1 - 1u), at = row * MT_ROW;
+            MtSpectrum sx, sd;
+            mt_row_forward<false>(f, sets[0].p[0] + at, sets[0].p[1] + at, sx);
+            mt_row_forward<false>(f, sets[1].p[0] + at, sets[1].p[1] + at, sd);
+            bool bad = false;
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+                for (u32 i = 0; i < 4u; i++) {
+                    const u32 kb = gl + 8u * (i >> 1), kc = 2u * tl + (i & 1u) + 8u * nt;
+                    const u32 fr = ka + n1 * (kb + 16u * kc);
+                    const bool kept = (fr <= (n >> 1) ? fr : n - fr) < pc.kept_bins;
+                    cpx tv = kept ? cmul(mk(sd.re[nt][i], sd.im[nt][i]),
+                                         conj_c(mk(sx.re[nt][i], sx.im[nt][i])))
+                                  : mk(0.0f, 0.0f);
+                    if (!finite_c(tv)) {
+                        tv = mk(0.0f, 0.0f);
+                        bad = true;
+                    }
+                    cpx* a = mt_taps_sum_at(row, nt, i);
+                    *a = mk(a->x + tv.x * w, a->y + tv.y * w);
+                }
+            }
+            if (bad) {
+                group_bad = 1u;
+            }
+        }
+    }
+    // σ from the sum's largest |Re| + |Im| (bits; an overflow to inf makes the row NaN).
+    u32 m = 0u;
+    bool overflow = false;
+#pragma unroll
+    for (u32 rr = 0; rr < 2u; rr++) {
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                const cpx v = *mt_taps_sum_at(2u * warp + rr, nt, i);
+                const float a = bits_float(float_bits(v.x) & 0x7fffffffu) +
+                                bits_float(float_bits(v.y) & 0x7fffffffu);
+                overflow = overflow || !finite_f(a);
+                m = max_u(m, finite_bits(a));
+            }
+        }
+    }
+    if (overflow) {
+        group_bad = 1u;
+    }
+    shared_max(&sum_max, m);
+    __syncthreads(); // also: the last pair's S2 is done with the planes
+    int sigma_log2 = 0;
+    if (sum_max != 0u) {
+        const int e = (int)((sum_max >> 23) & 0xffu) - 127; // sum_max < 2^(e + 1)
+        sigma_log2 = 13 - e;
+        sigma_log2 = sigma_log2 < -120 ? -120 : (sigma_log2 > 120 ? 120 : sigma_log2);
+    }
+    const float sigma = pow2(sigma_log2);
+    MtDft16 f;
+    mt_dft16_from(lane_tables, f);
+#pragma unroll 1
+    for (u32 rr = 0; rr < 2u; rr++) {
+        const u32 row = 2u * warp + rr, ka = row & (n1 - 1u), at = row * MT_ROW;
+        MtSpectrum st;
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                const cpx v = *mt_taps_sum_at(row, nt, i);
+                st.re[nt][i] = v.x * sigma;
+                st.im[nt][i] = v.y * sigma;
+            }
+        }
+        mt_row_inverse<false>(f, st, sets[0].p[0] + at, sets[0].p[1] + at, pc, bf, ka, n1 > 1u);
+    }
+    __syncthreads();
+    {
+        u32 a_re[4], a_im[4], a_neg[4];
+        mt_get_quads(lane_tables, MT_Q_COL_I, a_re, a_im, a_neg);
+        mt_columns_with<false>(sets[0], pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
+    }
+    __syncthreads();
+    // taps = Re T c^3 / (σ N) 2^(254 - ref), the last factor as two normal halves.
+    const int k_st = ref == 0u ? 0 : 254 - (int)ref;
+    const float fa = pow2(k_st / 2), fb = pow2(k_st - k_st / 2);
+    const float ft = group_bad != 0u ? bits_float(0x7fc00000u)
+                                     : c * c * (c / (float)n) * pow2(-sigma_log2);
+    float* row_out = bf.taps + (u64)(h * groups + g) * pc.taps_len;
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        const u32 pos = mt_chunk(pc, k).pos, row = pos >> 8, col = pos & 255u;
+        const Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
+#pragma unroll
+        for (u32 j = 0; j < 8u; j++) {
+            if (pos + j < pc.taps_len) {
+                row_out[pos + j] = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft * fa * fb;
+            }
         }
     }
 }

@@ -1088,6 +1088,39 @@ pub(crate) fn monarch_backward_launches(
     ])
 }
 
+/// The split Monarch backward's filter-gradient launch (`fftconv_monarch_backward_taps`) for
+/// the fused backward's parameters `p`, where it applies: N = 4096, one block per row, ungated
+/// and causal (du then comes from `fftconv_monarch` with the filter conjugated, which needs
+/// the forward's own segment layout). A block per channel and group of pairs, as many groups
+/// per channel as reach `target_blocks` blocks in all (at most one per pair): the pairs per
+/// group in `stage_count`, the groups per channel returned beside the parameters (the taps
+/// sum's rows per channel).
+pub(crate) fn monarch_split_taps_params(
+    p: &PassParams,
+    target_blocks: u32,
+) -> Option<(PassParams, u32)> {
+    let ok = p.log2n == 12
+        && p.blocks == 1
+        && p.flags & !FLAG_F32_ROUNDS == 0
+        && p.pairs > 0
+        && p.channels > 0;
+    if !ok {
+        return None;
+    }
+    let groups_wanted = target_blocks.div_ceil(p.channels).clamp(1, p.pairs);
+    let per = p.pairs.div_ceil(groups_wanted);
+    let groups = p.pairs.div_ceil(per);
+    Some((
+        PassParams {
+            stage_count: per,
+            total_lines: p.channels.checked_mul(groups)?,
+            lines_log2: 0,
+            ..*p
+        },
+        groups,
+    ))
+}
+
 /// Blocks of the Monarch column passes (forward and backward) for `pairs` pairs at N = 2^log2n:
 /// 256 columns per block (one per thread) up to N_o = 16, then 32 (a shared tile).
 fn monarch_column_blocks(pairs: u32, log2n: u32) -> Option<u32> {
@@ -1462,6 +1495,42 @@ mod tests {
 
     /// The Monarch backward takes one-segment rows of whole vectors, N = 256 .. 4M (from 32K
     /// four launches, not where circular history wraps), and nothing else.
+    #[test]
+    fn monarch_split_taps_groups_cover_every_pair_once() {
+        let params = |log2n: u32, flags: u32, channels: u32, pairs: u32| PassParams {
+            log2n,
+            flags: flags | FLAG_F32_ROUNDS,
+            blocks: 1,
+            seq_len: 1 << (log2n - 1),
+            channels,
+            pairs,
+            ..PassParams::default()
+        };
+        // The anchors' 4K backward: 768 channels, 20 pairs each: two groups of 10 per channel.
+        let (p, groups) = monarch_split_taps_params(&params(12, 0, 768, 20), 1024).expect("taken");
+        assert_eq!(
+            (p.stage_count, groups, p.total_lines, p.lines_log2),
+            (10, 2, 1536, 0)
+        );
+        for (channels, pairs, target) in [(2, 3, 1), (3, 7, 1 << 20), (5, 9, 12), (1, 1, 1024)] {
+            let (p, groups) =
+                monarch_split_taps_params(&params(12, 0, channels, pairs), target).expect("taken");
+            // Every pair in exactly one group, no empty group.
+            assert!(groups * p.stage_count >= pairs && (groups - 1) * p.stage_count < pairs);
+            assert_eq!(p.total_lines, channels * groups);
+            if target == 1 {
+                assert_eq!(groups, 1);
+            }
+        }
+        // Only the 4K, ungated, causal, one-block problems.
+        for (log2n, flags) in [(11, 0), (13, 0), (12, FLAG_GATED), (12, FLAG_WRAPS)] {
+            assert!(monarch_split_taps_params(&params(log2n, flags, 2, 2), 1024).is_none());
+        }
+        let mut p = params(12, 0, 2, 2);
+        p.blocks = 2;
+        assert!(monarch_split_taps_params(&p, 1024).is_none());
+    }
+
     #[test]
     fn monarch_backward_launches_take_only_what_the_kernels_run() {
         let params = |log2n: u32, flags: u32| PassParams {

@@ -127,6 +127,17 @@ fn keep_pool_memory(ctx: &CudaContext) {
     });
 }
 
+/// Environment variable: `1` runs the Monarch backward of ungated causal problems at N = 4096
+/// split in two (an experiment, off by default): du through `fftconv_monarch` with the filter
+/// conjugated and dy as its input, and the filter gradient through
+/// `fftconv_monarch_backward_taps`, which sums a channel's pairs in registers and runs one
+/// inverse per group of pairs instead of one per pair.
+pub const MONARCH_SPLIT_BACKWARD_ENV: &str = "FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD";
+
+pub(crate) fn monarch_split_backward() -> bool {
+    std::env::var(MONARCH_SPLIT_BACKWARD_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
 /// Environment variable: `1` compiles the kernels with line information (NVRTC `-lineinfo`), so
 /// that `ncu`'s source view maps instructions to lines of `kernels/fftconv.cu` (profiling only;
 /// the code is the same).
@@ -423,6 +434,10 @@ impl CudaDevice {
                 "fftconv_monarch_backward",
                 monarch_backward_shared_bytes(12, true),
             )?,
+            backward_taps: with_shared(
+                "fftconv_monarch_backward_taps",
+                monarch_backward_taps_shared_bytes(),
+            )?,
             backward_wide: with_shared(
                 "fftconv_monarch_backward_wide",
                 monarch_backward_shared_bytes(14, true),
@@ -598,6 +613,9 @@ pub(crate) struct MonarchKernels {
     pub(crate) wide_threads: u32,
     /// The backward of N = 256 .. 4096 (du, taps, gate gradients; `fftconv_taps_sum` after it).
     pub(crate) backward: CudaFunction,
+    /// The split backward's filter gradient at N = 4096 (a block per channel and group of
+    /// pairs; [`MONARCH_SPLIT_BACKWARD_ENV`]).
+    pub(crate) backward_taps: CudaFunction,
     /// The same for N = 16384 (one pair per block, one block per SM: registers uncapped).
     pub(crate) backward_wide: CudaFunction,
     /// The same for N = 8192, with the register cap of `backward` (two blocks per SM).
@@ -727,6 +745,12 @@ pub(crate) fn monarch_shared_limit(optin: usize) -> u32 {
 
 /// Dynamic shared memory of the Monarch backward at N = 2^log2n: two plane sets (three gated) of
 /// 16 rows of 264 halves up to 4K, of N / 256 rows for 8K and 16K (`fftconv_monarch_backward_wide`).
+/// Dynamic shared memory of `fftconv_monarch_backward_taps`: the 4K backward's two plane sets
+/// and the running sum of T (16 rows x 256 bins, complex f32).
+pub(crate) fn monarch_backward_taps_shared_bytes() -> u32 {
+    monarch_backward_shared_bytes(12, false) + 16 * 256 * 8
+}
+
 pub(crate) fn monarch_backward_shared_bytes(log2n: u32, gated: bool) -> u32 {
     let rows = 1 << log2n.saturating_sub(8).max(4);
     (if gated { 3 } else { 2 }) * 2 * rows * 264 * 2

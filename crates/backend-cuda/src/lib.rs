@@ -55,7 +55,8 @@ pub use cudarc::driver::CudaStream;
 pub use device::{
     cache_file_of, cache_image, compile_variant, device, module_variants, CudaDevice,
     ModuleVariant, CACHE_ENV, DEVICE_ENV, LINEINFO_ENV, MONARCH_CLUSTER_ENV, MONARCH_ENV,
-    NO_PAD_ENV, POOL_KEEP_ENV, RADIX_ENV, SEGMENT_TABLE_ENV, THREADS_ENV,
+    MONARCH_SPLIT_BACKWARD_ENV, NO_PAD_ENV, POOL_KEEP_ENV, RADIX_ENV, SEGMENT_TABLE_ENV,
+    THREADS_ENV,
 };
 pub use error::CudaError;
 pub use probe::{describe, probe, CudaDeviceInfo};

@@ -237,6 +237,7 @@ enum Kernel {
     MonarchBackwardScalesFinish = 27,
     MonarchFilterMax = 28,
     MonarchBackwardWide8k = 29,
+    MonarchBackwardTaps = 30,
 }
 
 impl From<PassKind> for Kernel {
@@ -918,6 +919,10 @@ enum BackwardPath {
     /// `fftconv_monarch_backward` (after the Monarch filter layout), as `launch_backward` runs
     /// it with the Monarch pass on.
     Monarch,
+    /// The split Monarch backward (`FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1`) where it applies:
+    /// du through `fftconv_monarch` with the filter conjugated, the taps through
+    /// `fftconv_monarch_backward_taps` aiming at this many blocks (1: one group per channel).
+    MonarchSplit(u32),
 }
 
 fn backward(
@@ -929,12 +934,12 @@ fn backward(
 ) -> Result<String, String> {
     let spec = &prep.spec;
     let schedule = &prep.schedule;
-    let per_row = path == BackwardPath::Monarch;
+    let per_row = matches!(path, BackwardPath::Monarch | BackwardPath::MonarchSplit(_));
     let mut p = Program::default();
     let n = spec.geometry().n();
     let twiddles = p.data(&twiddle_tables(n));
     let half_spectrum = p.data(&filter_spectrum(spec, &inputs.k));
-    let spectrum = if path == BackwardPath::Monarch {
+    let spectrum = if per_row {
         monarch_filter_layout(&mut p, spec, half_spectrum, twiddles)
     } else {
         half_spectrum
@@ -995,6 +1000,48 @@ fn backward(
                 schedule.fused_backward_params(chunk, true, rows_log2, threads_log2);
             let shared = schedule.fused_backward_shared_bytes(params.lines_log2, true);
             p.launch(Kernel::BackwardFused, shared, &params, &base);
+            p.launch(Kernel::TapsSum, 0, &sum_params, &base);
+            for (&c, &full) in chunk_out.iter().zip(&full_out) {
+                prep.copy_rows_out(&mut p, chunk, c, full);
+            }
+            continue;
+        }
+        if let BackwardPath::MonarchSplit(target_blocks) = path {
+            // `launch_backward`'s split branch (src/convolution/backward.rs).
+            let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
+            let (taps_params, groups) = monarch_split_taps_params(&params, target_blocks)
+                .ok_or_else(|| format!("not a split Monarch backward: {params:?}"))?;
+            let forward = monarch_launches(&schedule.forward_steps(chunk, true), false)
+                .ok_or("no Monarch forward for the split backward's du")?;
+            let b = Bindings {
+                tmp: Some(tmp_v),
+                other: Some(tmp_d),
+                ..base
+            };
+            for (kernel, fp) in forward {
+                // At 4K: fftconv_monarch, no dynamic shared memory.
+                let fp = PassParams {
+                    flags: fp.flags | monarch_core::schedule::FLAG_CONJ_FILTER,
+                    ..fp
+                };
+                let du = Bindings {
+                    u: Some(sdy),
+                    y: Some(sdu),
+                    ..b
+                };
+                p.launch(kernel, 0, &fp, &du);
+            }
+            // Two plane sets of 16 rows and the sum of T (`monarch_backward_taps_shared_bytes`).
+            p.launch(
+                Kernel::MonarchBackwardTaps,
+                2 * 2 * 16 * 264 * 2 + 16 * 256 * 8,
+                &taps_params,
+                &b,
+            );
+            let sum_params = PassParams {
+                pairs: groups,
+                ..sum_params
+            };
             p.launch(Kernel::TapsSum, 0, &sum_params, &base);
             for (&c, &full) in chunk_out.iter().zip(&full_out) {
                 prep.copy_rows_out(&mut p, chunk, c, full);
@@ -1105,6 +1152,10 @@ fn backward(
             "fused-backward",
         ),
         BackwardPath::Monarch => ("Monarch backward".to_owned(), "monarch-backward"),
+        BackwardPath::MonarchSplit(t) => (
+            format!("split Monarch backward ({t} blocks aimed at)"),
+            "monarch-split-backward",
+        ),
         BackwardPath::Steps => ("backward".to_owned(), "backward"),
     };
     let got = p.run(harness, prep.points, &format!("{name}-{file}"), &outputs)?;
@@ -2207,6 +2258,31 @@ fn monarch_partial_256_threads() {
     outcomes.finish();
 }
 
+/// `monarch_split_taps_params` of src/convolution.rs.
+fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(PassParams, u32)> {
+    use monarch_core::schedule::FLAG_F32_ROUNDS;
+    let ok = p.log2n == 12
+        && p.blocks == 1
+        && p.flags & !FLAG_F32_ROUNDS == 0
+        && p.pairs > 0
+        && p.channels > 0;
+    if !ok {
+        return None;
+    }
+    let groups_wanted = target_blocks.div_ceil(p.channels).clamp(1, p.pairs);
+    let per = p.pairs.div_ceil(groups_wanted);
+    let groups = p.pairs.div_ceil(per);
+    Some((
+        PassParams {
+            stage_count: per,
+            total_lines: p.channels * groups,
+            lines_log2: 0,
+            ..*p
+        },
+        groups,
+    ))
+}
+
 /// `monarch_backward_launches` of src/convolution.rs (the harness's VEC: 4 f32 elements).
 fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_GATED, FLAG_WRAPS};
@@ -2268,6 +2344,95 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
 /// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 1M: causal and
 /// circular, gated, frequency-sparse, odd batch, several chunks, channels of 2^-12 .. 2^12, a
 /// pair whose rows are 2^16 apart, dy much smaller than u.
+#[test]
+fn monarch_split_backward() {
+    // The split backward at 4K (ungated causal): du from fftconv_monarch with conj(K), the
+    // taps from fftconv_monarch_backward_taps, with one group per channel (all its pairs in one
+    // block: the running sum and its rescaling) and with one pair per group.
+    let test = "monarch_split_backward";
+    let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let mut outcomes = Outcomes::new(test);
+    let mut rng = StdRng::seed_from_u64(outcomes.seed);
+    let causal = ConvSpec::builder;
+    let cases: Vec<(&str, ConvSpecBuilder, usize, u32)> = vec![
+        ("n4k, one group", causal(6, 2, 2048, 2048), 1 << 30, 1),
+        (
+            "n4k, a pair per group",
+            causal(4, 3, 2048, 2048),
+            1 << 30,
+            1 << 20,
+        ),
+        (
+            "n4k odd batch ragged K, one group",
+            causal(5, 2, 2048, 1500),
+            1 << 30,
+            1,
+        ),
+        (
+            "n4k odd batch, batches 0, 1, 4 at 2^-16, one group",
+            causal(5, 2, 2048, 2048),
+            1 << 30,
+            1,
+        ),
+        (
+            "n4k chunked, two groups",
+            causal(8, 2, 2048, 2048),
+            16384,
+            4,
+        ),
+        (
+            "n4k sparse, one group",
+            causal(4, 2, 2048, 2048).keep_frequencies(0.25),
+            1 << 30,
+            1,
+        ),
+        (
+            "n4k NaN filter, one group",
+            causal(4, 2, 2048, 2048),
+            1 << 30,
+            1,
+        ),
+    ];
+    for (i, (label, builder, chunk_elems, target_blocks)) in cases.into_iter().enumerate() {
+        let spec = builder.build().expect("spec");
+        let prep = Prepared::new(&spec, MONARCH_POINTS, chunk_elems, TENSOR_CORE_TOLERANCE);
+        let mut inputs = Inputs::new(&spec, &mut rng);
+        if label.contains("batches 0, 1, 4 at 2^-16") {
+            // Pairs of very different loudness in one group: quiet (batches 0, 1), loud (2, 3),
+            // quiet (4). The sum's reference moves to the loud pair and rescales what it holds;
+            // the last pair enters with its weight 2^-32.
+            let run = spec.channels() * spec.length();
+            for b in [0, 1, 4] {
+                let rows = b * run..(b + 1) * run;
+                for v in inputs.u[rows.clone()]
+                    .iter_mut()
+                    .chain(&mut inputs.dy[rows])
+                {
+                    *v *= 1.525_878_9e-5;
+                }
+            }
+        }
+        if label.contains("NaN filter") {
+            inputs.k[spec.filter_len() + 4] = f32::NAN;
+        }
+        let what = monarch_case_line(test, label, &spec, &prep);
+        outcomes.record(
+            &what,
+            backward(
+                &harness,
+                &prep,
+                &inputs,
+                &format!("{test}-{i}"),
+                BackwardPath::MonarchSplit(target_blocks),
+            ),
+        );
+    }
+    outcomes.finish();
+}
+
 #[test]
 fn monarch_backward_256_threads() {
     let test = "monarch_backward_256_threads";

@@ -11,7 +11,7 @@
 //! ```
 
 use cudarc::driver::CudaSlice;
-use monarch_core::schedule::{BackwardBinding, Chunk, PassParams};
+use monarch_core::schedule::{BackwardBinding, Chunk, PassParams, FLAG_CONJ_FILTER};
 use monarch_core::Element;
 
 use super::{
@@ -19,6 +19,11 @@ use super::{
     CudaFilterSpectrum, CudaTensor, KernelBuffers, SettleOnExit,
 };
 use crate::CudaError;
+
+/// Blocks the split backward's taps launch aims at (`monarch_split_taps_params`): about four
+/// waves of two blocks per SM on a 132-SM card, so that a channel's pairs are summed in few
+/// groups.
+const SPLIT_TARGET_BLOCKS: u32 = 1024;
 
 /// Output buffers of one backward call; every one is overwritten.
 ///
@@ -382,6 +387,56 @@ impl CudaConvolution {
                     other: tmp_d,
                     ..base
                 };
+                // The split backward (an experiment at 4K, ungated causal): du as the forward
+                // of dy with conj(K), then the taps per group of pairs.
+                let split = (crate::device::monarch_split_backward()
+                    && crate::device::monarch_backward_taps_shared_bytes() <= shared_limit)
+                    .then(|| super::monarch_split_taps_params(&params, SPLIT_TARGET_BLOCKS))
+                    .flatten()
+                    .zip(super::monarch_launches(
+                        &self.schedule.forward_steps(chunk, compact),
+                        vec,
+                        false,
+                    ));
+                if let Some(((taps_params, groups), forward)) = split {
+                    let du_buffers = KernelBuffers {
+                        u: s.dy,
+                        y: s.du,
+                        ..buffers
+                    };
+                    for (kernel, p) in forward {
+                        let p = PassParams {
+                            flags: p.flags | FLAG_CONJ_FILTER,
+                            ..p
+                        };
+                        let (func, shared) =
+                            kernels.function(kernel, p.log2n).ok_or_else(|| {
+                                CudaError::unsupported(
+                                    "a Monarch forward kernel that is not loaded",
+                                )
+                            })?;
+                        launch_kernel(stream, func, 256, shared, &p, &du_buffers)?;
+                    }
+                    launch_kernel(
+                        stream,
+                        &kernels.backward_taps,
+                        256,
+                        crate::device::monarch_backward_taps_shared_bytes(),
+                        &taps_params,
+                        &buffers,
+                    )?;
+                    let sum_params = PassParams {
+                        pairs: groups,
+                        ..sum_params
+                    };
+                    return self.launch_function(
+                        stream,
+                        &self.kernels.taps_sum,
+                        0,
+                        &sum_params,
+                        &base,
+                    );
+                }
                 for (kernel, p) in launches {
                     let (func, shared, threads) =
                         kernels.backward_function(kernel, p.log2n, self.spec.gated());
