@@ -259,10 +259,10 @@ if [ "${1:-}" != "--no-bench" ]; then
     # threads (one block per SM holds their plane sets: 16 warps instead of 8); 256 is the old.
     bench bench-backward-wide-256 90 FFTCONV_CUDA_MONARCH_WIDE_THREADS=256 --backend cuda \
         --dtype f16 --sizes 16K..1M --backward --reps 3
-    # Session 15 (unmeasured): the split backward at 4K, ungated causal (du through the
-    # forward kernel with conj(K), the taps summed over a channel's pairs in registers).
-    # Predicted 4.0 ms -> 1.4-2.0 ms (bw / fwd 5.8x -> 2-3x). Its suite first, then its A/B
-    # against the default in the same run.
+    # Session 15 (unmeasured): the split backward at 4K, ungated, causal or circular with L = N
+    # (du through the forward kernel with conj(K), the taps summed over a channel's pairs in
+    # shared f32). Predicted 4.0 ms -> 1.5-2.3 ms (bw / fwd 5.8x -> 2.2-3.3x). Its suite first,
+    # then its A/B against the default in the same run.
     step test-backward-cuda-split 60 env FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 \
         "$T/conv-backward" cuda --test-threads 8
     bench bench-backward-split 45 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 --backend cuda \

@@ -1091,7 +1091,7 @@ pub(crate) fn monarch_backward_launches(
 /// The split Monarch backward's filter-gradient launch (`fftconv_monarch_backward_taps`) for
 /// the fused backward's parameters `p`, where it applies: N = 4096, one block per row, ungated
 /// and causal (du then comes from `fftconv_monarch` with the filter conjugated, which needs
-/// the forward's own segment layout). A block per channel and group of pairs, as many groups
+/// the forward's own segment layout; circular where L = N). A block per channel and group of pairs, as many groups
 /// per channel as reach `target_blocks` blocks in all (at most one per pair): the pairs per
 /// group in `stage_count`, the groups per channel returned beside the parameters (the taps
 /// sum's rows per channel).
@@ -1099,9 +1099,13 @@ pub(crate) fn monarch_split_taps_params(
     p: &PassParams,
     target_blocks: u32,
 ) -> Option<(PassParams, u32)> {
+    // Circular without history (L = N) too: du is then the circular correlation, exactly what
+    // the forward kernel computes with conj(K); the taps never wrap.
+    let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
     let ok = p.log2n == 12
         && p.blocks == 1
-        && p.flags & !FLAG_F32_ROUNDS == 0
+        && (p.flags & !FLAG_F32_ROUNDS == 0
+            || (wraps_whole && p.flags & !(FLAG_F32_ROUNDS | FLAG_WRAPS) == 0))
         && p.pairs > 0
         && p.channels > 0;
     if !ok {
@@ -1522,10 +1526,19 @@ mod tests {
                 assert_eq!(groups, 1);
             }
         }
-        // Only the 4K, ungated, causal, one-block problems.
-        for (log2n, flags) in [(11, 0), (13, 0), (12, FLAG_GATED), (12, FLAG_WRAPS)] {
+        // Only the 4K, ungated, one-block problems, causal or circular without history.
+        for (log2n, flags) in [
+            (11, 0),
+            (13, 0),
+            (12, FLAG_GATED),
+            (12, FLAG_GATED | FLAG_WRAPS),
+        ] {
             assert!(monarch_split_taps_params(&params(log2n, flags, 2, 2), 1024).is_none());
         }
+        assert!(monarch_split_taps_params(&params(12, FLAG_WRAPS, 2, 2), 1024).is_some());
+        let mut p = params(12, FLAG_WRAPS, 2, 2);
+        p.history = 100;
+        assert!(monarch_split_taps_params(&p, 1024).is_none());
         let mut p = params(12, 0, 2, 2);
         p.blocks = 2;
         assert!(monarch_split_taps_params(&p, 1024).is_none());

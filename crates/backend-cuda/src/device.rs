@@ -127,8 +127,8 @@ fn keep_pool_memory(ctx: &CudaContext) {
     });
 }
 
-/// Environment variable: `1` runs the Monarch backward of ungated causal problems at N = 4096
-/// split in two (an experiment, off by default): du through `fftconv_monarch` with the filter
+/// Environment variable: `1` runs the Monarch backward of ungated problems at N = 4096 (causal,
+/// or circular with L = N) split in two (an experiment, off by default): du through `fftconv_monarch` with the filter
 /// conjugated and dy as its input, and the filter gradient through
 /// `fftconv_monarch_backward_taps`, which sums a channel's pairs in registers and runs one
 /// inverse per group of pairs instead of one per pair.

@@ -2260,10 +2260,14 @@ fn monarch_partial_256_threads() {
 
 /// `monarch_split_taps_params` of src/convolution.rs.
 fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(PassParams, u32)> {
-    use monarch_core::schedule::FLAG_F32_ROUNDS;
+    use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_WRAPS};
+    // Circular without history (L = N) too: du is then the circular correlation, exactly what
+    // the forward kernel computes with conj(K); the taps never wrap.
+    let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
     let ok = p.log2n == 12
         && p.blocks == 1
-        && p.flags & !FLAG_F32_ROUNDS == 0
+        && (p.flags & !FLAG_F32_ROUNDS == 0
+            || (wraps_whole && p.flags & !(FLAG_F32_ROUNDS | FLAG_WRAPS) == 0))
         && p.pairs > 0
         && p.channels > 0;
     if !ok {
@@ -2382,6 +2386,12 @@ fn monarch_split_backward() {
             causal(8, 2, 2048, 2048),
             16384,
             4,
+        ),
+        (
+            "n4k circular odd batch, one group",
+            causal(3, 2, 4096, 4096).circular(),
+            1 << 30,
+            1,
         ),
         (
             "n4k sparse, one group",

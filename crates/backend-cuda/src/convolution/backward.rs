@@ -387,7 +387,7 @@ impl CudaConvolution {
                     other: tmp_d,
                     ..base
                 };
-                // The split backward (an experiment at 4K, ungated causal): du as the forward
+                // The split backward (an experiment at 4K, ungated, causal or L = N circular): du as the forward
                 // of dy with conj(K), then the taps per group of pairs.
                 let split = (crate::device::monarch_split_backward()
                     && crate::device::monarch_backward_taps_shared_bytes() <= shared_limit)
