@@ -2345,14 +2345,11 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
     ])
 }
 
-/// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 1M: causal and
-/// circular, gated, frequency-sparse, odd batch, several chunks, channels of 2^-12 .. 2^12, a
-/// pair whose rows are 2^16 apart, dy much smaller than u.
+/// The split backward at 4K (ungated, causal or circular with L = N): du from fftconv_monarch
+/// with conj(K), the taps from fftconv_monarch_backward_taps, with one group per channel (all
+/// its pairs in one block: the running sum and its rescaling) and with one pair per group.
 #[test]
 fn monarch_split_backward() {
-    // The split backward at 4K (ungated causal): du from fftconv_monarch with conj(K), the
-    // taps from fftconv_monarch_backward_taps, with one group per channel (all its pairs in one
-    // block: the running sum and its rescaling) and with one pair per group.
     let test = "monarch_split_backward";
     let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
         println!("skipped {test}: no C++ compiler");
@@ -2443,6 +2440,9 @@ fn monarch_split_backward() {
     outcomes.finish();
 }
 
+/// The Monarch backward (f16 operands: the f16 tolerance) on N = 256 .. 1M: causal and
+/// circular, gated, frequency-sparse, odd batch, several chunks, channels of 2^-12 .. 2^12, a
+/// pair whose rows are 2^16 apart, dy much smaller than u.
 #[test]
 fn monarch_backward_256_threads() {
     let test = "monarch_backward_256_threads";

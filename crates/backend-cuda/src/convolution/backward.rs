@@ -389,15 +389,15 @@ impl CudaConvolution {
                 };
                 // The split backward (an experiment at 4K, ungated, causal or L = N circular): du as the forward
                 // of dy with conj(K), then the taps per group of pairs.
+                // (The forward's steps only where the split is on and takes the problem.)
                 let split = (crate::device::monarch_split_backward()
                     && crate::device::monarch_backward_taps_shared_bytes() <= shared_limit)
                     .then(|| super::monarch_split_taps_params(&params, SPLIT_TARGET_BLOCKS))
                     .flatten()
-                    .zip(super::monarch_launches(
-                        &self.schedule.forward_steps(chunk, compact),
-                        vec,
-                        false,
-                    ));
+                    .and_then(|taps| {
+                        let steps = self.schedule.forward_steps(chunk, compact);
+                        Some((taps, super::monarch_launches(&steps, vec, false)?))
+                    });
                 if let Some(((taps_params, groups), forward)) = split {
                     let du_buffers = KernelBuffers {
                         u: s.dy,
