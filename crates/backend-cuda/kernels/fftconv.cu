@@ -59,6 +59,7 @@ __device__ __forceinline__ cpx cmul(cpx a, cpx b) {
     return mk(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
 }
 __device__ __forceinline__ cpx conj_c(cpx a) { return mk(a.x, -a.y); }
+__device__ __forceinline__ cpx csq(cpx a) { return mk(a.x * a.x - a.y * a.y, 2.0f * a.x * a.y); }
 
 #if defined(FFTCONV_HOST_EMULATION)
 // Host builds of this file (a C++ compiler running one thread per block, for checking the
@@ -259,7 +260,11 @@ __device__ __forceinline__ cpx load_ro(const cpx* p) {
 #endif
 }
 
-// W_{2^m_log2}^e for any e (reduced mod 2^m_log2 here).
+// W_{2^m_log2}^e for any e (reduced mod 2^m_log2 here). One gather per call: where a thread
+// needs W^(n k) for a run of k, the Monarch kernels take the powers of one gathered W^n
+// instead (session 16's ncu run of the 4K forward: the per-element gathers,
+// strided across a warp's lanes, were 80% of its L1 tag requests with the L1 79% busy). The
+// f32 products drift by about one ulp per step, far below the f16 words they scale.
 __device__ __forceinline__ cpx root(const Params& pc, const Buffers& b, u32 e, u32 m_log2) {
     (void)pc;
     u32 m = 1u << m_log2;
@@ -2523,6 +2528,7 @@ __device__ __forceinline__ u32 movm_trans(u32 v) {
     return out;
 }
 __device__ __forceinline__ void shared_max(u32* p, u32 v) { *p = max_u(*p, v); }
+__device__ __forceinline__ void warp_shared_max(u32* p, u32 v) { shared_max(p, v); }
 __device__ __forceinline__ void shared_add(float* p, float v) { *p += v; }
 __device__ __forceinline__ float half_float(u32 bits) { return f16_value(bits & 0xffffu); }
 #else
@@ -2543,6 +2549,16 @@ __device__ __forceinline__ u32 movm_trans(u32 v) {
 }
 __device__ __forceinline__ void shared_max(u32* p, u32 v) {
     asm volatile("red.shared.max.u32 [%0], %1;" ::"r"(shared_address(p)), "r"(v) : "memory");
+}
+// shared_max of a word the whole warp targets, from all 32 lanes (converged): the warp's
+// maximum first (redux.sync, sm_80), then one lane's red.shared (session 16's ncu run: 32
+// lanes on one word were half of the 4K forward's excess shared wavefronts).
+__device__ __forceinline__ void warp_shared_max(u32* p, u32 v) {
+    u32 m;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(m) : "r"(v));
+    if ((threadIdx.x & 31u) == 0u) {
+        shared_max(p, m);
+    }
 }
 __device__ __forceinline__ void shared_add(float* p, float v) {
     asm volatile("red.shared.add.f32 [%0], %1;" ::"r"(shared_address(p)), "f"(v) : "memory");
@@ -2709,12 +2725,29 @@ __device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, c
     static_assert(BT == 256u || BT == 512u, "16 or 32 columns of 16 per warp");
     constexpr u32 TILES = 16u / (BT / 32u); // 16-column tiles per warp
     u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    static_assert(TILES <= 2u, "the twiddle steps below cover d = 0, 1");
     u32 m = 1u << mat_log2;
     u32 n_log2 = pc.log2n;
 #pragma unroll 1
     for (u32 grp = 0; grp < groups; grp++) {
         u16* re = pl.p[0] + 16u * grp * MT_ROW;
         u16* im = pl.p[1] + 16u * grp * MT_ROW;
+        // W_N^(r k_a) at this lane's r = r_l + 16 d + 8 nt + j (r_l = 16 TILES warp + 2 t,
+        // j = 0, 1) for its rows rr = g + 8 hr: per row, W^(r_l k_a) and W^(k_a) gathered and
+        // the steps W^(8 k_a), W^(16 k_a) by squaring, instead of one gather per element
+        // (session 16's ncu run: those gathers were 80% of the forward's L1 tag requests, with
+        // L1 79% busy and the issue slots 39%).
+        cpx tw_l[2], tw_1[2], tw_8[2], tw_16[2];
+        if (FORWARD) {
+#pragma unroll
+            for (u32 hr = 0; hr < 2u; hr++) {
+                u32 ka = ((g + 8u * hr) & (m - 1u)) * ka_mul + grp;
+                tw_l[hr] = root(pc, bf, (16u * TILES * warp + 2u * t) * ka, n_log2);
+                tw_1[hr] = root(pc, bf, ka, n_log2);
+                tw_8[hr] = csq(csq(csq(tw_1[hr])));
+                tw_16[hr] = csq(tw_8[hr]);
+            }
+        }
 #pragma unroll
         for (u32 d = 0; d < TILES; d++) {
             u32 r0 = 16u * (TILES * warp + d);
@@ -2735,9 +2768,15 @@ __device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, c
                     cpx v0 = mk(d_re[2u * hr], d_im[2u * hr]);
                     cpx v1 = mk(d_re[2u * hr + 1u], d_im[2u * hr + 1u]);
                     if (FORWARD) {
-                        u32 ka = (rr & (m - 1u)) * ka_mul + grp;
-                        v0 = cmul(v0, root(pc, bf, r * ka, n_log2));
-                        v1 = cmul(v1, root(pc, bf, (r + 1u) * ka, n_log2));
+                        cpx w = tw_l[hr]; // W^(r k_a)
+                        if (d != 0u) {
+                            w = cmul(w, tw_16[hr]);
+                        }
+                        if (nt != 0u) {
+                            w = cmul(w, tw_8[hr]);
+                        }
+                        v0 = cmul(v0, w);
+                        v1 = cmul(v1, cmul(w, tw_1[hr]));
                     }
                     *(u32*)&re[rr * MT_ROW + r] = pack_f16x2(v0.x, v1.x);
                     *(u32*)&im[rr * MT_ROW + r] = pack_f16x2(v0.y, v1.y);
@@ -3039,6 +3078,16 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
         b_re[j] = movm_trans(m_re[j]);
         b_im[j] = movm_trans(m_im[j]);
     }
+    // W_N^(r k_a) at this lane's r = 16 g + 2 t + 8 nt + 128 hb + j (j = 0, 1): one gathered
+    // root for 16 g + 2 t, the steps W^(k_a), W^(8 k_a), W^(128 k_a) the same for the warp's
+    // lanes (k_a is the row's), instead of one gather per element (session 16's ncu run).
+    cpx tw_l = mk(1.0f, 0.0f), tw_1 = tw_l, tw_8 = tw_l, tw_128 = tw_l;
+    if (twiddle) {
+        tw_l = root(pc, bf, (16u * g + 2u * t) * ka, pc.log2n);
+        tw_1 = root(pc, bf, ka, pc.log2n);
+        tw_8 = root(pc, bf, 8u * ka, pc.log2n);
+        tw_128 = root(pc, bf, 128u * ka, pc.log2n);
+    }
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
         tc_cmma(d_re[nt], d_im[nt], f.fa_re, f.fa_neg, &b_re[2u * nt], &b_im[2u * nt], f.fa_im,
@@ -3049,8 +3098,15 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
             cpx v0 = mk(d_re[nt][2u * hb], d_im[nt][2u * hb]);
             cpx v1 = mk(d_re[nt][2u * hb + 1u], d_im[nt][2u * hb + 1u]);
             if (twiddle) {
-                v0 = cmul(v0, conj_c(root(pc, bf, r * ka, pc.log2n)));
-                v1 = cmul(v1, conj_c(root(pc, bf, (r + 1u) * ka, pc.log2n)));
+                cpx w = tw_l; // W^(r k_a)
+                if (nt != 0u) {
+                    w = cmul(w, tw_8);
+                }
+                if (hb != 0u) {
+                    w = cmul(w, tw_128);
+                }
+                v0 = cmul(v0, conj_c(w));
+                v1 = cmul(v1, conj_c(cmul(w, tw_1)));
             }
             *(u32*)&re[r] = pack_f16x2(v0.x, v1.x);
             *(u32*)&im[r] = pack_f16x2(v0.y, v1.y);
@@ -3073,7 +3129,7 @@ __device__ __forceinline__ void mt_row_with(const MtDft16& f, MtPlanes pl, const
     MtSpectrum sp;
     mt_row_forward<COMPACT>(f, re, im, sp);
     if (COMPACT) {
-        filt += ((threadIdx.x & 3u) >= 2u) ? 4u : 0u; // this lane's compact columns' n-tile
+        filt += ((threadIdx.x & 3u) >= 2u) ? 128u : 0u; // this lane's compact columns' n-tile
     }
     cpx v[2][4];
     float fold = 0.0f;
@@ -3083,7 +3139,7 @@ __device__ __forceinline__ void mt_row_with(const MtDft16& f, MtPlanes pl, const
     for (u32 nt = 0; nt < TILES; nt++) {
 #pragma unroll
         for (u32 i = 0; i < 4u; i++) {
-            cpx kf = load_ro(filt + 4u * nt + i);
+            cpx kf = load_ro(filt + 32u * (4u * nt + i));
             kf.y *= conj_sign;
             v[nt][i] = cmul(mk(sp.re[nt][i], sp.im[nt][i]), kf);
             fold = mt_nonfinite_fold(fold, v[nt][i]);
@@ -3185,7 +3241,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             }
             mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
             const bool nonfinite = mt_finite8(in[k][s], mx[s]);
-            shared_max(&row_max[2u * m.p + s], mx[s]);
+            warp_shared_max(&row_max[2u * m.p + s], mx[s]); // m.p is the warp's (N >= 256)
             if (nonfinite) {
                 pair_nonfinite[m.p] = 1u;
             }
@@ -3230,7 +3286,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             u32 ka = row & (n1 - 1u);
             u32 h = udiv(pair, dv.pairs);
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
-                              ka * 256u + lane * 8u;
+                              ka * 256u + lane;
             mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u, mt_compact(pc), 1.0f,
                    &pair_nonfinite[row >> n1_log2]);
         }
@@ -3431,7 +3487,7 @@ __device__ __forceinline__ void mt_wide(const Params& pc, const Buffers& bf, con
     {
         MtDft16 f;
         mt_dft16_from(lane_tables, f);
-        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane * 8u;
+        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane;
 #pragma unroll 1
         for (u32 i = 0; i < ROWS / 8u; i++) {
             u32 row = warp + 8u * i;
@@ -3672,7 +3728,7 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
             u32 nf = 1u << (full_log2n != 0u ? full_log2n : pc.log2n);
             cpx x = mk(sx.re[nt][i], sx.im[nt][i]);
             cpx d = mk(sd.re[nt][i], sd.im[nt][i]);
-            cpx kf = load_ro(filt + 4u * nt + i);
+            cpx kf = load_ro(filt + 32u * (4u * nt + i));
             bool kept = (fr <= (nf >> 1) ? fr : nf - fr) < pc.kept_bins;
             cpx tv = kept ? cmul(d, conj_c(x)) : mk(0.0f, 0.0f);
             cpx gv = cmul(d, conj_c(kf));
@@ -3841,8 +3897,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             u32 mx = 0u, md = 0u;
             const bool x_bad = mt_finite8(xv[k][s], mx);
             const bool d_bad = mt_finite8(dvv[k][s], md);
-            shared_max(&row_max[0][2u * m.p + s], mx);
-            shared_max(&row_max[1][2u * m.p + s], md);
+            warp_shared_max(&row_max[0][2u * m.p + s], mx); // m.p is the warp's (N >= 256)
+            warp_shared_max(&row_max[1][2u * m.p + s], md);
             if (x_bad) {
                 pair_nonfinite[m.p][0] = 1u;
             }
@@ -3902,7 +3958,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             u32 ka = row & (n1 - 1u);
             u32 h = udiv(pair, dv.pairs);
             const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
-                              ka * 256u + lane * 8u;
+                              ka * 256u + lane;
             float sigma = pow2(mt_taps_scale_log2(abs_sum[row >> n1_log2], c));
             mt_backward_row(f, sets, pc, bf, row, ka, n1, filt, sigma, gated, n1 > 1u, 0u, 1u, 0u,
                             1.0f, 1.0f, &pair_nonfinite[row >> n1_log2][2]);
@@ -4023,8 +4079,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
                 u32 mx = 0u, md = 0u;
                 const bool x_bad = mt_finite8(xv[k][s], mx);
                 const bool d_bad = mt_finite8(dvv[k][s], md);
-                shared_max(&row_max[0][s], mx);
-                shared_max(&row_max[1][s], md);
+                warp_shared_max(&row_max[0][s], mx);
+                warp_shared_max(&row_max[1][s], md);
                 if (x_bad || d_bad) {
                     group_bad = 1u;
                 }
@@ -4341,7 +4397,7 @@ __device__ __forceinline__ void mt_backward_wide(const Params& pc, const Buffers
     {
         MtDft16 f;
         mt_dft16(pc, bf, f);
-        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane * 8u;
+        const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u + lane;
 #pragma unroll 1
         for (u32 i = 0; i < ROWS / (BT / 32u); i++) {
             u32 row = warp + (BT / 32u) * i;
@@ -4714,9 +4770,16 @@ __device__ __forceinline__ void mt_column_forward(const Params& pc, const Buffer
                   segment_input_at(pc, dv, bf.u, bf.pre, pc.flags, seg[1], pos) * sc1);
     }
     mt_dft_registers<O_LOG2, true>(pc, bf, z);
+    // W_N^(n_i k) as the powers of one gathered W_N^(n_i) (see root()).
+    const cpx w1 = root(pc, bf, ni, pc.log2n);
+    cpx wk = w1;
 #pragma unroll
     for (u32 k = 0; k < NO; k++) {
-        cpx v = k == 0u ? z[0] : cmul(z[k], root(pc, bf, ni * k, pc.log2n));
+        cpx v = z[0];
+        if (k != 0u) {
+            v = cmul(z[k], wk);
+            wk = cmul(wk, w1);
+        }
         put(k, pack_f16x2(v.x, v.y));
     }
 }
@@ -4729,12 +4792,15 @@ __device__ __forceinline__ void mt_column_inverse(const Params& pc, const Buffer
                                                   float unscale, u32 ni, Get get) {
     constexpr u32 NO = 1u << O_LOG2;
     cpx z[NO];
+    const cpx w1 = conj_c(root(pc, bf, ni, pc.log2n)); // powers of one root (see root())
+    cpx wk = w1;
 #pragma unroll
     for (u32 k = 0; k < NO; k++) {
         u32 w = get(k);
         z[k] = mk(half_float(w), half_float(w >> 16));
         if (k != 0u) {
-            z[k] = cmul(z[k], conj_c(root(pc, bf, ni * k, pc.log2n)));
+            z[k] = cmul(z[k], wk);
+            wk = cmul(wk, w1);
         }
     }
     mt_dft_registers<O_LOG2, false>(pc, bf, z);
@@ -4838,10 +4904,14 @@ __device__ __forceinline__ void mt_tile_forward(const Params& pc, const Buffers&
             z[a] = tile[(a + A * kb) * MT_TILE_COLUMNS + c];
         }
         mt_dft_registers<A_LOG2, true>(pc, bf, z);
+        // W_N^(n_i k_o) = W_N^(n_i k_b) (W_N^(n_i B))^(k_a) (see root()).
+        const cpx step = root(pc, bf, ni * B, pc.log2n);
+        cpx wk = root(pc, bf, ni * kb, pc.log2n);
 #pragma unroll
         for (u32 ka = 0; ka < A; ka++) {
             u32 ko = kb + B * ka;
-            cpx v = ko == 0u ? z[0] : cmul(z[ka], root(pc, bf, ni * ko, pc.log2n));
+            cpx v = ko == 0u ? z[0] : cmul(z[ka], wk);
+            wk = cmul(wk, step);
             put(ko, ni, pack_f16x2(v.x, v.y));
         }
     }
@@ -4857,14 +4927,17 @@ __device__ __forceinline__ void mt_tile_inverse(const Params& pc, const Buffers&
     for (u32 item = threadIdx.x; item < B * MT_TILE_COLUMNS; item += MT_THREADS) {
         u32 c = item & 31u, kb = item >> 5, ni = c0 + c;
         cpx z[A];
+        const cpx step = conj_c(root(pc, bf, ni * B, pc.log2n)); // powers of one root (see root())
+        cpx wk = conj_c(root(pc, bf, ni * kb, pc.log2n));
 #pragma unroll
         for (u32 ka = 0; ka < A; ka++) {
             u32 ko = kb + B * ka;
             u32 w = get(ko, ni);
             z[ka] = mk(half_float(w), half_float(w >> 16));
             if (ko != 0u) {
-                z[ka] = cmul(z[ka], conj_c(root(pc, bf, ni * ko, pc.log2n)));
+                z[ka] = cmul(z[ka], wk);
             }
+            wk = cmul(wk, step);
         }
         mt_dft_registers<A_LOG2, false>(pc, bf, z);
 #pragma unroll
@@ -5047,7 +5120,7 @@ __device__ __forceinline__ void mt_middle_row(const Params& pc, const Buffers& b
         MtDft16 f;
         mt_dft16(rp, bf, f);
         const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
-                          ((u64)ko << MT_INNER_LOG2) + lane * 8u;
+                          ((u64)ko << MT_INNER_LOG2) + lane;
 #pragma unroll 1
         for (u32 i = 0; i < ROWS / 8u; i++) {
             u32 row = warp + 8u * i;
@@ -5421,9 +5494,15 @@ __device__ __forceinline__ void mt_backward_columns_forward(const Params& pc, co
             }
             mt_dft_registers<O_LOG2, true>(pc, bf, z);
             u32* out = mt_backward_words(pc, bf, set, c.pair) + c.ni;
+            const cpx w1 = root(pc, bf, c.ni, pc.log2n); // powers of one root (see root())
+            cpx wk = w1;
 #pragma unroll
             for (u32 k = 0; k < NO; k++) {
-                cpx v = k == 0u ? z[0] : cmul(z[k], root(pc, bf, c.ni * k, pc.log2n));
+                cpx v = z[0];
+                if (k != 0u) {
+                    v = cmul(z[k], wk);
+                    wk = cmul(wk, w1);
+                }
                 out[k << MT_INNER_LOG2] = pack_f16x2(v.x, v.y);
             }
         }
@@ -5511,7 +5590,7 @@ extern "C" __global__ void __launch_bounds__(MT_WIDE_THREADS, 1)
         MtDft16 f;
         mt_dft16(rp, bf, f);
         const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
-                          ((u64)ko << MT_INNER_LOG2) + lane * 8u;
+                          ((u64)ko << MT_INNER_LOG2) + lane;
 #pragma unroll 1
         for (u32 i = 0; i < ROWS / (BT / 32u); i++) {
             u32 row = warp + (BT / 32u) * i;
@@ -5589,12 +5668,15 @@ __device__ __forceinline__ void mt_backward_columns_inverse(const Params& pc, co
         if (set < 2u || gated) {
             const u32* in = mt_backward_words(pc, bf, set, c.pair) + c.ni;
             cpx z[NO];
+            const cpx w1 = conj_c(root(pc, bf, c.ni, pc.log2n)); // powers of one root (see root())
+            cpx wk = w1;
 #pragma unroll
             for (u32 k = 0; k < NO; k++) {
                 u32 w = in[k << MT_INNER_LOG2];
                 z[k] = mk(half_float(w), half_float(w >> 16));
                 if (k != 0u) {
-                    z[k] = cmul(z[k], conj_c(root(pc, bf, c.ni * k, pc.log2n)));
+                    z[k] = cmul(z[k], wk);
+                    wk = cmul(wk, w1);
                 }
             }
             mt_dft_registers<O_LOG2, false>(pc, bf, z);
@@ -5775,13 +5857,16 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
 // The filter for fftconv_monarch: per channel h of the launch (pc.channels) a header (s_k,
 // 1 / s_k), then (the channel's largest finite |Re| + |Im| as float bits, 0), then the N bins of
 // the full spectrum (from the Hermitian half in bf.spectrum, dropped bins 0) divided by s_k, in
-// the order of fftconv_monarch's S2 fragments: k = k_a + N1 (k_b + 16 k_c) at k_a 256 + lane 8 +
-// nt 4 + i with lane = 4 (k_b & 7) + (k_c & 7) / 2, i = 2 (k_b >> 3) + (k_c & 1), nt = k_c >> 3.
+// the order of fftconv_monarch's S2 fragments: k = k_a + N1 (k_b + 16 k_c) at k_a 256 +
+// 32 (nt 4 + i) + lane with lane = 4 (k_b & 7) + (k_c & 7) / 2, i = 2 (k_b >> 3) + (k_c & 1),
+// nt = k_c >> 3 (lane-minor since session 16, so that a warp's load of one (nt, i) reads 256
+// contiguous bytes: lane-major, the filter loads were 17% of the 4K forward's L2 sectors, 69%
+// of them excess).
 // From 32K (N_i = 2^line_log2 = 16K < N) the rows of fftconv_monarch_middle: k = k_o + N_o k_i,
 // k_i as k above, row k_o's bins from k_o N_i. s_k is the power of two above the channel's
 // largest finite |Re| + |Im| (1 for an all-zero channel), so |bins| <= 1. Written to bf.tmp,
 // N + 2 complex values per channel, whose second value must be zero before the launches.
-// Two launches of a block per channel and slice of N_o = N / N_i bins (one block per channel
+// Two launches of a block per channel and slice of N_i bins (one block per channel
 // took 3.3 ms at 1M for 3 channels and 14 ms at 4M for one on the H200): the maximum
 // (fftconv_monarch_filter_max, into the second value), then the bins.
 __device__ __forceinline__ cpx* mt_filter_out(const Params& pc, const Buffers& bf, u32 h) {
@@ -5828,19 +5913,23 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, 2)
     u32 e = channel_max == 0u ? 127u : (channel_max >> 23) + 1u;
     e = e > 253u ? 253u : e; // so that 1 / s_k is a normal float too
     const float inv = bits_float((254u - e) << 23);
-    const u32 start = (b - (h << o_log2)) << ni_log2, end = start + (1u << ni_log2);
+    const u32 start = (b - (h << o_log2)) << ni_log2;
     if (start == 0u && threadIdx.x == 0u) {
         out[0] = mk(bits_float(e << 23), inv);
     }
-    for (u32 k = start + threadIdx.x; k < end; k += MT_THREADS) {
-        cpx v = filter_bin(pc, bf, h, k);
-        u32 ko = k & ((1u << o_log2) - 1u), ki = k >> o_log2;
-        u32 ka = ki & ((1u << n1_log2) - 1u), kr = ki >> n1_log2;
-        u32 kb = kr & 15u, kc = kr >> 4;
-        u32 lane = 4u * (kb & 7u) + ((kc & 7u) >> 1);
-        u32 i = 2u * (kb >> 3) + (kc & 1u);
-        out[2u + (ko << ni_log2) + ka * 256u + lane * 8u + (kc >> 3) * 4u + i] =
-            mk(v.x * inv, v.y * inv);
+    // Slice b holds row k_o = start >> ni_log2 (0 up to 16K); a thread per output position
+    // (ka 256 + 32 (4 nt + i) + lane, written in order) gathers its bin, whose reads stay in
+    // the slice's bins of this channel (session 16: scattered writes took 108 us for 61
+    // channels at 64K under ncu, 0.6 TB/s).
+    const u32 ko = start >> ni_log2;
+    cpx* row = out + 2u + start;
+    for (u32 o = threadIdx.x; o < (1u << ni_log2); o += MT_THREADS) {
+        u32 lane = o & 31u, j = (o >> 5) & 7u, ka = o >> 8;
+        u32 nt = j >> 2, i = j & 3u;
+        u32 kb = 8u * (i >> 1) + (lane >> 2), kc = 8u * nt + 2u * (lane & 3u) + (i & 1u);
+        u32 ki = ka + ((kb + 16u * kc) << n1_log2);
+        cpx v = filter_bin(pc, bf, h, ko + (ki << o_log2));
+        row[o] = mk(v.x * inv, v.y * inv);
     }
 }
 #endif
