@@ -607,6 +607,10 @@ impl Sweep<'_> {
                     Some(_) => Some((resident(&poison)?, resident(&poison)?)),
                     None => None,
                 };
+                // dk stays on the device too, as in a training step.
+                let mut dk_t = conv
+                    .filter_tensor_from_host(&vec![f32::NAN; spec.filter_elems()])
+                    .map_err(message)?;
                 let times = self.time(&mut du, |_| {
                     let (dpregate, dpostgate) = match gate_grads_t.as_mut() {
                         Some((p, q)) => (Some(p), Some(q)),
@@ -619,7 +623,7 @@ impl Sweep<'_> {
                         &dy_t,
                         conv::DeviceGradients {
                             du: &mut du_t,
-                            dk: &mut dk,
+                            dk: &mut dk_t,
                             dpregate,
                             dpostgate,
                         },
@@ -627,6 +631,11 @@ impl Sweep<'_> {
                     .map_err(message)
                 })?;
                 conv.tensor_to_host(&du_t, &mut du).map_err(message)?;
+                conv.filter_tensor_to_host(&dk_t, &mut dk)
+                    .map_err(message)?;
+                if let Some(i) = dk.iter().position(|v| !v.is_finite()) {
+                    return Err(format!("dk[{i}] is {} (unwritten or overflowed)", dk[i]));
+                }
                 Ok(times)
             });
         if let Err(reason) = &result {

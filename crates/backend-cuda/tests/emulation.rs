@@ -919,7 +919,7 @@ enum BackwardPath {
     /// `fftconv_monarch_backward` (after the Monarch filter layout), as `launch_backward` runs
     /// it with the Monarch pass on.
     Monarch,
-    /// The split Monarch backward (`FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1`) where it applies:
+    /// The split Monarch backward (the default; `FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=0` is off) where it applies:
     /// du through `fftconv_monarch` with the filter conjugated, the taps through
     /// `fftconv_monarch_backward_taps` aiming at this many blocks (1: one group per channel).
     MonarchSplit(u32),

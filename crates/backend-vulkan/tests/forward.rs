@@ -539,7 +539,7 @@ fn check_backward_scaled(spec: &ConvSpec, options: VulkanOptions, scales: &[f64]
     let tgates = gates32.as_ref().map(|(p, q)| (tensor(p), tensor(q)));
     let nan = vec![f32::NAN; n];
     let (mut tdu, mut tdpre, mut tdpost) = (tensor(&nan), tensor(&nan), tensor(&nan));
-    let mut dk2 = vec![f32::NAN; spec.filter_elems()];
+    let mut tdk = tensor(&vec![f32::NAN; spec.filter_elems()]);
     conv.backward_device(
         &filter,
         VulkanTensorGradients {
@@ -549,9 +549,11 @@ fn check_backward_scaled(spec: &ConvSpec, options: VulkanOptions, scales: &[f64]
             du: &mut tdu,
             gate_grads: gated.then_some((&mut tdpre, &mut tdpost)),
         },
-        &mut dk2,
+        &mut tdk,
     )
     .expect("backward_device");
+    let mut dk2 = vec![f32::NAN; spec.filter_elems()];
+    tdk.to_host(&mut dk2).unwrap();
     let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
     let mut host = vec![f32::NAN; n];
     let mut same = vec![("dk", bits(&dk2) == bits(&dk))];

@@ -318,7 +318,7 @@ impl Convolution {
         &self,
         filter: &FilterSpectrum,
         tensors: backend_cuda::CudaTensorGradients<'_>,
-        dk: &mut [f32],
+        dk: &mut backend_cuda::CudaTensor,
     ) -> Result<(), ConvError> {
         match (&self.engine, &filter.inner) {
             (Engine::Cuda(cu), FilterInner::Cuda(f)) => Ok(cu.backward_device(f, tensors, dk)?),
@@ -373,7 +373,7 @@ impl Convolution {
         &self,
         filter: &FilterSpectrum,
         tensors: backend_vulkan::VulkanTensorGradients<'_>,
-        dk: &mut [f32],
+        dk: &mut backend_vulkan::VulkanTensor,
     ) -> Result<(), ConvError> {
         match (&self.engine, &filter.inner) {
             (Engine::Vulkan(vk), FilterInner::Vulkan(f)) => Ok(vk.backward_device(f, tensors, dk)?),

@@ -7,13 +7,15 @@ use crate::{BackendKind, ConvError, Convolution, FilterSpectrum};
 use half::{bf16, f16};
 use monarch_core::{DType, Element};
 
-/// Gradient outputs of [`Convolution::backward_device`]: tensors on the convolution's backend
-/// (every one overwritten) and `dk` on the host.
+/// Gradient outputs of [`Convolution::backward_device`]: tensors on the convolution's backend,
+/// every one overwritten.
 #[derive(Debug)]
 pub struct DeviceGradients<'a> {
     pub du: &'a mut DeviceTensor,
-    /// `[H, K]` f32, summed over the batch.
-    pub dk: &'a mut [f32],
+    /// `[H, K]` f32, summed over the batch: a filter tensor
+    /// ([`Convolution::filter_tensor_zeros`], [`Convolution::filter_tensor_from_host`]), so a
+    /// training step keeps its filter gradient where its filter is.
+    pub dk: &'a mut DeviceTensor,
     pub dpregate: Option<&'a mut DeviceTensor>,
     pub dpostgate: Option<&'a mut DeviceTensor>,
 }
@@ -170,6 +172,83 @@ impl Convolution {
         })
     }
 
+    /// A zeroed filter tensor (`[H, K]`, f32) on this backend, e.g. for the filter gradient of
+    /// [`backward_device`](Self::backward_device).
+    pub fn filter_tensor_zeros(&self) -> Result<DeviceTensor, ConvError> {
+        let len = self.spec().filter_elems();
+        let inner = match self.backend() {
+            #[cfg(feature = "cpu")]
+            BackendKind::Cpu => TensorInner::Host(HostTensor::F32(vec![0.0; len])),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => {
+                TensorInner::Cuda(backend_cuda::CudaTensor::zeros(DType::F32, len)?)
+            }
+            #[cfg(feature = "vulkan")]
+            BackendKind::Vulkan => {
+                TensorInner::Vulkan(backend_vulkan::VulkanTensor::zeros(DType::F32, len)?)
+            }
+            #[allow(unreachable_patterns)]
+            other => return Err(no_tensors(other)),
+        };
+        Ok(DeviceTensor {
+            backend: self.backend(),
+            len,
+            dtype: DType::F32,
+            inner,
+        })
+    }
+
+    /// Copies a filter tensor (`[H, K]`, f32, such as `dk`) into `out`.
+    pub fn filter_tensor_to_host(
+        &self,
+        tensor: &DeviceTensor,
+        out: &mut [f32],
+    ) -> Result<(), ConvError> {
+        self.check_filter_tensor("tensor", tensor)?;
+        if out.len() != tensor.len {
+            return Err(ConvError::invalid(
+                "out",
+                format!("expected {} elements, got {}", tensor.len, out.len()),
+            ));
+        }
+        match &tensor.inner {
+            #[cfg(feature = "cpu")]
+            TensorInner::Host(h) => {
+                out.copy_from_slice(h.as_slice::<f32>().expect("dtype checked"));
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            TensorInner::Cuda(c) => Ok(c.to_host(out)?),
+            #[cfg(feature = "vulkan")]
+            TensorInner::Vulkan(v) => Ok(v.to_host(out)?),
+            TensorInner::Absent(never) => match *never {},
+        }
+    }
+
+    /// `t` lives on this backend and is an f32 tensor of `[H, K]`.
+    fn check_filter_tensor(&self, arg: &'static str, t: &DeviceTensor) -> Result<(), ConvError> {
+        if t.backend != self.backend() {
+            return Err(ConvError::invalid(
+                arg,
+                format!(
+                    "tensor of backend {}, this convolution runs on {}",
+                    t.backend,
+                    self.backend()
+                ),
+            ));
+        }
+        if t.dtype != DType::F32 {
+            return Err(ConvError::DTypeMismatch {
+                arg,
+                expected: DType::F32,
+                got: t.dtype,
+            });
+        }
+        self.spec()
+            .check_filter_len(t.len)
+            .map_err(|e| ConvError::invalid(arg, e.to_string()))
+    }
+
     /// The filter spectrum of `k: [H, K]` (f32) held on this backend
     /// ([`filter_tensor_from_host`](Self::filter_tensor_from_host)): on CUDA computed on the GPU
     /// without a host round trip (two filter rows share one transform there, so a non-finite value
@@ -297,8 +376,8 @@ impl Convolution {
     }
 
     /// [`backward`](Self::backward) on tensors resident on this backend: `dy`, `u` and the gates
-    /// are read there, and the gradients in `grads` overwritten there (`dk` is a host slice:
-    /// `[H, K]` f32, small). Every argument is checked before anything is written.
+    /// are read there, and the gradients in `grads` overwritten there (`dk` is a filter tensor:
+    /// `[H, K]` f32). Every argument is checked before anything is written.
     pub fn backward_device(
         &self,
         filter: &FilterSpectrum,
@@ -318,18 +397,7 @@ impl Convolution {
             ],
             |arg, t| self.check_tensor(arg, t),
         )?;
-        if grads.dk.len() != self.spec().filter_elems() {
-            return Err(ConvError::invalid(
-                "dk",
-                format!(
-                    "expected [H={}, K={}] = {} elements, got {}",
-                    self.spec().channels(),
-                    self.spec().filter_len(),
-                    self.spec().filter_elems(),
-                    grads.dk.len()
-                ),
-            ));
-        }
+        self.check_filter_tensor("dk", grads.dk)?;
         self.check_filter(filter)?;
         let DeviceGradients {
             du,
@@ -346,6 +414,7 @@ impl Convolution {
                     _ => unreachable!("backends checked"),
                 });
                 let du = host_mut(du);
+                let dk = host_mut(dk).as_mut_slice::<f32>().expect("dtype checked");
                 let dpre = dpregate.map(host_mut);
                 let dpost = dpostgate.map(host_mut);
                 macro_rules! run {
@@ -390,7 +459,7 @@ impl Convolution {
                     du,
                     gate_grads,
                 };
-                Ok(self.vulkan_backward_device(filter, tensors, dk)?)
+                Ok(self.vulkan_backward_device(filter, tensors, vulkan_of_mut(dk))?)
             }
             #[cfg(feature = "cuda")]
             (TensorInner::Cuda(u), TensorInner::Cuda(dy)) => {
@@ -405,7 +474,7 @@ impl Convolution {
                     du,
                     gate_grads,
                 };
-                self.cuda_backward_device(filter, tensors, dk)
+                self.cuda_backward_device(filter, tensors, cuda_of_mut(dk))
             }
             (TensorInner::Absent(never), _) => match *never {},
             #[allow(unreachable_patterns)]

@@ -589,7 +589,10 @@ fn device_tensors(kind: BackendKind) {
             conv.tensor_zeros().unwrap(),
             conv.tensor_zeros().unwrap(),
         );
-        let mut dk_dev = vec![f32::NAN; spec.filter_elems()];
+        // dk on the device too, poisoned so that an unwritten element fails.
+        let mut dk_dev = conv
+            .filter_tensor_from_host(&vec![f32::NAN; spec.filter_elems()])
+            .unwrap();
         conv.backward_device(
             &filter,
             &tu,
@@ -615,9 +618,11 @@ fn device_tensors(kind: BackendKind) {
         };
         let msg = format!("{kind}: device tensors differ from host slices ({spec:?}, seed {seed})");
         assert!(same(&back(&tdu), &du), "du: {msg}");
+        let mut dk_back = vec![f32::NAN; spec.filter_elems()];
+        conv.filter_tensor_to_host(&dk_dev, &mut dk_back).unwrap();
         assert!(
             dk.iter()
-                .zip(&dk_dev)
+                .zip(&dk_back)
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "dk: {msg}"
         );
@@ -625,8 +630,9 @@ fn device_tensors(kind: BackendKind) {
             assert!(same(&back(&tdpre), &dpre), "dpregate: {msg}");
             assert!(same(&back(&tdpost), &dpost), "dpostgate: {msg}");
         }
-        // Misuse: a short dk, and gate gradients that do not match the problem.
-        let mut short = vec![0.0f32; spec.filter_elems() - 1];
+        // Misuse: a dk that is no filter tensor (the problem's [B, H, L]), and gate gradients
+        // that do not match the problem.
+        let mut not_filter = conv.tensor_zeros().unwrap();
         let err = conv
             .backward_device(
                 &filter,
@@ -635,7 +641,7 @@ fn device_tensors(kind: BackendKind) {
                 &tdy,
                 DeviceGradients {
                     du: &mut tdu,
-                    dk: &mut short,
+                    dk: &mut not_filter,
                     dpregate: None,
                     dpostgate: None,
                 },

@@ -12,7 +12,7 @@
 
 use cudarc::driver::CudaSlice;
 use monarch_core::schedule::{BackwardBinding, Chunk, PassParams, FLAG_CONJ_FILTER};
-use monarch_core::Element;
+use monarch_core::{DType, Element};
 
 use super::{
     address, copy_from_bytes, copy_to_bytes, launch_kernel, sync, CudaConvolution,
@@ -205,14 +205,22 @@ impl CudaConvolution {
         Ok(())
     }
 
-    /// Like [`backward`](Self::backward) on device-resident tensors: `du` and (gated) the gate
-    /// gradients are overwritten in device memory; `dk` (`[H, K]`, small) is written on the host.
+    /// Like [`backward`](Self::backward) on device-resident tensors: `du`, (gated) the gate
+    /// gradients and `dk` (an f32 tensor of `[H, K]`) are overwritten in device memory, so a
+    /// training step keeps its filter gradient on the GPU (session 16: downloading it, 100 MB
+    /// at the bench's 64K shape, took most of the backward's time there).
     pub fn backward_device(
         &self,
         filter: &CudaFilterSpectrum,
         tensors: CudaTensorGradients<'_>,
-        dk: &mut [f32],
+        dk: &mut CudaTensor,
     ) -> Result<(), CudaError> {
+        if dk.dtype != DType::F32 {
+            return Err(CudaError::invalid(
+                "dk",
+                format!("expected an f32 tensor, got {}", dk.dtype),
+            ));
+        }
         let want = self.spec.io_len();
         self.check_inputs(
             filter,
@@ -276,7 +284,10 @@ impl CudaConvolution {
         for chunk in self.schedule.chunks().collect::<Vec<_>>() {
             self.launch_backward(&stream, bexec, filter, chunk, streams, false)?;
         }
-        read_dk(&stream, bexec, dk)?;
+        let bytes = dk.len() * 4;
+        stream
+            .memcpy_dtod(&bexec.dk.slice(..bytes), &mut dk.buffer.slice_mut(..bytes))
+            .map_err(|e| CudaError::driver("cuMemcpyDtoD", e))?;
         drop(exec_guard);
         Ok(())
     }
@@ -387,8 +398,8 @@ impl CudaConvolution {
                     other: tmp_d,
                     ..base
                 };
-                // The split backward (an experiment at 4K, ungated, causal or L = N circular): du as the forward
-                // of dy with conj(K), then the taps per group of pairs.
+                // The split backward (the default at 4K, ungated, causal or L = N circular): du
+                // as the forward of dy with conj(K), then the taps per group of pairs.
                 // (The forward's steps only where the split is on and takes the problem.)
                 let split = (crate::device::monarch_split_backward()
                     && crate::device::monarch_backward_taps_shared_bytes() <= shared_limit)

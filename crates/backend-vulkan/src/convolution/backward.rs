@@ -55,7 +55,7 @@ use crate::pipelines::{
 use crate::VulkanError;
 use ash::vk;
 use monarch_core::schedule::{BackwardBinding, Chunk, PassParams};
-use monarch_core::Element;
+use monarch_core::{DType, Element};
 use std::sync::Arc;
 
 /// Output buffers of one backward call; every one is overwritten.
@@ -125,6 +125,14 @@ struct BackwardHostIo {
 }
 
 /// Where the backward reads `u`, `dy` and the gates and writes the gradients.
+/// Where the filter gradient goes after the last chunk.
+enum FilterGradientOut<'a> {
+    /// Through the execution's staging buffer to a host slice.
+    Host(&'a mut [f32]),
+    /// Copied on the device into an f32 tensor of `[H, K]`.
+    Device(&'a VulkanTensor),
+}
+
 #[derive(Clone, Copy)]
 enum BackwardIo<'a> {
     /// The execution's chunk buffers, filled from and read back to host slices.
@@ -351,6 +359,7 @@ impl VulkanConvolution {
             mut dpregate,
             mut dpostgate,
         } = grads;
+        let dk = FilterGradientOut::Host(dk);
         self.run_backward(filter, BackwardIo::Host, dk, |conv, host, chunk, stage| {
             let stream_bytes = host.stream_bytes;
             if stage == Stage::Upload {
@@ -391,14 +400,20 @@ impl VulkanConvolution {
         })
     }
 
-    /// Like [`backward`](Self::backward) on device-resident tensors: `du` and (gated) the gate
-    /// gradients are overwritten in device memory; `dk` (`[H, K]`, small) is written on the host.
+    /// Like [`backward`](Self::backward) on device-resident tensors: `du`, (gated) the gate
+    /// gradients and `dk` (an f32 tensor of `[H, K]`) are overwritten in device memory.
     pub fn backward_device(
         &self,
         filter: &VulkanFilterSpectrum,
         tensors: VulkanTensorGradients<'_>,
-        dk: &mut [f32],
+        dk: &mut VulkanTensor,
     ) -> Result<(), VulkanError> {
+        if dk.dtype != DType::F32 {
+            return Err(VulkanError::invalid(
+                "dk",
+                format!("expected an f32 tensor, got {}", dk.dtype),
+            ));
+        }
         let want = self.spec.io_len();
         let gated = self.spec.gated();
         self.check_inputs(
@@ -443,14 +458,15 @@ impl VulkanConvolution {
         }
         self.spec
             .check_gradients(
-                dk.len(),
+                dk.len,
                 [
                     tensors.gate_grads.as_ref().map(|g| g.0.len),
                     tensors.gate_grads.as_ref().map(|g| g.1.len),
                 ],
             )
             .map_err(super::core_invalid)?;
-        self.run_backward(filter, BackwardIo::Device(&tensors), dk, |_, _, _, _| {})
+        let io = BackwardIo::Device(&tensors);
+        self.run_backward(filter, io, FilterGradientOut::Device(dk), |_, _, _, _| {})
     }
 
     /// Runs every chunk; `host` moves a chunk's host data in before and out after (host I/O
@@ -460,7 +476,7 @@ impl VulkanConvolution {
         &self,
         filter: &VulkanFilterSpectrum,
         io: BackwardIo<'_>,
-        dk: &mut [f32],
+        dk: FilterGradientOut<'_>,
         mut host: impl FnMut(&Self, &mut BackwardHostIo, Chunk, Stage),
     ) -> Result<(), VulkanError> {
         let mut guard = self.backward_exec.lock().unwrap_or_else(|e| e.into_inner());
@@ -490,7 +506,11 @@ impl VulkanConvolution {
                         Stage::Upload,
                     );
                 }
-                self.record_backward(exec, chunk, io, first, last)?;
+                let dk_to = match (&dk, last) {
+                    (FilterGradientOut::Device(t), true) => Some(&t.buffer),
+                    _ => None,
+                };
+                self.record_backward(exec, chunk, io, first, last, dk_to)?;
                 exec.commands.run()?;
                 if host_io {
                     host(
@@ -502,8 +522,10 @@ impl VulkanConvolution {
                 }
             }
             // The filter gradient of every chunk (a spec has at least one), copied to staging
-            // by the last one.
-            copy_from_bytes(exec.taps_sum_staging.bytes_mut(), dk);
+            // (or to the device tensor) by the last one.
+            if let FilterGradientOut::Host(dk) = dk {
+                copy_from_bytes(exec.taps_sum_staging.bytes_mut(), dk);
+            }
             Ok(())
         })();
         if let Err(VulkanError::Timeout { .. }) = &result {
@@ -513,7 +535,7 @@ impl VulkanConvolution {
     }
 
     /// Records one chunk. `first`: zero the filter gradient before anything else; `last`: copy
-    /// it to staging after the taps sum.
+    /// it after the taps sum to `dk_to` (a device tensor's buffer) or else to staging.
     fn record_backward(
         &self,
         exec: &BackwardExecution,
@@ -521,6 +543,7 @@ impl VulkanConvolution {
         io: BackwardIo<'_>,
         first: bool,
         last: bool,
+        dk_to: Option<&Buffer>,
     ) -> Result<(), VulkanError> {
         let compact = matches!(io, BackwardIo::Host);
         // (descriptor set, pipeline, push constants) per step, and the taps sum's parameters.
@@ -609,9 +632,12 @@ impl VulkanConvolution {
                 }
                 if last {
                     // (The taps sum's pass ended with a barrier.)
-                    let region = [vk::BufferCopy::default().size(exec.taps_sum.size)];
-                    let (src, dst) = (exec.taps_sum.buffer, exec.taps_sum_staging.buffer);
-                    device.cmd_copy_buffer(cmd, src, dst, &region);
+                    let (dst, size) = match dk_to {
+                        Some(t) => (t.buffer, t.size.min(exec.taps_sum.size)),
+                        None => (exec.taps_sum_staging.buffer, exec.taps_sum.size),
+                    };
+                    let region = [vk::BufferCopy::default().size(size)];
+                    device.cmd_copy_buffer(cmd, exec.taps_sum.buffer, dst, &region);
                 }
             }
             host_read_barrier(device, cmd);
