@@ -194,9 +194,13 @@ if [ -f "$here/env.sh" ] && [ -e /usr/local/nvidia ]; then
 fi
 deadline=$((SECONDS + ${FFTCONV_DEADLINE:-480}))
 status=0
+ran=" "
 step() {
     local name=$1 limit=$2
     shift 2
+    # A step named twice (the priority order above, the --no-bench order below) runs once.
+    [[ "$ran" == *" $name "* ]] && return
+    ran+="$name "
     local left=$((deadline - SECONDS))
     if [ "$left" -lt 15 ]; then
         echo "SKIPPED (deadline): $name"
@@ -246,44 +250,53 @@ S="256,4K,16K,64K,1M"
 # conformance suite (every bench row is also checked against the f64 oracle on sampled rows).
 step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
-    # The Monarch tensor-core pass for f16 / bf16 (the default since session 10). Its numbers
-    # first: FlashFFTConv's shapes, dense and at 75% sparsity (session 14: compact rows), with
-    # the filter preparation from a device-resident k (a training step's cost:
-    # fftconv_monarch_filter split over 16K-bin slices after it took 14 ms at 4M), then the
-    # backward sweep, session 11's block-size A/B and ThunderKittens' case (the backward
-    # against the passes it replaced comes after the other CUDA suites).
+    # Session 16 (unmeasured): the Monarch kernels' twiddles as powers of one gathered root per
+    # run instead of a gather per element, the filter bins lane-minor (coalesced loads, and
+    # fftconv_monarch_filter writing in order), warp-reduced row maxima. Predicted: the 4K
+    # forward 1.10 -> 0.75-0.9 ms (L1 79% busy, 80% of its tag requests were twiddle gathers),
+    # the 64K filter preparation 4.3 -> 3.5-4 ms. FlashFFTConv's shapes first (forward, the
+    # filter preparation, 75% sparsity), then the backward suite and sweep.
     bench bench-anchors-filter 150 --backend cuda --dtype f16 --anchors --filter --reps 3 \
         --keep-frequencies 1,0.25
+    step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
     bench bench-backward 150 --backend cuda --dtype f16 --sizes 256..1M --backward --reps 3
-    # Session 11 (unmeasured): the 16K backward and the long backward's 16K rows with 512
-    # threads (one block per SM holds their plane sets: 16 warps instead of 8); 256 is the old.
-    bench bench-backward-wide-256 90 FFTCONV_CUDA_MONARCH_WIDE_THREADS=256 --backend cuda \
-        --dtype f16 --sizes 16K..1M --backward --reps 3
-    # Session 15 (unmeasured): the split backward at 4K, ungated, causal or circular with L = N
-    # (du through the forward kernel with conj(K), the taps summed over a channel's pairs in
-    # shared f32). Predicted 4.0 ms -> 1.5-2.3 ms (bw / fwd 5.8x -> 2.2-3.3x). Its suite first,
-    # then its A/B against the default in the same run.
-    step test-backward-cuda-split 60 env FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 \
-        "$T/conv-backward" cuda --test-threads 8
-    bench bench-backward-split 45 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 --backend cuda \
-        --dtype f16 --sizes 2K,4K,8K --backward --reps 5
-    bench bench-backward-split-base 45 --backend cuda --dtype f16 --sizes 2K,4K,8K --backward \
-        --reps 5
-    # The taps kernel spills 456 bytes per thread at the 128-register cap of 2 blocks per SM
-    # (ptxas); uncapped it takes 239 registers and spills nothing.
-    bench bench-backward-split-1-block 30 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=1 \
-        FFTCONV_CUDA_MONARCH_MIN_BLOCKS=1 --backend cuda --dtype f16 --sizes 4K --backward --reps 5
+    # Session 16: ncu put the 4K backward's kernels at ~2x the forward (split) and 3.4x (one
+    # kernel), the bench at 4.2-5.1x and 5.6-6.3x. Per-kernel durations at the card's own
+    # clocks (--clock-control none; ncu locks the base clock, 1.35 GHz, by default) next to a
+    # plain bench of the same shape, and the split's A/B.
+    step ncu-times-backward-4k 75 /usr/local/cuda/bin/ncu --clock-control none \
+        -k regex:fftconv_ --launch-count 400 --metrics gpu__time_duration.sum \
+        --print-summary per-kernel "$here/bin/xtask" bench --backend cuda --dtype f16 \
+        --sizes 4K --backward --reps 1 --mb 64
+    bench bench-backward-4k-64mb 30 --backend cuda --dtype f16 --sizes 4K --backward --reps 5 \
+        --mb 64
+    bench bench-backward-unsplit 45 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=0 --backend cuda \
+        --dtype f16 --sizes 4K --backward --reps 5
+    # Where the 4K forward's and the split taps kernel's instructions and stalls go: ncu's
+    # source view per CUDA line and SASS instruction (-lineinfo), the whole CSV compressed under
+    # $OUT, and the details page (session 16's run of the earlier kernels: docs/perf.md).
+    for k in monarch monarch_backward_taps; do
+        step "ncu-source-$k" 90 bash -c "FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu \
+            -k regex:'fftconv_$k\$' --launch-count 1 --set full -o $work/source-$k \
+            $here/bin/xtask bench --backend cuda --dtype f16 --sizes 4K --reps 1 --mb 64 \
+            --backward > /dev/null && /usr/local/cuda/bin/ncu --import $work/source-$k.ncu-rep \
+            --page source --print-source cuda,sass --csv | gzip > $OUT/ncu-source-$k.csv.gz \
+            && /usr/local/cuda/bin/ncu --import $work/source-$k.ncu-rep --page details \
+            --csv | head -c 200000"
+    done
+    # The Vulkan backend on NVIDIA (its suites last ran on a GPU in session 10): the
+    # cooperative-matrix path (f16, bf16; NVIDIA lists 16x16x16) must be selected; then the
+    # portable path forced; then FlashFFTConv's shapes on both backends in one run.
+    step test-conformance-vulkan 120 "$T/conv-conformance" vulkan --test-threads 8
+    step test-backend-vulkan-forward 120 env FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 \
+        "$T/backend-vulkan-forward" --test-threads 4
+    step test-conformance-vulkan-portable 120 env FFTCONV_VULKAN_PORTABLE=1 \
+        "$T/conv-conformance" vulkan --test-threads 8
+    bench bench-anchors 120 --backend cuda,vulkan --dtype f16 --anchors --reps 3
     bench bench-monarch-thunderkittens 60 --backend cuda --dtype bf16 --circular --sizes 4K \
         --shape 16x1024 --reps 5
-    # Where the time goes, per kernel (session 15 on the H200: the filter preparation took
-    # 4.3 ms at 64K x 768 channels, as long as the forward, against ~0.3 predicted; the
-    # backward ran 5.8x the forward at 4K and 9.2x at 64K). Every fftconv_ kernel's duration
-    # summed per name; the bench rows above give the wall times to compare with.
-    # Session 15: the device's memory pool keeps freed memory (FFTCONV_CUDA_POOL_KEEP); its
-    # A/B on the filter preparation, which allocates its spectra per call (compare with the
-    # cuda:filter rows of bench-anchors-filter above).
-    bench bench-filter-pool-release 60 FFTCONV_CUDA_POOL_KEEP=0 --backend cuda --dtype f16 \
-        --anchors --filter --reps 3
+    # Where the time goes, per kernel: every fftconv_ kernel's duration summed per name (the
+    # bench rows above give the wall times to compare with).
     for what in "filter-64k --sizes 64K --filter" "backward --sizes 4K,64K --backward"; do
         read -r -a words <<< "$what"
         step "ncu-times-${words[0]}" 75 /usr/local/cuda/bin/ncu -k regex:fftconv_ \
@@ -297,17 +310,6 @@ step test-backend-cuda-probe 60 "$T/backend-cuda-probe" --nocapture
 if [ "${1:-}" != "--no-bench" ]; then
     bench bench-backward-no-monarch 150 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16 \
         --sizes 256..1M --backward --reps 3
-    # Where the Monarch pass's instructions go (~190 per real point at 4K on the H200, IPC
-    # 2.0, the integer pipe busiest): the 4K forward and backward kernels' source view, SASS
-    # with CUDA lines (-lineinfo).
-    for k in monarch monarch_backward; do
-        step "ncu-source-$k" 90 bash -c "FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu \
-            -k regex:'fftconv_$k\$' --launch-count 1 --set full -o $work/source-$k \
-            $here/bin/xtask bench --backend cuda --dtype f16 --sizes 4K --reps 1 --mb 64 \
-            --backward > /dev/null && cd $work && cp $here/../crates/backend-cuda/kernels/fftconv.cu . \
-            && /usr/local/cuda/bin/ncu --import $work/source-$k.ncu-rep --page source \
-            --print-source cuda,sass --csv | head -c 1500000"
-    done
     bench bench-monarch 200 --backend cuda --dtype f16,bf16 --sizes 256..4M --reps 5 \
         --keep-frequencies 1,0.25
     bench bench-monarch-baseline 200 FFTCONV_CUDA_MONARCH=0 --backend cuda --dtype f16,bf16 \
