@@ -5,7 +5,7 @@ use std::any::Any;
 
 use crate::{BackendKind, ConvError, Convolution, FilterSpectrum};
 use half::{bf16, f16};
-use monarch_core::{DType, Element};
+use monarch_core::{CoreError, DType, Element};
 
 /// Gradient outputs of [`Convolution::backward_device`]: tensors on the convolution's backend,
 /// every one overwritten.
@@ -244,9 +244,11 @@ impl Convolution {
                 got: t.dtype,
             });
         }
-        self.spec()
-            .check_filter_len(t.len)
-            .map_err(|e| ConvError::invalid(arg, e.to_string()))
+        // The length's error names `arg` (the core check names `k`).
+        self.spec().check_filter_len(t.len).map_err(|e| match e {
+            CoreError::InvalidArgument { reason, .. } => ConvError::invalid(arg, reason),
+            other => other.into(),
+        })
     }
 
     /// The filter spectrum of `k: [H, K]` (f32) held on this backend
@@ -255,26 +257,7 @@ impl Convolution {
     /// makes its partner channel's spectrum non-finite too); on the CPU from host memory; on Vulkan
     /// `k` is read back and prepared like [`prepare_filter`](Self::prepare_filter).
     pub fn prepare_filter_device(&self, k: &DeviceTensor) -> Result<FilterSpectrum, ConvError> {
-        if k.backend != self.backend() {
-            return Err(ConvError::invalid(
-                "k",
-                format!(
-                    "tensor of backend {}, this convolution runs on {}",
-                    k.backend,
-                    self.backend()
-                ),
-            ));
-        }
-        if k.dtype != DType::F32 {
-            return Err(ConvError::DTypeMismatch {
-                arg: "k",
-                expected: DType::F32,
-                got: k.dtype,
-            });
-        }
-        self.spec()
-            .check_filter_len(k.len)
-            .map_err(ConvError::from)?;
+        self.check_filter_tensor("k", k)?;
         match &k.inner {
             #[cfg(feature = "cpu")]
             TensorInner::Host(h) => {
