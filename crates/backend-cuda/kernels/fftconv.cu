@@ -2734,9 +2734,8 @@ __device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, c
         u16* im = pl.p[1] + 16u * grp * MT_ROW;
         // W_N^(r k_a) at this lane's r = r_l + 16 d + 8 nt + j (r_l = 16 TILES warp + 2 t,
         // j = 0, 1) for its rows rr = g + 8 hr: per row, W^(r_l k_a) and W^(k_a) gathered and
-        // the steps W^(8 k_a), W^(16 k_a) by squaring, instead of one gather per element
-        // (session 16's ncu run: those gathers were 80% of the forward's L1 tag requests, with
-        // L1 79% busy and the issue slots 39%).
+        // the steps W^(8 k_a), W^(16 k_a) by squaring, instead of one gather per element (see
+        // root()).
         cpx tw_l[2], tw_1[2], tw_8[2], tw_16[2];
         if (FORWARD) {
 #pragma unroll
@@ -3080,7 +3079,7 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
     }
     // W_N^(r k_a) at this lane's r = 16 g + 2 t + 8 nt + 128 hb + j (j = 0, 1): one gathered
     // root for 16 g + 2 t, the steps W^(k_a), W^(8 k_a), W^(128 k_a) the same for the warp's
-    // lanes (k_a is the row's), instead of one gather per element (session 16's ncu run).
+    // lanes (k_a is the row's), instead of one gather per element (see root()).
     cpx tw_l = mk(1.0f, 0.0f), tw_1 = tw_l, tw_8 = tw_l, tw_128 = tw_l;
     if (twiddle) {
         tw_l = root(pc, bf, (16u * g + 2u * t) * ka, pc.log2n);
@@ -3129,7 +3128,8 @@ __device__ __forceinline__ void mt_row_with(const MtDft16& f, MtPlanes pl, const
     MtSpectrum sp;
     mt_row_forward<COMPACT>(f, re, im, sp);
     if (COMPACT) {
-        filt += ((threadIdx.x & 3u) >= 2u) ? 128u : 0u; // this lane's compact columns' n-tile
+        // This lane's compact columns' n-tile: its bins start 4 bins on (lane-minor: 4 x 32).
+        filt += ((threadIdx.x & 3u) >= 2u) ? 4u * 32u : 0u;
     }
     cpx v[2][4];
     float fold = 0.0f;
