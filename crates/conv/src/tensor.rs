@@ -211,22 +211,11 @@ impl Convolution {
                 format!("expected {} elements, got {}", tensor.len, out.len()),
             ));
         }
-        match &tensor.inner {
-            #[cfg(feature = "cpu")]
-            TensorInner::Host(h) => {
-                out.copy_from_slice(h.as_slice::<f32>().expect("dtype checked"));
-                Ok(())
-            }
-            #[cfg(feature = "cuda")]
-            TensorInner::Cuda(c) => Ok(c.to_host(out)?),
-            #[cfg(feature = "vulkan")]
-            TensorInner::Vulkan(v) => Ok(v.to_host(out)?),
-            TensorInner::Absent(never) => match *never {},
-        }
+        copy_to_host(tensor, out)
     }
 
-    /// `t` lives on this backend and is an f32 tensor of `[H, K]`.
-    fn check_filter_tensor(&self, arg: &'static str, t: &DeviceTensor) -> Result<(), ConvError> {
+    /// `t` lives on this backend.
+    fn check_backend(&self, arg: &'static str, t: &DeviceTensor) -> Result<(), ConvError> {
         if t.backend != self.backend() {
             return Err(ConvError::invalid(
                 arg,
@@ -237,6 +226,12 @@ impl Convolution {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// `t` lives on this backend and is an f32 tensor of `[H, K]`.
+    fn check_filter_tensor(&self, arg: &'static str, t: &DeviceTensor) -> Result<(), ConvError> {
+        self.check_backend(arg, t)?;
         if t.dtype != DType::F32 {
             return Err(ConvError::DTypeMismatch {
                 arg,
@@ -283,18 +278,7 @@ impl Convolution {
     ) -> Result<(), ConvError> {
         self.check_io("out", out)?;
         self.check_tensor("tensor", tensor)?;
-        match &tensor.inner {
-            #[cfg(feature = "cpu")]
-            TensorInner::Host(h) => {
-                out.copy_from_slice(h.as_slice::<T>().expect("dtype checked"));
-                Ok(())
-            }
-            #[cfg(feature = "cuda")]
-            TensorInner::Cuda(c) => Ok(c.to_host(out)?),
-            #[cfg(feature = "vulkan")]
-            TensorInner::Vulkan(v) => Ok(v.to_host(out)?),
-            TensorInner::Absent(never) => match *never {},
-        }
+        copy_to_host(tensor, out)
     }
 
     /// [`forward`](Self::forward) on tensors resident on this backend: no host copies; `y` is
@@ -495,16 +479,7 @@ impl Convolution {
 
     /// `t` lives on this backend and is `[B, H, L]` of the problem's dtype.
     fn check_tensor(&self, arg: &'static str, t: &DeviceTensor) -> Result<(), ConvError> {
-        if t.backend != self.backend() {
-            return Err(ConvError::invalid(
-                arg,
-                format!(
-                    "tensor of backend {}, this convolution runs on {}",
-                    t.backend,
-                    self.backend()
-                ),
-            ));
-        }
+        self.check_backend(arg, t)?;
         if t.dtype != self.spec().dtype() {
             return Err(ConvError::DTypeMismatch {
                 arg,
@@ -533,6 +508,25 @@ fn host_mut(t: &mut DeviceTensor) -> &mut HostTensor {
         TensorInner::Host(h) => h,
         #[allow(unreachable_patterns)]
         _ => unreachable!("backends checked"),
+    }
+}
+
+/// Copies `tensor` into `out`, whose dtype and length were checked against it.
+fn copy_to_host<T: Element + 'static>(
+    tensor: &DeviceTensor,
+    out: &mut [T],
+) -> Result<(), ConvError> {
+    match &tensor.inner {
+        #[cfg(feature = "cpu")]
+        TensorInner::Host(h) => {
+            out.copy_from_slice(h.as_slice::<T>().expect("dtype checked"));
+            Ok(())
+        }
+        #[cfg(feature = "cuda")]
+        TensorInner::Cuda(c) => Ok(c.to_host(out)?),
+        #[cfg(feature = "vulkan")]
+        TensorInner::Vulkan(v) => Ok(v.to_host(out)?),
+        TensorInner::Absent(never) => match *never {},
     }
 }
 
