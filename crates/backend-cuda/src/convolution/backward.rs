@@ -207,8 +207,9 @@ impl CudaConvolution {
 
     /// Like [`backward`](Self::backward) on device-resident tensors: `du`, (gated) the gate
     /// gradients and `dk` (an f32 tensor of `[H, K]`) are overwritten in device memory, so a
-    /// training step keeps its filter gradient on the GPU (session 16: downloading it, 100 MB
-    /// at the bench's 64K shape, took most of the backward's time there).
+    /// training step keeps its filter gradient on the GPU (until session 16 every call downloaded
+    /// it to the host: 25-32 MB at the backward sweep's shapes from 16K, 100 MB at FlashFFTConv's
+    /// 64K shape).
     pub fn backward_device(
         &self,
         filter: &CudaFilterSpectrum,
