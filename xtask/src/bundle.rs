@@ -250,6 +250,19 @@ S="256,4K,16K,64K,1M"
 # conformance suite (every bench row is also checked against the f64 oracle on sampled rows).
 step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
+    # Session 17 (unmeasured): the split backward from 256 to 4K (the taps kernel with 16 / N1
+    # pairs side by side below 4K). Predicted: bw / fwd 3.0-3.9x (fused) -> 2.3-2.7x at
+    # 256 .. 2K; the A/B with the fused backward in the same run. Then the forward with
+    # registers for 3 blocks per SM (80 registers, 188 B of spills; 16 -> 24 warps per SM
+    # against its 47% of cycles with no eligible warp): predicted 0-15% faster at 4K.
+    step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
+    bench bench-backward-small 60 --backend cuda --dtype f16 --sizes 256..16K --backward \
+        --reps 3
+    bench bench-backward-small-unsplit 60 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=0 \
+        --backend cuda --dtype f16 --sizes 256..4K --backward --reps 3
+    bench bench-forward-min-blocks-2 40 --backend cuda --dtype f16 --sizes 256,1K,4K --reps 5
+    bench bench-forward-min-blocks-3 100 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=3 --backend cuda \
+        --dtype f16 --sizes 256,1K,4K --reps 5
     # Session 16 (unmeasured): the Monarch kernels' twiddles as powers of one gathered root per
     # run instead of a gather per element, the filter bins lane-minor (coalesced loads, and
     # fftconv_monarch_filter writing in order), warp-reduced row maxima. Predicted: the 4K

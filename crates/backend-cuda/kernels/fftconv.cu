@@ -3991,19 +3991,22 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     }
 }
 
-// fftconv_monarch_backward_taps (N = 4096): the filter gradient alone, for the split backward
-// (the host's FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD; du comes from fftconv_monarch with the
-// filter conjugated). A block per channel and group of pc.stage_count consecutive pairs (block
-// b: channel b / G, group b mod G, G = ceil(pc.pairs / pc.stage_count)). Per pair, Zx and Zd
-// through S1 and S2's forward half with fftconv_monarch_backward's scales, and T = Zd conj(Zx)
-// on the kept bins added into an f32 sum in shared memory (lane-local: both spectra share the
-// fragment layout; mt_taps_sum_at), weighted 2^(ref - prod) against the group's reference product of scales `ref` (the
-// smallest prod seen, i.e. the loudest pair: the sum is rescaled when a louder pair comes).
-// After the group: σ, the largest power of two with σ |T| <= 2^14 at every bin, one inverse
-// half (S2, S3) and Re T c^3 / (σ N) 2^(254 - ref) to the group's taps row (bf.taps[h G + g],
-// K floats; fftconv_taps_sum adds a channel's G rows). A non-finite input or product makes
-// the group's row NaN. Instead of the fused backward's per-pair inverse and taps row: one of
-// each per group.
+// fftconv_monarch_backward_taps (N = 256 .. 4096): the filter gradient alone, for the split
+// backward (the host's FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD; du comes from fftconv_monarch with
+// the filter conjugated). A block per channel and group of pc.stage_count consecutive pairs
+// (block b: channel b / G, group b mod G, G = ceil(pc.pairs / pc.stage_count)), taken S =
+// 16 / N1 at a time side by side in the 16 rows (slot p: rows p N1 .. p N1 + N1 - 1, as
+// fftconv_monarch holds several pairs). Per pair, Zx and Zd through S1 and S2's forward half
+// with fftconv_monarch_backward's scales, and T = Zd conj(Zx) on the kept bins added into an
+// f32 sum in shared memory per row (lane-local: the spectra share the fragment layout, and a
+// row's bins are the same in every slot; mt_taps_sum_at), weighted 2^(ref - prod) against its
+// slot's reference product of scales `ref` (the smallest prod seen, i.e. the loudest pair: the
+// sum is rescaled when a louder pair comes). After the group: the slots added into slot 0
+// against the smallest reference R, σ, the largest power of two with σ |T| <= 2^14 at every
+// bin, one inverse half (S2, S3) of slot 0 and Re T c^3 / (σ N) 2^(254 - R) to the group's taps
+// row (bf.taps[h G + g], K floats; fftconv_taps_sum adds a channel's G rows). A non-finite
+// input or product makes the group's row NaN. Instead of the fused backward's per-pair inverse
+// and taps row: one of each per group.
 __device__ __forceinline__ float mt_pow2_or_zero(int k) {
     return k < -126 ? 0.0f : pow2(k > 127 ? 127 : k);
 }
@@ -4018,14 +4021,16 @@ __device__ __forceinline__ cpx* mt_taps_sum_at(u32 row, u32 nt, u32 i) {
 
 extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     fftconv_monarch_backward_taps(const Params pc, const Buffers bf, const Divisors dv) {
-    __shared__ u32 row_max_sets[2][2][2]; // [pair parity][x, d][pair row]
+    __shared__ u32 row_max_sets[2][2][32]; // [iteration parity][x, d][slot row 2 p + s]
+    __shared__ u32 slot_ref[16];  // per slot: its reference product (0: no pair with x, d yet)
     __shared__ u32 group_bad;     // a non-finite input or product in the group
     __shared__ u32 sum_max;       // float bits: the sum's largest |Re| + |Im|
     __shared__ MtLaneTables lane_tables; // fftconv_monarch's
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
+    const u32 slots = 16u >> n1_log2;
     const u32 n = 1u << pc.log2n;
-    const float c = 2.0f * (float)n;
+    const float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
     const u32 per = pc.stage_count;
     const u32 groups = (pc.pairs + per - 1u) / per;
     const u32 b = block_index(), h = b / groups, g = b - h * groups;
@@ -4055,53 +4060,66 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             }
         }
     }
-    u32 ref = 0u; // the group's reference ex + ed (0: no pair with nonzero x and d yet)
+    // The references of this warp's rows' slots (the same for both rows from N = 512).
+    u32 ref0 = 0u, ref1 = 0u;
     const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
     __syncthreads();
+    u32 iteration = 0u;
 #pragma unroll 1
-    for (u32 j = g * per; j < j_end; j++) {
-        // By the pair's parity: the previous pair's maxima may still be read (after its last
-        // barrier when it is skipped), the ones before it are not.
-        u32(*row_max)[2] = row_max_sets[j & 1u];
-        if (threadIdx.x < 4u) {
-            row_max[threadIdx.x >> 1][threadIdx.x & 1u] = 0u;
+    for (u32 j0 = g * per; j0 < j_end; j0 += slots, iteration++) {
+        // By the iteration's parity: the previous one's maxima may still be read (after its
+        // last barrier when it is skipped), the ones before it are not.
+        u32(*row_max)[32] = row_max_sets[iteration & 1u];
+        if (threadIdx.x < 64u) {
+            row_max[threadIdx.x >> 5][threadIdx.x & 31u] = 0u;
         }
-        __syncthreads(); // the maxima zeroed; the previous pair's S2 is done with the planes
+        __syncthreads(); // the maxima zeroed; the previous pairs' S2 is done with the planes
         float xv[2][2][8], dvv[2][2][8];
 #pragma unroll
         for (u32 k = 0; k < 2u; k++) {
             MtChunk m = mt_chunk(pc, k);
+            const u32 j = j0 + m.p;
 #pragma unroll
             for (u32 s = 0; s < 2u; s++) {
-                SegmentRow seg = locate_segment(pc, dv, 2u * j + s, h);
+                SegmentRow seg = SegmentRow{0u, 0u, 0u, 0u}; // past the group: zeros
+                if (j < j_end) {
+                    seg = locate_segment(pc, dv, 2u * j + s, h);
+                }
                 mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
                 mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
                 u32 mx = 0u, md = 0u;
                 const bool x_bad = mt_finite8(xv[k][s], mx);
                 const bool d_bad = mt_finite8(dvv[k][s], md);
-                warp_shared_max(&row_max[0][s], mx);
-                warp_shared_max(&row_max[1][s], md);
+                warp_shared_max(&row_max[0][2u * m.p + s], mx); // m.p is the warp's
+                warp_shared_max(&row_max[1][2u * m.p + s], md);
                 if (x_bad || d_bad) {
                     group_bad = 1u;
                 }
             }
         }
         __syncthreads();
-        const MtPairScales ps =
-            mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
-        if (ps.prod == 0u) {
-            continue; // uniform: no row with nonzero x and d, T = 0
+        auto scales = [&](u32 p) {
+            return mt_pair_scales(row_max[0][2u * p], row_max[0][2u * p + 1u], row_max[1][2u * p],
+                                  row_max[1][2u * p + 1u]);
+        };
+        bool any = false; // a row with nonzero x and d (else T = 0: uniform skip)
+        for (u32 r = 0; r < 2u * slots; r++) {
+            any = any || (row_max[0][r] != 0u && row_max[1][r] != 0u);
+        }
+        if (!any) {
+            continue;
         }
 #pragma unroll
         for (u32 k = 0; k < 2u; k++) {
             MtChunk m = mt_chunk(pc, k);
+            const MtPairScales ps = scales(m.p);
 #pragma unroll
             for (u32 s = 0; s < 2u; s++) {
                 mt_backward_put8(ps, s, xv[k][s], dvv[k][s], false, 16u, m.row, m.col);
             }
         }
         __syncthreads();
-        {
+        if (n1 > 1u) {
             u32 a_re[4], a_im[4], a_neg[4];
             mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
 #pragma unroll
@@ -4110,27 +4128,6 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             }
         }
         __syncthreads();
-        // This pair's weight against the reference (uniform: ps.prod and ref are).
-        float w = 1.0f;
-        if (ref == 0u) {
-            ref = ps.prod;
-        } else if (ps.prod >= ref) {
-            w = mt_pow2_or_zero((int)ref - (int)ps.prod);
-        } else {
-            const float r = mt_pow2_or_zero((int)ps.prod - (int)ref);
-#pragma unroll
-            for (u32 rr = 0; rr < 2u; rr++) {
-#pragma unroll
-                for (u32 nt = 0; nt < 2u; nt++) {
-#pragma unroll
-                    for (u32 i = 0; i < 4u; i++) {
-                        cpx* a = mt_taps_sum_at(2u * warp + rr, nt, i);
-                        *a = mk(a->x * r, a->y * r);
-                    }
-                }
-            }
-            ref = ps.prod;
-        }
         // The row DFT's constants from the lane tables here, not across the loads (in
         // registers all along they spilled).
         MtDft16 f;
@@ -4138,6 +4135,34 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
 #pragma unroll 1
         for (u32 rr = 0; rr < 2u; rr++) {
             const u32 row = 2u * warp + rr, ka = row & (n1 - 1u), at = row * MT_ROW;
+            // The row's weight against its slot's reference (uniform over the warp).
+            const u32 prod = scales(row >> n1_log2).prod;
+            if (prod == 0u) {
+                continue; // no row of the pair with nonzero x and d: T = 0
+            }
+            u32 ref = rr == 0u ? ref0 : ref1;
+            float w = 1.0f;
+            if (ref == 0u) {
+                ref = prod;
+            } else if (prod >= ref) {
+                w = mt_pow2_or_zero((int)ref - (int)prod);
+            } else {
+                const float r = mt_pow2_or_zero((int)prod - (int)ref);
+#pragma unroll
+                for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+                    for (u32 i = 0; i < 4u; i++) {
+                        cpx* a = mt_taps_sum_at(row, nt, i);
+                        *a = mk(a->x * r, a->y * r);
+                    }
+                }
+                ref = prod;
+            }
+            if (rr == 0u) {
+                ref0 = ref;
+            } else {
+                ref1 = ref;
+            }
             MtSpectrum sx, sd;
             mt_row_forward<false>(f, sets[0].p[0] + at, sets[0].p[1] + at, sx);
             mt_row_forward<false>(f, sets[1].p[0] + at, sets[1].p[1] + at, sd);
@@ -4165,16 +4190,46 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             }
         }
     }
+    // Each slot's reference (the warps of a slot hold the same), then the slots added into slot
+    // 0's rows by their warps, against the smallest reference R.
+    if (lane == 0u) {
+        slot_ref[(2u * warp) >> n1_log2] = ref0;
+        slot_ref[(2u * warp + 1u) >> n1_log2] = ref1;
+    }
+    __syncthreads(); // also: the last pairs' S2 is done with the planes and the sums
+    u32 ref = 0u;
+    for (u32 p = 0; p < slots; p++) {
+        const u32 rp = slot_ref[p];
+        if (rp != 0u && (ref == 0u || rp < ref)) {
+            ref = rp;
+        }
+    }
     // σ from the sum's largest |Re| + |Im| (bits; an overflow to inf makes the row NaN).
     u32 m = 0u;
     bool overflow = false;
 #pragma unroll
     for (u32 rr = 0; rr < 2u; rr++) {
+        const u32 row = 2u * warp + rr;
+        if (row >= n1) {
+            continue; // uniform over the warp: not slot 0
+        }
 #pragma unroll
         for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
             for (u32 i = 0; i < 4u; i++) {
-                const cpx v = *mt_taps_sum_at(2u * warp + rr, nt, i);
+                cpx v = *mt_taps_sum_at(row, nt, i);
+                if (slots > 1u) {
+                    v = mk(0.0f, 0.0f);
+                    for (u32 p = 0; p < slots; p++) {
+                        const u32 rp = slot_ref[p];
+                        if (rp != 0u) {
+                            const float wp = mt_pow2_or_zero((int)ref - (int)rp);
+                            const cpx t = *mt_taps_sum_at(p * n1 + row, nt, i);
+                            v = mk(v.x + t.x * wp, v.y + t.y * wp);
+                        }
+                    }
+                    *mt_taps_sum_at(row, nt, i) = v;
+                }
                 const float a = bits_float(float_bits(v.x) & 0x7fffffffu) +
                                 bits_float(float_bits(v.y) & 0x7fffffffu);
                 overflow = overflow || !finite_f(a);
@@ -4186,7 +4241,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
         group_bad = 1u;
     }
     shared_max(&sum_max, m);
-    __syncthreads(); // also: the last pair's S2 is done with the planes
+    __syncthreads();
     int sigma_log2 = 0;
     if (sum_max != 0u) {
         const int e = (int)((sum_max >> 23) & 0xffu) - 127; // sum_max < 2^(e + 1)
@@ -4199,6 +4254,17 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
 #pragma unroll 1
     for (u32 rr = 0; rr < 2u; rr++) {
         const u32 row = 2u * warp + rr, ka = row & (n1 - 1u), at = row * MT_ROW;
+        if (row >= n1) {
+            // Not slot 0: zeros, so that the block-diagonal column DFTs' zeros times whatever
+            // the planes held cannot reach slot 0.
+            u32* z0 = (u32*)(sets[0].p[0] + at);
+            u32* z1 = (u32*)(sets[0].p[1] + at);
+            for (u32 q = lane; q < MT_ROW / 2u; q += 32u) {
+                z0[q] = 0u;
+                z1[q] = 0u;
+            }
+            continue;
+        }
         MtSpectrum st;
 #pragma unroll
         for (u32 nt = 0; nt < 2u; nt++) {
@@ -4212,13 +4278,13 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
         mt_row_inverse<false>(f, st, sets[0].p[0] + at, sets[0].p[1] + at, pc, bf, ka, n1 > 1u);
     }
     __syncthreads();
-    {
+    if (n1 > 1u) {
         u32 a_re[4], a_im[4], a_neg[4];
         mt_get_quads(lane_tables, MT_Q_COL_I, a_re, a_im, a_neg);
         mt_columns_with<false>(sets[0], pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
+        __syncthreads();
     }
-    __syncthreads();
-    // taps = Re T c^3 / (σ N) 2^(254 - ref), the last factor as two normal halves.
+    // taps = Re T c^3 / (σ N) 2^(254 - R), the last factor as two normal halves.
     const int k_st = ref == 0u ? 0 : 254 - (int)ref;
     const float fa = pow2(k_st / 2), fb = pow2(k_st - k_st / 2);
     const float ft = group_bad != 0u ? bits_float(0x7fc00000u)
@@ -4226,8 +4292,12 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     float* row_out = bf.taps + (u64)(h * groups + g) * pc.taps_len;
 #pragma unroll
     for (u32 k = 0; k < 2u; k++) {
-        const u32 pos = mt_chunk(pc, k).pos, row = pos >> 8, col = pos & 255u;
-        const Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
+        const MtChunk mc = mt_chunk(pc, k);
+        if (mc.p != 0u) {
+            continue; // slot 0 holds the sum
+        }
+        const u32 pos = mc.pos;
+        const Quad q = *(const Quad*)&sets[0].p[0][mc.row * MT_ROW + mc.col];
 #pragma unroll
         for (u32 j = 0; j < 8u; j++) {
             if (pos + j < pc.taps_len) {

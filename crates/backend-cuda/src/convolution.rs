@@ -1089,7 +1089,7 @@ pub(crate) fn monarch_backward_launches(
 }
 
 /// The split Monarch backward's filter-gradient launch (`fftconv_monarch_backward_taps`) for
-/// the fused backward's parameters `p`, where it applies: N = 4096, one block per row, ungated
+/// the fused backward's parameters `p`, where it applies: N = 256 .. 4096, one block per row, ungated
 /// and causal (du then comes from `fftconv_monarch` with the filter conjugated, which needs
 /// the forward's own segment layout; circular where L = N). A block per channel and group of pairs, as many groups
 /// per channel as reach `target_blocks` blocks in all (at most one per pair): the pairs per
@@ -1102,7 +1102,7 @@ pub(crate) fn monarch_split_taps_params(
     // Circular without history (L = N) too: du is then the circular correlation, exactly what
     // the forward kernel computes with conj(K); the taps never wrap.
     let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
-    let ok = p.log2n == 12
+    let ok = (8..=12).contains(&p.log2n)
         && p.blocks == 1
         && (p.flags & !FLAG_F32_ROUNDS == 0
             || (wraps_whole && p.flags & !(FLAG_F32_ROUNDS | FLAG_WRAPS) == 0))
@@ -1111,8 +1111,15 @@ pub(crate) fn monarch_split_taps_params(
     if !ok {
         return None;
     }
+    // Below 4K a block holds 16 / N1 pairs side by side (N1 = N / 256 rows each): a group's
+    // pairs as a whole number of such sets where the channel has that many.
+    let side_by_side = 1u32 << (12 - p.log2n);
     let groups_wanted = target_blocks.div_ceil(p.channels).clamp(1, p.pairs);
-    let per = p.pairs.div_ceil(groups_wanted);
+    let per = p
+        .pairs
+        .div_ceil(groups_wanted)
+        .next_multiple_of(side_by_side)
+        .min(p.pairs);
     let groups = p.pairs.div_ceil(per);
     Some((
         PassParams {
@@ -1526,10 +1533,29 @@ mod tests {
                 assert_eq!(groups, 1);
             }
         }
-        // Only the 4K, ungated, one-block problems, causal or circular without history.
+        // Below 4K a group's pairs are whole sets of 16 / N1 (side by side in a block), but
+        // never more than the channel has.
+        for (log2n, pairs, target, per, groups) in [
+            (8, 326, 1024, 176, 2),
+            (8, 5, 1024, 5, 1),
+            (9, 20, 1 << 20, 8, 3),
+            (11, 41, 1024, 22, 2),
+            (11, 41, 1, 41, 1),
+        ] {
+            let (p, g) =
+                monarch_split_taps_params(&params(log2n, 0, 768, pairs), target).expect("taken");
+            assert_eq!(
+                (p.stage_count, g),
+                (per, groups),
+                "{log2n} {pairs} {target}"
+            );
+            assert_eq!(p.total_lines, 768 * g);
+        }
+        // Only N = 256 .. 4K, ungated, one-block problems, causal or circular without history.
         for (log2n, flags) in [
-            (11, 0),
             (13, 0),
+            (14, 0),
+            (11, FLAG_GATED),
             (12, FLAG_GATED),
             (12, FLAG_GATED | FLAG_WRAPS),
         ] {

@@ -614,7 +614,7 @@ pub(crate) struct MonarchKernels {
     pub(crate) wide_threads: u32,
     /// The backward of N = 256 .. 4096 (du, taps, gate gradients; `fftconv_taps_sum` after it).
     pub(crate) backward: CudaFunction,
-    /// The split backward's filter gradient at N = 4096 (a block per channel and group of
+    /// The split backward's filter gradient at N = 256 .. 4096 (a block per channel and group of
     /// pairs; [`MONARCH_SPLIT_BACKWARD_ENV`]).
     pub(crate) backward_taps: CudaFunction,
     /// The same for N = 16384 (one pair per block, one block per SM: registers uncapped).

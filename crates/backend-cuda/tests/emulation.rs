@@ -2264,7 +2264,7 @@ fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(Pass
     // Circular without history (L = N) too: du is then the circular correlation, exactly what
     // the forward kernel computes with conj(K); the taps never wrap.
     let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
-    let ok = p.log2n == 12
+    let ok = (8..=12).contains(&p.log2n)
         && p.blocks == 1
         && (p.flags & !FLAG_F32_ROUNDS == 0
             || (wraps_whole && p.flags & !(FLAG_F32_ROUNDS | FLAG_WRAPS) == 0))
@@ -2273,8 +2273,15 @@ fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(Pass
     if !ok {
         return None;
     }
+    // Below 4K a block holds 16 / N1 pairs side by side (N1 = N / 256 rows each): a group's
+    // pairs as a whole number of such sets where the channel has that many.
+    let side_by_side = 1u32 << (12 - p.log2n);
     let groups_wanted = target_blocks.div_ceil(p.channels).clamp(1, p.pairs);
-    let per = p.pairs.div_ceil(groups_wanted);
+    let per = p
+        .pairs
+        .div_ceil(groups_wanted)
+        .next_multiple_of(side_by_side)
+        .min(p.pairs);
     let groups = p.pairs.div_ceil(per);
     Some((
         PassParams {
@@ -2345,9 +2352,10 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
     ])
 }
 
-/// The split backward at 4K (ungated, causal or circular with L = N): du from fftconv_monarch
-/// with conj(K), the taps from fftconv_monarch_backward_taps, with one group per channel (all
-/// its pairs in one block: the running sum and its rescaling) and with one pair per group.
+/// The split backward at 256 .. 4K (ungated, causal or circular with L = N): du from
+/// fftconv_monarch with conj(K), the taps from fftconv_monarch_backward_taps, with one group per
+/// channel (all its pairs in one block: the running sum and its rescaling), with one pair per
+/// group at 4K, and below 4K with several pairs side by side.
 #[test]
 fn monarch_split_backward() {
     let test = "monarch_split_backward";
@@ -2401,6 +2409,44 @@ fn monarch_split_backward() {
             causal(4, 2, 2048, 2048),
             1 << 30,
             1,
+        ),
+        // Below 4K: 16 / N1 pairs side by side per step, each slot its own reference, the
+        // slots added at the end; a group's last step with slots past the group.
+        (
+            "n256, one group of 5 pairs",
+            causal(9, 2, 128, 128),
+            1 << 30,
+            1,
+        ),
+        (
+            "n256 ragged K, two groups",
+            causal(40, 2, 128, 100),
+            1 << 30,
+            4,
+        ),
+        (
+            "n512 odd batch ragged K, batches 0, 1, 4 at 2^-16, one group",
+            causal(7, 2, 256, 200),
+            1 << 30,
+            1,
+        ),
+        (
+            "n1k circular odd batch, one group",
+            causal(5, 2, 1024, 1024).circular(),
+            1 << 30,
+            1,
+        ),
+        (
+            "n2k sparse, two pairs per group",
+            causal(6, 2, 1024, 1024).keep_frequencies(0.25),
+            1 << 30,
+            1 << 20,
+        ),
+        (
+            "n2k chunked, two groups",
+            causal(12, 2, 1024, 1024),
+            8192,
+            4,
         ),
     ];
     for (i, (label, builder, chunk_elems, target_blocks)) in cases.into_iter().enumerate() {

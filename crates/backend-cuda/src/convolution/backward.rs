@@ -399,7 +399,7 @@ impl CudaConvolution {
                     other: tmp_d,
                     ..base
                 };
-                // The split backward (the default at 4K, ungated, causal or L = N circular): du
+                // The split backward (the default at 256 .. 4K, ungated, causal or L = N circular): du
                 // as the forward of dy with conj(K), then the taps per group of pairs.
                 // (The forward's steps only where the split is on and takes the problem.)
                 let split = (crate::device::monarch_split_backward()
