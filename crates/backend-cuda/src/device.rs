@@ -69,9 +69,10 @@ pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 /// four launches at 32K / 64K / 128K (docs/perf.md).
 pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
 /// Environment variable: blocks per SM (1 .. 4) that the Monarch pass's one-launch kernels up to
-/// 8K (`fftconv_monarch`, `fftconv_monarch_backward`, `fftconv_monarch_backward_wide_8k`) leave
-/// registers for; default 2 (the backward's 167 registers at 1 block ran 1.6-1.7x slower on the
-/// H200), for A/B runs.
+/// 8K (`fftconv_monarch`, `fftconv_monarch_backward`, `_backward_taps`, `_backward_wide_8k`)
+/// leave registers for, all the same, for A/B runs. By default 3 for `fftconv_monarch` (3-8%
+/// faster than 2 from 256 to 4K on the H200) and 2 for the backward kernels (the backward's 167
+/// registers at 1 block ran 1.6-1.7x slower on the H200; at 3 they spill 500-700 B).
 pub const MONARCH_MIN_BLOCKS_ENV: &str = "FFTCONV_CUDA_MONARCH_MIN_BLOCKS";
 
 /// Environment variable: threads per block (`256` or `512`) of the Monarch kernels that hold a
@@ -586,6 +587,7 @@ fn monarch_module_options(
     ];
     if let Some(b) = min_blocks {
         options.push(format!("-DMT_MIN_BLOCKS={b}"));
+        options.push(format!("-DMT_FORWARD_MIN_BLOCKS={b}"));
     }
     options.push(format!("-DMT_WIDE_THREADS={wide_threads}u"));
     options

@@ -2420,7 +2420,7 @@ fn monarch_split_backward() {
         ),
         (
             "n256 ragged K, two groups",
-            causal(40, 2, 128, 100),
+            causal(40, 2, 128, 99),
             1 << 30,
             4,
         ),
