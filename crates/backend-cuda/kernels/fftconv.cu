@@ -4073,8 +4073,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     u32 iteration = 0u;
 #pragma unroll 1
     for (u32 j0 = g * per; j0 < j_end; j0 += slots, iteration++) {
-        // By the iteration's parity: the previous one's maxima may still be read (after its
-        // last barrier when it is skipped), the ones before it are not.
+        // By the iteration's parity: the previous one's maxima may still be read (the rows'
+        // weights after its last barrier), the ones before it are not.
         u32(*row_max)[32] = row_max_sets[iteration & 1u];
         if (threadIdx.x < 64u) {
             row_max[threadIdx.x >> 5][threadIdx.x & 31u] = 0u;
@@ -4108,13 +4108,8 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             return mt_pair_scales(row_max[0][2u * p], row_max[0][2u * p + 1u], row_max[1][2u * p],
                                   row_max[1][2u * p + 1u]);
         };
-        bool any = false; // a row with nonzero x and d (else T = 0: uniform skip)
-        for (u32 r = 0; r < 2u * slots; r++) {
-            any = any || (row_max[0][r] != 0u && row_max[1][r] != 0u);
-        }
-        if (!any) {
-            continue;
-        }
+        // (No skip of a step whose pairs all have zero x or d: the rows below skip their T,
+        // and a test over the 2 S maxima cost 2 S shared loads per thread and step.)
 #pragma unroll
         for (u32 k = 0; k < 2u; k++) {
             MtChunk m = mt_chunk(pc, k);

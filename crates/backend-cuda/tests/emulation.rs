@@ -2448,6 +2448,12 @@ fn monarch_split_backward() {
             8192,
             4,
         ),
+        (
+            "n1k, dy of batches 0, 1 zero, one group",
+            causal(5, 2, 512, 512),
+            1 << 30,
+            1,
+        ),
     ];
     for (i, (label, builder, chunk_elems, target_blocks)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
@@ -2470,6 +2476,11 @@ fn monarch_split_backward() {
         }
         if label.contains("NaN filter") {
             inputs.k[spec.filter_len() + 4] = f32::NAN;
+        }
+        if label.contains("dy of batches 0, 1 zero") {
+            // A pair with zero d (no product of scales: T skipped) beside pairs with one.
+            let run = spec.channels() * spec.length();
+            inputs.dy[..2 * run].fill(0.0);
         }
         let what = monarch_case_line(test, label, &spec, &prep);
         outcomes.record(
