@@ -250,25 +250,26 @@ S="256,4K,16K,64K,1M"
 # conformance suite (every bench row is also checked against the f64 oracle on sampled rows).
 step test-conformance-cuda 120 "$T/conv-conformance" cuda --test-threads 8
 if [ "${1:-}" != "--no-bench" ]; then
-    # Session 17 (unmeasured): the split backward from 256 to 4K (the taps kernel with 16 / N1
-    # pairs side by side below 4K). Predicted: bw / fwd 3.0-3.9x (fused) -> 2.3-2.7x at
-    # 256 .. 2K; the A/B with the fused backward in the same run. Then the forward with
-    # registers for 3 blocks per SM (80 registers, 188 B of spills; 16 -> 24 warps per SM
-    # against its 47% of cycles with no eligible warp): predicted 0-15% faster at 4K.
+    # Session 17 measured the split backward from 256 (1.02-1.45x over the fused kernel below
+    # 4K, now the default) and the forward at 3 blocks per SM (3-8% from 256 to 4K) through the
+    # environment. Unmeasured after that: the forward built at 3 blocks by default
+    # (MT_FORWARD_MIN_BLOCKS), the taps kernel's 16-byte row stores and no per-step test of the
+    # slots' maxima (predicted 0-5% on the split backward at 256 .. 1K). First the suites, the
+    # backward to 16K, the forward against the old 2 blocks in one run.
     step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
     bench bench-backward-small 60 --backend cuda --dtype f16 --sizes 256..16K --backward \
         --reps 3
-    bench bench-backward-small-unsplit 60 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=0 \
-        --backend cuda --dtype f16 --sizes 256..4K --backward --reps 3
-    bench bench-forward-min-blocks-2 40 --backend cuda --dtype f16 --sizes 256,1K,4K --reps 5
-    bench bench-forward-min-blocks-3 100 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=3 --backend cuda \
+    bench bench-forward-default 40 --backend cuda --dtype f16 --sizes 256,1K,4K --reps 5
+    bench bench-forward-min-blocks-2 100 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=2 --backend cuda \
         --dtype f16 --sizes 256,1K,4K --reps 5
-    # Session 16 (unmeasured): the Monarch kernels' twiddles as powers of one gathered root per
-    # run instead of a gather per element, the filter bins lane-minor (coalesced loads, and
-    # fftconv_monarch_filter writing in order), warp-reduced row maxima. Predicted: the 4K
-    # forward 1.10 -> 0.75-0.9 ms (L1 79% busy, 80% of its tag requests were twiddle gathers),
-    # the 64K filter preparation 4.3 -> 3.5-4 ms. FlashFFTConv's shapes first (forward, the
-    # filter preparation, 75% sparsity), then the backward suite and sweep.
+    # Where the backward's time goes where it is furthest from issue 5's 2.5x (session 17: 256
+    # 2.9x, 8K 3.5x, 16K 4.2x): per-kernel durations at the card's clocks.
+    step ncu-times-backward-small 75 /usr/local/cuda/bin/ncu --clock-control none \
+        -k regex:fftconv_ --launch-count 400 --metrics gpu__time_duration.sum \
+        --print-summary per-kernel "$here/bin/xtask" bench --backend cuda --dtype f16 \
+        --sizes 256,8K,16K --backward --reps 1 --mb 64
+    # FlashFFTConv's shapes (forward, the filter preparation, 75% sparsity), then the backward
+    # suite and sweep (session 16's changes, measured in session 17: docs/perf.md).
     bench bench-anchors-filter 150 --backend cuda --dtype f16 --anchors --filter --reps 3 \
         --keep-frequencies 1,0.25
     step test-backward-cuda 120 "$T/conv-backward" cuda --test-threads 8
