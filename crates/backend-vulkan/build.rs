@@ -11,8 +11,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 const SOURCE: &str = "shaders/fftconv.comp";
-const PASSES: [(&str, &str); 6] = [
+const PASSES: [(&str, &str); 7] = [
     ("FUSED", "PASS_FUSED"),
+    ("REGISTER_FUSED", "PASS_REGISTER_FUSED"),
     ("COLUMNS_FORWARD", "PASS_COLUMNS_FORWARD"),
     ("COLUMNS_INVERSE", "PASS_COLUMNS_INVERSE"),
     ("GATHER", "PASS_GATHER"),

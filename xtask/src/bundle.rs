@@ -262,6 +262,14 @@ if [ "${1:-}" != "--no-bench" ]; then
     bench bench-forward-default 40 --backend cuda --dtype f16 --sizes 256,1K,4K --reps 5
     bench bench-forward-min-blocks-2 100 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=2 --backend cuda \
         --dtype f16 --sizes 256,1K,4K --reps 5
+    # Session 18 (no GPU): Vulkan's register-radix forward for one-pass plans (256 .. 4K on
+    # NVIDIA; 1.7-2.7x faster than the radix-2 fused pass on lavapipe). Its suite (the
+    # cooperative-matrix path selected), then it against CUDA and the radix-2 pass.
+    step test-backend-vulkan-forward 120 env FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 \
+        "$T/backend-vulkan-forward" --test-threads 4
+    bench bench-vulkan-register 60 --backend cuda,vulkan --dtype f16 --sizes 256,1K,4K --reps 5
+    bench bench-vulkan-radix2 60 FFTCONV_VULKAN_REGISTER_FFT=0 --backend vulkan --dtype f16 \
+        --sizes 256,1K,4K --reps 5
     # Where the backward's time goes where it is furthest from issue 5's 2.5x (session 17: 256
     # 2.9x, 8K 3.5x, 16K 4.2x): per-kernel durations at the card's clocks.
     step ncu-times-backward-small 75 /usr/local/cuda/bin/ncu --clock-control none \

@@ -10,6 +10,8 @@
 //   PASS_GATHER           backward: sums each input's gradient over the segments that read it
 //   PASS_TAPS_SUM         backward: sums the filter-gradient taps over each channel's pairs
 //                         and adds them into the filter gradient of the whole problem
+//   PASS_REGISTER_FUSED   the forward of a one-pass plan with the FFTs as Stockham radix-16 passes
+//                         in registers (see register_fused); the host's default for such plans
 //   PASS_BACKWARD_FUSED   the whole backward per row (one overlap-save segment per row, its FFT
 //                         in one workgroup): taps per row, du, and the gate gradients (see there)
 // I/O element type of u, gates and y (exactly one defined): IO_F32, IO_F16, IO_BF16.
@@ -29,6 +31,9 @@
 #define ELEM uint16_t
 #else
 #define ELEM float
+#endif
+#if defined(PASS_REGISTER_FUSED)
+#extension GL_EXT_control_flow_attributes : require
 #endif
 // COOP (the cooperative-matrix path; with COOP_LOG2 = log2 T, T x T x T the listed shape): the
 // coarse FFT rounds run as f16 matrix products (see coop_round).
@@ -287,10 +292,11 @@ bool segment_element(uint seg, uint h, uint pos, uint flags, out uint idx) {
     return segment_element_at(row_base, start, outputs, pos, flags, idx);
 }
 
-// Pre-gated input at segment position `pos`, or 0 where the segment is zero.
-float segment_value(uint seg, uint h, uint pos) {
+// Pre-gated input at position `pos` of a located segment (segment_row; `exists` false: none),
+// or 0 where the segment is zero.
+float segment_value_at(bool exists, uint row_base, uint start, uint outputs, uint pos) {
     uint idx;
-    if (!segment_element(seg, h, pos, pc.flags, idx)) {
+    if (!exists || !segment_element_at(row_base, start, outputs, pos, pc.flags, idx)) {
         return 0.0;
     }
     float v = TO_FLOAT(u_buf[idx]);
@@ -300,10 +306,16 @@ float segment_value(uint seg, uint h, uint pos) {
     return v;
 }
 
-// Writes output `pos` of segment `seg` (post-gated) when it is one of the segment's outputs.
-void store_output(uint seg, uint h, uint pos, float v) {
+// segment_value_at for segment `seg` of channel h.
+float segment_value(uint seg, uint h, uint pos) {
     uint row_base, start, outputs;
-    if (!segment_row(seg, h, row_base, start, outputs) || pos >= outputs) {
+    bool exists = segment_row(seg, h, row_base, start, outputs);
+    return segment_value_at(exists, row_base, start, outputs, pos);
+}
+
+// Writes output `pos` of a located segment (post-gated) when it is one of its outputs.
+void store_output_at(bool exists, uint row_base, uint start, uint outputs, uint pos, float v) {
+    if (!exists || pos >= outputs) {
         return;
     }
     uint idx = row_base + start + pos;
@@ -311,6 +323,13 @@ void store_output(uint seg, uint h, uint pos, float v) {
         v *= TO_FLOAT(post_buf[idx]);
     }
     y_buf[idx] = FROM_FLOAT(v);
+}
+
+// store_output_at for segment `seg` of channel h.
+void store_output(uint seg, uint h, uint pos, float v) {
+    uint row_base, start, outputs;
+    bool exists = segment_row(seg, h, row_base, start, outputs);
+    store_output_at(exists, row_base, start, outputs, pos, v);
 }
 
 // Whether full-spectrum frequency f is kept (frequency sparsity keeps the lowest bins).
@@ -804,6 +823,211 @@ void backward_row(uint r, out uint h, out uint seg) {
 }
 #endif
 
+#if defined(PASS_REGISTER_FUSED)
+// ---- the register-radix fused pass ----------------------------------------------------------------
+// The forward convolution of plans that are one fused pass (N <= SHARED_POINTS), for each line
+// (one pair) of N = 2^log2n points: N / 16 invocations hold 16 points each in registers and run
+// Stockham radix-16 passes (the first forward pass radix 2^(log2n mod 4) where that is not 0),
+// each a DFT in registers after the twiddles, with one shared-memory exchange between passes.
+// Stockham passes keep natural order: pass s (radix R, span Ns = product of the earlier
+// radices) reads points j + r N / R of butterfly j (r < R) and writes its outputs at
+// (j - j mod Ns) R + j mod Ns + r Ns. The last forward pass (R = 16) leaves frequency
+// j + r N / 16 in register r of invocation j, which is where the first pass of the inverse reads
+// point r: the product and the inverse's first pass run on the registers. The inverse is the
+// forward transform of the conjugate (conjugated again at the store), so one pass routine serves
+// both. The first forward pass reads the inputs from global memory and the last inverse pass
+// writes the outputs there, both coalesced (consecutive invocations, consecutive positions).
+// Lines per workgroup: 2^lines_log2 (the host sizes it to the shared memory and invocations).
+
+// The invocation's points: rp[g R + r] is point r of its butterfly g in a pass of radix R.
+vec2 rp[16];
+
+// W_16^k = exp(-2 pi i k / 16), k < 8.
+const vec2 W16[8] = vec2[8](vec2(1.0, 0.0), vec2(0.92387953251128674, -0.38268343236508977),
+                            vec2(0.70710678118654752, -0.70710678118654752),
+                            vec2(0.38268343236508977, -0.92387953251128674), vec2(0.0, -1.0),
+                            vec2(-0.38268343236508977, -0.92387953251128674),
+                            vec2(-0.70710678118654752, -0.70710678118654752),
+                            vec2(-0.92387953251128674, -0.38268343236508977));
+// 4-bit reversal.
+const uint BITREV16[16] = uint[16](0u, 8u, 4u, 12u, 2u, 10u, 6u, 14u, 1u, 9u, 5u, 13u, 3u, 11u, 7u,
+                                   15u);
+
+// One Stockham pass of radix R = 2^LR on the invocation's 16 points: for each of its 16 / R
+// butterflies j = t + g N / 16 (T = N / 16 invocations per line), the twiddles W_{Ns R}^{r (j mod
+// Ns)} (Ns = 2^NS_LOG2; W^r as products of the table's W, W^2, W^4, W^8), then the R-point DFT
+// (radix-2 decimation in frequency with constant W_16 factors, reordered to natural order).
+#define REGISTER_PASS(R, LR)                                                                    \
+    [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
+        uint j = t + (g << (pc.log2n - 4u));                                                    \
+        if (ns_log2 > 0u) {                                                                     \
+            uint e = (j & ((1u << ns_log2) - 1u)) << (pc.log2n - ns_log2 - (LR));               \
+            vec2 w[R];                                                                          \
+            w[0] = vec2(1.0, 0.0);                                                              \
+            [[unroll]] for (uint r = 1u; r < (R); r++) {                                        \
+                uint low = r & (~r + 1u);                                                       \
+                w[r] = low == r ? twiddles[r * e] : cmul(w[r - low], w[low]);                   \
+                rp[g * (R) + r] = cmul(rp[g * (R) + r], w[r]);                                  \
+            }                                                                                   \
+        }                                                                                       \
+        [[unroll]] for (uint st = 0u; st < (LR); st++) {                                        \
+            uint half_ = (R) >> (st + 1u);                                                      \
+            [[unroll]] for (uint k = 0u; k < (R); k++) {                                        \
+                if ((k & half_) == 0u) {                                                        \
+                    vec2 a = rp[g * (R) + k];                                                   \
+                    vec2 b = rp[g * (R) + k + half_];                                           \
+                    rp[g * (R) + k] = a + b;                                                    \
+                    rp[g * (R) + k + half_] = cmul(a - b, W16[(k & (half_ - 1u)) * (8u / half_)]); \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        vec2 natural[R];                                                                        \
+        [[unroll]] for (uint k = 0u; k < (R); k++) {                                            \
+            natural[k] = rp[g * (R) + (BITREV16[k] >> (4u - (LR)))];                            \
+        }                                                                                       \
+        [[unroll]] for (uint k = 0u; k < (R); k++) {                                            \
+            rp[g * (R) + k] = natural[k];                                                       \
+        }                                                                                       \
+    }
+
+// Shared-memory exchanges of a pass of radix 2^LR: its inputs (read) or outputs (write) at the
+// Stockham positions, in the invocation's line (starting at point `lb` of `s`).
+#define REGISTER_READ(R, LR)                                                                    \
+    [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
+        uint j = t + (g << (pc.log2n - 4u));                                                    \
+        [[unroll]] for (uint r = 0u; r < (R); r++) {                                            \
+            rp[g * (R) + r] = s[SIDX(lb + j + (r << (pc.log2n - (LR))))];                       \
+        }                                                                                       \
+    }
+#define REGISTER_WRITE(R, LR)                                                                   \
+    [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
+        uint j = t + (g << (pc.log2n - 4u));                                                    \
+        uint k = j & ((1u << ns_log2) - 1u);                                                    \
+        uint o = ((j - k) << (LR)) + k;                                                         \
+        [[unroll]] for (uint r = 0u; r < (R); r++) {                                            \
+            s[SIDX(lb + o + (r << ns_log2))] = rp[g * (R) + r];                                 \
+        }                                                                                       \
+    }
+
+// The pass of radix 2^lr with span 2^ns_log2 (lr in 1..4).
+void register_pass(uint lr, uint ns_log2, uint t) {
+    if (lr == 4u) {
+        REGISTER_PASS(16u, 4u)
+    } else if (lr == 3u) {
+        REGISTER_PASS(8u, 3u)
+    } else if (lr == 2u) {
+        REGISTER_PASS(4u, 2u)
+    } else {
+        REGISTER_PASS(2u, 1u)
+    }
+}
+
+void register_read(uint lr, uint lb, uint t) {
+    if (lr == 4u) {
+        REGISTER_READ(16u, 4u)
+    } else if (lr == 3u) {
+        REGISTER_READ(8u, 3u)
+    } else if (lr == 2u) {
+        REGISTER_READ(4u, 2u)
+    } else {
+        REGISTER_READ(2u, 1u)
+    }
+}
+
+// Writes the outputs of the pass of radix 2^lr whose span was 2^ns_log2.
+void register_write(uint lr, uint ns_log2, uint lb, uint t) {
+    if (lr == 4u) {
+        REGISTER_WRITE(16u, 4u)
+    } else if (lr == 3u) {
+        REGISTER_WRITE(8u, 3u)
+    } else if (lr == 2u) {
+        REGISTER_WRITE(4u, 2u)
+    } else {
+        REGISTER_WRITE(2u, 1u)
+    }
+}
+
+// The line position of register i of invocation t in a pass of radix 2^lr that reads (or, as the
+// last pass, writes) points j + r N / R: i = g R + r, j = t + g N / 16.
+uint register_position(uint i, uint lr, uint t) {
+    uint g = i >> lr;
+    uint r = i & ((1u << lr) - 1u);
+    return t + (g << (pc.log2n - 4u)) + (r << (pc.log2n - lr));
+}
+
+void register_barrier() {
+    memoryBarrierShared();
+    barrier();
+}
+
+void register_fused(uint first_line) {
+    uint log2n = pc.log2n;
+    uint tid = gl_LocalInvocationIndex;
+    uint local_line = tid >> (log2n - 4u);
+    uint t = tid & ((1u << (log2n - 4u)) - 1u);
+    // Invocations past the workgroup's lines only keep the barriers company.
+    bool in_group = local_line < (1u << pc.lines_log2);
+    uint line = first_line + local_line;
+    bool line_live = in_group && line < pc.total_lines;
+    uint lb = in_group ? local_line << log2n : 0u;
+    // The pair's two segments.
+    uint h = line_live ? udiv(line, pc.pairs) : 0u;
+    uint q = line - h * pc.pairs;
+    uint base_a, start_a, outputs_a, base_b, start_b, outputs_b;
+    bool has_a = line_live && segment_row(2u * q, h, base_a, start_a, outputs_a);
+    bool has_b = line_live && segment_row(2u * q + 1u, h, base_b, start_b, outputs_b);
+    // Pass radices (log2): 2^first then 16s forward; 16s then 2^first inverse.
+    uint first = (log2n & 3u) != 0u ? (log2n & 3u) : 4u;
+    uint passes = (log2n + 3u) >> 2;
+
+    // Forward pass 0 reads the inputs: register i holds point i mod R of butterfly i / R
+    // (R = 2^first), position j + (i mod R) N / R with j = t + (i / R) N / 16.
+    [[unroll]] for (uint i = 0u; i < 16u; i++) {
+        uint pos = register_position(i, first, t);
+        rp[i] = vec2(segment_value_at(has_a, base_a, start_a, outputs_a, pos),
+                     segment_value_at(has_b, base_b, start_b, outputs_b, pos));
+    }
+    // The forward's passes, the product, then the inverse's passes (one loop, so that each pass
+    // routine is inlined once).
+    uint ns_log2 = 0u;
+    for (uint step = 0u; step < 2u * passes; step++) {
+        bool inverse = step >= passes;
+        uint p = inverse ? step - passes : step;
+        uint lr = (inverse ? p + 1u == passes : p == 0u) ? first : 4u;
+        if (p == 0u) {
+            ns_log2 = 0u; // pass 0's inputs are in the registers (the loads, or the product)
+        } else if (in_group) {
+            register_read(lr, lb, t);
+        }
+        register_pass(lr, ns_log2, t);
+        if (p + 1u < passes) {
+            register_barrier();
+            if (in_group) {
+                register_write(lr, ns_log2, lb, t);
+            }
+            register_barrier();
+        } else if (!inverse) {
+            // The product: register r holds frequency t + r N / 16. Then the conjugate, for the
+            // inverse.
+            [[unroll]] for (uint r = 0u; r < 16u; r++) {
+                uint f = t + (r << (log2n - 4u));
+                vec2 k = line_live ? filter_bin(h, f) : vec2(0.0);
+                rp[r] = conj_c(cmul(rp[r], k));
+            }
+        }
+        ns_log2 += lr;
+    }
+
+    // The last inverse pass holds output j + r N / R in register g R + r; its conjugate's real
+    // part is segment a's output, its imaginary part segment b's.
+    [[unroll]] for (uint i = 0u; i < 16u; i++) {
+        uint pos = register_position(i, first, t);
+        store_output_at(has_a, base_a, start_a, outputs_a, pos, rp[i].x);
+        store_output_at(has_b, base_b, start_b, outputs_b, pos, -rp[i].y);
+    }
+}
+#endif
+
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
 float segment_gradient(uint b, uint h, uint j, uint p) {
     uint seg = b * pc.blocks + j;
@@ -895,6 +1119,8 @@ void main() {
             }
         }
     }
+#elif defined(PASS_REGISTER_FUSED)
+    register_fused(first_line);
 #elif defined(PASS_BACKWARD_FUSED)
     // The whole backward per ROW, for rows that are one overlap-save segment each (blocks == 1)
     // whose FFT fits one workgroup (CUDA's fftconv_backward_fused): one line of N points per

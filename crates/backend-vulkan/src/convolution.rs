@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use ash::vk;
-use monarch_core::schedule::{Chunk, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS};
+use monarch_core::schedule::{
+    Chunk, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_DST_OUTPUT, FLAG_GATED,
+    FLAG_SRC_INPUT, FLAG_WRAPS,
+};
 use monarch_core::twiddle::root_of_unity;
 use monarch_core::{ConvGeometry, ConvSpec, DType, Element, MonarchPlan, PlanLimits};
 
@@ -16,7 +19,7 @@ use crate::error::check;
 use crate::pipelines::{
     Pipelines, BINDINGS, BINDING_DY, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
     BINDING_TAPS, BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y,
-    BINDING_Y2, BINDING_Y3,
+    BINDING_Y2, BINDING_Y3, REGISTER_FFT_ENV,
 };
 use crate::VulkanError;
 
@@ -62,6 +65,9 @@ pub struct VulkanOptions {
     /// Elements of `u` per chunk (rounded up to whole rows); `None`: 2^24. Smaller chunks
     /// bound device memory; tests use them to check chunking.
     pub chunk_elems: Option<usize>,
+    /// Whether one-pass plans run their forward on the register-radix pass (`Some(false)`: the
+    /// radix-2 fused pass); `None`: yes unless [`REGISTER_FFT_ENV`] is `0`. Tests compare both.
+    pub register_fft: Option<bool>,
 }
 
 /// A convolution problem prepared on the Vulkan device. `Send + Sync`; calls on one instance are
@@ -76,6 +82,9 @@ pub struct VulkanConvolution {
     /// device at once).
     schedule: PassSchedule,
     twiddles: Buffer,
+    /// log2 of the lines per workgroup of the register-radix forward pass, where it runs this
+    /// problem's forward (a one-pass plan it fits; [`REGISTER_FFT_ENV`] not `0`).
+    register_lines_log2: Option<u32>,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
@@ -258,6 +267,14 @@ impl VulkanConvolution {
             )));
         }
         let twiddles = upload(&ctx, &table)?;
+        let register_allowed = options
+            .register_fft
+            .unwrap_or_else(|| std::env::var(REGISTER_FFT_ENV).map_or(true, |v| v.trim() != "0"));
+        let register_lines_log2 = if register_allowed && plan.global_passes() == 0 {
+            pipelines.register_lines_log2(geometry.fft_size.log2())
+        } else {
+            None
+        };
 
         let mut conv = VulkanConvolution {
             ctx,
@@ -266,6 +283,7 @@ impl VulkanConvolution {
             plan,
             schedule,
             twiddles,
+            register_lines_log2,
             exec: Mutex::new(None),
             backward_exec: Mutex::new(None),
         };
@@ -292,9 +310,17 @@ impl VulkanConvolution {
 
     /// The cooperative-matrix tile T (`T x T x T` f16 products) of this convolution's FFT
     /// passes, or `None` where they run the portable f32 rounds (a device without the
-    /// cooperative-matrix path, `FFTCONV_VULKAN_PORTABLE=1`, or f32 I/O).
+    /// cooperative-matrix path, `FFTCONV_VULKAN_PORTABLE=1`, or f32 I/O). The register-radix
+    /// forward ([`register_pass`](Self::register_pass)) has no matrix rounds.
     pub fn cooperative_tile(&self) -> Option<u32> {
         self.pipelines.cooperative_tile
+    }
+
+    /// Whether the forward runs the register-radix pass (Stockham radix-16 FFTs in registers,
+    /// one shared-memory exchange per pass; plans of one fused pass) rather than the radix-2
+    /// fused pass.
+    pub fn register_pass(&self) -> bool {
+        self.register_lines_log2.is_some()
     }
 
     /// Passes over global memory per direction (0: the whole FFT is one fused on-chip pass).
@@ -576,7 +602,22 @@ impl VulkanConvolution {
     fn record(&self, exec: &Execution, chunk: Chunk, io: Io<'_>) -> Result<(), VulkanError> {
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
-        let steps = self.schedule.forward_steps(chunk, matches!(io, Io::Host));
+        let mut steps: Vec<_> = self
+            .schedule
+            .forward_steps(chunk, matches!(io, Io::Host))
+            .into_iter()
+            .map(|(kind, params)| (self.pipelines.pipeline(kind), params))
+            .collect();
+        // A one-pass plan's forward on the register-radix pass (its own lines per workgroup).
+        const FORWARD_FLAGS: u32 = FLAG_SRC_INPUT | FLAG_DST_OUTPUT | FLAG_GATED | FLAG_WRAPS;
+        if let (Some(lines_log2), [(pipeline, params)]) =
+            (self.register_lines_log2, steps.as_mut_slice())
+        {
+            if params.flags & !FORWARD_FLAGS == 0 && params.line_log2 == params.log2n {
+                *pipeline = self.pipelines.register_fused()?;
+                params.lines_log2 = lines_log2;
+            }
+        }
         let dispatches = steps
             .iter()
             .map(|(_, p)| self.workgroups(p))
@@ -609,8 +650,8 @@ impl VulkanConvolution {
                     &[exec.set],
                     &[],
                 );
-                for ((kind, params), groups) in steps.iter().zip(&dispatches) {
-                    self.record_pass(device, cmd, self.pipelines.pipeline(*kind), params, *groups);
+                for ((pipeline, params), groups) in steps.iter().zip(&dispatches) {
+                    self.record_pass(device, cmd, *pipeline, params, *groups);
                 }
                 if let Some(host) = host {
                     let region = [vk::BufferCopy::default().size(bytes)];

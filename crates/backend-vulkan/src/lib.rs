@@ -14,7 +14,11 @@
 //! - **Plan**: a [`monarch_core::MonarchPlan`] for this device's shared memory. Sizes whose
 //!   transform fits one workgroup run as one fused pass (load `u`, FFT, product with the filter
 //!   spectrum, inverse FFT, gates, store `y`); larger ones run each global stage of the plan as a
-//!   column pass through device memory, forward and inverse, around the fused block.
+//!   column pass through device memory, forward and inverse, around the fused block. A one-pass
+//!   plan's forward runs the register-radix pass: N / 16 invocations per line hold 16 points
+//!   each and run Stockham radix-16 passes in registers with one shared-memory exchange between
+//!   passes, the product and the inverse's first pass on the same registers
+//!   ([`REGISTER_FFT_ENV`]`=0` runs the radix-2 fused pass instead).
 //! - **Backward**: where the plan is one fused pass and rows are one overlap-save block each,
 //!   one fused dispatch per chunk computes every row's filter taps, `du` and the gate gradients
 //!   in shared memory (CUDA's fused backward); elsewhere a schedule of forward, product-inverse
@@ -65,7 +69,7 @@ pub use convolution::{
     VulkanTensorGradients,
 };
 pub use error::VulkanError;
-pub use pipelines::{COOP_F16_PRODUCTS_ENV, FUSED_BACKWARD_ENV, NO_PAD_ENV};
+pub use pipelines::{COOP_F16_PRODUCTS_ENV, FUSED_BACKWARD_ENV, NO_PAD_ENV, REGISTER_FFT_ENV};
 pub use probe::{describe, probe, VulkanDeviceInfo};
 
 /// The device convolutions run on, with its shader path, as one line; or why there is none.

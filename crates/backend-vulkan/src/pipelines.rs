@@ -62,6 +62,11 @@ pub const COOP_F16_PRODUCTS_ENV: &str = "FFTCONV_VULKAN_COOP_F16_PRODUCTS";
 /// `fftconv_backward_fused`), for comparing both. Read on every backward call.
 pub const FUSED_BACKWARD_ENV: &str = "FFTCONV_VULKAN_FUSED_BACKWARD";
 
+/// Environment variable: `0` makes the forward of a one-pass plan run the radix-2 fused pass
+/// (`PASS_FUSED`) instead of the register-radix one (`PASS_REGISTER_FUSED`, the default), for
+/// comparing both. Read when a convolution is made.
+pub const REGISTER_FFT_ENV: &str = "FFTCONV_VULKAN_REGISTER_FFT";
+
 /// The I/O part of a shader's name.
 fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
@@ -219,10 +224,16 @@ pub(crate) struct Pipelines {
     /// gradient (no [`PassKind`]: the schedule does not know it; the backward records it after
     /// each chunk's steps).
     taps_sum: vk::Pipeline,
+    /// The forward of a one-pass plan with register-radix FFTs (`PASS_REGISTER_FUSED`; no
+    /// [`PassKind`]: the convolution swaps it in for the fused step, see
+    /// [`register_lines_log2`](Self::register_lines_log2)); made on first use.
+    register_fused: Mutex<Option<vk::Pipeline>>,
     /// Invocations per workgroup.
     pub(crate) workgroup: u32,
     /// Complex points of shared memory per workgroup (a power of two).
     pub(crate) shared_points: u32,
+    /// Whether the FFT passes' shared memory is padded (one point per 16).
+    pad: bool,
     dtype: DType,
     options: ShaderOptions,
     /// The cooperative-matrix tile T of the FFT passes (`None`: the portable f32 rounds).
@@ -250,6 +261,37 @@ impl Pipelines {
             PassKind::ColumnsInverse => self.columns_inverse,
             PassKind::Gather => self.gather,
         }
+    }
+
+    /// The register-radix forward pass of one-pass plans (see [`register_lines_log2`]).
+    ///
+    /// [`register_lines_log2`]: Self::register_lines_log2
+    pub(crate) fn register_fused(&self) -> Result<vk::Pipeline, VulkanError> {
+        let mut slot = self
+            .register_fused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = *slot {
+            return Ok(p);
+        }
+        let code = shader("REGISTER_FUSED", dtype_name(self.dtype), None)?;
+        let p = self.create_pipeline(code, self.shared_points, self.pad)?;
+        *slot = Some(p);
+        Ok(p)
+    }
+
+    /// log2 of the lines (pairs of N = 2^log2n points) per workgroup of the register-radix pass,
+    /// or `None` where it cannot run N: each line needs N / 16 invocations and N points of
+    /// shared memory, so 16 <= N <= both 16 x the workgroup and the shared points.
+    pub(crate) fn register_lines_log2(&self, log2n: u32) -> Option<u32> {
+        let fits = (4..32).contains(&log2n)
+            && (1u64 << log2n) <= u64::from(self.shared_points)
+            && (1u64 << (log2n - 4)) <= u64::from(self.workgroup);
+        fits.then(|| {
+            let by_memory = self.shared_points.ilog2() - log2n;
+            let by_invocations = self.workgroup.ilog2() + 4 - log2n;
+            by_memory.min(by_invocations)
+        })
     }
 
     /// The backward's taps sum: one output per (channel, tap) of a chunk, `2^lines_log2` of them
@@ -420,8 +462,10 @@ impl Pipelines {
             columns_inverse: vk::Pipeline::null(),
             gather: vk::Pipeline::null(),
             taps_sum: vk::Pipeline::null(),
+            register_fused: Mutex::new(None),
             workgroup,
             shared_points,
+            pad,
             dtype,
             options,
             cooperative_tile,
@@ -499,7 +543,14 @@ impl Drop for Pipelines {
                 self.columns_inverse,
                 self.gather,
                 self.taps_sum,
-            ] {
+            ]
+            .into_iter()
+            .chain(
+                self.register_fused
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            ) {
                 device.destroy_pipeline(p, None);
             }
             let backward = self
@@ -525,6 +576,7 @@ mod tests {
         for io in ["F32", "F16", "BF16"] {
             for pass in [
                 "FUSED",
+                "REGISTER_FUSED",
                 "COLUMNS_FORWARD",
                 "COLUMNS_INVERSE",
                 "GATHER",

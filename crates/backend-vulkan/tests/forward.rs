@@ -174,6 +174,45 @@ fn plans_with_several_global_passes() {
 }
 
 #[test]
+fn register_pass_every_radix_and_variant() {
+    if !vulkan_present("register_pass_every_radix_and_variant") {
+        return;
+    }
+    // N = 16 .. 4096: every first radix (2^(log2 N mod 4)) and pass count, several lines per
+    // workgroup below 4096; both passes, so the radix-2 one stays checked too.
+    for register in [true, false] {
+        let options = VulkanOptions {
+            register_fft: Some(register),
+            ..VulkanOptions::default()
+        };
+        for log2n in 4..=12u32 {
+            let n = 1usize << log2n;
+            let conv = check(ConvSpec::builder(3, 5, n / 2, n / 2), options);
+            if conv.global_passes() > 0 {
+                continue; // a device with less shared memory: no one-pass plan at this N
+            }
+            assert_eq!(conv.register_pass(), register, "N = {n}");
+            check(
+                ConvSpec::builder(2, 3, n / 2, n / 3 + 1)
+                    .gated(true)
+                    .dtype(DType::Bf16),
+                options,
+            );
+            check(
+                ConvSpec::builder(1, 3, n, n).circular().dtype(DType::F16),
+                options,
+            );
+            check(
+                ConvSpec::builder(3, 2, n / 2, n / 2).keep_frequencies(0.25),
+                options,
+            );
+            // Overlap-save blocks: several segments per row, an odd count per channel.
+            check(ConvSpec::builder(1, 2, 5 * n / 2 + 3, n / 4), options);
+        }
+    }
+}
+
+#[test]
 fn chunks_cover_every_row() {
     if !vulkan_present("chunks_cover_every_row") {
         return;
@@ -182,6 +221,7 @@ fn chunks_cover_every_row() {
         let options = VulkanOptions {
             chunk_elems: Some(chunk_elems),
             max_shared_points: Some(64),
+            ..VulkanOptions::default()
         };
         check(ConvSpec::builder(3, 5, 1000, 300), options);
         check(
@@ -271,9 +311,12 @@ fn cooperative_matrix_rounds() {
             (ConvSpec::builder(1, 3, 4096, 4096).circular(), Some(64)),
         ] {
             let spec = builder.dtype(dtype).build().unwrap();
+            // The one-pass plans' matrix rounds are in the radix-2 fused pass (the register-radix
+            // pass, the default there, has none).
             let options = VulkanOptions {
                 chunk_elems: None,
                 max_shared_points,
+                register_fft: Some(false),
             };
             let conv = match dtype {
                 DType::F16 => {
@@ -366,6 +409,7 @@ fn device_tensors_give_the_host_result() {
         let options = VulkanOptions {
             chunk_elems,
             max_shared_points: Some(256),
+            ..VulkanOptions::default()
         };
         let conv = VulkanConvolution::with_options(&spec, options).unwrap();
         let n = spec.io_len();
@@ -582,6 +626,7 @@ fn backward_on_multi_pass_plans_and_chunks() {
         let options = VulkanOptions {
             max_shared_points: Some(points),
             chunk_elems,
+            ..VulkanOptions::default()
         };
         for builder in [
             ConvSpec::builder(2, 3, 1500, 1500),
