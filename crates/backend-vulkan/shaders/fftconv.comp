@@ -691,13 +691,16 @@ void fft_inverse(uint m_log2, uint lines_log2, uint g0) {
 }
 #endif
 
-#if defined(PASS_FUSED)
-// Frequency held by position pos of a pair (point p of its line of 2^m_log2 points) after the
-// forward transform: position pos = sum_s M_{s+1} p_s + p holds frequency
-// f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) bitrev(p).
-uint position_frequency(uint pos, uint p, uint m_log2) {
+#if defined(PASS_FUSED) || defined(PASS_REGISTER_FUSED)
+// The global stages' part of the frequency held by position pos of a pair after the forward
+// transform: position pos = sum_s M_{s+1} p_s + p holds frequency
+// f = sum_s (N_0 ... N_{s-1}) bitrev(p_s) + (N_0 ... N_{j-1}) F(p), where F(p) is the line's own
+// frequency at its point p (bitrev(p) after the radix-2 fused pass's decimation in frequency, p
+// after the register-radix pass's Stockham passes). Returns the first sum; weight_log2 gets
+// log2 (N_0 ... N_{j-1}).
+uint stage_frequency(uint pos, out uint weight_log2) {
     uint f = 0u;
-    uint weight_log2 = 0u;
+    weight_log2 = 0u;
     uint shift = pc.log2n;
     for (uint st = 0u; st < pc.stage_count; st++) {
         uint bits = (pc.stage_bits >> (5u * st)) & 31u;
@@ -706,6 +709,16 @@ uint position_frequency(uint pos, uint p, uint m_log2) {
         f += bit_reverse(digit, bits) << weight_log2;
         weight_log2 += bits;
     }
+    return f;
+}
+#endif
+
+#if defined(PASS_FUSED)
+// Frequency held by position pos of a pair (point p of its line of 2^m_log2 points) after the
+// radix-2 fused pass's forward transform (see stage_frequency).
+uint position_frequency(uint pos, uint p, uint m_log2) {
+    uint weight_log2;
+    uint f = stage_frequency(pos, weight_log2);
     return f + (bit_reverse(p, m_log2) << weight_log2);
 }
 
@@ -841,6 +854,8 @@ void backward_row(uint r, out uint h, out uint seg) {
 
 // The invocation's points: rp[g R + r] is point r of its butterfly g in a pass of radix R.
 vec2 rp[16];
+// log2 of the line length M (N for a one-pass plan, the fused block's M_j after global stages).
+uint reg_log2;
 
 // W_16^k = exp(-2 pi i k / 16), k < 8.
 const vec2 W16[8] = vec2[8](vec2(1.0, 0.0), vec2(0.92387953251128674, -0.38268343236508977),
@@ -859,7 +874,7 @@ const uint BITREV16[16] = uint[16](0u, 8u, 4u, 12u, 2u, 10u, 6u, 14u, 1u, 9u, 5u
 // (radix-2 decimation in frequency with constant W_16 factors, reordered to natural order).
 #define REGISTER_PASS(R, LR)                                                                    \
     [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
-        uint j = t + (g << (pc.log2n - 4u));                                                    \
+        uint j = t + (g << (reg_log2 - 4u));                                                        \
         if (ns_log2 > 0u) {                                                                     \
             uint e = (j & ((1u << ns_log2) - 1u)) << (pc.log2n - ns_log2 - (LR));               \
             vec2 w[R];                                                                          \
@@ -894,14 +909,14 @@ const uint BITREV16[16] = uint[16](0u, 8u, 4u, 12u, 2u, 10u, 6u, 14u, 1u, 9u, 5u
 // Stockham positions, in the invocation's line (starting at point `lb` of `s`).
 #define REGISTER_READ(R, LR)                                                                    \
     [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
-        uint j = t + (g << (pc.log2n - 4u));                                                    \
+        uint j = t + (g << (reg_log2 - 4u));                                                        \
         [[unroll]] for (uint r = 0u; r < (R); r++) {                                            \
-            rp[g * (R) + r] = s[SIDX(lb + j + (r << (pc.log2n - (LR))))];                       \
+            rp[g * (R) + r] = s[SIDX(lb + j + (r << (reg_log2 - (LR))))];                           \
         }                                                                                       \
     }
 #define REGISTER_WRITE(R, LR)                                                                   \
     [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
-        uint j = t + (g << (pc.log2n - 4u));                                                    \
+        uint j = t + (g << (reg_log2 - 4u));                                                        \
         uint k = j & ((1u << ns_log2) - 1u);                                                    \
         uint o = ((j - k) << (LR)) + k;                                                         \
         [[unroll]] for (uint r = 0u; r < (R); r++) {                                            \
@@ -952,7 +967,27 @@ void register_write(uint lr, uint ns_log2, uint lb, uint t) {
 uint register_position(uint i, uint lr, uint t) {
     uint g = i >> lr;
     uint r = i & ((1u << lr) - 1u);
-    return t + (g << (pc.log2n - 4u)) + (r << (pc.log2n - lr));
+    return t + (g << (reg_log2 - 4u)) + (r << (reg_log2 - lr));
+}
+
+// segment_value_at with selects instead of branches (the register pass inlines it 32 times):
+// the element's index is computed for every position and clamped to 0 where the segment is zero
+// there, so the loads are unconditional. Circular history goes back at most L (history < K <= L),
+// so one wrap suffices.
+float register_segment_value(bool exists, uint row_base, uint start, uint outputs, uint pos) {
+    uint n = 1u << pc.log2n;
+    uint back = n - pos;
+    bool body = pos < outputs;
+    bool history = pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u;
+    bool wraps = back > start;
+    bool ok = exists && (body || (history && (!wraps || (pc.flags & FLAG_WRAPS) != 0u)));
+    uint t = body ? start + pos : (wraps ? start + pc.seq_len - back : start - back);
+    uint idx = ok ? row_base + t : 0u;
+    float v = TO_FLOAT(u_buf[idx]);
+    if ((pc.flags & FLAG_GATED) != 0u) {
+        v *= TO_FLOAT(pre_buf[idx]);
+    }
+    return ok ? v : 0.0;
 }
 
 void register_barrier() {
@@ -962,30 +997,43 @@ void register_barrier() {
 
 void register_fused(uint first_line) {
     uint log2n = pc.log2n;
+    reg_log2 = pc.line_log2;
     uint tid = gl_LocalInvocationIndex;
-    uint local_line = tid >> (log2n - 4u);
-    uint t = tid & ((1u << (log2n - 4u)) - 1u);
+    uint local_line = tid >> (reg_log2 - 4u);
+    uint t = tid & ((1u << (reg_log2 - 4u)) - 1u);
     // Invocations past the workgroup's lines only keep the barriers company.
     bool in_group = local_line < (1u << pc.lines_log2);
     uint line = first_line + local_line;
     bool line_live = in_group && line < pc.total_lines;
-    uint lb = in_group ? local_line << log2n : 0u;
-    // The pair's two segments.
-    uint h = line_live ? udiv(line, pc.pairs) : 0u;
-    uint q = line - h * pc.pairs;
+    uint lb = in_group ? local_line << reg_log2 : 0u;
+    // Lines are contiguous blocks of M points of a pair's N (one line per pair without global
+    // stages): this line starts at position pos0 of pair `pair`.
+    uint pair_lines_log2 = log2n - reg_log2;
+    uint pair = line >> pair_lines_log2;
+    uint pos0 = (line & ((1u << pair_lines_log2) - 1u)) << reg_log2;
+    uint pair_base = pair << log2n;
+    // The pair's two segments (where the pass reads the inputs or writes the outputs).
+    uint h = line_live ? udiv(pair, pc.pairs) : 0u;
+    uint q = pair - h * pc.pairs;
     uint base_a, start_a, outputs_a, base_b, start_b, outputs_b;
     bool has_a = line_live && segment_row(2u * q, h, base_a, start_a, outputs_a);
     bool has_b = line_live && segment_row(2u * q + 1u, h, base_b, start_b, outputs_b);
+    bool from_input = (pc.flags & FLAG_SRC_INPUT) != 0u;
+    bool to_output = (pc.flags & FLAG_DST_OUTPUT) != 0u;
     // Pass radices (log2): 2^first then 16s forward; 16s then 2^first inverse.
-    uint first = (log2n & 3u) != 0u ? (log2n & 3u) : 4u;
-    uint passes = (log2n + 3u) >> 2;
+    uint first = (reg_log2 & 3u) != 0u ? (reg_log2 & 3u) : 4u;
+    uint passes = (reg_log2 + 3u) >> 2;
 
-    // Forward pass 0 reads the inputs: register i holds point i mod R of butterfly i / R
-    // (R = 2^first), position j + (i mod R) N / R with j = t + (i / R) N / 16.
+    // Forward pass 0 reads the line: register i holds point i mod R of butterfly i / R
+    // (R = 2^first), position j + (i mod R) M / R with j = t + (i / R) M / 16.
     [[unroll]] for (uint i = 0u; i < 16u; i++) {
-        uint pos = register_position(i, first, t);
-        rp[i] = vec2(segment_value_at(has_a, base_a, start_a, outputs_a, pos),
-                     segment_value_at(has_b, base_b, start_b, outputs_b, pos));
+        uint p = register_position(i, first, t);
+        if (from_input) {
+            rp[i] = vec2(register_segment_value(has_a, base_a, start_a, outputs_a, p),
+                         register_segment_value(has_b, base_b, start_b, outputs_b, p));
+        } else {
+            rp[i] = line_live ? tmp[pair_base + pos0 + p] : vec2(0.0);
+        }
     }
     // The forward's passes, the product, then the inverse's passes (one loop, so that each pass
     // routine is inlined once).
@@ -1007,10 +1055,12 @@ void register_fused(uint first_line) {
             }
             register_barrier();
         } else if (!inverse) {
-            // The product: register r holds frequency t + r N / 16. Then the conjugate, for the
-            // inverse.
+            // The product: register r holds the line's frequency t + r M / 16, the pair's
+            // frequency f0 + that << weight_log2. Then the conjugate, for the inverse.
+            uint weight_log2;
+            uint f0 = stage_frequency(pos0, weight_log2);
             [[unroll]] for (uint r = 0u; r < 16u; r++) {
-                uint f = t + (r << (log2n - 4u));
+                uint f = f0 + ((t + (r << (reg_log2 - 4u))) << weight_log2);
                 vec2 k = line_live ? filter_bin(h, f) : vec2(0.0);
                 rp[r] = conj_c(cmul(rp[r], k));
             }
@@ -1018,12 +1068,16 @@ void register_fused(uint first_line) {
         ns_log2 += lr;
     }
 
-    // The last inverse pass holds output j + r N / R in register g R + r; its conjugate's real
-    // part is segment a's output, its imaginary part segment b's.
+    // The last inverse pass holds point j + r M / R in register g R + r: the conjugate of the
+    // result. Its real part is segment a's output, its imaginary part segment b's.
     [[unroll]] for (uint i = 0u; i < 16u; i++) {
-        uint pos = register_position(i, first, t);
-        store_output_at(has_a, base_a, start_a, outputs_a, pos, rp[i].x);
-        store_output_at(has_b, base_b, start_b, outputs_b, pos, -rp[i].y);
+        uint p = register_position(i, first, t);
+        if (to_output) {
+            store_output_at(has_a, base_a, start_a, outputs_a, p, rp[i].x);
+            store_output_at(has_b, base_b, start_b, outputs_b, p, -rp[i].y);
+        } else if (line_live) {
+            tmp[pair_base + pos0 + p] = conj_c(rp[i]);
+        }
     }
 }
 #endif

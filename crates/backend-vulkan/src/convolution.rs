@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use ash::vk;
 use monarch_core::schedule::{
-    Chunk, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_DST_OUTPUT, FLAG_GATED,
+    Chunk, PassKind, PassParams, PassSchedule, DEFAULT_CHUNK_ELEMS, FLAG_DST_OUTPUT, FLAG_GATED,
     FLAG_SRC_INPUT, FLAG_WRAPS,
 };
 use monarch_core::twiddle::root_of_unity;
@@ -270,11 +270,13 @@ impl VulkanConvolution {
         let register_allowed = options
             .register_fft
             .unwrap_or_else(|| std::env::var(REGISTER_FFT_ENV).map_or(true, |v| v.trim() != "0"));
-        let register_lines_log2 = if register_allowed && plan.global_passes() == 0 {
-            pipelines.register_lines_log2(geometry.fft_size.log2())
-        } else {
-            None
-        };
+        // The fused block's lines: N points for a one-pass plan, else those after the global
+        // stages.
+        let register_lines_log2 = schedule
+            .passes()
+            .last()
+            .filter(|_| register_allowed)
+            .and_then(|fused| pipelines.register_lines_log2(fused.line_log2));
 
         let mut conv = VulkanConvolution {
             ctx,
@@ -316,9 +318,9 @@ impl VulkanConvolution {
         self.pipelines.cooperative_tile
     }
 
-    /// Whether the forward runs the register-radix pass (Stockham radix-16 FFTs in registers,
-    /// one shared-memory exchange per pass; plans of one fused pass) rather than the radix-2
-    /// fused pass.
+    /// Whether the forward's fused block (the whole FFT of a one-pass plan, or the lines after
+    /// the global stages) runs the register-radix pass (Stockham radix-16 FFTs in registers, one
+    /// shared-memory exchange per pass) rather than the radix-2 fused pass.
     pub fn register_pass(&self) -> bool {
         self.register_lines_log2.is_some()
     }
@@ -608,14 +610,15 @@ impl VulkanConvolution {
             .into_iter()
             .map(|(kind, params)| (self.pipelines.pipeline(kind), params))
             .collect();
-        // A one-pass plan's forward on the register-radix pass (its own lines per workgroup).
+        // The fused block on the register-radix pass (its own lines per workgroup).
         const FORWARD_FLAGS: u32 = FLAG_SRC_INPUT | FLAG_DST_OUTPUT | FLAG_GATED | FLAG_WRAPS;
-        if let (Some(lines_log2), [(pipeline, params)]) =
-            (self.register_lines_log2, steps.as_mut_slice())
-        {
-            if params.flags & !FORWARD_FLAGS == 0 && params.line_log2 == params.log2n {
-                *pipeline = self.pipelines.register_fused()?;
-                params.lines_log2 = lines_log2;
+        if let Some(lines_log2) = self.register_lines_log2 {
+            let fused = self.pipelines.pipeline(PassKind::Fused);
+            for (pipeline, params) in steps.iter_mut().filter(|(p, _)| *p == fused) {
+                if params.flags & !FORWARD_FLAGS == 0 {
+                    *pipeline = self.pipelines.register_fused()?;
+                    params.lines_log2 = lines_log2;
+                }
             }
         }
         let dispatches = steps

@@ -179,7 +179,8 @@ fn register_pass_every_radix_and_variant() {
         return;
     }
     // N = 16 .. 4096: every first radix (2^(log2 N mod 4)) and pass count, several lines per
-    // workgroup below 4096; both passes, so the radix-2 one stays checked too.
+    // workgroup below 4096; then the fused block of multi-pass plans; both passes, so the
+    // radix-2 one stays checked too.
     for register in [true, false] {
         let options = VulkanOptions {
             register_fft: Some(register),
@@ -208,6 +209,31 @@ fn register_pass_every_radix_and_variant() {
             );
             // Overlap-save blocks: several segments per row, an odd count per channel.
             check(ConvSpec::builder(1, 2, 5 * n / 2 + 3, n / 4), options);
+        }
+        // The fused block after global stages (lines of 16 .. 256 points, several per pair).
+        for (points, l) in [(16, 2048), (256, 20000)] {
+            let options = VulkanOptions {
+                max_shared_points: Some(points),
+                register_fft: Some(register),
+                ..VulkanOptions::default()
+            };
+            let conv = check(ConvSpec::builder(2, 3, l, l), options);
+            assert!(conv.global_passes() > 0, "{points} points, L = {l}");
+            assert_eq!(conv.register_pass(), register, "{points} points, L = {l}");
+            check(
+                ConvSpec::builder(2, 3, l, l / 3)
+                    .gated(true)
+                    .dtype(DType::F16),
+                options,
+            );
+            check(
+                ConvSpec::builder(1, 2, l, l).circular().dtype(DType::Bf16),
+                options,
+            );
+            check(
+                ConvSpec::builder(2, 2, l, l).keep_frequencies(0.25),
+                options,
+            );
         }
     }
 }
