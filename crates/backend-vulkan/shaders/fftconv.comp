@@ -32,7 +32,8 @@
 #else
 #define ELEM float
 #endif
-#if defined(PASS_REGISTER_FUSED)
+#if defined(PASS_REGISTER_FUSED) || defined(PASS_COLUMNS_FORWARD) || defined(PASS_COLUMNS_INVERSE)
+#define REGISTER_RADIX 1
 #extension GL_EXT_control_flow_attributes : require
 #endif
 // COOP (the cooperative-matrix path; with COOP_LOG2 = log2 T, T x T x T the listed shape): the
@@ -70,6 +71,9 @@ layout(constant_id = 6) const uint COOP_SLOTS = 1;
 // instead of two; FFTCONV_VULKAN_COOP_F16_PRODUCTS=1, an experiment); 0 stores them in f32 (the
 // default).
 layout(constant_id = 7) const uint COOP_F16_PRODUCTS = 0;
+// 1: the column passes run their line DFTs as register-radix passes (see register_columns; the
+// host's default); 0: radix-2 rounds in shared memory (FFTCONV_VULKAN_REGISTER_FFT=0).
+layout(constant_id = 8) const uint REGISTER_COLUMNS = 0;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
 layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
@@ -836,7 +840,7 @@ void backward_row(uint r, out uint h, out uint seg) {
 }
 #endif
 
-#if defined(PASS_REGISTER_FUSED)
+#if defined(REGISTER_RADIX)
 // ---- the register-radix fused pass ----------------------------------------------------------------
 // The forward convolution of plans that are one fused pass (N <= SHARED_POINTS), for each line
 // (one pair) of N = 2^log2n points: N / 16 invocations hold 16 points each in registers and run
@@ -857,117 +861,137 @@ vec2 rp[16];
 // log2 of the line length M (N for a one-pass plan, the fused block's M_j after global stages).
 uint reg_log2;
 
-// W_16^k = exp(-2 pi i k / 16), k < 8.
-const vec2 W16[8] = vec2[8](vec2(1.0, 0.0), vec2(0.92387953251128674, -0.38268343236508977),
-                            vec2(0.70710678118654752, -0.70710678118654752),
-                            vec2(0.38268343236508977, -0.92387953251128674), vec2(0.0, -1.0),
-                            vec2(-0.38268343236508977, -0.92387953251128674),
-                            vec2(-0.70710678118654752, -0.70710678118654752),
-                            vec2(-0.92387953251128674, -0.38268343236508977));
-// 4-bit reversal.
-const uint BITREV16[16] = uint[16](0u, 8u, 4u, 12u, 2u, 10u, 6u, 14u, 1u, 9u, 5u, 13u, 3u, 11u, 7u,
-                                   15u);
+// W_16^k = exp(-2 pi i k / 16) for k < 8, as selects (k is a constant wherever it is used, after
+// unrolling, so this folds to one value; a constant array might be indexed at run time where a
+// compiler folds late).
+const float COS_PI_8 = 0.92387953251128674;
+const float SIN_PI_8 = 0.38268343236508977;
+const float SQRT_HALF = 0.70710678118654752;
+vec2 w16(uint k) {
+    float c = k == 0u ? 1.0 : k == 1u ? COS_PI_8 : k == 2u ? SQRT_HALF : k == 3u ? SIN_PI_8 : 0.0;
+    float sn = k == 0u ? 0.0 : k == 1u ? SIN_PI_8 : k == 2u ? SQRT_HALF : k == 3u ? COS_PI_8 : 1.0;
+    // W^(k + 4) = -i W^k.
+    return k < 4u ? vec2(c, -sn)
+                  : vec2(-(k == 4u ? 0.0 : k == 5u ? SIN_PI_8 : k == 6u ? SQRT_HALF : COS_PI_8),
+                         -(k == 4u ? 1.0 : k == 5u ? COS_PI_8 : k == 6u ? SQRT_HALF : SIN_PI_8));
+}
 
-// One Stockham pass of radix R = 2^LR on the invocation's 16 points: for each of its 16 / R
-// butterflies j = t + g N / 16 (T = N / 16 invocations per line), the twiddles W_{Ns R}^{r (j mod
-// Ns)} (Ns = 2^NS_LOG2; W^r as products of the table's W, W^2, W^4, W^8), then the R-point DFT
-// (radix-2 decimation in frequency with constant W_16 factors, reordered to natural order).
-#define REGISTER_PASS(R, LR)                                                                    \
-    [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
-        uint j = t + (g << (reg_log2 - 4u));                                                        \
-        if (ns_log2 > 0u) {                                                                     \
-            uint e = (j & ((1u << ns_log2) - 1u)) << (pc.log2n - ns_log2 - (LR));               \
-            vec2 w[R];                                                                          \
-            w[0] = vec2(1.0, 0.0);                                                              \
-            [[unroll]] for (uint r = 1u; r < (R); r++) {                                        \
-                uint low = r & (~r + 1u);                                                       \
-                w[r] = low == r ? twiddles[r * e] : cmul(w[r - low], w[low]);                   \
-                rp[g * (R) + r] = cmul(rp[g * (R) + r], w[r]);                                  \
-            }                                                                                   \
-        }                                                                                       \
-        [[unroll]] for (uint st = 0u; st < (LR); st++) {                                        \
-            uint half_ = (R) >> (st + 1u);                                                      \
-            [[unroll]] for (uint k = 0u; k < (R); k++) {                                        \
-                if ((k & half_) == 0u) {                                                        \
-                    vec2 a = rp[g * (R) + k];                                                   \
-                    vec2 b = rp[g * (R) + k + half_];                                           \
-                    rp[g * (R) + k] = a + b;                                                    \
-                    rp[g * (R) + k + half_] = cmul(a - b, W16[(k & (half_ - 1u)) * (8u / half_)]); \
-                }                                                                               \
-            }                                                                                   \
-        }                                                                                       \
-        vec2 natural[R];                                                                        \
-        [[unroll]] for (uint k = 0u; k < (R); k++) {                                            \
-            natural[k] = rp[g * (R) + (BITREV16[k] >> (4u - (LR)))];                            \
-        }                                                                                       \
-        [[unroll]] for (uint k = 0u; k < (R); k++) {                                            \
-            rp[g * (R) + k] = natural[k];                                                       \
-        }                                                                                       \
+// The radix-16 Stockham pass on the invocation's 16 points (one butterfly j = t; T = M / 16
+// invocations per line): the twiddles W_{16 Ns}^{r (j mod Ns)} (Ns = 2^ns_log2; W^r as products
+// of the table's W, W^2, W^4, W^8), then the 16-point DFT (radix-2 decimation in frequency with
+// constant W_16 factors), reordered to natural order (register r holds output r).
+void register_pass16(uint ns_log2, uint t) {
+    if (ns_log2 > 0u) {
+        uint e = (t & ((1u << ns_log2) - 1u)) << (pc.log2n - ns_log2 - 4u);
+        vec2 w[16];
+        w[0] = vec2(1.0, 0.0);
+        [[unroll]] for (uint r = 1u; r < 16u; r++) {
+            uint low = r & (~r + 1u);
+            w[r] = low == r ? twiddles[r * e] : cmul(w[r - low], w[low]);
+            rp[r] = cmul(rp[r], w[r]);
+        }
     }
+    [[unroll]] for (uint st = 0u; st < 4u; st++) {
+        uint half_ = 8u >> st;
+        [[unroll]] for (uint k = 0u; k < 16u; k++) {
+            if ((k & half_) == 0u) {
+                vec2 a = rp[k];
+                vec2 b = rp[k + half_];
+                rp[k] = a + b;
+                rp[k + half_] = cmul(a - b, w16((k & (half_ - 1u)) * (8u / half_)));
+            }
+        }
+    }
+    vec2 natural[16];
+    [[unroll]] for (uint k = 0u; k < 16u; k++) {
+        natural[k] = rp[bitfieldReverse(k) >> 28u];
+    }
+    [[unroll]] for (uint k = 0u; k < 16u; k++) {
+        rp[k] = natural[k];
+    }
+}
 
-// Shared-memory exchanges of a pass of radix 2^LR: its inputs (read) or outputs (write) at the
-// Stockham positions, in the invocation's line (starting at point `lb` of `s`).
-#define REGISTER_READ(R, LR)                                                                    \
-    [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
-        uint j = t + (g << (reg_log2 - 4u));                                                        \
-        [[unroll]] for (uint r = 0u; r < (R); r++) {                                            \
-            rp[g * (R) + r] = s[SIDX(lb + j + (r << (reg_log2 - (LR))))];                           \
-        }                                                                                       \
+// A Stockham pass of radix R = 2^lr < 16 (the one pass of a line of 2^(4q + lr) points that is
+// not radix 16): the invocation's 16 / R butterflies j = t + g M / 16 on registers g R .. g R +
+// R - 1 (point r of butterfly g in register g R + r). Twiddles W_{R Ns}^{r (j mod Ns)}, one table
+// load per register; then the last lr stages of the 16-point decimation-in-frequency network,
+// which are the R-point DFTs of the groups of R registers, their outputs left in bit-reversed
+// order within each group (register_output gives each register's output). One routine for
+// every R < 16, its register indices constant: R only gates stages and twiddles.
+void register_pass_small(uint lr, uint ns_log2, uint t) {
+    if (ns_log2 > 0u) {
+        [[unroll]] for (uint i = 0u; i < 16u; i++) {
+            uint j = t + ((i >> lr) << (reg_log2 - 4u));
+            uint e = (j & ((1u << ns_log2) - 1u)) << (pc.log2n - ns_log2 - lr);
+            uint r = i & ((1u << lr) - 1u);
+            if (r != 0u) {
+                rp[i] = cmul(rp[i], twiddles[r * e]);
+            }
+        }
     }
-#define REGISTER_WRITE(R, LR)                                                                   \
-    [[unroll]] for (uint g = 0u; g < 16u / (R); g++) {                                          \
-        uint j = t + (g << (reg_log2 - 4u));                                                        \
-        uint k = j & ((1u << ns_log2) - 1u);                                                    \
-        uint o = ((j - k) << (LR)) + k;                                                         \
-        [[unroll]] for (uint r = 0u; r < (R); r++) {                                            \
-            s[SIDX(lb + o + (r << ns_log2))] = rp[g * (R) + r];                                 \
-        }                                                                                       \
+    [[unroll]] for (uint st = 0u; st < 4u; st++) {
+        uint half_ = 8u >> st;
+        if (half_ < (1u << lr)) {
+            [[unroll]] for (uint k = 0u; k < 16u; k++) {
+                if ((k & half_) == 0u) {
+                    vec2 a = rp[k];
+                    vec2 b = rp[k + half_];
+                    rp[k] = a + b;
+                    rp[k + half_] = cmul(a - b, w16((k & (half_ - 1u)) * (8u / half_)));
+                }
+            }
+        }
     }
+}
+
+// Output index within its butterfly of register offset k (< 2^lr) after a pass of radix 2^lr:
+// natural after the radix-16 pass, bit-reversed after a smaller one.
+uint register_output(uint k, uint lr) {
+    return lr == 4u ? k : bitfieldReverse(k) >> (32u - lr);
+}
 
 // The pass of radix 2^lr with span 2^ns_log2 (lr in 1..4).
 void register_pass(uint lr, uint ns_log2, uint t) {
     if (lr == 4u) {
-        REGISTER_PASS(16u, 4u)
-    } else if (lr == 3u) {
-        REGISTER_PASS(8u, 3u)
-    } else if (lr == 2u) {
-        REGISTER_PASS(4u, 2u)
+        register_pass16(ns_log2, t);
     } else {
-        REGISTER_PASS(2u, 1u)
+        register_pass_small(lr, ns_log2, t);
     }
 }
 
-void register_read(uint lr, uint lb, uint t) {
-    if (lr == 4u) {
-        REGISTER_READ(16u, 4u)
-    } else if (lr == 3u) {
-        REGISTER_READ(8u, 3u)
-    } else if (lr == 2u) {
-        REGISTER_READ(4u, 2u)
-    } else {
-        REGISTER_READ(2u, 1u)
-    }
-}
-
-// Writes the outputs of the pass of radix 2^lr whose span was 2^ns_log2.
-void register_write(uint lr, uint ns_log2, uint lb, uint t) {
-    if (lr == 4u) {
-        REGISTER_WRITE(16u, 4u)
-    } else if (lr == 3u) {
-        REGISTER_WRITE(8u, 3u)
-    } else if (lr == 2u) {
-        REGISTER_WRITE(4u, 2u)
-    } else {
-        REGISTER_WRITE(2u, 1u)
-    }
-}
-
-// The line position of register i of invocation t in a pass of radix 2^lr that reads (or, as the
-// last pass, writes) points j + r N / R: i = g R + r, j = t + g N / 16.
+// The line position of register i of invocation t in a pass of radix 2^lr that reads points
+// j + r M / R: i = g R + r, j = t + g M / 16. (After such a pass as the last one, register i holds
+// output position t + g M / 16 + register_output(r, lr) M / R.)
 uint register_position(uint i, uint lr, uint t) {
     uint g = i >> lr;
     uint r = i & ((1u << lr) - 1u);
     return t + (g << (reg_log2 - 4u)) + (r << (reg_log2 - lr));
+}
+
+// The output position of register i after a last pass of radix 2^lr (see register_position).
+uint register_output_position(uint i, uint lr, uint t) {
+    uint g = i >> lr;
+    uint r = register_output(i & ((1u << lr) - 1u), lr);
+    return t + (g << (reg_log2 - 4u)) + (r << (reg_log2 - lr));
+}
+
+// Shared-memory exchanges in the invocation's line (starting at point `lb` of `s`): the inputs
+// of a pass of radix 2^lr (read), or the outputs of one whose span was 2^ns_log2 (write), at the
+// Stockham positions.
+void register_read(uint lr, uint lb, uint t) {
+    [[unroll]] for (uint i = 0u; i < 16u; i++) {
+        rp[i] = s[SIDX(lb + register_position(i, lr, t))];
+    }
+}
+
+void register_write(uint lr, uint ns_log2, uint lb, uint t) {
+    [[unroll]] for (uint i = 0u; i < 16u; i++) {
+        uint j = t + ((i >> lr) << (reg_log2 - 4u));
+        uint k = j & ((1u << ns_log2) - 1u);
+        uint o = ((j - k) << lr) + k;
+        uint r = register_output(i & ((1u << lr) - 1u), lr);
+        s[SIDX(lb + o + (r << ns_log2))] = rp[i];
+    }
 }
 
 // segment_value_at with selects instead of branches (the register pass inlines it 32 times):
@@ -995,6 +1019,59 @@ void register_barrier() {
     barrier();
 }
 
+#if defined(PASS_COLUMNS_FORWARD) || defined(PASS_COLUMNS_INVERSE)
+// The column DFTs of a global stage on the register-radix passes, in place in shared memory:
+// the workgroup's 2^lines_log2 lines of M = 2^m_log2 points, N / 16 invocations per line, the
+// line c at point c M. Forward: natural order in, bit-reversed out (position e holds frequency
+// bitrev(e), as the radix-2 decimation in frequency leaves it); inverse: bit-reversed in,
+// natural out. Needs M >= 16 and M / 16 invocations per line (the caller checks).
+void register_columns(uint m_log2, bool inverse) {
+    reg_log2 = m_log2;
+    uint tid = gl_LocalInvocationIndex;
+    uint local_line = tid >> (m_log2 - 4u);
+    uint t = tid & ((1u << (m_log2 - 4u)) - 1u);
+    bool in_group = local_line < (1u << pc.lines_log2);
+    uint lb = in_group ? local_line << m_log2 : 0u;
+    uint first = (m_log2 & 3u) != 0u ? (m_log2 & 3u) : 4u;
+    uint passes = (m_log2 + 3u) >> 2;
+    // Pass 0's points (the inverse's in bit-reversed positions, conjugated: the inverse is the
+    // conjugate of the forward transform of the conjugate).
+    if (in_group) {
+        [[unroll]] for (uint i = 0u; i < 16u; i++) {
+            uint p = register_position(i, first, t);
+            vec2 v = s[SIDX(lb + (inverse ? bit_reverse(p, m_log2) : p))];
+            rp[i] = inverse ? conj_c(v) : v;
+        }
+    }
+    uint ns_log2 = 0u;
+    for (uint p = 0u; p < passes; p++) {
+        uint lr = p == 0u ? first : 4u;
+        if (p > 0u && in_group) {
+            register_read(lr, lb, t);
+        }
+        register_pass(lr, ns_log2, t);
+        if (p + 1u < passes) {
+            register_barrier();
+            if (in_group) {
+                register_write(lr, ns_log2, lb, t);
+            }
+            register_barrier();
+        }
+        ns_log2 += lr;
+    }
+    // The last pass (radix 16) holds frequency (inverse: position) t + r M / 16 in register r.
+    register_barrier();
+    if (in_group) {
+        [[unroll]] for (uint r = 0u; r < 16u; r++) {
+            uint p = t + (r << (m_log2 - 4u));
+            s[SIDX(lb + (inverse ? p : bit_reverse(p, m_log2)))] = inverse ? conj_c(rp[r]) : rp[r];
+        }
+    }
+    register_barrier();
+}
+#endif
+
+#if defined(PASS_REGISTER_FUSED)
 void register_fused(uint first_line) {
     uint log2n = pc.log2n;
     reg_log2 = pc.line_log2;
@@ -1071,7 +1148,7 @@ void register_fused(uint first_line) {
     // The last inverse pass holds point j + r M / R in register g R + r: the conjugate of the
     // result. Its real part is segment a's output, its imaginary part segment b's.
     [[unroll]] for (uint i = 0u; i < 16u; i++) {
-        uint p = register_position(i, first, t);
+        uint p = register_output_position(i, first, t);
         if (to_output) {
             store_output_at(has_a, base_a, start_a, outputs_a, p, rp[i].x);
             store_output_at(has_b, base_b, start_b, outputs_b, p, -rp[i].y);
@@ -1081,6 +1158,7 @@ void register_fused(uint first_line) {
     }
 }
 #endif
+#endif // REGISTER_RADIX
 
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
 float segment_gradient(uint b, uint h, uint j, uint p) {
@@ -1485,11 +1563,21 @@ void main() {
     }
     memoryBarrierShared();
     barrier();
+    // REGISTER_COLUMNS: the register-radix passes where each line's M / 16 invocations fit
+    // the workgroup (uniform over it).
+    if (REGISTER_COLUMNS != 0u && m_log2 >= 4u && (points >> 4u) <= gl_WorkGroupSize.x) {
 #if defined(PASS_COLUMNS_FORWARD)
-    fft_forward(m_log2, pc.lines_log2, 0u);
+        register_columns(m_log2, false);
 #else
-    fft_inverse(m_log2, pc.lines_log2, 0u);
+        register_columns(m_log2, true);
 #endif
+    } else {
+#if defined(PASS_COLUMNS_FORWARD)
+        fft_forward(m_log2, pc.lines_log2, 0u);
+#else
+        fft_inverse(m_log2, pc.lines_log2, 0u);
+#endif
+    }
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
         uint c = i & lines_mask;
         uint e = i >> pc.lines_log2;

@@ -16,10 +16,11 @@ use crate::context::{
     MemoryKind, VulkanContext,
 };
 use crate::error::check;
+use crate::pipelines::register_fft_from_env;
 use crate::pipelines::{
     Pipelines, BINDINGS, BINDING_DY, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
     BINDING_TAPS, BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y,
-    BINDING_Y2, BINDING_Y3, REGISTER_FFT_ENV,
+    BINDING_Y2, BINDING_Y3,
 };
 use crate::VulkanError;
 
@@ -65,8 +66,9 @@ pub struct VulkanOptions {
     /// Elements of `u` per chunk (rounded up to whole rows); `None`: 2^24. Smaller chunks
     /// bound device memory; tests use them to check chunking.
     pub chunk_elems: Option<usize>,
-    /// Whether one-pass plans run their forward on the register-radix pass (`Some(false)`: the
-    /// radix-2 fused pass); `None`: yes unless [`REGISTER_FFT_ENV`] is `0`. Tests compare both.
+    /// Whether the FFTs run as register-radix passes (the forward's fused block and the column
+    /// passes; `Some(false)`: radix-2 rounds in shared memory); `None`: yes unless
+    /// [`REGISTER_FFT_ENV`](crate::REGISTER_FFT_ENV) is `0`. Tests compare both.
     pub register_fft: Option<bool>,
 }
 
@@ -231,7 +233,12 @@ impl VulkanConvolution {
     ) -> Result<VulkanConvolution, VulkanError> {
         let ctx = context()?;
         ctx.check_alive()?;
-        let pipelines = Pipelines::get(&ctx, spec.dtype(), options.max_shared_points)?;
+        let pipelines = Pipelines::get(
+            &ctx,
+            spec.dtype(),
+            options.max_shared_points,
+            options.register_fft,
+        )?;
         let geometry = spec.geometry();
         let n = geometry.n();
         let shared_points = pipelines.shared_points as usize;
@@ -267,9 +274,7 @@ impl VulkanConvolution {
             )));
         }
         let twiddles = upload(&ctx, &table)?;
-        let register_allowed = options
-            .register_fft
-            .unwrap_or_else(|| std::env::var(REGISTER_FFT_ENV).map_or(true, |v| v.trim() != "0"));
+        let register_allowed = options.register_fft.unwrap_or_else(register_fft_from_env);
         // The fused block's lines: N points for a one-pass plan, else those after the global
         // stages.
         let register_lines_log2 = schedule

@@ -14,11 +14,12 @@
 //! - **Plan**: a [`monarch_core::MonarchPlan`] for this device's shared memory. Sizes whose
 //!   transform fits one workgroup run as one fused pass (load `u`, FFT, product with the filter
 //!   spectrum, inverse FFT, gates, store `y`); larger ones run each global stage of the plan as a
-//!   column pass through device memory, forward and inverse, around the fused block. A one-pass
-//!   plan's forward runs the register-radix pass: N / 16 invocations per line hold 16 points
-//!   each and run Stockham radix-16 passes in registers with one shared-memory exchange between
-//!   passes, the product and the inverse's first pass on the same registers
-//!   ([`REGISTER_FFT_ENV`]`=0` runs the radix-2 fused pass instead).
+//!   column pass through device memory, forward and inverse, around the fused block. The line
+//!   DFTs run as register-radix passes: M / 16 invocations per line of M points hold 16 points
+//!   each and run Stockham radix-16 passes in registers (one pass of radix 2, 4 or 8 where
+//!   log2 M is not a multiple of 4) with one shared-memory exchange between passes; in the
+//!   forward's fused block the product and the inverse's first pass work on the registers the
+//!   forward's last pass leaves ([`REGISTER_FFT_ENV`]`=0`: the radix-2 rounds instead).
 //! - **Backward**: where the plan is one fused pass and rows are one overlap-save block each,
 //!   one fused dispatch per chunk computes every row's filter taps, `du` and the gate gradients
 //!   in shared memory (CUDA's fused backward); elsewhere a schedule of forward, product-inverse

@@ -62,10 +62,17 @@ pub const COOP_F16_PRODUCTS_ENV: &str = "FFTCONV_VULKAN_COOP_F16_PRODUCTS";
 /// `fftconv_backward_fused`), for comparing both. Read on every backward call.
 pub const FUSED_BACKWARD_ENV: &str = "FFTCONV_VULKAN_FUSED_BACKWARD";
 
-/// Environment variable: `0` makes the forward of a one-pass plan run the radix-2 fused pass
-/// (`PASS_FUSED`) instead of the register-radix one (`PASS_REGISTER_FUSED`, the default), for
-/// comparing both. Read when a convolution is made.
+/// Environment variable: `0` switches off the register-radix passes (the default; Stockham
+/// radix-16 passes with 16 points per invocation in registers): the forward's fused block runs
+/// the radix-2 fused pass (`PASS_FUSED`) instead of `PASS_REGISTER_FUSED`, and the column passes
+/// (forward and backward) their radix-2 rounds (specialization constant 8), for comparing both.
+/// Read when a convolution is made.
 pub const REGISTER_FFT_ENV: &str = "FFTCONV_VULKAN_REGISTER_FFT";
+
+/// Whether [`REGISTER_FFT_ENV`] leaves the register-radix passes on (it is not `0`).
+pub(crate) fn register_fft_from_env() -> bool {
+    std::env::var(REGISTER_FFT_ENV).map_or(true, |v| v.trim() != "0")
+}
 
 /// The I/O part of a shader's name.
 fn dtype_name(dtype: DType) -> &'static str {
@@ -98,6 +105,8 @@ pub(crate) fn padding_allowed() -> bool {
 /// Shader variants chosen by environment variables (specialization constants 3 .. 5 and 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ShaderOptions {
+    /// The column passes' register-radix line DFTs (specialization constant 8).
+    register_columns: bool,
     middle: bool,
     fast_div: bool,
     const_twiddles: bool,
@@ -105,9 +114,11 @@ struct ShaderOptions {
 }
 
 impl ShaderOptions {
-    fn from_env() -> ShaderOptions {
+    /// The options the environment asks for; `register_fft` overrides [`REGISTER_FFT_ENV`].
+    fn from_env(register_fft: Option<bool>) -> ShaderOptions {
         let on = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "1");
         ShaderOptions {
+            register_columns: register_fft.unwrap_or_else(register_fft_from_env),
             middle: std::env::var(MIDDLE_ROUND_ENV).map_or(true, |v| v.trim() != "0"),
             fast_div: on(FAST_DIV_ENV),
             const_twiddles: on(CONST_TWIDDLES_ENV),
@@ -342,6 +353,7 @@ impl Pipelines {
             u32::from(options.const_twiddles),
             self.cooperative_slots,
             u32::from(options.coop_f16_products),
+            u32::from(options.register_columns),
         ];
         let spec_data: Vec<u8> = spec_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let entries: Vec<vk::SpecializationMapEntry> = (0..spec_words.len() as u32)
@@ -391,12 +403,13 @@ impl Pipelines {
         ctx: &Arc<VulkanContext>,
         dtype: DType,
         max_shared_points: Option<u32>,
+        register_fft: Option<bool>,
     ) -> Result<Arc<Pipelines>, VulkanError> {
         type Cache = Mutex<HashMap<(DType, u32, bool, ShaderOptions), Arc<Pipelines>>>;
         static CACHE: OnceLock<Cache> = OnceLock::new();
         let caps = ctx.capabilities();
         let cooperative_tile = caps.path.cooperative_tile().filter(|_| dtype != DType::F32);
-        let options = ShaderOptions::from_env();
+        let options = ShaderOptions::from_env(register_fft);
         let layout = SharedLayout::new(
             caps.shared_memory_bytes,
             max_shared_points,
