@@ -474,9 +474,16 @@ impl VulkanConvolution {
         exec.bind(BINDING_SPECTRUM, &filter.buffer);
         exec.bind_io(io);
         let result = (|| {
+            if matches!(io, Io::Device { .. }) {
+                // Device tensors hold every chunk at once: one submission for all of them (one
+                // wait instead of one per chunk).
+                let chunks: Vec<Chunk> = self.schedule.chunks().collect();
+                self.record(exec, &chunks, io)?;
+                return exec.commands.run();
+            }
             for chunk in self.schedule.chunks() {
                 host(self, exec, chunk, Stage::Upload);
-                self.record(exec, chunk, io)?;
+                self.record(exec, &[chunk], io)?;
                 exec.commands.run()?;
                 host(self, exec, chunk, Stage::Download);
             }
@@ -604,18 +611,79 @@ impl VulkanConvolution {
         }
     }
 
-    /// Records upload, the passes of the plan (forward stages, fused block, inverse stages) and
-    /// the readback of one chunk.
-    fn record(&self, exec: &Execution, chunk: Chunk, io: Io<'_>) -> Result<(), VulkanError> {
-        let bytes =
-            (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
+    /// Records, for each of `chunks` in turn, the upload, the passes of the plan (forward stages,
+    /// fused block, inverse stages) and the readback, into one submission.
+    fn record(&self, exec: &Execution, chunks: &[Chunk], io: Io<'_>) -> Result<(), VulkanError> {
+        // Each chunk's bytes per stream, passes and grids (the fallible part, before recording).
+        let plans = chunks
+            .iter()
+            .map(|&chunk| {
+                let bytes =
+                    (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes())
+                        as u64;
+                let steps = self.forward_passes(chunk, io)?;
+                let dispatches = steps
+                    .iter()
+                    .map(|(_, p)| self.workgroups(p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((bytes, steps, dispatches))
+            })
+            .collect::<Result<Vec<_>, VulkanError>>()?;
+        let host = match io {
+            Io::Host => exec.host.as_ref(),
+            Io::Device { .. } => None,
+        };
+        exec.commands.record(|device, cmd| {
+            // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
+            // these chunks; barriers order transfer -> compute -> compute -> transfer, and each
+            // pass's barrier orders one chunk's use of the intermediate buffer before the next.
+            unsafe {
+                device.cmd_bind_descriptor_sets(
+                    cmd,
+                    vk::PipelineBindPoint::COMPUTE,
+                    self.pipelines.layout,
+                    0,
+                    &[exec.set],
+                    &[],
+                );
+                for (bytes, steps, dispatches) in &plans {
+                    if let Some(host) = host {
+                        let streams = [Some(&host.u), host.pre.as_ref(), host.post.as_ref()];
+                        for (i, dst) in streams.into_iter().flatten().enumerate() {
+                            let region = [vk::BufferCopy::default()
+                                .src_offset((i * host.stream_bytes) as u64)
+                                .dst_offset(0)
+                                .size(*bytes)];
+                            device.cmd_copy_buffer(cmd, host.staging.buffer, dst.buffer, &region);
+                        }
+                    }
+                    memory_barrier(device, cmd);
+                    for ((pipeline, params), groups) in steps.iter().zip(dispatches) {
+                        self.record_pass(device, cmd, *pipeline, params, *groups);
+                    }
+                    if let Some(host) = host {
+                        let region = [vk::BufferCopy::default().size(*bytes)];
+                        device.cmd_copy_buffer(cmd, host.y.buffer, host.staging.buffer, &region);
+                        host_read_barrier(device, cmd);
+                    }
+                }
+            }
+        })
+    }
+
+    /// The forward's passes of one chunk: pipelines and parameters (the fused block on the
+    /// register-radix pass where it runs, with its own lines per workgroup).
+    fn forward_passes(
+        &self,
+        chunk: Chunk,
+        io: Io<'_>,
+    ) -> Result<Vec<(vk::Pipeline, PassParams)>, VulkanError> {
         let mut steps: Vec<_> = self
             .schedule
             .forward_steps(chunk, matches!(io, Io::Host))
             .into_iter()
             .map(|(kind, params)| (self.pipelines.pipeline(kind), params))
             .collect();
-        // The fused block on the register-radix pass (its own lines per workgroup).
         const FORWARD_FLAGS: u32 = FLAG_SRC_INPUT | FLAG_DST_OUTPUT | FLAG_GATED | FLAG_WRAPS;
         if let Some(lines_log2) = self.register_lines_log2 {
             let fused = self.pipelines.pipeline(PassKind::Fused);
@@ -626,48 +694,7 @@ impl VulkanConvolution {
                 }
             }
         }
-        let dispatches = steps
-            .iter()
-            .map(|(_, p)| self.workgroups(p))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let host = match io {
-            Io::Host => exec.host.as_ref(),
-            Io::Device { .. } => None,
-        };
-        exec.commands.record(|device, cmd| {
-            // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
-            // this chunk; barriers order transfer -> compute -> compute -> transfer.
-            unsafe {
-                if let Some(host) = host {
-                    let streams = [Some(&host.u), host.pre.as_ref(), host.post.as_ref()];
-                    for (i, dst) in streams.into_iter().flatten().enumerate() {
-                        let region = [vk::BufferCopy::default()
-                            .src_offset((i * host.stream_bytes) as u64)
-                            .dst_offset(0)
-                            .size(bytes)];
-                        device.cmd_copy_buffer(cmd, host.staging.buffer, dst.buffer, &region);
-                    }
-                }
-                memory_barrier(device, cmd);
-                device.cmd_bind_descriptor_sets(
-                    cmd,
-                    vk::PipelineBindPoint::COMPUTE,
-                    self.pipelines.layout,
-                    0,
-                    &[exec.set],
-                    &[],
-                );
-                for ((pipeline, params), groups) in steps.iter().zip(&dispatches) {
-                    self.record_pass(device, cmd, *pipeline, params, *groups);
-                }
-                if let Some(host) = host {
-                    let region = [vk::BufferCopy::default().size(bytes)];
-                    device.cmd_copy_buffer(cmd, host.y.buffer, host.staging.buffer, &region);
-                    host_read_barrier(device, cmd);
-                }
-            }
-        })
+        Ok(steps)
     }
 
     /// Records one pass: its pipeline (of a [`PassKind`](monarch_core::schedule::PassKind), or the
