@@ -496,6 +496,19 @@ impl VulkanConvolution {
         );
         let result = (|| {
             let chunks: Vec<Chunk> = self.schedule.chunks().collect();
+            if !host_io {
+                // Device tensors hold every chunk at once: one submission for all of them.
+                let dk_to = match &dk {
+                    FilterGradientOut::Device(t) => Some(&t.buffer),
+                    FilterGradientOut::Host(_) => None,
+                };
+                self.record_backward(exec, &chunks, io, dk_to)?;
+                exec.commands.run()?;
+                if let FilterGradientOut::Host(dk) = dk {
+                    copy_from_bytes(exec.taps_sum_staging.bytes_mut(), dk);
+                }
+                return Ok(());
+            }
             for (i, &chunk) in chunks.iter().enumerate() {
                 let (first, last) = (i == 0, i + 1 == chunks.len());
                 if host_io {
@@ -510,7 +523,7 @@ impl VulkanConvolution {
                     (FilterGradientOut::Device(t), true) => Some(&t.buffer),
                     _ => None,
                 };
-                self.record_backward(exec, chunk, io, first, last, dk_to)?;
+                self.record_backward_chunk(exec, chunk, io, first, last, dk_to)?;
                 exec.commands.run()?;
                 if host_io {
                     host(
@@ -534,9 +547,9 @@ impl VulkanConvolution {
         result
     }
 
-    /// Records one chunk. `first`: zero the filter gradient before anything else; `last`: copy
-    /// it after the taps sum to `dk_to` (a device tensor's buffer) or else to staging.
-    fn record_backward(
+    /// Records one chunk: [`record_backward`](Self::record_backward) of `[chunk]` with the
+    /// filter gradient zeroed first only when `first` and copied out only when `last`.
+    fn record_backward_chunk(
         &self,
         exec: &BackwardExecution,
         chunk: Chunk,
@@ -545,6 +558,116 @@ impl VulkanConvolution {
         last: bool,
         dk_to: Option<&Buffer>,
     ) -> Result<(), VulkanError> {
+        self.record_backward_with(exec, &[chunk], io, first, last, dk_to)
+    }
+
+    /// Records `chunks` into one submission: the filter gradient zeroed before the first, copied
+    /// after the last one's taps sum to `dk_to` (a device tensor's buffer) or else to staging.
+    fn record_backward(
+        &self,
+        exec: &BackwardExecution,
+        chunks: &[Chunk],
+        io: BackwardIo<'_>,
+        dk_to: Option<&Buffer>,
+    ) -> Result<(), VulkanError> {
+        self.record_backward_with(exec, chunks, io, true, true, dk_to)
+    }
+
+    /// Records `chunks`; `first`: zero the filter gradient before anything else; `last`: copy
+    /// it after the last chunk's taps sum to `dk_to` or else to staging.
+    fn record_backward_with(
+        &self,
+        exec: &BackwardExecution,
+        chunks: &[Chunk],
+        io: BackwardIo<'_>,
+        first: bool,
+        last: bool,
+        dk_to: Option<&Buffer>,
+    ) -> Result<(), VulkanError> {
+        let plans = chunks
+            .iter()
+            .map(|&chunk| self.backward_chunk_plan(chunk, io))
+            .collect::<Result<Vec<_>, _>>()?;
+        let host = match io {
+            BackwardIo::Host => exec.host.as_ref(),
+            BackwardIo::Device(_) => None,
+        };
+        exec.commands.record(|device, cmd| {
+            // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
+            // these chunks; barriers separate the copies and every pass.
+            unsafe {
+                for (i, plan) in plans.iter().enumerate() {
+                    let bytes = plan.bytes;
+                    if let Some(host) = host {
+                        for (i, dst) in host.inputs.iter().enumerate() {
+                            let region = [vk::BufferCopy::default()
+                                .src_offset((i * host.stream_bytes) as u64)
+                                .size(bytes)];
+                            device.cmd_copy_buffer(cmd, host.upload.buffer, dst.buffer, &region);
+                        }
+                    }
+                    if first && i == 0 {
+                        // Every earlier use of it (the previous call's readback included)
+                        // finished before its submission's fence, which was waited for.
+                        let sum = exec.taps_sum.buffer;
+                        device.cmd_fill_buffer(cmd, sum, 0, vk::WHOLE_SIZE, 0);
+                    }
+                    // (Also orders the previous chunk's taps sum before this one's.)
+                    memory_barrier(device, cmd);
+                    for ((set, pipeline, params), groups) in plan.steps.iter().zip(&plan.dispatches)
+                    {
+                        device.cmd_bind_descriptor_sets(
+                            cmd,
+                            vk::PipelineBindPoint::COMPUTE,
+                            self.pipelines.layout,
+                            0,
+                            &[exec.sets[*set as usize]],
+                            &[],
+                        );
+                        self.record_pass(device, cmd, *pipeline, params, *groups);
+                    }
+                    // Taps -> taps_sum, rows h0.. (every set binds both; the taps set for
+                    // clarity).
+                    device.cmd_bind_descriptor_sets(
+                        cmd,
+                        vk::PipelineBindPoint::COMPUTE,
+                        self.pipelines.layout,
+                        0,
+                        &[exec.sets[BackwardBinding::Taps as usize]],
+                        &[],
+                    );
+                    let pipeline = self.pipelines.taps_sum();
+                    self.record_pass(device, cmd, pipeline, &plan.sum_params, plan.sum_groups);
+                    if let Some(host) = host {
+                        for (i, src) in host.outputs.iter().enumerate() {
+                            let region = [vk::BufferCopy::default()
+                                .dst_offset((i * host.stream_bytes) as u64)
+                                .size(bytes)];
+                            device.cmd_copy_buffer(cmd, src.buffer, host.download.buffer, &region);
+                        }
+                    }
+                }
+                if last {
+                    // (The taps sum's pass ended with a barrier.)
+                    let (dst, size) = match dk_to {
+                        Some(t) => (t.buffer, t.size.min(exec.taps_sum.size)),
+                        None => (exec.taps_sum_staging.buffer, exec.taps_sum.size),
+                    };
+                    let region = [vk::BufferCopy::default().size(size)];
+                    device.cmd_copy_buffer(cmd, exec.taps_sum.buffer, dst, &region);
+                }
+            }
+            host_read_barrier(device, cmd);
+        })
+    }
+
+    /// One chunk's backward: its passes (set, pipeline, push constants) and grids, the taps
+    /// sum's parameters and grid, and its bytes per stream.
+    fn backward_chunk_plan(
+        &self,
+        chunk: Chunk,
+        io: BackwardIo<'_>,
+    ) -> Result<BackwardChunkPlan, VulkanError> {
         let compact = matches!(io, BackwardIo::Host);
         // (descriptor set, pipeline, push constants) per step, and the taps sum's parameters.
         let (steps, sum_params) = if let Some(shape) = self.fused_backward_shape() {
@@ -569,10 +692,6 @@ impl VulkanConvolution {
             let base = self.schedule.chunk_params(chunk, true);
             (steps, self.taps_sum_params(chunk, base))
         };
-        let host = match io {
-            BackwardIo::Host => exec.host.as_ref(),
-            BackwardIo::Device(_) => None,
-        };
         let dispatches = steps
             .iter()
             .map(|(_, _, p)| self.workgroups(p))
@@ -580,67 +699,12 @@ impl VulkanConvolution {
         let bytes =
             (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
         let sum_groups = self.workgroups(&sum_params)?;
-        exec.commands.record(|device, cmd| {
-            // SAFETY: `cmd` is recording; every buffer, pipeline and set is alive and sized for
-            // this chunk; barriers separate the copies and every pass.
-            unsafe {
-                if let Some(host) = host {
-                    for (i, dst) in host.inputs.iter().enumerate() {
-                        let region = [vk::BufferCopy::default()
-                            .src_offset((i * host.stream_bytes) as u64)
-                            .size(bytes)];
-                        device.cmd_copy_buffer(cmd, host.upload.buffer, dst.buffer, &region);
-                    }
-                }
-                if first {
-                    // Every earlier use of it (the previous call's readback included) finished
-                    // before its submission's fence, which was waited for.
-                    let sum = exec.taps_sum.buffer;
-                    device.cmd_fill_buffer(cmd, sum, 0, vk::WHOLE_SIZE, 0);
-                }
-                // (Also orders the previous chunk's taps sum before this one's.)
-                memory_barrier(device, cmd);
-                for ((set, pipeline, params), groups) in steps.iter().zip(&dispatches) {
-                    device.cmd_bind_descriptor_sets(
-                        cmd,
-                        vk::PipelineBindPoint::COMPUTE,
-                        self.pipelines.layout,
-                        0,
-                        &[exec.sets[*set as usize]],
-                        &[],
-                    );
-                    self.record_pass(device, cmd, *pipeline, params, *groups);
-                }
-                // Taps -> taps_sum, rows h0.. (every set binds both; the taps set for clarity).
-                device.cmd_bind_descriptor_sets(
-                    cmd,
-                    vk::PipelineBindPoint::COMPUTE,
-                    self.pipelines.layout,
-                    0,
-                    &[exec.sets[BackwardBinding::Taps as usize]],
-                    &[],
-                );
-                let pipeline = self.pipelines.taps_sum();
-                self.record_pass(device, cmd, pipeline, &sum_params, sum_groups);
-                if let Some(host) = host {
-                    for (i, src) in host.outputs.iter().enumerate() {
-                        let region = [vk::BufferCopy::default()
-                            .dst_offset((i * host.stream_bytes) as u64)
-                            .size(bytes)];
-                        device.cmd_copy_buffer(cmd, src.buffer, host.download.buffer, &region);
-                    }
-                }
-                if last {
-                    // (The taps sum's pass ended with a barrier.)
-                    let (dst, size) = match dk_to {
-                        Some(t) => (t.buffer, t.size.min(exec.taps_sum.size)),
-                        None => (exec.taps_sum_staging.buffer, exec.taps_sum.size),
-                    };
-                    let region = [vk::BufferCopy::default().size(size)];
-                    device.cmd_copy_buffer(cmd, exec.taps_sum.buffer, dst, &region);
-                }
-            }
-            host_read_barrier(device, cmd);
+        Ok(BackwardChunkPlan {
+            steps,
+            dispatches,
+            sum_params,
+            sum_groups,
+            bytes,
         })
     }
 
@@ -690,4 +754,13 @@ impl VulkanConvolution {
             ..base
         }
     }
+}
+
+/// One chunk's recorded backward (see `backward_chunk_plan`).
+struct BackwardChunkPlan {
+    steps: Vec<(BackwardBinding, vk::Pipeline, PassParams)>,
+    dispatches: Vec<(u32, u32)>,
+    sum_params: PassParams,
+    sum_groups: (u32, u32),
+    bytes: u64,
 }
