@@ -102,7 +102,7 @@ pub(crate) fn padding_allowed() -> bool {
     std::env::var(NO_PAD_ENV).map_or(true, |v| v != "1")
 }
 
-/// Shader variants chosen by environment variables (specialization constants 3 .. 5 and 7).
+/// Shader variants chosen by environment variables (specialization constants 3 .. 5, 7, 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ShaderOptions {
     /// The column passes' register-radix line DFTs (specialization constant 8).
@@ -235,7 +235,7 @@ pub(crate) struct Pipelines {
     /// gradient (no [`PassKind`]: the schedule does not know it; the backward records it after
     /// each chunk's steps).
     taps_sum: vk::Pipeline,
-    /// The forward of a one-pass plan with register-radix FFTs (`PASS_REGISTER_FUSED`; no
+    /// The forward's fused block with register-radix FFTs (`PASS_REGISTER_FUSED`; no
     /// [`PassKind`]: the convolution swaps it in for the fused step, see
     /// [`register_lines_log2`](Self::register_lines_log2)); made on first use.
     register_fused: Mutex<Option<vk::Pipeline>>,
@@ -274,7 +274,7 @@ impl Pipelines {
         }
     }
 
-    /// The register-radix forward pass of one-pass plans (see [`register_lines_log2`]).
+    /// The register-radix pass of the forward's fused block (see [`register_lines_log2`]).
     ///
     /// [`register_lines_log2`]: Self::register_lines_log2
     pub(crate) fn register_fused(&self) -> Result<vk::Pipeline, VulkanError> {
@@ -291,9 +291,10 @@ impl Pipelines {
         Ok(p)
     }
 
-    /// log2 of the lines (pairs of N = 2^log2n points) per workgroup of the register-radix pass,
-    /// or `None` where it cannot run N: each line needs N / 16 invocations and N points of
-    /// shared memory, so 16 <= N <= both 16 x the workgroup and the shared points.
+    /// log2 of the lines of M = 2^log2n points (a pair's whole FFT, or the fused block's lines
+    /// after global stages) per workgroup of the register-radix pass, or `None` where it cannot
+    /// run them: each line needs M / 16 invocations and M points of shared memory, so
+    /// 16 <= M <= both 16 x the workgroup and the shared points.
     pub(crate) fn register_lines_log2(&self, log2n: u32) -> Option<u32> {
         let fits = (4..32).contains(&log2n)
             && (1u64 << log2n) <= u64::from(self.shared_points)
