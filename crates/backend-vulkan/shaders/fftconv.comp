@@ -10,8 +10,8 @@
 //   PASS_GATHER           backward: sums each input's gradient over the segments that read it
 //   PASS_TAPS_SUM         backward: sums the filter-gradient taps over each channel's pairs
 //                         and adds them into the filter gradient of the whole problem
-//   PASS_REGISTER_FUSED   the forward of a one-pass plan with the FFTs as Stockham radix-16 passes
-//                         in registers (see register_fused); the host's default for such plans
+//   PASS_REGISTER_FUSED   the forward's fused block with the FFTs as Stockham radix-16 passes in
+//                         registers (see register_fused); the host's default
 //   PASS_BACKWARD_FUSED   the whole backward per row (one overlap-save segment per row, its FFT
 //                         in one workgroup): taps per row, du, and the gate gradients (see there)
 // I/O element type of u, gates and y (exactly one defined): IO_F32, IO_F16, IO_BF16.
@@ -841,20 +841,23 @@ void backward_row(uint r, out uint h, out uint seg) {
 #endif
 
 #if defined(REGISTER_RADIX)
-// ---- the register-radix fused pass ----------------------------------------------------------------
-// The forward convolution of plans that are one fused pass (N <= SHARED_POINTS), for each line
-// (one pair) of N = 2^log2n points: N / 16 invocations hold 16 points each in registers and run
-// Stockham radix-16 passes (the first forward pass radix 2^(log2n mod 4) where that is not 0),
-// each a DFT in registers after the twiddles, with one shared-memory exchange between passes.
-// Stockham passes keep natural order: pass s (radix R, span Ns = product of the earlier
-// radices) reads points j + r N / R of butterfly j (r < R) and writes its outputs at
-// (j - j mod Ns) R + j mod Ns + r Ns. The last forward pass (R = 16) leaves frequency
-// j + r N / 16 in register r of invocation j, which is where the first pass of the inverse reads
-// point r: the product and the inverse's first pass run on the registers. The inverse is the
-// forward transform of the conjugate (conjugated again at the store), so one pass routine serves
-// both. The first forward pass reads the inputs from global memory and the last inverse pass
-// writes the outputs there, both coalesced (consecutive invocations, consecutive positions).
-// Lines per workgroup: 2^lines_log2 (the host sizes it to the shared memory and invocations).
+// ---- register-radix FFT passes ------------------------------------------------------------------
+// A line of M = 2^m points (a pair's whole FFT in a one-pass plan, the fused block's lines after
+// global stages, or a column of a global stage) gets M / 16 invocations holding 16 points each
+// in registers. They run Stockham passes of radix 16 (one pass of radix 2^(m mod 4) first where
+// that is not 0), each a DFT in registers after the twiddles, with one shared-memory exchange
+// between passes. Stockham passes keep natural order: pass s (radix R, span Ns = product of the
+// earlier radices) reads points j + r M / R of butterfly j (r < R) and writes its outputs at
+// (j - j mod Ns) R + j mod Ns + r Ns. The inverse is the forward transform of the conjugate
+// (conjugated again at the end), so one pass routine serves both.
+// PASS_REGISTER_FUSED (register_fused): the last forward pass (R = 16) leaves frequency
+// j + r M / 16 in register r of invocation j, which is where the first pass of the inverse reads
+// point r: the product and the inverse's first pass run on the registers. The first forward pass
+// reads the inputs (u, or the spectra after global stages) from global memory and the last
+// inverse pass writes the outputs there, both coalesced (consecutive invocations, consecutive
+// positions). Lines per workgroup: 2^lines_log2 (the host sizes it to the shared memory and
+// invocations). The column passes (register_columns) keep their own loads and stores around the
+// register passes.
 
 // The invocation's points: rp[g R + r] is point r of its butterfly g in a pass of radix R.
 vec2 rp[16];
