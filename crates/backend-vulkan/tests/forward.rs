@@ -154,23 +154,28 @@ fn plans_with_several_global_passes() {
             "{points} points, L = {l}: factors {:?}",
             conv.factors()
         );
-        // Every variant on a multi-pass plan.
-        check(
-            ConvSpec::builder(2, 3, l, l / 3)
-                .gated(true)
-                .dtype(DType::Bf16),
-            options,
-        );
-        check(
-            ConvSpec::builder(1, 2, l, l).circular().dtype(DType::F16),
-            options,
-        );
-        check(
-            ConvSpec::builder(2, 2, l, l).keep_frequencies(0.25),
-            options,
-        );
-        check(ConvSpec::builder(2, 1, 3 * l + 5, 40), options);
+        check_every_variant(l, options);
     }
+}
+
+/// Every variant at length `l` with `options` (meant for multi-pass plans): gated bf16 with
+/// K = L / 3, circular f16, 75% sparse, and overlap-save blocks of a short filter.
+fn check_every_variant(l: usize, options: VulkanOptions) {
+    check(
+        ConvSpec::builder(2, 3, l, l / 3)
+            .gated(true)
+            .dtype(DType::Bf16),
+        options,
+    );
+    check(
+        ConvSpec::builder(1, 2, l, l).circular().dtype(DType::F16),
+        options,
+    );
+    check(
+        ConvSpec::builder(2, 2, l, l).keep_frequencies(0.25),
+        options,
+    );
+    check(ConvSpec::builder(2, 1, 3 * l + 5, 40), options);
 }
 
 #[test]
@@ -220,20 +225,7 @@ fn register_pass_every_radix_and_variant() {
             let conv = check(ConvSpec::builder(2, 3, l, l), options);
             assert!(conv.global_passes() > 0, "{points} points, L = {l}");
             assert_eq!(conv.register_pass(), register, "{points} points, L = {l}");
-            check(
-                ConvSpec::builder(2, 3, l, l / 3)
-                    .gated(true)
-                    .dtype(DType::F16),
-                options,
-            );
-            check(
-                ConvSpec::builder(1, 2, l, l).circular().dtype(DType::Bf16),
-                options,
-            );
-            check(
-                ConvSpec::builder(2, 2, l, l).keep_frequencies(0.25),
-                options,
-            );
+            check_every_variant(l, options);
         }
     }
 }
