@@ -84,8 +84,9 @@ pub struct VulkanConvolution {
     /// device at once).
     schedule: PassSchedule,
     twiddles: Buffer,
-    /// log2 of the lines per workgroup of the register-radix forward pass, where it runs this
-    /// problem's forward (a one-pass plan it fits; [`REGISTER_FFT_ENV`] not `0`).
+    /// log2 of the lines per workgroup of the register-radix pass, where it runs this problem's
+    /// fused block (its lines fit the pass; [`REGISTER_FFT_ENV`](crate::REGISTER_FFT_ENV) not
+    /// `0`).
     register_lines_log2: Option<u32>,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
@@ -618,9 +619,7 @@ impl VulkanConvolution {
         let plans = chunks
             .iter()
             .map(|&chunk| {
-                let bytes =
-                    (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes())
-                        as u64;
+                let bytes = self.chunk_bytes(chunk);
                 let steps = self.forward_passes(chunk, io)?;
                 let dispatches = steps
                     .iter()
@@ -669,6 +668,11 @@ impl VulkanConvolution {
                 }
             }
         })
+    }
+
+    /// Bytes of one stream (`u`, a gate, `y`) of `chunk`.
+    fn chunk_bytes(&self, chunk: Chunk) -> u64 {
+        (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64
     }
 
     /// The forward's passes of one chunk: pipelines and parameters (the fused block on the

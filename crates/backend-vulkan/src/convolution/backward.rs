@@ -502,7 +502,7 @@ impl VulkanConvolution {
                     FilterGradientOut::Device(t) => Some(&t.buffer),
                     FilterGradientOut::Host(_) => None,
                 };
-                self.record_backward(exec, &chunks, io, dk_to)?;
+                self.record_backward(exec, &chunks, io, true, true, dk_to)?;
                 exec.commands.run()?;
                 if let FilterGradientOut::Host(dk) = dk {
                     copy_from_bytes(exec.taps_sum_staging.bytes_mut(), dk);
@@ -523,7 +523,7 @@ impl VulkanConvolution {
                     (FilterGradientOut::Device(t), true) => Some(&t.buffer),
                     _ => None,
                 };
-                self.record_backward_chunk(exec, chunk, io, first, last, dk_to)?;
+                self.record_backward(exec, &[chunk], io, first, last, dk_to)?;
                 exec.commands.run()?;
                 if host_io {
                     host(
@@ -547,35 +547,10 @@ impl VulkanConvolution {
         result
     }
 
-    /// Records one chunk: [`record_backward`](Self::record_backward) of `[chunk]` with the
-    /// filter gradient zeroed first only when `first` and copied out only when `last`.
-    fn record_backward_chunk(
-        &self,
-        exec: &BackwardExecution,
-        chunk: Chunk,
-        io: BackwardIo<'_>,
-        first: bool,
-        last: bool,
-        dk_to: Option<&Buffer>,
-    ) -> Result<(), VulkanError> {
-        self.record_backward_with(exec, &[chunk], io, first, last, dk_to)
-    }
-
-    /// Records `chunks` into one submission: the filter gradient zeroed before the first, copied
-    /// after the last one's taps sum to `dk_to` (a device tensor's buffer) or else to staging.
+    /// Records `chunks` into one submission. `first`: zero the filter gradient before anything
+    /// else; `last`: copy it after the last chunk's taps sum to `dk_to` (a device tensor's
+    /// buffer) or else to staging.
     fn record_backward(
-        &self,
-        exec: &BackwardExecution,
-        chunks: &[Chunk],
-        io: BackwardIo<'_>,
-        dk_to: Option<&Buffer>,
-    ) -> Result<(), VulkanError> {
-        self.record_backward_with(exec, chunks, io, true, true, dk_to)
-    }
-
-    /// Records `chunks`; `first`: zero the filter gradient before anything else; `last`: copy
-    /// it after the last chunk's taps sum to `dk_to` or else to staging.
-    fn record_backward_with(
         &self,
         exec: &BackwardExecution,
         chunks: &[Chunk],
@@ -696,8 +671,7 @@ impl VulkanConvolution {
             .iter()
             .map(|(_, _, p)| self.workgroups(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let bytes =
-            (chunk.nb * chunk.nh * self.spec.length() * self.spec.dtype().size_bytes()) as u64;
+        let bytes = self.chunk_bytes(chunk);
         let sum_groups = self.workgroups(&sum_params)?;
         Ok(BackwardChunkPlan {
             steps,
