@@ -18,9 +18,9 @@ use crate::context::{
 use crate::error::check;
 use crate::pipelines::register_fft_from_env;
 use crate::pipelines::{
-    Pipelines, BINDINGS, BINDING_DY, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_SPECTRUM,
-    BINDING_TAPS, BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U, BINDING_Y,
-    BINDING_Y2, BINDING_Y3,
+    Pipelines, Shader, BINDINGS, BINDING_DY, BINDING_OTHER, BINDING_POST, BINDING_PRE,
+    BINDING_SPECTRUM, BINDING_TAPS, BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U,
+    BINDING_Y, BINDING_Y2, BINDING_Y3,
 };
 use crate::VulkanError;
 
@@ -304,6 +304,11 @@ impl VulkanConvolution {
             }
         }
         conv.check_buffer_ranges()?;
+        // The forward's pipelines now (the others on first use), so that a shader the driver
+        // rejects fails here and the first call does not pay the compile.
+        if let Some(chunk) = conv.schedule.chunks().next() {
+            conv.forward_passes(chunk, Io::Host)?;
+        }
         Ok(conv)
     }
 
@@ -682,23 +687,24 @@ impl VulkanConvolution {
         chunk: Chunk,
         io: Io<'_>,
     ) -> Result<Vec<(vk::Pipeline, PassParams)>, VulkanError> {
-        let mut steps: Vec<_> = self
-            .schedule
+        const FORWARD_FLAGS: u32 = FLAG_SRC_INPUT | FLAG_DST_OUTPUT | FLAG_GATED | FLAG_WRAPS;
+        self.schedule
             .forward_steps(chunk, matches!(io, Io::Host))
             .into_iter()
-            .map(|(kind, params)| (self.pipelines.pipeline(kind), params))
-            .collect();
-        const FORWARD_FLAGS: u32 = FLAG_SRC_INPUT | FLAG_DST_OUTPUT | FLAG_GATED | FLAG_WRAPS;
-        if let Some(lines_log2) = self.register_lines_log2 {
-            let fused = self.pipelines.pipeline(PassKind::Fused);
-            for (pipeline, params) in steps.iter_mut().filter(|(p, _)| *p == fused) {
-                if params.flags & !FORWARD_FLAGS == 0 {
-                    *pipeline = self.pipelines.register_fused()?;
-                    params.lines_log2 = lines_log2;
-                }
-            }
-        }
-        Ok(steps)
+            .map(|(kind, mut params)| {
+                let register = self
+                    .register_lines_log2
+                    .filter(|_| kind == PassKind::Fused && params.flags & !FORWARD_FLAGS == 0);
+                let shader = match register {
+                    Some(lines_log2) => {
+                        params.lines_log2 = lines_log2;
+                        Shader::RegisterFused
+                    }
+                    None => Shader::Pass(kind),
+                };
+                Ok((self.pipelines.pipeline(shader)?, params))
+            })
+            .collect()
     }
 
     /// Records one pass: its pipeline (of a [`PassKind`](monarch_core::schedule::PassKind), or the

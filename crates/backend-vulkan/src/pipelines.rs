@@ -1,7 +1,7 @@
-//! [`Pipelines`]: the compute pipelines of the four passes and the backward's taps sum for one
-//! I/O dtype (shared memory and workgroup size as specialization constants), their layouts,
-//! cached per device and dtype; and the fused backward's, made on first use per shared-memory
-//! size.
+//! [`Pipelines`]: the compute pipelines of one I/O dtype on one device (the schedule's passes,
+//! the register-radix fused block, the backward's taps sum and fused pass; shared memory and
+//! workgroup size as specialization constants), each made on first use, and their layouts,
+//! cached per device, dtype and shared memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -84,17 +84,53 @@ fn dtype_name(dtype: DType) -> &'static str {
 }
 
 /// The embedded SPIR-V of `pass` (`FUSED`, `COLUMNS_FORWARD`, ..., as `build.rs` names them) for
-/// I/O `io`, with the cooperative-matrix rounds of tile `coop` where given.
-fn shader(pass: &str, io: &str, coop: Option<u32>) -> Result<&'static [u8], VulkanError> {
+/// I/O `io`, with the cooperative-matrix rounds of tile `coop` where given, and the
+/// specialization constants it reads (bit i: `constant_id` i; found by `build.rs`).
+fn shader(pass: &str, io: &str, coop: Option<u32>) -> Result<(&'static [u8], u32), VulkanError> {
     let name = match coop {
         Some(t) => format!("{pass}_{io}_COOP{t}"),
         None => format!("{pass}_{io}"),
     };
     spirv::SHADERS
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, code)| *code)
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, code, read)| (*code, *read))
         .ok_or_else(|| VulkanError::unsupported(format!("no embedded shader {name}")))
+}
+
+/// A pipeline [`Pipelines`] makes: a pass of the schedule, or one it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    /// A [`PassKind`] of the schedule (`PASS_FUSED`, the column passes, the gather).
+    Pass(PassKind),
+    /// The forward's fused block with register-radix FFTs (`PASS_REGISTER_FUSED`; the
+    /// convolution swaps it in for the fused step, see
+    /// [`register_lines_log2`](Pipelines::register_lines_log2)).
+    RegisterFused,
+    /// The backward's taps sum (`PASS_TAPS_SUM`): sums the taps over each channel's pairs and
+    /// adds the sums into the filter gradient (the backward records it after each chunk's
+    /// steps).
+    TapsSum,
+    /// The fused backward (`PASS_BACKWARD_FUSED`) with `shared_points` complex points of shared
+    /// memory (padded when `pad`) besides its 256 bytes of row maxima (its shared memory depends
+    /// on the problem's FFT size and gating). The caller checks that it fits the device
+    /// (`PassSchedule::fused_backward_shared_bytes`).
+    BackwardFused { shared_points: u32, pad: bool },
+}
+
+impl Shader {
+    /// The pass's name in `build.rs`, and whether it has cooperative-matrix variants.
+    fn pass_name(self) -> (&'static str, bool) {
+        match self {
+            Shader::Pass(PassKind::Fused) => ("FUSED", true),
+            Shader::Pass(PassKind::ColumnsForward) => ("COLUMNS_FORWARD", true),
+            Shader::Pass(PassKind::ColumnsInverse) => ("COLUMNS_INVERSE", true),
+            Shader::Pass(PassKind::Gather) => ("GATHER", false),
+            Shader::RegisterFused => ("REGISTER_FUSED", false),
+            Shader::TapsSum => ("TAPS_SUM", false),
+            Shader::BackwardFused { .. } => ("BACKWARD_FUSED", false),
+        }
+    }
 }
 
 /// Whether shared memory may be padded against bank conflicts ([`NO_PAD_ENV`] is not `1`).
@@ -221,24 +257,15 @@ fn cooperative_bytes(t: u32, slots: u32, f16_products: bool) -> u32 {
     12 * t * t + slots * cooperative_bytes_per_slot(t, f16_products) + u32::from(f16_products) * 4
 }
 
-/// The four pass pipelines and the taps sum for one dtype on one device (their push constants
-/// are [`PassParams`]).
+/// The pipelines of one dtype on one device (their push constants are [`PassParams`]), each
+/// made on first use ([`pipeline`](Self::pipeline)): a convolution compiles only the shaders it
+/// runs (a one-pass forward on the register-radix pass: one).
 pub(crate) struct Pipelines {
     ctx: Arc<VulkanContext>,
     pub(crate) set_layout: vk::DescriptorSetLayout,
     pub(crate) layout: vk::PipelineLayout,
-    fused: vk::Pipeline,
-    columns_forward: vk::Pipeline,
-    columns_inverse: vk::Pipeline,
-    gather: vk::Pipeline,
-    /// Backward: sums the taps over each channel's pairs and adds the sums into the filter
-    /// gradient (no [`PassKind`]: the schedule does not know it; the backward records it after
-    /// each chunk's steps).
-    taps_sum: vk::Pipeline,
-    /// The forward's fused block with register-radix FFTs (`PASS_REGISTER_FUSED`; no
-    /// [`PassKind`]: the convolution swaps it in for the fused step, see
-    /// [`register_lines_log2`](Self::register_lines_log2)); made on first use.
-    register_fused: Mutex<Option<vk::Pipeline>>,
+    /// The pipelines made so far.
+    made: Mutex<HashMap<Shader, vk::Pipeline>>,
     /// Invocations per workgroup.
     pub(crate) workgroup: u32,
     /// Complex points of shared memory per workgroup (a power of two).
@@ -251,9 +278,6 @@ pub(crate) struct Pipelines {
     pub(crate) cooperative_tile: Option<u32>,
     /// Subgroups per workgroup that run matrix products (specialization constant 6).
     cooperative_slots: u32,
-    /// The fused backward's pipelines by (shared points, padding), made on first use (its
-    /// shared memory depends on the problem's FFT size and gating).
-    backward_fused: Mutex<HashMap<(u32, bool), vk::Pipeline>>,
 }
 
 impl std::fmt::Debug for Pipelines {
@@ -265,29 +289,23 @@ impl std::fmt::Debug for Pipelines {
 }
 
 impl Pipelines {
-    pub(crate) fn pipeline(&self, kind: PassKind) -> vk::Pipeline {
-        match kind {
-            PassKind::Fused => self.fused,
-            PassKind::ColumnsForward => self.columns_forward,
-            PassKind::ColumnsInverse => self.columns_inverse,
-            PassKind::Gather => self.gather,
-        }
-    }
-
-    /// The register-radix pass of the forward's fused block (see [`register_lines_log2`]).
-    ///
-    /// [`register_lines_log2`]: Self::register_lines_log2
-    pub(crate) fn register_fused(&self) -> Result<vk::Pipeline, VulkanError> {
-        let mut slot = self
-            .register_fused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = *slot {
+    /// The pipeline of `shader`, made on first use (its shader compiled by the driver: on
+    /// lavapipe, seconds).
+    pub(crate) fn pipeline(&self, shader: Shader) -> Result<vk::Pipeline, VulkanError> {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&p) = made.get(&shader) {
             return Ok(p);
         }
-        let code = shader("REGISTER_FUSED", dtype_name(self.dtype), None)?;
-        let p = self.create_pipeline(code, self.shared_points, self.pad)?;
-        *slot = Some(p);
+        let (pass, has_coop) = shader.pass_name();
+        // The cooperative-matrix variants exist for the FFT passes (16-bit I/O only).
+        let coop = self.cooperative_tile.filter(|_| has_coop);
+        let (code, read) = self::shader(pass, dtype_name(self.dtype), coop)?;
+        let (shared_points, pad) = match shader {
+            Shader::BackwardFused { shared_points, pad } => (shared_points, pad),
+            _ => (self.shared_points, self.pad),
+        };
+        let p = self.create_pipeline(code, read, shared_points, pad)?;
+        made.insert(shader, p);
         Ok(p)
     }
 
@@ -306,40 +324,14 @@ impl Pipelines {
         })
     }
 
-    /// The backward's taps sum: one output per (channel, tap) of a chunk, `2^lines_log2` of them
-    /// per workgroup, each over its channel's pairs split into `workgroup / 2^lines_log2` rows,
-    /// added into the `[H, K]` filter gradient at channel `channel_offset + h`.
-    pub(crate) fn taps_sum(&self) -> vk::Pipeline {
-        self.taps_sum
-    }
-
-    /// The fused backward (`PASS_BACKWARD_FUSED`) with `shared_points` complex points of shared
-    /// memory (padded when `pad`) besides its 256 bytes of row maxima; made on first use. The
-    /// caller checks that it fits the device
-    /// (`PassSchedule::fused_backward_shared_bytes`).
-    pub(crate) fn backward_fused(
-        &self,
-        shared_points: u32,
-        pad: bool,
-    ) -> Result<vk::Pipeline, VulkanError> {
-        let mut map = self
-            .backward_fused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(&p) = map.get(&(shared_points, pad)) {
-            return Ok(p);
-        }
-        let code = shader("BACKWARD_FUSED", dtype_name(self.dtype), None)?;
-        let p = self.create_pipeline(code, shared_points, pad)?;
-        map.insert((shared_points, pad), p);
-        Ok(p)
-    }
-
     /// A compute pipeline of `code` in this layout, with this workgroup size and shader options,
-    /// `shared_points` (padded when `pad`) as its specialization constants.
+    /// `shared_points` (padded when `pad`) as its specialization constants: those of them the
+    /// module reads (bit i of `read`: `constant_id` i), so that pipelines differing only in
+    /// constants their shader ignores are the same to the driver's shader cache.
     fn create_pipeline(
         &self,
         code: &[u8],
+        read: u32,
         shared_points: u32,
         pad: bool,
     ) -> Result<vk::Pipeline, VulkanError> {
@@ -356,12 +348,20 @@ impl Pipelines {
             u32::from(options.coop_f16_products),
             u32::from(options.register_columns),
         ];
-        let spec_data: Vec<u8> = spec_words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let entries: Vec<vk::SpecializationMapEntry> = (0..spec_words.len() as u32)
-            .map(|id| {
+        let ids: Vec<u32> = (0..spec_words.len() as u32)
+            .filter(|id| read & (1 << id) != 0)
+            .collect();
+        let spec_data: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| spec_words[id as usize].to_ne_bytes())
+            .collect();
+        let entries: Vec<vk::SpecializationMapEntry> = ids
+            .iter()
+            .enumerate()
+            .map(|(at, &id)| {
                 vk::SpecializationMapEntry::default()
                     .constant_id(id)
-                    .offset(4 * id)
+                    .offset(4 * at as u32)
                     .size(4)
             })
             .collect();
@@ -471,12 +471,7 @@ impl Pipelines {
             ctx: Arc::clone(ctx),
             set_layout: vk::DescriptorSetLayout::null(),
             layout: vk::PipelineLayout::null(),
-            fused: vk::Pipeline::null(),
-            columns_forward: vk::Pipeline::null(),
-            columns_inverse: vk::Pipeline::null(),
-            gather: vk::Pipeline::null(),
-            taps_sum: vk::Pipeline::null(),
-            register_fused: Mutex::new(None),
+            made: Mutex::new(HashMap::new()),
             workgroup,
             shared_points,
             pad,
@@ -484,7 +479,6 @@ impl Pipelines {
             options,
             cooperative_tile,
             cooperative_slots,
-            backward_fused: Mutex::new(HashMap::new()),
         };
         // SAFETY: valid create infos on a live device; every handle is stored in `this` at once,
         // so an early return destroys what exists.
@@ -509,39 +503,6 @@ impl Pipelines {
                 )
                 .map_err(|r| check("vkCreatePipelineLayout", r))?;
         }
-        let io = dtype_name(dtype);
-        let code = |kind: Option<PassKind>| -> Result<&'static [u8], VulkanError> {
-            let pass = match kind {
-                Some(PassKind::Fused) => "FUSED",
-                Some(PassKind::ColumnsForward) => "COLUMNS_FORWARD",
-                Some(PassKind::ColumnsInverse) => "COLUMNS_INVERSE",
-                Some(PassKind::Gather) => "GATHER",
-                None => "TAPS_SUM",
-            };
-            // The cooperative-matrix variants exist for the FFT passes (16-bit I/O only).
-            let coop = match (kind, cooperative_tile) {
-                (Some(PassKind::Gather) | None, _) | (_, None) => None,
-                (_, tile) => tile,
-            };
-            shader(pass, io, coop)
-        };
-        // `None`: the taps sum.
-        for kind in [
-            Some(PassKind::Fused),
-            Some(PassKind::ColumnsForward),
-            Some(PassKind::ColumnsInverse),
-            Some(PassKind::Gather),
-            None,
-        ] {
-            let pipeline = this.create_pipeline(code(kind)?, shared_points, pad)?;
-            *match kind {
-                Some(PassKind::Fused) => &mut this.fused,
-                Some(PassKind::ColumnsForward) => &mut this.columns_forward,
-                Some(PassKind::ColumnsInverse) => &mut this.columns_inverse,
-                Some(PassKind::Gather) => &mut this.gather,
-                None => &mut this.taps_sum,
-            } = pipeline;
-        }
         Ok(this)
     }
 }
@@ -551,27 +512,8 @@ impl Drop for Pipelines {
         let device = &self.ctx.device;
         // SAFETY: destroyed once; null handles are ignored by Vulkan.
         unsafe {
-            for p in [
-                self.fused,
-                self.columns_forward,
-                self.columns_inverse,
-                self.gather,
-                self.taps_sum,
-            ]
-            .into_iter()
-            .chain(
-                self.register_fused
-                    .get_mut()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(),
-            ) {
-                device.destroy_pipeline(p, None);
-            }
-            let backward = self
-                .backward_fused
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner());
-            for (_, p) in backward.drain() {
+            let made = self.made.get_mut().unwrap_or_else(|e| e.into_inner());
+            for (_, p) in made.drain() {
                 device.destroy_pipeline(p, None);
             }
             device.destroy_pipeline_layout(self.layout, None);
@@ -598,7 +540,7 @@ mod tests {
                 "BACKWARD_FUSED",
             ] {
                 assert!(
-                    shader(pass, io, None).is_ok_and(|c| c.len() > 20),
+                    shader(pass, io, None).is_ok_and(|(c, _)| c.len() > 20),
                     "{pass}_{io}"
                 );
             }
@@ -614,6 +556,32 @@ mod tests {
             }
         }
         assert!(shader("FUSED", "F16", Some(32)).is_err());
+    }
+
+    #[test]
+    fn each_shader_reads_the_constants_of_its_pass() {
+        // build.rs finds them in the SPIR-V; the host passes only those. Every shader reads
+        // the workgroup size (0); the FFT passes the shared memory (1, 2); the middle round (3)
+        // is the radix-2 fused pass's; the matrix rounds' slots (6, 7) are the cooperative
+        // variants'; the register-radix columns (8) the column passes'.
+        for (name, _, read) in spirv::SHADERS {
+            let reads = |id: u32| read & (1 << id) != 0;
+            assert!(reads(0), "{name}: {read:#x}");
+            let pass = name.rsplit_once('_').map_or(*name, |(p, last)| {
+                if last.starts_with("COOP") {
+                    p.rsplit_once('_').map_or(p, |(p, _)| p)
+                } else {
+                    p
+                }
+            });
+            let coop = name.contains("_COOP");
+            let fft = !matches!(pass, "GATHER" | "TAPS_SUM");
+            assert!(!fft || reads(1) && reads(2), "{name}: {read:#x}");
+            assert_eq!(reads(3), pass == "FUSED", "{name}: {read:#x}");
+            assert_eq!(reads(6) && reads(7), coop, "{name}: {read:#x}");
+            assert_eq!(reads(6) || reads(7), coop, "{name}: {read:#x}");
+            assert_eq!(reads(8), pass.starts_with("COLUMNS"), "{name}: {read:#x}");
+        }
     }
 
     #[test]

@@ -49,8 +49,8 @@ use crate::context::{
     host_read_barrier, memory_barrier, Buffer, Commands, MemoryKind, VulkanContext,
 };
 use crate::pipelines::{
-    padding_allowed, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP, BINDING_U,
-    BINDING_Y, FUSED_BACKWARD_ENV,
+    padding_allowed, Shader, BINDINGS, BINDING_OTHER, BINDING_POST, BINDING_PRE, BINDING_TMP,
+    BINDING_U, BINDING_Y, FUSED_BACKWARD_ENV,
 };
 use crate::VulkanError;
 use ash::vk;
@@ -611,8 +611,13 @@ impl VulkanConvolution {
                         &[exec.sets[BackwardBinding::Taps as usize]],
                         &[],
                     );
-                    let pipeline = self.pipelines.taps_sum();
-                    self.record_pass(device, cmd, pipeline, &plan.sum_params, plan.sum_groups);
+                    self.record_pass(
+                        device,
+                        cmd,
+                        plan.sum_pipeline,
+                        &plan.sum_params,
+                        plan.sum_groups,
+                    );
                     if let Some(host) = host {
                         for (i, src) in host.outputs.iter().enumerate() {
                             let region = [vk::BufferCopy::default()
@@ -648,9 +653,10 @@ impl VulkanConvolution {
         let (steps, sum_params) = if let Some(shape) = self.fused_backward_shape() {
             // One dispatch: every row's taps, du and the gate gradients; the taps sum then adds
             // each channel's rows (pairs doubled).
-            let pipeline = self
-                .pipelines
-                .backward_fused(shape.shared_points, shape.pad)?;
+            let pipeline = self.pipelines.pipeline(Shader::BackwardFused {
+                shared_points: shape.shared_points,
+                pad: shape.pad,
+            })?;
             let (params, sum) =
                 self.schedule
                     .fused_backward_params(chunk, compact, shape.rows_log2, 0);
@@ -662,8 +668,10 @@ impl VulkanConvolution {
                 .schedule
                 .backward_steps(chunk, compact, self.pipelines.workgroup.ilog2())
                 .into_iter()
-                .map(|(set, kind, params)| (set, self.pipelines.pipeline(kind), params))
-                .collect();
+                .map(|(set, kind, params)| {
+                    Ok((set, self.pipelines.pipeline(Shader::Pass(kind))?, params))
+                })
+                .collect::<Result<Vec<_>, VulkanError>>()?;
             let base = self.schedule.chunk_params(chunk, true);
             (steps, self.taps_sum_params(chunk, base))
         };
@@ -676,6 +684,7 @@ impl VulkanConvolution {
         Ok(BackwardChunkPlan {
             steps,
             dispatches,
+            sum_pipeline: self.pipelines.pipeline(Shader::TapsSum)?,
             sum_params,
             sum_groups,
             bytes,
@@ -734,6 +743,7 @@ impl VulkanConvolution {
 struct BackwardChunkPlan {
     steps: Vec<(BackwardBinding, vk::Pipeline, PassParams)>,
     dispatches: Vec<(u32, u32)>,
+    sum_pipeline: vk::Pipeline,
     sum_params: PassParams,
     sum_groups: (u32, u32),
     bytes: u64,
