@@ -59,7 +59,7 @@ mod error;
 mod pipelines;
 mod probe;
 
-pub use bandwidth::copy_bandwidth;
+pub use bandwidth::{copy_bandwidth, copy_bandwidths};
 pub use capabilities::{
     select_shader_path, CooperativeMatrixSupport, CooperativeShape, ShaderPath, COOPERATIVE_TILES,
     PORTABLE_ENV,

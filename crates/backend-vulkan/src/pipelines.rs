@@ -116,6 +116,10 @@ pub(crate) enum Shader {
     /// on the problem's FFT size and gating). The caller checks that it fits the device
     /// (`PassSchedule::fused_backward_shared_bytes`).
     BackwardFused { shared_points: u32, pad: bool },
+    /// The memory floor's compute copy (`shaders/copy.comp`, one build for every dtype): 16-byte
+    /// elements from binding [`BINDING_U`] to [`BINDING_Y`], the count as the first
+    /// push-constant word.
+    Copy,
 }
 
 impl Shader {
@@ -129,6 +133,7 @@ impl Shader {
             Shader::RegisterFused => ("REGISTER_FUSED", false),
             Shader::TapsSum => ("TAPS_SUM", false),
             Shader::BackwardFused { .. } => ("BACKWARD_FUSED", false),
+            Shader::Copy => ("COPY", false),
         }
     }
 }
@@ -299,7 +304,11 @@ impl Pipelines {
         let (pass, has_coop) = shader.pass_name();
         // The cooperative-matrix variants exist for the FFT passes (16-bit I/O only).
         let coop = self.cooperative_tile.filter(|_| has_coop);
-        let (code, read) = self::shader(pass, dtype_name(self.dtype), coop)?;
+        let io = match shader {
+            Shader::Copy => "F32",
+            _ => dtype_name(self.dtype),
+        };
+        let (code, read) = self::shader(pass, io, coop)?;
         let (shared_points, pad) = match shader {
             Shader::BackwardFused { shared_points, pad } => (shared_points, pad),
             _ => (self.shared_points, self.pad),
@@ -556,6 +565,7 @@ mod tests {
             }
         }
         assert!(shader("FUSED", "F16", Some(32)).is_err());
+        assert!(shader("COPY", "F32", None).is_ok_and(|(c, _)| c.len() > 20));
     }
 
     #[test]
@@ -575,7 +585,7 @@ mod tests {
                 }
             });
             let coop = name.contains("_COOP");
-            let fft = !matches!(pass, "GATHER" | "TAPS_SUM");
+            let fft = !matches!(pass, "GATHER" | "TAPS_SUM" | "COPY");
             assert!(!fft || reads(1) && reads(2), "{name}: {read:#x}");
             assert_eq!(reads(3), pass == "FUSED", "{name}: {read:#x}");
             assert_eq!(reads(6) && reads(7), coop, "{name}: {read:#x}");
