@@ -264,7 +264,9 @@ if [ "${1:-}" != "--no-bench" ]; then
         --dtype f16 --sizes 256,1K,4K --reps 5
     # Session 18 (no GPU): Vulkan's register-radix forward for one-pass plans (256 .. 4K on
     # NVIDIA; 1.7-2.7x faster than the radix-2 fused pass on lavapipe). Its suite (the
-    # cooperative-matrix path selected), then it against CUDA and the radix-2 pass.
+    # cooperative-matrix path selected), then it against CUDA and the radix-2 pass. Session 19:
+    # the Vulkan floor ("copy bandwidth vulkan") is the faster of vkCmdCopyBuffer (0.83 TB/s
+    # before) and a compute-shader copy, so its "x floor" no longer flatters Vulkan.
     step test-backend-vulkan-forward 120 env FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 \
         "$T/backend-vulkan-forward" --test-threads 4
     bench bench-vulkan-register 60 --backend cuda,vulkan --dtype f16 --sizes 256,1K,4K --reps 5
