@@ -168,7 +168,7 @@ impl Drop for ComputeCopy {
 
 /// Seconds per copy: the best of `reps` timed submissions (after one warm-up) of [`COPIES`]
 /// back-to-back copies recorded by `copy`, each followed by a barrier. On a timeout the
-/// command buffer is leaked (the device may still use it; so may it the caller's buffers).
+/// command buffer is leaked, as the device may still use it (the caller leaks its buffers).
 fn time_copies(
     ctx: &Arc<VulkanContext>,
     reps: usize,
