@@ -74,6 +74,11 @@ layout(constant_id = 7) const uint COOP_F16_PRODUCTS = 0;
 // 1: the column passes run their line DFTs as register-radix passes (see register_columns; the
 // host's default); 0: radix-2 rounds in shared memory (FFTCONV_VULKAN_REGISTER_FFT=0).
 layout(constant_id = 8) const uint REGISTER_COLUMNS = 0;
+// R > 1 (2, 4, ...): the register-radix fused pass holds one line of R x SHARED_POINTS points per
+// workgroup (16 points per invocation), whose exchanges between passes go through the shared
+// memory in R rounds (see register_exchange). 0: its lines fit the shared memory (the host's
+// default where the plan's lines fit).
+layout(constant_id = 9) const uint LONG_LINES = 0;
 
 layout(std430, set = 0, binding = 0) readonly buffer InputU { ELEM u_buf[]; };
 layout(std430, set = 0, binding = 1) readonly buffer PreGate { ELEM pre_buf[]; };
@@ -143,6 +148,11 @@ const uint FLAG_TAPS_MIRRORED = 2048u; // with FLAG_DST_TAPS: tap t from positio
 #if defined(PASS_TAPS_SUM)
 // One partial sum per invocation; no FFT lines (so no SHARED_POINTS of shared memory).
 shared float partial[gl_WorkGroupSize.x];
+#elif defined(PASS_REGISTER_FUSED)
+// The register-radix fused pass: its lines' points, or with LONG_LINES (see register_exchange)
+// the same memory as floats (one of the two arrays has one element).
+shared vec2 s[LONG_LINES > 1u ? 1u : SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
+shared float sf[LONG_LINES > 1u ? 2u * (SHARED_POINTS + (SHARED_POINTS >> 4) * PAD) : 1u];
 #else
 shared vec2 s[SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
 #endif
@@ -164,7 +174,7 @@ shared float16_t coop_a[6u * COOP_TT];
 shared float16_t coop_b[COOP_SLOTS * 2u * COOP_TT];
 shared float coop_c[COOP_F16_PRODUCTS != 0u ? 1u : COOP_SLOTS * 2u * COOP_TT];
 #endif
-// Shared-memory slot of point i.
+// Shared-memory slot of point i (or float i of sf).
 #define SIDX(i) ((i) + (((i) >> 4u) * PAD))
 
 // ---- element I/O ------------------------------------------------------------------------------
@@ -856,7 +866,9 @@ void backward_row(uint r, out uint h, out uint seg) {
 // reads the inputs (u, or the spectra after global stages) from global memory and the last
 // inverse pass writes the outputs there, both coalesced (consecutive invocations, consecutive
 // positions). Lines per workgroup: 2^lines_log2 (the host sizes it to the shared memory and
-// invocations). The column passes (register_columns) keep their own loads and stores around the
+// invocations), or with LONG_LINES one line of 16 x the workgroup points, longer than the
+// shared memory (so a whole FFT of up to 16K points is one pass on 4096 shared points and 1024
+// invocations; see register_exchange). The column passes (register_columns) keep their own loads and stores around the
 // register passes.
 
 // The invocation's points: rp[g R + r] is point r of its butterfly g in a pass of radix R.
@@ -987,13 +999,18 @@ void register_read(uint lr, uint lb, uint t) {
     }
 }
 
+// The line position of register i's output after a pass of radix 2^lr and span 2^ns_log2 (the
+// Stockham position (j - j mod Ns) R + j mod Ns + r Ns of its butterfly j's output r).
+uint register_write_position(uint i, uint lr, uint ns_log2, uint t) {
+    uint j = t + ((i >> lr) << (reg_log2 - 4u));
+    uint k = j & ((1u << ns_log2) - 1u);
+    uint r = register_output(i & ((1u << lr) - 1u), lr);
+    return ((j - k) << lr) + k + (r << ns_log2);
+}
+
 void register_write(uint lr, uint ns_log2, uint lb, uint t) {
     [[unroll]] for (uint i = 0u; i < 16u; i++) {
-        uint j = t + ((i >> lr) << (reg_log2 - 4u));
-        uint k = j & ((1u << ns_log2) - 1u);
-        uint o = ((j - k) << lr) + k;
-        uint r = register_output(i & ((1u << lr) - 1u), lr);
-        s[SIDX(lb + o + (r << ns_log2))] = rp[i];
+        s[SIDX(lb + register_write_position(i, lr, ns_log2, t))] = rp[i];
     }
 }
 
@@ -1075,6 +1092,60 @@ void register_columns(uint m_log2, bool inverse) {
 #endif
 
 #if defined(PASS_REGISTER_FUSED)
+// Between two passes of register_fused: the outputs of a pass of radix 2^lr_out and span
+// 2^ns_log2 become the inputs of a pass of radix 2^lr_in, through the shared memory. With
+// LONG_LINES = R > 1 the workgroup's one line of M = R S points (S = SHARED_POINTS) goes through
+// in rounds: the real parts first, then the imaginary parts, each in R / 2 rounds of 2 S
+// consecutive positions (as floats in sf, the S points' memory). In a round each invocation writes its
+// registers' part whose output position lies in the round's range, then reads those whose input
+// position does. With R = 2 each part is one round, so the reads land in registers whose part
+// was already written; with R > 2 a register may be read into before its own output went out,
+// so the reads collect in `incoming` until the part's last round.
+void register_exchange(uint lr_out, uint ns_log2, uint lr_in, uint lb, bool in_group, uint t) {
+    if (LONG_LINES <= 1u) {
+        register_barrier();
+        if (in_group) {
+            register_write(lr_out, ns_log2, lb, t);
+        }
+        register_barrier();
+        if (in_group) {
+            register_read(lr_in, lb, t);
+        }
+        return;
+    }
+    const uint HALVES = LONG_LINES / 2u; // rounds per part
+    uint span_log2 = findMSB(SHARED_POINTS) + 1u; // log2 of the floats per round (2 S)
+    float incoming[16];
+    [[unroll]] for (uint c = 0u; c < 2u; c++) {
+        for (uint q = 0u; q < HALVES; q++) {
+            register_barrier();
+            [[unroll]] for (uint i = 0u; i < 16u; i++) {
+                uint o = register_write_position(i, lr_out, ns_log2, t);
+                if ((o >> span_log2) == q) {
+                    sf[SIDX(o & ((1u << span_log2) - 1u))] = rp[i][c];
+                }
+            }
+            register_barrier();
+            [[unroll]] for (uint i = 0u; i < 16u; i++) {
+                uint p = register_position(i, lr_in, t);
+                if ((p >> span_log2) == q) {
+                    float v = sf[SIDX(p & ((1u << span_log2) - 1u))];
+                    if (HALVES == 1u) {
+                        rp[i][c] = v;
+                    } else {
+                        incoming[i] = v;
+                    }
+                }
+            }
+        }
+        if (HALVES > 1u) {
+            [[unroll]] for (uint i = 0u; i < 16u; i++) {
+                rp[i][c] = incoming[i];
+            }
+        }
+    }
+}
+
 void register_fused(uint first_line) {
     uint log2n = pc.log2n;
     reg_log2 = pc.line_log2;
@@ -1124,16 +1195,12 @@ void register_fused(uint first_line) {
         uint lr = (inverse ? p + 1u == passes : p == 0u) ? first : 4u;
         if (p == 0u) {
             ns_log2 = 0u; // pass 0's inputs are in the registers (the loads, or the product)
-        } else if (in_group) {
-            register_read(lr, lb, t);
         }
         register_pass(lr, ns_log2, t);
         if (p + 1u < passes) {
-            register_barrier();
-            if (in_group) {
-                register_write(lr, ns_log2, lb, t);
-            }
-            register_barrier();
+            // The next pass's radix: 16, except the inverse's last (2^first).
+            uint next = inverse && p + 2u == passes ? first : 4u;
+            register_exchange(lr, ns_log2, next, lb, in_group, t);
         } else if (!inverse) {
             // The product: register r holds the line's frequency t + r M / 16, the pair's
             // frequency f0 + that << weight_log2. Then the conjugate, for the inverse.

@@ -16,7 +16,7 @@ use crate::context::{
     MemoryKind, VulkanContext,
 };
 use crate::error::check;
-use crate::pipelines::register_fft_from_env;
+use crate::pipelines::{exchange_rounds_from_env, register_fft_from_env};
 use crate::pipelines::{
     Pipelines, Shader, BINDINGS, BINDING_DY, BINDING_OTHER, BINDING_POST, BINDING_PRE,
     BINDING_SPECTRUM, BINDING_TAPS, BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U,
@@ -70,6 +70,13 @@ pub struct VulkanOptions {
     /// passes; `Some(false)`: radix-2 rounds in shared memory); `None`: yes unless
     /// [`REGISTER_FFT_ENV`](crate::REGISTER_FFT_ENV) is `0`. Tests compare both.
     pub register_fft: Option<bool>,
+    /// The most shared-memory rounds per exchange of the register-radix forward where it holds
+    /// one line longer than the shared memory per workgroup (the whole FFT of N points, up to
+    /// 16 x the device's workgroup limit: 16K points on 4096 shared points and 1024 invocations,
+    /// where the plan would run column passes through device memory). `None`:
+    /// [`EXCHANGE_ROUNDS_ENV`](crate::EXCHANGE_ROUNDS_ENV) or 4; `Some(1)`: every line fits
+    /// the shared memory.
+    pub max_exchange_rounds: Option<u32>,
 }
 
 /// A convolution problem prepared on the Vulkan device. `Send + Sync`; calls on one instance are
@@ -88,6 +95,10 @@ pub struct VulkanConvolution {
     /// fused block (its lines fit the pass; [`REGISTER_FFT_ENV`](crate::REGISTER_FFT_ENV) not
     /// `0`).
     register_lines_log2: Option<u32>,
+    /// The forward as one pass of [`Shader::RegisterFusedLong`] (its schedule: the whole FFT as
+    /// one line per workgroup), where the plan has column passes but that pass holds the FFT
+    /// ([`VulkanOptions::max_exchange_rounds`]). The backward keeps `schedule`.
+    long_forward: Option<PassSchedule>,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
@@ -283,6 +294,12 @@ impl VulkanConvolution {
             .last()
             .filter(|_| register_allowed)
             .and_then(|fused| pipelines.register_lines_log2(fused.line_log2));
+        let max_rounds = options
+            .max_exchange_rounds
+            .unwrap_or_else(exchange_rounds_from_env);
+        let long_line = register_allowed
+            && plan.global_passes() > 0
+            && pipelines.long_line_rounds(n.ilog2(), max_rounds).is_some();
 
         let mut conv = VulkanConvolution {
             ctx,
@@ -292,6 +309,7 @@ impl VulkanConvolution {
             schedule,
             twiddles,
             register_lines_log2,
+            long_forward: None,
             exec: Mutex::new(None),
             backward_exec: Mutex::new(None),
         };
@@ -304,6 +322,10 @@ impl VulkanConvolution {
             }
         }
         conv.check_buffer_ranges()?;
+        // After the chunks' last change: the long-line forward runs the same chunks.
+        if long_line {
+            conv.long_forward = Some(conv.schedule.one_pass());
+        }
         // The forward's pipelines now (the others on first use), so that a shader the driver
         // rejects fails here and the first call does not pay the compile.
         if let Some(chunk) = conv.schedule.chunks().next() {
@@ -333,17 +355,22 @@ impl VulkanConvolution {
     /// the global stages) runs the register-radix pass (Stockham radix-16 FFTs in registers, one
     /// shared-memory exchange per pass) rather than the radix-2 fused pass.
     pub fn register_pass(&self) -> bool {
-        self.register_lines_log2.is_some()
+        self.register_lines_log2.is_some() || self.long_forward.is_some()
     }
 
-    /// Passes over global memory per direction (0: the whole FFT is one fused on-chip pass).
+    /// Passes over global memory per direction of the forward (0: the whole FFT is one fused
+    /// on-chip pass: a one-pass plan, or the register-radix pass holding lines longer than the
+    /// shared memory).
     pub fn global_passes(&self) -> usize {
+        if self.long_forward.is_some() {
+            return 0;
+        }
         self.plan.global_passes()
     }
 
-    /// Bytes of the forward's intermediate buffer (none when the plan is one fused pass).
+    /// Bytes of the forward's intermediate buffer (none when the forward is one fused pass).
     fn tmp_bytes(&self) -> usize {
-        if self.plan.global_passes() == 0 {
+        if self.global_passes() == 0 {
             return 4;
         }
         self.schedule.spectra_bytes()
@@ -688,6 +715,18 @@ impl VulkanConvolution {
         io: Io<'_>,
     ) -> Result<Vec<(vk::Pipeline, PassParams)>, VulkanError> {
         const FORWARD_FLAGS: u32 = FLAG_SRC_INPUT | FLAG_DST_OUTPUT | FLAG_GATED | FLAG_WRAPS;
+        if let Some(long) = &self.long_forward {
+            return long
+                .forward_steps(chunk, matches!(io, Io::Host))
+                .into_iter()
+                .map(|(_, params)| {
+                    let shader = Shader::RegisterFusedLong {
+                        log2n: params.line_log2,
+                    };
+                    Ok((self.pipelines.pipeline(shader)?, params))
+                })
+                .collect();
+        }
         self.schedule
             .forward_steps(chunk, matches!(io, Io::Host))
             .into_iter()

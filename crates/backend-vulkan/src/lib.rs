@@ -70,7 +70,10 @@ pub use convolution::{
     VulkanTensorGradients,
 };
 pub use error::VulkanError;
-pub use pipelines::{COOP_F16_PRODUCTS_ENV, FUSED_BACKWARD_ENV, NO_PAD_ENV, REGISTER_FFT_ENV};
+pub use pipelines::{
+    COOP_F16_PRODUCTS_ENV, DEFAULT_EXCHANGE_ROUNDS, EXCHANGE_ROUNDS_ENV, FUSED_BACKWARD_ENV,
+    NO_PAD_ENV, REGISTER_FFT_ENV,
+};
 pub use probe::{describe, probe, VulkanDeviceInfo};
 
 /// The device convolutions run on, with its shader path, as one line; or why there is none.

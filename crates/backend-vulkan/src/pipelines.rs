@@ -74,6 +74,27 @@ pub(crate) fn register_fft_from_env() -> bool {
     std::env::var(REGISTER_FFT_ENV).map_or(true, |v| v.trim() != "0")
 }
 
+/// Environment variable: the most shared-memory rounds per exchange of the register-radix
+/// forward holding one line longer than the shared memory per workgroup
+/// ([`VulkanOptions::max_exchange_rounds`](crate::VulkanOptions::max_exchange_rounds); default
+/// [`DEFAULT_EXCHANGE_ROUNDS`]). `1` keeps every line within the shared memory (the plan's
+/// column passes then run FFTs longer than it), for comparing both. Read when a convolution is
+/// made.
+pub const EXCHANGE_ROUNDS_ENV: &str = "FFTCONV_VULKAN_EXCHANGE_ROUNDS";
+
+/// Rounds per exchange allowed by default: 4, so 16K points on 4096 shared points (and 1024
+/// invocations) are one pass.
+pub const DEFAULT_EXCHANGE_ROUNDS: u32 = 4;
+
+/// [`EXCHANGE_ROUNDS_ENV`] where it is a positive number, else [`DEFAULT_EXCHANGE_ROUNDS`].
+pub(crate) fn exchange_rounds_from_env() -> u32 {
+    std::env::var(EXCHANGE_ROUNDS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(DEFAULT_EXCHANGE_ROUNDS)
+}
+
 /// The I/O part of a shader's name.
 fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
@@ -107,6 +128,11 @@ pub(crate) enum Shader {
     /// convolution swaps it in for the fused step, see
     /// [`register_lines_log2`](Pipelines::register_lines_log2)).
     RegisterFused,
+    /// The forward's whole FFT as one line of 2^`log2n` points per workgroup of 2^`log2n` / 16
+    /// invocations, more points than the shared memory holds (`PASS_REGISTER_FUSED` with
+    /// `LONG_LINES`: each exchange between its passes goes through the shared memory in rounds;
+    /// see [`long_line_rounds`](Pipelines::long_line_rounds)).
+    RegisterFusedLong { log2n: u32 },
     /// The backward's taps sum (`PASS_TAPS_SUM`): sums the taps over each channel's pairs and
     /// adds the sums into the filter gradient (the backward records it after each chunk's
     /// steps).
@@ -130,7 +156,7 @@ impl Shader {
             Shader::Pass(PassKind::ColumnsForward) => ("COLUMNS_FORWARD", true),
             Shader::Pass(PassKind::ColumnsInverse) => ("COLUMNS_INVERSE", true),
             Shader::Pass(PassKind::Gather) => ("GATHER", false),
-            Shader::RegisterFused => ("REGISTER_FUSED", false),
+            Shader::RegisterFused | Shader::RegisterFusedLong { .. } => ("REGISTER_FUSED", false),
             Shader::TapsSum => ("TAPS_SUM", false),
             Shader::BackwardFused { .. } => ("BACKWARD_FUSED", false),
             Shader::Copy => ("COPY", false),
@@ -262,6 +288,19 @@ fn cooperative_bytes(t: u32, slots: u32, f16_products: bool) -> u32 {
     12 * t * t + slots * cooperative_bytes_per_slot(t, f16_products) + u32::from(f16_products) * 4
 }
 
+/// The per-pipeline specialization constants (the rest are the [`ShaderOptions`]).
+#[derive(Debug, Clone, Copy)]
+struct Specialization {
+    /// Invocations per workgroup (constant 0).
+    workgroup: u32,
+    /// Complex points of shared memory, and whether they are padded (constants 1, 2).
+    shared_points: u32,
+    pad: bool,
+    /// `LONG_LINES` (constant 9): the shared-memory rounds per exchange of the register-radix
+    /// pass's one line per workgroup (0: lines that fit the shared memory).
+    long_line_rounds: u32,
+}
+
 /// The pipelines of one dtype on one device (their push constants are [`PassParams`]), each
 /// made on first use ([`pipeline`](Self::pipeline)): a convolution compiles only the shaders it
 /// runs (a one-pass forward on the register-radix pass: one).
@@ -309,11 +348,23 @@ impl Pipelines {
             _ => dtype_name(self.dtype),
         };
         let (code, read) = self::shader(pass, io, coop)?;
-        let (shared_points, pad) = match shader {
-            Shader::BackwardFused { shared_points, pad } => (shared_points, pad),
-            _ => (self.shared_points, self.pad),
+        let mut shape = Specialization {
+            workgroup: self.workgroup,
+            shared_points: self.shared_points,
+            pad: self.pad,
+            long_line_rounds: 0,
         };
-        let p = self.create_pipeline(code, read, shared_points, pad)?;
+        match shader {
+            Shader::BackwardFused { shared_points, pad } => {
+                (shape.shared_points, shape.pad) = (shared_points, pad);
+            }
+            Shader::RegisterFusedLong { log2n } => {
+                shape.workgroup = 1 << (log2n - 4);
+                shape.long_line_rounds = (1 << log2n) / self.shared_points;
+            }
+            _ => {}
+        }
+        let p = self.create_pipeline(code, read, shape)?;
         made.insert(shader, p);
         Ok(p)
     }
@@ -333,29 +384,47 @@ impl Pipelines {
         })
     }
 
-    /// A compute pipeline of `code` in this layout, with this workgroup size and shader options,
-    /// `shared_points` (padded when `pad`) as its specialization constants: those of them the
-    /// module reads (bit i of `read`: `constant_id` i), so that pipelines differing only in
-    /// constants their shader ignores are the same to the driver's shader cache.
+    /// Shared-memory rounds per exchange of [`Shader::RegisterFusedLong`] for lines of
+    /// 2^`log2n` points, where it runs them: they are longer than the shared memory, need at
+    /// most `max_rounds` rounds, and their 2^`log2n` / 16 invocations fit one workgroup on this
+    /// device. `None` elsewhere.
+    pub(crate) fn long_line_rounds(&self, log2n: u32, max_rounds: u32) -> Option<u32> {
+        if !(4..32).contains(&log2n) {
+            return None;
+        }
+        let caps = self.ctx.capabilities();
+        let points = 1u64 << log2n;
+        let invocations = points / 16;
+        let rounds = points / u64::from(self.shared_points);
+        let fits = points > u64::from(self.shared_points)
+            && rounds <= u64::from(max_rounds)
+            && invocations <= u64::from(caps.max_invocations.min(caps.max_workgroup_size_x));
+        fits.then_some(rounds as u32)
+    }
+
+    /// A compute pipeline of `code` in this layout, with this `shape` and the shader options as
+    /// its specialization constants: those of them the module reads (bit i of `read`:
+    /// `constant_id` i), so that pipelines differing only in constants their shader ignores are
+    /// the same to the driver's shader cache.
     fn create_pipeline(
         &self,
         code: &[u8],
         read: u32,
-        shared_points: u32,
-        pad: bool,
+        shape: Specialization,
     ) -> Result<vk::Pipeline, VulkanError> {
         let device = &self.ctx.device;
         let options = self.options;
         let spec_words = [
-            self.workgroup,
-            shared_points,
-            u32::from(pad),
+            shape.workgroup,
+            shape.shared_points,
+            u32::from(shape.pad),
             u32::from(options.middle),
             u32::from(options.fast_div),
             u32::from(options.const_twiddles),
             self.cooperative_slots,
             u32::from(options.coop_f16_products),
             u32::from(options.register_columns),
+            shape.long_line_rounds,
         ];
         let ids: Vec<u32> = (0..spec_words.len() as u32)
             .filter(|id| read & (1 << id) != 0)
@@ -573,7 +642,8 @@ mod tests {
         // build.rs finds them in the SPIR-V; the host passes only those. Every shader reads
         // the workgroup size (0); the FFT passes the shared memory (1, 2); the middle round (3)
         // is the radix-2 fused pass's; the matrix rounds' slots (6, 7) are the cooperative
-        // variants'; the register-radix columns (8) the column passes'.
+        // variants'; the register-radix columns (8) the column passes'; the long lines (9) the
+        // register-radix fused pass's.
         for (name, _, read) in spirv::SHADERS {
             let reads = |id: u32| read & (1 << id) != 0;
             assert!(reads(0), "{name}: {read:#x}");
@@ -591,6 +661,7 @@ mod tests {
             assert_eq!(reads(6) && reads(7), coop, "{name}: {read:#x}");
             assert_eq!(reads(6) || reads(7), coop, "{name}: {read:#x}");
             assert_eq!(reads(8), pass.starts_with("COLUMNS"), "{name}: {read:#x}");
+            assert_eq!(reads(9), pass == "REGISTER_FUSED", "{name}: {read:#x}");
         }
     }
 

@@ -230,6 +230,64 @@ fn register_pass_every_radix_and_variant() {
     }
 }
 
+/// The register-radix forward holding one line longer than the shared memory per workgroup
+/// (the whole FFT, exchanged through the shared memory in 2 or 4 rounds): first radices 8, 16
+/// and 4 with 2 and 3 passes on small shared memories, every variant at 2 rounds, and the sizes
+/// this is for (8K and 16K points: first radix 2 and 4, 4 passes, on 4096 shared points). Where
+/// rounds are capped at 1, or 8 would be needed, the plan's column passes run. (Each line length
+/// is a pipeline of its own, ~12 s of lavapipe's compiler: hence few of them.)
+#[test]
+fn register_pass_lines_longer_than_shared_memory() {
+    if !vulkan_present("register_pass_lines_longer_than_shared_memory") {
+        return;
+    }
+    // Explicit options, so that the environment's switches do not change the plans.
+    let with = |points: Option<u32>, rounds: u32| VulkanOptions {
+        max_shared_points: points,
+        max_exchange_rounds: Some(rounds),
+        register_fft: Some(true),
+        ..VulkanOptions::default()
+    };
+    // (shared points, N)
+    for (points, n) in [(64, 128), (64, 256), (256, 1024)] {
+        let conv = check(ConvSpec::builder(3, 5, n / 2, n / 2), with(Some(points), 4));
+        assert_eq!(
+            (conv.global_passes(), conv.register_pass()),
+            (0, true),
+            "{points} points, N = {n}: factors {:?}",
+            conv.factors()
+        );
+    }
+    // Capped at 1 round, or too long for 4: the column passes.
+    let capped = check(ConvSpec::builder(2, 3, 512, 512), with(Some(256), 1));
+    assert!(capped.global_passes() > 0);
+    let eight = check(ConvSpec::builder(1, 3, 1024, 1024), with(Some(256), 4));
+    assert!(eight.global_passes() > 0);
+    check_every_variant(64, with(Some(64), 4));
+    // 8K and 16K points (512 and 1024 invocations) on the device's own shared memory: one pass
+    // where it holds 4096 points (f32 I/O: no cooperative-matrix slots share it) and allows
+    // workgroups of that many invocations.
+    let caps = context().unwrap().capabilities().clone();
+    let invocations = caps.max_invocations.min(caps.max_workgroup_size_x) as usize;
+    for l in [4096, 8192] {
+        let conv = check(ConvSpec::builder(1, 3, l, l), with(None, 4));
+        if caps.shared_memory_bytes >= 32768 && invocations >= l / 8 {
+            assert_eq!(
+                (conv.global_passes(), conv.register_pass()),
+                (0, true),
+                "L = {l}: factors {:?}",
+                conv.factors()
+            );
+        }
+        check(
+            ConvSpec::builder(2, 2, l, l / 3)
+                .gated(true)
+                .keep_frequencies(0.25),
+            with(None, 4),
+        );
+    }
+}
+
 #[test]
 fn chunks_cover_every_row() {
     if !vulkan_present("chunks_cover_every_row") {
@@ -332,9 +390,9 @@ fn cooperative_matrix_rounds() {
             // The one-pass plans' matrix rounds are in the radix-2 fused pass (the register-radix
             // pass, the default there, has none).
             let options = VulkanOptions {
-                chunk_elems: None,
                 max_shared_points,
                 register_fft: Some(false),
+                ..VulkanOptions::default()
             };
             let conv = match dtype {
                 DType::F16 => {

@@ -233,6 +233,24 @@ impl PassSchedule {
         })
     }
 
+    /// This schedule with the whole FFT as one fused pass (one line of `N` points per block,
+    /// the block taken as `N` points), the chunks unchanged: for a backend whose fused pass can
+    /// hold a line longer than the blocks this schedule was made for (Vulkan's register-radix
+    /// pass exchanges it through shared memory in rounds).
+    pub fn one_pass(&self) -> PassSchedule {
+        let n = self.spec.geometry().n();
+        PassSchedule {
+            spec: self.spec.clone(),
+            passes: vec![PassShape {
+                kind: PassKind::Fused,
+                line_log2: n.ilog2(),
+                stride_log2: 0,
+            }],
+            shared_points: n,
+            chunk_shape: self.chunk_shape,
+        }
+    }
+
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
     }
@@ -655,6 +673,23 @@ mod tests {
         for (_, p) in &steps {
             assert!((1usize << (p.line_log2 + p.lines_log2)) <= 64);
         }
+    }
+
+    #[test]
+    fn one_pass_is_the_whole_fft_as_one_line_per_block() {
+        let s = schedule(2048, 64);
+        let one = s.one_pass();
+        assert_eq!(one.chunk_shape(), s.chunk_shape());
+        let chunk = one.chunks().next().unwrap();
+        let steps = one.forward_steps(chunk, true);
+        assert_eq!(steps.len(), 1);
+        let (kind, p) = steps[0];
+        assert_eq!(kind, PassKind::Fused);
+        assert_eq!((p.line_log2, p.lines_log2, p.stage_count), (12, 0, 0));
+        let both = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
+        assert_eq!(p.flags & both, both);
+        // One line per pair of segments.
+        assert_eq!(p.total_lines as usize, chunk.nh * s.pairs(chunk.nb));
     }
 
     #[test]
