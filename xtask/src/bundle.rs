@@ -269,7 +269,13 @@ if [ "${1:-}" != "--no-bench" ]; then
     # before) and a compute-shader copy, so its "x floor" no longer flatters Vulkan.
     step test-backend-vulkan-forward 120 env FFTCONV_REQUIRE_COOPERATIVE_MATRIX=1 \
         "$T/backend-vulkan-forward" --test-threads 4
-    bench bench-vulkan-register 60 --backend cuda,vulkan --dtype f16 --sizes 256,1K,4K --reps 5
+    # Session 20: 8K and 16K as one register-radix pass (lines longer than the shared memory,
+    # exchanged in 2 and 4 rounds; 1024 invocations at 16K) against the plan's column passes
+    # (FFTCONV_VULKAN_EXCHANGE_ROUNDS=1), CUDA in the same run.
+    bench bench-vulkan-register 75 --backend cuda,vulkan --dtype f16 --sizes 256,1K,4K,8K,16K \
+        --reps 5
+    bench bench-vulkan-one-round 40 FFTCONV_VULKAN_EXCHANGE_ROUNDS=1 --backend vulkan \
+        --dtype f16 --sizes 8K,16K --reps 5
     bench bench-vulkan-radix2 60 FFTCONV_VULKAN_REGISTER_FFT=0 --backend vulkan --dtype f16 \
         --sizes 256,1K,4K --reps 5
     # Where the backward's time goes where it is furthest from issue 5's 2.5x (session 17: 256

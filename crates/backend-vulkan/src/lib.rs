@@ -19,7 +19,11 @@
 //!   each and run Stockham radix-16 passes in registers (one pass of radix 2, 4 or 8 where
 //!   log2 M is not a multiple of 4) with one shared-memory exchange between passes; in the
 //!   forward's fused block the product and the inverse's first pass work on the registers the
-//!   forward's last pass leaves ([`REGISTER_FFT_ENV`]`=0`: the radix-2 rounds instead).
+//!   forward's last pass leaves ([`REGISTER_FFT_ENV`]`=0`: the radix-2 rounds instead). Where the
+//!   whole FFT is longer than the shared memory but its N / 16 invocations fit one workgroup
+//!   (8K and 16K points on 4096 shared points), the forward is still one pass: each exchange
+//!   goes through the shared memory in rounds, real parts then imaginary parts
+//!   ([`EXCHANGE_ROUNDS_ENV`]`=1`: the plan's column passes instead).
 //! - **Backward**: where the plan is one fused pass and rows are one overlap-save block each,
 //!   one fused dispatch per chunk computes every row's filter taps, `du` and the gate gradients
 //!   in shared memory (CUDA's fused backward); elsewhere a schedule of forward, product-inverse
