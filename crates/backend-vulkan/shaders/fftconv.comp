@@ -148,11 +148,6 @@ const uint FLAG_TAPS_MIRRORED = 2048u; // with FLAG_DST_TAPS: tap t from positio
 #if defined(PASS_TAPS_SUM)
 // One partial sum per invocation; no FFT lines (so no SHARED_POINTS of shared memory).
 shared float partial[gl_WorkGroupSize.x];
-#elif defined(PASS_REGISTER_FUSED)
-// The register-radix fused pass: its lines' points, or with LONG_LINES (see register_exchange)
-// the same memory as floats (one of the two arrays has one element).
-shared vec2 s[LONG_LINES > 1u ? 1u : SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
-shared float sf[LONG_LINES > 1u ? 2u * (SHARED_POINTS + (SHARED_POINTS >> 4) * PAD) : 1u];
 #else
 shared vec2 s[SHARED_POINTS + (SHARED_POINTS >> 4) * PAD];
 #endif
@@ -174,7 +169,7 @@ shared float16_t coop_a[6u * COOP_TT];
 shared float16_t coop_b[COOP_SLOTS * 2u * COOP_TT];
 shared float coop_c[COOP_F16_PRODUCTS != 0u ? 1u : COOP_SLOTS * 2u * COOP_TT];
 #endif
-// Shared-memory slot of point i (or float i of sf).
+// Shared-memory slot of point i.
 #define SIDX(i) ((i) + (((i) >> 4u) * PAD))
 
 // ---- element I/O ------------------------------------------------------------------------------
@@ -1096,7 +1091,7 @@ void register_columns(uint m_log2, bool inverse) {
 // 2^ns_log2 become the inputs of a pass of radix 2^lr_in, through the shared memory. With
 // LONG_LINES = R > 1 the workgroup's one line of M = R S points (S = SHARED_POINTS) goes through
 // in rounds: the real parts first, then the imaginary parts, each in R / 2 rounds of 2 S
-// consecutive positions (as floats in sf, the S points' memory). In a round each invocation writes its
+// consecutive positions (float f of a round in component f mod 2 of point f / 2: the S points). In a round each invocation writes its
 // registers' part whose output position lies in the round's range, then reads those whose input
 // position does. With R = 2 each part is one round, so the reads land in registers whose part
 // was already written; with R > 2 a register may be read into before its own output went out,
@@ -1122,14 +1117,16 @@ void register_exchange(uint lr_out, uint ns_log2, uint lr_in, uint lb, bool in_g
             [[unroll]] for (uint i = 0u; i < 16u; i++) {
                 uint o = register_write_position(i, lr_out, ns_log2, t);
                 if ((o >> span_log2) == q) {
-                    sf[SIDX(o & ((1u << span_log2) - 1u))] = rp[i][c];
+                    uint f = o & ((1u << span_log2) - 1u);
+                    s[SIDX(f >> 1)][f & 1u] = rp[i][c];
                 }
             }
             register_barrier();
             [[unroll]] for (uint i = 0u; i < 16u; i++) {
                 uint p = register_position(i, lr_in, t);
                 if ((p >> span_log2) == q) {
-                    float v = sf[SIDX(p & ((1u << span_log2) - 1u))];
+                    uint f = p & ((1u << span_log2) - 1u);
+                    float v = s[SIDX(f >> 1)][f & 1u];
                     if (HALVES == 1u) {
                         rp[i][c] = v;
                     } else {
