@@ -299,7 +299,7 @@ impl VulkanConvolution {
             .unwrap_or_else(exchange_rounds_from_env);
         let long_line = register_allowed
             && plan.global_passes() > 0
-            && pipelines.long_line_rounds(n.ilog2(), max_rounds).is_some();
+            && pipelines.holds_long_line(n.ilog2(), max_rounds);
 
         let mut conv = VulkanConvolution {
             ctx,

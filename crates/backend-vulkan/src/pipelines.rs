@@ -360,7 +360,7 @@ impl Pipelines {
             }
             Shader::RegisterFusedLong { log2n } => {
                 shape.workgroup = 1 << (log2n - 4);
-                shape.long_line_rounds = (1 << log2n) / self.shared_points;
+                shape.long_line_rounds = self.long_line_rounds(log2n);
             }
             _ => {}
         }
@@ -384,22 +384,23 @@ impl Pipelines {
         })
     }
 
-    /// Shared-memory rounds per exchange of [`Shader::RegisterFusedLong`] for lines of
-    /// 2^`log2n` points, where it runs them: they are longer than the shared memory, need at
-    /// most `max_rounds` rounds, and their 2^`log2n` / 16 invocations fit one workgroup on this
-    /// device. `None` elsewhere.
-    pub(crate) fn long_line_rounds(&self, log2n: u32, max_rounds: u32) -> Option<u32> {
-        if !(4..32).contains(&log2n) {
-            return None;
-        }
+    /// Whether [`Shader::RegisterFusedLong`] runs lines of 2^`log2n` points: they are longer
+    /// than the shared memory, need at most `max_rounds` rounds
+    /// ([`long_line_rounds`](Self::long_line_rounds)), and their 2^`log2n` / 16 invocations fit
+    /// one workgroup on this device.
+    pub(crate) fn holds_long_line(&self, log2n: u32, max_rounds: u32) -> bool {
         let caps = self.ctx.capabilities();
-        let points = 1u64 << log2n;
-        let invocations = points / 16;
-        let rounds = points / u64::from(self.shared_points);
-        let fits = points > u64::from(self.shared_points)
-            && rounds <= u64::from(max_rounds)
-            && invocations <= u64::from(caps.max_invocations.min(caps.max_workgroup_size_x));
-        fits.then_some(rounds as u32)
+        let invocations = caps.max_invocations.min(caps.max_workgroup_size_x);
+        (5..32).contains(&log2n)
+            && 1 << log2n > self.shared_points
+            && self.long_line_rounds(log2n) <= max_rounds
+            && 1 << (log2n - 4) <= invocations
+    }
+
+    /// Shared-memory rounds per exchange of a line of 2^`log2n` points longer than the shared
+    /// memory (both powers of two).
+    fn long_line_rounds(&self, log2n: u32) -> u32 {
+        (1 << log2n) / self.shared_points
     }
 
     /// A compute pipeline of `code` in this layout, with this `shape` and the shader options as
