@@ -32,7 +32,8 @@
 #else
 #define ELEM float
 #endif
-#if defined(PASS_REGISTER_FUSED) || defined(PASS_COLUMNS_FORWARD) || defined(PASS_COLUMNS_INVERSE)
+#if defined(PASS_REGISTER_FUSED) || defined(PASS_COLUMNS_FORWARD) || defined(PASS_COLUMNS_INVERSE) \
+    || defined(PASS_FUSED) || defined(PASS_BACKWARD_FUSED)
 #define REGISTER_RADIX 1
 #extension GL_EXT_control_flow_attributes : require
 #endif
@@ -71,8 +72,10 @@ layout(constant_id = 6) const uint COOP_SLOTS = 1;
 // instead of two; FFTCONV_VULKAN_COOP_F16_PRODUCTS=1, an experiment); 0 stores them in f32 (the
 // default).
 layout(constant_id = 7) const uint COOP_F16_PRODUCTS = 0;
-// 1: the column passes run their line DFTs as register-radix passes (see register_columns; the
-// host's default); 0: radix-2 rounds in shared memory (FFTCONV_VULKAN_REGISTER_FFT=0).
+// 1: the passes that transform lines in place in shared memory (the column passes, the radix-2
+// fused pass of the backward's step schedule, the fused backward) run their line DFTs as
+// register-radix passes (see register_lines; the host's default); 0: radix-2 rounds in shared
+// memory (FFTCONV_VULKAN_REGISTER_FFT=0).
 layout(constant_id = 8) const uint REGISTER_COLUMNS = 0;
 // R > 1 (2, 4, ...): the register-radix fused pass holds one line of R x SHARED_POINTS points per
 // workgroup (16 points per invocation), whose exchanges between passes go through the shared
@@ -302,17 +305,24 @@ bool segment_element(uint seg, uint h, uint pos, uint flags, out uint idx) {
 }
 
 // Pre-gated input at position `pos` of a located segment (segment_row; `exists` false: none),
-// or 0 where the segment is zero.
+// or 0 where the segment is zero. As selects, not branches (the register-radix pass inlines it
+// 32 times): the element's index is computed for every position and clamped to 0 where the
+// segment is zero there, so the loads are unconditional. Circular history goes back at most
+// L - 1 (history < K <= L), so one wrap suffices.
 float segment_value_at(bool exists, uint row_base, uint start, uint outputs, uint pos) {
-    uint idx;
-    if (!exists || !segment_element_at(row_base, start, outputs, pos, pc.flags, idx)) {
-        return 0.0;
-    }
+    uint n = 1u << pc.log2n;
+    uint back = n - pos;
+    bool body = pos < outputs;
+    bool history = pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u;
+    bool wraps = back > start;
+    bool ok = exists && (body || (history && (!wraps || (pc.flags & FLAG_WRAPS) != 0u)));
+    uint t = body ? start + pos : (wraps ? start + pc.seq_len - back : start - back);
+    uint idx = ok ? row_base + t : 0u;
     float v = TO_FLOAT(u_buf[idx]);
     if ((pc.flags & FLAG_GATED) != 0u) {
         v *= TO_FLOAT(pre_buf[idx]);
     }
-    return v;
+    return ok ? v : 0.0;
 }
 
 // segment_value_at for segment `seg` of channel h.
@@ -863,8 +873,9 @@ void backward_row(uint r, out uint h, out uint seg) {
 // positions). Lines per workgroup: 2^lines_log2 (the host sizes it to the shared memory and
 // invocations), or with LONG_LINES one line of 16 x the workgroup points, longer than the
 // shared memory (so a whole FFT of up to 16K points is one pass on 4096 shared points and 1024
-// invocations; see register_exchange). The column passes (register_columns) keep their own loads and stores around the
-// register passes.
+// invocations; see register_exchange). The passes that keep their lines in shared memory (the
+// column passes, the radix-2 fused pass, the fused backward) run register_lines between their
+// own loads and stores.
 
 // The invocation's points: rp[g R + r] is point r of its butterfly g in a pass of radix R.
 vec2 rp[16];
@@ -1009,43 +1020,31 @@ void register_write(uint lr, uint ns_log2, uint lb, uint t) {
     }
 }
 
-// segment_value_at with selects instead of branches (the register pass inlines it 32 times):
-// the element's index is computed for every position and clamped to 0 where the segment is zero
-// there, so the loads are unconditional. Circular history goes back at most L (history < K <= L),
-// so one wrap suffices.
-float register_segment_value(bool exists, uint row_base, uint start, uint outputs, uint pos) {
-    uint n = 1u << pc.log2n;
-    uint back = n - pos;
-    bool body = pos < outputs;
-    bool history = pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u;
-    bool wraps = back > start;
-    bool ok = exists && (body || (history && (!wraps || (pc.flags & FLAG_WRAPS) != 0u)));
-    uint t = body ? start + pos : (wraps ? start + pc.seq_len - back : start - back);
-    uint idx = ok ? row_base + t : 0u;
-    float v = TO_FLOAT(u_buf[idx]);
-    if ((pc.flags & FLAG_GATED) != 0u) {
-        v *= TO_FLOAT(pre_buf[idx]);
-    }
-    return ok ? v : 0.0;
-}
-
 void register_barrier() {
     memoryBarrierShared();
     barrier();
 }
 
-#if defined(PASS_COLUMNS_FORWARD) || defined(PASS_COLUMNS_INVERSE)
-// The column DFTs of a global stage on the register-radix passes, in place in shared memory:
-// the workgroup's 2^lines_log2 lines of M = 2^m_log2 points, N / 16 invocations per line, the
-// line c at point c M. Forward: natural order in, bit-reversed out (position e holds frequency
-// bitrev(e), as the radix-2 decimation in frequency leaves it); inverse: bit-reversed in,
-// natural out. Needs M >= 16 and M / 16 invocations per line (the caller checks).
-void register_columns(uint m_log2, bool inverse) {
+#if !defined(PASS_REGISTER_FUSED)
+// Whether register_lines runs 2^lines_log2 lines of 2^m_log2 points: REGISTER_COLUMNS is on,
+// M >= 16, and the lines' M / 16 invocations each fit the workgroup (uniform over it).
+bool register_lines_fit(uint m_log2, uint lines_log2) {
+    return REGISTER_COLUMNS != 0u && m_log2 >= 4u
+           && ((1u << (m_log2 + lines_log2)) >> 4u) <= gl_WorkGroupSize.x;
+}
+
+// The line DFTs of a pass that holds its lines in shared memory (a global stage's columns, the
+// radix-2 fused pass's lines, the fused backward's rows), on the register-radix passes, in
+// place: the workgroup's 2^lines_log2 lines of M = 2^m_log2 points, M / 16 invocations per
+// line, the line c at point c M. Forward: natural order in, bit-reversed out (position e holds
+// frequency bitrev(e), as the radix-2 decimation in frequency leaves it); inverse: bit-reversed
+// in, natural out; so it stands in for fft_forward / fft_inverse. Needs register_lines_fit.
+void register_lines(uint m_log2, uint lines_log2, bool inverse) {
     reg_log2 = m_log2;
     uint tid = gl_LocalInvocationIndex;
     uint local_line = tid >> (m_log2 - 4u);
     uint t = tid & ((1u << (m_log2 - 4u)) - 1u);
-    bool in_group = local_line < (1u << pc.lines_log2);
+    bool in_group = local_line < (1u << lines_log2);
     uint lb = in_group ? local_line << m_log2 : 0u;
     uint first = (m_log2 & 3u) != 0u ? (m_log2 & 3u) : 4u;
     uint passes = (m_log2 + 3u) >> 2;
@@ -1177,8 +1176,8 @@ void register_fused(uint first_line) {
     [[unroll]] for (uint i = 0u; i < 16u; i++) {
         uint p = register_position(i, first, t);
         if (from_input) {
-            rp[i] = vec2(register_segment_value(has_a, base_a, start_a, outputs_a, p),
-                         register_segment_value(has_b, base_b, start_b, outputs_b, p));
+            rp[i] = vec2(segment_value_at(has_a, base_a, start_a, outputs_a, p),
+                         segment_value_at(has_b, base_b, start_b, outputs_b, p));
         } else {
             rp[i] = line_live ? tmp[pair_base + pos0 + p] : vec2(0.0);
         }
@@ -1275,9 +1274,16 @@ void main() {
     bool forward_only = (pc.flags & FLAG_NO_INVERSE) != 0u;
     bool no_forward = (pc.flags & FLAG_NO_FORWARD) != 0u;
     // MIDDLE: the forward's finest round, the product and the inverse's finest round as one.
-    uint middle = MIDDLE != 0u && !forward_only && !no_forward ? finest_round_log2(m_log2) : 0u;
+    // The line DFTs on the register-radix passes where they fit (then without the middle round).
+    bool reg = register_lines_fit(m_log2, pc.lines_log2);
+    uint middle = MIDDLE != 0u && !reg && !forward_only && !no_forward ? finest_round_log2(m_log2)
+                                                                       : 0u;
     if (!no_forward) {
-        fft_forward(m_log2, pc.lines_log2, middle);
+        if (reg) {
+            register_lines(m_log2, pc.lines_log2, false);
+        } else {
+            fft_forward(m_log2, pc.lines_log2, middle);
+        }
     }
     if (!forward_only) {
         if (middle == 1u) {
@@ -1303,7 +1309,11 @@ void main() {
             memoryBarrierShared();
             barrier();
         }
-        fft_inverse(m_log2, pc.lines_log2, middle);
+        if (reg) {
+            register_lines(m_log2, pc.lines_log2, true);
+        } else {
+            fft_inverse(m_log2, pc.lines_log2, middle);
+        }
     }
 
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
@@ -1400,7 +1410,11 @@ void main() {
     }
     memoryBarrierShared();
     barrier();
-    fft_forward(m_log2, pc.lines_log2, 0u);
+    if (register_lines_fit(m_log2, pc.lines_log2)) {
+        register_lines(m_log2, pc.lines_log2, false);
+    } else {
+        fft_forward(m_log2, pc.lines_log2, 0u);
+    }
     // Split Z into X and D per pair of frequencies (f, N - f): item f0 < N/2 of a row, where
     // f0 = 0 also takes N/2 (both their own mirror). T(f) goes to f's position and G(f) to g's
     // (a self-mirrored bin holds the real T + i G); each row's largest |T|, |G| to slots 2, 3.
@@ -1485,7 +1499,12 @@ void main() {
     memoryBarrierShared();
     barrier();
     // Both inverse transforms at once when gated: the P lines follow the W lines.
-    fft_inverse(m_log2, gated ? pc.lines_log2 + 1u : pc.lines_log2, 0u);
+    uint inverse_lines_log2 = gated ? pc.lines_log2 + 1u : pc.lines_log2;
+    if (register_lines_fit(m_log2, inverse_lines_log2)) {
+        register_lines(m_log2, inverse_lines_log2, true);
+    } else {
+        fft_inverse(m_log2, inverse_lines_log2, 0u);
+    }
     for (uint line = line0; line < rows; line += line_step) {
         uint r = first_line + line;
         if (r >= pc.total_lines) {
@@ -1630,13 +1649,11 @@ void main() {
     }
     memoryBarrierShared();
     barrier();
-    // REGISTER_COLUMNS: the register-radix passes where each line's M / 16 invocations fit
-    // the workgroup (uniform over it).
-    if (REGISTER_COLUMNS != 0u && m_log2 >= 4u && (points >> 4u) <= gl_WorkGroupSize.x) {
+    if (register_lines_fit(m_log2, pc.lines_log2)) {
 #if defined(PASS_COLUMNS_FORWARD)
-        register_columns(m_log2, false);
+        register_lines(m_log2, pc.lines_log2, false);
 #else
-        register_columns(m_log2, true);
+        register_lines(m_log2, pc.lines_log2, true);
 #endif
     } else {
 #if defined(PASS_COLUMNS_FORWARD)

@@ -64,8 +64,9 @@ pub const FUSED_BACKWARD_ENV: &str = "FFTCONV_VULKAN_FUSED_BACKWARD";
 
 /// Environment variable: `0` switches off the register-radix passes (the default; Stockham
 /// radix-16 passes with 16 points per invocation in registers): the forward's fused block runs
-/// the radix-2 fused pass (`PASS_FUSED`) instead of `PASS_REGISTER_FUSED`, and the column passes
-/// (forward and backward) their radix-2 rounds (specialization constant 8), for comparing both.
+/// the radix-2 fused pass (`PASS_FUSED`) instead of `PASS_REGISTER_FUSED`, and the passes that
+/// transform lines in place in shared memory (the column passes, the backward's fused passes)
+/// their radix-2 rounds (specialization constant 8), for comparing both.
 /// Read when a convolution is made.
 pub const REGISTER_FFT_ENV: &str = "FFTCONV_VULKAN_REGISTER_FFT";
 
@@ -172,8 +173,9 @@ pub(crate) fn padding_allowed() -> bool {
 /// Shader variants chosen by environment variables (specialization constants 3 .. 5, 7, 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ShaderOptions {
-    /// The column passes' register-radix line DFTs (specialization constant 8).
-    register_columns: bool,
+    /// The register-radix line DFTs of the passes that hold their lines in shared memory
+    /// (specialization constant 8).
+    register_lines: bool,
     middle: bool,
     fast_div: bool,
     const_twiddles: bool,
@@ -185,7 +187,7 @@ impl ShaderOptions {
     fn from_env(register_fft: Option<bool>) -> ShaderOptions {
         let on = |name: &str| std::env::var(name).is_ok_and(|v| v.trim() == "1");
         ShaderOptions {
-            register_columns: register_fft.unwrap_or_else(register_fft_from_env),
+            register_lines: register_fft.unwrap_or_else(register_fft_from_env),
             middle: std::env::var(MIDDLE_ROUND_ENV).map_or(true, |v| v.trim() != "0"),
             fast_div: on(FAST_DIV_ENV),
             const_twiddles: on(CONST_TWIDDLES_ENV),
@@ -424,7 +426,7 @@ impl Pipelines {
             u32::from(options.const_twiddles),
             self.cooperative_slots,
             u32::from(options.coop_f16_products),
-            u32::from(options.register_columns),
+            u32::from(options.register_lines),
             shape.long_line_rounds,
         ];
         let ids: Vec<u32> = (0..spec_words.len() as u32)
@@ -643,8 +645,9 @@ mod tests {
         // build.rs finds them in the SPIR-V; the host passes only those. Every shader reads
         // the workgroup size (0); the FFT passes the shared memory (1, 2); the middle round (3)
         // is the radix-2 fused pass's; the matrix rounds' slots (6, 7) are the cooperative
-        // variants'; the register-radix columns (8) the column passes'; the long lines (9) the
-        // register-radix fused pass's.
+        // variants'; the register-radix lines in shared memory (8) those of the column passes,
+        // the radix-2 fused pass and the fused backward; the long lines (9) the register-radix
+        // fused pass's.
         for (name, _, read) in spirv::SHADERS {
             let reads = |id: u32| read & (1 << id) != 0;
             assert!(reads(0), "{name}: {read:#x}");
@@ -661,7 +664,9 @@ mod tests {
             assert_eq!(reads(3), pass == "FUSED", "{name}: {read:#x}");
             assert_eq!(reads(6) && reads(7), coop, "{name}: {read:#x}");
             assert_eq!(reads(6) || reads(7), coop, "{name}: {read:#x}");
-            assert_eq!(reads(8), pass.starts_with("COLUMNS"), "{name}: {read:#x}");
+            let in_shared =
+                pass.starts_with("COLUMNS") || pass == "FUSED" || pass == "BACKWARD_FUSED";
+            assert_eq!(reads(8), in_shared, "{name}: {read:#x}");
             assert_eq!(reads(9), pass == "REGISTER_FUSED", "{name}: {read:#x}");
         }
     }

@@ -698,10 +698,18 @@ fn backward_on_multi_pass_plans_and_chunks() {
     if !vulkan_present("backward_on_multi_pass_plans_and_chunks") {
         return;
     }
-    for (points, chunk_elems) in [(16, None), (64, Some(700)), (4096, Some(1))] {
+    // The fused and column passes on the register-radix line DFTs (the default), and once on
+    // the radix-2 rounds (`register_fft: Some(false)`).
+    for (points, chunk_elems, register_fft) in [
+        (16, None, None),
+        (64, Some(700), None),
+        (64, None, Some(false)),
+        (4096, Some(1), None),
+    ] {
         let options = VulkanOptions {
             max_shared_points: Some(points),
             chunk_elems,
+            register_fft,
             ..VulkanOptions::default()
         };
         for builder in [
@@ -725,7 +733,8 @@ fn backward_on_multi_pass_plans_and_chunks() {
 /// frequency sparsity, chunks (the filter gradient summed over them), and the largest sizes
 /// it takes (N = 4K ungated and 2K gated with 48 KiB of shared memory; 2K and 1K with
 /// lavapipe's 32 KiB, where the larger ones run the step schedule); `u`'s channels 2^-12, 1 and
-/// 2^12 the size of `dy`.
+/// 2^12 the size of `dy`. The row FFTs run on the register-radix line DFTs (the default) and,
+/// in three cases, on the radix-2 rounds.
 #[test]
 fn fused_backward_rows_scales_and_gates() {
     if !vulkan_present("fused_backward_rows_scales_and_gates") {
@@ -733,6 +742,10 @@ fn fused_backward_rows_scales_and_gates() {
     }
     let chunked = VulkanOptions {
         chunk_elems: Some(900),
+        ..VulkanOptions::default()
+    };
+    let radix2 = VulkanOptions {
+        register_fft: Some(false),
         ..VulkanOptions::default()
     };
     for (builder, options) in [
@@ -767,6 +780,9 @@ fn fused_backward_rows_scales_and_gates() {
             ConvSpec::builder(1, 3, 1024, 1024).gated(true),
             VulkanOptions::default(),
         ),
+        (ConvSpec::builder(3, 3, 100, 60).gated(true), radix2),
+        (ConvSpec::builder(2, 3, 300, 300).circular(), radix2),
+        (ConvSpec::builder(2, 3, 1024, 1024), radix2),
     ] {
         let spec = builder.build().unwrap();
         check_backward_scaled(&spec, options, &CHANNEL_SCALES);
