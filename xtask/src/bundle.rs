@@ -278,6 +278,12 @@ if [ "${1:-}" != "--no-bench" ]; then
         --dtype f16 --sizes 8K,16K --reps 5
     bench bench-vulkan-radix2 60 FFTCONV_VULKAN_REGISTER_FFT=0 --backend vulkan --dtype f16 \
         --sizes 256,1K,4K --reps 5
+    # Session 21: the Vulkan backward's FFTs (fused backward, step schedule) on the register-radix
+    # passes against the radix-2 rounds, same run.
+    bench bench-backward-vulkan 45 --backend vulkan --dtype f16 --sizes 256,4K,16K --backward \
+        --reps 3
+    bench bench-backward-vulkan-radix2 45 FFTCONV_VULKAN_REGISTER_FFT=0 --backend vulkan \
+        --dtype f16 --sizes 256,4K,16K --backward --reps 3
     # Where the backward's time goes where it is furthest from issue 5's 2.5x (session 17: 256
     # 2.9x, 8K 3.5x, 16K 4.2x): per-kernel durations at the card's clocks.
     step ncu-times-backward-small 75 /usr/local/cuda/bin/ncu --clock-control none \

@@ -3770,6 +3770,32 @@ __device__ __forceinline__ void mt_backward_row(const MtDft16& f, const MtPlanes
     }
 }
 
+// Taps pos .. pos + 7 of a taps row (`row`: its first tap; taps_len of them) from the 8 f16
+// values of `q`, each times ft, fa and fb in that order: two 16-byte stores where the row is
+// 16-byte aligned (K % 4 == 0) and all 8 are in it, else one store per tap in it.
+__device__ __forceinline__ void mt_store_taps8(float* row, u32 pos, u32 taps_len, const Quad& q,
+                                               float ft, float fa, float fb) {
+    if (pos + 8u <= taps_len && (taps_len & 3u) == 0u) {
+#pragma unroll
+        for (u32 v = 0; v < 2u; v++) {
+            Quad o;
+#pragma unroll
+            for (u32 j = 0; j < 4u; j++) {
+                const u32 e = 4u * v + j;
+                o.w[j] = float_bits(half_float(q.w[e >> 1] >> (16u * (e & 1u))) * ft * fa * fb);
+            }
+            store_words16(row + pos + 4u * v, o.w);
+        }
+    } else {
+#pragma unroll
+        for (u32 j = 0; j < 8u; j++) {
+            if (pos + j < taps_len) {
+                row[pos + j] = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft * fa * fb;
+            }
+        }
+    }
+}
+
 // The backward's results for positions pos .. pos + 7 of a pair whose position q sits at shared
 // row base + q / 256, column q mod 256 (after S3, in natural order). With c = 2N (256 for N =
 // 256): taps = Re T c^3 / (σ N s t) (the pair's taps row), dx_r = G_r
@@ -3792,28 +3818,8 @@ __device__ __forceinline__ void mt_backward_store8(const Params& pc, const Divis
         int k_st = ps.prod == 0u ? 0 : 254 - (int)ps.prod;
         float ft = (nan & 1u) != 0u ? qnan : c * c * (c / (float)n) * pow2(-sigma_log2);
         const float fa = pow2(k_st / 2), fb = pow2(k_st - k_st / 2); // applied one after another
-        Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
-        float* dst = bf.taps + (u64)pair * pc.taps_len + pos;
-        if (pos + 8u <= pc.taps_len && (pc.taps_len & 3u) == 0u) {
-            // Two 16-byte stores (the pair's taps row starts 16-byte aligned: K % 4 == 0).
-#pragma unroll
-            for (u32 v = 0; v < 2u; v++) {
-                Quad o;
-#pragma unroll
-                for (u32 j = 0; j < 4u; j++) {
-                    u32 e = 4u * v + j;
-                    o.w[j] = float_bits(half_float(q.w[e >> 1] >> (16u * (e & 1u))) * ft * fa * fb);
-                }
-                store_words16(dst + 4u * v, o.w);
-            }
-        } else {
-#pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                if (pos + j < pc.taps_len) {
-                    dst[j] = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft * fa * fb;
-                }
-            }
-        }
+        const Quad q = *(const Quad*)&sets[0].p[0][row * MT_ROW + col];
+        mt_store_taps8(bf.taps + (u64)pair * pc.taps_len, pos, pc.taps_len, q, ft, fa, fb);
     }
 #pragma unroll
     for (u32 s = 0; s < 2u; s++) {
@@ -4299,26 +4305,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
         }
         const u32 pos = mc.pos;
         const Quad q = *(const Quad*)&sets[0].p[0][mc.row * MT_ROW + mc.col];
-        if (pos + 8u <= pc.taps_len && (pc.taps_len & 3u) == 0u) {
-            // Two 16-byte stores (the row starts 16-byte aligned: K % 4 == 0).
-#pragma unroll
-            for (u32 v = 0; v < 2u; v++) {
-                Quad o;
-#pragma unroll
-                for (u32 j = 0; j < 4u; j++) {
-                    const u32 e = 4u * v + j;
-                    o.w[j] = float_bits(half_float(q.w[e >> 1] >> (16u * (e & 1u))) * ft * fa * fb);
-                }
-                store_words16(row_out + pos + 4u * v, o.w);
-            }
-        } else {
-#pragma unroll
-            for (u32 j = 0; j < 8u; j++) {
-                if (pos + j < pc.taps_len) {
-                    row_out[pos + j] = half_float(q.w[j >> 1] >> (16u * (j & 1u))) * ft * fa * fb;
-                }
-            }
-        }
+        mt_store_taps8(row_out, pos, pc.taps_len, q, ft, fa, fb);
     }
 }
 
