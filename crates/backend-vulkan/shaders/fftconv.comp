@@ -76,7 +76,7 @@ layout(constant_id = 7) const uint COOP_F16_PRODUCTS = 0;
 // fused pass of the backward's step schedule, the fused backward) run their line DFTs as
 // register-radix passes (see register_lines; the host's default); 0: radix-2 rounds in shared
 // memory (FFTCONV_VULKAN_REGISTER_FFT=0).
-layout(constant_id = 8) const uint REGISTER_COLUMNS = 0;
+layout(constant_id = 8) const uint REGISTER_LINES = 0;
 // R > 1 (2, 4, ...): the register-radix fused pass holds one line of R x SHARED_POINTS points per
 // workgroup (16 points per invocation), whose exchanges between passes go through the shared
 // memory in R rounds (see register_exchange). 0: its lines fit the shared memory (the host's
@@ -270,28 +270,21 @@ bool segment_row(uint seg, uint h, out uint row_base, out uint start, out uint o
 }
 
 // The element that position `pos` of a located segment (segment_row) reads (false where the
-// segment is zero there); `flags` as pc.flags (FLAG_BODY_ONLY: the segment's outputs only).
+// segment is zero there; idx is then 0); `flags` as pc.flags (FLAG_BODY_ONLY: the segment's
+// outputs only). As selects, not branches (the register-radix pass inlines it 32 times), so a
+// caller's loads can be unconditional. Circular history goes back at most L - 1
+// (history < K <= L), so one wrap suffices.
 bool segment_element_at(uint row_base, uint start, uint outputs, uint pos, uint flags,
                         out uint idx) {
-    idx = 0u;
     uint n = 1u << pc.log2n;
-    uint t;
-    if (pos < outputs) {
-        t = start + pos;
-    } else if (pos >= n - pc.history && (flags & FLAG_BODY_ONLY) == 0u) {
-        uint back = n - pos;
-        if (back <= start) {
-            t = start - back;
-        } else if ((flags & FLAG_WRAPS) != 0u) {
-            t = (start + pc.seq_len - back % pc.seq_len) % pc.seq_len;
-        } else {
-            return false;
-        }
-    } else {
-        return false;
-    }
-    idx = row_base + t;
-    return true;
+    uint back = n - pos;
+    bool body = pos < outputs;
+    bool history = pos >= n - pc.history && (flags & FLAG_BODY_ONLY) == 0u;
+    bool wraps = back > start;
+    bool ok = body || (history && (!wraps || (flags & FLAG_WRAPS) != 0u));
+    uint t = body ? start + pos : (wraps ? start + pc.seq_len - back : start - back);
+    idx = ok ? row_base + t : 0u;
+    return ok;
 }
 
 // segment_element_at for segment `seg` of channel h (false where there is no such segment).
@@ -305,19 +298,11 @@ bool segment_element(uint seg, uint h, uint pos, uint flags, out uint idx) {
 }
 
 // Pre-gated input at position `pos` of a located segment (segment_row; `exists` false: none),
-// or 0 where the segment is zero. As selects, not branches (the register-radix pass inlines it
-// 32 times): the element's index is computed for every position and clamped to 0 where the
-// segment is zero there, so the loads are unconditional. Circular history goes back at most
-// L - 1 (history < K <= L), so one wrap suffices.
+// or 0 where the segment is zero (its loads unconditional: from element 0 there).
 float segment_value_at(bool exists, uint row_base, uint start, uint outputs, uint pos) {
-    uint n = 1u << pc.log2n;
-    uint back = n - pos;
-    bool body = pos < outputs;
-    bool history = pos >= n - pc.history && (pc.flags & FLAG_BODY_ONLY) == 0u;
-    bool wraps = back > start;
-    bool ok = exists && (body || (history && (!wraps || (pc.flags & FLAG_WRAPS) != 0u)));
-    uint t = body ? start + pos : (wraps ? start + pc.seq_len - back : start - back);
-    uint idx = ok ? row_base + t : 0u;
+    uint idx;
+    bool ok = segment_element_at(row_base, start, outputs, pos, pc.flags, idx) && exists;
+    idx = ok ? idx : 0u;
     float v = TO_FLOAT(u_buf[idx]);
     if ((pc.flags & FLAG_GATED) != 0u) {
         v *= TO_FLOAT(pre_buf[idx]);
@@ -1026,10 +1011,10 @@ void register_barrier() {
 }
 
 #if !defined(PASS_REGISTER_FUSED)
-// Whether register_lines runs 2^lines_log2 lines of 2^m_log2 points: REGISTER_COLUMNS is on,
+// Whether register_lines runs 2^lines_log2 lines of 2^m_log2 points: REGISTER_LINES is on,
 // M >= 16, and the lines' M / 16 invocations each fit the workgroup (uniform over it).
 bool register_lines_fit(uint m_log2, uint lines_log2) {
-    return REGISTER_COLUMNS != 0u && m_log2 >= 4u
+    return REGISTER_LINES != 0u && m_log2 >= 4u
            && ((1u << (m_log2 + lines_log2)) >> 4u) <= gl_WorkGroupSize.x;
 }
 
