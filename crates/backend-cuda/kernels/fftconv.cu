@@ -4023,11 +4023,12 @@ __device__ __forceinline__ float mt_pow2_or_zero(int k) {
     return k < -126 ? 0.0f : pow2(k > 127 ? 127 : k);
 }
 
-// The taps kernel's running sum of T in dynamic shared memory after its two plane sets (in
-// registers it spilled ~1.2 KB per thread at the 128-register cap): per row, n-tile, element
-// and lane one complex f32, so each lane reads and writes only its own, 8 bytes apart.
-__device__ __forceinline__ cpx* mt_taps_sum_at(u32 row, u32 nt, u32 i) {
-    cpx* sums = (cpx*)((u16*)smem + 4u * 16u * MT_ROW);
+// The taps kernels' running sum of T in dynamic shared memory after their two plane sets of
+// `rows` rows each (in registers it spilled ~1.2 KB per thread at the 128-register cap): per
+// row, n-tile, element and lane one complex f32, so each lane reads and writes only its own, 8
+// bytes apart.
+__device__ __forceinline__ cpx* mt_taps_sum_at(u32 rows, u32 row, u32 nt, u32 i) {
+    cpx* sums = (cpx*)((u16*)smem + 4u * rows * MT_ROW);
     return sums + ((row * 8u + nt * 4u + i) << 5) + (threadIdx.x & 31u);
 }
 
@@ -4068,7 +4069,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
         for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
             for (u32 i = 0; i < 4u; i++) {
-                *mt_taps_sum_at(2u * warp + rr, nt, i) = mk(0.0f, 0.0f);
+                *mt_taps_sum_at(16u, 2u * warp + rr, nt, i) = mk(0.0f, 0.0f);
             }
         }
     }
@@ -4159,7 +4160,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
                 for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
                     for (u32 i = 0; i < 4u; i++) {
-                        cpx* a = mt_taps_sum_at(row, nt, i);
+                        cpx* a = mt_taps_sum_at(16u, row, nt, i);
                         *a = mk(a->x * r, a->y * r);
                     }
                 }
@@ -4188,7 +4189,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
                         tv = mk(0.0f, 0.0f);
                         bad = true;
                     }
-                    cpx* a = mt_taps_sum_at(row, nt, i);
+                    cpx* a = mt_taps_sum_at(16u, row, nt, i);
                     *a = mk(a->x + tv.x * w, a->y + tv.y * w);
                 }
             }
@@ -4224,18 +4225,18 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
         for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
             for (u32 i = 0; i < 4u; i++) {
-                cpx v = *mt_taps_sum_at(row, nt, i);
+                cpx v = *mt_taps_sum_at(16u, row, nt, i);
                 if (slots > 1u) {
                     v = mk(0.0f, 0.0f);
                     for (u32 p = 0; p < slots; p++) {
                         const u32 rp = slot_ref[p];
                         if (rp != 0u) {
                             const float wp = mt_pow2_or_zero((int)ref - (int)rp);
-                            const cpx t = *mt_taps_sum_at(p * n1 + row, nt, i);
+                            const cpx t = *mt_taps_sum_at(16u, p * n1 + row, nt, i);
                             v = mk(v.x + t.x * wp, v.y + t.y * wp);
                         }
                     }
-                    *mt_taps_sum_at(row, nt, i) = v;
+                    *mt_taps_sum_at(16u, row, nt, i) = v;
                 }
                 const float a = bits_float(float_bits(v.x) & 0x7fffffffu) +
                                 bits_float(float_bits(v.y) & 0x7fffffffu);
@@ -4277,7 +4278,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
         for (u32 nt = 0; nt < 2u; nt++) {
 #pragma unroll
             for (u32 i = 0; i < 4u; i++) {
-                const cpx v = *mt_taps_sum_at(row, nt, i);
+                const cpx v = *mt_taps_sum_at(16u, row, nt, i);
                 st.re[nt][i] = v.x * sigma;
                 st.im[nt][i] = v.y * sigma;
             }
@@ -4519,6 +4520,261 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     __shared__ u32 row_max[2][2]; // [x, d][row]
     __shared__ float abs_sum[2];  // [x, d]: sums of |scaled value| over both rows
     mt_backward_wide<1, MT_THREADS>(pc, bf, dv, row_max, abs_sum);
+}
+
+// A lane's 8 sums of a row (`a`: the first, element e at a + 32 e) times `rescale`, plus w t.
+__device__ __forceinline__ void mt_taps_sum_add(cpx* a, const cpx t[8], float rescale, float w) {
+#pragma unroll
+    for (u32 e = 0; e < 8u; e++) {
+        const cpx v = a[e << 5];
+        a[e << 5] = mk(v.x * rescale + t[e].x * w, v.y * rescale + t[e].y * w);
+    }
+}
+
+// fftconv_monarch_backward_taps_wide (N = 8192, 16384): fftconv_monarch_backward_taps for the
+// wide layout (fftconv_monarch_backward_wide's: one pair per step, N1 = 16 R rows), for the
+// split backward at 8K and 16K (du from fftconv_monarch_wide with the filter conjugated). A
+// block per channel and group of pc.stage_count consecutive pairs (as
+// fftconv_monarch_backward_taps); per pair the rows' maxima (a first read), the scaled x and d
+// (a second read), the radix-R step and S1, then S2's forward half per row and T = Zd conj(Zx)
+// on the kept bins added into the f32 sum (sum_row below), weighted 2^(ref - prod) against the
+// loudest pair so far (one pair per step, so `ref` is the block's). After the group: σ from the
+// sum, one inverse (S2's inverse half, S3, the inverse radix-R step) and the group's taps row.
+// Dynamic shared memory: two plane sets of N1 rows and the sum's first SHARED_ROWS rows (256
+// complex f32 each); its other rows in the block's slice of bf.tmp (L2-resident): at 8K all 32
+// rows in shared memory (130 KiB), at 16K 47 of 64 (226 KiB; the whole sum would need 260 KiB,
+// over the 227 KiB of a block), so 17 rows go through L2.
+template <u32 R_LOG2, u32 BT, u32 SHARED_ROWS>
+__device__ __forceinline__ void mt_backward_taps_wide(const Params& pc, const Buffers& bf,
+                                                      const Divisors& dv, u32 (*row_max)[2],
+                                                      u32& group_bad, u32& sum_max) {
+    constexpr u32 R = 1u << R_LOG2, ROWS = 16u << R_LOG2, WARPS = BT / 32u;
+    static_assert(ROWS % WARPS == 0u, "every warp holds whole rows of the sum");
+    static_assert(SHARED_ROWS <= ROWS, "the sum's rows in shared memory");
+    const u32 n = 1u << pc.log2n;
+    const float c = 2.0f * (float)n;
+    const u32 per = pc.stage_count;
+    const u32 groups = (pc.pairs + per - 1u) / per;
+    const u32 b = block_index(), h = b / groups, g = b - h * groups;
+    if (h >= pc.channels) {
+        return; // uniform over the block
+    }
+    const u32 j_end = min_u((g + 1u) * per, pc.pairs);
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u, gl = lane >> 2, tl = lane & 3u;
+    if (threadIdx.x == 0u) {
+        group_bad = 0u;
+        sum_max = 0u;
+    }
+    // The sum's row `row`: lane-local elements 32 apart from the returned one (the block's
+    // slice of bf.tmp recomputed at each use rather than held in registers).
+    auto sum_row = [&](u32 row) {
+        return row < SHARED_ROWS
+                   ? mt_taps_sum_at(ROWS, row, 0u, 0u)
+                   : bf.tmp + (u64)block_index() * ((ROWS - SHARED_ROWS) * 256u) +
+                         (((row - SHARED_ROWS) * 8u) << 5) + lane;
+    };
+    MtPlanes sets[2];
+#pragma unroll
+    for (u32 set = 0; set < 2u; set++) {
+        sets[set] = MtPlanes{{mt_backward_plane(set, 0u, ROWS), mt_backward_plane(set, 1u, ROWS)}};
+    }
+    // The sum's rows warp + WARPS i belong to this warp alone (lane-local, too): zeroed here,
+    // no barrier needed until the end.
+#pragma unroll 1
+    for (u32 row = warp; row < ROWS; row += WARPS) {
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                sum_row(row)[(4u * nt + i) << 5] = mk(0.0f, 0.0f);
+            }
+        }
+    }
+    u32 ref = 0u; // the sum's reference product of scales (uniform; 0: no pair with x, d yet)
+    const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
+#pragma unroll 1
+    for (u32 j = g * per; j < j_end; j++) {
+        if (threadIdx.x < 4u) {
+            row_max[threadIdx.x >> 1][threadIdx.x & 1u] = 0u;
+        }
+        SegmentRow seg[2];
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            seg[s] = locate_segment(pc, dv, 2u * j + s, h);
+        }
+        // The maxima zeroed; the previous pair's maxima read and its S2 done with the planes.
+        __syncthreads();
+        mt_pair_maxima<BT>(pc, dv, bf, seg, row_max); // a first read
+        __syncthreads();
+        const MtPairScales ps =
+            mt_pair_scales(row_max[0][0], row_max[0][1], row_max[1][0], row_max[1][1]);
+        // The second read, scaled, in natural order.
+        bool bad = false;
+        for (u32 pos = 8u * threadIdx.x; pos < n; pos += 8u * BT) {
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                float x[8], d[8];
+                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[s], pos, x);
+                mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg[s], pos, d);
+                u32 mx = 0u, md = 0u;
+                bad = mt_finite8(x, mx) || bad;
+                bad = mt_finite8(d, md) || bad;
+                mt_backward_put8(ps, s, x, d, false, ROWS, pos >> 8, pos & 255u);
+            }
+        }
+        if (bad) {
+            group_bad = 1u;
+        }
+        __syncthreads();
+#pragma unroll
+        for (u32 set = 0; set < 2u; set++) {
+#pragma unroll 1
+            for (u32 k = 0; k < 512u / BT; k++) {
+                mt_radix_rows<R_LOG2, true>(sets[set], pc, bf, mt_unit<BT>(k));
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (u32 set = 0; set < 2u; set++) {
+            mt_columns<true, BT>(sets[set], pc, bf, 4u, R, R);
+        }
+        __syncthreads();
+        if (ps.prod == 0u) {
+            continue; // uniform: no row of the pair with nonzero x and d, T = 0
+        }
+        // The pair's weight against the reference; a louder pair rescales the sum.
+        float w = 1.0f, rescale = 1.0f;
+        if (ref == 0u) {
+            ref = ps.prod;
+        } else if (ps.prod >= ref) {
+            w = mt_pow2_or_zero((int)ref - (int)ps.prod);
+        } else {
+            rescale = mt_pow2_or_zero((int)ps.prod - (int)ref);
+            ref = ps.prod;
+        }
+        MtDft16 f;
+        mt_dft16(pc, bf, f);
+        bool product_bad = false;
+#pragma unroll 1
+        for (u32 row = warp; row < ROWS; row += WARPS) {
+            const u32 ka = (row & 15u) * R + (row >> 4), at = row * MT_ROW;
+            MtSpectrum sx, sd;
+            mt_row_forward<false>(f, sets[0].p[0] + at, sets[0].p[1] + at, sx);
+            mt_row_forward<false>(f, sets[1].p[0] + at, sets[1].p[1] + at, sd);
+            cpx t[8];
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+                for (u32 i = 0; i < 4u; i++) {
+                    const u32 kb = gl + 8u * (i >> 1), kc = 2u * tl + (i & 1u) + 8u * nt;
+                    const u32 fr = ka + ROWS * (kb + 16u * kc);
+                    const bool kept = (fr <= (n >> 1) ? fr : n - fr) < pc.kept_bins;
+                    cpx tv = kept ? cmul(mk(sd.re[nt][i], sd.im[nt][i]),
+                                         conj_c(mk(sx.re[nt][i], sx.im[nt][i])))
+                                  : mk(0.0f, 0.0f);
+                    if (!finite_c(tv)) {
+                        tv = mk(0.0f, 0.0f);
+                        product_bad = true;
+                    }
+                    t[4u * nt + i] = tv;
+                }
+            }
+            // Each branch with its own memory space (a pointer that may be either spilled).
+            if (row < SHARED_ROWS) {
+                mt_taps_sum_add(sum_row(row), t, rescale, w);
+            } else {
+                mt_taps_sum_add(sum_row(row), t, rescale, w);
+            }
+        }
+        if (product_bad) {
+            group_bad = 1u;
+        }
+    }
+    __syncthreads(); // the last pair's S2 is done with the planes
+    // σ from the sum's largest |Re| + |Im| (bits; an overflow to inf makes the row NaN).
+    u32 m = 0u;
+    bool overflow = false;
+#pragma unroll 1
+    for (u32 row = warp; row < ROWS; row += WARPS) {
+#pragma unroll
+        for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+            for (u32 i = 0; i < 4u; i++) {
+                const cpx v = sum_row(row)[(4u * nt + i) << 5];
+                const float a = bits_float(float_bits(v.x) & 0x7fffffffu) +
+                                bits_float(float_bits(v.y) & 0x7fffffffu);
+                overflow = overflow || !finite_f(a);
+                m = max_u(m, finite_bits(a));
+            }
+        }
+    }
+    if (overflow) {
+        group_bad = 1u;
+    }
+    shared_max(&sum_max, m);
+    __syncthreads();
+    int sigma_log2 = 0;
+    if (sum_max != 0u) {
+        const int e = (int)((sum_max >> 23) & 0xffu) - 127; // sum_max < 2^(e + 1)
+        sigma_log2 = 13 - e;
+        sigma_log2 = sigma_log2 < -120 ? -120 : (sigma_log2 > 120 ? 120 : sigma_log2);
+    }
+    const float sigma = pow2(sigma_log2);
+    {
+        MtDft16 f;
+        mt_dft16(pc, bf, f);
+#pragma unroll 1
+        for (u32 row = warp; row < ROWS; row += WARPS) {
+            const u32 ka = (row & 15u) * R + (row >> 4), at = row * MT_ROW;
+            MtSpectrum st;
+#pragma unroll
+            for (u32 nt = 0; nt < 2u; nt++) {
+#pragma unroll
+                for (u32 i = 0; i < 4u; i++) {
+                    const cpx v = sum_row(row)[(4u * nt + i) << 5];
+                    st.re[nt][i] = v.x * sigma;
+                    st.im[nt][i] = v.y * sigma;
+                }
+            }
+            mt_row_inverse<false>(f, st, sets[0].p[0] + at, sets[0].p[1] + at, pc, bf, ka, true);
+        }
+    }
+    __syncthreads();
+    mt_columns<false, BT>(sets[0], pc, bf, 4u, R, R);
+    __syncthreads();
+#pragma unroll 1
+    for (u32 k = 0; k < 512u / BT; k++) {
+        mt_radix_rows<R_LOG2, false>(sets[0], pc, bf, mt_unit<BT>(k));
+    }
+    __syncthreads();
+    // taps = Re T c^3 / (σ N) 2^(254 - ref), the last factor as two normal halves.
+    const int k_st = ref == 0u ? 0 : 254 - (int)ref;
+    const float fa = pow2(k_st / 2), fb = pow2(k_st - k_st / 2);
+    const float ft = group_bad != 0u ? bits_float(0x7fc00000u)
+                                     : c * c * (c / (float)n) * pow2(-sigma_log2);
+    float* row_out = bf.taps + (u64)(h * groups + g) * pc.taps_len;
+    for (u32 pos = 8u * threadIdx.x; pos < pc.taps_len; pos += 8u * BT) {
+        const Quad q = *(const Quad*)&sets[0].p[0][(pos >> 8) * MT_ROW + (pos & 255u)];
+        mt_store_taps8(row_out, pos, pc.taps_len, q, ft, fa, fb);
+    }
+}
+
+// The sum's rows in shared memory at 16K (the host's monarch_taps_shared_rows).
+#define MT_TAPS_SHARED_ROWS_16K 47u
+
+// With MT_WIDE_THREADS threads: the plane sets and the sum (130 KiB at 8K, 226 KiB at 16K) leave
+// room for one block per SM, so 16 warps per SM only as one block of 512 threads.
+extern "C" __global__ void __launch_bounds__(MT_WIDE_THREADS, 1)
+    fftconv_monarch_backward_taps_wide(const Params pc, const Buffers bf, const Divisors dv) {
+    __shared__ u32 row_max[2][2]; // [x, d][row]
+    __shared__ u32 group_bad;     // a non-finite input or product in the group
+    __shared__ u32 sum_max;       // float bits: the sum's largest |Re| + |Im|
+    if (pc.log2n == 13u) {
+        mt_backward_taps_wide<1, MT_WIDE_THREADS, 32u>(pc, bf, dv, row_max, group_bad, sum_max);
+    } else {
+        mt_backward_taps_wide<2, MT_WIDE_THREADS, MT_TAPS_SHARED_ROWS_16K>(pc, bf, dv, row_max,
+                                                                          group_bad, sum_max);
+    }
 }
 
 // ---- the Monarch pass for N = 32K .. 4M: four kernels around 16K-point rows -----------------

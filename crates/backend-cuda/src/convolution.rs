@@ -1088,8 +1088,8 @@ pub(crate) fn monarch_backward_launches(
     ])
 }
 
-/// The split Monarch backward's filter-gradient launch (`fftconv_monarch_backward_taps`) for
-/// the fused backward's parameters `p`, where it applies: N = 256 .. 4096, one block per row, ungated
+/// The split Monarch backward's filter-gradient launch (`fftconv_monarch_backward_taps`, 8K and
+/// 16K `_taps_wide`) for the fused backward's parameters `p`, where it applies: N = 256 .. 16384, one block per row, ungated
 /// and causal (du then comes from `fftconv_monarch` with the filter conjugated, which needs
 /// the forward's own segment layout; circular where L = N). A block per channel and group of pairs, as many groups
 /// per channel as reach `target_blocks` blocks in all (at most one per pair): the pairs per
@@ -1102,7 +1102,7 @@ pub(crate) fn monarch_split_taps_params(
     // Circular without history (L = N) too: du is then the circular correlation, exactly what
     // the forward kernel computes with conj(K); the taps never wrap.
     let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
-    let ok = (8..=12).contains(&p.log2n)
+    let ok = (8..=14).contains(&p.log2n)
         && p.blocks == 1
         && (p.flags & !FLAG_F32_ROUNDS == 0
             || (wraps_whole && p.flags & !(FLAG_F32_ROUNDS | FLAG_WRAPS) == 0))
@@ -1113,7 +1113,7 @@ pub(crate) fn monarch_split_taps_params(
     }
     // Below 4K a block holds 16 / N1 pairs side by side (N1 = N / 256 rows each): a group's
     // pairs as a whole number of such sets where the channel has that many.
-    let side_by_side = 1u32 << (12 - p.log2n);
+    let side_by_side = 1u32 << 12u32.saturating_sub(p.log2n);
     let groups_wanted = target_blocks.div_ceil(p.channels).clamp(1, p.pairs);
     let per = p
         .pairs
@@ -1551,10 +1551,18 @@ mod tests {
             );
             assert_eq!(p.total_lines, 768 * g);
         }
-        // Only N = 256 .. 4K, ungated, one-block problems, causal or circular without history.
+        // 8K (one pair per step of the wide taps kernel): the pairs split evenly, the anchors'
+        // 768 channels of 10 pairs in one group each at the wide target.
+        for (pairs, target, per, groups) in [(10, 512, 10, 1), (10, 1536, 5, 2), (7, 1 << 20, 1, 7)]
+        {
+            let (p, g) = monarch_split_taps_params(&params(13, 0, 768, pairs), target).expect("8K");
+            assert_eq!((p.stage_count, g), (per, groups), "8K {pairs} {target}");
+        }
+        // Only N = 256 .. 16K, ungated, one-block problems, causal or circular without history.
         for (log2n, flags) in [
-            (13, 0),
-            (14, 0),
+            (15, 0),
+            (14, FLAG_GATED),
+            (13, FLAG_GATED),
             (11, FLAG_GATED),
             (12, FLAG_GATED),
             (12, FLAG_GATED | FLAG_WRAPS),

@@ -128,16 +128,28 @@ fn keep_pool_memory(ctx: &CudaContext) {
     });
 }
 
-/// Environment variable: `0` turns off the split Monarch backward, on by default since session
-/// 16's H200 run (4K: 3.85 -> 2.86 ms). Where it applies (ungated problems at N = 4096, causal,
-/// or circular with L = N) the backward runs in two kernels: du through `fftconv_monarch` with
-/// the filter conjugated and dy as its input, and the filter gradient through
-/// `fftconv_monarch_backward_taps`, which sums a channel's pairs in shared memory and runs one
-/// inverse per group of pairs instead of one per pair.
+/// Environment variable: the split Monarch backward's largest FFT size, for A/B runs: `0` turns
+/// it off, `4096` keeps it to 256 .. 4K (the default of sessions 16-21); unset or `1`, every
+/// size it takes (256 .. 16K). On by default since session 16's H200 run (4K: 3.85 -> 2.86 ms).
+/// Where it applies (ungated problems, causal, or circular with L = N) the backward runs in two
+/// kernels: du through the forward kernel (`fftconv_monarch`, 8K and 16K
+/// `fftconv_monarch_wide`) with the filter conjugated and dy as its input, and the filter
+/// gradient through `fftconv_monarch_backward_taps` (8K and 16K `_taps_wide`), which sums a
+/// channel's pairs in shared memory and runs one inverse per group of pairs instead of one per
+/// pair.
 pub const MONARCH_SPLIT_BACKWARD_ENV: &str = "FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD";
 
-pub(crate) fn monarch_split_backward() -> bool {
-    std::env::var(MONARCH_SPLIT_BACKWARD_ENV).map_or(true, |v| v.trim() != "0")
+/// Whether the split Monarch backward runs at N = 2^log2n by [`MONARCH_SPLIT_BACKWARD_ENV`].
+pub(crate) fn monarch_split_backward(log2n: u32) -> bool {
+    let max_log2 = match std::env::var(MONARCH_SPLIT_BACKWARD_ENV) {
+        Err(_) => u32::MAX,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(0) => 0,
+            Ok(n) if n > 1 => n.ilog2(),
+            _ => u32::MAX,
+        },
+    };
+    log2n <= max_log2
 }
 
 /// Environment variable: `1` compiles the kernels with line information (NVRTC `-lineinfo`), so
@@ -438,7 +450,11 @@ impl CudaDevice {
             )?,
             backward_taps: with_shared(
                 "fftconv_monarch_backward_taps",
-                monarch_backward_taps_shared_bytes(),
+                monarch_backward_taps_shared_bytes(12),
+            )?,
+            backward_taps_wide: with_shared(
+                "fftconv_monarch_backward_taps_wide",
+                monarch_backward_taps_shared_bytes(14),
             )?,
             backward_wide: with_shared(
                 "fftconv_monarch_backward_wide",
@@ -619,6 +635,8 @@ pub(crate) struct MonarchKernels {
     /// The split backward's filter gradient at N = 256 .. 4096 (a block per channel and group of
     /// pairs; [`MONARCH_SPLIT_BACKWARD_ENV`]).
     pub(crate) backward_taps: CudaFunction,
+    /// The same at N = 8192 and 16384 (`wide_threads` threads, one block per SM).
+    pub(crate) backward_taps_wide: CudaFunction,
     /// The same for N = 16384 (one pair per block, one block per SM: registers uncapped).
     pub(crate) backward_wide: CudaFunction,
     /// The same for N = 8192, with the register cap of `backward` (two blocks per SM).
@@ -692,6 +710,17 @@ impl MonarchKernels {
         )
     }
 
+    /// The split backward's taps kernel for N = 2^log2n (256 .. 16384), its dynamic shared memory
+    /// and its threads per block (`None` at other sizes).
+    pub(crate) fn taps_function(&self, log2n: u32) -> Option<(&CudaFunction, u32, u32)> {
+        let shared = monarch_backward_taps_shared_bytes(log2n);
+        match log2n {
+            8..=12 => Some((&self.backward_taps, shared, 256)),
+            13 | 14 => Some((&self.backward_taps_wide, shared, self.wide_threads)),
+            _ => None,
+        }
+    }
+
     /// `kernel`'s function for N = 2^log2n, and its dynamic shared memory (`None`: a cluster
     /// kernel where they are not loaded).
     pub(crate) fn function(
@@ -748,10 +777,31 @@ pub(crate) fn monarch_shared_limit(optin: usize) -> u32 {
 
 /// Dynamic shared memory of the Monarch backward at N = 2^log2n: two plane sets (three gated) of
 /// 16 rows of 264 halves up to 4K, of N / 256 rows for 8K and 16K (`fftconv_monarch_backward_wide`).
-/// Dynamic shared memory of `fftconv_monarch_backward_taps`: the 4K backward's two plane sets
-/// and the running sum of T (16 rows x 256 bins, complex f32).
-pub(crate) fn monarch_backward_taps_shared_bytes() -> u32 {
-    monarch_backward_shared_bytes(12, false) + 16 * 256 * 8
+/// Dynamic shared memory of the split backward's taps kernel at N = 2^log2n: the ungated
+/// backward's two plane sets and the rows of the running sum of T that it keeps in shared
+/// memory ([`monarch_taps_shared_rows`], 256 complex f32 each): `fftconv_monarch_backward_taps`
+/// up to 4K (65 KiB), `_taps_wide` at 8K (130 KiB) and 16K (226 KiB).
+pub(crate) fn monarch_backward_taps_shared_bytes(log2n: u32) -> u32 {
+    monarch_backward_shared_bytes(log2n, false) + monarch_taps_shared_rows(log2n) * 256 * 8
+}
+
+/// Bytes of the intermediate buffer (`tmp`) the split backward's taps launch of `blocks` blocks
+/// at N = 2^log2n uses: the sum's rows beyond [`monarch_taps_shared_rows`], 256 complex f32
+/// each, per block (16K: 17 rows, 34 KiB; none below).
+pub(crate) fn monarch_taps_scratch_bytes(log2n: u32, blocks: u32) -> usize {
+    let rows = 1usize << log2n.saturating_sub(8).max(4);
+    let beyond = rows - monarch_taps_shared_rows(log2n) as usize;
+    beyond * 256 * 8 * blocks as usize
+}
+
+/// Rows of the taps kernel's running sum in shared memory at N = 2^log2n: all of the planes'
+/// rows (16 up to 4K, 32 at 8K), at 16K 47 of 64 (`MT_TAPS_SHARED_ROWS_16K` of the kernel file;
+/// the other 18 in the block's slice of the intermediate buffer, L2-resident).
+pub(crate) fn monarch_taps_shared_rows(log2n: u32) -> u32 {
+    match log2n {
+        14 => 47,
+        _ => 1 << log2n.saturating_sub(8).max(4),
+    }
 }
 
 pub(crate) fn monarch_backward_shared_bytes(log2n: u32, gated: bool) -> u32 {
@@ -1146,6 +1196,36 @@ mod tests {
         assert!(2 * monarch_backward_shared_bytes(13, true) <= optin);
         assert!(monarch_backward_shared_bytes(14, true) <= optin);
         assert!(2 * monarch_backward_shared_bytes(14, false) > optin);
+    }
+
+    #[test]
+    fn split_taps_kernels_fit_hoppers_shared_memory_and_the_intermediate_buffer() {
+        let optin = monarch_shared_limit(232_448);
+        // Sizes the kernels' layouts give (planes of 264 halves per row, sums of 2 KiB per row).
+        assert_eq!(monarch_backward_taps_shared_bytes(12), 33_792 + 16 * 2048);
+        assert_eq!(monarch_backward_taps_shared_bytes(13), 67_584 + 32 * 2048);
+        assert_eq!(monarch_backward_taps_shared_bytes(14), 135_168 + 47 * 2048);
+        for log2n in 8..=14 {
+            let bytes = monarch_backward_taps_shared_bytes(log2n);
+            assert!(bytes <= optin, "{log2n}: {bytes}");
+            // Every row of the sum is somewhere: one more row in shared memory would not fit.
+            let rows = 1u32 << log2n.saturating_sub(8).max(4);
+            let shared_rows = monarch_taps_shared_rows(log2n);
+            assert!(shared_rows <= rows);
+            if shared_rows < rows {
+                assert!(bytes + 2048 > optin, "{log2n}: a row more would fit");
+            }
+            // The rest per block is at most one pair's spectrum (N complex f32), so a launch of
+            // at most one block per pair fits the backward's intermediate buffer.
+            let n = 1usize << log2n;
+            assert!(monarch_taps_scratch_bytes(log2n, 1) <= n * 8);
+            assert_eq!(
+                monarch_taps_scratch_bytes(log2n, 3),
+                3 * monarch_taps_scratch_bytes(log2n, 1)
+            );
+        }
+        assert_eq!(monarch_taps_scratch_bytes(13, 100), 0);
+        assert_eq!(monarch_taps_scratch_bytes(14, 1), 17 * 2048);
     }
 
     #[test]

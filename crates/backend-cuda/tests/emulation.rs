@@ -238,6 +238,7 @@ enum Kernel {
     MonarchFilterMax = 28,
     MonarchBackwardWide8k = 29,
     MonarchBackwardTaps = 30,
+    MonarchBackwardTapsWide = 31,
 }
 
 impl From<PassKind> for Kernel {
@@ -1019,7 +1020,12 @@ fn backward(
                 ..base
             };
             for (kernel, fp) in forward {
-                // At 4K: fftconv_monarch, no dynamic shared memory.
+                // Up to 4K fftconv_monarch (no dynamic shared memory), 8K fftconv_monarch_wide
+                // (`monarch_shared_bytes`: two f16 planes of N / 256 rows of 264 halves).
+                let shared = match kernel {
+                    Kernel::MonarchWide => 2 * (1usize << (fp.log2n - 8)) * 264 * 2,
+                    _ => 0,
+                };
                 let fp = PassParams {
                     flags: fp.flags | monarch_core::schedule::FLAG_CONJ_FILTER,
                     ..fp
@@ -1029,12 +1035,20 @@ fn backward(
                     y: Some(sdu),
                     ..b
                 };
-                p.launch(kernel, 0, &fp, &du);
+                p.launch(kernel, shared, &fp, &du);
             }
-            // Two plane sets of 16 rows and the sum of T (`monarch_backward_taps_shared_bytes`).
+            // Two plane sets of 16 rows up to 4K, N / 256 from 8K, and the sum of T's rows in
+            // shared memory: all, at 16K 47 (`monarch_backward_taps_shared_bytes`).
+            let rows = 1usize << params.log2n.saturating_sub(8).max(4);
+            let sum_rows = if params.log2n == 14 { 47 } else { rows };
+            let taps_kernel = if params.log2n > 12 {
+                Kernel::MonarchBackwardTapsWide
+            } else {
+                Kernel::MonarchBackwardTaps
+            };
             p.launch(
-                Kernel::MonarchBackwardTaps,
-                2 * 2 * 16 * 264 * 2 + 16 * 256 * 8,
+                taps_kernel,
+                2 * 2 * rows * 264 * 2 + sum_rows * 256 * 8,
                 &taps_params,
                 &b,
             );
@@ -2264,7 +2278,7 @@ fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(Pass
     // Circular without history (L = N) too: du is then the circular correlation, exactly what
     // the forward kernel computes with conj(K); the taps never wrap.
     let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
-    let ok = (8..=12).contains(&p.log2n)
+    let ok = (8..=14).contains(&p.log2n)
         && p.blocks == 1
         && (p.flags & !FLAG_F32_ROUNDS == 0
             || (wraps_whole && p.flags & !(FLAG_F32_ROUNDS | FLAG_WRAPS) == 0))
@@ -2275,7 +2289,7 @@ fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(Pass
     }
     // Below 4K a block holds 16 / N1 pairs side by side (N1 = N / 256 rows each): a group's
     // pairs as a whole number of such sets where the channel has that many.
-    let side_by_side = 1u32 << (12 - p.log2n);
+    let side_by_side = 1u32 << 12u32.saturating_sub(p.log2n);
     let groups_wanted = target_blocks.div_ceil(p.channels).clamp(1, p.pairs);
     let per = p
         .pairs
@@ -2352,10 +2366,11 @@ fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>
     ])
 }
 
-/// The split backward at 256 .. 4K (ungated, causal or circular with L = N): du from
-/// fftconv_monarch with conj(K), the taps from fftconv_monarch_backward_taps, with one group per
-/// channel (all its pairs in one block: the running sum and its rescaling), with one pair per
-/// group at 4K, and below 4K with several pairs side by side.
+/// The split backward at 256 .. 16K (ungated, causal or circular with L = N): du from
+/// fftconv_monarch (8K, 16K fftconv_monarch_wide) with conj(K), the taps from
+/// fftconv_monarch_backward_taps (8K, 16K `_taps_wide`), with one group per channel (all its pairs in
+/// one block: the running sum and its rescaling), with one pair per group, and below 4K with
+/// several pairs side by side.
 #[test]
 fn monarch_split_backward() {
     let test = "monarch_split_backward";
@@ -2451,6 +2466,57 @@ fn monarch_split_backward() {
         (
             "n1k, dy of batches 0, 1 zero, one group",
             causal(5, 2, 512, 512),
+            1 << 30,
+            1,
+        ),
+        // 8K: fftconv_monarch_wide for du, fftconv_monarch_backward_taps_wide (512 threads, one
+        // pair per step, the sum of 32 rows).
+        (
+            "n8k odd batch, batches 0, 1, 4 at 2^-16, one group",
+            causal(5, 1, 4096, 4096),
+            1 << 30,
+            1,
+        ),
+        (
+            "n8k sparse ragged K, a pair per group",
+            causal(3, 2, 4096, 3001).keep_frequencies(0.25),
+            1 << 30,
+            1 << 20,
+        ),
+        (
+            "n8k circular, one group",
+            causal(4, 1, 8192, 8192).circular(),
+            1 << 30,
+            1,
+        ),
+        (
+            "n8k chunked, dy of batches 0, 1 zero, two groups",
+            causal(6, 2, 4096, 4096),
+            3 * 8192,
+            2,
+        ),
+        (
+            "n8k NaN filter, one group",
+            causal(4, 2, 4096, 4096),
+            1 << 30,
+            1,
+        ),
+        // 16K: the sum's last 17 rows in the intermediate buffer (one slice per block).
+        (
+            "n16k odd batch, batches 0, 1, 4 at 2^-16, one group",
+            causal(5, 1, 8192, 8192),
+            1 << 30,
+            1,
+        ),
+        (
+            "n16k sparse ragged K, two groups",
+            causal(4, 2, 8192, 5000).keep_frequencies(0.25),
+            1 << 30,
+            4,
+        ),
+        (
+            "n16k circular, one group",
+            causal(3, 1, 16384, 16384).circular(),
             1 << 30,
             1,
         ),

@@ -20,10 +20,12 @@ use super::{
 };
 use crate::CudaError;
 
-/// Blocks the split backward's taps launch aims at (`monarch_split_taps_params`): about four
-/// waves of two blocks per SM on a 132-SM card, so that a channel's pairs are summed in few
+/// Blocks the split backward's taps launch aims at (`monarch_split_taps_params`) up to 4K: about
+/// four waves of two blocks per SM on a 132-SM card, so that a channel's pairs are summed in few
 /// groups.
 const SPLIT_TARGET_BLOCKS: u32 = 1024;
+/// The same at 8K and 16K, whose taps kernel runs one block per SM: about four waves.
+const SPLIT_TARGET_BLOCKS_WIDE: u32 = 512;
 
 /// Output buffers of one backward call; every one is overwritten.
 ///
@@ -399,18 +401,48 @@ impl CudaConvolution {
                     other: tmp_d,
                     ..base
                 };
-                // The split backward (the default at 256 .. 4K, ungated, causal or L = N circular): du
-                // as the forward of dy with conj(K), then the taps per group of pairs.
-                // (The forward's steps only where the split is on and takes the problem.)
-                let split = (crate::device::monarch_split_backward()
-                    && crate::device::monarch_backward_taps_shared_bytes() <= shared_limit)
-                    .then(|| super::monarch_split_taps_params(&params, SPLIT_TARGET_BLOCKS))
-                    .flatten()
-                    .and_then(|taps| {
-                        let steps = self.schedule.forward_steps(chunk, compact);
-                        Some((taps, super::monarch_launches(&steps, vec, false)?))
+                // The split backward (the default at 256 .. 16K, ungated, causal or L = N
+                // circular): du as the forward of dy with conj(K), then the taps per group of
+                // pairs. (The forward's steps only where the split is on and takes the problem.)
+                let taps_kernel = kernels
+                    .taps_function(params.log2n)
+                    .filter(|&(_, shared, _)| {
+                        crate::device::monarch_split_backward(params.log2n)
+                            && shared <= shared_limit
                     });
-                if let Some(((taps_params, groups), forward)) = split {
+                let target = if params.log2n > 12 {
+                    SPLIT_TARGET_BLOCKS_WIDE
+                } else {
+                    SPLIT_TARGET_BLOCKS
+                };
+                let split = taps_kernel
+                    .and_then(|taps_kernel| {
+                        Some((
+                            taps_kernel,
+                            super::monarch_split_taps_params(&params, target)?,
+                        ))
+                    })
+                    // At 16K part of the taps sum lives in tmp_v (one slice per block).
+                    .filter(|(_, (taps_params, _))| {
+                        crate::device::monarch_taps_scratch_bytes(
+                            params.log2n,
+                            taps_params.total_lines,
+                        ) <= bexec.tmp_v.len()
+                    })
+                    .and_then(|(taps_kernel, taps)| {
+                        let steps = self.schedule.forward_steps(chunk, compact);
+                        Some((
+                            taps_kernel,
+                            taps,
+                            super::monarch_launches(&steps, vec, false)?,
+                        ))
+                    });
+                if let Some((
+                    (taps_func, taps_shared, taps_threads),
+                    (taps_params, groups),
+                    forward,
+                )) = split
+                {
                     let du_buffers = KernelBuffers {
                         u: s.dy,
                         y: s.du,
@@ -431,9 +463,9 @@ impl CudaConvolution {
                     }
                     launch_kernel(
                         stream,
-                        &kernels.backward_taps,
-                        256,
-                        crate::device::monarch_backward_taps_shared_bytes(),
+                        taps_func,
+                        taps_threads,
+                        taps_shared,
                         &taps_params,
                         &buffers,
                     )?;

@@ -147,7 +147,7 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_backward_tile_columns_inverse,
                           fftconv_monarch_scales_finish, fftconv_monarch_backward_scales_finish,
                           fftconv_monarch_filter_max, fftconv_monarch_backward_wide_8k,
-                          fftconv_monarch_backward_taps,
+                          fftconv_monarch_backward_taps, fftconv_monarch_backward_taps_wide,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -165,28 +165,28 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_backward_tile_columns_inverse",
                              "monarch_scales_finish", "monarch_backward_scales_finish",
                              "monarch_filter_max", "monarch_backward_wide_8k",
-                             "monarch_backward_taps",
+                             "monarch_backward_taps", "monarch_backward_taps_wide",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
                            false, false, false, false, false, false, false, false, false,
                            false, false, false, false, false, false, false, false, false,
-                           false, false, false, false, false, false, false,
+                           false, false, false, false, false, false, false, false,
 #endif
 };
-// Threads per block where a kernel has its own (0: THREADS): the Monarch kernels that hold a
-// 16K-point row in one block per SM (MT_WIDE_THREADS).
+// Threads per block where a kernel has its own (0: THREADS): the Monarch kernels that run one
+// block per SM (MT_WIDE_THREADS).
 const u32 BLOCK_THREADS[] = {0, 0, 0, 0, 0, 0,
 #if MONARCH_TC
                              0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS, 0, 0, MT_WIDE_THREADS,
-                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS,
 #endif
 };
 // Blocks per cluster (`__cluster_dims__`; 1: no cluster).
 const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
 #if MONARCH_TC
-                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 1,
+                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 1, 1,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
