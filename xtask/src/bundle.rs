@@ -261,9 +261,11 @@ if [ "${1:-}" != "--no-bench" ]; then
         --reps 3
     # Session 22 (no GPU): the split backward at 8K and 16K (fftconv_monarch_wide for du,
     # fftconv_monarch_backward_taps_wide for the taps; docs/perf.md has the prediction) against
-    # the fused wide kernels (the split kept to 4K), same run.
-    bench bench-backward-split-to-4k 40 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=4096 --backend cuda \
+    # the fused wide kernels of the default (bench-backward-small above), same run.
+    bench bench-backward-split-to-16k 40 FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=16384 --backend cuda \
         --dtype f16 --sizes 8K,16K --backward --reps 3
+    step test-backward-cuda-split-to-16k 120 env FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=16384 \
+        "$T/conv-backward" cuda --test-threads 8
     bench bench-forward-default 40 --backend cuda --dtype f16 --sizes 256,1K,4K --reps 5
     bench bench-forward-min-blocks-2 100 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=2 --backend cuda \
         --dtype f16 --sizes 256,1K,4K --reps 5

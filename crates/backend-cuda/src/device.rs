@@ -128,10 +128,10 @@ fn keep_pool_memory(ctx: &CudaContext) {
     });
 }
 
-/// Environment variable: the split Monarch backward's largest FFT size, for A/B runs: `0` turns
-/// it off, `4096` keeps it to 256 .. 4K (the default of sessions 16-21); unset or `1`, every
-/// size it takes (256 .. 16K). On by default since session 16's H200 run (4K: 3.85 -> 2.86 ms).
-/// Where it applies (ungated problems, causal, or circular with L = N) the backward runs in two
+/// Environment variable: the split Monarch backward's largest FFT size: `0` turns it off,
+/// `16384` (or `1`) takes it to every size it runs (256 .. 16K; 8K and 16K not yet measured on
+/// a GPU, so not the default), unset it runs at 256 .. 4K (on since session 16's H200 run, 4K:
+/// 3.85 -> 2.86 ms; 1.0-1.6x over the fused kernel from 256 to 4K in session 17's). Where it applies (ungated problems, causal, or circular with L = N) the backward runs in two
 /// kernels: du through the forward kernel (`fftconv_monarch`, 8K and 16K
 /// `fftconv_monarch_wide`) with the filter conjugated and dy as its input, and the filter
 /// gradient through `fftconv_monarch_backward_taps` (8K and 16K `_taps_wide`), which sums a
@@ -141,15 +141,20 @@ pub const MONARCH_SPLIT_BACKWARD_ENV: &str = "FFTCONV_CUDA_MONARCH_SPLIT_BACKWAR
 
 /// Whether the split Monarch backward runs at N = 2^log2n by [`MONARCH_SPLIT_BACKWARD_ENV`].
 pub(crate) fn monarch_split_backward(log2n: u32) -> bool {
-    let max_log2 = match std::env::var(MONARCH_SPLIT_BACKWARD_ENV) {
-        Err(_) => u32::MAX,
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(0) => 0,
-            Ok(n) if n > 1 => n.ilog2(),
-            _ => u32::MAX,
-        },
-    };
-    log2n <= max_log2
+    log2n <= split_backward_max_log2(std::env::var(MONARCH_SPLIT_BACKWARD_ENV).ok().as_deref())
+}
+
+/// log2 of the split backward's largest FFT size for [`MONARCH_SPLIT_BACKWARD_ENV`]'s value.
+fn split_backward_max_log2(value: Option<&str>) -> u32 {
+    /// The measured default: up to 4K.
+    const DEFAULT_LOG2: u32 = 12;
+    match value.map(|v| v.trim().parse::<u64>()) {
+        None => DEFAULT_LOG2,
+        Some(Ok(0)) => 0,
+        Some(Ok(1)) => u32::MAX,
+        Some(Ok(n)) => n.ilog2(),
+        Some(Err(_)) => DEFAULT_LOG2,
+    }
 }
 
 /// Environment variable: `1` compiles the kernels with line information (NVRTC `-lineinfo`), so
@@ -796,7 +801,7 @@ pub(crate) fn monarch_taps_scratch_bytes(log2n: u32, blocks: u32) -> usize {
 
 /// Rows of the taps kernel's running sum in shared memory at N = 2^log2n: all of the planes'
 /// rows (16 up to 4K, 32 at 8K), at 16K 47 of 64 (`MT_TAPS_SHARED_ROWS_16K` of the kernel file;
-/// the other 18 in the block's slice of the intermediate buffer, L2-resident).
+/// the other 17 in the block's slice of the intermediate buffer, L2-resident).
 pub(crate) fn monarch_taps_shared_rows(log2n: u32) -> u32 {
     match log2n {
         14 => 47,
@@ -1226,6 +1231,17 @@ mod tests {
         }
         assert_eq!(monarch_taps_scratch_bytes(13, 100), 0);
         assert_eq!(monarch_taps_scratch_bytes(14, 1), 17 * 2048);
+    }
+
+    #[test]
+    fn split_backward_sizes_from_the_environment() {
+        assert_eq!(split_backward_max_log2(None), 12);
+        assert_eq!(split_backward_max_log2(Some("0")), 0);
+        assert_eq!(split_backward_max_log2(Some("1")), u32::MAX);
+        assert_eq!(split_backward_max_log2(Some(" 16384 ")), 14);
+        assert_eq!(split_backward_max_log2(Some("8192")), 13);
+        assert_eq!(split_backward_max_log2(Some("4096")), 12);
+        assert_eq!(split_backward_max_log2(Some("yes")), 12);
     }
 
     #[test]

@@ -401,7 +401,7 @@ impl CudaConvolution {
                     other: tmp_d,
                     ..base
                 };
-                // The split backward (the default at 256 .. 16K, ungated, causal or L = N
+                // The split backward (the default at 256 .. 4K, 8K and 16K by the environment; ungated, causal or L = N
                 // circular): du as the forward of dy with conj(K), then the taps per group of
                 // pairs. (The forward's steps only where the split is on and takes the problem.)
                 let taps_kernel = kernels
