@@ -401,9 +401,10 @@ impl CudaConvolution {
                     other: tmp_d,
                     ..base
                 };
-                // The split backward (the default at 256 .. 4K, 8K and 16K by the environment; ungated, causal or L = N
-                // circular): du as the forward of dy with conj(K), then the taps per group of
-                // pairs. (The forward's steps only where the split is on and takes the problem.)
+                // The split backward (by default at 256 .. 4K, 8K and 16K by the environment;
+                // ungated, causal or L = N circular): du as the forward of dy with conj(K), then
+                // the taps per group of pairs. (The forward's steps only where the split is on
+                // and takes the problem.)
                 let taps_kernel = kernels
                     .taps_function(params.log2n)
                     .filter(|&(_, shared, _)| {
