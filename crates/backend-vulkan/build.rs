@@ -1,6 +1,7 @@
 //! Compiles `shaders/fftconv.comp` to SPIR-V with glslang (built from source by the `glslang`
 //! crate: no Vulkan SDK, no system shader compiler) once per pass and I/O type (and per
-//! cooperative-matrix tile size for the FFT passes with 16-bit I/O), and `shaders/copy.comp`
+//! cooperative-matrix tile size for the FFT passes with 16-bit I/O, and with f16 intermediates,
+//! `_TMP16`, for the forward's passes with 16-bit I/O), and `shaders/copy.comp`
 //! (the memory floor's compute copy, named `COPY_F32`), and writes
 //! `shaders.rs` into `OUT_DIR` with the words embedded and, per module, the specialization
 //! constants it reads.
@@ -33,6 +34,14 @@ const COOP_PASSES: [(&str, &str); 3] = [
 ];
 /// Cooperative-matrix tile sizes T (T x T x T, f16 operands, f32 accumulators) and log2 T.
 const COOP_TILES: [(&str, &str); 2] = [("8", "3"), ("16", "4")];
+/// Passes with a half-spectra variant (`_TMP16`: f16 intermediates, scaled per tile; the
+/// forward of plans with one global stage and 16-bit I/O), the column passes with their
+/// cooperative-matrix variants too.
+const TMP16_PASSES: [(&str, &str, bool); 3] = [
+    ("REGISTER_FUSED", "PASS_REGISTER_FUSED", false),
+    ("COLUMNS_FORWARD", "PASS_COLUMNS_FORWARD", true),
+    ("COLUMNS_INVERSE", "PASS_COLUMNS_INVERSE", true),
+];
 
 /// One SPIR-V module to build: its name in the table, source (and its path, for messages) and
 /// preprocessor defines.
@@ -100,6 +109,28 @@ fn main() {
                         ("COOP", "1"),
                         ("COOP_LOG2", log2),
                     ],
+                });
+            }
+        }
+    }
+    // Half spectra: 16-bit I/O only (f32 I/O keeps f32 spectra).
+    for (pass, pass_define, coop) in TMP16_PASSES {
+        for (io, io_define) in &IO_TYPES[1..] {
+            let base = vec![(pass_define, "1"), (*io_define, "1"), ("TMP_F16", "1")];
+            jobs.push(Job {
+                name: format!("{pass}_{io}_TMP16"),
+                source: &source,
+                path: SOURCE,
+                defines: base.clone(),
+            });
+            for (t, log2) in COOP_TILES.iter().filter(|_| coop) {
+                let mut defines = base.clone();
+                defines.extend([("COOP", "1"), ("COOP_LOG2", *log2)]);
+                jobs.push(Job {
+                    name: format!("{pass}_{io}_COOP{t}_TMP16"),
+                    source: &source,
+                    path: SOURCE,
+                    defines,
                 });
             }
         }

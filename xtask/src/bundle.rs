@@ -291,6 +291,12 @@ if [ "${1:-}" != "--no-bench" ]; then
         --reps 3
     bench bench-backward-vulkan-radix2 45 FFTCONV_VULKAN_REGISTER_FFT=0 --backend vulkan \
         --dtype f16 --sizes 256,4K,16K --backward --reps 3
+    # Session 23: Vulkan's half spectra (the forward's intermediates in f16, scaled per tile:
+    # 32K .. 4M with 16-bit I/O) against f32 spectra, same run (docs/perf.md has the prediction).
+    bench bench-vulkan-half-spectra 60 --backend cuda,vulkan --dtype f16 \
+        --sizes 32K,64K,256K,1M,4M --reps 3
+    bench bench-vulkan-f32-spectra 60 FFTCONV_VULKAN_HALF_SPECTRA=0 --backend vulkan \
+        --dtype f16 --sizes 32K,64K,256K,1M,4M --reps 3
     # Where the backward's time goes where it is furthest from issue 5's 2.5x (session 17: 256
     # 2.9x, 8K 3.5x, 16K 4.2x): per-kernel durations at the card's clocks.
     step ncu-times-backward-small 75 /usr/local/cuda/bin/ncu --clock-control none \

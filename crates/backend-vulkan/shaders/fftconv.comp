@@ -92,7 +92,16 @@ layout(std430, set = 0, binding = 4) readonly buffer FilterSpectrum { vec2 spect
 // W_N^e = exp(-2 pi i e / N), e in [0, N).
 layout(std430, set = 0, binding = 5) readonly buffer Twiddles { vec2 twiddles[]; };
 // Intermediate spectra between passes: N complex values per pair.
+#if defined(TMP_F16)
+// TMP_F16 (half spectra; the forward of a plan with one global stage, 16-bit I/O): each value
+// is one packHalf2x16 word scaled by its tile's power of two (see half_scale_exponent), then
+// after the data (total pairs x N words) the tiles' unscale factors as float bits: region A, per
+// pair N / SHARED_POINTS words, one per column-pass workgroup (its lines: SHARED_POINTS points);
+// region B, per pair M_0 words, one per line of the fused pass (see half_regions).
+layout(std430, set = 0, binding = 6) buffer Intermediate { uint tmp16[]; };
+#else
 layout(std430, set = 0, binding = 6) buffer Intermediate { vec2 tmp[]; };
+#endif
 // Backward: the second spectrum of a correlation (same layout as tmp).
 layout(std430, set = 0, binding = 7) readonly buffer OtherSpectrum { vec2 other[]; };
 // Backward: filter-gradient taps, taps_len per pair (the real part of the correlation);
@@ -356,6 +365,79 @@ vec2 filter_bin(uint h, uint f) {
 // From here to fft_inverse: the FFT passes' stores and transforms (the taps sum reads Taps and
 // has no FFT lines in shared memory, so it leaves them out).
 #if !defined(PASS_TAPS_SUM)
+#if defined(TMP_F16)
+// ---- half spectra ------------------------------------------------------------------------------
+//
+// A tile's values go to tmp16 in f16 times 2^(e - 127), e = half_scale_exponent(m) for the
+// tile's largest finite |re| + |im| (float bits m): that takes m into [2^13, 2^14), so every
+// component stays below f16's 65504 with room to spare and the tile's small values keep their
+// bits; non-finite values stay non-finite. The reader multiplies by 2^(127 - e) (the tile's
+// stored unscale factor); both are normal floats (e in 1 .. 253), so the scaling is exact. The
+// same rule as CUDA's mt_row_scale_exponent.
+uint half_scale_exponent(uint m) {
+    uint e = m >> 23;
+    return min(267u - max(e, 14u), 253u);
+}
+
+// Finite |re| + |im| of v as float bits (0 where it is not finite): a bound of both components
+// after any rotation (the column pass's twiddle).
+uint half_magnitude(vec2 v) { return finite_bits(abs(v.x) + abs(v.y)); }
+
+// The tile's packed value of v with scale exponent e (half_scale_exponent).
+uint half_pack(vec2 v, uint e) { return packHalf2x16(v * uintBitsToFloat(e << 23)); }
+
+// The unscale factor's bits stored for a tile of scale exponent e.
+uint half_unscale_bits(uint e) { return (254u - e) << 23; }
+
+// The value at word i of tmp16 times the unscale factor (bits) of its tile.
+vec2 half_unpack(uint i, uint unscale_bits) {
+    return unpackHalf2x16(tmp16[i]) * uintBitsToFloat(unscale_bits);
+}
+
+// Where regions A and B start (words) for `pairs` pairs: after the data, and after A.
+uint half_region_a(uint pairs) { return pairs << pc.log2n; }
+uint half_region_b(uint pairs) {
+    return (pairs << pc.log2n) + ((pairs << pc.log2n) >> uint(findMSB(SHARED_POINTS)));
+}
+
+// The largest of `m` (float bits) over each segment of 2^seg_log2 consecutive invocations among
+// the first 2^span_log2 (the others keep their own), through s, up to 16 partial maxima per
+// level (a 256-invocation segment: 2 levels, 4 barriers in all). Every invocation of the
+// workgroup calls it (it has barriers); it begins with a barrier (s may still be being read)
+// and ends with one (s is free again after it). span <= the shared points.
+uint segment_max(uint m, uint seg_log2, uint span_log2) {
+    uint tid = gl_LocalInvocationIndex;
+    bool in_span = tid < (1u << span_log2);
+    memoryBarrierShared();
+    barrier();
+    if (in_span) {
+        s[SIDX(tid)].x = uintBitsToFloat(m);
+    }
+    memoryBarrierShared();
+    barrier();
+    // Level by level: the partial maxima sit w apart; invocations at multiples of w 2^r take
+    // 2^r of them (their own and the next 2^r - 1, which no invocation writes at this level).
+    uint w = 1u;
+    for (uint left = seg_log2; left > 0u;) {
+        uint r = min(left, 4u);
+        if (in_span && (tid & ((w << r) - 1u)) == 0u) {
+            for (uint j = 1u; j < (1u << r); j++) {
+                m = max(m, floatBitsToUint(s[SIDX(tid + j * w)].x));
+            }
+            s[SIDX(tid)].x = uintBitsToFloat(m);
+        }
+        memoryBarrierShared();
+        barrier();
+        w <<= r;
+        left -= r;
+    }
+    uint mask = (1u << seg_log2) - 1u;
+    uint result = in_span ? floatBitsToUint(s[SIDX(tid & ~mask)].x) : m;
+    memoryBarrierShared();
+    barrier();
+    return result;
+}
+#endif
 // Stores position `pos` of a pair's final result: taps (backward), outputs, or tmp.
 void store_result(uint pair, uint pos, vec2 v) {
     uint n = 1u << pc.log2n;
@@ -371,7 +453,13 @@ void store_result(uint pair, uint pos, vec2 v) {
         store_output(2u * q, h, pos, v.x);
         store_output(2u * q + 1u, h, pos, v.y);
     } else {
+#if defined(TMP_F16)
+        // Not reached: half spectra run plans of one global stage, whose inverse column pass
+        // writes the outputs (the host checks; see VulkanConvolution::half_spectra).
+        tmp16[pair * n + pos] = packHalf2x16(v);
+#else
         tmp[pair * n + pos] = v;
+#endif
     }
 }
 
@@ -1156,6 +1244,14 @@ void register_fused(uint first_line) {
     uint first = (reg_log2 & 3u) != 0u ? (reg_log2 & 3u) : 4u;
     uint passes = (reg_log2 + 3u) >> 2;
 
+#if defined(TMP_F16)
+    // Half spectra: the pairs of this dispatch, and the column pass's tiles per pair (log2) and
+    // lines per tile (log2: the shared points over its lines' M_0 = N / M points).
+    uint total_pairs = pc.total_lines >> pair_lines_log2;
+    uint shared_log2 = uint(findMSB(SHARED_POINTS));
+    uint tiles_a_log2 = log2n - shared_log2;
+    uint tile_a_log2 = shared_log2 - pair_lines_log2;
+#endif
     // Forward pass 0 reads the line: register i holds point i mod R of butterfly i / R
     // (R = 2^first), position j + (i mod R) M / R with j = t + (i / R) M / 16.
     [[unroll]] for (uint i = 0u; i < 16u; i++) {
@@ -1164,7 +1260,14 @@ void register_fused(uint first_line) {
             rp[i] = vec2(segment_value_at(has_a, base_a, start_a, outputs_a, p),
                          segment_value_at(has_b, base_b, start_b, outputs_b, p));
         } else {
+#if defined(TMP_F16)
+            // Point p of the line is line p of the column pass (one global stage: its lines
+            // are the columns p of stride M), whose workgroup's tile scaled it.
+            uint a = half_region_a(total_pairs) + (pair << tiles_a_log2) + (p >> tile_a_log2);
+            rp[i] = line_live ? half_unpack(pair_base + pos0 + p, tmp16[a]) : vec2(0.0);
+#else
             rp[i] = line_live ? tmp[pair_base + pos0 + p] : vec2(0.0);
+#endif
         }
     }
     // The forward's passes, the product, then the inverse's passes (one loop, so that each pass
@@ -1198,25 +1301,46 @@ void register_fused(uint first_line) {
 
     // The last inverse pass holds point j + r M / R in register g R + r: the conjugate of the
     // result. Its real part is segment a's output, its imaginary part segment b's.
+#if defined(TMP_F16)
+    // Half spectra: one tile per line (region B, by the line's index), scaled by its maximum.
+    uint he = 0u;
+    if (!to_output) {
+        uint m = 0u;
+        [[unroll]] for (uint i = 0u; i < 16u; i++) {
+            m = max(m, half_magnitude(rp[i]));
+        }
+        m = segment_max(line_live ? m : 0u, reg_log2 - 4u, pc.lines_log2 + reg_log2 - 4u);
+        he = half_scale_exponent(m);
+        if (line_live && t == 0u) {
+            tmp16[half_region_b(total_pairs) + line] = half_unscale_bits(he);
+        }
+    }
+#endif
     [[unroll]] for (uint i = 0u; i < 16u; i++) {
         uint p = register_output_position(i, first, t);
         if (to_output) {
             store_output_at(has_a, base_a, start_a, outputs_a, p, rp[i].x);
             store_output_at(has_b, base_b, start_b, outputs_b, p, -rp[i].y);
         } else if (line_live) {
+#if defined(TMP_F16)
+            tmp16[pair_base + pos0 + p] = half_pack(conj_c(rp[i]), he);
+#else
             tmp[pair_base + pos0 + p] = conj_c(rp[i]);
+#endif
         }
     }
 }
 #endif
 #endif // REGISTER_RADIX
 
+#if defined(PASS_GATHER)
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
 float segment_gradient(uint b, uint h, uint j, uint p) {
     uint seg = b * pc.blocks + j;
     vec2 v = tmp[(h * pc.pairs + (seg >> 1)) * (1u << pc.log2n) + p];
     return (seg & 1u) == 0u ? v.x : v.y;
 }
+#endif
 
 void main() {
     uint group = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x;
@@ -1607,6 +1731,9 @@ void main() {
     uint stride_log2 = pc.stride_log2;
     uint block_log2 = m_log2 + stride_log2; // M_s
     uint lines_mask = (1u << pc.lines_log2) - 1u;
+#if defined(TMP_F16)
+    uint total_pairs = pc.total_lines >> pair_lines_log2;
+#endif
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
         uint c = i & lines_mask;
         uint e = i >> pc.lines_log2;  // element index n_s (forward) or position p (inverse)
@@ -1623,11 +1750,25 @@ void main() {
                 uint q = pair - h * pc.pairs;
                 v = vec2(segment_value(2u * q, h, pos), segment_value(2u * q + 1u, h, pos));
             } else {
+#if defined(TMP_F16)
+                // Not reached: half spectra run plans of one global stage, whose column pass
+                // reads the inputs (the host checks).
+                v = unpackHalf2x16(tmp16[pair * n + pos]);
+#else
                 v = tmp[pair * n + pos];
+#endif
             }
 #else
+#if defined(TMP_F16)
+            // Point e of the line is point r of the fused pass's line e (one global stage), whose
+            // tile (region B) scaled it.
+            uint b = half_region_b(total_pairs) + pair * m + e;
+            vec2 stored = half_unpack(pair * n + pos, tmp16[b]);
+#else
+            vec2 stored = tmp[pair * n + pos];
+#endif
             // Position e holds k_s = bitrev(e); undo the twiddle W_{M_s}^{r k_s}.
-            v = cmul(tmp[pair * n + pos], conj_c(root(r * bit_reverse(e, m_log2), block_log2)));
+            v = cmul(stored, conj_c(root(r * bit_reverse(e, m_log2), block_log2)));
 #endif
         }
         s[SIDX((c << m_log2) + e)] = v;
@@ -1647,6 +1788,44 @@ void main() {
         fft_inverse(m_log2, pc.lines_log2, 0u);
 #endif
     }
+#if defined(PASS_COLUMNS_FORWARD) && defined(TMP_F16)
+    // Half spectra: the workgroup's lines are one tile (region A, by the workgroup's index), so
+    // its results wait in registers for the tile's maximum: at most 16 points per invocation
+    // (the host checks that the shared points are at most 16 x the workgroup).
+    vec2 held[16];
+    uint hm = 0u;
+    [[unroll]] for (uint k = 0u; k < 16u; k++) {
+        uint i = gl_LocalInvocationIndex + k * gl_WorkGroupSize.x;
+        held[k] = vec2(0.0);
+        if (i < points && first_line + (i & lines_mask) < pc.total_lines) {
+            uint c = i & lines_mask;
+            uint e = i >> pc.lines_log2;
+            uint r = (first_line + c) & ((1u << stride_log2) - 1u);
+            // Position e holds k_s = bitrev(e): apply the twiddle W_{M_s}^{r k_s}.
+            vec2 w = root(r * bit_reverse(e, m_log2), block_log2);
+            held[k] = cmul(s[SIDX((c << m_log2) + e)], w);
+            hm = max(hm, half_magnitude(held[k]));
+        }
+    }
+    uint span_log2 = uint(min(findMSB(gl_WorkGroupSize.x), findMSB(SHARED_POINTS)));
+    uint he = half_scale_exponent(segment_max(hm, span_log2, span_log2));
+    if (gl_LocalInvocationIndex == 0u) {
+        tmp16[half_region_a(total_pairs) + group] = half_unscale_bits(he);
+    }
+    [[unroll]] for (uint k = 0u; k < 16u; k++) {
+        uint i = gl_LocalInvocationIndex + k * gl_WorkGroupSize.x;
+        uint c = i & lines_mask;
+        uint line = first_line + c;
+        if (i < points && line < pc.total_lines) {
+            uint e = i >> pc.lines_log2;
+            uint pair = line >> pair_lines_log2;
+            uint within = line & ((1u << pair_lines_log2) - 1u);
+            uint r = within & ((1u << stride_log2) - 1u);
+            uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+            tmp16[pair * n + pos] = half_pack(held[k], he);
+        }
+    }
+#else
     for (uint i = gl_LocalInvocationIndex; i < points; i += gl_WorkGroupSize.x) {
         uint c = i & lines_mask;
         uint e = i >> pc.lines_log2;
@@ -1665,5 +1844,6 @@ void main() {
 #endif
         }
     }
+#endif
 #endif
 }

@@ -16,7 +16,7 @@ use crate::context::{
     MemoryKind, VulkanContext,
 };
 use crate::error::check;
-use crate::pipelines::{exchange_rounds_from_env, register_fft_from_env};
+use crate::pipelines::{exchange_rounds_from_env, half_spectra_from_env, register_fft_from_env};
 use crate::pipelines::{
     Pipelines, Shader, BINDINGS, BINDING_DY, BINDING_OTHER, BINDING_POST, BINDING_PRE,
     BINDING_SPECTRUM, BINDING_TAPS, BINDING_TAPS_SUM, BINDING_TMP, BINDING_TWIDDLES, BINDING_U,
@@ -77,6 +77,13 @@ pub struct VulkanOptions {
     /// [`EXCHANGE_ROUNDS_ENV`](crate::EXCHANGE_ROUNDS_ENV) or 4; `Some(1)`: every line fits
     /// the shared memory.
     pub max_exchange_rounds: Option<u32>,
+    /// Whether the forward keeps its intermediate spectra in f16 (scaled per tile by a power of
+    /// two from the tile's maximum, so the range of the data does not matter): half the
+    /// intermediates' bytes through device memory. Only for 16-bit I/O on plans of one global
+    /// stage whose fused block runs the register-radix pass (see
+    /// [`VulkanConvolution::half_spectra`]); `None`: yes unless
+    /// [`HALF_SPECTRA_ENV`](crate::HALF_SPECTRA_ENV) is `0`.
+    pub half_spectra: Option<bool>,
 }
 
 /// A convolution problem prepared on the Vulkan device. `Send + Sync`; calls on one instance are
@@ -99,6 +106,8 @@ pub struct VulkanConvolution {
     /// one line per workgroup), where the plan has column passes but that pass holds the FFT
     /// ([`VulkanOptions::max_exchange_rounds`]). The backward keeps `schedule`.
     long_forward: Option<PassSchedule>,
+    /// Whether the forward's intermediate spectra are f16 ([`VulkanOptions::half_spectra`]).
+    half_spectra: bool,
     exec: Mutex<Option<Execution>>,
     backward_exec: Mutex<Option<backward::BackwardExecution>>,
 }
@@ -300,6 +309,15 @@ impl VulkanConvolution {
         let long_line = register_allowed
             && plan.global_passes() > 0
             && pipelines.holds_long_line(n.ilog2(), max_rounds);
+        // Half spectra: the shaders' tiles are the column pass's workgroups (each invocation
+        // holds at most 16 of its points for the tile's maximum) and the fused pass's lines;
+        // the shaders know one global stage (its inverse writes the outputs).
+        let half_spectra = options.half_spectra.unwrap_or_else(half_spectra_from_env)
+            && spec.dtype() != DType::F32
+            && register_lines_log2.is_some()
+            && !long_line
+            && schedule.passes().len() == 2
+            && pipelines.shared_points <= 16 * pipelines.workgroup;
 
         let mut conv = VulkanConvolution {
             ctx,
@@ -310,6 +328,7 @@ impl VulkanConvolution {
             twiddles,
             register_lines_log2,
             long_forward: None,
+            half_spectra,
             exec: Mutex::new(None),
             backward_exec: Mutex::new(None),
         };
@@ -356,6 +375,13 @@ impl VulkanConvolution {
     /// shared-memory exchange per pass) rather than the radix-2 fused pass.
     pub fn register_pass(&self) -> bool {
         self.register_lines_log2.is_some() || self.long_forward.is_some()
+    }
+
+    /// Whether the forward keeps its intermediate spectra in f16 ([`VulkanOptions::half_spectra`]:
+    /// 16-bit I/O, a plan of one global stage, the register-radix fused pass, and the shared
+    /// points at most 16 x the workgroup): 4 bytes per point and pass instead of 8.
+    pub fn half_spectra(&self) -> bool {
+        self.half_spectra
     }
 
     /// Passes over global memory per direction of the forward (0: the whole FFT is one fused
@@ -740,6 +766,12 @@ impl VulkanConvolution {
                         Shader::RegisterFused
                     }
                     None => Shader::Pass(kind),
+                };
+                // Half spectra: every pass of the forward (the fused one is the register pass).
+                let shader = if self.half_spectra {
+                    Shader::HalfSpectra(kind)
+                } else {
+                    shader
                 };
                 Ok((self.pipelines.pipeline(shader)?, params))
             })

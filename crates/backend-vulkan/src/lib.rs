@@ -76,7 +76,7 @@ pub use convolution::{
 pub use error::VulkanError;
 pub use pipelines::{
     COOP_F16_PRODUCTS_ENV, DEFAULT_EXCHANGE_ROUNDS, EXCHANGE_ROUNDS_ENV, FUSED_BACKWARD_ENV,
-    NO_PAD_ENV, REGISTER_FFT_ENV,
+    HALF_SPECTRA_ENV, NO_PAD_ENV, REGISTER_FFT_ENV,
 };
 pub use probe::{describe, probe, VulkanDeviceInfo};
 

@@ -75,6 +75,16 @@ pub(crate) fn register_fft_from_env() -> bool {
     std::env::var(REGISTER_FFT_ENV).map_or(true, |v| v.trim() != "0")
 }
 
+/// Environment variable: `0` keeps the forward's intermediate spectra in f32 where they would
+/// be f16 ([`VulkanOptions::half_spectra`](crate::VulkanOptions::half_spectra)), for comparing
+/// both. Read when a convolution is made.
+pub const HALF_SPECTRA_ENV: &str = "FFTCONV_VULKAN_HALF_SPECTRA";
+
+/// Whether [`HALF_SPECTRA_ENV`] leaves half spectra on (it is not `0`).
+pub(crate) fn half_spectra_from_env() -> bool {
+    std::env::var(HALF_SPECTRA_ENV).map_or(true, |v| v.trim() != "0")
+}
+
 /// Environment variable: the most shared-memory rounds per exchange of the register-radix
 /// forward holding one line longer than the shared memory per workgroup
 /// ([`VulkanOptions::max_exchange_rounds`](crate::VulkanOptions::max_exchange_rounds); default
@@ -106,13 +116,22 @@ fn dtype_name(dtype: DType) -> &'static str {
 }
 
 /// The embedded SPIR-V of `pass` (`FUSED`, `COLUMNS_FORWARD`, ..., as `build.rs` names them) for
-/// I/O `io`, with the cooperative-matrix rounds of tile `coop` where given, and the
-/// specialization constants it reads (bit i: `constant_id` i; found by `build.rs`).
-fn shader(pass: &str, io: &str, coop: Option<u32>) -> Result<(&'static [u8], u32), VulkanError> {
-    let name = match coop {
+/// I/O `io`, with the cooperative-matrix rounds of tile `coop` where given, with f16
+/// intermediates where `half` (the `_TMP16` variants), and the specialization constants it reads
+/// (bit i: `constant_id` i; found by `build.rs`).
+fn shader(
+    pass: &str,
+    io: &str,
+    coop: Option<u32>,
+    half: bool,
+) -> Result<(&'static [u8], u32), VulkanError> {
+    let mut name = match coop {
         Some(t) => format!("{pass}_{io}_COOP{t}"),
         None => format!("{pass}_{io}"),
     };
+    if half {
+        name.push_str("_TMP16");
+    }
     spirv::SHADERS
         .iter()
         .find(|(n, _, _)| *n == name)
@@ -143,6 +162,10 @@ pub(crate) enum Shader {
     /// on the problem's FFT size and gating). The caller checks that it fits the device
     /// (`PassSchedule::fused_backward_shared_bytes`).
     BackwardFused { shared_points: u32, pad: bool },
+    /// The forward's pass of this kind with half spectra (the `_TMP16` variants: intermediates
+    /// in f16, scaled per tile, for 16-bit I/O on plans of one global stage): the column passes,
+    /// and for [`PassKind::Fused`] the register-radix fused pass (`PASS_REGISTER_FUSED`).
+    HalfSpectra(PassKind),
     /// The memory floor's compute copy (`shaders/copy.comp`, one build for every dtype): 16-byte
     /// elements from binding [`BINDING_U`] to [`BINDING_Y`], the count as the first
     /// push-constant word.
@@ -157,6 +180,9 @@ impl Shader {
             Shader::Pass(PassKind::ColumnsForward) => ("COLUMNS_FORWARD", true),
             Shader::Pass(PassKind::ColumnsInverse) => ("COLUMNS_INVERSE", true),
             Shader::Pass(PassKind::Gather) => ("GATHER", false),
+            Shader::HalfSpectra(PassKind::ColumnsForward) => ("COLUMNS_FORWARD", true),
+            Shader::HalfSpectra(PassKind::ColumnsInverse) => ("COLUMNS_INVERSE", true),
+            Shader::HalfSpectra(_) => ("REGISTER_FUSED", false),
             Shader::RegisterFused | Shader::RegisterFusedLong { .. } => ("REGISTER_FUSED", false),
             Shader::TapsSum => ("TAPS_SUM", false),
             Shader::BackwardFused { .. } => ("BACKWARD_FUSED", false),
@@ -349,7 +375,8 @@ impl Pipelines {
             Shader::Copy => "F32",
             _ => dtype_name(self.dtype),
         };
-        let (code, read) = self::shader(pass, io, coop)?;
+        let half = matches!(shader, Shader::HalfSpectra(_));
+        let (code, read) = self::shader(pass, io, coop, half)?;
         let mut shape = Specialization {
             workgroup: self.workgroup,
             shared_points: self.shared_points,
@@ -621,23 +648,40 @@ mod tests {
                 "BACKWARD_FUSED",
             ] {
                 assert!(
-                    shader(pass, io, None).is_ok_and(|(c, _)| c.len() > 20),
+                    shader(pass, io, None, false).is_ok_and(|(c, _)| c.len() > 20),
                     "{pass}_{io}"
+                );
+                // Half spectra: the forward's passes (the register-radix fused pass and the
+                // column passes) with 16-bit I/O.
+                let half = io != "F32"
+                    && matches!(
+                        pass,
+                        "REGISTER_FUSED" | "COLUMNS_FORWARD" | "COLUMNS_INVERSE"
+                    );
+                assert_eq!(
+                    shader(pass, io, None, true).is_ok(),
+                    half,
+                    "{pass}_{io}_TMP16"
                 );
             }
             for pass in ["FUSED", "COLUMNS_FORWARD", "COLUMNS_INVERSE"] {
                 for t in COOPERATIVE_TILES {
                     // f32 I/O has no cooperative-matrix variant (the host never asks for one).
                     assert_eq!(
-                        shader(pass, io, Some(t)).is_ok(),
+                        shader(pass, io, Some(t), false).is_ok(),
                         io != "F32",
                         "{pass}_{io}_{t}"
+                    );
+                    assert_eq!(
+                        shader(pass, io, Some(t), true).is_ok(),
+                        io != "F32" && pass != "FUSED",
+                        "{pass}_{io}_{t}_TMP16"
                     );
                 }
             }
         }
-        assert!(shader("FUSED", "F16", Some(32)).is_err());
-        assert!(shader("COPY", "F32", None).is_ok_and(|(c, _)| c.len() > 20));
+        assert!(shader("FUSED", "F16", Some(32), false).is_err());
+        assert!(shader("COPY", "F32", None, false).is_ok_and(|(c, _)| c.len() > 20));
     }
 
     #[test]
@@ -651,7 +695,8 @@ mod tests {
         for (name, _, read) in spirv::SHADERS {
             let reads = |id: u32| read & (1 << id) != 0;
             assert!(reads(0), "{name}: {read:#x}");
-            let pass = name.rsplit_once('_').map_or(*name, |(p, last)| {
+            let base = name.strip_suffix("_TMP16").unwrap_or(name);
+            let pass = base.rsplit_once('_').map_or(base, |(p, last)| {
                 if last.starts_with("COOP") {
                     p.rsplit_once('_').map_or(p, |(p, _)| p)
                 } else {

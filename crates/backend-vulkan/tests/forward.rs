@@ -48,6 +48,18 @@ fn check_typed_scaled<T: Element>(
     options: VulkanOptions,
     scales: &[f64],
 ) -> VulkanConvolution {
+    check_typed_filter::<T>(spec, options, scales, None)
+}
+
+/// [`check_typed_scaled`] with, where `decay` is given, a smooth filter: tap t of each channel
+/// `exp(-t / decay) (1 + 0.05 r)` with r uniform in [-1, 1) (a low-pass spectrum, as Hyena's
+/// decaying filters have: its bins differ by orders of magnitude along the frequency).
+fn check_typed_filter<T: Element>(
+    spec: &ConvSpec,
+    options: VulkanOptions,
+    scales: &[f64],
+    decay: Option<f64>,
+) -> VulkanConvolution {
     let seed: u64 = rand::rng().random();
     let mut rng = StdRng::seed_from_u64(seed);
     let dtype = spec.dtype();
@@ -70,7 +82,13 @@ fn check_typed_scaled<T: Element>(
         .then(|| (random(spec.io_len(), false), random(spec.io_len(), false)));
     let k: Vec<f32> = random(spec.filter_elems(), false)
         .iter()
-        .map(|&v| v as f32)
+        .enumerate()
+        .map(|(i, &v)| match decay {
+            Some(tau) => {
+                ((-((i % spec.filter_len()) as f64) / tau).exp() * (1.0 + 0.05 * v)) as f32
+            }
+            None => v as f32,
+        })
         .collect();
     let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
     let filter = conv.prepare_filter(&k).expect("filter");
@@ -284,6 +302,114 @@ fn register_pass_lines_longer_than_shared_memory() {
                 .gated(true)
                 .keep_frequencies(0.25),
             with(None, 4),
+        );
+    }
+}
+
+/// Half spectra (the forward's intermediates in f16, scaled per tile): on plans of one global
+/// stage with 16-bit I/O they are on by default (so the multi-pass cases of the tests above run
+/// them for every variant), and hold channels 2^120 apart in magnitude (bf16; f16: 2^14), a NaN
+/// filter channel beside clean ones, a decaying filter, and the device's own shared memory at
+/// N = 32K; f32 I/O and plans of two global stages keep f32 spectra. (Few pipelines: each
+/// shared-memory size and dtype compiles its own, seconds each on lavapipe.)
+#[test]
+fn half_spectra_every_range() {
+    if !vulkan_present("half_spectra_every_range") {
+        return;
+    }
+    let with = |points: Option<u32>, half: bool| VulkanOptions {
+        max_shared_points: points,
+        register_fft: Some(true),
+        half_spectra: Some(half),
+        ..VulkanOptions::default()
+    };
+    // (shared points, L): N = 4096 as 64 x 64, N = 64K as 256 x 256.
+    for (points, l) in [(64, 2048), (256, 20000)] {
+        let options = with(Some(points), true);
+        let spec = |dtype| {
+            ConvSpec::builder(2, 3, l, l / 2)
+                .gated(true)
+                .dtype(dtype)
+                .build()
+                .unwrap()
+        };
+        // Per-channel scales far outside f16's range (bf16) and across it (f16).
+        let conv = check_typed_scaled::<bf16>(
+            &spec(DType::Bf16),
+            options,
+            &[1.0, 2f64.powi(60), 2f64.powi(-60)],
+        );
+        assert_eq!(
+            (conv.global_passes(), conv.half_spectra()),
+            (1, true),
+            "{points} points, L = {l}: factors {:?}",
+            conv.factors()
+        );
+        check_typed_scaled::<f16>(&spec(DType::F16), options, &[2f64.powi(-10), 1.0, 16.0]);
+        nan_filter_channel_stays_apart::<f16>(&spec(DType::F16), options);
+        // A decaying (low-pass) filter: the fused pass's lines of a pair (each a residue class
+        // of frequencies mod M_0) then differ by orders of magnitude, and so do their tiles.
+        check_typed_filter::<f16>(&spec(DType::F16), options, &[1.0], Some(l as f64 / 8.0));
+    }
+    // Switched off; f32 I/O; two global stages: f32 spectra.
+    let off = check(
+        ConvSpec::builder(2, 3, 2048, 1024)
+            .gated(true)
+            .dtype(DType::F16),
+        with(Some(64), false),
+    );
+    assert!(!off.half_spectra());
+    let f32_conv = check(ConvSpec::builder(1, 2, 2048, 2048), with(Some(64), true));
+    assert!(!f32_conv.half_spectra());
+    let two = check(
+        ConvSpec::builder(1, 2, 2048, 2048).dtype(DType::F16),
+        with(Some(16), true),
+    );
+    assert_eq!((two.global_passes(), two.half_spectra()), (2, false));
+    // The device's own shared memory: N = 32K (256 x 128 on 4096 points).
+    let conv = check(
+        ConvSpec::builder(1, 2, 16384, 16384).dtype(DType::F16),
+        with(None, true),
+    );
+    assert_eq!(
+        conv.half_spectra(),
+        conv.global_passes() == 1,
+        "factors {:?}",
+        conv.factors()
+    );
+}
+
+/// A NaN in channel 1's filter makes exactly channel 1's outputs NaN: no tile of the half
+/// spectra (or any other shared value) mixes channels.
+fn nan_filter_channel_stays_apart<T: Element>(spec: &ConvSpec, options: VulkanOptions) {
+    let (l, h_count) = (spec.length(), spec.channels());
+    let mut rng = StdRng::seed_from_u64(rand::rng().random());
+    let mut random = |n: usize| -> Vec<T> {
+        (0..n)
+            .map(|_| T::from_f64(spec.dtype().round_f64(rng.random_range(-1.0..1.0))))
+            .collect()
+    };
+    let (u, p, q) = (
+        random(spec.io_len()),
+        random(spec.io_len()),
+        random(spec.io_len()),
+    );
+    let mut k: Vec<f32> = random(spec.filter_elems())
+        .iter()
+        .map(|v| v.to_f64() as f32)
+        .collect();
+    k[spec.filter_len() + 3] = f32::NAN;
+    let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
+    let filter = conv.prepare_filter(&k).expect("filter");
+    let mut y = vec![T::from_f64(0.0); spec.io_len()];
+    let gates = spec.gated().then_some((p.as_slice(), q.as_slice()));
+    conv.forward(&filter, &u, gates, &mut y).expect("forward");
+    for (row, out) in y.chunks(l).enumerate() {
+        let nan = row % h_count == 1;
+        assert!(
+            out.iter().all(|v| v.to_f64().is_nan() == nan),
+            "row {row} (channel {}): NaN expected {nan} ({spec:?}, {options:?})",
+            row % h_count
         );
     }
 }
