@@ -369,9 +369,13 @@ vec2 filter_bin(uint h, uint f) {
 // ---- half spectra ------------------------------------------------------------------------------
 //
 // A tile's values go to tmp16 in f16 times 2^(e - 127), e = half_scale_exponent(m) for the
-// tile's largest finite |re| + |im| (float bits m): that takes m into [2^13, 2^14), so every
-// component stays below f16's 65504 with room to spare and the tile's small values keep their
-// bits; non-finite values stay non-finite. The reader multiplies by 2^(127 - e) (the tile's
+// tile's largest finite |component| (float bits m, half_magnitude): that takes m into
+// [2^13, 2^14), so every component stays below f16's 65504 with room to spare and values down
+// to 2^-27 of the maximum stay normal f16; non-finite values stay non-finite. Precision: each
+// stored value is a partial transform that mixes every frequency of its residue class, so its
+// f16 rounding (2^-11 of it) reaches all of them: the error is relative to the input's spectral
+// energy, as in CUDA's f16 Monarch passes, and a filter that removes most of that energy
+// (|y| << |u|) leaves a relative error about |u| / |y| times larger than f32 spectra would. The reader multiplies by 2^(127 - e) (the tile's
 // stored unscale factor); both are normal floats (e in 1 .. 253), so the scaling is exact. The
 // same rule as CUDA's mt_row_scale_exponent.
 uint half_scale_exponent(uint m) {
@@ -379,9 +383,10 @@ uint half_scale_exponent(uint m) {
     return min(267u - max(e, 14u), 253u);
 }
 
-// Finite |re| + |im| of v as float bits (0 where it is not finite): a bound of both components
-// after any rotation (the column pass's twiddle).
-uint half_magnitude(vec2 v) { return finite_bits(abs(v.x) + abs(v.y)); }
+// The larger finite |component| of v as float bits (0 for non-finite ones; an unsigned max of
+// such bits is the largest magnitude). Taken of the values as stored (after the column pass's
+// twiddle), so each component of the tile is at most 2^14 once scaled.
+uint half_magnitude(vec2 v) { return max(finite_bits(v.x), finite_bits(v.y)); }
 
 // The tile's packed value of v with scale exponent e (half_scale_exponent).
 uint half_pack(vec2 v, uint e) { return packHalf2x16(v * uintBitsToFloat(e << 23)); }
@@ -402,7 +407,7 @@ uint half_region_b(uint pairs) {
 
 // The largest of `m` (float bits) over each segment of 2^seg_log2 consecutive invocations among
 // the first 2^span_log2 (the others keep their own), through s, up to 16 partial maxima per
-// level (a 256-invocation segment: 2 levels, 4 barriers in all). Every invocation of the
+// level (a 256-invocation segment: 2 levels, 5 barriers in all). Every invocation of the
 // workgroup calls it (it has barriers); it begins with a barrier (s may still be being read)
 // and ends with one (s is free again after it). span <= the shared points.
 uint segment_max(uint m, uint seg_log2, uint span_log2) {

@@ -78,11 +78,13 @@ pub struct VulkanOptions {
     /// the shared memory.
     pub max_exchange_rounds: Option<u32>,
     /// Whether the forward keeps its intermediate spectra in f16 (scaled per tile by a power of
-    /// two from the tile's maximum, so the range of the data does not matter): half the
+    /// two from the tile's maximum, so no range of data overflows them): half the
     /// intermediates' bytes through device memory. Only for 16-bit I/O on plans of one global
     /// stage whose fused block runs the register-radix pass (see
     /// [`VulkanConvolution::half_spectra`]); `None`: yes unless
-    /// [`HALF_SPECTRA_ENV`](crate::HALF_SPECTRA_ENV) is `0`.
+    /// [`HALF_SPECTRA_ENV`](crate::HALF_SPECTRA_ENV) is `0`. The error is then relative to the
+    /// input's spectral energy (as on CUDA's f16 passes): where the filter removes most of it
+    /// (`|y| << |u|`), f32 spectra are about `|u| / |y|` times more precise.
     pub half_spectra: Option<bool>,
 }
 
@@ -760,18 +762,25 @@ impl VulkanConvolution {
                 let register = self
                     .register_lines_log2
                     .filter(|_| kind == PassKind::Fused && params.flags & !FORWARD_FLAGS == 0);
-                let shader = match register {
-                    Some(lines_log2) => {
+                let shader = match (register, self.half_spectra) {
+                    (Some(lines_log2), half) => {
                         params.lines_log2 = lines_log2;
-                        Shader::RegisterFused
+                        if half {
+                            Shader::HalfSpectra(kind)
+                        } else {
+                            Shader::RegisterFused
+                        }
                     }
-                    None => Shader::Pass(kind),
-                };
-                // Half spectra: every pass of the forward (the fused one is the register pass).
-                let shader = if self.half_spectra {
-                    Shader::HalfSpectra(kind)
-                } else {
-                    shader
+                    // Half spectra: the column passes too (their f16 words are what the
+                    // register pass reads and writes).
+                    (None, true) if kind != PassKind::Fused => Shader::HalfSpectra(kind),
+                    (None, true) => {
+                        return Err(VulkanError::unsupported(format!(
+                            "half spectra need the register-radix fused pass (flags {:#x})",
+                            params.flags
+                        )))
+                    }
+                    (None, false) => Shader::Pass(kind),
                 };
                 Ok((self.pipelines.pipeline(shader)?, params))
             })

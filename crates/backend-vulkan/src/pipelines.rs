@@ -182,7 +182,9 @@ impl Shader {
             Shader::Pass(PassKind::Gather) => ("GATHER", false),
             Shader::HalfSpectra(PassKind::ColumnsForward) => ("COLUMNS_FORWARD", true),
             Shader::HalfSpectra(PassKind::ColumnsInverse) => ("COLUMNS_INVERSE", true),
-            Shader::HalfSpectra(_) => ("REGISTER_FUSED", false),
+            Shader::HalfSpectra(PassKind::Fused) => ("REGISTER_FUSED", false),
+            // No half-spectra variant: the lookup of `GATHER_<IO>_TMP16` fails, typed.
+            Shader::HalfSpectra(PassKind::Gather) => ("GATHER", false),
             Shader::RegisterFused | Shader::RegisterFusedLong { .. } => ("REGISTER_FUSED", false),
             Shader::TapsSum => ("TAPS_SUM", false),
             Shader::BackwardFused { .. } => ("BACKWARD_FUSED", false),

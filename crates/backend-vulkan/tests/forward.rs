@@ -323,8 +323,10 @@ fn half_spectra_every_range() {
         half_spectra: Some(half),
         ..VulkanOptions::default()
     };
-    // (shared points, L): N = 4096 as 64 x 64, N = 64K as 256 x 256.
-    for (points, l) in [(64, 2048), (256, 20000)] {
+    // (shared points, L): N = 4096 as 64 x 64 on 64 points (one column per column-pass
+    // workgroup, more invocations than points) and on 256 (4 columns per column-pass tile, 4
+    // fused lines per workgroup), N = 32K as 256 x 128.
+    for (points, l) in [(64, 2048), (256, 2048), (256, 20000)] {
         let options = with(Some(points), true);
         let spec = |dtype| {
             ConvSpec::builder(2, 3, l, l / 2)
@@ -350,6 +352,11 @@ fn half_spectra_every_range() {
         // A decaying (low-pass) filter: the fused pass's lines of a pair (each a residue class
         // of frequencies mod M_0) then differ by orders of magnitude, and so do their tiles.
         check_typed_filter::<f16>(&spec(DType::F16), options, &[1.0], Some(l as f64 / 8.0));
+        let ungated = ConvSpec::builder(2, 3, l, l / 2)
+            .dtype(DType::F16)
+            .build()
+            .unwrap();
+        sinusoid_input_keeps_its_range::<f16>(&ungated, options);
     }
     // Switched off; f32 I/O; two global stages: f32 spectra.
     let off = check(
@@ -412,6 +419,41 @@ fn nan_filter_channel_stays_apart<T: Element>(spec: &ConvSpec, options: VulkanOp
             row % h_count
         );
     }
+}
+
+/// Inputs `cos(2 pi 5 t / N)` (plus 1% noise): every column of the column pass then peaks at
+/// its frequency 5, which its workgroup holds at position bitrev(5), i.e. in an invocation far
+/// from the first 16 (the first level of the maximum's tree), while the positions those hold
+/// (frequencies that are multiples of M_0 / 16) are small: on 256-point columns a tile maximum
+/// that missed a level would scale the peak past f16's range.
+fn sinusoid_input_keeps_its_range<T: Element>(spec: &ConvSpec, options: VulkanOptions) {
+    let n = spec.geometry().n() as f64;
+    let l = spec.length();
+    let mut rng = StdRng::seed_from_u64(rand::rng().random());
+    let dtype = spec.dtype();
+    let u: Vec<f64> = (0..spec.io_len())
+        .map(|i| {
+            let t = (i % l) as f64;
+            let wave = (2.0 * std::f64::consts::PI * 5.0 * t / n).cos();
+            dtype.round_f64(wave + 0.01 * rng.random_range(-1.0..1.0))
+        })
+        .collect();
+    let k: Vec<f32> = (0..spec.filter_elems())
+        .map(|_| dtype.round_f64(rng.random_range(-1.0..1.0)) as f32)
+        .collect();
+    let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
+    let filter = conv.prepare_filter(&k).expect("filter");
+    let u_t: Vec<T> = u.iter().map(|&v| T::from_f64(v)).collect();
+    let mut y = vec![T::from_f64(f64::NAN); spec.io_len()];
+    conv.forward(&filter, &u_t, None, &mut y).expect("forward");
+    let got: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
+    let k64: Vec<f64> = k.iter().map(|&v| f64::from(v)).collect();
+    let want = reference_forward(spec, &u, &k64, None);
+    let err = relative_l2_error(&got, &want);
+    assert!(
+        got.iter().all(|v| v.is_finite()) && err <= tolerance(dtype),
+        "sinusoid input: relative error {err:.2e} for {spec:?} with {options:?}"
+    );
 }
 
 #[test]
