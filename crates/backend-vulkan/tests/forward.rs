@@ -323,9 +323,10 @@ fn half_spectra_every_range() {
         half_spectra: Some(half),
         ..VulkanOptions::default()
     };
-    // (shared points, L): N = 4096 as 64 x 64 on 64 points (one column per column-pass
-    // workgroup, more invocations than points) and on 256 (4 columns per column-pass tile, 4
-    // fused lines per workgroup), N = 32K as 256 x 128.
+    // (shared points, L): N = 2048 (two overlap-save blocks per row) as 64 x 32 on 64 points
+    // (one column per column-pass workgroup, more invocations than points; 2 fused lines per
+    // workgroup) and on 256 (4 columns per column-pass tile, 8 fused lines per workgroup), and
+    // N = 32K as 256 x 128.
     for (points, l) in [(64, 2048), (256, 2048), (256, 20000)] {
         let options = with(Some(points), true);
         let spec = |dtype| {
