@@ -97,7 +97,7 @@ layout(std430, set = 0, binding = 5) readonly buffer Twiddles { vec2 twiddles[];
 // is one packHalf2x16 word scaled by its tile's power of two (see half_scale_exponent), then
 // after the data (total pairs x N words) the tiles' unscale factors as float bits: region A, per
 // pair N / SHARED_POINTS words, one per column-pass workgroup (its lines: SHARED_POINTS points);
-// region B, per pair M_0 words, one per line of the fused pass (see half_regions).
+// region B, per pair M_0 words, one per line of the fused pass (half_region_a, half_region_b).
 layout(std430, set = 0, binding = 6) buffer Intermediate { uint tmp16[]; };
 #else
 layout(std430, set = 0, binding = 6) buffer Intermediate { vec2 tmp[]; };
@@ -371,13 +371,14 @@ vec2 filter_bin(uint h, uint f) {
 // A tile's values go to tmp16 in f16 times 2^(e - 127), e = half_scale_exponent(m) for the
 // tile's largest finite |component| (float bits m, half_magnitude): that takes m into
 // [2^13, 2^14), so every component stays below f16's 65504 with room to spare and values down
-// to 2^-27 of the maximum stay normal f16; non-finite values stay non-finite. Precision: each
-// stored value is a partial transform that mixes every frequency of its residue class, so its
-// f16 rounding (2^-11 of it) reaches all of them: the error is relative to the input's spectral
-// energy, as in CUDA's f16 Monarch passes, and a filter that removes most of that energy
-// (|y| << |u|) leaves a relative error about |u| / |y| times larger than f32 spectra would. The reader multiplies by 2^(127 - e) (the tile's
-// stored unscale factor); both are normal floats (e in 1 .. 253), so the scaling is exact. The
-// same rule as CUDA's mt_row_scale_exponent.
+// to 2^-27 of the maximum stay normal f16; non-finite values stay non-finite. The reader
+// multiplies by 2^(127 - e) (the tile's stored unscale factor); both are normal floats (e in
+// 1 .. 253), so the scaling is exact. The same rule as CUDA's mt_row_scale_exponent.
+// Precision: each stored value is a partial transform that mixes every frequency of its residue
+// class, so its f16 rounding (2^-11 of it) reaches all of them: the error is relative to the
+// input's spectral energy, as in CUDA's f16 Monarch passes, and a filter that removes most of
+// that energy (|y| << |u|) leaves a relative error about |u| / |y| times larger than f32
+// spectra would.
 uint half_scale_exponent(uint m) {
     uint e = m >> 23;
     return min(267u - max(e, 14u), 253u);

@@ -309,8 +309,8 @@ fn register_pass_lines_longer_than_shared_memory() {
 /// Half spectra (the forward's intermediates in f16, scaled per tile): on plans of one global
 /// stage with 16-bit I/O they are on by default (so the multi-pass cases of the tests above run
 /// them for every variant), and hold channels 2^120 apart in magnitude (bf16; f16: 2^14), a NaN
-/// filter channel beside clean ones, a decaying filter, and the device's own shared memory at
-/// N = 32K; f32 I/O and plans of two global stages keep f32 spectra. (Few pipelines: each
+/// filter channel beside clean ones, a decaying filter, a sinusoid input, and the device's own
+/// shared memory at N = 32K; f32 I/O and plans of two global stages keep f32 spectra. (Few pipelines: each
 /// shared-memory size and dtype compiles its own, seconds each on lavapipe.)
 #[test]
 fn half_spectra_every_range() {
