@@ -269,6 +269,19 @@ if [ "${1:-}" != "--no-bench" ]; then
     bench bench-forward-default 40 --backend cuda --dtype f16 --sizes 256,1K,4K --reps 5
     bench bench-forward-min-blocks-2 100 FFTCONV_CUDA_MONARCH_MIN_BLOCKS=2 --backend cuda \
         --dtype f16 --sizes 256,1K,4K --reps 5
+    # Session 24 (no GPU): fftconv_monarch_prefetch (256 .. 4K: a grid of one block per resident
+    # slot, each running the tiles in turn with the next tile's rows copied by cp.async during the
+    # current one; docs/perf.md has the prediction): its suite, then FlashFFTConv's shapes and
+    # ThunderKittens' case against the default, each pair in adjacent steps.
+    step test-conformance-cuda-prefetch 120 env FFTCONV_CUDA_MONARCH_PREFETCH=1 \
+        "$T/conv-conformance" cuda --test-threads 8
+    bench bench-anchors-small 40 --backend cuda --dtype f16 --anchors --sizes 256,1K,4K --reps 5
+    bench bench-anchors-small-prefetch 40 FFTCONV_CUDA_MONARCH_PREFETCH=1 --backend cuda \
+        --dtype f16 --anchors --sizes 256,1K,4K --reps 5
+    bench bench-thunderkittens-default 30 --backend cuda --dtype bf16 --circular --sizes 4K \
+        --shape 16x1024 --reps 5
+    bench bench-thunderkittens-prefetch 30 FFTCONV_CUDA_MONARCH_PREFETCH=1 --backend cuda \
+        --dtype bf16 --circular --sizes 4K --shape 16x1024 --reps 5
     # Session 18 (no GPU): Vulkan's register-radix forward for one-pass plans (256 .. 4K on
     # NVIDIA; 1.7-2.7x faster than the radix-2 fused pass on lavapipe). Its suite (the
     # cooperative-matrix path selected), then it against CUDA and the radix-2 pass. Session 19:

@@ -2603,6 +2603,108 @@ __device__ __forceinline__ void mt_output8(const Params& pc, elem_t* dst, const 
     }
 }
 
+// ---- the prefetching forward's staging (fftconv_monarch_prefetch) ----------------------------
+//
+// A block of fftconv_monarch_prefetch runs several tiles (a tile: fftconv_monarch's 16 rows of
+// 256 points) one after another, and copies the next tile's input rows into shared memory
+// (cp.async, sm_80) while it transforms the current one, so the rows' global latency is hidden
+// behind the tile's FFTs instead of stalling every warp of the block at its start. Each thread
+// stages exactly the 16-byte vectors it will read itself (slot j of thread t at vector
+// j * MT_THREADS + t: conflict-free), so its own cp.async.wait_all is the only synchronisation
+// the staging needs; a vector that is not wholly among a row's outputs (the zero padding,
+// circular history, a row's ragged end) is not staged and goes through segment_input_vec as in
+// fftconv_monarch.
+
+// Staged 16-byte vectors per thread and input stream: 2 chunks x 2 rows x 8 / VEC vectors.
+#define MT_STAGE_SLOTS (2u * 2u * (8u / VEC))
+
+// Whether the VEC elements of segment `r` from position `pos` are staged (read wholly from the
+// stream: segment_input_vec's vector branch).
+__device__ __forceinline__ bool mt_vector_staged(SegmentRow r, u32 pos) {
+    return r.valid != 0u && pos + VEC <= r.outputs;
+}
+
+#if defined(FFTCONV_HOST_EMULATION)
+// The harness's cp.async: the 16 bytes are read at the call and written to shared memory only
+// at the thread's next wait (so a read of the staging before the wait sees what was there).
+__device__ __forceinline__ void mt_copy_async16(Quad* dst, const elem_t* src) {
+    if (((u64)src & 15u) != 0u || ((u64)dst & 15u) != 0u) {
+        __builtin_trap(); // cp.async of 16 bytes faults on a GPU (misaligned address)
+    }
+    emu_copy_async16(dst, src);
+}
+__device__ __forceinline__ void mt_copy_async_commit() {}
+__device__ __forceinline__ void mt_copy_async_wait() { emu_copy_async_wait(); }
+#else
+__device__ __forceinline__ void mt_copy_async16(Quad* dst, const elem_t* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address(dst)),
+                 "l"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void mt_copy_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+__device__ __forceinline__ void mt_copy_async_wait() {
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+#endif
+
+// Starts the copies of this thread's staged vectors of chunk (k, s) (segment `r`, positions pos
+// .. pos + 7) into its slots from `slot` (and the pre-gate's MT_STAGE_SLOTS later, gated).
+__device__ __forceinline__ void mt_stage8(const Params& pc, const elem_t* src, const elem_t* gate,
+                                          SegmentRow r, u32 pos, Quad* stage, u32 slot) {
+#pragma unroll
+    for (u32 o = 0; o < 8u; o += VEC) {
+        if (mt_vector_staged(r, pos + o)) {
+            u32 idx = r.row_base + r.start + pos + o;
+            u32 j = (slot + o / VEC) * MT_THREADS + threadIdx.x;
+            mt_copy_async16(&stage[j], src + idx);
+            if ((pc.flags & FLAG_GATED) != 0u) {
+                mt_copy_async16(&stage[j + MT_STAGE_SLOTS * MT_THREADS], gate + idx);
+            }
+        }
+    }
+}
+
+// mt_input8 from the staging where mt_stage8 staged the vectors (after mt_copy_async_wait),
+// from `src` (segment_input_vec) where it did not.
+__device__ __forceinline__ void mt_staged_input8(const Params& pc, const Divisors& dv,
+                                                 const elem_t* src, const elem_t* gate,
+                                                 SegmentRow r, u32 pos, const Quad* stage,
+                                                 u32 slot, float v[8]) {
+#pragma unroll
+    for (u32 o = 0; o < 8u; o += VEC) {
+        if (mt_vector_staged(r, pos + o)) {
+            u32 j = (slot + o / VEC) * MT_THREADS + threadIdx.x;
+            Vec16 a;
+            Quad q = stage[j];
+#pragma unroll
+            for (u32 w = 0; w < 4u; w++) {
+                a.w[w] = q.w[w];
+            }
+            if ((pc.flags & FLAG_GATED) != 0u) {
+                Quad gq = stage[j + MT_STAGE_SLOTS * MT_THREADS];
+                Vec16 g;
+#pragma unroll
+                for (u32 w = 0; w < 4u; w++) {
+                    g.w[w] = gq.w[w];
+                }
+#pragma unroll
+                for (u32 e = 0u; e < VEC; e++) {
+                    v[o + e] = to_float(a.e[e]) * to_float(g.e[e]);
+                }
+            } else {
+#pragma unroll
+                for (u32 e = 0u; e < VEC; e++) {
+                    v[o + e] = to_float(a.e[e]);
+                }
+            }
+        } else {
+            segment_input_vec(pc, dv, src, gate, pc.flags, r, pos + o, &v[o]);
+        }
+    }
+}
+
 // Folds v[0 .. 8) into mx (the largest finite magnitude, as finite_bits) and replaces any
 // non-finite value by 0, returning whether there was one. Two instructions per value on the
 // common path (the magnitudes' maximum; inf and NaN lie above every finite magnitude), the
@@ -3204,137 +3306,222 @@ __device__ __forceinline__ MtChunk mt_chunk(const Params& pc, u32 k) {
     return m;
 }
 
-extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
-    fftconv_monarch(const Params pc, const Buffers bf, const Divisors dv) {
+// Starts the copies of this thread's staged vectors of the tile from pair `at` (chunk k's row s
+// from slot (2 k + s) 8 / VEC), as one cp.async group.
+__device__ __forceinline__ void mt_stage_tile(const Params& pc, const Buffers& bf,
+                                              const Divisors& dv, u32 at, Quad* stage) {
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+        u32 pair = at + m.p;
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            SegmentRow r = SegmentRow{0u, 0u, 0u, 0u};
+            if (pair < pc.total_lines) {
+                u32 h = udiv(pair, dv.pairs);
+                r = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+            }
+            mt_stage8(pc, bf.u, bf.pre, r, m.pos, stage, (2u * k + s) * (8u / VEC));
+        }
+    }
+    mt_copy_async_commit();
+}
+
+// fftconv_monarch's body: one tile of 16 rows of 256 points (16 / N1 pairs) per block, or
+// (PREFETCH, fftconv_monarch_prefetch) the tiles of 2^lines_log2 pairs one after another, the
+// next tile's rows staged in `stage` (dynamic shared memory, mt_stage8) during the current one.
+template <bool PREFETCH>
+__device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers& bf,
+                                                 const Divisors& dv, Quad* stage) {
+    // Per tile parity (PREFETCH): a tile's row maxima and flags are zeroed during the tile
+    // before it, after its first barrier (by when every thread has stored the tile before that).
+    constexpr u32 SETS = PREFETCH ? 2u : 1u;
     alignas(16) __shared__ u16 planes[2][16 * MT_ROW];
-    __shared__ u32 row_max[32];
+    __shared__ u32 row_max[SETS][32];
     // Per pair: a non-finite input or product seen. Up to 2K a block holds several pairs, and
     // the block-diagonal column DFTs' zeros times one pair's NaN would reach the others: such
     // values go on as zeros and the pair's outputs are written as NaN.
-    __shared__ u32 pair_nonfinite[16];
+    __shared__ u32 pair_nonfinite[SETS][16];
     __shared__ MtLaneTables lane_tables;
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
-    const u32 first_pair = block_index() << (4u - n1_log2);
-    if (first_pair >= pc.total_lines) {
+    const u32 tile_log2 = 4u - n1_log2; // pairs per tile
+    const u32 first = block_index() << (PREFETCH ? pc.lines_log2 : tile_log2);
+    if (first >= pc.total_lines) {
         return; // uniform over the block
     }
+    // The block's pairs: [first, end), a whole number of tiles but for the launch's last.
+    const u32 span = 1u << (PREFETCH ? pc.lines_log2 : tile_log2);
+    const u32 end = pc.total_lines - first > span ? first + span : pc.total_lines;
     const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    if (threadIdx.x < 32u) {
-        row_max[threadIdx.x] = 0u;
+    if (threadIdx.x < 32u * SETS) {
+        row_max[threadIdx.x >> 5][lane] = 0u;
     }
-    if (threadIdx.x < 16u) {
-        pair_nonfinite[threadIdx.x] = 0u;
+    if (threadIdx.x < 16u * SETS) {
+        pair_nonfinite[threadIdx.x >> 4][threadIdx.x & 15u] = 0u;
     }
     mt_fill_lane_tables(lane_tables, pc, bf, n1_log2);
-    __syncthreads();
-
-    // Load: two chunks of 8 positions per thread (16 rows x 256 points = 512 chunks).
-    float in[2][2][8];
-    SegmentRow seg[2][2];
-#pragma unroll
-    for (u32 k = 0; k < 2u; k++) {
-        MtChunk m = mt_chunk(pc, k);
-        u32 pair = first_pair + m.p;
-        u32 mx[2] = {0u, 0u};
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            seg[k][s] = SegmentRow{0u, 0u, 0u, 0u};
-            if (pair < pc.total_lines) {
-                u32 h = udiv(pair, dv.pairs);
-                seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
-            }
-            mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
-            const bool nonfinite = mt_finite8(in[k][s], mx[s]);
-            warp_shared_max(&row_max[2u * m.p + s], mx[s]); // m.p is the warp's (N >= 256)
-            if (nonfinite) {
-                pair_nonfinite[m.p] = 1u;
-            }
-        }
-    }
-    __syncthreads();
-#pragma unroll
-    for (u32 k = 0; k < 2u; k++) {
-        MtChunk m = mt_chunk(pc, k);
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            float sc = bits_float(mt_row_scale_exponent(row_max[2u * m.p + s]) << 23);
-            Quad q;
-#pragma unroll
-            for (u32 j = 0; j < 4u; j++) {
-                q.w[j] = pack_f16x2(in[k][s][2u * j] * sc, in[k][s][2u * j + 1u] * sc);
-            }
-            *(Quad*)&planes[s][m.row * MT_ROW + m.col] = q;
-        }
+    if (PREFETCH) {
+        mt_stage_tile(pc, bf, dv, first, stage);
     }
     __syncthreads();
 
-    MtPlanes pl = {{planes[0], planes[1]}};
-    if (n1 > 1u) {
-        u32 a_re[4], a_im[4], a_neg[4];
-        mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
-        mt_columns_with<true>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
-        __syncthreads();
-    }
-
-    // S2: rows 2 warp and 2 warp + 1.
-    {
-        MtDft16 f;
-        mt_dft16_from(lane_tables, f);
+    u32 set = 0u;
 #pragma unroll 1
-        for (u32 rr = 0; rr < 2u; rr++) {
-            u32 row = 2u * warp + rr;
-            u32 pair = first_pair + (row >> n1_log2);
-            if (pair >= pc.total_lines) {
-                continue; // uniform over the warp; the row holds zeros
-            }
-            u32 ka = row & (n1 - 1u);
-            u32 h = udiv(pair, dv.pairs);
-            const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
-                              ka * 256u + lane;
-            mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u, mt_compact(pc), 1.0f,
-                   &pair_nonfinite[row >> n1_log2]);
+    for (u32 first_pair = first; first_pair < end; first_pair += 1u << tile_log2) {
+        // Load: two chunks of 8 positions per thread (16 rows x 256 points = 512 chunks).
+        if (PREFETCH) {
+            mt_copy_async_wait(); // this thread's staged vectors of the tile
         }
-    }
-    __syncthreads();
-
-    if (n1 > 1u) {
-        u32 a_re[4], a_im[4], a_neg[4];
-        mt_get_quads(lane_tables, MT_Q_COL_I, a_re, a_im, a_neg);
-        mt_columns_with<false>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
+        float in[2][2][8];
+        SegmentRow seg[2][2];
+#pragma unroll
+        for (u32 k = 0; k < 2u; k++) {
+            MtChunk m = mt_chunk(pc, k);
+            u32 pair = first_pair + m.p;
+            u32 mx[2] = {0u, 0u};
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                seg[k][s] = SegmentRow{0u, 0u, 0u, 0u};
+                if (pair < pc.total_lines) {
+                    u32 h = udiv(pair, dv.pairs);
+                    seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+                }
+                if (PREFETCH) {
+                    mt_staged_input8(pc, dv, bf.u, bf.pre, seg[k][s], m.pos, stage,
+                                     (2u * k + s) * (8u / VEC), in[k][s]);
+                } else {
+                    mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
+                }
+                const bool nonfinite = mt_finite8(in[k][s], mx[s]);
+                // m.p is the warp's (N >= 256)
+                warp_shared_max(&row_max[set][2u * m.p + s], mx[s]);
+                if (nonfinite) {
+                    pair_nonfinite[set][m.p] = 1u;
+                }
+            }
+        }
         __syncthreads();
-    }
+        if (PREFETCH) {
+            // The other set was last read by the tile before this one's store, which every
+            // thread has finished (the barrier above); the next tile writes it after this
+            // tile's barriers.
+            if (threadIdx.x < 32u) {
+                row_max[set ^ 1u][threadIdx.x] = 0u;
+            }
+            if (threadIdx.x < 16u) {
+                pair_nonfinite[set ^ 1u][threadIdx.x] = 0u;
+            }
+            // Every thread has read its staged vectors of this tile (the barrier above): the
+            // next tile's copies may overwrite them, landing while this tile is transformed.
+            const u32 next = first_pair + (1u << tile_log2);
+            if (next < end) {
+                mt_stage_tile(pc, bf, dv, next, stage);
+            }
+        }
+#pragma unroll
+        for (u32 k = 0; k < 2u; k++) {
+            MtChunk m = mt_chunk(pc, k);
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                float sc = bits_float(mt_row_scale_exponent(row_max[set][2u * m.p + s]) << 23);
+                Quad q;
+#pragma unroll
+                for (u32 j = 0; j < 4u; j++) {
+                    q.w[j] = pack_f16x2(in[k][s][2u * j] * sc, in[k][s][2u * j + 1u] * sc);
+                }
+                *(Quad*)&planes[s][m.row * MT_ROW + m.col] = q;
+            }
+        }
+        __syncthreads();
 
-    // Store: undo the scales, (2N)^2 or 256^2 of the DFT matrices, s_k of the filter and s_row.
-    float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
-#pragma unroll
-    for (u32 k = 0; k < 2u; k++) {
-        MtChunk m = mt_chunk(pc, k);
-        u32 pair = first_pair + m.p;
-        if (pair >= pc.total_lines) {
-            continue;
+        MtPlanes pl = {{planes[0], planes[1]}};
+        if (n1 > 1u) {
+            u32 a_re[4], a_im[4], a_neg[4];
+            mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
+            mt_columns_with<true>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
+            __syncthreads();
         }
-        u32 h = udiv(pair, dv.pairs);
-        float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
-        const bool nonfinite = pair_nonfinite[m.p] != 0u;
-#pragma unroll
-        for (u32 s = 0; s < 2u; s++) {
-            float inv = bits_float((254u - mt_row_scale_exponent(row_max[2u * m.p + s])) << 23);
-            float f = sk * inv * c * c; // the row scales first: no overflow before them
-            if (nonfinite) {
-                f = bits_float(0x7fc00000u);
+
+        // S2: rows 2 warp and 2 warp + 1.
+        {
+            MtDft16 f;
+            mt_dft16_from(lane_tables, f);
+#pragma unroll 1
+            for (u32 rr = 0; rr < 2u; rr++) {
+                u32 row = 2u * warp + rr;
+                u32 pair = first_pair + (row >> n1_log2);
+                if (pair >= pc.total_lines) {
+                    continue; // uniform over the warp; the row holds zeros
+                }
+                u32 ka = row & (n1 - 1u);
+                u32 h = udiv(pair, dv.pairs);
+                const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
+                                  ka * 256u + lane;
+                mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u, mt_compact(pc), 1.0f,
+                       &pair_nonfinite[set][row >> n1_log2]);
             }
-            Quad q = *(const Quad*)&planes[s][m.row * MT_ROW + m.col];
-            float v[8];
-#pragma unroll
-            for (u32 j = 0; j < 4u; j++) {
-                v[2u * j] = half_float(q.w[j]) * f;
-                v[2u * j + 1u] = half_float(q.w[j] >> 16) * f;
-            }
-            mt_output8(pc, bf.y, bf.post, seg[k][s], m.pos, v);
         }
+        __syncthreads();
+
+        if (n1 > 1u) {
+            u32 a_re[4], a_im[4], a_neg[4];
+            mt_get_quads(lane_tables, MT_Q_COL_I, a_re, a_im, a_neg);
+            mt_columns_with<false>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
+            __syncthreads();
+        }
+
+        // Store: undo the scales, (2N)^2 or 256^2 of the DFT matrices, s_k of the filter and
+        // s_row.
+        float c = n1 > 1u ? 2.0f * (float)n : 256.0f;
+#pragma unroll
+        for (u32 k = 0; k < 2u; k++) {
+            MtChunk m = mt_chunk(pc, k);
+            u32 pair = first_pair + m.p;
+            if (pair >= pc.total_lines) {
+                continue;
+            }
+            u32 h = udiv(pair, dv.pairs);
+            float sk = load_ro(bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u)).x;
+            const bool nonfinite = pair_nonfinite[set][m.p] != 0u;
+#pragma unroll
+            for (u32 s = 0; s < 2u; s++) {
+                float inv =
+                    bits_float((254u - mt_row_scale_exponent(row_max[set][2u * m.p + s])) << 23);
+                float f = sk * inv * c * c; // the row scales first: no overflow before them
+                if (nonfinite) {
+                    f = bits_float(0x7fc00000u);
+                }
+                Quad q = *(const Quad*)&planes[s][m.row * MT_ROW + m.col];
+                float v[8];
+#pragma unroll
+                for (u32 j = 0; j < 4u; j++) {
+                    v[2u * j] = half_float(q.w[j]) * f;
+                    v[2u * j + 1u] = half_float(q.w[j] >> 16) * f;
+                }
+                mt_output8(pc, bf.y, bf.post, seg[k][s], m.pos, v);
+            }
+        }
+        if (!PREFETCH) {
+            break;
+        }
+        set ^= 1u;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
+    fftconv_monarch(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_forward_tiles<false>(pc, bf, dv, nullptr);
+}
+
+// fftconv_monarch over 2^lines_log2 pairs per block (a whole number of its tiles, so a grid of
+// about one block per resident slot), each tile's input rows copied into the dynamic shared
+// memory (mt_monarch_prefetch_bytes on the host: MT_STAGE_SLOTS 16-byte vectors per thread, twice
+// that gated) while the tile before is transformed.
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
+    fftconv_monarch_prefetch(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_forward_tiles<true>(pc, bf, dv, (Quad*)smem);
 }
 
 // In place: z[k] = sum_j z[j] W_R^(j k) (forward, W_4 = -i) or W_R^(-j k), R = 2^R_LOG2 = 2 or 4.

@@ -441,7 +441,7 @@ impl CudaConvolution {
             schedule.chunks().all(|chunk| {
                 [true, false].iter().all(|&host| {
                     let steps = schedule.forward_steps(chunk, host);
-                    monarch_launches(&steps, vec, m.clusters.is_some()).is_some()
+                    monarch_launches(&steps, vec, m.clusters.is_some(), None).is_some()
                 })
             })
         });
@@ -930,7 +930,7 @@ impl CudaConvolution {
                 .as_ref()
                 .and_then(|m| {
                     let vec = 16 / self.spec.dtype().size_bytes() as u32;
-                    monarch_launches(&steps, vec, m.clusters.is_some())
+                    monarch_launches(&steps, vec, m.clusters.is_some(), m.prefetch_slots)
                 })
                 .filter(|_| monarch_rows_aligned(&[u, buffers.pre, buffers.post, buffers.y])),
         ) {
@@ -1144,6 +1144,9 @@ fn monarch_column_blocks(pairs: u32, log2n: u32) -> Option<u32> {
 pub(crate) enum MonarchKernel {
     /// `fftconv_monarch`: N = 256 .. 4096, 16 rows of 256 points per block.
     Forward,
+    /// `fftconv_monarch_prefetch`: N = 256 .. 4096, `Forward`'s tiles one after another per
+    /// block, the next tile's input prefetched (its staging twice as large when `gated`).
+    Prefetch { gated: bool },
     /// `fftconv_monarch_wide`: N = 8192, 16384, one pair per block.
     Wide,
     /// `fftconv_monarch_scales`: N = 32K .. 4M, each 16K slice's largest |value| and scaled sum
@@ -1164,6 +1167,17 @@ pub(crate) enum MonarchKernel {
     Cluster,
 }
 
+/// log2 of the tiles per block of `fftconv_monarch_prefetch` that keep a launch of `tiles` whole
+/// tiles within `slots` blocks (the blocks the device holds at once): every block resident from
+/// the start, none waiting for another to finish.
+pub(crate) fn monarch_prefetch_tiles_log2(tiles: u32, slots: u32) -> u32 {
+    let mut t = 0;
+    while t < 31 && tiles.div_ceil(1 << t) > slots.max(1) {
+        t += 1;
+    }
+    t
+}
+
 /// log2 of the Monarch pass's row length from 32K (`MT_INNER_LOG2` of the kernel file).
 pub(crate) const MONARCH_INNER_LOG2: u32 = 14;
 
@@ -1179,10 +1193,14 @@ const MONARCH_FINISH_PAIRS_LOG2: u32 = 3;
 /// columns, the 16K-point rows, inverse columns; every block one pair, and 256 columns (32 from
 /// 512K), or one row). With `clusters` (the device has the cluster kernels), N = 32K .. 128K
 /// is one cluster launch instead (a block per 16K-point row, N / 16K blocks a cluster).
+/// With `prefetch_slots` (the device holds that many blocks of `fftconv_monarch_prefetch` at
+/// once), N = 256 .. 4096 runs that kernel instead, its grid within the slots
+/// ([`monarch_prefetch_tiles_log2`]).
 pub(crate) fn monarch_launches(
     steps: &[(PassKind, PassParams)],
     vec: u32,
     clusters: bool,
+    prefetch_slots: Option<u32>,
 ) -> Option<Vec<(MonarchKernel, PassParams)>> {
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     let extra = FLAG_GATED | FLAG_WRAPS;
@@ -1201,20 +1219,20 @@ pub(crate) fn monarch_launches(
             && p.stage_count == 0
             && p.flags & io == io
             && p.flags & !(io | extra) == 0;
-        let kernel = if p.log2n > 12 {
-            MonarchKernel::Wide
-        } else {
-            MonarchKernel::Forward
-        };
-        return ok.then(|| {
-            vec![(
-                kernel,
-                PassParams {
-                    lines_log2: 12u32.saturating_sub(p.log2n),
-                    ..*p
+        // A tile: 16 rows of 256 points, 2^tile_log2 pairs.
+        let tile_log2 = 12u32.saturating_sub(p.log2n);
+        let (kernel, lines_log2) = match prefetch_slots {
+            _ if p.log2n > 12 => (MonarchKernel::Wide, tile_log2),
+            Some(slots) => (
+                MonarchKernel::Prefetch {
+                    gated: p.flags & FLAG_GATED != 0,
                 },
-            )]
-        });
+                tile_log2
+                    + monarch_prefetch_tiles_log2(p.total_lines.div_ceil(1 << tile_log2), slots),
+            ),
+            None => (MonarchKernel::Forward, tile_log2),
+        };
+        return ok.then(|| vec![(kernel, PassParams { lines_log2, ..*p })]);
     }
     let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
         return None;
@@ -1388,9 +1406,13 @@ mod tests {
         };
         let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
         for log2n in 8..=14 {
-            let launches =
-                monarch_launches(&fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS), 8, true)
-                    .expect("a one-pass forward of N = 256 .. 16384");
+            let launches = monarch_launches(
+                &fused(log2n, 1, io | FLAG_GATED | FLAG_WRAPS),
+                8,
+                true,
+                None,
+            )
+            .expect("a one-pass forward of N = 256 .. 16384");
             let [(kernel, p)] = launches[..] else {
                 panic!("one launch: {launches:?}");
             };
@@ -1406,28 +1428,58 @@ mod tests {
                 }
             );
         }
-        assert!(monarch_launches(&fused(7, 1, io), 8, true).is_none());
-        assert!(monarch_launches(&fused(15, 1, io), 8, true).is_none());
+        assert!(monarch_launches(&fused(7, 1, io), 8, true, None).is_none());
+        assert!(monarch_launches(&fused(15, 1, io), 8, true, None).is_none());
         // Overlap-save blocks (a partial convolution) of whole vectors only.
         let mut blocked = fused(12, 3, io);
         blocked[0].1.block_len = 4096 - 1000;
-        assert!(monarch_launches(&blocked, 8, true).is_some());
+        assert!(monarch_launches(&blocked, 8, true, None).is_some());
         blocked[0].1.block_len = 4096 - 1003;
-        assert!(monarch_launches(&blocked, 8, true).is_none());
-        assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER), 8, true).is_none());
-        assert!(
-            monarch_launches(&fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE), 8, true).is_none()
-        );
+        assert!(monarch_launches(&blocked, 8, true, None).is_none());
+        assert!(monarch_launches(&fused(12, 1, io | FLAG_CONJ_FILTER), 8, true, None).is_none());
+        assert!(monarch_launches(
+            &fused(12, 1, FLAG_SRC_INPUT | FLAG_NO_INVERSE),
+            8,
+            true,
+            None
+        )
+        .is_none());
         let mut two = fused(12, 1, io);
         two.push(two[0]);
-        assert!(monarch_launches(&two, 8, true).is_none());
+        assert!(monarch_launches(&two, 8, true, None).is_none());
         // Rows the kernels' 16-byte I/O cannot take.
         let mut ragged = fused(12, 1, io);
         ragged[0].1.seq_len = 203;
-        assert!(monarch_launches(&ragged, 8, true).is_none());
+        assert!(monarch_launches(&ragged, 8, true, None).is_none());
         ragged[0].1.seq_len = 208;
         ragged[0].1.element_offset = 4;
-        assert!(monarch_launches(&ragged, 8, true).is_none());
+        assert!(monarch_launches(&ragged, 8, true, None).is_none());
+
+        // The prefetching forward: up to 4K only, a grid within the slots, whole tiles per block.
+        for (log2n, pairs, slots, want_lines_log2) in [
+            (8, 1536 * 16, 396, 4 + 2), // ANCHORS' 256: 1536 tiles, 4 a block, 384 blocks
+            (12, 24_576, 396, 6),       // ANCHORS' 4K: 24576 tiles, 64 a block
+            (10, 9, 2, 2 + 1),          // 3 tiles, the last partial: 2 a block
+            (11, 2, 396, 1),            // one tile: one block
+        ] {
+            let mut steps = fused(log2n, 1, io | FLAG_GATED);
+            steps[0].1.total_lines = pairs;
+            let launches = monarch_launches(&steps, 8, false, Some(slots)).expect("prefetch");
+            let [(kernel, p)] = launches[..] else {
+                panic!("one launch: {launches:?}");
+            };
+            assert_eq!(kernel, MonarchKernel::Prefetch { gated: true });
+            assert_eq!(
+                p.lines_log2, want_lines_log2,
+                "N = 2^{log2n}, {pairs} pairs"
+            );
+            assert!(pairs.div_ceil(1 << p.lines_log2) <= slots);
+        }
+        let launches = monarch_launches(&fused(13, 1, io), 8, false, Some(396)).expect("8K");
+        assert_eq!(launches[0].0, MonarchKernel::Wide);
+        assert_eq!(monarch_prefetch_tiles_log2(0, 396), 0);
+        assert_eq!(monarch_prefetch_tiles_log2(397, 396), 1);
+        assert_eq!(monarch_prefetch_tiles_log2(u32::MAX, 1), 31);
 
         // Column passes around a fused step: the schedule's steps for 32K .. 4M.
         for (log2n, gated, circular) in [
@@ -1458,7 +1510,7 @@ mod tests {
             let chunk = schedule.chunks().next().expect("a chunk");
             let steps = schedule.forward_steps(chunk, false);
             assert!(steps.len() >= 3, "{log2n}: {steps:?}");
-            let launches = monarch_launches(&steps, 8, false).expect("a Monarch problem");
+            let launches = monarch_launches(&steps, 8, false, None).expect("a Monarch problem");
             let kernels: Vec<MonarchKernel> = launches.iter().map(|l| l.0).collect();
             assert_eq!(
                 kernels,
@@ -1479,7 +1531,7 @@ mod tests {
             assert_eq!(launches[1].1.lines_log2, 3);
             // With the cluster kernels (sm_90): one launch of a block per 16K-point row up to
             // 128K, the four launches beyond.
-            let clustered = monarch_launches(&steps, 8, true).expect("a Monarch problem");
+            let clustered = monarch_launches(&steps, 8, true, None).expect("a Monarch problem");
             if log2n <= 17 {
                 assert_eq!(clustered.len(), 1, "{log2n}: {clustered:?}");
                 assert_eq!(clustered[0].0, MonarchKernel::Cluster);

@@ -68,6 +68,22 @@ pub const MONARCH_ENV: &str = "FFTCONV_CUDA_MONARCH";
 /// through global memory. Off by default: on the H200 it measured 1.00x / 0.98x / 0.90x of the
 /// four launches at 32K / 64K / 128K (docs/perf.md).
 pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
+/// Environment variable: `1` runs the Monarch pass's one-launch forward of N = 256 .. 4096 as
+/// `fftconv_monarch_prefetch`: a grid of at most one block per resident slot (SMs times the
+/// blocks the occupancy calculator places per SM), each block running `fftconv_monarch`'s tiles
+/// (16 rows of 256 points) one after another with the next tile's input rows copied into shared
+/// memory (`cp.async`) while the current one is transformed, and its per-block constants built
+/// once instead of per tile. Off by default until a GPU has timed it (docs/perf.md, session 24).
+pub const MONARCH_PREFETCH_ENV: &str = "FFTCONV_CUDA_MONARCH_PREFETCH";
+
+/// Dynamic shared memory of `fftconv_monarch_prefetch` for I/O elements of `elem_bytes` bytes:
+/// `MT_STAGE_SLOTS` 16-byte vectors per thread (a thread's two chunks of 8 positions of both rows
+/// of a pair) for 256 threads, twice that when gated (the pre-gate's rows too). f16: 16 KiB,
+/// 32 KiB gated.
+pub(crate) fn monarch_prefetch_bytes(elem_bytes: u32, gated: bool) -> u32 {
+    let slots = 2 * 2 * 8 * elem_bytes / 16;
+    slots * 16 * 256 * if gated { 2 } else { 1 }
+}
 /// Environment variable: blocks per SM (1 .. 4) that the Monarch pass's one-launch kernels up to
 /// 8K (`fftconv_monarch`, `fftconv_monarch_backward`, `_backward_taps`, `_backward_wide_8k`)
 /// leave registers for, all the same, for A/B runs. By default 3 for `fftconv_monarch` (3-8%
@@ -403,6 +419,31 @@ impl CudaDevice {
         })
     }
 
+    /// Blocks of `fftconv_monarch_prefetch` (`prefetch`) this device holds at once: SMs times the
+    /// blocks per SM the occupancy calculator gives for its gated staging (`None` where it gives
+    /// none).
+    fn monarch_prefetch_slots(
+        &self,
+        prefetch: &CudaFunction,
+        dtype: DType,
+    ) -> Result<Option<u32>, CudaError> {
+        let sms = self
+            .ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| CudaError::driver("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)", e))?;
+        let per_sm = prefetch
+            .occupancy_max_active_blocks_per_multiprocessor(
+                256,
+                monarch_prefetch_bytes(dtype.size_bytes() as u32, true) as usize,
+                None,
+            )
+            .map_err(|e| CudaError::driver("cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
+        let slots = u32::try_from(sms).unwrap_or(0).saturating_mul(per_sm);
+        Ok((slots > 0).then_some(slots))
+    }
+
     /// The Monarch pass's kernels for `dtype` (NVRTC module with `MONARCH_TC=1`, the base
     /// passes' defines at fixed values the Monarch kernels do not read), built once per dtype and
     /// register cap.
@@ -489,6 +530,12 @@ impl CudaDevice {
             filter: get("fftconv_monarch_filter")?,
             wide_threads,
             forward: get("fftconv_monarch")?,
+            prefetch: with_shared(
+                "fftconv_monarch_prefetch",
+                monarch_prefetch_bytes(dtype.size_bytes() as u32, true),
+            )?,
+            elem_bytes: dtype.size_bytes() as u32,
+            prefetch_slots: None,
             wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
             scales: get("fftconv_monarch_scales")?,
             scales_finish: get("fftconv_monarch_scales_finish")?,
@@ -527,6 +574,14 @@ impl CudaDevice {
             } else {
                 None
             },
+        };
+        let kernels = MonarchKernels {
+            prefetch_slots: if std::env::var(MONARCH_PREFETCH_ENV).is_ok_and(|v| v.trim() == "1") {
+                self.monarch_prefetch_slots(&kernels.prefetch, dtype)?
+            } else {
+                None
+            },
+            ..kernels
         };
         let kernels = Arc::new(kernels);
         cache.insert((dtype, min_blocks, wide_threads), Arc::clone(&kernels));
@@ -630,6 +685,14 @@ pub(crate) struct MonarchKernels {
     pub(crate) filter: CudaFunction,
     /// The whole forward of a chunk, N = 256 .. 4096 (static shared memory).
     pub(crate) forward: CudaFunction,
+    /// The same, N = 256 .. 4096, as tiles one after another per block with the next tile's input
+    /// prefetched ([`MONARCH_PREFETCH_ENV`]).
+    pub(crate) prefetch: CudaFunction,
+    /// Bytes of one I/O element (`prefetch`'s staging: [`monarch_prefetch_bytes`]).
+    pub(crate) elem_bytes: u32,
+    /// Blocks of `prefetch` the device holds at once (SMs times blocks per SM, for its gated
+    /// staging), where [`MONARCH_PREFETCH_ENV`] turns it on.
+    pub(crate) prefetch_slots: Option<u32>,
     /// The same for N = 8192 and 16384 (one pair per block, dynamic shared memory).
     pub(crate) wide: CudaFunction,
     /// Threads per block of `backward_wide` and `backward_middle` (`MT_WIDE_THREADS`: 512, or
@@ -735,6 +798,10 @@ impl MonarchKernels {
     ) -> Option<(&CudaFunction, u32)> {
         Some(match kernel {
             MonarchKernel::Forward => (&self.forward, 0),
+            MonarchKernel::Prefetch { gated } => (
+                &self.prefetch,
+                monarch_prefetch_bytes(self.elem_bytes, gated),
+            ),
             MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),
             MonarchKernel::Scales => (&self.scales, 0),
             MonarchKernel::ScalesFinish => (&self.scales_finish, 0),

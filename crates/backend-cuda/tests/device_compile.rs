@@ -64,8 +64,9 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 23] = [
+const MONARCH_ENTRIES: [&str; 24] = [
     "fftconv_monarch",
+    "fftconv_monarch_prefetch",
     "fftconv_monarch_backward_taps",
     "fftconv_monarch_backward_taps_wide",
     "fftconv_monarch_filter_max",
@@ -102,11 +103,15 @@ const MONARCH_CLUSTER_PTX: [&str; 3] =
     ["mapa.u64", "barrier.cluster.arrive", "barrier.cluster.wait"];
 
 /// Inline PTX of the Monarch pass.
-const MONARCH_PTX: [&str; 4] = [
+const MONARCH_PTX: [&str; 7] = [
     "mma.sync.aligned.m16n8k16",
     "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
     "movmatrix.sync.aligned.m8n8.trans.b16",
     "red.shared.max.u32",
+    // fftconv_monarch_prefetch's staging of the next tile's rows.
+    "cp.async.cg.shared.global",
+    "cp.async.commit_group",
+    "cp.async.wait_all",
 ];
 
 /// Inline PTX of f16 I/O.

@@ -239,6 +239,7 @@ enum Kernel {
     MonarchBackwardWide8k = 29,
     MonarchBackwardTaps = 30,
     MonarchBackwardTapsWide = 31,
+    MonarchPrefetch = 32,
 }
 
 impl From<PassKind> for Kernel {
@@ -781,6 +782,9 @@ enum ForwardPath {
     Monarch,
     /// The Monarch pass with its cluster kernels (sm_90) where they apply (32K .. 128K).
     MonarchCluster,
+    /// The Monarch pass with `fftconv_monarch_prefetch` for N = 256 .. 4096, its grid sized for
+    /// this many resident blocks (`FFTCONV_CUDA_MONARCH_PREFETCH`).
+    MonarchPrefetch(u32),
 }
 
 /// The forward through the backend's steps (host I/O: compact chunk buffers), or as
@@ -828,12 +832,27 @@ fn forward(
         p.fill_nan(yc);
         let steps = prep.schedule.forward_steps(chunk, true);
         if monarch {
-            let launches = monarch_launches(&steps, path == ForwardPath::MonarchCluster)
+            let prefetch = match path {
+                ForwardPath::MonarchPrefetch(slots) => Some(slots),
+                _ => None,
+            };
+            let launches = monarch_launches(&steps, path == ForwardPath::MonarchCluster, prefetch)
                 .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
             for (kernel, params) in launches {
                 // `MonarchKernels::function` of src/device.rs.
                 let (kernel, shared) = match kernel {
                     Kernel::MonarchWide => (kernel, (1usize << (params.log2n - 8)) * 264 * 2 * 2),
+                    // MT_STAGE_SLOTS (8 with f32 I/O) 16-byte vectors per thread, twice gated.
+                    Kernel::MonarchPrefetch => (
+                        kernel,
+                        8 * 16
+                            * 256
+                            * if params.flags & monarch_core::schedule::FLAG_GATED != 0 {
+                                2
+                            } else {
+                                1
+                            },
+                    ),
                     Kernel::MonarchMiddle => (kernel, 64 * 264 * 2 * 2),
                     Kernel::MonarchCluster2 | Kernel::MonarchCluster4 | Kernel::MonarchCluster8 => {
                         (kernel, 64 * 264 * 2 * 2 + 16)
@@ -1012,7 +1031,7 @@ fn backward(
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
             let (taps_params, groups) = monarch_split_taps_params(&params, target_blocks)
                 .ok_or_else(|| format!("not a split Monarch backward: {params:?}"))?;
-            let forward = monarch_launches(&schedule.forward_steps(chunk, true), false)
+            let forward = monarch_launches(&schedule.forward_steps(chunk, true), false, None)
                 .ok_or("no Monarch forward for the split backward's du")?;
             let b = Bindings {
                 tmp: Some(tmp_v),
@@ -1683,6 +1702,7 @@ const MONARCH_POINTS: usize = 16384;
 fn monarch_launches(
     steps: &[(PassKind, PassParams)],
     cluster: bool,
+    prefetch: Option<u32>,
 ) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
@@ -1701,20 +1721,17 @@ fn monarch_launches(
             && p.stage_count == 0
             && p.flags & io == io
             && p.flags & !(io | extra) == 0;
-        let kernel = if p.log2n > 12 {
-            Kernel::MonarchWide
-        } else {
-            Kernel::Monarch
+        let tile_log2 = 12u32.saturating_sub(p.log2n);
+        let (kernel, lines_log2) = match prefetch {
+            _ if p.log2n > 12 => (Kernel::MonarchWide, tile_log2),
+            Some(slots) => (
+                Kernel::MonarchPrefetch,
+                tile_log2
+                    + monarch_prefetch_tiles_log2(p.total_lines.div_ceil(1 << tile_log2), slots),
+            ),
+            None => (Kernel::Monarch, tile_log2),
         };
-        return ok.then(|| {
-            vec![(
-                kernel,
-                PassParams {
-                    lines_log2: 12u32.saturating_sub(p.log2n),
-                    ..*p
-                },
-            )]
-        });
+        return ok.then(|| vec![(kernel, PassParams { lines_log2, ..*p })]);
     }
     let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
         return None;
@@ -1770,6 +1787,16 @@ fn monarch_launches(
         ),
         (Kernel::MonarchColumnsInverse, with_lines(columns)),
     ])
+}
+
+/// `monarch_prefetch_tiles_log2` of src/convolution.rs: log2 of the tiles per block that keep a
+/// launch of `tiles` whole tiles within `slots` blocks.
+fn monarch_prefetch_tiles_log2(tiles: u32, slots: u32) -> u32 {
+    let mut t = 0;
+    while t < 31 && tiles.div_ceil(1 << t) > slots.max(1) {
+        t += 1;
+    }
+    t
 }
 
 /// `monarch_column_blocks` of src/convolution.rs: the column passes' blocks (256 columns each,
@@ -2094,6 +2121,103 @@ fn monarch_tensor_core_pass_256_threads() {
     outcomes.finish();
 }
 
+/// `fftconv_monarch_prefetch` (N = 256 .. 4096): a block runs several of `fftconv_monarch`'s
+/// tiles, the next one's rows staged by cp.async while it transforms the current one (the
+/// harness writes a copy to shared memory only at the thread's wait, and fails a block that
+/// ends with copies it never waited for). Grids sized for 1 to 3 resident blocks, so a block
+/// runs up to 8 tiles and the launch's last tile is partial; causal and circular, gated,
+/// frequency-sparse, odd batch, chunked, a ragged L (its rows' last vectors not staged), a NaN
+/// filter (also where a block's later tiles reuse its tile's flags), a filter of 2^40, rows
+/// 2^-20, and channels loud and quiet by twos (row maxima left from the tile two before, in the
+/// same set, would flush the quiet ones).
+#[test]
+fn monarch_prefetch_256_threads() {
+    let test = "monarch_prefetch_256_threads";
+    let Some(harness) = harness(MONARCH_POINTS, 256, "-DMONARCH_TC=1") else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let mut outcomes = Outcomes::new(test);
+    let mut rng = StdRng::seed_from_u64(outcomes.seed);
+    let causal = ConvSpec::builder;
+    // Per number of resident blocks the grid is sized for, its cases.
+    let groups: [(u32, Vec<MonarchCase>); 3] = [
+        (
+            1,
+            vec![
+                // 24 pairs: tiles of 16 and 8 pairs in one block.
+                ("n256 causal", causal(8, 6, 128, 128), 1 << 30, 1.0),
+                ("n1k ragged L", causal(4, 3, 1020, 333), 1 << 30, 1.0),
+                // A pair per tile and a tile per channel: 8 tiles in one block, loud and quiet
+                // by twos (each tile's row maxima in the set the tile two before used).
+                (
+                    "n4k quiet channel pairs",
+                    causal(2, 8, 2048, 2048),
+                    1 << 30,
+                    1.0,
+                ),
+                // Channel 1's NaN taps: its tile's outputs NaN, not those of tiles 3 and 5 (the
+                // same set of flags).
+                ("n4k NaN filter", causal(2, 6, 2048, 2048), 1 << 30, 1.0),
+            ],
+        ),
+        (
+            2,
+            vec![
+                (
+                    "n256 gated sparse odd batch",
+                    causal(7, 5, 128, 100).gated(true).keep_frequencies(0.25),
+                    1 << 30,
+                    1.0,
+                ),
+                // 9 pairs: tiles of 4, 4 and 1 pairs over two blocks.
+                ("n1k causal odd batch", causal(5, 3, 512, 512), 1 << 30, 1.0),
+                (
+                    "n1k circular gated",
+                    causal(4, 5, 1024, 1024).circular().gated(true),
+                    1 << 30,
+                    1.099_511_6e12,
+                ),
+                // A pair per tile: 7 tiles over two blocks of 4.
+                (
+                    "n4k circular",
+                    causal(2, 7, 4096, 4096).circular(),
+                    1 << 30,
+                    1.0,
+                ),
+                ("n512 NaN filter", causal(6, 3, 256, 256), 1 << 30, 1.0),
+            ],
+        ),
+        (
+            3,
+            vec![
+                (
+                    "n4k causal sparse chunked",
+                    causal(6, 3, 2048, 2048).keep_frequencies(0.25),
+                    8192,
+                    1.0,
+                ),
+                (
+                    "n2k causal, rows 2^-20",
+                    causal(3, 5, 2048, 700),
+                    1 << 30,
+                    1.0,
+                ),
+            ],
+        ),
+    ];
+    for (slots, cases) in groups {
+        monarch_forward_cases(
+            &harness,
+            &mut outcomes,
+            &mut rng,
+            cases,
+            ForwardPath::MonarchPrefetch(slots),
+        );
+    }
+    outcomes.finish();
+}
+
 /// A Monarch forward case: label, problem, chunk elements, filter factor.
 type MonarchCase = (&'static str, ConvSpecBuilder, usize, f32);
 
@@ -2123,6 +2247,16 @@ fn monarch_forward_cases(
             // Each row must keep its own precision (checked per row) although the column DFTs
             // of the long sizes mix a pair's two rows.
             scale_odd_batch_rows(&mut inputs.u, &spec, 9.536_743e-7);
+        }
+        if label.contains("quiet channel pairs") {
+            // Channels 2, 3, 6, 7, ... at 2^-40 of the others: a tile that kept a louder
+            // one's row scales would flush a quiet row's values to f16 subnormals or zero.
+            let (l, h) = (spec.length(), spec.channels());
+            for (r, row) in inputs.u.chunks_mut(l).enumerate() {
+                if (r % h / 2) % 2 == 1 {
+                    row.iter_mut().for_each(|v| *v *= 9.094_947e-13);
+                }
+            }
         }
         if label.contains("tails 2^12") {
             // The rows' scales must come from every slice, not only the first.

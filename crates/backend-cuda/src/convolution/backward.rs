@@ -435,7 +435,7 @@ impl CudaConvolution {
                         Some((
                             taps_kernel,
                             taps,
-                            super::monarch_launches(&steps, vec, false)?,
+                            super::monarch_launches(&steps, vec, false, None)?,
                         ))
                     });
                 if let Some((

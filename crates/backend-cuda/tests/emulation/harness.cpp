@@ -19,9 +19,10 @@
 //   output count, buffer indices
 //
 // Kernel ids: 0 fused, 1 columns forward, 2 columns inverse, 3 gather, 4 taps sum, 5 fused
-// backward. The grid is the backend's (`launch_function` in src/convolution.rs):
-// ceil(total_lines / 2^lines_log2) blocks. Gather and taps sum (one thread per element, no
-// barriers) run their 2^lines_log2 threads one after another. The block-wide kernels (0-2, 5) run
+// backward; with MONARCH_TC the Monarch kernels from 6 (KERNELS below). The grid is the
+// backend's (`launch_function` in src/convolution.rs): ceil(total_lines / 2^lines_log2) blocks.
+// Gather and taps sum (one thread per element, no barriers) run their 2^lines_log2 threads one
+// after another. The block-wide kernels (0-2, 5) run
 // THREADS threads per block (blockDim.x = THREADS; a Monarch kernel with its own block size,
 // BLOCK_THREADS, runs that many as fibers: `bt` below stands for whichever the launch runs):
 // - THREADS=1: one call per block (the barriers are no-ops, see shim.h);
@@ -148,6 +149,7 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_scales_finish, fftconv_monarch_backward_scales_finish,
                           fftconv_monarch_filter_max, fftconv_monarch_backward_wide_8k,
                           fftconv_monarch_backward_taps, fftconv_monarch_backward_taps_wide,
+                          fftconv_monarch_prefetch,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -166,13 +168,14 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_scales_finish", "monarch_backward_scales_finish",
                              "monarch_filter_max", "monarch_backward_wide_8k",
                              "monarch_backward_taps", "monarch_backward_taps_wide",
+                             "monarch_prefetch",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
 #if MONARCH_TC
                            false, false, false, false, false, false, false, false, false,
                            false, false, false, false, false, false, false, false, false,
-                           false, false, false, false, false, false, false, false,
+                           false, false, false, false, false, false, false, false, false,
 #endif
 };
 // Threads per block where a kernel has its own (0: THREADS): the Monarch kernels that run one
@@ -180,13 +183,13 @@ const bool PER_THREAD[] = {false, false, false, true, true, false,
 const u32 BLOCK_THREADS[] = {0, 0, 0, 0, 0, 0,
 #if MONARCH_TC
                              0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS, 0, 0, MT_WIDE_THREADS,
-                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS,
+                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS, 0,
 #endif
 };
 // Blocks per cluster (`__cluster_dims__`; 1: no cluster).
 const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
 #if MONARCH_TC
-                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 1, 1,
+                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
@@ -566,6 +569,13 @@ void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, s
                 fibers::run_blocks();
             }
 #endif
+            if (emu_async_pending() != 0u) {
+                std::fprintf(stderr,
+                             "harness: command %zu (%s): block %u ended with %u cp.async copies "
+                             "it never waited for\n",
+                             command, NAMES[kernel], (unsigned)(bx + by * x), emu_async_pending());
+                std::exit(3);
+            }
             for (size_t i = shared; i < shared + SMEM_GUARD; i++) {
                 if (float_bits(smem[i].x) != CANARY || float_bits(smem[i].y) != CANARY) {
                     std::fprintf(stderr,

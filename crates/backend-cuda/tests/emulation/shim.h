@@ -81,3 +81,40 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
     emu_syncwarp();
 }
 #endif
+
+// cp.async (fftconv_monarch_prefetch's staging of the next tile's rows): a fiber's copies are
+// read from global memory when started and written to shared memory only at its next wait
+// (`cp.async.wait_all`), so a kernel reading its staging before waiting reads what was there
+// before (NaN for the block's first tile: the harness fills the dynamic shared memory with NaN).
+// The harness fails a block that ends with copies it never waited for.
+#define EMU_MAX_ASYNC 32u
+struct EmuAsyncCopy {
+    void* dst;
+    unsigned char bytes[16];
+};
+inline EmuAsyncCopy emu_async[EMU_SLOTS][EMU_MAX_ASYNC];
+inline unsigned emu_async_count[EMU_SLOTS];
+inline void emu_copy_async16(void* dst, const void* src) {
+    unsigned s = emu_slot();
+    if (emu_async_count[s] >= EMU_MAX_ASYNC) {
+        __builtin_trap(); // more copies in flight than any kernel starts between its waits
+    }
+    EmuAsyncCopy& c = emu_async[s][emu_async_count[s]++];
+    c.dst = dst;
+    __builtin_memcpy(c.bytes, src, 16);
+}
+inline void emu_copy_async_wait() {
+    unsigned s = emu_slot();
+    for (unsigned i = 0; i < emu_async_count[s]; i++) {
+        __builtin_memcpy(emu_async[s][i].dst, emu_async[s][i].bytes, 16);
+    }
+    emu_async_count[s] = 0;
+}
+// Copies started and not waited for, over all fibers (0 at the end of every block).
+inline unsigned emu_async_pending() {
+    unsigned n = 0;
+    for (unsigned s = 0; s < EMU_SLOTS; s++) {
+        n += emu_async_count[s];
+    }
+    return n;
+}
