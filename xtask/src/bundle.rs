@@ -282,6 +282,11 @@ if [ "${1:-}" != "--no-bench" ]; then
         --shape 16x1024 --reps 5
     bench bench-thunderkittens-prefetch 30 FFTCONV_CUDA_MONARCH_PREFETCH=1 --backend cuda \
         --dtype bf16 --circular --sizes 4K --shape 16x1024 --reps 5
+    # The split backward's du goes through it too (256 .. 4K): against bench-backward-small.
+    step test-backward-cuda-prefetch 120 env FFTCONV_CUDA_MONARCH_PREFETCH=1 "$T/conv-backward" \
+        cuda --test-threads 8
+    bench bench-backward-small-prefetch 40 FFTCONV_CUDA_MONARCH_PREFETCH=1 --backend cuda \
+        --dtype f16 --sizes 256..4K --backward --reps 3
     # Session 18 (no GPU): Vulkan's register-radix forward for one-pass plans (256 .. 4K on
     # NVIDIA; 1.7-2.7x faster than the radix-2 fused pass on lavapipe). Its suite (the
     # cooperative-matrix path selected), then it against CUDA and the radix-2 pass. Session 19:

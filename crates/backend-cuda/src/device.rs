@@ -73,7 +73,9 @@ pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
 /// blocks the occupancy calculator places per SM), each block running `fftconv_monarch`'s tiles
 /// (16 rows of 256 points) one after another with the next tile's input rows copied into shared
 /// memory (`cp.async`) while the current one is transformed, and its per-block constants built
-/// once instead of per tile. Off by default until a GPU has timed it (docs/perf.md, session 24).
+/// once instead of per tile; the split backward's du (the forward of dy with the filter
+/// conjugated) goes through it too. Off by default until a GPU has timed it (docs/perf.md,
+/// session 24).
 pub const MONARCH_PREFETCH_ENV: &str = "FFTCONV_CUDA_MONARCH_PREFETCH";
 
 /// Dynamic shared memory of `fftconv_monarch_prefetch` for I/O elements of `elem_bytes` bytes:

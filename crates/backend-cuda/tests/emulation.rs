@@ -941,8 +941,10 @@ enum BackwardPath {
     Monarch,
     /// The split Monarch backward (the default; `FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=0` is off) where it applies:
     /// du through `fftconv_monarch` with the filter conjugated, the taps through
-    /// `fftconv_monarch_backward_taps` aiming at this many blocks (1: one group per channel).
-    MonarchSplit(u32),
+    /// `fftconv_monarch_backward_taps` aiming at this many blocks (1: one group per channel);
+    /// with `Some(slots)` du through `fftconv_monarch_prefetch` (N <= 4K) with its grid for
+    /// that many resident blocks (`FFTCONV_CUDA_MONARCH_PREFETCH=1`).
+    MonarchSplit(u32, Option<u32>),
 }
 
 fn backward(
@@ -954,7 +956,7 @@ fn backward(
 ) -> Result<String, String> {
     let spec = &prep.spec;
     let schedule = &prep.schedule;
-    let per_row = matches!(path, BackwardPath::Monarch | BackwardPath::MonarchSplit(_));
+    let per_row = matches!(path, BackwardPath::Monarch | BackwardPath::MonarchSplit(..));
     let mut p = Program::default();
     let n = spec.geometry().n();
     let twiddles = p.data(&twiddle_tables(n));
@@ -1026,12 +1028,12 @@ fn backward(
             }
             continue;
         }
-        if let BackwardPath::MonarchSplit(target_blocks) = path {
+        if let BackwardPath::MonarchSplit(target_blocks, du_slots) = path {
             // `launch_backward`'s split branch (src/convolution/backward.rs).
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
             let (taps_params, groups) = monarch_split_taps_params(&params, target_blocks)
                 .ok_or_else(|| format!("not a split Monarch backward: {params:?}"))?;
-            let forward = monarch_launches(&schedule.forward_steps(chunk, true), false, None)
+            let forward = monarch_launches(&schedule.forward_steps(chunk, true), false, du_slots)
                 .ok_or("no Monarch forward for the split backward's du")?;
             let b = Bindings {
                 tmp: Some(tmp_v),
@@ -1043,6 +1045,8 @@ fn backward(
                 // (`monarch_shared_bytes`: two f16 planes of N / 256 rows of 264 halves).
                 let shared = match kernel {
                     Kernel::MonarchWide => 2 * (1usize << (fp.log2n - 8)) * 264 * 2,
+                    // Its staging (f32 I/O, ungated: the split backward's problems).
+                    Kernel::MonarchPrefetch => 8 * 16 * 256,
                     _ => 0,
                 };
                 let fp = PassParams {
@@ -1185,8 +1189,15 @@ fn backward(
             "fused-backward",
         ),
         BackwardPath::Monarch => ("Monarch backward".to_owned(), "monarch-backward"),
-        BackwardPath::MonarchSplit(t) => (
-            format!("split Monarch backward ({t} blocks aimed at)"),
+        BackwardPath::MonarchSplit(t, du_slots) => (
+            format!(
+                "split Monarch backward ({t} blocks aimed at{})",
+                if du_slots.is_some() {
+                    ", du prefetched"
+                } else {
+                    ""
+                }
+            ),
             "monarch-split-backward",
         ),
         BackwardPath::Steps => ("backward".to_owned(), "backward"),
@@ -2690,7 +2701,12 @@ fn monarch_split_backward() {
                 &prep,
                 &inputs,
                 &format!("{test}-{i}"),
-                BackwardPath::MonarchSplit(target_blocks),
+                // du through fftconv_monarch_prefetch in every other case up to 4K (one
+                // resident block: all of a chunk's tiles in one block).
+                BackwardPath::MonarchSplit(
+                    target_blocks,
+                    (i % 2 == 0 && spec.geometry().n() <= 4096).then_some(1),
+                ),
             ),
         );
     }

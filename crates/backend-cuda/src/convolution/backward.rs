@@ -435,7 +435,9 @@ impl CudaConvolution {
                         Some((
                             taps_kernel,
                             taps,
-                            super::monarch_launches(&steps, vec, false, None)?,
+                            // With FFTCONV_CUDA_MONARCH_PREFETCH=1 du too through
+                            // fftconv_monarch_prefetch (256 .. 4K).
+                            super::monarch_launches(&steps, vec, false, kernels.prefetch_slots)?,
                         ))
                     });
                 if let Some((
