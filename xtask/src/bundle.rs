@@ -282,7 +282,8 @@ if [ "${1:-}" != "--no-bench" ]; then
         --shape 16x1024 --reps 5
     bench bench-thunderkittens-prefetch 30 FFTCONV_CUDA_MONARCH_PREFETCH=1 --backend cuda \
         --dtype bf16 --circular --sizes 4K --shape 16x1024 --reps 5
-    # The split backward's du goes through it too (256 .. 4K): against bench-backward-small.
+    # The split backward's du and taps kernels prefetch too (256 .. 4K): against
+    # bench-backward-small.
     step test-backward-cuda-prefetch 120 env FFTCONV_CUDA_MONARCH_PREFETCH=1 "$T/conv-backward" \
         cuda --test-threads 8
     bench bench-backward-small-prefetch 40 FFTCONV_CUDA_MONARCH_PREFETCH=1 --backend cuda \

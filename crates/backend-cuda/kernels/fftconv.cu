@@ -2650,8 +2650,9 @@ __device__ __forceinline__ void mt_copy_async_wait() {
 #endif
 
 // Starts the copies of this thread's staged vectors of chunk (k, s) (segment `r`, positions pos
-// .. pos + 7) into its slots from `slot` (and the pre-gate's MT_STAGE_SLOTS later, gated).
-__device__ __forceinline__ void mt_stage8(const Params& pc, const elem_t* src, const elem_t* gate,
+// .. pos + 7) into its slots from `slot` (and the gate's MT_STAGE_SLOTS later where `flags` has
+// FLAG_GATED).
+__device__ __forceinline__ void mt_stage8(const elem_t* src, const elem_t* gate, u32 flags,
                                           SegmentRow r, u32 pos, Quad* stage, u32 slot) {
 #pragma unroll
     for (u32 o = 0; o < 8u; o += VEC) {
@@ -2659,17 +2660,17 @@ __device__ __forceinline__ void mt_stage8(const Params& pc, const elem_t* src, c
             u32 idx = r.row_base + r.start + pos + o;
             u32 j = (slot + o / VEC) * MT_THREADS + threadIdx.x;
             mt_copy_async16(&stage[j], src + idx);
-            if ((pc.flags & FLAG_GATED) != 0u) {
+            if ((flags & FLAG_GATED) != 0u) {
                 mt_copy_async16(&stage[j + MT_STAGE_SLOTS * MT_THREADS], gate + idx);
             }
         }
     }
 }
 
-// mt_input8 from the staging where mt_stage8 staged the vectors (after mt_copy_async_wait),
-// from `src` (segment_input_vec) where it did not.
+// mt_input8 from the staging where mt_stage8 (with the same `flags`) staged the vectors (after
+// mt_copy_async_wait), from `src` (segment_input_vec) where it did not.
 __device__ __forceinline__ void mt_staged_input8(const Params& pc, const Divisors& dv,
-                                                 const elem_t* src, const elem_t* gate,
+                                                 const elem_t* src, const elem_t* gate, u32 flags,
                                                  SegmentRow r, u32 pos, const Quad* stage,
                                                  u32 slot, float v[8]) {
 #pragma unroll
@@ -2682,7 +2683,7 @@ __device__ __forceinline__ void mt_staged_input8(const Params& pc, const Divisor
             for (u32 w = 0; w < 4u; w++) {
                 a.w[w] = q.w[w];
             }
-            if ((pc.flags & FLAG_GATED) != 0u) {
+            if ((flags & FLAG_GATED) != 0u) {
                 Quad gq = stage[j + MT_STAGE_SLOTS * MT_THREADS];
                 Vec16 g;
 #pragma unroll
@@ -2700,7 +2701,7 @@ __device__ __forceinline__ void mt_staged_input8(const Params& pc, const Divisor
                 }
             }
         } else {
-            segment_input_vec(pc, dv, src, gate, pc.flags, r, pos + o, &v[o]);
+            segment_input_vec(pc, dv, src, gate, flags, r, pos + o, &v[o]);
         }
     }
 }
@@ -3321,7 +3322,7 @@ __device__ __forceinline__ void mt_stage_tile(const Params& pc, const Buffers& b
                 u32 h = udiv(pair, dv.pairs);
                 r = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
             }
-            mt_stage8(pc, bf.u, bf.pre, r, m.pos, stage, (2u * k + s) * (8u / VEC));
+            mt_stage8(bf.u, bf.pre, pc.flags, r, m.pos, stage, (2u * k + s) * (8u / VEC));
         }
     }
     mt_copy_async_commit();
@@ -3389,7 +3390,7 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
                     seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
                 }
                 if (PREFETCH) {
-                    mt_staged_input8(pc, dv, bf.u, bf.pre, seg[k][s], m.pos, stage,
+                    mt_staged_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, stage,
                                      (2u * k + s) * (8u / VEC), in[k][s]);
                 } else {
                     mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
@@ -4219,8 +4220,41 @@ __device__ __forceinline__ cpx* mt_taps_sum_at(u32 rows, u32 row, u32 nt, u32 i)
     return sums + ((row * 8u + nt * 4u + i) << 5) + (threadIdx.x & 31u);
 }
 
-extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
-    fftconv_monarch_backward_taps(const Params pc, const Buffers bf, const Divisors dv) {
+// Where fftconv_monarch_backward_taps_prefetch stages a step's rows: after the two plane sets and
+// the sums of 16 rows (mt_taps_sum_at), x's MT_STAGE_SLOTS vectors per thread, then dy's.
+__device__ __forceinline__ Quad* mt_taps_stage() {
+    return (Quad*)((u16*)smem + 4u * 16u * MT_ROW + 16u * 256u * 4u);
+}
+
+// Starts the copies of this thread's staged vectors of x and dy for the step of pairs j0 .. (of
+// channel h, up to j_end), as one cp.async group.
+__device__ __forceinline__ void mt_taps_stage_step(const Params& pc, const Buffers& bf,
+                                                   const Divisors& dv, u32 h, u32 j0, u32 j_end,
+                                                   Quad* stage) {
+#pragma unroll
+    for (u32 k = 0; k < 2u; k++) {
+        MtChunk m = mt_chunk(pc, k);
+        const u32 j = j0 + m.p;
+#pragma unroll
+        for (u32 s = 0; s < 2u; s++) {
+            SegmentRow seg = SegmentRow{0u, 0u, 0u, 0u};
+            if (j < j_end) {
+                seg = locate_segment(pc, dv, 2u * j + s, h);
+            }
+            const u32 slot = (2u * k + s) * (8u / VEC);
+            mt_stage8(bf.u, bf.pre, pc.flags, seg, m.pos, stage, slot);
+            mt_stage8(bf.u2, bf.post, pc.flags | FLAG_BODY_ONLY, seg, m.pos,
+                      stage + MT_STAGE_SLOTS * MT_THREADS, slot);
+        }
+    }
+    mt_copy_async_commit();
+}
+
+// fftconv_monarch_backward_taps's body; PREFETCH: each step's rows of x and dy staged during the
+// step before (mt_taps_stage_step; the split backward is ungated, so no gates to stage).
+template <bool PREFETCH>
+__device__ __forceinline__ void mt_backward_taps_steps(const Params& pc, const Buffers& bf,
+                                                       const Divisors& dv) {
     __shared__ u32 row_max_sets[2][2][32]; // [iteration parity][x, d][slot row 2 p + s]
     __shared__ u32 slot_ref[16];  // per slot: its reference product (0: no pair with x, d yet)
     __shared__ u32 group_bad;     // a non-finite input or product in the group
@@ -4263,6 +4297,10 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
     // The references of this warp's rows' slots (the same for both rows from N = 512).
     u32 ref0 = 0u, ref1 = 0u;
     const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
+    Quad* const stage = PREFETCH ? mt_taps_stage() : nullptr;
+    if (PREFETCH) {
+        mt_taps_stage_step(pc, bf, dv, h, g * per, j_end, stage);
+    }
     __syncthreads();
     u32 iteration = 0u;
 #pragma unroll 1
@@ -4274,6 +4312,9 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             row_max[threadIdx.x >> 5][threadIdx.x & 31u] = 0u;
         }
         __syncthreads(); // the maxima zeroed; the previous pairs' S2 is done with the planes
+        if (PREFETCH) {
+            mt_copy_async_wait(); // this thread's staged vectors of the step
+        }
         float xv[2][2][8], dvv[2][2][8];
 #pragma unroll
         for (u32 k = 0; k < 2u; k++) {
@@ -4285,8 +4326,16 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
                 if (j < j_end) {
                     seg = locate_segment(pc, dv, 2u * j + s, h);
                 }
-                mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
-                mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
+                if (PREFETCH) {
+                    const u32 slot = (2u * k + s) * (8u / VEC);
+                    mt_staged_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, stage, slot,
+                                     xv[k][s]);
+                    mt_staged_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos,
+                                     stage + MT_STAGE_SLOTS * MT_THREADS, slot, dvv[k][s]);
+                } else {
+                    mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, xv[k][s]);
+                    mt_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos, dvv[k][s]);
+                }
                 u32 mx = 0u, md = 0u;
                 const bool x_bad = mt_finite8(xv[k][s], mx);
                 const bool d_bad = mt_finite8(dvv[k][s], md);
@@ -4298,6 +4347,11 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
             }
         }
         __syncthreads();
+        if (PREFETCH && j0 + slots < j_end) {
+            // Every thread has read its staged vectors of this step (the barrier above): the
+            // next step's copies land while this one is transformed.
+            mt_taps_stage_step(pc, bf, dv, h, j0 + slots, j_end, stage);
+        }
         auto scales = [&](u32 p) {
             return mt_pair_scales(row_max[0][2u * p], row_max[0][2u * p + 1u], row_max[1][2u * p],
                                   row_max[1][2u * p + 1u]);
@@ -4495,6 +4549,18 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
         const Quad q = *(const Quad*)&sets[0].p[0][mc.row * MT_ROW + mc.col];
         mt_store_taps8(row_out, pos, pc.taps_len, q, ft, fa, fb);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
+    fftconv_monarch_backward_taps(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_backward_taps_steps<false>(pc, bf, dv);
+}
+
+// fftconv_monarch_backward_taps with each step's rows of x and dy copied into shared memory
+// (after its sums: 2 MT_STAGE_SLOTS 16-byte vectors per thread more) during the step before.
+extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_MIN_BLOCKS)
+    fftconv_monarch_backward_taps_prefetch(const Params pc, const Buffers bf, const Divisors dv) {
+    mt_backward_taps_steps<true>(pc, bf, dv);
 }
 
 // The block's share of a pair's maxima (float bits) of x = pre u and d = post dy per row, added

@@ -74,8 +74,9 @@ pub const MONARCH_CLUSTER_ENV: &str = "FFTCONV_CUDA_MONARCH_CLUSTER";
 /// (16 rows of 256 points) one after another with the next tile's input rows copied into shared
 /// memory (`cp.async`) while the current one is transformed, and its per-block constants built
 /// once instead of per tile; the split backward's du (the forward of dy with the filter
-/// conjugated) goes through it too. Off by default until a GPU has timed it (docs/perf.md,
-/// session 24).
+/// conjugated) goes through it too, and its taps kernel (`fftconv_monarch_backward_taps_prefetch`)
+/// stages each step's rows of x and dy during the step before. Off by default until a GPU has
+/// timed it (docs/perf.md, session 24).
 pub const MONARCH_PREFETCH_ENV: &str = "FFTCONV_CUDA_MONARCH_PREFETCH";
 
 /// Dynamic shared memory of `fftconv_monarch_prefetch` for I/O elements of `elem_bytes` bytes:
@@ -500,6 +501,11 @@ impl CudaDevice {
                 "fftconv_monarch_backward_taps",
                 monarch_backward_taps_shared_bytes(12),
             )?,
+            backward_taps_prefetch: with_shared(
+                "fftconv_monarch_backward_taps_prefetch",
+                monarch_backward_taps_shared_bytes(12)
+                    + 2 * monarch_prefetch_bytes(dtype.size_bytes() as u32, false),
+            )?,
             backward_taps_wide: with_shared(
                 "fftconv_monarch_backward_taps_wide",
                 monarch_backward_taps_shared_bytes(14),
@@ -705,6 +711,9 @@ pub(crate) struct MonarchKernels {
     /// The split backward's filter gradient at N = 256 .. 4096 (a block per channel and group of
     /// pairs; [`MONARCH_SPLIT_BACKWARD_ENV`]).
     pub(crate) backward_taps: CudaFunction,
+    /// `backward_taps` with each step's rows of x and dy prefetched into shared memory
+    /// ([`MONARCH_PREFETCH_ENV`]).
+    pub(crate) backward_taps_prefetch: CudaFunction,
     /// The same at N = 8192 and 16384 (`wide_threads` threads, one block per SM).
     pub(crate) backward_taps_wide: CudaFunction,
     /// The same for N = 16384 (one pair per block, one block per SM: registers uncapped).
@@ -780,11 +789,18 @@ impl MonarchKernels {
         )
     }
 
-    /// The split backward's taps kernel for N = 2^log2n (256 .. 16384), its dynamic shared memory
-    /// and its threads per block (`None` at other sizes).
+    /// The split backward's taps kernel for N = 2^log2n (256 .. 16384; up to 4K the prefetching
+    /// one where [`MONARCH_PREFETCH_ENV`] is on), its dynamic shared memory and its threads per
+    /// block (`None` at other sizes).
     pub(crate) fn taps_function(&self, log2n: u32) -> Option<(&CudaFunction, u32, u32)> {
         let shared = monarch_backward_taps_shared_bytes(log2n);
         match log2n {
+            // Its staging after the sums: x's and dy's rows (the split backward is ungated).
+            8..=12 if self.prefetch_slots.is_some() => Some((
+                &self.backward_taps_prefetch,
+                shared + 2 * monarch_prefetch_bytes(self.elem_bytes, false),
+                256,
+            )),
             8..=12 => Some((&self.backward_taps, shared, 256)),
             13 | 14 => Some((&self.backward_taps_wide, shared, self.wide_threads)),
             _ => None,

@@ -64,10 +64,11 @@ const TENSOR_CORE_PTX: [&str; 4] = [
 ];
 
 /// The kernels of the Monarch pass (`MONARCH_TC=1` only).
-const MONARCH_ENTRIES: [&str; 24] = [
+const MONARCH_ENTRIES: [&str; 25] = [
     "fftconv_monarch",
     "fftconv_monarch_prefetch",
     "fftconv_monarch_backward_taps",
+    "fftconv_monarch_backward_taps_prefetch",
     "fftconv_monarch_backward_taps_wide",
     "fftconv_monarch_filter_max",
     "fftconv_monarch_scales_finish",

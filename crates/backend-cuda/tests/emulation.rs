@@ -240,6 +240,7 @@ enum Kernel {
     MonarchBackwardTaps = 30,
     MonarchBackwardTapsWide = 31,
     MonarchPrefetch = 32,
+    MonarchBackwardTapsPrefetch = 33,
 }
 
 impl From<PassKind> for Kernel {
@@ -942,8 +943,9 @@ enum BackwardPath {
     /// The split Monarch backward (the default; `FFTCONV_CUDA_MONARCH_SPLIT_BACKWARD=0` is off) where it applies:
     /// du through `fftconv_monarch` with the filter conjugated, the taps through
     /// `fftconv_monarch_backward_taps` aiming at this many blocks (1: one group per channel);
-    /// with `Some(slots)` du through `fftconv_monarch_prefetch` (N <= 4K) with its grid for
-    /// that many resident blocks (`FFTCONV_CUDA_MONARCH_PREFETCH=1`).
+    /// with `Some(slots)` (`FFTCONV_CUDA_MONARCH_PREFETCH=1`; N <= 4K) du through
+    /// `fftconv_monarch_prefetch` with its grid for that many resident blocks and the taps
+    /// through `fftconv_monarch_backward_taps_prefetch`.
     MonarchSplit(u32, Option<u32>),
 }
 
@@ -1064,14 +1066,18 @@ fn backward(
             // shared memory: all, at 16K 47 (`monarch_backward_taps_shared_bytes`).
             let rows = 1usize << params.log2n.saturating_sub(8).max(4);
             let sum_rows = if params.log2n == 14 { 47 } else { rows };
-            let taps_kernel = if params.log2n > 12 {
-                Kernel::MonarchBackwardTapsWide
+            // With the prefetch (`taps_function`) up to 4K `_taps_prefetch`, its staging of x
+            // and dy after the sums (MT_STAGE_SLOTS = 8 vectors of 16 bytes per thread each).
+            let (taps_kernel, staging) = if params.log2n > 12 {
+                (Kernel::MonarchBackwardTapsWide, 0)
+            } else if du_slots.is_some() {
+                (Kernel::MonarchBackwardTapsPrefetch, 2 * 8 * 16 * 256)
             } else {
-                Kernel::MonarchBackwardTaps
+                (Kernel::MonarchBackwardTaps, 0)
             };
             p.launch(
                 taps_kernel,
-                2 * 2 * rows * 264 * 2 + sum_rows * 256 * 8,
+                2 * 2 * rows * 264 * 2 + sum_rows * 256 * 8 + staging,
                 &taps_params,
                 &b,
             );
@@ -1193,7 +1199,7 @@ fn backward(
             format!(
                 "split Monarch backward ({t} blocks aimed at{})",
                 if du_slots.is_some() {
-                    ", du prefetched"
+                    ", prefetched"
                 } else {
                     ""
                 }
@@ -2701,8 +2707,8 @@ fn monarch_split_backward() {
                 &prep,
                 &inputs,
                 &format!("{test}-{i}"),
-                // du through fftconv_monarch_prefetch in every other case up to 4K (one
-                // resident block: all of a chunk's tiles in one block).
+                // The prefetching kernels in every other case up to 4K (du: one resident block,
+                // all of a chunk's tiles in one block).
                 BackwardPath::MonarchSplit(
                     target_blocks,
                     (i % 2 == 0 && spec.geometry().n() <= 4096).then_some(1),

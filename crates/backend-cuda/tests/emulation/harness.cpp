@@ -149,7 +149,7 @@ const Kernel KERNELS[] = {fftconv_fused,  fftconv_columns_forward, fftconv_colum
                           fftconv_monarch_scales_finish, fftconv_monarch_backward_scales_finish,
                           fftconv_monarch_filter_max, fftconv_monarch_backward_wide_8k,
                           fftconv_monarch_backward_taps, fftconv_monarch_backward_taps_wide,
-                          fftconv_monarch_prefetch,
+                          fftconv_monarch_prefetch, fftconv_monarch_backward_taps_prefetch,
 #endif
 };
 const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
@@ -168,7 +168,7 @@ const char* const NAMES[] = {"fused",  "columns_forward", "columns_inverse",
                              "monarch_scales_finish", "monarch_backward_scales_finish",
                              "monarch_filter_max", "monarch_backward_wide_8k",
                              "monarch_backward_taps", "monarch_backward_taps_wide",
-                             "monarch_prefetch",
+                             "monarch_prefetch", "monarch_backward_taps_prefetch",
 #endif
 };
 const bool PER_THREAD[] = {false, false, false, true, true, false,
@@ -176,6 +176,7 @@ const bool PER_THREAD[] = {false, false, false, true, true, false,
                            false, false, false, false, false, false, false, false, false,
                            false, false, false, false, false, false, false, false, false,
                            false, false, false, false, false, false, false, false, false,
+                           false,
 #endif
 };
 // Threads per block where a kernel has its own (0: THREADS): the Monarch kernels that run one
@@ -183,13 +184,14 @@ const bool PER_THREAD[] = {false, false, false, true, true, false,
 const u32 BLOCK_THREADS[] = {0, 0, 0, 0, 0, 0,
 #if MONARCH_TC
                              0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS, 0, 0, MT_WIDE_THREADS,
-                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS, 0,
+                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MT_WIDE_THREADS, 0, 0,
 #endif
 };
 // Blocks per cluster (`__cluster_dims__`; 1: no cluster).
 const u32 CLUSTER[] = {1, 1, 1, 1, 1, 1,
 #if MONARCH_TC
                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                       1,
 #endif
 };
 const size_t KERNEL_COUNT = sizeof(KERNELS) / sizeof(KERNELS[0]);
