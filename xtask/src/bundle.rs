@@ -288,6 +288,16 @@ if [ "${1:-}" != "--no-bench" ]; then
         cuda --test-threads 8
     bench bench-backward-small-prefetch 40 FFTCONV_CUDA_MONARCH_PREFETCH=1 --backend cuda \
         --dtype f16 --sizes 256..4K --backward --reps 3
+    # Where its stalls are left (session 24's guess: the filter bins' and twiddles' L2 gathers,
+    # one or two per row and warp): ncu's source view of the prefetching forward at 4K.
+    step ncu-source-monarch-prefetch 90 bash -c "FFTCONV_CUDA_MONARCH_PREFETCH=1 \
+        FFTCONV_CUDA_LINEINFO=1 /usr/local/cuda/bin/ncu -k regex:'fftconv_monarch_prefetch\$' \
+        --launch-count 1 --set full -o $work/source-prefetch $here/bin/xtask bench \
+        --backend cuda --dtype f16 --sizes 4K --reps 1 --mb 64 > /dev/null && \
+        /usr/local/cuda/bin/ncu --import $work/source-prefetch.ncu-rep --page source \
+        --print-source cuda,sass --csv | gzip > $OUT/ncu-source-monarch-prefetch.csv.gz && \
+        /usr/local/cuda/bin/ncu --import $work/source-prefetch.ncu-rep --page details --csv \
+        | head -c 200000"
     # Session 18 (no GPU): Vulkan's register-radix forward for one-pass plans (256 .. 4K on
     # NVIDIA; 1.7-2.7x faster than the radix-2 fused pass on lavapipe). Its suite (the
     # cooperative-matrix path selected), then it against CUDA and the radix-2 pass. Session 19:
