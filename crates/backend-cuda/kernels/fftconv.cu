@@ -3518,7 +3518,7 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
 
 // fftconv_monarch over 2^lines_log2 pairs per block (a whole number of its tiles, so a grid of
 // about one block per resident slot), each tile's input rows copied into the dynamic shared
-// memory (mt_monarch_prefetch_bytes on the host: MT_STAGE_SLOTS 16-byte vectors per thread, twice
+// memory (monarch_prefetch_bytes on the host: MT_STAGE_SLOTS 16-byte vectors per thread, twice
 // that gated) while the tile before is transformed.
 extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
     fftconv_monarch_prefetch(const Params pc, const Buffers bf, const Divisors dv) {
@@ -4251,7 +4251,8 @@ __device__ __forceinline__ void mt_taps_stage_step(const Params& pc, const Buffe
 }
 
 // fftconv_monarch_backward_taps's body; PREFETCH: each step's rows of x and dy staged during the
-// step before (mt_taps_stage_step; the split backward is ungated, so no gates to stage).
+// step before (mt_taps_stage_step). The split backward is ungated (`monarch_split_taps_params`),
+// so the staging holds no gates: a gated launch of the prefetching kernel traps.
 template <bool PREFETCH>
 __device__ __forceinline__ void mt_backward_taps_steps(const Params& pc, const Buffers& bf,
                                                        const Divisors& dv) {
@@ -4298,6 +4299,9 @@ __device__ __forceinline__ void mt_backward_taps_steps(const Params& pc, const B
     u32 ref0 = 0u, ref1 = 0u;
     const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
     Quad* const stage = PREFETCH ? mt_taps_stage() : nullptr;
+    if (PREFETCH && (pc.flags & FLAG_GATED) != 0u) {
+        __builtin_trap(); // the host never launches it gated (no room for the gates' rows)
+    }
     if (PREFETCH) {
         mt_taps_stage_step(pc, bf, dv, h, g * per, j_end, stage);
     }

@@ -424,27 +424,23 @@ impl CudaDevice {
 
     /// Blocks of `fftconv_monarch_prefetch` (`prefetch`) this device holds at once: SMs times the
     /// blocks per SM the occupancy calculator gives for its gated staging (`None` where it gives
-    /// none).
-    fn monarch_prefetch_slots(
-        &self,
-        prefetch: &CudaFunction,
-        dtype: DType,
-    ) -> Result<Option<u32>, CudaError> {
+    /// none or a query fails).
+    fn monarch_prefetch_slots(&self, prefetch: &CudaFunction, dtype: DType) -> Option<u32> {
         let sms = self
             .ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
-            .map_err(|e| CudaError::driver("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)", e))?;
+            .ok()?;
         let per_sm = prefetch
             .occupancy_max_active_blocks_per_multiprocessor(
                 256,
                 monarch_prefetch_bytes(dtype.size_bytes() as u32, true) as usize,
                 None,
             )
-            .map_err(|e| CudaError::driver("cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
-        let slots = u32::try_from(sms).unwrap_or(0).saturating_mul(per_sm);
-        Ok((slots > 0).then_some(slots))
+            .ok()?;
+        let slots = u32::try_from(sms).ok()?.saturating_mul(per_sm);
+        (slots > 0).then_some(slots)
     }
 
     /// The Monarch pass's kernels for `dtype` (NVRTC module with `MONARCH_TC=1`, the base
@@ -501,11 +497,6 @@ impl CudaDevice {
                 "fftconv_monarch_backward_taps",
                 monarch_backward_taps_shared_bytes(12),
             )?,
-            backward_taps_prefetch: with_shared(
-                "fftconv_monarch_backward_taps_prefetch",
-                monarch_backward_taps_shared_bytes(12)
-                    + 2 * monarch_prefetch_bytes(dtype.size_bytes() as u32, false),
-            )?,
             backward_taps_wide: with_shared(
                 "fftconv_monarch_backward_taps_wide",
                 monarch_backward_taps_shared_bytes(14),
@@ -538,10 +529,8 @@ impl CudaDevice {
             filter: get("fftconv_monarch_filter")?,
             wide_threads,
             forward: get("fftconv_monarch")?,
-            prefetch: with_shared(
-                "fftconv_monarch_prefetch",
-                monarch_prefetch_bytes(dtype.size_bytes() as u32, true),
-            )?,
+            prefetch: None,
+            backward_taps_prefetch: None,
             elem_bytes: dtype.size_bytes() as u32,
             prefetch_slots: None,
             wide: with_shared("fftconv_monarch_wide", monarch_shared_bytes(14))?,
@@ -583,13 +572,47 @@ impl CudaDevice {
                 None
             },
         };
-        let kernels = MonarchKernels {
-            prefetch_slots: if std::env::var(MONARCH_PREFETCH_ENV).is_ok_and(|v| v.trim() == "1") {
-                self.monarch_prefetch_slots(&kernels.prefetch, dtype)?
-            } else {
-                None
-            },
-            ..kernels
+        // The prefetching kernels only where the variable asks for them, and only where their
+        // shared memory (static and the staging) fits this device's block; otherwise (an
+        // occupancy query failing too) the plain kernels run.
+        let kernels = if std::env::var(MONARCH_PREFETCH_ENV).is_ok_and(|v| v.trim() == "1") {
+            let fitting = |name: &str, bytes: u32| {
+                let f = get(name).ok()?;
+                let own = f
+                    .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                    .ok()?;
+                let total = u32::try_from(own).ok()?.checked_add(bytes)?;
+                if total as usize > self.info.shared_memory_per_block_optin {
+                    return None;
+                }
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .ok()?;
+                Some(f)
+            };
+            let elem = dtype.size_bytes() as u32;
+            let prefetch = fitting(
+                "fftconv_monarch_prefetch",
+                monarch_prefetch_bytes(elem, true),
+            );
+            let prefetch_slots = prefetch
+                .as_ref()
+                .and_then(|f| self.monarch_prefetch_slots(f, dtype));
+            MonarchKernels {
+                prefetch: prefetch.filter(|_| prefetch_slots.is_some()),
+                backward_taps_prefetch: fitting(
+                    "fftconv_monarch_backward_taps_prefetch",
+                    monarch_backward_taps_shared_bytes(12)
+                        + 2 * monarch_prefetch_bytes(elem, false),
+                )
+                .filter(|_| prefetch_slots.is_some()),
+                prefetch_slots,
+                ..kernels
+            }
+        } else {
+            kernels
         };
         let kernels = Arc::new(kernels);
         cache.insert((dtype, min_blocks, wide_threads), Arc::clone(&kernels));
@@ -694,12 +717,12 @@ pub(crate) struct MonarchKernels {
     /// The whole forward of a chunk, N = 256 .. 4096 (static shared memory).
     pub(crate) forward: CudaFunction,
     /// The same, N = 256 .. 4096, as tiles one after another per block with the next tile's input
-    /// prefetched ([`MONARCH_PREFETCH_ENV`]).
-    pub(crate) prefetch: CudaFunction,
+    /// prefetched ([`MONARCH_PREFETCH_ENV`]; `None` where it is off or does not fit the device).
+    pub(crate) prefetch: Option<CudaFunction>,
     /// Bytes of one I/O element (`prefetch`'s staging: [`monarch_prefetch_bytes`]).
     pub(crate) elem_bytes: u32,
     /// Blocks of `prefetch` the device holds at once (SMs times blocks per SM, for its gated
-    /// staging), where [`MONARCH_PREFETCH_ENV`] turns it on.
+    /// staging), where [`MONARCH_PREFETCH_ENV`] turns it on and it was loaded.
     pub(crate) prefetch_slots: Option<u32>,
     /// The same for N = 8192 and 16384 (one pair per block, dynamic shared memory).
     pub(crate) wide: CudaFunction,
@@ -712,8 +735,8 @@ pub(crate) struct MonarchKernels {
     /// pairs; [`MONARCH_SPLIT_BACKWARD_ENV`]).
     pub(crate) backward_taps: CudaFunction,
     /// `backward_taps` with each step's rows of x and dy prefetched into shared memory
-    /// ([`MONARCH_PREFETCH_ENV`]).
-    pub(crate) backward_taps_prefetch: CudaFunction,
+    /// ([`MONARCH_PREFETCH_ENV`]; `None` where it is off or does not fit the device).
+    pub(crate) backward_taps_prefetch: Option<CudaFunction>,
     /// The same at N = 8192 and 16384 (`wide_threads` threads, one block per SM).
     pub(crate) backward_taps_wide: CudaFunction,
     /// The same for N = 16384 (one pair per block, one block per SM: registers uncapped).
@@ -796,8 +819,8 @@ impl MonarchKernels {
         let shared = monarch_backward_taps_shared_bytes(log2n);
         match log2n {
             // Its staging after the sums: x's and dy's rows (the split backward is ungated).
-            8..=12 if self.prefetch_slots.is_some() => Some((
-                &self.backward_taps_prefetch,
+            8..=12 if self.backward_taps_prefetch.is_some() => Some((
+                self.backward_taps_prefetch.as_ref()?,
                 shared + 2 * monarch_prefetch_bytes(self.elem_bytes, false),
                 256,
             )),
@@ -817,7 +840,7 @@ impl MonarchKernels {
         Some(match kernel {
             MonarchKernel::Forward => (&self.forward, 0),
             MonarchKernel::Prefetch { gated } => (
-                &self.prefetch,
+                self.prefetch.as_ref()?,
                 monarch_prefetch_bytes(self.elem_bytes, gated),
             ),
             MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),

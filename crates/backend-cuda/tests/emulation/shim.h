@@ -82,11 +82,12 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 }
 #endif
 
-// cp.async (fftconv_monarch_prefetch's staging of the next tile's rows): a fiber's copies are
-// read from global memory when started and written to shared memory only at its next wait
-// (`cp.async.wait_all`), so a kernel reading its staging before waiting reads what was there
-// before (NaN for the block's first tile: the harness fills the dynamic shared memory with NaN).
-// The harness fails a block that ends with copies it never waited for.
+// cp.async (the prefetching Monarch kernels' staging of the next tile's rows): a fiber's copies
+// are read from global memory when started, their destination is NaN (all ones) from then on (on
+// a GPU its contents are undefined until the wait), and the data lands only at the fiber's next
+// wait (`cp.async.wait_all`): a read of a slot after its copy was started and before the wait,
+// by this thread or another, reads NaN. The harness fails a block that ends with copies it never
+// waited for.
 #define EMU_MAX_ASYNC 32u
 struct EmuAsyncCopy {
     void* dst;
@@ -102,6 +103,7 @@ inline void emu_copy_async16(void* dst, const void* src) {
     EmuAsyncCopy& c = emu_async[s][emu_async_count[s]++];
     c.dst = dst;
     __builtin_memcpy(c.bytes, src, 16);
+    __builtin_memset(dst, 0xff, 16);
 }
 inline void emu_copy_async_wait() {
     unsigned s = emu_slot();
