@@ -2826,17 +2826,36 @@ __device__ __forceinline__ void mt_column_fragments(const Params& pc, const Buff
 // place: per group, the DFT over its rows as one mma tile with the block-diagonal matrix
 // diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16, whose A fragments are given
 // (mt_column_fragments). Row k1 of group g then holds frequency k_a = (k1 mod M) ka_mul + g.
+// mt_columns_with's forward twiddle steps of this thread for group `grp` (see there): W^(r_l k_a)
+// and W^(k_a) of its rows g + 8 hr, gathered.
+template <u32 BT = MT_THREADS>
+__device__ __forceinline__ void mt_column_twiddles(const Params& pc, const Buffers& bf,
+                                                   u32 mat_log2, u32 ka_mul, u32 grp,
+                                                   cpx tw_l[2], cpx tw_1[2]) {
+    constexpr u32 TILES = 16u / (BT / 32u);
+    u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
+    u32 m = 1u << mat_log2;
+#pragma unroll
+    for (u32 hr = 0; hr < 2u; hr++) {
+        u32 ka = ((g + 8u * hr) & (m - 1u)) * ka_mul + grp;
+        tw_l[hr] = root(pc, bf, (16u * TILES * warp + 2u * t) * ka, pc.log2n);
+        tw_1[hr] = root(pc, bf, ka, pc.log2n);
+    }
+}
+
+// `tw_table` (groups == 1 only): mt_column_twiddles' values for group 0 from shared memory
+// (fftconv_monarch_prefetch's, built once per block): tw_l[hr] at hr BT + thread, tw_1[hr] at
+// (2 + hr) BT + thread; nullptr: gathered.
 template <bool FORWARD, u32 BT = MT_THREADS>
 __device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, const Buffers& bf,
                                                 u32 mat_log2, u32 groups, u32 ka_mul,
                                                 const u32 a_re[4], const u32 a_im[4],
-                                                const u32 a_neg[4]) {
+                                                const u32 a_neg[4],
+                                                const cpx* tw_table = nullptr) {
     static_assert(BT == 256u || BT == 512u, "16 or 32 columns of 16 per warp");
     constexpr u32 TILES = 16u / (BT / 32u); // 16-column tiles per warp
     u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3u;
     static_assert(TILES <= 2u, "the twiddle steps below cover d = 0, 1");
-    u32 m = 1u << mat_log2;
-    u32 n_log2 = pc.log2n;
 #pragma unroll 1
     for (u32 grp = 0; grp < groups; grp++) {
         u16* re = pl.p[0] + 16u * grp * MT_ROW;
@@ -2847,11 +2866,17 @@ __device__ __forceinline__ void mt_columns_with(MtPlanes pl, const Params& pc, c
         // root()).
         cpx tw_l[2], tw_1[2], tw_8[2], tw_16[2];
         if (FORWARD) {
+            if (tw_table != nullptr) {
+#pragma unroll
+                for (u32 hr = 0; hr < 2u; hr++) {
+                    tw_l[hr] = tw_table[hr * BT + threadIdx.x];
+                    tw_1[hr] = tw_table[(2u + hr) * BT + threadIdx.x];
+                }
+            } else {
+                mt_column_twiddles<BT>(pc, bf, mat_log2, ka_mul, grp, tw_l, tw_1);
+            }
 #pragma unroll
             for (u32 hr = 0; hr < 2u; hr++) {
-                u32 ka = ((g + 8u * hr) & (m - 1u)) * ka_mul + grp;
-                tw_l[hr] = root(pc, bf, (16u * TILES * warp + 2u * t) * ka, n_log2);
-                tw_1[hr] = root(pc, bf, ka, n_log2);
                 tw_8[hr] = csq(csq(csq(tw_1[hr])));
                 tw_16[hr] = csq(tw_8[hr]);
             }
@@ -3140,10 +3165,28 @@ __device__ __forceinline__ void mt_row_forward(const MtDft16& f, const u16* re, 
 // S2's inverse half on one row: P3 = (.) (conj F16 / 16) contracting k_c, conj W_256^(c k_b),
 // movmatrix to P4's B fragments, P4 = (conj F16 / 16) (.) contracting k_b, then (`twiddle`) conj
 // W_N^(r k_a) for S3; to the row's planes.
+// mt_row_inverse's twiddle steps for row frequency k_a (see there): W^((16 g + 2 t) k_a) of
+// this lane, W^(k_a), W^(8 k_a), W^(128 k_a), gathered.
+__device__ __forceinline__ void mt_row_twiddles(const Params& pc, const Buffers& bf, u32 ka,
+                                                cpx tw[4]) {
+    u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
+    tw[0] = root(pc, bf, (16u * g + 2u * t) * ka, pc.log2n);
+    tw[1] = root(pc, bf, ka, pc.log2n);
+    tw[2] = root(pc, bf, 8u * ka, pc.log2n);
+    tw[3] = root(pc, bf, 128u * ka, pc.log2n);
+}
+
+// MT_ROW_TWIDDLES words of a row's table (fftconv_monarch_prefetch's, built once per block):
+// mt_row_twiddles' first value per lane, then the three the lanes share.
+#define MT_ROW_TWIDDLES 35u
+
+// `tw_row`: the row's twiddle table (MT_ROW_TWIDDLES values) in shared memory; nullptr:
+// gathered.
 template <bool COMPACT>
 __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectrum& in, u16* re,
                                                u16* im, const Params& pc, const Buffers& bf,
-                                               u32 ka, bool twiddle) {
+                                               u32 ka, bool twiddle,
+                                               const cpx* tw_row = nullptr) {
     u32 lane = threadIdx.x & 31u, g = lane >> 2, t = lane & 3u;
     u32 m_re[4], m_im[4];
     float d_re[2][4], d_im[2][4];
@@ -3191,10 +3234,19 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
     // lanes (k_a is the row's), instead of one gather per element (see root()).
     cpx tw_l = mk(1.0f, 0.0f), tw_1 = tw_l, tw_8 = tw_l, tw_128 = tw_l;
     if (twiddle) {
-        tw_l = root(pc, bf, (16u * g + 2u * t) * ka, pc.log2n);
-        tw_1 = root(pc, bf, ka, pc.log2n);
-        tw_8 = root(pc, bf, 8u * ka, pc.log2n);
-        tw_128 = root(pc, bf, 128u * ka, pc.log2n);
+        if (tw_row != nullptr) {
+            tw_l = tw_row[lane];
+            tw_1 = tw_row[32];
+            tw_8 = tw_row[33];
+            tw_128 = tw_row[34];
+        } else {
+            cpx tw[4];
+            mt_row_twiddles(pc, bf, ka, tw);
+            tw_l = tw[0];
+            tw_1 = tw[1];
+            tw_8 = tw[2];
+            tw_128 = tw[3];
+        }
     }
 #pragma unroll
     for (u32 nt = 0; nt < 2u; nt++) {
@@ -3230,7 +3282,8 @@ __device__ __forceinline__ void mt_row_inverse(const MtDft16& f, const MtSpectru
 template <bool COMPACT>
 __device__ __forceinline__ void mt_row_with(const MtDft16& f, MtPlanes pl, const Params& pc,
                                             const Buffers& bf, u32 row, u32 ka, const cpx* filt,
-                                            bool twiddle, float sigma, u32* nonfinite) {
+                                            bool twiddle, float sigma, u32* nonfinite,
+                                            const cpx* tw_row) {
     constexpr u32 TILES = COMPACT ? 1u : 2u;
     u16* re = pl.p[0] + row * MT_ROW;
     u16* im = pl.p[1] + row * MT_ROW;
@@ -3274,18 +3327,18 @@ __device__ __forceinline__ void mt_row_with(const MtDft16& f, MtPlanes pl, const
             sp.im[nt][i] = v[nt][i].y * sigma;
         }
     }
-    mt_row_inverse<COMPACT>(f, sp, re, im, pc, bf, ka, twiddle);
+    mt_row_inverse<COMPACT>(f, sp, re, im, pc, bf, ka, twiddle, tw_row);
 }
 
 // mt_row_with for the launch's frequency sparsity (`compact`: mt_compact, uniform).
 __device__ __forceinline__ void mt_row(const MtDft16& f, MtPlanes pl, const Params& pc,
                                        const Buffers& bf, u32 row, u32 ka, const cpx* filt,
                                        bool twiddle, bool compact, float sigma = 1.0f,
-                                       u32* nonfinite = nullptr) {
+                                       u32* nonfinite = nullptr, const cpx* tw_row = nullptr) {
     if (compact) {
-        mt_row_with<true>(f, pl, pc, bf, row, ka, filt, twiddle, sigma, nonfinite);
+        mt_row_with<true>(f, pl, pc, bf, row, ka, filt, twiddle, sigma, nonfinite, tw_row);
     } else {
-        mt_row_with<false>(f, pl, pc, bf, row, ka, filt, twiddle, sigma, nonfinite);
+        mt_row_with<false>(f, pl, pc, bf, row, ka, filt, twiddle, sigma, nonfinite, tw_row);
     }
 }
 
@@ -3344,6 +3397,10 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
     // values go on as zeros and the pair's outputs are written as NaN.
     __shared__ u32 pair_nonfinite[SETS][16];
     __shared__ MtLaneTables lane_tables;
+    // PREFETCH: the twiddles of S1 (mt_column_twiddles, per thread) and S3 (mt_row_twiddles, per
+    // row), the same for every tile: built once per block instead of gathered per tile.
+    __shared__ cpx tw_s1[PREFETCH ? 4u * MT_THREADS : 1u];
+    __shared__ cpx tw_s3[PREFETCH ? 16u * MT_ROW_TWIDDLES : 1u];
     const u32 n1_log2 = pc.log2n - 8u;
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
@@ -3363,6 +3420,28 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
         pair_nonfinite[threadIdx.x >> 4][threadIdx.x & 15u] = 0u;
     }
     mt_fill_lane_tables(lane_tables, pc, bf, n1_log2);
+    if (PREFETCH && n1 > 1u) {
+        cpx tw_l[2], tw_1[2];
+        mt_column_twiddles(pc, bf, n1_log2, 1u, 0u, tw_l, tw_1);
+#pragma unroll
+        for (u32 hr = 0; hr < 2u; hr++) {
+            tw_s1[hr * MT_THREADS + threadIdx.x] = tw_l[hr];
+            tw_s1[(2u + hr) * MT_THREADS + threadIdx.x] = tw_1[hr];
+        }
+#pragma unroll
+        for (u32 rr = 0; rr < 2u; rr++) {
+            const u32 row = 2u * warp + rr;
+            cpx tw[4];
+            mt_row_twiddles(pc, bf, row & (n1 - 1u), tw);
+            cpx* t = &tw_s3[row * MT_ROW_TWIDDLES];
+            t[lane] = tw[0];
+            if (lane == 0u) {
+                t[32] = tw[1];
+                t[33] = tw[2];
+                t[34] = tw[3];
+            }
+        }
+    }
     if (PREFETCH) {
         mt_stage_tile(pc, bf, dv, first, stage);
     }
@@ -3441,7 +3520,8 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
         if (n1 > 1u) {
             u32 a_re[4], a_im[4], a_neg[4];
             mt_get_quads(lane_tables, MT_Q_COL_F, a_re, a_im, a_neg);
-            mt_columns_with<true>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg);
+            mt_columns_with<true>(pl, pc, bf, n1_log2, 1u, 1u, a_re, a_im, a_neg,
+                                  PREFETCH ? tw_s1 : nullptr);
             __syncthreads();
         }
 
@@ -3461,7 +3541,8 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
                 const cpx* filt = bf.spectrum + (u64)(pc.channel_offset + h) * (n + 2u) + 2u +
                                   ka * 256u + lane;
                 mt_row(f, pl, pc, bf, row, ka, filt, n1 > 1u, mt_compact(pc), 1.0f,
-                       &pair_nonfinite[set][row >> n1_log2]);
+                       &pair_nonfinite[set][row >> n1_log2],
+                       PREFETCH ? &tw_s3[row * MT_ROW_TWIDDLES] : nullptr);
             }
         }
         __syncthreads();
@@ -4300,7 +4381,12 @@ __device__ __forceinline__ void mt_backward_taps_steps(const Params& pc, const B
     const u32 dy_flags = pc.flags | FLAG_BODY_ONLY;
     Quad* const stage = PREFETCH ? mt_taps_stage() : nullptr;
     if (PREFETCH && (pc.flags & FLAG_GATED) != 0u) {
-        __builtin_trap(); // the host never launches it gated (no room for the gates' rows)
+        // The host never launches it gated (no room for the gates' rows).
+#if defined(FFTCONV_HOST_EMULATION)
+        __builtin_trap();
+#else
+        asm volatile("trap;");
+#endif
     }
     if (PREFETCH) {
         mt_taps_stage_step(pc, bf, dv, h, g * per, j_end, stage);
