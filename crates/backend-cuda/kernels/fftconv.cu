@@ -2618,6 +2618,9 @@ __device__ __forceinline__ void mt_output8(const Params& pc, elem_t* dst, const 
 // Staged 16-byte vectors per thread and input stream: 2 chunks x 2 rows x 8 / VEC vectors.
 #define MT_STAGE_SLOTS (2u * 2u * (8u / VEC))
 
+// The first slot of this thread's chunk k, row s (mt_stage8, mt_staged_input8).
+__device__ __forceinline__ u32 mt_stage_slot(u32 k, u32 s) { return (2u * k + s) * (8u / VEC); }
+
 // Whether the VEC elements of segment `r` from position `pos` are staged (read wholly from the
 // stream: segment_input_vec's vector branch).
 __device__ __forceinline__ bool mt_vector_staged(SegmentRow r, u32 pos) {
@@ -2625,8 +2628,8 @@ __device__ __forceinline__ bool mt_vector_staged(SegmentRow r, u32 pos) {
 }
 
 #if defined(FFTCONV_HOST_EMULATION)
-// The harness's cp.async: the 16 bytes are read at the call and written to shared memory only
-// at the thread's next wait (so a read of the staging before the wait sees what was there).
+// The harness's cp.async (shim.h): the 16 bytes are read at the call, the destination reads NaN
+// until the thread's next wait, which writes them.
 __device__ __forceinline__ void mt_copy_async16(Quad* dst, const elem_t* src) {
     if (((u64)src & 15u) != 0u || ((u64)dst & 15u) != 0u) {
         __builtin_trap(); // cp.async of 16 bytes faults on a GPU (misaligned address)
@@ -2821,11 +2824,6 @@ __device__ __forceinline__ void mt_column_fragments(const Params& pc, const Buff
         a_re, a_im, a_neg);
 }
 
-// S1 (forward, twiddled by W_N^(r k_a)) or S3 (inverse) on the warp's 256 / (BT / 32) columns
-// (BT threads per block: 32 columns a warp at 256, 16 at 512) of `groups` groups of 16 rows, in
-// place: per group, the DFT over its rows as one mma tile with the block-diagonal matrix
-// diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16, whose A fragments are given
-// (mt_column_fragments). Row k1 of group g then holds frequency k_a = (k1 mod M) ka_mul + g.
 // mt_columns_with's forward twiddle steps of this thread for group `grp` (see there): W^(r_l k_a)
 // and W^(k_a) of its rows g + 8 hr, gathered.
 template <u32 BT = MT_THREADS>
@@ -2843,6 +2841,11 @@ __device__ __forceinline__ void mt_column_twiddles(const Params& pc, const Buffe
     }
 }
 
+// S1 (forward, twiddled by W_N^(r k_a)) or S3 (inverse) on the warp's 256 / (BT / 32) columns
+// (BT threads per block: 32 columns a warp at 256, 16 at 512) of `groups` groups of 16 rows, in
+// place: per group, the DFT over its rows as one mma tile with the block-diagonal matrix
+// diag(F_M, F_M, ...) / (2 M), M = 2^mat_log2 <= 16, whose A fragments are given
+// (mt_column_fragments). Row k1 of group g then holds frequency k_a = (k1 mod M) ka_mul + g.
 // `tw_table` (groups == 1 only): mt_column_twiddles' values for group 0 from shared memory
 // (fftconv_monarch_prefetch's, built once per block): tw_l[hr] at hr BT + thread, tw_1[hr] at
 // (2 + hr) BT + thread; nullptr: gathered.
@@ -3162,9 +3165,6 @@ __device__ __forceinline__ void mt_row_forward(const MtDft16& f, const u16* re, 
     }
 }
 
-// S2's inverse half on one row: P3 = (.) (conj F16 / 16) contracting k_c, conj W_256^(c k_b),
-// movmatrix to P4's B fragments, P4 = (conj F16 / 16) (.) contracting k_b, then (`twiddle`) conj
-// W_N^(r k_a) for S3; to the row's planes.
 // mt_row_inverse's twiddle steps for row frequency k_a (see there): W^((16 g + 2 t) k_a) of
 // this lane, W^(k_a), W^(8 k_a), W^(128 k_a), gathered.
 __device__ __forceinline__ void mt_row_twiddles(const Params& pc, const Buffers& bf, u32 ka,
@@ -3180,6 +3180,9 @@ __device__ __forceinline__ void mt_row_twiddles(const Params& pc, const Buffers&
 // mt_row_twiddles' first value per lane, then the three the lanes share.
 #define MT_ROW_TWIDDLES 35u
 
+// S2's inverse half on one row: P3 = (.) (conj F16 / 16) contracting k_c, conj W_256^(c k_b),
+// movmatrix to P4's B fragments, P4 = (conj F16 / 16) (.) contracting k_b, then (`twiddle`) conj
+// W_N^(r k_a) for S3; to the row's planes.
 // `tw_row`: the row's twiddle table (MT_ROW_TWIDDLES values) in shared memory; nullptr:
 // gathered.
 template <bool COMPACT>
@@ -3360,22 +3363,29 @@ __device__ __forceinline__ MtChunk mt_chunk(const Params& pc, u32 k) {
     return m;
 }
 
-// Starts the copies of this thread's staged vectors of the tile from pair `at` (chunk k's row s
-// from slot (2 k + s) 8 / VEC), as one cp.async group.
+// Row s of launch pair `pair` (of its channel's pairs) into `r`: its segment, or none past the
+// launch. (Written in place: returned by value, fftconv_monarch's registers came out otherwise.)
+__device__ __forceinline__ void mt_pair_segment(const Params& pc, const Divisors& dv, u32 pair,
+                                                u32 s, SegmentRow& r) {
+    r = SegmentRow{0u, 0u, 0u, 0u};
+    if (pair < pc.total_lines) {
+        u32 h = udiv(pair, dv.pairs);
+        r = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
+    }
+}
+
+// Starts the copies of this thread's staged vectors of the tile from pair `at`, as one cp.async
+// group.
 __device__ __forceinline__ void mt_stage_tile(const Params& pc, const Buffers& bf,
                                               const Divisors& dv, u32 at, Quad* stage) {
 #pragma unroll
     for (u32 k = 0; k < 2u; k++) {
         MtChunk m = mt_chunk(pc, k);
-        u32 pair = at + m.p;
 #pragma unroll
         for (u32 s = 0; s < 2u; s++) {
-            SegmentRow r = SegmentRow{0u, 0u, 0u, 0u};
-            if (pair < pc.total_lines) {
-                u32 h = udiv(pair, dv.pairs);
-                r = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
-            }
-            mt_stage8(bf.u, bf.pre, pc.flags, r, m.pos, stage, (2u * k + s) * (8u / VEC));
+            SegmentRow r;
+            mt_pair_segment(pc, dv, at + m.p, s, r);
+            mt_stage8(bf.u, bf.pre, pc.flags, r, m.pos, stage, mt_stage_slot(k, s));
         }
     }
     mt_copy_async_commit();
@@ -3463,14 +3473,10 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
             u32 mx[2] = {0u, 0u};
 #pragma unroll
             for (u32 s = 0; s < 2u; s++) {
-                seg[k][s] = SegmentRow{0u, 0u, 0u, 0u};
-                if (pair < pc.total_lines) {
-                    u32 h = udiv(pair, dv.pairs);
-                    seg[k][s] = locate_segment(pc, dv, 2u * (pair - h * pc.pairs) + s, h);
-                }
+                mt_pair_segment(pc, dv, pair, s, seg[k][s]);
                 if (PREFETCH) {
                     mt_staged_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, stage,
-                                     (2u * k + s) * (8u / VEC), in[k][s]);
+                                     mt_stage_slot(k, s), in[k][s]);
                 } else {
                     mt_input8(pc, dv, bf.u, bf.pre, pc.flags, seg[k][s], m.pos, in[k][s]);
                 }
@@ -4307,6 +4313,13 @@ __device__ __forceinline__ Quad* mt_taps_stage() {
     return (Quad*)((u16*)smem + 4u * 16u * MT_ROW + 16u * 256u * 4u);
 }
 
+// Row s of pair j of channel h in a taps group ending at j_end: its segment, or none (zeros)
+// past the group.
+__device__ __forceinline__ SegmentRow mt_group_segment(const Params& pc, const Divisors& dv,
+                                                       u32 h, u32 j, u32 j_end, u32 s) {
+    return j < j_end ? locate_segment(pc, dv, 2u * j + s, h) : SegmentRow{0u, 0u, 0u, 0u};
+}
+
 // Starts the copies of this thread's staged vectors of x and dy for the step of pairs j0 .. (of
 // channel h, up to j_end), as one cp.async group.
 __device__ __forceinline__ void mt_taps_stage_step(const Params& pc, const Buffers& bf,
@@ -4315,14 +4328,10 @@ __device__ __forceinline__ void mt_taps_stage_step(const Params& pc, const Buffe
 #pragma unroll
     for (u32 k = 0; k < 2u; k++) {
         MtChunk m = mt_chunk(pc, k);
-        const u32 j = j0 + m.p;
 #pragma unroll
         for (u32 s = 0; s < 2u; s++) {
-            SegmentRow seg = SegmentRow{0u, 0u, 0u, 0u};
-            if (j < j_end) {
-                seg = locate_segment(pc, dv, 2u * j + s, h);
-            }
-            const u32 slot = (2u * k + s) * (8u / VEC);
+            const SegmentRow seg = mt_group_segment(pc, dv, h, j0 + m.p, j_end, s);
+            const u32 slot = mt_stage_slot(k, s);
             mt_stage8(bf.u, bf.pre, pc.flags, seg, m.pos, stage, slot);
             mt_stage8(bf.u2, bf.post, pc.flags | FLAG_BODY_ONLY, seg, m.pos,
                       stage + MT_STAGE_SLOTS * MT_THREADS, slot);
@@ -4412,12 +4421,9 @@ __device__ __forceinline__ void mt_backward_taps_steps(const Params& pc, const B
             const u32 j = j0 + m.p;
 #pragma unroll
             for (u32 s = 0; s < 2u; s++) {
-                SegmentRow seg = SegmentRow{0u, 0u, 0u, 0u}; // past the group: zeros
-                if (j < j_end) {
-                    seg = locate_segment(pc, dv, 2u * j + s, h);
-                }
+                const SegmentRow seg = mt_group_segment(pc, dv, h, j, j_end, s);
                 if (PREFETCH) {
-                    const u32 slot = (2u * k + s) * (8u / VEC);
+                    const u32 slot = mt_stage_slot(k, s);
                     mt_staged_input8(pc, dv, bf.u, bf.pre, pc.flags, seg, m.pos, stage, slot,
                                      xv[k][s]);
                     mt_staged_input8(pc, dv, bf.u2, bf.post, dy_flags, seg, m.pos,

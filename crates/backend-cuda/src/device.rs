@@ -87,6 +87,12 @@ pub(crate) fn monarch_prefetch_bytes(elem_bytes: u32, gated: bool) -> u32 {
     let slots = 2 * 2 * 8 * elem_bytes / 16;
     slots * 16 * 256 * if gated { 2 } else { 1 }
 }
+
+/// Dynamic shared memory of `fftconv_monarch_backward_taps_prefetch` (N = 256 .. 4096): the taps
+/// kernel's, then the staging of x's and dy's rows (the split backward is ungated).
+pub(crate) fn monarch_backward_taps_prefetch_bytes(elem_bytes: u32) -> u32 {
+    monarch_backward_taps_shared_bytes(12) + 2 * monarch_prefetch_bytes(elem_bytes, false)
+}
 /// Environment variable: blocks per SM (1 .. 4) that the Monarch pass's one-launch kernels up to
 /// 8K (`fftconv_monarch`, `fftconv_monarch_backward`, `_backward_taps`, `_backward_wide_8k`)
 /// leave registers for, all the same, for A/B runs. By default 3 for `fftconv_monarch` (3-8%
@@ -422,10 +428,10 @@ impl CudaDevice {
         })
     }
 
-    /// Blocks of `fftconv_monarch_prefetch` (`prefetch`) this device holds at once: SMs times the
-    /// blocks per SM the occupancy calculator gives for its gated staging (`None` where it gives
-    /// none or a query fails).
-    fn monarch_prefetch_slots(&self, prefetch: &CudaFunction, dtype: DType) -> Option<u32> {
+    /// Blocks of `fftconv_monarch_prefetch` (`prefetch`) this device holds at once with `bytes` of
+    /// dynamic shared memory: SMs times the blocks per SM the occupancy calculator gives (`None`
+    /// where it gives none or a query fails).
+    fn monarch_prefetch_slots(&self, prefetch: &CudaFunction, bytes: u32) -> Option<u32> {
         let sms = self
             .ctx
             .attribute(
@@ -433,11 +439,7 @@ impl CudaDevice {
             )
             .ok()?;
         let per_sm = prefetch
-            .occupancy_max_active_blocks_per_multiprocessor(
-                256,
-                monarch_prefetch_bytes(dtype.size_bytes() as u32, true) as usize,
-                None,
-            )
+            .occupancy_max_active_blocks_per_multiprocessor(256, bytes as usize, None)
             .ok()?;
         let slots = u32::try_from(sms).ok()?.saturating_mul(per_sm);
         (slots > 0).then_some(slots)
@@ -593,19 +595,17 @@ impl CudaDevice {
                 Some(f)
             };
             let elem = dtype.size_bytes() as u32;
-            let prefetch = fitting(
-                "fftconv_monarch_prefetch",
-                monarch_prefetch_bytes(elem, true),
-            );
+            // Sized for gated problems, the larger staging.
+            let forward_bytes = monarch_prefetch_bytes(elem, true);
+            let prefetch = fitting("fftconv_monarch_prefetch", forward_bytes);
             let prefetch_slots = prefetch
                 .as_ref()
-                .and_then(|f| self.monarch_prefetch_slots(f, dtype));
+                .and_then(|f| self.monarch_prefetch_slots(f, forward_bytes));
             MonarchKernels {
                 prefetch: prefetch.filter(|_| prefetch_slots.is_some()),
                 backward_taps_prefetch: fitting(
                     "fftconv_monarch_backward_taps_prefetch",
-                    monarch_backward_taps_shared_bytes(12)
-                        + 2 * monarch_prefetch_bytes(elem, false),
+                    monarch_backward_taps_prefetch_bytes(elem),
                 )
                 .filter(|_| prefetch_slots.is_some()),
                 prefetch_slots,
@@ -818,10 +818,9 @@ impl MonarchKernels {
     pub(crate) fn taps_function(&self, log2n: u32) -> Option<(&CudaFunction, u32, u32)> {
         let shared = monarch_backward_taps_shared_bytes(log2n);
         match log2n {
-            // Its staging after the sums: x's and dy's rows (the split backward is ungated).
             8..=12 if self.backward_taps_prefetch.is_some() => Some((
                 self.backward_taps_prefetch.as_ref()?,
-                shared + 2 * monarch_prefetch_bytes(self.elem_bytes, false),
+                monarch_backward_taps_prefetch_bytes(self.elem_bytes),
                 256,
             )),
             8..=12 => Some((&self.backward_taps, shared, 256)),

@@ -843,11 +843,9 @@ fn forward(
                 // `MonarchKernels::function` of src/device.rs.
                 let (kernel, shared) = match kernel {
                     Kernel::MonarchWide => (kernel, (1usize << (params.log2n - 8)) * 264 * 2 * 2),
-                    // MT_STAGE_SLOTS (8 with f32 I/O) 16-byte vectors per thread, twice gated.
                     Kernel::MonarchPrefetch => (
                         kernel,
-                        8 * 16
-                            * 256
+                        MONARCH_STAGE_BYTES
                             * if params.flags & monarch_core::schedule::FLAG_GATED != 0 {
                                 2
                             } else {
@@ -1047,8 +1045,8 @@ fn backward(
                 // (`monarch_shared_bytes`: two f16 planes of N / 256 rows of 264 halves).
                 let shared = match kernel {
                     Kernel::MonarchWide => 2 * (1usize << (fp.log2n - 8)) * 264 * 2,
-                    // Its staging (f32 I/O, ungated: the split backward's problems).
-                    Kernel::MonarchPrefetch => 8 * 16 * 256,
+                    // Its staging (ungated: the split backward's problems).
+                    Kernel::MonarchPrefetch => MONARCH_STAGE_BYTES,
                     _ => 0,
                 };
                 let fp = PassParams {
@@ -1067,11 +1065,11 @@ fn backward(
             let rows = 1usize << params.log2n.saturating_sub(8).max(4);
             let sum_rows = if params.log2n == 14 { 47 } else { rows };
             // With the prefetch (`taps_function`) up to 4K `_taps_prefetch`, its staging of x
-            // and dy after the sums (MT_STAGE_SLOTS = 8 vectors of 16 bytes per thread each).
+            // and dy after the sums.
             let (taps_kernel, staging) = if params.log2n > 12 {
                 (Kernel::MonarchBackwardTapsWide, 0)
             } else if du_slots.is_some() {
-                (Kernel::MonarchBackwardTapsPrefetch, 2 * 8 * 16 * 256)
+                (Kernel::MonarchBackwardTapsPrefetch, 2 * MONARCH_STAGE_BYTES)
             } else {
                 (Kernel::MonarchBackwardTaps, 0)
             };
@@ -1712,6 +1710,11 @@ fn backward_nan_filter_256_threads() {
 /// Shared points of the Monarch test's plans and harness: 16K, as the backend's on a GPU with
 /// 227 KiB per block, so that every size the pass takes is one fused step.
 const MONARCH_POINTS: usize = 16384;
+
+/// `monarch_prefetch_bytes` of src/device.rs for the harness's f32 I/O, ungated: MT_STAGE_SLOTS
+/// (8 with f32 I/O) 16-byte vectors per thread, 256 threads (twice that gated, and for the taps
+/// kernel's x and dy).
+const MONARCH_STAGE_BYTES: usize = 8 * 16 * 256;
 
 /// `monarch_launches` of src/convolution.rs: the Monarch pass's launches where it can run a
 /// chunk's forward (one segment per row; one fused step of N = 256 .. 16384, or column passes

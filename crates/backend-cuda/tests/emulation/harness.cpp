@@ -22,9 +22,9 @@
 // backward; with MONARCH_TC the Monarch kernels from 6 (KERNELS below). The grid is the
 // backend's (`launch_function` in src/convolution.rs): ceil(total_lines / 2^lines_log2) blocks.
 // Gather and taps sum (one thread per element, no barriers) run their 2^lines_log2 threads one
-// after another. The block-wide kernels (0-2, 5) run
-// THREADS threads per block (blockDim.x = THREADS; a Monarch kernel with its own block size,
-// BLOCK_THREADS, runs that many as fibers: `bt` below stands for whichever the launch runs):
+// after another. The block-wide kernels (0-2, 5) run THREADS threads per block (blockDim.x =
+// THREADS; a Monarch kernel with its own block size, BLOCK_THREADS, runs that many as fibers:
+// `bt` below stands for whichever the launch runs):
 // - THREADS=1: one call per block (the barriers are no-ops, see shim.h);
 // - THREADS>1: one fiber per thread (POSIX ucontext; a FIBER_STACK_BYTES stack each, 64 KiB
 //   unless defined, above a guard page, allocated once and reused by every block), scheduled
