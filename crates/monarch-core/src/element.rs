@@ -32,8 +32,8 @@ impl DType {
     pub fn round_f64(self, x: f64) -> f64 {
         match self {
             DType::F32 => x as f32 as f64,
-            DType::F16 => f16::from_f64(x).to_f64(),
-            DType::Bf16 => bf16::from_f64(x).to_f64(),
+            DType::F16 => <f16 as Element>::from_f64(x).to_f64(),
+            DType::Bf16 => <bf16 as Element>::from_f64(x).to_f64(),
         }
     }
 }
@@ -107,6 +107,23 @@ impl Element for f32 {
     }
 }
 
+/// `x` rounded to f32 by round-to-odd (truncated, and the last bit set where that was inexact):
+/// rounding that to nearest-even at 22 or fewer significant bits (f16, bf16) is the correct
+/// rounding of `x` itself. `half`'s own `from_f64` (2.7, its software path, which bf16 always
+/// takes) misrounds values just above a tie, e.g. f32 0xbf0c8006 to bf16 0xbf0c instead of
+/// 0xbf0d (half-rs issue 151).
+fn f32_round_to_odd(x: f64) -> f32 {
+    let r = x as f32;
+    if x.is_nan() || f64::from(r) == x {
+        return r;
+    }
+    let mut bits = r.to_bits();
+    if f64::from(r).abs() > x.abs() {
+        bits -= 1; // one step toward zero (sign and magnitude): r rounded away
+    }
+    f32::from_bits(bits | 1)
+}
+
 macro_rules! half_element {
     ($t:ty, $dtype:expr) => {
         impl Element for $t {
@@ -118,7 +135,7 @@ macro_rules! half_element {
                 <$t>::from_f32(x)
             }
             fn from_f64(x: f64) -> Self {
-                <$t>::from_f64(x)
+                <$t>::from_f32(f32_round_to_odd(x))
             }
             fn to_f64(self) -> f64 {
                 <$t>::to_f64(self)
@@ -147,6 +164,11 @@ mod tests {
         let x = 1.0f64 / 3.0;
         assert_eq!(f16::from_f64(x).to_f64(), DType::F16.round_f64(x));
         assert_eq!(bf16::from_f64(x).to_f64(), DType::Bf16.round_f64(x));
+        // Just above a tie (half-rs issue 151's witnesses): rounded up.
+        let above = 1.0 + 2f64.powi(-11) + 2f64.powi(-22);
+        assert_eq!(<f16 as Element>::from_f64(above).to_bits(), 0x3c01);
+        let above = f64::from(f32::from_bits(0xbf0c_8006));
+        assert_eq!(<bf16 as Element>::from_f64(above).to_bits(), 0xbf0d);
         let src = [1.5f32, -2.25, 1e-3];
         let mut h = [f16::ZERO; 3];
         f16::store_f32(&src, &mut h);
@@ -157,5 +179,76 @@ mod tests {
         assert!((back[2] - 1e-3).abs() < 1e-6);
         assert_eq!("bf16".parse::<DType>().unwrap(), DType::Bf16);
         assert!("f64".parse::<DType>().is_err());
+    }
+
+    /// The correct rounding of `x` to the type with these finite neighbours `lo <= x <= hi`
+    /// (adjacent, so `x - lo` and `hi - x` are exact in f64): nearer, ties to the even bits.
+    fn nearest<T: Element>(x: f64, lo: T, hi: T, lo_bits: u16) -> T {
+        let (dl, dh) = (x - lo.to_f64(), hi.to_f64() - x);
+        if dl < dh || (dl == dh && lo_bits % 2 == 0) {
+            lo
+        } else {
+            hi
+        }
+    }
+
+    #[test]
+    fn f64_conversions_round_to_nearest_even() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(151);
+        let mut checked = (0, 0);
+        for i in 0..400_000 {
+            // Random values and values a few f64 ulps from a tie of each type (positive, both
+            // exponent ranges' normals and subnormals).
+            let bits16: u16 = rng.random_range(0..0x7b00);
+            let x = match i % 4 {
+                0 => f64::from(rng.random_range(-1.0e4f32..1.0e4)) * rng.random_range(-1.0..1.0),
+                1 => {
+                    let (a, b) = (f16::from_bits(bits16), f16::from_bits(bits16 + 1));
+                    let tie = (a.to_f64() + b.to_f64()) / 2.0;
+                    f64::from_bits(tie.to_bits().wrapping_add(rng.random_range(0..5)) - 2)
+                }
+                _ => {
+                    let b16 = rng.random_range(0..0x7f7fu16);
+                    let (a, b) = (bf16::from_bits(b16), bf16::from_bits(b16 + 1));
+                    let tie = (a.to_f64() + b.to_f64()) / 2.0;
+                    f64::from_bits(tie.to_bits().wrapping_add(rng.random_range(0..5)) - 2)
+                }
+            };
+            let x = x.abs();
+            if x <= 65000.0 {
+                let h = <f16 as Element>::from_f64(x);
+                let (lo, hi) = if h.to_f64() <= x {
+                    (h, f16::from_bits(h.to_bits() + 1))
+                } else {
+                    (f16::from_bits(h.to_bits() - 1), h)
+                };
+                assert_eq!(h, nearest(x, lo, hi, lo.to_bits()), "f16 of {x:e}");
+                assert_eq!(DType::F16.round_f64(-x), -h.to_f64());
+                checked.0 += 1;
+            }
+            let b = <bf16 as Element>::from_f64(x);
+            let (lo, hi) = if b.to_f64() <= x {
+                (b, bf16::from_bits(b.to_bits() + 1))
+            } else {
+                (bf16::from_bits(b.to_bits() - 1), b)
+            };
+            assert_eq!(b, nearest(x, lo, hi, lo.to_bits()), "bf16 of {x:e}");
+            assert_eq!(DType::Bf16.round_f64(x), b.to_f64());
+            checked.1 += 1;
+        }
+        assert!(checked.0 > 150_000 && checked.1 == 400_000, "{checked:?}");
+        // Overflow, NaN, zero and the smallest subnormals.
+        assert!(<f16 as Element>::from_f64(65520.0).is_infinite());
+        assert_eq!(<f16 as Element>::from_f64(65519.9).to_f64(), 65504.0);
+        assert!(<bf16 as Element>::from_f64(1e300).is_infinite());
+        assert!(<bf16 as Element>::from_f64(f64::NAN).is_nan());
+        assert_eq!(<bf16 as Element>::from_f64(-0.0).to_bits(), 0x8000);
+        assert_eq!(<f16 as Element>::from_f64(2f64.powi(-25)).to_bits(), 0);
+        assert_eq!(
+            <f16 as Element>::from_f64(2f64.powi(-25) * 1.0001).to_bits(),
+            1
+        );
+        assert_eq!(<bf16 as Element>::from_f64(1e-300).to_bits(), 0);
     }
 }
