@@ -108,7 +108,11 @@ typedef float elem_t;
 #endif
 
 __device__ __forceinline__ float to_float(elem_t e) {
-#if defined(IO_F16)
+#if defined(IO_F16) && defined(FFTCONV_HOST_EMULATION)
+    _Float16 h; // the host compiler's IEEE half: conversions exact and to nearest even, as PTX's
+    __builtin_memcpy(&h, &e, 2);
+    return (float)h;
+#elif defined(IO_F16)
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(e));
     return f;
@@ -120,7 +124,12 @@ __device__ __forceinline__ float to_float(elem_t e) {
 }
 
 __device__ __forceinline__ elem_t from_float(float v) {
-#if defined(IO_F16)
+#if defined(IO_F16) && defined(FFTCONV_HOST_EMULATION)
+    _Float16 f = (_Float16)v;
+    u16 h;
+    __builtin_memcpy(&h, &f, 2);
+    return h;
+#elif defined(IO_F16)
     u16 h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
     return h;

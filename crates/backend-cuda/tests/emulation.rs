@@ -2,8 +2,9 @@
 //! C++ (`tests/emulation/shim.h` supplies the CUDA vocabulary, `tests/emulation/harness.cpp` runs
 //! the launches block after block), driven by the pass schedule, parameters, grid and buffer
 //! bindings the backend uses (`src/convolution.rs`, `src/convolution/backward.rs`: host I/O
-//! through compact chunk buffers), and compared with the f64 oracles. f32 I/O only (the f16
-//! conversions are PTX).
+//! through compact chunk buffers), and compared with the f64 oracles. I/O in f32, and in f16 and
+//! bf16 (`-DIO_F16`, `-DIO_BF16`: 16-byte vectors of 8 elements; the Monarch kernels run only
+//! for those on a GPU), the oracle fed the inputs as rounded to the I/O type.
 //!
 //! Each test covers one shared-memory size (4096, 64 and 16 points: plans with 0, 1 and 2
 //! global column passes) and one block size (`THREADS`) with fixed cases (causal, circular,
@@ -42,7 +43,7 @@ use monarch_core::reference::{reference_forward, relative_l2_error};
 use monarch_core::reference_backward::reference_backward;
 use monarch_core::schedule::{BackwardBinding, Chunk, PassKind, PassParams, PassSchedule};
 use monarch_core::twiddle::root_of_unity;
-use monarch_core::{ConvSpec, ConvSpecBuilder, MonarchPlan, PlanLimits};
+use monarch_core::{ConvSpec, ConvSpecBuilder, DType, MonarchPlan, PlanLimits};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// Relative L2 error allowed against the f64 oracle (f32 I/O and compute).
@@ -107,15 +108,13 @@ fn build_harness(points: usize, threads: usize, defines: &str) -> Option<PathBuf
         !kernel_str.contains(['"', '\\']),
         "the kernel path {kernel_str} cannot be quoted for the preprocessor"
     );
-    let mut flags: Vec<String> = [
-        "-std=c++17",
-        "-O1",
-        "-Wno-unknown-pragmas",
-        "-DIO_F32",
-        "-DPAD=1",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut flags: Vec<String> = ["-std=c++17", "-O1", "-Wno-unknown-pragmas", "-DPAD=1"]
+        .map(String::from)
+        .to_vec();
+    // f32 I/O unless the defines choose another (`-DIO_F16`, `-DIO_BF16`).
+    if !defines.contains("-DIO_") {
+        flags.push("-DIO_F32".to_owned());
+    }
     flags.push(format!("-DSHARED_POINTS={points}"));
     flags.push(format!("-DTHREADS={threads}"));
     flags.push(format!("-DSHARED_LIMIT_BYTES={SHARED_LIMIT_BYTES}"));
@@ -265,32 +264,77 @@ fn words(n: usize) -> u32 {
 struct Program {
     /// Per buffer: words, init (0 zeros, 1 NaN, 2 data) and data.
     buffers: Vec<(u32, u32, Vec<u32>)>,
+    /// Per buffer: its element type and elements (f32 words, or 16-bit I/O elements two to a
+    /// word, an odd count's last word half padding).
+    elements: Vec<(DType, usize)>,
     commands: Vec<u32>,
     count: u32,
     launches: usize,
 }
 
+/// The bits of a 16-bit buffer's padding half (an odd count's last word) and of its NaN fill:
+/// a NaN in f16 and in bf16.
+const NAN16: u16 = 0x7fc0;
+
 impl Program {
-    fn buffer(&mut self, len: usize, init: u32, data: Vec<u32>) -> Buf {
-        self.buffers.push((words(len), init, data));
+    fn buffer(&mut self, dtype: DType, len: usize, init: u32, data: Vec<u32>) -> Buf {
+        let words_len = (len * dtype.size_bytes()).div_ceil(4);
+        self.buffers.push((words(words_len), init, data));
+        self.elements.push((dtype, len));
         Buf(self.buffers.len() as u32 - 1)
     }
 
     fn zeros(&mut self, len: usize) -> Buf {
-        self.buffer(len, 0, Vec::new())
+        self.buffer(DType::F32, len, 0, Vec::new())
     }
 
     /// Starts as NaN, so whatever is read before it is written shows in the results.
     fn nans(&mut self, len: usize) -> Buf {
-        self.buffer(len, 1, Vec::new())
+        self.buffer(DType::F32, len, 1, Vec::new())
     }
 
     fn data(&mut self, data: &[f32]) -> Buf {
-        self.buffer(data.len(), 2, data.iter().map(|v| v.to_bits()).collect())
+        self.buffer(
+            DType::F32,
+            data.len(),
+            2,
+            data.iter().map(|v| v.to_bits()).collect(),
+        )
     }
 
-    fn len(&self, buf: Buf) -> usize {
-        self.buffers[buf.0 as usize].0 as usize
+    /// An I/O buffer (`u`, gates, `y` and their gradients) of `dtype`, starting as NaN.
+    fn io_nans(&mut self, dtype: DType, len: usize) -> Buf {
+        if dtype == DType::F32 {
+            return self.nans(len);
+        }
+        let words_len = (len * 2).div_ceil(4);
+        self.buffer(dtype, len, 2, vec![u32::from(NAN16) * 0x1_0001; words_len])
+    }
+
+    /// An I/O buffer of `dtype` holding `data` (rounded to it: `Inputs` already are).
+    fn io_data(&mut self, dtype: DType, data: &[f32]) -> Buf {
+        if dtype == DType::F32 {
+            return self.data(data);
+        }
+        let mut halves: Vec<u16> = data
+            .iter()
+            .map(|&v| match dtype {
+                DType::F16 => half::f16::from_f32(v).to_bits(),
+                _ => half::bf16::from_f32(v).to_bits(),
+            })
+            .collect();
+        if halves.len() % 2 == 1 {
+            halves.push(NAN16);
+        }
+        let packed = halves
+            .chunks_exact(2)
+            .map(|h| u32::from(h[0]) | (u32::from(h[1]) << 16))
+            .collect();
+        self.buffer(dtype, data.len(), 2, packed)
+    }
+
+    fn dtype(&self, buf: Buf) -> DType {
+        self.elements[buf.0 as usize].0
     }
 
     fn command(&mut self, words: &[u32]) {
@@ -318,17 +362,42 @@ impl Program {
         self.launches += 1;
     }
 
+    /// Elements `src_at .. src_at + len` of `src` to `dst_at ..` of `dst` (one element type).
     fn copy(&mut self, dst: Buf, dst_at: usize, src: Buf, src_at: usize, len: usize) {
-        self.command(&[2, dst.0, words(dst_at), src.0, words(src_at), words(len)]);
+        let dtype = self.dtype(dst);
+        assert_eq!(dtype, self.dtype(src), "a copy between element types");
+        if dtype == DType::F32 {
+            self.command(&[2, dst.0, words(dst_at), src.0, words(src_at), words(len)]);
+        } else {
+            let size = dtype.size_bytes();
+            self.command(&[
+                4,
+                dst.0,
+                words(dst_at * size),
+                src.0,
+                words(src_at * size),
+                words(len * size),
+            ]);
+        }
     }
 
     fn fill_nan(&mut self, buf: Buf) {
-        let len = self.len(buf);
-        self.command(&[3, buf.0, 0, words(len), NAN_BITS]);
+        let words_len = self.buffers[buf.0 as usize].0 as usize;
+        let bits = if self.dtype(buf) == DType::F32 {
+            NAN_BITS
+        } else {
+            u32::from(NAN16) * 0x1_0001
+        };
+        self.command(&[3, buf.0, 0, words(words_len), bits]);
     }
 
-    /// Words `at .. at + len` of `buf` set to `bits`.
+    /// Words `at .. at + len` of `buf` (f32) set to `bits`.
     fn fill(&mut self, buf: Buf, at: usize, len: usize, bits: u32) {
+        assert_eq!(
+            self.dtype(buf),
+            DType::F32,
+            "a word fill of a 16-bit buffer"
+        );
         self.command(&[3, buf.0, words(at), words(len), bits]);
     }
 
@@ -380,19 +449,38 @@ impl Program {
             let _ = std::fs::remove_file(&input);
         }
         let _ = std::fs::remove_file(&output);
-        let mut values = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_ne_bytes(b.try_into().unwrap()));
-        let got: Vec<Vec<f32>> = outputs
-            .iter()
-            .map(|&b| values.by_ref().take(self.len(b)).collect())
-            .collect();
-        if got
-            .iter()
-            .zip(outputs)
-            .any(|(g, &b)| g.len() != self.len(b))
-            || values.next().is_some()
-        {
+        // Per output its words, decoded by its element type; a 16-bit buffer's padding half
+        // (odd counts) must still be NaN16 (written by nothing).
+        let mut at = 0;
+        let mut got = Vec::with_capacity(outputs.len());
+        for &b in outputs {
+            let (dtype, len) = self.elements[b.0 as usize];
+            let size = self.buffers[b.0 as usize].0 as usize * 4;
+            let Some(raw) = bytes.get(at..at + size) else {
+                return Err(format!("{} bytes of outputs do not fit", bytes.len()));
+            };
+            at += size;
+            let half = |i: usize| u16::from_ne_bytes([raw[2 * i], raw[2 * i + 1]]);
+            got.push(match dtype {
+                DType::F32 => raw
+                    .chunks_exact(4)
+                    .map(|w| f32::from_ne_bytes(w.try_into().unwrap()))
+                    .collect(),
+                DType::F16 => (0..len)
+                    .map(|i| half::f16::from_bits(half(i)).to_f32())
+                    .collect(),
+                DType::Bf16 => (0..len)
+                    .map(|i| half::bf16::from_bits(half(i)).to_f32())
+                    .collect(),
+            });
+            if dtype != DType::F32 && len % 2 == 1 && half(len) != NAN16 {
+                return Err(format!(
+                    "output buffer {}: the padding after its {len} elements was written",
+                    b.0
+                ));
+            }
+        }
+        if at != bytes.len() {
             return Err(format!("{} bytes of outputs do not fit", bytes.len()));
         }
         Ok(got)
@@ -486,9 +574,11 @@ impl Prepared {
             .fused_backward_rows_log2(SHARED_LIMIT_BYTES, true)
     }
 
-    /// A compact chunk buffer of one stream (`stream_bytes`), starting as NaN.
+    /// A compact chunk buffer of one stream (`stream_bytes`, of the problem's element type),
+    /// starting as NaN.
     fn chunk_buffer(&self, program: &mut Program) -> Buf {
-        program.nans(self.schedule.stream_bytes() / 4)
+        let dtype = self.spec.dtype();
+        program.io_nans(dtype, self.schedule.stream_bytes() / dtype.size_bytes())
     }
 
     fn copy_rows_in(&self, p: &mut Program, chunk: Chunk, full: Buf, c: Buf) {
@@ -506,6 +596,9 @@ impl Prepared {
 
 /// Magnitudes of `u` by channel (see `Inputs::new`).
 const CHANNEL_SCALES: [f32; 3] = [1.0 / 4096.0, 1.0, 4096.0];
+/// The same for f16 I/O, within its range: outputs of the loudest channel stay far below
+/// 65504 and those of the quietest far above the subnormals (6.1e-5) at the cases' lengths.
+const F16_CHANNEL_SCALES: [f32; 3] = [1.0 / 256.0, 1.0, 1.0 / 16.0];
 
 /// Random inputs of one problem, f32 in [-1, 1) (`u` scaled by channel).
 struct Inputs {
@@ -524,10 +617,15 @@ impl Inputs {
         // share pairs, rows of different channels share blocks and tensor-core tiles, whose
         // scaling must keep each channel's own precision (checked per row in `forward`).
         let (l, h_count) = (spec.length(), spec.channels());
+        let scales = if spec.dtype() == DType::F16 {
+            F16_CHANNEL_SCALES
+        } else {
+            CHANNEL_SCALES
+        };
         let u: Vec<f32> = random(n)
             .into_iter()
             .enumerate()
-            .map(|(i, v)| v * CHANNEL_SCALES[(i / l % h_count) % CHANNEL_SCALES.len()])
+            .map(|(i, v)| v * scales[(i / l % h_count) % scales.len()])
             .collect();
         Inputs {
             u,
@@ -540,6 +638,11 @@ impl Inputs {
 
 fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| f64::from(v)).collect()
+}
+
+/// `x` as an I/O buffer of `dtype` holds it (`Program::io_data`), in f64.
+fn rounded(dtype: DType, x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| dtype.round_f64(f64::from(v))).collect()
 }
 
 /// The f64 oracle of dense circular problems whose rows are one power-of-two FFT (N = L) and
@@ -807,9 +910,13 @@ fn forward(
     if monarch {
         spectrum = monarch_filter_layout(&mut p, spec, spectrum, twiddles);
     }
-    let u = p.data(&inputs.u);
-    let gates = inputs.gates.as_ref().map(|(a, b)| (p.data(a), p.data(b)));
-    let y = p.nans(spec.io_len());
+    let io = spec.dtype();
+    let u = p.io_data(io, &inputs.u);
+    let gates = inputs
+        .gates
+        .as_ref()
+        .map(|(a, b)| (p.io_data(io, a), p.io_data(io, b)));
+    let y = p.io_nans(io, spec.io_len());
     let uc = prep.chunk_buffer(&mut p);
     let gates_c = gates.map(|_| (prep.chunk_buffer(&mut p), prep.chunk_buffer(&mut p)));
     let yc = prep.chunk_buffer(&mut p);
@@ -837,15 +944,20 @@ fn forward(
                 ForwardPath::MonarchPrefetch(slots) => Some(slots),
                 _ => None,
             };
-            let launches = monarch_launches(&steps, path == ForwardPath::MonarchCluster, prefetch)
-                .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
+            let launches = monarch_launches(
+                &steps,
+                vec_elems(io),
+                path == ForwardPath::MonarchCluster,
+                prefetch,
+            )
+            .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
             for (kernel, params) in launches {
                 // `MonarchKernels::function` of src/device.rs.
                 let (kernel, shared) = match kernel {
                     Kernel::MonarchWide => (kernel, (1usize << (params.log2n - 8)) * 264 * 2 * 2),
                     Kernel::MonarchPrefetch => (
                         kernel,
-                        MONARCH_STAGE_BYTES
+                        monarch_stage_bytes(io)
                             * if params.flags & monarch_core::schedule::FLAG_GATED != 0 {
                                 2
                             } else {
@@ -882,9 +994,13 @@ fn forward(
         prep.copy_rows_out(&mut p, chunk, yc, y);
     }
     let got = p.run(harness, prep.points, &format!("{name}-forward"), &[y])?;
-    let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
+    // The oracle's inputs as the kernels read them (rounded to the I/O type).
+    let gates64 = inputs
+        .gates
+        .as_ref()
+        .map(|(a, b)| (rounded(io, a), rounded(io, b)));
     let gates64 = gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice()));
-    let (u64s, k64s) = (f64s(&inputs.u), f64s(&inputs.k));
+    let (u64s, k64s) = (rounded(io, &inputs.u), f64s(&inputs.k));
     let want = circular_fft_reference(spec, &u64s, &k64s, gates64)
         .unwrap_or_else(|| reference_forward(spec, &u64s, &k64s, gates64));
     // Channels whose filter has a non-finite tap: their rows must be NaN throughout and are left
@@ -968,12 +1084,13 @@ fn backward(
     };
     let gated = spec.gated();
     // Whole-problem arrays: inputs u, dy (pre, post); outputs du (dpre, dpost), dk.
-    let mut full_in = vec![p.data(&inputs.u), p.data(&inputs.dy)];
+    let io = spec.dtype();
+    let mut full_in = vec![p.io_data(io, &inputs.u), p.io_data(io, &inputs.dy)];
     if let Some((pre, post)) = &inputs.gates {
-        full_in.extend([p.data(pre), p.data(post)]);
+        full_in.extend([p.io_data(io, pre), p.io_data(io, post)]);
     }
     let full_out: Vec<Buf> = (0..if gated { 3 } else { 1 })
-        .map(|_| p.nans(spec.io_len()))
+        .map(|_| p.io_nans(io, spec.io_len()))
         .collect();
     let dk = p.zeros(spec.filter_elems());
     // The chunk's streams, as in `backward`: u, dy (pre, post), du (dpre, dpost).
@@ -1033,8 +1150,13 @@ fn backward(
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
             let (taps_params, groups) = monarch_split_taps_params(&params, target_blocks)
                 .ok_or_else(|| format!("not a split Monarch backward: {params:?}"))?;
-            let forward = monarch_launches(&schedule.forward_steps(chunk, true), false, du_slots)
-                .ok_or("no Monarch forward for the split backward's du")?;
+            let forward = monarch_launches(
+                &schedule.forward_steps(chunk, true),
+                vec_elems(io),
+                false,
+                du_slots,
+            )
+            .ok_or("no Monarch forward for the split backward's du")?;
             let b = Bindings {
                 tmp: Some(tmp_v),
                 other: Some(tmp_d),
@@ -1046,7 +1168,7 @@ fn backward(
                 let shared = match kernel {
                     Kernel::MonarchWide => 2 * (1usize << (fp.log2n - 8)) * 264 * 2,
                     // Its staging (ungated: the split backward's problems).
-                    Kernel::MonarchPrefetch => MONARCH_STAGE_BYTES,
+                    Kernel::MonarchPrefetch => monarch_stage_bytes(io),
                     _ => 0,
                 };
                 let fp = PassParams {
@@ -1069,7 +1191,10 @@ fn backward(
             let (taps_kernel, staging) = if params.log2n > 12 {
                 (Kernel::MonarchBackwardTapsWide, 0)
             } else if du_slots.is_some() {
-                (Kernel::MonarchBackwardTapsPrefetch, 2 * MONARCH_STAGE_BYTES)
+                (
+                    Kernel::MonarchBackwardTapsPrefetch,
+                    2 * monarch_stage_bytes(io),
+                )
             } else {
                 (Kernel::MonarchBackwardTaps, 0)
             };
@@ -1091,7 +1216,7 @@ fn backward(
         }
         if path == BackwardPath::Monarch {
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
-            let launches = monarch_backward_launches(&params)
+            let launches = monarch_backward_launches(&params, vec_elems(io))
                 .ok_or_else(|| format!("not a Monarch backward: {params:?}"))?;
             // From 32K: x (then T) and gated x' in tmp_v, d (then G) and the scales in tmp_d.
             let b = Bindings {
@@ -1207,9 +1332,16 @@ fn backward(
         BackwardPath::Steps => ("backward".to_owned(), "backward"),
     };
     let got = p.run(harness, prep.points, &format!("{name}-{file}"), &outputs)?;
-    let gates64 = inputs.gates.as_ref().map(|(a, b)| (f64s(a), f64s(b)));
+    let gates64 = inputs
+        .gates
+        .as_ref()
+        .map(|(a, b)| (rounded(io, a), rounded(io, b)));
     let gates64 = gates64.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice()));
-    let (u64s, k64s, dy64s) = (f64s(&inputs.u), f64s(&inputs.k), f64s(&inputs.dy));
+    let (u64s, k64s, dy64s) = (
+        rounded(io, &inputs.u),
+        f64s(&inputs.k),
+        rounded(io, &inputs.dy),
+    );
     let want = circular_fft_backward(spec, &u64s, &k64s, gates64, &dy64s)
         .unwrap_or_else(|| reference_backward(spec, &u64s, &k64s, gates64, &dy64s));
     let mut checks = vec![
@@ -1301,9 +1433,9 @@ fn case(name: &str, builder: ConvSpecBuilder, chunk_elems: usize) -> Case {
 const WHOLE: usize = monarch_core::schedule::DEFAULT_CHUNK_ELEMS;
 
 /// The fixed cases at `points` shared points (`want_passes` for the dense causal one, L = 2048,
-/// N = 4096) and `random` random ones.
-fn cases(want_passes: usize, random: usize, rng: &mut StdRng) -> Vec<Case> {
-    let b = ConvSpec::builder;
+/// N = 4096) and `random` random ones, with `dtype` I/O.
+fn cases(want_passes: usize, random: usize, dtype: DType, rng: &mut StdRng) -> Vec<Case> {
+    let b = |bn, hn, l, k| ConvSpec::builder(bn, hn, l, k).dtype(dtype);
     let mut cases = vec![
         Case {
             want_passes: Some(want_passes),
@@ -1442,7 +1574,18 @@ fn check_variant(
     let mut outcomes = Outcomes::new(test);
     let seed = outcomes.seed;
     let mut rng = StdRng::seed_from_u64(seed ^ points as u64 ^ ((threads as u64 - 1) << 32));
-    for (i, c) in cases(want_passes, 4, &mut rng).into_iter().enumerate() {
+    // The I/O type the defines choose (f32 unless `-DIO_F16` or `-DIO_BF16`).
+    let dtype = if defines.contains("-DIO_F16") {
+        DType::F16
+    } else if defines.contains("-DIO_BF16") {
+        DType::Bf16
+    } else {
+        DType::F32
+    };
+    for (i, c) in cases(want_passes, 4, dtype, &mut rng)
+        .into_iter()
+        .enumerate()
+    {
         let prep = Prepared::new(&c.spec, points, c.chunk_elems, tolerance);
         let inputs = Inputs::new(&c.spec, &mut rng);
         let g = c.spec.geometry();
@@ -1531,6 +1674,35 @@ fn one_column_pass_64_points_48_threads() {
 #[test]
 fn two_column_passes_16_points_32_threads() {
     check_all("two_column_passes_16_points_32_threads", 16, 32, 2);
+}
+
+// 16-bit I/O through the same kernels (the path of f16 and bf16 problems the Monarch pass does
+// not take: rows of no multiple of 8 elements, GPUs before sm_80, `FFTCONV_CUDA_MONARCH=0`):
+// f32 compute, so the tolerance is the outputs' rounding (f16 about 2e-4 RMS, bf16 about
+// 1.5e-3) with a margin.
+
+#[test]
+fn f16_io_one_fused_pass_4096_points_256_threads() {
+    check_variant(
+        "f16_io_one_fused_pass_4096_points_256_threads",
+        4096,
+        256,
+        "-DIO_F16",
+        1e-3,
+        0,
+    );
+}
+
+#[test]
+fn bf16_io_one_column_pass_64_points_64_threads() {
+    check_variant(
+        "bf16_io_one_column_pass_64_points_64_threads",
+        64,
+        64,
+        "-DIO_BF16",
+        3e-3,
+        1,
+    );
 }
 
 // The tensor-core rounds (`-DTENSOR_CORES=1`, f16 operands, warp-wide mma emulated on the
@@ -1711,33 +1883,41 @@ fn backward_nan_filter_256_threads() {
 /// 227 KiB per block, so that every size the pass takes is one fused step.
 const MONARCH_POINTS: usize = 16384;
 
-/// `monarch_prefetch_bytes` of src/device.rs for the harness's f32 I/O, ungated: MT_STAGE_SLOTS
-/// (8 with f32 I/O) 16-byte vectors per thread, 256 threads (twice that gated, and for the taps
-/// kernel's x and dy).
-const MONARCH_STAGE_BYTES: usize = 8 * 16 * 256;
+/// `monarch_prefetch_bytes` of src/device.rs, ungated: MT_STAGE_SLOTS (8 with f32 I/O, 4 with
+/// 16-bit) 16-byte vectors per thread, 256 threads (twice that gated, and for the taps kernel's
+/// x and dy).
+fn monarch_stage_bytes(dtype: DType) -> usize {
+    2 * dtype.size_bytes() * 16 * 256
+}
+
+/// Elements per 16-byte vector of the kernels' row I/O (VEC).
+fn vec_elems(dtype: DType) -> u32 {
+    16 / dtype.size_bytes() as u32
+}
 
 /// `monarch_launches` of src/convolution.rs: the Monarch pass's launches where it can run a
 /// chunk's forward (one segment per row; one fused step of N = 256 .. 16384, or column passes
 /// around one for 32K .. 4M; with `cluster`, one cluster launch for 32K .. 128K).
 fn monarch_launches(
     steps: &[(PassKind, PassParams)],
+    vec: u32,
     cluster: bool,
     prefetch: Option<u32>,
 ) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
     let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
     let extra = FLAG_GATED | FLAG_WRAPS;
-    // 16-byte row I/O: VEC = 4 f32 elements in the harness (f32 I/O).
+    // 16-byte row I/O: VEC = `vec` elements (4 with f32 I/O, 8 with 16-bit).
     if !steps
         .iter()
-        .all(|(_, p)| p.seq_len % 4 == 0 && p.element_offset % 4 == 0)
+        .all(|(_, p)| p.seq_len % vec == 0 && p.element_offset % vec == 0)
     {
         return None;
     }
     if let [(PassKind::Fused, p)] = steps {
         let ok = p.line_log2 == p.log2n
             && (8..=14).contains(&p.log2n)
-            && (p.blocks == 1 || p.block_len % 4 == 0)
+            && (p.blocks == 1 || p.block_len % vec == 0)
             && p.stage_count == 0
             && p.flags & io == io
             && p.flags & !(io | extra) == 0;
@@ -1759,7 +1939,7 @@ fn monarch_launches(
     let ok = (15..=22).contains(&first.log2n)
         && steps
             .iter()
-            .all(|(_, p)| p.blocks == 1 || p.block_len % 4 == 0)
+            .all(|(_, p)| p.blocks == 1 || p.block_len % vec == 0)
         && first.flags & FLAG_SRC_INPUT != 0
         && first.flags & !(FLAG_SRC_INPUT | extra) == 0
         && last.flags & FLAG_DST_OUTPUT != 0
@@ -2254,7 +2434,12 @@ fn monarch_forward_cases(
     let test = test.as_str();
     for (i, (label, builder, chunk_elems, k_scale)) in cases.into_iter().enumerate() {
         let spec = builder.build().expect("spec");
-        let prep = Prepared::new(&spec, MONARCH_POINTS, chunk_elems, TENSOR_CORE_TOLERANCE);
+        let prep = Prepared::new(
+            &spec,
+            MONARCH_POINTS,
+            chunk_elems,
+            monarch_tolerance(spec.dtype()),
+        );
         let mut inputs = Inputs::new(&spec, rng);
         for v in &mut inputs.k {
             *v *= k_scale;
@@ -2374,7 +2559,7 @@ fn monarch_partial_256_threads() {
     let mut rng = StdRng::seed_from_u64(outcomes.seed);
     let causal = ConvSpec::builder;
     let cases: Vec<MonarchCase> = vec![
-        ("n256 partial", causal(3, 2, 3000, 61), 1 << 30, 1.0),
+        ("n512 partial", causal(3, 2, 3000, 61), 1 << 30, 1.0),
         (
             "n1k partial gated",
             causal(2, 3, 5000, 250).gated(true),
@@ -2462,15 +2647,15 @@ fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(Pass
     ))
 }
 
-/// `monarch_backward_launches` of src/convolution.rs (the harness's VEC: 4 f32 elements).
-fn monarch_backward_launches(p: &PassParams) -> Option<Vec<(Kernel, PassParams)>> {
+/// `monarch_backward_launches` of src/convolution.rs (`vec`: elements per 16-byte vector).
+fn monarch_backward_launches(p: &PassParams, vec: u32) -> Option<Vec<(Kernel, PassParams)>> {
     use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_GATED, FLAG_WRAPS};
     let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
     let ok = (8..=22).contains(&p.log2n)
         && p.blocks == 1
         && p.flags & !allowed == 0
-        && p.seq_len % 4 == 0
-        && p.element_offset % 4 == 0;
+        && p.seq_len % vec == 0
+        && p.element_offset % vec == 0;
     if !ok {
         return None;
     }
@@ -2872,4 +3057,313 @@ fn monarch_backward_256_threads() {
         );
     }
     outcomes.finish();
+}
+
+// ---- 16-bit I/O (`-DIO_F16`, `-DIO_BF16`): the layouts the GPU benchmarks run --------------------
+
+/// The relative L2 error allowed with `dtype` I/O through the Monarch kernels (f16 operands):
+/// the f16 tolerance, and for bf16 outputs their own rounding on top (at most 2^-9 relative,
+/// 1.8-2.1e-3 measured in all; outputs truncated instead of rounded give 3.3e-3 and more).
+fn monarch_tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::Bf16 => 3e-3,
+        _ => TENSOR_CORE_TOLERANCE,
+    }
+}
+
+/// The Monarch kernels with 16-bit I/O (`dtype`; the harness built for it): 16-byte vectors of 8
+/// elements, the prefetch's 4 staging slots per thread, the paired conversions' fallback. The
+/// forward through `fftconv_monarch` (256 .. 4K), `_wide` (8K, 16K) and the column passes (32K,
+/// 64K, and through shared tiles at 512K); `fftconv_monarch_prefetch` with grids for 1 to 3
+/// resident blocks; the split backward (with and without the prefetching kernels; 8K, 16K) and
+/// the Monarch backward kernels (gated); partial problems (overlap-save blocks). Ragged L (a
+/// multiple of the 8-element vector only), ragged K, odd batch, chunked, sparse, NaN filters.
+/// Magnitudes within f16's range (`F16_CHANNEL_SCALES`); with bf16 (f32's exponent range) also
+/// channels 2^-40 apart, rows 2^-20 and a filter of 2^40.
+fn monarch_16bit_io(test: &str, dtype: DType, defines: &'static str) {
+    let Some(harness) = harness(MONARCH_POINTS, 256, defines) else {
+        println!("skipped {test}: no C++ compiler");
+        return;
+    };
+    let mut outcomes = Outcomes::new(test);
+    let mut rng = StdRng::seed_from_u64(outcomes.seed);
+    let causal = |b, h, l, k| ConvSpec::builder(b, h, l, k).dtype(dtype);
+    let wide_range = dtype == DType::Bf16;
+    let mut forward_cases: Vec<MonarchCase> = vec![
+        ("n256 causal", causal(4, 3, 128, 128), 1 << 30, 1.0),
+        (
+            "n256 gated ragged L",
+            causal(3, 3, 200, 57).gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n1k circular gated",
+            causal(2, 3, 1024, 1024).circular().gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n2k sparse 0.6",
+            causal(2, 3, 1024, 1024).keep_frequencies(0.6),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n4k sparse chunked",
+            causal(4, 3, 2048, 2048).keep_frequencies(0.25),
+            8192,
+            1.0,
+        ),
+        ("n4k NaN filter", causal(2, 3, 2048, 2048), 1 << 30, 1.0),
+        (
+            "n8k gated ragged L",
+            causal(2, 2, 4040, 3000).gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n16k circular odd batch",
+            causal(3, 2, 16384, 16384).circular(),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n32k circular impulses",
+            causal(2, 2, 32768, 32768).circular(),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n64k circular gated",
+            causal(2, 1, 65536, 65536).circular().gated(true),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n512k circular",
+            causal(2, 1, 524_288, 524_288).circular(),
+            1 << 30,
+            1.0,
+        ),
+        // Partial (K << L): overlap-save blocks of BLOCK_ALIGN (8) elements, whole vectors.
+        ("n512 partial", causal(3, 2, 3000, 61), 1 << 30, 1.0),
+        (
+            "n2k partial gated sparse",
+            causal(2, 3, 5000, 250).gated(true).keep_frequencies(0.5),
+            1 << 30,
+            1.0,
+        ),
+        (
+            "n64k partial gated",
+            causal(2, 1, 200_000, 9000).gated(true),
+            1 << 30,
+            1.0,
+        ),
+    ];
+    if wide_range {
+        forward_cases.extend([
+            (
+                "n1k filter 2^40",
+                causal(2, 3, 504, 304),
+                1 << 30,
+                1.099_511_6e12,
+            ),
+            (
+                "n128k circular, rows 2^-20",
+                causal(2, 2, 131_072, 131_072).circular(),
+                1 << 30,
+                1.0,
+            ),
+        ]);
+    }
+    monarch_forward_cases(
+        &harness,
+        &mut outcomes,
+        &mut rng,
+        forward_cases,
+        ForwardPath::Monarch,
+    );
+    let mut prefetch_groups: Vec<(u32, Vec<MonarchCase>)> = vec![
+        (
+            1,
+            vec![
+                ("n256 causal", causal(8, 6, 128, 128), 1 << 30, 1.0),
+                ("n2k ragged L", causal(4, 3, 1016, 333), 1 << 30, 1.0),
+                ("n4k NaN filter", causal(2, 6, 2048, 2048), 1 << 30, 1.0),
+            ],
+        ),
+        (
+            2,
+            vec![
+                (
+                    "n256 gated sparse odd batch",
+                    causal(7, 5, 128, 100).gated(true).keep_frequencies(0.25),
+                    1 << 30,
+                    1.0,
+                ),
+                (
+                    "n1k circular gated",
+                    causal(4, 5, 1024, 1024).circular().gated(true),
+                    1 << 30,
+                    1.0,
+                ),
+                (
+                    "n4k circular",
+                    causal(2, 7, 4096, 4096).circular(),
+                    1 << 30,
+                    1.0,
+                ),
+            ],
+        ),
+        (
+            3,
+            vec![(
+                "n4k causal sparse chunked",
+                causal(6, 3, 2048, 2048).keep_frequencies(0.25),
+                8192,
+                1.0,
+            )],
+        ),
+    ];
+    if wide_range {
+        prefetch_groups[0].1.push((
+            "n4k quiet channel pairs",
+            causal(2, 8, 2048, 2048),
+            1 << 30,
+            1.0,
+        ));
+        prefetch_groups[2].1.push((
+            "n4k causal, rows 2^-20",
+            causal(3, 5, 2048, 704),
+            1 << 30,
+            1.0,
+        ));
+    }
+    for (slots, cases) in prefetch_groups {
+        monarch_forward_cases(
+            &harness,
+            &mut outcomes,
+            &mut rng,
+            cases,
+            ForwardPath::MonarchPrefetch(slots),
+        );
+    }
+    // The backward: label, problem, chunk elements, path.
+    let split = BackwardPath::MonarchSplit;
+    let backward_cases: Vec<(&str, ConvSpecBuilder, usize, BackwardPath)> = vec![
+        (
+            "split n4k, one group, prefetched",
+            causal(6, 2, 2048, 2048),
+            1 << 30,
+            split(1, Some(1)),
+        ),
+        (
+            "split n4k odd batch ragged K, one group",
+            causal(5, 2, 2048, 1500),
+            1 << 30,
+            split(1, None),
+        ),
+        (
+            "split n256 ragged K, two groups, prefetched",
+            causal(40, 2, 128, 99),
+            1 << 30,
+            split(4, Some(2)),
+        ),
+        (
+            "split n2k odd batch ragged L, one group",
+            causal(5, 2, 1016, 700),
+            1 << 30,
+            split(1, None),
+        ),
+        (
+            "split n2k chunked NaN filter, two groups, prefetched",
+            causal(12, 2, 1024, 1024),
+            8192,
+            split(4, Some(1)),
+        ),
+        (
+            "split n8k sparse ragged K, a pair per group",
+            causal(3, 2, 4096, 3001).keep_frequencies(0.25),
+            1 << 30,
+            split(1 << 20, None),
+        ),
+        (
+            "split n16k circular, one group",
+            causal(3, 1, 16384, 16384).circular(),
+            1 << 30,
+            split(1, None),
+        ),
+        (
+            "n512 gated odd batch ragged L",
+            causal(3, 2, 248, 200).gated(true),
+            1 << 30,
+            BackwardPath::Monarch,
+        ),
+        (
+            "n4k circular gated sparse",
+            causal(2, 2, 4096, 4096)
+                .circular()
+                .gated(true)
+                .keep_frequencies(0.25),
+            1 << 30,
+            BackwardPath::Monarch,
+        ),
+        (
+            "n8k gated chunked NaN filter",
+            causal(4, 2, 4096, 3000).gated(true),
+            2 * 4096,
+            BackwardPath::Monarch,
+        ),
+        (
+            "n16k gated",
+            causal(2, 1, 8192, 6000).gated(true),
+            1 << 30,
+            BackwardPath::Monarch,
+        ),
+        (
+            "n64k circular gated",
+            causal(2, 1, 65536, 65536).circular().gated(true),
+            1 << 30,
+            BackwardPath::Monarch,
+        ),
+    ];
+    for (i, (label, builder, chunk_elems, path)) in backward_cases.into_iter().enumerate() {
+        let spec = builder.build().expect("spec");
+        let prep = Prepared::new(&spec, MONARCH_POINTS, chunk_elems, monarch_tolerance(dtype));
+        let mut inputs = Inputs::new(&spec, &mut rng);
+        if label.contains("NaN filter") {
+            inputs.k[spec.filter_len() + 4] = f32::NAN;
+        }
+        let what = monarch_case_line(test, label, &spec, &prep);
+        outcomes.record(
+            &what,
+            backward(
+                &harness,
+                &prep,
+                &inputs,
+                &format!("{test}-backward-{i}"),
+                path,
+            ),
+        );
+    }
+    outcomes.finish();
+}
+
+#[test]
+fn monarch_f16_io_256_threads() {
+    monarch_16bit_io(
+        "monarch_f16_io_256_threads",
+        DType::F16,
+        "-DMONARCH_TC=1 -DIO_F16",
+    );
+}
+
+#[test]
+fn monarch_bf16_io_256_threads() {
+    monarch_16bit_io(
+        "monarch_bf16_io_256_threads",
+        DType::Bf16,
+        "-DMONARCH_TC=1 -DIO_BF16",
+    );
 }

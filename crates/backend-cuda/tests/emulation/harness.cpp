@@ -1,7 +1,7 @@
 // harness.cpp: runs the kernels of `kernels/fftconv.cu` on the host, block after block, for
 // `tests/emulation.rs`. Build (the test does it):
 //
-//   c++ -std=c++17 -O1 -Wno-unknown-pragmas -include shim.h -DIO_F32 -DPAD=1
+//   c++ -std=c++17 -O1 -Wno-unknown-pragmas -include shim.h -DIO_F32 (or IO_F16, IO_BF16) -DPAD=1
 //       -DSHARED_POINTS=<p> -DTHREADS=<t> -DSHARED_LIMIT_BYTES=<opt-in shared memory per block>
 //       -DFFTCONV_KERNEL='"<path>/fftconv.cu"' harness.cpp
 //
@@ -16,6 +16,7 @@
 //                           Buffers (13 buffer indices, ~0: null)
 //                2 (copy)   dst, dst offset, src, src offset, words
 //                3 (fill)   buffer, offset, words, value
+//                4 (copy)   dst, dst byte offset, src, src byte offset, bytes (16-bit I/O)
 //   output count, buffer indices
 //
 // Kernel ids: 0 fused, 1 columns forward, 2 columns inverse, 3 gather, 4 taps sum, 5 fused
@@ -724,6 +725,17 @@ int main(int argc, char** argv) {
             uint32_t* to = span(dst, dst_off, words);
             const uint32_t* from = span(src, src_off, words);
             std::memmove(to, from, (size_t)words * 4);
+        } else if (op == 4u) {
+            uint32_t dst = in.next(), dst_off = in.next(), src = in.next(), src_off = in.next();
+            uint32_t bytes = in.next();
+            if (((dst_off | src_off | bytes) & 1u) != 0u) {
+                fail(2, "a 16-bit copy of odd bytes");
+            }
+            // The words spanned, checked against the buffers; then the bytes alone.
+            uint8_t* to = (uint8_t*)span(dst, dst_off / 4u, (dst_off % 4u + bytes + 3u) / 4u);
+            const uint8_t* from =
+                (const uint8_t*)span(src, src_off / 4u, (src_off % 4u + bytes + 3u) / 4u);
+            std::memmove(to + dst_off % 4u, from + src_off % 4u, bytes);
         } else if (op == 3u) {
             uint32_t index = in.next(), offset = in.next(), words = in.next(), value = in.next();
             uint32_t* to = span(index, offset, words);

@@ -21,8 +21,8 @@
 // specifiers").
 //
 // FFTCONV_HOST_EMULATION makes the kernel file use portable code instead of its PTX `asm`
-// (bit casts, bit reversal, multiply-high, read-only loads). The f16 conversions stay PTX, so
-// only IO_F32 builds on the host.
+// (bit casts, bit reversal, multiply-high, read-only loads), and the compiler's `_Float16` for
+// the f16 conversions (IO_F16; GCC 12 and Clang 15 have it on x86-64 and AArch64).
 #pragma once
 
 #if !defined(THREADS) || THREADS < 1 || THREADS > 1024
