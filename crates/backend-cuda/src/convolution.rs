@@ -628,23 +628,11 @@ impl CudaConvolution {
         let Some(kernels) = self.kernels.monarch.as_ref().filter(|_| self.monarch) else {
             return Ok(None);
         };
-        let geometry = self.spec.geometry();
-        let n = geometry.n();
-        let channels = self.spec.channels();
+        let n = self.spec.geometry().n();
         let out = stream
-            .alloc_zeros::<u8>(channels * (n + 2) * 8)
+            .alloc_zeros::<u8>(self.spec.channels() * (n + 2) * 8)
             .map_err(|e| CudaError::driver("cuMemAlloc", e))?;
-        // The rows' length: N up to 16K, then 16K (`fftconv_monarch_middle`); a block per
-        // channel and row.
-        let line_log2 = n.ilog2().min(MONARCH_INNER_LOG2);
-        let params = PassParams {
-            log2n: n.ilog2(),
-            line_log2,
-            kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
-            channels: channels as u32,
-            total_lines: (channels << (n.ilog2() - line_log2)) as u32,
-            ..PassParams::default()
-        };
+        let params = monarch_filter_params(&self.spec);
         let buffers = KernelBuffers {
             spectrum: address(spectrum, stream),
             twiddles: address(&self.twiddles, stream),
@@ -1006,6 +994,23 @@ impl CudaConvolution {
     }
 }
 
+/// The parameters of the Monarch filter kernels (`fftconv_monarch_filter_max`, then
+/// `fftconv_monarch_filter`; 256 threads) for `spec`'s filter: rows of N points up to 16K, then
+/// of 16K (`fftconv_monarch_middle`'s); a block per channel and row.
+pub fn monarch_filter_params(spec: &ConvSpec) -> PassParams {
+    let geometry = spec.geometry();
+    let n = geometry.n();
+    let line_log2 = n.ilog2().min(MONARCH_INNER_LOG2);
+    PassParams {
+        log2n: n.ilog2(),
+        line_log2,
+        kept_bins: geometry.kept_bins.min(n / 2 + 1) as u32,
+        channels: spec.channels() as u32,
+        total_lines: (spec.channels() << (n.ilog2() - line_log2)) as u32,
+        ..PassParams::default()
+    }
+}
+
 /// Whether device addresses are 16-byte aligned, as the Monarch kernels' row I/O needs (with
 /// `monarch_launches`' row checks: `vector_rows` of the kernel file).
 pub(crate) fn monarch_rows_aligned(addresses: &[u64]) -> bool {
@@ -1014,7 +1019,7 @@ pub(crate) fn monarch_rows_aligned(addresses: &[u64]) -> bool {
 
 /// A kernel of the Monarch backward (`kernels/fftconv.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MonarchBackwardKernel {
+pub enum MonarchBackwardKernel {
     /// `fftconv_monarch_backward`: N = 256 .. 4096, 16 rows of 256 points per block.
     Narrow,
     /// `fftconv_monarch_backward_wide_8k` (8K) and `fftconv_monarch_backward_wide` (16K), one
@@ -1036,7 +1041,7 @@ pub(crate) enum MonarchBackwardKernel {
 /// rows of a multiple of `vec` elements, N = 256 .. 16384 in one launch (up to 4K 16 rows of
 /// 256 points per block, 2^(13 - log2 N) rows of the chunk; then one pair) or 32K .. 4M in
 /// four (not where circular history wraps: its dx needs another column's value).
-pub(crate) fn monarch_backward_launches(
+pub fn monarch_backward_launches(
     p: &PassParams,
     vec: u32,
 ) -> Option<Vec<(MonarchBackwardKernel, PassParams)>> {
@@ -1095,10 +1100,7 @@ pub(crate) fn monarch_backward_launches(
 /// per channel as reach `target_blocks` blocks in all (at most one per pair): the pairs per
 /// group in `stage_count`, the groups per channel returned beside the parameters (the taps
 /// sum's rows per channel).
-pub(crate) fn monarch_split_taps_params(
-    p: &PassParams,
-    target_blocks: u32,
-) -> Option<(PassParams, u32)> {
+pub fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(PassParams, u32)> {
     // Circular without history (L = N) too: du is then the circular correlation, exactly what
     // the forward kernel computes with conj(K); the taps never wrap.
     let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
@@ -1141,7 +1143,7 @@ fn monarch_column_blocks(pairs: u32, log2n: u32) -> Option<u32> {
 
 /// A kernel of the Monarch tensor-core pass (`kernels/fftconv.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MonarchKernel {
+pub enum MonarchKernel {
     /// `fftconv_monarch`: N = 256 .. 4096, 16 rows of 256 points per block.
     Forward,
     /// `fftconv_monarch_prefetch`: N = 256 .. 4096, `Forward`'s tiles one after another per
@@ -1196,7 +1198,7 @@ const MONARCH_FINISH_PAIRS_LOG2: u32 = 3;
 /// With `prefetch_slots` (the device holds that many blocks of `fftconv_monarch_prefetch` at
 /// once), N = 256 .. 4096 runs that kernel instead, its grid within the slots
 /// ([`monarch_prefetch_tiles_log2`]).
-pub(crate) fn monarch_launches(
+pub fn monarch_launches(
     steps: &[(PassKind, PassParams)],
     vec: u32,
     clusters: bool,

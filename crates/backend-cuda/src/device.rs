@@ -776,38 +776,25 @@ impl MonarchKernels {
         log2n: u32,
         gated: bool,
     ) -> (&CudaFunction, u32, u32) {
-        let (function, shared) = match kernel {
-            MonarchBackwardKernel::Narrow => {
-                (&self.backward, monarch_backward_shared_bytes(log2n, gated))
+        let function = match kernel {
+            MonarchBackwardKernel::Narrow => &self.backward,
+            MonarchBackwardKernel::Wide if log2n == 13 => &self.backward_wide_8k,
+            MonarchBackwardKernel::Wide => &self.backward_wide,
+            MonarchBackwardKernel::Scales => &self.backward_scales,
+            MonarchBackwardKernel::ScalesFinish => &self.backward_scales_finish,
+            MonarchBackwardKernel::ColumnsForward if log2n > 18 => {
+                &self.backward_tile_columns_forward
             }
-            MonarchBackwardKernel::Wide => (
-                if log2n == 13 {
-                    &self.backward_wide_8k
-                } else {
-                    &self.backward_wide
-                },
-                monarch_backward_shared_bytes(log2n, gated),
-            ),
-            MonarchBackwardKernel::Scales => (&self.backward_scales, 0),
-            MonarchBackwardKernel::ScalesFinish => (&self.backward_scales_finish, 0),
-            MonarchBackwardKernel::ColumnsForward if log2n > 18 => (
-                &self.backward_tile_columns_forward,
-                monarch_tile_bytes(log2n),
-            ),
-            MonarchBackwardKernel::ColumnsForward => (&self.backward_columns_forward, 0),
-            MonarchBackwardKernel::Middle => (
-                &self.backward_middle,
-                monarch_backward_shared_bytes(14, gated),
-            ),
-            MonarchBackwardKernel::ColumnsInverse if log2n > 18 => (
-                &self.backward_tile_columns_inverse,
-                monarch_tile_bytes(log2n),
-            ),
-            MonarchBackwardKernel::ColumnsInverse => (&self.backward_columns_inverse, 0),
+            MonarchBackwardKernel::ColumnsForward => &self.backward_columns_forward,
+            MonarchBackwardKernel::Middle => &self.backward_middle,
+            MonarchBackwardKernel::ColumnsInverse if log2n > 18 => {
+                &self.backward_tile_columns_inverse
+            }
+            MonarchBackwardKernel::ColumnsInverse => &self.backward_columns_inverse,
         };
         (
             function,
-            shared,
+            monarch_backward_kernel_bytes(kernel, log2n, gated),
             monarch_backward_threads(kernel, log2n, self.wide_threads),
         )
     }
@@ -816,14 +803,10 @@ impl MonarchKernels {
     /// one where [`MONARCH_PREFETCH_ENV`] is on), its dynamic shared memory and its threads per
     /// block (`None` at other sizes).
     pub(crate) fn taps_function(&self, log2n: u32) -> Option<(&CudaFunction, u32, u32)> {
-        let shared = monarch_backward_taps_shared_bytes(log2n);
+        let prefetch = self.backward_taps_prefetch.as_ref();
+        let shared = monarch_taps_kernel_bytes(log2n, prefetch.is_some(), self.elem_bytes);
         match log2n {
-            8..=12 if self.backward_taps_prefetch.is_some() => Some((
-                self.backward_taps_prefetch.as_ref()?,
-                monarch_backward_taps_prefetch_bytes(self.elem_bytes),
-                256,
-            )),
-            8..=12 => Some((&self.backward_taps, shared, 256)),
+            8..=12 => Some((prefetch.unwrap_or(&self.backward_taps), shared, 256)),
             13 | 14 => Some((&self.backward_taps_wide, shared, self.wide_threads)),
             _ => None,
         }
@@ -836,29 +819,68 @@ impl MonarchKernels {
         kernel: MonarchKernel,
         log2n: u32,
     ) -> Option<(&CudaFunction, u32)> {
-        Some(match kernel {
-            MonarchKernel::Forward => (&self.forward, 0),
-            MonarchKernel::Prefetch { gated } => (
-                self.prefetch.as_ref()?,
-                monarch_prefetch_bytes(self.elem_bytes, gated),
-            ),
-            MonarchKernel::Wide => (&self.wide, monarch_shared_bytes(log2n)),
-            MonarchKernel::Scales => (&self.scales, 0),
-            MonarchKernel::ScalesFinish => (&self.scales_finish, 0),
-            MonarchKernel::ColumnsForward if log2n > 18 => {
-                (&self.tile_columns_forward, monarch_tile_bytes(log2n))
-            }
-            MonarchKernel::ColumnsForward => (&self.columns_forward, 0),
-            MonarchKernel::Middle => (&self.middle, monarch_shared_bytes(14)),
-            MonarchKernel::ColumnsInverse if log2n > 18 => {
-                (&self.tile_columns_inverse, monarch_tile_bytes(log2n))
-            }
-            MonarchKernel::ColumnsInverse => (&self.columns_inverse, 0),
-            MonarchKernel::Cluster => {
-                let i = log2n.clamp(15, 17) as usize - 15;
-                (&self.clusters.as_ref()?[i], monarch_cluster_bytes())
-            }
-        })
+        let function = match kernel {
+            MonarchKernel::Forward => &self.forward,
+            MonarchKernel::Prefetch { .. } => self.prefetch.as_ref()?,
+            MonarchKernel::Wide => &self.wide,
+            MonarchKernel::Scales => &self.scales,
+            MonarchKernel::ScalesFinish => &self.scales_finish,
+            MonarchKernel::ColumnsForward if log2n > 18 => &self.tile_columns_forward,
+            MonarchKernel::ColumnsForward => &self.columns_forward,
+            MonarchKernel::Middle => &self.middle,
+            MonarchKernel::ColumnsInverse if log2n > 18 => &self.tile_columns_inverse,
+            MonarchKernel::ColumnsInverse => &self.columns_inverse,
+            MonarchKernel::Cluster => &self.clusters.as_ref()?[log2n.clamp(15, 17) as usize - 15],
+        };
+        Some((
+            function,
+            monarch_forward_kernel_bytes(kernel, log2n, self.elem_bytes),
+        ))
+    }
+}
+
+/// Dynamic shared memory of the Monarch forward kernel `kernel` at N = 2^log2n with
+/// `elem_bytes`-byte I/O (what [`MonarchKernels::function`] launches it with; from 512K the
+/// column passes are the `_tile_` entries).
+pub fn monarch_forward_kernel_bytes(kernel: MonarchKernel, log2n: u32, elem_bytes: u32) -> u32 {
+    match kernel {
+        MonarchKernel::Forward | MonarchKernel::Scales | MonarchKernel::ScalesFinish => 0,
+        MonarchKernel::Prefetch { gated } => monarch_prefetch_bytes(elem_bytes, gated),
+        MonarchKernel::Wide => monarch_shared_bytes(log2n),
+        MonarchKernel::ColumnsForward | MonarchKernel::ColumnsInverse => monarch_tile_bytes(log2n),
+        MonarchKernel::Middle => monarch_shared_bytes(14),
+        MonarchKernel::Cluster => monarch_cluster_bytes(),
+    }
+}
+
+/// Dynamic shared memory of the Monarch backward kernel `kernel` at N = 2^log2n (what
+/// [`MonarchKernels::backward_function`] launches it with; 8K is `_backward_wide_8k`, from 512K
+/// the column passes are the `_tile_` entries).
+pub fn monarch_backward_kernel_bytes(
+    kernel: MonarchBackwardKernel,
+    log2n: u32,
+    gated: bool,
+) -> u32 {
+    match kernel {
+        MonarchBackwardKernel::Narrow | MonarchBackwardKernel::Wide => {
+            monarch_backward_shared_bytes(log2n, gated)
+        }
+        MonarchBackwardKernel::Scales | MonarchBackwardKernel::ScalesFinish => 0,
+        MonarchBackwardKernel::ColumnsForward | MonarchBackwardKernel::ColumnsInverse => {
+            monarch_tile_bytes(log2n)
+        }
+        MonarchBackwardKernel::Middle => monarch_backward_shared_bytes(14, gated),
+    }
+}
+
+/// Dynamic shared memory of the split backward's taps kernel at N = 2^log2n (what
+/// [`MonarchKernels::taps_function`] launches it with): up to 4K the prefetching one's where
+/// `prefetch` (its staging of x and dy for `elem_bytes`-byte I/O after the sums).
+pub fn monarch_taps_kernel_bytes(log2n: u32, prefetch: bool, elem_bytes: u32) -> u32 {
+    if prefetch && log2n <= 12 {
+        monarch_backward_taps_prefetch_bytes(elem_bytes)
+    } else {
+        monarch_backward_taps_shared_bytes(log2n)
     }
 }
 
@@ -887,8 +909,6 @@ pub(crate) fn monarch_shared_limit(optin: usize) -> u32 {
     u32::try_from(optin.saturating_sub(1024)).unwrap_or(u32::MAX)
 }
 
-/// Dynamic shared memory of the Monarch backward at N = 2^log2n: two plane sets (three gated) of
-/// 16 rows of 264 halves up to 4K, of N / 256 rows for 8K and 16K (`fftconv_monarch_backward_wide`).
 /// Dynamic shared memory of the split backward's taps kernel at N = 2^log2n: the ungated
 /// backward's two plane sets and the rows of the running sum of T that it keeps in shared
 /// memory ([`monarch_taps_shared_rows`], 256 complex f32 each): `fftconv_monarch_backward_taps`
@@ -916,6 +936,8 @@ pub(crate) fn monarch_taps_shared_rows(log2n: u32) -> u32 {
     }
 }
 
+/// Dynamic shared memory of the Monarch backward at N = 2^log2n: two plane sets (three gated) of
+/// 16 rows of 264 halves up to 4K, of N / 256 rows for 8K and 16K (`fftconv_monarch_backward_wide`).
 pub(crate) fn monarch_backward_shared_bytes(log2n: u32, gated: bool) -> u32 {
     let rows = 1 << log2n.saturating_sub(8).max(4);
     (if gated { 3 } else { 2 }) * 2 * rows * 264 * 2

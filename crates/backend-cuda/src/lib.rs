@@ -43,6 +43,8 @@ mod baseline;
 mod convolution;
 mod device;
 mod error;
+#[doc(hidden)]
+pub mod launch_plan;
 mod probe;
 
 pub use bandwidth::copy_bandwidth;

@@ -2,9 +2,11 @@
 //! C++ (`tests/emulation/shim.h` supplies the CUDA vocabulary, `tests/emulation/harness.cpp` runs
 //! the launches block after block), driven by the pass schedule, parameters, grid and buffer
 //! bindings the backend uses (`src/convolution.rs`, `src/convolution/backward.rs`: host I/O
-//! through compact chunk buffers), and compared with the f64 oracles. I/O in f32, and in f16 and
-//! bf16 (`-DIO_F16`, `-DIO_BF16`: 16-byte vectors of 8 elements; the Monarch kernels run only
-//! for those on a GPU), the oracle fed the inputs as rounded to the I/O type.
+//! through compact chunk buffers; the Monarch pass's launches, parameters and shared memory from
+//! the backend's own planning, `backend_cuda::launch_plan`), and compared with the f64 oracles.
+//! I/O in f32, and in f16 and bf16 (`-DIO_F16`, `-DIO_BF16`: 16-byte vectors of 8 elements; the
+//! Monarch kernels run only for those on a GPU), the oracle fed the inputs as rounded to the I/O
+//! type.
 //!
 //! Each test covers one shared-memory size (4096, 64 and 16 points: plans with 0, 1 and 2
 //! global column passes) and one block size (`THREADS`) with fixed cases (causal, circular,
@@ -39,6 +41,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use backend_cuda::launch_plan::{self, MonarchBackwardKernel, MonarchKernel};
 use monarch_core::reference::{reference_forward, relative_l2_error};
 use monarch_core::reference_backward::reference_backward;
 use monarch_core::schedule::{BackwardBinding, Chunk, PassKind, PassParams, PassSchedule};
@@ -852,15 +855,7 @@ fn monarch_filter_layout(p: &mut Program, spec: &ConvSpec, spectrum: Buf, twiddl
     for h in 0..spec.channels() {
         p.fill(layout, (h * (n + 2) + 1) * 2, 2, 0);
     }
-    let line_log2 = n.ilog2().min(14);
-    let filter_params = PassParams {
-        log2n: n.ilog2(),
-        line_log2,
-        kept_bins: spec.geometry().kept_bins.min(n / 2 + 1) as u32,
-        channels: spec.channels() as u32,
-        total_lines: (spec.channels() << (n.ilog2() - line_log2)) as u32,
-        ..PassParams::default()
-    };
+    let filter_params = launch_plan::monarch_filter_params(spec);
     let filter_bindings = Bindings {
         spectrum: Some(spectrum),
         twiddles: Some(twiddles),
@@ -944,7 +939,8 @@ fn forward(
                 ForwardPath::MonarchPrefetch(slots) => Some(slots),
                 _ => None,
             };
-            let launches = monarch_launches(
+            // `launch_forward` of src/convolution.rs: the backend's own planning.
+            let launches = launch_plan::monarch_launches(
                 &steps,
                 vec_elems(io),
                 path == ForwardPath::MonarchCluster,
@@ -952,33 +948,7 @@ fn forward(
             )
             .ok_or_else(|| format!("not a Monarch problem: steps {steps:?}"))?;
             for (kernel, params) in launches {
-                // `MonarchKernels::function` of src/device.rs.
-                let (kernel, shared) = match kernel {
-                    Kernel::MonarchWide => (kernel, (1usize << (params.log2n - 8)) * 264 * 2 * 2),
-                    Kernel::MonarchPrefetch => (
-                        kernel,
-                        monarch_stage_bytes(io)
-                            * if params.flags & monarch_core::schedule::FLAG_GATED != 0 {
-                                2
-                            } else {
-                                1
-                            },
-                    ),
-                    Kernel::MonarchMiddle => (kernel, 64 * 264 * 2 * 2),
-                    Kernel::MonarchCluster2 | Kernel::MonarchCluster4 | Kernel::MonarchCluster8 => {
-                        (kernel, 64 * 264 * 2 * 2 + 16)
-                    }
-                    // From 512K the column passes' shared tiles, their own entries.
-                    Kernel::MonarchColumnsForward if params.log2n > 18 => (
-                        Kernel::MonarchTileColumnsForward,
-                        monarch_tile_bytes(params.log2n),
-                    ),
-                    Kernel::MonarchColumnsInverse if params.log2n > 18 => (
-                        Kernel::MonarchTileColumnsInverse,
-                        monarch_tile_bytes(params.log2n),
-                    ),
-                    _ => (kernel, 0),
-                };
+                let (kernel, shared) = monarch_kernel(kernel, params.log2n, io);
                 p.launch(kernel, shared, &params, &bindings);
             }
         } else {
@@ -1148,9 +1118,10 @@ fn backward(
         if let BackwardPath::MonarchSplit(target_blocks, du_slots) = path {
             // `launch_backward`'s split branch (src/convolution/backward.rs).
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
-            let (taps_params, groups) = monarch_split_taps_params(&params, target_blocks)
-                .ok_or_else(|| format!("not a split Monarch backward: {params:?}"))?;
-            let forward = monarch_launches(
+            let (taps_params, groups) =
+                launch_plan::monarch_split_taps_params(&params, target_blocks)
+                    .ok_or_else(|| format!("not a split Monarch backward: {params:?}"))?;
+            let forward = launch_plan::monarch_launches(
                 &schedule.forward_steps(chunk, true),
                 vec_elems(io),
                 false,
@@ -1163,14 +1134,7 @@ fn backward(
                 ..base
             };
             for (kernel, fp) in forward {
-                // Up to 4K fftconv_monarch (no dynamic shared memory), 8K fftconv_monarch_wide
-                // (`monarch_shared_bytes`: two f16 planes of N / 256 rows of 264 halves).
-                let shared = match kernel {
-                    Kernel::MonarchWide => 2 * (1usize << (fp.log2n - 8)) * 264 * 2,
-                    // Its staging (ungated: the split backward's problems).
-                    Kernel::MonarchPrefetch => monarch_stage_bytes(io),
-                    _ => 0,
-                };
+                let (kernel, shared) = monarch_kernel(kernel, fp.log2n, io);
                 let fp = PassParams {
                     flags: fp.flags | monarch_core::schedule::FLAG_CONJ_FILTER,
                     ..fp
@@ -1182,28 +1146,21 @@ fn backward(
                 };
                 p.launch(kernel, shared, &fp, &du);
             }
-            // Two plane sets of 16 rows up to 4K, N / 256 from 8K, and the sum of T's rows in
-            // shared memory: all, at 16K 47 (`monarch_backward_taps_shared_bytes`).
-            let rows = 1usize << params.log2n.saturating_sub(8).max(4);
-            let sum_rows = if params.log2n == 14 { 47 } else { rows };
-            // With the prefetch (`taps_function`) up to 4K `_taps_prefetch`, its staging of x
-            // and dy after the sums.
-            let (taps_kernel, staging) = if params.log2n > 12 {
-                (Kernel::MonarchBackwardTapsWide, 0)
+            // `taps_function`: up to 4K `_taps_prefetch` with the prefetch, 8K and 16K
+            // `_taps_wide`.
+            let taps_kernel = if params.log2n > 12 {
+                Kernel::MonarchBackwardTapsWide
             } else if du_slots.is_some() {
-                (
-                    Kernel::MonarchBackwardTapsPrefetch,
-                    2 * monarch_stage_bytes(io),
-                )
+                Kernel::MonarchBackwardTapsPrefetch
             } else {
-                (Kernel::MonarchBackwardTaps, 0)
+                Kernel::MonarchBackwardTaps
             };
-            p.launch(
-                taps_kernel,
-                2 * 2 * rows * 264 * 2 + sum_rows * 256 * 8 + staging,
-                &taps_params,
-                &b,
+            let shared = launch_plan::monarch_taps_kernel_bytes(
+                params.log2n,
+                du_slots.is_some(),
+                io.size_bytes() as u32,
             );
+            p.launch(taps_kernel, shared as usize, &taps_params, &b);
             let sum_params = PassParams {
                 pairs: groups,
                 ..sum_params
@@ -1216,7 +1173,7 @@ fn backward(
         }
         if path == BackwardPath::Monarch {
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
-            let launches = monarch_backward_launches(&params, vec_elems(io))
+            let launches = launch_plan::monarch_backward_launches(&params, vec_elems(io))
                 .ok_or_else(|| format!("not a Monarch backward: {params:?}"))?;
             // From 32K: x (then T) and gated x' in tmp_v, d (then G) and the scales in tmp_d.
             let b = Bindings {
@@ -1225,29 +1182,7 @@ fn backward(
                 ..base
             };
             for (kernel, params) in launches {
-                // `MonarchKernels::backward_function` of src/device.rs.
-                let sets = if gated { 3 } else { 2 };
-                let shared = match kernel {
-                    Kernel::MonarchBackward
-                    | Kernel::MonarchBackwardWide
-                    | Kernel::MonarchBackwardWide8k => {
-                        sets * 2 * (1usize << params.log2n.saturating_sub(8).max(4)) * 264 * 2
-                    }
-                    Kernel::MonarchBackwardMiddle => sets * 2 * 64 * 264 * 2,
-                    _ => 0,
-                };
-                // From 512K the column passes' shared tiles, their own entries.
-                let (kernel, shared) = match kernel {
-                    Kernel::MonarchBackwardColumnsForward if params.log2n > 18 => (
-                        Kernel::MonarchBackwardTileColumnsForward,
-                        monarch_tile_bytes(params.log2n),
-                    ),
-                    Kernel::MonarchBackwardColumnsInverse if params.log2n > 18 => (
-                        Kernel::MonarchBackwardTileColumnsInverse,
-                        monarch_tile_bytes(params.log2n),
-                    ),
-                    _ => (kernel, shared),
-                };
+                let (kernel, shared) = monarch_backward_kernel(kernel, params.log2n, gated);
                 p.launch(kernel, shared, &params, &b);
             }
             // The Monarch kernels write one taps row per pair (src/convolution/backward.rs).
@@ -1883,135 +1818,59 @@ fn backward_nan_filter_256_threads() {
 /// 227 KiB per block, so that every size the pass takes is one fused step.
 const MONARCH_POINTS: usize = 16384;
 
-/// `monarch_prefetch_bytes` of src/device.rs, ungated: MT_STAGE_SLOTS (8 with f32 I/O, 4 with
-/// 16-bit) 16-byte vectors per thread, 256 threads (twice that gated, and for the taps kernel's
-/// x and dy).
-fn monarch_stage_bytes(dtype: DType) -> usize {
-    2 * dtype.size_bytes() * 16 * 256
-}
-
 /// Elements per 16-byte vector of the kernels' row I/O (VEC).
 fn vec_elems(dtype: DType) -> u32 {
     16 / dtype.size_bytes() as u32
 }
 
-/// `monarch_launches` of src/convolution.rs: the Monarch pass's launches where it can run a
-/// chunk's forward (one segment per row; one fused step of N = 256 .. 16384, or column passes
-/// around one for 32K .. 4M; with `cluster`, one cluster launch for 32K .. 128K).
-fn monarch_launches(
-    steps: &[(PassKind, PassParams)],
-    vec: u32,
-    cluster: bool,
-    prefetch: Option<u32>,
-) -> Option<Vec<(Kernel, PassParams)>> {
-    use monarch_core::schedule::{FLAG_DST_OUTPUT, FLAG_GATED, FLAG_SRC_INPUT, FLAG_WRAPS};
-    let io = FLAG_SRC_INPUT | FLAG_DST_OUTPUT;
-    let extra = FLAG_GATED | FLAG_WRAPS;
-    // 16-byte row I/O: VEC = `vec` elements (4 with f32 I/O, 8 with 16-bit).
-    if !steps
-        .iter()
-        .all(|(_, p)| p.seq_len % vec == 0 && p.element_offset % vec == 0)
-    {
-        return None;
-    }
-    if let [(PassKind::Fused, p)] = steps {
-        let ok = p.line_log2 == p.log2n
-            && (8..=14).contains(&p.log2n)
-            && (p.blocks == 1 || p.block_len % vec == 0)
-            && p.stage_count == 0
-            && p.flags & io == io
-            && p.flags & !(io | extra) == 0;
-        let tile_log2 = 12u32.saturating_sub(p.log2n);
-        let (kernel, lines_log2) = match prefetch {
-            _ if p.log2n > 12 => (Kernel::MonarchWide, tile_log2),
-            Some(slots) => (
-                Kernel::MonarchPrefetch,
-                tile_log2
-                    + monarch_prefetch_tiles_log2(p.total_lines.div_ceil(1 << tile_log2), slots),
-            ),
-            None => (Kernel::Monarch, tile_log2),
-        };
-        return ok.then(|| vec![(kernel, PassParams { lines_log2, ..*p })]);
-    }
-    let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
-        return None;
-    };
-    let ok = (15..=22).contains(&first.log2n)
-        && steps
-            .iter()
-            .all(|(_, p)| p.blocks == 1 || p.block_len % vec == 0)
-        && first.flags & FLAG_SRC_INPUT != 0
-        && first.flags & !(FLAG_SRC_INPUT | extra) == 0
-        && last.flags & FLAG_DST_OUTPUT != 0
-        && last.flags & !(FLAG_DST_OUTPUT | extra) == 0;
-    if !ok {
-        return None;
-    }
-    let pairs = first.channels * first.pairs;
-    let base = PassParams {
-        flags: io | (first.flags & extra),
-        line_log2: 14,
-        stride_log2: 0,
-        lines_log2: 0,
-        stage_bits: 0,
-        stage_count: 0,
-        ..*first
-    };
-    let with_lines = |total_lines: u32| PassParams {
-        total_lines,
-        ..base
-    };
-    let o_log2 = first.log2n - 14;
-    if cluster && o_log2 <= 3 {
-        let kernel = [
+/// The harness's kernel for the backend's Monarch forward kernel at N = 2^log2n
+/// (`MonarchKernels::function` of src/device.rs), and its dynamic shared memory with `dtype` I/O.
+fn monarch_kernel(kernel: MonarchKernel, log2n: u32, dtype: DType) -> (Kernel, usize) {
+    let id = match kernel {
+        MonarchKernel::Forward => Kernel::Monarch,
+        MonarchKernel::Prefetch { .. } => Kernel::MonarchPrefetch,
+        MonarchKernel::Wide => Kernel::MonarchWide,
+        MonarchKernel::Scales => Kernel::MonarchScales,
+        MonarchKernel::ScalesFinish => Kernel::MonarchScalesFinish,
+        MonarchKernel::ColumnsForward if log2n > 18 => Kernel::MonarchTileColumnsForward,
+        MonarchKernel::ColumnsForward => Kernel::MonarchColumnsForward,
+        MonarchKernel::Middle => Kernel::MonarchMiddle,
+        MonarchKernel::ColumnsInverse if log2n > 18 => Kernel::MonarchTileColumnsInverse,
+        MonarchKernel::ColumnsInverse => Kernel::MonarchColumnsInverse,
+        MonarchKernel::Cluster => [
             Kernel::MonarchCluster2,
             Kernel::MonarchCluster4,
             Kernel::MonarchCluster8,
-        ][o_log2 as usize - 1];
-        return Some(vec![(kernel, with_lines(pairs << o_log2))]);
-    }
-    let columns = monarch_column_blocks(pairs, first.log2n);
-    Some(vec![
-        (Kernel::MonarchScales, with_lines(pairs << o_log2)),
-        (
-            Kernel::MonarchScalesFinish,
-            PassParams {
-                lines_log2: 3,
-                ..with_lines(pairs)
-            },
-        ),
-        (Kernel::MonarchColumnsForward, with_lines(columns)),
-        (
-            Kernel::MonarchMiddle,
-            with_lines(pairs << (first.log2n - 14)),
-        ),
-        (Kernel::MonarchColumnsInverse, with_lines(columns)),
-    ])
+        ][log2n.clamp(15, 17) as usize - 15],
+    };
+    let bytes = launch_plan::monarch_forward_kernel_bytes(kernel, log2n, dtype.size_bytes() as u32);
+    (id, bytes as usize)
 }
 
-/// `monarch_prefetch_tiles_log2` of src/convolution.rs: log2 of the tiles per block that keep a
-/// launch of `tiles` whole tiles within `slots` blocks.
-fn monarch_prefetch_tiles_log2(tiles: u32, slots: u32) -> u32 {
-    let mut t = 0;
-    while t < 31 && tiles.div_ceil(1 << t) > slots.max(1) {
-        t += 1;
-    }
-    t
-}
-
-/// `monarch_column_blocks` of src/convolution.rs: the column passes' blocks (256 columns each,
-/// 32 through a shared tile from 512K).
-fn monarch_column_blocks(pairs: u32, log2n: u32) -> u32 {
-    if log2n > 18 {
-        pairs * 512
-    } else {
-        pairs * 64
-    }
-}
-
-/// `monarch_tile_bytes` of src/device.rs: a column tile of N / 16K rows of 32 complex f32.
-fn monarch_tile_bytes(log2n: u32) -> usize {
-    (1usize << (log2n - 14)) * 32 * 8
+/// The same for a Monarch backward kernel (`MonarchKernels::backward_function`).
+fn monarch_backward_kernel(
+    kernel: MonarchBackwardKernel,
+    log2n: u32,
+    gated: bool,
+) -> (Kernel, usize) {
+    let id = match kernel {
+        MonarchBackwardKernel::Narrow => Kernel::MonarchBackward,
+        MonarchBackwardKernel::Wide if log2n == 13 => Kernel::MonarchBackwardWide8k,
+        MonarchBackwardKernel::Wide => Kernel::MonarchBackwardWide,
+        MonarchBackwardKernel::Scales => Kernel::MonarchBackwardScales,
+        MonarchBackwardKernel::ScalesFinish => Kernel::MonarchBackwardScalesFinish,
+        MonarchBackwardKernel::ColumnsForward if log2n > 18 => {
+            Kernel::MonarchBackwardTileColumnsForward
+        }
+        MonarchBackwardKernel::ColumnsForward => Kernel::MonarchBackwardColumnsForward,
+        MonarchBackwardKernel::Middle => Kernel::MonarchBackwardMiddle,
+        MonarchBackwardKernel::ColumnsInverse if log2n > 18 => {
+            Kernel::MonarchBackwardTileColumnsInverse
+        }
+        MonarchBackwardKernel::ColumnsInverse => Kernel::MonarchBackwardColumnsInverse,
+    };
+    let bytes = launch_plan::monarch_backward_kernel_bytes(kernel, log2n, gated);
+    (id, bytes as usize)
 }
 
 /// The Monarch tests' line for a case: its label and shape.
@@ -2609,100 +2468,6 @@ fn monarch_partial_256_threads() {
         ForwardPath::MonarchCluster,
     );
     outcomes.finish();
-}
-
-/// `monarch_split_taps_params` of src/convolution.rs.
-fn monarch_split_taps_params(p: &PassParams, target_blocks: u32) -> Option<(PassParams, u32)> {
-    use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_WRAPS};
-    // Circular without history (L = N) too: du is then the circular correlation, exactly what
-    // the forward kernel computes with conj(K); the taps never wrap.
-    let wraps_whole = p.flags & FLAG_WRAPS != 0 && p.history == 0;
-    let ok = (8..=14).contains(&p.log2n)
-        && p.blocks == 1
-        && (p.flags & !FLAG_F32_ROUNDS == 0
-            || (wraps_whole && p.flags & !(FLAG_F32_ROUNDS | FLAG_WRAPS) == 0))
-        && p.pairs > 0
-        && p.channels > 0;
-    if !ok {
-        return None;
-    }
-    // Below 4K a block holds 16 / N1 pairs side by side (N1 = N / 256 rows each): a group's
-    // pairs as a whole number of such sets where the channel has that many.
-    let side_by_side = 1u32 << 12u32.saturating_sub(p.log2n);
-    let groups_wanted = target_blocks.div_ceil(p.channels).clamp(1, p.pairs);
-    let per = p
-        .pairs
-        .div_ceil(groups_wanted)
-        .next_multiple_of(side_by_side)
-        .min(p.pairs);
-    let groups = p.pairs.div_ceil(per);
-    Some((
-        PassParams {
-            stage_count: per,
-            total_lines: p.channels * groups,
-            lines_log2: 0,
-            ..*p
-        },
-        groups,
-    ))
-}
-
-/// `monarch_backward_launches` of src/convolution.rs (`vec`: elements per 16-byte vector).
-fn monarch_backward_launches(p: &PassParams, vec: u32) -> Option<Vec<(Kernel, PassParams)>> {
-    use monarch_core::schedule::{FLAG_F32_ROUNDS, FLAG_GATED, FLAG_WRAPS};
-    let allowed = FLAG_GATED | FLAG_WRAPS | FLAG_F32_ROUNDS;
-    let ok = (8..=22).contains(&p.log2n)
-        && p.blocks == 1
-        && p.flags & !allowed == 0
-        && p.seq_len % vec == 0
-        && p.element_offset % vec == 0;
-    if !ok {
-        return None;
-    }
-    if p.log2n <= 14 {
-        let kernel = if p.log2n == 13 {
-            Kernel::MonarchBackwardWide8k
-        } else if p.log2n > 12 {
-            Kernel::MonarchBackwardWide
-        } else {
-            Kernel::MonarchBackward
-        };
-        let params = PassParams {
-            lines_log2: 13u32.saturating_sub(p.log2n).max(1),
-            ..*p
-        };
-        return Some(vec![(kernel, params)]);
-    }
-    if p.flags & FLAG_WRAPS != 0 && p.history != 0 {
-        return None;
-    }
-    let pairs = p.channels * p.pairs;
-    let with_lines = |total_lines: u32| PassParams {
-        total_lines,
-        line_log2: 14,
-        lines_log2: 0,
-        ..*p
-    };
-    let columns = monarch_column_blocks(pairs, p.log2n);
-    Some(vec![
-        (
-            Kernel::MonarchBackwardScales,
-            with_lines(pairs << (p.log2n - 14)),
-        ),
-        (
-            Kernel::MonarchBackwardScalesFinish,
-            PassParams {
-                lines_log2: 3,
-                ..with_lines(pairs)
-            },
-        ),
-        (Kernel::MonarchBackwardColumnsForward, with_lines(columns)),
-        (
-            Kernel::MonarchBackwardMiddle,
-            with_lines(pairs << (p.log2n - 14)),
-        ),
-        (Kernel::MonarchBackwardColumnsInverse, with_lines(columns)),
-    ])
 }
 
 /// The split backward at 256 .. 16K (ungated, causal or circular with L = N): du from
