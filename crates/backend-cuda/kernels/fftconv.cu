@@ -3401,8 +3401,10 @@ __device__ __forceinline__ void mt_stage_tile(const Params& pc, const Buffers& b
 }
 
 // fftconv_monarch's body: one tile of 16 rows of 256 points (16 / N1 pairs) per block, or
-// (PREFETCH, fftconv_monarch_prefetch) the tiles of 2^lines_log2 pairs one after another, the
-// next tile's rows staged in `stage` (dynamic shared memory, mt_stage8) during the current one.
+// (PREFETCH, fftconv_monarch_prefetch) tiles one after another, every grid-th tile of the
+// launch from the block's own (the grid as many blocks as the device holds at once, whatever
+// the tile count), the next tile's rows staged in `stage` (dynamic shared memory, mt_stage8)
+// during the current one.
 template <bool PREFETCH>
 __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers& bf,
                                                  const Divisors& dv, Quad* stage) {
@@ -3424,13 +3426,16 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
     const u32 n1 = 1u << n1_log2;
     const u32 n = 1u << pc.log2n;
     const u32 tile_log2 = 4u - n1_log2; // pairs per tile
-    const u32 first = block_index() << (PREFETCH ? pc.lines_log2 : tile_log2);
+    const u32 first = block_index() << tile_log2;
     if (first >= pc.total_lines) {
         return; // uniform over the block
     }
-    // The block's pairs: [first, end), a whole number of tiles but for the launch's last.
-    const u32 span = 1u << (PREFETCH ? pc.lines_log2 : tile_log2);
-    const u32 end = pc.total_lines - first > span ? first + span : pc.total_lines;
+    // The block's tiles: from `first` every `stride` pairs before `end` (PREFETCH: the grid's
+    // tiles apart, up to the launch's end; otherwise the one tile, partial at the launch's end).
+    const u32 span = 1u << tile_log2;
+    const u32 stride = PREFETCH ? (gridDim.x * gridDim.y) << tile_log2 : span;
+    const u32 end =
+        PREFETCH ? pc.total_lines : (pc.total_lines - first > span ? first + span : pc.total_lines);
     const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     if (threadIdx.x < 32u * SETS) {
         row_max[threadIdx.x >> 5][lane] = 0u;
@@ -3468,7 +3473,7 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
 
     u32 set = 0u;
 #pragma unroll 1
-    for (u32 first_pair = first; first_pair < end; first_pair += 1u << tile_log2) {
+    for (u32 first_pair = first; first_pair < end; first_pair += stride) {
         // Load: two chunks of 8 positions per thread (16 rows x 256 points = 512 chunks).
         if (PREFETCH) {
             mt_copy_async_wait(); // this thread's staged vectors of the tile
@@ -3510,7 +3515,7 @@ __device__ __forceinline__ void mt_forward_tiles(const Params& pc, const Buffers
             }
             // Every thread has read its staged vectors of this tile (the barrier above): the
             // next tile's copies may overwrite them, landing while this tile is transformed.
-            const u32 next = first_pair + (1u << tile_log2);
+            const u32 next = first_pair + stride;
             if (next < end) {
                 mt_stage_tile(pc, bf, dv, next, stage);
             }
@@ -3612,10 +3617,11 @@ extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
     mt_forward_tiles<false>(pc, bf, dv, nullptr);
 }
 
-// fftconv_monarch over 2^lines_log2 pairs per block (a whole number of its tiles, so a grid of
-// about one block per resident slot), each tile's input rows copied into the dynamic shared
-// memory (monarch_prefetch_bytes on the host: MT_STAGE_SLOTS 16-byte vectors per thread, twice
-// that gated) while the tile before is transformed.
+// fftconv_monarch's tiles (lines_log2 as its, a tile of 16 rows) over a grid of one block per
+// resident slot (launch_kernel_grid on the host), each block running every grid-th tile, each
+// tile's input rows copied into the dynamic shared memory (monarch_prefetch_bytes on the host:
+// MT_STAGE_SLOTS 16-byte vectors per thread, twice that gated) while the tile before is
+// transformed.
 extern "C" __global__ void __launch_bounds__(MT_THREADS, MT_FORWARD_MIN_BLOCKS)
     fftconv_monarch_prefetch(const Params pc, const Buffers bf, const Divisors dv) {
     mt_forward_tiles<true>(pc, bf, dv, (Quad*)smem);

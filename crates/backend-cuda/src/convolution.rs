@@ -930,7 +930,8 @@ impl CudaConvolution {
                 let (func, shared) = kernels.function(kernel, params.log2n).ok_or_else(|| {
                     CudaError::unsupported("a Monarch cluster launch without the cluster kernels")
                 })?;
-                launch_kernel(stream, func, 256, shared, &params, &buffers)?;
+                let grid = kernel.grid_blocks();
+                launch_kernel_grid(stream, func, 256, shared, &params, &buffers, grid)?;
             }
             return Ok(());
         }
@@ -1147,8 +1148,10 @@ pub enum MonarchKernel {
     /// `fftconv_monarch`: N = 256 .. 4096, 16 rows of 256 points per block.
     Forward,
     /// `fftconv_monarch_prefetch`: N = 256 .. 4096, `Forward`'s tiles one after another per
-    /// block, the next tile's input prefetched (its staging twice as large when `gated`).
-    Prefetch { gated: bool },
+    /// block, every `blocks`-th tile of the launch (a grid of `blocks`, at most one per
+    /// resident slot: [`MonarchKernel::grid_blocks`]), the next tile's input prefetched (its
+    /// staging twice as large when `gated`).
+    Prefetch { gated: bool, blocks: u32 },
     /// `fftconv_monarch_wide`: N = 8192, 16384, one pair per block.
     Wide,
     /// `fftconv_monarch_scales`: N = 32K .. 4M, each 16K slice's largest |value| and scaled sum
@@ -1169,15 +1172,15 @@ pub enum MonarchKernel {
     Cluster,
 }
 
-/// log2 of the tiles per block of `fftconv_monarch_prefetch` that keep a launch of `tiles` whole
-/// tiles within `slots` blocks (the blocks the device holds at once): every block resident from
-/// the start, none waiting for another to finish.
-pub(crate) fn monarch_prefetch_tiles_log2(tiles: u32, slots: u32) -> u32 {
-    let mut t = 0;
-    while t < 31 && tiles.div_ceil(1 << t) > slots.max(1) {
-        t += 1;
+impl MonarchKernel {
+    /// The launch's grid where the kernel sets it itself (`fftconv_monarch_prefetch`), rather
+    /// than `ceil(total_lines / 2^lines_log2)` blocks.
+    pub fn grid_blocks(self) -> Option<u32> {
+        match self {
+            MonarchKernel::Prefetch { blocks, .. } => Some(blocks),
+            _ => None,
+        }
     }
-    t
 }
 
 /// log2 of the Monarch pass's row length from 32K (`MT_INNER_LOG2` of the kernel file).
@@ -1196,8 +1199,8 @@ const MONARCH_FINISH_PAIRS_LOG2: u32 = 3;
 /// 512K), or one row). With `clusters` (the device has the cluster kernels), N = 32K .. 128K
 /// is one cluster launch instead (a block per 16K-point row, N / 16K blocks a cluster).
 /// With `prefetch_slots` (the device holds that many blocks of `fftconv_monarch_prefetch` at
-/// once), N = 256 .. 4096 runs that kernel instead, its grid within the slots
-/// ([`monarch_prefetch_tiles_log2`]).
+/// once), N = 256 .. 4096 runs that kernel instead, a grid of at most that many blocks
+/// ([`MonarchKernel::grid_blocks`]).
 pub fn monarch_launches(
     steps: &[(PassKind, PassParams)],
     vec: u32,
@@ -1223,17 +1226,20 @@ pub fn monarch_launches(
             && p.flags & !(io | extra) == 0;
         // A tile: 16 rows of 256 points, 2^tile_log2 pairs.
         let tile_log2 = 12u32.saturating_sub(p.log2n);
-        let (kernel, lines_log2) = match prefetch_slots {
-            _ if p.log2n > 12 => (MonarchKernel::Wide, tile_log2),
-            Some(slots) => (
-                MonarchKernel::Prefetch {
-                    gated: p.flags & FLAG_GATED != 0,
-                },
-                tile_log2
-                    + monarch_prefetch_tiles_log2(p.total_lines.div_ceil(1 << tile_log2), slots),
-            ),
-            None => (MonarchKernel::Forward, tile_log2),
+        // The prefetching kernel: a block per resident slot (every block resident from the
+        // start, none waiting for another to finish), or per tile where there are fewer.
+        let kernel = match prefetch_slots {
+            _ if p.log2n > 12 => MonarchKernel::Wide,
+            Some(slots) => MonarchKernel::Prefetch {
+                gated: p.flags & FLAG_GATED != 0,
+                blocks: p
+                    .total_lines
+                    .div_ceil(1 << tile_log2)
+                    .clamp(1, slots.max(1)),
+            },
+            None => MonarchKernel::Forward,
         };
+        let lines_log2 = tile_log2;
         return ok.then(|| vec![(kernel, PassParams { lines_log2, ..*p })]);
     }
     let [(PassKind::ColumnsForward, first), .., (PassKind::ColumnsInverse, last)] = steps else {
@@ -1318,8 +1324,25 @@ pub(crate) fn launch_kernel(
     params: &PassParams,
     buffers: &KernelBuffers,
 ) -> Result<(), CudaError> {
-    let groups = (params.total_lines as u64)
-        .div_ceil(1 << params.lines_log2)
+    launch_kernel_grid(stream, func, threads, shared, params, buffers, None)
+}
+
+/// [`launch_kernel`] with a grid of `blocks` blocks where given (kernels that stride over the
+/// launch's lines by the grid, [`MonarchKernel::grid_blocks`]).
+pub(crate) fn launch_kernel_grid(
+    stream: &CudaStream,
+    func: &cudarc::driver::CudaFunction,
+    threads: u32,
+    shared: u32,
+    params: &PassParams,
+    buffers: &KernelBuffers,
+    blocks: Option<u32>,
+) -> Result<(), CudaError> {
+    let groups = blocks
+        .map_or_else(
+            || (params.total_lines as u64).div_ceil(1 << params.lines_log2),
+            u64::from,
+        )
         .max(1);
     let x = groups.min(i32::MAX as u64);
     let y = groups.div_ceil(x);
@@ -1457,12 +1480,14 @@ mod tests {
         ragged[0].1.element_offset = 4;
         assert!(monarch_launches(&ragged, 8, true, None).is_none());
 
-        // The prefetching forward: up to 4K only, a grid within the slots, whole tiles per block.
-        for (log2n, pairs, slots, want_lines_log2) in [
-            (8, 1536 * 16, 396, 4 + 2), // ANCHORS' 256: 1536 tiles, 4 a block, 384 blocks
-            (12, 24_576, 396, 6),       // ANCHORS' 4K: 24576 tiles, 64 a block
-            (10, 9, 2, 2 + 1),          // 3 tiles, the last partial: 2 a block
-            (11, 2, 396, 1),            // one tile: one block
+        // The prefetching forward: up to 4K only, a tile's lines per block, a grid of at most
+        // one block per slot (every slot where there are as many tiles).
+        for (log2n, pairs, slots, want_lines_log2, want_blocks) in [
+            (8, 1536 * 16, 396, 4, 396), // ANCHORS' 256: 1536 tiles
+            (12, 8192, 396, 0, 396),     // ThunderKittens' 4K: 8192 tiles
+            (10, 9, 2, 2, 2),            // 3 tiles, the last partial
+            (11, 2, 396, 1, 1),          // one tile: one block
+            (9, 8 * 300, 396, 3, 300),   // 300 tiles: a block each
         ] {
             let mut steps = fused(log2n, 1, io | FLAG_GATED);
             steps[0].1.total_lines = pairs;
@@ -1470,18 +1495,22 @@ mod tests {
             let [(kernel, p)] = launches[..] else {
                 panic!("one launch: {launches:?}");
             };
-            assert_eq!(kernel, MonarchKernel::Prefetch { gated: true });
+            assert_eq!(
+                kernel,
+                MonarchKernel::Prefetch {
+                    gated: true,
+                    blocks: want_blocks
+                }
+            );
+            assert_eq!(kernel.grid_blocks(), Some(want_blocks));
             assert_eq!(
                 p.lines_log2, want_lines_log2,
                 "N = 2^{log2n}, {pairs} pairs"
             );
-            assert!(pairs.div_ceil(1 << p.lines_log2) <= slots);
         }
         let launches = monarch_launches(&fused(13, 1, io), 8, false, Some(396)).expect("8K");
         assert_eq!(launches[0].0, MonarchKernel::Wide);
-        assert_eq!(monarch_prefetch_tiles_log2(0, 396), 0);
-        assert_eq!(monarch_prefetch_tiles_log2(397, 396), 1);
-        assert_eq!(monarch_prefetch_tiles_log2(u32::MAX, 1), 31);
+        assert_eq!(launches[0].0.grid_blocks(), None);
 
         // Column passes around a fused step: the schedule's steps for 32K .. 4M.
         for (log2n, gated, circular) in [

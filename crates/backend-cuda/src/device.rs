@@ -845,7 +845,7 @@ impl MonarchKernels {
 pub fn monarch_forward_kernel_bytes(kernel: MonarchKernel, log2n: u32, elem_bytes: u32) -> u32 {
     match kernel {
         MonarchKernel::Forward | MonarchKernel::Scales | MonarchKernel::ScalesFinish => 0,
-        MonarchKernel::Prefetch { gated } => monarch_prefetch_bytes(elem_bytes, gated),
+        MonarchKernel::Prefetch { gated, .. } => monarch_prefetch_bytes(elem_bytes, gated),
         MonarchKernel::Wide => monarch_shared_bytes(log2n),
         MonarchKernel::ColumnsForward | MonarchKernel::ColumnsInverse => monarch_tile_bytes(log2n),
         MonarchKernel::Middle => monarch_shared_bytes(14),

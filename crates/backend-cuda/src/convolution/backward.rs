@@ -15,8 +15,8 @@ use monarch_core::schedule::{BackwardBinding, Chunk, PassParams, FLAG_CONJ_FILTE
 use monarch_core::{DType, Element};
 
 use super::{
-    address, copy_from_bytes, copy_to_bytes, launch_kernel, sync, CudaConvolution,
-    CudaFilterSpectrum, CudaTensor, KernelBuffers, SettleOnExit,
+    address, copy_from_bytes, copy_to_bytes, launch_kernel, launch_kernel_grid, sync,
+    CudaConvolution, CudaFilterSpectrum, CudaTensor, KernelBuffers, SettleOnExit,
 };
 use crate::CudaError;
 
@@ -462,7 +462,8 @@ impl CudaConvolution {
                                     "a Monarch forward kernel that is not loaded",
                                 )
                             })?;
-                        launch_kernel(stream, func, 256, shared, &p, &du_buffers)?;
+                        let grid = kernel.grid_blocks();
+                        launch_kernel_grid(stream, func, 256, shared, &p, &du_buffers, grid)?;
                     }
                     launch_kernel(
                         stream,

@@ -17,6 +17,8 @@
 //                2 (copy)   dst, dst offset, src, src offset, words
 //                3 (fill)   buffer, offset, words, value
 //                4 (copy)   dst, dst byte offset, src, src byte offset, bytes (16-bit I/O)
+//                5 (launch) blocks, then as 1: a grid of that many blocks (`launch_kernel_grid`)
+//                6 (fill)   buffer, offset, count, value: 16-bit elements (16-bit I/O)
 //   output count, buffer indices
 //
 // Kernel ids: 0 fused, 1 columns forward, 2 columns inverse, 3 gather, 4 taps sum, 5 fused
@@ -477,7 +479,9 @@ void cluster_barrier() {
 } // namespace fibers
 #endif
 
-void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, size_t command) {
+// The grid: `blocks` where not 0, otherwise ceil(total_lines / 2^lines_log2).
+void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, size_t command,
+            u32 blocks) {
     if (shared_bytes % 8u != 0u || shared_bytes / 8u > SMEM_POINTS) {
         fail(2, "dynamic shared memory beyond SHARED_LIMIT_BYTES");
     }
@@ -489,7 +493,7 @@ void launch(u32 kernel, u32 shared_bytes, const Params& pc, const Buffers& bf, s
         fail(2, "lines_log2 out of range");
     }
     u64 per_block = (u64)1 << pc.lines_log2;
-    u64 groups = ((u64)pc.total_lines + per_block - 1u) / per_block;
+    u64 groups = blocks != 0u ? (u64)blocks : ((u64)pc.total_lines + per_block - 1u) / per_block;
     if (groups == 0u) {
         groups = 1u;
     }
@@ -681,7 +685,8 @@ int main(int argc, char** argv) {
     uint32_t commands = in.next();
     for (uint32_t c = 0; c < commands; c++) {
         uint32_t op = in.next();
-        if (op == 1u) {
+        if (op == 1u || op == 5u) {
+            uint32_t blocks = op == 5u ? in.next() : 0u;
             uint32_t kernel = in.next();
             if (kernel >= KERNEL_COUNT) {
                 fail(2, "unknown kernel");
@@ -718,7 +723,7 @@ int main(int argc, char** argv) {
                              NAMES[kernel], pc.total_lines, pc.lines_log2, pc.flags,
                              shared_bytes);
             }
-            launch(kernel, shared_bytes, pc, bf, c);
+            launch(kernel, shared_bytes, pc, bf, c, blocks);
         } else if (op == 2u) {
             uint32_t dst = in.next(), dst_off = in.next(), src = in.next(), src_off = in.next();
             uint32_t words = in.next();
@@ -736,6 +741,12 @@ int main(int argc, char** argv) {
             const uint8_t* from =
                 (const uint8_t*)span(src, src_off / 4u, (src_off % 4u + bytes + 3u) / 4u);
             std::memmove(to + dst_off % 4u, from + src_off % 4u, bytes);
+        } else if (op == 6u) {
+            uint32_t index = in.next(), offset = in.next(), count = in.next(), value = in.next();
+            uint16_t* to = (uint16_t*)span(index, offset / 2u, (offset % 2u + count + 1u) / 2u);
+            for (uint32_t i = 0; i < count; i++) {
+                to[offset % 2u + i] = (uint16_t)value;
+            }
         } else if (op == 3u) {
             uint32_t index = in.next(), offset = in.next(), words = in.next(), value = in.next();
             uint32_t* to = span(index, offset, words);
