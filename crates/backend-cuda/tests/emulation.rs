@@ -30,6 +30,7 @@
 //! - `FFTCONV_EMULATION_SEED`: the seed (printed by every test) to reproduce a run.
 //! - `FFTCONV_EMULATION_KERNEL`: another kernel file to check instead of `kernels/fftconv.cu`.
 //! - `FFTCONV_EMULATION_CXXFLAGS`: extra compiler flags (e.g. `-fsanitize=address,undefined`).
+//! - `FFTCONV_EMULATION_PRINT_BIAS`: set, every compared output's `rounding_bias` is printed.
 //! - `FFTCONV_EMULATION_KEEP_INPUTS`: set, the harness's input files stay (their paths are
 //!   printed), so a launch sequence can be rerun alone, e.g. under `valgrind --tool=callgrind`
 //!   to count instructions per kernel function.
