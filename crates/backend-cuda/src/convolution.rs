@@ -436,7 +436,7 @@ impl CudaConvolution {
         }
         let table = twiddle_tables(n);
         let twiddles = upload(&dev.stream, &table)?;
-        let vec = 16 / spec.dtype().size_bytes() as u32;
+        let vec = monarch_vec_elems(spec.dtype());
         let monarch = kernels.monarch.as_ref().is_some_and(|m| {
             schedule.chunks().all(|chunk| {
                 [true, false].iter().all(|&host| {
@@ -917,7 +917,7 @@ impl CudaConvolution {
                 .monarch
                 .as_ref()
                 .and_then(|m| {
-                    let vec = 16 / self.spec.dtype().size_bytes() as u32;
+                    let vec = monarch_vec_elems(self.spec.dtype());
                     monarch_launches(&steps, vec, m.clusters.is_some(), m.prefetch_slots)
                 })
                 .filter(|_| monarch_rows_aligned(&[u, buffers.pre, buffers.post, buffers.y])),
@@ -1010,6 +1010,12 @@ pub fn monarch_filter_params(spec: &ConvSpec) -> PassParams {
         total_lines: (spec.channels() << (n.ilog2() - line_log2)) as u32,
         ..PassParams::default()
     }
+}
+
+/// Elements of `dtype` per 16-byte vector of the Monarch kernels' row I/O (`VEC` of the kernel
+/// file): rows and offsets must be multiples of it (`monarch_launches`' `vec`).
+pub fn monarch_vec_elems(dtype: DType) -> u32 {
+    16 / dtype.size_bytes() as u32
 }
 
 /// Whether device addresses are 16-byte aligned, as the Monarch kernels' row I/O needs (with

@@ -6,7 +6,7 @@
 #[doc(inline)]
 pub use crate::convolution::{
     monarch_backward_launches, monarch_filter_params, monarch_launches, monarch_split_taps_params,
-    MonarchBackwardKernel, MonarchKernel,
+    monarch_vec_elems, MonarchBackwardKernel, MonarchKernel,
 };
 #[doc(inline)]
 pub use crate::device::{

@@ -1023,7 +1023,7 @@ fn forward(
             // `launch_forward` of src/convolution.rs: the backend's own planning.
             let launches = launch_plan::monarch_launches(
                 &steps,
-                vec_elems(io),
+                launch_plan::monarch_vec_elems(io),
                 path == ForwardPath::MonarchCluster,
                 prefetch,
             )
@@ -1205,7 +1205,7 @@ fn backward(
                     .ok_or_else(|| format!("not a split Monarch backward: {params:?}"))?;
             let forward = launch_plan::monarch_launches(
                 &schedule.forward_steps(chunk, true),
-                vec_elems(io),
+                launch_plan::monarch_vec_elems(io),
                 false,
                 du_slots,
             )
@@ -1256,8 +1256,9 @@ fn backward(
         }
         if path == BackwardPath::Monarch {
             let (params, sum_params) = schedule.fused_backward_params(chunk, true, 0, threads_log2);
-            let launches = launch_plan::monarch_backward_launches(&params, vec_elems(io))
-                .ok_or_else(|| format!("not a Monarch backward: {params:?}"))?;
+            let launches =
+                launch_plan::monarch_backward_launches(&params, launch_plan::monarch_vec_elems(io))
+                    .ok_or_else(|| format!("not a Monarch backward: {params:?}"))?;
             // From 32K: x (then T) and gated x' in tmp_v, d (then G) and the scales in tmp_d.
             let b = Bindings {
                 tmp: Some(tmp_v),
@@ -1901,11 +1902,6 @@ fn backward_nan_filter_256_threads() {
 /// Shared points of the Monarch test's plans and harness: 16K, as the backend's on a GPU with
 /// 227 KiB per block, so that every size the pass takes is one fused step.
 const MONARCH_POINTS: usize = 16384;
-
-/// Elements per 16-byte vector of the kernels' row I/O (VEC).
-fn vec_elems(dtype: DType) -> u32 {
-    16 / dtype.size_bytes() as u32
-}
 
 /// The harness's kernel for the backend's Monarch forward kernel at N = 2^log2n
 /// (`MonarchKernels::function` of src/device.rs), and its dynamic shared memory with `dtype` I/O.

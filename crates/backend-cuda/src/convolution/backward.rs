@@ -371,7 +371,7 @@ impl CudaConvolution {
         // one it takes (`monarch_backward_launches`: 256 .. 4M), its shared memory fits this
         // device and the rows allow its 16-byte I/O: one kernel (four from 32K), then the taps
         // summed.
-        let vec = 16 / self.spec.dtype().size_bytes() as u32;
+        let vec = super::monarch_vec_elems(self.spec.dtype());
         let streams = [s.u, s.dy, s.pre, s.post, s.du, s.dpre, s.dpost];
         let threads_log2 = self.kernels.threads.ilog2();
         let shared_limit =
