@@ -181,15 +181,29 @@ mod tests {
         assert!("f64".parse::<DType>().is_err());
     }
 
-    /// The correct rounding of `x` to the type with these finite neighbours `lo <= x <= hi`
-    /// (adjacent, so `x - lo` and `hi - x` are exact in f64): nearer, ties to the even bits.
-    fn nearest<T: Element>(x: f64, lo: T, hi: T, lo_bits: u16) -> T {
+    /// `T::from_f64(x)` (x >= 0 and below T's overflow), asserted to be the correct rounding:
+    /// of its neighbours `lo <= x <= hi` (adjacent, so `x - lo` and `hi - x` are exact in f64),
+    /// the nearer, ties to the even bits.
+    fn rounded_to_nearest<T: Element>(x: f64, from_bits: fn(u16) -> T, to_bits: fn(T) -> u16) -> T {
+        let r = T::from_f64(x);
+        let (lo, hi) = if r.to_f64() <= x {
+            (r, from_bits(to_bits(r) + 1))
+        } else {
+            (from_bits(to_bits(r) - 1), r)
+        };
         let (dl, dh) = (x - lo.to_f64(), hi.to_f64() - x);
-        if dl < dh || (dl == dh && lo_bits % 2 == 0) {
+        let nearest = if dl < dh || (dl == dh && to_bits(lo) % 2 == 0) {
             lo
         } else {
             hi
-        }
+        };
+        assert_eq!(r, nearest, "{:?} of {x:e}", T::DTYPE);
+        r
+    }
+
+    /// A value `offset - 2` f64 ulps from the tie of adjacent values `a < b`.
+    fn near_tie(a: f64, b: f64, offset: u64) -> f64 {
+        f64::from_bits(((a + b) / 2.0).to_bits().wrapping_add(offset) - 2)
     }
 
     #[test]
@@ -205,35 +219,21 @@ mod tests {
                 0 => f64::from(rng.random_range(-1.0e4f32..1.0e4)) * rng.random_range(-1.0..1.0),
                 1 => {
                     let (a, b) = (f16::from_bits(bits16), f16::from_bits(bits16 + 1));
-                    let tie = (a.to_f64() + b.to_f64()) / 2.0;
-                    f64::from_bits(tie.to_bits().wrapping_add(rng.random_range(0..5)) - 2)
+                    near_tie(a.to_f64(), b.to_f64(), rng.random_range(0..5))
                 }
                 _ => {
                     let b16 = rng.random_range(0..0x7f7fu16);
                     let (a, b) = (bf16::from_bits(b16), bf16::from_bits(b16 + 1));
-                    let tie = (a.to_f64() + b.to_f64()) / 2.0;
-                    f64::from_bits(tie.to_bits().wrapping_add(rng.random_range(0..5)) - 2)
+                    near_tie(a.to_f64(), b.to_f64(), rng.random_range(0..5))
                 }
             };
             let x = x.abs();
             if x <= 65000.0 {
-                let h = <f16 as Element>::from_f64(x);
-                let (lo, hi) = if h.to_f64() <= x {
-                    (h, f16::from_bits(h.to_bits() + 1))
-                } else {
-                    (f16::from_bits(h.to_bits() - 1), h)
-                };
-                assert_eq!(h, nearest(x, lo, hi, lo.to_bits()), "f16 of {x:e}");
+                let h = rounded_to_nearest(x, f16::from_bits, f16::to_bits);
                 assert_eq!(DType::F16.round_f64(-x), -h.to_f64());
                 checked.0 += 1;
             }
-            let b = <bf16 as Element>::from_f64(x);
-            let (lo, hi) = if b.to_f64() <= x {
-                (b, bf16::from_bits(b.to_bits() + 1))
-            } else {
-                (bf16::from_bits(b.to_bits() - 1), b)
-            };
-            assert_eq!(b, nearest(x, lo, hi, lo.to_bits()), "bf16 of {x:e}");
+            let b = rounded_to_nearest(x, bf16::from_bits, bf16::to_bits);
             assert_eq!(DType::Bf16.round_f64(x), b.to_f64());
             checked.1 += 1;
         }
