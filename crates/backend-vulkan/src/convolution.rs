@@ -396,12 +396,33 @@ impl VulkanConvolution {
         self.plan.global_passes()
     }
 
+    /// Bytes of the forward's intermediate buffer per chunk of rows (allocated on the first
+    /// forward; 4 when the forward is one on-chip pass and needs none).
+    pub fn intermediate_bytes(&self) -> usize {
+        self.tmp_bytes()
+    }
+
     /// Bytes of the forward's intermediate buffer (none when the forward is one fused pass).
     fn tmp_bytes(&self) -> usize {
         if self.global_passes() == 0 {
             return 4;
         }
+        if self.half_spectra {
+            return self.half_spectra_bytes();
+        }
         self.schedule.spectra_bytes()
+    }
+
+    /// Bytes of one full chunk's half spectra (the shader's `tmp16`; `TMP_F16`): per pair, N
+    /// packed f16 words, then one unscale factor per tile, after all the pairs' data: the pair's
+    /// N / shared points column-pass workgroups (region A) and its M_0 = N / M fused lines
+    /// (region B). About half of `spectra_bytes`.
+    fn half_spectra_bytes(&self) -> usize {
+        let (nb, nh) = self.schedule.chunk_shape();
+        let n = self.spec.geometry().n();
+        let fused_line_log2 = self.schedule.passes().last().map_or(0, |p| p.line_log2);
+        let words_per_pair = n + n / self.pipelines.shared_points as usize + (n >> fused_line_log2);
+        nh * self.schedule.pairs(nb) * words_per_pair * 4
     }
 
     fn check_buffer_ranges(&self) -> Result<(), VulkanError> {

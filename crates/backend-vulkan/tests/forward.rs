@@ -367,6 +367,18 @@ fn half_spectra_every_range() {
         with(Some(64), false),
     );
     assert!(!off.half_spectra());
+    // The intermediate buffer holds 4 bytes a point with half spectra (8 without), plus the
+    // tiles' factors: N / 64 = 32 column-pass tiles and M_0 = N / 32 = 64 fused lines per pair;
+    // 6 pairs a chunk (two overlap-save blocks of two batch rows, three channels).
+    let on = check(
+        ConvSpec::builder(2, 3, 2048, 1024)
+            .gated(true)
+            .dtype(DType::F16),
+        with(Some(64), true),
+    );
+    assert!(on.half_spectra());
+    assert_eq!(off.intermediate_bytes(), 6 * 2048 * 8);
+    assert_eq!(on.intermediate_bytes(), 6 * (2048 + 32 + 64) * 4);
     let f32_conv = check(ConvSpec::builder(1, 2, 2048, 2048), with(Some(64), true));
     assert!(!f32_conv.half_spectra());
     let two = check(
