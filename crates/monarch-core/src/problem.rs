@@ -412,7 +412,9 @@ impl ConvGeometry {
                 ));
             }
         }
-        if wraps && length.is_power_of_two() && length >= FftSize::MIN {
+        // One block of N = L: only where L itself is a supported FFT size (a longer circular
+        // sequence runs in blocks like any other).
+        if wraps && length.is_power_of_two() && (FftSize::MIN..=FftSize::MAX).contains(&length) {
             let n = FftSize::new(length)?;
             let c = cost(length, 1);
             if best.as_ref().is_none_or(|(bc, _)| c <= *bc) {
@@ -543,6 +545,12 @@ mod tests {
         assert!(s.geometry().n() <= 4096 && s.geometry().blocks > 1);
         let err = ConvSpec::builder(1, 1, usize::MAX / 2 + 2, usize::MAX / 2 + 2).build();
         assert!(matches!(err, Err(CoreError::InvalidArgument { .. })));
+        // Circular sequences of a power-of-two length beyond the largest FFT size, too.
+        for l in [FftSize::MAX * 2, 1 << 40] {
+            let s = ConvSpec::builder(1, 1, l, 100).circular().build().unwrap();
+            let g = s.geometry();
+            assert!(g.n() <= 4096 && g.blocks > 1 && g.wraps, "L = {l}: {g:?}");
+        }
         let err = ConvSpec::builder(1, 1, 1 << 40, (1 << 27) + 1).build();
         assert!(matches!(
             err,
