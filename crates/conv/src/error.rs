@@ -31,6 +31,10 @@ pub enum ConvError {
         backend: BackendKind,
         what: &'static str,
     },
+    /// Host memory for a tensor the library allocates itself (a zeroed tensor on the CPU
+    /// backend) could not be reserved; `what` names the tensor.
+    #[error("cannot allocate {bytes} bytes of host memory for {what}")]
+    OutOfMemory { what: &'static str, bytes: usize },
     /// Invalid problem description or plan.
     #[error(transparent)]
     Core(#[from] CoreError),

@@ -131,9 +131,9 @@ impl Convolution {
         let inner = match self.backend() {
             #[cfg(feature = "cpu")]
             BackendKind::Cpu => TensorInner::Host(match dtype {
-                DType::F32 => HostTensor::F32(vec![0.0; len]),
-                DType::F16 => HostTensor::F16(vec![f16::ZERO; len]),
-                DType::Bf16 => HostTensor::Bf16(vec![bf16::ZERO; len]),
+                DType::F32 => HostTensor::F32(host_zeros("tensor_zeros", len)?),
+                DType::F16 => HostTensor::F16(host_zeros("tensor_zeros", len)?),
+                DType::Bf16 => HostTensor::Bf16(host_zeros("tensor_zeros", len)?),
             }),
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => TensorInner::Cuda(backend_cuda::CudaTensor::zeros(dtype, len)?),
@@ -178,7 +178,9 @@ impl Convolution {
         let len = self.spec().filter_elems();
         let inner = match self.backend() {
             #[cfg(feature = "cpu")]
-            BackendKind::Cpu => TensorInner::Host(HostTensor::F32(vec![0.0; len])),
+            BackendKind::Cpu => {
+                TensorInner::Host(HostTensor::F32(host_zeros("filter_tensor_zeros", len)?))
+            }
             #[cfg(feature = "cuda")]
             BackendKind::Cuda => {
                 TensorInner::Cuda(backend_cuda::CudaTensor::zeros(DType::F32, len)?)
@@ -509,6 +511,20 @@ fn host_mut(t: &mut DeviceTensor) -> &mut HostTensor {
         #[allow(unreachable_patterns)]
         _ => unreachable!("backends checked"),
     }
+}
+
+/// `len` zeros in host memory, or [`ConvError::OutOfMemory`] where the host cannot hold them
+/// (the problem's shape alone sets `len`: `vec!` would abort the process on such a size).
+#[cfg(feature = "cpu")]
+fn host_zeros<T: Element>(what: &'static str, len: usize) -> Result<Vec<T>, ConvError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| ConvError::OutOfMemory {
+            what,
+            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+        })?;
+    v.resize(len, T::default());
+    Ok(v)
 }
 
 /// Copies `tensor` into `out`, whose dtype and length were checked against it.

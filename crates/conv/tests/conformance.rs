@@ -488,6 +488,41 @@ fn bad_input_is_a_typed_error(kind: BackendKind) {
     assert_eq!(err.argument(), Some("gates"));
 }
 
+/// Tensors the library allocates itself from the problem's shape alone (`tensor_zeros`,
+/// `filter_tensor_zeros`) are an error, not an aborted process, when no memory can hold them:
+/// `B * H * L` and `H * K` of 2^60 elements build as problems but are 2^62 bytes.
+fn huge_tensors_are_a_typed_error(kind: BackendKind) {
+    let huge = usize::MAX / 16;
+    let host = kind == BackendKind::Cpu;
+    // A GPU backend may refuse such a problem up front; the CPU backend prepares it.
+    let prepared = |spec: ConvSpec| match Convolution::new(spec, kind) {
+        Ok(conv) => Some(conv),
+        Err(e) if !host => {
+            println!("{kind}: {e}");
+            None
+        }
+        Err(e) => panic!("{kind}: {e}"),
+    };
+    let long = ConvSpec::builder(1, 1, huge, 16).build().unwrap();
+    if let Some(conv) = prepared(long) {
+        let err = conv.tensor_zeros().expect_err("a 2^62-byte tensor");
+        assert!(
+            !host || matches!(err, ConvError::OutOfMemory { .. }),
+            "{err}"
+        );
+    }
+    let wide = ConvSpec::builder(1, huge, 1, 1).build().unwrap();
+    if let Some(conv) = prepared(wide) {
+        let err = conv
+            .filter_tensor_zeros()
+            .expect_err("a 2^62-byte filter tensor");
+        assert!(
+            !host || matches!(err, ConvError::OutOfMemory { .. }),
+            "{err}"
+        );
+    }
+}
+
 fn concurrent_calls_agree(kind: BackendKind) {
     fresh_inputs();
     let spec = ConvSpec::builder(2, 4, 3000, 500).build().unwrap();
@@ -671,6 +706,7 @@ backend_suites!([
     spectrum_memory_scales_with_filter,
     nan_in_filter_propagates,
     bad_input_is_a_typed_error,
+    huge_tensors_are_a_typed_error,
     concurrent_calls_agree,
 ]);
 
