@@ -333,6 +333,15 @@ fn grad(a: &GradArgs) -> Result<(), CliError> {
             files.push((name, bytes));
         }
     }
+    // Every target can be written (none is a directory) before the first one is: an error
+    // midway would leave the earlier gradients written.
+    if dir.is_dir() {
+        for (name, _) in &files {
+            let path = dir.join(name);
+            atomic::check_target(&path)
+                .map_err(|e| runtime(format!("writing {}: {e}", path.display())))?;
+        }
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| runtime(format!("creating --out-dir {}: {e}", dir.display())))?;
     for (name, bytes) in &files {

@@ -320,6 +320,40 @@ fn errors_write_nothing() {
     assert_eq!(listing(&dir.0), ["bad.npy", "dy.npy", "k.npy", "u.npy"]);
 }
 
+/// An output name taken by a directory in --out-dir fails the call before any gradient file
+/// is written (before, du.npy and dk.npy were written and then dpostgate.npy failed).
+#[test]
+fn blocked_output_writes_no_gradient() {
+    let dir = TempDir::new("blocked");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    let (u, k, dy) = (dir.path("u.npy"), dir.path("k.npy"), dir.path("dy.npy"));
+    save(&u, &[2, 3, 100], &random(&mut rng, 600, 1.0));
+    save(&k, &[3, 40], &random(&mut rng, 120, 0.1));
+    save(&dy, &[2, 3, 100], &random(&mut rng, 600, 1.0));
+    let out = dir.path("out");
+    std::fs::create_dir_all(out.join("dpostgate.npy")).unwrap();
+    let run = fftconv(&[
+        &"grad",
+        &"--u",
+        &u,
+        &"--k",
+        &k,
+        &"--dy",
+        &dy,
+        &"--pregate",
+        &u,
+        &"--postgate",
+        &u,
+        &"--out-dir",
+        &out,
+    ]);
+    let lines = stderr_lines(&run);
+    assert_eq!(run.status.code(), Some(1), "stderr: {lines:?}");
+    assert_eq!(lines.len(), 1, "one error line: {lines:?}");
+    assert!(lines[0].contains("dpostgate.npy"), "{}", lines[0]);
+    assert_eq!(listing(&out), ["dpostgate.npy"]);
+}
+
 #[test]
 fn help_mentions_grad() {
     let out = fftconv(&[&"--help"]);
