@@ -11,6 +11,9 @@ pub enum CpuError {
     /// The problem uses a feature this entry point does not provide.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Host memory the problem's shape calls for (`what`) could not be reserved.
+    #[error("cannot allocate {bytes} bytes of host memory for {what}")]
+    OutOfMemory { what: &'static str, bytes: usize },
 }
 
 impl CpuError {

@@ -1,6 +1,6 @@
-//! Buffers over 2^31 elements (64-bit indexing): ignored by default, it needs ~9 GB of memory
-//! and a minute on two cores. Run with `cargo test --release -p conv --test large_buffers --
-//! --ignored`.
+//! Buffers over 2^31 elements (64-bit indexing), and a filter spectrum larger than memory (an
+//! error, not an abort): ignored by default, they need ~9 GB of memory and a minute on two
+//! cores. Run with `cargo test --release -p conv --test large_buffers -- --ignored`.
 
 use conv::{f16, BackendKind, ConvSpec, Convolution, DType};
 
@@ -35,4 +35,18 @@ fn more_than_two_to_the_31_elements() {
             );
         }
     }
+}
+
+#[test]
+#[ignore = "reserves 8 GiB of untouched address space for k and needs the kernel to refuse a \
+            144 GiB allocation (overcommit_memory = 0, under ~144 GiB of memory); run by hand"]
+fn filter_spectrum_beyond_memory_is_an_error() {
+    // K = 1 at L = 1: N = 16, 9 complex bins (72 bytes) per 4-byte filter tap. 2^31 channels
+    // of k fit in 8 GiB (calloc'd, never touched), their spectrum would need 144 GiB.
+    let h = 1usize << 31;
+    let spec = ConvSpec::builder(1, h, 1, 1).build().unwrap();
+    let conv = Convolution::new(spec, BackendKind::Cpu).unwrap();
+    let k = vec![0.0f32; h];
+    let err = conv.prepare_filter(&k).expect_err("a 144 GiB spectrum");
+    assert!(err.to_string().contains("cannot allocate"), "{err}");
 }
