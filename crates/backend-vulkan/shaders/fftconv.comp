@@ -1339,6 +1339,15 @@ void register_fused(uint first_line) {
 #endif
 #endif // REGISTER_RADIX
 
+// Column passes: the position within its pair of element e of line `line` (2^pair_lines_log2
+// lines per pair, numbered column-fastest): the line is column r of block blk of the pair, its
+// elements M_{s+1} = 2^stride_log2 apart in a block of M_s = 2^block_log2 points.
+uint column_position(uint line, uint e, uint pair_lines_log2, uint stride_log2, uint block_log2) {
+    uint within = line & ((1u << pair_lines_log2) - 1u);
+    uint r = within & ((1u << stride_log2) - 1u);
+    return ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+}
+
 #if defined(PASS_GATHER)
 // Backward: the adjoint result of segment (b, block j) of channel h at position p (from tmp).
 float segment_gradient(uint b, uint h, uint j, uint p) {
@@ -1747,9 +1756,7 @@ void main() {
         vec2 v = vec2(0.0);
         if (line < pc.total_lines) {
             uint pair = line >> pair_lines_log2;
-            uint within = line & ((1u << pair_lines_log2) - 1u);
-            uint r = within & ((1u << stride_log2) - 1u);
-            uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+            uint pos = column_position(line, e, pair_lines_log2, stride_log2, block_log2);
 #if defined(PASS_COLUMNS_FORWARD)
             if ((pc.flags & FLAG_SRC_INPUT) != 0u) {
                 uint h = udiv(pair, pc.pairs);
@@ -1774,6 +1781,7 @@ void main() {
             vec2 stored = tmp[pair * n + pos];
 #endif
             // Position e holds k_s = bitrev(e); undo the twiddle W_{M_s}^{r k_s}.
+            uint r = line & ((1u << stride_log2) - 1u);
             v = cmul(stored, conj_c(root(r * bit_reverse(e, m_log2), block_log2)));
 #endif
         }
@@ -1825,9 +1833,7 @@ void main() {
         if (i < points && line < pc.total_lines) {
             uint e = i >> pc.lines_log2;
             uint pair = line >> pair_lines_log2;
-            uint within = line & ((1u << pair_lines_log2) - 1u);
-            uint r = within & ((1u << stride_log2) - 1u);
-            uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+            uint pos = column_position(line, e, pair_lines_log2, stride_log2, block_log2);
             tmp16[pair * n + pos] = half_pack(held[k], he);
         }
     }
@@ -1838,12 +1844,11 @@ void main() {
         uint line = first_line + c;
         if (line < pc.total_lines) {
             uint pair = line >> pair_lines_log2;
-            uint within = line & ((1u << pair_lines_log2) - 1u);
-            uint r = within & ((1u << stride_log2) - 1u);
-            uint pos = ((within >> stride_log2) << block_log2) + (e << stride_log2) + r;
+            uint pos = column_position(line, e, pair_lines_log2, stride_log2, block_log2);
             vec2 v = s[SIDX((c << m_log2) + e)];
 #if defined(PASS_COLUMNS_FORWARD)
             // Position e holds k_s = bitrev(e): apply the twiddle W_{M_s}^{r k_s}.
+            uint r = line & ((1u << stride_log2) - 1u);
             tmp[pair * n + pos] = cmul(v, root(r * bit_reverse(e, m_log2), block_log2));
 #else
             store_result(pair, pos, v);
