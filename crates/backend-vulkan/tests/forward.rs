@@ -90,11 +90,28 @@ fn check_typed_filter<T: Element>(
             None => v as f32,
         })
         .collect();
+    let gates = gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice()));
+    let context = format!("u scaled by {scales:?}, seed {seed}");
+    forward_against_oracle::<T>(spec, options, &u, gates, &k, &context)
+}
+
+/// Runs the forward on `u`, `gates` (values of `T`, as f64) and `k` into an output poisoned with
+/// NaN, and checks that every element was written and each channel is within the dtype's
+/// tolerance of the f64 oracle (`context` goes into the failure message).
+fn forward_against_oracle<T: Element>(
+    spec: &ConvSpec,
+    options: VulkanOptions,
+    u: &[f64],
+    gates: Option<(&[f64], &[f64])>,
+    k: &[f32],
+    context: &str,
+) -> VulkanConvolution {
+    let (l, h_count) = (spec.length(), spec.channels());
     let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
-    let filter = conv.prepare_filter(&k).expect("filter");
+    let filter = conv.prepare_filter(k).expect("filter");
     let to_t = |x: &[f64]| x.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>();
-    let u_t = to_t(&u);
-    let gates_t = gates.as_ref().map(|(p, q)| (to_t(p), to_t(q)));
+    let u_t = to_t(u);
+    let gates_t = gates.map(|(p, q)| (to_t(p), to_t(q)));
     let mut y = vec![T::from_f64(f64::NAN); spec.io_len()];
     conv.forward(
         &filter,
@@ -105,22 +122,17 @@ fn check_typed_filter<T: Element>(
     .expect("forward");
     let got: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("element {i} not written ({spec:?}, {options:?}, seed {seed})");
+        panic!("element {i} not written ({spec:?}, {options:?}, {context})");
     }
     let k64: Vec<f64> = k.iter().map(|&v| f64::from(v)).collect();
-    let want = reference_forward(
-        spec,
-        &u,
-        &k64,
-        gates.as_ref().map(|(p, q)| (p.as_slice(), q.as_slice())),
-    );
+    let want = reference_forward(spec, u, &k64, gates);
     for h in 0..h_count {
         let channel = |x: &[f64]| channel_rows(x, l, h_count, h);
         let err = relative_l2_error(&channel(&got), &channel(&want));
         assert!(
-            err <= tolerance(dtype),
-            "channel {h}: relative error {err:.2e} for {spec:?} with {options:?} (u scaled by \
-             {scales:?}; factors {:?}, cooperative tile {:?}, seed {seed})",
+            err <= tolerance(spec.dtype()),
+            "channel {h}: relative error {err:.2e} for {spec:?} with {options:?} ({context}; \
+             factors {:?}, cooperative tile {:?})",
             conv.factors(),
             conv.cooperative_tile()
         );
@@ -442,7 +454,8 @@ fn nan_filter_channel_stays_apart<T: Element>(spec: &ConvSpec, options: VulkanOp
 fn sinusoid_input_keeps_its_range<T: Element>(spec: &ConvSpec, options: VulkanOptions) {
     let n = spec.geometry().n() as f64;
     let l = spec.length();
-    let mut rng = StdRng::seed_from_u64(rand::rng().random());
+    let seed: u64 = rand::rng().random();
+    let mut rng = StdRng::seed_from_u64(seed);
     let dtype = spec.dtype();
     let u: Vec<f64> = (0..spec.io_len())
         .map(|i| {
@@ -454,19 +467,8 @@ fn sinusoid_input_keeps_its_range<T: Element>(spec: &ConvSpec, options: VulkanOp
     let k: Vec<f32> = (0..spec.filter_elems())
         .map(|_| dtype.round_f64(rng.random_range(-1.0..1.0)) as f32)
         .collect();
-    let conv = VulkanConvolution::with_options(spec, options).expect("convolution");
-    let filter = conv.prepare_filter(&k).expect("filter");
-    let u_t: Vec<T> = u.iter().map(|&v| T::from_f64(v)).collect();
-    let mut y = vec![T::from_f64(f64::NAN); spec.io_len()];
-    conv.forward(&filter, &u_t, None, &mut y).expect("forward");
-    let got: Vec<f64> = y.iter().map(|v| v.to_f64()).collect();
-    let k64: Vec<f64> = k.iter().map(|&v| f64::from(v)).collect();
-    let want = reference_forward(spec, &u, &k64, None);
-    let err = relative_l2_error(&got, &want);
-    assert!(
-        got.iter().all(|v| v.is_finite()) && err <= tolerance(dtype),
-        "sinusoid input: relative error {err:.2e} for {spec:?} with {options:?}"
-    );
+    let context = format!("sinusoid input, seed {seed}");
+    forward_against_oracle::<T>(spec, options, &u, None, &k, &context);
 }
 
 #[test]
