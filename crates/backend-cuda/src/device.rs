@@ -840,7 +840,7 @@ impl MonarchKernels {
 }
 
 /// Dynamic shared memory of the Monarch forward kernel `kernel` at N = 2^log2n with
-/// `elem_bytes`-byte I/O (what [`MonarchKernels::function`] launches it with; from 512K the
+/// `elem_bytes`-byte I/O (what `MonarchKernels::function` launches it with; from 512K the
 /// column passes are the `_tile_` entries).
 pub fn monarch_forward_kernel_bytes(kernel: MonarchKernel, log2n: u32, elem_bytes: u32) -> u32 {
     match kernel {
@@ -854,7 +854,7 @@ pub fn monarch_forward_kernel_bytes(kernel: MonarchKernel, log2n: u32, elem_byte
 }
 
 /// Dynamic shared memory of the Monarch backward kernel `kernel` at N = 2^log2n (what
-/// [`MonarchKernels::backward_function`] launches it with; 8K is `_backward_wide_8k`, from 512K
+/// `MonarchKernels::backward_function` launches it with; 8K is `_backward_wide_8k`, from 512K
 /// the column passes are the `_tile_` entries).
 pub fn monarch_backward_kernel_bytes(
     kernel: MonarchBackwardKernel,
@@ -874,7 +874,7 @@ pub fn monarch_backward_kernel_bytes(
 }
 
 /// Dynamic shared memory of the split backward's taps kernel at N = 2^log2n (what
-/// [`MonarchKernels::taps_function`] launches it with): up to 4K the prefetching one's where
+/// `MonarchKernels::taps_function` launches it with): up to 4K the prefetching one's where
 /// `prefetch` (its staging of x and dy for `elem_bytes`-byte I/O after the sums).
 pub fn monarch_taps_kernel_bytes(log2n: u32, prefetch: bool, elem_bytes: u32) -> u32 {
     if prefetch && log2n <= 12 {
