@@ -21,10 +21,11 @@
 //! The forward spectrum of `pre * u` is recomputed, never stored. Each segment reads its inputs
 //! (`u`, `pre`: body and history; `dy`, `post`: body) once; `dx` is accumulated per row in f32
 //! and turned into `du` and `dpregate` in one final pass over the row (reading `u` and `pre`
-//! again). Work items are rows of one channel (a pair of rows, or for small FFTs as many pairs
-//! as cover about 2^14 points), threaded with rayon; each accumulates its filter correlation over
-//! its rows, inverse-transforms it once and returns its `dk` taps in f64, summed per channel in a
-//! fixed order (deterministic), stored in f32.
+//! again). Work items are rows of one channel (as many as leave at least 16 items, and for
+//! small FFTs at least as many pairs as cover about 2^14 points), threaded with rayon; each
+//! accumulates its filter correlation over its rows, inverse-transforms it once and returns its
+//! `dk` taps in f64, summed per channel in a fixed order (deterministic, whatever the thread
+//! count), stored in f32.
 //!
 //!
 //! Workspaces are kept between calls in a small process-wide pool keyed by `(N, L)` (at most one
@@ -114,6 +115,28 @@ fn segment_runs(g: &ConvGeometry, seg: Seg, l: usize) -> impl Iterator<Item = Ru
 
 /// Work items of small FFTs hold rows of one channel covering about this many FFT points.
 const ITEM_POINTS: usize = 1 << 14;
+
+/// Work items number at least this many where the rows allow it, so that the threads share the
+/// work evenly. A constant, not the thread count: the items fix the order of `dk`'s sums, and
+/// with it `dk`'s bits, which then do not depend on the machine's threads.
+const MIN_ITEMS: usize = 16;
+
+/// Rows per work item (even, so that rows pair up within an item): each item inverse-transforms
+/// its filter correlation once, so an item takes as many of its channel's `batch` rows as leave
+/// `MIN_ITEMS` items over the `channels`, and at small N as many as cover `ITEM_POINTS` FFT
+/// points.
+fn rows_per_item(batch: usize, channels: usize, g: &ConvGeometry) -> usize {
+    let small = 2 * (ITEM_POINTS / (2 * g.n() * g.blocks)).max(1);
+    let items_per_channel = MIN_ITEMS.div_ceil(channels);
+    let balanced = if items_per_channel <= 1 {
+        batch.next_multiple_of(2)
+    } else {
+        // The most rows r with ceil(batch / r) >= items_per_channel: r < batch / (that - 1).
+        let most = batch.div_ceil(items_per_channel - 1).saturating_sub(1);
+        (most & !1).max(2)
+    };
+    small.max(balanced)
+}
 
 /// Per-work-item memory.
 struct Workspace {
@@ -400,11 +423,10 @@ impl CpuConvolution {
                 dpost: dpost_rows.as_mut().and_then(|it| it.next()),
             });
         }
-        // Work items: rows of one channel, in (channel, batch) order: pairs of rows, or, for
-        // small FFTs, as many pairs as cover about ITEM_POINTS FFT points (one filter-gradient
-        // transform per item, less per-item overhead).
-        let rows_per_item =
-            2 * (ITEM_POINTS / (2 * spec.geometry().n() * spec.geometry().blocks)).max(1);
+        // Work items: rows of one channel, in (channel, batch) order, as many as keep at least
+        // MIN_ITEMS items where the rows allow (each item pays one filter-gradient transform),
+        // and for small FFTs at least as many pairs as cover about ITEM_POINTS FFT points.
+        let rows_per_item = rows_per_item(spec.batch(), channels, spec.geometry());
         let mut items: Vec<(usize, Vec<RowOut<'_, T>>)> = Vec::new();
         for (h, rows) in by_channel.into_iter().enumerate() {
             let mut rows = rows.into_iter().peekable();
@@ -760,50 +782,144 @@ mod tests {
     /// f64 oracle by the conformance suite): `du` row by row, `dk` as the sum over the batch.
     #[test]
     fn four_step_layout_backward_matches_rows_alone() {
-        let (b, h, l) = (2, 3, 1 << 16);
-        let spec = ConvSpec::builder(b, h, l, l).build().unwrap();
-        let conv = CpuConvolution::new(&spec).unwrap();
-        let (u, dy, k) = (noise(b * h * l, 1), noise(b * h * l, 2), noise(h * l, 3));
-        let k: Vec<f32> = k.iter().map(|v| v / 256.0).collect();
-        let filter = conv.prepare_filter(&k).unwrap();
-        assert!(
-            !filter.is_natural(),
-            "2^17 dense with pairs: four-step layout"
+        let spec = ConvSpec::builder(2, 3, 1 << 16, 1 << 16).build().unwrap();
+        backward_matches_rows_alone(&spec, 0);
+    }
+
+    /// Work items of several pairs of rows (a large batch over few channels: `rows_per_item`
+    /// gives an item 4 of its channel's rows, each item one filter-gradient transform), with an
+    /// odd batch (the last item's single row), gated, and in the four-step form: the same
+    /// gradients as each row run alone.
+    #[test]
+    fn items_of_several_pairs_match_rows_alone() {
+        let cases = [
+            ConvSpec::builder(63, 1, 1 << 13, 1 << 13).gated(true),
+            ConvSpec::builder(30, 2, 1 << 12, 1 << 12).circular(),
+            ConvSpec::builder(14, 4, 1 << 16, 1 << 16),
+        ];
+        for (i, builder) in cases.into_iter().enumerate() {
+            let spec = builder.build().unwrap();
+            let rows = rows_per_item(spec.batch(), spec.channels(), spec.geometry());
+            assert_eq!(rows, 4, "case {i}: rows per item");
+            backward_matches_rows_alone(&spec, 10 * i as u64);
+        }
+    }
+
+    /// Rows per item: even, at least the small-FFT rule's, and leaving at least `MIN_ITEMS`
+    /// items wherever pairs of rows would (each item one filter-gradient transform: fewer,
+    /// larger items where the batch allows).
+    #[test]
+    fn rows_per_item_leave_enough_items() {
+        for n_log2 in [8, 12, 14, 16, 20] {
+            let g = ConvGeometry::choose(
+                1 << (n_log2 - 1),
+                1 << (n_log2 - 1),
+                ConvMode::Causal,
+                FrequencyKeep::All,
+            )
+            .unwrap();
+            let small = 2 * (ITEM_POINTS / (2 * g.n() * g.blocks)).max(1);
+            for batch in [1, 2, 3, 8, 15, 16, 17, 40, 100] {
+                for channels in [1, 2, 5, 16, 30, 768] {
+                    let rows = rows_per_item(batch, channels, &g);
+                    assert!(
+                        rows % 2 == 0 && rows >= small,
+                        "{n_log2} {batch} {channels}"
+                    );
+                    let items = channels * batch.div_ceil(rows);
+                    let pair_items = channels * batch.div_ceil(2);
+                    assert!(
+                        rows == small || items >= MIN_ITEMS.min(pair_items),
+                        "N 2^{n_log2}, B {batch}, H {channels}: {rows} rows, {items} items"
+                    );
+                    // Not smaller than needed: two rows more per item would leave too few.
+                    let fewer = channels * batch.div_ceil(rows + 2);
+                    assert!(
+                        rows == small || rows >= batch || fewer < MIN_ITEMS,
+                        "N 2^{n_log2}, B {batch}, H {channels}: {rows} rows could grow"
+                    );
+                }
+            }
+        }
+    }
+
+    /// `spec`'s backward against each of its rows run as a problem of one row (`du` and the
+    /// gate gradients row by row, `dk` as the sum over the batch).
+    fn backward_matches_rows_alone(spec: &ConvSpec, seed: u64) {
+        let (b, h, l, kl) = (
+            spec.batch(),
+            spec.channels(),
+            spec.length(),
+            spec.filter_len(),
         );
+        let conv = CpuConvolution::new(spec).unwrap();
+        let (u, dy, k) = (
+            noise(b * h * l, seed + 1),
+            noise(b * h * l, seed + 2),
+            noise(h * kl, seed + 3),
+        );
+        let k: Vec<f32> = k.iter().map(|v| v / 256.0).collect();
+        let gates = spec
+            .gated()
+            .then(|| (noise(b * h * l, seed + 4), noise(b * h * l, seed + 5)));
+        let filter = conv.prepare_filter(&k).unwrap();
         let mut du = vec![f32::NAN; b * h * l];
-        let mut dk = vec![f32::NAN; h * l];
+        let mut dk = vec![f32::NAN; h * kl];
+        let mut dpre = gates.as_ref().map(|_| vec![f32::NAN; b * h * l]);
+        let mut dpost = gates.as_ref().map(|_| vec![f32::NAN; b * h * l]);
         let grads = CpuGradients {
             du: &mut du,
             dk: &mut dk,
-            dpregate: None,
-            dpostgate: None,
+            dpregate: dpre.as_deref_mut(),
+            dpostgate: dpost.as_deref_mut(),
         };
-        conv.backward(&filter, &u, None, &dy, grads).unwrap();
+        let g = gates.as_ref().map(|(p, q)| (&p[..], &q[..]));
+        conv.backward(&filter, &u, g, &dy, grads).unwrap();
 
-        let one = CpuConvolution::new(&ConvSpec::builder(1, 1, l, l).build().unwrap()).unwrap();
+        let mut one_spec = ConvSpec::builder(1, 1, l, kl).gated(spec.gated());
+        if spec.geometry().wraps {
+            one_spec = one_spec.circular();
+        }
+        let one = CpuConvolution::new(&one_spec.build().unwrap()).unwrap();
         for c in 0..h {
-            let kc = &k[c * l..(c + 1) * l];
+            let kc = &k[c * kl..(c + 1) * kl];
             let one_filter = one.prepare_filter(kc).unwrap();
             assert!(one_filter.is_natural());
-            let mut dk_sum = vec![0.0f32; l];
+            let mut dk_sum = vec![0.0f32; kl];
             for r in 0..b {
                 let row = (r * h + c) * l..(r * h + c + 1) * l;
                 let mut du_r = vec![f32::NAN; l];
-                let mut dk_r = vec![f32::NAN; l];
+                let mut dk_r = vec![f32::NAN; kl];
+                let mut dpre_r = gates.as_ref().map(|_| vec![f32::NAN; l]);
+                let mut dpost_r = gates.as_ref().map(|_| vec![f32::NAN; l]);
                 let grads = CpuGradients {
                     du: &mut du_r,
                     dk: &mut dk_r,
-                    dpregate: None,
-                    dpostgate: None,
+                    dpregate: dpre_r.as_deref_mut(),
+                    dpostgate: dpost_r.as_deref_mut(),
                 };
+                let g_r = gates
+                    .as_ref()
+                    .map(|(p, q)| (&p[row.clone()], &q[row.clone()]));
                 let (u_r, dy_r) = (&u[row.clone()], &dy[row.clone()]);
-                one.backward(&one_filter, u_r, None, dy_r, grads).unwrap();
-                assert!(rel_err(&du[row], &du_r) < 1e-5, "du row {r} channel {c}");
+                one.backward(&one_filter, u_r, g_r, dy_r, grads).unwrap();
+                assert!(
+                    rel_err(&du[row.clone()], &du_r) < 1e-5,
+                    "du row {r} channel {c}"
+                );
+                for (what, all, alone) in [("dpre", &dpre, &dpre_r), ("dpost", &dpost, &dpost_r)] {
+                    if let (Some(all), Some(alone)) = (all, alone) {
+                        assert!(
+                            rel_err(&all[row.clone()], alone) < 1e-5,
+                            "{what} row {r} channel {c}"
+                        );
+                    }
+                }
                 for (s, v) in dk_sum.iter_mut().zip(&dk_r) {
                     *s += v;
                 }
             }
-            assert!(rel_err(&dk[c * l..(c + 1) * l], &dk_sum) < 1e-5, "dk {c}");
+            assert!(rel_err(&dk[c * kl..(c + 1) * kl], &dk_sum) < 1e-5, "dk {c}");
         }
     }
 
