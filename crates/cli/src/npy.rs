@@ -15,6 +15,9 @@ pub const MAGIC: &[u8; 6] = b"\x93NUMPY";
 pub const ALIGN: usize = 64;
 /// Longest header this reader accepts (numpy accepts 10 000 bytes by default).
 pub const MAX_HEADER_LEN: usize = 1 << 20;
+/// The most dimensions NumPy gives an array (`NPY_MAXDIMS`, NumPy 2): a longer shape is
+/// refused before it is echoed in an error message.
+const MAX_DIMS: usize = 64;
 /// Deepest nesting of tuples/lists/dicts the header parser accepts.
 const MAX_DEPTH: usize = 16;
 
@@ -367,6 +370,12 @@ fn parse_header(text: &str) -> Result<Header, NpyError> {
             .collect::<Result<Vec<usize>, _>>()?,
         _ => return Err(bad("'shape' is not a tuple")),
     };
+    if shape.len() > MAX_DIMS {
+        return Err(NpyError::BadHeader(format!(
+            "'shape' has {} dimensions; NumPy allows at most {MAX_DIMS}",
+            shape.len()
+        )));
+    }
     Ok(Header {
         dtype,
         big_endian,
@@ -730,6 +739,32 @@ mod tests {
         ] {
             let f = file_with(1, dict, &[0; 4]);
             assert!(matches!(parse(&f), Err(NpyError::BadHeader(_))), "{dict}");
+        }
+    }
+
+    #[test]
+    fn shapes_of_more_than_64_dimensions_are_refused() {
+        let dims = |n: usize| vec!["1"; n].join(",");
+        let dict = |n: usize| {
+            format!(
+                "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},)}}",
+                dims(n)
+            )
+        };
+        let data = 1.0f32.to_le_bytes();
+        assert_eq!(
+            parse(&file_with(2, &dict(64), &data)).unwrap().data,
+            vec![1.0]
+        );
+        for n in [65, 300_000] {
+            let err = parse(&file_with(3, &dict(n), &data))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("'shape' has {n} dimensions")),
+                "{err}"
+            );
+            assert!(err.len() < 200, "a short message: {} bytes", err.len());
         }
     }
 
