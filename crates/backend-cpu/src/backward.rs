@@ -21,11 +21,11 @@
 //! The forward spectrum of `pre * u` is recomputed, never stored. Each segment reads its inputs
 //! (`u`, `pre`: body and history; `dy`, `post`: body) once; `dx` is accumulated per row in f32
 //! and turned into `du` and `dpregate` in one final pass over the row (reading `u` and `pre`
-//! again). Work items are rows of one channel (as many as leave at least 16 items, and for
-//! small FFTs at least as many pairs as cover about 2^14 points), threaded with rayon; each
-//! accumulates its filter correlation over its rows, inverse-transforms it once and returns its
-//! `dk` taps in f64, summed per channel in a fixed order (deterministic, whatever the thread
-//! count), stored in f32.
+//! again). Work items are rows of one channel (as many as leave at least four items per
+//! thread, and for small FFTs at least as many pairs as cover about 2^14 points), threaded with
+//! rayon; each accumulates its filter correlation over its rows, inverse-transforms it once and
+//! returns its `dk` taps in f64, summed per channel in a fixed order (deterministic for a given
+//! thread count: the items, which depend on it, set the f32 roundings of `dk`), stored in f32.
 //!
 //!
 //! Workspaces are kept between calls in a small process-wide pool keyed by `(N, L)` (at most one
@@ -116,26 +116,26 @@ fn segment_runs(g: &ConvGeometry, seg: Seg, l: usize) -> impl Iterator<Item = Ru
 /// Work items of small FFTs hold rows of one channel covering about this many FFT points.
 const ITEM_POINTS: usize = 1 << 14;
 
-/// Work items number at least this many where the rows allow it, so that the threads share the
-/// work evenly. A constant, not the thread count: the items fix the order of `dk`'s sums, and
-/// with it `dk`'s bits, which then do not depend on the machine's threads.
-const MIN_ITEMS: usize = 16;
+/// Work items per thread, where the rows allow: enough for the threads to share the work evenly,
+/// few enough that an item holds several of its channel's pairs.
+const ITEMS_PER_THREAD: usize = 4;
 
-/// Rows per work item (even, so that rows pair up within an item): each item inverse-transforms
-/// its filter correlation once, so an item takes as many of its channel's `batch` rows as leave
-/// `MIN_ITEMS` items over the `channels`, and at small N as many as cover `ITEM_POINTS` FFT
-/// points.
-fn rows_per_item(batch: usize, channels: usize, g: &ConvGeometry) -> usize {
+/// Rows per work item (even, so that rows pair up within an item; only a channel's last item can
+/// be odd): each item inverse-transforms its filter correlation once, so an item takes as many of
+/// its channel's `batch` rows as leave `min_items` items over the `channels` (spread evenly over
+/// that many items), and at small N at least as many as cover `ITEM_POINTS` FFT points.
+fn rows_per_item(batch: usize, channels: usize, g: &ConvGeometry, min_items: usize) -> usize {
     let small = 2 * (ITEM_POINTS / (2 * g.n() * g.blocks)).max(1);
-    let items_per_channel = MIN_ITEMS.div_ceil(channels);
-    let balanced = if items_per_channel <= 1 {
+    let items_per_channel = min_items.div_ceil(channels);
+    let most = if items_per_channel <= 1 {
         batch.next_multiple_of(2)
     } else {
         // The most rows r with ceil(batch / r) >= items_per_channel: r < batch / (that - 1).
-        let most = batch.div_ceil(items_per_channel - 1).saturating_sub(1);
-        (most & !1).max(2)
+        (batch.div_ceil(items_per_channel - 1).saturating_sub(1) & !1).max(2)
     };
-    small.max(balanced)
+    // As many items as `most` rows make, each as large as the others (to an even count).
+    let items = batch.div_ceil(most);
+    small.max(batch.div_ceil(items).next_multiple_of(2))
 }
 
 /// Per-work-item memory.
@@ -424,9 +424,12 @@ impl CpuConvolution {
             });
         }
         // Work items: rows of one channel, in (channel, batch) order, as many as keep at least
-        // MIN_ITEMS items where the rows allow (each item pays one filter-gradient transform),
-        // and for small FFTs at least as many pairs as cover about ITEM_POINTS FFT points.
-        let rows_per_item = rows_per_item(spec.batch(), channels, spec.geometry());
+        // ITEMS_PER_THREAD items per thread where the rows allow (each item pays one
+        // filter-gradient transform), and for small FFTs at least as many pairs as cover about
+        // ITEM_POINTS FFT points. The items fix the order of dk's sums: the same thread count
+        // gives the same bits.
+        let min_items = ITEMS_PER_THREAD * rayon::current_num_threads();
+        let rows_per_item = rows_per_item(spec.batch(), channels, spec.geometry(), min_items);
         let mut items: Vec<(usize, Vec<RowOut<'_, T>>)> = Vec::new();
         for (h, rows) in by_channel.into_iter().enumerate() {
             let mut rows = rows.into_iter().peekable();
@@ -783,31 +786,42 @@ mod tests {
     #[test]
     fn four_step_layout_backward_matches_rows_alone() {
         let spec = ConvSpec::builder(2, 3, 1 << 16, 1 << 16).build().unwrap();
-        backward_matches_rows_alone(&spec, 0);
+        backward_matches_rows_alone(&spec, 0, true);
     }
 
-    /// Work items of several pairs of rows (a large batch over few channels: `rows_per_item`
-    /// gives an item 4 of its channel's rows, each item one filter-gradient transform), with an
-    /// odd batch (the last item's single row), gated, and in the four-step form: the same
-    /// gradients as each row run alone.
+    /// Work items of several pairs of rows (a large batch over few channels; on two threads
+    /// `rows_per_item` gives an item 4 to 8 of its channel's rows, each item one filter-gradient
+    /// transform): odd batches (a last item with a single row, in one case as two of its
+    /// overlap-save blocks), gated, circular, and in the four-step form; the same gradients as
+    /// each row run alone.
     #[test]
     fn items_of_several_pairs_match_rows_alone() {
         let cases = [
-            ConvSpec::builder(63, 1, 1 << 13, 1 << 13).gated(true),
-            ConvSpec::builder(30, 2, 1 << 12, 1 << 12).circular(),
-            ConvSpec::builder(14, 4, 1 << 16, 1 << 16),
+            (
+                ConvSpec::builder(63, 1, 1 << 13, 1 << 13).gated(true),
+                false,
+            ),
+            (ConvSpec::builder(30, 2, 1 << 12, 1 << 12).circular(), false),
+            (ConvSpec::builder(14, 4, 1 << 16, 1 << 16), true),
+            (ConvSpec::builder(33, 1, 1 << 15, 3000), false),
         ];
-        for (i, builder) in cases.into_iter().enumerate() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (i, (builder, four_step)) in cases.into_iter().enumerate() {
             let spec = builder.build().unwrap();
-            let rows = rows_per_item(spec.batch(), spec.channels(), spec.geometry());
-            assert_eq!(rows, 4, "case {i}: rows per item");
-            backward_matches_rows_alone(&spec, 10 * i as u64);
+            let g = spec.geometry();
+            let rows = rows_per_item(spec.batch(), spec.channels(), g, 2 * ITEMS_PER_THREAD);
+            assert!(rows >= 4, "case {i}: {rows} rows per item");
+            assert!(i < 3 || g.blocks > 1, "case {i}: several blocks");
+            pool.install(|| backward_matches_rows_alone(&spec, 10 * i as u64, four_step));
         }
     }
 
-    /// Rows per item: even, at least the small-FFT rule's, and leaving at least `MIN_ITEMS`
-    /// items wherever pairs of rows would (each item one filter-gradient transform: fewer,
-    /// larger items where the batch allows).
+    /// Rows per item: even, at least the small-FFT rule's, leaving at least `min_items` items
+    /// wherever pairs of rows would, in as few items as reach that, and spread evenly over them
+    /// (each item one filter-gradient transform: fewer, larger items where the batch allows).
     #[test]
     fn rows_per_item_leave_enough_items() {
         for n_log2 in [8, 12, 14, 16, 20] {
@@ -819,33 +833,48 @@ mod tests {
             )
             .unwrap();
             let small = 2 * (ITEM_POINTS / (2 * g.n() * g.blocks)).max(1);
-            for batch in [1, 2, 3, 8, 15, 16, 17, 40, 100] {
-                for channels in [1, 2, 5, 16, 30, 768] {
-                    let rows = rows_per_item(batch, channels, &g);
-                    assert!(
-                        rows % 2 == 0 && rows >= small,
-                        "{n_log2} {batch} {channels}"
-                    );
-                    let items = channels * batch.div_ceil(rows);
-                    let pair_items = channels * batch.div_ceil(2);
-                    assert!(
-                        rows == small || items >= MIN_ITEMS.min(pair_items),
-                        "N 2^{n_log2}, B {batch}, H {channels}: {rows} rows, {items} items"
-                    );
-                    // Not smaller than needed: two rows more per item would leave too few.
-                    let fewer = channels * batch.div_ceil(rows + 2);
-                    assert!(
-                        rows == small || rows >= batch || fewer < MIN_ITEMS,
-                        "N 2^{n_log2}, B {batch}, H {channels}: {rows} rows could grow"
-                    );
+            for (batch, channels, min_items) in (0..9 * 6 * 3).map(|i| {
+                (
+                    [1, 2, 3, 8, 9, 15, 17, 40, 100][i % 9],
+                    [1, 2, 5, 8, 30, 768][i / 9 % 6],
+                    [8, 16, 256][i / 54],
+                )
+            }) {
+                let case = format!("N 2^{n_log2}, B {batch}, H {channels}, {min_items} items");
+                let rows = rows_per_item(batch, channels, &g, min_items);
+                assert!(rows % 2 == 0 && rows >= small, "{case}: {rows} rows");
+                if rows == small {
+                    continue;
                 }
+                let per_channel = batch.div_ceil(rows);
+                let (items, pair_items) = (channels * per_channel, channels * batch.div_ceil(2));
+                assert!(
+                    items >= min_items.min(pair_items),
+                    "{case}: {rows} rows, {items} items"
+                );
+                // The fewest items per channel that an even row count gives and that reach the
+                // target (every pair its own item where none does).
+                let target = min_items.div_ceil(channels);
+                let fewest = (2..=batch.next_multiple_of(2))
+                    .step_by(2)
+                    .map(|r| batch.div_ceil(r))
+                    .filter(|&c| c >= target)
+                    .min()
+                    .unwrap_or(batch.div_ceil(2));
+                assert_eq!(per_channel, fewest, "{case}: {rows} rows");
+                // Evenly: no item more than one row (the even rounding) over the mean.
+                assert!(
+                    rows <= batch.div_ceil(per_channel) + 1,
+                    "{case}: {rows} rows"
+                );
             }
         }
     }
 
     /// `spec`'s backward against each of its rows run as a problem of one row (`du` and the
     /// gate gradients row by row, `dk` as the sum over the batch).
-    fn backward_matches_rows_alone(spec: &ConvSpec, seed: u64) {
+    /// `four_step`: the problem's filter spectrum is in the four-step layout (checked).
+    fn backward_matches_rows_alone(spec: &ConvSpec, seed: u64, four_step: bool) {
         let (b, h, l, kl) = (
             spec.batch(),
             spec.channels(),
@@ -863,6 +892,7 @@ mod tests {
             .gated()
             .then(|| (noise(b * h * l, seed + 4), noise(b * h * l, seed + 5)));
         let filter = conv.prepare_filter(&k).unwrap();
+        assert_eq!(filter.is_natural(), !four_step, "spectrum layout");
         let mut du = vec![f32::NAN; b * h * l];
         let mut dk = vec![f32::NAN; h * kl];
         let mut dpre = gates.as_ref().map(|_| vec![f32::NAN; b * h * l]);
