@@ -32,7 +32,9 @@ pub enum ConvError {
         what: &'static str,
     },
     /// Host memory for a tensor the library allocates itself (a zeroed tensor on the CPU
-    /// backend) could not be reserved; `what` names the tensor.
+    /// backend) could not be reserved; `what` names the tensor. A backend's own allocations
+    /// report through its variant (e.g. the CPU backend's filter spectrum as
+    /// `CpuError::OutOfMemory`, Vulkan's device memory as `VulkanError::OutOfMemory`).
     #[error("cannot allocate {bytes} bytes of host memory for {what}")]
     OutOfMemory { what: &'static str, bytes: usize },
     /// Invalid problem description or plan.
