@@ -328,8 +328,8 @@ impl CpuConvolution {
             PairTransform::Pair(_) => CpuFilterSpectrum::layout(geometry, channels, kl),
         };
         let per = layout.bins_per_channel();
-        // Up to 18 times the bytes of `k` (N/2 + 1 complex bins for K = 1): reserved, not
-        // `vec!`, so that a spectrum no memory can hold is an error rather than an abort.
+        // Up to 18 times the bytes of `k` (N/2 + 1 complex bins for K = 1): a spectrum no
+        // memory can hold is an error rather than an abort.
         let out_of_memory = CpuError::OutOfMemory {
             what: "the filter spectrum",
             bytes: channels
@@ -339,10 +339,8 @@ impl CpuConvolution {
         let bins_len = channels
             .checked_mul(per)
             .ok_or_else(|| out_of_memory.clone())?;
-        let mut bins = Vec::new();
-        bins.try_reserve_exact(bins_len)
-            .map_err(|_| out_of_memory)?;
-        bins.resize(bins_len, Complex32::default());
+        let mut bins: Vec<Complex32> =
+            monarch_core::memory::try_zeros(bins_len).map_err(|_| out_of_memory)?;
         let scale = 1.0 / n as f32;
         bins.par_chunks_mut(per)
             .zip(k.par_chunks(kl))

@@ -514,18 +514,13 @@ fn host_mut(t: &mut DeviceTensor) -> &mut HostTensor {
 }
 
 /// `len` zeros in host memory, or [`ConvError::OutOfMemory`] where the host cannot hold them
-/// (the problem's shape alone sets `len`: `vec!` would abort the process on such a size). The
-/// allocation is probed first and then made by `vec!`, which for f32 takes zeroed pages from the
-/// allocator untouched (a reserved Vec filled with zeros writes every page: 1.2 s a GiB here).
+/// (the problem's shape alone sets `len`: `vec!` would abort the process on such a size).
 #[cfg(feature = "cpu")]
 fn host_zeros<T: Element>(what: &'static str, len: usize) -> Result<Vec<T>, ConvError> {
-    Vec::<T>::new()
-        .try_reserve_exact(len)
-        .map_err(|_| ConvError::OutOfMemory {
-            what,
-            bytes: len.saturating_mul(std::mem::size_of::<T>()),
-        })?;
-    Ok(vec![T::default(); len])
+    monarch_core::memory::try_zeros(len).map_err(|_| ConvError::OutOfMemory {
+        what,
+        bytes: len.saturating_mul(std::mem::size_of::<T>()),
+    })
 }
 
 /// Copies `tensor` into `out`, whose dtype and length were checked against it.

@@ -12,11 +12,13 @@
 //! - [`reference`](mod@reference): naive DFT and direct convolution oracles in f64.
 //! - [`reference_backward`]: the exact adjoint of the forward (gradients) in f64.
 //! - [`schedule`]: the pass schedule and kernel parameters the GPU backends share.
+//! - [`memory`]: host buffers sized by a problem's shape, allocated as an error, not an abort.
 
 pub mod element;
 pub mod error;
 pub mod interpret;
 pub mod layout;
+pub mod memory;
 pub mod plan;
 pub mod problem;
 pub mod reference;
