@@ -399,11 +399,6 @@ impl VulkanConvolution {
     /// Bytes of the forward's intermediate buffer per chunk of rows (allocated on the first
     /// forward; 4 when the forward is one on-chip pass and needs none).
     pub fn intermediate_bytes(&self) -> usize {
-        self.tmp_bytes()
-    }
-
-    /// Bytes of the forward's intermediate buffer (none when the forward is one fused pass).
-    fn tmp_bytes(&self) -> usize {
         if self.global_passes() == 0 {
             return 4;
         }
@@ -605,7 +600,7 @@ impl VulkanConvolution {
         let ctx = &self.ctx;
         // Fallible parts first, so an error leaves nothing behind.
         let commands = Commands::new(ctx)?;
-        let tmp = Buffer::new(ctx, self.tmp_bytes() as u64, MemoryKind::Device)?;
+        let tmp = Buffer::new(ctx, self.intermediate_bytes() as u64, MemoryKind::Device)?;
         let (pool, sets) = descriptor_sets(ctx, self.pipelines.set_layout, 1)?;
         let set = sets[0];
         let exec = Execution {
