@@ -125,7 +125,7 @@ const ITEMS_PER_THREAD: usize = 4;
 /// its channel's `batch` rows as leave `min_items` items over the `channels` (spread evenly over
 /// that many items), and at small N at least as many as cover `ITEM_POINTS` FFT points.
 fn rows_per_item(batch: usize, channels: usize, g: &ConvGeometry, min_items: usize) -> usize {
-    let small = 2 * (ITEM_POINTS / (2 * g.n() * g.blocks)).max(1);
+    let small = rows_covering_item_points(g);
     let items_per_channel = min_items.div_ceil(channels);
     let most = if items_per_channel <= 1 {
         batch.next_multiple_of(2)
@@ -136,6 +136,11 @@ fn rows_per_item(batch: usize, channels: usize, g: &ConvGeometry, min_items: usi
     // As many items as `most` rows make, each as large as the others (to an even count).
     let items = batch.div_ceil(most);
     small.max(batch.div_ceil(items).next_multiple_of(2))
+}
+
+/// Rows (even) whose segments cover about `ITEM_POINTS` FFT points: at least a pair.
+fn rows_covering_item_points(g: &ConvGeometry) -> usize {
+    2 * (ITEM_POINTS / (2 * g.n() * g.blocks)).max(1)
 }
 
 /// Per-work-item memory.
@@ -832,7 +837,7 @@ mod tests {
                 FrequencyKeep::All,
             )
             .unwrap();
-            let small = 2 * (ITEM_POINTS / (2 * g.n() * g.blocks)).max(1);
+            let small = rows_covering_item_points(&g);
             for (batch, channels, min_items) in (0..9 * 6 * 3).map(|i| {
                 (
                     [1, 2, 3, 8, 9, 15, 17, 40, 100][i % 9],
